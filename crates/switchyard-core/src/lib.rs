@@ -1,0 +1,50 @@
+//! Plain types shared by every Switchyard crate.
+//!
+//! Switchyard is tower middleware for gRPC model-serving services: balancing, hash routing,
+//! limiting, shedding, discovery and autoscaling. Its crates meet on the small vocabulary defined
+//! here, so that a routing key extracted by one layer is read by another, and every endpoint's load
+//! has one shape whether the balancer, the autoscaler or the telemetry reads it.
+//!
+//! - [`Endpoint`] and [`EndpointId`]: a replica that can serve requests, and its stable name.
+//! - [`Load`]: the balancer's snapshot of one endpoint (in-flight requests, peak-EWMA latency and the
+//!   last [`ReportedLoad`] its replica sent).
+//! - [`ReportedLoad`] and the [`orca`] module: the replica's own report (queue depth, running
+//!   requests, KV-cache utilisation), carried in the `endpoint-load-metrics-bin` trailer as an ORCA
+//!   `OrcaLoadReport`.
+//! - [`RoutingKey`], [`PrefixBlocks`] and [`Priority`]: per-request facts that travel in
+//!   `http::Request` extensions from the layer that extracts them to the layer that uses them.
+//!
+//! The crate does no I/O.
+//!
+//! # Example
+//!
+//! ```
+//! use switchyard_core::{Endpoint, PrefixBlocks, ReportedLoad, RoutingKey, orca};
+//!
+//! let replica = Endpoint::new("replica-0", "http://127.0.0.1:9001").with_weight(2);
+//! assert_eq!(replica.id.as_str(), "replica-0");
+//!
+//! // A layer near the edge puts routing facts into the request's extensions...
+//! let mut req = http::Request::new(());
+//! req.extensions_mut().insert(RoutingKey::new("session-42"));
+//! req.extensions_mut().insert(PrefixBlocks::from_text("You are a helpful assistant.", 16));
+//! // ...and the balancer's policy reads them later.
+//! assert!(req.extensions().get::<RoutingKey>().is_some());
+//!
+//! // A replica reports its load in a trailer; the balancer decodes it.
+//! let report = ReportedLoad { queue_depth: 3, running: 12, kv_cache_utilization: 0.5, ..Default::default() };
+//! let value = orca::encode_header_value(&report);
+//! assert_eq!(orca::decode_header_value(&value).unwrap(), report);
+//! ```
+#![warn(missing_docs)]
+
+mod endpoint;
+mod load;
+pub mod orca;
+mod priority;
+mod routing;
+
+pub use endpoint::{Endpoint, EndpointId};
+pub use load::{Load, ReportedLoad};
+pub use priority::{ParsePriorityError, Priority};
+pub use routing::{BYTES_PER_TOKEN, PrefixBlocks, RoutingKey, stable_hash};

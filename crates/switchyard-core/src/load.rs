@@ -1,0 +1,102 @@
+//! Load: what the balancer knows about each endpoint, and what a replica reports of itself.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A replica's report of its own load, as sent in the `endpoint-load-metrics-bin` trailer.
+///
+/// See the [`orca`](crate::orca) module for the wire format.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReportedLoad {
+    /// Requests admitted by the replica but waiting to start (not yet in a batch).
+    pub queue_depth: u32,
+    /// Requests being served right now (in the running batch).
+    pub running: u32,
+    /// Share of the KV cache in use, from 0.0 (empty) to 1.0 (full).
+    pub kv_cache_utilization: f64,
+    /// How many requests the replica can run at once (its maximum batch); 0 when unknown.
+    pub capacity: u32,
+    /// CPU (or accelerator) utilisation, from 0.0 to 1.0; 0.0 when not reported.
+    pub cpu_utilization: f64,
+    /// Any other named metrics the replica sent, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named: BTreeMap<String, f64>,
+}
+
+/// The balancer's snapshot of one endpoint's load.
+///
+/// The balancer keeps one per endpoint and publishes them on its `LoadBoard`; policies, the
+/// autoscaler and the telemetry all read these, so there is one source of truth for load.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Load {
+    /// Requests sent to the endpoint whose responses have not ended (streams count until their
+    /// last message).
+    pub in_flight: u32,
+    /// Peak-EWMA of response latency: jumps up to a slower sample at once, decays towards faster
+    /// ones. `None` before the first response.
+    #[serde(serialize_with = "ser_opt_ms", rename = "latency_ewma_ms")]
+    pub latency_ewma: Option<Duration>,
+    /// Responses completed since the endpoint was added.
+    pub completed: u64,
+    /// Of those, how many failed.
+    pub failed: u64,
+    /// The last report the replica sent, if any.
+    pub report: Option<ReportedLoad>,
+    /// When that report arrived.
+    #[serde(skip)]
+    pub report_at: Option<Instant>,
+}
+
+fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1e3)),
+        None => s.serialize_none(),
+    }
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self { in_flight: 0, latency_ewma: None, completed: 0, failed: 0, report: None, report_at: None }
+    }
+}
+
+impl Load {
+    /// The replica's last report if it arrived no longer than `max_age` before `now`.
+    ///
+    /// Policies that read reports fall back to in-flight counts when this is `None`.
+    pub fn fresh_report(&self, now: Instant, max_age: Duration) -> Option<&ReportedLoad> {
+        match (&self.report, self.report_at) {
+            (Some(r), Some(at)) if now.saturating_duration_since(at) <= max_age => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_go_stale() {
+        let load = Load {
+            report: Some(ReportedLoad { queue_depth: 1, ..Default::default() }),
+            report_at: Some(Instant::now()),
+            ..Default::default()
+        };
+        let max_age = Duration::from_secs(1);
+        assert!(load.fresh_report(Instant::now(), max_age).is_some());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(load.fresh_report(Instant::now(), max_age).is_none());
+        assert!(Load::default().fresh_report(Instant::now(), max_age).is_none());
+    }
+
+    #[test]
+    fn serialises_latency_in_milliseconds() {
+        let load = Load { latency_ewma: Some(Duration::from_micros(1500)), ..Default::default() };
+        let json = serde_json::to_string(&load).unwrap();
+        assert!(json.contains("\"latency_ewma_ms\":1.5"), "{json}");
+        assert!(!json.contains("report_at"), "{json}");
+    }
+}

@@ -1,0 +1,236 @@
+//! ORCA load reports: how a replica tells the balancer about its own load.
+//!
+//! [ORCA](https://github.com/cncf/xds/blob/main/xds/data/orca/v3/orca_load_report.proto) (Open
+//! Request Cost Aggregation) is the load-report format of Envoy and gRPC: a replica attaches an
+//! `xds.data.orca.v3.OrcaLoadReport` to each response, protobuf-encoded in the binary metadata
+//! entry `endpoint-load-metrics-bin` (a trailer, or a header on a trailers-only response). Binary
+//! metadata travels base64-encoded in HTTP/2, as gRPC specifies for keys ending in `-bin`.
+//!
+//! Switchyard's replicas put their LLM-engine load in the report's `named_metrics`:
+//!
+//! | named metric | [`ReportedLoad`] field |
+//! | --- | --- |
+//! | `queue_depth` | `queue_depth` |
+//! | `running_requests` | `running` |
+//! | `kv_cache_utilization` | `kv_cache_utilization` |
+//! | `max_batch` | `capacity` |
+//!
+//! `cpu_utilization` maps to the report's own field, and `application_utilization` carries the
+//! KV-cache utilisation so that ORCA consumers that know nothing of LLMs (gRPC's weighted round
+//! robin) still see how full the replica is. Other named metrics are kept in
+//! [`ReportedLoad::named`].
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
+use crate::ReportedLoad;
+
+/// The metadata key that carries the report.
+pub const TRAILER_NAME: &str = "endpoint-load-metrics-bin";
+
+/// Named-metric key for [`ReportedLoad::queue_depth`].
+pub const QUEUE_DEPTH: &str = "queue_depth";
+/// Named-metric key for [`ReportedLoad::running`].
+pub const RUNNING_REQUESTS: &str = "running_requests";
+/// Named-metric key for [`ReportedLoad::kv_cache_utilization`].
+pub const KV_CACHE_UTILIZATION: &str = "kv_cache_utilization";
+/// Named-metric key for [`ReportedLoad::capacity`].
+pub const MAX_BATCH: &str = "max_batch";
+
+/// `xds.data.orca.v3.OrcaLoadReport`, field for field (see `proto/xds/data/orca/v3/`).
+///
+/// The generated gRPC code of the root package maps the proto message onto this type, so there is
+/// one definition of it in the workspace.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OrcaLoadReport {
+    /// CPU utilisation, normally in \[0, 1\].
+    #[prost(double, tag = "1")]
+    pub cpu_utilization: f64,
+    /// Memory utilisation in \[0, 1\].
+    #[prost(double, tag = "2")]
+    pub mem_utilization: f64,
+    /// Deprecated integer requests per second; use `rps_fractional`.
+    #[prost(uint64, tag = "3")]
+    pub rps: u64,
+    /// Per-request costs by name.
+    #[prost(btree_map = "string, double", tag = "4")]
+    pub request_cost: BTreeMap<String, f64>,
+    /// Resource utilisations by name, each in \[0, 1\].
+    #[prost(btree_map = "string, double", tag = "5")]
+    pub utilization: BTreeMap<String, f64>,
+    /// Queries per second.
+    #[prost(double, tag = "6")]
+    pub rps_fractional: f64,
+    /// Errors per second.
+    #[prost(double, tag = "7")]
+    pub eps: f64,
+    /// Application-specific metrics by name.
+    #[prost(btree_map = "string, double", tag = "8")]
+    pub named_metrics: BTreeMap<String, f64>,
+    /// Application-specific utilisation, in \[0, 1\].
+    #[prost(double, tag = "9")]
+    pub application_utilization: f64,
+}
+
+/// Why a trailer could not be read as a load report.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The metadata value is not base64.
+    #[error("{TRAILER_NAME} is not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    /// The bytes are not an `OrcaLoadReport`.
+    #[error("{TRAILER_NAME} is not an OrcaLoadReport: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+}
+
+// gRPC senders may omit base64 padding; receivers must accept both forms.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+impl From<&ReportedLoad> for OrcaLoadReport {
+    fn from(load: &ReportedLoad) -> Self {
+        let mut named_metrics = load.named.clone();
+        named_metrics.insert(QUEUE_DEPTH.into(), f64::from(load.queue_depth));
+        named_metrics.insert(RUNNING_REQUESTS.into(), f64::from(load.running));
+        named_metrics.insert(KV_CACHE_UTILIZATION.into(), load.kv_cache_utilization);
+        if load.capacity > 0 {
+            named_metrics.insert(MAX_BATCH.into(), f64::from(load.capacity));
+        }
+        OrcaLoadReport {
+            cpu_utilization: load.cpu_utilization,
+            application_utilization: load.kv_cache_utilization,
+            named_metrics,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<&OrcaLoadReport> for ReportedLoad {
+    fn from(report: &OrcaLoadReport) -> Self {
+        let mut named = report.named_metrics.clone();
+        let mut count = |key: &str| named.remove(key).map(to_count).unwrap_or(0);
+        let queue_depth = count(QUEUE_DEPTH);
+        let running = count(RUNNING_REQUESTS);
+        let capacity = count(MAX_BATCH);
+        let kv_cache_utilization = named
+            .remove(KV_CACHE_UTILIZATION)
+            .map(to_fraction)
+            .unwrap_or_else(|| to_fraction(report.application_utilization));
+        ReportedLoad {
+            queue_depth,
+            running,
+            kv_cache_utilization,
+            capacity,
+            cpu_utilization: to_fraction(report.cpu_utilization),
+            named,
+        }
+    }
+}
+
+/// A count from a double that a peer sent: NaN and negatives are 0, huge values saturate.
+fn to_count(v: f64) -> u32 {
+    if v.is_nan() || v <= 0.0 {
+        0
+    } else if v >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        v.round() as u32
+    }
+}
+
+/// A utilisation from a double that a peer sent, clamped to \[0, 1\] (NaN is 0).
+fn to_fraction(v: f64) -> f64 {
+    if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) }
+}
+
+/// The report as protobuf bytes.
+pub fn encode(load: &ReportedLoad) -> Vec<u8> {
+    prost::Message::encode_to_vec(&OrcaLoadReport::from(load))
+}
+
+/// A report from protobuf bytes.
+pub fn decode(bytes: &[u8]) -> Result<ReportedLoad, DecodeError> {
+    let report: OrcaLoadReport = prost::Message::decode(bytes)?;
+    Ok(ReportedLoad::from(&report))
+}
+
+/// The report as the value of an `endpoint-load-metrics-bin` header or trailer (base64 of the
+/// protobuf bytes, unpadded).
+pub fn encode_header_value(load: &ReportedLoad) -> http::HeaderValue {
+    let text = BASE64.encode(encode(load));
+    // Base64 output is always a valid header value.
+    http::HeaderValue::from_str(&text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// A report from the value of an `endpoint-load-metrics-bin` header or trailer (padded or not).
+pub fn decode_header_value(value: &http::HeaderValue) -> Result<ReportedLoad, DecodeError> {
+    decode(&BASE64.decode(value.as_bytes())?)
+}
+
+/// The report in a header map (trailers, or the headers of a trailers-only response), if there
+/// is one. `Some(Err(_))` when the entry is there but malformed.
+pub fn from_headers(headers: &http::HeaderMap) -> Option<Result<ReportedLoad, DecodeError>> {
+    headers.get(TRAILER_NAME).map(decode_header_value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_a_header_value() {
+        let mut named = BTreeMap::new();
+        named.insert("prefix_hit_rate".to_string(), 0.25);
+        let load = ReportedLoad {
+            queue_depth: 7,
+            running: 31,
+            kv_cache_utilization: 0.625,
+            capacity: 64,
+            cpu_utilization: 0.5,
+            named,
+        };
+        let value = encode_header_value(&load);
+        assert!(!value.as_bytes().ends_with(b"="), "gRPC binary metadata is sent unpadded");
+        assert_eq!(decode_header_value(&value).unwrap(), load);
+    }
+
+    #[test]
+    fn accepts_padded_base64_and_rejects_garbage() {
+        let load = ReportedLoad { queue_depth: 1, ..Default::default() };
+        let padded = base64::engine::general_purpose::STANDARD.encode(encode(&load));
+        let value = http::HeaderValue::from_str(&padded).unwrap();
+        assert_eq!(decode_header_value(&value).unwrap(), load);
+        let bad = http::HeaderValue::from_static("!!not base64!!");
+        assert!(matches!(decode_header_value(&bad), Err(DecodeError::Base64(_))));
+        let not_proto = http::HeaderValue::from_str(&BASE64.encode([0xff, 0xff, 0xff])).unwrap();
+        assert!(matches!(decode_header_value(&not_proto), Err(DecodeError::Protobuf(_))));
+    }
+
+    #[test]
+    fn hostile_values_are_clamped() {
+        let mut report =
+            OrcaLoadReport { cpu_utilization: f64::NAN, application_utilization: 3.0, ..Default::default() };
+        report.named_metrics.insert(QUEUE_DEPTH.into(), -4.0);
+        report.named_metrics.insert(RUNNING_REQUESTS.into(), 1e30);
+        let load = ReportedLoad::from(&report);
+        assert_eq!(load.queue_depth, 0);
+        assert_eq!(load.running, u32::MAX);
+        assert_eq!(load.cpu_utilization, 0.0);
+        assert_eq!(load.kv_cache_utilization, 1.0, "falls back to application_utilization, clamped");
+    }
+
+    #[test]
+    fn finds_the_report_in_trailers() {
+        let mut trailers = http::HeaderMap::new();
+        assert!(from_headers(&trailers).is_none());
+        trailers
+            .insert(TRAILER_NAME, encode_header_value(&ReportedLoad { running: 2, ..Default::default() }));
+        assert_eq!(from_headers(&trailers).unwrap().unwrap().running, 2);
+    }
+}
