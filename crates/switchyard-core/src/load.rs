@@ -29,7 +29,7 @@ pub struct ReportedLoad {
 ///
 /// The balancer keeps one per endpoint and publishes them on its `LoadBoard`; policies, the
 /// autoscaler and the telemetry all read these, so there is one source of truth for load.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Load {
     /// Requests sent to the endpoint whose responses have not ended (streams count until their
     /// last message).
@@ -53,12 +53,6 @@ fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok,
     match d {
         Some(d) => s.serialize_some(&(d.as_secs_f64() * 1e3)),
         None => s.serialize_none(),
-    }
-}
-
-impl Default for Load {
-    fn default() -> Self {
-        Self { in_flight: 0, latency_ewma: None, completed: 0, failed: 0, report: None, report_at: None }
     }
 }
 
