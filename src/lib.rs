@@ -1,0 +1,22 @@
+//! Switchyard: load balancing and elastic scaling for gRPC model-serving services.
+//!
+//! This is the application package: the `switchyard` command line and what it is built of:
+//! - [`worker`]: a KServe v2 gRPC model server over a simulated LLM engine;
+//! - [`loadgen`]: an open-loop load generator that replays production traces;
+//! - [`report`]: percentile summaries, tables and JSON reports;
+//! - [`proto`]: the generated KServe v2 and ORCA protocol code;
+//! - [`traces`]: the bundled production traces.
+//!
+//! The reusable middleware lives in the `switchyard-*` crates, re-exported here as [`core`] and
+//! [`sim`].
+#![warn(missing_docs)]
+
+pub mod demo;
+pub mod loadgen;
+pub mod proto;
+pub mod report;
+pub mod traces;
+pub mod worker;
+
+pub use switchyard_core as core;
+pub use switchyard_sim as sim;

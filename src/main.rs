@@ -1,1 +1,80 @@
-fn main() {}
+//! The `switchyard` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::{demo, loadgen, worker};
+use tracing_subscriber::EnvFilter;
+
+/// Load balancing and elastic scaling for gRPC model-serving services.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the KServe v2 gRPC API over one simulated LLM engine.
+    Worker(worker::WorkerArgs),
+    /// Replay a trace or a synthetic pattern against a gRPC target and summarise the latencies.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Start a simulated replica and replay the bundled Azure trace against it.
+    Demo(demo::DemoArgs),
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Worker(args) => worker::run(args, shutdown_signal()).await.map_err(Into::into),
+        Command::Loadgen(args) => match loadgen::run(&args).await {
+            Ok(report) => {
+                println!("{}", report.summary());
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Demo(args) => match demo::run(&args).await {
+            Ok(report) => {
+                println!("{}", report.summary());
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

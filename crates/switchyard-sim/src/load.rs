@@ -1,0 +1,82 @@
+//! What a replica knows about its own load, and how it reports it.
+
+use switchyard_core::ReportedLoad;
+
+/// Name of the named metric in [`ReportedLoad::named`] that carries the replica's cumulative
+/// prefix-cache hit rate (hit blocks / looked-up blocks, 0 before the first lookup).
+pub const PREFIX_HIT_RATE: &str = "prefix_hit_rate";
+
+/// A snapshot of one replica's state, published after every change (a submission, an
+/// admission, the end of a step).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ReplicaLoad {
+    /// Requests submitted but not yet admitted into the batch.
+    pub queue_depth: u32,
+    /// Requests in the running batch (prefilling or decoding).
+    pub running: u32,
+    /// The most requests that can run at once ([`EngineConfig::max_batch`](crate::EngineConfig)).
+    pub max_batch: u32,
+    /// KV tokens in use: reserved by running requests plus held by the prefix cache.
+    pub kv_used_tokens: u64,
+    /// KV capacity in tokens.
+    pub kv_capacity_tokens: u64,
+    /// `kv_used_tokens / kv_capacity_tokens`, from 0.0 to 1.0.
+    pub kv_cache_utilization: f64,
+    /// Blocks resident in the prefix cache.
+    pub prefix_cache_blocks: u64,
+    /// Prefix blocks found in the cache at admission, since the engine started.
+    pub prefix_hit_blocks: u64,
+    /// Prefix blocks looked up at admission (full blocks of admitted prompts), since the engine
+    /// started.
+    pub prefix_lookup_blocks: u64,
+    /// Requests that generated all their tokens, since the engine started.
+    pub completed: u64,
+}
+
+impl ReplicaLoad {
+    /// `prefix_hit_blocks / prefix_lookup_blocks`, or 0 before the first lookup.
+    pub fn prefix_hit_rate(&self) -> f64 {
+        if self.prefix_lookup_blocks == 0 {
+            0.0
+        } else {
+            self.prefix_hit_blocks as f64 / self.prefix_lookup_blocks as f64
+        }
+    }
+
+    /// The report a replica sends in its ORCA trailer: queue depth, running requests, KV-cache
+    /// utilisation, `capacity = max_batch`, and the named metric [`PREFIX_HIT_RATE`].
+    pub fn to_reported(&self) -> ReportedLoad {
+        let mut report = ReportedLoad {
+            queue_depth: self.queue_depth,
+            running: self.running,
+            kv_cache_utilization: self.kv_cache_utilization,
+            capacity: self.max_batch,
+            ..ReportedLoad::default()
+        };
+        report.named.insert(PREFIX_HIT_RATE.to_string(), self.prefix_hit_rate());
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_the_engine_view() {
+        let load = ReplicaLoad {
+            queue_depth: 2,
+            running: 5,
+            max_batch: 8,
+            kv_cache_utilization: 0.25,
+            prefix_hit_blocks: 1,
+            prefix_lookup_blocks: 4,
+            ..ReplicaLoad::default()
+        };
+        let r = load.to_reported();
+        assert_eq!((r.queue_depth, r.running, r.capacity), (2, 5, 8));
+        assert_eq!(r.kv_cache_utilization, 0.25);
+        assert_eq!(r.named[PREFIX_HIT_RATE], 0.25);
+        assert_eq!(ReplicaLoad::default().prefix_hit_rate(), 0.0);
+    }
+}

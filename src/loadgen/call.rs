@@ -1,0 +1,182 @@
+//! One inference call, unary or streaming, and what it measured.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use switchyard_sim::trace::TraceRecord;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::proto::code_name;
+use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::proto::inference::infer_parameter::ParameterChoice;
+use crate::proto::inference::model_infer_request::InferInputTensor;
+use crate::proto::inference::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
+use crate::worker::request::{MAX_TOKENS, PREFIX_HASHES, PROMPT_TOKENS, TEXT_INPUT};
+
+/// What one call measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The call succeeded.
+    Ok {
+        /// From sending the request to the first generated token.
+        ttft: Duration,
+        /// From sending the request to the end of the response.
+        latency: Duration,
+        /// Tokens generated.
+        output_tokens: u32,
+    },
+    /// The call failed with this gRPC status code name (`UNAVAILABLE`, ...).
+    Failed(&'static str),
+}
+
+/// The KServe request that replays `record`: a short prompt text, with the record's exact prompt
+/// length, output length and prefix block ids as parameters.
+pub fn infer_request(model: &str, id: u64, record: &TraceRecord) -> ModelInferRequest {
+    let int = |v: u32| InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(i64::from(v))) };
+    let mut parameters = std::collections::HashMap::new();
+    parameters.insert(PROMPT_TOKENS.to_string(), int(record.prompt_tokens.max(1)));
+    parameters.insert(MAX_TOKENS.to_string(), int(record.output_tokens.max(1)));
+    if !record.prefix.is_empty() {
+        let ids: Vec<String> = record.prefix.ids().iter().map(u64::to_string).collect();
+        parameters.insert(
+            PREFIX_HASHES.to_string(),
+            InferParameter { parameter_choice: Some(ParameterChoice::StringParam(ids.join(","))) },
+        );
+    }
+    ModelInferRequest {
+        model_name: model.to_string(),
+        id: id.to_string(),
+        parameters,
+        inputs: vec![InferInputTensor {
+            name: TEXT_INPUT.into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            contents: Some(InferTensorContents {
+                bytes_contents: vec![format!("replayed request {id}").into_bytes()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn int_param(response: &ModelInferResponse, name: &str) -> Option<i64> {
+    match response.parameters.get(name)?.parameter_choice {
+        Some(ParameterChoice::Int64Param(v)) => Some(v),
+        _ => None,
+    }
+}
+
+fn bool_param(response: &ModelInferResponse, name: &str) -> Option<bool> {
+    match response.parameters.get(name)?.parameter_choice {
+        Some(ParameterChoice::BoolParam(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// A unary `ModelInfer` call.
+///
+/// A unary client sees no first token; its TTFT is the latency less the server's own time after
+/// the first token (`total_us - ttft_us`): what the client would have seen, had it streamed.
+pub(crate) async fn unary(
+    mut client: GrpcInferenceServiceClient<Channel>,
+    request: ModelInferRequest,
+    timeout: Duration,
+) -> Outcome {
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(timeout);
+    let start = Instant::now();
+    match client.model_infer(request).await {
+        Ok(response) => {
+            let latency = start.elapsed();
+            let response = response.into_inner();
+            let after_first = match (int_param(&response, "total_us"), int_param(&response, "ttft_us")) {
+                (Some(total), Some(ttft)) => Duration::from_micros(u64::try_from(total - ttft).unwrap_or(0)),
+                _ => Duration::ZERO,
+            };
+            let output_tokens =
+                int_param(&response, "output_tokens").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+            Outcome::Ok { ttft: latency.saturating_sub(after_first), latency, output_tokens }
+        }
+        Err(status) => Outcome::Failed(code_name(status.code())),
+    }
+}
+
+/// A `ModelStreamInfer` call with one request: TTFT at the first token's response, latency at the
+/// final one.
+pub(crate) async fn streaming(
+    mut client: GrpcInferenceServiceClient<Channel>,
+    request: ModelInferRequest,
+    timeout: Duration,
+) -> Outcome {
+    let start = Instant::now();
+    let call = async {
+        let mut request = tonic::Request::new(futures::stream::iter([request]));
+        request.set_timeout(timeout);
+        let mut responses = match client.model_stream_infer(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Outcome::Failed(code_name(status.code())),
+        };
+        let mut ttft = None;
+        let mut tokens = 0u32;
+        while let Some(message) = responses.next().await {
+            let message = match message {
+                Ok(m) => m,
+                Err(status) => return Outcome::Failed(code_name(status.code())),
+            };
+            if !message.error_message.is_empty() {
+                return Outcome::Failed(in_stream_code(&message.error_message));
+            }
+            let Some(response) = message.infer_response else { continue };
+            tokens += 1;
+            ttft.get_or_insert_with(|| start.elapsed());
+            if bool_param(&response, "triton_final_response") == Some(true) {
+                return Outcome::Ok {
+                    ttft: ttft.unwrap_or_default(),
+                    latency: start.elapsed(),
+                    output_tokens: tokens,
+                };
+            }
+        }
+        Outcome::Failed("UNKNOWN")
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failed("DEADLINE_EXCEEDED"),
+    }
+}
+
+/// The code name at the front of an in-stream error message (`"UNAVAILABLE: ..."`), or `UNKNOWN`.
+fn in_stream_code(message: &str) -> &'static str {
+    let head = message.split(':').next().unwrap_or("").trim();
+    crate::proto::ALL_CODES.iter().map(|c| code_name(*c)).find(|name| *name == head).unwrap_or("UNKNOWN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::PrefixBlocks;
+
+    #[test]
+    fn replays_the_record_exactly() {
+        let record = TraceRecord {
+            at: Duration::ZERO,
+            prompt_tokens: 1500,
+            output_tokens: 20,
+            prefix: PrefixBlocks::new(vec![1u64, 2]),
+        };
+        let req = infer_request("m", 7, &record);
+        let parsed = crate::worker::request::parse_infer(&req, "m", 512).unwrap();
+        assert_eq!((parsed.prompt_tokens, parsed.max_tokens), (1500, 20));
+        assert_eq!(parsed.prefix.ids(), &[1, 2]);
+        assert_eq!(req.id, "7");
+    }
+
+    #[test]
+    fn reads_the_code_of_an_in_stream_error() {
+        assert_eq!(in_stream_code("RESOURCE_EXHAUSTED: queue full"), "RESOURCE_EXHAUSTED");
+        assert_eq!(in_stream_code("something odd"), "UNKNOWN");
+    }
+}

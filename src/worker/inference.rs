@@ -1,0 +1,309 @@
+//! The KServe v2 `GRPCInferenceService` over one simulated engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{Stream, StreamExt};
+use switchyard_sim::{EngineHandle, GenerationRequest, SubmitError};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::request::{self, ParsedInfer, TEXT_INPUT, TEXT_OUTPUT};
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use crate::proto::inference::infer_parameter::ParameterChoice;
+use crate::proto::inference::model_infer_response::InferOutputTensor;
+use crate::proto::inference::model_metadata_response::TensorMetadata;
+use crate::proto::inference::repository_index_response::ModelIndex;
+use crate::proto::inference::*;
+
+/// Generated requests one `ModelStreamInfer` stream may have running at once; the stream's
+/// next request is read only when one of them ends.
+const MAX_IN_FLIGHT_PER_STREAM: usize = 256;
+/// Responses buffered per `ModelStreamInfer` stream before the generators wait for the client.
+const STREAM_BUFFER: usize = 64;
+
+/// The inference service of a worker: one model, served by one simulated engine.
+#[derive(Clone)]
+pub struct InferenceService {
+    model: Arc<str>,
+    engine: EngineHandle,
+    ready: Arc<AtomicBool>,
+}
+
+impl InferenceService {
+    /// A service for `model` over `engine`; `ready` turns false when the worker drains.
+    pub fn new(model: &str, engine: EngineHandle, ready: Arc<AtomicBool>) -> Self {
+        Self { model: Arc::from(model), engine, ready }
+    }
+
+    fn parse(&self, req: &ModelInferRequest) -> Result<ParsedInfer, Status> {
+        request::parse_infer(req, &self.model, self.engine.config().block_tokens)
+    }
+
+    fn submit(&self, parsed: &ParsedInfer) -> Result<switchyard_sim::Generation, Status> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(Status::unavailable("worker is shutting down"));
+        }
+        self.engine
+            .submit(GenerationRequest {
+                prompt_tokens: parsed.prompt_tokens,
+                max_tokens: parsed.max_tokens,
+                prefix: parsed.prefix.clone(),
+            })
+            .map_err(submit_status)
+    }
+
+    fn response(
+        &self,
+        id: &str,
+        text: String,
+        raw: bool,
+        params: &[(&str, i64)],
+        final_flag: Option<bool>,
+    ) -> ModelInferResponse {
+        let mut parameters: std::collections::HashMap<String, InferParameter> =
+            params.iter().map(|(k, v)| (k.to_string(), int_param(*v))).collect();
+        if let Some(last) = final_flag {
+            parameters.insert(
+                "triton_final_response".into(),
+                InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(last)) },
+            );
+        }
+        let mut output = InferOutputTensor {
+            name: TEXT_OUTPUT.into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        };
+        let mut raw_output_contents = Vec::new();
+        if raw {
+            let mut bytes = (text.len() as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(text.as_bytes());
+            raw_output_contents.push(bytes);
+        } else {
+            output.contents =
+                Some(InferTensorContents { bytes_contents: vec![text.into_bytes()], ..Default::default() });
+        }
+        ModelInferResponse {
+            model_name: self.model.to_string(),
+            model_version: "1".into(),
+            id: id.to_string(),
+            parameters,
+            outputs: vec![output],
+            raw_output_contents,
+        }
+    }
+}
+
+/// The gRPC status for an engine's refusal.
+fn submit_status(e: SubmitError) -> Status {
+    match e {
+        SubmitError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+        SubmitError::Stopped => Status::unavailable(e.to_string()),
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+fn int_param(v: i64) -> InferParameter {
+    InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(v)) }
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The text of generated token `index`: the sim generates no language, so each token is a word
+/// from a fixed list, which keeps outputs deterministic and their size proportional to the count.
+pub fn token_text(index: u32) -> &'static str {
+    const WORDS: [&str; 8] =
+        ["lorem ", "ipsum ", "dolor ", "sit ", "amet ", "consectetur ", "adipiscing ", "elit "];
+    WORDS[index as usize % WORDS.len()]
+}
+
+type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.ready.load(Ordering::Acquire) }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let req = req.into_inner();
+        request::check_model(&req.name, &req.version, &self.model)?;
+        Ok(Response::new(ModelReadyResponse { ready: self.ready.load(Ordering::Acquire) }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "switchyard-worker".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec![
+                "model_stream_infer".into(),
+                "model_repository".into(),
+                "orca_load_report".into(),
+            ],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let req = req.into_inner();
+        request::check_model(&req.name, &req.version, &self.model)?;
+        let tensor =
+            |name: &str| TensorMetadata { name: name.into(), datatype: "BYTES".into(), shape: vec![1] };
+        Ok(Response::new(ModelMetadataResponse {
+            name: self.model.to_string(),
+            versions: vec!["1".into()],
+            platform: "switchyard-sim".into(),
+            inputs: vec![tensor(TEXT_INPUT)],
+            outputs: vec![tensor(TEXT_OUTPUT)],
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let req = req.into_inner();
+        let parsed = self.parse(&req)?;
+        let generation = self.submit(&parsed)?;
+        let outcome = generation
+            .collect_outcome()
+            .await
+            .map_err(|e| Status::unavailable(format!("generation did not finish: {e}")))?;
+        let text: String = (0..outcome.output_tokens).map(token_text).collect();
+        let params = [
+            ("prompt_tokens", i64::from(outcome.prompt_tokens)),
+            ("cached_prompt_tokens", i64::from(outcome.cached_prompt_tokens)),
+            ("output_tokens", i64::from(outcome.output_tokens)),
+            ("queue_us", micros(outcome.queued)),
+            ("ttft_us", micros(outcome.ttft)),
+            ("total_us", micros(outcome.total)),
+        ];
+        Ok(Response::new(self.response(&req.id, text, parsed.raw, &params, None)))
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    async fn model_stream_infer(
+        &self,
+        req: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let mut incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
+            while let Ok(permit) = slots.clone().acquire_owned().await {
+                let req = match incoming.next().await {
+                    Some(Ok(req)) => req,
+                    Some(Err(status)) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    None => return,
+                };
+                let generation = this.parse(&req).and_then(|parsed| Ok((this.submit(&parsed)?, parsed)));
+                let (mut generation, parsed) = match generation {
+                    Ok(ok) => ok,
+                    Err(status) => {
+                        // Triton reports a failed request in the stream and keeps the stream open.
+                        let error = ModelStreamInferResponse {
+                            error_message: format!(
+                                "{}: {}",
+                                crate::proto::code_name(status.code()),
+                                status.message()
+                            ),
+                            infer_response: Some(ModelInferResponse {
+                                id: req.id.clone(),
+                                ..Default::default()
+                            }),
+                        };
+                        if tx.send(Ok(error)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let tx = tx.clone();
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let mut last_seen = false;
+                    while let Some(token) = generation.next().await {
+                        last_seen = token.last;
+                        let params = [
+                            ("token_index", i64::from(token.index)),
+                            ("cached_prompt_tokens", i64::from(token.cached_prompt_tokens)),
+                        ];
+                        let response = this.response(
+                            &req.id,
+                            token_text(token.index).to_string(),
+                            parsed.raw,
+                            &params,
+                            Some(token.last),
+                        );
+                        let message = ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        };
+                        if tx.send(Ok(message)).await.is_err() {
+                            return; // client gone: dropping the generation frees the engine
+                        }
+                    }
+                    if !last_seen {
+                        let error = ModelStreamInferResponse {
+                            error_message: "UNAVAILABLE: generation did not finish (the engine stopped)"
+                                .into(),
+                            infer_response: Some(ModelInferResponse {
+                                id: req.id.clone(),
+                                ..Default::default()
+                            }),
+                        };
+                        let _ = tx.send(Ok(error)).await;
+                    }
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn repository_index(
+        &self,
+        req: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let ready = self.ready.load(Ordering::Acquire);
+        let models = if req.into_inner().ready && !ready {
+            vec![]
+        } else {
+            vec![ModelIndex {
+                name: self.model.to_string(),
+                version: "1".into(),
+                state: if ready { "READY" } else { "UNAVAILABLE" }.into(),
+                reason: if ready { String::new() } else { "worker is shutting down".into() },
+            }]
+        };
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+}

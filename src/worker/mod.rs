@@ -1,0 +1,204 @@
+//! `switchyard worker`: a KServe v2 gRPC model server over one simulated LLM engine.
+//!
+//! The worker is the replica of the example cluster, the lab's real-process twin and the target
+//! of the benchmarks. It serves:
+//! - `inference.GRPCInferenceService` (KServe Open Inference Protocol v2) for one model, with
+//!   Triton's `ModelStreamInfer` (one response per generated token) and `RepositoryIndex`;
+//! - `grpc.health.v1.Health`, SERVING while the worker accepts work and NOT_SERVING from the
+//!   moment it starts draining;
+//! - gRPC server reflection (`v1` and `v1alpha`), so `grpcurl` and similar tools need no protos;
+//! - on every response, the `endpoint-load-metrics-bin` trailer: an ORCA report of the engine's
+//!   queue depth, running requests and KV-cache utilisation ([`LoadReportLayer`]).
+//!
+//! A `ModelInfer` request carries its prompt in the BYTES tensor `text_input` and may set the
+//! parameters `max_tokens` (output tokens, default 64) and, to replay a trace exactly,
+//! `prompt_tokens` and `prefix_hashes` (comma-separated KV-block ids). The reply holds the
+//! generated text in `text_output` and the engine's timings in its parameters (`queue_us`,
+//! `ttft_us`, `total_us`, `cached_prompt_tokens`).
+//!
+//! On shutdown (SIGTERM or Ctrl-C in the binary) the worker turns NOT_SERVING, refuses new
+//! inference requests with UNAVAILABLE, lets in-flight ones finish (at most `--drain-timeout`),
+//! and returns.
+
+mod inference;
+mod load_report;
+pub mod request;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use inference::{InferenceService, token_text};
+pub use load_report::{LoadReport, LoadReportBody, LoadReportLayer};
+use switchyard_sim::{EngineConfig, EngineHandle};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+
+/// The gRPC service name of the inference service, as health checks name it.
+pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
+
+/// Largest gRPC message the worker accepts or sends (64 MiB: long prompts as raw bytes).
+const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// How a worker is set up: flags of `switchyard worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+    /// Name of the model this worker serves.
+    #[arg(long, default_value = "sim-llm")]
+    pub model: String,
+    /// Requests the engine runs at once (continuous batching; vLLM's max_num_seqs).
+    #[arg(long, default_value_t = EngineConfig::default().max_batch)]
+    pub max_batch: u32,
+    /// KV-cache capacity in tokens.
+    #[arg(long, default_value_t = EngineConfig::default().kv_capacity_tokens)]
+    pub kv_capacity: u64,
+    /// Requests that may wait for a batch slot; beyond this they get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = EngineConfig::default().max_queue)]
+    pub max_queue: usize,
+    /// Relative speed of the simulated GPU: 1 is an H100 serving Llama 3.1 8B, 0.5 about an A100.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Longest wait for in-flight requests on shutdown, e.g. `30s`, `500ms`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerArgs {
+    fn default() -> Self {
+        let engine = EngineConfig::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            model: "sim-llm".into(),
+            max_batch: engine.max_batch,
+            kv_capacity: engine.kv_capacity_tokens,
+            max_queue: engine.max_queue,
+            speed: 1.0,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl WorkerArgs {
+    /// The engine configuration these flags describe.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_batch: self.max_batch,
+            kv_capacity_tokens: self.kv_capacity,
+            max_queue: self.max_queue,
+            speed: self.speed,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+/// Why a worker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A flag's value is out of range.
+    #[error("invalid engine setting: {0}")]
+    Config(#[from] switchyard_sim::ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+    /// Reflection could not be set up (the embedded descriptors are broken).
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Binds `args.listen` and serves until `shutdown` completes, then drains.
+pub async fn run(args: WorkerArgs, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| WorkerError::Bind { addr: args.listen, source })?;
+    serve(args, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0) until `shutdown` completes, then
+/// drains: NOT_SERVING, new inference refused, in-flight requests finish (at most
+/// `args.drain_timeout`).
+pub async fn serve(
+    args: WorkerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let engine = EngineHandle::spawn(args.engine_config())?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let inference = InferenceService::new(&args.model, engine.clone(), ready.clone());
+
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status(INFERENCE_SERVICE, ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, model = %args.model, "worker serving");
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("draining: NOT_SERVING, refusing new requests");
+        ready.store(false, Ordering::Release);
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_service_status(INFERENCE_SERVICE, ServingStatus::NotServing).await;
+        // Dropping the statuses ends open Watch streams after they deliver NOT_SERVING, so that
+        // health watchers do not hold the connections open through the drain.
+        health.clear_service_status("").await;
+        health.clear_service_status(INFERENCE_SERVICE).await;
+        let _ = drain_tx.send(());
+    };
+
+    let reporter = engine.clone();
+    let server = tonic::transport::Server::builder()
+        .layer(LoadReportLayer::new(move || reporter.reported_load()))
+        .add_service(
+            GrpcInferenceServiceServer::new(inference)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    let drain_timeout = args.drain_timeout;
+    let deadline = async move {
+        if drain_rx.await.is_ok() {
+            tokio::time::sleep(drain_timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result?,
+        () = deadline => {
+            let load = engine.load();
+            tracing::warn!(running = load.running, queued = load.queue_depth, "drain timeout: stopping with requests in flight");
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}

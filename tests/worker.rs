@@ -1,0 +1,344 @@
+//! The worker over real loopback gRPC, with the generated clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::proto::inference::infer_parameter::ParameterChoice;
+use switchyard::proto::inference::model_infer_request::InferInputTensor;
+use switchyard::proto::inference::*;
+use switchyard::worker::{self, WorkerArgs};
+use switchyard_core::{ReportedLoad, orca};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+struct Worker {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), worker::WorkerError>>,
+}
+
+impl Worker {
+    /// A worker with a fast simulated GPU, so tests take milliseconds of real time.
+    async fn start() -> Self {
+        Self::start_with(WorkerArgs { speed: 20.0, model: "sim-llm".into(), ..WorkerArgs::default() }).await
+    }
+
+    async fn start_with(args: WorkerArgs) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(worker::serve(args, listener, async move {
+            let _ = rx.await;
+        }));
+        Self { addr, stop: Some(tx), task }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap()
+    }
+
+    async fn client(&self) -> GrpcInferenceServiceClient<Channel> {
+        GrpcInferenceServiceClient::new(self.channel().await)
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn infer(model: &str, text: &str, max_tokens: i64) -> ModelInferRequest {
+    let mut req = ModelInferRequest {
+        model_name: model.into(),
+        id: "req-1".into(),
+        inputs: vec![InferInputTensor {
+            name: "text_input".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            contents: Some(InferTensorContents {
+                bytes_contents: vec![text.as_bytes().to_vec()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    req.parameters.insert(
+        "max_tokens".into(),
+        InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(max_tokens)) },
+    );
+    req
+}
+
+fn load_report(metadata: &MetadataMap) -> ReportedLoad {
+    let value = metadata.get_bin(orca::TRAILER_NAME).expect("endpoint-load-metrics-bin present");
+    orca::decode(&value.to_bytes().expect("valid base64")).expect("an OrcaLoadReport")
+}
+
+fn int_param(resp: &ModelInferResponse, name: &str) -> i64 {
+    match resp.parameters.get(name).and_then(|p| p.parameter_choice.clone()) {
+        Some(ParameterChoice::Int64Param(v)) => v,
+        other => panic!("parameter {name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn model_infer_round_trip_with_load_report() {
+    let w = Worker::start().await;
+    let mut client = w.client().await;
+    let response =
+        client.model_infer(infer("sim-llm", "Tell me a story about a switchyard.", 12)).await.unwrap();
+    let report = load_report(response.metadata());
+    assert_eq!(report.capacity, 256, "max_batch in the report");
+    assert!(report.kv_cache_utilization >= 0.0 && report.kv_cache_utilization <= 1.0);
+    let resp = response.into_inner();
+    assert_eq!(
+        (resp.model_name.as_str(), resp.model_version.as_str(), resp.id.as_str()),
+        ("sim-llm", "1", "req-1")
+    );
+    assert_eq!(resp.outputs.len(), 1);
+    assert_eq!(resp.outputs[0].name, "text_output");
+    assert_eq!(resp.outputs[0].datatype, "BYTES");
+    let text = &resp.outputs[0].contents.as_ref().unwrap().bytes_contents[0];
+    assert_eq!(std::str::from_utf8(text).unwrap().split_whitespace().count(), 12);
+    assert_eq!(int_param(&resp, "output_tokens"), 12);
+    assert_eq!(int_param(&resp, "prompt_tokens"), 9, "35 bytes at 4 bytes a token");
+    assert!(int_param(&resp, "ttft_us") > 0 && int_param(&resp, "total_us") > int_param(&resp, "ttft_us"));
+}
+
+#[tokio::test]
+async fn raw_input_gets_raw_output() {
+    let w = Worker::start().await;
+    let mut req = infer("sim-llm", "", 3);
+    req.inputs[0].contents = None;
+    let mut raw = 11u32.to_le_bytes().to_vec();
+    raw.extend_from_slice(b"hello world");
+    req.raw_input_contents = vec![raw];
+    let resp = w.client().await.model_infer(req).await.unwrap().into_inner();
+    assert_eq!(resp.raw_output_contents.len(), 1);
+    let out = &resp.raw_output_contents[0];
+    let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
+    assert_eq!(out.len(), 4 + len);
+    assert_eq!(std::str::from_utf8(&out[4..]).unwrap().split_whitespace().count(), 3);
+}
+
+#[tokio::test]
+async fn model_stream_infer_streams_every_token() {
+    let w = Worker::start().await;
+    let mut client = w.client().await;
+    let requests =
+        futures::stream::iter([infer("sim-llm", "first prompt", 5), infer("sim-llm", "second prompt", 3)]);
+    let response = client.model_stream_infer(requests).await.unwrap();
+    let mut stream = response.into_inner();
+    let mut finals = 0;
+    let mut tokens = 0;
+    while let Some(message) = stream.next().await {
+        let message = message.unwrap();
+        assert!(message.error_message.is_empty(), "{}", message.error_message);
+        let resp = message.infer_response.unwrap();
+        tokens += 1;
+        if let Some(ParameterChoice::BoolParam(true)) =
+            resp.parameters.get("triton_final_response").and_then(|p| p.parameter_choice.clone())
+        {
+            finals += 1;
+        }
+        let text = &resp.outputs[0].contents.as_ref().unwrap().bytes_contents[0];
+        assert_eq!(std::str::from_utf8(text).unwrap().split_whitespace().count(), 1);
+    }
+    assert_eq!((tokens, finals), (8, 2));
+    let trailers = stream.trailers().await.unwrap().expect("trailers");
+    assert_eq!(load_report(&trailers).capacity, 256);
+}
+
+#[tokio::test]
+async fn stream_reports_a_bad_request_and_carries_on() {
+    let w = Worker::start().await;
+    let mut client = w.client().await;
+    let requests = futures::stream::iter([infer("no-such-model", "x", 2), infer("sim-llm", "ok", 2)]);
+    let mut stream = client.model_stream_infer(requests).await.unwrap().into_inner();
+    let mut errors = vec![];
+    let mut tokens = 0;
+    while let Some(message) = stream.next().await {
+        let message = message.unwrap();
+        if message.error_message.is_empty() {
+            tokens += 1;
+        } else {
+            errors.push(message.error_message);
+        }
+    }
+    assert_eq!(tokens, 2);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("NOT_FOUND: model 'no-such-model'"), "{}", errors[0]);
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_a_load_report() {
+    let w = Worker::start().await;
+    let mut client = w.client().await;
+
+    let err = client.model_infer(infer("gpt-17", "hi", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("gpt-17"), "{}", err.message());
+    load_report(err.metadata());
+
+    let mut missing = infer("sim-llm", "hi", 1);
+    missing.inputs[0].name = "prompt".into();
+    let err = client.model_infer(missing).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("text_input"), "{}", err.message());
+
+    let mut mistyped = infer("sim-llm", "hi", 1);
+    mistyped.inputs[0].datatype = "INT32".into();
+    let err = client.model_infer(mistyped).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("text_input") && err.message().contains("INT32"), "{}", err.message());
+
+    let err = client.model_infer(infer("sim-llm", "hi", 0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("max_tokens"), "{}", err.message());
+
+    let mut too_long = infer("sim-llm", "hi", 1);
+    too_long.parameters.insert(
+        "prompt_tokens".into(),
+        InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(10_000_000)) },
+    );
+    let err = client.model_infer(too_long).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+
+    let err = client
+        .model_metadata(ModelMetadataRequest { name: "nope".into(), version: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The worker is still fine after all that.
+    client.model_infer(infer("sim-llm", "hi", 1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn full_queue_is_resource_exhausted() {
+    let w =
+        Worker::start_with(WorkerArgs { speed: 1.0, max_batch: 1, max_queue: 1, ..WorkerArgs::default() })
+            .await;
+    let client = w.client().await;
+    let mut calls = vec![];
+    for _ in 0..3 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move { c.model_infer(infer("sim-llm", "hold the batch", 50)).await }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut codes = vec![];
+    for call in calls {
+        codes.push(match call.await.unwrap() {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        });
+    }
+    assert_eq!(codes, vec![Code::Ok, Code::Ok, Code::ResourceExhausted]);
+}
+
+#[tokio::test]
+async fn metadata_and_readiness() {
+    let w = Worker::start().await;
+    let mut client = w.client().await;
+    assert!(client.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+    assert!(client.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    let ready = client
+        .model_ready(ModelReadyRequest { name: "sim-llm".into(), version: String::new() })
+        .await
+        .unwrap();
+    assert!(ready.into_inner().ready);
+    let server = client.server_metadata(ServerMetadataRequest {}).await.unwrap().into_inner();
+    assert_eq!(server.name, "switchyard-worker");
+    let model = client
+        .model_metadata(ModelMetadataRequest { name: "sim-llm".into(), version: "1".into() })
+        .await
+        .unwrap();
+    let model = model.into_inner();
+    assert_eq!(model.inputs[0].name, "text_input");
+    assert_eq!(model.outputs[0].name, "text_output");
+    let index = client.repository_index(RepositoryIndexRequest::default()).await.unwrap().into_inner();
+    assert_eq!(index.models.len(), 1);
+    assert_eq!((index.models[0].name.as_str(), index.models[0].state.as_str()), ("sim-llm", "READY"));
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let w = Worker::start().await;
+    let mut client = ServerReflectionClient::new(w.channel().await);
+    let ask = |m: MessageRequest| ServerReflectionRequest { host: String::new(), message_request: Some(m) };
+    let requests = futures::stream::iter([
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol("inference.GRPCInferenceService".into())),
+    ]);
+    let mut responses = client.server_reflection_info(requests).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["inference.GRPCInferenceService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a file descriptor")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn health_turns_not_serving_and_in_flight_requests_finish_on_shutdown() {
+    // Real speed: a 150-token generation takes about a second, long enough to shut down under it.
+    let mut w = Worker::start_with(WorkerArgs { speed: 1.0, ..WorkerArgs::default() }).await;
+    let channel = w.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest { service: service.into() };
+    for service in ["", "inference.GRPCInferenceService"] {
+        let status = health.check(check(service)).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let mut watch = health.watch(check("inference.GRPCInferenceService")).await.unwrap().into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let in_flight =
+        tokio::spawn(async move { client.model_infer(infer("sim-llm", "long answer please", 150)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.shutdown();
+
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("watch answers");
+    assert_eq!(next.unwrap().unwrap().status, ServingStatus::NotServing as i32);
+    let response = in_flight.await.unwrap().expect("the in-flight request finishes");
+    assert_eq!(int_param(response.get_ref(), "output_tokens"), 150);
+    tokio::time::timeout(Duration::from_secs(10), &mut w.task).await.expect("worker stops").unwrap().unwrap();
+    assert!(
+        Channel::from_shared(format!("http://{}", w.addr)).unwrap().connect().await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[tokio::test]
+async fn bad_engine_settings_are_refused_at_start() {
+    let w = Worker::start_with(WorkerArgs { speed: 0.0, ..WorkerArgs::default() }).await;
+    let err = w.task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("speed"), "{err}");
+}
