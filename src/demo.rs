@@ -16,7 +16,7 @@ pub struct DemoArgs {
     /// Seconds of load to send.
     #[arg(long, default_value_t = 60.0)]
     pub duration: f64,
-    /// Multiplies the trace's arrival times: 0.35 replays the trace about three times faster, about 10 requests/s: three quarters of what one simulated H100 sustains on this trace.
+    /// Multiplies the trace's arrival times: 0.35 replays it about three times faster, some 10 requests/s, about half of what one simulated H100 sustains on this trace.
     #[arg(long, default_value_t = 0.35)]
     pub time_scale: f64,
     /// Relative speed of the simulated GPU (1 = H100).

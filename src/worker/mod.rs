@@ -155,7 +155,9 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, model = %args.model, "worker serving");
+    if let Some(addr) = local {
+        tracing::info!(model = %args.model, "worker serving on {addr}");
+    }
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {

@@ -1,0 +1,101 @@
+//! The `switchyard` binary as a user runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use switchyard::loadgen::LoadgenReport;
+use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::sim::TraceRecord;
+use switchyard_core::PrefixBlocks;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn worker_drains_in_flight_requests_on_sigterm_and_exits_zero() {
+    let mut child = Command::new(BIN)
+        .args(["worker", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the worker logs its address")
+            .unwrap()
+            .expect("stderr open");
+        if let Some((_, addr)) = line.split_once("worker serving on ") {
+            break addr.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    // About a second of generation at real speed: long enough to send SIGTERM under it.
+    let record = TraceRecord {
+        at: Duration::ZERO,
+        prompt_tokens: 100,
+        output_tokens: 150,
+        prefix: PrefixBlocks::default(),
+    };
+    let request = switchyard::loadgen::infer_request("sim-llm", 1, &record);
+    let in_flight = tokio::spawn(async move { client.model_infer(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    let response = in_flight.await.unwrap().expect("the in-flight request completes during the drain");
+    assert_eq!(response.into_inner().outputs.len(), 1);
+    let status =
+        tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("worker exits").unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn demo_runs_end_to_end_and_writes_its_report() {
+    let dir = scratch("demo");
+    let json = dir.join("demo.json");
+    let output =
+        Command::new(BIN).args(["demo", "--duration", "3", "--json"]).arg(&json).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("ttft ms") && stdout.contains("latency ms"), "{stdout}");
+    let report: LoadgenReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report.requests >= 10, "{report:?}");
+    assert_eq!(report.ok, report.requests, "{report:?}");
+    assert!(report.errors.is_empty());
+    assert!(report.ttft_ms.p50 > 0.0 && report.ttft_ms.p50 <= report.latency_ms.p50, "{report:?}");
+    assert!(report.output_tokens_per_s > 0.0);
+}
+
+#[tokio::test]
+async fn a_malformed_trace_is_refused_with_its_line() {
+    let dir = scratch("bad-trace");
+    let trace = dir.join("bad.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 2, \"hash_ids\": []}\n{\"timestamp\": 5, \"input_length\": -1}\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["loadgen", "--target", "127.0.0.1:1", "--trace"])
+        .arg(&trace)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
+}
