@@ -1,0 +1,196 @@
+//! Outlier ejection: endpoints that keep failing are taken out of rotation for a while.
+//!
+//! The rule is Envoy's consecutive-failures detector. An endpoint whose last
+//! [`consecutive_failures`](OutlierConfig::consecutive_failures) responses all failed (by default
+//! gRPC `UNAVAILABLE`, HTTP 502/503/504, or a connection error: see
+//! [`FailureClass`](crate::FailureClass)) is ejected for `base_ejection × n`, where `n` counts its
+//! ejections so far, capped at [`max_ejection`](OutlierConfig::max_ejection). It then comes back
+//! by itself; one more failure streak sends it away for longer. At most
+//! [`max_ejected_share`](OutlierConfig::max_ejected_share) of the pool is ejected at once (at
+//! least one endpoint may always be), so a cluster-wide outage does not empty the pool.
+//! Requests already in flight on an ejected endpoint finish normally.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Settings of the outlier detector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject an endpoint; 0 disables ejection. Default 5 (Envoy's).
+    pub consecutive_failures: u32,
+    /// Ejection time of a first ejection; the n-th lasts n times as long. Default 10 s.
+    pub base_ejection: Duration,
+    /// Longest ejection. Default 300 s (Envoy's).
+    pub max_ejection: Duration,
+    /// Largest share of the pool ejected at once, from 0 to 1; one endpoint may always be
+    /// ejected. Default 0.5.
+    pub max_ejected_share: f64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_share: 0.5,
+        }
+    }
+}
+
+impl OutlierConfig {
+    /// A detector that never ejects.
+    pub fn disabled() -> Self {
+        Self { consecutive_failures: 0, ..Self::default() }
+    }
+
+    fn ejection_time(&self, times: u32) -> Duration {
+        self.base_ejection.saturating_mul(times.max(1)).min(self.max_ejection)
+    }
+}
+
+/// One endpoint's failure streak and ejection.
+#[derive(Debug, Default)]
+pub(crate) struct OutlierState {
+    consecutive: u32,
+    times_ejected: u32,
+    pub(crate) ejected_until: Option<Instant>,
+}
+
+/// What one outcome means for the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Keep,
+    /// The streak reached the threshold: eject, if the pool allows.
+    Eject,
+}
+
+impl OutlierState {
+    pub(crate) fn record(&mut self, failed: bool, config: &OutlierConfig, now: Instant) -> Verdict {
+        if config.consecutive_failures == 0 {
+            return Verdict::Keep;
+        }
+        if !failed {
+            self.consecutive = 0;
+            return Verdict::Keep;
+        }
+        self.consecutive = self.consecutive.saturating_add(1);
+        let ejected = self.ejected_until.is_some_and(|until| now < until);
+        if !ejected && self.consecutive >= config.consecutive_failures {
+            Verdict::Eject
+        } else {
+            Verdict::Keep
+        }
+    }
+
+    /// Ejects the endpoint until `now` plus its next ejection time; returns that instant.
+    pub(crate) fn eject(&mut self, config: &OutlierConfig, now: Instant) -> Instant {
+        self.times_ejected = self.times_ejected.saturating_add(1);
+        self.consecutive = 0;
+        let until = now + config.ejection_time(self.times_ejected);
+        self.ejected_until = Some(until);
+        until
+    }
+
+    /// Ends an ejection that has run out; true if it did.
+    pub(crate) fn try_return(&mut self, now: Instant) -> bool {
+        match self.ejected_until {
+            Some(until) if until <= now => {
+                self.ejected_until = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the endpoints of one balancer share: how many there are, how many are ejected, and a
+/// generation number that moves whenever the set of endpoints to pick from changes.
+#[derive(Debug, Default)]
+pub(crate) struct PoolState {
+    pub(crate) outlier: OutlierConfig,
+    pub(crate) size: AtomicUsize,
+    pub(crate) ejected: AtomicUsize,
+    pub(crate) generation: AtomicU64,
+}
+
+impl PoolState {
+    pub(crate) fn new(outlier: OutlierConfig) -> Self {
+        Self { outlier, ..Self::default() }
+    }
+
+    /// Takes one ejection slot if the pool's share allows another ejection.
+    pub(crate) fn try_reserve_ejection(&self, config: &OutlierConfig) -> bool {
+        let size = self.size.load(Ordering::Acquire);
+        let allowed = ((size as f64 * config.max_ejected_share.clamp(0.0, 1.0)).floor() as usize).max(1);
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < allowed && n < size).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub(crate) fn release_ejection(&self) {
+        let _ = self.ejected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub(crate) fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streak_ejects_and_repeats_eject_longer() {
+        let config = OutlierConfig { consecutive_failures: 3, ..OutlierConfig::default() };
+        let mut s = OutlierState::default();
+        let now = Instant::now();
+        assert_eq!(s.record(true, &config, now), Verdict::Keep);
+        assert_eq!(s.record(true, &config, now), Verdict::Keep);
+        assert_eq!(s.record(false, &config, now), Verdict::Keep, "a success breaks the streak");
+        for _ in 0..2 {
+            assert_eq!(s.record(true, &config, now), Verdict::Keep);
+        }
+        assert_eq!(s.record(true, &config, now), Verdict::Eject);
+        assert_eq!(s.eject(&config, now), now + Duration::from_secs(10));
+        assert!(!s.try_return(now + Duration::from_secs(9)));
+        assert!(s.try_return(now + Duration::from_secs(10)));
+        assert_eq!(
+            s.eject(&config, now),
+            now + Duration::from_secs(20),
+            "second ejection lasts twice as long"
+        );
+        for _ in 0..100 {
+            s.eject(&config, now);
+        }
+        assert_eq!(s.ejected_until, Some(now + Duration::from_secs(300)), "capped");
+    }
+
+    #[test]
+    fn the_pool_caps_ejections_but_always_allows_one() {
+        let pool = PoolState::default();
+        pool.size.store(4, Ordering::Release);
+        let config = OutlierConfig { max_ejected_share: 0.5, ..OutlierConfig::default() };
+        assert!(pool.try_reserve_ejection(&config));
+        assert!(pool.try_reserve_ejection(&config));
+        assert!(!pool.try_reserve_ejection(&config), "half of four");
+        pool.release_ejection();
+        assert!(pool.try_reserve_ejection(&config));
+        let tiny = PoolState::default();
+        tiny.size.store(1, Ordering::Release);
+        let none = OutlierConfig { max_ejected_share: 0.0, ..OutlierConfig::default() };
+        assert!(tiny.try_reserve_ejection(&none), "one may always be ejected");
+        assert!(!tiny.try_reserve_ejection(&none));
+    }
+
+    #[test]
+    fn disabled_never_ejects() {
+        let mut s = OutlierState::default();
+        for _ in 0..100 {
+            assert_eq!(s.record(true, &OutlierConfig::disabled(), Instant::now()), Verdict::Keep);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Load-report aware choice: what the replicas say about themselves.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+
+use super::{Policy, RequestInfo};
+use crate::EndpointState;
+use crate::rng::distinct_pair;
+
+/// Power of two choices over a score built from the replicas' own ORCA load reports.
+///
+/// An LLM replica knows what a proxy cannot see: how many requests wait for a batch slot and how
+/// full its KV cache is (a full cache means new requests wait, and long contexts slow every
+/// decode step). For each of two random endpoints the policy computes
+///
+/// ```text
+/// score = (in_flight + queue_depth + 1) × (1 + kv_weight × kv_cache_utilization)
+/// ```
+///
+/// from the endpoint's last report if it is at most `max_age` old (1 s by default), where
+/// `in_flight` is the balancer's own count (it moves between reports) and `kv_weight` is 4, so a
+/// replica with a full cache costs five times one with an empty cache at the same load. Without a
+/// fresh report the score is the in-flight count alone (least connections over two choices). The
+/// lower score wins; ties go to the first draw.
+#[derive(Debug)]
+pub struct LoadReport {
+    rng: Mutex<Xoshiro256PlusPlus>,
+    max_age: Duration,
+    kv_weight: f64,
+}
+
+impl LoadReport {
+    /// The policy with default settings and random draws from `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            rng: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(seed)),
+            max_age: Duration::from_secs(1),
+            kv_weight: 4.0,
+        }
+    }
+
+    /// The same policy, treating reports older than `max_age` as absent.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// The score of one endpoint at `now`; lower is better.
+    pub fn score(&self, endpoint: &EndpointState, now: tokio::time::Instant) -> f64 {
+        let in_flight = f64::from(endpoint.in_flight());
+        match endpoint.fresh_report(now, self.max_age) {
+            Some(r) => {
+                (in_flight + f64::from(r.queue_depth) + 1.0) * (1.0 + self.kv_weight * r.kv_cache_utilization)
+            }
+            None => in_flight,
+        }
+    }
+}
+
+impl Policy for LoadReport {
+    fn name(&self) -> &'static str {
+        "load-report"
+    }
+
+    fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+        let Some((a, b)) =
+            distinct_pair(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner), endpoints.len())
+        else {
+            return 0;
+        };
+        if self.score(&endpoints[a], request.now) <= self.score(&endpoints[b], request.now) { a } else { b }
+    }
+}

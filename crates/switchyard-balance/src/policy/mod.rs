@@ -1,0 +1,233 @@
+//! Policies: how the balancer picks one endpoint for a request.
+//!
+//! A [`Policy`] sees the endpoints that may take the request (discovered, not ejected), in a
+//! stable order, each with its live load ([`EndpointState`]), and the request's extensions (where
+//! routing keys travel), and returns the index of its pick. Policies are `Send + Sync` and pick
+//! through `&self`, so one policy serves many requests at once, and a [`PolicyHandle`] can swap
+//! it while the balancer runs.
+//!
+//! | name | policy | reads |
+//! | --- | --- | --- |
+//! | `round-robin` | [`RoundRobin`] | nothing |
+//! | `weighted-round-robin` | [`WeightedRoundRobin`] | `Endpoint::weight` |
+//! | `least-connections` | [`LeastConnections`] | in-flight requests |
+//! | `least-response-time` | [`LeastResponseTime`] | latency EWMA, in-flight |
+//! | `p2c-peak-ewma` | [`P2cPeakEwma`] | peak-EWMA latency, in-flight |
+//! | `random` | [`Random`] | nothing |
+//! | `load-report` | [`LoadReport`] | the replicas' ORCA reports, in-flight |
+
+mod least_connections;
+mod least_response_time;
+mod load_report;
+mod p2c;
+mod random;
+mod round_robin;
+mod weighted_round_robin;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+pub use least_connections::LeastConnections;
+pub use least_response_time::LeastResponseTime;
+pub use load_report::LoadReport;
+pub use p2c::P2cPeakEwma;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+use tokio::time::Instant;
+pub use weighted_round_robin::WeightedRoundRobin;
+
+use crate::EndpointState;
+
+/// What a policy may know about the request it places.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    /// The request's extensions, where key-extraction layers put
+    /// [`RoutingKey`](switchyard_core::RoutingKey), [`PrefixBlocks`](switchyard_core::PrefixBlocks)
+    /// and [`Priority`](switchyard_core::Priority). `None` for request types without extensions.
+    pub extensions: Option<&'a http::Extensions>,
+    /// The time of the pick.
+    pub now: Instant,
+}
+
+/// Picks one endpoint for each request.
+pub trait Policy: Send + Sync + fmt::Debug + 'static {
+    /// The policy's name, as config, flags and reports spell it (`p2c-peak-ewma`).
+    fn name(&self) -> &'static str;
+
+    /// The index in `endpoints` of the endpoint to send the request to. `endpoints` is never
+    /// empty; an index out of range is taken modulo its length.
+    fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize;
+}
+
+/// The policies Switchyard ships, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// [`RoundRobin`].
+    RoundRobin,
+    /// [`WeightedRoundRobin`].
+    WeightedRoundRobin,
+    /// [`LeastConnections`].
+    LeastConnections,
+    /// [`LeastResponseTime`].
+    LeastResponseTime,
+    /// [`P2cPeakEwma`].
+    P2cPeakEwma,
+    /// [`Random`].
+    Random,
+    /// [`LoadReport`].
+    LoadReport,
+}
+
+impl PolicyKind {
+    /// Every policy, in the order reports list them.
+    pub const ALL: [PolicyKind; 7] = [
+        PolicyKind::RoundRobin,
+        PolicyKind::WeightedRoundRobin,
+        PolicyKind::LeastConnections,
+        PolicyKind::LeastResponseTime,
+        PolicyKind::P2cPeakEwma,
+        PolicyKind::Random,
+        PolicyKind::LoadReport,
+    ];
+
+    /// The default policy: see the crate documentation for why.
+    pub const DEFAULT: PolicyKind = PolicyKind::P2cPeakEwma;
+
+    /// The policy's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::RoundRobin => "round-robin",
+            PolicyKind::WeightedRoundRobin => "weighted-round-robin",
+            PolicyKind::LeastConnections => "least-connections",
+            PolicyKind::LeastResponseTime => "least-response-time",
+            PolicyKind::P2cPeakEwma => "p2c-peak-ewma",
+            PolicyKind::Random => "random",
+            PolicyKind::LoadReport => "load-report",
+        }
+    }
+
+    /// A new policy of this kind with default settings; random choices come from `seed`.
+    pub fn build(self, seed: u64) -> Arc<dyn Policy> {
+        match self {
+            PolicyKind::RoundRobin => Arc::new(RoundRobin::new()),
+            PolicyKind::WeightedRoundRobin => Arc::new(WeightedRoundRobin::new()),
+            PolicyKind::LeastConnections => Arc::new(LeastConnections::new()),
+            PolicyKind::LeastResponseTime => Arc::new(LeastResponseTime::new()),
+            PolicyKind::P2cPeakEwma => Arc::new(P2cPeakEwma::with_seed(seed)),
+            PolicyKind::Random => Arc::new(Random::with_seed(seed)),
+            PolicyKind::LoadReport => Arc::new(LoadReport::with_seed(seed)),
+        }
+    }
+}
+
+impl Default for PolicyKind {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A policy name that Switchyard does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {name:?}; expected one of: {}", PolicyKind::ALL.map(PolicyKind::name).join(", "))]
+pub struct UnknownPolicy {
+    /// The name given.
+    pub name: String,
+}
+
+impl FromStr for PolicyKind {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
+        PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.name() == wanted)
+            .ok_or_else(|| UnknownPolicy { name: s.to_string() })
+    }
+}
+
+/// The policy of a running balancer, shared with whoever may switch it.
+///
+/// Cloning gives another handle on the same slot. [`set`](Self::set) swaps the policy atomically:
+/// each pick uses either the old or the new policy, whole; requests already sent are not touched.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    slot: Arc<ArcSwap<Arc<dyn Policy>>>,
+}
+
+impl PolicyHandle {
+    /// A handle holding `policy`.
+    pub fn new(policy: Arc<dyn Policy>) -> Self {
+        Self { slot: Arc::new(ArcSwap::from_pointee(policy)) }
+    }
+
+    /// A handle holding a new policy of `kind`.
+    pub fn of(kind: PolicyKind, seed: u64) -> Self {
+        Self::new(kind.build(seed))
+    }
+
+    /// The current policy.
+    pub fn get(&self) -> Arc<dyn Policy> {
+        Arc::clone(&self.slot.load())
+    }
+
+    /// Replaces the policy; returns the previous one.
+    pub fn set(&self, policy: Arc<dyn Policy>) -> Arc<dyn Policy> {
+        Arc::unwrap_or_clone(self.slot.swap(Arc::new(policy)))
+    }
+
+    /// The current policy's name.
+    pub fn name(&self) -> &'static str {
+        self.slot.load().name()
+    }
+
+    pub(crate) fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+        self.slot.load().pick(request, endpoints) % endpoints.len()
+    }
+}
+
+impl fmt::Debug for PolicyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PolicyHandle").field(&self.name()).finish()
+    }
+}
+
+impl Default for PolicyHandle {
+    fn default() -> Self {
+        Self::of(PolicyKind::DEFAULT, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_known() {
+        for kind in PolicyKind::ALL {
+            assert_eq!(kind.name().parse::<PolicyKind>(), Ok(kind));
+            assert_eq!(kind.build(1).name(), kind.name());
+        }
+        assert_eq!("P2C_PEAK_EWMA".parse::<PolicyKind>(), Ok(PolicyKind::P2cPeakEwma));
+        let err = "fastest".parse::<PolicyKind>().unwrap_err().to_string();
+        assert!(err.contains("\"fastest\"") && err.contains("least-connections"), "{err}");
+    }
+
+    #[test]
+    fn a_handle_swaps_the_policy() {
+        let handle = PolicyHandle::of(PolicyKind::RoundRobin, 0);
+        let other = handle.clone();
+        let old = other.set(PolicyKind::Random.build(0));
+        assert_eq!(old.name(), "round-robin");
+        assert_eq!(handle.name(), "random");
+    }
+}

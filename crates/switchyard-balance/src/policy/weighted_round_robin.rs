@@ -1,0 +1,66 @@
+//! Smooth weighted round robin.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use switchyard_core::EndpointId;
+
+use super::{Policy, RequestInfo};
+use crate::EndpointState;
+
+/// nginx's smooth weighted round robin, weights from [`Endpoint::weight`](switchyard_core::Endpoint).
+///
+/// Each endpoint keeps a current weight. On every pick each current weight grows by its
+/// endpoint's weight, the endpoint with the largest current weight wins (the first one on a tie),
+/// and the winner's current weight drops by the total of all weights. Over every cycle of
+/// `Σ weight` picks each endpoint is picked exactly `weight` times, and the picks of a heavy
+/// endpoint are spread through the cycle rather than bunched (weights 5, 1, 1 give
+/// `a a b a c a a`, not `a a a a a b c`). Endpoints of weight 0 get nothing, unless every
+/// endpoint has weight 0, when it is plain round robin. O(n) per pick.
+#[derive(Debug, Default)]
+pub struct WeightedRoundRobin {
+    current: Mutex<HashMap<EndpointId, i64>>,
+}
+
+impl WeightedRoundRobin {
+    /// Smooth weighted round robin.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Policy for WeightedRoundRobin {
+    fn name(&self) -> &'static str {
+        "weighted-round-robin"
+    }
+
+    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.len() > 2 * endpoints.len() {
+            // Forget endpoints that have left.
+            let live: std::collections::HashSet<&EndpointId> = endpoints.iter().map(|e| e.id()).collect();
+            current.retain(|id, _| live.contains(id));
+        }
+        let all_zero = endpoints.iter().all(|e| e.endpoint().weight == 0);
+        let weight = |e: &EndpointState| if all_zero { 1 } else { i64::from(e.endpoint().weight) };
+        let mut total = 0i64;
+        let mut best: Option<(usize, i64)> = None;
+        for (i, e) in endpoints.iter().enumerate() {
+            let w = weight(e);
+            if w == 0 {
+                continue;
+            }
+            total += w;
+            let cw = current.entry(e.id().clone()).or_insert(0);
+            *cw += w;
+            if best.is_none_or(|(_, b)| *cw > b) {
+                best = Some((i, *cw));
+            }
+        }
+        let Some((winner, _)) = best else { return 0 };
+        if let Some(cw) = current.get_mut(endpoints[winner].id()) {
+            *cw -= total;
+        }
+        winner
+    }
+}
