@@ -2,21 +2,25 @@
 //!
 //! This is the application package: the `switchyard` command line and what it is built of:
 //! - [`worker`]: a KServe v2 gRPC model server over a simulated LLM engine;
+//! - [`lab`]: the policy lab, every balancing policy against simulated replicas under a paused
+//!   clock;
 //! - [`loadgen`]: an open-loop load generator that replays production traces;
 //! - [`report`]: percentile summaries, tables and JSON reports;
 //! - [`proto`]: the generated KServe v2 and ORCA protocol code;
 //! - [`traces`]: the bundled production traces.
 //!
-//! The reusable middleware lives in the `switchyard-*` crates, re-exported here as [`core`] and
-//! [`sim`].
+//! The reusable middleware lives in the `switchyard-*` crates, re-exported here as [`core`],
+//! [`balance`] and [`sim`].
 #![warn(missing_docs)]
 
 pub mod demo;
+pub mod lab;
 pub mod loadgen;
 pub mod proto;
 pub mod report;
 pub mod traces;
 pub mod worker;
 
+pub use switchyard_balance as balance;
 pub use switchyard_core as core;
 pub use switchyard_sim as sim;

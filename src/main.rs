@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::{demo, loadgen, worker};
+use switchyard::{demo, lab, loadgen, worker};
 use tracing_subscriber::EnvFilter;
 
 /// Load balancing and elastic scaling for gRPC model-serving services.
@@ -23,6 +23,8 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Start a simulated replica and replay the bundled Azure trace against it.
     Demo(demo::DemoArgs),
+    /// Run a policy-lab scenario: every balancing policy and an ideal dispatcher against simulated replicas, in virtual time.
+    Lab(lab::LabArgs),
 }
 
 /// Completes on SIGTERM or Ctrl-C. The SIGTERM handler is installed at once, not on first poll,
@@ -71,6 +73,14 @@ async fn main() -> ExitCode {
                 println!("{}", report.summary());
                 Ok(())
             }
+            Err(e) => Err(e.into()),
+        },
+        Command::Lab(args) => match tokio::task::spawn_blocking(move || lab::run(&args)).await {
+            Ok(Ok(report)) => {
+                println!("{}", report.summary());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(e.into()),
         },
     };

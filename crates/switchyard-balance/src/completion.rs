@@ -58,24 +58,27 @@ impl Completion {
 
     /// Ends the request; `failed` feeds the outlier detector.
     pub fn finish(mut self, failed: bool) {
-        let Some(in_flight) = self.in_flight.take() else { return };
-        let state = in_flight.state().clone();
-        if in_flight.end(failed, &self.pool.outlier) == Verdict::Eject
-            && self.pool.try_reserve_ejection(&self.pool.outlier)
-        {
-            let now = Instant::now();
-            let mut outlier = state.outlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if outlier.ejected_until.is_some_and(|until| now < until) {
-                // Another request's failure got there first.
-                drop(outlier);
-                self.pool.release_ejection();
-                return;
-            }
-            let until = outlier.eject(&self.pool.outlier, now);
-            drop(outlier);
-            self.pool.bump();
-            tracing::warn!(endpoint = %state.id(), ejected_for = ?until.saturating_duration_since(now), "ejecting failing endpoint");
+        let Some(mut in_flight) = self.in_flight.take() else { return };
+        if in_flight.end(failed, &self.pool.outlier) != Verdict::Eject {
+            return;
         }
+        let state = in_flight.state();
+        let now = Instant::now();
+        let mut outlier = state.outlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if outlier.retired || outlier.ejected_until.is_some_and(|until| now < until) {
+            // Gone from the pool, or another request's failure got there first.
+            return;
+        }
+        // An ejection that ran out but that the balancer has not ended yet still holds its slot,
+        // which the new ejection keeps; otherwise the pool must allow one more. Both under the
+        // endpoint's lock, so that removal (`retire`) sees either no ejection or one with a slot.
+        if outlier.ejected_until.is_none() && !self.pool.try_reserve_ejection(&self.pool.outlier) {
+            return;
+        }
+        let until = outlier.eject(&self.pool.outlier, now);
+        drop(outlier);
+        self.pool.bump();
+        tracing::warn!(endpoint = %state.id(), ejected_for = ?until.saturating_duration_since(now), "ejecting failing endpoint");
     }
 }
 
@@ -167,6 +170,10 @@ where
             read_report(&parts.headers, &completion);
             completion.finish(http_failed || self.class.grpc_failed(&parts.headers));
             None
+        } else if body.is_end_stream() {
+            // An empty body that will not be polled: the response has ended.
+            completion.finish(false);
+            None
         } else {
             Some(completion)
         };
@@ -195,8 +202,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
                 if let Some(trailers) = f.trailers_ref() {
@@ -207,6 +214,13 @@ where
                     }
                 } else if let Some(c) = this.completion.as_mut() {
                     c.first_byte();
+                    if this.inner.is_end_stream() {
+                        // The body says it has ended: consumers such as hyper stop polling
+                        // here, so the `None` below may never come.
+                        if let Some(c) = this.completion.take() {
+                            c.finish(false);
+                        }
+                    }
                 }
             }
             Some(Err(_)) => {

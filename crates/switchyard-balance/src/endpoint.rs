@@ -9,25 +9,36 @@ use tokio::time::Instant;
 
 use crate::outlier::{OutlierConfig, OutlierState, Verdict};
 
-/// How load is tracked: the peak-EWMA latency's decay and prior.
+/// How load is tracked: the time constants of the latency and speed estimates, and the latency
+/// assumed before the first answer.
 ///
-/// The defaults are linkerd's and tower's: a 10 s decay and a 30 ms prior RTT.
+/// The latency defaults are linkerd's and tower's: a 10 s decay and a 30 ms prior RTT.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrackingConfig {
-    /// Time constant of the latency EWMA: a sample's weight falls to 1/e after this long.
+    /// Time constant of the peak-EWMA latency: a sample's weight falls to 1/e after this long.
     pub decay: Duration,
     /// The latency assumed for an endpoint that has not answered yet.
     pub default_rtt: Duration,
+    /// Time constant of the time-per-unit-of-work EWMA ([`EndpointState::unit_time_nanos`]).
+    /// Longer than `decay` because it estimates a replica's speed, which changes slowly, from
+    /// samples that vary with the batch each request happened to share. Default 30 s, the most
+    /// robust setting across the policy lab's `hetero` variants (loads 0.6 to 0.8, both traces).
+    pub speed_decay: Duration,
 }
 
 impl Default for TrackingConfig {
     fn default() -> Self {
-        Self { decay: Duration::from_secs(10), default_rtt: Duration::from_millis(30) }
+        Self {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            speed_decay: Duration::from_secs(30),
+        }
     }
 }
 
-/// One endpoint's live load: in-flight requests, the peak-EWMA latency, the last load report its
-/// replica sent, its outcome counters and its ejection state.
+/// One endpoint's live load: in-flight requests (and how many of them, with how much work, still
+/// wait for their first byte), the peak-EWMA latency, the time it takes per unit of work, the last
+/// load report its replica sent, its outcome counters and its ejection state.
 ///
 /// The balancer owns one per endpoint and shares it (behind an `Arc`) with policies, with the
 /// futures of the requests in flight, and with the [`LoadBoard`](crate::LoadBoard). Reads are
@@ -37,9 +48,15 @@ pub struct EndpointState {
     endpoint: Endpoint,
     tracking: TrackingConfig,
     in_flight: AtomicU32,
+    awaiting_first_byte: AtomicU32,
+    pending_work: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
     rtt: Mutex<Option<RttEstimate>>,
+    unit_time: Mutex<Option<RttEstimate>>,
+    /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
+    /// policies that scan every endpoint.
+    unit_time_bits: AtomicU64,
     report: Mutex<Option<(Arc<ReportedLoad>, Instant)>>,
     pub(crate) outlier: Mutex<OutlierState>,
 }
@@ -62,9 +79,13 @@ impl EndpointState {
             endpoint,
             tracking,
             in_flight: AtomicU32::new(0),
+            awaiting_first_byte: AtomicU32::new(0),
+            pending_work: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             rtt: Mutex::new(None),
+            unit_time: Mutex::new(None),
+            unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
             report: Mutex::new(None),
             outlier: Mutex::new(OutlierState::default()),
         }
@@ -85,6 +106,28 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Requests in flight that have not received the first byte of their response: for an LLM
+    /// replica, the requests whose prompts still wait to be prefilled.
+    pub fn awaiting_first_byte(&self) -> u32 {
+        self.awaiting_first_byte.load(Ordering::Relaxed)
+    }
+
+    /// The work of the requests [awaiting their first byte](Self::awaiting_first_byte), in the
+    /// units the balancer counts (prompt tokens when requests carry a
+    /// [`RequestSize`](switchyard_core::RequestSize), otherwise one per request).
+    pub fn pending_work(&self) -> u64 {
+        self.pending_work.load(Ordering::Relaxed)
+    }
+
+    /// How long the endpoint takes per unit of work before a first byte, in nanoseconds: an EWMA
+    /// (time constant [`TrackingConfig::decay`]) of `time to first byte ÷ (work ahead of the
+    /// request when it was sent + its own work)`. `None` before the first sample. Unlike the
+    /// latency it does not decay while idle: it measures the endpoint's speed, not its backlog.
+    pub fn unit_time_nanos(&self) -> Option<f64> {
+        let v = f64::from_bits(self.unit_time_bits.load(Ordering::Relaxed));
+        (!v.is_nan()).then_some(v)
+    }
+
     /// Responses ended since the endpoint was added, and how many of them failed.
     pub fn outcomes(&self) -> (u64, u64) {
         (self.completed.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
@@ -102,7 +145,7 @@ impl EndpointState {
     pub fn latency_estimate_nanos(&self, now: Instant) -> f64 {
         match *lock(&self.rtt) {
             Some(r) => self.decayed(r, now),
-            None => self.tracking.default_rtt.as_nanos() as f64,
+            None => nanos_f64(self.tracking.default_rtt),
         }
     }
 
@@ -112,12 +155,7 @@ impl EndpointState {
     }
 
     fn decayed(&self, r: RttEstimate, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(r.at).as_nanos() as f64;
-        r.nanos * (-elapsed / self.decay_nanos()).exp()
-    }
-
-    fn decay_nanos(&self) -> f64 {
-        (self.tracking.decay.as_nanos() as f64).max(1.0)
+        r.nanos * weight_since(r.at, now, self.tracking.decay)
     }
 
     /// The last report, with when it arrived.
@@ -156,22 +194,44 @@ impl EndpointState {
     }
 
     /// Counts a request as sent; the returned guard counts it as ended when dropped.
-    pub(crate) fn start(self: &Arc<Self>, now: Instant) -> InFlight {
+    /// Counts a request of `work` units as sent; the returned guard counts it as ended when
+    /// dropped.
+    pub(crate) fn start(self: &Arc<Self>, now: Instant, work: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { state: self.clone(), sent_at: now, sampled: false, ended: false }
+        self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
+        let ahead = self.pending_work.fetch_add(work, Ordering::Relaxed);
+        InFlight { state: self.clone(), sent_at: now, work, ahead, sampled: false, ended: false }
+    }
+
+    fn first_byte_arrived(&self, work: u64) {
+        self.awaiting_first_byte.fetch_sub(1, Ordering::Relaxed);
+        self.pending_work.fetch_sub(work, Ordering::Relaxed);
+    }
+
+    fn record_unit_time(&self, per_unit_nanos: f64, now: Instant) {
+        let mut guard = lock(&self.unit_time);
+        let next = match *guard {
+            Some(u) => {
+                let w = weight_since(u.at, now, self.tracking.speed_decay);
+                u.nanos * w + per_unit_nanos * (1.0 - w)
+            }
+            None => per_unit_nanos,
+        };
+        *guard = Some(RttEstimate { nanos: next, at: now });
+        self.unit_time_bits.store(next.to_bits(), Ordering::Relaxed);
     }
 
     fn record_rtt(&self, rtt: Duration, now: Instant) {
-        let sample = rtt.as_nanos() as f64;
+        let sample = nanos_f64(rtt);
         let mut guard = lock(&self.rtt);
         let next = match *guard {
-            // Peak: a slower sample replaces the estimate at once.
-            Some(r) if self.decayed(r, now) >= sample => {
-                let elapsed = now.saturating_duration_since(r.at).as_nanos() as f64;
-                let w = (-elapsed / self.decay_nanos()).exp();
-                r.nanos * w + sample * (1.0 - w)
+            Some(r) => {
+                let w = weight_since(r.at, now, self.tracking.decay);
+                let decayed = r.nanos * w;
+                // Peak: a slower sample replaces the estimate at once; a faster one is blended in.
+                if decayed >= sample { decayed + sample * (1.0 - w) } else { sample }
             }
-            _ => sample,
+            None => sample,
         };
         *guard = Some(RttEstimate { nanos: next, at: now });
     }
@@ -197,6 +257,10 @@ impl EndpointState {
 pub(crate) struct InFlight {
     state: Arc<EndpointState>,
     sent_at: Instant,
+    /// This request's work, and the work that waited for a first byte on the endpoint when it
+    /// was sent.
+    work: u64,
+    ahead: u64,
     sampled: bool,
     ended: bool,
 }
@@ -209,17 +273,28 @@ impl InFlight {
     /// Takes the latency sample now, if none was taken yet.
     pub(crate) fn first_byte(&mut self) {
         if !self.sampled {
+            self.sample_at(Instant::now());
+        }
+    }
+
+    fn sample_at(&mut self, now: Instant) {
+        if !self.sampled {
             self.sampled = true;
-            let now = Instant::now();
-            self.state.record_rtt(now.saturating_duration_since(self.sent_at), now);
+            self.state.first_byte_arrived(self.work);
+            let elapsed = now.saturating_duration_since(self.sent_at);
+            self.state.record_rtt(elapsed, now);
+            let units = (self.ahead + self.work).max(1) as f64;
+            self.state.record_unit_time(nanos_f64(elapsed) / units, now);
         }
     }
 
     /// Ends the request with its outcome; returns what the outlier detector decided.
-    pub(crate) fn end(mut self, failed: bool, outlier: &OutlierConfig) -> Verdict {
-        self.first_byte();
+    pub(crate) fn end(&mut self, failed: bool, outlier: &OutlierConfig) -> Verdict {
+        // One clock read for the sample and the outcome: they happen at the same instant.
+        let now = Instant::now();
+        self.sample_at(now);
         self.ended = true;
-        self.state.finish(failed, outlier, Instant::now())
+        self.state.finish(failed, outlier, now)
     }
 }
 
@@ -227,9 +302,90 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.ended {
             // Ended without an outcome (the caller dropped the response): neither success nor
-            // failure for the outlier detector.
-            self.first_byte();
+            // failure for the outlier detector, and no latency sample (it would only measure
+            // the caller's patience).
+            if !self.sampled {
+                self.sampled = true;
+                self.state.first_byte_arrived(self.work);
+            }
             self.state.finish(false, &OutlierConfig::disabled(), Instant::now());
         }
+    }
+}
+
+/// `e^(−Δt/τ)`: what an estimate made at `at` still weighs at `now`.
+fn weight_since(at: Instant, now: Instant, tau: Duration) -> f64 {
+    (-nanos_f64(now.saturating_duration_since(at)) / nanos_f64(tau).max(1.0)).exp()
+}
+
+/// Nanoseconds as `f64` without `as_nanos`' `u128` (converted in software); exact below 2^53 ns.
+fn nanos_f64(d: Duration) -> f64 {
+    d.as_secs() as f64 * 1e9 + f64::from(d.subsec_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn state() -> Arc<EndpointState> {
+        Arc::new(EndpointState::new(Endpoint::new("e", "http://e:9001"), TrackingConfig::default()))
+    }
+
+    fn ms(nanos: f64) -> f64 {
+        nanos / 1e6
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_jumps_to_slow_samples_blends_fast_ones_and_decays_when_idle() {
+        let s = state();
+        let t0 = Instant::now();
+        assert_eq!(s.latency_ewma(t0), None);
+        assert_eq!(s.latency_estimate_nanos(t0), 30e6, "the default RTT before any sample");
+
+        s.record_rtt(Duration::from_millis(10), t0);
+        assert_eq!(s.latency_ewma(t0), Some(Duration::from_millis(10)));
+        s.record_rtt(Duration::from_millis(100), t0);
+        assert_eq!(s.latency_ewma(t0), Some(Duration::from_millis(100)), "a slower sample replaces at once");
+
+        // One second (a tenth of the decay) later, a fast sample gets weight 1 - e^-0.1.
+        advance(Duration::from_secs(1)).await;
+        let t1 = Instant::now();
+        s.record_rtt(Duration::from_millis(10), t1);
+        let w = (-0.1f64).exp();
+        let expected = 100.0 * w + 10.0 * (1.0 - w);
+        assert!(
+            (ms(s.latency_estimate_nanos(t1)) - expected).abs() < 1e-6,
+            "{}",
+            ms(s.latency_estimate_nanos(t1))
+        );
+
+        // Idle for one decay time: the estimate falls by e, so a slow endpoint is tried again.
+        advance(Duration::from_secs(10)).await;
+        let idle = ms(s.latency_estimate_nanos(Instant::now()));
+        assert!((idle - expected / std::f64::consts::E).abs() < 1e-6, "{idle}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cost_grows_with_requests_in_flight_and_a_guard_ends_its_request_once() {
+        let s = state();
+        let t0 = Instant::now();
+        assert_eq!(s.peak_ewma_cost(t0), 30e6);
+        let mut first = s.start(t0, 1);
+        let second = s.start(t0, 1);
+        assert_eq!(s.in_flight(), 2);
+        assert_eq!(s.peak_ewma_cost(t0), 90e6, "default RTT × (2 + 1)");
+
+        advance(Duration::from_millis(40)).await;
+        assert_eq!(first.end(true, &OutlierConfig::default()), Verdict::Keep);
+        assert_eq!((s.in_flight(), s.outcomes()), (1, (1, 1)));
+        assert_eq!(s.latency_ewma(Instant::now()), Some(Duration::from_millis(40)));
+
+        drop(second);
+        assert_eq!(
+            (s.in_flight(), s.outcomes()),
+            (0, (2, 1)),
+            "a dropped guard ends its request, not as a failure"
+        );
     }
 }

@@ -56,7 +56,11 @@ impl OutlierConfig {
 pub(crate) struct OutlierState {
     consecutive: u32,
     times_ejected: u32,
+    /// Set until the balancer sees the ejection run out (see `try_return`): the endpoint holds
+    /// one of the pool's ejection slots exactly while this is `Some`.
     pub(crate) ejected_until: Option<Instant>,
+    /// The endpoint left the pool; failures of its last requests eject it no more.
+    pub(crate) retired: bool,
 }
 
 /// What one outcome means for the endpoint.
@@ -92,6 +96,13 @@ impl OutlierState {
         let until = now + config.ejection_time(self.times_ejected);
         self.ejected_until = Some(until);
         until
+    }
+
+    /// Takes the endpoint out of the pool for good; true if it held an ejection slot, which the
+    /// caller gives back.
+    pub(crate) fn retire(&mut self) -> bool {
+        self.retired = true;
+        self.ejected_until.take().is_some()
     }
 
     /// Ends an ejection that has run out; true if it did.

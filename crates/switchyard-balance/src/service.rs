@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId};
+use switchyard_core::{Endpoint, EndpointId, RequestSize};
 use tokio::time::{Instant, Sleep};
 use tower::discover::{Change, Discover};
 use tower::{BoxError, Service, ServiceExt};
@@ -229,7 +229,9 @@ impl<D, S, Req, C> Balance<D, S, Req, C> {
     /// Releases what a departing endpoint held in the pool. Its requests in flight keep their
     /// own handle on its state and service, and finish.
     fn forget(&self, old: &Slot<S>) {
-        if old.state.is_ejected(Instant::now()) {
+        // Its ejection may have run out without `refresh` seeing it yet: it holds a slot until
+        // then, so ask the outlier state, not the clock.
+        if old.state.outlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retire() {
             self.pool.release_ejection();
         }
     }
@@ -330,7 +332,11 @@ where
         let info = RequestInfo { extensions: req.extensions(), now };
         let pick = self.policy.pick(&info, candidates);
         let slot = &self.endpoints[if panic_mode { pick } else { self.active_slots[pick] }];
-        let completion = Completion::new(slot.state.start(now), self.pool.clone());
+        let work = info
+            .extensions
+            .and_then(|e| e.get::<RequestSize>())
+            .map_or(1, |size| u64::from(size.prompt_tokens.max(1)));
+        let completion = Completion::new(slot.state.start(now, work), self.pool.clone());
         ResponseFuture::new(slot.service.clone().oneshot(req), completion, self.completion.clone())
     }
 }

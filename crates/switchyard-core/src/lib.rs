@@ -11,7 +11,7 @@
 //! - [`ReportedLoad`] and the [`orca`] module: the replica's own report (queue depth, running
 //!   requests, KV-cache utilisation), carried in the `endpoint-load-metrics-bin` trailer as an ORCA
 //!   `OrcaLoadReport`.
-//! - [`RoutingKey`], [`PrefixBlocks`] and [`Priority`]: per-request facts that travel in
+//! - [`RoutingKey`], [`PrefixBlocks`], [`RequestSize`] and [`Priority`]: per-request facts that travel in
 //!   `http::Request` extensions from the layer that extracts them to the layer that uses them.
 //!
 //! The crate does no I/O.
@@ -43,8 +43,10 @@ mod load;
 pub mod orca;
 mod priority;
 mod routing;
+mod size;
 
 pub use endpoint::{Endpoint, EndpointId};
 pub use load::{Load, ReportedLoad};
 pub use priority::{ParsePriorityError, Priority};
 pub use routing::{BYTES_PER_TOKEN, PrefixBlocks, RoutingKey, stable_hash};
+pub use size::RequestSize;

@@ -1,32 +1,68 @@
-//! Least response time.
+//! Least response time: the endpoint expected to answer first.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use switchyard_core::RequestSize;
 
 use super::{Policy, RequestInfo};
 use crate::EndpointState;
 
-/// The endpoint with the lowest expected response time, over all endpoints:
+/// The endpoint expected to send the first byte of its response soonest, over all endpoints:
 ///
 /// ```text
-/// cost = latency_estimate × (in_flight + 1)
+/// cost = (pending_work + work) × unit_time
 /// ```
 ///
-/// the time one request takes there times the requests it would share the endpoint with. The
-/// latency estimate is the balancer's peak EWMA (see [`P2cPeakEwma`](super::P2cPeakEwma)); an
-/// endpoint without a sample yet counts the default RTT (30 ms), so new endpoints are tried.
-/// Unlike P2C it compares every endpoint, so it is exact but O(n) per request, and prone to
-/// sending a burst to one endpoint between two updates of its estimate. Ties go to the endpoint
-/// after the previous pick.
-#[derive(Debug, Default)]
+/// - `work` is the request's size: its prompt tokens when it carries a
+///   [`RequestSize`] extension, otherwise 1;
+/// - `pending_work` is the work of the requests already sent to the endpoint that have not had
+///   their first byte (for an LLM replica: prompts still waiting to be prefilled);
+/// - `unit_time` is the endpoint's measured time per unit of work before a first byte
+///   ([`EndpointState::unit_time_nanos`]): its speed, learned from its own answers. An endpoint
+///   without a sample yet borrows the fastest measured one among those compared, so new endpoints
+///   are tried at once.
+///
+/// "Response time" is the time to the first byte of the response: the whole answer of a unary
+/// call, the time to first token (TTFT) of a stream. For LLM serving this is the cost that
+/// matters: a replica's TTFT is set by the prefill work queued ahead of a request and by its
+/// speed, while its in-flight count is dominated by long-lived decoding requests that barely
+/// delay a new prompt. The policy lab's `hetero` scenario (replicas of unequal speed) shows the
+/// difference: in-flight-based policies send the slow replica more than it can take.
+///
+/// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one, so it is exact;
+/// ties go to the endpoint after the previous pick. Beyond that it compares
+/// [`SAMPLE`](Self::SAMPLE) endpoints drawn at random (the power of d choices), which keeps the
+/// cost per request flat however large the pool. It needs nothing from the replicas but their
+/// answers, so it balances any gRPC server.
+#[derive(Debug)]
 pub struct LeastResponseTime {
     start: AtomicUsize,
+    rng: Mutex<Xoshiro256PlusPlus>,
+}
+
+impl Default for LeastResponseTime {
+    fn default() -> Self {
+        Self::with_seed(0)
+    }
 }
 
 impl LeastResponseTime {
-    /// Least response time.
+    /// Pools up to this size are scanned whole.
+    pub const EXACT_LIMIT: usize = 32;
+    /// Endpoints compared per request in larger pools.
+    pub const SAMPLE: usize = 16;
+
+    /// Least response time (sampling large pools with seed 0).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Least response time, sampling large pools with draws from `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self { start: AtomicUsize::new(0), rng: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(seed)) }
     }
 }
 
@@ -37,17 +73,135 @@ impl Policy for LeastResponseTime {
 
     fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
         let n = endpoints.len();
-        let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = start;
-        let mut best_cost = f64::INFINITY;
-        for offset in 0..n {
-            let i = (start + offset) % n;
-            let cost = endpoints[i].peak_ewma_cost(request.now);
-            if cost < best_cost {
-                best = i;
-                best_cost = cost;
-            }
+        let work = request
+            .extensions
+            .and_then(|e| e.get::<RequestSize>())
+            .map_or(1.0, |size| f64::from(size.prompt_tokens.max(1)));
+        if n > Self::EXACT_LIMIT {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sample = [0usize; Self::SAMPLE];
+            sample.iter_mut().for_each(|i| *i = rng.random_range(0..n));
+            drop(rng);
+            return cheapest(sample.into_iter(), endpoints, work);
         }
-        best
+        let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
+        cheapest((0..n).map(|offset| (start + offset) % n), endpoints, work)
+    }
+}
+
+/// The candidate with the lowest expected time to first byte for `work` more units (the first
+/// one on a tie).
+fn cheapest(
+    candidates: impl Iterator<Item = usize> + Clone,
+    endpoints: &[Arc<EndpointState>],
+    work: f64,
+) -> usize {
+    let fastest =
+        candidates.clone().filter_map(|i| endpoints[i].unit_time_nanos()).fold(f64::INFINITY, f64::min);
+    // Before any sample, all endpoints are equal: the pending work decides.
+    let unknown = if fastest.is_finite() { fastest } else { 1.0 };
+    let mut best = None;
+    let mut best_cost = f64::INFINITY;
+    for i in candidates {
+        let e = &endpoints[i];
+        let cost = (e.pending_work() as f64 + work) * e.unit_time_nanos().unwrap_or(unknown);
+        if best.is_none() || cost < best_cost {
+            best = Some(i);
+            best_cost = cost;
+        }
+    }
+    best.unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use switchyard_core::Endpoint;
+    use tokio::time::{Instant, advance};
+
+    fn endpoints(n: usize) -> Vec<Arc<EndpointState>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(EndpointState::new(Endpoint::new(format!("e{i}"), "http://e"), Default::default()))
+            })
+            .collect()
+    }
+
+    fn sized(prompt_tokens: u32) -> http::Extensions {
+        let mut e = http::Extensions::new();
+        e.insert(RequestSize::new(prompt_tokens, 1));
+        e
+    }
+
+    /// Sends `work` units to `e`, waits `ttft`, and takes the first byte: one speed sample.
+    async fn answer(e: &Arc<EndpointState>, work: u64, ttft: Duration) {
+        let mut f = e.start(Instant::now(), work);
+        advance(ttft).await;
+        f.first_byte();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn learns_speed_and_weighs_the_prefill_backlog() {
+        let eps = endpoints(2);
+        // e0 takes 1 µs a token, e1 4 µs: a quarter-speed replica.
+        answer(&eps[0], 1000, Duration::from_millis(1)).await;
+        answer(&eps[1], 1000, Duration::from_millis(4)).await;
+        assert_eq!(eps[0].unit_time_nanos(), Some(1000.0));
+        assert_eq!(eps[1].unit_time_nanos(), Some(4000.0));
+        let policy = LeastResponseTime::new();
+        let ext = sized(1000);
+        let req = RequestInfo { extensions: Some(&ext), now: Instant::now() };
+        assert_eq!(policy.pick(&req, &eps), 0, "idle: the fast one");
+        // 3,000 tokens wait on e0: (3000 + 1000) × 1 µs = 4 ms = (0 + 1000) × 4 µs, a tie...
+        let _backlog = eps[0].start(Instant::now(), 3000);
+        assert_eq!(eps[0].pending_work(), 3000);
+        let picks: Vec<usize> = (0..2).map(|_| policy.pick(&req, &eps)).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "ties take turns: {picks:?}");
+        // ...and with more waiting the slow one is sooner.
+        let _more = eps[0].start(Instant::now(), 1);
+        assert_eq!(policy.pick(&req, &eps), 1);
+        // A small request still fits before the slow one would answer.
+        let small = sized(10);
+        let req = RequestInfo { extensions: Some(&small), now: Instant::now() };
+        assert_eq!(policy.pick(&req, &eps), 1, "(4001 + 10) × 1 µs > (0 + 10) × 4 µs");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_endpoint_borrows_the_fastest_speed_and_is_tried() {
+        let eps = endpoints(3);
+        answer(&eps[0], 1, Duration::from_millis(10)).await;
+        answer(&eps[1], 1, Duration::from_millis(20)).await;
+        let _busy = eps[0].start(Instant::now(), 1);
+        let req = RequestInfo { extensions: None, now: Instant::now() };
+        assert_eq!(LeastResponseTime::new().pick(&req, &eps), 2, "e2 counts e0's 10 ms and is idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_request_releases_its_pending_work() {
+        let eps = endpoints(1);
+        let f = eps[0].start(Instant::now(), 500);
+        assert_eq!((eps[0].pending_work(), eps[0].awaiting_first_byte()), (500, 1));
+        drop(f);
+        assert_eq!((eps[0].pending_work(), eps[0].awaiting_first_byte(), eps[0].in_flight()), (0, 0, 0));
+        assert_eq!(eps[0].unit_time_nanos(), None, "a cancelled request is no speed sample");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_pools_are_sampled_and_still_avoid_the_backlog() {
+        let eps = endpoints(200);
+        // Every even endpoint has a long prefill queue.
+        let _queued: Vec<_> = eps.iter().step_by(2).map(|e| e.start(Instant::now(), 100_000)).collect();
+        let policy = LeastResponseTime::with_seed(3);
+        let req = RequestInfo { extensions: None, now: Instant::now() };
+        let picks: Vec<usize> = (0..200).map(|_| policy.pick(&req, &eps)).collect();
+        assert!(picks.iter().all(|i| i % 2 == 1), "one of 16 draws is almost surely idle: {picks:?}");
+        let distinct: std::collections::BTreeSet<_> = picks.iter().collect();
+        assert!(distinct.len() > 50, "the picks spread over the idle half: {}", distinct.len());
+        let again: Vec<usize> = {
+            let policy = LeastResponseTime::with_seed(3);
+            (0..200).map(|_| policy.pick(&req, &eps)).collect()
+        };
+        assert_eq!(picks, again, "the same seed, the same picks");
     }
 }

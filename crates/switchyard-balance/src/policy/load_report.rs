@@ -23,7 +23,8 @@ use crate::rng::distinct_pair;
 /// from the endpoint's last report if it is at most `max_age` old (1 s by default), where
 /// `in_flight` is the balancer's own count (it moves between reports) and `kv_weight` is 4, so a
 /// replica with a full cache costs five times one with an empty cache at the same load. Without a
-/// fresh report the score is the in-flight count alone (least connections over two choices). The
+/// fresh report the score is `in_flight + 1`, the same scale with an empty queue and cache (least
+/// connections over two choices). The
 /// lower score wins; ties go to the first draw.
 #[derive(Debug)]
 pub struct LoadReport {
@@ -55,7 +56,7 @@ impl LoadReport {
             Some(r) => {
                 (in_flight + f64::from(r.queue_depth) + 1.0) * (1.0 + self.kv_weight * r.kv_cache_utilization)
             }
-            None => in_flight,
+            None => in_flight + 1.0,
         }
     }
 }
@@ -72,5 +73,53 @@ impl Policy for LoadReport {
             return 0;
         };
         if self.score(&endpoints[a], request.now) <= self.score(&endpoints[b], request.now) { a } else { b }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::{Endpoint, ReportedLoad};
+    use tokio::time::Instant;
+
+    fn reporting(kv: f64, queue_depth: u32) -> Arc<EndpointState> {
+        let state = Arc::new(EndpointState::new(Endpoint::new("e", "http://e:9001"), Default::default()));
+        let report = ReportedLoad { kv_cache_utilization: kv, queue_depth, ..Default::default() };
+        state.record_report(report, Instant::now());
+        state
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fuller_cache_or_a_longer_queue_scores_worse_until_the_report_is_stale() {
+        let policy = LoadReport::with_seed(0);
+        let now = Instant::now();
+        let (empty, full, queued) = (reporting(0.0, 0), reporting(1.0, 0), reporting(0.0, 8));
+        assert!(policy.score(&full, now) > policy.score(&empty, now));
+        assert!(policy.score(&queued, now) > policy.score(&empty, now));
+        let _busy = (0..3).map(|_| empty.start(now, 1)).collect::<Vec<_>>();
+        assert!(policy.score(&empty, now) > policy.score(&reporting(0.0, 0), now), "in-flight counts too");
+
+        // Past the 1 s max age a report counts as absent: the score of an endpoint that never
+        // reported, at the same in-flight count.
+        let later = now + Duration::from_millis(1001);
+        let silent = Arc::new(EndpointState::new(Endpoint::new("s", "http://s:9001"), Default::default()));
+        assert_eq!(policy.score(&full, later), policy.score(&silent, later));
+        let _also_busy = (0..3).map(|_| silent.start(now, 1)).collect::<Vec<_>>();
+        assert_eq!(policy.score(&empty, later), policy.score(&silent, later));
+        let patient = LoadReport::with_seed(0).with_max_age(Duration::from_secs(5));
+        assert!(
+            patient.score(&full, later) > patient.score(&reporting(0.0, 0), later),
+            "fresh under a longer max age"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn picks_the_better_of_two() {
+        let policy = LoadReport::with_seed(0);
+        let endpoints = [reporting(1.0, 0), reporting(0.0, 0)];
+        let info = RequestInfo { extensions: None, now: Instant::now() };
+        for _ in 0..20 {
+            assert_eq!(policy.pick(&info, &endpoints), 1);
+        }
     }
 }

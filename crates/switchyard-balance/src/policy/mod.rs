@@ -94,7 +94,7 @@ impl PolicyKind {
     ];
 
     /// The default policy: see the crate documentation for why.
-    pub const DEFAULT: PolicyKind = PolicyKind::P2cPeakEwma;
+    pub const DEFAULT: PolicyKind = PolicyKind::LeastResponseTime;
 
     /// The policy's name.
     pub fn name(self) -> &'static str {
@@ -115,7 +115,7 @@ impl PolicyKind {
             PolicyKind::RoundRobin => Arc::new(RoundRobin::new()),
             PolicyKind::WeightedRoundRobin => Arc::new(WeightedRoundRobin::new()),
             PolicyKind::LeastConnections => Arc::new(LeastConnections::new()),
-            PolicyKind::LeastResponseTime => Arc::new(LeastResponseTime::new()),
+            PolicyKind::LeastResponseTime => Arc::new(LeastResponseTime::with_seed(seed)),
             PolicyKind::P2cPeakEwma => Arc::new(P2cPeakEwma::with_seed(seed)),
             PolicyKind::Random => Arc::new(Random::with_seed(seed)),
             PolicyKind::LoadReport => Arc::new(LoadReport::with_seed(seed)),

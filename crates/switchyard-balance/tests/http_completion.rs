@@ -1,0 +1,236 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `HttpCompletion`: a request counts until its response body ends; latency at the first frame;
+//! outcome and load report from the trailers (or the headers of a trailers-only response).
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Req, body_of, dispatch, grpc_response, req, trailers};
+use futures::SinkExt;
+use futures::channel::mpsc;
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt;
+use switchyard_balance::discover::{StaticDiscover, from_backends};
+use switchyard_balance::{
+    Backend, Balance, EndpointLoad, LoadBoard, PolicyHandle, PolicyKind, TrackingConfig,
+};
+use switchyard_core::{ReportedLoad, orca};
+use tokio::time::{Instant, advance};
+use tower::BoxError;
+use tower::util::BoxCloneService;
+
+type Svc<B> = BoxCloneService<Req, http::Response<B>, BoxError>;
+
+/// A balancer over one endpoint that answers with whatever `respond` makes.
+fn one_endpoint<B: Send + 'static>(
+    respond: impl Fn() -> http::Response<B> + Clone + Send + 'static,
+) -> Balance<StaticDiscover<Svc<B>>, Svc<B>, Req> {
+    let service = BoxCloneService::new(tower::service_fn(move |_req: Req| {
+        let rsp = respond();
+        async move { Ok::<_, BoxError>(rsp) }
+    }));
+    // A decay far longer than any test, so latency samples read back unchanged.
+    let tracking = TrackingConfig { decay: Duration::from_secs(1_000_000), ..TrackingConfig::default() };
+    Balance::new(from_backends([Backend::new(common::endpoint("e"), service)]))
+        .with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0))
+        .with_tracking(tracking)
+}
+
+fn entry(board: &LoadBoard) -> EndpointLoad {
+    board.get(&"e".into()).expect("the endpoint is on the board")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_in_flight_until_its_body_ends() {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+    let body = std::sync::Arc::new(std::sync::Mutex::new(Some(rx)));
+    let mut lb = one_endpoint(move || {
+        let rx = body.lock().unwrap().take().expect("one request");
+        http::Response::new(http_body_util::StreamBody::new(rx).boxed_unsync())
+    });
+    let board = lb.board();
+    let mut tx = tx;
+
+    let sent = Instant::now();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(entry(&board).load.in_flight, 1, "headers arrived, the body did not");
+    assert_eq!(entry(&board).load.latency_ewma, None, "no sample before the first frame");
+
+    advance(Duration::from_millis(50)).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(b"token 1")))).await.unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    let load = entry(&board).load;
+    assert_eq!(load.in_flight, 1, "a stream counts until it ends");
+    assert_eq!(load.latency_ewma, Some(Duration::from_millis(50)), "sampled at the first frame");
+
+    advance(Duration::from_millis(500)).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(b"token 2")))).await.unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    assert_eq!(entry(&board).load.in_flight, 1);
+
+    let report = ReportedLoad { queue_depth: 2, running: 7, kv_cache_utilization: 0.5, ..Default::default() };
+    tx.send(Ok(Frame::trailers(trailers(0, Some(&report))))).await.unwrap();
+    drop(tx);
+    assert!(body.frame().await.unwrap().unwrap().is_trailers());
+    let load = entry(&board).load;
+    assert_eq!(load.in_flight, 0, "the trailers end the request");
+    assert_eq!((load.completed, load.failed), (1, 0));
+    assert_eq!(load.report, Some(report));
+    assert_eq!(load.report_at, Some(sent + Duration::from_millis(550)));
+    let latency = load.latency_ewma.unwrap();
+    assert!(
+        latency > Duration::from_millis(49) && latency <= Duration::from_millis(50),
+        "the time to the first frame, not to the end of the stream: {latency:?}"
+    );
+    assert!(body.frame().await.is_none());
+    assert_eq!(entry(&board).load.completed, 1, "counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_ends_without_trailers_ends_the_request() {
+    let mut lb = one_endpoint(|| http::Response::new(body_of(vec![Frame::data(Bytes::from_static(b"ok"))])));
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    assert_eq!(entry(&board).load.in_flight, 1);
+    common::drain(response.into_body()).await;
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_says_it_has_ended_ends_the_request() {
+    // hyper (and other consumers) stop polling once `is_end_stream` is true, and drop the body.
+    let mut lb = one_endpoint(|| http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))));
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    let mut body = response.into_body();
+    while !body.is_end_stream() {
+        body.frame().await.unwrap().unwrap();
+    }
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 0), "ended when the body said so");
+    drop(body);
+    assert_eq!(entry(&board).load.completed, 1, "counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_response_unread_ends_the_request() {
+    let mut lb = one_endpoint(|| grpc_response(b"ok", trailers(0, None)));
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    assert_eq!(entry(&board).load.in_flight, 1);
+    drop(response);
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trailers_only_response_is_read_from_its_headers() {
+    let report = ReportedLoad { queue_depth: 9, kv_cache_utilization: 0.75, ..Default::default() };
+    let headers = trailers(14, Some(&report));
+    let mut lb = one_endpoint(move || {
+        let mut rsp = http::Response::new(body_of(Vec::new()));
+        *rsp.headers_mut() = headers.clone();
+        rsp
+    });
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    let load = entry(&board).load;
+    assert_eq!(load.in_flight, 0, "nothing more to wait for");
+    assert_eq!((load.completed, load.failed), (1, 1), "grpc-status 14 in the headers is a failure");
+    assert_eq!(load.report, Some(report));
+    assert!(load.latency_ewma.is_some());
+    common::drain(response.into_body()).await;
+    assert_eq!(entry(&board).load.completed, 1, "counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_unavailable_in_the_trailers_is_a_failure_and_other_codes_are_not() {
+    for (status, failed) in [(0, 0), (3, 0), (14, 1)] {
+        let mut lb = one_endpoint(move || grpc_response(b"x", trailers(status, None)));
+        let board = lb.board();
+        let response = dispatch(&mut lb, req()).await.await.unwrap();
+        common::drain(response.into_body()).await;
+        let load = entry(&board).load;
+        assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, failed), "grpc-status {status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_gateway_errors_are_failures() {
+    let mut lb = one_endpoint(|| {
+        let mut rsp = http::Response::new(body_of(vec![Frame::data(Bytes::from_static(b"bad gateway"))]));
+        *rsp.status_mut() = http::StatusCode::BAD_GATEWAY;
+        rsp
+    });
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_load_report_is_ignored() {
+    let mut lb = one_endpoint(|| {
+        let mut t = trailers(0, None);
+        t.insert(orca::TRAILER_NAME, http::HeaderValue::from_static("!!not base64!!"));
+        grpc_response(b"ok", t)
+    });
+    let board = lb.board();
+    for _ in 0..3 {
+        let response = dispatch(&mut lb, req()).await.await.unwrap();
+        let trailers = common::drain(response.into_body()).await.expect("trailers pass through");
+        assert!(trailers.contains_key(orca::TRAILER_NAME), "the caller still sees the trailer");
+    }
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 3, 0));
+    assert_eq!(load.report, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_error_is_a_failure() {
+    let mut lb = one_endpoint(|| {
+        let frames = futures::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"partial"))),
+            Err::<Frame<Bytes>, BoxError>("connection reset".into()),
+        ]);
+        http::Response::new(http_body_util::StreamBody::new(frames))
+    });
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    let mut body = response.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    assert!(body.frame().await.unwrap().is_err());
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_error_is_a_failure() {
+    let service: common::Svc<String> = BoxCloneService::new(tower::service_fn(|_req: Req| async {
+        Err::<String, BoxError>("connection refused".into())
+    }));
+    let mut lb = Balance::new(from_backends([Backend::new(common::endpoint("e"), service)]))
+        .with_completion(switchyard_balance::CompleteOnResponse);
+    let board = lb.board();
+    let err = dispatch(&mut lb, req()).await.await.unwrap_err();
+    assert_eq!(err.to_string(), "connection refused");
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_body_ends_the_request_at_once() {
+    let mut lb = one_endpoint(|| http::Response::new(http_body_util::Empty::<Bytes>::new()));
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 0), "nobody polls an empty body");
+    assert!(common::drain(response.into_body()).await.is_none());
+    assert_eq!(entry(&board).load.completed, 1, "counted once");
+}

@@ -1,0 +1,476 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The pool of endpoints: discovery changes under load, policy switches under load, outlier
+//! ejection and return, the wait for a first endpoint, and the LoadBoard.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{
+    Held, Hold, Req, Svc, answers, backend, backends, completed, discovery, dispatch, held, in_flight,
+    insert, remove, req, send,
+};
+use futures::channel::mpsc;
+use switchyard_balance::discover::from_backends;
+use switchyard_balance::{
+    Backend, Balance, CompleteOnResponse, DEFAULT_NO_ENDPOINT_WAIT, LoadBoard, NoEndpoints, OutlierConfig,
+    PolicyHandle, PolicyKind,
+};
+use switchyard_core::EndpointId;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, advance, sleep};
+use tower::util::BoxCloneService;
+use tower::{BoxError, Service, ServiceExt};
+
+type Dynamic<R> = mpsc::Receiver<common::ChangeOf<Svc<R>>>;
+type Lb = Balance<Dynamic<String>, Svc<String>, Req, CompleteOnResponse>;
+
+fn dynamic() -> (mpsc::Sender<common::ChangeOf<Svc<String>>>, Lb) {
+    let (tx, rx) = discovery();
+    (tx, Balance::new(rx).with_completion(CompleteOnResponse))
+}
+
+/// An endpoint that answers with its name, or fails while `failing` is set; it waits for a
+/// [`Hold`] first if the request has one.
+fn flaky(name: &str, failing: &Arc<AtomicBool>) -> Backend<Svc<String>> {
+    let (label, failing) = (name.to_string(), failing.clone());
+    let service = BoxCloneService::new(tower::service_fn(move |req: Req| {
+        let (label, failing) = (label.clone(), failing.clone());
+        let hold = req.extensions().get::<Hold>().cloned();
+        async move {
+            if let Some(Hold(hold)) = hold {
+                hold.acquire().await?.forget();
+            }
+            if failing.load(Ordering::Relaxed) {
+                Err(BoxError::from(format!("{label} is down")))
+            } else {
+                Ok(label)
+            }
+        }
+    }));
+    backend(name, service)
+}
+
+fn flag(on: bool) -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(on))
+}
+
+fn ejected(board: &LoadBoard) -> Vec<String> {
+    board.snapshot().into_iter().filter(|e| e.ejected).map(|e| e.endpoint.id.to_string()).collect()
+}
+
+fn count(board: &LoadBoard, id: &str) -> u64 {
+    completed(board)[id]
+}
+
+// ---- switching the policy -------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn switching_the_policy_under_load_fails_no_request() {
+    let spec = [20, 30, 40, 50, 60].map(Duration::from_millis);
+    let mut list: Vec<_> = spec
+        .iter()
+        .enumerate()
+        .map(|(i, d)| backend(&format!("e{i}"), answers(&format!("e{i}"), *d)))
+        .collect();
+    for (i, b) in list.iter_mut().enumerate() {
+        b.endpoint.weight = i as u32 % 3;
+    }
+    let policy = PolicyHandle::of(PolicyKind::RoundRobin, 0);
+    let mut lb =
+        Balance::new(from_backends(list)).with_policy(policy.clone()).with_completion(CompleteOnResponse);
+    let board = lb.board();
+    let requests = 2100;
+    let mut tasks = Vec::new();
+    let mut peak = 0;
+    for i in 0..requests {
+        if i % 3 == 0 {
+            let kind = PolicyKind::ALL[(i / 3) % PolicyKind::ALL.len()];
+            policy.set(kind.build(i as u64));
+        }
+        sleep(Duration::from_millis(1)).await;
+        tasks.push(tokio::spawn(dispatch(&mut lb, req()).await));
+        peak = peak.max(in_flight(&board).values().sum::<u32>());
+    }
+    assert!(peak >= 20, "requests overlapped the switches: peak {peak} in flight");
+    for t in tasks {
+        t.await.unwrap().expect("every request succeeds");
+    }
+    assert_eq!(completed(&board).values().sum::<u64>(), requests as u64);
+    assert!(in_flight(&board).values().all(|&n| n == 0), "{:?}", in_flight(&board));
+    assert!(board.snapshot().iter().all(|e| e.load.failed == 0));
+}
+
+// ---- discovery --------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_endpoint_finishes_its_requests_and_gets_no_more() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0));
+    let board = lb.board();
+    for b in backends(&[("a", Duration::ZERO), ("b", Duration::ZERO), ("c", Duration::ZERO)]) {
+        insert(&mut tx, b);
+    }
+    let hold = Arc::new(Semaphore::new(0));
+    let mut pending = Vec::new();
+    for _ in 0..6 {
+        pending.push(tokio::spawn(dispatch(&mut lb, held(&hold)).await));
+    }
+    let b_state = board.state(&EndpointId::new("b")).expect("b is on the board");
+    assert_eq!(b_state.in_flight(), 2);
+
+    remove(&mut tx, "b");
+    lb.ready().await.unwrap();
+    assert_eq!(lb.len(), 2);
+    assert!(board.get(&"b".into()).is_none(), "b left the board");
+    assert_eq!(board.len(), 2);
+
+    for _ in 0..12 {
+        assert_ne!(send(&mut lb).await.unwrap(), "b", "no new request goes to a removed endpoint");
+    }
+    assert_eq!(b_state.in_flight(), 2, "b's requests are still in flight");
+
+    hold.add_permits(6);
+    let mut served = Vec::new();
+    for p in pending {
+        served.push(p.await.unwrap().expect("requests in flight on a removed endpoint succeed"));
+    }
+    assert_eq!(served.iter().filter(|s| *s == "b").count(), 2);
+    assert_eq!(b_state.in_flight(), 0);
+    assert_eq!(b_state.outcomes(), (2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn inserting_a_known_id_replaces_the_endpoint() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0));
+    insert(&mut tx, backend("a", answers("old", Duration::ZERO)));
+    assert_eq!(send(&mut lb).await.unwrap(), "old");
+    insert(&mut tx, backend("a", answers("new", Duration::ZERO)));
+    assert_eq!(send(&mut lb).await.unwrap(), "new");
+    assert_eq!(lb.len(), 1);
+    assert_eq!(lb.board().len(), 1);
+    assert_eq!(count(&lb.board(), "a"), 1, "a fresh state for the new endpoint");
+}
+
+// ---- no endpoints -----------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn with_no_endpoint_requests_fail_after_the_default_wait() {
+    let (_tx, mut lb) = dynamic();
+    let start = Instant::now();
+    let ready = lb.ready().await.unwrap();
+    assert_eq!(start.elapsed(), DEFAULT_NO_ENDPOINT_WAIT);
+    let err = ready.call(req()).await.unwrap_err();
+    assert!(err.downcast_ref::<NoEndpoints>().is_some(), "{err}");
+    // Failing fast from now on: no second wait.
+    let again = Instant::now();
+    let err = send(&mut lb).await.unwrap_err();
+    assert!(err.is::<NoEndpoints>());
+    assert_eq!(again.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_a_first_endpoint_is_configurable() {
+    let (_tx, lb) = dynamic();
+    let mut lb = lb.with_no_endpoint_wait(Duration::from_millis(250));
+    let start = Instant::now();
+    let err = send(&mut lb).await.unwrap_err();
+    assert!(err.is::<NoEndpoints>(), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_inserted_during_the_wait_is_used() {
+    let (mut tx, mut lb) = dynamic();
+    tokio::spawn(async move {
+        sleep(Duration::from_secs(1)).await;
+        insert(&mut tx, backend("late", answers("late", Duration::ZERO)));
+        // Keep discovery open.
+        sleep(Duration::from_secs(3600)).await;
+    });
+    let start = Instant::now();
+    assert_eq!(send(&mut lb).await.unwrap(), "late");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_inserted_after_the_wait_is_used() {
+    let (mut tx, mut lb) = dynamic();
+    assert!(send(&mut lb).await.unwrap_err().is::<NoEndpoints>());
+    insert(&mut tx, backend("late", answers("late", Duration::ZERO)));
+    assert_eq!(send(&mut lb).await.unwrap(), "late");
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_is_removed_requests_fail_with_no_endpoints() {
+    let (mut tx, mut lb) = dynamic();
+    insert(&mut tx, backend("a", answers("a", Duration::ZERO)));
+    assert_eq!(send(&mut lb).await.unwrap(), "a");
+    remove(&mut tx, "a");
+    let start = Instant::now();
+    let err = send(&mut lb).await.unwrap_err();
+    assert!(err.is::<NoEndpoints>(), "{err}");
+    assert_eq!(start.elapsed(), DEFAULT_NO_ENDPOINT_WAIT, "waits for discovery again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_finished_discovery_fails_at_once() {
+    let mut lb =
+        Balance::new(from_backends(Vec::<Backend<Svc<String>>>::new())).with_completion(CompleteOnResponse);
+    let start = Instant::now();
+    assert!(send(&mut lb).await.unwrap_err().is::<NoEndpoints>());
+    assert_eq!(start.elapsed(), Duration::ZERO, "nothing more will come");
+}
+
+// ---- outlier ejection -------------------------------------------------------------------------
+
+fn outlier(consecutive_failures: u32, max_ejected_share: f64) -> OutlierConfig {
+    OutlierConfig {
+        consecutive_failures,
+        base_ejection: Duration::from_secs(10),
+        max_ejection: Duration::from_secs(300),
+        max_ejected_share,
+    }
+}
+
+/// Sends `n` requests one after the other; returns how many failed.
+async fn failures(lb: &mut Lb, n: usize) -> usize {
+    let mut failed = 0;
+    for _ in 0..n {
+        if send(lb).await.is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_endpoint_is_ejected_and_returns_after_its_ejection_time() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(3, 0.5));
+    let board = lb.board();
+    let (up, down) = (flag(false), flag(true));
+    for b in [flaky("a", &up), flaky("b", &up), flaky("bad", &down)] {
+        insert(&mut tx, b);
+    }
+    // Round robin: `bad` fails every third request; its third failure ejects it.
+    assert_eq!(failures(&mut lb, 9).await, 3);
+    assert_eq!(ejected(&board), ["bad"]);
+    assert_eq!(board.get(&"bad".into()).unwrap().load.failed, 3);
+
+    assert_eq!(failures(&mut lb, 30).await, 0, "an ejected endpoint gets no traffic");
+    assert_eq!(count(&board, "bad"), 3);
+
+    advance(Duration::from_secs(10)).await;
+    assert!(ejected(&board).is_empty(), "the ejection ran out");
+    assert!(failures(&mut lb, 6).await > 0, "back in rotation");
+    // Still failing: the second ejection lasts twice as long.
+    failures(&mut lb, 9).await;
+    assert_eq!(ejected(&board), ["bad"]);
+    let served = count(&board, "bad");
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(failures(&mut lb, 30).await, 0, "still ejected after one base ejection time");
+    assert_eq!(count(&board, "bad"), served);
+    advance(Duration::from_secs(10)).await;
+
+    down.store(false, Ordering::Relaxed);
+    assert_eq!(failures(&mut lb, 30).await, 0);
+    assert_eq!(count(&board, "bad") - served, 10, "a full share again");
+    assert!(ejected(&board).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_unavailable_trailers_eject_through_http_completion() {
+    let grpc = |name: &str, status: u32| {
+        let service: Svc<http::Response<common::Body>> =
+            BoxCloneService::new(tower::service_fn(move |_req: Req| async move {
+                Ok::<_, BoxError>(common::grpc_response(b"msg", common::trailers(status, None)))
+            }));
+        backend(name, service)
+    };
+    let mut lb = Balance::new(from_backends([grpc("a", 0), grpc("bad", 14)]))
+        .with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0))
+        .with_outlier(outlier(2, 0.5));
+    let board = lb.board();
+    for _ in 0..20 {
+        let response = dispatch(&mut lb, req()).await.await.unwrap();
+        common::drain(response.into_body()).await;
+    }
+    assert_eq!(ejected(&board), ["bad"]);
+    assert_eq!(board.get(&"bad".into()).unwrap().load.failed, 2);
+    assert_eq!(count(&board, "a"), 18);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_more_than_the_max_ejected_share_is_ejected() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(2, 0.5));
+    let board = lb.board();
+    let (up, down) = (flag(false), flag(true));
+    for b in [flaky("a", &up), flaky("x", &down), flaky("y", &down), flaky("z", &down)] {
+        insert(&mut tx, b);
+    }
+    for _ in 0..60 {
+        let _ = send(&mut lb).await;
+        assert!(ejected(&board).len() <= 2, "{:?}", ejected(&board));
+    }
+    assert_eq!(ejected(&board).len(), 2, "half of four");
+    let unejected =
+        board.snapshot().into_iter().find(|e| !e.ejected && e.endpoint.id.as_str() != "a").unwrap();
+    assert!(unejected.load.failed > 2, "the third failing endpoint keeps serving (and failing)");
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_is_ejected_the_balancer_still_serves() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(2, 1.0));
+    let board = lb.board();
+    let down = flag(true);
+    for b in [flaky("a", &down), flaky("b", &down)] {
+        insert(&mut tx, b);
+    }
+    assert_eq!(failures(&mut lb, 4).await, 4);
+    assert_eq!(ejected(&board), ["a", "b"]);
+    down.store(false, Ordering::Relaxed);
+    // Panic mode: every endpoint is ejected, so the policy picks among all of them.
+    let served: Vec<String> = [send(&mut lb).await.unwrap(), send(&mut lb).await.unwrap()].into();
+    assert_eq!(served, ["a", "b"]);
+    assert_eq!(ejected(&board), ["a", "b"], "still ejected, still serving");
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_an_endpoint_whose_ejection_ran_out_frees_its_slot() {
+    // Four endpoints and a share of 0.5: two may be ejected; after one leaves, one of three.
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(1, 0.5));
+    let board = lb.board();
+    let (up, x_down, y_down) = (flag(false), flag(true), flag(false));
+    for b in [flaky("a", &up), flaky("b", &up), flaky("x", &x_down), flaky("y", &y_down)] {
+        insert(&mut tx, b);
+    }
+    failures(&mut lb, 4).await;
+    assert_eq!(ejected(&board), ["x"]);
+    // x's ejection runs out while no request comes, then discovery removes it.
+    advance(Duration::from_secs(11)).await;
+    remove(&mut tx, "x");
+    lb.ready().await.unwrap();
+    y_down.store(true, Ordering::Relaxed);
+    failures(&mut lb, 6).await;
+    assert_eq!(ejected(&board), ["y"], "x's ejection slot was given back when it left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_on_a_removed_endpoint_take_no_ejection_slot() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(1, 0.5));
+    let board = lb.board();
+    let (up, gone_down, y_down) = (flag(false), flag(true), flag(false));
+    for b in [flaky("a", &up), flaky("b", &up), flaky("gone", &gone_down), flaky("y", &y_down)] {
+        insert(&mut tx, b);
+    }
+    // Requests in flight on `gone` when it is removed (its process is shutting down)...
+    let hold = Arc::new(Semaphore::new(0));
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        pending.push(tokio::spawn(dispatch(&mut lb, held(&hold)).await));
+    }
+    assert_eq!(in_flight(&board)["gone"], 1);
+    remove(&mut tx, "gone");
+    lb.ready().await.unwrap();
+    // ...fail afterwards.
+    hold.add_permits(4);
+    let mut failed = 0;
+    for p in pending {
+        failed += usize::from(p.await.unwrap().is_err());
+    }
+    assert_eq!(failed, 1);
+    // Three endpoints, a share of 0.5: one may be ejected, and `y` is the one that fails now.
+    y_down.store(true, Ordering::Relaxed);
+    failures(&mut lb, 6).await;
+    assert_eq!(ejected(&board), ["y"], "a departed endpoint holds no ejection slot");
+}
+
+/// Lets the `i`-th held request go, and waits for its outcome.
+async fn release(pending: &mut [Held], i: usize) -> Result<String, BoxError> {
+    let (hold, task) = &mut pending[i];
+    hold.add_permits(1);
+    task.await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_an_ejection_ran_out_takes_no_second_slot() {
+    // Four endpoints and a share of 0.5: two ejection slots.
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(1, 0.5));
+    let board = lb.board();
+    let (a_down, b_down, x_down, up) = (flag(false), flag(false), flag(true), flag(false));
+    for b in [flaky("a", &a_down), flaky("b", &b_down), flaky("x", &x_down), flaky("y", &up)] {
+        insert(&mut tx, b);
+    }
+    // Two long requests on each endpoint (round robin: a b x y a b x y).
+    let mut pending = Vec::new();
+    for _ in 0..8 {
+        let hold = Arc::new(Semaphore::new(0));
+        pending.push((hold.clone(), tokio::spawn(dispatch(&mut lb, held(&hold)).await)));
+    }
+    assert!(release(&mut pending, 2).await.is_err());
+    assert_eq!(ejected(&board), ["x"]);
+    // x's ejection runs out; before any request comes, its other request fails too.
+    advance(Duration::from_secs(11)).await;
+    assert!(release(&mut pending, 6).await.is_err());
+    assert_eq!(ejected(&board), ["x"], "ejected again, for longer");
+    for i in [0, 1, 3, 4, 5, 7] {
+        release(&mut pending, i).await.unwrap();
+    }
+    // The second ejection runs out and x returns, healthy.
+    advance(Duration::from_secs(21)).await;
+    x_down.store(false, Ordering::Relaxed);
+    assert_eq!(failures(&mut lb, 8).await, 0);
+    assert!(ejected(&board).is_empty());
+    // Both slots are free: a and b can both be ejected.
+    a_down.store(true, Ordering::Relaxed);
+    b_down.store(true, Ordering::Relaxed);
+    failures(&mut lb, 4).await;
+    assert_eq!(ejected(&board), ["a", "b"]);
+}
+
+// ---- the LoadBoard ----------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_board_shows_every_endpoints_load_sorted_and_shared_between_balancers() {
+    let board = LoadBoard::new();
+    let (up, down) = (flag(false), flag(true));
+    let mut first = Balance::new(from_backends([flaky("c", &down), flaky("a", &up)]))
+        .with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0))
+        .with_completion(CompleteOnResponse)
+        .with_board(board.clone());
+    let mut second = Balance::new(from_backends([flaky("b", &up)]))
+        .with_completion(CompleteOnResponse)
+        .with_board(board.clone());
+    assert_eq!(send(&mut first).await.unwrap_err().to_string(), "c is down");
+    assert_eq!(send(&mut first).await.unwrap(), "a");
+    assert_eq!(send(&mut first).await.unwrap_err().to_string(), "c is down");
+    let hold = Arc::new(Semaphore::new(0));
+    let held_b = tokio::spawn(dispatch(&mut second, held(&hold)).await);
+    tokio::task::yield_now().await;
+
+    let snapshot = board.snapshot();
+    let ids: Vec<&str> = snapshot.iter().map(|e| e.endpoint.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"], "sorted by id, both balancers' endpoints");
+    let loads: Vec<(u32, u64, u64)> =
+        snapshot.iter().map(|e| (e.load.in_flight, e.load.completed, e.load.failed)).collect();
+    assert_eq!(loads, [(0, 1, 0), (1, 0, 0), (0, 2, 2)]);
+    assert!(snapshot[0].load.latency_ewma.is_some() && snapshot[1].load.latency_ewma.is_none());
+    assert_eq!(snapshot[1].endpoint.address, "http://b:9001");
+    let json = serde_json::to_value(&snapshot).unwrap();
+    assert_eq!(json[2]["load"]["failed"], 2);
+    assert_eq!(json[0]["ejected"], false);
+
+    hold.add_permits(1);
+    assert_eq!(held_b.await.unwrap().unwrap(), "b");
+    assert_eq!(board.get(&"b".into()).unwrap().load.in_flight, 0);
+    assert!(board.len() == 3 && first.board().len() == 3 && second.board().len() == 3);
+}

@@ -1,0 +1,140 @@
+//! An existing tonic client, balanced over several replicas by composing Switchyard's balancer
+//! under it: the way a microservice that already talks to one model server adopts Switchyard.
+//!
+//! The generated client stays as it is; only the service it is built on changes, from one
+//! `Channel` to a `Balance` over one `Channel` per replica (behind a `Buffer`, so the client is
+//! `Clone` and many tasks can share it). Each request goes to the replica the policy picks (least
+//! response time by default), and the balancer's `LoadBoard` shows where they went.
+//!
+//! ```sh
+//! # three in-process workers on 127.0.0.1, one of them four times slower than the others
+//! cargo run --example balanced_client
+//! # or replicas that are already running
+//! cargo run --example balanced_client -- http://127.0.0.1:9001 http://127.0.0.1:9002
+//! ```
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use switchyard::loadgen::infer_request;
+use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::sim::TraceRecord;
+use switchyard::worker::{self, WorkerArgs, WorkerError};
+use switchyard_balance::{Backend, Balance, discover};
+use switchyard_core::Endpoint;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tower::buffer::Buffer;
+
+const REQUESTS: u64 = 200;
+/// Requests in flight at once. Were all 200 sent in the same instant, every replica would still
+/// look alike (no latency sample yet, equal in-flight counts) and get a third; with a window, a
+/// replica's answers come back before the next requests are placed, and the slow one's longer
+/// latency and longer queue steer requests away from it.
+const CONCURRENCY: usize = 32;
+/// The in-process replicas' relative speeds: two H100-like ones and one four times slower.
+const SPEEDS: [f64; 3] = [1.0, 1.0, 0.25];
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut targets: Vec<String> = std::env::args().skip(1).collect();
+    let mut workers = Vec::new();
+    if targets.is_empty() {
+        for speed in SPEEDS {
+            let worker = Worker::start(speed).await?;
+            println!("worker {} (speed {speed})", worker.uri);
+            targets.push(worker.uri.clone());
+            workers.push(worker);
+        }
+    }
+
+    // ---- Switchyard: one Channel per replica -> Balance -> Buffer -> the usual tonic client ----
+    let mut backends = Vec::new();
+    for (i, uri) in targets.iter().enumerate() {
+        let channel = Channel::from_shared(uri.clone())?.connect_lazy();
+        backends.push(Backend::new(Endpoint::new(format!("replica-{i}"), uri.as_str()), channel));
+    }
+    let balancer = Balance::new(discover::from_backends(backends));
+    let board = balancer.board();
+    let client = GrpcInferenceServiceClient::new(Buffer::new(balancer, 1024));
+    // ---------------------------------------------------------------------------------------------
+
+    let record =
+        TraceRecord { at: Duration::ZERO, prompt_tokens: 256, output_tokens: 32, prefix: Default::default() };
+    let started = Instant::now();
+    let results: Vec<_> = futures::stream::iter(0..REQUESTS)
+        .map(|id| {
+            let mut client = client.clone();
+            let request = infer_request("sim-llm", id, &record);
+            async move { client.model_infer(request).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    println!(
+        "{REQUESTS} requests, {CONCURRENCY} at a time, in {:.2} s: {} ok, {} failed",
+        started.elapsed().as_secs_f64(),
+        results.len() - failed.len(),
+        failed.len()
+    );
+    if let Some(status) = failed.first() {
+        println!("first failure: {status}");
+    }
+
+    let snapshot = board.snapshot();
+    let total: u64 = snapshot.iter().map(|e| e.load.completed).sum();
+    println!("{:<10} {:<24} {:>9} {:>6} {:>13}", "replica", "address", "completed", "share", "latency ewma");
+    for entry in &snapshot {
+        let share = 100.0 * entry.load.completed as f64 / total.max(1) as f64;
+        let latency =
+            entry.load.latency_ewma.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+        println!(
+            "{:<10} {:<24} {:>9} {:>5.1}% {:>13}",
+            entry.endpoint.id.as_str(),
+            entry.endpoint.address,
+            entry.load.completed,
+            share,
+            latency
+        );
+    }
+
+    // The client's last handle closes the balancer and its channels; then the workers drain.
+    drop(client);
+    for worker in workers {
+        worker.stop().await;
+    }
+    Ok(())
+}
+
+/// A worker serving on an ephemeral loopback port in this process.
+struct Worker {
+    uri: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl Worker {
+    async fn start(speed: f64) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let uri = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let args = WorkerArgs { speed, ..WorkerArgs::default() };
+        let task = tokio::spawn(worker::serve(args, listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { uri, stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("worker {} failed: {e}", self.uri),
+            Ok(Err(e)) => eprintln!("worker {} panicked: {e}", self.uri),
+            Err(_) => eprintln!("worker {} did not drain within 5 s", self.uri),
+        }
+    }
+}

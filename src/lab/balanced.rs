@@ -1,0 +1,92 @@
+//! One policy's run: the real [`Balance`] with a [`PolicyKind`] over simulated replicas.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::StreamExt;
+use switchyard_balance::{Backend, Balance, PolicyHandle, PolicyKind, discover};
+use switchyard_core::{Endpoint, RequestSize};
+use switchyard_sim::{ConfigError, GenerationRequest, TraceRecord, workload};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use super::cluster::{ReplicaSpec, read_tokens, spawn_engines};
+use super::replica::{SimCompletion, SimReplica};
+use super::report::{RequestOutcome, RunRecord};
+
+/// Replays `records` at `time_scale` through a balancer with policy `kind` (random choices from
+/// `seed`) over `replicas`, and records every request. Call inside a paused runtime
+/// ([`run_paused`](super::cluster::run_paused)).
+///
+/// The arrival loop owns the balancer: at each arrival it waits for `poll_ready` and calls it,
+/// which makes the pick and counts the request in flight at once; a task per request then
+/// drives the response and reads its tokens, so requests overlap as they would behind a gateway.
+pub(crate) async fn run_policy(
+    kind: PolicyKind,
+    seed: u64,
+    replicas: &[ReplicaSpec],
+    records: &[TraceRecord],
+    time_scale: f64,
+) -> Result<RunRecord, ConfigError> {
+    let engines = spawn_engines(replicas)?;
+    let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
+    let backends = replicas.iter().zip(&engines).map(|(spec, engine)| {
+        let endpoint =
+            Endpoint::new(spec.name.as_str(), format!("sim://{}", spec.name)).with_weight(spec.weight());
+        Backend::new(endpoint, SimReplica::new(engine.clone()))
+    });
+    let mut balancer = Balance::new(discover::from_backends(backends))
+        .with_policy(PolicyHandle::of(kind, seed))
+        .with_completion(SimCompletion);
+
+    let outcomes = Arc::new(Mutex::new(vec![RequestOutcome::default(); records.len()]));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(records.len());
+    let arrivals = workload::paced(records.iter().cloned(), time_scale).enumerate();
+    let mut arrivals = std::pin::pin!(arrivals);
+    while let Some((i, record)) = arrivals.next().await {
+        let arrived_at = Instant::now();
+        let arrived = arrived_at.saturating_duration_since(start);
+        let mut request = http::Request::new(GenerationRequest::from(&record));
+        // What the gateway's key-extraction layer puts in: the request's size.
+        request.extensions_mut().insert(RequestSize::new(record.prompt_tokens, record.output_tokens));
+        let response = match balancer.ready().await {
+            Ok(ready) => ready.call(request),
+            Err(_) => {
+                set(
+                    &outcomes,
+                    i,
+                    RequestOutcome { arrived, dispatched: arrived, ..RequestOutcome::default() },
+                );
+                continue;
+            }
+        };
+        let outcomes = outcomes.clone();
+        let names = names.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcome = RequestOutcome { arrived, dispatched: arrived, ..RequestOutcome::default() };
+            if let Ok(tokens) = response.await {
+                outcome.replica =
+                    tokens.endpoint().and_then(|id| names.iter().position(|n| n.as_str() == id.as_str()));
+                let times = read_tokens(tokens, arrived_at, |_| {}).await;
+                outcome.ttft = times.first;
+                outcome.latency = times.last;
+            }
+            set(&outcomes, i, outcome);
+        }));
+    }
+    for task in tasks {
+        // A task only ends by finishing its body: a join error would be a panic, already reported.
+        let _ = task.await;
+    }
+    for engine in &engines {
+        engine.shutdown();
+    }
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(RunRecord { outcomes })
+}
+
+fn set(outcomes: &Mutex<Vec<RequestOutcome>>, i: usize, outcome: RequestOutcome) {
+    if let Some(slot) = outcomes.lock().unwrap_or_else(PoisonError::into_inner).get_mut(i) {
+        *slot = outcome;
+    }
+}
