@@ -7,9 +7,7 @@
 //! ```
 
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use switchyard::proto::inference::infer_parameter::ParameterChoice;
-use switchyard::proto::inference::model_infer_request::InferInputTensor;
-use switchyard::proto::inference::{InferParameter, InferTensorContents, ModelInferRequest};
+use switchyard::worker::request::text_request;
 use switchyard_core::orca;
 
 #[tokio::main]
@@ -19,25 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt = args.next().unwrap_or_else(|| "Why is the sky blue?".into());
 
     let mut client = GrpcInferenceServiceClient::connect(target).await?;
-    let mut request = ModelInferRequest {
-        model_name: "sim-llm".into(),
-        inputs: vec![InferInputTensor {
-            name: "text_input".into(),
-            datatype: "BYTES".into(),
-            shape: vec![1],
-            contents: Some(InferTensorContents {
-                bytes_contents: vec![prompt.into_bytes()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    request.parameters.insert(
-        "max_tokens".into(),
-        InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(16)) },
-    );
-
+    let request = text_request("sim-llm", &prompt, 16);
     let response = client.model_infer(request).await?;
     // tonic merges a unary response's trailers into its metadata.
     if let Some(value) = response.metadata().get_bin(orca::TRAILER_NAME) {

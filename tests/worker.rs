@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::proto::inference::infer_parameter::ParameterChoice;
-use switchyard::proto::inference::model_infer_request::InferInputTensor;
 use switchyard::proto::inference::*;
 use switchyard::worker::{self, WorkerArgs};
 use switchyard_core::{ReportedLoad, orca};
@@ -59,25 +58,9 @@ impl Worker {
 }
 
 fn infer(model: &str, text: &str, max_tokens: i64) -> ModelInferRequest {
-    let mut req = ModelInferRequest {
-        model_name: model.into(),
-        id: "req-1".into(),
-        inputs: vec![InferInputTensor {
-            name: "text_input".into(),
-            datatype: "BYTES".into(),
-            shape: vec![1],
-            contents: Some(InferTensorContents {
-                bytes_contents: vec![text.as_bytes().to_vec()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    req.parameters.insert(
-        "max_tokens".into(),
-        InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(max_tokens)) },
-    );
+    let mut req = worker::request::text_request(model, text, 1);
+    req.id = "req-1".into();
+    req.parameters.insert("max_tokens".into(), worker::request::int_parameter(max_tokens));
     req
 }
 

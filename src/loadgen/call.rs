@@ -10,9 +10,8 @@ use tonic::transport::Channel;
 use crate::proto::code_name;
 use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::proto::inference::infer_parameter::ParameterChoice;
-use crate::proto::inference::model_infer_request::InferInputTensor;
-use crate::proto::inference::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
-use crate::worker::request::{MAX_TOKENS, PREFIX_HASHES, PROMPT_TOKENS, TEXT_INPUT};
+use crate::proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
+use crate::worker::request::{PREFIX_HASHES, PROMPT_TOKENS, int_parameter, text_request};
 
 /// What one call measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,33 +32,19 @@ pub enum Outcome {
 /// The KServe request that replays `record`: a short prompt text, with the record's exact prompt
 /// length, output length and prefix block ids as parameters.
 pub fn infer_request(model: &str, id: u64, record: &TraceRecord) -> ModelInferRequest {
-    let int = |v: u32| InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(i64::from(v))) };
-    let mut parameters = std::collections::HashMap::new();
-    parameters.insert(PROMPT_TOKENS.to_string(), int(record.prompt_tokens.max(1)));
-    parameters.insert(MAX_TOKENS.to_string(), int(record.output_tokens.max(1)));
+    let mut request = text_request(model, &format!("replayed request {id}"), record.output_tokens.max(1));
+    request.id = id.to_string();
+    request
+        .parameters
+        .insert(PROMPT_TOKENS.to_string(), int_parameter(i64::from(record.prompt_tokens.max(1))));
     if !record.prefix.is_empty() {
         let ids: Vec<String> = record.prefix.ids().iter().map(u64::to_string).collect();
-        parameters.insert(
+        request.parameters.insert(
             PREFIX_HASHES.to_string(),
             InferParameter { parameter_choice: Some(ParameterChoice::StringParam(ids.join(","))) },
         );
     }
-    ModelInferRequest {
-        model_name: model.to_string(),
-        id: id.to_string(),
-        parameters,
-        inputs: vec![InferInputTensor {
-            name: TEXT_INPUT.into(),
-            datatype: "BYTES".into(),
-            shape: vec![1],
-            contents: Some(InferTensorContents {
-                bytes_contents: vec![format!("replayed request {id}").into_bytes()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    request
 }
 
 fn int_param(response: &ModelInferResponse, name: &str) -> Option<i64> {

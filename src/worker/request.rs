@@ -5,7 +5,8 @@ use switchyard_core::{BYTES_PER_TOKEN, PrefixBlocks};
 use tonic::Status;
 
 use crate::proto::inference::infer_parameter::ParameterChoice;
-use crate::proto::inference::{InferParameter, ModelInferRequest};
+use crate::proto::inference::model_infer_request::InferInputTensor;
+use crate::proto::inference::{InferParameter, InferTensorContents, ModelInferRequest};
 
 /// Name of the prompt input tensor.
 pub const TEXT_INPUT: &str = "text_input";
@@ -20,6 +21,33 @@ pub const PROMPT_TOKENS: &str = "prompt_tokens";
 pub const PREFIX_HASHES: &str = "prefix_hashes";
 /// Output tokens generated when a request does not say.
 pub const DEFAULT_MAX_TOKENS: u32 = 64;
+
+/// A `ModelInferRequest` for `model` with `text` as its `text_input` prompt and at most
+/// `max_tokens` tokens to generate: what a client of the worker sends.
+pub fn text_request(model: &str, text: &str, max_tokens: u32) -> ModelInferRequest {
+    let mut parameters = std::collections::HashMap::new();
+    parameters.insert(MAX_TOKENS.to_string(), int_parameter(i64::from(max_tokens)));
+    ModelInferRequest {
+        model_name: model.to_string(),
+        parameters,
+        inputs: vec![InferInputTensor {
+            name: TEXT_INPUT.into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            contents: Some(InferTensorContents {
+                bytes_contents: vec![text.as_bytes().to_vec()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// An integer inference parameter.
+pub fn int_parameter(value: i64) -> InferParameter {
+    InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(value)) }
+}
 
 /// A validated inference request.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,25 +224,12 @@ fn parse_prefix_hashes(p: &InferParameter) -> Result<PrefixBlocks, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::inference::InferTensorContents;
-    use crate::proto::inference::model_infer_request::InferInputTensor;
     use tonic::Code;
 
     fn request(text: &str) -> ModelInferRequest {
-        ModelInferRequest {
-            model_name: "m".into(),
-            inputs: vec![InferInputTensor {
-                name: TEXT_INPUT.into(),
-                datatype: "BYTES".into(),
-                shape: vec![1],
-                contents: Some(InferTensorContents {
-                    bytes_contents: vec![text.as_bytes().to_vec()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
+        let mut req = text_request("m", text, DEFAULT_MAX_TOKENS);
+        req.parameters.clear();
+        req
     }
 
     fn param(choice: ParameterChoice) -> InferParameter {
