@@ -17,15 +17,16 @@ use crate::rng::distinct_pair;
 /// decode step). For each of two random endpoints the policy computes
 ///
 /// ```text
-/// score = (in_flight + queue_depth + 1) × (1 + kv_weight × kv_cache_utilization)
+/// score = (waiting + queue_depth + 1) × (1 + kv_weight × kv_cache_utilization)
 /// ```
 ///
 /// from the endpoint's last report if it is at most `max_age` old (1 s by default), where
-/// `in_flight` is the balancer's own count (it moves between reports) and `kv_weight` is 4, so a
-/// replica with a full cache costs five times one with an empty cache at the same load. Without a
-/// fresh report the score is `in_flight + 1`, the same scale with an empty queue and cache (least
-/// connections over two choices). The
-/// lower score wins; ties go to the first draw.
+/// `waiting` is the balancer's own count of requests sent there that await their first byte
+/// ([`EndpointState::awaiting_first_byte`]: it moves between reports, and unlike the whole
+/// in-flight count it is not dominated by long decodes that barely delay a new prompt) and
+/// `kv_weight` is 4, so a replica with a full cache costs five times one with an empty cache at
+/// the same load. Without a fresh report the score is `waiting + 1`, the same scale with an empty
+/// queue and cache. The lower score wins; ties go to the first draw.
 #[derive(Debug)]
 pub struct LoadReport {
     rng: Mutex<Xoshiro256PlusPlus>,
@@ -51,12 +52,12 @@ impl LoadReport {
 
     /// The score of one endpoint at `now`; lower is better.
     pub fn score(&self, endpoint: &EndpointState, now: tokio::time::Instant) -> f64 {
-        let in_flight = f64::from(endpoint.in_flight());
+        let waiting = f64::from(endpoint.awaiting_first_byte());
         match endpoint.fresh_report(now, self.max_age) {
             Some(r) => {
-                (in_flight + f64::from(r.queue_depth) + 1.0) * (1.0 + self.kv_weight * r.kv_cache_utilization)
+                (waiting + f64::from(r.queue_depth) + 1.0) * (1.0 + self.kv_weight * r.kv_cache_utilization)
             }
-            None => in_flight + 1.0,
+            None => waiting + 1.0,
         }
     }
 }
