@@ -164,6 +164,10 @@ where
     fn track(&self, response: http::Response<B>, mut completion: Completion) -> Self::Output {
         let (parts, body) = response.into_parts();
         let http_failed = self.class.http_statuses.contains(&parts.status.as_u16());
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let completion = if parts.headers.contains_key("grpc-status") || http_failed {
             // Trailers-only gRPC response, or an HTTP error: the headers say it all.
             completion.first_byte();
@@ -171,13 +175,17 @@ where
             completion.finish(http_failed || self.class.grpc_failed(&parts.headers));
             None
         } else if body.is_end_stream() {
-            // An empty body that will not be polled: the response has ended.
-            completion.finish(false);
+            // An empty body that will not be polled: the response has ended (without the
+            // trailers a gRPC response must have).
+            completion.finish(grpc);
             None
         } else {
             Some(completion)
         };
-        http::Response::from_parts(parts, TrackedBody { inner: body, completion, class: self.class.clone() })
+        http::Response::from_parts(
+            parts,
+            TrackedBody { inner: body, completion, class: self.class.clone(), grpc },
+        )
     }
 }
 
@@ -188,6 +196,9 @@ pin_project! {
         inner: B,
         completion: Option<Completion>,
         class: Arc<FailureClass>,
+        // A gRPC response must end with trailers (`grpc-status`); one that ends without them
+        // was cut short.
+        grpc: bool,
     }
 }
 
@@ -218,7 +229,7 @@ where
                         // The body says it has ended: consumers such as hyper stop polling
                         // here, so the `None` below may never come.
                         if let Some(c) = this.completion.take() {
-                            c.finish(false);
+                            c.finish(*this.grpc);
                         }
                     }
                 }
@@ -230,7 +241,7 @@ where
             }
             None => {
                 if let Some(c) = this.completion.take() {
-                    c.finish(false);
+                    c.finish(*this.grpc);
                 }
             }
         }

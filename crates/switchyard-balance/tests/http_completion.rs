@@ -102,6 +102,22 @@ async fn a_body_that_ends_without_trailers_ends_the_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_grpc_body_that_ends_without_trailers_is_a_failure() {
+    let mut lb = one_endpoint(|| {
+        let mut response = http::Response::new(body_of(vec![Frame::data(Bytes::from_static(b"ok"))]));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        response
+    });
+    let board = lb.board();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    common::drain(response.into_body()).await;
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1), "no grpc-status: cut short");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_body_that_says_it_has_ended_ends_the_request() {
     // hyper (and other consumers) stop polling once `is_end_stream` is true, and drop the body.
     let mut lb = one_endpoint(|| http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))));
