@@ -1,6 +1,10 @@
 //! Switchyard: load balancing and elastic scaling for gRPC model-serving services.
 //!
 //! This is the application package: the `switchyard` command line and what it is built of:
+//! - [`cluster`]: the example cluster, workers of unequal speed behind the gateway, loaded with a
+//!   production trace and reported with plots;
+//! - [`gateway`]: a transparent gRPC load balancer over pools of model servers, with routes by
+//!   service and model and an admin API;
 //! - [`worker`]: a KServe v2 gRPC model server over a simulated LLM engine;
 //! - [`lab`]: the policy lab, every balancing policy against simulated replicas under a paused
 //!   clock;
@@ -13,7 +17,8 @@
 //! [`balance`] and [`sim`].
 #![warn(missing_docs)]
 
-pub mod demo;
+pub mod cluster;
+pub mod gateway;
 pub mod lab;
 pub mod loadgen;
 pub mod proto;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::{demo, lab, loadgen, worker};
+use switchyard::{cluster, gateway, lab, loadgen, worker};
 use tracing_subscriber::EnvFilter;
 
 /// Load balancing and elastic scaling for gRPC model-serving services.
@@ -17,12 +17,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a small cluster (workers of unequal speed behind the gateway), replay the bundled Azure trace through it, and write a report with plots.
+    Cluster(cluster::ClusterArgs),
     /// Serve the KServe v2 gRPC API over one simulated LLM engine.
     Worker(worker::WorkerArgs),
+    /// Balance gRPC requests over pools of model servers: a transparent proxy with routes by service and model.
+    Gateway(gateway::GatewayArgs),
     /// Replay a trace or a synthetic pattern against a gRPC target and summarise the latencies.
     Loadgen(loadgen::LoadgenArgs),
-    /// Start a simulated replica and replay the bundled Azure trace against it.
-    Demo(demo::DemoArgs),
     /// Run a policy-lab scenario: every balancing policy and an ideal dispatcher against simulated replicas, in virtual time.
     Lab(lab::LabArgs),
 }
@@ -61,6 +63,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Worker(args) => worker::run(args, shutdown_signal()).await.map_err(Into::into),
+        Command::Gateway(args) => gateway::run(args, shutdown_signal()).await.map_err(Into::into),
         Command::Loadgen(args) => match loadgen::run(&args).await {
             Ok(report) => {
                 println!("{}", report.summary());
@@ -68,9 +71,10 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
-        Command::Demo(args) => match demo::run(&args).await {
+        Command::Cluster(args) => match cluster::run(&args, shutdown_signal()).await {
             Ok(report) => {
                 println!("{}", report.summary());
+                println!("\nreport: {}", args.out.display());
                 Ok(())
             }
             Err(e) => Err(e.into()),

@@ -1,5 +1,5 @@
 //! The workload traces bundled with the project (see `traces/README.md` for their sources and
-//! licences), embedded in the binary so that the demo and the load generator run from anywhere.
+//! licences), embedded in the binary so that the cluster, the lab and the load generator run from anywhere.
 
 use switchyard_sim::trace::{self, TraceError, TraceRecord};
 

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use switchyard::loadgen::LoadgenReport;
+use switchyard::cluster::ClusterReport;
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::sim::TraceRecord;
 use switchyard_core::PrefixBlocks;
@@ -63,21 +63,62 @@ async fn worker_drains_in_flight_requests_on_sigterm_and_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
-#[tokio::test]
-async fn demo_runs_end_to_end_and_writes_its_report() {
-    let dir = scratch("demo");
-    let json = dir.join("demo.json");
-    let output =
-        Command::new(BIN).args(["demo", "--duration", "3", "--json"]).arg(&json).output().await.unwrap();
+/// Runs `switchyard cluster` for three seconds into a scratch folder and checks its report.
+async fn cluster_runs_end_to_end(name: &str, extra: &[&str]) -> ClusterReport {
+    let dir = scratch(name);
+    let output = Command::new(BIN)
+        .args(["cluster", "--duration", "3", "--out"])
+        .arg(&dir)
+        .args(extra)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("ttft ms") && stdout.contains("latency ms"), "{stdout}");
-    let report: LoadgenReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert!(report.requests >= 10, "{report:?}");
-    assert_eq!(report.ok, report.requests, "{report:?}");
-    assert!(report.errors.is_empty());
-    assert!(report.ttft_ms.p50 > 0.0 && report.ttft_ms.p50 <= report.latency_ms.p50, "{report:?}");
-    assert!(report.output_tokens_per_s > 0.0);
+    assert!(
+        stdout.contains("ttft ms") && stdout.contains("latency ms") && stdout.contains("worker-3"),
+        "{stdout}"
+    );
+    let report: ClusterReport =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap()).unwrap();
+    let loadgen = &report.loadgen;
+    assert!(loadgen.requests > 0, "{loadgen:?}");
+    assert_eq!(loadgen.ok, loadgen.requests, "{loadgen:?}");
+    assert!(loadgen.ttft_ms.p50 > 0.0 && loadgen.ttft_ms.p50 <= loadgen.latency_ms.p50, "{loadgen:?}");
+    assert_eq!(report.replicas.len(), 4);
+    assert_eq!(report.replicas[3].speed, 0.333);
+    let shares: f64 = report.replicas.iter().map(|r| r.share).sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{:?}", report.replicas);
+    let completed: u64 = report.replicas.iter().map(|r| r.completed).sum();
+    assert_eq!(completed, loadgen.ok, "{:?}", report.replicas);
+    for plot in ["latency.png", "shares.png"] {
+        let bytes = std::fs::read(dir.join(plot)).unwrap();
+        assert!(bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{plot}");
+    }
+    report
+}
+
+#[tokio::test]
+async fn cluster_runs_through_the_gateway_and_reports_each_replicas_share() {
+    let report = cluster_runs_end_to_end("cluster", &[]).await;
+    assert_eq!(report.setup.policy.as_deref(), Some("least-response-time"));
+    assert_eq!(report.shares_from, "gateway /endpoints");
+}
+
+#[tokio::test]
+async fn cluster_without_gateway_drives_the_first_worker() {
+    let report = cluster_runs_end_to_end("cluster-no-gateway", &["--no-gateway"]).await;
+    assert_eq!(report.setup.policy, None);
+    assert_eq!(report.replicas[0].share, 1.0);
+}
+
+#[tokio::test]
+async fn cluster_refuses_an_unknown_policy_by_name() {
+    let output = Command::new(BIN).args(["cluster", "--policy", "fastest"]).output().await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--policy") && stderr.contains("least-response-time"), "{stderr}");
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@
 //!
 //! The summary (a table, and `--json FILE`) holds the requests, the successes, the errors by gRPC
 //! code, TTFT and latency percentiles in milliseconds, output tokens per second and the achieved
-//! arrival rate.
+//! arrival rate. [`run_sampled`] also returns each request's send time and measurements, for
+//! plots of latency over time.
 
 mod call;
 
@@ -257,6 +258,12 @@ async fn connect(target: &str) -> Result<Channel, LoadgenError> {
 /// Runs the load `args` describes, prints progress to stderr, and returns the summary (also
 /// written to `--json` when given).
 pub async fn run(args: &LoadgenArgs) -> Result<LoadgenReport, LoadgenError> {
+    run_sampled(args).await.map(|(report, _)| report)
+}
+
+/// Like [`run`], and also returns one [`RequestSample`] per request sent, in the order they
+/// completed.
+pub async fn run_sampled(args: &LoadgenArgs) -> Result<(LoadgenReport, Vec<RequestSample>), LoadgenError> {
     let (records, source) = schedule(args)?;
     if records.is_empty() {
         return Err(LoadgenError::Invalid(
@@ -264,12 +271,21 @@ pub async fn run(args: &LoadgenArgs) -> Result<LoadgenReport, LoadgenError> {
         ));
     }
     let channel = connect(&args.target).await?;
-    let report = drive(channel, records, source, args).await;
+    let (report, samples) = drive_sampled(channel, records, source, args).await;
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report)
             .map_err(|source| LoadgenError::Write { path: path.clone(), source })?;
     }
-    Ok(report)
+    Ok((report, samples))
+}
+
+/// One request sent, and what it measured: the data of latency-over-time plots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestSample {
+    /// When the request was sent, from the start of the run.
+    pub sent_at: Duration,
+    /// What the call measured.
+    pub outcome: Outcome,
 }
 
 /// Sends `records` on their schedule over `channel` and summarises what came back.
@@ -279,6 +295,17 @@ pub async fn drive(
     source: String,
     args: &LoadgenArgs,
 ) -> LoadgenReport {
+    drive_sampled(channel, records, source, args).await.0
+}
+
+/// Like [`drive`], and also returns one [`RequestSample`] per request sent (at most one per
+/// record), in the order they completed.
+pub async fn drive_sampled(
+    channel: Channel,
+    records: Vec<TraceRecord>,
+    source: String,
+    args: &LoadgenArgs,
+) -> (LoadgenReport, Vec<RequestSample>) {
     let total = records.len() as u64;
     let span = records.last().map(|r| r.at.mul_f64(args.time_scale)).unwrap_or_default();
     let offered_rate = if span.is_zero() { 0.0 } else { total as f64 / span.as_secs_f64() };
@@ -287,6 +314,7 @@ pub async fn drive(
         .max_encoding_message_size(64 * 1024 * 1024);
     let slots = Arc::new(Semaphore::new(args.max_in_flight.max(1)));
     let progress = Progress::new(total);
+    let mut samples = Vec::with_capacity(records.len());
 
     let mut schedule = Box::pin(paced(records, args.time_scale));
     let mut tasks = JoinSet::new();
@@ -309,18 +337,26 @@ pub async fn drive(
                     let now = Instant::now();
                     first_send.get_or_insert(now);
                     last_send = Some(now);
+                    let sent_at = now.saturating_duration_since(start);
                     let request = infer_request(&args.model, id, &record);
                     id += 1;
                     let client = client.clone();
                     let (stream, timeout) = (args.stream, args.timeout);
                     tasks.spawn(async move {
                         let _permit = permit;
-                        if stream { call::streaming(client, request, timeout).await } else { call::unary(client, request, timeout).await }
+                        let outcome = if stream { call::streaming(client, request, timeout).await } else { call::unary(client, request, timeout).await };
+                        RequestSample { sent_at, outcome }
                     });
                 }
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                acc.record(done.unwrap_or(Outcome::Failed("CANCELLED")));
+                match done {
+                    Ok(sample) => {
+                        acc.record(sample.outcome.clone());
+                        samples.push(sample);
+                    }
+                    Err(_) => acc.record(Outcome::Failed("CANCELLED")),
+                }
                 progress.inc(&acc);
             },
             _ = ticker.tick() => progress.line(start.elapsed(), &acc, tasks.len()),
@@ -332,14 +368,15 @@ pub async fn drive(
         _ => 0.0,
     };
     let sent = acc.ok + acc.errors.values().sum::<u64>();
-    acc.into_report(ReportMeta {
+    let report = acc.into_report(ReportMeta {
         target: args.target.clone(),
         mode: if args.stream { "stream" } else { "unary" }.into(),
         source,
         offered_rate,
         arrival_rate: if send_window > 0.0 { sent.saturating_sub(1) as f64 / send_window } else { 0.0 },
         duration_s: start.elapsed().as_secs_f64(),
-    })
+    });
+    (report, samples)
 }
 
 struct ReportMeta {

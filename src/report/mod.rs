@@ -1,10 +1,12 @@
 //! What the load generator, the lab and the benchmarks report: percentile summaries, plain-text
-//! tables and JSON files.
+//! tables, JSON files and PNG plots.
 
 mod percentiles;
+pub mod plot;
 mod table;
 
 pub use percentiles::Percentiles;
+pub use plot::PlotError;
 pub use table::Table;
 
 use std::path::Path;

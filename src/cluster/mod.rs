@@ -1,0 +1,584 @@
+//! `switchyard cluster`: a small heterogeneous cluster on this machine, loaded through the gateway
+//! with a production trace, measured, and plotted.
+//!
+//! The cluster is made of child processes of the running executable:
+//! - `--replicas` workers (`switchyard worker --listen 127.0.0.1:0 --speed S`), four by default,
+//!   the last one `--slow-speed` (0.333: three times slower, an older or shared GPU);
+//! - the gateway over them (`switchyard gateway --listen 127.0.0.1:0 --admin 127.0.0.1:0
+//!   --backend http://WORKER ... --policy P`), least response time by default.
+//!
+//! Each child logs its bound address (`worker serving on ADDR`, `gateway serving on ADDR`,
+//! `admin serving on ADDR`); the cluster waits for those lines, then the load generator replays
+//! the trace (the bundled Azure LLM 2023 conversation trace by default) through the gateway with
+//! streaming calls, so that TTFT is measured at the first token. When the last response is in,
+//! the cluster reads each replica's completed requests from the gateway's `GET /endpoints`,
+//! stops the children (SIGTERM, then a wait for a clean exit), prints a summary and writes the
+//! report folder (`--out`, `reports/cluster/` by default): `cluster.json` ([`ClusterReport`]),
+//! `latency.png` (TTFT and latency of every request over the run) and `shares.png` (each
+//! replica's share of the requests against the share its speed would give it).
+//!
+//! # Load
+//!
+//! The trace is time-compressed so that the cluster runs at [`TARGET_LOAD`] (70 %) of its
+//! capacity: busy enough that the policy matters, with headroom for the trace's bursts. The
+//! capacity is not measured at each run but taken from the policy lab, which measures what one
+//! speed-1 replica sustains on the bundled trace in a saturated closed loop
+//! ([`REPLICA_CAPACITY_RPS`], about 18.4 requests/s); a replica of speed `s` sustains `s` times
+//! that. So
+//!
+//! ```text
+//! time_scale = trace_rate / (TARGET_LOAD × REPLICA_CAPACITY_RPS × Σ speeds)
+//! ```
+//!
+//! Four replicas of speeds 1, 1, 1 and 0.333 sustain about 61 requests/s, 70 % of that is about
+//! 43. With `trace_rate` the bundled Azure trace's mean rate, 5.5 requests/s, the time scale
+//! would be about 0.13; but a minute of load replays only the first eight minutes or so, which
+//! run at 4.7 requests/s, so `trace_rate` is taken over the window actually replayed
+//! ([`time_scale_for_window`]) and the default time scale comes out near 0.11. With `--trace FILE`
+//! the capacity constant is still that of the Azure request mix, so the load is approximate;
+//! `--time-scale` sets the factor directly.
+//!
+//! `--no-gateway` starts no gateway and drives the first worker directly, at 70 % of that one
+//! worker's capacity: a check of the workers, the load generator and the report without the
+//! gateway.
+//!
+//! Children are spawned with `kill_on_drop`, so an error on any path kills them; a child that
+//! exits while the cluster runs is an error that names it and shows its last stderr lines.
+
+mod plots;
+mod processes;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+pub use plots::{LATENCY_PNG, SHARES_PNG};
+use processes::ChildProcess;
+pub use processes::ProcessError;
+pub use report::{ClusterReport, ClusterSetup, ReplicaSetup, ReplicaShare};
+use switchyard_balance::PolicyKind;
+use switchyard_sim::trace::{TraceRecord, read_trace};
+
+use crate::loadgen::{self, LoadgenArgs, LoadgenError};
+use crate::report::PlotError;
+
+/// Requests per second one speed-1 worker sustains on the bundled Azure conversation trace, as
+/// the policy lab measured it (`replica_capacity_rps` in `reports/lab/hetero.json`: 18.38).
+pub const REPLICA_CAPACITY_RPS: f64 = 18.4;
+
+/// The load the cluster is run at by default, as a share of its capacity.
+pub const TARGET_LOAD: f64 = 0.7;
+
+/// File name of the JSON report in the report folder.
+pub const CLUSTER_JSON: &str = "cluster.json";
+
+/// How long a child may take to log its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a child may take to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Largest `GET /endpoints` answer read, in bytes.
+const MAX_ENDPOINTS_BODY: usize = 4 * 1024 * 1024;
+
+/// Flags of `switchyard cluster`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// The gateway's balancing policy (round-robin, weighted-round-robin, least-connections,
+    /// least-response-time, p2c-peak-ewma, random, load-report).
+    #[arg(long, default_value_t = PolicyKind::DEFAULT.name().to_string())]
+    pub policy: String,
+    /// Workers to start; the last one runs at `--slow-speed`, the others at speed 1.
+    #[arg(long, default_value_t = 4)]
+    pub replicas: usize,
+    /// Speed of the last worker (1 = H100; 0.333 is three times slower).
+    #[arg(long, default_value_t = 0.333)]
+    pub slow_speed: f64,
+    /// Seconds of load to send.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Multiplies the trace's arrival times. Default: computed so that the load is 70% of the
+    /// cluster's capacity (about 0.11 for four workers, one at speed 0.333).
+    #[arg(long)]
+    pub time_scale: Option<f64>,
+    /// Trace to replay: `.csv` (Azure LLM trace) or `.jsonl` (Mooncake). Default: the bundled
+    /// Azure conversation trace.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Folder to write `cluster.json` and the plots to.
+    #[arg(long, default_value = "reports/cluster")]
+    pub out: PathBuf,
+    /// Start no gateway and drive the first worker directly (to check everything but the
+    /// gateway).
+    #[arg(long)]
+    pub no_gateway: bool,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        Self {
+            policy: PolicyKind::DEFAULT.name().to_string(),
+            replicas: 4,
+            slow_speed: 0.333,
+            duration: 60.0,
+            time_scale: None,
+            trace: None,
+            out: PathBuf::from("reports/cluster"),
+            no_gateway: false,
+        }
+    }
+}
+
+impl ClusterArgs {
+    /// The workers' speeds: 1 for all but the last, which gets `--slow-speed` (a single worker
+    /// runs at speed 1).
+    pub fn speeds(&self) -> Vec<f64> {
+        (0..self.replicas)
+            .map(|i| if i + 1 == self.replicas && i > 0 { self.slow_speed } else { 1.0 })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<PolicyKind, ClusterError> {
+        let invalid = |m: String| Err(ClusterError::Invalid(m));
+        if self.replicas == 0 || self.replicas > 64 {
+            return invalid(format!("--replicas must be between 1 and 64, got {}", self.replicas));
+        }
+        if !(self.slow_speed.is_finite() && self.slow_speed > 0.0) {
+            return invalid(format!("--slow-speed must be > 0, got {}", self.slow_speed));
+        }
+        if !(self.duration.is_finite() && self.duration > 0.0) {
+            return invalid(format!("--duration must be > 0 seconds, got {}", self.duration));
+        }
+        if let Some(x) = self.time_scale.filter(|x| !(x.is_finite() && *x > 0.0)) {
+            return invalid(format!("--time-scale must be > 0, got {x}"));
+        }
+        self.policy.parse().map_err(|e| ClusterError::Invalid(format!("--policy: {e}")))
+    }
+}
+
+/// Why the cluster run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A flag is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The trace could not be read.
+    #[error("{0}")]
+    Trace(#[from] switchyard_sim::trace::TraceError),
+    /// The path of the running executable is unknown, so no children can be started.
+    #[error("cannot find the switchyard executable to start the cluster with: {0}")]
+    CurrentExe(std::io::Error),
+    /// A child process failed.
+    #[error("{0}")]
+    Process(#[from] ProcessError),
+    /// The load generator failed.
+    #[error("loadgen: {0}")]
+    Loadgen(#[from] LoadgenError),
+    /// The gateway's `GET /endpoints` failed.
+    #[error("cannot read the gateway's endpoints at http://{admin}/endpoints: {reason}")]
+    Endpoints {
+        /// The admin address.
+        admin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The report folder could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A plot could not be drawn.
+    #[error("{0}")]
+    Plot(#[from] PlotError),
+    /// SIGTERM or Ctrl-C arrived while the cluster ran.
+    #[error("interrupted; the cluster is stopped")]
+    Interrupted,
+}
+
+/// The time scale that offers `load` × the capacity of replicas of `speeds` from a trace
+/// recorded at `trace_rate` requests per second (see the module documentation).
+pub fn time_scale_for(trace_rate: f64, speeds: &[f64], load: f64) -> f64 {
+    trace_rate / (load * REPLICA_CAPACITY_RPS * speeds.iter().sum::<f64>())
+}
+
+/// The mean arrival rate of `records` as recorded: requests per second between the first arrival
+/// and the last (0 for fewer than two requests).
+pub fn trace_rate(records: &[TraceRecord]) -> f64 {
+    match (records.first(), records.last()) {
+        (Some(a), Some(b)) if b.at > a.at => (records.len() - 1) as f64 / (b.at - a.at).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// The mean arrival rate, as recorded, of the first `window` seconds of `records` (of the whole
+/// trace if it is shorter).
+pub fn window_rate(records: &[TraceRecord], window: f64) -> f64 {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else { return 0.0 };
+    let span = (last.at - first.at).as_secs_f64();
+    if !(window.is_finite() && window > 0.0) || window >= span {
+        return trace_rate(records);
+    }
+    let sent = records.iter().take_while(|r| (r.at - first.at).as_secs_f64() < window).count();
+    sent as f64 / window
+}
+
+/// The time scale at which a replay of `duration` seconds of `records` offers `load` × the
+/// capacity of replicas of `speeds`, and the recorded rate of the part replayed.
+///
+/// A trace's rate varies over its length (the bundled one averages 5.5 requests/s over the hour
+/// but 4.7 over its first eight minutes), so the scale is found for the window that is replayed:
+/// starting from the whole trace's rate, `scale = window_rate(duration / scale) / (load ×
+/// capacity)` is repeated until it settles (a few rounds: the rate changes slowly with the
+/// window).
+pub fn time_scale_for_window(
+    records: &[TraceRecord],
+    duration: f64,
+    speeds: &[f64],
+    load: f64,
+) -> (f64, f64) {
+    let mut rate = trace_rate(records);
+    let mut scale = time_scale_for(rate, speeds, load);
+    for _ in 0..50 {
+        let next_rate = window_rate(records, duration / scale);
+        let next = time_scale_for(next_rate, speeds, load);
+        if !(next.is_finite() && next > 0.0) {
+            break;
+        }
+        let settled = (next - scale).abs() <= 1e-6 * scale;
+        (rate, scale) = (next_rate, next);
+        if settled {
+            break;
+        }
+    }
+    (scale, rate)
+}
+
+/// The started cluster: the workers and, unless `--no-gateway`, the gateway.
+struct Cluster {
+    workers: Vec<(ChildProcess, String)>,
+    /// The gateway, its gRPC address and its admin address.
+    gateway: Option<(ChildProcess, String, String)>,
+}
+
+impl Cluster {
+    async fn start(exe: &Path, speeds: &[f64], policy: Option<PolicyKind>) -> Result<Self, ClusterError> {
+        let starts = speeds.iter().enumerate().map(|(i, speed)| {
+            let args: Vec<String> =
+                ["worker", "--listen", "127.0.0.1:0", "--speed", &speed.to_string(), "--model", "sim-llm"]
+                    .map(String::from)
+                    .into();
+            async move {
+                let name = format!("worker-{i}");
+                let (child, mut addresses) =
+                    ChildProcess::start(&name, exe, &args, &["worker serving on "], START_TIMEOUT).await?;
+                Ok::<_, ProcessError>((child, addresses.remove(0)))
+            }
+        });
+        // On an error the workers already started are dropped, which kills them.
+        let workers = futures::future::try_join_all(starts).await?;
+        for ((child, address), speed) in workers.iter().zip(speeds) {
+            eprintln!("cluster: {} (speed {speed}) serving on {address}", child.name());
+        }
+        let gateway = match policy {
+            None => None,
+            Some(policy) => {
+                let mut args: Vec<String> =
+                    ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from).into();
+                for (_, address) in &workers {
+                    args.extend(["--backend".to_string(), format!("http://{address}")]);
+                }
+                args.extend(["--policy".to_string(), policy.name().to_string()]);
+                let phrases = ["gateway serving on ", "admin serving on "];
+                let (child, addresses) =
+                    ChildProcess::start("gateway", exe, &args, &phrases, START_TIMEOUT).await?;
+                let [grpc, admin]: [String; 2] = addresses
+                    .try_into()
+                    .map_err(|_| ClusterError::Invalid("the gateway logged too few addresses".to_string()))?;
+                eprintln!("cluster: gateway ({policy}) serving on {grpc}, admin on {admin}");
+                Some((child, grpc, admin))
+            }
+        };
+        Ok(Self { workers, gateway })
+    }
+
+    /// The address the load generator sends to.
+    fn target(&self) -> &str {
+        match &self.gateway {
+            Some((_, grpc, _)) => grpc,
+            None => &self.workers[0].1,
+        }
+    }
+
+    /// Completes when any child exits, with the error that is.
+    async fn any_exit(&mut self) -> ProcessError {
+        let children =
+            self.workers.iter_mut().map(|(c, _)| c).chain(self.gateway.iter_mut().map(|(c, ..)| c));
+        let exits = children.map(|c| Box::pin(c.exited()));
+        futures::future::select_all(exits).await.0
+    }
+
+    /// Stops the gateway (so that it drains first), then the workers; reports the first failure.
+    async fn stop(self) -> Result<(), ClusterError> {
+        let gateway = match self.gateway {
+            Some((child, ..)) => child.stop(STOP_GRACE).await,
+            None => Ok(()),
+        };
+        let workers =
+            futures::future::join_all(self.workers.into_iter().map(|(c, _)| c.stop(STOP_GRACE))).await;
+        gateway?;
+        workers.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(())
+    }
+}
+
+/// Starts the cluster, loads it, stops it, writes the report folder, and returns the report.
+/// `shutdown` (SIGTERM or Ctrl-C in the binary) stops the cluster early with
+/// [`ClusterError::Interrupted`].
+pub async fn run(
+    args: &ClusterArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ClusterReport, ClusterError> {
+    let policy = args.validate()?;
+    let (records, trace_name) = match &args.trace {
+        Some(path) => (read_trace(path)?, path.display().to_string()),
+        None => (crate::traces::azure_conv()?, "azure_llm_2023_conv.csv (bundled)".to_string()),
+    };
+    let speeds = args.speeds();
+    let driven = if args.no_gateway { &speeds[..1] } else { &speeds[..] };
+    let (computed, window) = time_scale_for_window(&records, args.duration, driven, TARGET_LOAD);
+    let time_scale = args.time_scale.unwrap_or(computed);
+    let rate = window_rate(&records, args.duration / time_scale);
+    drop(records);
+    if !(time_scale.is_finite() && time_scale > 0.0 && rate > 0.0) {
+        return Err(ClusterError::Invalid(format!(
+            "cannot compute a time scale for a trace at {window} requests/s; give --time-scale"
+        )));
+    }
+    let capacity = REPLICA_CAPACITY_RPS * driven.iter().sum::<f64>();
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).map_err(|source| ClusterError::Write { path: out.clone(), source })?;
+    let exe = std::env::current_exe().map_err(ClusterError::CurrentExe)?;
+
+    tokio::pin!(shutdown);
+    let mut cluster = tokio::select! {
+        started = Cluster::start(&exe, &speeds, (!args.no_gateway).then_some(policy)) => started?,
+        () = &mut shutdown => return Err(ClusterError::Interrupted),
+    };
+    let loadgen_args = LoadgenArgs {
+        target: format!("http://{}", cluster.target()),
+        trace: args.trace.clone(),
+        time_scale,
+        duration: Some(args.duration),
+        stream: true,
+        ..LoadgenArgs::default()
+    };
+    eprintln!(
+        "cluster: replaying {trace_name} at time scale {time_scale:.4} ({:.1} req/s offered, {:.0}% of {capacity:.1}) for {} s",
+        rate / time_scale,
+        rate / time_scale / capacity * 100.0,
+        args.duration
+    );
+    let (loadgen, samples) = tokio::select! {
+        done = loadgen::run_sampled(&loadgen_args) => done?,
+        exited = cluster.any_exit() => return Err(exited.into()),
+        () = &mut shutdown => {
+            cluster.stop().await?;
+            return Err(ClusterError::Interrupted);
+        }
+    };
+
+    let addresses: Vec<String> = cluster.workers.iter().map(|(_, a)| a.clone()).collect();
+    let (counts, shares_from) = match &cluster.gateway {
+        Some((_, _, admin)) => {
+            let view = endpoints(admin).await?;
+            let (counts, unmatched) = report::counts_by_address(&view, &addresses);
+            if !unmatched.is_empty() {
+                tracing::warn!(
+                    "the gateway lists endpoints that are not workers of this cluster: {unmatched:?}"
+                );
+            }
+            (counts, "gateway /endpoints".to_string())
+        }
+        None => {
+            let mut counts = vec![(0, 0); addresses.len()];
+            counts[0] = (loadgen.ok, loadgen.errors.values().sum());
+            (counts, "loadgen, no gateway: all to worker-0".to_string())
+        }
+    };
+    let completed: Vec<u64> = counts.iter().map(|c| c.0).collect();
+    let total_speed: f64 = speeds.iter().sum();
+    let replicas: Vec<ReplicaShare> = report::shares(&completed)
+        .into_iter()
+        .zip(&counts)
+        .enumerate()
+        .map(|(i, (share, &(completed, failed)))| ReplicaShare {
+            name: format!("worker-{i}"),
+            address: addresses[i].clone(),
+            speed: speeds[i],
+            completed,
+            failed,
+            share,
+            speed_share: speeds[i] / total_speed,
+        })
+        .collect();
+    let stopped = cluster.stop().await;
+
+    let report = ClusterReport {
+        setup: ClusterSetup {
+            policy: (!args.no_gateway).then(|| policy.name().to_string()),
+            replicas: replicas
+                .iter()
+                .map(|r| ReplicaSetup { name: r.name.clone(), address: r.address.clone(), speed: r.speed })
+                .collect(),
+            duration_s: args.duration,
+            time_scale,
+            time_scale_from: if args.time_scale.is_some() { "flag" } else { "computed" }.to_string(),
+            trace_rate: rate,
+            capacity_rps: capacity,
+            offered_load: rate / time_scale / capacity,
+            trace: trace_name,
+        },
+        loadgen,
+        replicas,
+        shares_from,
+        plots: vec![LATENCY_PNG.to_string(), SHARES_PNG.to_string()],
+    };
+    write_report(&out, &report, &samples)?;
+    stopped?;
+    Ok(report)
+}
+
+/// Writes `cluster.json` and the plots into `out`.
+fn write_report(
+    out: &Path,
+    report: &ClusterReport,
+    samples: &[loadgen::RequestSample],
+) -> Result<(), ClusterError> {
+    let json = out.join(CLUSTER_JSON);
+    crate::report::write_json(&json, report).map_err(|source| ClusterError::Write { path: json, source })?;
+    let setup = &report.setup;
+    let who = match &setup.policy {
+        Some(p) => format!("gateway {p}"),
+        None => "no gateway (worker-0 only)".to_string(),
+    };
+    let speeds: Vec<String> = setup.replicas.iter().map(|r| report::format_speed(r.speed)).collect();
+    let title = format!(
+        "{} replicas (speeds {}), {who}, load {:.0}%",
+        speeds.len(),
+        speeds.join(", "),
+        setup.offered_load * 100.0
+    );
+    plots::latency_plot(&out.join(LATENCY_PNG), &title, samples)?;
+    plots::share_plot(&out.join(SHARES_PNG), &format!("Requests per replica: {title}"), &report.replicas)?;
+    Ok(())
+}
+
+/// The gateway's `GET /endpoints` on `admin` (`HOST:PORT`).
+async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
+    let fail = |reason: String| ClusterError::Endpoints { admin: admin.to_string(), reason };
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        let connection = tokio::spawn(connection);
+        let request = http::Request::get("/endpoints")
+            .header(http::header::HOST, admin)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ENDPOINTS_BODY)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        connection.abort();
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body.to_bytes())));
+        }
+        serde_json::from_slice::<report::EndpointsView>(&body.to_bytes())
+            .map_err(|e| format!("bad JSON: {e}"))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), fetch).await {
+        Ok(result) => result.map_err(fail),
+        Err(_) => Err(fail("no answer within 10 s".to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cluster_runs_at_seventy_percent_of_its_capacity() {
+        let records = crate::traces::azure_conv().unwrap();
+        let rate = trace_rate(&records);
+        // 19,366 arrivals over 58 minutes between the first and the last.
+        assert!((rate - 5.53).abs() < 0.01, "{rate}");
+        let speeds = ClusterArgs::default().speeds();
+        assert_eq!(speeds, [1.0, 1.0, 1.0, 0.333]);
+        // Over the whole trace: about an eighth, about 43 requests/s, 70% of about 61.
+        let scale = time_scale_for(rate, &speeds, TARGET_LOAD);
+        assert!((scale - 0.129).abs() < 0.002, "{scale}");
+        assert!((rate / scale - 0.7 * 18.4 * 3.333).abs() < 1e-9);
+        // Over the minute replayed: the first eight minutes or so are quieter.
+        let (scale, window) = time_scale_for_window(&records, 60.0, &speeds, TARGET_LOAD);
+        assert!((4.5..5.0).contains(&window), "{window}");
+        assert!((0.10..0.12).contains(&scale), "{scale}");
+        assert!((window_rate(&records, 60.0 / scale) / scale - 0.7 * 18.4 * 3.333).abs() < 0.5);
+        // A replay longer than the trace takes the whole trace's rate.
+        assert_eq!(window_rate(&records, 1e9), rate);
+    }
+
+    #[test]
+    fn window_rate_counts_the_arrivals_in_the_window() {
+        let records: Vec<TraceRecord> = [0, 1, 2, 3, 10]
+            .iter()
+            .map(|&s| TraceRecord {
+                at: Duration::from_secs(s),
+                prompt_tokens: 1,
+                output_tokens: 1,
+                prefix: Default::default(),
+            })
+            .collect();
+        assert_eq!(window_rate(&records, 4.0), 1.0);
+        assert_eq!(window_rate(&records, 2.0), 1.0);
+        assert_eq!(window_rate(&records, 20.0), 0.4);
+        assert_eq!(window_rate(&[], 2.0), 0.0);
+    }
+
+    #[test]
+    fn the_last_replica_is_the_slow_one() {
+        let args = ClusterArgs { replicas: 2, slow_speed: 0.5, ..ClusterArgs::default() };
+        assert_eq!(args.speeds(), [1.0, 0.5]);
+        assert_eq!(ClusterArgs { replicas: 1, ..ClusterArgs::default() }.speeds(), [1.0]);
+    }
+
+    #[test]
+    fn bad_flags_are_refused_by_name() {
+        let bad = [
+            ClusterArgs { replicas: 0, ..ClusterArgs::default() },
+            ClusterArgs { duration: -1.0, ..ClusterArgs::default() },
+            ClusterArgs { time_scale: Some(0.0), ..ClusterArgs::default() },
+            ClusterArgs { slow_speed: f64::NAN, ..ClusterArgs::default() },
+            ClusterArgs { policy: "fastest".into(), ..ClusterArgs::default() },
+        ];
+        let names = ["--replicas", "--duration", "--time-scale", "--slow-speed", "--policy"];
+        for (args, name) in bad.iter().zip(names) {
+            let err = args.validate().unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        assert_eq!(ClusterArgs::default().validate().unwrap(), PolicyKind::LeastResponseTime);
+    }
+
+    #[test]
+    fn trace_rate_of_tiny_traces_is_zero() {
+        assert_eq!(trace_rate(&[]), 0.0);
+    }
+}

@@ -1,0 +1,235 @@
+//! What a cluster run reports: its setup, the load generator's summary and each replica's share
+//! of the requests, as a table and as `cluster.json`.
+
+use std::fmt::Write as _;
+
+use crate::loadgen::LoadgenReport;
+use crate::report::Table;
+
+/// How the cluster was set up.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterSetup {
+    /// The gateway's balancing policy; `None` when the load generator drove the first worker
+    /// directly (`--no-gateway`).
+    pub policy: Option<String>,
+    /// The replicas, in start order.
+    pub replicas: Vec<ReplicaSetup>,
+    /// Seconds of load asked for (`--duration`).
+    pub duration_s: f64,
+    /// The factor applied to the trace's arrival times.
+    pub time_scale: f64,
+    /// Whether the time scale was computed for [`TARGET_LOAD`](super::TARGET_LOAD) (`computed`)
+    /// or given with `--time-scale` (`flag`).
+    pub time_scale_from: String,
+    /// The mean arrival rate, as recorded, of the part of the trace replayed, requests per
+    /// second.
+    pub trace_rate: f64,
+    /// The capacity of the replicas the load generator drives (the cluster, or the first worker
+    /// with `--no-gateway`), by [`REPLICA_CAPACITY_RPS`](super::REPLICA_CAPACITY_RPS) times their
+    /// speeds, in requests per second.
+    pub capacity_rps: f64,
+    /// The offered load as a share of `capacity_rps`: `trace_rate / time_scale / capacity_rps`.
+    pub offered_load: f64,
+    /// The trace replayed.
+    pub trace: String,
+}
+
+/// One replica as started.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaSetup {
+    /// `worker-0`, `worker-1`, ...
+    pub name: String,
+    /// Where it serves gRPC (`HOST:PORT`).
+    pub address: String,
+    /// Its simulated GPU speed (1 = H100).
+    pub speed: f64,
+}
+
+/// One replica's part of the work.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaShare {
+    /// The replica's name.
+    pub name: String,
+    /// Where it serves gRPC.
+    pub address: String,
+    /// Its speed.
+    pub speed: f64,
+    /// Requests it completed.
+    pub completed: u64,
+    /// Requests that failed on it.
+    pub failed: u64,
+    /// Its share of all completed requests (the shares sum to 1, or all are 0).
+    pub share: f64,
+    /// The share its speed would give it: its speed over the sum of the speeds.
+    pub speed_share: f64,
+}
+
+/// Everything a cluster run measured; `cluster.json` in the report folder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterReport {
+    /// How the cluster was set up.
+    pub setup: ClusterSetup,
+    /// The load generator's summary.
+    pub loadgen: LoadgenReport,
+    /// Each replica's share, in start order.
+    pub replicas: Vec<ReplicaShare>,
+    /// Where the per-replica counts come from: `gateway /endpoints`, or `loadgen` with
+    /// `--no-gateway` (everything went to the first worker).
+    pub shares_from: String,
+    /// The plots written beside `cluster.json`.
+    pub plots: Vec<String>,
+}
+
+impl ClusterReport {
+    /// The per-replica table.
+    pub fn replica_table(&self) -> Table {
+        let mut t = Table::new(["replica", "speed", "address", "completed", "failed", "share", "by speed"]);
+        for r in &self.replicas {
+            t.row([
+                r.name.clone(),
+                format!("{:.3}", r.speed),
+                r.address.clone(),
+                r.completed.to_string(),
+                r.failed.to_string(),
+                format!("{:.1}%", r.share * 100.0),
+                format!("{:.1}%", r.speed_share * 100.0),
+            ]);
+        }
+        t
+    }
+
+    /// The whole summary: setup, the load generator's summary, the replica table.
+    pub fn summary(&self) -> String {
+        let s = &self.setup;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "cluster: {} replicas (speeds {}), {}; trace {} at time scale {:.4} ({}): {:.0}% of {:.1} req/s\n",
+            s.replicas.len(),
+            s.replicas.iter().map(|r| format_speed(r.speed)).collect::<Vec<_>>().join(", "),
+            match &s.policy {
+                Some(p) => format!("gateway policy {p}"),
+                None => "no gateway: load on the first worker".to_string(),
+            },
+            s.trace,
+            s.time_scale,
+            s.time_scale_from,
+            s.offered_load * 100.0,
+            s.capacity_rps,
+        );
+        let _ = writeln!(out, "{}", self.loadgen.summary());
+        let _ = write!(out, "requests per replica (from {}):\n\n{}", self.shares_from, self.replica_table());
+        out
+    }
+}
+
+/// A speed as a short label: `1`, `0.333`.
+pub(crate) fn format_speed(speed: f64) -> String {
+    let text = format!("{speed:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Each count's share of their sum; all zero when the sum is zero.
+pub(crate) fn shares(counts: &[u64]) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    counts.iter().map(|&c| if total == 0 { 0.0 } else { c as f64 / total as f64 }).collect()
+}
+
+/// The gateway's `GET /endpoints` answer, as far as the cluster reads it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub(crate) struct EndpointsView {
+    pub(crate) pools: Vec<PoolView>,
+}
+
+/// One pool of the gateway.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub(crate) struct PoolView {
+    #[serde(default)]
+    pub(crate) endpoints: Vec<EndpointView>,
+}
+
+/// One endpoint of a pool and its load.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub(crate) struct EndpointView {
+    pub(crate) endpoint: EndpointRef,
+    #[serde(default)]
+    pub(crate) load: LoadCounts,
+}
+
+/// The endpoint's identity.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub(crate) struct EndpointRef {
+    #[serde(default)]
+    pub(crate) id: String,
+    pub(crate) address: String,
+}
+
+/// The endpoint's request counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+pub(crate) struct LoadCounts {
+    #[serde(default)]
+    pub(crate) completed: u64,
+    #[serde(default)]
+    pub(crate) failed: u64,
+}
+
+/// `HOST:PORT` of an address with or without a scheme and a trailing slash.
+fn host_port(address: &str) -> &str {
+    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
+    rest.trim_end_matches('/')
+}
+
+/// The (completed, failed) counts of each of `addresses` in `view`, summed over pools, matched by
+/// `HOST:PORT`; and the gateway endpoints that match none of them.
+pub(crate) fn counts_by_address(
+    view: &EndpointsView,
+    addresses: &[String],
+) -> (Vec<(u64, u64)>, Vec<String>) {
+    let mut counts = vec![(0, 0); addresses.len()];
+    let mut unmatched = Vec::new();
+    for e in view.pools.iter().flat_map(|p| &p.endpoints) {
+        let at = host_port(&e.endpoint.address);
+        match addresses.iter().position(|a| host_port(a) == at) {
+            Some(i) => {
+                counts[i].0 += e.load.completed;
+                counts[i].1 += e.load.failed;
+            }
+            None => unmatched.push(format!("{} ({})", e.endpoint.id, e.endpoint.address)),
+        }
+    }
+    (counts, unmatched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_sum_to_one_or_are_all_zero() {
+        assert_eq!(shares(&[1, 1, 2]), [0.25, 0.25, 0.5]);
+        assert_eq!(shares(&[0, 0]), [0.0, 0.0]);
+        assert_eq!(shares(&[]), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn speeds_print_short() {
+        assert_eq!(format_speed(1.0), "1");
+        assert_eq!(format_speed(0.333), "0.333");
+        assert_eq!(format_speed(0.5), "0.5");
+    }
+
+    #[test]
+    fn counts_match_endpoints_by_address() {
+        let json = r#"{"pools":[{"name":"default","policy":"least-response-time","endpoints":[
+            {"endpoint":{"id":"b1","address":"http://127.0.0.1:2","weight":1,"labels":{}},
+             "load":{"in_flight":0,"latency_ewma_ms":12.5,"completed":30,"failed":1,"report":null},"ejected":false},
+            {"endpoint":{"id":"b0","address":"127.0.0.1:1/","weight":1,"labels":{}},
+             "load":{"in_flight":0,"latency_ewma_ms":null,"completed":10,"failed":0,"report":null},"ejected":false},
+            {"endpoint":{"id":"stray","address":"http://10.0.0.1:9"},"load":{"completed":5}}]}]}"#;
+        let view: EndpointsView = serde_json::from_str(json).unwrap();
+        let addresses = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string(), "127.0.0.1:3".to_string()];
+        let (counts, unmatched) = counts_by_address(&view, &addresses);
+        assert_eq!(counts, [(10, 0), (30, 1), (0, 0)]);
+        assert_eq!(unmatched, ["stray (http://10.0.0.1:9)"]);
+    }
+}

@@ -1,0 +1,144 @@
+//! The admin API: HTTP/1.1 and JSON, on its own listener (loopback by default).
+//!
+//! - `GET /endpoints`: every pool, its policy, and each endpoint's load as the pool's balancer
+//!   tracks it: `{"pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`.
+//! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` may be left out when
+//!   there is one pool): switches the pool's policy atomically (requests in flight stay where they
+//!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists
+//!   the known ones) or a malformed body, 404 for an unknown pool.
+//!
+//! Errors are `{"error": "..."}`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use switchyard_balance::{EndpointLoad, PolicyKind};
+
+use super::pool::Pool;
+
+/// The largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The answer of `GET /endpoints`.
+#[derive(Debug, Serialize)]
+struct EndpointsView<'a> {
+    pools: Vec<PoolView<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct PoolView<'a> {
+    name: &'a str,
+    policy: &'static str,
+    endpoints: Vec<EndpointLoad>,
+}
+
+/// The body of `PUT /policy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyChange {
+    policy: String,
+    pool: Option<String>,
+}
+
+/// The answer of `PUT /policy`.
+#[derive(Debug, Serialize)]
+struct PolicyChanged<'a> {
+    pool: &'a str,
+    policy: &'static str,
+    previous: &'static str,
+}
+
+/// Answers one admin request.
+pub(crate) async fn handle(pools: Arc<[Pool]>, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/endpoints") => {
+            let view = EndpointsView {
+                pools: pools
+                    .iter()
+                    .map(|p| PoolView {
+                        name: p.name(),
+                        policy: p.policy().name(),
+                        endpoints: p.board().snapshot(),
+                    })
+                    .collect(),
+            };
+            json(StatusCode::OK, &view)
+        }
+        (&Method::PUT, "/policy") => match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(body) => set_policy(&pools, &body.to_bytes()),
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
+        },
+        (_, "/endpoints") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET /endpoints"),
+        (_, "/policy") => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT /policy"),
+        (_, path) => error(StatusCode::NOT_FOUND, format!("no {path}: try GET /endpoints or PUT /policy")),
+    }
+}
+
+fn set_policy(pools: &[Pool], body: &[u8]) -> http::Response<Full<Bytes>> {
+    let change: PolicyChange = match serde_json::from_slice(body) {
+        Ok(change) => change,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"policy\": NAME, \"pool\": NAME (optional with one pool)}}: {e}"),
+            );
+        }
+    };
+    let pool = match (&change.pool, pools) {
+        (None, [only]) => only,
+        (None, _) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("several pools: say which (\"pool\": one of {})", names(pools)),
+            );
+        }
+        (Some(name), _) => match pools.iter().find(|p| p.name() == name) {
+            Some(pool) => pool,
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no pool named {name:?}; pools: {}", names(pools)),
+                );
+            }
+        },
+    };
+    let kind: PolicyKind = match change.policy.parse() {
+        Ok(kind) => kind,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let previous = pool.set_policy(kind);
+    tracing::info!(pool = pool.name(), policy = kind.name(), previous, "policy switched");
+    json(StatusCode::OK, &PolicyChanged { pool: pool.name(), policy: kind.name(), previous })
+}
+
+fn names(pools: &[Pool]) -> String {
+    pools.iter().map(Pool::name).collect::<Vec<_>>().join(", ")
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> http::Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")),
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> http::Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": message.into() }).to_string();
+    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,552 @@
+//! The gateway's configuration: pools of endpoints, routes that pick a pool, and where to listen.
+//!
+//! One [`GatewayConfig`] is built from the flags (`--backend`, one pool named `default`) or from
+//! a TOML file, and validated once by [`GatewayConfig::validate`]. A file's errors name the field
+//! and the line ([`ConfigError`]), so that a typo in a fifty-line config is found at once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchyard_balance::PolicyKind;
+use switchyard_core::Endpoint;
+use toml::Spanned;
+
+/// The metadata header that names the model when a route matches on `model`: it takes
+/// precedence over the `model_name` read from the request body, and needs no peek.
+pub const DEFAULT_MODEL_HEADER: &str = "x-model-name";
+
+/// How long a gateway waits for in-flight requests on shutdown unless told otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Address to serve gRPC on, if the config says (the `--listen` flag overrides it).
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin HTTP API, if the config says (the `--admin` flag overrides it).
+    pub admin: Option<SocketAddr>,
+    /// Longest wait for in-flight requests on shutdown.
+    pub drain_timeout: Duration,
+    /// The metadata header that names the model (default `x-model-name`).
+    pub model_header: String,
+    /// The pools, in the order the config lists them.
+    pub pools: Vec<PoolConfig>,
+    /// The routes; the first that matches a request picks its pool.
+    pub routes: Vec<RouteConfig>,
+    /// The pool of requests no route matches. With a single pool and no `default_pool`, that
+    /// pool is the default.
+    pub default_pool: Option<String>,
+}
+
+/// One pool: the endpoints that serve one model or service, and the policy that picks among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// The pool's name, unique in the config (routes and the admin API use it).
+    pub name: String,
+    /// The balancing policy.
+    pub policy: PolicyKind,
+    /// The endpoints: `http://` URIs, ids unique within the pool.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One route: requests that match every condition it sets go to its pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Matches requests whose path starts with this, e.g. `/inference.GRPCInferenceService/`.
+    pub path_prefix: Option<String>,
+    /// Matches requests for this model: the model header, or the KServe `model_name` of the
+    /// first request message.
+    pub model: Option<String>,
+    /// The pool the matching requests go to.
+    pub pool: String,
+}
+
+/// A configuration the gateway cannot run with: which field, on which line, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the configuration came from, if any.
+    pub file: Option<String>,
+    /// The line (1-based) of the offending value, when the configuration came from TOML.
+    pub line: Option<usize>,
+    /// The field, as a path such as `pool[1].policy`; `None` for TOML syntax errors.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid gateway config")?;
+        if let Some(file) = &self.file {
+            write!(f, " {file}")?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, " `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { file: None, line: None, field: Some(field.into()), message: message.into() }
+    }
+}
+
+impl GatewayConfig {
+    /// One pool named `default`, balanced by `policy`, over `backends` (URIs such as
+    /// `http://127.0.0.1:9001`; a bare `host:port` means `http://`). Each endpoint's id is its
+    /// authority (`127.0.0.1:9001`). Validated.
+    pub fn single_pool(backends: &[String], policy: PolicyKind) -> Result<Self, ConfigError> {
+        if backends.is_empty() {
+            return Err(ConfigError::field(
+                "--backend",
+                "no backends: give --backend URI (one or more) or --config FILE",
+            ));
+        }
+        let endpoints = backends
+            .iter()
+            .map(|b| {
+                let address = normalize_address(b);
+                Endpoint::new(default_id(&address), address)
+            })
+            .collect();
+        let config =
+            Self { pools: vec![PoolConfig { name: "default".into(), policy, endpoints }], ..Self::empty() };
+        config.validate().map_err(|mut e| {
+            // The flags have no lines; say which flag.
+            if e.field.as_deref().is_some_and(|f| f.contains("address")) {
+                e.field = Some("--backend".into());
+            }
+            e
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML config file. See the module documentation of
+    /// [`gateway`](crate::gateway) for the format.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(file.clone()),
+            line: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text).map_err(|e| ConfigError { file: Some(file), ..e })
+    }
+
+    /// Parses and validates a TOML config; errors carry the line of the offending value.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: None,
+            line: e.span().map(|s| line_of(text, s.start)),
+            field: None,
+            message: e.message().trim().to_string(),
+        })?;
+        let mut lines = Lines { text, by_field: BTreeMap::new() };
+        let config = raw.into_config(&mut lines)?;
+        config.validate().map_err(|e| lines.locate(e))?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: at least one pool, each with endpoints whose addresses are
+    /// `http://` URIs and whose ids are unique, unique pool names, routes and `default_pool`
+    /// naming existing pools, a valid model header.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pools.is_empty() {
+            return Err(ConfigError::field("pool", "no pools: add a [[pool]] with at least one endpoint"));
+        }
+        let mut names = HashSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            if pool.name.is_empty() {
+                return Err(ConfigError::field(format!("pool[{i}].name"), "a pool needs a name"));
+            }
+            if !names.insert(pool.name.as_str()) {
+                return Err(ConfigError::field(
+                    format!("pool[{i}].name"),
+                    format!("duplicate pool name {:?}", pool.name),
+                ));
+            }
+            if pool.endpoints.is_empty() {
+                return Err(ConfigError::field(
+                    format!("pool[{i}].endpoints"),
+                    format!("pool {:?} has no endpoints", pool.name),
+                ));
+            }
+            let mut ids = HashSet::new();
+            for (j, endpoint) in pool.endpoints.iter().enumerate() {
+                check_address(&endpoint.address)
+                    .map_err(|m| ConfigError::field(format!("pool[{i}].endpoints[{j}].address"), m))?;
+                if !ids.insert(&endpoint.id) {
+                    return Err(ConfigError::field(
+                        format!("pool[{i}].endpoints[{j}].id"),
+                        format!("duplicate endpoint id {:?} in pool {:?}", endpoint.id.as_str(), pool.name),
+                    ));
+                }
+            }
+        }
+        let known = || self.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        for (k, route) in self.routes.iter().enumerate() {
+            if !names.contains(route.pool.as_str()) {
+                return Err(ConfigError::field(
+                    format!("route[{k}].pool"),
+                    format!("no pool named {:?}; pools: {}", route.pool, known()),
+                ));
+            }
+            match (&route.path_prefix, &route.model) {
+                (None, None) => {
+                    return Err(ConfigError::field(
+                        format!("route[{k}]"),
+                        "a route needs `path_prefix` or `model` (use `default_pool` for a catch-all)",
+                    ));
+                }
+                (Some(prefix), _) if !prefix.starts_with('/') => {
+                    return Err(ConfigError::field(
+                        format!("route[{k}].path_prefix"),
+                        format!(
+                            "{prefix:?} does not start with '/' (e.g. \"/inference.GRPCInferenceService/\")"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(default) = &self.default_pool
+            && !names.contains(default.as_str())
+        {
+            return Err(ConfigError::field(
+                "default_pool",
+                format!("no pool named {default:?}; pools: {}", known()),
+            ));
+        }
+        if self.routes.is_empty() && self.default_pool.is_none() && self.pools.len() > 1 {
+            return Err(ConfigError::field(
+                "route",
+                "several pools but no route and no `default_pool`: no request could reach a pool",
+            ));
+        }
+        if http::HeaderName::from_bytes(self.model_header.as_bytes()).is_err()
+            || self.model_header.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err(ConfigError::field(
+                "model_header",
+                format!("{:?} is not a valid lower-case header name", self.model_header),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pool requests go to when no route matches: `default_pool`, or the only pool.
+    pub fn default_pool(&self) -> Option<&str> {
+        match (&self.default_pool, self.pools.as_slice()) {
+            (Some(name), _) => Some(name),
+            (None, [only]) => Some(&only.name),
+            _ => None,
+        }
+    }
+
+    fn empty() -> Self {
+        Self {
+            listen: None,
+            admin: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            model_header: DEFAULT_MODEL_HEADER.into(),
+            pools: Vec::new(),
+            routes: Vec::new(),
+            default_pool: None,
+        }
+    }
+}
+
+/// `host:port` means `http://host:port`.
+fn normalize_address(address: &str) -> String {
+    if address.contains("://") { address.to_string() } else { format!("http://{address}") }
+}
+
+/// The authority of a URI (`127.0.0.1:9001`), or the address itself if it has none.
+fn default_id(address: &str) -> String {
+    address
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| address.to_string())
+}
+
+fn check_address(address: &str) -> Result<(), String> {
+    let uri: http::Uri = address.parse().map_err(|e| format!("{address:?} is not a URI: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{address:?}: https endpoints need TLS, which the gateway does not speak yet"
+            ));
+        }
+        _ => return Err(format!("{address:?}: expected http://HOST:PORT")),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("{address:?} has no host: expected http://HOST:PORT"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{address:?}: an endpoint is a host and port, without a path"));
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The line of each field read from TOML, so that validation errors can name it.
+struct Lines<'a> {
+    text: &'a str,
+    by_field: BTreeMap<String, usize>,
+}
+
+impl Lines<'_> {
+    fn record<T>(&mut self, field: impl Into<String>, value: &Spanned<T>) {
+        self.by_field.insert(field.into(), line_of(self.text, value.span().start));
+    }
+
+    fn error(&self, field: impl Into<String>, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: None,
+            line: Some(line_of(self.text, span.start)),
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// Adds the line of the error's field (or of its closest recorded parent).
+    fn locate(&self, mut error: ConfigError) -> ConfigError {
+        let mut field = error.field.clone().unwrap_or_default();
+        loop {
+            if let Some(&line) = self.by_field.get(&field) {
+                error.line = Some(line);
+                return error;
+            }
+            match field.rfind(['.', '[']) {
+                Some(i) => field.truncate(i),
+                None => return error,
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    model_header: Option<Spanned<String>>,
+    default_pool: Option<Spanned<String>>,
+    #[serde(default)]
+    pool: Vec<Spanned<RawPool>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    policy: Option<Spanned<String>>,
+    endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    id: Option<Spanned<String>>,
+    address: Spanned<String>,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: Option<Spanned<String>>,
+    model: Option<Spanned<String>>,
+    pool: Spanned<String>,
+}
+
+impl RawConfig {
+    fn into_config(self, lines: &mut Lines<'_>) -> Result<GatewayConfig, ConfigError> {
+        let mut config = GatewayConfig::empty();
+        let addr = |lines: &Lines<'_>, field: &str, value: Spanned<String>| {
+            value.get_ref().parse::<SocketAddr>().map_err(|e| {
+                lines.error(
+                    field,
+                    value.span(),
+                    format!("{:?} is not an IP:PORT address: {e}", value.get_ref()),
+                )
+            })
+        };
+        if let Some(listen) = self.listen {
+            config.listen = Some(addr(lines, "listen", listen)?);
+        }
+        if let Some(admin) = self.admin {
+            config.admin = Some(addr(lines, "admin", admin)?);
+        }
+        if let Some(timeout) = self.drain_timeout {
+            config.drain_timeout = humantime::parse_duration(timeout.get_ref()).map_err(|e| {
+                lines.error(
+                    "drain_timeout",
+                    timeout.span(),
+                    format!("{:?}: {e} (e.g. \"30s\")", timeout.get_ref()),
+                )
+            })?;
+        }
+        if let Some(header) = self.model_header {
+            lines.record("model_header", &header);
+            config.model_header = header.into_inner();
+        }
+        if let Some(default) = self.default_pool {
+            lines.record("default_pool", &default);
+            config.default_pool = Some(default.into_inner());
+        }
+        for (i, pool) in self.pool.into_iter().enumerate() {
+            lines.record(format!("pool[{i}]"), &pool);
+            let pool = pool.into_inner();
+            lines.record(format!("pool[{i}].name"), &pool.name);
+            lines.record(format!("pool[{i}].endpoints"), &pool.endpoints);
+            let policy = match pool.policy {
+                None => PolicyKind::DEFAULT,
+                Some(p) => p
+                    .get_ref()
+                    .parse()
+                    .map_err(|e| lines.error(format!("pool[{i}].policy"), p.span(), format!("{e}")))?,
+            };
+            let mut endpoints = Vec::new();
+            for (j, endpoint) in pool.endpoints.into_inner().into_iter().enumerate() {
+                let field = format!("pool[{i}].endpoints[{j}]");
+                lines.record(field.clone(), &endpoint);
+                let endpoint = endpoint.into_inner();
+                lines.record(format!("{field}.address"), &endpoint.address);
+                let address = normalize_address(endpoint.address.get_ref());
+                let id = match endpoint.id {
+                    Some(id) => {
+                        lines.record(format!("{field}.id"), &id);
+                        id.into_inner()
+                    }
+                    None => default_id(&address),
+                };
+                endpoints.push(Endpoint::new(id, address).with_weight(endpoint.weight));
+            }
+            config.pools.push(PoolConfig { name: pool.name.into_inner(), policy, endpoints });
+        }
+        for (k, route) in self.route.into_iter().enumerate() {
+            lines.record(format!("route[{k}]"), &route);
+            let route = route.into_inner();
+            lines.record(format!("route[{k}].pool"), &route.pool);
+            if let Some(prefix) = &route.path_prefix {
+                lines.record(format!("route[{k}].path_prefix"), prefix);
+            }
+            config.routes.push(RouteConfig {
+                path_prefix: route.path_prefix.map(Spanned::into_inner),
+                model: route.model.map(Spanned::into_inner),
+                pool: route.pool.into_inner(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:8080"
+drain_timeout = "5s"
+default_pool = "a"
+
+[[pool]]
+name = "a"
+endpoints = [{ address = "http://127.0.0.1:9001" }, { address = "127.0.0.1:9002", weight = 3, id = "b2" }]
+
+[[pool]]
+name = "b"
+policy = "round-robin"
+endpoints = [{ address = "http://127.0.0.1:9003" }]
+
+[[route]]
+model = "m"
+pool = "b"
+"#;
+
+    #[test]
+    fn a_good_config_reads_whole() {
+        let c = GatewayConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.pools[0].policy, PolicyKind::DEFAULT);
+        assert_eq!(c.pools[0].endpoints[0].id.as_str(), "127.0.0.1:9001");
+        assert_eq!(c.pools[0].endpoints[1].address, "http://127.0.0.1:9002");
+        assert_eq!((c.pools[0].endpoints[1].id.as_str(), c.pools[0].endpoints[1].weight), ("b2", 3));
+        assert_eq!(c.pools[1].policy, PolicyKind::RoundRobin);
+        assert_eq!(c.routes[0].model.as_deref(), Some("m"));
+        assert_eq!(c.default_pool(), Some("a"));
+    }
+
+    fn error(text: &str) -> ConfigError {
+        GatewayConfig::from_toml(text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let e = error(&GOOD.replace("\"round-robin\"", "\"fastest\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(12), Some("pool[1].policy")), "{e}");
+        assert!(e.message.contains("least-connections"), "{e}");
+
+        let e = error(&GOOD.replace("pool = \"b\"", "pool = \"c\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("route[0].pool")), "{e}");
+
+        let e = error(&GOOD.replace("http://127.0.0.1:9003", "ftp://x"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].endpoints[0].address")), "{e}");
+
+        let e = error(&GOOD.replace("id = \"b2\"", "id = \"127.0.0.1:9001\""));
+        assert_eq!(e.field.as_deref(), Some("pool[0].endpoints[1].id"), "{e}");
+
+        let e = error(&GOOD.replace("name = \"b\"", "name = \"a\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(11), Some("pool[1].name")), "{e}");
+
+        let e = error(&GOOD.replace("policy =", "polcy ="));
+        assert_eq!(e.line, Some(12), "{e}");
+        assert!(e.message.contains("polcy"), "{e}");
+
+        let e = error(&GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = \"soon\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("drain_timeout")), "{e}");
+
+        let e = error("[[pool]\nname = 1");
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(error("").message.contains("no pools"));
+    }
+
+    #[test]
+    fn flags_make_one_default_pool() {
+        let c = GatewayConfig::single_pool(&["127.0.0.1:9001".into()], PolicyKind::Random).unwrap();
+        assert_eq!(c.pools[0].name, "default");
+        assert_eq!(c.pools[0].endpoints[0].id.as_str(), "127.0.0.1:9001");
+        assert_eq!(c.default_pool(), Some("default"));
+        let e = GatewayConfig::single_pool(&["http://x:1/path".into()], PolicyKind::Random).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("--backend"));
+        assert!(GatewayConfig::single_pool(&[], PolicyKind::Random).is_err());
+    }
+}

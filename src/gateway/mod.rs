@@ -1,0 +1,193 @@
+//! `switchyard gateway`: a transparent gRPC load balancer in front of model servers, for teams
+//! that do not write Rust.
+//!
+//! The gateway serves HTTP/2 without TLS (h2c, prior knowledge, as gRPC clients speak to
+//! `http://` targets) and forwards every request, headers and body streaming through, to one
+//! endpoint of a **pool**, picked by that pool's [`Balance`](switchyard_balance::Balance) with
+//! its policy (least response time unless told otherwise). It decodes nothing, so any gRPC
+//! service and every call shape pass: unary, client-, server- and bidirectional streaming; the
+//! response comes back with the endpoint's headers and trailers, and its status (`NOT_FOUND` from
+//! the model server stays `NOT_FOUND`, with its message). On the way, the balancer counts each
+//! request against its endpoint until its last frame and reads the replica's ORCA load report
+//! (`endpoint-load-metrics-bin`) from the trailers, which then still reach the client.
+//!
+//! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses:
+//! `UNAVAILABLE` when the pool has no endpoint or the endpoint's connection fails (nothing is
+//! retried: the body has already been streamed), `UNIMPLEMENTED` when no route takes the request
+//! (the message names the path and the model).
+//!
+//! # Quick start
+//!
+//! ```sh
+//! switchyard gateway --backend 127.0.0.1:9001 --backend 127.0.0.1:9002 --policy round-robin
+//! ```
+//!
+//! One pool named `default`, whose endpoint ids are the backends' authorities (`127.0.0.1:9001`);
+//! gRPC on `--listen` (127.0.0.1:8080), the admin API on `--admin` (127.0.0.1:9900).
+//!
+//! # Pools and routes
+//!
+//! `--config gateway.toml` (see `examples/gateway.toml`) declares several pools, one per model or
+//! service, and routes that pick among them:
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"       # the flags override these three
+//! admin = "127.0.0.1:9900"
+//! drain_timeout = "30s"
+//! model_header = "x-model-name"   # the default
+//! default_pool = "llama"          # requests no route takes; with one pool, that pool
+//!
+//! [[pool]]
+//! name = "llama"
+//! policy = "least-response-time"  # the default
+//! endpoints = [
+//!   { address = "http://127.0.0.1:9001" },                      # id: 127.0.0.1:9001, weight: 1
+//!   { address = "127.0.0.1:9002", id = "gpu-b", weight = 2 },
+//! ]
+//!
+//! [[pool]]
+//! name = "mistral"
+//! endpoints = [{ address = "http://127.0.0.1:9101" }]
+//!
+//! [[route]]                       # first match wins
+//! path_prefix = "/inference.GRPCInferenceService/"
+//! model = "mistral"
+//! pool = "mistral"
+//! ```
+//!
+//! A route matches when the request's path starts with its `path_prefix` and its model is the
+//! route's `model` (each condition only if set). The model is the value of the model header if
+//! the request has one (any method, no body read), otherwise, for the KServe model methods
+//! (`ModelInfer`, `ModelStreamInfer`, `ModelReady`, `ModelMetadata`, ...), the `model_name` of the
+//! first request message, read by peeking at most 4 MiB of the body and decoding field 1 alone;
+//! the peeked bytes are then sent on unchanged. A request whose model cannot be read (compressed,
+//! or the name is not within the first 4 MiB) has no model: routes without `model` and the
+//! default pool still take it. The peek is done only when a route asks for a model and the header
+//! is absent, so requests pay for what the config uses.
+//!
+//! The config is validated before anything starts; an error names the field and its line, and the
+//! command exits with status 1:
+//!
+//! ```text
+//! error: invalid gateway config gateway.toml line 12 `pool[1].policy`: unknown policy "fastest"; expected one of: ...
+//! ```
+//!
+//! # Admin API
+//!
+//! HTTP/1.1 JSON on `--admin` (loopback by default: it has no authentication):
+//!
+//! - `GET /endpoints` → `{"pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`,
+//!   each endpoint's load as its pool's balancer tracks it (in flight, latency EWMA, completed,
+//!   failed, the last ORCA report);
+//! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` optional with one
+//!   pool) → `{"pool","policy","previous"}`: the switch is atomic and requests in flight stay
+//!   where they are; 400 for an unknown policy (the message lists the known ones), 404 for an
+//!   unknown pool.
+//!
+//! # Shutdown
+//!
+//! On SIGTERM or Ctrl-C the gateway stops accepting connections, tells its clients (HTTP/2
+//! GOAWAY), lets in-flight requests and streams finish (at most `--drain-timeout`), and exits 0.
+//!
+//! # In-process use
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use switchyard::gateway::{Gateway, GatewayConfig};
+//! use switchyard::balance::PolicyKind;
+//!
+//! let config = GatewayConfig::single_pool(&["127.0.0.1:9001".into()], PolicyKind::RoundRobin)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let gateway = Gateway::start(config, listener, None)?;
+//! println!("clients connect to http://{}", gateway.local_addr());
+//! let board = gateway.pools()[0].board().clone(); // per-endpoint load
+//! gateway.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod config;
+mod peek;
+mod pool;
+mod proxy;
+mod route;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use config::{
+    ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, PoolConfig, RouteConfig,
+};
+pub use peek::MAX_PEEK_BYTES;
+pub use pool::Pool;
+pub use server::{Gateway, GatewayError};
+use switchyard_balance::PolicyKind;
+use tokio::net::TcpListener;
+
+/// Where the gateway serves gRPC unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// Where the admin API listens unless told otherwise.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9900);
+
+/// How a gateway is set up: flags of `switchyard gateway`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Address to serve gRPC on (h2c) [default: the config's `listen`, else 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// An endpoint of the `default` pool, e.g. `http://127.0.0.1:9001` or `127.0.0.1:9001`;
+    /// repeat for more.
+    #[arg(long = "backend", value_name = "URI", conflicts_with = "config")]
+    pub backends: Vec<String>,
+    /// Balancing policy of the `default` pool (with --backend).
+    #[arg(long, default_value_t = PolicyKind::DEFAULT, conflicts_with = "config")]
+    pub policy: PolicyKind,
+    /// Address of the admin HTTP API [default: the config's `admin`, else 127.0.0.1:9900].
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Longest wait for in-flight requests on shutdown, e.g. `30s` [default: the config's
+    /// `drain_timeout`, else 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// A TOML file of pools and routes (instead of --backend).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// The configuration these flags describe: the `--config` file, or one pool of the
+    /// `--backend`s; the flags override the file's `listen`, `admin` and `drain_timeout`.
+    pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => GatewayConfig::load(path)?,
+            None => GatewayConfig::single_pool(&self.backends, self.policy)?,
+        };
+        config.listen = self.listen.or(config.listen);
+        config.admin = self.admin.or(config.admin);
+        if let Some(timeout) = self.drain_timeout {
+            config.drain_timeout = timeout;
+        }
+        Ok(config)
+    }
+}
+
+/// Reads the configuration, binds the gRPC and admin addresses and serves until `shutdown`
+/// completes, then drains (see [`Gateway::shutdown`]).
+pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let config = args.gateway_config()?;
+    let listen = config.listen.unwrap_or(DEFAULT_LISTEN);
+    let admin = config.admin.unwrap_or(DEFAULT_ADMIN);
+    let listener =
+        TcpListener::bind(listen).await.map_err(|source| GatewayError::Bind { addr: listen, source })?;
+    let admin =
+        TcpListener::bind(admin).await.map_err(|source| GatewayError::Bind { addr: admin, source })?;
+    let gateway = Gateway::start(config, listener, Some(admin))?;
+    shutdown.await;
+    tracing::info!("draining: no new connections, waiting for requests in flight");
+    gateway.shutdown().await
+}
