@@ -1,17 +1,17 @@
 //! The `switchyard` binary as a user runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use switchyard::cluster::ClusterReport;
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::sim::TraceRecord;
 use switchyard_core::PrefixBlocks;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
+
+use common::BIN;
 
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -22,25 +22,8 @@ fn scratch(name: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn worker_drains_in_flight_requests_on_sigterm_and_exits_zero() {
-    let mut child = Command::new(BIN)
-        .args(["worker", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the worker logs its address")
-            .unwrap()
-            .expect("stderr open");
-        if let Some((_, addr)) = line.split_once("worker serving on ") {
-            break addr.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (mut child, addr) =
+        common::spawn_until(&["worker", "--listen", "127.0.0.1:0"], "worker serving on ").await;
 
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
     // About a second of generation at real speed: long enough to send SIGTERM under it.
@@ -53,8 +36,7 @@ async fn worker_drains_in_flight_requests_on_sigterm_and_exits_zero() {
     let request = switchyard::loadgen::infer_request("sim-llm", 1, &record);
     let in_flight = tokio::spawn(async move { client.model_infer(request).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    common::sigterm(&child);
 
     let response = in_flight.await.unwrap().expect("the in-flight request completes during the drain");
     assert_eq!(response.into_inner().outputs.len(), 1);

@@ -3,7 +3,6 @@
 //! binary, for the exit paths), reached with the generated clients.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -14,7 +13,7 @@ use switchyard::proto::inference::infer_parameter::ParameterChoice;
 use switchyard::proto::inference::*;
 use switchyard::worker::{self, WorkerArgs};
 use switchyard_core::{ReportedLoad, orca};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -24,7 +23,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
+
+use common::BIN;
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// An in-process worker; it stops when dropped.
@@ -466,33 +467,19 @@ async fn the_binary_refuses_a_bad_config_with_its_field_and_line() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let w = Worker::start_with(WorkerArgs { speed: 1.0, ..WorkerArgs::default() }).await;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--backend", &w.uri()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the gateway logs its address")
-            .unwrap()
-            .expect("stderr open");
-        if let Some((_, addr)) = line.split_once("gateway serving on ") {
-            break addr.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (mut child, addr) = common::spawn_until(
+        &["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--backend", &w.uri()],
+        "gateway serving on ",
+    )
+    .await;
+    let addr: SocketAddr = addr.parse().unwrap();
 
     let mut client = client(addr).await;
     // About a second of generation at real speed.
     let in_flight =
         tokio::spawn(async move { client.model_infer(infer("sim-llm", "a long one", 150)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    common::sigterm(&child);
 
     let response = in_flight.await.unwrap().expect("the in-flight request completes during the drain");
     assert_eq!(output_words(response.get_ref()), 150);

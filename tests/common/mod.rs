@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests that run the `switchyard` binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// Runs `switchyard ARGS`, waits for its log line containing `phrase` (`"worker serving on "`),
+/// and returns the child and the address that follows the phrase. The rest of its stderr is
+/// drained in the background.
+pub(crate) async fn spawn_until(args: &[&str], phrase: &str) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no {phrase:?} line within 30 s"))
+            .unwrap()
+            .expect("stderr open");
+        if let Some((_, rest)) = line.split_once(phrase) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// Sends SIGTERM to `child`.
+pub(crate) fn sigterm(child: &Child) {
+    let pid = child.id().expect("the child is running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
