@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::{cluster, gateway, lab, loadgen, worker};
+use switchyard::{bench, cluster, gateway, lab, loadgen, worker};
 use tracing_subscriber::EnvFilter;
 
 /// Load balancing and elastic scaling for gRPC model-serving services.
@@ -27,6 +27,8 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Run a policy-lab scenario: every balancing policy and an ideal dispatcher against simulated replicas, in virtual time.
     Lab(lab::LabArgs),
+    /// Benchmark the gateway against nginx and HAProxy over real processes on loopback.
+    Bench(bench::BenchArgs),
 }
 
 /// Completes on SIGTERM or Ctrl-C. The SIGTERM handler is installed at once, not on first poll,
@@ -75,6 +77,13 @@ async fn main() -> ExitCode {
             Ok(report) => {
                 println!("{}", report.summary());
                 println!("\nreport: {}", args.out.display());
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Bench(args) => match bench::run(&args).await {
+            Ok(report) => {
+                println!("{}", report.summary());
                 Ok(())
             }
             Err(e) => Err(e.into()),

@@ -1,0 +1,499 @@
+//! `switchyard bench`: the gateway against nginx and HAProxy, as real processes over loopback
+//! gRPC, for throughput, added latency and CPU per request.
+//!
+//! Where the policy lab (`switchyard lab`) compares policies in virtual time, the bench measures
+//! the proxy itself on this machine. Absolute numbers depend on the machine and on what else runs
+//! on it; quote the ratios between targets measured in one run.
+//!
+//! # Scenario `overhead`
+//!
+//! Two workers (`switchyard worker --speed 1000`), and a closed loop of `--clients` clients (64)
+//! that each send their next call as soon as the last one answered, for `--duration` seconds (10)
+//! after `--warmup` seconds (2) that are not counted, against each target in turn:
+//!
+//! - `direct`: no proxy, half of the clients on each worker (the floor);
+//! - `switchyard`: the gateway (`--policy`, round robin by default);
+//! - `nginx`: `grpc_pass` to an upstream of the two workers (`bench/nginx.conf`);
+//! - `haproxy`: HTTP/2 on both sides (`bench/haproxy.cfg`).
+//!
+//! The call is `ServerLive`, which the worker answers without its engine: the measurement is the
+//! path, not the model. The clients share `--connections` HTTP/2 connections (8), the same for
+//! every target, and run in the bench process itself. Per target the bench reports requests/s,
+//! latency percentiles, and the proxy's CPU time per request from the kernel's accounting of the
+//! proxy's processes (`/proc/PID/stat` utime + stime, read at the start and the end of the window).
+//!
+//! # Scenario `hetero`
+//!
+//! Four workers, one five times slower (speed 0.2), the bundled Azure conversation trace replayed
+//! with streaming calls at about 64 % of their capacity for `--duration` seconds (use 30 or
+//! more), through the gateway with each policy, nginx (round robin, `least_conn`) and HAProxy
+//! (`roundrobin`, `leastconn`). It reports the time to first token (p99 first) of each target;
+//! see [`hetero`].
+//!
+//! nginx and HAProxy must be installed (`scripts/install-bench-deps.sh`); the bench fails, naming
+//! the script, when they are not. It starts its own instances with its own config files in a
+//! temporary folder, never the distro's services.
+
+mod cpu;
+pub mod hetero;
+mod load;
+mod peers;
+// The cluster's child-process code, compiled a second time here because `cluster::processes` is
+// private to `cluster` and this change was scoped to src/bench/. Making it `pub(crate) mod
+// processes;` there and `use crate::cluster::processes` here is the proper fix.
+#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
+#[path = "../cluster/processes.rs"]
+mod processes;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::report::{Percentiles, Table, write_json};
+use peers::{PeerBalance, PeerKind};
+use processes::{ChildProcess, ProcessError};
+
+/// How long a child may take to log its address.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A bench scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Zero-cost workers: requests/s, latency and CPU per request of each proxy.
+    Overhead,
+    /// Four workers, one 5× slower, the Azure trace at ~64% load: p99 TTFT of each balancer.
+    Hetero,
+}
+
+/// How nginx and HAProxy spread calls over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerBalanceArg {
+    /// nginx's default round robin, HAProxy's `balance roundrobin`.
+    RoundRobin,
+    /// nginx's `least_conn`, HAProxy's `balance leastconn`.
+    LeastConn,
+}
+
+/// `switchyard bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Concurrent closed-loop clients.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// HTTP/2 connections the clients share, per target.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Measured seconds per target.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before the measured window of each target.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// The gateway's balancing policy.
+    #[arg(long, default_value = "round-robin")]
+    pub policy: String,
+    /// nginx's and HAProxy's balancing.
+    #[arg(long, value_enum, default_value_t = PeerBalanceArg::RoundRobin)]
+    pub peer_balance: PeerBalanceArg,
+}
+
+/// What can go wrong in a bench run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// nginx or HAProxy is not installed.
+    #[error("{0}")]
+    MissingPeers(String),
+    /// An argument is out of range.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A file or socket operation failed.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// A child process failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// A target could not be set up or reached.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A latency summary in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencyMs {
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// What one target measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetResult {
+    /// `direct`, `switchyard`, `nginx` or `haproxy`.
+    pub target: String,
+    /// Calls answered in the window.
+    pub requests: u64,
+    /// Calls failed in the window.
+    pub errors: u64,
+    /// Calls answered per second.
+    pub rps: f64,
+    /// Latency of the answered calls.
+    pub latency_ms: LatencyMs,
+    /// The proxy's CPU time per answered call, in µs (none for `direct`).
+    pub cpu_us_per_request: Option<f64>,
+    /// `rps` over the better of nginx's and HAProxy's.
+    pub rps_ratio_to_best_peer: f64,
+}
+
+/// The report of scenario `overhead`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OverheadReport {
+    /// The scenario.
+    pub scenario: String,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// HTTP/2 connections per target.
+    pub connections: usize,
+    /// Measured seconds per target.
+    pub duration_s: f64,
+    /// The gRPC call the clients send.
+    pub call: String,
+    /// The gateway's policy.
+    pub gateway_policy: String,
+    /// nginx's and HAProxy's balancing.
+    pub peer_balance: String,
+    /// Clock ticks per second used to convert the CPU accounting.
+    pub clock_ticks_per_s: f64,
+    /// One entry per target, in the order run.
+    pub results: Vec<TargetResult>,
+}
+
+impl OverheadReport {
+    /// The results as a table.
+    pub fn table(&self) -> Table {
+        let mut table = Table::new([
+            "target",
+            "req/s",
+            "× best peer",
+            "mean ms",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "CPU µs/req",
+            "errors",
+        ]);
+        for r in &self.results {
+            table.row([
+                r.target.clone(),
+                format!("{:.0}", r.rps),
+                format!("{:.2}", r.rps_ratio_to_best_peer),
+                format!("{:.3}", r.latency_ms.mean),
+                format!("{:.3}", r.latency_ms.p50),
+                format!("{:.3}", r.latency_ms.p90),
+                format!("{:.3}", r.latency_ms.p99),
+                r.cpu_us_per_request.map_or_else(|| "-".to_string(), |c| format!("{c:.1}")),
+                r.errors.to_string(),
+            ]);
+        }
+        table
+    }
+
+    fn find(&self, target: &str) -> Option<&TargetResult> {
+        self.results.iter().find(|r| r.target == target)
+    }
+
+    /// The table and how the gateway stands against the issue's targets.
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "bench {}: {} clients over {} connections, {} s per target, {} calls; gateway {}, peers {}\n\n{}",
+            self.scenario,
+            self.clients,
+            self.connections,
+            self.duration_s,
+            self.call,
+            self.gateway_policy,
+            self.peer_balance,
+            self.table()
+        );
+        let (Some(direct), Some(gw), Some(nginx), Some(haproxy)) =
+            (self.find("direct"), self.find("switchyard"), self.find("nginx"), self.find("haproxy"))
+        else {
+            return text;
+        };
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        let added = |r: &TargetResult| r.latency_ms.p50 - direct.latency_ms.p50;
+        let best_peer_added = added(nginx).min(added(haproxy));
+        text.push_str(&format!(
+            "\ntargets: gateway req/s ≥ 1.3× best peer: {:.2}× ({}); gateway CPU ≤ 8 µs/req: {} ({}); \
+             p50 added over direct ≤ peers': {:.3} ms vs {:.3} ms ({})\n",
+            gw.rps_ratio_to_best_peer,
+            verdict(gw.rps_ratio_to_best_peer >= 1.3),
+            gw.cpu_us_per_request.map_or_else(|| "-".to_string(), |c| format!("{c:.1}")),
+            verdict(gw.cpu_us_per_request.is_some_and(|c| c <= 8.0)),
+            added(gw),
+            best_peer_added,
+            verdict(added(gw) <= best_peer_added),
+        ));
+        text
+    }
+}
+
+/// One target to load: where its clients connect, and the process whose CPU is its cost.
+struct Target {
+    name: &'static str,
+    addresses: Vec<String>,
+    pid: Option<u32>,
+}
+
+/// The report of one bench run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum BenchReport {
+    /// Scenario `overhead`.
+    Overhead(OverheadReport),
+    /// Scenario `hetero`.
+    Hetero(hetero::HeteroReport),
+}
+
+impl BenchReport {
+    /// The printed summary.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Overhead(r) => r.summary(),
+            Self::Hetero(r) => r.summary(),
+        }
+    }
+}
+
+/// Runs the scenario `args` names and writes its JSON report, if asked.
+pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+    if args.clients == 0 || args.connections == 0 {
+        return Err(BenchError::Invalid("--clients and --connections must be at least 1".into()));
+    }
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.warmup.is_finite() && args.warmup >= 0.0) {
+        return Err(BenchError::Invalid("--duration must be > 0 and --warmup ≥ 0 seconds".into()));
+    }
+    let policy: switchyard_balance::PolicyKind =
+        args.policy.parse().map_err(|e| BenchError::Invalid(format!("--policy: {e}")))?;
+    let (nginx_exe, haproxy_exe) = peers::require_peers()?;
+    let exe = std::env::current_exe().map_err(|e| BenchError::Io("current executable".into(), e))?;
+    let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Io(format!("create {}", dir.display()), e))?;
+    let result = match args.scenario {
+        Scenario::Overhead => {
+            overhead(args, policy, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Overhead)
+        }
+        Scenario::Hetero => {
+            hetero::run(args, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Hetero)
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    if let Some(path) = &args.json {
+        write_json(path, &report).map_err(|e| BenchError::Io(format!("write {}", path.display()), e))?;
+    }
+    Ok(report)
+}
+
+pub(crate) async fn start_worker(
+    exe: &Path,
+    i: usize,
+    speed: f64,
+) -> Result<(ChildProcess, String), BenchError> {
+    let speed = speed.to_string();
+    let args: Vec<String> = ["worker", "--listen", "127.0.0.1:0", "--speed", &speed, "--model", "sim-llm"]
+        .map(String::from)
+        .into();
+    let (child, mut addresses) =
+        ChildProcess::start(&format!("worker-{i}"), exe, &args, &["worker serving on "], START_TIMEOUT)
+            .await?;
+    Ok((child, addresses.remove(0)))
+}
+
+async fn overhead(
+    args: &BenchArgs,
+    policy: switchyard_balance::PolicyKind,
+    exe: &Path,
+    nginx_exe: &Path,
+    haproxy_exe: &Path,
+    dir: &Path,
+) -> Result<OverheadReport, BenchError> {
+    let workers = vec![start_worker(exe, 0, 1000.0).await?, start_worker(exe, 1, 1000.0).await?];
+    let worker_addresses: Vec<String> = workers.iter().map(|(_, a)| a.clone()).collect();
+    let mut gateway_args: Vec<String> =
+        ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from).into();
+    for address in &worker_addresses {
+        gateway_args.extend(["--backend".to_string(), format!("http://{address}")]);
+    }
+    gateway_args.extend(["--policy".to_string(), policy.name().to_string()]);
+    let (gateway, mut gateway_addresses) =
+        ChildProcess::start("gateway", exe, &gateway_args, &["gateway serving on "], START_TIMEOUT).await?;
+    let gateway_address = gateway_addresses.remove(0);
+    let balance = match args.peer_balance {
+        PeerBalanceArg::RoundRobin => PeerBalance::RoundRobin,
+        PeerBalanceArg::LeastConn => PeerBalance::LeastConn,
+    };
+    let nginx_dir = dir.join("nginx");
+    let haproxy_dir = dir.join("haproxy");
+    for d in [&nginx_dir, &haproxy_dir] {
+        std::fs::create_dir_all(d).map_err(|e| BenchError::Io(format!("create {}", d.display()), e))?;
+    }
+    let nginx = peers::start(PeerKind::Nginx, nginx_exe, balance, &worker_addresses, &nginx_dir).await?;
+    let haproxy =
+        peers::start(PeerKind::Haproxy, haproxy_exe, balance, &worker_addresses, &haproxy_dir).await?;
+    eprintln!(
+        "bench: workers on {}, gateway on {gateway_address}, nginx on {}, haproxy on {}",
+        worker_addresses.join(" "),
+        nginx.address,
+        haproxy.address
+    );
+
+    let targets = [
+        Target { name: "direct", addresses: worker_addresses.clone(), pid: None },
+        Target {
+            name: "switchyard",
+            addresses: vec![gateway_address],
+            pid: cpu::child_with_arg(" gateway --listen"),
+        },
+        Target {
+            name: "nginx",
+            addresses: vec![nginx.address.clone()],
+            pid: cpu::child_with_arg(&nginx.config),
+        },
+        Target {
+            name: "haproxy",
+            addresses: vec![haproxy.address.clone()],
+            pid: cpu::child_with_arg(&haproxy.config),
+        },
+    ];
+    let ticks_per_s = cpu::ticks_per_second();
+    let mut results = Vec::new();
+    for target in &targets {
+        if target.name != "direct" && target.pid.is_none() {
+            return Err(BenchError::Setup(format!("cannot find the process of {}", target.name)));
+        }
+        results.push(measure(args, target, ticks_per_s).await?);
+    }
+    let best_peer = results
+        .iter()
+        .filter(|r| r.target == "nginx" || r.target == "haproxy")
+        .map(|r| r.rps)
+        .fold(0.0, f64::max);
+    for r in &mut results {
+        r.rps_ratio_to_best_peer = if best_peer > 0.0 { r.rps / best_peer } else { 0.0 };
+    }
+
+    nginx.stop().await;
+    haproxy.stop().await;
+    let children = workers.into_iter().map(|(c, _)| c).chain([gateway]);
+    for child in children {
+        let name = child.name().to_string();
+        if let Err(e) = child.stop(Duration::from_secs(10)).await {
+            eprintln!("bench: warning: {name}: {e}");
+        }
+    }
+    Ok(OverheadReport {
+        scenario: "overhead".into(),
+        clients: args.clients,
+        connections: args.connections,
+        duration_s: args.duration,
+        call: "inference.GRPCInferenceService/ServerLive".into(),
+        gateway_policy: policy.name().to_string(),
+        peer_balance: match balance {
+            PeerBalance::RoundRobin => "round-robin".into(),
+            PeerBalance::LeastConn => "least-conn".into(),
+        },
+        clock_ticks_per_s: ticks_per_s,
+        results,
+    })
+}
+
+async fn measure(args: &BenchArgs, target: &Target, ticks_per_s: f64) -> Result<TargetResult, BenchError> {
+    eprintln!(
+        "bench: {} ({} clients, {:.0} s warmup + {:.0} s)",
+        target.name, args.clients, args.warmup, args.duration
+    );
+    let channels = load::connect(&target.addresses, args.connections).await.map_err(BenchError::Setup)?;
+    let start = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let end = start + Duration::from_secs_f64(args.duration);
+    let pid = target.pid;
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(start).await;
+        let before = pid.map(cpu::tree_ticks);
+        tokio::time::sleep_until(end).await;
+        let after = pid.map(cpu::tree_ticks);
+        before.zip(after).map(|(b, a)| a.saturating_sub(b))
+    });
+    let mut measured = load::closed_loop(&channels, args.clients, start, end).await;
+    let ticks = sampler.await.ok().flatten();
+    let requests = measured.latencies_ms.len() as u64;
+    let p = Percentiles::of(&mut measured.latencies_ms);
+    Ok(TargetResult {
+        target: target.name.to_string(),
+        requests,
+        errors: measured.errors,
+        rps: requests as f64 / args.duration,
+        latency_ms: LatencyMs { mean: p.mean, p50: p.p50, p90: p.p90, p99: p.p99 },
+        cpu_us_per_request: ticks
+            .filter(|_| requests > 0)
+            .map(|t| t as f64 * 1e6 / ticks_per_s / requests as f64),
+        rps_ratio_to_best_peer: 0.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(target: &str, rps: f64, p50: f64, cpu: Option<f64>) -> TargetResult {
+        TargetResult {
+            target: target.into(),
+            requests: 100,
+            errors: 0,
+            rps,
+            latency_ms: LatencyMs { mean: p50, p50, p90: p50, p99: p50 },
+            cpu_us_per_request: cpu,
+            rps_ratio_to_best_peer: rps / 1000.0,
+        }
+    }
+
+    #[test]
+    fn the_summary_judges_the_gateway_against_the_better_peer() {
+        let report = OverheadReport {
+            scenario: "overhead".into(),
+            clients: 64,
+            connections: 8,
+            duration_s: 10.0,
+            call: "ServerLive".into(),
+            gateway_policy: "round-robin".into(),
+            peer_balance: "round-robin".into(),
+            clock_ticks_per_s: 100.0,
+            results: vec![
+                result("direct", 3000.0, 1.0, None),
+                result("switchyard", 1400.0, 1.5, Some(6.0)),
+                result("nginx", 900.0, 2.0, Some(20.0)),
+                result("haproxy", 1000.0, 1.8, Some(15.0)),
+            ],
+        };
+        let text = report.summary();
+        assert!(text.contains("1.40× (met)"), "{text}");
+        assert!(text.contains("6.0 (met)"), "{text}");
+        assert!(text.contains("0.500 ms vs 0.800 ms (met)"), "{text}");
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        assert_eq!(json["results"][0]["cpu_us_per_request"], serde_json::Value::Null);
+        assert_eq!(json["results"][1]["latency_ms"]["p50"], 1.5);
+    }
+}
