@@ -38,12 +38,7 @@ mod cpu;
 pub mod hetero;
 mod load;
 mod peers;
-// The cluster's child-process code, compiled a second time here because `cluster::processes` is
-// private to `cluster` and this change was scoped to src/bench/. Making it `pub(crate) mod
-// processes;` there and `use crate::cluster::processes` here is the proper fix.
-#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
-#[path = "../cluster/processes.rs"]
-mod processes;
+use crate::cluster::processes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

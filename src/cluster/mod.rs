@@ -46,7 +46,7 @@
 //! exits while the cluster runs is an error that names it and shows its last stderr lines.
 
 mod plots;
-mod processes;
+pub(crate) mod processes;
 mod report;
 
 use std::path::{Path, PathBuf};
