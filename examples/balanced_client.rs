@@ -20,7 +20,7 @@ use switchyard::loadgen::infer_request;
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::sim::TraceRecord;
 use switchyard::worker::{self, WorkerArgs, WorkerError};
-use switchyard_balance::{Backend, Balance, discover};
+use switchyard_balance::{Backend, Balance};
 use switchyard_core::Endpoint;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let channel = Channel::from_shared(uri.clone())?.connect_lazy();
         backends.push(Backend::new(Endpoint::new(format!("replica-{i}"), uri.as_str()), channel));
     }
-    let balancer = Balance::new(discover::from_backends(backends));
+    let balancer = Balance::from_backends(backends);
     let board = balancer.board();
     let client = GrpcInferenceServiceClient::new(Buffer::new(balancer, 1024));
     // ---------------------------------------------------------------------------------------------

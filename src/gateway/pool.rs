@@ -3,13 +3,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use switchyard_balance::discover::{self, StaticDiscover};
+use switchyard_balance::discover::StaticDiscover;
 use switchyard_balance::{Backend, Balance, LoadBoard, PolicyHandle, PolicyKind};
 use switchyard_core::stable_hash;
 use tonic::body::Body;
 use tonic::transport::Channel;
+use tower::Service;
 use tower::buffer::Buffer;
-use tower::{Service, ServiceExt};
 
 use super::config::{ConfigError, PoolConfig};
 
@@ -56,11 +56,9 @@ impl Pool {
         }
         let seed = stable_hash(config.name.as_bytes());
         let policy = PolicyHandle::of(config.policy, seed);
-        let mut balancer: Balancer =
-            Balance::new(discover::from_backends(backends)).with_policy(policy.clone());
-        // Apply the static endpoint list now, so that the board shows the endpoints before the
+        // `from_backends` inserts the endpoints at once, so the board shows them before the
         // first request (the buffer polls the balancer only when a request comes).
-        let _ = futures::FutureExt::now_or_never(ServiceExt::<UpstreamRequest>::ready(&mut balancer));
+        let balancer: Balancer = Balance::from_backends(backends).with_policy(policy.clone());
         let board = balancer.board();
         Ok(Self {
             name: config.name.clone(),

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use switchyard_balance::{Backend, Balance, PolicyHandle, PolicyKind, discover};
+use switchyard_balance::{Backend, Balance, PolicyHandle, PolicyKind};
 use switchyard_core::{Endpoint, RequestSize};
 use switchyard_sim::{ConfigError, GenerationRequest, TraceRecord, workload};
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ pub(crate) async fn run_policy(
             Endpoint::new(spec.name.as_str(), format!("sim://{}", spec.name)).with_weight(spec.weight());
         Backend::new(endpoint, SimReplica::new(engine.clone()))
     });
-    let mut balancer = Balance::new(discover::from_backends(backends))
+    let mut balancer = Balance::from_backends(backends)
         .with_policy(PolicyHandle::of(kind, seed))
         .with_completion(SimCompletion);
 

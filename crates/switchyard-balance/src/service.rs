@@ -15,6 +15,7 @@ use tower::{BoxError, Service, ServiceExt};
 
 use crate::board::LoadBoard;
 use crate::completion::{Completion, HttpCompletion, TrackCompletion};
+use crate::discover::{self, StaticDiscover};
 use crate::endpoint::{EndpointState, TrackingConfig};
 use crate::error::NoEndpoints;
 use crate::future::ResponseFuture;
@@ -124,6 +125,20 @@ impl<D, S, Req> Balance<D, S, Req, HttpCompletion> {
     }
 }
 
+impl<S, Req> Balance<StaticDiscover<S>, S, Req, HttpCompletion> {
+    /// A balancer over a fixed list of endpoints, inserted at once: they are on the
+    /// [`board`](Self::board) before the first request (a discovery stream is read only when the
+    /// balancer is polled).
+    pub fn from_backends(backends: impl IntoIterator<Item = Backend<S>>) -> Self {
+        let mut balancer = Self::new(discover::from_backends(Vec::new()));
+        balancer.discover = None;
+        for backend in backends {
+            balancer.insert(backend.endpoint.id.clone(), backend);
+        }
+        balancer
+    }
+}
+
 impl<D, S, Req, C> Balance<D, S, Req, C> {
     /// The same balancer, picking with the policy in `policy` (keep a clone of the handle to
     /// switch it later).
@@ -134,6 +149,11 @@ impl<D, S, Req, C> Balance<D, S, Req, C> {
 
     /// The same balancer, publishing its endpoints on `board` (shared with other readers).
     pub fn with_board(mut self, board: LoadBoard) -> Self {
+        // Endpoints already inserted move to the new board.
+        for slot in &self.endpoints {
+            self.board.remove(slot.state.id(), &slot.state);
+            board.insert(slot.state.clone());
+        }
         self.board = board;
         self
     }

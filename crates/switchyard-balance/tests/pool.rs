@@ -474,3 +474,21 @@ async fn the_board_shows_every_endpoints_load_sorted_and_shared_between_balancer
     assert_eq!(board.get(&"b".into()).unwrap().load.in_flight, 0);
     assert!(board.len() == 3 && first.board().len() == 3 && second.board().len() == 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn from_backends_puts_endpoints_on_the_board_before_any_request() {
+    use switchyard_balance::{Backend, Balance, CompleteOnResponse, LoadBoard};
+    use switchyard_core::Endpoint;
+    let backends = ["b", "a"].map(|id| {
+        Backend::new(
+            Endpoint::new(id, "http://x"),
+            tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) }),
+        )
+    });
+    let shared = LoadBoard::new();
+    let lb: Balance<_, _, http::Request<()>, _> =
+        Balance::from_backends(backends).with_board(shared.clone()).with_completion(CompleteOnResponse);
+    let ids: Vec<String> = shared.snapshot().iter().map(|e| e.endpoint.id.to_string()).collect();
+    assert_eq!(ids, ["a", "b"], "on the shared board, sorted, before any poll");
+    assert_eq!(lb.len(), 2);
+}
