@@ -105,12 +105,17 @@ fn cheapest(
     endpoints: &[Arc<EndpointState>],
     work: f64,
 ) -> usize {
-    let fastest =
-        candidates.clone().filter_map(|i| endpoints[i].unit_time_nanos()).fold(f64::INFINITY, f64::min);
+    // One pass for the fastest measured speed and the mean in-flight count.
+    let (mut fastest, mut total, mut count) = (f64::INFINITY, 0u64, 0u64);
+    for i in candidates.clone() {
+        if let Some(unit) = endpoints[i].unit_time_nanos() {
+            fastest = fastest.min(unit);
+        }
+        total += u64::from(endpoints[i].in_flight());
+        count += 1;
+    }
     // Before any sample, all endpoints are equal: the pending work decides.
     let unknown = if fastest.is_finite() { fastest } else { 1.0 };
-    let (total, count) =
-        candidates.clone().fold((0u64, 0u64), |(t, c), i| (t + u64::from(endpoints[i].in_flight()), c + 1));
     let mean = total as f64 / count.max(1) as f64;
     let mut best = None;
     let mut best_cost = f64::INFINITY;
