@@ -2,7 +2,7 @@
 //! under it: the way a microservice that already talks to one model server adopts Switchyard.
 //!
 //! The generated client stays as it is; only the service it is built on changes, from one
-//! `Channel` to a `Balance` over one `Channel` per replica (behind a `Buffer`, so the client is
+//! `Channel` to a `Balance` over one `Channel` per replica (made `Shared`, so the client is
 //! `Clone` and many tasks can share it). Each request goes to the replica the policy picks (least
 //! response time by default), and the balancer's `LoadBoard` shows where they went.
 //!
@@ -20,13 +20,12 @@ use switchyard::loadgen::infer_request;
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::sim::TraceRecord;
 use switchyard::worker::{self, WorkerArgs, WorkerError};
-use switchyard_balance::{Backend, Balance};
+use switchyard_balance::{Backend, Balance, Shared};
 use switchyard_core::Endpoint;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
-use tower::buffer::Buffer;
 
 const REQUESTS: u64 = 200;
 /// Requests in flight at once. Were all 200 sent in the same instant, every replica would still
@@ -50,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // ---- Switchyard: one Channel per replica -> Balance -> Buffer -> the usual tonic client ----
+    // ---- Switchyard: one Channel per replica -> Balance -> Shared -> the usual tonic client ----
     let mut backends = Vec::new();
     for (i, uri) in targets.iter().enumerate() {
         let channel = Channel::from_shared(uri.clone())?.connect_lazy();
@@ -58,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let balancer = Balance::from_backends(backends);
     let board = balancer.board();
-    let client = GrpcInferenceServiceClient::new(Buffer::new(balancer, 1024));
+    let client = GrpcInferenceServiceClient::new(Shared::new(balancer));
     // ---------------------------------------------------------------------------------------------
 
     let record =

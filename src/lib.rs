@@ -1,7 +1,7 @@
 //! Switchyard: load balancing and elastic scaling for gRPC model-serving services.
 //!
 //! This is the application package: the `switchyard` command line and what it is built of:
-//! - [`bench`]: the gateway against nginx and HAProxy, real processes over loopback gRPC;
+//! - [`bench`](mod@bench): the gateway against nginx and HAProxy, real processes over loopback gRPC;
 //! - [`cluster`]: the example cluster, workers of unequal speed behind the gateway, loaded with a
 //!   production trace and reported with plots;
 //! - [`gateway`]: a transparent gRPC load balancer over pools of model servers, with routes by

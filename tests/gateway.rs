@@ -503,3 +503,43 @@ async fn a_backend_that_is_down_is_unavailable_at_once() {
     }
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_share_one_balancer() {
+    let (w1, w2) = (Worker::start("sim-llm").await, Worker::start("sim-llm").await);
+    let mut config = GatewayConfig::single_pool(&[w1.uri(), w2.uri()], PolicyKind::RoundRobin).unwrap();
+    config.threads = std::num::NonZeroUsize::new(3);
+    let gateway = start_gateway(config).await;
+    assert_eq!(gateway.threads(), 3);
+    // Six connections, handed to the three threads in turn.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(client(gateway.local_addr()).await);
+    }
+    let board = gateway.pool("default").unwrap().board().clone();
+    let served_by = |before: &[u64]| -> Option<usize> {
+        let now: Vec<u64> = board.snapshot().iter().map(|e| e.load.completed).collect();
+        now.iter().zip(before).position(|(n, b)| n > b)
+    };
+    let mut picks = Vec::new();
+    for i in 0..24 {
+        let before: Vec<u64> = board.snapshot().iter().map(|e| e.load.completed).collect();
+        clients[i % 6].model_infer(infer("sim-llm", "hello", 1)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let pick = loop {
+            if let Some(pick) = served_by(&before) {
+                break pick;
+            }
+            assert!(Instant::now() < deadline, "request {i} was not counted");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        picks.push(pick);
+    }
+    // One round robin for the whole gateway: strict alternation, whichever thread served the
+    // request (a balancer per thread would send three requests in a row to the same endpoint).
+    for pair in picks.windows(2) {
+        assert_ne!(pair[0], pair[1], "{picks:?}");
+    }
+    assert_completed(&gateway, "default", 24).await;
+    gateway.shutdown().await.unwrap();
+}

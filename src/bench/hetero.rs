@@ -53,6 +53,8 @@ pub struct HeteroReport {
     pub offered_rps: f64,
     /// Offered load over capacity.
     pub load: f64,
+    /// Threads (nginx: worker processes) of each proxy.
+    pub proxy_threads: usize,
     /// One entry per target, in the order run.
     pub results: Vec<HeteroResult>,
 }
@@ -113,12 +115,7 @@ pub(crate) async fn run(
     eprintln!("bench: workers {SPEEDS:?} on {}; {rate:.1} req/s offered", addresses.join(" "));
     let mut results = Vec::new();
     for policy in PolicyKind::ALL {
-        let mut gateway_args: Vec<String> =
-            ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from).into();
-        for address in &addresses {
-            gateway_args.extend(["--backend".to_string(), format!("http://{address}")]);
-        }
-        gateway_args.extend(["--policy".to_string(), policy.name().to_string()]);
+        let gateway_args = super::gateway_args(&addresses, policy, args.proxy_threads());
         let (gateway, mut logged) =
             ChildProcess::start("gateway", exe, &gateway_args, &["gateway serving on "], START_TIMEOUT)
                 .await?;
@@ -138,7 +135,7 @@ pub(crate) async fn run(
         let peer_dir = dir.join(format!("{}-{label}", kind.program()));
         std::fs::create_dir_all(&peer_dir)
             .map_err(|e| BenchError::Io(format!("create {}", peer_dir.display()), e))?;
-        let peer = peers::start(kind, program, balance, &addresses, &peer_dir).await?;
+        let peer = peers::start(kind, program, balance, args.proxy_threads(), &addresses, &peer_dir).await?;
         let target = format!("{}:{label}", kind.program());
         results.push(replay(&target, &peer.address, args.duration, time_scale).await?);
         peer.stop().await;
@@ -156,6 +153,7 @@ pub(crate) async fn run(
         time_scale,
         offered_rps: rate,
         load: rate / capacity,
+        proxy_threads: args.proxy_threads(),
         results,
     })
 }

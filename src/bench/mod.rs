@@ -99,6 +99,35 @@ pub struct BenchArgs {
     /// nginx's and HAProxy's balancing.
     #[arg(long, value_enum, default_value_t = PeerBalanceArg::RoundRobin)]
     pub peer_balance: PeerBalanceArg,
+    /// Threads of each proxy: the gateway's `--threads`, nginx's `worker_processes`, HAProxy's
+    /// `nbthread` [default: one per CPU, each one's own default].
+    #[arg(long)]
+    pub proxy_threads: Option<std::num::NonZeroUsize>,
+}
+
+impl BenchArgs {
+    /// The threads each proxy runs.
+    pub fn proxy_threads(&self) -> usize {
+        self.proxy_threads
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+/// The gateway's command line for a bench: `workers` as its backends, with `policy` and `threads`.
+pub(crate) fn gateway_args(
+    workers: &[String],
+    policy: switchyard_balance::PolicyKind,
+    threads: usize,
+) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from).into();
+    for address in workers {
+        args.extend(["--backend".to_string(), format!("http://{address}")]);
+    }
+    args.extend(["--policy".to_string(), policy.name().to_string()]);
+    args.extend(["--threads".to_string(), threads.to_string()]);
+    args
 }
 
 /// What can go wrong in a bench run.
@@ -170,6 +199,8 @@ pub struct OverheadReport {
     pub gateway_policy: String,
     /// nginx's and HAProxy's balancing.
     pub peer_balance: String,
+    /// Threads (nginx: worker processes) of each proxy.
+    pub proxy_threads: usize,
     /// Clock ticks per second used to convert the CPU accounting.
     pub clock_ticks_per_s: f64,
     /// One entry per target, in the order run.
@@ -213,7 +244,8 @@ impl OverheadReport {
     /// The table and how the gateway stands against the issue's targets.
     pub fn summary(&self) -> String {
         let mut text = format!(
-            "bench {}: {} clients over {} connections, {} s per target, {} calls; gateway {}, peers {}\n\n{}",
+            "bench {}: {} clients over {} connections, {} s per target, {} calls; gateway {}, peers {}; \
+             {} threads per proxy\n\n{}",
             self.scenario,
             self.clients,
             self.connections,
@@ -221,6 +253,7 @@ impl OverheadReport {
             self.call,
             self.gateway_policy,
             self.peer_balance,
+            self.proxy_threads,
             self.table()
         );
         let (Some(direct), Some(gw), Some(nginx), Some(haproxy)) =
@@ -328,12 +361,8 @@ async fn overhead(
 ) -> Result<OverheadReport, BenchError> {
     let workers = vec![start_worker(exe, 0, 1000.0).await?, start_worker(exe, 1, 1000.0).await?];
     let worker_addresses: Vec<String> = workers.iter().map(|(_, a)| a.clone()).collect();
-    let mut gateway_args: Vec<String> =
-        ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from).into();
-    for address in &worker_addresses {
-        gateway_args.extend(["--backend".to_string(), format!("http://{address}")]);
-    }
-    gateway_args.extend(["--policy".to_string(), policy.name().to_string()]);
+    let threads = args.proxy_threads();
+    let gateway_args = gateway_args(&worker_addresses, policy, threads);
     let (gateway, mut gateway_addresses) =
         ChildProcess::start("gateway", exe, &gateway_args, &["gateway serving on "], START_TIMEOUT).await?;
     let gateway_address = gateway_addresses.remove(0);
@@ -346,9 +375,11 @@ async fn overhead(
     for d in [&nginx_dir, &haproxy_dir] {
         std::fs::create_dir_all(d).map_err(|e| BenchError::Io(format!("create {}", d.display()), e))?;
     }
-    let nginx = peers::start(PeerKind::Nginx, nginx_exe, balance, &worker_addresses, &nginx_dir).await?;
+    let nginx =
+        peers::start(PeerKind::Nginx, nginx_exe, balance, threads, &worker_addresses, &nginx_dir).await?;
     let haproxy =
-        peers::start(PeerKind::Haproxy, haproxy_exe, balance, &worker_addresses, &haproxy_dir).await?;
+        peers::start(PeerKind::Haproxy, haproxy_exe, balance, threads, &worker_addresses, &haproxy_dir)
+            .await?;
     eprintln!(
         "bench: workers on {}, gateway on {gateway_address}, nginx on {}, haproxy on {}",
         worker_addresses.join(" "),
@@ -411,6 +442,7 @@ async fn overhead(
             PeerBalance::RoundRobin => "round-robin".into(),
             PeerBalance::LeastConn => "least-conn".into(),
         },
+        proxy_threads: threads,
         clock_ticks_per_s: ticks_per_s,
         results,
     })
@@ -475,6 +507,7 @@ mod tests {
             call: "ServerLive".into(),
             gateway_policy: "round-robin".into(),
             peer_balance: "round-robin".into(),
+            proxy_threads: 2,
             clock_ticks_per_s: 100.0,
             results: vec![
                 result("direct", 3000.0, 1.0, None),

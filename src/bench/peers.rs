@@ -89,6 +89,7 @@ pub(crate) fn free_port() -> Result<u16, BenchError> {
 pub(crate) fn render(
     kind: PeerKind,
     balance: PeerBalance,
+    threads: usize,
     port: u16,
     workers: &[String],
     dir: &Path,
@@ -121,6 +122,7 @@ pub(crate) fn render(
         .replace("{{PORT}}", &port.to_string())
         .replace("{{BALANCE}}", balance)
         .replace("{{SERVERS}}", &servers)
+        .replace("{{THREADS}}", &threads.to_string())
 }
 
 /// A running peer: its process, its address and the config file (the argument that finds its pid).
@@ -166,6 +168,7 @@ pub(crate) async fn start(
     kind: PeerKind,
     program: &Path,
     balance: PeerBalance,
+    threads: usize,
     workers: &[String],
     dir: &Path,
 ) -> Result<Peer, BenchError> {
@@ -175,7 +178,7 @@ pub(crate) async fn start(
         PeerKind::Nginx => "nginx.conf",
         PeerKind::Haproxy => "haproxy.cfg",
     });
-    std::fs::write(&config_path, render(kind, balance, port, workers, dir))
+    std::fs::write(&config_path, render(kind, balance, threads, port, workers, dir))
         .map_err(|e| BenchError::Io(format!("write {}", config_path.display()), e))?;
     let config = config_path.display().to_string();
     let dir_text = dir.display().to_string();
@@ -224,14 +227,15 @@ mod tests {
         let workers = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
         for kind in [PeerKind::Nginx, PeerKind::Haproxy] {
             for balance in [PeerBalance::RoundRobin, PeerBalance::LeastConn] {
-                let text = render(kind, balance, 4242, &workers, Path::new("/tmp/x"));
+                let text = render(kind, balance, 3, 4242, &workers, Path::new("/tmp/x"));
                 assert!(!text.contains("{{"), "{text}");
                 assert!(text.contains("127.0.0.1:4242") && text.contains("127.0.0.1:2"), "{text}");
+                assert!(text.contains("worker_processes 3;") || text.contains("nbthread 3"), "{text}");
             }
         }
-        let nginx = render(PeerKind::Nginx, PeerBalance::LeastConn, 1, &workers, Path::new("/d"));
+        let nginx = render(PeerKind::Nginx, PeerBalance::LeastConn, 1, 1, &workers, Path::new("/d"));
         assert!(nginx.contains("least_conn;") && nginx.contains("grpc_pass grpc://workers;"));
-        let haproxy = render(PeerKind::Haproxy, PeerBalance::LeastConn, 1, &workers, Path::new("/d"));
+        let haproxy = render(PeerKind::Haproxy, PeerBalance::LeastConn, 1, 1, &workers, Path::new("/d"));
         assert!(
             haproxy.contains("balance leastconn") && haproxy.contains("server worker-1 127.0.0.1:2 proto h2")
         );

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -31,6 +32,9 @@ pub struct GatewayConfig {
     pub admin: Option<SocketAddr>,
     /// Longest wait for in-flight requests on shutdown.
     pub drain_timeout: Duration,
+    /// Threads serving the proxy, each with its own connections; `None`: one per CPU (the
+    /// `--threads` flag overrides it).
+    pub threads: Option<NonZeroUsize>,
     /// The metadata header that names the model (default `x-model-name`).
     pub model_header: String,
     /// The pools, in the order the config lists them.
@@ -260,6 +264,7 @@ impl GatewayConfig {
             listen: None,
             admin: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            threads: None,
             model_header: DEFAULT_MODEL_HEADER.into(),
             pools: Vec::new(),
             routes: Vec::new(),
@@ -349,6 +354,7 @@ struct RawConfig {
     listen: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
+    threads: Option<Spanned<usize>>,
     model_header: Option<Spanned<String>>,
     default_pool: Option<Spanned<String>>,
     #[serde(default)]
@@ -413,6 +419,13 @@ impl RawConfig {
                 )
             })?;
         }
+        if let Some(threads) = self.threads {
+            let span = threads.span();
+            config.threads = Some(
+                NonZeroUsize::new(threads.into_inner())
+                    .ok_or_else(|| lines.error("threads", span, "must be at least 1"))?,
+            );
+        }
         if let Some(header) = self.model_header {
             lines.record("model_header", &header);
             config.model_header = header.into_inner();
@@ -475,6 +488,7 @@ mod tests {
     const GOOD: &str = r#"
 listen = "127.0.0.1:8080"
 drain_timeout = "5s"
+threads = 3
 default_pool = "a"
 
 [[pool]]
@@ -496,6 +510,7 @@ pool = "b"
         let c = GatewayConfig::from_toml(GOOD).unwrap();
         assert_eq!(c.listen, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.threads, NonZeroUsize::new(3));
         assert_eq!(c.pools[0].policy, PolicyKind::DEFAULT);
         assert_eq!(c.pools[0].endpoints[0].id.as_str(), "127.0.0.1:9001");
         assert_eq!(c.pools[0].endpoints[1].address, "http://127.0.0.1:9002");
@@ -512,27 +527,32 @@ pool = "b"
     #[test]
     fn errors_name_the_field_and_line() {
         let e = error(&GOOD.replace("\"round-robin\"", "\"fastest\""));
-        assert_eq!((e.line, e.field.as_deref()), (Some(12), Some("pool[1].policy")), "{e}");
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].policy")), "{e}");
         assert!(e.message.contains("least-connections"), "{e}");
 
         let e = error(&GOOD.replace("pool = \"b\"", "pool = \"c\""));
-        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("route[0].pool")), "{e}");
+        assert_eq!((e.line, e.field.as_deref()), (Some(18), Some("route[0].pool")), "{e}");
 
         let e = error(&GOOD.replace("http://127.0.0.1:9003", "ftp://x"));
-        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].endpoints[0].address")), "{e}");
+        assert_eq!((e.line, e.field.as_deref()), (Some(14), Some("pool[1].endpoints[0].address")), "{e}");
 
         let e = error(&GOOD.replace("id = \"b2\"", "id = \"127.0.0.1:9001\""));
         assert_eq!(e.field.as_deref(), Some("pool[0].endpoints[1].id"), "{e}");
 
         let e = error(&GOOD.replace("name = \"b\"", "name = \"a\""));
-        assert_eq!((e.line, e.field.as_deref()), (Some(11), Some("pool[1].name")), "{e}");
+        assert_eq!((e.line, e.field.as_deref()), (Some(12), Some("pool[1].name")), "{e}");
 
         let e = error(&GOOD.replace("policy =", "polcy ="));
-        assert_eq!(e.line, Some(12), "{e}");
+        assert_eq!(e.line, Some(13), "{e}");
         assert!(e.message.contains("polcy"), "{e}");
 
         let e = error(&GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = \"soon\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("drain_timeout")), "{e}");
+
+        let e = error(&GOOD.replace("threads = 3", "threads = 0"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("threads")), "{e}");
+        let e = error(&GOOD.replace("threads = 3", "threads = -1"));
+        assert_eq!(e.line, Some(4), "{e}");
 
         let e = error("[[pool]\nname = 1");
         assert_eq!(e.line, Some(1), "{e}");

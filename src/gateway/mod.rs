@@ -11,6 +11,11 @@
 //! request against its endpoint until its last frame and reads the replica's ORCA load report
 //! (`endpoint-load-metrics-bin`) from the trailers, which then still reach the client.
 //!
+//! The proxy runs thread per core (`--threads`, one per CPU by default): each serving thread has
+//! its own single-threaded runtime, its share of the client connections and its own connection to
+//! each endpoint, so a request is handled on one thread from start to end; the pools' balancers
+//! and load boards are shared by all threads.
+//!
 //! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses:
 //! `UNAVAILABLE` when the pool has no endpoint or the endpoint's connection fails (nothing is
 //! retried: the body has already been streamed), `UNIMPLEMENTED` when no route takes the request
@@ -31,9 +36,10 @@
 //! service, and routes that pick among them:
 //!
 //! ```toml
-//! listen = "127.0.0.1:8080"       # the flags override these three
+//! listen = "127.0.0.1:8080"       # flags of the same names override these four
 //! admin = "127.0.0.1:9900"
 //! drain_timeout = "30s"
+//! threads = 2                     # default: one per CPU
 //! model_header = "x-model-name"   # the default
 //! default_pool = "llama"          # requests no route takes; with one pool, that pool
 //!
@@ -106,12 +112,14 @@
 //! ```
 
 mod admin;
+mod body;
 mod config;
 mod peek;
 mod pool;
 mod proxy;
 mod route;
 mod server;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -154,6 +162,10 @@ pub struct GatewayArgs {
     /// `drain_timeout`, else 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Threads serving the proxy, each with its own connections to the endpoints [default: the
+    /// config's `threads`, else one per CPU].
+    #[arg(long)]
+    pub threads: Option<std::num::NonZeroUsize>,
     /// A TOML file of pools and routes (instead of --backend).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -161,7 +173,7 @@ pub struct GatewayArgs {
 
 impl GatewayArgs {
     /// The configuration these flags describe: the `--config` file, or one pool of the
-    /// `--backend`s; the flags override the file's `listen`, `admin` and `drain_timeout`.
+    /// `--backend`s; the flags override the file's `listen`, `admin`, `drain_timeout` and `threads`.
     pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
         let mut config = match &self.config {
             Some(path) => GatewayConfig::load(path)?,
@@ -172,6 +184,7 @@ impl GatewayArgs {
         if let Some(timeout) = self.drain_timeout {
             config.drain_timeout = timeout;
         }
+        config.threads = self.threads.or(config.threads);
         Ok(config)
     }
 }

@@ -1,33 +1,22 @@
 //! Pools: one balancer over the endpoints of one model or service.
 
 use std::fmt;
-use std::time::Duration;
 
 use switchyard_balance::discover::StaticDiscover;
-use switchyard_balance::{Backend, Balance, LoadBoard, PolicyHandle, PolicyKind};
+use switchyard_balance::{Backend, Balance, LoadBoard, PolicyHandle, PolicyKind, Shared};
 use switchyard_core::stable_hash;
-use tonic::body::Body;
-use tonic::transport::Channel;
-use tower::Service;
-use tower::buffer::Buffer;
 
+use super::body::RequestBody;
 use super::config::{ConfigError, PoolConfig};
+use super::upstream::{Clients, EndpointClient};
 
 /// A request on its way to an endpoint.
-pub(crate) type UpstreamRequest = http::Request<Body>;
+pub(crate) type UpstreamRequest = http::Request<RequestBody>;
 
-type Balancer = Balance<StaticDiscover<Channel>, Channel, UpstreamRequest>;
+type Balancer = Balance<StaticDiscover<EndpointClient>, EndpointClient, UpstreamRequest>;
 
-/// A pool's balancer, shared by every connection of the gateway.
-pub(crate) type Upstream = Buffer<UpstreamRequest, <Balancer as Service<UpstreamRequest>>::Future>;
-
-/// Requests that may wait for the balancer to pick their endpoint. Picking takes well under a
-/// microsecond and the endpoints' own queues are not counted here, so this bounds a burst, not
-/// the requests in flight.
-const PICK_QUEUE: usize = 1024;
-
-/// Longest wait for a TCP connection to an endpoint before its requests fail with `UNAVAILABLE`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A pool's balancer, called in place by every stream of the gateway (no task in between).
+pub(crate) type Upstream = Shared<Balancer>;
 
 /// One pool of a running gateway: its balancer's load board and policy.
 pub struct Pool {
@@ -39,34 +28,27 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Connects (lazily) to the pool's endpoints and starts its balancer. Needs a Tokio runtime.
-    pub(crate) fn start(config: &PoolConfig) -> Result<Self, ConfigError> {
+    /// Starts the pool's balancer over its endpoints, reached through `clients` (which connect on
+    /// first use).
+    pub(crate) fn start(config: &PoolConfig, clients: &Clients) -> Result<Self, ConfigError> {
         let mut backends = Vec::with_capacity(config.endpoints.len());
         for endpoint in &config.endpoints {
-            let channel = Channel::from_shared(endpoint.address.clone())
-                .map_err(|e| ConfigError {
+            let service =
+                EndpointClient::new(clients.clone(), &endpoint.address).map_err(|e| ConfigError {
                     file: None,
                     line: None,
                     field: Some(format!("pool {:?} endpoint {}", config.name, endpoint.id)),
-                    message: format!("{:?}: {e}", endpoint.address),
-                })?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect_lazy();
-            backends.push(Backend::new(endpoint.clone(), channel));
+                    message: e.to_string(),
+                })?;
+            backends.push(Backend::new(endpoint.clone(), service));
         }
         let seed = stable_hash(config.name.as_bytes());
         let policy = PolicyHandle::of(config.policy, seed);
         // `from_backends` inserts the endpoints at once, so the board shows them before the
-        // first request (the buffer polls the balancer only when a request comes).
+        // first request.
         let balancer: Balancer = Balance::from_backends(backends).with_policy(policy.clone());
         let board = balancer.board();
-        Ok(Self {
-            name: config.name.clone(),
-            policy,
-            board,
-            seed,
-            upstream: Buffer::new(balancer, PICK_QUEUE),
-        })
+        Ok(Self { name: config.name.clone(), policy, board, seed, upstream: Shared::new(balancer) })
     }
 
     /// The pool's name.

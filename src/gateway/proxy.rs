@@ -10,19 +10,15 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use pin_project_lite::pin_project;
-use switchyard_balance::{NoEndpoints, TrackedBody};
+use switchyard_balance::NoEndpoints;
 use tonic::Status;
 use tower::{BoxError, ServiceExt};
 
+use super::body::ProxyBody;
 use super::pool::Pool;
 use super::route::Router;
 
@@ -66,7 +62,7 @@ impl Shared {
         };
         let pool = &self.pools[index];
         match pool.upstream.clone().oneshot(req).await {
-            Ok(response) => response.map(|body| ProxyBody { upstream: Some(body) }),
+            Ok(response) => response.map(ProxyBody::upstream),
             Err(e) => {
                 let status = unavailable(pool, &e);
                 tracing::debug!(pool = pool.name(), message = status.message(), "upstream failed");
@@ -88,34 +84,4 @@ fn unavailable(pool: &Pool, error: &BoxError) -> Status {
         source = cause.source();
     }
     Status::unavailable(message)
-}
-
-pin_project! {
-    /// The response body of the proxy: the endpoint's, frame for frame, or nothing for the
-    /// gateway's own trailers-only statuses.
-    #[derive(Default)]
-    pub(crate) struct ProxyBody {
-        #[pin]
-        upstream: Option<TrackedBody<tonic::body::Body>>,
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        match self.project().upstream.as_pin_mut() {
-            Some(body) => body.poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.upstream.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.upstream.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
 }

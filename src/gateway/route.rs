@@ -11,10 +11,10 @@
 use http::HeaderName;
 use hyper::body::Incoming;
 use tonic::Status;
-use tonic::body::Body;
 
+use super::body::RequestBody;
 use super::config::GatewayConfig;
-use super::peek::{MAX_PEEK_BYTES, Replay, peek_model};
+use super::peek::{MAX_PEEK_BYTES, peek_model};
 
 /// The path prefix of the KServe model methods whose first field is the model's name.
 const KSERVE_MODEL_METHODS: &str = "/inference.GRPCInferenceService/Model";
@@ -32,21 +32,6 @@ pub(crate) struct Router {
     routes: Box<[Route]>,
     default: Option<usize>,
     model_header: HeaderName,
-}
-
-/// The request's body, as routing leaves it.
-enum RequestBody {
-    Untouched(Incoming),
-    Peeked(Replay<Incoming>),
-}
-
-impl RequestBody {
-    fn into_body(self) -> Body {
-        match self {
-            RequestBody::Untouched(b) => Body::new(b),
-            RequestBody::Peeked(b) => Body::new(b),
-        }
-    }
 }
 
 impl Router {
@@ -73,16 +58,16 @@ impl Router {
     pub(crate) async fn route(
         &self,
         req: http::Request<Incoming>,
-    ) -> Result<(usize, http::Request<Body>), Status> {
+    ) -> Result<(usize, http::Request<RequestBody>), Status> {
         if self.routes.is_empty() {
             // The common case, with no lookup at all.
             return match self.default {
-                Some(pool) => Ok((pool, req.map(Body::new))),
+                Some(pool) => Ok((pool, req.map(RequestBody::Untouched))),
                 None => Err(no_route(req.uri().path(), None)),
             };
         }
         let (parts, body) = req.into_parts();
-        let mut body = Some(RequestBody::Untouched(body));
+        let mut body = RequestBody::Untouched(body);
         let mut model: Option<Option<String>> = None;
         let path = parts.uri.path();
         for route in self.routes.iter() {
@@ -91,43 +76,43 @@ impl Router {
             }
             if let Some(wanted) = route.model.as_deref() {
                 if model.is_none() {
-                    model = Some(self.model_of(&parts, &mut body).await);
+                    let (found, peeked) = self.model_of(&parts, body).await;
+                    model = Some(found);
+                    body = peeked;
                 }
                 if model.as_ref().and_then(Option::as_deref) != Some(wanted) {
                     continue;
                 }
             }
-            return Ok((route.pool, assemble(parts, body)));
+            return Ok((route.pool, http::Request::from_parts(parts, body)));
         }
         match self.default {
-            Some(pool) => Ok((pool, assemble(parts, body))),
+            Some(pool) => Ok((pool, http::Request::from_parts(parts, body))),
             None => Err(no_route(path, model.flatten().as_deref())),
         }
     }
 
-    async fn model_of(&self, parts: &http::request::Parts, body: &mut Option<RequestBody>) -> Option<String> {
+    /// The request's model, and its body (with the frames read to find it put back, if any).
+    async fn model_of(
+        &self,
+        parts: &http::request::Parts,
+        body: RequestBody,
+    ) -> (Option<String>, RequestBody) {
         if let Some(value) = parts.headers.get(&self.model_header) {
-            return value.to_str().ok().map(str::to_owned);
+            return (value.to_str().ok().map(str::to_owned), body);
         }
         if !parts.uri.path().starts_with(KSERVE_MODEL_METHODS) {
-            return None;
+            return (None, body);
         }
-        match body.take() {
-            Some(RequestBody::Untouched(incoming)) => {
+        match body {
+            RequestBody::Untouched(incoming) => {
                 let (model, replay) = peek_model(incoming, MAX_PEEK_BYTES).await;
-                *body = Some(RequestBody::Peeked(replay));
-                model
+                (model, RequestBody::Peeked(replay))
             }
-            other => {
-                *body = other;
-                None
-            }
+            // Read once already: the first look found nothing.
+            peeked @ RequestBody::Peeked(_) => (None, peeked),
         }
     }
-}
-
-fn assemble(parts: http::request::Parts, body: Option<RequestBody>) -> http::Request<Body> {
-    http::Request::from_parts(parts, body.map_or_else(Body::empty, RequestBody::into_body))
 }
 
 fn no_route(path: &str, model: Option<&str>) -> Status {

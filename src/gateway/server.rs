@@ -1,13 +1,23 @@
-//! The running gateway: its listeners, their connections, and the drain on shutdown.
+//! The running gateway: its listeners, its serving threads, their connections, and the drain on
+//! shutdown.
+//!
+//! The proxy runs thread per core, as Envoy, nginx and HAProxy do: each serving thread has its own
+//! single-threaded Tokio runtime, the client connections handed to it, and its own connection to
+//! each endpoint (see `upstream`), so a request is read, balanced, forwarded and answered on one
+//! thread, without waking another. One acceptor hands each new connection to the thread with the
+//! fewest open. The pools' balancers (and their load boards) are shared by all threads, so every
+//! pick sees the load of the whole gateway.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::admin;
@@ -15,6 +25,7 @@ use super::config::{ConfigError, GatewayConfig};
 use super::pool::Pool;
 use super::proxy::Proxy;
 use super::route::Router;
+use super::upstream::{self, Clients};
 
 /// Streams one client connection may have open at once. hyper's default (200) would queue the
 /// requests of a client that multiplexes everything over one connection, as tonic's `Channel`
@@ -23,6 +34,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// How long the admin listener waits for its own requests on shutdown.
 const ADMIN_DRAIN: Duration = Duration::from_secs(1);
+
+/// Accepted connections waiting for their serving thread to take them.
+const HANDOFF_QUEUE: usize = 64;
 
 /// Why a gateway could not start, or failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +58,9 @@ pub enum GatewayError {
     /// A serving task panicked.
     #[error("gateway task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A serving thread ended without draining (it panicked).
+    #[error("gateway serving thread {0} failed")]
+    Thread(usize),
 }
 
 /// A running gateway: the gRPC proxy on one listener, the admin API on another.
@@ -55,23 +72,36 @@ pub struct Gateway {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     pools: Arc<[Pool]>,
+    threads: usize,
     stop: watch::Sender<bool>,
-    proxy: JoinHandle<()>,
+    acceptor: JoinHandle<()>,
+    serving: Vec<oneshot::Receiver<()>>,
     admin: Option<JoinHandle<()>>,
+}
+
+/// The acceptor's side of a serving thread.
+struct ServingThread {
+    connections: mpsc::Sender<std::net::TcpStream>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Gateway {
     /// Validates `config`, starts a balancer per pool (connecting lazily to the endpoints) and
-    /// serves gRPC (HTTP/2 without TLS, prior knowledge) on `listener` and the admin API on
-    /// `admin`, if given. Logs `gateway serving on ADDR` and `admin serving on ADDR`. Must be
-    /// called within a Tokio runtime.
+    /// the serving threads (`config.threads`, one per CPU by default), and serves gRPC (HTTP/2
+    /// without TLS, prior knowledge) on `listener` and the admin API on `admin`, if given. Logs
+    /// `gateway serving on ADDR` and `admin serving on ADDR`. Must be called within a Tokio
+    /// runtime, which runs the acceptor and the admin API.
     pub fn start(
         config: GatewayConfig,
         listener: TcpListener,
         admin: Option<TcpListener>,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
-        let pools: Arc<[Pool]> = config.pools.iter().map(Pool::start).collect::<Result<Vec<_>, _>>()?.into();
+        let threads =
+            config.threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
+        let clients = Clients::new(threads);
+        let pools: Arc<[Pool]> =
+            config.pools.iter().map(|p| Pool::start(p, &clients)).collect::<Result<Vec<_>, _>>()?.into();
         let local_addr = listener.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let (stop, stopped) = watch::channel(false);
@@ -79,11 +109,27 @@ impl Gateway {
         let proxy = Proxy::new(pools.clone(), Router::new(&config));
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
-        let proxy =
-            tokio::spawn(serve(listener, stopped.clone(), config.drain_timeout, "gateway", move |io| {
-                http2.serve_connection(io, proxy.clone())
-            }));
-        tracing::info!(pools = pools.len(), "gateway serving on {local_addr}");
+        let mut handoff = Vec::with_capacity(threads);
+        let mut serving = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let (connections, incoming) = mpsc::channel(HANDOFF_QUEUE);
+            let open = Arc::new(AtomicUsize::new(0));
+            let (done, finished) = oneshot::channel();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stopped, drain, http2, proxy, count) =
+                (stopped.clone(), config.drain_timeout, http2.clone(), proxy.clone(), open.clone());
+            std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
+                upstream::set_thread_index(index);
+                runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
+                    http2.serve_connection(TokioIo::new(io), proxy.clone())
+                }));
+                let _ = done.send(());
+            })?;
+            handoff.push(ServingThread { connections, open });
+            serving.push(finished);
+        }
+        let acceptor = tokio::spawn(accept(listener, stopped.clone(), handoff));
+        tracing::info!(pools = pools.len(), threads, "gateway serving on {local_addr}");
 
         let admin = admin.map(|listener| {
             let pools = pools.clone();
@@ -92,7 +138,7 @@ impl Gateway {
             tokio::spawn(serve(listener, stopped, ADMIN_DRAIN, "admin", move |io| {
                 let pools = pools.clone();
                 http1.serve_connection(
-                    io,
+                    TokioIo::new(io),
                     hyper::service::service_fn(move |req| {
                         let pools = pools.clone();
                         async move { Ok::<_, std::convert::Infallible>(admin::handle(pools, req).await) }
@@ -103,7 +149,7 @@ impl Gateway {
         if let Some(addr) = admin_addr {
             tracing::info!("admin serving on {addr}");
         }
-        Ok(Self { local_addr, admin_addr, pools, stop, proxy, admin })
+        Ok(Self { local_addr, admin_addr, pools, threads, stop, acceptor, serving, admin })
     }
 
     /// The address the gRPC proxy serves on.
@@ -114,6 +160,11 @@ impl Gateway {
     /// The address the admin API serves on, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// How many threads serve the proxy.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// The pools, in config order: each one's name, load board and policy.
@@ -130,18 +181,101 @@ impl Gateway {
     /// the config's drain timeout, then closes what remains and returns.
     pub async fn shutdown(self) -> Result<(), GatewayError> {
         let _ = self.stop.send(true);
-        let proxy = self.proxy.await;
+        let acceptor = self.acceptor.await;
+        for (index, finished) in self.serving.into_iter().enumerate() {
+            finished.await.map_err(|_| GatewayError::Thread(index))?;
+        }
         if let Some(admin) = self.admin {
             admin.await?;
         }
-        proxy?;
+        acceptor?;
         tracing::info!("gateway stopped");
         Ok(())
     }
 }
 
-/// Accepts connections until `stop`, serving each with `serve_connection`; then drains them (at
-/// most `drain`) and closes the rest.
+/// Accepts connections until `stop` and hands each to the serving thread with the fewest open.
+async fn accept(listener: TcpListener, mut stop: watch::Receiver<bool>, threads: Vec<ServingThread>) {
+    loop {
+        let stream = tokio::select! {
+            // A dropped `Gateway` stops too.
+            () = async { drop(stop.wait_for(|stop| *stop).await) } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off rather than spin.
+                    tracing::warn!("gateway: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        // Leave this runtime's reactor; the serving thread registers it with its own.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("gateway: cannot hand a connection over: {e}");
+                continue;
+            }
+        };
+        let Some(thread) = threads.iter().min_by_key(|t| t.open.load(Ordering::Relaxed)) else {
+            break;
+        };
+        thread.open.fetch_add(1, Ordering::Relaxed);
+        if thread.connections.send(stream).await.is_err() {
+            // The thread has stopped (the gateway is shutting down).
+            break;
+        }
+    }
+}
+
+/// A serving thread: serves the connections it is handed until `stop`, then drains them (at most
+/// `drain`) and closes the rest. `open` counts its open connections, for the acceptor.
+async fn serve_thread<F, C>(
+    mut incoming: mpsc::Receiver<std::net::TcpStream>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+    open: Arc<AtomicUsize>,
+    serve_connection: F,
+) where
+    F: Fn(TcpStream) -> C,
+    C: GracefulConnection + Send + 'static,
+    C::Error: std::fmt::Display,
+{
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = async { drop(stop.wait_for(|stop| *stop).await) } => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
+            received = incoming.recv() => {
+                let Some(stream) = received else { break };
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        let connection = graceful.watch(serve_connection(stream));
+                        connections.spawn(async move {
+                            if let Err(e) = connection.await {
+                                tracing::debug!("gateway connection ended: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!("gateway: cannot serve a connection: {e}");
+                    }
+                }
+            }
+        }
+    }
+    drop(incoming);
+    drain_connections(graceful, connections, drain, "gateway").await;
+}
+
+/// Accepts connections until `stop`, serving each with `serve_connection` on this runtime; then
+/// drains them (at most `drain`) and closes the rest.
 async fn serve<F, C>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -149,7 +283,7 @@ async fn serve<F, C>(
     what: &'static str,
     serve_connection: F,
 ) where
-    F: Fn(TokioIo<TcpStream>) -> C,
+    F: Fn(TcpStream) -> C,
     C: GracefulConnection + Send + 'static,
     C::Error: std::fmt::Display,
 {
@@ -163,7 +297,7 @@ async fn serve<F, C>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = graceful.watch(serve_connection(TokioIo::new(stream)));
+                    let connection = graceful.watch(serve_connection(stream));
                     connections.spawn(async move {
                         if let Err(e) = connection.await {
                             tracing::debug!("{what} connection ended: {e}");
@@ -179,6 +313,17 @@ async fn serve<F, C>(
         }
     }
     drop(listener);
+    drain_connections(graceful, connections, drain, what).await;
+}
+
+/// Tells the connections to finish (HTTP/2 GOAWAY), waits for their requests at most `drain`,
+/// then closes what remains.
+async fn drain_connections(
+    graceful: GracefulShutdown,
+    mut connections: JoinSet<()>,
+    drain: Duration,
+    what: &'static str,
+) {
     if !connections.is_empty() {
         tracing::info!(connections = connections.len(), "{what} draining");
     }

@@ -16,6 +16,10 @@
 //! [`LoadBoard`], which the autoscaler and the telemetry read; nothing else counts load.
 //! Endpoints that keep failing are ejected for a while ([`OutlierConfig`]).
 //!
+//! A `Balance` is called through `&mut self`, as tower services are; [`Shared`] makes it a
+//! cloneable service that many tasks (or threads) call in place, which is how the gateway and a
+//! shared tonic client use it.
+//!
 //! # Why least response time is the default
 //!
 //! For LLM serving the latency users feel first is the time to first token, and a replica's TTFT
@@ -73,6 +77,7 @@ mod outlier;
 pub mod policy;
 mod rng;
 mod service;
+mod shared;
 
 pub use board::{EndpointLoad, LoadBoard};
 pub use completion::{
@@ -84,3 +89,4 @@ pub use future::ResponseFuture;
 pub use outlier::OutlierConfig;
 pub use policy::{Policy, PolicyHandle, PolicyKind, RequestInfo, UnknownPolicy};
 pub use service::{Backend, Balance, DEFAULT_NO_ENDPOINT_WAIT, RequestExtensions};
+pub use shared::Shared;

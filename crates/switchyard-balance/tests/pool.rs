@@ -16,7 +16,7 @@ use futures::channel::mpsc;
 use switchyard_balance::discover::from_backends;
 use switchyard_balance::{
     Backend, Balance, CompleteOnResponse, DEFAULT_NO_ENDPOINT_WAIT, LoadBoard, NoEndpoints, OutlierConfig,
-    PolicyHandle, PolicyKind,
+    PolicyHandle, PolicyKind, Shared,
 };
 use switchyard_core::EndpointId;
 use tokio::sync::Semaphore;
@@ -491,4 +491,40 @@ async fn from_backends_puts_endpoints_on_the_board_before_any_request() {
     let ids: Vec<String> = shared.snapshot().iter().map(|e| e.endpoint.id.to_string()).collect();
     assert_eq!(ids, ["a", "b"], "on the shared board, sorted, before any poll");
     assert_eq!(lb.len(), 2);
+}
+
+// ---- Shared: one balancer, many tasks -------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn shared_callers_all_wait_for_a_first_endpoint_and_all_get_it() {
+    let (mut tx, lb) = dynamic();
+    let shared = Shared::new(lb);
+    // Five tasks call before any endpoint exists: each must be woken when one arrives, not only
+    // the one whose waker the balancer's timer holds.
+    let calls: Vec<_> = (0..5).map(|_| tokio::spawn(shared.clone().oneshot(req()))).collect();
+    sleep(Duration::from_millis(500)).await;
+    insert(&mut tx, backend("late", answers("late", Duration::ZERO)));
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), "late");
+    }
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_callers_in_flight_at_once_are_counted_on_one_board() {
+    let balancer = Balance::new(from_backends(backends(&[("a", Duration::ZERO), ("b", Duration::ZERO)])))
+        .with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0))
+        .with_completion(CompleteOnResponse);
+    let board = balancer.board();
+    let shared = Shared::new(balancer);
+    let hold = Arc::new(Semaphore::new(0));
+    let calls: Vec<_> = (0..10).map(|_| tokio::spawn(shared.clone().oneshot(held(&hold)))).collect();
+    sleep(Duration::from_millis(1)).await;
+    // All ten reached their endpoints through the one balancer, split by its round robin.
+    assert_eq!(in_flight(&board), [("a".to_string(), 5), ("b".to_string(), 5)].into());
+    hold.add_permits(10);
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(completed(&board), [("a".to_string(), 5), ("b".to_string(), 5)].into());
 }
