@@ -41,7 +41,10 @@ impl Worker {
     }
 
     async fn start_with(args: WorkerArgs) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), args)
+    }
+
+    fn start_on(listener: TcpListener, args: WorkerArgs) -> Self {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         tokio::spawn(worker::serve(args, listener, async move {
@@ -541,5 +544,44 @@ async fn serving_threads_share_one_balancer() {
         assert_ne!(pair[0], pair[1], "{picks:?}");
     }
     assert_completed(&gateway, "default", 24).await;
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_restarts_is_used_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let args = WorkerArgs { speed: 20.0, model: "sim-llm".into(), ..WorkerArgs::default() };
+    let first = tokio::spawn(worker::serve(args.clone(), listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut config = GatewayConfig::single_pool(&[format!("http://{addr}")], PolicyKind::DEFAULT).unwrap();
+    config.threads = std::num::NonZeroUsize::new(1);
+    let gateway = start_gateway(config).await;
+    let mut client = client(gateway.local_addr()).await;
+    client.model_infer(infer("sim-llm", "before", 1)).await.unwrap();
+
+    // The replica goes away: its connection closes and calls fail fast with UNAVAILABLE.
+    drop(stop);
+    first.await.unwrap().unwrap();
+    let err = client.model_infer(infer("sim-llm", "while down", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    // It comes back on the same address: the gateway connects again, no restart needed.
+    let _back = Worker::start_on(TcpListener::bind(addr).await.unwrap(), args);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.model_infer(infer("sim-llm", "after", 1)).await {
+            Ok(_) => break,
+            Err(err) => {
+                assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+                // Outlier ejection may hold the only endpoint out for a moment (panic mode
+                // still tries it).
+                assert!(Instant::now() < deadline, "the replica was not used again: {err:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     gateway.shutdown().await.unwrap();
 }
