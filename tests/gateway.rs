@@ -585,3 +585,31 @@ async fn a_replica_that_restarts_is_used_again() {
     }
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_mid_stream_is_counted_as_cancelled() {
+    let w = Worker::start("sim-llm").await;
+    let gateway = one_pool(&[&w]).await;
+    let mut client = client(gateway.local_addr()).await;
+    let mut stream = client
+        .model_stream_infer(futures::stream::iter([infer("sim-llm", "a long answer", 2000)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.next().await.unwrap().unwrap().error_message.is_empty());
+    let board = gateway.pool("default").unwrap().board().clone();
+    assert_eq!(board.snapshot()[0].load.in_flight, 1);
+    // The client goes away after the first token (its stream is reset).
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let load = board.snapshot()[0].load.clone();
+        if load.in_flight == 0 {
+            assert_eq!((load.completed, load.failed, load.cancelled), (1, 0, 1), "{load:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still in flight: {load:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.shutdown().await.unwrap();
+}

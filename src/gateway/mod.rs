@@ -84,7 +84,7 @@
 //!
 //! - `GET /endpoints` → `{"pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`,
 //!   each endpoint's load as its pool's balancer tracks it (in flight, latency EWMA, completed,
-//!   failed, the last ORCA report);
+//!   failed, cancelled, the last ORCA report);
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` optional with one
 //!   pool) → `{"pool","policy","previous"}`: the switch is atomic and requests in flight stay
 //!   where they are; 400 for an unknown policy (the message lists the known ones), 404 for an

@@ -25,7 +25,7 @@ use crate::outlier::{PoolState, Verdict};
 /// The end of one request on one endpoint, handed to a [`TrackCompletion`] with the response.
 ///
 /// Call [`finish`](Self::finish) when the response ends; dropping it unfinished ends the request
-/// without counting it as a success or a failure (the caller went away).
+/// as cancelled (the caller went away): neither a success nor a failure.
 #[derive(Debug)]
 pub struct Completion {
     in_flight: Option<InFlight>,

@@ -52,6 +52,7 @@ pub struct EndpointState {
     pending_work: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    cancelled: AtomicU64,
     rtt: Mutex<Option<RttEstimate>>,
     unit_time: Mutex<Option<RttEstimate>>,
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
@@ -83,6 +84,7 @@ impl EndpointState {
             pending_work: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
@@ -188,6 +190,7 @@ impl EndpointState {
             latency_ewma: self.latency_ewma(now),
             completed,
             failed,
+            cancelled: self.cancelled.load(Ordering::Relaxed),
             report,
             report_at,
         }
@@ -238,6 +241,13 @@ impl EndpointState {
 
     pub(crate) fn record_report(&self, report: ReportedLoad, now: Instant) {
         *lock(&self.report) = Some((Arc::new(report), now));
+    }
+
+    /// Ends a request its caller gave up on: counted, but not an outcome for the outlier detector.
+    fn cancel(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     fn finish(&self, failed: bool, outlier: &OutlierConfig, now: Instant) -> Verdict {
@@ -308,7 +318,7 @@ impl Drop for InFlight {
                 self.sampled = true;
                 self.state.first_byte_arrived(self.work);
             }
-            self.state.finish(false, &OutlierConfig::disabled(), Instant::now());
+            self.state.cancel();
         }
     }
 }

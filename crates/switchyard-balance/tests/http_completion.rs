@@ -128,7 +128,11 @@ async fn a_body_that_says_it_has_ended_ends_the_request() {
         body.frame().await.unwrap().unwrap();
     }
     let load = entry(&board).load;
-    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 0), "ended when the body said so");
+    assert_eq!(
+        (load.in_flight, load.completed, load.failed, load.cancelled),
+        (0, 1, 0, 0),
+        "ended when the body said so"
+    );
     drop(body);
     assert_eq!(entry(&board).load.completed, 1, "counted once");
 }
@@ -141,7 +145,8 @@ async fn dropping_a_response_unread_ends_the_request() {
     assert_eq!(entry(&board).load.in_flight, 1);
     drop(response);
     let load = entry(&board).load;
-    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 0));
+    assert_eq!((load.in_flight, load.completed, load.failed, load.cancelled), (0, 1, 0, 1));
+    assert_eq!(load.latency_ewma, None, "the caller's patience is no latency sample");
 }
 
 #[tokio::test(start_paused = true)]

@@ -38,10 +38,13 @@ pub struct Load {
     /// ones. `None` before the first response.
     #[serde(serialize_with = "ser_opt_ms", rename = "latency_ewma_ms")]
     pub latency_ewma: Option<Duration>,
-    /// Responses completed since the endpoint was added.
+    /// Requests ended since the endpoint was added.
     pub completed: u64,
     /// Of those, how many failed.
     pub failed: u64,
+    /// Of those, how many the caller gave up on before their response ended (it went away, or its
+    /// deadline passed): neither successes nor failures, and no latency sample.
+    pub cancelled: u64,
     /// The last report the replica sent, if any.
     pub report: Option<ReportedLoad>,
     /// When that report arrived.
