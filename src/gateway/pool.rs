@@ -8,7 +8,7 @@ use switchyard_core::stable_hash;
 
 use super::body::RequestBody;
 use super::config::{ConfigError, PoolConfig};
-use super::upstream::{Clients, EndpointClient};
+use super::upstream::EndpointClient;
 
 /// A request on its way to an endpoint.
 pub(crate) type UpstreamRequest = http::Request<RequestBody>;
@@ -28,18 +28,17 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts the pool's balancer over its endpoints, reached through `clients` (which connect on
-    /// first use).
-    pub(crate) fn start(config: &PoolConfig, clients: &Clients) -> Result<Self, ConfigError> {
+    /// Starts the pool's balancer over its endpoints, with a connection to each per serving thread
+    /// (opened on first use).
+    pub(crate) fn start(config: &PoolConfig, threads: usize) -> Result<Self, ConfigError> {
         let mut backends = Vec::with_capacity(config.endpoints.len());
         for endpoint in &config.endpoints {
-            let service =
-                EndpointClient::new(clients.clone(), &endpoint.address).map_err(|e| ConfigError {
-                    file: None,
-                    line: None,
-                    field: Some(format!("pool {:?} endpoint {}", config.name, endpoint.id)),
-                    message: e.to_string(),
-                })?;
+            let service = EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
+                file: None,
+                line: None,
+                field: Some(format!("pool {:?} endpoint {}", config.name, endpoint.id)),
+                message: e.to_string(),
+            })?;
             backends.push(Backend::new(endpoint.clone(), service));
         }
         let seed = stable_hash(config.name.as_bytes());

@@ -25,7 +25,7 @@ use super::config::{ConfigError, GatewayConfig};
 use super::pool::Pool;
 use super::proxy::Proxy;
 use super::route::Router;
-use super::upstream::{self, Clients};
+use super::upstream;
 
 /// Streams one client connection may have open at once. hyper's default (200) would queue the
 /// requests of a client that multiplexes everything over one connection, as tonic's `Channel`
@@ -99,9 +99,8 @@ impl Gateway {
         config.validate()?;
         let threads =
             config.threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
-        let clients = Clients::new(threads);
         let pools: Arc<[Pool]> =
-            config.pools.iter().map(|p| Pool::start(p, &clients)).collect::<Result<Vec<_>, _>>()?.into();
+            config.pools.iter().map(|p| Pool::start(p, threads)).collect::<Result<Vec<_>, _>>()?.into();
         let local_addr = listener.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let (stop, stopped) = watch::channel(false);

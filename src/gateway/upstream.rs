@@ -1,26 +1,28 @@
 //! The gateway's side of an endpoint: per serving thread, one HTTP/2 connection (prior knowledge,
 //! no TLS) that the thread's requests to the endpoint share, opened on first use and opened again
-//! after it fails.
+//! after it closes.
 //!
-//! hyper's pooled client does the connection keeping; this service only points each request at
-//! its endpoint (the balancer has picked it) by giving the request's URI the endpoint's scheme and
-//! authority, and leaves every header as the client sent it. It has no buffer task of its own
-//! (tonic's `Channel` has one), and each serving thread has its own client, whose connections
-//! run on that thread: a request goes from the client's stream to the endpoint's connection
-//! without waking another thread (as Envoy's workers each keep their own connection pools).
+//! Each serving thread keeps its own connection to each endpoint, run by that thread's runtime, so
+//! a request goes from the client's stream to the endpoint's connection without waking another
+//! thread (as Envoy's workers each keep their own connection pools), and without a pool lookup or
+//! a buffer task (tonic's `Channel` has one): the service holds hyper's `SendRequest` for the
+//! connection. It points each request at its endpoint (the balancer has picked it) by giving the
+//! request's URI the endpoint's scheme and authority, and leaves every header as the client sent
+//! it.
 
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{Either, Ready};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tower::BoxError;
 
 use super::body::RequestBody;
@@ -28,8 +30,8 @@ use super::body::RequestBody;
 /// Longest wait for a TCP connection to an endpoint before its requests fail with `UNAVAILABLE`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How often an idle connection to an endpoint is pinged, so a dead peer is found before a request
-/// waits on it.
+/// How often a connection to an endpoint with requests in flight is pinged, so a dead peer is
+/// found before the requests wait on it for long.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 thread_local! {
@@ -37,49 +39,29 @@ thread_local! {
     static THREAD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks the current thread as the gateway's serving thread `index`: its requests go through
-/// client `index` of every [`Clients`].
+/// Marks the current thread as the gateway's serving thread `index`: its requests to an endpoint
+/// use connection `index` of the endpoint.
 pub(crate) fn set_thread_index(index: usize) {
     THREAD.with(|t| t.set(index));
 }
 
-/// One HTTP/2 client per serving thread, shared by every endpoint of every pool (a client keeps
-/// one connection per endpoint address).
-#[derive(Clone, Debug)]
-pub(crate) struct Clients(Arc<[Client<HttpConnector, RequestBody>]>);
+type Connecting = Shared<BoxFuture<'static, Result<SendRequest<RequestBody>, Arc<str>>>>;
 
-impl Clients {
-    /// Clients for `threads` serving threads.
-    pub(crate) fn new(threads: usize) -> Self {
-        Self((0..threads.max(1)).map(|_| client()).collect())
-    }
-
-    /// The client of the current thread.
-    fn current(&self) -> &Client<HttpConnector, RequestBody> {
-        let index = THREAD.with(Cell::get);
-        &self.0[index % self.0.len()]
-    }
+/// One thread's connection to an endpoint.
+#[derive(Default)]
+enum Connection {
+    #[default]
+    Closed,
+    Connecting(Connecting),
+    Open(SendRequest<RequestBody>),
 }
 
-fn client() -> Client<HttpConnector, RequestBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .http2_keep_alive_while_idle(false)
-        .build(connector)
-}
-
-/// Sends requests to one endpoint.
-#[derive(Clone, Debug)]
+/// Sends requests to one endpoint, over the calling thread's connection to it.
+#[derive(Clone)]
 pub(crate) struct EndpointClient {
-    clients: Clients,
     scheme: Scheme,
     authority: Authority,
+    connections: Arc<[Mutex<Connection>]>,
 }
 
 /// An endpoint's address that is not `http://HOST:PORT`.
@@ -88,29 +70,59 @@ pub(crate) struct EndpointClient {
 pub(crate) struct BadAddress(String);
 
 impl EndpointClient {
-    /// A client for the endpoint at `address` (`http://HOST:PORT`); connects on first use.
-    pub(crate) fn new(clients: Clients, address: &str) -> Result<Self, BadAddress> {
+    /// A client for the endpoint at `address` (`http://HOST:PORT`) with one connection for each
+    /// of `threads` serving threads, each opened on first use.
+    pub(crate) fn new(address: &str, threads: usize) -> Result<Self, BadAddress> {
         let uri: Uri = address.parse().map_err(|_| BadAddress(address.to_owned()))?;
         let parts = uri.into_parts();
         match (parts.scheme, parts.authority) {
-            (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => {
-                Ok(Self { clients, scheme, authority })
-            }
+            (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => Ok(Self {
+                scheme,
+                authority,
+                connections: (0..threads.max(1)).map(|_| Mutex::default()).collect(),
+            }),
             _ => Err(BadAddress(address.to_owned())),
         }
     }
+
+    /// The connection of the calling thread.
+    fn connection(&self) -> &Mutex<Connection> {
+        let index = THREAD.with(Cell::get);
+        &self.connections[index % self.connections.len()]
+    }
 }
 
-/// The response future of [`EndpointClient`].
-pub(crate) type EndpointFuture = Either<Ready<Result<Response<Incoming>, BoxError>>, ErrInto>;
+/// Opens a connection to `authority` and starts its task on the calling thread's runtime.
+async fn connect(authority: Authority) -> Result<SendRequest<RequestBody>, Arc<str>> {
+    let address = authority.as_str();
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}").into()),
+        Err(_) => return Err(format!("cannot connect to {address}: no answer in {CONNECT_TIMEOUT:?}").into()),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Arc::<str>::from(format!("HTTP/2 handshake with {address} failed: {e}")))?;
+    let address = address.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection to {address} ended: {e}");
+        }
+    });
+    Ok(sender)
+}
 
 impl tower::Service<Request<RequestBody>> for EndpointClient {
     type Response = Response<Incoming>;
     type Error = BoxError;
-    type Future = EndpointFuture;
+    type Future = BoxFuture<'static, Result<Response<Incoming>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // The connection is opened (or found broken) by the request itself.
+        // The connection is opened (or found closed) by the request itself.
         Poll::Ready(Ok(()))
     }
 
@@ -120,28 +132,52 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
         match Uri::from_parts(uri) {
-            Ok(uri) => {
-                head.uri = uri;
-                let inner = self.clients.current().request(Request::from_parts(head, body));
-                Either::Right(ErrInto { inner })
-            }
-            Err(e) => Either::Left(futures::future::ready(Err(e.into()))),
+            Ok(uri) => head.uri = uri,
+            Err(e) => return Box::pin(futures::future::ready(Err(e.into()))),
         }
+        let req = Request::from_parts(head, body);
+
+        let mut connection = self.connection().lock().unwrap_or_else(PoisonError::into_inner);
+        if let Connection::Open(sender) = &mut *connection
+            && !sender.is_closed()
+        {
+            let response = sender.send_request(req);
+            return Box::pin(async move { response.await.map_err(Into::into) });
+        }
+        // Closed (or never opened): this request opens it, or waits for the one being opened.
+        let connecting = match &*connection {
+            Connection::Connecting(connecting) => connecting.clone(),
+            _ => {
+                let connecting = connect(self.authority.clone()).boxed().shared();
+                *connection = Connection::Connecting(connecting.clone());
+                connecting
+            }
+        };
+        drop(connection);
+        let this = self.clone();
+        Box::pin(async move {
+            let opened = connecting.await;
+            let mut sender = {
+                let mut connection = this.connection().lock().unwrap_or_else(PoisonError::into_inner);
+                // The first request to see the outcome records it (the others find it recorded).
+                if matches!(*connection, Connection::Connecting(_)) {
+                    *connection = match &opened {
+                        Ok(sender) => Connection::Open(sender.clone()),
+                        Err(_) => Connection::Closed,
+                    };
+                }
+                opened.map_err(|e| BoxError::from(e.to_string()))?
+            };
+            sender.send_request(req).await.map_err(Into::into)
+        })
     }
 }
 
-pin_project_lite::pin_project! {
-    /// hyper's response future, with its error boxed.
-    pub(crate) struct ErrInto {
-        #[pin]
-        inner: ResponseFuture,
-    }
-}
-
-impl Future for ErrInto {
-    type Output = Result<Response<Incoming>, BoxError>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map_err(Into::into)
+impl std::fmt::Debug for EndpointClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointClient")
+            .field("authority", &self.authority)
+            .field("connections", &self.connections.len())
+            .finish()
     }
 }
