@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId, RequestSize};
+use switchyard_core::{Endpoint, EndpointId};
 use tokio::time::{Instant, Sleep};
 use tower::discover::{Change, Discover};
 use tower::{BoxError, Service, ServiceExt};
@@ -349,14 +349,10 @@ where
         if candidates.is_empty() {
             return ResponseFuture::failed(NoEndpoints.into(), self.completion.clone());
         }
-        let info = RequestInfo { extensions: req.extensions(), now };
+        let info = RequestInfo::new(req.extensions(), now);
         let pick = self.policy.pick(&info, candidates);
         let slot = &self.endpoints[if panic_mode { pick } else { self.active_slots[pick] }];
-        let work = info
-            .extensions
-            .and_then(|e| e.get::<RequestSize>())
-            .map_or(1, |size| u64::from(size.prompt_tokens.max(1)));
-        let completion = Completion::new(slot.state.start(now, work), self.pool.clone());
+        let completion = Completion::new(slot.state.start(now, info.work), self.pool.clone());
         ResponseFuture::new(slot.service.clone().oneshot(req), completion, self.completion.clone())
     }
 }

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use switchyard_core::RequestSize;
 
 use super::{Policy, RequestInfo};
 use crate::EndpointState;
@@ -17,7 +16,7 @@ use crate::EndpointState;
 /// ```
 ///
 /// - `work` is the request's size: its prompt tokens when it carries a
-///   [`RequestSize`] extension, otherwise 1;
+///   [`RequestSize`](switchyard_core::RequestSize) extension, otherwise 1 ([`RequestInfo::work`]);
 /// - `pending_work` is the work of the requests already sent to the endpoint that have not had
 ///   their first byte (for an LLM replica: prompts still waiting to be prefilled);
 /// - `unit_time` is the endpoint's measured time per unit of work before a first byte
@@ -82,10 +81,7 @@ impl Policy for LeastResponseTime {
 
     fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
         let n = endpoints.len();
-        let work = request
-            .extensions
-            .and_then(|e| e.get::<RequestSize>())
-            .map_or(1.0, |size| f64::from(size.prompt_tokens.max(1)));
+        let work = request.work as f64;
         if n > Self::EXACT_LIMIT {
             let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
             let mut sample = [0usize; Self::SAMPLE];
@@ -135,7 +131,7 @@ fn cheapest(
 mod tests {
     use super::*;
     use std::time::Duration;
-    use switchyard_core::Endpoint;
+    use switchyard_core::{Endpoint, RequestSize};
     use tokio::time::{Instant, advance};
 
     fn endpoints(n: usize) -> Vec<Arc<EndpointState>> {
@@ -169,7 +165,7 @@ mod tests {
         assert_eq!(eps[1].unit_time_nanos(), Some(4000.0));
         let policy = LeastResponseTime::new();
         let ext = sized(1000);
-        let req = RequestInfo { extensions: Some(&ext), now: Instant::now() };
+        let req = RequestInfo::new(Some(&ext), Instant::now());
         assert_eq!(policy.pick(&req, &eps), 0, "idle: the fast one");
         // A short prefill backlog on the fast endpoint: (500 + 1000) × 1 µs × √(2 / 1.5) ≈ 1.7 ms
         // against (0 + 1000) × 4 µs × √(1 / 1.5) ≈ 3.3 ms.
@@ -200,7 +196,7 @@ mod tests {
             })
             .collect();
         assert_eq!((eps[0].pending_work(), eps[0].in_flight()), (0, 8));
-        let req = RequestInfo { extensions: None, now: Instant::now() };
+        let req = RequestInfo::new(None, Instant::now());
         assert_eq!(LeastResponseTime::new().pick(&req, &eps), 1);
         drop(decoding);
     }
@@ -211,7 +207,7 @@ mod tests {
         answer(&eps[0], 1, Duration::from_millis(10)).await;
         answer(&eps[1], 1, Duration::from_millis(20)).await;
         let _busy = eps[0].start(Instant::now(), 1);
-        let req = RequestInfo { extensions: None, now: Instant::now() };
+        let req = RequestInfo::new(None, Instant::now());
         assert_eq!(LeastResponseTime::new().pick(&req, &eps), 2, "e2 counts e0's 10 ms and is idle");
     }
 
@@ -231,7 +227,7 @@ mod tests {
         // Every even endpoint has a long prefill queue.
         let _queued: Vec<_> = eps.iter().step_by(2).map(|e| e.start(Instant::now(), 100_000)).collect();
         let policy = LeastResponseTime::with_seed(3);
-        let req = RequestInfo { extensions: None, now: Instant::now() };
+        let req = RequestInfo::new(None, Instant::now());
         let picks: Vec<usize> = (0..200).map(|_| policy.pick(&req, &eps)).collect();
         assert!(picks.iter().all(|i| i % 2 == 1), "one of 16 draws is almost surely idle: {picks:?}");
         let distinct: std::collections::BTreeSet<_> = picks.iter().collect();

@@ -118,7 +118,7 @@ mod tests {
     async fn picks_the_better_of_two() {
         let policy = LoadReport::with_seed(0);
         let endpoints = [reporting(1.0, 0), reporting(0.0, 0)];
-        let info = RequestInfo { extensions: None, now: Instant::now() };
+        let info = RequestInfo::new(None, Instant::now());
         for _ in 0..20 {
             assert_eq!(policy.pick(&info, &endpoints), 1);
         }

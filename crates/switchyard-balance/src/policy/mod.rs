@@ -49,6 +49,20 @@ pub struct RequestInfo<'a> {
     pub extensions: Option<&'a http::Extensions>,
     /// The time of the pick.
     pub now: Instant,
+    /// The request's work, in the units the balancer counts pending work in: its prompt tokens
+    /// when it carries a [`RequestSize`](switchyard_core::RequestSize), otherwise 1.
+    pub work: u64,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// A request with these extensions, placed at `now`; its work is read from its
+    /// [`RequestSize`](switchyard_core::RequestSize) extension.
+    pub fn new(extensions: Option<&'a http::Extensions>, now: Instant) -> Self {
+        let work = extensions
+            .and_then(|e| e.get::<switchyard_core::RequestSize>())
+            .map_or(1, |size| u64::from(size.prompt_tokens.max(1)));
+        Self { extensions, now, work }
+    }
 }
 
 /// Picks one endpoint for each request.
