@@ -100,7 +100,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = PeerBalanceArg::RoundRobin)]
     pub peer_balance: PeerBalanceArg,
     /// Threads of each proxy: the gateway's `--threads`, nginx's `worker_processes`, HAProxy's
-    /// `nbthread` [default: one per CPU, each one's own default].
+    /// `nbthread` [default: one per CPU].
     #[arg(long)]
     pub proxy_threads: Option<std::num::NonZeroUsize>,
 }

@@ -20,6 +20,9 @@ use toml::Spanned;
 /// precedence over the `model_name` read from the request body, and needs no peek.
 pub const DEFAULT_MODEL_HEADER: &str = "x-model-name";
 
+/// The most serving threads a gateway runs (each keeps a connection to every endpoint).
+pub const MAX_THREADS: usize = 1024;
+
 /// How long a gateway waits for in-flight requests on shutdown unless told otherwise.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -167,6 +170,14 @@ impl GatewayConfig {
     /// `http://` URIs and whose ids are unique, unique pool names, routes and `default_pool`
     /// naming existing pools, a valid model header.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(threads) = self.threads
+            && threads.get() > MAX_THREADS
+        {
+            return Err(ConfigError::field(
+                "threads",
+                format!("{threads} threads: at most {MAX_THREADS} (one per CPU is the default)"),
+            ));
+        }
         if self.pools.is_empty() {
             return Err(ConfigError::field("pool", "no pools: add a [[pool]] with at least one endpoint"));
         }
@@ -420,6 +431,7 @@ impl RawConfig {
             })?;
         }
         if let Some(threads) = self.threads {
+            lines.record("threads", &threads);
             let span = threads.span();
             config.threads = Some(
                 NonZeroUsize::new(threads.into_inner())
@@ -553,6 +565,8 @@ pool = "b"
         assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("threads")), "{e}");
         let e = error(&GOOD.replace("threads = 3", "threads = -1"));
         assert_eq!(e.line, Some(4), "{e}");
+        let e = error(&GOOD.replace("threads = 3", "threads = 100000"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("threads")), "{e}");
 
         let e = error("[[pool]\nname = 1");
         assert_eq!(e.line, Some(1), "{e}");

@@ -16,6 +16,12 @@
 //! each endpoint, so a request is handled on one thread from start to end; the pools' balancers
 //! and load boards are shared by all threads.
 //!
+//! Headers pass as the client sent them (the `user-agent` too); only `:authority` names the
+//! endpoint, as the request's URI does. Deadlines travel with the call: the `grpc-timeout` header
+//! reaches the endpoint unchanged and the gateway sets no timeout of its own, so a call past its
+//! deadline ends at the client (`DEADLINE_EXCEEDED`) and the endpoint, and the gateway counts it
+//! as cancelled, not as the endpoint's failure.
+//!
 //! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses:
 //! `UNAVAILABLE` when the pool has no endpoint or the endpoint's connection fails (nothing is
 //! retried: the body has already been streamed), `UNIMPLEMENTED` when no route takes the request
@@ -126,7 +132,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use config::{
-    ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, PoolConfig, RouteConfig,
+    ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, MAX_THREADS, PoolConfig,
+    RouteConfig,
 };
 pub use peek::MAX_PEEK_BYTES;
 pub use pool::Pool;

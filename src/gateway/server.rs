@@ -181,20 +181,29 @@ impl Gateway {
     pub async fn shutdown(self) -> Result<(), GatewayError> {
         let _ = self.stop.send(true);
         let acceptor = self.acceptor.await;
+        // Wait for every thread (and the admin API) before reporting the first failure.
+        let mut failed = None;
         for (index, finished) in self.serving.into_iter().enumerate() {
-            finished.await.map_err(|_| GatewayError::Thread(index))?;
+            if finished.await.is_err() {
+                failed.get_or_insert(GatewayError::Thread(index));
+            }
         }
-        if let Some(admin) = self.admin {
-            admin.await?;
+        let admin = match self.admin {
+            Some(admin) => admin.await,
+            None => Ok(()),
+        };
+        if let Some(error) = failed {
+            return Err(error);
         }
         acceptor?;
+        admin?;
         tracing::info!("gateway stopped");
         Ok(())
     }
 }
 
 /// Accepts connections until `stop` and hands each to the serving thread with the fewest open.
-async fn accept(listener: TcpListener, mut stop: watch::Receiver<bool>, threads: Vec<ServingThread>) {
+async fn accept(listener: TcpListener, mut stop: watch::Receiver<bool>, mut threads: Vec<ServingThread>) {
     loop {
         let stream = tokio::select! {
             // A dropped `Gateway` stops too.
@@ -218,13 +227,46 @@ async fn accept(listener: TcpListener, mut stop: watch::Receiver<bool>, threads:
                 continue;
             }
         };
-        let Some(thread) = threads.iter().min_by_key(|t| t.open.load(Ordering::Relaxed)) else {
+        if !hand_over(&mut threads, stream).await {
+            tracing::error!("gateway: every serving thread has stopped; no longer accepting");
             break;
-        };
-        thread.open.fetch_add(1, Ordering::Relaxed);
-        if thread.connections.send(stream).await.is_err() {
-            // The thread has stopped (the gateway is shutting down).
-            break;
+        }
+    }
+}
+
+/// Hands `stream` to the serving thread with the fewest open connections whose queue has room
+/// (or waits for room at the least loaded one when every queue is full). Threads that have
+/// stopped (one panicked) are dropped from `threads`; false once none is left.
+async fn hand_over(threads: &mut Vec<ServingThread>, mut stream: std::net::TcpStream) -> bool {
+    loop {
+        threads.sort_by_key(|t| t.open.load(Ordering::Relaxed));
+        let mut stopped = None;
+        for (i, thread) in threads.iter().enumerate() {
+            match thread.connections.try_send(stream) {
+                Ok(()) => {
+                    thread.open.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => stream = back,
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    stream = back;
+                    stopped = Some(i);
+                    break;
+                }
+            }
+        }
+        if let Some(i) = stopped {
+            tracing::error!("gateway: a serving thread has stopped");
+            threads.remove(i);
+            continue;
+        }
+        let Some(least) = threads.first() else { return false };
+        match least.connections.send(stream).await {
+            Ok(()) => {
+                least.open.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Err(mpsc::error::SendError(back)) => stream = back,
         }
     }
 }
@@ -269,7 +311,17 @@ async fn serve_thread<F, C>(
             }
         }
     }
-    drop(incoming);
+    // Connections accepted but not yet served get served, and told at once to go away (GOAWAY),
+    // rather than dropped.
+    incoming.close();
+    while let Ok(stream) = incoming.try_recv() {
+        if let Ok(stream) = TcpStream::from_std(stream) {
+            let connection = graceful.watch(serve_connection(stream));
+            connections.spawn(async move {
+                let _ = connection.await;
+            });
+        }
+    }
     drain_connections(graceful, connections, drain, "gateway").await;
 }
 

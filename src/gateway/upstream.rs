@@ -35,8 +35,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 thread_local! {
-    /// The index of the gateway thread running here (0 on other threads).
-    static THREAD: Cell<usize> = const { Cell::new(0) };
+    /// The index of the gateway's serving thread running here; `usize::MAX` on other threads.
+    static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
 /// Marks the current thread as the gateway's serving thread `index`: its requests to an endpoint
@@ -70,32 +70,33 @@ pub(crate) struct EndpointClient {
 pub(crate) struct BadAddress(String);
 
 impl EndpointClient {
-    /// A client for the endpoint at `address` (`http://HOST:PORT`) with one connection for each
-    /// of `threads` serving threads, each opened on first use.
+    /// A client for the endpoint at `address` (`http://HOST[:PORT]`, port 80 by default) with one
+    /// connection for each of `threads` serving threads, and one more for calls from any other
+    /// thread, each opened on first use.
     pub(crate) fn new(address: &str, threads: usize) -> Result<Self, BadAddress> {
         let uri: Uri = address.parse().map_err(|_| BadAddress(address.to_owned()))?;
         let parts = uri.into_parts();
         match (parts.scheme, parts.authority) {
-            (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => Ok(Self {
-                scheme,
-                authority,
-                connections: (0..threads.max(1)).map(|_| Mutex::default()).collect(),
-            }),
+            (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => {
+                Ok(Self { scheme, authority, connections: (0..=threads).map(|_| Mutex::default()).collect() })
+            }
             _ => Err(BadAddress(address.to_owned())),
         }
     }
 
-    /// The connection of the calling thread.
+    /// The connection of the calling thread (the last one for threads that are not serving
+    /// threads).
     fn connection(&self) -> &Mutex<Connection> {
-        let index = THREAD.with(Cell::get);
-        &self.connections[index % self.connections.len()]
+        let last = self.connections.len() - 1;
+        &self.connections[THREAD.with(Cell::get).min(last)]
     }
 }
 
 /// Opens a connection to `authority` and starts its task on the calling thread's runtime.
 async fn connect(authority: Authority) -> Result<SendRequest<RequestBody>, Arc<str>> {
     let address = authority.as_str();
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host_port(&authority))).await
+    {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}").into()),
         Err(_) => return Err(format!("cannot connect to {address}: no answer in {CONNECT_TIMEOUT:?}").into()),
@@ -114,6 +115,14 @@ async fn connect(authority: Authority) -> Result<SendRequest<RequestBody>, Arc<s
         }
     });
     Ok(sender)
+}
+
+/// The host and port to connect to: port 80 when the address has none (as for any `http://` URI),
+/// and an IPv6 host without the brackets a URI writes it in.
+fn host_port(authority: &Authority) -> (&str, u16) {
+    let host = authority.host();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (host, authority.port_u16().unwrap_or(80))
 }
 
 impl tower::Service<Request<RequestBody>> for EndpointClient {
@@ -156,11 +165,12 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
         drop(connection);
         let this = self.clone();
         Box::pin(async move {
-            let opened = connecting.await;
+            let opened = connecting.clone().await;
             let mut sender = {
                 let mut connection = this.connection().lock().unwrap_or_else(PoisonError::into_inner);
-                // The first request to see the outcome records it (the others find it recorded).
-                if matches!(*connection, Connection::Connecting(_)) {
+                // The first request to see the outcome records it (the others find it recorded,
+                // or a newer attempt in its place, which they leave alone).
+                if matches!(&*connection, Connection::Connecting(c) if c.ptr_eq(&connecting)) {
                     *connection = match &opened {
                         Ok(sender) => Connection::Open(sender.clone()),
                         Err(_) => Connection::Closed,
@@ -179,5 +189,30 @@ impl std::fmt::Debug for EndpointClient {
             .field("authority", &self.authority)
             .field("connections", &self.connections.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_means_port_80() {
+        let host_port_of = |a: &str| {
+            let authority: Authority = a.parse().unwrap();
+            let (host, port) = host_port(&authority);
+            (host.to_owned(), port)
+        };
+        assert_eq!(host_port_of("worker"), ("worker".into(), 80));
+        assert_eq!(host_port_of("10.0.0.1:9001"), ("10.0.0.1".into(), 9001));
+        assert_eq!(host_port_of("[::1]:9001"), ("::1".into(), 9001));
+        assert_eq!(host_port_of("[::1]"), ("::1".into(), 80));
+    }
+
+    #[test]
+    fn only_plain_http_addresses_are_endpoints() {
+        assert!(EndpointClient::new("http://worker", 2).is_ok());
+        assert!(EndpointClient::new("https://worker:443", 2).is_err());
+        assert!(EndpointClient::new("worker:9001", 2).is_err());
     }
 }

@@ -1,28 +1,32 @@
 //! `Shared`: one balancer, many callers, no task in between.
 
 use std::fmt;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures::future::BoxFuture;
-use tokio::sync::Mutex;
 use tower::{BoxError, Service};
 
 /// A cloneable handle on one service (a [`Balance`](crate::Balance), typically) that every clone
-/// calls in place.
+/// calls in place, from any task or thread.
 ///
 /// tower's `Buffer` shares a service by moving it into a task and sending each request there over
 /// a channel: two task wake-ups per request, and the request waits for that task's turn. A pick
 /// takes well under a microsecond, so `Shared` instead takes a lock for it: a call locks the
-/// service, drives it to readiness, calls it (the balancer picks the endpoint and hands back the
+/// service, polls it for readiness, calls it (the balancer picks the endpoint and hands back the
 /// endpoint's response future) and unlocks, all in the caller's task; the response is then awaited
-/// without the lock. Callers that find the lock taken wait in FIFO order, each in its own task, so
-/// the waiting needs no queue of its own: their number is bounded by the caller's concurrency (a
-/// server's streams per connection, say).
+/// without the lock. The lock is a plain mutex held only for that poll and call, never across an
+/// `.await`, so a caller on a busy thread cannot hold up the others.
 ///
-/// `poll_ready` is always ready; readiness of the inner service (a balancer waiting for its first
-/// endpoint) is awaited inside the response future, under the lock, so only one caller polls it
-/// and no wake-up is lost.
+/// When the inner service is not ready (a balancer still waiting for its first endpoint), the
+/// caller waits without the lock. The inner service is always polled with one waker of `Shared`'s
+/// own, which wakes every waiting caller, so no wake-up is lost whichever caller polled last;
+/// each then polls again. The waiting callers are the callers' own tasks: their number is bounded
+/// by the callers' concurrency (a server's streams), and `Shared` queues nothing itself.
+///
+/// `poll_ready` is always ready; readiness of the inner service is awaited inside the response
+/// future.
 ///
 /// # Example
 ///
@@ -32,14 +36,14 @@ use tower::{BoxError, Service};
 /// use switchyard_core::Endpoint;
 /// use tower::ServiceExt;
 ///
-/// # #[tokio::main(flavor = "current_thread")]
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 /// # async fn main() {
 /// let backends = (0..2).map(|i| {
 ///     let service = tower::service_fn(move |_req: http::Request<()>| async move { Ok::<_, Infallible>(i) });
 ///     Backend::new(Endpoint::new(format!("replica-{i}"), format!("http://10.0.0.{i}:9001")), service)
 /// });
 /// let balancer = Shared::new(Balance::from_backends(backends).with_completion(CompleteOnResponse));
-/// // Clones share the balancer: every task gets its own handle.
+/// // Clones share the balancer: every task, on any thread, gets its own handle.
 /// let calls = (0..4).map(|_| tokio::spawn(balancer.clone().oneshot(http::Request::new(()))));
 /// for call in calls {
 ///     assert!(call.await.unwrap().unwrap() < 2);
@@ -47,13 +51,80 @@ use tower::{BoxError, Service};
 /// # }
 /// ```
 pub struct Shared<S> {
-    inner: Arc<Mutex<S>>,
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S> {
+    service: Mutex<S>,
+    waiters: Arc<Waiters>,
+    /// Wakes every waiter; the only waker the inner service ever sees.
+    waker: Waker,
+}
+
+/// The callers waiting for the inner service to become ready.
+#[derive(Default)]
+struct Waiters(Mutex<Vec<Waker>>);
+
+impl Waiters {
+    fn register(&self, waker: &Waker) {
+        let mut waiters = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !waiters.iter().any(|w| w.will_wake(waker)) {
+            waiters.push(waker.clone());
+        }
+    }
+}
+
+impl Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let waiters = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for waker in waiters {
+            waker.wake();
+        }
+    }
 }
 
 impl<S> Shared<S> {
     /// Shares `service`.
     pub fn new(service: S) -> Self {
-        Self { inner: Arc::new(Mutex::new(service)) }
+        let waiters = Arc::new(Waiters::default());
+        let waker = Waker::from(waiters.clone());
+        Self { inner: Arc::new(Inner { service: Mutex::new(service), waiters, waker }) }
+    }
+}
+
+impl<S> Inner<S> {
+    fn lock(&self) -> MutexGuard<'_, S> {
+        self.service.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls the service with `req` once it is ready; `cx` is the caller's, woken when the
+    /// service may have become ready.
+    fn poll_call<Req>(&self, cx: &mut Context<'_>, req: &mut Option<Req>) -> Poll<Result<S::Future, BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        let mut service = self.lock();
+        let mut inner_cx = Context::from_waker(&self.waker);
+        let mut ready = service.poll_ready(&mut inner_cx);
+        if ready.is_pending() {
+            // Register, then look again: a wake between the first poll and the registration
+            // would otherwise be missed.
+            self.waiters.register(cx.waker());
+            ready = service.poll_ready(&mut inner_cx);
+        }
+        match ready {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Ready(Ok(())) => match req.take() {
+                Some(req) => Poll::Ready(Ok(service.call(req))),
+                None => Poll::Ready(Err(crate::PolledAfterCompletion.into())),
+            },
+        }
     }
 }
 
@@ -81,11 +152,8 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let response = {
-                let mut service = inner.lock().await;
-                std::future::poll_fn(|cx| service.poll_ready(cx)).await.map_err(Into::into)?;
-                service.call(req)
-            };
+            let mut req = Some(req);
+            let response = poll_fn(|cx| inner.poll_call(cx, &mut req)).await?;
             response.await.map_err(Into::into)
         })
     }
@@ -93,7 +161,7 @@ where
 
 impl<S: fmt::Debug> fmt::Debug for Shared<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.inner.try_lock() {
+        match self.inner.service.try_lock() {
             Ok(service) => f.debug_tuple("Shared").field(&*service).finish(),
             Err(_) => f.debug_tuple("Shared").field(&"<in use>").finish(),
         }
