@@ -295,14 +295,7 @@ async fn serve_thread<F, C>(
             received = incoming.recv() => {
                 let Some(stream) = received else { break };
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => {
-                        let connection = graceful.watch(serve_connection(stream));
-                        connections.spawn(async move {
-                            if let Err(e) = connection.await {
-                                tracing::debug!("gateway connection ended: {e}");
-                            }
-                        });
-                    }
+                    Ok(stream) => serve_watched(&graceful, &mut connections, serve_connection(stream), "gateway"),
                     Err(e) => {
                         open.fetch_sub(1, Ordering::Relaxed);
                         tracing::warn!("gateway: cannot serve a connection: {e}");
@@ -316,10 +309,7 @@ async fn serve_thread<F, C>(
     incoming.close();
     while let Ok(stream) = incoming.try_recv() {
         if let Ok(stream) = TcpStream::from_std(stream) {
-            let connection = graceful.watch(serve_connection(stream));
-            connections.spawn(async move {
-                let _ = connection.await;
-            });
+            serve_watched(&graceful, &mut connections, serve_connection(stream), "gateway");
         }
     }
     drain_connections(graceful, connections, drain, "gateway").await;
@@ -348,12 +338,7 @@ async fn serve<F, C>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = graceful.watch(serve_connection(stream));
-                    connections.spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!("{what} connection ended: {e}");
-                        }
-                    });
+                    serve_watched(&graceful, &mut connections, serve_connection(stream), what);
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off rather than spin.
@@ -365,6 +350,24 @@ async fn serve<F, C>(
     }
     drop(listener);
     drain_connections(graceful, connections, drain, what).await;
+}
+
+/// Serves `connection` as a task of `connections`, watched by `graceful` for the drain.
+fn serve_watched<C>(
+    graceful: &GracefulShutdown,
+    connections: &mut JoinSet<()>,
+    connection: C,
+    what: &'static str,
+) where
+    C: GracefulConnection + Send + 'static,
+    C::Error: std::fmt::Display,
+{
+    let connection = graceful.watch(connection);
+    connections.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("{what} connection ended: {e}");
+        }
+    });
 }
 
 /// Tells the connections to finish (HTTP/2 GOAWAY), waits for their requests at most `drain`,
