@@ -34,6 +34,9 @@ enum Command {
     Lab(lab::LabArgs),
     /// Benchmark the gateway against nginx and HAProxy over real processes on loopback.
     Bench(bench::BenchArgs),
+    /// A layer-4 TCP relay, the bench's floor for what a proxy costs (not a product).
+    #[command(hide = true)]
+    Relay(bench::relay::RelayArgs),
 }
 
 /// Completes on SIGTERM or Ctrl-C. The SIGTERM handler is installed at once, not on first poll,
@@ -71,6 +74,7 @@ async fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Worker(args) => worker::run(args, shutdown_signal()).await.map_err(Into::into),
         Command::Gateway(args) => gateway::run(args, shutdown_signal()).await.map_err(Into::into),
+        Command::Relay(args) => bench::relay::run(args, shutdown_signal()).await.map_err(Into::into),
         Command::Loadgen(args) => match loadgen::run(&args).await {
             Ok(report) => {
                 println!("{}", report.summary());

@@ -1,5 +1,6 @@
 //! CPU time of a process and its descendants, from the kernel's own accounting
-//! (`/proc/PID/stat`, fields 14 and 15: `utime` and `stime`, in clock ticks).
+//! (`/proc/PID/stat`, fields 14 and 15: `utime` and `stime`, in clock ticks), kept apart so a
+//! report can tell a proxy's own work from the kernel's.
 //!
 //! nginx does its work in worker processes, children of the master we start; HAProxy and the
 //! gateway are one process with threads, whose `stat` already counts every thread. Summing the
@@ -19,11 +20,44 @@ pub(crate) fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// One process as `/proc/PID/stat` shows it: its parent and its CPU ticks (user + system).
+/// CPU time in clock ticks, split as the kernel accounts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ticks {
+    /// In user mode (`utime`).
+    pub(crate) user: u64,
+    /// In the kernel on the process's behalf (`stime`): its system calls, and on loopback the
+    /// receiving side of the TCP segments it sends.
+    pub(crate) system: u64,
+}
+
+impl Ticks {
+    /// User plus system.
+    pub(crate) fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    /// The ticks from `earlier` to `self`.
+    pub(crate) fn since(self, earlier: Ticks) -> Ticks {
+        Ticks {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+impl std::ops::Add for Ticks {
+    type Output = Ticks;
+
+    fn add(self, other: Ticks) -> Ticks {
+        Ticks { user: self.user + other.user, system: self.system + other.system }
+    }
+}
+
+/// One process as `/proc/PID/stat` shows it: its parent and its CPU ticks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Stat {
     ppid: u32,
-    ticks: u64,
+    ticks: Ticks,
 }
 
 /// Parses a `/proc/PID/stat` line. The command name (field 2) is in parentheses and may hold
@@ -35,7 +69,7 @@ fn parse_stat(line: &str) -> Option<Stat> {
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Stat { ppid, ticks: utime + stime })
+    Some(Stat { ppid, ticks: Ticks { user: utime, system: stime } })
 }
 
 fn all_processes() -> BTreeMap<u32, Stat> {
@@ -70,9 +104,12 @@ fn tree_of(processes: &BTreeMap<u32, Stat>, root: u32) -> Vec<u32> {
 }
 
 /// CPU ticks used so far by `root` and its live descendants.
-pub(crate) fn tree_ticks(root: u32) -> u64 {
+pub(crate) fn tree_ticks(root: u32) -> Ticks {
     let processes = all_processes();
-    tree_of(&processes, root).iter().filter_map(|pid| processes.get(pid)).map(|s| s.ticks).sum()
+    tree_of(&processes, root)
+        .iter()
+        .filter_map(|pid| processes.get(pid))
+        .fold(Ticks::default(), |sum, s| sum + s.ticks)
 }
 
 /// The id of a child of this process whose command line holds `needle`. The whole command line
@@ -94,7 +131,7 @@ mod tests {
     #[test]
     fn reads_parent_and_ticks_past_a_name_with_spaces() {
         let line = "4242 (nginx: worker) S 4241 4241 4241 0 -1 4194624 10 0 0 0 7 5 0 0 20 0 1 0 100 0 0";
-        assert_eq!(parse_stat(line), Some(Stat { ppid: 4241, ticks: 12 }));
+        assert_eq!(parse_stat(line), Some(Stat { ppid: 4241, ticks: Ticks { user: 7, system: 5 } }));
         assert_eq!(parse_stat("garbage"), None);
     }
 

@@ -12,6 +12,8 @@
 //! after `--warmup` seconds (2) that are not counted, against each target in turn:
 //!
 //! - `direct`: no proxy, half of the clients on each worker (the floor);
+//! - `tcp-relay`: [`relay`], a layer-4 relay that copies bytes and reads no HTTP/2: what the
+//!   machine allows a proxy at the least, so the most requests/s any proxy can reach here;
 //! - `switchyard`: the gateway (`--policy`, round robin by default);
 //! - `nginx`: `grpc_pass` to an upstream of the two workers (`bench/nginx.conf`);
 //! - `haproxy`: HTTP/2 on both sides (`bench/haproxy.cfg`).
@@ -20,7 +22,8 @@
 //! path, not the model. The clients share `--connections` HTTP/2 connections (8), the same for
 //! every target, and run in the bench process itself. Per target the bench reports requests/s,
 //! latency percentiles, and the proxy's CPU time per request from the kernel's accounting of the
-//! proxy's processes (`/proc/PID/stat` utime + stime, read at the start and the end of the window).
+//! proxy's processes (`/proc/PID/stat` utime + stime, read at the start and the end of the window),
+//! in all and split into user and system time.
 //!
 //! # Scenario `hetero`
 //!
@@ -38,6 +41,7 @@ mod cpu;
 pub mod hetero;
 mod load;
 mod peers;
+pub mod relay;
 use crate::cluster::processes;
 
 use std::path::{Path, PathBuf};
@@ -130,6 +134,16 @@ pub(crate) fn gateway_args(
     args
 }
 
+/// The relay's command line for a bench: `workers` as its backends, on `threads` threads.
+fn relay_args(workers: &[String], threads: usize) -> Vec<String> {
+    let mut args: Vec<String> = ["relay", "--listen", "127.0.0.1:0"].map(String::from).into();
+    for address in workers {
+        args.extend(["--backend".to_string(), address.clone()]);
+    }
+    args.extend(["--threads".to_string(), threads.to_string()]);
+    args
+}
+
 /// What can go wrong in a bench run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -166,7 +180,7 @@ pub struct LatencyMs {
 /// What one target measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetResult {
-    /// `direct`, `switchyard`, `nginx` or `haproxy`.
+    /// `direct`, `tcp-relay`, `switchyard`, `nginx` or `haproxy`.
     pub target: String,
     /// Calls answered in the window.
     pub requests: u64,
@@ -178,6 +192,11 @@ pub struct TargetResult {
     pub latency_ms: LatencyMs,
     /// The proxy's CPU time per answered call, in µs (none for `direct`).
     pub cpu_us_per_request: Option<f64>,
+    /// The user-mode part of `cpu_us_per_request`: the proxy's own code and libraries.
+    pub cpu_user_us_per_request: Option<f64>,
+    /// The kernel part of `cpu_us_per_request`: system calls, and on loopback the receiving side
+    /// of the segments the proxy sends.
+    pub cpu_system_us_per_request: Option<f64>,
     /// `rps` over the better of nginx's and HAProxy's.
     pub rps_ratio_to_best_peer: f64,
 }
@@ -219,6 +238,8 @@ impl OverheadReport {
             "p90 ms",
             "p99 ms",
             "CPU µs/req",
+            "user",
+            "system",
             "errors",
         ]);
         for r in &self.results {
@@ -230,7 +251,9 @@ impl OverheadReport {
                 format!("{:.3}", r.latency_ms.p50),
                 format!("{:.3}", r.latency_ms.p90),
                 format!("{:.3}", r.latency_ms.p99),
-                r.cpu_us_per_request.map_or_else(|| "-".to_string(), |c| format!("{c:.1}")),
+                one_decimal(r.cpu_us_per_request),
+                one_decimal(r.cpu_user_us_per_request),
+                one_decimal(r.cpu_system_us_per_request),
                 r.errors.to_string(),
             ]);
         }
@@ -269,14 +292,28 @@ impl OverheadReport {
              p50 added over direct ≤ peers': {:.3} ms vs {:.3} ms ({})\n",
             gw.rps_ratio_to_best_peer,
             verdict(gw.rps_ratio_to_best_peer >= 1.3),
-            gw.cpu_us_per_request.map_or_else(|| "-".to_string(), |c| format!("{c:.1}")),
+            one_decimal(gw.cpu_us_per_request),
             verdict(gw.cpu_us_per_request.is_some_and(|c| c <= 8.0)),
             added(gw),
             best_peer_added,
             verdict(added(gw) <= best_peer_added),
         ));
+        if let Some(relay) = self.find("tcp-relay") {
+            text.push_str(&format!(
+                "floor: a layer-4 relay that reads no HTTP/2 reached {:.2}× the best peer at {} µs of CPU \
+                 per request ({} in the kernel)\n",
+                relay.rps_ratio_to_best_peer,
+                one_decimal(relay.cpu_us_per_request),
+                one_decimal(relay.cpu_system_us_per_request),
+            ));
+        }
         text
     }
+}
+
+/// `value` with one decimal, `-` when there is none.
+fn one_decimal(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
 }
 
 /// One target to load: where its clients connect, and the process whose CPU is its cost.
@@ -366,6 +403,15 @@ async fn overhead(
     let (gateway, mut gateway_addresses) =
         ChildProcess::start("gateway", exe, &gateway_args, &["gateway serving on "], START_TIMEOUT).await?;
     let gateway_address = gateway_addresses.remove(0);
+    let (relay, mut relay_addresses) = ChildProcess::start(
+        "tcp-relay",
+        exe,
+        &relay_args(&worker_addresses, threads),
+        &["relay serving on "],
+        START_TIMEOUT,
+    )
+    .await?;
+    let relay_address = relay_addresses.remove(0);
     let balance = match args.peer_balance {
         PeerBalanceArg::RoundRobin => PeerBalance::RoundRobin,
         PeerBalanceArg::LeastConn => PeerBalance::LeastConn,
@@ -389,6 +435,11 @@ async fn overhead(
 
     let targets = [
         Target { name: "direct", addresses: worker_addresses.clone(), pid: None },
+        Target {
+            name: "tcp-relay",
+            addresses: vec![relay_address],
+            pid: cpu::child_with_arg(" relay --listen"),
+        },
         Target {
             name: "switchyard",
             addresses: vec![gateway_address],
@@ -424,7 +475,7 @@ async fn overhead(
 
     nginx.stop().await;
     haproxy.stop().await;
-    let children = workers.into_iter().map(|(c, _)| c).chain([gateway]);
+    let children = workers.into_iter().map(|(c, _)| c).chain([gateway, relay]);
     for child in children {
         let name = child.name().to_string();
         if let Err(e) = child.stop(Duration::from_secs(10)).await {
@@ -462,11 +513,14 @@ async fn measure(args: &BenchArgs, target: &Target, ticks_per_s: f64) -> Result<
         let before = pid.map(cpu::tree_ticks);
         tokio::time::sleep_until(end).await;
         let after = pid.map(cpu::tree_ticks);
-        before.zip(after).map(|(b, a)| a.saturating_sub(b))
+        before.zip(after).map(|(b, a)| a.since(b))
     });
     let mut measured = load::closed_loop(&channels, args.clients, start, end).await;
     let ticks = sampler.await.ok().flatten();
     let requests = measured.latencies_ms.len() as u64;
+    let per_request = |ticks: Option<u64>| {
+        ticks.filter(|_| requests > 0).map(|t| t as f64 * 1e6 / ticks_per_s / requests as f64)
+    };
     let p = Percentiles::of(&mut measured.latencies_ms);
     Ok(TargetResult {
         target: target.name.to_string(),
@@ -474,9 +528,9 @@ async fn measure(args: &BenchArgs, target: &Target, ticks_per_s: f64) -> Result<
         errors: measured.errors,
         rps: requests as f64 / args.duration,
         latency_ms: LatencyMs { mean: p.mean, p50: p.p50, p90: p.p90, p99: p.p99 },
-        cpu_us_per_request: ticks
-            .filter(|_| requests > 0)
-            .map(|t| t as f64 * 1e6 / ticks_per_s / requests as f64),
+        cpu_us_per_request: per_request(ticks.map(cpu::Ticks::total)),
+        cpu_user_us_per_request: per_request(ticks.map(|t| t.user)),
+        cpu_system_us_per_request: per_request(ticks.map(|t| t.system)),
         rps_ratio_to_best_peer: 0.0,
     })
 }
@@ -493,6 +547,8 @@ mod tests {
             rps,
             latency_ms: LatencyMs { mean: p50, p50, p90: p50, p99: p50 },
             cpu_us_per_request: cpu,
+            cpu_user_us_per_request: cpu.map(|c| c * 0.25),
+            cpu_system_us_per_request: cpu.map(|c| c * 0.75),
             rps_ratio_to_best_peer: rps / 1000.0,
         }
     }
@@ -511,6 +567,7 @@ mod tests {
             clock_ticks_per_s: 100.0,
             results: vec![
                 result("direct", 3000.0, 1.0, None),
+                result("tcp-relay", 1600.0, 1.2, Some(4.0)),
                 result("switchyard", 1400.0, 1.5, Some(6.0)),
                 result("nginx", 900.0, 2.0, Some(20.0)),
                 result("haproxy", 1000.0, 1.8, Some(15.0)),
@@ -520,8 +577,16 @@ mod tests {
         assert!(text.contains("1.40× (met)"), "{text}");
         assert!(text.contains("6.0 (met)"), "{text}");
         assert!(text.contains("0.500 ms vs 0.800 ms (met)"), "{text}");
+        assert!(
+            text.contains(
+                "floor: a layer-4 relay that reads no HTTP/2 reached 1.60× the best peer at 4.0 µs"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(3.0 in the kernel)"), "{text}");
         let json = serde_json::to_value(&report).unwrap_or_default();
         assert_eq!(json["results"][0]["cpu_us_per_request"], serde_json::Value::Null);
-        assert_eq!(json["results"][1]["latency_ms"]["p50"], 1.5);
+        assert_eq!(json["results"][2]["latency_ms"]["p50"], 1.5);
+        assert_eq!(json["results"][2]["cpu_system_us_per_request"], 4.5);
     }
 }
