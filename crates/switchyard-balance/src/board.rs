@@ -11,9 +11,10 @@ use crate::EndpointState;
 /// Every endpoint's live load, published by the balancers that track it.
 ///
 /// The balancer is the one source of truth for load: it adds an endpoint's [`EndpointState`] here
-/// when discovery inserts it and takes it away when discovery removes it. The autoscaler, the
-/// telemetry and the gateway's admin API read snapshots; nobody keeps a second count. Several
-/// balancers (one per pool of a gateway) may share one board, provided their endpoint ids differ.
+/// when discovery inserts it, and takes it away when discovery removes it or the balancer is
+/// dropped. The autoscaler, the telemetry and the gateway's admin API read snapshots; nobody
+/// keeps a second count. Several balancers (one per pool of a gateway) may share one board,
+/// provided their endpoint ids differ.
 /// Cloning gives another handle on the same board.
 #[derive(Clone, Default, Debug)]
 pub struct LoadBoard {

@@ -8,7 +8,9 @@
 //! by itself; one more failure streak sends it away for longer. At most
 //! [`max_ejected_share`](OutlierConfig::max_ejected_share) of the pool is ejected at once (at
 //! least one endpoint may always be), so a cluster-wide outage does not empty the pool.
-//! Requests already in flight on an ejected endpoint finish normally.
+//! Requests already in flight on an ejected endpoint finish normally, and their outcomes do not
+//! count: an endpoint comes back with a fresh streak, not one its last requests built up while it
+//! was away.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -76,17 +78,17 @@ impl OutlierState {
         if config.consecutive_failures == 0 {
             return Verdict::Keep;
         }
+        if self.ejected_until.is_some_and(|until| now < until) {
+            // A request sent before the ejection: the streak starts again when the endpoint
+            // returns.
+            return Verdict::Keep;
+        }
         if !failed {
             self.consecutive = 0;
             return Verdict::Keep;
         }
         self.consecutive = self.consecutive.saturating_add(1);
-        let ejected = self.ejected_until.is_some_and(|until| now < until);
-        if !ejected && self.consecutive >= config.consecutive_failures {
-            Verdict::Eject
-        } else {
-            Verdict::Keep
-        }
+        if self.consecutive >= config.consecutive_failures { Verdict::Eject } else { Verdict::Keep }
     }
 
     /// Ejects the endpoint until `now` plus its next ejection time; returns that instant.
@@ -178,6 +180,26 @@ mod tests {
             s.eject(&config, now);
         }
         assert_eq!(s.ejected_until, Some(now + Duration::from_secs(300)), "capped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_ejected_do_not_count_toward_the_next_ejection() {
+        let config = OutlierConfig { consecutive_failures: 3, ..OutlierConfig::default() };
+        let mut s = OutlierState::default();
+        let now = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(s.record(true, &config, now), Verdict::Keep);
+        }
+        assert_eq!(s.record(true, &config, now), Verdict::Eject);
+        let until = s.eject(&config, now);
+        // Requests sent before the ejection keep failing while it lasts.
+        for _ in 0..10 {
+            assert_eq!(s.record(true, &config, now + Duration::from_secs(1)), Verdict::Keep);
+        }
+        assert!(s.try_return(until));
+        assert_eq!(s.record(true, &config, until), Verdict::Keep, "a fresh streak after the return");
+        assert_eq!(s.record(true, &config, until), Verdict::Keep);
+        assert_eq!(s.record(true, &config, until), Verdict::Eject);
     }
 
     #[test]

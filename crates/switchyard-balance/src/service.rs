@@ -98,6 +98,16 @@ pub struct Balance<D, S, Req, C = HttpCompletion> {
     _req: PhantomData<fn(Req)>,
 }
 
+/// A dropped balancer takes its endpoints off its board: a board shared with other balancers, the
+/// autoscaler or the admin API shows no endpoint that nothing balances to any more.
+impl<D, S, Req, C> Drop for Balance<D, S, Req, C> {
+    fn drop(&mut self) {
+        for slot in &self.endpoints {
+            self.board.remove(slot.state.id(), &slot.state);
+        }
+    }
+}
+
 impl<D, S, Req> Balance<D, S, Req, HttpCompletion> {
     /// A balancer over `discover` with the default policy ([`PolicyKind::DEFAULT`]), its own
     /// [`LoadBoard`], default load tracking and outlier detection, and [`HttpCompletion`].
@@ -177,21 +187,23 @@ impl<D, S, Req, C> Balance<D, S, Req, C> {
     }
 
     /// The same balancer, tracking responses with `completion`.
-    pub fn with_completion<C2>(self, completion: C2) -> Balance<D, S, Req, C2> {
+    pub fn with_completion<C2>(mut self, completion: C2) -> Balance<D, S, Req, C2> {
+        // The endpoints move to the new balancer; `self`, dropped empty, takes nothing off the
+        // board.
         Balance {
-            discover: self.discover,
-            endpoints: self.endpoints,
-            active: self.active,
-            active_slots: self.active_slots,
-            all: self.all,
+            discover: self.discover.take(),
+            endpoints: std::mem::take(&mut self.endpoints),
+            active: std::mem::take(&mut self.active),
+            active_slots: std::mem::take(&mut self.active_slots),
+            all: std::mem::take(&mut self.all),
             next_return: self.next_return,
             seen_generation: self.seen_generation,
             dirty: self.dirty,
             no_endpoint_wait: self.no_endpoint_wait,
-            empty_timer: self.empty_timer,
-            policy: self.policy,
-            board: self.board,
-            pool: self.pool,
+            empty_timer: self.empty_timer.take(),
+            policy: self.policy.clone(),
+            board: self.board.clone(),
+            pool: self.pool.clone(),
             tracking: self.tracking,
             completion,
             _req: PhantomData,

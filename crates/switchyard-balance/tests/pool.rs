@@ -488,9 +488,23 @@ async fn from_backends_puts_endpoints_on_the_board_before_any_request() {
     let shared = LoadBoard::new();
     let lb: Balance<_, _, http::Request<()>, _> =
         Balance::from_backends(backends).with_board(shared.clone()).with_completion(CompleteOnResponse);
-    let ids: Vec<String> = shared.snapshot().iter().map(|e| e.endpoint.id.to_string()).collect();
-    assert_eq!(ids, ["a", "b"], "on the shared board, sorted, before any poll");
+    let ids = |board: &LoadBoard| -> Vec<String> {
+        board.snapshot().iter().map(|e| e.endpoint.id.to_string()).collect()
+    };
+    assert_eq!(ids(&shared), ["a", "b"], "on the shared board, sorted, before any poll");
     assert_eq!(lb.len(), 2);
+
+    // Another pool on the same board; dropping the first takes only its own endpoints away.
+    let other: Balance<_, _, http::Request<()>, _> = Balance::from_backends([Backend::new(
+        Endpoint::new("c", "http://y"),
+        tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) }),
+    )])
+    .with_board(shared.clone());
+    assert_eq!(ids(&shared), ["a", "b", "c"]);
+    drop(lb);
+    assert_eq!(ids(&shared), ["c"], "a dropped balancer leaves nothing behind");
+    drop(other);
+    assert!(shared.is_empty());
 }
 
 // ---- Shared: one balancer, many tasks -------------------------------------------------------

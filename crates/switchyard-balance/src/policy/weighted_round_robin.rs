@@ -51,10 +51,19 @@ impl Policy for WeightedRoundRobin {
                 continue;
             }
             total += w;
-            let cw = current.entry(e.id().clone()).or_insert(0);
-            *cw += w;
-            if best.is_none_or(|(_, b)| *cw > b) {
-                best = Some((i, *cw));
+            // `get_mut` first: `entry` would clone the id on every pick.
+            let cw = match current.get_mut(e.id()) {
+                Some(cw) => {
+                    *cw += w;
+                    *cw
+                }
+                None => {
+                    current.insert(e.id().clone(), w);
+                    w
+                }
+            };
+            if best.is_none_or(|(_, b)| cw > b) {
+                best = Some((i, cw));
             }
         }
         let Some((winner, _)) = best else { return 0 };
