@@ -56,6 +56,15 @@ impl Completion {
         }
     }
 
+    /// Records the replica's load report as its ORCA header value carries it
+    /// ([`orca::TRAILER_NAME`]); it is decoded when a reader first asks for it, and dropped then if
+    /// it is malformed.
+    pub fn report_encoded(&self, value: http::HeaderValue) {
+        if let Some(f) = &self.in_flight {
+            f.state().record_encoded_report(value, Instant::now());
+        }
+    }
+
     /// Ends the request; `failed` feeds the outlier detector.
     pub fn finish(mut self, failed: bool) {
         let Some(mut in_flight) = self.in_flight.take() else { return };
@@ -146,12 +155,8 @@ impl HttpCompletion {
 }
 
 fn read_report(headers: &http::HeaderMap, completion: &Completion) {
-    match orca::from_headers(headers) {
-        Some(Ok(report)) => completion.report(report),
-        Some(Err(e)) => {
-            tracing::debug!(endpoint = ?completion.endpoint(), "ignoring malformed load report: {e}")
-        }
-        None => {}
+    if let Some(value) = headers.get(orca::TRAILER_NAME) {
+        completion.report_encoded(value.clone());
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId, Load, ReportedLoad};
+use switchyard_core::{Endpoint, EndpointId, Load, ReportedLoad, orca};
 use tokio::time::Instant;
 
 use crate::outlier::{OutlierConfig, OutlierState, Verdict};
@@ -58,8 +58,33 @@ pub struct EndpointState {
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
     /// policies that scan every endpoint.
     unit_time_bits: AtomicU64,
-    report: Mutex<Option<(Arc<ReportedLoad>, Instant)>>,
+    report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
+}
+
+/// The replica's last load report. A report that arrives as an ORCA header stays in its wire form
+/// until something reads it: decoding (base64, then protobuf) costs more than the rest of the
+/// response's tracking, and most policies never read reports.
+#[derive(Debug, Default)]
+struct ReportSlot {
+    /// The last report decoded, with when it arrived.
+    decoded: Option<(Arc<ReportedLoad>, Instant)>,
+    /// A report that arrived after `decoded`, not decoded yet.
+    encoded: Option<(http::HeaderValue, Instant)>,
+}
+
+impl ReportSlot {
+    /// The newest report, with when it arrived. A malformed one is dropped (with a debug log),
+    /// and readers keep the last one they decoded.
+    fn current(&mut self, endpoint: &EndpointId) -> Option<&(Arc<ReportedLoad>, Instant)> {
+        if let Some((value, at)) = self.encoded.take() {
+            match orca::decode_header_value(&value) {
+                Ok(report) => self.decoded = Some((Arc::new(report), at)),
+                Err(e) => tracing::debug!(endpoint = %endpoint, "ignoring malformed load report: {e}"),
+            }
+        }
+        self.decoded.as_ref()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +113,7 @@ impl EndpointState {
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
-            report: Mutex::new(None),
+            report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
         }
     }
@@ -162,12 +187,12 @@ impl EndpointState {
 
     /// The last report, with when it arrived.
     pub fn report(&self) -> Option<(Arc<ReportedLoad>, Instant)> {
-        lock(&self.report).clone()
+        lock(&self.report).current(self.id()).cloned()
     }
 
     /// The last report if it arrived no more than `max_age` before `now`.
     pub fn fresh_report(&self, now: Instant, max_age: Duration) -> Option<Arc<ReportedLoad>> {
-        match &*lock(&self.report) {
+        match lock(&self.report).current(self.id()) {
             Some((r, at)) if now.saturating_duration_since(*at) <= max_age => Some(r.clone()),
             _ => None,
         }
@@ -196,7 +221,6 @@ impl EndpointState {
         }
     }
 
-    /// Counts a request as sent; the returned guard counts it as ended when dropped.
     /// Counts a request of `work` units as sent; the returned guard counts it as ended when
     /// dropped.
     pub(crate) fn start(self: &Arc<Self>, now: Instant, work: u64) -> InFlight {
@@ -240,7 +264,15 @@ impl EndpointState {
     }
 
     pub(crate) fn record_report(&self, report: ReportedLoad, now: Instant) {
-        *lock(&self.report) = Some((Arc::new(report), now));
+        let mut slot = lock(&self.report);
+        slot.decoded = Some((Arc::new(report), now));
+        slot.encoded = None;
+    }
+
+    /// Keeps an ORCA header value (`endpoint-load-metrics-bin`) as the last report, to be decoded
+    /// when first read.
+    pub(crate) fn record_encoded_report(&self, value: http::HeaderValue, now: Instant) {
+        lock(&self.report).encoded = Some((value, now));
     }
 
     /// Ends a request its caller gave up on: counted, but not an outcome for the outlier detector.
@@ -344,6 +376,32 @@ mod tests {
 
     fn ms(nanos: f64) -> f64 {
         nanos / 1e6
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_encoded_report_is_decoded_when_read_and_a_malformed_one_keeps_the_last_good() {
+        let s = state();
+        let queue = |depth| ReportedLoad { queue_depth: depth, ..ReportedLoad::default() };
+        let t0 = Instant::now();
+        s.record_encoded_report(orca::encode_header_value(&queue(3)), t0);
+        assert_eq!(s.report().map(|(r, at)| (r.queue_depth, at)), Some((3, t0)));
+        advance(Duration::from_secs(1)).await;
+        let t1 = Instant::now();
+        s.record_encoded_report(http::HeaderValue::from_static("!!not base64!!"), t1);
+        let (report, at) = s.report().expect("the good report stays");
+        assert_eq!((report.queue_depth, at), (3, t0));
+        assert!(s.fresh_report(t1, Duration::from_millis(500)).is_none(), "it is a second old");
+
+        s.record_encoded_report(orca::encode_header_value(&queue(3)), t1);
+        s.record_encoded_report(orca::encode_header_value(&queue(9)), t1);
+        assert_eq!(s.fresh_report(t1, Duration::ZERO).map(|r| r.queue_depth), Some(9), "the newest");
+        s.record_encoded_report(orca::encode_header_value(&queue(5)), t1);
+        s.record_report(queue(7), t1);
+        assert_eq!(
+            s.load(t1).report.map(|r| r.queue_depth),
+            Some(7),
+            "a decoded report replaces a pending one"
+        );
     }
 
     #[tokio::test(start_paused = true)]
