@@ -113,7 +113,13 @@ impl From<&ReportedLoad> for OrcaLoadReport {
 
 impl From<&OrcaLoadReport> for ReportedLoad {
     fn from(report: &OrcaLoadReport) -> Self {
-        let mut named = report.named_metrics.clone();
+        ReportedLoad::from(report.clone())
+    }
+}
+
+impl From<OrcaLoadReport> for ReportedLoad {
+    fn from(report: OrcaLoadReport) -> Self {
+        let mut named = report.named_metrics;
         let mut count = |key: &str| named.remove(key).map(to_count).unwrap_or(0);
         let queue_depth = count(QUEUE_DEPTH);
         let running = count(RUNNING_REQUESTS);
@@ -157,7 +163,7 @@ pub fn encode(load: &ReportedLoad) -> Vec<u8> {
 /// A report from protobuf bytes.
 pub fn decode(bytes: &[u8]) -> Result<ReportedLoad, DecodeError> {
     let report: OrcaLoadReport = prost::Message::decode(bytes)?;
-    Ok(ReportedLoad::from(&report))
+    Ok(ReportedLoad::from(report))
 }
 
 /// The report as the value of an `endpoint-load-metrics-bin` header or trailer (base64 of the
@@ -170,7 +176,16 @@ pub fn encode_header_value(load: &ReportedLoad) -> http::HeaderValue {
 
 /// A report from the value of an `endpoint-load-metrics-bin` header or trailer (padded or not).
 pub fn decode_header_value(value: &http::HeaderValue) -> Result<ReportedLoad, DecodeError> {
-    decode(&BASE64.decode(value.as_bytes())?)
+    // A report of a handful of metrics is well under a few hundred bytes: decode it on the stack.
+    let mut buf = [0u8; 512];
+    let text = value.as_bytes();
+    match BASE64.decode_slice(text, &mut buf) {
+        Ok(len) => return decode(&buf[..len]),
+        Err(base64::DecodeSliceError::DecodeError(e)) => return Err(e.into()),
+        // A larger report: decode it on the heap.
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {}
+    }
+    decode(&BASE64.decode(text)?)
 }
 
 /// The report in a header map (trailers, or the headers of a trailers-only response), if there
@@ -182,6 +197,18 @@ pub fn from_headers(headers: &http::HeaderMap) -> Option<Result<ReportedLoad, De
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_larger_than_the_stack_buffer_round_trips_and_garbage_is_a_base64_error() {
+        let named: BTreeMap<String, f64> =
+            (0..40).map(|i| (format!("metric_number_{i}"), f64::from(i))).collect();
+        let load = ReportedLoad { queue_depth: 2, named, ..ReportedLoad::default() };
+        let value = encode_header_value(&load);
+        assert!(value.len() > 700, "{} bytes", value.len());
+        assert_eq!(decode_header_value(&value).ok(), Some(load));
+        let garbage = http::HeaderValue::from_static("!!not base64!!");
+        assert!(matches!(decode_header_value(&garbage), Err(DecodeError::Base64(_))));
+    }
 
     #[test]
     fn round_trips_through_a_header_value() {
