@@ -33,8 +33,11 @@
 //! (`roundrobin`, `leastconn`). It reports the time to first token (p99 first) of each target;
 //! see [`hetero`].
 //!
-//! nginx and HAProxy must be installed (`scripts/install-bench-deps.sh`); the bench fails, naming
-//! the script, when they are not. It starts its own instances with its own config files in a
+//! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
+//! to profile the gateway against the floor, say).
+//!
+//! nginx and HAProxy must be installed (`scripts/install-bench-deps.sh`) for the targets and
+//! scenarios that run them; the bench fails, naming the script, when they are not. It starts its own instances with its own config files in a
 //! temporary folder, never the distro's services.
 
 mod cpu;
@@ -107,9 +110,62 @@ pub struct BenchArgs {
     /// `nbthread` [default: one per CPU].
     #[arg(long)]
     pub proxy_threads: Option<std::num::NonZeroUsize>,
+    /// Scenario `overhead` only: the targets to run, in this order, comma-separated
+    /// [default: all, as direct,tcp-relay,switchyard,nginx,haproxy]. nginx and HAProxy need to be
+    /// installed only when chosen.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub targets: Option<Vec<OverheadTarget>>,
+}
+
+/// A target of scenario `overhead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverheadTarget {
+    /// No proxy: the clients call the workers.
+    Direct,
+    /// The layer-4 relay ([`relay`]), the floor of a proxy's cost.
+    TcpRelay,
+    /// The gateway.
+    Switchyard,
+    /// nginx with `grpc_pass`.
+    Nginx,
+    /// HAProxy in HTTP/2 mode.
+    Haproxy,
+}
+
+impl OverheadTarget {
+    /// Every target, in the order a run takes them by default.
+    pub const ALL: [OverheadTarget; 5] =
+        [Self::Direct, Self::TcpRelay, Self::Switchyard, Self::Nginx, Self::Haproxy];
+
+    /// The target's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::TcpRelay => "tcp-relay",
+            Self::Switchyard => "switchyard",
+            Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+        }
+    }
 }
 
 impl BenchArgs {
+    /// The targets of scenario `overhead` to run, in order, each once.
+    pub fn overhead_targets(&self) -> Result<Vec<OverheadTarget>, BenchError> {
+        let Some(chosen) = &self.targets else { return Ok(OverheadTarget::ALL.to_vec()) };
+        let mut targets = Vec::new();
+        for &target in chosen {
+            if targets.contains(&target) {
+                return Err(BenchError::Invalid(format!("--targets names {} twice", target.name())));
+            }
+            targets.push(target);
+        }
+        if targets.is_empty() {
+            return Err(BenchError::Invalid("--targets names no target".into()));
+        }
+        Ok(targets)
+    }
+
     /// The threads each proxy runs.
     pub fn proxy_threads(&self) -> usize {
         self.proxy_threads
@@ -197,7 +253,7 @@ pub struct TargetResult {
     /// The kernel part of `cpu_us_per_request`: system calls, and on loopback the receiving side
     /// of the segments the proxy sends.
     pub cpu_system_us_per_request: Option<f64>,
-    /// `rps` over the better of nginx's and HAProxy's.
+    /// `rps` over the better of nginx's and HAProxy's (0 when neither ran).
     pub rps_ratio_to_best_peer: f64,
 }
 
@@ -242,11 +298,13 @@ impl OverheadReport {
             "system",
             "errors",
         ]);
+        // Without nginx or HAProxy in the run there is no peer to compare with.
+        let has_peer = self.results.iter().any(|r| r.target == "nginx" || r.target == "haproxy");
         for r in &self.results {
             table.row([
                 r.target.clone(),
                 format!("{:.0}", r.rps),
-                format!("{:.2}", r.rps_ratio_to_best_peer),
+                if has_peer { format!("{:.2}", r.rps_ratio_to_best_peer) } else { "-".to_string() },
                 format!("{:.3}", r.latency_ms.mean),
                 format!("{:.3}", r.latency_ms.p50),
                 format!("{:.3}", r.latency_ms.p90),
@@ -353,17 +411,20 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     }
     let policy: switchyard_balance::PolicyKind =
         args.policy.parse().map_err(|e| BenchError::Invalid(format!("--policy: {e}")))?;
-    let (nginx_exe, haproxy_exe) = peers::require_peers()?;
+    if args.targets.is_some() && args.scenario != Scenario::Overhead {
+        return Err(BenchError::Invalid("--targets chooses among the targets of scenario overhead".into()));
+    }
     let exe = std::env::current_exe().map_err(|e| BenchError::Io("current executable".into(), e))?;
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::Io(format!("create {}", dir.display()), e))?;
     let result = match args.scenario {
-        Scenario::Overhead => {
-            overhead(args, policy, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Overhead)
-        }
-        Scenario::Hetero => {
-            hetero::run(args, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Hetero)
-        }
+        Scenario::Overhead => overhead(args, policy, &exe, &dir).await.map(BenchReport::Overhead),
+        Scenario::Hetero => match peers::require_peers() {
+            Ok((nginx_exe, haproxy_exe)) => {
+                hetero::run(args, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Hetero)
+            }
+            Err(e) => Err(e),
+        },
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
@@ -392,76 +453,70 @@ async fn overhead(
     args: &BenchArgs,
     policy: switchyard_balance::PolicyKind,
     exe: &Path,
-    nginx_exe: &Path,
-    haproxy_exe: &Path,
     dir: &Path,
 ) -> Result<OverheadReport, BenchError> {
+    let chosen = args.overhead_targets()?;
+    let wants = |t: OverheadTarget| chosen.contains(&t);
+    // Before anything starts: a missing peer fails the run at once, naming the install script.
+    let nginx_exe = if wants(OverheadTarget::Nginx) { Some(peers::require(PeerKind::Nginx)?) } else { None };
+    let haproxy_exe =
+        if wants(OverheadTarget::Haproxy) { Some(peers::require(PeerKind::Haproxy)?) } else { None };
+
     let workers = vec![start_worker(exe, 0, 1000.0).await?, start_worker(exe, 1, 1000.0).await?];
     let worker_addresses: Vec<String> = workers.iter().map(|(_, a)| a.clone()).collect();
     let threads = args.proxy_threads();
-    let gateway_args = gateway_args(&worker_addresses, policy, threads);
-    let (gateway, mut gateway_addresses) =
-        ChildProcess::start("gateway", exe, &gateway_args, &["gateway serving on "], START_TIMEOUT).await?;
-    let gateway_address = gateway_addresses.remove(0);
-    let (relay, mut relay_addresses) = ChildProcess::start(
-        "tcp-relay",
-        exe,
-        &relay_args(&worker_addresses, threads),
-        &["relay serving on "],
-        START_TIMEOUT,
-    )
-    .await?;
-    let relay_address = relay_addresses.remove(0);
     let balance = match args.peer_balance {
         PeerBalanceArg::RoundRobin => PeerBalance::RoundRobin,
         PeerBalanceArg::LeastConn => PeerBalance::LeastConn,
     };
-    let nginx_dir = dir.join("nginx");
-    let haproxy_dir = dir.join("haproxy");
-    for d in [&nginx_dir, &haproxy_dir] {
-        std::fs::create_dir_all(d).map_err(|e| BenchError::Io(format!("create {}", d.display()), e))?;
+    let mut children = Vec::new();
+    let mut peers_started = Vec::new();
+    let mut targets = Vec::new();
+    for &target in &chosen {
+        let (addresses, pid) = match target {
+            OverheadTarget::Direct => (worker_addresses.clone(), None),
+            OverheadTarget::TcpRelay | OverheadTarget::Switchyard => {
+                let (child_args, log, needle) = if target == OverheadTarget::Switchyard {
+                    (
+                        gateway_args(&worker_addresses, policy, threads),
+                        "gateway serving on ",
+                        " gateway --listen",
+                    )
+                } else {
+                    (relay_args(&worker_addresses, threads), "relay serving on ", " relay --listen")
+                };
+                let (child, mut addresses) =
+                    ChildProcess::start(target.name(), exe, &child_args, &[log], START_TIMEOUT).await?;
+                children.push(child);
+                (vec![addresses.remove(0)], cpu::child_with_arg(needle))
+            }
+            OverheadTarget::Nginx | OverheadTarget::Haproxy => {
+                let (kind, program) = if target == OverheadTarget::Nginx {
+                    (PeerKind::Nginx, &nginx_exe)
+                } else {
+                    (PeerKind::Haproxy, &haproxy_exe)
+                };
+                let Some(program) = program else { continue };
+                let peer_dir = dir.join(kind.program());
+                std::fs::create_dir_all(&peer_dir)
+                    .map_err(|e| BenchError::Io(format!("create {}", peer_dir.display()), e))?;
+                let peer =
+                    peers::start(kind, program, balance, threads, &worker_addresses, &peer_dir).await?;
+                let found = (vec![peer.address.clone()], cpu::child_with_arg(&peer.config));
+                peers_started.push(peer);
+                found
+            }
+        };
+        if target != OverheadTarget::Direct && pid.is_none() {
+            return Err(BenchError::Setup(format!("cannot find the process of {}", target.name())));
+        }
+        eprintln!("bench: {} on {}", target.name(), addresses.join(" "));
+        targets.push(Target { name: target.name(), addresses, pid });
     }
-    let nginx =
-        peers::start(PeerKind::Nginx, nginx_exe, balance, threads, &worker_addresses, &nginx_dir).await?;
-    let haproxy =
-        peers::start(PeerKind::Haproxy, haproxy_exe, balance, threads, &worker_addresses, &haproxy_dir)
-            .await?;
-    eprintln!(
-        "bench: workers on {}, gateway on {gateway_address}, nginx on {}, haproxy on {}",
-        worker_addresses.join(" "),
-        nginx.address,
-        haproxy.address
-    );
 
-    let targets = [
-        Target { name: "direct", addresses: worker_addresses.clone(), pid: None },
-        Target {
-            name: "tcp-relay",
-            addresses: vec![relay_address],
-            pid: cpu::child_with_arg(" relay --listen"),
-        },
-        Target {
-            name: "switchyard",
-            addresses: vec![gateway_address],
-            pid: cpu::child_with_arg(" gateway --listen"),
-        },
-        Target {
-            name: "nginx",
-            addresses: vec![nginx.address.clone()],
-            pid: cpu::child_with_arg(&nginx.config),
-        },
-        Target {
-            name: "haproxy",
-            addresses: vec![haproxy.address.clone()],
-            pid: cpu::child_with_arg(&haproxy.config),
-        },
-    ];
     let ticks_per_s = cpu::ticks_per_second();
     let mut results = Vec::new();
     for target in &targets {
-        if target.name != "direct" && target.pid.is_none() {
-            return Err(BenchError::Setup(format!("cannot find the process of {}", target.name)));
-        }
         results.push(measure(args, target, ticks_per_s).await?);
     }
     let best_peer = results
@@ -473,10 +528,10 @@ async fn overhead(
         r.rps_ratio_to_best_peer = if best_peer > 0.0 { r.rps / best_peer } else { 0.0 };
     }
 
-    nginx.stop().await;
-    haproxy.stop().await;
-    let children = workers.into_iter().map(|(c, _)| c).chain([gateway, relay]);
-    for child in children {
+    for peer in peers_started {
+        peer.stop().await;
+    }
+    for child in workers.into_iter().map(|(c, _)| c).chain(children) {
         let name = child.name().to_string();
         if let Err(e) = child.stop(Duration::from_secs(10)).await {
             eprintln!("bench: warning: {name}: {e}");
@@ -551,6 +606,36 @@ mod tests {
             cpu_system_us_per_request: cpu.map(|c| c * 0.75),
             rps_ratio_to_best_peer: rps / 1000.0,
         }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(["bench"].iter().chain(args)).map(|cli| cli.bench)
+    }
+
+    #[test]
+    fn targets_default_to_all_and_may_be_chosen_in_order_once_each() {
+        let all = parse(&["overhead"]).map(|a| a.overhead_targets().ok());
+        assert_eq!(all.ok().flatten(), Some(OverheadTarget::ALL.to_vec()));
+        let some =
+            parse(&["overhead", "--targets", "switchyard,tcp-relay"]).map(|a| a.overhead_targets().ok());
+        assert_eq!(some.ok().flatten(), Some(vec![OverheadTarget::Switchyard, OverheadTarget::TcpRelay]));
+        let twice = parse(&["overhead", "--targets", "nginx,nginx"]).map(|a| a.overhead_targets().err());
+        assert!(matches!(twice, Ok(Some(BenchError::Invalid(m))) if m.contains("nginx twice")));
+        assert!(parse(&["overhead", "--targets", "envoy"]).is_err(), "an unknown target is refused");
+    }
+
+    #[tokio::test]
+    async fn targets_are_refused_for_hetero() {
+        let args = parse(&["hetero", "--targets", "switchyard"]).unwrap_or_else(|e| panic!("{e}"));
+        let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--targets chooses among the targets of scenario overhead"), "{err}");
     }
 
     #[test]

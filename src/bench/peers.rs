@@ -56,6 +56,17 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// The path of one peer's program, or an error naming it and the install script.
+pub(crate) fn require(kind: PeerKind) -> Result<PathBuf, BenchError> {
+    find_program(kind.program()).ok_or_else(|| {
+        BenchError::MissingPeers(format!(
+            "{} not found on PATH; the bench measures the gateway against it: run {INSTALL_SCRIPT} (Debian: apt-get install {})",
+            kind.program(),
+            kind.program()
+        ))
+    })
+}
+
 /// The paths of nginx and HAProxy, or an error naming the missing ones and the install script.
 pub(crate) fn require_peers() -> Result<(PathBuf, PathBuf), BenchError> {
     let nginx = find_program("nginx");
