@@ -37,8 +37,8 @@
 //! to profile the gateway against the floor, say).
 //!
 //! nginx and HAProxy must be installed (`scripts/install-bench-deps.sh`) for the targets and
-//! scenarios that run them; the bench fails, naming the script, when they are not. It starts its own instances with its own config files in a
-//! temporary folder, never the distro's services.
+//! scenarios that run them; the bench fails, naming the script, when they are not. It starts its
+//! own instances with its own config files in a temporary folder, never the distro's services.
 
 mod cpu;
 pub mod hetero;
@@ -496,7 +496,9 @@ async fn overhead(
                 } else {
                     (PeerKind::Haproxy, &haproxy_exe)
                 };
-                let Some(program) = program else { continue };
+                let program = program.as_ref().ok_or_else(|| {
+                    BenchError::Setup(format!("{} was not looked up before the run", kind.program()))
+                })?;
                 let peer_dir = dir.join(kind.program());
                 std::fs::create_dir_all(&peer_dir)
                     .map_err(|e| BenchError::Io(format!("create {}", peer_dir.display()), e))?;

@@ -59,7 +59,7 @@ impl Completion {
     /// Records the replica's load report as its ORCA header value carries it
     /// ([`orca::TRAILER_NAME`]); it is decoded when a reader first asks for it, and dropped then if
     /// it is malformed.
-    pub fn report_encoded(&self, value: http::HeaderValue) {
+    pub fn report_encoded(&self, value: &http::HeaderValue) {
         if let Some(f) = &self.in_flight {
             f.state().record_encoded_report(value, Instant::now());
         }
@@ -156,7 +156,7 @@ impl HttpCompletion {
 
 fn read_report(headers: &http::HeaderMap, completion: &Completion) {
     if let Some(value) = headers.get(orca::TRAILER_NAME) {
-        completion.report_encoded(value.clone());
+        completion.report_encoded(value);
     }
 }
 

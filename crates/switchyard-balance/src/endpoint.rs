@@ -69,8 +69,9 @@ pub struct EndpointState {
 struct ReportSlot {
     /// The last report decoded, with when it arrived.
     decoded: Option<(Arc<ReportedLoad>, Instant)>,
-    /// A report that arrived after `decoded`, not decoded yet.
-    encoded: Option<(http::HeaderValue, Instant)>,
+    /// A report that arrived after `decoded`, not decoded yet: its base64 text, copied out of
+    /// the response so that it holds no connection buffer alive.
+    encoded: Option<(bytes::Bytes, Instant)>,
 }
 
 impl ReportSlot {
@@ -78,7 +79,7 @@ impl ReportSlot {
     /// and readers keep the last one they decoded.
     fn current(&mut self, endpoint: &EndpointId) -> Option<&(Arc<ReportedLoad>, Instant)> {
         if let Some((value, at)) = self.encoded.take() {
-            match orca::decode_header_value(&value) {
+            match orca::decode_base64(&value) {
                 Ok(report) => self.decoded = Some((Arc::new(report), at)),
                 Err(e) => tracing::debug!(endpoint = %endpoint, "ignoring malformed load report: {e}"),
             }
@@ -271,8 +272,9 @@ impl EndpointState {
 
     /// Keeps an ORCA header value (`endpoint-load-metrics-bin`) as the last report, to be decoded
     /// when first read.
-    pub(crate) fn record_encoded_report(&self, value: http::HeaderValue, now: Instant) {
-        lock(&self.report).encoded = Some((value, now));
+    pub(crate) fn record_encoded_report(&self, value: &http::HeaderValue, now: Instant) {
+        let text = bytes::Bytes::copy_from_slice(value.as_bytes());
+        lock(&self.report).encoded = Some((text, now));
     }
 
     /// Ends a request its caller gave up on: counted, but not an outcome for the outlier detector.
@@ -383,19 +385,19 @@ mod tests {
         let s = state();
         let queue = |depth| ReportedLoad { queue_depth: depth, ..ReportedLoad::default() };
         let t0 = Instant::now();
-        s.record_encoded_report(orca::encode_header_value(&queue(3)), t0);
+        s.record_encoded_report(&orca::encode_header_value(&queue(3)), t0);
         assert_eq!(s.report().map(|(r, at)| (r.queue_depth, at)), Some((3, t0)));
         advance(Duration::from_secs(1)).await;
         let t1 = Instant::now();
-        s.record_encoded_report(http::HeaderValue::from_static("!!not base64!!"), t1);
+        s.record_encoded_report(&http::HeaderValue::from_static("!!not base64!!"), t1);
         let (report, at) = s.report().expect("the good report stays");
         assert_eq!((report.queue_depth, at), (3, t0));
         assert!(s.fresh_report(t1, Duration::from_millis(500)).is_none(), "it is a second old");
 
-        s.record_encoded_report(orca::encode_header_value(&queue(3)), t1);
-        s.record_encoded_report(orca::encode_header_value(&queue(9)), t1);
+        s.record_encoded_report(&orca::encode_header_value(&queue(3)), t1);
+        s.record_encoded_report(&orca::encode_header_value(&queue(9)), t1);
         assert_eq!(s.fresh_report(t1, Duration::ZERO).map(|r| r.queue_depth), Some(9), "the newest");
-        s.record_encoded_report(orca::encode_header_value(&queue(5)), t1);
+        s.record_encoded_report(&orca::encode_header_value(&queue(5)), t1);
         s.record_report(queue(7), t1);
         assert_eq!(
             s.load(t1).report.map(|r| r.queue_depth),

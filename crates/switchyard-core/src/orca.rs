@@ -176,9 +176,14 @@ pub fn encode_header_value(load: &ReportedLoad) -> http::HeaderValue {
 
 /// A report from the value of an `endpoint-load-metrics-bin` header or trailer (padded or not).
 pub fn decode_header_value(value: &http::HeaderValue) -> Result<ReportedLoad, DecodeError> {
+    decode_base64(value.as_bytes())
+}
+
+/// A report from the base64 text of an `endpoint-load-metrics-bin` value (padded or not), for
+/// callers that keep the value's bytes rather than the header value.
+pub fn decode_base64(text: &[u8]) -> Result<ReportedLoad, DecodeError> {
     // A report of a handful of metrics is well under a few hundred bytes: decode it on the stack.
     let mut buf = [0u8; 512];
-    let text = value.as_bytes();
     match BASE64.decode_slice(text, &mut buf) {
         Ok(len) => return decode(&buf[..len]),
         Err(base64::DecodeSliceError::DecodeError(e)) => return Err(e.into()),
