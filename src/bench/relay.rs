@@ -56,6 +56,7 @@ async fn serve(
         .worker_threads(threads.max(1))
         .thread_name("relay")
         .enable_io()
+        .enable_time()
         .build()?;
     // The listener moves to the relay's own runtime, so every socket it accepts is driven by
     // that runtime's I/O driver, with no wake-ups across runtimes.
@@ -67,7 +68,9 @@ async fn serve(
             let client = match listener.accept().await {
                 Ok((client, _)) => client,
                 Err(e) => {
+                    // Out of file descriptors, most likely: back off rather than spin.
                     tracing::warn!("relay: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };
