@@ -325,3 +325,135 @@ async fn bad_engine_settings_are_refused_at_start() {
     let err = w.task.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("speed"), "{err}");
 }
+
+/// The worker's queue and batch as its ORCA trailer reports them, read from a `ServerLive` call.
+async fn engine_load(client: &mut GrpcInferenceServiceClient<Channel>) -> ReportedLoad {
+    let response = client.server_live(ServerLiveRequest {}).await.unwrap();
+    load_report(response.metadata())
+}
+
+/// Waits until the worker's engine has nothing queued or running; panics after `limit`.
+async fn until_engine_empty(client: &mut GrpcInferenceServiceClient<Channel>, limit: Duration) {
+    until_engine_holds(client, (0, 0), limit).await;
+}
+
+/// Waits until the worker's engine has `running` and `queued` requests; panics after `limit`.
+async fn until_engine_holds(
+    client: &mut GrpcInferenceServiceClient<Channel>,
+    (running, queued): (u32, u32),
+    limit: Duration,
+) {
+    let give_up = tokio::time::Instant::now() + limit;
+    loop {
+        let load = engine_load(client).await;
+        if load.queue_depth == queued && load.running == running {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "after {limit:?} the engine still has {} queued and {} running",
+            load.queue_depth,
+            load.running
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling interval
+    }
+}
+
+/// One request at a time at H100 speed: a long answer (2,000 tokens, ~13 s of decoding) and three
+/// requests of 60,000 prompt tokens (seconds of prefill each) behind it keep the engine busy for
+/// about a minute if nobody takes them out.
+async fn busy_worker() -> Worker {
+    Worker::start_with(WorkerArgs { max_batch: 1, model: "sim-llm".into(), ..WorkerArgs::default() }).await
+}
+
+/// Opens a stream of four long requests and returns it once the first one decodes and three
+/// queue.
+async fn four_long_requests(
+    client: &mut GrpcInferenceServiceClient<Channel>,
+    timeout: Option<Duration>,
+) -> tonic::Streaming<ModelStreamInferResponse> {
+    let long_prompt = || {
+        let mut req = infer("sim-llm", "a long story, please", 2000);
+        req.parameters.insert("prompt_tokens".into(), worker::request::int_parameter(60_000));
+        req
+    };
+    let requests = futures::stream::iter(
+        std::iter::once(infer("sim-llm", "a long answer, please", 2000))
+            .chain((0..3).map(move |_| long_prompt())),
+    );
+    let mut request = tonic::Request::new(requests);
+    if let Some(t) = timeout {
+        request.set_timeout(t);
+    }
+    let mut stream = client.model_stream_infer(request).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.error_message.is_empty(), "{}", first.error_message);
+    until_engine_holds(client, (1, 3), Duration::from_secs(2)).await;
+    stream
+}
+
+async fn next_call_queue_us(client: &mut GrpcInferenceServiceClient<Channel>) -> i64 {
+    let resp = client.model_infer(infer("sim-llm", "and now?", 2)).await.unwrap().into_inner();
+    int_param(&resp, "queue_us")
+}
+
+#[tokio::test]
+async fn a_cancelled_stream_leaves_no_queue_behind() {
+    let w = busy_worker().await;
+    let mut client = w.client().await;
+    let stream = four_long_requests(&mut client, None).await;
+    drop(stream); // the client cancels: RST_STREAM
+    // Each of the three queued would cost seconds of prefill if it stayed until its first token
+    // (the worker used to notice a gone client only when it sent the next token).
+    until_engine_empty(&mut client, Duration::from_secs(2)).await;
+    let queue_us = next_call_queue_us(&mut client).await;
+    // At most the decode step in progress when the requests left (~7 ms at H100 speed).
+    assert!(queue_us < 20_000, "the next call queued {queue_us} µs");
+}
+
+#[tokio::test]
+async fn an_expired_stream_leaves_no_queue_behind() {
+    let w = busy_worker().await;
+    let mut client = w.client().await;
+    let mut stream = four_long_requests(&mut client, Some(Duration::from_millis(500))).await;
+    let status = loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without its deadline"),
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    until_engine_empty(&mut client, Duration::from_secs(2)).await;
+    let queue_us = next_call_queue_us(&mut client).await;
+    // At most the decode step in progress when the requests left (~7 ms at H100 speed).
+    assert!(queue_us < 20_000, "the next call queued {queue_us} µs");
+}
+
+#[tokio::test]
+async fn a_closed_connection_and_an_expired_unary_call_leave_no_queue_behind() {
+    let w = busy_worker().await;
+    let mut client = w.client().await;
+    // On a connection of its own, closed by dropping every handle to it.
+    let mut other = w.client().await;
+    let stream = four_long_requests(&mut other, None).await;
+    drop((stream, other));
+    until_engine_empty(&mut client, Duration::from_secs(2)).await;
+
+    let mut running = client
+        .model_stream_infer(futures::stream::iter([infer("sim-llm", "long", 2000)]))
+        .await
+        .unwrap()
+        .into_inner();
+    running.next().await.unwrap().unwrap();
+    let mut late = tonic::Request::new(infer("sim-llm", "queued behind it", 2));
+    late.set_timeout(Duration::from_millis(200));
+    let err = client.model_infer(late).await.unwrap_err();
+    // The client's own timer (CANCELLED, "Timeout expired") or the worker's (DEADLINE_EXCEEDED),
+    // whichever fires first.
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    // The expired call left the queue; the long one still runs.
+    until_engine_holds(&mut client, (1, 0), Duration::from_secs(5)).await;
+    drop(running);
+    until_engine_empty(&mut client, Duration::from_secs(5)).await;
+}

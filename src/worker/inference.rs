@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
-use switchyard_sim::{EngineHandle, GenerationRequest, SubmitError};
+use switchyard_sim::{EngineHandle, GenerationRequest, SimError, SubmitError};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -42,7 +43,13 @@ impl InferenceService {
         request::parse_infer(req, &self.model, self.engine.config().block_tokens)
     }
 
-    fn submit(&self, parsed: &ParsedInfer) -> Result<switchyard_sim::Generation, Status> {
+    /// Submits to the engine; a request still queued at `deadline` (the call's `grpc-timeout`)
+    /// is dropped before its prefill.
+    fn submit(
+        &self,
+        parsed: &ParsedInfer,
+        deadline: Option<Instant>,
+    ) -> Result<switchyard_sim::Generation, Status> {
         if !self.ready.load(Ordering::Acquire) {
             return Err(Status::unavailable("worker is shutting down"));
         }
@@ -51,8 +58,86 @@ impl InferenceService {
                 prompt_tokens: parsed.prompt_tokens,
                 max_tokens: parsed.max_tokens,
                 prefix: parsed.prefix.clone(),
+                deadline,
             })
             .map_err(submit_status)
+    }
+
+    /// Reads a `ModelStreamInfer` stream's requests and starts a generation for each, at most
+    /// [`MAX_IN_FLIGHT_PER_STREAM`] at once.
+    async fn read_stream(
+        &self,
+        mut incoming: Streaming<ModelInferRequest>,
+        tx: mpsc::Sender<Result<ModelStreamInferResponse, Status>>,
+        deadline: Option<Instant>,
+    ) {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
+        while let Ok(permit) = slots.clone().acquire_owned().await {
+            let req = match incoming.next().await {
+                Some(Ok(req)) => req,
+                Some(Err(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                None => return,
+            };
+            let generation =
+                self.parse(&req).and_then(|parsed| Ok((self.submit(&parsed, deadline)?, parsed)));
+            let (generation, parsed) = match generation {
+                Ok(ok) => ok,
+                Err(status) => {
+                    // Triton reports a failed request in the stream and keeps the stream open.
+                    if tx.send(Ok(stream_error(&req.id, &status))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    () = this.stream_tokens(generation, &req.id, parsed.raw, &tx) => {}
+                    // The response was dropped (client cancel, deadline or closed connection):
+                    // dropping the generation here takes it out of the engine at once, even
+                    // while it is queued or prefilling and has no token to send.
+                    () = tx.closed() => {}
+                }
+            });
+        }
+    }
+
+    /// Sends one response per generated token; a generation that ends early sends its error.
+    async fn stream_tokens(
+        &self,
+        mut generation: switchyard_sim::Generation,
+        id: &str,
+        raw: bool,
+        tx: &mpsc::Sender<Result<ModelStreamInferResponse, Status>>,
+    ) {
+        let mut last_seen = false;
+        while let Some(token) = generation.next().await {
+            last_seen = token.last;
+            let params = [
+                ("token_index", i64::from(token.index)),
+                ("cached_prompt_tokens", i64::from(token.cached_prompt_tokens)),
+            ];
+            let response =
+                self.response(id, token_text(token.index).to_string(), raw, &params, Some(token.last));
+            let message =
+                ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) };
+            if tx.send(Ok(message)).await.is_err() {
+                return; // client gone: dropping the generation frees the engine
+            }
+        }
+        if !last_seen {
+            let status = match generation.collect_outcome().await {
+                Err(e) => sim_status(e),
+                Ok(_) => Status::internal("generation ended without its last token"),
+            };
+            let _ = tx.send(Ok(stream_error(id, &status))).await;
+        }
     }
 
     fn response(
@@ -97,6 +182,39 @@ impl InferenceService {
     }
 }
 
+/// A failed request inside a `ModelStreamInfer` stream, as Triton reports it: the stream stays
+/// open.
+fn stream_error(id: &str, status: &Status) -> ModelStreamInferResponse {
+    ModelStreamInferResponse {
+        error_message: format!("{}: {}", crate::proto::code_name(status.code()), status.message()),
+        infer_response: Some(ModelInferResponse { id: id.to_string(), ..Default::default() }),
+    }
+}
+
+/// The responses of a stream until `at`, the call's deadline, where the stream ends with
+/// DEADLINE_EXCEEDED (tonic's server applies `grpc-timeout` to the response headers only). The
+/// response then ends, its receiver is dropped, and every generation of the stream leaves the
+/// engine.
+fn until_deadline(
+    responses: ReceiverStream<Result<ModelStreamInferResponse, Status>>,
+    at: Instant,
+) -> InferStream {
+    let state = (responses, Box::pin(sleep_until(at)), false);
+    Box::pin(futures::stream::unfold(state, |(mut responses, mut expiry, expired)| async move {
+        if expired {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            item = responses.next() => item.map(|item| (item, (responses, expiry, false))),
+            () = &mut expiry => {
+                let status = Status::deadline_exceeded("the call's deadline passed");
+                Some((Err(status), (responses, expiry, true)))
+            }
+        }
+    }))
+}
+
 /// The gRPC status for an engine's refusal.
 fn submit_status(e: SubmitError) -> Status {
     match e {
@@ -104,6 +222,19 @@ fn submit_status(e: SubmitError) -> Status {
         SubmitError::Stopped => Status::unavailable(e.to_string()),
         other => Status::invalid_argument(other.to_string()),
     }
+}
+
+/// The gRPC status for a generation that did not finish.
+fn sim_status(e: SimError) -> Status {
+    match e {
+        SimError::DeadlineExceeded { .. } => Status::deadline_exceeded(e.to_string()),
+        SimError::Stopped { .. } => Status::unavailable(format!("generation did not finish: {e}")),
+    }
+}
+
+/// The instant a call's `grpc-timeout` runs out, measured from now (when the worker read it).
+fn call_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    request::grpc_timeout(metadata).and_then(|t| Instant::now().checked_add(t))
 }
 
 fn int_param(v: i64) -> InferParameter {
@@ -185,13 +316,13 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        // If the client goes (cancel, deadline, closed connection), the server drops this future
+        // and with it the generation, which leaves the engine at once.
+        let deadline = call_deadline(req.metadata());
         let req = req.into_inner();
         let parsed = self.parse(&req)?;
-        let generation = self.submit(&parsed)?;
-        let outcome = generation
-            .collect_outcome()
-            .await
-            .map_err(|e| Status::unavailable(format!("generation did not finish: {e}")))?;
+        let generation = self.submit(&parsed, deadline)?;
+        let outcome = generation.collect_outcome().await.map_err(sim_status)?;
         let text: String = (0..outcome.output_tokens).map(token_text).collect();
         let params = [
             ("prompt_tokens", i64::from(outcome.prompt_tokens)),
@@ -210,83 +341,22 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let mut incoming = req.into_inner();
+        let deadline = call_deadline(req.metadata());
+        let incoming = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
-            while let Ok(permit) = slots.clone().acquire_owned().await {
-                let req = match incoming.next().await {
-                    Some(Ok(req)) => req,
-                    Some(Err(status)) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                    None => return,
-                };
-                let generation = this.parse(&req).and_then(|parsed| Ok((this.submit(&parsed)?, parsed)));
-                let (mut generation, parsed) = match generation {
-                    Ok(ok) => ok,
-                    Err(status) => {
-                        // Triton reports a failed request in the stream and keeps the stream open.
-                        let error = ModelStreamInferResponse {
-                            error_message: format!(
-                                "{}: {}",
-                                crate::proto::code_name(status.code()),
-                                status.message()
-                            ),
-                            infer_response: Some(ModelInferResponse {
-                                id: req.id.clone(),
-                                ..Default::default()
-                            }),
-                        };
-                        if tx.send(Ok(error)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                let tx = tx.clone();
-                let this = this.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let mut last_seen = false;
-                    while let Some(token) = generation.next().await {
-                        last_seen = token.last;
-                        let params = [
-                            ("token_index", i64::from(token.index)),
-                            ("cached_prompt_tokens", i64::from(token.cached_prompt_tokens)),
-                        ];
-                        let response = this.response(
-                            &req.id,
-                            token_text(token.index).to_string(),
-                            parsed.raw,
-                            &params,
-                            Some(token.last),
-                        );
-                        let message = ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(response),
-                        };
-                        if tx.send(Ok(message)).await.is_err() {
-                            return; // client gone: dropping the generation frees the engine
-                        }
-                    }
-                    if !last_seen {
-                        let error = ModelStreamInferResponse {
-                            error_message: "UNAVAILABLE: generation did not finish (the engine stopped)"
-                                .into(),
-                            infer_response: Some(ModelInferResponse {
-                                id: req.id.clone(),
-                                ..Default::default()
-                            }),
-                        };
-                        let _ = tx.send(Ok(error)).await;
-                    }
-                });
+            tokio::select! {
+                () = this.read_stream(incoming, tx.clone(), deadline) => {}
+                // The response was dropped (the client went away): stop reading its requests.
+                () = tx.closed() => {}
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = ReceiverStream::new(rx);
+        Ok(Response::new(match deadline {
+            Some(at) => until_deadline(responses, at),
+            None => Box::pin(responses),
+        }))
     }
 
     async fn repository_index(

@@ -16,6 +16,13 @@
 //! generated text in `text_output` and the engine's timings in its parameters (`queue_us`,
 //! `ttft_us`, `total_us`, `cached_prompt_tokens`).
 //!
+//! A request whose caller has gone (cancelled, deadline passed, connection closed) leaves the
+//! engine at once, whether queued, prefilling or decoding, and frees its KV reservation: the
+//! server drops a unary call's future, and a stream's generations watch for the response being
+//! dropped. A call's `grpc-timeout` also travels into the engine, which drops a request still
+//! queued at its deadline before spending a prefill on it, and a `ModelStreamInfer` stream ends
+//! with DEADLINE_EXCEEDED at its deadline (tonic applies `grpc-timeout` to response headers only).
+//!
 //! On shutdown (SIGTERM or Ctrl-C in the binary) the worker turns NOT_SERVING, refuses new
 //! inference requests with UNAVAILABLE, lets in-flight ones finish (at most `--drain-timeout`),
 //! and returns.

@@ -167,6 +167,30 @@ pub fn check_model(name: &str, version: &str, model: &str) -> Result<(), Status>
     Ok(())
 }
 
+/// The call's deadline from its `grpc-timeout` header (gRPC over HTTP/2: one to eight ASCII
+/// digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`), or `None` when it has none or the value is
+/// malformed (a call without a readable deadline waits as long as it takes, as tonic's own server
+/// treats it).
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at_checked(split)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// One element of a raw BYTES tensor: a 4-byte little-endian length, then the bytes.
 fn raw_bytes_element(raw: &[u8]) -> Result<&[u8], Status> {
     let bad = |what: &str| Status::invalid_argument(format!("raw contents of '{TEXT_INPUT}' {what}"));
@@ -225,6 +249,26 @@ fn parse_prefix_hashes(p: &InferParameter) -> Result<PrefixBlocks, Status> {
 mod tests {
     use super::*;
     use tonic::Code;
+
+    #[test]
+    fn grpc_timeout_reads_every_unit_and_ignores_malformed_values() {
+        use std::time::Duration;
+        let read = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(read("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(read("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(read("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(read("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "100", "123456789S", "1x", "-1S", "1.5S"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
 
     fn request(text: &str) -> ModelInferRequest {
         let mut req = text_request("m", text, DEFAULT_MAX_TOKENS);

@@ -7,7 +7,6 @@
 //! paused clock is reproducible.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
@@ -24,7 +23,7 @@ use crate::prefix_cache::PrefixCache;
 pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
     pub(crate) state: Mutex<EngineState>,
-    /// Wakes the idle engine: a submission, a cancellation, the last handle gone, shutdown.
+    /// Wakes the idle engine: a submission, the last handle gone, shutdown.
     pub(crate) wake: Notify,
     pub(crate) load_tx: watch::Sender<ReplicaLoad>,
 }
@@ -44,6 +43,20 @@ impl Shared {
     pub(crate) fn publish(&self, state: &EngineState) {
         self.load_tx.send_replace(state.snapshot(&self.config));
     }
+
+    /// Takes `req` out of the engine at once, wherever it is (queued, prefilling or decoding),
+    /// releasing its batch slot and KV reservation: its client has gone. A request that already
+    /// finished or was aborted is not there any more, and nothing happens.
+    pub(crate) fn cancel(&self, req: &Arc<RequestShared>) {
+        let mut state = self.lock();
+        if state.remove(req) {
+            state.cancelled += 1;
+            self.publish(&state);
+            drop(state);
+            // Room was freed: let the engine admit the next request if it is idle.
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// One request as the engine and its [`Generation`](crate::Generation) both see it.
@@ -53,8 +66,8 @@ pub(crate) struct RequestShared {
     pub(crate) max_tokens: u32,
     pub(crate) prefix: PrefixBlocks,
     pub(crate) submitted_at: Instant,
-    /// Set when the client dropped its `Generation`; the engine frees the request next step.
-    pub(crate) cancelled: AtomicBool,
+    /// Past this instant the request is dropped if it is still queued (its caller's deadline).
+    pub(crate) deadline: Option<Instant>,
     pub(crate) progress: Mutex<Progress>,
 }
 
@@ -63,8 +76,8 @@ impl RequestShared {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
     }
 }
 
@@ -78,6 +91,8 @@ pub(crate) struct Progress {
     pub(crate) finished_at: Option<Instant>,
     /// The engine stopped before the request finished.
     pub(crate) aborted: bool,
+    /// When the engine dropped the request from the queue, its deadline passed; it never ran.
+    pub(crate) expired_at: Option<Instant>,
     pub(crate) waker: Option<Waker>,
 }
 
@@ -115,6 +130,8 @@ pub(crate) struct EngineState {
     hit_blocks: u64,
     lookup_blocks: u64,
     completed: u64,
+    cancelled: u64,
+    expired: u64,
     /// No more work will be accepted: shutdown was asked for, or the task is gone.
     pub(crate) stopped: bool,
     /// Every `EngineHandle` has been dropped.
@@ -131,6 +148,8 @@ impl EngineState {
             hit_blocks: 0,
             lookup_blocks: 0,
             completed: 0,
+            cancelled: 0,
+            expired: 0,
             stopped: false,
             handles_gone: false,
         }
@@ -154,21 +173,43 @@ impl EngineState {
             prefix_hit_blocks: self.hit_blocks,
             prefix_lookup_blocks: self.lookup_blocks,
             completed: self.completed,
+            cancelled: self.cancelled,
+            expired: self.expired,
         }
     }
 
-    /// Frees the requests whose clients went away.
-    fn drop_cancelled(&mut self) {
-        self.waiting.retain(|r| !r.is_cancelled());
-        let mut freed = 0;
-        self.running.retain(|s| {
-            let keep = !s.req.is_cancelled();
-            if !keep {
-                freed += s.reservation;
+    /// Removes `req` from the queue or the batch, freeing its reservation; whether it was there.
+    fn remove(&mut self, req: &Arc<RequestShared>) -> bool {
+        if let Some(i) = self.waiting.iter().position(|r| Arc::ptr_eq(r, req)) {
+            self.waiting.remove(i);
+            return true;
+        }
+        if let Some(i) = self.running.iter().position(|s| Arc::ptr_eq(&s.req, req)) {
+            let seq = self.running.remove(i);
+            self.reserved_tokens -= seq.reservation;
+            return true;
+        }
+        false
+    }
+
+    /// Drops the queued requests whose deadline has passed at `now`, before they cost a prefill;
+    /// returns the wakers of their generations, which end with a deadline error.
+    fn drop_expired(&mut self, now: Instant) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        let mut expired = 0;
+        self.waiting.retain(|req| {
+            if !req.expired(now) {
+                return true;
             }
-            keep
+            let mut p = req.progress();
+            p.expired_at = Some(now);
+            p.aborted = true;
+            wakers.extend(p.waker.take());
+            expired += 1;
+            false
         });
-        self.reserved_tokens -= freed;
+        self.expired += expired;
+        wakers
     }
 
     /// Admits waiting requests in FIFO order while the batch and the KV cache have room.
@@ -328,21 +369,23 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     // When busy, the next step starts exactly where the last one ended (no drift).
     let mut busy_until: Option<Instant> = None;
     loop {
-        let step = {
+        let (step, expired, done) = {
             let mut state = shared.lock();
             if state.stopped {
                 return;
             }
             let start = busy_until.unwrap_or_else(Instant::now);
-            state.drop_cancelled();
+            let expired = state.drop_expired(start);
             state.admit(config, start);
             let step = state.plan(config).map(|shape| start + config.step_time(&shape));
             shared.publish(&state);
-            if step.is_none() && state.handles_gone && state.waiting.is_empty() {
-                return;
-            }
-            step
+            let done = step.is_none() && state.handles_gone && state.waiting.is_empty();
+            (step, expired, done)
         };
+        expired.into_iter().for_each(Waker::wake);
+        if done {
+            return;
+        }
         let Some(end) = step else {
             busy_until = None;
             shared.wake.notified().await;

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -59,6 +58,13 @@ pub enum SimError {
         /// Tokens the request asked for.
         expected: u32,
     },
+    /// The request's deadline passed while it waited in the queue, so the engine dropped it
+    /// before its prefill.
+    #[error("the deadline passed after {queued:?} in the queue, before the request ran")]
+    DeadlineExceeded {
+        /// Time spent in the queue.
+        queued: Duration,
+    },
 }
 
 /// One request's token stream, returned by [`EngineHandle::submit`](crate::EngineHandle::submit).
@@ -66,7 +72,8 @@ pub enum SimError {
 /// Yields [`Token`]s as the engine's steps produce them and ends after the last one, or early if
 /// the engine stopped. Tokens are not queued per request: the engine only advances a counter, so
 /// a slow reader never holds the engine back and memory stays bounded. Dropping the generation
-/// cancels the request: the engine frees its batch slot and KV reservation at its next step.
+/// cancels the request: it leaves the engine at once, whether queued, prefilling or decoding,
+/// and its batch slot and KV reservation are free for the next admission.
 #[derive(Debug)]
 pub struct Generation {
     req: Arc<RequestShared>,
@@ -90,10 +97,16 @@ impl Generation {
     }
 
     /// Reads the stream to its end and returns the request's timings, or
-    /// [`SimError::Stopped`] if the engine stopped first.
+    /// [`SimError::Stopped`] if the engine stopped first, or [`SimError::DeadlineExceeded`] if
+    /// the request's deadline passed while it was queued.
     pub async fn collect_outcome(mut self) -> Result<GenerationOutcome, SimError> {
         while self.next().await.is_some() {}
         let p = self.req.progress();
+        if let Some(at) = p.expired_at {
+            return Err(SimError::DeadlineExceeded {
+                queued: at.saturating_duration_since(self.req.submitted_at),
+            });
+        }
         let since =
             |at: Option<tokio::time::Instant>| at.map(|t| t.saturating_duration_since(self.req.submitted_at));
         match (since(p.admitted_at), since(p.first_token_at), since(p.finished_at)) {
@@ -147,9 +160,10 @@ impl Drop for Generation {
             let p = self.req.progress();
             p.finished_at.is_none() && !p.aborted
         };
+        // The progress lock is released before the engine's: the engine takes them the other
+        // way round.
         if unfinished {
-            self.req.cancelled.store(true, Ordering::Release);
-            self.shared.wake.notify_one();
+            self.shared.cancel(&self.req);
         }
     }
 }

@@ -61,7 +61,13 @@
 //! prompt even when part of it was cached, a conservative simplification. KV-cache utilisation is
 //! `(reserved + cached tokens) / kv_capacity_tokens`.
 //!
-//! Dropping a [`Generation`] cancels its request; the engine frees its slot at the next step.
+//! **Cancellation.** Dropping a [`Generation`] cancels its request (its client has gone): it
+//! leaves the engine at once, whether queued, prefilling or decoding, and its batch slot and KV
+//! reservation are free for the next admission (counted in [`ReplicaLoad::cancelled`]). A
+//! request may carry a deadline ([`GenerationRequest::with_deadline`], a gRPC call's
+//! `grpc-timeout`): if it is still queued when the deadline passes, the engine drops it before
+//! its prefill ([`SimError::DeadlineExceeded`], counted in [`ReplicaLoad::expired`]), as a real
+//! server should not spend a prefill on an answer nobody will read.
 //!
 //! # Calibration
 //!

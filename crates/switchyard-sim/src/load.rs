@@ -31,6 +31,12 @@ pub struct ReplicaLoad {
     pub prefix_lookup_blocks: u64,
     /// Requests that generated all their tokens, since the engine started.
     pub completed: u64,
+    /// Requests that left before finishing because their caller went away (the
+    /// [`Generation`](crate::Generation) was dropped), since the engine started.
+    pub cancelled: u64,
+    /// Requests dropped from the queue, never run, because their deadline passed, since the
+    /// engine started.
+    pub expired: u64,
 }
 
 impl ReplicaLoad {

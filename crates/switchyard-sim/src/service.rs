@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::future::{Ready, ready};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -27,17 +26,29 @@ pub struct GenerationRequest {
     pub max_tokens: u32,
     /// Identities of the prompt's leading KV blocks, for the prefix cache; empty for none.
     pub prefix: PrefixBlocks,
+    /// The caller's deadline (a gRPC call's `grpc-timeout`): if the request is still queued at
+    /// this instant, the engine drops it before its prefill and its generation ends with
+    /// [`SimError::DeadlineExceeded`](crate::SimError::DeadlineExceeded). `None` waits as long
+    /// as it takes. Once admitted, a request runs to its end (or until its generation is
+    /// dropped).
+    pub deadline: Option<Instant>,
 }
 
 impl GenerationRequest {
     /// A request without prefix identities (never served from the prefix cache).
     pub fn new(prompt_tokens: u32, max_tokens: u32) -> Self {
-        Self { prompt_tokens, max_tokens, prefix: PrefixBlocks::default() }
+        Self { prompt_tokens, max_tokens, prefix: PrefixBlocks::default(), deadline: None }
     }
 
     /// The same request with prefix block identities.
     pub fn with_prefix(mut self, prefix: PrefixBlocks) -> Self {
         self.prefix = prefix;
+        self
+    }
+
+    /// The same request with a deadline for leaving the queue (see [`deadline`](Self::deadline)).
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
         self
     }
 }
@@ -157,7 +168,7 @@ impl EngineHandle {
             max_tokens: req.max_tokens,
             prefix: req.prefix,
             submitted_at: Instant::now(),
-            cancelled: AtomicBool::new(false),
+            deadline: req.deadline,
             progress: Mutex::new(Progress::default()),
         });
         {

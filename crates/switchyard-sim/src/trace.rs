@@ -43,6 +43,7 @@ impl From<&TraceRecord> for GenerationRequest {
             prompt_tokens: r.prompt_tokens,
             max_tokens: r.output_tokens,
             prefix: r.prefix.clone(),
+            deadline: None,
         }
     }
 }

@@ -269,3 +269,102 @@ async fn runs_are_reproducible() {
     }
     assert_eq!(run().await, run().await);
 }
+
+/// Waits (in virtual time) until the published load satisfies `f`.
+async fn load_until(engine: &EngineHandle, f: impl FnMut(&switchyard_sim::ReplicaLoad) -> bool) {
+    let mut load = engine.watch_load();
+    load.wait_for(f).await.expect("the engine runs");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_queued_request_leaves_the_queue_at_once() {
+    let engine = spawn(EngineConfig { max_batch: 1, ..EngineConfig::default() });
+    let mut running = engine.submit(GenerationRequest::new(100, 1000)).unwrap();
+    let queued = engine.submit(GenerationRequest::new(5000, 10)).unwrap();
+    running.next().await.unwrap();
+    let before = engine.load();
+    assert_eq!((before.running, before.queue_depth), (1, 1));
+    drop(queued);
+    // No step has passed: the queue is empty the moment the caller goes.
+    let after = engine.load();
+    assert_eq!((after.running, after.queue_depth, after.cancelled), (1, 0, 1));
+    assert_eq!(after.kv_used_tokens, before.kv_used_tokens, "a queued request holds no KV");
+    let next = run_one(&engine, GenerationRequest::new(100, 1)).await;
+    assert!(next.queued >= Duration::from_secs(5), "still behind the running request: {next:?}");
+    drop(running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_cancelled_while_prefilling_frees_its_kv_at_once() {
+    let config = EngineConfig::default();
+    let engine = spawn(config.clone());
+    // 64 k tokens: eight chunks of 8,192, several seconds of prefill.
+    let long = engine.submit(GenerationRequest::new(64_000, 100)).unwrap();
+    load_until(&engine, |l| l.running == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // into the prefill, in virtual time
+    let during = engine.load();
+    assert_eq!(during.kv_used_tokens, 64_100, "prompt + outputs reserved at admission");
+    drop(long);
+    let after = engine.load();
+    assert_eq!((after.running, after.kv_used_tokens, after.cancelled), (0, 0, 1));
+    // The next request starts when the step in progress ends, not after the long prefill.
+    let start = Instant::now();
+    let next = run_one(&engine, GenerationRequest::new(100, 1)).await;
+    assert!(next.queued < Duration::from_secs(1), "{next:?}");
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert_eq!(engine.load().completed, 1);
+    // Its prefix was never completed, so nothing of it was cached.
+    assert_eq!(engine.load().prefix_cache_blocks, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_cancelled_while_decoding_frees_its_kv_at_once() {
+    let engine = spawn(EngineConfig::default());
+    let mut a = engine.submit(GenerationRequest::new(1000, 10_000)).unwrap();
+    let mut b = engine.submit(GenerationRequest::new(2000, 10_000)).unwrap();
+    for _ in 0..5 {
+        a.next().await.unwrap();
+        b.next().await.unwrap();
+    }
+    assert_eq!(engine.load().kv_used_tokens, 11_000 + 12_000);
+    drop(a);
+    let after = engine.load();
+    assert_eq!((after.running, after.kv_used_tokens, after.cancelled), (1, 12_000, 1));
+    drop(b);
+    let after = engine.load();
+    assert_eq!((after.running, after.kv_used_tokens, after.cancelled), (0, 0, 2));
+    assert_eq!(after.completed, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_past_its_deadline_is_dropped_before_prefill() {
+    let engine = spawn(EngineConfig { max_batch: 1, ..EngineConfig::default() });
+    // About 6.5 s of decoding ahead of the others.
+    let running = engine.submit(GenerationRequest::new(100, 1000)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let late = engine.submit(GenerationRequest::new(8000, 10).with_deadline(deadline)).unwrap();
+    let patient = engine.submit(GenerationRequest::new(100, 1)).unwrap();
+    let err = late.collect_outcome().await.unwrap_err();
+    let SimError::DeadlineExceeded { queued } = err else { panic!("{err:?}") };
+    // Dropped at the first step boundary after the deadline, not when its turn came.
+    assert!(close(queued, Duration::from_secs(1), Duration::from_millis(20)), "{queued:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("the deadline passed after {queued:?} in the queue, before the request ran")
+    );
+    let load = engine.load();
+    assert_eq!((load.running, load.queue_depth, load.expired, load.cancelled), (1, 1, 1, 0));
+    assert_eq!(running.collect_outcome().await.unwrap().output_tokens, 1000);
+    let out = patient.collect_outcome().await.unwrap();
+    // No prefill of the expired 8,000-token prompt between the two.
+    assert!(out.ttft - out.queued < Duration::from_millis(20), "{out:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_only_bounds_the_wait_in_the_queue() {
+    let engine = spawn(EngineConfig::default());
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let out = run_one(&engine, GenerationRequest::new(100, 100).with_deadline(deadline)).await;
+    assert!(out.total > Duration::from_millis(50), "admitted in time, so it runs to its end: {out:?}");
+    assert_eq!(engine.load().expired, 0);
+}
