@@ -78,7 +78,7 @@ async fn main() -> ExitCode {
         Command::Loadgen(args) => match loadgen::run(&args).await {
             Ok(report) => {
                 println!("{}", report.summary());
-                Ok(())
+                report.failure().map_or(Ok(()), |e| Err(e.into()))
             }
             Err(e) => Err(e.into()),
         },

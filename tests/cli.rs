@@ -122,3 +122,30 @@ async fn a_malformed_trace_is_refused_with_its_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 2"), "{stderr}");
 }
+
+#[tokio::test]
+async fn loadgen_with_no_success_prints_n_a_and_exits_non_zero() {
+    let (_worker, addr) =
+        common::spawn_until(&["worker", "--listen", "127.0.0.1:0"], "worker serving on ").await;
+    let output = Command::new(BIN)
+        .args([
+            "loadgen",
+            "--target",
+            &addr,
+            "--model",
+            "no-such-model",
+            "--pattern",
+            "poisson:20",
+            "--duration",
+            "0.5",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    let ttft = stdout.lines().find(|l| l.starts_with("ttft ms")).expect("a ttft row");
+    assert!(ttft.contains("n/a") && !ttft.contains("0.0"), "{stdout}");
+    assert!(stderr.contains("error: no request succeeded") && stderr.contains("NOT_FOUND="), "{stderr}");
+}

@@ -157,17 +157,32 @@ pub struct LoadgenReport {
 }
 
 impl LoadgenReport {
-    /// The summary as a plain-text table.
+    /// The summary as a plain-text table. With no successful request there is nothing to
+    /// summarise, and every cell reads `n/a` (not a latency of 0).
     pub fn table(&self) -> Table {
         let mut t = Table::new(["", "mean", "p50", "p90", "p99", "p99.9", "max"]);
         for (name, p) in [("ttft ms", &self.ttft_ms), ("latency ms", &self.latency_ms)] {
-            t.row(
-                [name.to_string()]
-                    .into_iter()
-                    .chain([p.mean, p.p50, p.p90, p.p99, p.p999, p.max].iter().map(|v| format!("{v:.1}"))),
-            );
+            let cells = [p.mean, p.p50, p.p90, p.p99, p.p999, p.max]
+                .map(|v| if self.ok == 0 { "n/a".to_string() } else { format!("{v:.1}") });
+            t.row([name.to_string()].into_iter().chain(cells));
         }
         t
+    }
+
+    /// An error naming the failures when no request succeeded (the run measured nothing), else
+    /// `None`. The binary prints the summary and then this, and exits non-zero.
+    pub fn failure(&self) -> Option<String> {
+        if self.ok > 0 {
+            return None;
+        }
+        let errors: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Some(format!(
+            "no request succeeded ({} of {}: {}{})",
+            self.requests - self.ok,
+            self.requests,
+            if errors.is_empty() { "none sent".to_string() } else { errors.join(" ") },
+            if self.dropped > 0 { format!(", dropped {}", self.dropped) } else { String::new() },
+        ))
     }
 
     /// A one-paragraph summary: counts, rates and the table.
@@ -490,5 +505,40 @@ impl Progress {
             bar.set_position(acc.done());
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ok: u64, errors: &[(&str, u64)]) -> LoadgenReport {
+        let errors: BTreeMap<String, u64> = errors.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        LoadgenReport {
+            target: "t".into(),
+            mode: "unary".into(),
+            source: "s".into(),
+            requests: ok + errors.values().sum::<u64>(),
+            ok,
+            errors,
+            dropped: 0,
+            ttft_ms: Percentiles::default(),
+            latency_ms: Percentiles::default(),
+            output_tokens_per_s: 0.0,
+            arrival_rate: 1.0,
+            offered_rate: 1.0,
+            duration_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn no_success_reads_n_a_and_is_a_failure() {
+        let r = report(0, &[("NOT_FOUND", 12)]);
+        let table = r.table().to_string();
+        assert!(table.contains("n/a") && !table.contains("0.0"), "{table}");
+        assert_eq!(r.failure().as_deref(), Some("no request succeeded (12 of 12: NOT_FOUND=12)"));
+        let ok = report(3, &[("NOT_FOUND", 1)]);
+        assert!(!ok.table().to_string().contains("n/a"));
+        assert_eq!(ok.failure(), None);
     }
 }
