@@ -250,9 +250,14 @@ pub fn schedule(args: &LoadgenArgs) -> Result<(Vec<TraceRecord>, String), Loadge
     }
 }
 
+/// The URI of a gRPC target given as `http://HOST:PORT` (kept as it is) or as a bare `HOST:PORT`
+/// (plaintext HTTP/2 is assumed, as the gateway's `--backend` does).
+pub fn target_uri(target: &str) -> String {
+    if target.contains("://") { target.to_string() } else { format!("http://{target}") }
+}
+
 async fn connect(target: &str) -> Result<Channel, LoadgenError> {
-    let uri = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
-    let endpoint = Endpoint::from_shared(uri)
+    let endpoint = Endpoint::from_shared(target_uri(target))
         .map_err(|source| LoadgenError::Connect { target: target.to_string(), source })?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2));
