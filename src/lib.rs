@@ -22,6 +22,7 @@ pub mod bench;
 pub mod cluster;
 pub mod gateway;
 pub mod lab;
+pub mod listen;
 pub mod loadgen;
 pub mod proto;
 pub mod report;

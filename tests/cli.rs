@@ -149,3 +149,30 @@ async fn loadgen_with_no_success_prints_n_a_and_exits_non_zero() {
     assert!(ttft.contains("n/a") && !ttft.contains("0.0"), "{stdout}");
     assert!(stderr.contains("error: no request succeeded") && stderr.contains("NOT_FOUND="), "{stderr}");
 }
+
+#[tokio::test]
+async fn listen_flags_resolve_host_names_and_refuse_ports_out_of_range() {
+    let (_worker, worker_addr) =
+        common::spawn_until(&["worker", "--listen", "localhost:0"], "worker serving on ").await;
+    let ip: std::net::SocketAddr = worker_addr.parse().unwrap();
+    assert!(ip.ip().is_loopback(), "{worker_addr}");
+    let (_gateway, gateway_addr) = common::spawn_until(
+        &["gateway", "--listen", "localhost:0", "--admin", "localhost:0", "--backend", &worker_addr],
+        "gateway serving on ",
+    )
+    .await;
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{gateway_addr}")).await.unwrap();
+    client.server_live(switchyard::proto::inference::ServerLiveRequest {}).await.unwrap();
+
+    for (args, flag) in [
+        (&["worker", "--listen", "127.0.0.1:99999"][..], "--listen"),
+        (&["gateway", "--listen", "127.0.0.1:99999", "--backend", "127.0.0.1:9001"][..], "--listen"),
+        (&["gateway", "--admin", "127.0.0.1:99999", "--backend", "127.0.0.1:9001"][..], "--admin"),
+        (&["gateway", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:99999"][..], "--backend"),
+    ] {
+        let output = Command::new(BIN).args(args).kill_on_drop(true).output().await.unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(flag) && stderr.contains("port 99999 is out of range"), "{args:?}: {stderr}");
+    }
+}

@@ -157,7 +157,9 @@ impl GatewayConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: None,
             line: e.span().map(|s| line_of(text, s.start)),
-            field: None,
+            // A value of the wrong type, a missing or unknown field: name the field as
+            // validation errors do. TOML syntax errors have no field.
+            field: e.span().and_then(|s| field_at(text, s.start)),
             message: e.message().trim().to_string(),
         })?;
         let mut lines = Lines { text, by_field: BTreeMap::new() };
@@ -309,13 +311,76 @@ fn check_address(address: &str) -> Result<(), String> {
         }
         _ => return Err(format!("{address:?}: expected http://HOST:PORT")),
     }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(format!("{address:?} has no host: expected http://HOST:PORT"));
+    };
+    // `Authority::port` is `None` for a port that does not fit a u16: read the text.
+    if let Some((_, port)) = authority.as_str().rsplit_once(':').filter(|(_, p)| !p.contains(']')) {
+        match port.parse::<u64>() {
+            Ok(0) => return Err(format!("{address:?}: port 0 is not a port an endpoint listens on")),
+            Ok(p) if p > u64::from(u16::MAX) => {
+                return Err(format!("{address:?}: port {p} is out of range (1-65535)"));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(format!("{address:?}: port {port:?} is not a number")),
+        }
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!("{address:?}: an endpoint is a host and port, without a path"));
     }
     Ok(())
+}
+
+/// The path (`pool[0].endpoints[1].weight`) of the innermost field whose value spans `offset`
+/// in `text`, named as validation errors name fields; `None` if `text` is not valid TOML or
+/// `offset` is in no value.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut path = String::new();
+    let mut table = root.get_ref();
+    loop {
+        // The value holding `offset`; else, as the spans of an array of tables cover only their
+        // `[[header]]`s, the array whose element starts last at or before it.
+        let (key, value) = table.iter().find(|(_, v)| v.span().contains(&offset)).or_else(|| {
+            table
+                .iter()
+                .filter_map(|(k, v)| Some((array_element_at(v.get_ref(), offset)?.2, (k, v))))
+                .max_by_key(|(start, _)| *start)
+                .map(|(_, kv)| kv)
+        })?;
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key.get_ref());
+        let mut value = value.get_ref();
+        while let toml::de::DeValue::Array(_) = value {
+            let Some((i, element, _)) = array_element_at(value, offset) else { return Some(path) };
+            path.push_str(&format!("[{i}]"));
+            value = element;
+        }
+        match value {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => return Some(path),
+        }
+    }
+}
+
+/// The element of a TOML array that holds `offset`, with its index and where it starts: the
+/// one whose span contains it, else the last table element starting at or before it (an array of
+/// tables' `[[header]]`).
+fn array_element_at<'a, 'i>(
+    value: &'a toml::de::DeValue<'i>,
+    offset: usize,
+) -> Option<(usize, &'a toml::de::DeValue<'i>, usize)> {
+    let toml::de::DeValue::Array(items) = value else { return None };
+    let found = items.iter().enumerate().find(|(_, v)| v.span().contains(&offset)).or_else(|| {
+        items
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, v)| matches!(v.get_ref(), toml::de::DeValue::Table(_)) && v.span().start <= offset)
+    });
+    found.map(|(i, v)| (i, v.get_ref(), v.span().start))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -407,13 +472,8 @@ impl RawConfig {
     fn into_config(self, lines: &mut Lines<'_>) -> Result<GatewayConfig, ConfigError> {
         let mut config = GatewayConfig::empty();
         let addr = |lines: &Lines<'_>, field: &str, value: Spanned<String>| {
-            value.get_ref().parse::<SocketAddr>().map_err(|e| {
-                lines.error(
-                    field,
-                    value.span(),
-                    format!("{:?} is not an IP:PORT address: {e}", value.get_ref()),
-                )
-            })
+            crate::listen::parse_listen_address(value.get_ref())
+                .map_err(|e| lines.error(field, value.span(), e))
         };
         if let Some(listen) = self.listen {
             config.listen = Some(addr(lines, "listen", listen)?);
@@ -568,6 +628,26 @@ pool = "b"
         let e = error(&GOOD.replace("threads = 3", "threads = 100000"));
         assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("threads")), "{e}");
 
+        let e = error(&GOOD.replace("weight = 3", "weight = \"heavy\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(9), Some("pool[0].endpoints[1].weight")), "{e}");
+        assert!(e.message.contains("heavy"), "{e}");
+        assert!(e.to_string().contains("line 9 `pool[0].endpoints[1].weight`"), "{e}");
+        let e = error(&GOOD.replace("threads = 3", "threads = \"many\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("threads")), "{e}");
+        let e = error(&GOOD.replace("name = \"b\"", "name = 2"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(12), Some("pool[1].name")), "{e}");
+        let e = error(&GOOD.replace("model = \"m\"", "model = [\"m\"]"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("route[0].model")), "{e}");
+
+        let e = error(&GOOD.replace("127.0.0.1:9002", "127.0.0.1:99999"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(9), Some("pool[0].endpoints[1].address")), "{e}");
+        assert!(e.message.contains("port 99999 is out of range"), "{e}");
+        let e = error(&GOOD.replace("127.0.0.1:8080", "127.0.0.1:99999"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("listen")), "{e}");
+        assert!(e.message.contains("port 99999 is out of range"), "{e}");
+        let c = GatewayConfig::from_toml(&GOOD.replace("127.0.0.1:8080", "localhost:8080")).unwrap();
+        assert!(c.listen.is_some_and(|a| a.ip().is_loopback() && a.port() == 8080), "{c:?}");
+
         let e = error("[[pool]\nname = 1");
         assert_eq!(e.line, Some(1), "{e}");
         assert!(error("").message.contains("no pools"));
@@ -582,5 +662,8 @@ pool = "b"
         let e = GatewayConfig::single_pool(&["http://x:1/path".into()], PolicyKind::Random).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("--backend"));
         assert!(GatewayConfig::single_pool(&[], PolicyKind::Random).is_err());
+        let e = GatewayConfig::single_pool(&["127.0.0.1:99999".into()], PolicyKind::Random).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("--backend"));
+        assert!(e.message.contains("port 99999 is out of range"), "{e}");
     }
 }

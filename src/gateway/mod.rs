@@ -152,8 +152,9 @@ pub const DEFAULT_ADMIN: SocketAddr =
 /// How a gateway is set up: flags of `switchyard gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Address to serve gRPC on (h2c) [default: the config's `listen`, else 127.0.0.1:8080].
-    #[arg(long)]
+    /// Address to serve gRPC on (h2c), `IP:PORT` or `HOST:PORT` [default: the config's
+    /// `listen`, else 127.0.0.1:8080].
+    #[arg(long, value_parser = crate::listen::parse_listen_address)]
     pub listen: Option<SocketAddr>,
     /// An endpoint of the `default` pool, e.g. `http://127.0.0.1:9001` or `127.0.0.1:9001`;
     /// repeat for more.
@@ -162,8 +163,9 @@ pub struct GatewayArgs {
     /// Balancing policy of the `default` pool (with --backend).
     #[arg(long, default_value_t = PolicyKind::DEFAULT, conflicts_with = "config")]
     pub policy: PolicyKind,
-    /// Address of the admin HTTP API [default: the config's `admin`, else 127.0.0.1:9900].
-    #[arg(long)]
+    /// Address of the admin HTTP API, `IP:PORT` or `HOST:PORT` [default: the config's `admin`,
+    /// else 127.0.0.1:9900].
+    #[arg(long, value_parser = crate::listen::parse_listen_address)]
     pub admin: Option<SocketAddr>,
     /// Longest wait for in-flight requests on shutdown, e.g. `30s` [default: the config's
     /// `drain_timeout`, else 30s].

@@ -55,8 +55,8 @@ const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// How a worker is set up: flags of `switchyard worker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// Address to serve gRPC on.
-    #[arg(long, default_value = "127.0.0.1:9001")]
+    /// Address to serve gRPC on: `IP:PORT`, or `HOST:PORT` (resolved at startup).
+    #[arg(long, default_value = "127.0.0.1:9001", value_parser = crate::listen::parse_listen_address)]
     pub listen: SocketAddr,
     /// Name of the model this worker serves.
     #[arg(long, default_value = "sim-llm")]
