@@ -613,3 +613,54 @@ async fn a_client_that_gives_up_mid_stream_is_counted_as_cancelled() {
     }
     gateway.shutdown().await.unwrap();
 }
+
+/// Waits until the admin API shows the gateway in `state`.
+async fn admin_state_becomes(admin_addr: SocketAddr, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, view) = admin(admin_addr, "GET", "/endpoints", "").await;
+        assert_eq!(code, 200, "{view}");
+        if view["state"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "admin still shows {view}");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling interval
+    }
+}
+
+#[tokio::test]
+async fn a_call_during_the_drain_is_refused_retryably_and_admin_answers() {
+    let w = Worker::start_with(WorkerArgs { speed: 1.0, ..WorkerArgs::default() }).await;
+    let mut config = GatewayConfig::single_pool(&[w.uri()], PolicyKind::DEFAULT).unwrap();
+    // One serving thread: both client connections below are drained together.
+    config.threads = std::num::NonZeroUsize::new(1);
+    let gateway = start_gateway(config).await;
+    let (addr, admin_addr) = (gateway.local_addr(), gateway.admin_addr().unwrap());
+    admin_state_becomes(admin_addr, "serving").await;
+
+    let mut busy = client(addr).await;
+    let mut same_connection = busy.clone();
+    let mut other_connection = client(addr).await;
+    other_connection.server_live(ServerLiveRequest {}).await.unwrap();
+    // About a second of generation at real speed: the drain lasts as long.
+    let in_flight = tokio::spawn(async move { busy.model_infer(infer("sim-llm", "a long one", 150)).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gateway.pools()[0].board().snapshot()[0].load.in_flight == 0 {
+        assert!(Instant::now() < deadline, "the long call never reached the worker");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling interval
+    }
+
+    let drain = tokio::spawn(gateway.shutdown());
+    admin_state_becomes(admin_addr, "draining").await;
+    for (name, client) in
+        [("same connection", &mut same_connection), ("other connection", &mut other_connection)]
+    {
+        let err = client.model_infer(infer("sim-llm", "racing the drain", 2)).await.unwrap_err();
+        // UNAVAILABLE: never reached a replica, safe to retry elsewhere (not CANCELLED).
+        assert_eq!(err.code(), Code::Unavailable, "{name}: {err:?}");
+        assert!(err.message().contains("shutting down"), "{name}: {err:?}");
+    }
+    let response = in_flight.await.unwrap().expect("the call in flight completes during the drain");
+    assert_eq!(output_words(response.get_ref()), 150);
+    tokio::time::timeout(Duration::from_secs(10), drain).await.expect("the drain ends").unwrap().unwrap();
+}

@@ -1,7 +1,9 @@
 //! The admin API: HTTP/1.1 and JSON, on its own listener (loopback by default).
 //!
-//! - `GET /endpoints`: every pool, its policy, and each endpoint's load as the pool's balancer
-//!   tracks it: `{"pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`.
+//! - `GET /endpoints`: the gateway's state (`serving`, or `draining` from the shutdown signal to
+//!   the end of the drain, during which the admin API keeps answering), every pool, its policy,
+//!   and each endpoint's load as the pool's balancer tracks it:
+//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`.
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` may be left out when
 //!   there is one pool): switches the pool's policy atomically (requests in flight stay where they
 //!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists
@@ -26,6 +28,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// The answer of `GET /endpoints`.
 #[derive(Debug, Serialize)]
 struct EndpointsView<'a> {
+    state: &'static str,
     pools: Vec<PoolView<'a>>,
 }
 
@@ -52,11 +55,16 @@ struct PolicyChanged<'a> {
     previous: &'static str,
 }
 
-/// Answers one admin request.
-pub(crate) async fn handle(pools: Arc<[Pool]>, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+/// Answers one admin request; `draining` once the gateway's drain has begun.
+pub(crate) async fn handle(
+    pools: Arc<[Pool]>,
+    draining: bool,
+    req: http::Request<Incoming>,
+) -> http::Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/endpoints") => {
             let view = EndpointsView {
+                state: if draining { "draining" } else { "serving" },
                 pools: pools
                     .iter()
                     .map(|p| PoolView {

@@ -98,8 +98,10 @@
 //!
 //! # Shutdown
 //!
-//! On SIGTERM or Ctrl-C the gateway stops accepting connections, tells its clients (HTTP/2
-//! GOAWAY), lets in-flight requests and streams finish (at most `--drain-timeout`), and exits 0.
+//! On SIGTERM or Ctrl-C the gateway stops accepting connections, refuses new calls on the open
+//! ones with `UNAVAILABLE` (retryable: they never reached a replica), lets in-flight requests and
+//! streams finish (at most `--drain-timeout`), tells its clients (HTTP/2 GOAWAY), and exits 0.
+//! The admin API answers through the drain and shows `"state": "draining"`.
 //!
 //! # In-process use
 //!
@@ -120,6 +122,7 @@
 mod admin;
 mod body;
 mod config;
+mod drain;
 mod peek;
 mod pool;
 mod proxy;

@@ -22,6 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::admin;
 use super::config::{ConfigError, GatewayConfig};
+use super::drain::{self, CallsInFlight, Draining};
 use super::pool::Pool;
 use super::proxy::Proxy;
 use super::route::Router;
@@ -73,7 +74,10 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     pools: Arc<[Pool]>,
     threads: usize,
+    /// Turns true when the drain begins: the proxy refuses new calls, then closes.
     stop: watch::Sender<bool>,
+    /// Turns true when the proxy has drained: the admin API stops.
+    admin_stop: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
     serving: Vec<oneshot::Receiver<()>>,
     admin: Option<JoinHandle<()>>,
@@ -117,10 +121,13 @@ impl Gateway {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (stopped, drain, http2, proxy, count) =
                 (stopped.clone(), config.drain_timeout, http2.clone(), proxy.clone(), open.clone());
+            let calls = Arc::new(CallsInFlight::default());
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
-                runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
-                    http2.serve_connection(TokioIo::new(io), proxy.clone())
+                let (thread_calls, draining) = (calls.clone(), stopped.clone());
+                runtime.block_on(serve_thread(incoming, stopped, drain, count, calls, move |io| {
+                    let proxy = Draining::new(proxy.clone(), thread_calls.clone(), draining.clone());
+                    http2.serve_connection(TokioIo::new(io), proxy)
                 }));
                 let _ = done.send(());
             })?;
@@ -130,17 +137,21 @@ impl Gateway {
         let acceptor = tokio::spawn(accept(listener, stopped.clone(), handoff));
         tracing::info!(pools = pools.len(), threads, "gateway serving on {local_addr}");
 
+        // The admin API answers through the drain (it shows the draining state) and stops after.
+        let (admin_stop, admin_stopped) = watch::channel(false);
         let admin = admin.map(|listener| {
             let pools = pools.clone();
             let mut http1 = hyper::server::conn::http1::Builder::new();
             http1.timer(TokioTimer::new());
-            tokio::spawn(serve(listener, stopped, ADMIN_DRAIN, "admin", move |io| {
-                let pools = pools.clone();
+            tokio::spawn(serve(listener, admin_stopped, ADMIN_DRAIN, "admin", move |io| {
+                let (pools, draining) = (pools.clone(), stopped.clone());
                 http1.serve_connection(
                     TokioIo::new(io),
                     hyper::service::service_fn(move |req| {
-                        let pools = pools.clone();
-                        async move { Ok::<_, std::convert::Infallible>(admin::handle(pools, req).await) }
+                        let (pools, draining) = (pools.clone(), *draining.borrow());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(admin::handle(pools, draining, req).await)
+                        }
                     }),
                 )
             }))
@@ -148,7 +159,7 @@ impl Gateway {
         if let Some(addr) = admin_addr {
             tracing::info!("admin serving on {addr}");
         }
-        Ok(Self { local_addr, admin_addr, pools, threads, stop, acceptor, serving, admin })
+        Ok(Self { local_addr, admin_addr, pools, threads, stop, admin_stop, acceptor, serving, admin })
     }
 
     /// The address the gRPC proxy serves on.
@@ -176,8 +187,11 @@ impl Gateway {
         self.pools.iter().find(|p| p.name() == name)
     }
 
-    /// Stops accepting connections, lets in-flight requests (streams included) finish, at most
-    /// the config's drain timeout, then closes what remains and returns.
+    /// Stops accepting connections, refuses new calls on the open ones with `UNAVAILABLE` (safe
+    /// to retry elsewhere), lets in-flight requests (streams included) finish, at most the
+    /// config's drain timeout, then closes the connections (HTTP/2 GOAWAY) and returns. The admin
+    /// API answers until the end, showing `"state": "draining"`. See `drain` for why calls are
+    /// refused before the GOAWAY rather than after it.
     pub async fn shutdown(self) -> Result<(), GatewayError> {
         let _ = self.stop.send(true);
         let acceptor = self.acceptor.await;
@@ -188,6 +202,7 @@ impl Gateway {
                 failed.get_or_insert(GatewayError::Thread(index));
             }
         }
+        let _ = self.admin_stop.send(true);
         let admin = match self.admin {
             Some(admin) => admin.await,
             None => Ok(()),
@@ -271,31 +286,41 @@ async fn hand_over(threads: &mut Vec<ServingThread>, mut stream: std::net::TcpSt
     }
 }
 
-/// A serving thread: serves the connections it is handed until `stop`, then drains them (at most
-/// `drain`) and closes the rest. `open` counts its open connections, for the acceptor.
+/// A serving thread: serves the connections it is handed until `stop`, then drains them (see
+/// `drain`: new calls refused, calls in flight finished, then GOAWAY), at most `drain`, and closes
+/// the rest. `open` counts its open connections, for the acceptor; `calls` its calls in flight.
 async fn serve_thread<F, C>(
     mut incoming: mpsc::Receiver<std::net::TcpStream>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     drain: Duration,
     open: Arc<AtomicUsize>,
+    calls: Arc<CallsInFlight>,
     serve_connection: F,
 ) where
     F: Fn(TcpStream) -> C,
     C: GracefulConnection + Send + 'static,
     C::Error: std::fmt::Display,
 {
-    let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let serve = |connections: &mut JoinSet<()>, stream: TcpStream| {
+        let (connection, calls, stop) = (serve_connection(stream), calls.clone(), stop.clone());
+        connections.spawn(async move {
+            if let Err(e) = drain::serve_connection(connection, calls, stop).await {
+                tracing::debug!("gateway connection ended: {e}");
+            }
+        });
+    };
+    let mut stopped = stop.clone();
     loop {
         tokio::select! {
-            () = async { drop(stop.wait_for(|stop| *stop).await) } => break,
+            () = async { drop(stopped.wait_for(|stop| *stop).await) } => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {
                 open.fetch_sub(1, Ordering::Relaxed);
             }
             received = incoming.recv() => {
                 let Some(stream) = received else { break };
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => serve_watched(&graceful, &mut connections, serve_connection(stream), "gateway"),
+                    Ok(stream) => serve(&mut connections, stream),
                     Err(e) => {
                         open.fetch_sub(1, Ordering::Relaxed);
                         tracing::warn!("gateway: cannot serve a connection: {e}");
@@ -304,15 +329,25 @@ async fn serve_thread<F, C>(
             }
         }
     }
-    // Connections accepted but not yet served get served, and told at once to go away (GOAWAY),
+    // Connections accepted but not yet served get served, refusing their calls, and closed
     // rather than dropped.
     incoming.close();
     while let Ok(stream) = incoming.try_recv() {
         if let Ok(stream) = TcpStream::from_std(stream) {
-            serve_watched(&graceful, &mut connections, serve_connection(stream), "gateway");
+            serve(&mut connections, stream);
         }
     }
-    drain_connections(graceful, connections, drain, "gateway").await;
+    if !connections.is_empty() {
+        tracing::info!(connections = connections.len(), "gateway draining");
+    }
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, drained).await.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "gateway: drain timeout, closing connections with requests in flight"
+        );
+    }
+    connections.shutdown().await;
 }
 
 /// Accepts connections until `stop`, serving each with `serve_connection` on this runtime; then

@@ -1,0 +1,162 @@
+//! The drain on shutdown, without a call that races it ending `CANCELLED`.
+//!
+//! An HTTP/2 server drains by sending GOAWAY, finishing the streams it has, and closing. A gRPC
+//! client that learns of the GOAWAY while a call of its own is on the way (tonic checks a
+//! connection's readiness before it sends, then sends) gets that call back as `CANCELLED`, which
+//! callers must not retry blindly, though it never reached a replica. So the gateway drains in two
+//! steps, as Envoy's drain manager does:
+//!
+//! 1. From the signal on, each connection stays open, and a call that arrives is refused at once
+//!    with `UNAVAILABLE` ("the gateway is shutting down"): retryable, and the client may retry on
+//!    another address. Calls already in flight go on to their end.
+//! 2. When its serving thread has no call in flight any more, the connection sends GOAWAY (the
+//!    graceful two-step one: streams the client opened before it heard are still answered, with
+//!    `UNAVAILABLE`), and closes.
+//!
+//! The drain timeout bounds the whole, as before.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::server::graceful::GracefulConnection;
+use pin_project_lite::pin_project;
+use tokio::sync::{Notify, watch};
+
+/// The calls in flight on one serving thread, counted from the request to the end of its
+/// response body.
+#[derive(Debug, Default)]
+pub(crate) struct CallsInFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl CallsInFlight {
+    fn start(self: &Arc<Self>) -> CallGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// Returns once no call is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an end between the two is not missed.
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One call in flight; dropping it ends the call.
+#[derive(Debug)]
+struct CallGuard(Arc<CallsInFlight>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The proxy of one connection: forwards calls to `inner` while serving, refuses them with
+/// `UNAVAILABLE` once the drain has begun, and counts the calls it forwards.
+#[derive(Clone, Debug)]
+pub(crate) struct Draining<S> {
+    inner: S,
+    calls: Arc<CallsInFlight>,
+    draining: watch::Receiver<bool>,
+}
+
+impl<S> Draining<S> {
+    pub(crate) fn new(inner: S, calls: Arc<CallsInFlight>, draining: watch::Receiver<bool>) -> Self {
+        Self { inner, calls, draining }
+    }
+}
+
+impl<S, Req, B> hyper::service::Service<Req> for Draining<S>
+where
+    S: hyper::service::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Default + Send + 'static,
+{
+    type Response = http::Response<Counted<B>>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn call(&self, req: Req) -> Self::Future {
+        if *self.draining.borrow() {
+            let refused = tonic::Status::unavailable("the gateway is shutting down; retry elsewhere")
+                .into_http::<B>()
+                .map(|body| Counted { inner: body, _call: None });
+            return Box::pin(std::future::ready(Ok(refused)));
+        }
+        let call = self.calls.start();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Counted { inner: body, _call: Some(call) }))
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its call counted in flight until it is dropped.
+    #[derive(Debug)]
+    pub(crate) struct Counted<B> {
+        #[pin]
+        inner: B,
+        _call: Option<CallGuard>,
+    }
+}
+
+impl<B: Body> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves `connection` until it ends; once `draining` turns true, waits until `calls` (its
+/// thread's) are idle, then shuts the connection down gracefully (GOAWAY) and lets it finish.
+pub(crate) async fn serve_connection<C>(
+    connection: C,
+    calls: Arc<CallsInFlight>,
+    mut draining: watch::Receiver<bool>,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = async { drop(draining.wait_for(|d| *d).await) } => {}
+    }
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = calls.idle() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
+}
