@@ -176,3 +176,34 @@ async fn listen_flags_resolve_host_names_and_refuse_ports_out_of_range() {
         assert!(stderr.contains(flag) && stderr.contains("port 99999 is out of range"), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn cluster_writes_by_default_where_git_ignores_it() {
+    use switchyard::cluster::{ClusterArgs, DEFAULT_OUT};
+    assert_eq!(ClusterArgs::default().out, std::path::Path::new(DEFAULT_OUT));
+    let help = Command::new(BIN).args(["cluster", "--help"]).output().await.unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains(&format!("[default: {DEFAULT_OUT}]")), "{help}");
+    // What a run writes there leaves `git status` clean.
+    let repo = env!("CARGO_MANIFEST_DIR");
+    for file in ["cluster.json", "latency.png", "shares.png"] {
+        let path = format!("{DEFAULT_OUT}/{file}");
+        let status = Command::new("git").args(["check-ignore", "-q", &path]).current_dir(repo).status().await;
+        match status.map(|s| s.code()) {
+            Ok(Some(0)) => {}
+            Ok(Some(128)) | Err(_) => {
+                eprintln!("not a git work tree (or no git): cannot check {path}");
+                return;
+            }
+            other => panic!("{path} is not ignored by git: {other:?}"),
+        }
+    }
+    // And the committed report is not.
+    let status = Command::new("git")
+        .args(["check-ignore", "-q", "reports/cluster/cluster.json"])
+        .current_dir(repo)
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "reports/cluster must stay tracked");
+}

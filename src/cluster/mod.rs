@@ -13,7 +13,9 @@
 //! streaming calls, so that TTFT is measured at the first token. When the last response is in,
 //! the cluster reads each replica's completed requests from the gateway's `GET /endpoints`,
 //! stops the children (SIGTERM, then a wait for a clean exit), prints a summary and writes the
-//! report folder (`--out`, `reports/cluster/` by default): `cluster.json` ([`ClusterReport`]),
+//! report folder (`--out`, by default [`DEFAULT_OUT`], which git ignores, so that a run leaves a
+//! fresh clone clean; the committed report is regenerated with `--out reports/cluster`):
+//! `cluster.json` ([`ClusterReport`]),
 //! `latency.png` (TTFT and latency of every request over the run) and `shares.png` (each
 //! replica's share of the requests against the share its speed would give it).
 //!
@@ -83,6 +85,10 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 /// Largest `GET /endpoints` answer read, in bytes.
 const MAX_ENDPOINTS_BODY: usize = 4 * 1024 * 1024;
 
+/// Where `switchyard cluster` writes its report unless `--out` says otherwise: a scratch folder
+/// that `.gitignore` lists, so a run does not change the committed `reports/cluster/`.
+pub const DEFAULT_OUT: &str = "reports/tmp/cluster";
+
 /// Flags of `switchyard cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
@@ -107,8 +113,9 @@ pub struct ClusterArgs {
     /// Azure conversation trace.
     #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// Folder to write `cluster.json` and the plots to.
-    #[arg(long, default_value = "reports/cluster")]
+    /// Folder to write `cluster.json` and the plots to (the default is ignored by git;
+    /// `--out reports/cluster` regenerates the committed report).
+    #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
     /// Start no gateway and drive the first worker directly (to check everything but the
     /// gateway).
@@ -125,7 +132,7 @@ impl Default for ClusterArgs {
             duration: 60.0,
             time_scale: None,
             trace: None,
-            out: PathBuf::from("reports/cluster"),
+            out: PathBuf::from(DEFAULT_OUT),
             no_gateway: false,
         }
     }
