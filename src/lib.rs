@@ -10,6 +10,8 @@
 //! - [`lab`]: the policy lab, every balancing policy against simulated replicas under a paused
 //!   clock;
 //! - [`loadgen`]: an open-loop load generator that replays production traces;
+//! - [`infer`]: one call from the command line, with its TTFT and decoded load report;
+//! - [`listen`]: listen addresses as users write them (`localhost:9001`);
 //! - [`report`]: percentile summaries, tables and JSON reports;
 //! - [`proto`]: the generated KServe v2 and ORCA protocol code;
 //! - [`traces`]: the bundled production traces.
@@ -21,6 +23,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod gateway;
+pub mod infer;
 pub mod lab;
 pub mod listen;
 pub mod loadgen;

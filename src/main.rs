@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::{bench, cluster, gateway, lab, loadgen, worker};
+use switchyard::{bench, cluster, gateway, infer, lab, loadgen, worker};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the gateway allocates a little per request on every thread; glibc's malloc was about
@@ -30,6 +30,8 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Replay a trace or a synthetic pattern against a gRPC target and summarise the latencies.
     Loadgen(loadgen::LoadgenArgs),
+    /// Send one prompt (unary or --stream) and print the answer, the time to first token and the decoded ORCA load report.
+    Infer(infer::InferArgs),
     /// Run a policy-lab scenario: every balancing policy and an ideal dispatcher against simulated replicas, in virtual time.
     Lab(lab::LabArgs),
     /// Benchmark the gateway against nginx and HAProxy over real processes on loopback.
@@ -79,6 +81,13 @@ async fn main() -> ExitCode {
             Ok(report) => {
                 println!("{}", report.summary());
                 report.failure().map_or(Ok(()), |e| Err(e.into()))
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Infer(args) => match infer::run(&args).await {
+            Ok(result) => {
+                println!("{}", result.summary());
+                Ok(())
             }
             Err(e) => Err(e.into()),
         },

@@ -207,3 +207,60 @@ async fn cluster_writes_by_default_where_git_ignores_it() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "reports/cluster must stay tracked");
 }
+
+/// Runs `switchyard infer ARGS` and returns its stdout; it must succeed.
+async fn infer_output(args: &[&str]) -> String {
+    let output = Command::new(BIN).arg("infer").args(args).kill_on_drop(true).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line: {stdout}"))
+}
+
+#[tokio::test]
+async fn infer_prints_the_answer_ttft_and_decoded_load_report_from_a_worker_and_through_the_gateway() {
+    let (_worker, worker_addr) =
+        common::spawn_until(&["worker", "--listen", "127.0.0.1:0", "--speed", "20"], "worker serving on ")
+            .await;
+    let (_gateway, gateway_addr) = common::spawn_until(
+        &["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--backend", &worker_addr],
+        "gateway serving on ",
+    )
+    .await;
+    for target in [&worker_addr, &gateway_addr] {
+        for stream in [false, true] {
+            let mut args = vec!["--target", target.as_str(), "--model", "sim-llm", "--max-tokens", "5"];
+            if stream {
+                args.push("--stream");
+            }
+            args.push("Why is the sky blue?");
+            let stdout = infer_output(&args).await;
+            let answer = line(&stdout, "answer: ");
+            assert_eq!(answer.split_whitespace().count(), 6, "{target} stream {stream}: {stdout}");
+            let ttft = line(&stdout, "ttft: ");
+            assert!(ttft.ends_with(" ms") || ttft.ends_with("(reported by the server)"), "{stdout}");
+            assert_eq!(ttft.contains("reported by the server"), !stream, "{stdout}");
+            let load = line(&stdout, "load report: ");
+            assert!(
+                load.contains("queue_depth 0")
+                    && load.contains("capacity 256")
+                    && load.contains("prefix_hit_rate"),
+                "{target} stream {stream}: {stdout}"
+            );
+            let responses = if stream { "(5 responses)" } else { "(1 response)" };
+            assert!(line(&stdout, "latency: ").ends_with(responses), "{stdout}");
+        }
+    }
+    // An unknown model is an error that names it, and a non-zero exit.
+    let output = Command::new(BIN)
+        .args(["infer", "--target", &worker_addr, "--model", "gpt-17", "hi"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NOT_FOUND") && stderr.contains("gpt-17"), "{stderr}");
+}
