@@ -95,6 +95,12 @@ impl Default for LoadgenArgs {
     }
 }
 
+/// Below this share of the offered rate, the served rate is "far below" it and the summary
+/// warns that the target is overloaded. A run that keeps up serves nearly all of it (a short run
+/// loses a little to the tail after the last send: a 3 s schedule with 1 s responses serves
+/// 75 %).
+pub const OVERLOAD_RATIO: f64 = 0.5;
+
 /// Why the load generator could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
@@ -185,6 +191,28 @@ impl LoadgenReport {
         ))
     }
 
+    /// Requests that succeeded per second of the run (first send to last response).
+    pub fn served_rate(&self) -> f64 {
+        if self.duration_s > 0.0 { self.ok as f64 / self.duration_s } else { 0.0 }
+    }
+
+    /// A warning when the target served far less than the schedule offered (under
+    /// [`OVERLOAD_RATIO`] of it): the target is past its capacity, requests queued, and the
+    /// latencies measure the queue more than the target.
+    pub fn overload_warning(&self) -> Option<String> {
+        let served = self.served_rate();
+        if self.ok == 0 || self.offered_rate <= 0.0 || served >= OVERLOAD_RATIO * self.offered_rate {
+            return None;
+        }
+        Some(format!(
+            "warning: the target served {served:.2} requests/s of the {:.2}/s offered ({:.0} %): the \
+             offered load exceeds its capacity, so the latencies above are mostly queueing; offer \
+             less (a larger --time-scale, a lower pattern rate) or add replicas",
+            self.offered_rate,
+            100.0 * served / self.offered_rate
+        ))
+    }
+
     /// A one-paragraph summary: counts, rates and the table.
     pub fn summary(&self) -> String {
         let errors: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -203,7 +231,7 @@ impl LoadgenReport {
             self.offered_rate,
             self.output_tokens_per_s,
             self.table()
-        )
+        ) + &self.overload_warning().map(|w| format!("\n{w}")).unwrap_or_default()
     }
 }
 
@@ -534,6 +562,23 @@ mod tests {
             offered_rate: 1.0,
             duration_s: 1.0,
         }
+    }
+
+    #[test]
+    fn a_target_far_behind_the_offered_rate_is_reported_overloaded() {
+        // The README's old example: ~34 requests/s offered for 5 s, 125 s to serve them.
+        let mut r = report(120, &[("DEADLINE_EXCEEDED", 50)]);
+        (r.offered_rate, r.duration_s) = (34.0, 125.0);
+        let warning = r.overload_warning().expect("a warning");
+        assert!(
+            warning.starts_with("warning: the target served 0.96 requests/s of the 34.00/s offered (3 %)"),
+            "{warning}"
+        );
+        assert!(r.summary().ends_with(&warning));
+        // A run that keeps up, with the tail after the last send.
+        (r.ok, r.offered_rate, r.duration_s) = (180, 3.0, 63.0);
+        assert_eq!(r.overload_warning(), None);
+        assert!(!r.summary().contains("warning"));
     }
 
     #[test]
