@@ -264,3 +264,14 @@ async fn infer_prints_the_answer_ttft_and_decoded_load_report_from_a_worker_and_
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("NOT_FOUND") && stderr.contains("gpt-17"), "{stderr}");
 }
+
+#[tokio::test]
+async fn gateway_and_cluster_help_list_every_policy() {
+    for command in ["gateway", "cluster"] {
+        let output = Command::new(BIN).args([command, "--help"]).output().await.unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        for kind in switchyard::balance::PolicyKind::ALL {
+            assert!(help.contains(kind.name()), "{command} --help lacks {}: {help}", kind.name());
+        }
+    }
+}

@@ -92,9 +92,8 @@ pub const DEFAULT_OUT: &str = "reports/tmp/cluster";
 /// Flags of `switchyard cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
-    /// The gateway's balancing policy (round-robin, weighted-round-robin, least-connections,
-    /// least-response-time, p2c-peak-ewma, random, load-report).
-    #[arg(long, default_value_t = PolicyKind::DEFAULT.name().to_string())]
+    /// The gateway's balancing policy, one of the registered ones (see `--help`).
+    #[arg(long, default_value_t = PolicyKind::DEFAULT.name().to_string(), help = crate::gateway::policy_help("The gateway's balancing policy"))]
     pub policy: String,
     /// Workers to start; the last one runs at `--slow-speed`, the others at speed 1.
     #[arg(long, default_value_t = 4)]

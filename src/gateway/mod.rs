@@ -152,6 +152,13 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub const DEFAULT_ADMIN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9900);
 
+/// `what`, followed by the names of the registered policies: the help of a `--policy` flag, read
+/// from the registry so that it lists every policy there is.
+pub fn policy_help(what: &str) -> String {
+    let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+    format!("{what}: {}", names.join(", "))
+}
+
 /// How a gateway is set up: flags of `switchyard gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
@@ -164,7 +171,7 @@ pub struct GatewayArgs {
     #[arg(long = "backend", value_name = "URI", conflicts_with = "config")]
     pub backends: Vec<String>,
     /// Balancing policy of the `default` pool (with --backend).
-    #[arg(long, default_value_t = PolicyKind::DEFAULT, conflicts_with = "config")]
+    #[arg(long, default_value_t = PolicyKind::DEFAULT, conflicts_with = "config", help = policy_help("Balancing policy of the `default` pool (with --backend)"))]
     pub policy: PolicyKind,
     /// Address of the admin HTTP API, `IP:PORT` or `HOST:PORT` [default: the config's `admin`,
     /// else 127.0.0.1:9900].
