@@ -632,8 +632,9 @@ async fn admin_state_becomes(admin_addr: SocketAddr, state: &str) {
 async fn a_call_during_the_drain_is_refused_retryably_and_admin_answers() {
     let w = Worker::start_with(WorkerArgs { speed: 1.0, ..WorkerArgs::default() }).await;
     let mut config = GatewayConfig::single_pool(&[w.uri()], PolicyKind::DEFAULT).unwrap();
-    // One serving thread: both client connections below are drained together.
-    config.threads = std::num::NonZeroUsize::new(1);
+    // Two serving threads: the acceptor hands the second connection to the thread without one,
+    // which has no call in flight during the drain.
+    config.threads = std::num::NonZeroUsize::new(2);
     let gateway = start_gateway(config).await;
     let (addr, admin_addr) = (gateway.local_addr(), gateway.admin_addr().unwrap());
     admin_state_becomes(admin_addr, "serving").await;

@@ -9,9 +9,11 @@
 //! 1. From the signal on, each connection stays open, and a call that arrives is refused at once
 //!    with `UNAVAILABLE` ("the gateway is shutting down"): retryable, and the client may retry on
 //!    another address. Calls already in flight go on to their end.
-//! 2. When its serving thread has no call in flight any more, the connection sends GOAWAY (the
+//! 2. When no serving thread has a call in flight any more, every connection sends GOAWAY (the
 //!    graceful two-step one: streams the client opened before it heard are still answered, with
-//!    `UNAVAILABLE`), and closes.
+//!    `UNAVAILABLE`), and closes. Calls are counted per thread (no shared counter on the request
+//!    path); each thread reports once to the gateway-wide [`DrainGate`] when its count reaches
+//!    zero, which it then keeps, as new calls are refused.
 //!
 //! The drain timeout bounds the whole, as before.
 
@@ -47,6 +49,41 @@ impl CallsInFlight {
             // Registered before the check, so an end between the two is not missed.
             notified.as_mut().enable();
             if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The gateway-wide end of the drain: open until every serving thread has reported that its
+/// calls in flight have ended.
+#[derive(Debug)]
+pub(crate) struct DrainGate {
+    busy_threads: AtomicUsize,
+    open: Notify,
+}
+
+impl DrainGate {
+    /// A gate for `threads` serving threads.
+    pub(crate) fn new(threads: usize) -> Self {
+        Self { busy_threads: AtomicUsize::new(threads), open: Notify::new() }
+    }
+
+    /// One serving thread has no call in flight any more (call once per thread).
+    pub(crate) fn thread_drained(&self) {
+        if self.busy_threads.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.notify_waiters();
+        }
+    }
+
+    /// Returns once every serving thread has drained.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.open.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.busy_threads.load(Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;
@@ -138,11 +175,12 @@ impl<B: Body> Body for Counted<B> {
     }
 }
 
-/// Serves `connection` until it ends; once `draining` turns true, waits until `calls` (its
-/// thread's) are idle, then shuts the connection down gracefully (GOAWAY) and lets it finish.
+/// Serves `connection` until it ends; once `draining` turns true, waits until `gate` opens (no
+/// serving thread has a call in flight), then shuts the connection down gracefully (GOAWAY) and
+/// lets it finish.
 pub(crate) async fn serve_connection<C>(
     connection: C,
-    calls: Arc<CallsInFlight>,
+    gate: Arc<DrainGate>,
     mut draining: watch::Receiver<bool>,
 ) -> Result<(), C::Error>
 where
@@ -155,7 +193,7 @@ where
     }
     tokio::select! {
         result = connection.as_mut() => return result,
-        () = calls.idle() => {}
+        () = gate.drained() => {}
     }
     connection.as_mut().graceful_shutdown();
     connection.await

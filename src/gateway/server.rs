@@ -22,7 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::admin;
 use super::config::{ConfigError, GatewayConfig};
-use super::drain::{self, CallsInFlight, Draining};
+use super::drain::{self, CallsInFlight, DrainGate, Draining};
 use super::pool::Pool;
 use super::proxy::Proxy;
 use super::route::Router;
@@ -114,6 +114,7 @@ impl Gateway {
         http2.timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
         let mut handoff = Vec::with_capacity(threads);
         let mut serving = Vec::with_capacity(threads);
+        let gate = Arc::new(DrainGate::new(threads));
         for index in 0..threads {
             let (connections, incoming) = mpsc::channel(HANDOFF_QUEUE);
             let open = Arc::new(AtomicUsize::new(0));
@@ -121,11 +122,12 @@ impl Gateway {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (stopped, drain, http2, proxy, count) =
                 (stopped.clone(), config.drain_timeout, http2.clone(), proxy.clone(), open.clone());
-            let calls = Arc::new(CallsInFlight::default());
+            let (calls, gate) = (Arc::new(CallsInFlight::default()), gate.clone());
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
                 let (thread_calls, draining) = (calls.clone(), stopped.clone());
-                runtime.block_on(serve_thread(incoming, stopped, drain, count, calls, move |io| {
+                let drain = Drain { timeout: drain, calls, gate };
+                runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
                     let proxy = Draining::new(proxy.clone(), thread_calls.clone(), draining.clone());
                     http2.serve_connection(TokioIo::new(io), proxy)
                 }));
@@ -286,15 +288,24 @@ async fn hand_over(threads: &mut Vec<ServingThread>, mut stream: std::net::TcpSt
     }
 }
 
+/// How a serving thread drains.
+struct Drain {
+    /// The longest the drain may take.
+    timeout: Duration,
+    /// The thread's calls in flight.
+    calls: Arc<CallsInFlight>,
+    /// Where the thread reports that its calls have ended, and learns that all threads' have.
+    gate: Arc<DrainGate>,
+}
+
 /// A serving thread: serves the connections it is handed until `stop`, then drains them (see
-/// `drain`: new calls refused, calls in flight finished, then GOAWAY), at most `drain`, and closes
-/// the rest. `open` counts its open connections, for the acceptor; `calls` its calls in flight.
+/// `drain`: new calls refused, calls in flight finished, then GOAWAY), at most `drain.timeout`,
+/// and closes the rest. `open` counts its open connections, for the acceptor.
 async fn serve_thread<F, C>(
     mut incoming: mpsc::Receiver<std::net::TcpStream>,
     stop: watch::Receiver<bool>,
-    drain: Duration,
+    drain: Drain,
     open: Arc<AtomicUsize>,
-    calls: Arc<CallsInFlight>,
     serve_connection: F,
 ) where
     F: Fn(TcpStream) -> C,
@@ -303,9 +314,9 @@ async fn serve_thread<F, C>(
 {
     let mut connections = JoinSet::new();
     let serve = |connections: &mut JoinSet<()>, stream: TcpStream| {
-        let (connection, calls, stop) = (serve_connection(stream), calls.clone(), stop.clone());
+        let (connection, gate, stop) = (serve_connection(stream), drain.gate.clone(), stop.clone());
         connections.spawn(async move {
-            if let Err(e) = drain::serve_connection(connection, calls, stop).await {
+            if let Err(e) = drain::serve_connection(connection, gate, stop).await {
                 tracing::debug!("gateway connection ended: {e}");
             }
         });
@@ -340,8 +351,20 @@ async fn serve_thread<F, C>(
     if !connections.is_empty() {
         tracing::info!(connections = connections.len(), "gateway draining");
     }
-    let drained = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(drain, drained).await.is_err() {
+    let drained = async {
+        let report = async {
+            drain.calls.idle().await;
+            drain.gate.thread_drained();
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            // First, so that a thread without connections still reports.
+            biased;
+            () = report => {}
+            () = async { while connections.join_next().await.is_some() {} } => {}
+        }
+    };
+    if tokio::time::timeout(drain.timeout, drained).await.is_err() {
         tracing::warn!(
             connections = connections.len(),
             "gateway: drain timeout, closing connections with requests in flight"
