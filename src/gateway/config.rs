@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_balance::PolicyKind;
+use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
 use toml::Spanned;
 
@@ -54,8 +55,9 @@ pub struct GatewayConfig {
 pub struct PoolConfig {
     /// The pool's name, unique in the config (routes and the admin API use it).
     pub name: String,
-    /// The balancing policy.
-    pub policy: PolicyKind,
+    /// The balancing policy: a name, or a name with parameters, from the policy registry
+    /// ([`switchyard_balance::policy::registry`]).
+    pub policy: PolicySpec,
     /// The endpoints: `http://` URIs, ids unique within the pool.
     pub endpoints: Vec<Endpoint>,
 }
@@ -113,7 +115,8 @@ impl GatewayConfig {
     /// One pool named `default`, balanced by `policy`, over `backends` (URIs such as
     /// `http://127.0.0.1:9001`; a bare `host:port` means `http://`). Each endpoint's id is its
     /// authority (`127.0.0.1:9001`). Validated.
-    pub fn single_pool(backends: &[String], policy: PolicyKind) -> Result<Self, ConfigError> {
+    pub fn single_pool(backends: &[String], policy: impl Into<PolicySpec>) -> Result<Self, ConfigError> {
+        let policy = policy.into();
         if backends.is_empty() {
             return Err(ConfigError::field(
                 "--backend",
@@ -191,6 +194,9 @@ impl GatewayConfig {
                     format!("pool[{i}].name"),
                     format!("duplicate pool name {:?}", pool.name),
                 ));
+            }
+            if let Err(e) = policy::registry().validate(&pool.policy) {
+                return Err(ConfigError::field(format!("pool[{i}].policy"), e.to_string()));
             }
             if pool.endpoints.is_empty() {
                 return Err(ConfigError::field(
@@ -378,7 +384,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawPool {
     name: Spanned<String>,
-    policy: Option<Spanned<String>>,
+    policy: Option<Spanned<PolicySpec>>,
     endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
 }
 
@@ -452,11 +458,13 @@ impl RawConfig {
             lines.record(format!("pool[{i}].name"), &pool.name);
             lines.record(format!("pool[{i}].endpoints"), &pool.endpoints);
             let policy = match pool.policy {
-                None => PolicyKind::DEFAULT,
-                Some(p) => p
-                    .get_ref()
-                    .parse()
-                    .map_err(|e| lines.error(format!("pool[{i}].policy"), p.span(), format!("{e}")))?,
+                None => PolicyKind::DEFAULT.spec(),
+                Some(p) => {
+                    policy::registry()
+                        .validate(p.get_ref())
+                        .map_err(|e| lines.error(format!("pool[{i}].policy"), p.span(), format!("{e}")))?;
+                    p.into_inner()
+                }
             };
             let mut endpoints = Vec::new();
             for (j, endpoint) in pool.endpoints.into_inner().into_iter().enumerate() {
@@ -523,11 +531,11 @@ pool = "b"
         assert_eq!(c.listen, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(c.drain_timeout, Duration::from_secs(5));
         assert_eq!(c.threads, NonZeroUsize::new(3));
-        assert_eq!(c.pools[0].policy, PolicyKind::DEFAULT);
+        assert_eq!(c.pools[0].policy, PolicyKind::DEFAULT.spec());
         assert_eq!(c.pools[0].endpoints[0].id.as_str(), "127.0.0.1:9001");
         assert_eq!(c.pools[0].endpoints[1].address, "http://127.0.0.1:9002");
         assert_eq!((c.pools[0].endpoints[1].id.as_str(), c.pools[0].endpoints[1].weight), ("b2", 3));
-        assert_eq!(c.pools[1].policy, PolicyKind::RoundRobin);
+        assert_eq!(c.pools[1].policy, PolicyKind::RoundRobin.spec());
         assert_eq!(c.routes[0].model.as_deref(), Some("m"));
         assert_eq!(c.default_pool(), Some("a"));
     }

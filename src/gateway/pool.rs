@@ -2,18 +2,19 @@
 
 use std::fmt;
 
-use switchyard_balance::discover::StaticDiscover;
-use switchyard_balance::{Backend, Balance, LoadBoard, PolicyHandle, PolicyKind, Shared};
+use switchyard_balance::{
+    Backend, Balance, LoadBoard, PolicyError, PolicyHandle, PolicySpec, Shared, policy,
+};
 use switchyard_core::stable_hash;
 
-use super::body::RequestBody;
+use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
 use super::upstream::EndpointClient;
 
 /// A request on its way to an endpoint.
 pub(crate) type UpstreamRequest = http::Request<RequestBody>;
 
-type Balancer = Balance<StaticDiscover<EndpointClient>, EndpointClient, UpstreamRequest>;
+type Balancer = Balance<EndpointClient, UpstreamRequest>;
 
 /// A pool's balancer, called in place by every stream of the gateway (no task in between).
 pub(crate) type Upstream = Shared<Balancer>;
@@ -42,12 +43,23 @@ impl Pool {
             backends.push(Backend::new(endpoint.clone(), service));
         }
         let seed = stable_hash(config.name.as_bytes());
-        let policy = PolicyHandle::of(config.policy, seed);
+        let policy = PolicyHandle::from_spec(&config.policy, seed).map_err(|e| ConfigError {
+            file: None,
+            line: None,
+            field: Some(format!("pool {:?} policy", config.name)),
+            message: e.to_string(),
+        })?;
         // `from_backends` inserts the endpoints at once, so the board shows them before the
         // first request.
-        let balancer: Balancer = Balance::from_backends(backends).with_policy(policy.clone());
+        let balancer: Balancer =
+            Balance::from_backends(backends).with_policy(policy.clone()).with_name(config.name.as_str());
         let board = balancer.board();
         Ok(Self { name: config.name.clone(), policy, board, seed, upstream: Shared::new(balancer) })
+    }
+
+    /// The pool's service: its layers, then its balancer.
+    pub(crate) fn service(&self) -> PoolService {
+        PoolService { upstream: self.upstream.clone() }
     }
 
     /// The pool's name.
@@ -65,10 +77,11 @@ impl Pool {
         &self.policy
     }
 
-    /// Switches the pool to a new policy of `kind`, atomically: requests already sent stay where
-    /// they are. Returns the name of the previous policy.
-    pub fn set_policy(&self, kind: PolicyKind) -> &'static str {
-        self.policy.set(kind.build(self.seed)).name()
+    /// Switches the pool to a new policy built from `spec` by the policy registry, atomically:
+    /// requests already sent stay where they are. Returns the name of the previous policy.
+    pub fn set_policy(&self, spec: &PolicySpec) -> Result<&'static str, PolicyError> {
+        let next = policy::registry().build(spec, self.seed)?;
+        Ok(self.policy.set(next).name())
     }
 }
 
@@ -79,5 +92,32 @@ impl fmt::Debug for Pool {
             .field("policy", &self.policy.name())
             .field("endpoints", &self.board.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A pool's stack as one service: the request to its endpoint, the response as the proxy sends it
+/// back.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolService {
+    upstream: Upstream,
+}
+
+impl tower::Service<UpstreamRequest> for PoolService {
+    type Response = http::Response<ProxyBody>;
+    type Error = tower::BoxError;
+    type Future = futures::future::MapOk<
+        <Upstream as tower::Service<UpstreamRequest>>::Future,
+        fn(
+            http::Response<switchyard_balance::TrackedBody<hyper::body::Incoming>>,
+        ) -> http::Response<ProxyBody>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.upstream.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        use futures::TryFutureExt;
+        self.upstream.call(req).map_ok(|response| response.map(ProxyBody::upstream))
     }
 }

@@ -3,20 +3,18 @@
 //!
 //! Nothing is decoded on the way (except the bounded model peek, when a route needs it), so any
 //! gRPC service and every call shape (unary, client-, server- and bidirectional streaming) pass.
-//! The balancer's [`TrackedBody`] keeps the request counted against its endpoint until the last
-//! frame, and reads the `grpc-status` and the ORCA load report from the trailers as they go by.
-//! The gateway's own failures are trailers-only gRPC responses: `UNAVAILABLE` when the pool has
-//! no endpoint or the endpoint cannot be reached, `UNIMPLEMENTED` when no route takes the request.
+//! The balancer's [`TrackedBody`](switchyard_balance::TrackedBody) keeps the request counted
+//! against its endpoint until the last frame, and reads the `grpc-status` and the ORCA load report
+//! from the trailers as they go by. The gateway's own failures are trailers-only gRPC responses
+//! built by [`switchyard_core::status_of`] from the typed error of the layer that failed: the
+//! status names the pool and endpoint, never the upstream's cause, which goes to the log.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
-use switchyard_balance::NoEndpoints;
-use tonic::Status;
-use tower::{BoxError, ServiceExt};
+use tower::ServiceExt;
 
 use super::body::ProxyBody;
 use super::pool::Pool;
@@ -55,33 +53,34 @@ impl Shared {
     async fn forward(&self, req: http::Request<Incoming>) -> http::Response<ProxyBody> {
         let (index, req) = match self.router.route(req).await {
             Ok(routed) => routed,
-            Err(status) => {
-                tracing::debug!(message = status.message(), "unrouted request");
-                return status.into_http();
+            Err(error) => {
+                tracing::debug!("unrouted request: {error}");
+                return switchyard_core::status_of(&error).to_http();
             }
         };
         let pool = &self.pools[index];
-        match pool.upstream.clone().oneshot(req).await {
-            Ok(response) => response.map(ProxyBody::upstream),
-            Err(e) => {
-                let status = unavailable(pool, &e);
-                tracing::debug!(pool = pool.name(), message = status.message(), "upstream failed");
-                status.into_http()
+        match pool.service().oneshot(req).await {
+            Ok(response) => response,
+            Err(error) => {
+                let status = switchyard_core::status_of(&*error);
+                tracing::debug!(pool = pool.name(), status = ?status.code, error = %Chain(&*error), "request failed");
+                status.to_http()
             }
         }
     }
 }
 
-/// `UNAVAILABLE`, saying why: no endpoint, or the endpoint's connection failed (with the causes).
-fn unavailable(pool: &Pool, error: &BoxError) -> Status {
-    if error.is::<NoEndpoints>() {
-        return Status::unavailable(format!("pool {:?} has no endpoint available", pool.name()));
+/// An error and its causes, for the log.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
-    let mut message = format!("pool {:?}: upstream unavailable: {error}", pool.name());
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(message, ": {cause}");
-        source = cause.source();
-    }
-    Status::unavailable(message)
 }

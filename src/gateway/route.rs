@@ -10,7 +10,7 @@
 
 use http::HeaderName;
 use hyper::body::Incoming;
-use tonic::Status;
+use switchyard_core::{Error, ErrorKind};
 
 use super::body::RequestBody;
 use super::config::GatewayConfig;
@@ -58,7 +58,7 @@ impl Router {
     pub(crate) async fn route(
         &self,
         req: http::Request<Incoming>,
-    ) -> Result<(usize, http::Request<RequestBody>), Status> {
+    ) -> Result<(usize, http::Request<RequestBody>), Error> {
         if self.routes.is_empty() {
             // The common case, with no lookup at all.
             return match self.default {
@@ -115,9 +115,10 @@ impl Router {
     }
 }
 
-fn no_route(path: &str, model: Option<&str>) -> Status {
-    match model {
-        Some(model) => Status::unimplemented(format!("no route for {path} and model {model:?}")),
-        None => Status::unimplemented(format!("no route for {path} (no model named)")),
-    }
+fn no_route(path: &str, model: Option<&str>) -> Error {
+    let why = match model {
+        Some(model) => format!("for {path} and model {model:?}"),
+        None => format!("for {path} (no model named)"),
+    };
+    Error::new(ErrorKind::NoRoute(why.into()))
 }

@@ -55,7 +55,7 @@ mod size;
 
 pub use deadline::{Deadline, ModelName, parse_grpc_timeout};
 pub use endpoint::{Endpoint, EndpointId};
-pub use error::{Error, ErrorKind, Status, status_of};
+pub use error::{Code, Error, ErrorKind, Status, status_of};
 pub use load::{Load, ReportedLoad};
 pub use outcome::{Outcome, RETRY_PUSHBACK_HEADER, retry_pushback};
 pub use priority::{ParsePriorityError, Priority};
