@@ -12,14 +12,24 @@ use switchyard_balance::TrackedBody;
 
 use super::peek::Replay;
 
-/// A request body as routing leaves it: untouched, or with the frames read to find the model
-/// name put back in front.
+/// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
+/// unchanged (those read to find the request's keys come first again).
 #[derive(Debug)]
-pub(crate) enum RequestBody {
+pub struct RequestBody(pub(crate) RequestFrames);
+
+/// Where a [`RequestBody`]'s frames come from.
+#[derive(Debug)]
+pub(crate) enum RequestFrames {
     /// The client's body, not read.
     Untouched(Incoming),
     /// The client's body, the frames the model peek read replayed first.
     Peeked(Replay<Incoming>),
+}
+
+impl RequestBody {
+    pub(crate) fn untouched(body: Incoming) -> Self {
+        Self(RequestFrames::Untouched(body))
+    }
 }
 
 impl Body for RequestBody {
@@ -30,32 +40,32 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Untouched(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Peeked(body) => Pin::new(body).poll_frame(cx),
+        match &mut self.get_mut().0 {
+            RequestFrames::Untouched(body) => Pin::new(body).poll_frame(cx),
+            RequestFrames::Peeked(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Untouched(body) => body.is_end_stream(),
-            RequestBody::Peeked(body) => body.is_end_stream(),
+        match &self.0 {
+            RequestFrames::Untouched(body) => body.is_end_stream(),
+            RequestFrames::Peeked(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Untouched(body) => body.size_hint(),
-            RequestBody::Peeked(body) => body.size_hint(),
+        match &self.0 {
+            RequestFrames::Untouched(body) => body.size_hint(),
+            RequestFrames::Peeked(body) => body.size_hint(),
         }
     }
 }
 
 pin_project! {
     /// The response body of the proxy: the endpoint's, frame for frame, or nothing for the
-    /// gateway's own trailers-only statuses.
+    /// gateway's own trailers-only statuses (its `Default`).
     #[derive(Default)]
-    pub(crate) struct ProxyBody {
+    pub struct ProxyBody {
         #[pin]
         upstream: Option<TrackedBody<Incoming>>,
     }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use switchyard_balance::PolicyKind;
 use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
+use switchyard_core::Spec;
 use toml::Spanned;
 
 /// The metadata header that names the model when a route matches on `model`: it takes
@@ -58,6 +59,9 @@ pub struct PoolConfig {
     /// The balancing policy: a name, or a name with parameters, from the policy registry
     /// ([`switchyard_balance::policy::registry`]).
     pub policy: PolicySpec,
+    /// The pool's layers, outermost first, from the layer registry
+    /// ([`layers::registry`](super::layers::registry)): empty by default.
+    pub layers: Vec<Spec>,
     /// The endpoints: `http://` URIs, ids unique within the pool.
     pub endpoints: Vec<Endpoint>,
 }
@@ -130,8 +134,10 @@ impl GatewayConfig {
                 Endpoint::new(default_id(&address), address)
             })
             .collect();
-        let config =
-            Self { pools: vec![PoolConfig { name: "default".into(), policy, endpoints }], ..Self::empty() };
+        let config = Self {
+            pools: vec![PoolConfig { name: "default".into(), policy, layers: Vec::new(), endpoints }],
+            ..Self::empty()
+        };
         config.validate().map_err(|mut e| {
             // The flags have no lines; say which flag.
             if e.field.as_deref().is_some_and(|f| f.contains("address")) {
@@ -197,6 +203,11 @@ impl GatewayConfig {
             }
             if let Err(e) = policy::registry().validate(&pool.policy) {
                 return Err(ConfigError::field(format!("pool[{i}].policy"), e.to_string()));
+            }
+            for (k, layer) in pool.layers.iter().enumerate() {
+                if let Err(e) = super::layers::registry().build(layer) {
+                    return Err(ConfigError::field(format!("pool[{i}].layers[{k}]"), format!("layer {e}")));
+                }
             }
             if pool.endpoints.is_empty() {
                 return Err(ConfigError::field(
@@ -385,6 +396,8 @@ struct RawConfig {
 struct RawPool {
     name: Spanned<String>,
     policy: Option<Spanned<PolicySpec>>,
+    #[serde(default)]
+    layers: Vec<Spanned<Spec>>,
     endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
 }
 
@@ -466,6 +479,17 @@ impl RawConfig {
                     p.into_inner()
                 }
             };
+            let mut layers = Vec::with_capacity(pool.layers.len());
+            for (k, layer) in pool.layers.into_iter().enumerate() {
+                if let Err(e) = super::layers::registry().build(layer.get_ref()) {
+                    return Err(lines.error(
+                        format!("pool[{i}].layers[{k}]"),
+                        layer.span(),
+                        format!("layer {e}"),
+                    ));
+                }
+                layers.push(layer.into_inner());
+            }
             let mut endpoints = Vec::new();
             for (j, endpoint) in pool.endpoints.into_inner().into_iter().enumerate() {
                 let field = format!("pool[{i}].endpoints[{j}]");
@@ -482,7 +506,7 @@ impl RawConfig {
                 };
                 endpoints.push(Endpoint::new(id, address).with_weight(endpoint.weight));
             }
-            config.pools.push(PoolConfig { name: pool.name.into_inner(), policy, endpoints });
+            config.pools.push(PoolConfig { name: pool.name.into_inner(), policy, layers, endpoints });
         }
         for (k, route) in self.route.into_iter().enumerate() {
             lines.record(format!("route[{k}]"), &route);

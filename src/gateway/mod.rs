@@ -120,6 +120,7 @@
 mod admin;
 mod body;
 mod config;
+pub mod layers;
 mod peek;
 mod pool;
 mod proxy;
@@ -131,6 +132,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use body::{ProxyBody, RequestBody};
 pub use config::{
     ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, MAX_THREADS, PoolConfig,
     RouteConfig,

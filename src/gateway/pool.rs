@@ -9,6 +9,7 @@ use switchyard_core::stable_hash;
 
 use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
+use super::layers::{self, BoxPoolService};
 use super::upstream::EndpointClient;
 
 /// A request on its way to an endpoint.
@@ -26,6 +27,8 @@ pub struct Pool {
     board: LoadBoard,
     seed: u64,
     pub(crate) upstream: Upstream,
+    /// The pool's layers over its balancer, when it has any.
+    layered: Option<BoxPoolService>,
 }
 
 impl Pool {
@@ -54,12 +57,28 @@ impl Pool {
         let balancer: Balancer =
             Balance::from_backends(backends).with_policy(policy.clone()).with_name(config.name.as_str());
         let board = balancer.board();
-        Ok(Self { name: config.name.clone(), policy, board, seed, upstream: Shared::new(balancer) })
+        let upstream = Shared::new(balancer);
+        let layered = match config.layers.as_slice() {
+            [] => None,
+            specs => {
+                let direct = BoxPoolService::new(Direct { upstream: upstream.clone() });
+                Some(layers::stack(specs, direct).map_err(|e| ConfigError {
+                    file: None,
+                    line: None,
+                    field: Some(format!("pool {:?} layers", config.name)),
+                    message: format!("layer {e}"),
+                })?)
+            }
+        };
+        Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered })
     }
 
     /// The pool's service: its layers, then its balancer.
     pub(crate) fn service(&self) -> PoolService {
-        PoolService { upstream: self.upstream.clone() }
+        match &self.layered {
+            None => PoolService::Direct(Direct { upstream: self.upstream.clone() }),
+            Some(layered) => PoolService::Layered(layered.clone()),
+        }
     }
 
     /// The pool's name.
@@ -96,21 +115,28 @@ impl fmt::Debug for Pool {
 }
 
 /// A pool's stack as one service: the request to its endpoint, the response as the proxy sends it
-/// back.
+/// back. Without layers, the balancer directly (nothing boxed).
 #[derive(Clone, Debug)]
-pub(crate) struct PoolService {
+pub(crate) enum PoolService {
+    Direct(Direct),
+    Layered(BoxPoolService),
+}
+
+/// The balancer as the bottom of a pool's stack.
+#[derive(Clone, Debug)]
+pub(crate) struct Direct {
     upstream: Upstream,
 }
 
-impl tower::Service<UpstreamRequest> for PoolService {
+type DirectFuture = futures::future::MapOk<
+    <Upstream as tower::Service<UpstreamRequest>>::Future,
+    fn(http::Response<switchyard_balance::TrackedBody<hyper::body::Incoming>>) -> http::Response<ProxyBody>,
+>;
+
+impl tower::Service<UpstreamRequest> for Direct {
     type Response = http::Response<ProxyBody>;
     type Error = tower::BoxError;
-    type Future = futures::future::MapOk<
-        <Upstream as tower::Service<UpstreamRequest>>::Future,
-        fn(
-            http::Response<switchyard_balance::TrackedBody<hyper::body::Incoming>>,
-        ) -> http::Response<ProxyBody>,
-    >;
+    type Future = DirectFuture;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.upstream.poll_ready(cx)
@@ -119,5 +145,26 @@ impl tower::Service<UpstreamRequest> for PoolService {
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         use futures::TryFutureExt;
         self.upstream.call(req).map_ok(|response| response.map(ProxyBody::upstream))
+    }
+}
+
+impl tower::Service<UpstreamRequest> for PoolService {
+    type Response = http::Response<ProxyBody>;
+    type Error = tower::BoxError;
+    type Future =
+        futures::future::Either<DirectFuture, <BoxPoolService as tower::Service<UpstreamRequest>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            PoolService::Direct(s) => s.poll_ready(cx),
+            PoolService::Layered(s) => s.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        match self {
+            PoolService::Direct(s) => futures::future::Either::Left(s.call(req)),
+            PoolService::Layered(s) => futures::future::Either::Right(s.call(req)),
+        }
     }
 }

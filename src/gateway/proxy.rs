@@ -23,18 +23,18 @@ use super::route::Router;
 /// The hyper service of the gateway's gRPC listener. Cloning is cheap (one `Arc`).
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
 }
 
 #[derive(Debug)]
-struct Shared {
+struct ProxyState {
     pools: Arc<[Pool]>,
     router: Router,
 }
 
 impl Proxy {
     pub(crate) fn new(pools: Arc<[Pool]>, router: Router) -> Self {
-        Self { shared: Arc::new(Shared { pools, router }) }
+        Self { shared: Arc::new(ProxyState { pools, router }) }
     }
 }
 
@@ -49,7 +49,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Proxy {
     }
 }
 
-impl Shared {
+impl ProxyState {
     async fn forward(&self, req: http::Request<Incoming>) -> http::Response<ProxyBody> {
         let (index, req) = match self.router.route(req).await {
             Ok(routed) => routed,

@@ -12,7 +12,7 @@ use http::HeaderName;
 use hyper::body::Incoming;
 use switchyard_core::{Error, ErrorKind};
 
-use super::body::RequestBody;
+use super::body::{RequestBody, RequestFrames};
 use super::config::GatewayConfig;
 use super::peek::{MAX_PEEK_BYTES, peek_model};
 
@@ -62,12 +62,12 @@ impl Router {
         if self.routes.is_empty() {
             // The common case, with no lookup at all.
             return match self.default {
-                Some(pool) => Ok((pool, req.map(RequestBody::Untouched))),
+                Some(pool) => Ok((pool, req.map(RequestBody::untouched))),
                 None => Err(no_route(req.uri().path(), None)),
             };
         }
         let (parts, body) = req.into_parts();
-        let mut body = RequestBody::Untouched(body);
+        let mut body = RequestBody::untouched(body);
         let mut model: Option<Option<String>> = None;
         let path = parts.uri.path();
         for route in self.routes.iter() {
@@ -104,13 +104,13 @@ impl Router {
         if !parts.uri.path().starts_with(KSERVE_MODEL_METHODS) {
             return (None, body);
         }
-        match body {
-            RequestBody::Untouched(incoming) => {
+        match body.0 {
+            RequestFrames::Untouched(incoming) => {
                 let (model, replay) = peek_model(incoming, MAX_PEEK_BYTES).await;
-                (model, RequestBody::Peeked(replay))
+                (model, RequestBody(RequestFrames::Peeked(replay)))
             }
             // Read once already: the first look found nothing.
-            peeked @ RequestBody::Peeked(_) => (None, peeked),
+            peeked @ RequestFrames::Peeked(_) => (None, RequestBody(peeked)),
         }
     }
 }

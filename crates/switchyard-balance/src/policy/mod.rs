@@ -33,7 +33,6 @@ mod p2c;
 mod random;
 mod registry;
 mod round_robin;
-mod spec;
 mod weighted_round_robin;
 
 use std::fmt;
@@ -49,7 +48,8 @@ pub use p2c::P2cPeakEwma;
 pub use random::Random;
 pub use registry::{PolicyError, PolicyFactory, PolicyRegistry, registry};
 pub use round_robin::RoundRobin;
-pub use spec::PolicySpec;
+/// A policy by name with parameters: a [`switchyard_core::Spec`].
+pub type PolicySpec = switchyard_core::Spec;
 use tokio::time::Instant;
 pub use weighted_round_robin::WeightedRoundRobin;
 
@@ -172,6 +172,12 @@ impl PolicyKind {
             PolicyKind::Random => Arc::new(Random::with_seed(seed)),
             PolicyKind::LoadReport => Arc::new(LoadReport::with_seed(seed)),
         }
+    }
+}
+
+impl From<PolicyKind> for PolicySpec {
+    fn from(kind: PolicyKind) -> Self {
+        kind.spec()
     }
 }
 

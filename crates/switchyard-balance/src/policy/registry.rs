@@ -9,6 +9,12 @@ use super::{Policy, PolicyKind, PolicySpec};
 /// Builds a policy from its spec and a seed for its random choices.
 pub type PolicyFactory = Arc<dyn Fn(&PolicySpec, u64) -> Result<Arc<dyn Policy>, PolicyError> + Send + Sync>;
 
+impl From<switchyard_core::SpecError> for PolicyError {
+    fn from(e: switchyard_core::SpecError) -> Self {
+        PolicyError::InvalidParams { name: e.name, message: e.message }
+    }
+}
+
 /// Why a policy could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
