@@ -257,3 +257,31 @@ impl http_body::Body for ChannelOrMade {
         }
     }
 }
+
+#[tokio::test]
+async fn a_4_mib_prompt_is_sized_from_its_length_prefix() {
+    let text = prompt(4 << 20);
+    let wire = grpc_frame(&text_request("m", &text, Some(10)));
+    let frames: Vec<Vec<u8>> = wire.chunks(16 * 1024).map(<[u8]>::to_vec).collect();
+    let holder = Holder::<ChannelBody>::default();
+    let mut keys = Keys::new(holder.clone(), KeysConfig::default().with_block_tokens(16));
+    let budget = keys.budget_available();
+    let found = keys.ready().await.unwrap().call(infer(body_of(frames, None))).await.unwrap();
+    assert_eq!(found.model, Some(ModelName::new("m")));
+    assert_eq!(found.size, Some(switchyard_core::RequestSize::new(1 << 20, 10)));
+    // The blocks read within the first MiB are the prompt's first blocks.
+    let prefix = found.prefix.unwrap();
+    let full = switchyard_core::PrefixBlocks::from_text(&text[..2 << 20], 16);
+    assert!(prefix.len() > 16_000 && prefix.len() < 16_384, "{} blocks", prefix.len());
+    assert_eq!(full.common_prefix(&prefix), prefix.len());
+
+    // Permits come back frame by frame as the body is replayed, not all at the end.
+    let mut body = holder.held.lock().unwrap().pop().unwrap().into_body();
+    let held = body.held_bytes();
+    assert_eq!(keys.budget_available(), budget - held);
+    let first = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first.len(), 16 * 1024);
+    assert_eq!(keys.budget_available(), budget - held + first.len());
+    drop(body);
+    assert_eq!(keys.budget_available(), budget, "dropping the body gives the rest back");
+}

@@ -278,3 +278,39 @@ async fn errors_and_early_ends_pass_through() {
     let (frames, _, _) = support::read_all(body).await;
     assert_eq!(joined(&frames), [&wire[..], b"later"].concat());
 }
+
+#[test]
+fn the_service_and_its_future_can_cross_threads() {
+    fn send<T: Send + 'static>(_: &T) {}
+    let mut service =
+        tower::ServiceBuilder::new().layer(KeysLayer::default()).service(recorder::<ChannelBody>());
+    let (_tx, body) = channel_body();
+    send(&service);
+    send(&service.call(request(MODEL_INFER, &[], body)));
+}
+
+#[tokio::test]
+async fn a_replayed_body_reports_its_size_and_end() {
+    use http_body::Body as _;
+    let wire = grpc_frame(&text_request("m", "hello", Some(3)));
+    let len = wire.len() as u64;
+    let mut service = KeysLayer::default().layer(tower::service_fn(
+        |req: http::Request<switchyard_keys::Replay<http_body_util::Full<Bytes>>>| async move {
+            Ok::<_, std::convert::Infallible>(req.into_body())
+        },
+    ));
+    let req = http::Request::post(MODEL_INFER).body(http_body_util::Full::new(Bytes::from(wire))).unwrap();
+    let mut body = service.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(body.held_bytes() as u64, len);
+    assert_eq!(body.size_hint().exact(), Some(len));
+    assert!(!body.is_end_stream());
+    let _ = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
+    assert!(body.is_end_stream());
+    assert_eq!(body.size_hint().exact(), Some(0));
+
+    // Not peeked: the body's own hint.
+    let req =
+        http::Request::post("/a.B/C").body(http_body_util::Full::new(Bytes::from_static(b"abc"))).unwrap();
+    let body = service.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!((body.held_bytes(), body.size_hint().exact()), (0, Some(3)));
+}

@@ -237,3 +237,61 @@ fn work_is_linear_in_the_bytes() {
         assert_eq!(s.finish().model, Some(ModelName::new("late")));
     }
 }
+
+/// A small deterministic generator (xorshift64*), so the fuzz cases are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn hostile_bytes_never_panic_and_are_read_once() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut req = text_request("model", &prompt(700), Some(12));
+    req.parameters.insert(PREFIX_HASHES.into(), param(ParameterChoice::StringParam("1,2,3".into())));
+    req.parameters.insert(PROMPT_TOKENS.into(), param(ParameterChoice::StringParam("99".into())));
+    req.raw_input_contents = vec![vec![4, 0, 0, 0, b'a', b'b', b'c', b'd']];
+    let valid = grpc_frame(&req);
+    for case in 0..20_000 {
+        // Half: a valid message with a few bytes changed (past the flag); half: random bytes.
+        let mut wire = if case % 2 == 0 {
+            let mut w = valid.clone();
+            for _ in 0..1 + rng.below(4) {
+                let i = 1 + rng.below(w.len() - 1);
+                w[i] = rng.next() as u8;
+            }
+            w
+        } else {
+            let mut w: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+            if let Some(flag) = w.first_mut() {
+                *flag = 0;
+            }
+            w
+        };
+        if case % 7 == 0 {
+            wire.truncate(rng.below(wire.len() + 1));
+        }
+        for target in [INFER, MODEL_ONLY] {
+            let mut s = Scanner::new(target);
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                let n = 1 + rng.below(rest.len().min(40));
+                s.feed(&rest[..n]);
+                rest = &rest[n..];
+            }
+            assert!(s.examined() <= wire.len() as u64);
+            assert!(s.steps() <= wire.len() as u64);
+            let _ = s.finish();
+        }
+    }
+}
