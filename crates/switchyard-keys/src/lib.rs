@@ -30,8 +30,19 @@
 //! compressed or malformed first message is no error: it gives no keys (or those read before
 //! the fault) and goes on, for the server to judge.
 //!
-//! For tonic clients, [`KeysConfig::extract_request`] fills the same extensions from a typed
-//! request, with the same scanner.
+//! # Where it goes
+//!
+//! - **A gateway or any hyper server**: build one [`Keys`] per pool or listener with
+//!   [`KeysLayer`], and give each accepted connection its own clone with
+//!   [`Keys::for_connection`] (plain clones share one budget). The inner service takes
+//!   `http::Request<Replay<B>>`; its errors and the layer's are `BoxError`s, for the layer that
+//!   answers them with [`status_of`](switchyard_core::status_of).
+//! - **A tonic server**: `Server::builder().layer(KeysLayer::new(config))` (tonic's `Routes`
+//!   take any body type). tonic clones one service for every connection, so there the budget is
+//!   the server's, shared by all its connections: size `connection_budget` for that.
+//! - **A tonic client**: there is no body to peek; [`KeysConfig::extract_request`] fills the
+//!   same extensions from the typed request, with the same scanner, before the call goes into
+//!   the client's tower stack.
 //!
 //! # Example
 //!

@@ -15,9 +15,9 @@
 //! - the parameters `max_tokens`, `prompt_tokens` (integers: `int64_param`, `uint64_param`, an
 //!   integral `double_param` or a `string_param` holding an integer) and `prefix_hashes` (a
 //!   `string_param` of comma-separated ids);
-//! - the input tensor named `text_input`: the first element of its `contents.bytes_contents`,
-//!   or, when it has no contents, its element of `raw_input_contents` (a 4-byte little-endian
-//!   length, then the bytes).
+//! - the input tensor named `text_input` (its name written before its contents, as encoders do):
+//!   the first element of its `contents.bytes_contents`, or, when it has no contents, its element
+//!   of `raw_input_contents` (a 4-byte little-endian length, then the bytes).
 //!
 //! For the other KServe model methods it reads field 1 alone. Protobuf encoders write fields in
 //! number order, so the scan stops as soon as every key it looks for is known or can no longer
@@ -306,7 +306,8 @@ impl Scanner {
         self.item_done();
     }
 
-    /// Consumes a piece of `data` (at least one byte) for the item being read.
+    /// Consumes a piece of `data` for the item being read: at least one byte, unless `data` is
+    /// empty (then it completes an empty field).
     fn step(&mut self, data: &[u8]) -> usize {
         let pending = std::mem::replace(&mut self.pending, Pending::Key(Varint::default()));
         match pending {
