@@ -13,8 +13,9 @@
 //!   own deadline, whichever is sooner).
 //!
 //! Every frame held takes permits from the connection's budget (a semaphore of bytes) before the
-//! next frame is read: one per byte, or the whole budget for a frame larger than it. The permits
-//! travel with the frame into the [`Replay`] and are released as the frame is handed on.
+//! next frame is read: one per byte plus [`FRAME_COST`] for the frame itself (or the whole budget
+//! for a frame larger than it). The permits travel with the frame into the [`Replay`] and are
+//! released as the frame is handed on.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -31,6 +32,12 @@ use tokio::time::{Instant, Sleep};
 use crate::config::KeysConfig;
 use crate::replay::{Held, Replay};
 use crate::scan::{BodyKeys, Scanner};
+
+/// Budget permits a held frame takes besides its bytes: its entry in the replay queue (about 60
+/// bytes) and, for HTTP/2, the 9-byte frame header that stays in the connection's read buffer
+/// with it. Without it, a client's 1-byte frames would hold ten times the memory they are
+/// charged for.
+pub(crate) const FRAME_COST: usize = 64;
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
@@ -144,11 +151,8 @@ where
 
     /// Keeps `data` for the replay, with its budget permits, or starts waiting for them.
     fn hold(&mut self, data: Bytes) {
-        if data.is_empty() {
-            self.head.push_back(Held { data, _permit: None });
-            return;
-        }
-        let permits = u32::try_from(data.len().min(self.config.budget_permits())).unwrap_or(u32::MAX);
+        let cost = data.len().saturating_add(FRAME_COST).min(self.config.budget_permits());
+        let permits = u32::try_from(cost).unwrap_or(u32::MAX);
         match self.budget.clone().try_acquire_many_owned(permits) {
             Ok(permit) => self.head.push_back(Held { data, _permit: Some(permit) }),
             Err(TryAcquireError::NoPermits) => {

@@ -10,8 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// A data frame read by the peek, with the connection-budget permits it holds (one per byte, as
-/// many as the budget has when the frame is larger than it).
+/// A data frame read by the peek, with the connection-budget permits it holds.
 pub(crate) struct Held {
     pub(crate) data: Bytes,
     pub(crate) _permit: Option<OwnedSemaphorePermit>,
@@ -54,6 +53,11 @@ impl<B: Body> Replay<B> {
     /// Bytes read ahead and not yet handed on.
     pub fn held_bytes(&self) -> usize {
         self.head.iter().map(|h| h.data.len()).sum()
+    }
+
+    /// Frames read ahead and not yet handed on.
+    pub fn held_frames(&self) -> usize {
+        self.head.len()
     }
 }
 

@@ -15,7 +15,7 @@ use kserve::{grpc_frame, prompt, text_request};
 use support::{ChannelBody, Holder, MadeBody, body_of, channel_body, hidden_model, recorder};
 use switchyard_core::error::Code;
 use switchyard_core::{ErrorKind, ModelName, status_of};
-use switchyard_keys::{DEFAULT_MAX_PEEK_BYTES, Keys, KeysConfig, MODEL_INFER};
+use switchyard_keys::{DEFAULT_MAX_PEEK_BYTES, Keys, KeysConfig, MODEL_INFER, Replay};
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -82,7 +82,7 @@ async fn a_4_mib_field_ahead_of_the_model_stops_at_max_peek_bytes() {
     );
     let held = holder.held.lock().unwrap().pop().unwrap();
     assert_eq!(held.body().held_bytes(), read);
-    assert_eq!(keys.budget_available(), budget - read, "the held bytes hold the budget");
+    assert_eq!(keys.budget_available(), budget - charged(held.body()), "the held bytes hold the budget");
 
     // The whole body is replayed; the budget comes back as the held frames go.
     let (frames, _, _) = support::read_all(held.into_body()).await;
@@ -133,7 +133,8 @@ async fn many_streams_exhaust_the_connection_budget_then_wait_and_fail() {
         "read {} MiB from the connection's streams",
         read >> 20
     );
-    assert_eq!(connection.budget_available(), config.connection_budget - holder_bytes(&holder));
+    let held: usize = holder.held.lock().unwrap().iter().map(|r| charged(r.body())).sum();
+    assert_eq!(connection.budget_available(), config.connection_budget - held);
 
     // Another connection has a budget of its own.
     let mut other = connection.for_connection();
@@ -145,8 +146,9 @@ async fn many_streams_exhaust_the_connection_budget_then_wait_and_fail() {
     assert_eq!(connection.budget_available(), config.connection_budget);
 }
 
-fn holder_bytes(holder: &Holder<MadeBody>) -> usize {
-    holder.held.lock().unwrap().iter().map(|r| r.body().held_bytes()).sum()
+/// The budget a replayed body holds: its bytes, and 64 per frame.
+fn charged<B: http_body::Body>(body: &Replay<B>) -> usize {
+    body.held_bytes() + 64 * body.held_frames()
 }
 
 #[tokio::test(start_paused = true)]
@@ -277,11 +279,11 @@ async fn a_4_mib_prompt_is_sized_from_its_length_prefix() {
 
     // Permits come back frame by frame as the body is replayed, not all at the end.
     let mut body = holder.held.lock().unwrap().pop().unwrap().into_body();
-    let held = body.held_bytes();
+    let held = charged(&body);
     assert_eq!(keys.budget_available(), budget - held);
     let first = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first.len(), 16 * 1024);
-    assert_eq!(keys.budget_available(), budget - held + first.len());
+    assert_eq!(keys.budget_available(), budget - held + first.len() + 64);
     drop(body);
     assert_eq!(keys.budget_available(), budget, "dropping the body gives the rest back");
 }
