@@ -200,6 +200,9 @@ where
                 StateProj::Peeking { peek, parts, inner } => {
                     if let Err(e) = ready!(peek.poll(cx)) {
                         tracing::debug!(error = %e, "refused a request while reading its keys");
+                        // Let go of the frames held and their budget now, not when the future
+                        // is dropped.
+                        drop(peek.finish());
                         return Poll::Ready(Err(Box::new(e)));
                     }
                     let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {

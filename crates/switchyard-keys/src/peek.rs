@@ -182,7 +182,8 @@ where
         }
     }
 
-    /// The keys found and the body to forward. Called once, after [`poll`](Self::poll) is ready.
+    /// The keys found and the body to forward, once [`poll`](Self::poll) is ready (after an
+    /// error, dropping them releases what the peek held).
     pub(crate) fn finish(&mut self) -> (BodyKeys, Replay<B>) {
         let keys = self.scanner.take().map(Scanner::finish).unwrap_or_default();
         let replay = Replay::peeked(

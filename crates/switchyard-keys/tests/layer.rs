@@ -314,3 +314,17 @@ async fn a_replayed_body_reports_its_size_and_end() {
     let body = service.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!((body.held_bytes(), body.size_hint().exact()), (0, Some(3)));
 }
+
+#[tokio::test]
+async fn a_model_behind_other_fields_is_found_within_the_limit() {
+    let given = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut service = KeysLayer::default().layer(recorder::<support::MadeBody>());
+    // 900 KiB of id before field 1, in 16 KiB frames: under max_peek_bytes (1 MiB).
+    let body = support::hidden_model("hidden", 900 * 1024, 16 * 1024, given.clone());
+    let req = http::Request::post(MODEL_READY).body(body).unwrap();
+    let seen = service.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(seen.keys.model, Some(ModelName::new("hidden")));
+    let bytes: usize = seen.frames.iter().map(Bytes::len).sum();
+    assert_eq!(bytes, given.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(bytes > 900 * 1024);
+}
