@@ -34,6 +34,7 @@ pub const DEFAULT_CONNECTION_BUDGET: usize = 16 * 1024 * 1024;
 /// priority_header = "x-priority"
 /// model_header = "x-model-name"
 /// read_body = true
+/// prefix_from_text = true
 /// block_tokens = 512
 /// default_max_tokens = 64
 /// max_peek_bytes = 1048576
@@ -65,6 +66,12 @@ pub struct KeysConfig {
     /// Whether to read the first message of KServe model methods at all. Default `true`; with
     /// `false`, only metadata keys are extracted and no body is held back.
     pub read_body: bool,
+    /// Whether [`PrefixBlocks`](switchyard_core::PrefixBlocks) are hashed from the prompt's
+    /// text when the request has no `prefix_hashes` parameter. Default `true`. Hashing costs
+    /// about 1.2 ns per byte of prompt (1.3 ms for the 1 MiB a peek reads at most); with
+    /// `false` the text is skipped (its length, read from its length prefix, still gives the
+    /// size), for pools whose policy does not route on prefixes.
+    pub prefix_from_text: bool,
     /// Tokens per prefix block when [`PrefixBlocks`](switchyard_core::PrefixBlocks) are hashed
     /// from the prompt's text. Default 512.
     pub block_tokens: u32,
@@ -102,6 +109,7 @@ impl Default for KeysConfig {
             priority_header: HeaderName::from_static(DEFAULT_PRIORITY_HEADER),
             model_header: HeaderName::from_static(DEFAULT_MODEL_HEADER),
             read_body: true,
+            prefix_from_text: true,
             block_tokens: DEFAULT_BLOCK_TOKENS,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             max_peek_bytes: DEFAULT_MAX_PEEK_BYTES,
@@ -134,6 +142,13 @@ impl KeysConfig {
     /// The same config, reading first messages (`true`) or metadata only (`false`).
     pub fn with_read_body(mut self, read_body: bool) -> Self {
         self.read_body = read_body;
+        self
+    }
+
+    /// The same config, hashing prefix blocks from the text (`true`) or taking them from the
+    /// `prefix_hashes` parameter only (`false`).
+    pub fn with_prefix_from_text(mut self, hash: bool) -> Self {
+        self.prefix_from_text = hash;
         self
     }
 

@@ -9,7 +9,7 @@
 //! | [`Deadline`](switchyard_core::Deadline) | `grpc-timeout`, counted from when the request arrived |
 //! | [`ModelName`](switchyard_core::ModelName) | the `x-model-name` header, else field 1 of a KServe model method's first message |
 //! | [`RequestSize`](switchyard_core::RequestSize) | `ModelInfer` / `ModelStreamInfer`: the `prompt_tokens` parameter, else the `text_input` length / [`BYTES_PER_TOKEN`](switchyard_core::BYTES_PER_TOKEN) (rounded up); `max_tokens`, else 64 |
-//! | [`PrefixBlocks`](switchyard_core::PrefixBlocks) | `ModelInfer` / `ModelStreamInfer`: the `prefix_hashes` parameter, else the chained hashes of the text's 512-token blocks ([`PrefixBlocks::from_text`](switchyard_core::PrefixBlocks::from_text)) |
+//! | [`PrefixBlocks`](switchyard_core::PrefixBlocks) | `ModelInfer` / `ModelStreamInfer`: the `prefix_hashes` parameter, else the chained hashes of the text's 512-token blocks ([`PrefixBlocks::from_text`](switchyard_core::PrefixBlocks::from_text); unless [`prefix_from_text`](KeysConfig::prefix_from_text) is off) |
 //!
 //! A size or prefix is inserted only when the message gives one (a prompt, or the parameter).
 //!

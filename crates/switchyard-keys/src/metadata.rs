@@ -77,7 +77,7 @@ pub(crate) fn extract_metadata(
     let target = |infer| ScanTarget {
         model: !model_known,
         infer,
-        block_tokens: config.block_tokens,
+        block_tokens: config.prefix_from_text.then_some(config.block_tokens),
         default_max_tokens: config.default_max_tokens,
     };
     match Method::of(path) {

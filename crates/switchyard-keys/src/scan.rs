@@ -58,8 +58,9 @@ pub(crate) struct ScanTarget {
     pub(crate) model: bool,
     /// The `ModelInferRequest` keys: the size and the prefix blocks.
     pub(crate) infer: bool,
-    /// Tokens per prefix block.
-    pub(crate) block_tokens: u32,
+    /// Tokens per prefix block, when prefix blocks are hashed from the text (`None`: only
+    /// the `prefix_hashes` parameter gives them).
+    pub(crate) block_tokens: Option<u32>,
     /// The size's `max_tokens` when the request gives none.
     pub(crate) default_max_tokens: u32,
 }
@@ -398,8 +399,8 @@ impl Scanner {
                 let declared = u64::from(u32::from_le_bytes(buf));
                 self.text_len = Some(declared);
                 let text = declared.min(left);
-                if self.hashes.is_none() {
-                    self.text = Some(BlockHasher::new(self.target.block_tokens));
+                if let (None, Some(block_tokens)) = (&self.hashes, self.target.block_tokens) {
+                    self.text = Some(BlockHasher::new(block_tokens));
                     self.continue_text(text, left - text);
                 } else {
                     self.text_done = true;
@@ -548,8 +549,8 @@ impl Scanner {
             }
             (Context::Contents, 8) if self.text_len.is_none() => {
                 self.text_len = Some(len);
-                if self.hashes.is_none() {
-                    self.text = Some(BlockHasher::new(self.target.block_tokens));
+                if let (None, Some(block_tokens)) = (&self.hashes, self.target.block_tokens) {
+                    self.text = Some(BlockHasher::new(block_tokens));
                     return self.continue_text(len, 0);
                 }
                 self.text_done = true;
@@ -674,7 +675,10 @@ impl Scanner {
                 || top >= 8
                 || self.raw_text_index.is_some_and(|i| self.raws > i.saturating_add(1)));
         let prompt_ok = self.prompt_tokens.is_some() || self.text_len.is_some() || text_gone;
-        let prefix_ok = self.hashes.is_some() || self.text_done || text_gone;
+        let prefix_ok = self.hashes.is_some()
+            || self.text_done
+            || text_gone
+            || (self.target.block_tokens.is_none() && top >= 5);
         if model_ok && max_ok && prompt_ok && prefix_ok {
             self.stop = Some(Stop::Complete);
         }

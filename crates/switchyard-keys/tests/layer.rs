@@ -145,9 +145,11 @@ async fn the_typed_helper_gives_the_same_extensions() {
             })
         }),
     ];
-    for config in
-        [KeysConfig::default(), KeysConfig::default().with_block_tokens(8).with_max_peek_bytes(1000)]
-    {
+    for config in [
+        KeysConfig::default(),
+        KeysConfig::default().with_block_tokens(8).with_max_peek_bytes(1000),
+        KeysConfig::default().with_prefix_from_text(false),
+    ] {
         for (path, wire, typed) in &cases {
             let req = request(path, &headers, body_of(vec![wire.clone()], None));
             let mut ext = http::Extensions::new();

@@ -10,9 +10,10 @@ use kserve::{
     prompt, text_request,
 };
 
-const INFER: ScanTarget = ScanTarget { model: true, infer: true, block_tokens: 16, default_max_tokens: 64 };
+const INFER: ScanTarget =
+    ScanTarget { model: true, infer: true, block_tokens: Some(16), default_max_tokens: 64 };
 const MODEL_ONLY: ScanTarget =
-    ScanTarget { model: true, infer: false, block_tokens: 16, default_max_tokens: 64 };
+    ScanTarget { model: true, infer: false, block_tokens: Some(16), default_max_tokens: 64 };
 
 fn scan_pieces(target: ScanTarget, pieces: &[&[u8]]) -> (BodyKeys, Option<Stop>) {
     let mut s = Scanner::new(target);
@@ -294,4 +295,23 @@ fn hostile_bytes_never_panic_and_are_read_once() {
             let _ = s.finish();
         }
     }
+}
+
+#[test]
+fn without_text_hashing_the_text_is_skipped() {
+    let target = ScanTarget { block_tokens: None, ..INFER };
+    let wire = grpc_frame(&text_request("m", &prompt(100_000), Some(9)));
+    let mut s = Scanner::new(target);
+    s.feed(&wire);
+    assert_eq!(s.stopped(), Some(Stop::Complete));
+    assert!(s.examined() < 200, "stopped at the text's length: read {} bytes", s.examined());
+    assert_eq!(
+        s.finish(),
+        BodyKeys { model: Some(ModelName::new("m")), size: Some(RequestSize::new(25_000, 9)), prefix: None }
+    );
+
+    // The parameter still gives them.
+    let mut req = text_request("m", "hi", Some(9));
+    req.parameters.insert(PREFIX_HASHES.into(), param(ParameterChoice::StringParam("5".into())));
+    assert_eq!(scan(target, &grpc_frame(&req)).prefix, Some(PrefixBlocks::new(vec![5])));
 }
