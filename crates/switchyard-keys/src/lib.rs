@@ -49,7 +49,7 @@
 //! ```
 //! use bytes::Bytes;
 //! use http_body_util::{BodyExt, Full};
-//! use switchyard_core::{ModelName, RequestSize, RoutingKey};
+//! use switchyard_core::{ModelName, RoutingKey};
 //! use switchyard_keys::{KeysConfig, KeysLayer, MODEL_INFER, Replay};
 //! use tower::{Layer, Service, ServiceExt};
 //!
