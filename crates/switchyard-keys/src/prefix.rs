@@ -12,10 +12,11 @@ use switchyard_core::{BYTES_PER_TOKEN, PrefixBlocks};
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// The most ids kept from a `prefix_hashes` parameter: 16 384 blocks (8 M tokens of 512-token
-/// blocks). Prefix routing reads the leading blocks; the bound keeps a long list of 1-digit ids
-/// from turning a 1 MiB peek into 4 MiB of ids.
-pub(crate) const MAX_PREFIX_IDS: usize = 16_384;
+/// The most ids kept from a `prefix_hashes` parameter: 4096 blocks (2 M tokens of 512-token
+/// blocks; the longest Mooncake prompts have a few hundred). Prefix routing reads the leading
+/// blocks; the bound keeps a long list of 1-digit ids from turning a 1 MiB peek into 4 MiB of
+/// ids that travel with the request, outside the connection's budget: at most 32 KiB.
+pub(crate) const MAX_PREFIX_IDS: usize = 4096;
 
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
