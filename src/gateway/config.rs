@@ -16,6 +16,7 @@ use switchyard_balance::PolicyKind;
 use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
 use switchyard_core::Spec;
+use switchyard_keys::KeysConfig;
 use toml::Spanned;
 
 /// The metadata header that names the model when a route matches on `model`: it takes
@@ -46,6 +47,10 @@ pub struct GatewayConfig {
     pub pools: Vec<PoolConfig>,
     /// The routes; the first that matches a request picks its pool.
     pub routes: Vec<RouteConfig>,
+    /// The key layer's settings (`[keys]`): which headers carry the session key and priority,
+    /// and the bounds of its peek at a KServe request's first message. Its model header is
+    /// [`model_header`](Self::model_header).
+    pub keys: KeysConfig,
     /// The pool of requests no route matches. With a single pool and no `default_pool`, that
     /// pool is the default.
     pub default_pool: Option<String>,
@@ -278,6 +283,15 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// The key layer's settings as the gateway runs it: [`keys`](Self::keys) with the
+    /// [`model_header`](Self::model_header).
+    pub fn keys_config(&self) -> KeysConfig {
+        match http::HeaderName::from_bytes(self.model_header.as_bytes()) {
+            Ok(header) => self.keys.clone().with_model_header(header),
+            Err(_) => self.keys.clone(),
+        }
+    }
+
     /// The pool requests go to when no route matches: `default_pool`, or the only pool.
     pub fn default_pool(&self) -> Option<&str> {
         match (&self.default_pool, self.pools.as_slice()) {
@@ -294,6 +308,7 @@ impl GatewayConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             threads: None,
             model_header: DEFAULT_MODEL_HEADER.into(),
+            keys: KeysConfig::default(),
             pools: Vec::new(),
             routes: Vec::new(),
             default_pool: None,
@@ -384,6 +399,7 @@ struct RawConfig {
     drain_timeout: Option<Spanned<String>>,
     threads: Option<Spanned<usize>>,
     model_header: Option<Spanned<String>>,
+    keys: Option<Spanned<KeysConfig>>,
     default_pool: Option<Spanned<String>>,
     #[serde(default)]
     pool: Vec<Spanned<RawPool>>,
@@ -456,6 +472,10 @@ impl RawConfig {
                 NonZeroUsize::new(threads.into_inner())
                     .ok_or_else(|| lines.error("threads", span, "must be at least 1"))?,
             );
+        }
+        if let Some(keys) = self.keys {
+            lines.record("keys", &keys);
+            config.keys = keys.into_inner();
         }
         if let Some(header) = self.model_header {
             lines.record("model_header", &header);

@@ -1,8 +1,9 @@
 //! The proxy: each request goes, headers and body streaming, to the endpoint its pool's balancer
 //! picks, and the response comes back with its headers and trailers as the endpoint sent them.
 //!
-//! Nothing is decoded on the way (except the bounded model peek, when a route needs it), so any
-//! gRPC service and every call shape (unary, client-, server- and bidirectional streaming) pass.
+//! Nothing is decoded on the way but the request keys (`switchyard-keys`: metadata, and the first
+//! message of a KServe model method, read once, bounded, then replayed), so any gRPC service and
+//! every call shape (unary, client-, server- and bidirectional streaming) pass.
 //! The balancer's [`TrackedBody`](switchyard_balance::TrackedBody) keeps the request counted
 //! against its endpoint until the last frame, and reads the `grpc-status` and the ORCA load report
 //! from the trailers as they go by. The gateway's own failures are trailers-only gRPC responses
@@ -11,19 +12,29 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
-use tower::ServiceExt;
+use switchyard_keys::{Keys, KeysConfig};
+use tower::{BoxError, Service, ServiceExt};
 
-use super::body::ProxyBody;
+use super::body::{ProxyBody, RequestBody};
 use super::pool::Pool;
 use super::route::Router;
 
-/// The hyper service of the gateway's gRPC listener. Cloning is cheap (one `Arc`).
+/// The hyper service of the gateway's gRPC listener: the key layer, then routing, then the
+/// routed pool's stack. Cloning is cheap; [`for_connection`](Self::for_connection) gives each
+/// accepted connection its own budget of bytes for the key layer's peeks.
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
-    shared: Arc<ProxyState>,
+    keys: Keys<Dispatch>,
+}
+
+/// Routing and the pools: below the key layer.
+#[derive(Clone, Debug)]
+pub(crate) struct Dispatch {
+    state: Arc<ProxyState>,
 }
 
 #[derive(Debug)]
@@ -33,8 +44,14 @@ struct ProxyState {
 }
 
 impl Proxy {
-    pub(crate) fn new(pools: Arc<[Pool]>, router: Router) -> Self {
-        Self { shared: Arc::new(ProxyState { pools, router }) }
+    pub(crate) fn new(pools: Arc<[Pool]>, router: Router, keys: KeysConfig) -> Self {
+        let dispatch = Dispatch { state: Arc::new(ProxyState { pools, router }) };
+        Self { keys: Keys::new(dispatch, keys) }
+    }
+
+    /// The proxy for one new client connection: the same pools, a fresh peek budget.
+    pub(crate) fn for_connection(&self) -> Self {
+        Self { keys: self.keys.for_connection() }
     }
 }
 
@@ -44,29 +61,39 @@ impl hyper::service::Service<http::Request<Incoming>> for Proxy {
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move { Ok(shared.forward(req).await) })
+        let keys = self.keys.clone();
+        Box::pin(async move {
+            Ok(match keys.oneshot(req).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let status = switchyard_core::status_of(&*error);
+                    tracing::debug!(status = ?status.code, error = %Chain(&*error), "request refused");
+                    status.to_http()
+                }
+            })
+        })
     }
 }
 
-impl ProxyState {
-    async fn forward(&self, req: http::Request<Incoming>) -> http::Response<ProxyBody> {
-        let (index, req) = match self.router.route(req).await {
-            Ok(routed) => routed,
-            Err(error) => {
-                tracing::debug!("unrouted request: {error}");
-                return switchyard_core::status_of(&error).to_http();
-            }
-        };
-        let pool = &self.pools[index];
-        match pool.service().oneshot(req).await {
-            Ok(response) => response,
-            Err(error) => {
-                let status = switchyard_core::status_of(&*error);
-                tracing::debug!(pool = pool.name(), status = ?status.code, error = %Chain(&*error), "request failed");
-                status.to_http()
-            }
-        }
+impl Service<http::Request<RequestBody>> for Dispatch {
+    type Response = http::Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<RequestBody>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let index = state.router.route(&req)?;
+            let pool = &state.pools[index];
+            pool.service().oneshot(req).await.map_err(|error| {
+                tracing::debug!(pool = pool.name(), error = %Chain(&*error), "request failed");
+                error
+            })
+        })
     }
 }
 

@@ -105,7 +105,7 @@ impl Gateway {
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let (stop, stopped) = watch::channel(false);
 
-        let proxy = Proxy::new(pools.clone(), Router::new(&config));
+        let proxy = Proxy::new(pools.clone(), Router::new(&config), config.keys_config());
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
         let mut handoff = Vec::with_capacity(threads);
@@ -120,7 +120,7 @@ impl Gateway {
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
                 runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
-                    http2.serve_connection(TokioIo::new(io), proxy.clone())
+                    http2.serve_connection(TokioIo::new(io), proxy.for_connection())
                 }));
                 let _ = done.send(());
             })?;
