@@ -2,10 +2,14 @@
 
 use std::fmt;
 
+use std::convert::Infallible;
 use switchyard_balance::{
     Backend, Balance, LoadBoard, PolicyError, PolicyHandle, PolicySpec, Shared, policy,
 };
-use switchyard_core::stable_hash;
+
+use futures::StreamExt;
+use switchyard_core::{Endpoint, EndpointId, stable_hash};
+use tower::discover::Change;
 
 use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
@@ -32,19 +36,35 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts the pool's balancer over its endpoints, with a connection to each per serving thread
-    /// (opened on first use).
+    /// Starts the pool's balancer over its configured endpoints, with a connection to each per
+    /// serving thread (opened on first use).
     pub(crate) fn start(config: &PoolConfig, threads: usize) -> Result<Self, ConfigError> {
-        let mut backends = Vec::with_capacity(config.endpoints.len());
+        // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
-            let service = EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
+            EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
                 file: None,
                 line: None,
                 field: Some(format!("pool {:?} endpoint {}", config.name, endpoint.id)),
                 message: e.to_string(),
             })?;
-            backends.push(Backend::new(endpoint.clone(), service));
         }
+        let changes =
+            config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
+        Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()))
+    }
+
+    /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
+    /// config's endpoints are a static one). An endpoint whose address is not usable is logged
+    /// and left out.
+    pub(crate) fn start_with<D, E>(
+        config: &PoolConfig,
+        threads: usize,
+        changes: D,
+    ) -> Result<Self, ConfigError>
+    where
+        D: futures::Stream<Item = Result<Change<EndpointId, Endpoint>, E>> + Send + 'static,
+        E: Into<tower::BoxError> + Send + 'static,
+    {
         let seed = stable_hash(config.name.as_bytes());
         let policy = PolicyHandle::from_spec(&config.policy, seed).map_err(|e| ConfigError {
             file: None,
@@ -52,10 +72,21 @@ impl Pool {
             field: Some(format!("pool {:?} policy", config.name)),
             message: e.to_string(),
         })?;
-        // `from_backends` inserts the endpoints at once, so the board shows them before the
-        // first request.
+        let backends = changes.map(
+            move |change| -> Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError> {
+                Ok(match change.map_err(Into::into)? {
+                    Change::Insert(id, endpoint) => {
+                        let client = EndpointClient::new(&endpoint.address, threads)?;
+                        Change::Insert(id, Backend::new(endpoint, client))
+                    }
+                    Change::Remove(id) => Change::Remove(id),
+                })
+            },
+        );
+        // Changes ready now (all of a static list) are applied at once, so the board shows the
+        // endpoints before the first request.
         let balancer: Balancer =
-            Balance::from_backends(backends).with_policy(policy.clone()).with_name(config.name.as_str());
+            Balance::new(backends).with_policy(policy.clone()).with_name(config.name.as_str());
         let board = balancer.board();
         let upstream = Shared::new(balancer);
         let layered = match config.layers.as_slice() {

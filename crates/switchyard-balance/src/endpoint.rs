@@ -73,7 +73,11 @@ pub struct EndpointState {
     /// change its weight and labels, in place).
     endpoint: ArcSwap<Endpoint>,
     weight: AtomicU32,
-    tracking: TrackingConfig,
+    /// The [`TrackingConfig`], as nanoseconds, so that a balancer's `with_tracking` reaches
+    /// endpoints already inserted.
+    decay_nanos: AtomicU64,
+    default_rtt_nanos: AtomicU64,
+    speed_decay_nanos: AtomicU64,
     in_flight: AtomicU32,
     awaiting_first_byte: AtomicU32,
     pending_work: AtomicU64,
@@ -138,7 +142,9 @@ impl EndpointState {
             id: endpoint.id.clone(),
             weight: AtomicU32::new(endpoint.weight),
             endpoint: ArcSwap::from_pointee(endpoint),
-            tracking,
+            decay_nanos: AtomicU64::new(duration_nanos(tracking.decay)),
+            default_rtt_nanos: AtomicU64::new(duration_nanos(tracking.default_rtt)),
+            speed_decay_nanos: AtomicU64::new(duration_nanos(tracking.speed_decay)),
             in_flight: AtomicU32::new(0),
             awaiting_first_byte: AtomicU32::new(0),
             pending_work: AtomicU64::new(0),
@@ -154,6 +160,27 @@ impl EndpointState {
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
         }
+    }
+
+    /// How the endpoint's load is tracked.
+    pub fn tracking(&self) -> TrackingConfig {
+        let d = |a: &AtomicU64| Duration::from_nanos(a.load(Ordering::Relaxed));
+        TrackingConfig {
+            decay: d(&self.decay_nanos),
+            default_rtt: d(&self.default_rtt_nanos),
+            speed_decay: d(&self.speed_decay_nanos),
+        }
+    }
+
+    /// Tracks the endpoint's load with `tracking` from now on (the estimates made so far stay).
+    pub(crate) fn set_tracking(&self, tracking: TrackingConfig) {
+        self.decay_nanos.store(duration_nanos(tracking.decay), Ordering::Relaxed);
+        self.default_rtt_nanos.store(duration_nanos(tracking.default_rtt), Ordering::Relaxed);
+        self.speed_decay_nanos.store(duration_nanos(tracking.speed_decay), Ordering::Relaxed);
+    }
+
+    fn decay(&self) -> Duration {
+        Duration::from_nanos(self.decay_nanos.load(Ordering::Relaxed))
     }
 
     /// The endpoint as discovery last described it.
@@ -251,7 +278,7 @@ impl EndpointState {
     pub fn latency_estimate_nanos(&self, now: Instant) -> f64 {
         match *lock(&self.rtt) {
             Some(r) => self.decayed(r, now),
-            None => nanos_f64(self.tracking.default_rtt),
+            None => self.default_rtt_nanos.load(Ordering::Relaxed) as f64,
         }
     }
 
@@ -261,7 +288,7 @@ impl EndpointState {
     }
 
     fn decayed(&self, r: RttEstimate, now: Instant) -> f64 {
-        r.nanos * weight_since(r.at, now, self.tracking.decay)
+        r.nanos * weight_since(r.at, now, self.decay())
     }
 
     /// The last report, with when it arrived.
@@ -327,7 +354,11 @@ impl EndpointState {
         let mut guard = lock(&self.unit_time);
         let next = match *guard {
             Some(u) => {
-                let w = weight_since(u.at, now, self.tracking.speed_decay);
+                let w = weight_since(
+                    u.at,
+                    now,
+                    Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed)),
+                );
                 u.nanos * w + per_unit_nanos * (1.0 - w)
             }
             None => per_unit_nanos,
@@ -341,7 +372,7 @@ impl EndpointState {
         let mut guard = lock(&self.rtt);
         let next = match *guard {
             Some(r) => {
-                let w = weight_since(r.at, now, self.tracking.decay);
+                let w = weight_since(r.at, now, self.decay());
                 let decayed = r.nanos * w;
                 // Peak: a slower sample replaces the estimate at once; a faster one is blended in.
                 if decayed >= sample { decayed + sample * (1.0 - w) } else { sample }
@@ -487,6 +518,10 @@ impl Drop for InFlight {
             self.cancel();
         }
     }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `e^(−Δt/τ)`: what an estimate made at `at` still weighs at `now`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
-use tower::discover::{Change, Discover};
+use tower::discover::{Change, Discover as _};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::board::LoadBoard;
@@ -135,32 +135,44 @@ where
     /// A balancer over `discover`, with the default policy ([`PolicyKind::DEFAULT`]), its own
     /// [`LoadBoard`], default load tracking and outlier detection, and [`HttpCompletion`].
     ///
-    /// The changes of `discover` are applied by a task spawned here on the current tokio runtime,
-    /// as they come, whether or not requests flow (as tower's `Buffer`, this panics outside a
-    /// runtime). The task ends when the stream ends or the balancer is dropped.
+    /// The changes `discover` has ready now are applied at once (a static list is on the board
+    /// before this returns, and no task is needed for it); the rest are applied by a task spawned
+    /// here on the current tokio runtime, as they come, whether or not requests flow (as tower's
+    /// `Buffer`, this panics outside a runtime when a task is needed). The task ends when the
+    /// stream ends or the balancer is dropped.
     ///
     /// [`PolicyKind::DEFAULT`]: crate::PolicyKind::DEFAULT
-    pub fn new<D>(discover: D) -> Self
+    pub fn new<D, E>(discover: D) -> Self
     where
-        D: Discover<Key = EndpointId, Service = Backend<S>> + Send + 'static,
-        D::Error: Into<BoxError> + Send,
+        D: futures::Stream<Item = Result<Change<EndpointId, Backend<S>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send,
     {
         let mut balancer = Self::empty();
-        let weak = Arc::downgrade(&balancer.owner.directory);
+        let mut discover = Box::pin(discover);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let directory = &balancer.owner.directory;
+        loop {
+            match discover.as_mut().poll_discover(&mut cx) {
+                Poll::Ready(Some(Ok(change))) => directory.apply(change),
+                Poll::Ready(None) => {
+                    directory.end();
+                    return balancer;
+                }
+                // Pending, or an error: the task takes over (and logs the error).
+                Poll::Ready(Some(Err(_))) | Poll::Pending => break,
+            }
+        }
+        let weak = Arc::downgrade(directory);
         let task = tokio::spawn(directory::run(discover, weak));
         balancer.owner.task = Some(task.abort_handle());
         balancer
     }
 
     /// A balancer over a fixed list of endpoints, inserted at once: they are on the
-    /// [`board`](Self::board) before the first request. No task is spawned.
+    /// [`board`](Self::board) before the first request. No task is spawned. The same as
+    /// [`new`](Self::new) over [`discover::from_backends`](crate::discover::from_backends).
     pub fn from_backends(backends: impl IntoIterator<Item = Backend<S>>) -> Self {
-        let balancer = Self::empty();
-        for backend in backends {
-            balancer.owner.directory.apply(Change::Insert(backend.endpoint.id.clone(), backend));
-        }
-        balancer.owner.directory.end();
-        balancer
+        Self::new(crate::discover::from_backends(backends))
     }
 
     fn empty() -> Self {
@@ -238,11 +250,14 @@ where
         self
     }
 
-    /// The same balancer with these latency-tracking settings, for endpoints discovered later
-    /// (those of [`from_backends`](Self::from_backends) are in already: pass a discovery stream
-    /// to [`new`](Self::new) instead, and set this before the first `.await`).
+    /// The same balancer with these latency-tracking settings, for its endpoints now and later.
     pub fn with_tracking(self, tracking: TrackingConfig) -> Self {
-        self.owner.directory.writer().tracking = tracking;
+        let mut writer = self.owner.directory.writer();
+        writer.tracking = tracking;
+        for slot in &writer.slots {
+            slot.state.set_tracking(tracking);
+        }
+        drop(writer);
         self
     }
 

@@ -96,8 +96,8 @@ pub struct KeysConfig {
     /// Bytes the peeks of one connection may hold back at once (see
     /// [`Keys::for_connection`](crate::Keys::for_connection)); each frame held is charged 64
     /// bytes more than its length, for the memory a frame pins besides its data. A peek that
-    /// finds it used up waits for it until its peek deadline, then the request is refused
-    /// (`RESOURCE_EXHAUSTED`). Default 16 MiB.
+    /// finds it used up stops at the frame it could not pay for (held all the same), with the
+    /// keys found so far, and its request goes on. Default 16 MiB.
     #[serde(deserialize_with = "positive_usize")]
     pub connection_budget: usize,
 }

@@ -22,8 +22,10 @@
 //! past it, `RESOURCE_EXHAUSTED`), a [`peek_timeout`](KeysConfig::peek_timeout) (5 s, or the
 //! request's own deadline if sooner; past it, `DEADLINE_EXCEEDED`), and a per-connection
 //! [`connection_budget`](KeysConfig::connection_budget) of bytes held at once (16 MiB; a peek
-//! waits for it until its deadline, then `RESOURCE_EXHAUSTED`). Budget permits are released as
-//! the held frames are replayed (handed on by the body), or when the body is dropped.
+//! that finds it used up stops there, with the keys found so far, and the request goes on: no
+//! peek waits for another's budget, so streams sharing a connection cannot starve each other).
+//! Budget permits are released as the held frames are replayed (handed on by the body), or when
+//! the body is dropped.
 //!
 //! Failures are a [`switchyard_core::Error`] in the `BoxError` (kinds `TooLarge` and
 //! `DeadlineExceeded`); [`switchyard_core::status_of`] turns them into the gRPC status. A

@@ -3,22 +3,24 @@
 //!
 //! A [`Peek`] reads body frames and feeds each one to the [`Scanner`] once, holding the frames
 //! for the replay, until the scan stops (every key known, or the first message over), the body
-//! ends, or [`max_peek_bytes`](KeysConfig::max_peek_bytes) are read. It fails:
+//! ends, [`max_peek_bytes`](KeysConfig::max_peek_bytes) are read, or the connection's byte budget
+//! is used up. It fails:
 //! - with [`TooLarge`](ErrorKind::TooLarge) when the keys are still unknown after
 //!   [`max_peek_frames`](KeysConfig::max_peek_frames) frames (a client dribbling bytes to make
-//!   the proxy work per byte), or when the connection's byte budget stays used up by other
-//!   peeks until the peek's deadline;
+//!   the proxy work per byte);
 //! - with [`DeadlineExceeded`](ErrorKind::DeadlineExceeded) when the client stalls: no frame
 //!   before the peek's deadline (its [`peek_timeout`](KeysConfig::peek_timeout) or the request's
 //!   own deadline, whichever is sooner).
 //!
-//! Every frame held takes permits from the connection's budget (a semaphore of bytes) before the
-//! next frame is read: one per byte plus [`FRAME_COST`] for the frame itself (or the whole budget
-//! for a frame larger than it). The permits travel with the frame into the [`Replay`] and are
-//! released as the frame is handed on.
+//! Every frame held takes permits from the connection's budget (a semaphore of bytes): one per
+//! byte plus [`FRAME_COST`] for the frame itself (or the whole budget for a frame larger than
+//! it). The permits travel with the frame into the [`Replay`] and are released as the frame is
+//! handed on. A frame for which the budget has no permits left is held without them (it has been
+//! read already: one frame, at most HTTP/2's frame size) and ends the peek there, with the keys
+//! found so far: a peek never waits for budget, so many streams sharing a connection cannot hold
+//! each other's budget until all time out; the request goes on, routed by what is known.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,7 +28,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::Body;
 use switchyard_core::{Error, ErrorKind};
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::KeysConfig;
@@ -38,8 +40,6 @@ use crate::scan::{BodyKeys, Scanner};
 /// with it. Without it, a client's 1-byte frames would hold ten times the memory they are
 /// charged for.
 pub(crate) const FRAME_COST: usize = 64;
-
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// The peek of one request's body.
 pub(crate) struct Peek<B: Body> {
@@ -53,8 +53,8 @@ pub(crate) struct Peek<B: Body> {
     read: usize,
     config: Arc<KeysConfig>,
     budget: Arc<Semaphore>,
-    /// A frame read, waiting for its budget permits.
-    waiting: Option<(Acquire, Bytes)>,
+    /// The budget had no permits for the last frame: the peek ends there.
+    out_of_budget: bool,
     deadline: Instant,
     /// Made the first time the peek has to wait.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -81,7 +81,7 @@ where
             read: 0,
             config,
             budget,
-            waiting: None,
+            out_of_budget: false,
             deadline,
             sleep: None,
         }
@@ -90,20 +90,11 @@ where
     /// Reads frames until the keys are known or a bound is reached.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // Once the peek has waited, its deadline may pass while it is not polled, and then it
-        // may be woken by a frame or by budget another peek released: it must not read on.
+        // may be woken by a frame: it must not read on.
         if self.sleep.is_some() && Instant::now() >= self.deadline {
-            return Poll::Ready(Err(Error::new(self.expired())));
+            return Poll::Ready(Err(Error::new(ErrorKind::DeadlineExceeded)));
         }
         loop {
-            if let Some((acquire, _)) = self.waiting.as_mut() {
-                let permit = match acquire.as_mut().poll(cx) {
-                    Poll::Ready(permit) => permit.ok(),
-                    Poll::Pending => return self.poll_deadline(cx),
-                };
-                if let Some((_, data)) = self.waiting.take() {
-                    self.head.push_back(Held { data, _permit: permit });
-                }
-            }
             if self.done() {
                 return Poll::Ready(Ok(()));
             }
@@ -137,6 +128,7 @@ where
 
     fn done(&self) -> bool {
         self.body.is_none()
+            || self.out_of_budget
             || self.read >= self.config.max_peek_bytes
             || self.scanner.as_ref().is_none_or(|s| s.stopped().is_some())
     }
@@ -149,36 +141,29 @@ where
         self.read = self.read.saturating_add(data.len());
     }
 
-    /// Keeps `data` for the replay, with its budget permits, or starts waiting for them.
+    /// Keeps `data` for the replay, with its budget permits; without them (the budget is used
+    /// up) it is kept all the same, and the peek ends.
     fn hold(&mut self, data: Bytes) {
         let cost = data.len().saturating_add(FRAME_COST).min(self.config.budget_permits());
         let permits = u32::try_from(cost).unwrap_or(u32::MAX);
         match self.budget.clone().try_acquire_many_owned(permits) {
             Ok(permit) => self.head.push_back(Held { data, _permit: Some(permit) }),
             Err(TryAcquireError::NoPermits) => {
-                let acquire = Box::pin(self.budget.clone().acquire_many_owned(permits));
-                self.waiting = Some((acquire, data));
+                tracing::debug!(read = self.read, "the connection's peek budget is used up: keys so far");
+                self.out_of_budget = true;
+                self.head.push_back(Held { data, _permit: None });
             }
             Err(TryAcquireError::Closed) => self.head.push_back(Held { data, _permit: None }),
         }
     }
 
-    /// Waits for the deadline alongside the frame or the budget the peek is waiting for.
+    /// Waits for the deadline alongside the next frame.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let deadline = self.deadline;
         let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Error::new(self.expired()))),
+            Poll::Ready(()) => Poll::Ready(Err(Error::new(ErrorKind::DeadlineExceeded))),
             Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// The error of a peek past its deadline: the budget's, if that is what it waited for.
-    fn expired(&self) -> ErrorKind {
-        if self.waiting.is_some() {
-            ErrorKind::TooLarge("the connection's peek budget stayed used up by other requests".into())
-        } else {
-            ErrorKind::DeadlineExceeded
         }
     }
 

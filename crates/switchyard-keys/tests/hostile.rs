@@ -93,9 +93,10 @@ async fn a_4_mib_field_ahead_of_the_model_stops_at_max_peek_bytes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn many_streams_exhaust_the_connection_budget_then_wait_and_fail() {
+async fn many_streams_exhaust_the_connection_budget_and_go_on_with_the_keys_they_have() {
     // 200 streams on one connection, each hiding its model behind 4 MiB; the upstream holds
-    // every request it gets (a slow pool).
+    // every request it gets (a slow pool). No peek waits for budget: once it is used up, each
+    // further peek stops at the frame it could not pay for, and its request goes on.
     let config = KeysConfig::default();
     let holder = Holder::<MadeBody>::default();
     let connection = Keys::new(holder.clone(), config.clone()).for_connection();
@@ -110,31 +111,24 @@ async fn many_streams_exhaust_the_connection_budget_then_wait_and_fail() {
             (result, Instant::now())
         }));
     }
-    let mut forwarded = 0;
-    let mut refused = 0;
     for call in calls {
-        match call.await.unwrap() {
-            (Ok(_), _) => forwarded += 1,
-            (Err(e), at) => {
-                let (kind, code, message) = kind_and_code(&e);
-                assert!(matches!(kind, ErrorKind::TooLarge(_)), "{kind:?}");
-                assert_eq!(code, Code::ResourceExhausted);
-                assert!(message.contains("peek budget"), "{message}");
-                assert_eq!(at - start, config.peek_timeout, "waited for the budget until the deadline");
-                refused += 1;
-            }
-        }
+        let (result, at) = call.await.unwrap();
+        let keys = result.expect("forwarded, not refused");
+        assert_eq!(at, start, "no peek waited");
+        assert_eq!(keys.model, None, "the model is past every peek");
     }
-    // 16 MiB of budget, 1 MiB (and a frame) per peek: 15 fit.
-    assert_eq!((forwarded, refused), (15, 185));
+    // Every request was forwarded; the bytes read from the connection's streams stay within the
+    // budget and one frame per stream.
+    assert_eq!(holder.held.lock().unwrap().len(), 200);
     let read = given.load(Ordering::Relaxed);
     assert!(
         read <= config.connection_budget + 200 * 16 * 1024,
         "read {} MiB from the connection's streams",
         read >> 20
     );
-    let held: usize = holder.held.lock().unwrap().iter().map(|r| charged(r.body())).sum();
-    assert_eq!(connection.budget_available(), config.connection_budget - held);
+    assert!(connection.budget_available() < 16 * 1024 + 64, "{}", connection.budget_available());
+    let longest = holder.held.lock().unwrap().iter().map(|r| r.body().held_bytes()).max().unwrap();
+    assert!(longest >= DEFAULT_MAX_PEEK_BYTES, "the first peeks had the budget for a whole peek: {longest}");
 
     // Another connection has a budget of its own.
     let mut other = connection.for_connection();
@@ -182,8 +176,9 @@ async fn a_stalled_client_hits_the_peek_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_well_behaved_call_completes_while_hostile_ones_wait() {
     // One current-thread runtime: 40 stalled streams, 40 streams dribbling 1-byte frames and 40
-    // streams of 4 MiB prefixes held by the upstream, all on one connection with a 4 MiB
-    // budget; then a well-behaved call from another connection to the same service.
+    // streams of 4 MiB prefixes held by the upstream (forwarded once the 4 MiB budget of their
+    // connection is used up), all on one connection; then a well-behaved call from another
+    // connection to the same service.
     let config = KeysConfig::default().with_connection_budget(4 << 20);
     let upstream = Holder::<ChannelOrMade>::default();
     let connection = Keys::new(upstream.clone(), config.clone());
@@ -222,9 +217,10 @@ async fn a_well_behaved_call_completes_while_hostile_ones_wait() {
     assert_eq!(good.model, Some(ModelName::new("good")));
     assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
     let pending = hostile.iter().filter(|h| !h.is_finished()).count();
-    assert!(pending >= 100, "the hostile calls are still waiting ({pending})");
+    assert!(pending > 0, "hostile calls are still waiting");
 
-    // They then fail, each with a clear error, and none holds the budget after.
+    // They then end: forwarded with the keys read before the budget ran out, or refused with a
+    // clear error (stalled: the deadline); none holds the budget after.
     let mut refused = 0;
     for h in hostile {
         if let Err(e) = h.await.unwrap() {
@@ -233,7 +229,7 @@ async fn a_well_behaved_call_completes_while_hostile_ones_wait() {
             refused += 1;
         }
     }
-    assert!(refused >= 100, "{refused}");
+    assert!(refused >= pending.min(1), "{refused} refused");
     upstream.held.lock().unwrap().clear();
     assert_eq!(connection.budget_available(), config.connection_budget);
     drop(senders);

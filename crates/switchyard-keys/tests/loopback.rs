@@ -27,7 +27,6 @@ use tower::{BoxError, Service, ServiceExt};
 
 type ClientBody = BoxBody<Bytes, std::io::Error>;
 
-const BUDGET: &str = "request too large: the connection's peek budget stayed used up by other requests";
 const FRAMES: &str = "request too large: the first message came in too many small frames";
 
 /// The upstream: answers with the keys it got (as headers) and echoes the body.
@@ -175,26 +174,26 @@ async fn hostile_streams_are_refused_and_a_good_connection_stays_fast() {
     let stalled_pending = calls.iter().filter(|(kind, call)| *kind == 0 && !call.is_finished()).count();
     assert_eq!(stalled_pending, 20, "the stalled streams are still waiting");
 
-    // Whichever bound each hostile stream meets first, it ends with a clear status. The peeks
-    // waiting for the budget leave their data unread, so HTTP/2 flow control can stall the
-    // hostile connection's other streams too: those meet the deadline.
+    // Whichever bound each hostile stream meets first, it ends with a clear status, or it is
+    // forwarded without a model once its connection's budget or the peek's bytes run out.
     let deadline = (Some("4".to_string()), Some("deadline exceeded".to_string()));
-    let budget = (Some("8".to_string()), Some(BUDGET.to_string()));
     let frames = (Some("8".to_string()), Some(FRAMES.to_string()));
     for (kind, call) in calls {
         let (status, message, model) = call.await.unwrap();
         let outcome = (status, message);
         match kind {
-            0 => assert_eq!(outcome, deadline, "stalled"),
+            // Refused at the deadline, or (when the budget was used up before its first frame)
+            // forwarded as it is, to fail wherever it is served.
+            0 => assert!(outcome == deadline || model.is_none(), "stalled: {outcome:?}"),
             // Forwarded without a model (past max_peek_bytes), or refused.
             1 => assert!(
-                (outcome.0.as_deref() == Some("0") && model.is_none())
-                    || outcome == budget
-                    || outcome == deadline,
+                (outcome.0.as_deref() == Some("0") && model.is_none()) || outcome == deadline,
                 "4 MiB prefix: {outcome:?}"
             ),
             _ => assert!(
-                outcome == frames || outcome == budget || outcome == deadline,
+                outcome == frames
+                    || outcome == deadline
+                    || (outcome.0.as_deref() == Some("0") && model.is_none()),
                 "1-byte frames: {outcome:?}"
             ),
         }
