@@ -38,7 +38,7 @@ pub(crate) const REQUESTS: u64 = 200;
 /// latency and longer queue steer requests away from it.
 const CONCURRENCY: usize = 32;
 /// The in-process replicas' relative speeds: two H100-like ones and one four times slower. By
-/// speed the slow one's share would be 1/9; in five runs it got 6.5-10.5 % of the requests.
+/// speed the slow one's share would be 1/9; in ten runs it got 6.5-14.5 % of the requests.
 const SPEEDS: [f64; 3] = [1.0, 1.0, 0.25];
 
 #[tokio::main]
@@ -126,28 +126,31 @@ pub(crate) async fn run(
         println!("first failure: {:?}: {}", status.code(), status.message());
     }
 
-    // The board counts every request a replica ended, failures included, and the failures apart.
+    // The board counts successes (`completed`) and failures (`failed`, `overloaded`) apart; a
+    // replica's share is of all the requests it ended.
     let snapshot = board.snapshot();
-    let total: u64 = snapshot.iter().map(|e| e.load.completed).sum();
+    let ended = |load: &switchyard_core::Load| load.completed + load.failed + load.overloaded;
+    let total: u64 = snapshot.iter().map(|e| ended(&e.load)).sum();
     println!(
-        "{:<10} {:<24} {:>8} {:>6} {:>6} {:>13}",
-        "replica", "address", "requests", "failed", "share", "latency ewma"
+        "{:<10} {:<24} {:>6} {:>6} {:>6} {:>13}",
+        "replica", "address", "ok", "failed", "share", "latency ewma"
     );
     let mut replicas = Vec::new();
     for entry in &snapshot {
-        let share = 100.0 * entry.load.completed as f64 / total.max(1) as f64;
+        let (requests, failed) = (ended(&entry.load), entry.load.failed + entry.load.overloaded);
+        let share = 100.0 * requests as f64 / total.max(1) as f64;
         let latency =
             entry.load.latency_ewma.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
         println!(
-            "{:<10} {:<24} {:>8} {:>6} {:>5.1}% {:>13}",
+            "{:<10} {:<24} {:>6} {:>6} {:>5.1}% {:>13}",
             entry.endpoint.id.as_str(),
             entry.endpoint.address,
             entry.load.completed,
-            entry.load.failed,
+            failed,
             share,
             latency
         );
-        replicas.push((entry.endpoint.id.as_str().to_string(), entry.load.completed, entry.load.failed));
+        replicas.push((entry.endpoint.id.as_str().to_string(), requests, failed));
     }
 
     // The client's last handle closes the balancer and its channels; then the workers drain.

@@ -14,7 +14,11 @@ fn the_same_seed_gives_the_same_report_byte_for_byte() {
     let b = serde_json::to_string_pretty(&short(7)).unwrap();
     assert_eq!(a, b);
     let report: LabReport = serde_json::from_str(&a).unwrap();
-    assert_eq!(report.results.len(), switchyard_balance::PolicyKind::ALL.len() + 1);
+    assert_eq!(
+        report.results.len(),
+        switchyard_balance::PolicyKind::ALL.len() + 2,
+        "every policy, least response time without sizes, the ideal"
+    );
     assert!(report.results.iter().all(|r| r.requests == 400 && r.errors == 0), "{a}");
     assert!(report.capacity_rps > 0.0 && report.time_scale > 0.0);
     for r in &report.results {

@@ -18,7 +18,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
-use switchyard_balance::{EndpointLoad, PolicyKind};
+use switchyard_balance::{EndpointLoad, PolicySpec};
 
 use super::pool::Pool;
 
@@ -43,7 +43,8 @@ struct PoolView<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyChange {
-    policy: String,
+    /// A name, or `{"name": ..., parameters...}`.
+    policy: PolicySpec,
     pool: Option<String>,
 }
 
@@ -114,13 +115,13 @@ fn set_policy(pools: &[Pool], body: &[u8]) -> http::Response<Full<Bytes>> {
             }
         },
     };
-    let kind: PolicyKind = match change.policy.parse() {
-        Ok(kind) => kind,
+    let previous = match pool.set_policy(&change.policy) {
+        Ok(previous) => previous,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let previous = pool.set_policy(kind);
-    tracing::info!(pool = pool.name(), policy = kind.name(), previous, "policy switched");
-    json(StatusCode::OK, &PolicyChanged { pool: pool.name(), policy: kind.name(), previous })
+    let policy = pool.policy().name();
+    tracing::info!(pool = pool.name(), policy = %change.policy, previous, "policy switched");
+    json(StatusCode::OK, &PolicyChanged { pool: pool.name(), policy, previous })
 }
 
 fn names(pools: &[Pool]) -> String {

@@ -10,52 +10,15 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_balance::TrackedBody;
 
-use super::peek::Replay;
-
-/// A request body as routing leaves it: untouched, or with the frames read to find the model
-/// name put back in front.
-#[derive(Debug)]
-pub(crate) enum RequestBody {
-    /// The client's body, not read.
-    Untouched(Incoming),
-    /// The client's body, the frames the model peek read replayed first.
-    Peeked(Replay<Incoming>),
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Untouched(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Peeked(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Untouched(body) => body.is_end_stream(),
-            RequestBody::Peeked(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Untouched(body) => body.size_hint(),
-            RequestBody::Peeked(body) => body.size_hint(),
-        }
-    }
-}
+/// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
+/// unchanged (those the key layer read come first again).
+pub type RequestBody = switchyard_keys::Replay<Incoming>;
 
 pin_project! {
     /// The response body of the proxy: the endpoint's, frame for frame, or nothing for the
-    /// gateway's own trailers-only statuses.
+    /// gateway's own trailers-only statuses (its `Default`).
     #[derive(Default)]
-    pub(crate) struct ProxyBody {
+    pub struct ProxyBody {
         #[pin]
         upstream: Option<TrackedBody<Incoming>>,
     }

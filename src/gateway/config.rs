@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_balance::PolicyKind;
+use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
+use switchyard_core::Spec;
+use switchyard_keys::KeysConfig;
 use toml::Spanned;
 
 /// The metadata header that names the model when a route matches on `model`: it takes
@@ -44,6 +47,10 @@ pub struct GatewayConfig {
     pub pools: Vec<PoolConfig>,
     /// The routes; the first that matches a request picks its pool.
     pub routes: Vec<RouteConfig>,
+    /// The key layer's settings (`[keys]`): which headers carry the session key and priority,
+    /// and the bounds of its peek at a KServe request's first message. Its model header is
+    /// [`model_header`](Self::model_header).
+    pub keys: KeysConfig,
     /// The pool of requests no route matches. With a single pool and no `default_pool`, that
     /// pool is the default.
     pub default_pool: Option<String>,
@@ -54,8 +61,12 @@ pub struct GatewayConfig {
 pub struct PoolConfig {
     /// The pool's name, unique in the config (routes and the admin API use it).
     pub name: String,
-    /// The balancing policy.
-    pub policy: PolicyKind,
+    /// The balancing policy: a name, or a name with parameters, from the policy registry
+    /// ([`switchyard_balance::policy::registry`]).
+    pub policy: PolicySpec,
+    /// The pool's layers, outermost first, from the layer registry
+    /// ([`layers::registry`](super::layers::registry)): empty by default.
+    pub layers: Vec<Spec>,
     /// The endpoints: `http://` URIs, ids unique within the pool.
     pub endpoints: Vec<Endpoint>,
 }
@@ -113,7 +124,8 @@ impl GatewayConfig {
     /// One pool named `default`, balanced by `policy`, over `backends` (URIs such as
     /// `http://127.0.0.1:9001`; a bare `host:port` means `http://`). Each endpoint's id is its
     /// authority (`127.0.0.1:9001`). Validated.
-    pub fn single_pool(backends: &[String], policy: PolicyKind) -> Result<Self, ConfigError> {
+    pub fn single_pool(backends: &[String], policy: impl Into<PolicySpec>) -> Result<Self, ConfigError> {
+        let policy = policy.into();
         if backends.is_empty() {
             return Err(ConfigError::field(
                 "--backend",
@@ -127,8 +139,10 @@ impl GatewayConfig {
                 Endpoint::new(default_id(&address), address)
             })
             .collect();
-        let config =
-            Self { pools: vec![PoolConfig { name: "default".into(), policy, endpoints }], ..Self::empty() };
+        let config = Self {
+            pools: vec![PoolConfig { name: "default".into(), policy, layers: Vec::new(), endpoints }],
+            ..Self::empty()
+        };
         config.validate().map_err(|mut e| {
             // The flags have no lines; say which flag.
             if e.field.as_deref().is_some_and(|f| f.contains("address")) {
@@ -193,6 +207,14 @@ impl GatewayConfig {
                     format!("pool[{i}].name"),
                     format!("duplicate pool name {:?}", pool.name),
                 ));
+            }
+            if let Err(e) = policy::registry().validate(&pool.policy) {
+                return Err(ConfigError::field(format!("pool[{i}].policy"), e.to_string()));
+            }
+            for (k, layer) in pool.layers.iter().enumerate() {
+                if let Err(e) = super::layers::registry().build(layer) {
+                    return Err(ConfigError::field(format!("pool[{i}].layers[{k}]"), format!("layer {e}")));
+                }
             }
             if pool.endpoints.is_empty() {
                 return Err(ConfigError::field(
@@ -263,6 +285,15 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// The key layer's settings as the gateway runs it: [`keys`](Self::keys) with the
+    /// [`model_header`](Self::model_header).
+    pub fn keys_config(&self) -> KeysConfig {
+        match http::HeaderName::from_bytes(self.model_header.as_bytes()) {
+            Ok(header) => self.keys.clone().with_model_header(header),
+            Err(_) => self.keys.clone(),
+        }
+    }
+
     /// The pool requests go to when no route matches: `default_pool`, or the only pool.
     pub fn default_pool(&self) -> Option<&str> {
         match (&self.default_pool, self.pools.as_slice()) {
@@ -279,6 +310,7 @@ impl GatewayConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             threads: None,
             model_header: DEFAULT_MODEL_HEADER.into(),
+            keys: KeysConfig::default(),
             pools: Vec::new(),
             routes: Vec::new(),
             default_pool: None,
@@ -432,6 +464,7 @@ struct RawConfig {
     drain_timeout: Option<Spanned<String>>,
     threads: Option<Spanned<usize>>,
     model_header: Option<Spanned<String>>,
+    keys: Option<Spanned<KeysConfig>>,
     default_pool: Option<Spanned<String>>,
     #[serde(default)]
     pool: Vec<Spanned<RawPool>>,
@@ -443,7 +476,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawPool {
     name: Spanned<String>,
-    policy: Option<Spanned<String>>,
+    policy: Option<Spanned<PolicySpec>>,
+    #[serde(default)]
+    layers: Vec<Spanned<Spec>>,
     endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
 }
 
@@ -498,6 +533,10 @@ impl RawConfig {
                     .ok_or_else(|| lines.error("threads", span, "must be at least 1"))?,
             );
         }
+        if let Some(keys) = self.keys {
+            lines.record("keys", &keys);
+            config.keys = keys.into_inner();
+        }
         if let Some(header) = self.model_header {
             lines.record("model_header", &header);
             config.model_header = header.into_inner();
@@ -512,12 +551,25 @@ impl RawConfig {
             lines.record(format!("pool[{i}].name"), &pool.name);
             lines.record(format!("pool[{i}].endpoints"), &pool.endpoints);
             let policy = match pool.policy {
-                None => PolicyKind::DEFAULT,
-                Some(p) => p
-                    .get_ref()
-                    .parse()
-                    .map_err(|e| lines.error(format!("pool[{i}].policy"), p.span(), format!("{e}")))?,
+                None => PolicyKind::DEFAULT.spec(),
+                Some(p) => {
+                    policy::registry()
+                        .validate(p.get_ref())
+                        .map_err(|e| lines.error(format!("pool[{i}].policy"), p.span(), format!("{e}")))?;
+                    p.into_inner()
+                }
             };
+            let mut layers = Vec::with_capacity(pool.layers.len());
+            for (k, layer) in pool.layers.into_iter().enumerate() {
+                if let Err(e) = super::layers::registry().build(layer.get_ref()) {
+                    return Err(lines.error(
+                        format!("pool[{i}].layers[{k}]"),
+                        layer.span(),
+                        format!("layer {e}"),
+                    ));
+                }
+                layers.push(layer.into_inner());
+            }
             let mut endpoints = Vec::new();
             for (j, endpoint) in pool.endpoints.into_inner().into_iter().enumerate() {
                 let field = format!("pool[{i}].endpoints[{j}]");
@@ -534,7 +586,7 @@ impl RawConfig {
                 };
                 endpoints.push(Endpoint::new(id, address).with_weight(endpoint.weight));
             }
-            config.pools.push(PoolConfig { name: pool.name.into_inner(), policy, endpoints });
+            config.pools.push(PoolConfig { name: pool.name.into_inner(), policy, layers, endpoints });
         }
         for (k, route) in self.route.into_iter().enumerate() {
             lines.record(format!("route[{k}]"), &route);
@@ -583,11 +635,11 @@ pool = "b"
         assert_eq!(c.listen, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(c.drain_timeout, Duration::from_secs(5));
         assert_eq!(c.threads, NonZeroUsize::new(3));
-        assert_eq!(c.pools[0].policy, PolicyKind::DEFAULT);
+        assert_eq!(c.pools[0].policy, PolicyKind::DEFAULT.spec());
         assert_eq!(c.pools[0].endpoints[0].id.as_str(), "127.0.0.1:9001");
         assert_eq!(c.pools[0].endpoints[1].address, "http://127.0.0.1:9002");
         assert_eq!((c.pools[0].endpoints[1].id.as_str(), c.pools[0].endpoints[1].weight), ("b2", 3));
-        assert_eq!(c.pools[1].policy, PolicyKind::RoundRobin);
+        assert_eq!(c.pools[1].policy, PolicyKind::RoundRobin.spec());
         assert_eq!(c.routes[0].model.as_deref(), Some("m"));
         assert_eq!(c.default_pool(), Some("a"));
     }

@@ -22,10 +22,14 @@
 //! deadline ends at the client (`DEADLINE_EXCEEDED`) and the endpoint, and the gateway counts it
 //! as cancelled, not as the endpoint's failure.
 //!
-//! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses:
-//! `UNAVAILABLE` when the pool has no endpoint or the endpoint's connection fails (nothing is
-//! retried: the body has already been streamed), `UNIMPLEMENTED` when no route takes the request
-//! (the message names the path and the model).
+//! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses
+//! mapped from the typed error of the layer that failed ([`switchyard_core::status_of`]):
+//! `UNAVAILABLE` when the pool has no endpoint, none fits, or the endpoint's connection fails
+//! (nothing is retried: the body has already been streamed), `RESOURCE_EXHAUSTED` (with
+//! `grpc-retry-pushback-ms` when known) when a layer sheds the request, `DEADLINE_EXCEEDED` when
+//! a pool's `timeout` passes, `UNIMPLEMENTED` when no route takes the request (the message names
+//! the path and the model). A message names the pool and the endpoint's id, never the upstream's
+//! cause (an OS error, an internal address), which goes to the log at debug level.
 //!
 //! # Quick start
 //!
@@ -68,14 +72,32 @@
 //! ```
 //!
 //! A route matches when the request's path starts with its `path_prefix` and its model is the
-//! route's `model` (each condition only if set). The model is the value of the model header if
-//! the request has one (any method, no body read), otherwise, for the KServe model methods
+//! route's `model` (each condition only if set). The model is one of the request keys, read once
+//! per request by the key layer (`switchyard-keys`) before routing: the value of the model header
+//! if the request has one (any method, no body read), otherwise, for the KServe model methods
 //! (`ModelInfer`, `ModelStreamInfer`, `ModelReady`, `ModelMetadata`, ...), the `model_name` of the
-//! first request message, read by peeking at most 4 MiB of the body and decoding field 1 alone;
-//! the peeked bytes are then sent on unchanged. A request whose model cannot be read (compressed,
-//! or the name is not within the first 4 MiB) has no model: routes without `model` and the
-//! default pool still take it. The peek is done only when a route asks for a model and the header
-//! is absent, so requests pay for what the config uses.
+//! first request message. The same look at `ModelInfer` / `ModelStreamInfer` gives the request's
+//! size (its `prompt_tokens`, or its text's length), which least response time weighs, its
+//! session key (`x-session-id`), priority (`x-priority`) and deadline (`grpc-timeout`). The peek
+//! is a single pass over the first message, bounded (1 MiB of it at most, 1024 frames, 5 s, and
+//! 16 MiB held at once per client connection; `[keys]` sets them) and the bytes read are then sent
+//! on unchanged. A request whose model cannot be read (compressed, or not within the bound) has
+//! no model: routes without `model` and the default pool still take it. A client that splits its
+//! first message into too many frames or holds its connection's budget too long is refused
+//! (`RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`), without slowing other connections.
+//!
+//! ```toml
+//! [keys]
+//! session_header = "x-session-id"   # the defaults
+//! max_peek_bytes = 1048576
+//! peek_timeout = "5s"
+//! connection_budget = 16777216
+//! ```
+//!
+//! Each pool is a tower stack: the layers its `layers` list names (outermost first; see
+//! [`layers`]: today `timeout`), then its balancer. Its `policy` is a name or a table with
+//! parameters (`policy = { name = "...", ... }`), built by the policy registry, to which crates
+//! and programs add their own.
 //!
 //! The config is validated before anything starts; an error names the field and its line, and the
 //! command exits with status 1:
@@ -123,7 +145,7 @@ mod admin;
 mod body;
 mod config;
 mod drain;
-mod peek;
+pub mod layers;
 mod pool;
 mod proxy;
 mod route;
@@ -134,11 +156,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use body::{ProxyBody, RequestBody};
 pub use config::{
     ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, MAX_THREADS, PoolConfig,
     RouteConfig,
 };
-pub use peek::MAX_PEEK_BYTES;
 pub use pool::Pool;
 pub use server::{Gateway, GatewayError};
 use switchyard_balance::PolicyKind;

@@ -2,18 +2,24 @@
 
 use std::fmt;
 
-use switchyard_balance::discover::StaticDiscover;
-use switchyard_balance::{Backend, Balance, LoadBoard, PolicyHandle, PolicyKind, Shared};
-use switchyard_core::stable_hash;
+use std::convert::Infallible;
+use switchyard_balance::{
+    Backend, Balance, LoadBoard, PolicyError, PolicyHandle, PolicySpec, Shared, policy,
+};
 
-use super::body::RequestBody;
+use futures::StreamExt;
+use switchyard_core::{Endpoint, EndpointId, stable_hash};
+use tower::discover::Change;
+
+use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
+use super::layers::{self, BoxPoolService};
 use super::upstream::EndpointClient;
 
 /// A request on its way to an endpoint.
 pub(crate) type UpstreamRequest = http::Request<RequestBody>;
 
-type Balancer = Balance<StaticDiscover<EndpointClient>, EndpointClient, UpstreamRequest>;
+type Balancer = Balance<EndpointClient, UpstreamRequest>;
 
 /// A pool's balancer, called in place by every stream of the gateway (no task in between).
 pub(crate) type Upstream = Shared<Balancer>;
@@ -25,29 +31,85 @@ pub struct Pool {
     board: LoadBoard,
     seed: u64,
     pub(crate) upstream: Upstream,
+    /// The pool's layers over its balancer, when it has any.
+    layered: Option<BoxPoolService>,
 }
 
 impl Pool {
-    /// Starts the pool's balancer over its endpoints, with a connection to each per serving thread
-    /// (opened on first use).
+    /// Starts the pool's balancer over its configured endpoints, with a connection to each per
+    /// serving thread (opened on first use).
     pub(crate) fn start(config: &PoolConfig, threads: usize) -> Result<Self, ConfigError> {
-        let mut backends = Vec::with_capacity(config.endpoints.len());
+        // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
-            let service = EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
+            EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
                 file: None,
                 line: None,
                 field: Some(format!("pool {:?} endpoint {}", config.name, endpoint.id)),
                 message: e.to_string(),
             })?;
-            backends.push(Backend::new(endpoint.clone(), service));
         }
+        let changes =
+            config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
+        Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()))
+    }
+
+    /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
+    /// config's endpoints are a static one). An endpoint whose address is not usable is logged
+    /// and left out.
+    pub(crate) fn start_with<D, E>(
+        config: &PoolConfig,
+        threads: usize,
+        changes: D,
+    ) -> Result<Self, ConfigError>
+    where
+        D: futures::Stream<Item = Result<Change<EndpointId, Endpoint>, E>> + Send + 'static,
+        E: Into<tower::BoxError> + Send + 'static,
+    {
         let seed = stable_hash(config.name.as_bytes());
-        let policy = PolicyHandle::of(config.policy, seed);
-        // `from_backends` inserts the endpoints at once, so the board shows them before the
-        // first request.
-        let balancer: Balancer = Balance::from_backends(backends).with_policy(policy.clone());
+        let policy = PolicyHandle::from_spec(&config.policy, seed).map_err(|e| ConfigError {
+            file: None,
+            line: None,
+            field: Some(format!("pool {:?} policy", config.name)),
+            message: e.to_string(),
+        })?;
+        let backends = changes.map(
+            move |change| -> Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError> {
+                Ok(match change.map_err(Into::into)? {
+                    Change::Insert(id, endpoint) => {
+                        let client = EndpointClient::new(&endpoint.address, threads)?;
+                        Change::Insert(id, Backend::new(endpoint, client))
+                    }
+                    Change::Remove(id) => Change::Remove(id),
+                })
+            },
+        );
+        // Changes ready now (all of a static list) are applied at once, so the board shows the
+        // endpoints before the first request.
+        let balancer: Balancer =
+            Balance::new(backends).with_policy(policy.clone()).with_name(config.name.as_str());
         let board = balancer.board();
-        Ok(Self { name: config.name.clone(), policy, board, seed, upstream: Shared::new(balancer) })
+        let upstream = Shared::new(balancer);
+        let layered = match config.layers.as_slice() {
+            [] => None,
+            specs => {
+                let direct = BoxPoolService::new(Direct { upstream: upstream.clone() });
+                Some(layers::stack(specs, direct).map_err(|e| ConfigError {
+                    file: None,
+                    line: None,
+                    field: Some(format!("pool {:?} layers", config.name)),
+                    message: format!("layer {e}"),
+                })?)
+            }
+        };
+        Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered })
+    }
+
+    /// The pool's service: its layers, then its balancer.
+    pub(crate) fn service(&self) -> PoolService {
+        match &self.layered {
+            None => PoolService::Direct(Direct { upstream: self.upstream.clone() }),
+            Some(layered) => PoolService::Layered(layered.clone()),
+        }
     }
 
     /// The pool's name.
@@ -65,10 +127,11 @@ impl Pool {
         &self.policy
     }
 
-    /// Switches the pool to a new policy of `kind`, atomically: requests already sent stay where
-    /// they are. Returns the name of the previous policy.
-    pub fn set_policy(&self, kind: PolicyKind) -> &'static str {
-        self.policy.set(kind.build(self.seed)).name()
+    /// Switches the pool to a new policy built from `spec` by the policy registry, atomically:
+    /// requests already sent stay where they are. Returns the name of the previous policy.
+    pub fn set_policy(&self, spec: &PolicySpec) -> Result<&'static str, PolicyError> {
+        let next = policy::registry().build(spec, self.seed)?;
+        Ok(self.policy.set(next).name())
     }
 }
 
@@ -79,5 +142,60 @@ impl fmt::Debug for Pool {
             .field("policy", &self.policy.name())
             .field("endpoints", &self.board.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A pool's stack as one service: the request to its endpoint, the response as the proxy sends it
+/// back. Without layers, the balancer directly (nothing boxed).
+#[derive(Clone, Debug)]
+pub(crate) enum PoolService {
+    Direct(Direct),
+    Layered(BoxPoolService),
+}
+
+/// The balancer as the bottom of a pool's stack.
+#[derive(Clone, Debug)]
+pub(crate) struct Direct {
+    upstream: Upstream,
+}
+
+type DirectFuture = futures::future::MapOk<
+    <Upstream as tower::Service<UpstreamRequest>>::Future,
+    fn(http::Response<switchyard_balance::TrackedBody<hyper::body::Incoming>>) -> http::Response<ProxyBody>,
+>;
+
+impl tower::Service<UpstreamRequest> for Direct {
+    type Response = http::Response<ProxyBody>;
+    type Error = tower::BoxError;
+    type Future = DirectFuture;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.upstream.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        use futures::TryFutureExt;
+        self.upstream.call(req).map_ok(|response| response.map(ProxyBody::upstream))
+    }
+}
+
+impl tower::Service<UpstreamRequest> for PoolService {
+    type Response = http::Response<ProxyBody>;
+    type Error = tower::BoxError;
+    type Future =
+        futures::future::Either<DirectFuture, <BoxPoolService as tower::Service<UpstreamRequest>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            PoolService::Direct(s) => s.poll_ready(cx),
+            PoolService::Layered(s) => s.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        match self {
+            PoolService::Direct(s) => futures::future::Either::Left(s.call(req)),
+            PoolService::Layered(s) => futures::future::Either::Right(s.call(req)),
+        }
     }
 }

@@ -1,42 +1,57 @@
 //! The proxy: each request goes, headers and body streaming, to the endpoint its pool's balancer
 //! picks, and the response comes back with its headers and trailers as the endpoint sent them.
 //!
-//! Nothing is decoded on the way (except the bounded model peek, when a route needs it), so any
-//! gRPC service and every call shape (unary, client-, server- and bidirectional streaming) pass.
-//! The balancer's [`TrackedBody`] keeps the request counted against its endpoint until the last
-//! frame, and reads the `grpc-status` and the ORCA load report from the trailers as they go by.
-//! The gateway's own failures are trailers-only gRPC responses: `UNAVAILABLE` when the pool has
-//! no endpoint or the endpoint cannot be reached, `UNIMPLEMENTED` when no route takes the request.
+//! Nothing is decoded on the way but the request keys (`switchyard-keys`: metadata, and the first
+//! message of a KServe model method, read once, bounded, then replayed), so any gRPC service and
+//! every call shape (unary, client-, server- and bidirectional streaming) pass.
+//! The balancer's [`TrackedBody`](switchyard_balance::TrackedBody) keeps the request counted
+//! against its endpoint until the last frame, and reads the `grpc-status` and the ORCA load report
+//! from the trailers as they go by. The gateway's own failures are trailers-only gRPC responses
+//! built by [`switchyard_core::status_of`] from the typed error of the layer that failed: the
+//! status names the pool and endpoint, never the upstream's cause, which goes to the log.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
-use switchyard_balance::NoEndpoints;
-use tonic::Status;
-use tower::{BoxError, ServiceExt};
+use switchyard_keys::{Keys, KeysConfig};
+use tower::{BoxError, Service, ServiceExt};
 
-use super::body::ProxyBody;
+use super::body::{ProxyBody, RequestBody};
 use super::pool::Pool;
 use super::route::Router;
 
-/// The hyper service of the gateway's gRPC listener. Cloning is cheap (one `Arc`).
+/// The hyper service of the gateway's gRPC listener: the key layer, then routing, then the
+/// routed pool's stack. Cloning is cheap; [`for_connection`](Self::for_connection) gives each
+/// accepted connection its own budget of bytes for the key layer's peeks.
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
-    shared: Arc<Shared>,
+    keys: Keys<Dispatch>,
+}
+
+/// Routing and the pools: below the key layer.
+#[derive(Clone, Debug)]
+pub(crate) struct Dispatch {
+    state: Arc<ProxyState>,
 }
 
 #[derive(Debug)]
-struct Shared {
+struct ProxyState {
     pools: Arc<[Pool]>,
     router: Router,
 }
 
 impl Proxy {
-    pub(crate) fn new(pools: Arc<[Pool]>, router: Router) -> Self {
-        Self { shared: Arc::new(Shared { pools, router }) }
+    pub(crate) fn new(pools: Arc<[Pool]>, router: Router, keys: KeysConfig) -> Self {
+        let dispatch = Dispatch { state: Arc::new(ProxyState { pools, router }) };
+        Self { keys: Keys::new(dispatch, keys) }
+    }
+
+    /// The proxy for one new client connection: the same pools, a fresh peek budget.
+    pub(crate) fn for_connection(&self) -> Self {
+        Self { keys: self.keys.for_connection() }
     }
 }
 
@@ -46,42 +61,53 @@ impl hyper::service::Service<http::Request<Incoming>> for Proxy {
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move { Ok(shared.forward(req).await) })
+        let keys = self.keys.clone();
+        Box::pin(async move {
+            Ok(match keys.oneshot(req).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let status = switchyard_core::status_of(&*error);
+                    tracing::debug!(status = ?status.code, error = %Chain(&*error), "request refused");
+                    status.to_http()
+                }
+            })
+        })
     }
 }
 
-impl Shared {
-    async fn forward(&self, req: http::Request<Incoming>) -> http::Response<ProxyBody> {
-        let (index, req) = match self.router.route(req).await {
-            Ok(routed) => routed,
-            Err(status) => {
-                tracing::debug!(message = status.message(), "unrouted request");
-                return status.into_http();
-            }
-        };
-        let pool = &self.pools[index];
-        match pool.upstream.clone().oneshot(req).await {
-            Ok(response) => response.map(ProxyBody::upstream),
-            Err(e) => {
-                let status = unavailable(pool, &e);
-                tracing::debug!(pool = pool.name(), message = status.message(), "upstream failed");
-                status.into_http()
-            }
+impl Service<http::Request<RequestBody>> for Dispatch {
+    type Response = http::Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<RequestBody>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let index = state.router.route(&req)?;
+            let pool = &state.pools[index];
+            pool.service().oneshot(req).await.map_err(|error| {
+                tracing::debug!(pool = pool.name(), error = %Chain(&*error), "request failed");
+                error
+            })
+        })
+    }
+}
+
+/// An error and its causes, for the log.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
         }
+        Ok(())
     }
-}
-
-/// `UNAVAILABLE`, saying why: no endpoint, or the endpoint's connection failed (with the causes).
-fn unavailable(pool: &Pool, error: &BoxError) -> Status {
-    if error.is::<NoEndpoints>() {
-        return Status::unavailable(format!("pool {:?} has no endpoint available", pool.name()));
-    }
-    let mut message = format!("pool {:?}: upstream unavailable: {error}", pool.name());
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(message, ": {cause}");
-        source = cause.source();
-    }
-    Status::unavailable(message)
 }

@@ -109,7 +109,7 @@ impl Gateway {
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let (stop, stopped) = watch::channel(false);
 
-        let proxy = Proxy::new(pools.clone(), Router::new(&config));
+        let proxy = Proxy::new(pools.clone(), Router::new(&config), config.keys_config());
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
         let mut handoff = Vec::with_capacity(threads);
@@ -128,7 +128,7 @@ impl Gateway {
                 let (thread_calls, draining) = (calls.clone(), stopped.clone());
                 let drain = Drain { timeout: drain, calls, gate };
                 runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
-                    let proxy = Draining::new(proxy.clone(), thread_calls.clone(), draining.clone());
+                    let proxy = Draining::new(proxy.for_connection(), thread_calls.clone(), draining.clone());
                     http2.serve_connection(TokioIo::new(io), proxy)
                 }));
                 let _ = done.send(());

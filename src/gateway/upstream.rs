@@ -22,6 +22,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use switchyard_core::{Error, ErrorKind};
 use tokio::net::TcpStream;
 use tower::BoxError;
 
@@ -176,7 +177,10 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
                         Err(_) => Connection::Closed,
                     };
                 }
-                opened.map_err(|e| BoxError::from(e.to_string()))?
+                // Typed at the source: the request never reached the endpoint.
+                opened.map_err(|e| {
+                    BoxError::from(Error::new(ErrorKind::ConnectFailed).with_source(e.to_string()))
+                })?
             };
             sender.send_request(req).await.map_err(Into::into)
         })

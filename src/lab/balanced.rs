@@ -17,11 +17,21 @@ use super::report::{RequestOutcome, RunRecord};
 /// `seed`) over `replicas`, and records every request. Call inside a paused runtime
 /// ([`run_paused`](super::cluster::run_paused)).
 ///
+/// Whether requests carry their [`RequestSize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sizes {
+    /// Every request carries its true prompt and output lengths, as the key layer extracts them.
+    Known,
+    /// No request carries a size: what a client that sends none (or a non-KServe protocol) gets.
+    Unknown,
+}
+
 /// The arrival loop owns the balancer: at each arrival it waits for `poll_ready` and calls it,
 /// which makes the pick and counts the request in flight at once; a task per request then
 /// drives the response and reads its tokens, so requests overlap as they would behind a gateway.
 pub(crate) async fn run_policy(
     kind: PolicyKind,
+    sizes: Sizes,
     seed: u64,
     replicas: &[ReplicaSpec],
     records: &[TraceRecord],
@@ -47,8 +57,10 @@ pub(crate) async fn run_policy(
         let arrived_at = Instant::now();
         let arrived = arrived_at.saturating_duration_since(start);
         let mut request = http::Request::new(GenerationRequest::from(&record));
-        // What the gateway's key-extraction layer puts in: the request's size.
-        request.extensions_mut().insert(RequestSize::new(record.prompt_tokens, record.output_tokens));
+        if sizes == Sizes::Known {
+            // What the key-extraction layer puts in: the request's size.
+            request.extensions_mut().insert(RequestSize::new(record.prompt_tokens, record.output_tokens));
+        }
         let response = match balancer.ready().await {
             Ok(ready) => ready.call(request),
             Err(_) => {

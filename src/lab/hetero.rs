@@ -18,11 +18,14 @@ use switchyard_balance::PolicyKind;
 use switchyard_sim::{EngineConfig, TraceRecord, trace};
 
 use super::LabError;
-use super::balanced::run_policy;
+use super::balanced::{Sizes, run_policy};
 use super::capacity::measure_capacity;
 use super::cluster::{ReplicaSpec, run_paused};
 use super::ideal::run_ideal;
 use super::report::{LabReport, PolicyResult, ReplicaInfo};
+
+/// The report's name for least response time over requests that carry no size.
+pub const NO_SIZES: &str = "least-response-time (no sizes)";
 
 /// Settings of a `hetero` run.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +65,8 @@ fn read_workload(options: &HeteroOptions) -> Result<(Vec<TraceRecord>, String), 
 }
 
 /// Runs the scenario: measures the capacity, then replays the window through every policy of
-/// [`PolicyKind::ALL`] and the ideal, each on fresh replicas under a paused clock.
+/// [`PolicyKind::ALL`], through least response time once more with no request sizes
+/// ([`NO_SIZES`]), and through the ideal, each on fresh replicas under a paused clock.
 pub fn run_hetero(options: &HeteroOptions) -> Result<LabReport, LabError> {
     if !(options.load.is_finite() && options.load > 0.0) {
         return Err(LabError::Setting(format!("load must be > 0, got {}", options.load)));
@@ -98,12 +102,16 @@ pub fn run_hetero(options: &HeteroOptions) -> Result<LabReport, LabError> {
     );
 
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
-    let mut results = Vec::with_capacity(PolicyKind::ALL.len() + 1);
+    let mut results = Vec::with_capacity(PolicyKind::ALL.len() + 2);
     for kind in PolicyKind::ALL {
-        let run = run_paused(run_policy(kind, options.seed, &replicas, window, time_scale))??;
+        let run = run_paused(run_policy(kind, Sizes::Known, options.seed, &replicas, window, time_scale))??;
         results.push(PolicyResult::summarise(kind.name(), &run, &names));
         tracing::info!(policy = kind.name(), "lab hetero: policy done");
     }
+    // The default policy for a client whose requests carry no size: every request one unit.
+    let kind = PolicyKind::LeastResponseTime;
+    let run = run_paused(run_policy(kind, Sizes::Unknown, options.seed, &replicas, window, time_scale))??;
+    results.push(PolicyResult::summarise(NO_SIZES, &run, &names));
     let run = run_paused(run_ideal(&replicas, window, time_scale))??;
     results.push(PolicyResult::summarise("ideal", &run, &names));
 

@@ -150,9 +150,9 @@ struct Dispatcher {
     start: Instant,
 }
 
-type Shared = Arc<Mutex<Dispatcher>>;
+type SharedDispatcher = Arc<Mutex<Dispatcher>>;
 
-fn lock(shared: &Shared) -> MutexGuard<'_, Dispatcher> {
+fn lock(shared: &SharedDispatcher) -> MutexGuard<'_, Dispatcher> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -169,7 +169,7 @@ impl Dispatcher {
     }
 
     /// Sends queued requests, in order, while the head can start somewhere at once.
-    fn dispatch(&mut self, shared: &Shared) {
+    fn dispatch(&mut self, shared: &SharedDispatcher) {
         while let Some(head) = self.queue.front() {
             let Some(r) = self.choose(&head.request) else { return };
             let Some(waiting) = self.queue.pop_front() else { return };
@@ -215,7 +215,7 @@ pub(crate) async fn run_ideal(
 ) -> Result<RunRecord, ConfigError> {
     let engines = spawn_engines(replicas)?;
     let start = Instant::now();
-    let shared: Shared = Arc::new(Mutex::new(Dispatcher {
+    let shared: SharedDispatcher = Arc::new(Mutex::new(Dispatcher {
         replicas: replicas
             .iter()
             .zip(&engines)

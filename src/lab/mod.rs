@@ -59,7 +59,7 @@ use std::path::PathBuf;
 
 pub use capacity::{CAPACITY_REQUESTS, CapacityError, measure_capacity};
 pub use cluster::ReplicaSpec;
-pub use hetero::{DEFAULT_REQUESTS, HeteroOptions, replicas as hetero_replicas, run_hetero};
+pub use hetero::{DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, replicas as hetero_replicas, run_hetero};
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
 

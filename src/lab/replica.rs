@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use switchyard_balance::{Completion, TrackCompletion};
 use switchyard_core::EndpointId;
+use switchyard_core::Outcome;
 use switchyard_sim::{EngineHandle, Generation, GenerationRequest, SubmitError, Token};
 use tower::Service;
 
@@ -110,7 +111,7 @@ impl Stream for TrackedGeneration {
                     if let Some(mut completion) = this.completion.take() {
                         completion.first_byte();
                         completion.report(this.engine.reported_load());
-                        completion.finish(false);
+                        completion.finish(Outcome::Ok);
                     }
                 } else if let Some(completion) = this.completion.as_mut() {
                     completion.first_byte();
@@ -118,7 +119,7 @@ impl Stream for TrackedGeneration {
             }
             None => {
                 if let Some(completion) = this.completion.take() {
-                    completion.finish(true);
+                    completion.finish(Outcome::Unavailable);
                 }
             }
         }

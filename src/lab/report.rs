@@ -51,9 +51,21 @@ impl LatencySummary {
     /// Summarises durations (nearest-rank percentiles, see [`Percentiles`]), rounded to the
     /// microsecond so that reports stay readable.
     pub fn of(samples: impl IntoIterator<Item = Duration>) -> Self {
-        let mut ms: Vec<f64> = samples.into_iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        Self::with_failures(samples.into_iter().map(Some))
+    }
+
+    /// Summarises one sample per request, `None` for a request that failed (or was shed): a
+    /// failure ranks above every measured time, so a percentile that falls among the failures
+    /// is infinite (`null` in JSON, `inf` in tables), never a failure left out. The mean is over
+    /// the measured times.
+    pub fn with_failures(samples: impl IntoIterator<Item = Option<Duration>>) -> Self {
+        let mut ms: Vec<f64> =
+            samples.into_iter().map(|d| d.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1e3)).collect();
+        let measured: Vec<f64> = ms.iter().copied().filter(|v| v.is_finite()).collect();
+        let mean =
+            if measured.is_empty() { 0.0 } else { measured.iter().sum::<f64>() / measured.len() as f64 };
         let p = Percentiles::of(&mut ms);
-        Self { mean: round3(p.mean), p50: round3(p.p50), p90: round3(p.p90), p99: round3(p.p99) }
+        Self { mean: round3(mean), p50: round3(p.p50), p90: round3(p.p90), p99: round3(p.p99) }
     }
 }
 
@@ -90,8 +102,9 @@ impl PolicyResult {
     pub fn summarise(policy: &str, run: &RunRecord, names: &[String]) -> Self {
         let outcomes = &run.outcomes;
         let errors = outcomes.iter().filter(|o| o.failed()).count();
-        let ttft_ms = LatencySummary::of(outcomes.iter().filter_map(|o| o.ttft));
-        let latency_ms = LatencySummary::of(outcomes.iter().filter_map(|o| o.latency));
+        // A request that failed counts, as a time longer than any measured.
+        let ttft_ms = LatencySummary::with_failures(outcomes.iter().map(|o| o.ttft.filter(|_| !o.failed())));
+        let latency_ms = LatencySummary::with_failures(outcomes.iter().map(|o| o.latency));
 
         let mut served = vec![0usize; names.len()];
         // ∫ in_flight dt per replica: the sum of its requests' times from dispatch to the end.
@@ -243,5 +256,28 @@ impl LabReport {
             self.target_load * 100.0,
             self.time_scale,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_in_the_percentiles_as_longer_than_any_time() {
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        // 98 fast requests, two failures: p99 falls among the failures.
+        let mut samples: Vec<Option<Duration>> = (1..=98).map(ms).collect();
+        samples.extend([None, None]);
+        let s = LatencySummary::with_failures(samples);
+        assert_eq!((s.p50, s.p90), (50.0, 90.0));
+        assert!(s.p99.is_infinite(), "{s:?}");
+        assert_eq!(s.mean, 49.5, "the mean is over the measured times");
+        assert_eq!(serde_json::to_value(s).unwrap()["p99"], serde_json::Value::Null);
+        // Without failures, the same as before.
+        assert_eq!(
+            LatencySummary::with_failures((1..=100).map(ms)),
+            LatencySummary::of((1..=100).map(Duration::from_millis))
+        );
     }
 }

@@ -16,7 +16,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 pub(crate) async fn spawn_until(args: &[&str], phrase: &str) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -32,7 +32,13 @@ pub(crate) async fn spawn_until(args: &[&str], phrase: &str) -> (Child, String) 
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if std::env::var_os("GATEWAY_LOG").is_some() {
+                eprintln!("{line}");
+            }
+        }
+    });
     (child, addr)
 }
 

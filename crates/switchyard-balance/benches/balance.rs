@@ -26,7 +26,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use switchyard_balance::{Backend, Balance, CompleteOnResponse, PolicyHandle, PolicyKind, discover};
+use switchyard_balance::{Backend, Balance, CompleteOnResponse, PolicyHandle, PolicyKind};
 use switchyard_core::Endpoint;
 use tower::Service;
 use tower::discover::Change;
@@ -80,7 +80,7 @@ fn backends(n: usize) -> impl Iterator<Item = Backend<Noop>> {
 }
 
 fn switchyard(n: usize, policy: PolicyKind) -> impl Service<Request, Error = tower::BoxError> {
-    Balance::new(discover::from_backends(backends(n)))
+    Balance::from_backends(backends(n))
         .with_policy(PolicyHandle::of(policy, 7))
         .with_completion(CompleteOnResponse)
 }

@@ -11,8 +11,8 @@ use crate::EndpointState;
 /// Every endpoint's live load, published by the balancers that track it.
 ///
 /// The balancer is the one source of truth for load: it adds an endpoint's [`EndpointState`] here
-/// when discovery inserts it, and takes it away when discovery removes it or the balancer is
-/// dropped. The autoscaler, the telemetry and the gateway's admin API read snapshots; nobody
+/// when discovery inserts it, and takes it away when discovery removes it (once its requests in
+/// flight have ended: until then it shows as draining) or the balancer is dropped. The autoscaler, the telemetry and the gateway's admin API read snapshots; nobody
 /// keeps a second count. Several balancers (one per pool of a gateway) may share one board,
 /// provided their endpoint ids differ.
 /// Cloning gives another handle on the same board.
@@ -23,6 +23,7 @@ pub struct LoadBoard {
 
 /// One endpoint's entry in a [`LoadBoard`] snapshot.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct EndpointLoad {
     /// The endpoint.
     pub endpoint: Endpoint,
@@ -30,6 +31,9 @@ pub struct EndpointLoad {
     pub load: Load,
     /// Whether outlier detection has ejected it.
     pub ejected: bool,
+    /// Whether discovery removed it while requests were in flight: it takes no new request and
+    /// leaves the board when they end.
+    pub draining: bool,
 }
 
 impl LoadBoard {
@@ -82,5 +86,10 @@ impl LoadBoard {
 }
 
 fn entry(state: &EndpointState, now: Instant) -> EndpointLoad {
-    EndpointLoad { endpoint: state.endpoint().clone(), load: state.load(now), ejected: state.is_ejected(now) }
+    EndpointLoad {
+        endpoint: (*state.endpoint()).clone(),
+        load: state.load(now),
+        ejected: state.is_ejected(now),
+        draining: state.is_draining(),
+    }
 }

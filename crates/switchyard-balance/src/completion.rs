@@ -1,13 +1,13 @@
-//! How the balancer learns that a request has ended, whether it failed, and what load its
-//! replica reported.
+//! How the balancer learns that a request has ended, how it ended, and what load its replica
+//! reported.
 //!
 //! A request ends when its response ends, not when the response starts: a gRPC stream counts as
 //! in flight until its trailers. [`TrackCompletion`] turns the endpoint's response into one that
 //! carries a [`Completion`] to its end. [`HttpCompletion`] does this for HTTP/gRPC responses: it
 //! takes the latency sample at the first body frame (the whole response for a unary call, the
-//! first message, so the time to first token, for a stream), reads the `grpc-status` and the ORCA
-//! `endpoint-load-metrics-bin` entry from the trailers (or from the headers of a trailers-only
-//! response), and classifies the outcome with a [`FailureClass`].
+//! first message, so the time to first token, for a stream), reads the `grpc-status`,
+//! `grpc-retry-pushback-ms` and the ORCA `endpoint-load-metrics-bin` entry from the trailers (or
+//! from the headers of a trailers-only response), and ends the request with its [`Outcome`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,16 +16,19 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use switchyard_core::{EndpointId, ReportedLoad, orca};
+use switchyard_core::{EndpointId, Error, ErrorKind, Outcome, ReportedLoad, orca};
 use tokio::time::Instant;
+use tower::BoxError;
 
-use crate::endpoint::InFlight;
+use crate::endpoint::{InFlight, Timing};
+use crate::observer::{Observation, PickedEndpoint};
 use crate::outlier::{PoolState, Verdict};
 
 /// The end of one request on one endpoint, handed to a [`TrackCompletion`] with the response.
 ///
-/// Call [`finish`](Self::finish) when the response ends; dropping it unfinished ends the request
-/// as cancelled (the caller went away): neither a success nor a failure.
+/// Call [`finish`](Self::finish) with the outcome when the response ends; dropping it unfinished
+/// ends the request as [cancelled](Outcome::Cancelled) (the caller went away): neither a success
+/// nor a failure.
 #[derive(Debug)]
 pub struct Completion {
     in_flight: Option<InFlight>,
@@ -65,12 +68,62 @@ impl Completion {
         }
     }
 
-    /// Ends the request; `failed` feeds the outlier detector.
-    pub fn finish(mut self, failed: bool) {
+    /// Ends the request with `outcome`: the board counts it, outlier ejection reads it
+    /// ([`Outcome::is_endpoint_failure`]), and the observer is told.
+    pub fn finish(mut self, outcome: Outcome) {
         let Some(mut in_flight) = self.in_flight.take() else { return };
-        if in_flight.end(failed, &self.pool.outlier) != Verdict::Eject {
-            return;
+        let (verdict, timing) = in_flight.end(outcome, &self.pool.outlier);
+        self.observe(&in_flight, outcome, timing);
+        if verdict == Verdict::Eject {
+            self.eject(&in_flight);
         }
+    }
+
+    /// Ends the request on an error from the endpoint's service (it could not be reached, or its
+    /// connection failed), and returns the error typed for the caller: the balancer's name and
+    /// the endpoint's id, with the cause kept for the log.
+    pub(crate) fn fail(self, error: BoxError) -> BoxError {
+        let endpoint = self.endpoint().cloned();
+        let name = self.pool.name.clone();
+        let mut error = match error.downcast::<Error>() {
+            Ok(typed) => *typed,
+            Err(other) => {
+                let kind = if refused(&*other) { ErrorKind::ConnectFailed } else { ErrorKind::Upstream };
+                Error::new(kind).with_source(other)
+            }
+        };
+        let outcome = match error.kind() {
+            ErrorKind::ConnectFailed => Outcome::ConnectFailed,
+            ErrorKind::Overloaded { retry_after } | ErrorKind::Shed { retry_after } => {
+                Outcome::Overloaded { pushback: *retry_after }
+            }
+            ErrorKind::DeadlineExceeded => Outcome::DeadlineExceeded,
+            _ => Outcome::Unavailable,
+        };
+        self.finish(outcome);
+        if let (None, Some(endpoint)) = (error.endpoint(), endpoint) {
+            error = error.at_endpoint(endpoint);
+        }
+        if let (None, Some(name)) = (error.pool(), name) {
+            error = error.in_pool(name);
+        }
+        Box::new(error)
+    }
+
+    fn observe(&self, in_flight: &InFlight, outcome: Outcome, timing: Timing) {
+        if let Some(observer) = &self.pool.observer {
+            observer.on_end(&Observation {
+                pool: self.pool.name.as_deref(),
+                endpoint: in_flight.state().id(),
+                outcome,
+                first_byte: timing.first_byte,
+                latency: timing.latency,
+                work: in_flight.work(),
+            });
+        }
+    }
+
+    fn eject(&self, in_flight: &InFlight) {
         let state = in_flight.state();
         let now = Instant::now();
         let mut outlier = state.outlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -91,6 +144,34 @@ impl Completion {
     }
 }
 
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(mut in_flight) = self.in_flight.take() {
+            let timing = in_flight.cancel();
+            self.observe(&in_flight, Outcome::Cancelled, timing);
+        }
+    }
+}
+
+/// Whether the error's chain holds a refused or unreachable connection: the request never
+/// reached the endpoint.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Turns an endpoint's response into one that ends its [`Completion`] when it ends.
 pub trait TrackCompletion<Rsp> {
     /// The response handed back to the caller.
@@ -109,50 +190,20 @@ impl<Rsp> TrackCompletion<Rsp> for CompleteOnResponse {
     type Output = Rsp;
 
     fn track(&self, response: Rsp, completion: Completion) -> Rsp {
-        completion.finish(false);
+        completion.finish(Outcome::Ok);
         response
     }
 }
 
-/// Which outcomes count as failures for outlier ejection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailureClass {
-    /// gRPC status codes that are failures. Default: `UNAVAILABLE` (14), the code of an
-    /// endpoint that cannot serve, as opposed to a request that was wrong.
-    pub grpc_codes: Vec<i32>,
-    /// HTTP statuses that are failures. Default: 502, 503, 504.
-    pub http_statuses: Vec<u16>,
-}
-
-impl Default for FailureClass {
-    fn default() -> Self {
-        Self { grpc_codes: vec![14], http_statuses: vec![502, 503, 504] }
-    }
-}
-
-impl FailureClass {
-    fn grpc_failed(&self, headers: &http::HeaderMap) -> bool {
-        headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<i32>().ok())
-            .is_some_and(|code| self.grpc_codes.contains(&code))
-    }
-}
-
 /// [`TrackCompletion`] for HTTP and gRPC responses: in flight until the body ends, latency at the
-/// first body frame, outcome and ORCA load report from the trailers.
-#[derive(Debug, Clone, Default)]
-pub struct HttpCompletion {
-    class: Arc<FailureClass>,
-}
-
-impl HttpCompletion {
-    /// Tracking with these failure classes.
-    pub fn new(class: FailureClass) -> Self {
-        Self { class: Arc::new(class) }
-    }
-}
+/// first body frame, [`Outcome`] and ORCA load report from the trailers (or the headers of a
+/// trailers-only response), and the [`PickedEndpoint`] in the response's extensions.
+///
+/// A gRPC response whose body ends without trailers, or fails, was cut short: it ends as
+/// [`Outcome::Unavailable`]. An HTTP error status without a `grpc-status` is classified by
+/// [`Outcome::from_http_status`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpCompletion;
 
 fn read_report(headers: &http::HeaderMap, completion: &Completion) {
     if let Some(value) = headers.get(orca::TRAILER_NAME) {
@@ -167,30 +218,34 @@ where
     type Output = http::Response<TrackedBody<B>>;
 
     fn track(&self, response: http::Response<B>, mut completion: Completion) -> Self::Output {
-        let (parts, body) = response.into_parts();
-        let http_failed = self.class.http_statuses.contains(&parts.status.as_u16());
+        let (mut parts, body) = response.into_parts();
+        if let Some(id) = completion.endpoint() {
+            parts.extensions.insert(PickedEndpoint(id.clone()));
+        }
         let grpc = parts
             .headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let completion = if parts.headers.contains_key("grpc-status") || http_failed {
-            // Trailers-only gRPC response, or an HTTP error: the headers say it all.
+        let http_outcome = Outcome::from_http_status(parts.status);
+        let completion = if let Some(outcome) = Outcome::from_trailers(&parts.headers) {
+            // Trailers-only gRPC response: the headers say it all.
             completion.first_byte();
             read_report(&parts.headers, &completion);
-            completion.finish(http_failed || self.class.grpc_failed(&parts.headers));
+            completion.finish(outcome);
+            None
+        } else if !http_outcome.is_ok() {
+            completion.first_byte();
+            completion.finish(http_outcome);
             None
         } else if body.is_end_stream() {
             // An empty body that will not be polled: the response has ended (without the
             // trailers a gRPC response must have).
-            completion.finish(grpc);
+            completion.finish(if grpc { Outcome::Unavailable } else { Outcome::Ok });
             None
         } else {
             Some(completion)
         };
-        http::Response::from_parts(
-            parts,
-            TrackedBody { inner: body, completion, class: self.class.clone(), grpc },
-        )
+        http::Response::from_parts(parts, TrackedBody { inner: body, completion, grpc })
     }
 }
 
@@ -200,7 +255,6 @@ pin_project! {
         #[pin]
         inner: B,
         completion: Option<Completion>,
-        class: Arc<FailureClass>,
         // A gRPC response must end with trailers (`grpc-status`); one that ends without them
         // was cut short.
         grpc: bool,
@@ -226,7 +280,7 @@ where
                     if let Some(mut c) = this.completion.take() {
                         c.first_byte();
                         read_report(trailers, &c);
-                        c.finish(this.class.grpc_failed(trailers));
+                        c.finish(Outcome::from_trailers(trailers).unwrap_or(Outcome::Ok));
                     }
                 } else if let Some(c) = this.completion.as_mut() {
                     c.first_byte();
@@ -234,19 +288,19 @@ where
                         // The body says it has ended: consumers such as hyper stop polling
                         // here, so the `None` below may never come.
                         if let Some(c) = this.completion.take() {
-                            c.finish(*this.grpc);
+                            c.finish(cut_short(*this.grpc));
                         }
                     }
                 }
             }
             Some(Err(_)) => {
                 if let Some(c) = this.completion.take() {
-                    c.finish(true);
+                    c.finish(Outcome::Unavailable);
                 }
             }
             None => {
                 if let Some(c) = this.completion.take() {
-                    c.finish(*this.grpc);
+                    c.finish(cut_short(*this.grpc));
                 }
             }
         }
@@ -260,4 +314,9 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The outcome of a body that ended without trailers: cut short for gRPC, fine for plain HTTP.
+fn cut_short(grpc: bool) -> Outcome {
+    if grpc { Outcome::Unavailable } else { Outcome::Ok }
 }

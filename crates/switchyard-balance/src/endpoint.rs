@@ -1,12 +1,14 @@
 //! The live state of one endpoint: what the balancer tracks and what policies read.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId, Load, ReportedLoad, orca};
+use arc_swap::ArcSwap;
+use switchyard_core::{Endpoint, EndpointId, Load, Outcome, ReportedLoad, orca};
 use tokio::time::Instant;
 
+use crate::board::LoadBoard;
 use crate::outlier::{OutlierConfig, OutlierState, Verdict};
 
 /// How load is tracked: the time constants of the latency and speed estimates, and the latency
@@ -14,6 +16,7 @@ use crate::outlier::{OutlierConfig, OutlierState, Verdict};
 ///
 /// The latency defaults are linkerd's and tower's: a 10 s decay and a 30 ms prior RTT.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct TrackingConfig {
     /// Time constant of the peak-EWMA latency: a sample's weight falls to 1/e after this long.
     pub decay: Duration,
@@ -36,6 +39,26 @@ impl Default for TrackingConfig {
     }
 }
 
+impl TrackingConfig {
+    /// The same settings with this peak-EWMA latency time constant.
+    pub fn with_decay(mut self, decay: Duration) -> Self {
+        self.decay = decay;
+        self
+    }
+
+    /// The same settings with this latency assumed before the first answer.
+    pub fn with_default_rtt(mut self, default_rtt: Duration) -> Self {
+        self.default_rtt = default_rtt;
+        self
+    }
+
+    /// The same settings with this time constant for the time-per-unit-of-work EWMA.
+    pub fn with_speed_decay(mut self, speed_decay: Duration) -> Self {
+        self.speed_decay = speed_decay;
+        self
+    }
+}
+
 /// One endpoint's live load: in-flight requests (and how many of them, with how much work, still
 /// wait for their first byte), the peak-EWMA latency, the time it takes per unit of work, the last
 /// load report its replica sent, its outcome counters and its ejection state.
@@ -45,14 +68,27 @@ impl Default for TrackingConfig {
 /// cheap: atomics, and short uncontended locks for the latency and the report.
 #[derive(Debug)]
 pub struct EndpointState {
-    endpoint: Endpoint,
-    tracking: TrackingConfig,
+    id: EndpointId,
+    /// The endpoint as discovery last described it (a re-insert with the same address may
+    /// change its weight and labels, in place).
+    endpoint: ArcSwap<Endpoint>,
+    weight: AtomicU32,
+    /// The [`TrackingConfig`], as nanoseconds, so that a balancer's `with_tracking` reaches
+    /// endpoints already inserted.
+    decay_nanos: AtomicU64,
+    default_rtt_nanos: AtomicU64,
+    speed_decay_nanos: AtomicU64,
     in_flight: AtomicU32,
     awaiting_first_byte: AtomicU32,
     pending_work: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    overloaded: AtomicU64,
     cancelled: AtomicU64,
+    /// Removed by discovery while requests were in flight: kept on the board until they end.
+    draining: AtomicBool,
+    /// The board to leave once drained.
+    drain_board: Mutex<Option<LoadBoard>>,
     rtt: Mutex<Option<RttEstimate>>,
     unit_time: Mutex<Option<RttEstimate>>,
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
@@ -103,14 +139,21 @@ impl EndpointState {
     /// A fresh state for `endpoint`: nothing in flight, no latency sample, no report.
     pub fn new(endpoint: Endpoint, tracking: TrackingConfig) -> Self {
         Self {
-            endpoint,
-            tracking,
+            id: endpoint.id.clone(),
+            weight: AtomicU32::new(endpoint.weight),
+            endpoint: ArcSwap::from_pointee(endpoint),
+            decay_nanos: AtomicU64::new(duration_nanos(tracking.decay)),
+            default_rtt_nanos: AtomicU64::new(duration_nanos(tracking.default_rtt)),
+            speed_decay_nanos: AtomicU64::new(duration_nanos(tracking.speed_decay)),
             in_flight: AtomicU32::new(0),
             awaiting_first_byte: AtomicU32::new(0),
             pending_work: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            drain_board: Mutex::new(None),
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
@@ -119,14 +162,75 @@ impl EndpointState {
         }
     }
 
-    /// The endpoint as discovery described it.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    /// How the endpoint's load is tracked.
+    pub fn tracking(&self) -> TrackingConfig {
+        let d = |a: &AtomicU64| Duration::from_nanos(a.load(Ordering::Relaxed));
+        TrackingConfig {
+            decay: d(&self.decay_nanos),
+            default_rtt: d(&self.default_rtt_nanos),
+            speed_decay: d(&self.speed_decay_nanos),
+        }
+    }
+
+    /// Tracks the endpoint's load with `tracking` from now on (the estimates made so far stay).
+    pub(crate) fn set_tracking(&self, tracking: TrackingConfig) {
+        self.decay_nanos.store(duration_nanos(tracking.decay), Ordering::Relaxed);
+        self.default_rtt_nanos.store(duration_nanos(tracking.default_rtt), Ordering::Relaxed);
+        self.speed_decay_nanos.store(duration_nanos(tracking.speed_decay), Ordering::Relaxed);
+    }
+
+    fn decay(&self) -> Duration {
+        Duration::from_nanos(self.decay_nanos.load(Ordering::Relaxed))
+    }
+
+    /// The endpoint as discovery last described it.
+    pub fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.load_full()
     }
 
     /// The endpoint's id.
     pub fn id(&self) -> &EndpointId {
-        &self.endpoint.id
+        &self.id
+    }
+
+    /// The endpoint's weight (as [`Endpoint::weight`], read without a lock).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Takes a new description of the same endpoint (same id and address): its weight and
+    /// labels change, its load state stays.
+    pub(crate) fn update(&self, endpoint: Endpoint) {
+        self.weight.store(endpoint.weight, Ordering::Relaxed);
+        self.endpoint.store(Arc::new(endpoint));
+    }
+
+    /// Whether discovery removed the endpoint while requests were in flight: it takes no new
+    /// request, and leaves the board when the last one ends.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the endpoint removed: it leaves `board` now if nothing is in flight, otherwise when
+    /// its last request ends. Returns whether it is still draining.
+    pub(crate) fn drain(&self, board: &LoadBoard, this: &Arc<EndpointState>) -> bool {
+        *lock(&self.drain_board) = Some(board.clone());
+        self.draining.store(true, Ordering::Release);
+        self.leave_if_drained(this)
+    }
+
+    /// Leaves the board if draining and idle; true while still draining.
+    fn leave_if_drained(&self, this: &Arc<EndpointState>) -> bool {
+        if !self.is_draining() {
+            return false;
+        }
+        if self.in_flight() > 0 {
+            return true;
+        }
+        if let Some(board) = lock(&self.drain_board).take() {
+            board.remove(&self.id, this);
+        }
+        false
     }
 
     /// Requests sent and not yet ended.
@@ -156,7 +260,8 @@ impl EndpointState {
         (!v.is_nan()).then_some(v)
     }
 
-    /// Responses ended since the endpoint was added, and how many of them failed.
+    /// Requests ended since the endpoint was added: how many succeeded, and how many failed
+    /// (any outcome but success, overload and cancellation).
     pub fn outcomes(&self) -> (u64, u64) {
         (self.completed.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
@@ -173,7 +278,7 @@ impl EndpointState {
     pub fn latency_estimate_nanos(&self, now: Instant) -> f64 {
         match *lock(&self.rtt) {
             Some(r) => self.decayed(r, now),
-            None => nanos_f64(self.tracking.default_rtt),
+            None => self.default_rtt_nanos.load(Ordering::Relaxed) as f64,
         }
     }
 
@@ -183,7 +288,7 @@ impl EndpointState {
     }
 
     fn decayed(&self, r: RttEstimate, now: Instant) -> f64 {
-        r.nanos * weight_since(r.at, now, self.tracking.decay)
+        r.nanos * weight_since(r.at, now, self.decay())
     }
 
     /// The last report, with when it arrived.
@@ -211,15 +316,16 @@ impl EndpointState {
             Some((r, at)) => (Some((*r).clone()), Some(at)),
             None => (None, None),
         };
-        Load {
-            in_flight: self.in_flight(),
-            latency_ewma: self.latency_ewma(now),
-            completed,
-            failed,
-            cancelled: self.cancelled.load(Ordering::Relaxed),
-            report,
-            report_at,
-        }
+        let mut load = Load::default();
+        load.in_flight = self.in_flight();
+        load.latency_ewma = self.latency_ewma(now);
+        load.completed = completed;
+        load.failed = failed;
+        load.overloaded = self.overloaded.load(Ordering::Relaxed);
+        load.cancelled = self.cancelled.load(Ordering::Relaxed);
+        load.report = report;
+        load.report_at = report_at;
+        load
     }
 
     /// Counts a request of `work` units as sent; the returned guard counts it as ended when
@@ -228,7 +334,15 @@ impl EndpointState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
         let ahead = self.pending_work.fetch_add(work, Ordering::Relaxed);
-        InFlight { state: self.clone(), sent_at: now, work, ahead, sampled: false, ended: false }
+        InFlight {
+            state: self.clone(),
+            sent_at: now,
+            work,
+            ahead,
+            sampled: false,
+            ended: false,
+            first_byte: None,
+        }
     }
 
     fn first_byte_arrived(&self, work: u64) {
@@ -240,7 +354,11 @@ impl EndpointState {
         let mut guard = lock(&self.unit_time);
         let next = match *guard {
             Some(u) => {
-                let w = weight_since(u.at, now, self.tracking.speed_decay);
+                let w = weight_since(
+                    u.at,
+                    now,
+                    Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed)),
+                );
                 u.nanos * w + per_unit_nanos * (1.0 - w)
             }
             None => per_unit_nanos,
@@ -254,7 +372,7 @@ impl EndpointState {
         let mut guard = lock(&self.rtt);
         let next = match *guard {
             Some(r) => {
-                let w = weight_since(r.at, now, self.tracking.decay);
+                let w = weight_since(r.at, now, self.decay());
                 let decayed = r.nanos * w;
                 // Peak: a slower sample replaces the estimate at once; a faster one is blended in.
                 if decayed >= sample { decayed + sample * (1.0 - w) } else { sample }
@@ -278,20 +396,38 @@ impl EndpointState {
     }
 
     /// Ends a request its caller gave up on: counted, but not an outcome for the outlier detector.
-    fn cancel(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.completed.fetch_add(1, Ordering::Relaxed);
+    fn cancel(self: &Arc<Self>) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.leave_if_drained(self);
     }
 
-    fn finish(&self, failed: bool, outlier: &OutlierConfig, now: Instant) -> Verdict {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.completed.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        lock(&self.outlier).record(failed, outlier, now)
+    fn finish(self: &Arc<Self>, outcome: Outcome, outlier: &OutlierConfig, now: Instant) -> Verdict {
+        let counter = match outcome {
+            Outcome::Ok => &self.completed,
+            Outcome::Cancelled => &self.cancelled,
+            Outcome::Overloaded { .. } => &self.overloaded,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let verdict = match outcome {
+            // The caller's choice, not the endpoint's health.
+            Outcome::Cancelled => Verdict::Keep,
+            outcome => lock(&self.outlier).record(outcome.is_endpoint_failure(), outlier, now),
+        };
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.leave_if_drained(self);
+        verdict
     }
+}
+
+/// How long a request took on its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// Until the first byte of the response, if one came.
+    pub(crate) first_byte: Option<Duration>,
+    /// Until the request ended.
+    pub(crate) latency: Duration,
 }
 
 /// One request in flight on an endpoint. Dropping it ends the request: the in-flight count goes
@@ -307,11 +443,17 @@ pub(crate) struct InFlight {
     ahead: u64,
     sampled: bool,
     ended: bool,
+    first_byte: Option<Duration>,
 }
 
 impl InFlight {
     pub(crate) fn state(&self) -> &Arc<EndpointState> {
         &self.state
+    }
+
+    /// The request's work, in the balancer's units.
+    pub(crate) fn work(&self) -> u64 {
+        self.work
     }
 
     /// Takes the latency sample now, if none was taken yet.
@@ -326,35 +468,60 @@ impl InFlight {
             self.sampled = true;
             self.state.first_byte_arrived(self.work);
             let elapsed = now.saturating_duration_since(self.sent_at);
+            self.first_byte = Some(elapsed);
             self.state.record_rtt(elapsed, now);
             let units = (self.ahead + self.work).max(1) as f64;
             self.state.record_unit_time(nanos_f64(elapsed) / units, now);
         }
     }
 
-    /// Ends the request with its outcome; returns what the outlier detector decided.
-    pub(crate) fn end(&mut self, failed: bool, outlier: &OutlierConfig) -> Verdict {
+    /// Ends the request with its outcome; returns what the outlier detector decided, and the
+    /// request's timing.
+    pub(crate) fn end(&mut self, outcome: Outcome, outlier: &OutlierConfig) -> (Verdict, Timing) {
         // One clock read for the sample and the outcome: they happen at the same instant.
         let now = Instant::now();
+        if outcome == Outcome::Cancelled {
+            return (Verdict::Keep, self.cancel_at(now));
+        }
         self.sample_at(now);
         self.ended = true;
-        self.state.finish(failed, outlier, now)
+        let verdict = self.state.finish(outcome, outlier, now);
+        (
+            verdict,
+            Timing { first_byte: self.first_byte, latency: now.saturating_duration_since(self.sent_at) },
+        )
     }
-}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
+    /// Ends the request as cancelled (the caller went away); returns its timing.
+    pub(crate) fn cancel(&mut self) -> Timing {
+        self.cancel_at(Instant::now())
+    }
+
+    fn cancel_at(&mut self, now: Instant) -> Timing {
         if !self.ended {
-            // Ended without an outcome (the caller dropped the response): neither success nor
-            // failure for the outlier detector, and no latency sample (it would only measure
-            // the caller's patience).
+            self.ended = true;
+            // Neither success nor failure for the outlier detector, and no latency sample (it
+            // would only measure the caller's patience).
             if !self.sampled {
                 self.sampled = true;
                 self.state.first_byte_arrived(self.work);
             }
             self.state.cancel();
         }
+        Timing { first_byte: self.first_byte, latency: now.saturating_duration_since(self.sent_at) }
     }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cancel();
+        }
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `e^(−Δt/τ)`: what an estimate made at `at` still weighs at `now`.
@@ -447,15 +614,15 @@ mod tests {
         assert_eq!(s.peak_ewma_cost(t0), 90e6, "default RTT × (2 + 1)");
 
         advance(Duration::from_millis(40)).await;
-        assert_eq!(first.end(true, &OutlierConfig::default()), Verdict::Keep);
-        assert_eq!((s.in_flight(), s.outcomes()), (1, (1, 1)));
+        assert_eq!(first.end(Outcome::Unavailable, &OutlierConfig::default()).0, Verdict::Keep);
+        assert_eq!((s.in_flight(), s.outcomes()), (1, (0, 1)));
         assert_eq!(s.latency_ewma(Instant::now()), Some(Duration::from_millis(40)));
 
         drop(second);
         assert_eq!(
-            (s.in_flight(), s.outcomes()),
-            (0, (2, 1)),
-            "a dropped guard ends its request, not as a failure"
+            (s.in_flight(), s.outcomes(), s.load(Instant::now()).cancelled),
+            (0, (0, 1), 1),
+            "a dropped guard ends its request as cancelled, not as a failure"
         );
     }
 }

@@ -56,11 +56,8 @@ where
         };
         Poll::Ready(match result {
             Ok(response) => Ok(this.tracker.track(response, completion)),
-            Err(e) => {
-                // The endpoint could not be reached or refused the call: a failure.
-                completion.finish(true);
-                Err(e.into())
-            }
+            // The endpoint could not be reached, or its connection failed.
+            Err(e) => Err(completion.fail(e.into())),
         })
     }
 }

@@ -69,10 +69,12 @@
 
 mod board;
 mod completion;
+mod directory;
 pub mod discover;
 mod endpoint;
 mod error;
 mod future;
+mod observer;
 mod outlier;
 pub mod policy;
 mod rng;
@@ -80,13 +82,15 @@ mod service;
 mod shared;
 
 pub use board::{EndpointLoad, LoadBoard};
-pub use completion::{
-    CompleteOnResponse, Completion, FailureClass, HttpCompletion, TrackCompletion, TrackedBody,
-};
+pub use completion::{CompleteOnResponse, Completion, HttpCompletion, TrackCompletion, TrackedBody};
 pub use endpoint::{EndpointState, TrackingConfig};
-pub use error::{NoEndpoints, PolledAfterCompletion};
+pub use error::PolledAfterCompletion;
 pub use future::ResponseFuture;
+pub use observer::{Observation, Observer, PickedEndpoint};
 pub use outlier::OutlierConfig;
-pub use policy::{Policy, PolicyHandle, PolicyKind, RequestInfo, UnknownPolicy};
+pub use policy::{
+    Endpoints, Policy, PolicyError, PolicyHandle, PolicyKind, PolicyRegistry, PolicySpec, RequestInfo,
+    UnknownPolicy,
+};
 pub use service::{Backend, Balance, DEFAULT_NO_ENDPOINT_WAIT, RequestExtensions};
 pub use shared::Shared;

@@ -12,13 +12,17 @@
 //! count: an endpoint comes back with a fresh streak, not one its last requests built up while it
 //! was away.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use crate::observer::Observer;
 
 use tokio::time::Instant;
 
 /// Settings of the outlier detector.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct OutlierConfig {
     /// Failures in a row that eject an endpoint; 0 disables ejection. Default 5 (Envoy's).
     pub consecutive_failures: u32,
@@ -46,6 +50,30 @@ impl OutlierConfig {
     /// A detector that never ejects.
     pub fn disabled() -> Self {
         Self { consecutive_failures: 0, ..Self::default() }
+    }
+
+    /// The same settings, ejecting after `n` failures in a row (0: never).
+    pub fn with_consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// The same settings with this first ejection time.
+    pub fn with_base_ejection(mut self, base: Duration) -> Self {
+        self.base_ejection = base;
+        self
+    }
+
+    /// The same settings with this longest ejection time.
+    pub fn with_max_ejection(mut self, max: Duration) -> Self {
+        self.max_ejection = max;
+        self
+    }
+
+    /// The same settings with this largest ejected share of the pool (0 to 1).
+    pub fn with_max_ejected_share(mut self, share: f64) -> Self {
+        self.max_ejected_share = share;
+        self
     }
 
     fn ejection_time(&self, times: u32) -> Duration {
@@ -119,10 +147,12 @@ impl OutlierState {
     }
 }
 
-/// What the endpoints of one balancer share: how many there are, how many are ejected, and a
-/// generation number that moves whenever the set of endpoints to pick from changes.
+/// What the endpoints of one balancer share: its name and observer, how many endpoints there
+/// are, how many are ejected, and an ejection generation that moves whenever an ejection starts.
 #[derive(Debug, Default)]
 pub(crate) struct PoolState {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
     pub(crate) outlier: OutlierConfig,
     pub(crate) size: AtomicUsize,
     pub(crate) ejected: AtomicUsize,
@@ -132,6 +162,21 @@ pub(crate) struct PoolState {
 impl PoolState {
     pub(crate) fn new(outlier: OutlierConfig) -> Self {
         Self { outlier, ..Self::default() }
+    }
+
+    /// A copy of this state (its counts as they are now) changed by `change`: builder methods
+    /// replace the pool state this way, so nothing counted so far is lost.
+    pub(crate) fn with(&self, change: impl FnOnce(&mut PoolState)) -> Self {
+        let mut next = Self {
+            name: self.name.clone(),
+            observer: self.observer.clone(),
+            outlier: self.outlier,
+            size: AtomicUsize::new(self.size.load(Ordering::Acquire)),
+            ejected: AtomicUsize::new(self.ejected.load(Ordering::Acquire)),
+            generation: AtomicU64::new(self.generation.load(Ordering::Acquire)),
+        };
+        change(&mut next);
+        next
     }
 
     /// Takes one ejection slot if the pool's share allows another ejection.

@@ -8,19 +8,20 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId};
+use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind};
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
-use tower::discover::{Change, Discover};
+use tower::discover::{Change, Discover as _};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::board::LoadBoard;
 use crate::completion::{Completion, HttpCompletion, TrackCompletion};
-use crate::discover::{self, StaticDiscover};
+use crate::directory::{self, Directory, Slot, Writer};
 use crate::endpoint::{EndpointState, TrackingConfig};
-use crate::error::NoEndpoints;
 use crate::future::ResponseFuture;
+use crate::observer::{Observer, PickedEndpoint};
 use crate::outlier::{OutlierConfig, PoolState};
-use crate::policy::{PolicyHandle, RequestInfo};
+use crate::policy::{Endpoints, PolicyHandle, RequestInfo};
 
 /// An endpoint as discovery hands it to the balancer: what it is, and the service that reaches it
 /// (a tonic `Channel`, an in-process service, ...).
@@ -39,117 +40,176 @@ impl<S> Backend<S> {
     }
 }
 
-/// Gives policies access to a request's extensions (where routing keys travel).
+/// Gives policies access to a request's extensions (where routing keys travel), and the
+/// balancer a place to record the endpoint it picked.
 ///
 /// Implemented for `http::Request<B>`; implement it for other request types, returning `None`
 /// when they have no extensions.
 pub trait RequestExtensions {
     /// The request's extensions, if it has any.
     fn extensions(&self) -> Option<&http::Extensions>;
+
+    /// The request's extensions, to write into, if it has any.
+    fn extensions_mut(&mut self) -> Option<&mut http::Extensions> {
+        None
+    }
 }
 
 impl<B> RequestExtensions for http::Request<B> {
     fn extensions(&self) -> Option<&http::Extensions> {
         Some(http::Request::extensions(self))
     }
+
+    fn extensions_mut(&mut self) -> Option<&mut http::Extensions> {
+        Some(http::Request::extensions_mut(self))
+    }
 }
 
 /// How long a balancer with no endpoints holds `poll_ready` before it lets requests fail with
-/// [`NoEndpoints`]: long enough for discovery's first answer, short enough to fail fast.
+/// [`NoEndpoint`](switchyard_core::ErrorKind::NoEndpoint): long enough for discovery's first answer, short enough to fail fast.
 pub const DEFAULT_NO_ENDPOINT_WAIT: Duration = Duration::from_secs(3);
-
-struct Slot<S> {
-    state: Arc<EndpointState>,
-    service: S,
-}
 
 /// A tower service that sends each request to one endpoint picked by a [`Policy`](crate::Policy).
 ///
-/// Endpoints come from `D`, a [`Discover`] stream of [`Change`]s keyed by [`EndpointId`] whose
-/// services are [`Backend`]s. Every call: the endpoints not ejected (in discovery order) are shown
-/// to the current policy with the request's extensions; the pick's in-flight count goes up; the
-/// request goes to a clone of that endpoint's service (which must be `Clone`, as tonic channels
-/// are), driven to readiness in the response future; and `C` ([`HttpCompletion`] by default)
-/// keeps the request counted until its response ends, then records its latency, outcome and
-/// load report. See the crate documentation for an example.
+/// Endpoints come from a [`Discover`] stream of [`Change`]s keyed by [`EndpointId`] whose services
+/// are [`Backend`]s, applied by a task of the balancer's own, off the request path (see
+/// [`Balance::new`]); or from a fixed list ([`Balance::from_backends`]). Every call: the current
+/// members are shown to the policy with the request's extensions (see
+/// [`Endpoints`](crate::policy::Endpoints): the eligible ones, every member, the membership
+/// generation); the pick's in-flight count goes up; the request, with the [`PickedEndpoint`] in
+/// its extensions, goes to a clone of that endpoint's service (which must be `Clone`, as tonic
+/// channels are), driven to readiness in the response future; and `C` ([`HttpCompletion`] by
+/// default) keeps the request counted until its response ends, then records its latency,
+/// [`Outcome`](switchyard_core::Outcome) and load report, and tells the [`Observer`].
 ///
-/// `poll_ready` applies discovery's changes. With no endpoint at all it waits (at most
-/// [`DEFAULT_NO_ENDPOINT_WAIT`]) for discovery, then reports ready and fails calls with
-/// [`NoEndpoints`]. If every endpoint is ejected, it picks among all of them (Envoy's panic mode)
-/// rather than fail.
-pub struct Balance<D, S, Req, C = HttpCompletion> {
-    discover: Option<D>,
-    endpoints: Vec<Slot<S>>,
-    /// Endpoints the policy may pick, and their index in `endpoints`.
-    active: Vec<Arc<EndpointState>>,
-    active_slots: Vec<usize>,
-    /// Every endpoint, for panic mode.
-    all: Vec<Arc<EndpointState>>,
+/// Errors are [`switchyard_core::Error`]s naming the balancer ([`with_name`](Self::with_name))
+/// and the endpoint: [`NoEndpoint`](ErrorKind::NoEndpoint) when there is no member (after waiting
+/// at most [`DEFAULT_NO_ENDPOINT_WAIT`] for discovery's first answer),
+/// [`NoneFits`](ErrorKind::NoneFits) when the policy finds none fit, and the endpoint's own
+/// failure (its cause kept for the log). If every member is ejected, the policy picks among all
+/// of them (Envoy's panic mode) rather than fail.
+pub struct Balance<S, Req, C = HttpCompletion> {
+    owner: Owner<S>,
+    /// The members, as of directory version `version`, and their generation.
+    slots: Vec<Slot<S>>,
+    version: u64,
+    generation: u64,
+    /// Endpoints the policy may pick, and their index in the snapshot.
+    eligible: Vec<Arc<EndpointState>>,
+    eligible_slots: Vec<usize>,
+    /// Every member, and its index in `eligible` if it has one.
+    members: Vec<Arc<EndpointState>>,
+    member_eligible: Vec<Option<usize>>,
     next_return: Option<Instant>,
-    seen_generation: u64,
+    seen_ejections: u64,
     dirty: bool,
     no_endpoint_wait: Duration,
     empty_timer: Option<Pin<Box<Sleep>>>,
     policy: PolicyHandle,
-    board: LoadBoard,
     pool: Arc<PoolState>,
-    tracking: TrackingConfig,
     completion: C,
     _req: PhantomData<fn(Req)>,
 }
 
-/// A dropped balancer takes its endpoints off its board: a board shared with other balancers, the
-/// autoscaler or the admin API shows no endpoint that nothing balances to any more.
-impl<D, S, Req, C> Drop for Balance<D, S, Req, C> {
+/// The balancer's hold on its directory and discovery task: when the balancer is dropped, the
+/// task stops and its endpoints leave the board (a board shared with other balancers, the
+/// autoscaler or the admin API shows no endpoint that nothing balances to any more).
+struct Owner<S> {
+    directory: Arc<Directory<S>>,
+    task: Option<AbortHandle>,
+}
+
+impl<S> Drop for Owner<S> {
     fn drop(&mut self) {
-        for slot in &self.endpoints {
-            self.board.remove(slot.state.id(), &slot.state);
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
+        self.directory.clear_board();
     }
 }
 
-impl<D, S, Req> Balance<D, S, Req, HttpCompletion> {
-    /// A balancer over `discover` with the default policy ([`PolicyKind::DEFAULT`]), its own
+impl<S, Req> Balance<S, Req, HttpCompletion>
+where
+    S: Clone + Send + 'static,
+{
+    /// A balancer over `discover`, with the default policy ([`PolicyKind::DEFAULT`]), its own
     /// [`LoadBoard`], default load tracking and outlier detection, and [`HttpCompletion`].
     ///
+    /// The changes `discover` has ready now are applied at once (a static list is on the board
+    /// before this returns, and no task is needed for it); the rest are applied by a task spawned
+    /// here on the current tokio runtime, as they come, whether or not requests flow (as tower's
+    /// `Buffer`, this panics outside a runtime when a task is needed). The task ends when the
+    /// stream ends or the balancer is dropped.
+    ///
     /// [`PolicyKind::DEFAULT`]: crate::PolicyKind::DEFAULT
-    pub fn new(discover: D) -> Self {
+    pub fn new<D, E>(discover: D) -> Self
+    where
+        D: futures::Stream<Item = Result<Change<EndpointId, Backend<S>>, E>> + Send + 'static,
+        E: Into<BoxError> + Send,
+    {
+        let mut balancer = Self::empty();
+        let mut discover = Box::pin(discover);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let directory = &balancer.owner.directory;
+        loop {
+            match discover.as_mut().poll_discover(&mut cx) {
+                Poll::Ready(Some(Ok(change))) => directory.apply(change),
+                Poll::Ready(None) => {
+                    directory.end();
+                    return balancer;
+                }
+                // Pending, or an error: the task takes over (and logs the error).
+                Poll::Ready(Some(Err(_))) | Poll::Pending => break,
+            }
+        }
+        let weak = Arc::downgrade(directory);
+        let task = tokio::spawn(directory::run(discover, weak));
+        balancer.owner.task = Some(task.abort_handle());
+        balancer
+    }
+
+    /// A balancer over a fixed list of endpoints, inserted at once: they are on the
+    /// [`board`](Self::board) before the first request. No task is spawned. The same as
+    /// [`new`](Self::new) over [`discover::from_backends`](crate::discover::from_backends).
+    pub fn from_backends(backends: impl IntoIterator<Item = Backend<S>>) -> Self {
+        Self::new(crate::discover::from_backends(backends))
+    }
+
+    fn empty() -> Self {
+        let pool = Arc::new(PoolState::new(OutlierConfig::default()));
+        let directory = Arc::new(Directory::new(Writer {
+            slots: Vec::new(),
+            generation: 0,
+            board: LoadBoard::new(),
+            tracking: TrackingConfig::default(),
+            pool: pool.clone(),
+        }));
         Self {
-            discover: Some(discover),
-            endpoints: Vec::new(),
-            active: Vec::new(),
-            active_slots: Vec::new(),
-            all: Vec::new(),
+            owner: Owner { directory, task: None },
+            slots: Vec::new(),
+            version: 0,
+            generation: 0,
+            eligible: Vec::new(),
+            eligible_slots: Vec::new(),
+            members: Vec::new(),
+            member_eligible: Vec::new(),
             next_return: None,
-            seen_generation: 0,
-            dirty: false,
+            seen_ejections: 0,
+            dirty: true,
             no_endpoint_wait: DEFAULT_NO_ENDPOINT_WAIT,
             empty_timer: None,
             policy: PolicyHandle::default(),
-            board: LoadBoard::new(),
-            pool: Arc::new(PoolState::new(OutlierConfig::default())),
-            tracking: TrackingConfig::default(),
-            completion: HttpCompletion::default(),
+            pool,
+            completion: HttpCompletion,
             _req: PhantomData,
         }
     }
 }
 
-impl<S, Req> Balance<StaticDiscover<S>, S, Req, HttpCompletion> {
-    /// A balancer over a fixed list of endpoints, inserted at once: they are on the
-    /// [`board`](Self::board) before the first request (a discovery stream is read only when the
-    /// balancer is polled).
-    pub fn from_backends(backends: impl IntoIterator<Item = Backend<S>>) -> Self {
-        let mut balancer = Self::new(discover::from_backends(Vec::new()));
-        balancer.discover = None;
-        for backend in backends {
-            balancer.insert(backend.endpoint.id.clone(), backend);
-        }
-        balancer
-    }
-}
-
-impl<D, S, Req, C> Balance<D, S, Req, C> {
+impl<S, Req, C> Balance<S, Req, C>
+where
+    S: Clone,
+{
     /// The same balancer, picking with the policy in `policy` (keep a clone of the handle to
     /// switch it later).
     pub fn with_policy(mut self, policy: PolicyHandle) -> Self {
@@ -158,25 +218,46 @@ impl<D, S, Req, C> Balance<D, S, Req, C> {
     }
 
     /// The same balancer, publishing its endpoints on `board` (shared with other readers).
-    pub fn with_board(mut self, board: LoadBoard) -> Self {
+    pub fn with_board(self, board: LoadBoard) -> Self {
         // Endpoints already inserted move to the new board.
-        for slot in &self.endpoints {
-            self.board.remove(slot.state.id(), &slot.state);
-            board.insert(slot.state.clone());
-        }
-        self.board = board;
+        self.owner.directory.move_to_board(board);
         self
     }
 
     /// The same balancer with these outlier-ejection settings.
-    pub fn with_outlier(mut self, outlier: OutlierConfig) -> Self {
-        self.pool = Arc::new(PoolState::new(outlier));
+    pub fn with_outlier(self, outlier: OutlierConfig) -> Self {
+        self.with_pool(|pool| pool.outlier = outlier)
+    }
+
+    /// The same balancer, named `name` (a gateway's pool name): its errors and observations
+    /// carry it.
+    pub fn with_name(self, name: impl Into<Arc<str>>) -> Self {
+        let name = name.into();
+        self.with_pool(|pool| pool.name = Some(name))
+    }
+
+    /// The same balancer, telling `observer` about every request when it ends.
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Self {
+        self.with_pool(|pool| pool.observer = Some(observer))
+    }
+
+    /// The pool state replaced by a changed copy, counts kept (requests already in flight keep
+    /// the old one).
+    fn with_pool(mut self, change: impl FnOnce(&mut PoolState)) -> Self {
+        let pool = Arc::new(self.pool.with(change));
+        self.owner.directory.writer().pool = pool.clone();
+        self.pool = pool;
         self
     }
 
-    /// The same balancer with these latency-tracking settings (for endpoints discovered later).
-    pub fn with_tracking(mut self, tracking: TrackingConfig) -> Self {
-        self.tracking = tracking;
+    /// The same balancer with these latency-tracking settings, for its endpoints now and later.
+    pub fn with_tracking(self, tracking: TrackingConfig) -> Self {
+        let mut writer = self.owner.directory.writer();
+        writer.tracking = tracking;
+        for slot in &writer.slots {
+            slot.state.set_tracking(tracking);
+        }
+        drop(writer);
         self
     }
 
@@ -187,24 +268,23 @@ impl<D, S, Req, C> Balance<D, S, Req, C> {
     }
 
     /// The same balancer, tracking responses with `completion`.
-    pub fn with_completion<C2>(mut self, completion: C2) -> Balance<D, S, Req, C2> {
-        // The endpoints move to the new balancer; `self`, dropped empty, takes nothing off the
-        // board.
+    pub fn with_completion<C2>(self, completion: C2) -> Balance<S, Req, C2> {
         Balance {
-            discover: self.discover.take(),
-            endpoints: std::mem::take(&mut self.endpoints),
-            active: std::mem::take(&mut self.active),
-            active_slots: std::mem::take(&mut self.active_slots),
-            all: std::mem::take(&mut self.all),
+            owner: self.owner,
+            slots: self.slots,
+            version: self.version,
+            generation: self.generation,
+            eligible: self.eligible,
+            eligible_slots: self.eligible_slots,
+            members: self.members,
+            member_eligible: self.member_eligible,
             next_return: self.next_return,
-            seen_generation: self.seen_generation,
+            seen_ejections: self.seen_ejections,
             dirty: self.dirty,
             no_endpoint_wait: self.no_endpoint_wait,
-            empty_timer: self.empty_timer.take(),
-            policy: self.policy.clone(),
-            board: self.board.clone(),
-            pool: self.pool.clone(),
-            tracking: self.tracking,
+            empty_timer: self.empty_timer,
+            policy: self.policy,
+            pool: self.pool,
             completion,
             _req: PhantomData,
         }
@@ -217,118 +297,82 @@ impl<D, S, Req, C> Balance<D, S, Req, C> {
 
     /// The board the balancer publishes its endpoints' load on.
     pub fn board(&self) -> LoadBoard {
-        self.board.clone()
+        self.owner.directory.writer().board.clone()
     }
 
-    /// How many endpoints the balancer knows (ejected ones included).
+    /// How many endpoints the balancer has (ejected ones included, draining ones not).
     pub fn len(&self) -> usize {
-        self.endpoints.len()
+        self.owner.directory.len()
     }
 
-    /// Whether the balancer knows no endpoint.
+    /// Whether the balancer has no endpoint.
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
+        self.len() == 0
     }
 
-    fn insert(&mut self, id: EndpointId, backend: Backend<S>) {
-        let mut endpoint = backend.endpoint;
-        endpoint.id = id;
-        let state = Arc::new(EndpointState::new(endpoint, self.tracking));
-        self.board.insert(state.clone());
-        let slot = Slot { state, service: backend.service };
-        match self.endpoints.iter().position(|s| s.state.id() == slot.state.id()) {
-            Some(i) => {
-                let old = std::mem::replace(&mut self.endpoints[i], slot);
-                self.forget(&old);
-            }
-            None => self.endpoints.push(slot),
-        }
-        self.pool.size.store(self.endpoints.len(), Ordering::Release);
-        self.dirty = true;
+    /// The membership generation: it moves when endpoints are added or removed, not when they
+    /// are ejected or updated in place.
+    pub fn generation(&self) -> u64 {
+        self.owner.directory.writer().generation
     }
 
-    fn remove(&mut self, id: &EndpointId) {
-        if let Some(i) = self.endpoints.iter().position(|s| s.state.id() == id) {
-            // `remove`, not `swap_remove`: the order policies see stays stable.
-            let old = self.endpoints.remove(i);
-            self.board.remove(id, &old.state);
-            self.forget(&old);
-            self.pool.size.store(self.endpoints.len(), Ordering::Release);
+    /// Takes discovery's latest members, and applies ejections and returns since the last call.
+    fn refresh(&mut self, now: Instant) {
+        if self.owner.directory.version() != self.version {
+            (self.slots, self.generation, self.version) = self.owner.directory.read();
             self.dirty = true;
         }
-    }
-
-    /// Releases what a departing endpoint held in the pool. Its requests in flight keep their
-    /// own handle on its state and service, and finish.
-    fn forget(&self, old: &Slot<S>) {
-        // Its ejection may have run out without `refresh` seeing it yet: it holds a slot until
-        // then, so ask the outlier state, not the clock.
-        if old.state.outlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retire() {
-            self.pool.release_ejection();
-        }
-    }
-
-    /// Applies ejections and returns since the last call, and discovery changes.
-    fn refresh(&mut self, now: Instant) {
-        let generation = self.pool.generation.load(Ordering::Acquire);
+        let ejections = self.pool.generation.load(Ordering::Acquire);
         let returning = self.next_return.is_some_and(|t| t <= now);
-        if !self.dirty && !returning && generation == self.seen_generation {
+        if !self.dirty && !returning && ejections == self.seen_ejections {
             return;
         }
-        self.seen_generation = generation;
+        self.seen_ejections = ejections;
         self.dirty = false;
-        self.active.clear();
-        self.active_slots.clear();
-        self.all.clear();
+        self.eligible.clear();
+        self.eligible_slots.clear();
+        self.members.clear();
+        self.member_eligible.clear();
         self.next_return = None;
-        for (i, slot) in self.endpoints.iter().enumerate() {
-            self.all.push(slot.state.clone());
+        for (i, slot) in self.slots.iter().enumerate() {
+            self.members.push(slot.state.clone());
             let mut outlier = slot.state.outlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if outlier.try_return(now) {
                 self.pool.release_ejection();
                 tracing::info!(endpoint = %slot.state.id(), "ejected endpoint returns");
             }
             match outlier.ejected_until {
-                Some(until) => self.next_return = Some(self.next_return.map_or(until, |t| t.min(until))),
+                Some(until) => {
+                    self.next_return = Some(self.next_return.map_or(until, |t| t.min(until)));
+                    self.member_eligible.push(None);
+                }
                 None => {
-                    self.active.push(slot.state.clone());
-                    self.active_slots.push(i);
+                    self.member_eligible.push(Some(self.eligible.len()));
+                    self.eligible.push(slot.state.clone());
+                    self.eligible_slots.push(i);
                 }
             }
+        }
+        if self.eligible.is_empty() {
+            // Panic mode: every member is ejected, so every member is eligible.
+            self.eligible.extend(self.members.iter().cloned());
+            self.eligible_slots.extend(0..self.members.len());
+            self.member_eligible.clear();
+            self.member_eligible.extend((0..self.members.len()).map(Some));
+        }
+    }
+
+    fn error(&self, kind: ErrorKind) -> Error {
+        let e = Error::new(kind);
+        match &self.pool.name {
+            Some(name) => e.in_pool(name.clone()),
+            None => e,
         }
     }
 }
 
-impl<D, S, Req, C> Balance<D, S, Req, C>
+impl<S, Req, C> Service<Req> for Balance<S, Req, C>
 where
-    D: Discover<Key = EndpointId, Service = Backend<S>> + Unpin,
-    D::Error: Into<BoxError>,
-{
-    fn update_from_discover(&mut self, cx: &mut Context<'_>) {
-        while let Some(discover) = self.discover.as_mut() {
-            match Pin::new(discover).poll_discover(cx) {
-                Poll::Pending => return,
-                Poll::Ready(None) => {
-                    // A finite list (static endpoints) has said everything.
-                    self.discover = None;
-                }
-                Poll::Ready(Some(Ok(Change::Insert(id, backend)))) => self.insert(id, backend),
-                Poll::Ready(Some(Ok(Change::Remove(id)))) => self.remove(&id),
-                Poll::Ready(Some(Err(e))) => {
-                    // Keep serving the endpoints known so far; poll discovery again next time.
-                    let e: BoxError = e.into();
-                    tracing::warn!("endpoint discovery failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-impl<D, S, Req, C> Service<Req> for Balance<D, S, Req, C>
-where
-    D: Discover<Key = EndpointId, Service = Backend<S>> + Unpin,
-    D::Error: Into<BoxError>,
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: RequestExtensions,
@@ -339,12 +383,19 @@ where
     type Future = ResponseFuture<tower::util::Oneshot<S, Req>, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.update_from_discover(cx);
-        if !self.endpoints.is_empty() || self.discover.is_none() {
+        let directory = &self.owner.directory;
+        // Endpoints, or none and none to come: ready (a call without endpoints fails at once).
+        let settled = || directory.len() > 0 || directory.is_ended();
+        if settled() {
             self.empty_timer = None;
             return Poll::Ready(Ok(()));
         }
         // No endpoint yet: give discovery a bounded time, then fail fast.
+        directory.register(cx.waker());
+        if settled() {
+            self.empty_timer = None;
+            return Poll::Ready(Ok(()));
+        }
         let wait = self.no_endpoint_wait;
         let timer = self.empty_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
         match timer.as_mut().poll(cx) {
@@ -353,26 +404,49 @@ where
         }
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
         self.refresh(now);
-        let panic_mode = self.active.is_empty();
-        let candidates = if panic_mode { &self.all } else { &self.active };
-        if candidates.is_empty() {
-            return ResponseFuture::failed(NoEndpoints.into(), self.completion.clone());
+        if self.eligible.is_empty() {
+            return ResponseFuture::failed(self.error(ErrorKind::NoEndpoint).into(), self.completion.clone());
         }
         let info = RequestInfo::new(req.extensions(), now);
-        let pick = self.policy.pick(&info, candidates);
-        let slot = &self.endpoints[if panic_mode { pick } else { self.active_slots[pick] }];
-        let completion = Completion::new(slot.state.start(now, info.work), self.pool.clone());
+        let endpoints = Endpoints::new(&self.eligible, &self.members, &self.member_eligible, self.generation);
+        let pick = match self.policy.pick(&info, &endpoints) {
+            Some(pick) if pick < self.eligible.len() => pick,
+            Some(pick) => {
+                tracing::error!(
+                    policy = self.policy.name(),
+                    pick,
+                    eligible = self.eligible.len(),
+                    "policy picked out of range"
+                );
+                return ResponseFuture::failed(
+                    self.error(ErrorKind::NoneFits).into(),
+                    self.completion.clone(),
+                );
+            }
+            None => {
+                return ResponseFuture::failed(
+                    self.error(ErrorKind::NoneFits).into(),
+                    self.completion.clone(),
+                );
+            }
+        };
+        let work = info.work;
+        let slot: &Slot<S> = &self.slots[self.eligible_slots[pick]];
+        if let Some(extensions) = req.extensions_mut() {
+            extensions.insert(PickedEndpoint(slot.state.id().clone()));
+        }
+        let completion = Completion::new(slot.state.start(now, work), self.pool.clone());
         ResponseFuture::new(slot.service.clone().oneshot(req), completion, self.completion.clone())
     }
 }
 
-impl<D, S, Req, C> fmt::Debug for Balance<D, S, Req, C> {
+impl<S, Req, C> fmt::Debug for Balance<S, Req, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balance")
-            .field("endpoints", &self.endpoints.iter().map(|s| s.state.id()).collect::<Vec<_>>())
+            .field("endpoints", &self.slots.iter().map(|s| s.state.id()).collect::<Vec<_>>())
             .field("policy", &self.policy.name())
             .finish_non_exhaustive()
     }

@@ -13,11 +13,13 @@ use futures::SinkExt;
 use futures::channel::mpsc;
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
-use switchyard_balance::discover::{StaticDiscover, from_backends};
+use std::sync::{Arc, Mutex};
+
 use switchyard_balance::{
-    Backend, Balance, EndpointLoad, LoadBoard, PolicyHandle, PolicyKind, TrackingConfig,
+    Backend, Balance, EndpointLoad, LoadBoard, Observation, Observer, PickedEndpoint, PolicyHandle,
+    PolicyKind, TrackingConfig,
 };
-use switchyard_core::{ReportedLoad, orca};
+use switchyard_core::{Code, EndpointId, Outcome, ReportedLoad, orca};
 use tokio::time::{Instant, advance};
 use tower::BoxError;
 use tower::util::BoxCloneService;
@@ -27,16 +29,17 @@ type Svc<B> = BoxCloneService<Req, http::Response<B>, BoxError>;
 /// A balancer over one endpoint that answers with whatever `respond` makes.
 fn one_endpoint<B: Send + 'static>(
     respond: impl Fn() -> http::Response<B> + Clone + Send + 'static,
-) -> Balance<StaticDiscover<Svc<B>>, Svc<B>, Req> {
+) -> Balance<Svc<B>, Req> {
     let service = BoxCloneService::new(tower::service_fn(move |_req: Req| {
         let rsp = respond();
         async move { Ok::<_, BoxError>(rsp) }
     }));
     // A decay far longer than any test, so latency samples read back unchanged.
-    let tracking = TrackingConfig { decay: Duration::from_secs(1_000_000), ..TrackingConfig::default() };
-    Balance::new(from_backends([Backend::new(common::endpoint("e"), service)]))
-        .with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0))
-        .with_tracking(tracking)
+    let tracking = TrackingConfig::default().with_decay(Duration::from_secs(1_000_000));
+    // Through a discovery stream, so that the tracking set below applies to the endpoint.
+    let discover =
+        switchyard_balance::discover::from_backends([Backend::new(common::endpoint("e"), service)]);
+    Balance::new(discover).with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_tracking(tracking)
 }
 
 fn entry(board: &LoadBoard) -> EndpointLoad {
@@ -114,7 +117,7 @@ async fn a_grpc_body_that_ends_without_trailers_is_a_failure() {
     let response = dispatch(&mut lb, req()).await.await.unwrap();
     common::drain(response.into_body()).await;
     let load = entry(&board).load;
-    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1), "no grpc-status: cut short");
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 0, 1), "no grpc-status: cut short");
 }
 
 #[tokio::test(start_paused = true)]
@@ -145,7 +148,7 @@ async fn dropping_a_response_unread_ends_the_request() {
     assert_eq!(entry(&board).load.in_flight, 1);
     drop(response);
     let load = entry(&board).load;
-    assert_eq!((load.in_flight, load.completed, load.failed, load.cancelled), (0, 1, 0, 1));
+    assert_eq!((load.in_flight, load.completed, load.failed, load.cancelled), (0, 0, 0, 1));
     assert_eq!(load.latency_ewma, None, "the caller's patience is no latency sample");
 }
 
@@ -162,23 +165,108 @@ async fn a_trailers_only_response_is_read_from_its_headers() {
     let response = dispatch(&mut lb, req()).await.await.unwrap();
     let load = entry(&board).load;
     assert_eq!(load.in_flight, 0, "nothing more to wait for");
-    assert_eq!((load.completed, load.failed), (1, 1), "grpc-status 14 in the headers is a failure");
+    assert_eq!((load.completed, load.failed), (0, 1), "grpc-status 14 in the headers is a failure");
     assert_eq!(load.report, Some(report));
     assert!(load.latency_ewma.is_some());
     common::drain(response.into_body()).await;
-    assert_eq!(entry(&board).load.completed, 1, "counted once");
+    assert_eq!(entry(&board).load.failed, 1, "counted once");
 }
 
 #[tokio::test(start_paused = true)]
-async fn grpc_unavailable_in_the_trailers_is_a_failure_and_other_codes_are_not() {
-    for (status, failed) in [(0, 0), (3, 0), (14, 1)] {
-        let mut lb = one_endpoint(move || grpc_response(b"x", trailers(status, None)));
+async fn every_status_is_counted_by_its_outcome() {
+    // (grpc-status, pushback) -> (completed, failed, overloaded, cancelled)
+    let cases = [
+        (0, None, (1, 0, 0, 0)),
+        (3, None, (0, 1, 0, 0)),
+        (14, None, (0, 1, 0, 0)),
+        (4, None, (0, 1, 0, 0)),
+        (8, Some("250"), (0, 0, 1, 0)),
+        (1, None, (0, 0, 0, 1)),
+    ];
+    for (status, pushback, expected) in cases {
+        let mut t = trailers(status, None);
+        if let Some(ms) = pushback {
+            t.insert("grpc-retry-pushback-ms", http::HeaderValue::from_static(ms));
+        }
+        let mut lb = one_endpoint(move || grpc_response(b"x", t.clone()));
         let board = lb.board();
         let response = dispatch(&mut lb, req()).await.await.unwrap();
         common::drain(response.into_body()).await;
         let load = entry(&board).load;
-        assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, failed), "grpc-status {status}");
+        assert_eq!(load.in_flight, 0);
+        assert_eq!(
+            (load.completed, load.failed, load.overloaded, load.cancelled),
+            expected,
+            "grpc-status {status}"
+        );
     }
+}
+
+type Seen = (String, Outcome, Option<Duration>, Duration);
+
+/// Records every observation.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<Seen>>);
+
+impl Observer for Recorder {
+    fn on_end(&self, o: &Observation<'_>) {
+        let pool = o.pool.unwrap_or("-");
+        self.0.lock().unwrap().push((format!("{pool}/{}", o.endpoint), o.outcome, o.first_byte, o.latency));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_is_told_once_per_request_with_its_endpoint_timing_and_outcome() {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+    let body = Arc::new(Mutex::new(Some(rx)));
+    let recorder = Arc::new(Recorder::default());
+    let mut lb = one_endpoint(move || {
+        let rx = body.lock().unwrap().take().expect("one request");
+        http::Response::new(http_body_util::StreamBody::new(rx).boxed_unsync())
+    })
+    .with_name("llama")
+    .with_observer(recorder.clone());
+    let mut tx = tx;
+    let mut sent_req = req();
+    sent_req.extensions_mut().insert("marker");
+    let response = dispatch(&mut lb, sent_req).await.await.unwrap();
+    assert_eq!(response.extensions().get::<PickedEndpoint>(), Some(&PickedEndpoint(EndpointId::new("e"))));
+    let mut body = response.into_body();
+    advance(Duration::from_millis(30)).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(b"token")))).await.unwrap();
+    body.frame().await.unwrap().unwrap();
+    advance(Duration::from_millis(70)).await;
+    let mut t = trailers(8, None);
+    t.insert("grpc-retry-pushback-ms", http::HeaderValue::from_static("40"));
+    tx.send(Ok(Frame::trailers(t))).await.unwrap();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let seen = recorder.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [(
+            "llama/e".to_string(),
+            Outcome::Overloaded { pushback: Some(Duration::from_millis(40)) },
+            Some(Duration::from_millis(30)),
+            Duration::from_millis(100)
+        )],
+        "once, when the trailers came"
+    );
+    assert_eq!(Outcome::Overloaded { pushback: None }.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_endpoint_sees_its_id_in_the_request() {
+    let seen = Arc::new(Mutex::new(None));
+    let record = seen.clone();
+    let service: Svc<()> = BoxCloneService::new(tower::service_fn(move |req: Req| {
+        *record.lock().unwrap() = req.extensions().get::<PickedEndpoint>().cloned();
+        async { Ok::<_, BoxError>(http::Response::new(())) }
+    }));
+    let mut lb = Balance::from_backends([Backend::new(common::endpoint("e"), service)])
+        .with_completion(switchyard_balance::CompleteOnResponse);
+    dispatch(&mut lb, req()).await.await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(PickedEndpoint(EndpointId::new("e"))));
 }
 
 #[tokio::test(start_paused = true)]
@@ -192,7 +280,7 @@ async fn http_gateway_errors_are_failures() {
     let response = dispatch(&mut lb, req()).await.await.unwrap();
     assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
     let load = entry(&board).load;
-    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1));
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 0, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,7 +316,7 @@ async fn a_body_error_is_a_failure() {
     assert!(body.frame().await.unwrap().unwrap().is_data());
     assert!(body.frame().await.unwrap().is_err());
     let load = entry(&board).load;
-    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1));
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 0, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,13 +324,28 @@ async fn a_service_error_is_a_failure() {
     let service: common::Svc<String> = BoxCloneService::new(tower::service_fn(|_req: Req| async {
         Err::<String, BoxError>("connection refused".into())
     }));
-    let mut lb = Balance::new(from_backends([Backend::new(common::endpoint("e"), service)]))
+    let mut lb = Balance::from_backends([Backend::new(common::endpoint("e"), service)])
+        .with_name("pool-a")
         .with_completion(switchyard_balance::CompleteOnResponse);
     let board = lb.board();
     let err = dispatch(&mut lb, req()).await.await.unwrap_err();
-    assert_eq!(err.to_string(), "connection refused");
+    assert_eq!(err.to_string(), "pool \"pool-a\" endpoint \"e\": connection failed during the call");
+    let status = switchyard_core::status_of(&*err);
+    assert_eq!(status.code, Code::Unavailable);
+    assert!(!status.message.contains("refused"), "the cause stays in the log");
     let load = entry(&board).load;
-    assert_eq!((load.in_flight, load.completed, load.failed), (0, 1, 1));
+    assert_eq!((load.in_flight, load.completed, load.failed), (0, 0, 1));
+
+    // An OS-level refusal is a connect failure: the request never reached the endpoint.
+    let refused: common::Svc<String> = BoxCloneService::new(tower::service_fn(|_req: Req| async {
+        Err::<String, BoxError>(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)))
+    }));
+    let mut lb = Balance::from_backends([Backend::new(common::endpoint("e"), refused)])
+        .with_completion(switchyard_balance::CompleteOnResponse);
+    let err = dispatch(&mut lb, req()).await.await.unwrap_err();
+    let typed = err.downcast_ref::<switchyard_core::Error>().unwrap();
+    assert_eq!(typed.kind(), &switchyard_core::ErrorKind::ConnectFailed);
+    assert_eq!(err.to_string(), "endpoint \"e\": unreachable");
 }
 
 #[tokio::test(start_paused = true)]

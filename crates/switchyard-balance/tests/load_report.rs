@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Body, Req, completed, dispatch, drain, grpc_response, in_flight, req, trailers};
-use switchyard_balance::discover::{StaticDiscover, from_backends};
 use switchyard_balance::policy::LoadReport;
 use switchyard_balance::{Backend, Balance, PolicyHandle};
 use switchyard_core::ReportedLoad;
@@ -19,7 +18,7 @@ use tower::BoxError;
 use tower::util::BoxCloneService;
 
 type Svc = BoxCloneService<Req, http::Response<Body>, BoxError>;
-type Lb = Balance<StaticDiscover<Svc>, Svc, Req>;
+type Lb = Balance<Svc, Req>;
 
 /// A replica that answers after `delay` with a report of `kv` KV-cache utilisation in its
 /// trailers, while `reporting` is on.
@@ -43,7 +42,7 @@ fn replica(name: &str, kv: f64, delay: Duration, reporting: Arc<AtomicBool>) -> 
 fn cluster(delay: Duration, reporting: &Arc<AtomicBool>) -> Lb {
     let backends = [("a", 0.1), ("b", 0.1), ("c", 0.1), ("full", 1.0)]
         .map(|(name, kv)| replica(name, kv, delay, reporting.clone()));
-    Balance::new(from_backends(backends)).with_policy(PolicyHandle::new(Arc::new(LoadReport::with_seed(3))))
+    Balance::from_backends(backends).with_policy(PolicyHandle::new(Arc::new(LoadReport::with_seed(3))))
 }
 
 /// Sends `n` requests one after the other, reading each response to its end.
@@ -118,7 +117,7 @@ async fn max_age_decides_when_a_report_is_stale() {
     let backends = [("a", 0.1), ("full", 1.0)]
         .map(|(name, kv)| replica(name, kv, Duration::from_millis(5), reporting.clone()));
     let policy = LoadReport::with_seed(3).with_max_age(Duration::from_secs(30));
-    let mut lb = Balance::new(from_backends(backends)).with_policy(PolicyHandle::new(Arc::new(policy)));
+    let mut lb = Balance::from_backends(backends).with_policy(PolicyHandle::new(Arc::new(policy)));
     warm_up(&mut lb).await;
     reporting.store(false, Ordering::Relaxed);
     // Ten seconds without reports is within this policy's 30 s max age: still avoided. (The

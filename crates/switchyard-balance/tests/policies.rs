@@ -7,16 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Req, Svc, answers, backend, backends, completed, dispatch, grown, held, in_flight, send};
-use switchyard_balance::discover::{StaticDiscover, from_backends};
 use switchyard_balance::{Backend, Balance, CompleteOnResponse, PolicyHandle, PolicyKind};
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
 use tower::{Service, ServiceExt};
 
-type Lb = Balance<StaticDiscover<Svc<String>>, Svc<String>, Req, CompleteOnResponse>;
+type Lb = Balance<Svc<String>, Req, CompleteOnResponse>;
 
 fn balancer(backends: Vec<Backend<Svc<String>>>, policy: PolicyHandle) -> Lb {
-    Balance::new(from_backends(backends)).with_policy(policy).with_completion(CompleteOnResponse)
+    Balance::from_backends(backends).with_policy(policy).with_completion(CompleteOnResponse)
 }
 
 fn instant(names: &[&'static str]) -> Vec<Backend<Svc<String>>> {

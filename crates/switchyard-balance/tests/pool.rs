@@ -10,22 +10,30 @@ use std::time::Duration;
 
 use common::{
     Held, Hold, Req, Svc, answers, backend, backends, completed, discovery, dispatch, held, in_flight,
-    insert, remove, req, send,
+    insert, remove, req, send, settle,
 };
 use futures::channel::mpsc;
 use switchyard_balance::discover::from_backends;
 use switchyard_balance::{
-    Backend, Balance, CompleteOnResponse, DEFAULT_NO_ENDPOINT_WAIT, LoadBoard, NoEndpoints, OutlierConfig,
-    PolicyHandle, PolicyKind, Shared,
+    Backend, Balance, CompleteOnResponse, DEFAULT_NO_ENDPOINT_WAIT, LoadBoard, OutlierConfig, PolicyHandle,
+    PolicyKind, Shared,
 };
-use switchyard_core::EndpointId;
+use switchyard_core::{EndpointId, ErrorKind};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, advance, sleep};
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceExt};
 
-type Dynamic<R> = mpsc::Receiver<common::ChangeOf<Svc<R>>>;
-type Lb = Balance<Dynamic<String>, Svc<String>, Req, CompleteOnResponse>;
+type Lb = Balance<Svc<String>, Req, CompleteOnResponse>;
+
+/// The kind of a balancer error.
+fn kind(err: &BoxError) -> ErrorKind {
+    err.downcast_ref::<switchyard_core::Error>().expect("a typed error").kind().clone()
+}
+
+fn no_endpoint(err: &BoxError) -> bool {
+    kind(err) == ErrorKind::NoEndpoint
+}
 
 fn dynamic() -> (mpsc::Sender<common::ChangeOf<Svc<String>>>, Lb) {
     let (tx, rx) = discovery();
@@ -61,8 +69,10 @@ fn ejected(board: &LoadBoard) -> Vec<String> {
     board.snapshot().into_iter().filter(|e| e.ejected).map(|e| e.endpoint.id.to_string()).collect()
 }
 
+/// Requests an endpoint served, successfully or not.
 fn count(board: &LoadBoard, id: &str) -> u64 {
-    completed(board)[id]
+    let load = board.get(&id.into()).expect("on the board").load;
+    load.completed + load.failed
 }
 
 // ---- switching the policy -------------------------------------------------------------------
@@ -121,11 +131,14 @@ async fn a_removed_endpoint_finishes_its_requests_and_gets_no_more() {
     let b_state = board.state(&EndpointId::new("b")).expect("b is on the board");
     assert_eq!(b_state.in_flight(), 2);
 
+    let generation = lb.generation();
     remove(&mut tx, "b");
-    lb.ready().await.unwrap();
+    settle().await;
     assert_eq!(lb.len(), 2);
-    assert!(board.get(&"b".into()).is_none(), "b left the board");
-    assert_eq!(board.len(), 2);
+    assert_eq!(lb.generation(), generation + 1, "a removal moves the membership generation");
+    let b = board.get(&"b".into()).expect("b stays on the board while its requests run");
+    assert!(b.draining && b.load.in_flight == 2, "{b:?}");
+    assert_eq!(board.len(), 3);
 
     for _ in 0..12 {
         assert_ne!(send(&mut lb).await.unwrap(), "b", "no new request goes to a removed endpoint");
@@ -140,19 +153,57 @@ async fn a_removed_endpoint_finishes_its_requests_and_gets_no_more() {
     assert_eq!(served.iter().filter(|s| *s == "b").count(), 2);
     assert_eq!(b_state.in_flight(), 0);
     assert_eq!(b_state.outcomes(), (2, 0));
+    assert!(board.get(&"b".into()).is_none(), "drained, b left the board");
+    assert_eq!(board.len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
-async fn inserting_a_known_id_replaces_the_endpoint() {
+async fn an_idle_removed_endpoint_leaves_the_board_at_once() {
+    let (mut tx, mut lb) = dynamic();
+    let board = lb.board();
+    insert(&mut tx, backend("a", answers("a", Duration::ZERO)));
+    insert(&mut tx, backend("b", answers("b", Duration::ZERO)));
+    settle().await;
+    assert_eq!(board.len(), 2, "discovery changes arrive with no request flowing");
+    remove(&mut tx, "b");
+    settle().await;
+    assert_eq!(board.len(), 1, "no request ever flowed");
+    assert_eq!(send(&mut lb).await.unwrap(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reinserting_a_known_id_and_address_keeps_its_load_in_place() {
     let (mut tx, lb) = dynamic();
     let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0));
-    insert(&mut tx, backend("a", answers("old", Duration::ZERO)));
+    let board = lb.board();
+    insert(&mut tx, backend("a", answers("old", Duration::from_millis(40))));
     assert_eq!(send(&mut lb).await.unwrap(), "old");
-    insert(&mut tx, backend("a", answers("new", Duration::ZERO)));
-    assert_eq!(send(&mut lb).await.unwrap(), "new");
-    assert_eq!(lb.len(), 1);
-    assert_eq!(lb.board().len(), 1);
-    assert_eq!(count(&lb.board(), "a"), 1, "a fresh state for the new endpoint");
+    let hold = Arc::new(Semaphore::new(0));
+    let pending = tokio::spawn(dispatch(&mut lb, held(&hold)).await);
+    let state = board.state(&"a".into()).unwrap();
+    let (generation, ewma) = (lb.generation(), state.latency_ewma(Instant::now()));
+    assert_eq!((state.in_flight(), ewma.is_some()), (1, true));
+
+    // The same id and address again (a DNS or EndpointSlice refresh), with a new weight.
+    let mut again = backend("a", answers("new", Duration::ZERO));
+    again.endpoint = again.endpoint.with_weight(3);
+    insert(&mut tx, again);
+    settle().await;
+    let now = board.state(&"a".into()).unwrap();
+    assert!(Arc::ptr_eq(&state, &now), "the same state, updated in place");
+    assert_eq!((now.in_flight(), now.latency_ewma(Instant::now()), now.weight()), (1, ewma, 3));
+    assert_eq!(lb.generation(), generation, "no membership change");
+    assert_eq!(send(&mut lb).await.unwrap(), "new", "the new service serves");
+    hold.add_permits(1);
+    assert_eq!(pending.await.unwrap().unwrap(), "old");
+    assert_eq!(count(&board, "a"), 3);
+
+    // Another address under the same id: a new endpoint.
+    insert(&mut tx, common::backend_at("a", "http://elsewhere:9001", answers("moved", Duration::ZERO)));
+    settle().await;
+    assert_eq!(lb.generation(), generation + 1);
+    assert_eq!(send(&mut lb).await.unwrap(), "moved");
+    assert_eq!(count(&board, "a"), 1, "a fresh state for the new endpoint");
 }
 
 // ---- no endpoints -----------------------------------------------------------------------------
@@ -164,11 +215,12 @@ async fn with_no_endpoint_requests_fail_after_the_default_wait() {
     let ready = lb.ready().await.unwrap();
     assert_eq!(start.elapsed(), DEFAULT_NO_ENDPOINT_WAIT);
     let err = ready.call(req()).await.unwrap_err();
-    assert!(err.downcast_ref::<NoEndpoints>().is_some(), "{err}");
+    assert!(no_endpoint(&err), "{err}");
+    assert_eq!(err.to_string(), "no endpoint available");
     // Failing fast from now on: no second wait.
     let again = Instant::now();
     let err = send(&mut lb).await.unwrap_err();
-    assert!(err.is::<NoEndpoints>());
+    assert!(no_endpoint(&err));
     assert_eq!(again.elapsed(), Duration::ZERO);
 }
 
@@ -178,7 +230,7 @@ async fn the_wait_for_a_first_endpoint_is_configurable() {
     let mut lb = lb.with_no_endpoint_wait(Duration::from_millis(250));
     let start = Instant::now();
     let err = send(&mut lb).await.unwrap_err();
-    assert!(err.is::<NoEndpoints>(), "{err}");
+    assert!(no_endpoint(&err), "{err}");
     assert_eq!(start.elapsed(), Duration::from_millis(250));
 }
 
@@ -199,8 +251,9 @@ async fn an_endpoint_inserted_during_the_wait_is_used() {
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_inserted_after_the_wait_is_used() {
     let (mut tx, mut lb) = dynamic();
-    assert!(send(&mut lb).await.unwrap_err().is::<NoEndpoints>());
+    assert!(no_endpoint(&send(&mut lb).await.unwrap_err()));
     insert(&mut tx, backend("late", answers("late", Duration::ZERO)));
+    settle().await;
     assert_eq!(send(&mut lb).await.unwrap(), "late");
 }
 
@@ -210,9 +263,10 @@ async fn when_every_endpoint_is_removed_requests_fail_with_no_endpoints() {
     insert(&mut tx, backend("a", answers("a", Duration::ZERO)));
     assert_eq!(send(&mut lb).await.unwrap(), "a");
     remove(&mut tx, "a");
+    settle().await;
     let start = Instant::now();
     let err = send(&mut lb).await.unwrap_err();
-    assert!(err.is::<NoEndpoints>(), "{err}");
+    assert!(no_endpoint(&err), "{err}");
     assert_eq!(start.elapsed(), DEFAULT_NO_ENDPOINT_WAIT, "waits for discovery again");
 }
 
@@ -221,19 +275,18 @@ async fn an_empty_finished_discovery_fails_at_once() {
     let mut lb =
         Balance::new(from_backends(Vec::<Backend<Svc<String>>>::new())).with_completion(CompleteOnResponse);
     let start = Instant::now();
-    assert!(send(&mut lb).await.unwrap_err().is::<NoEndpoints>());
+    assert!(no_endpoint(&send(&mut lb).await.unwrap_err()));
     assert_eq!(start.elapsed(), Duration::ZERO, "nothing more will come");
 }
 
 // ---- outlier ejection -------------------------------------------------------------------------
 
 fn outlier(consecutive_failures: u32, max_ejected_share: f64) -> OutlierConfig {
-    OutlierConfig {
-        consecutive_failures,
-        base_ejection: Duration::from_secs(10),
-        max_ejection: Duration::from_secs(300),
-        max_ejected_share,
-    }
+    OutlierConfig::default()
+        .with_consecutive_failures(consecutive_failures)
+        .with_base_ejection(Duration::from_secs(10))
+        .with_max_ejection(Duration::from_secs(300))
+        .with_max_ejected_share(max_ejected_share)
 }
 
 /// Sends `n` requests one after the other; returns how many failed.
@@ -356,7 +409,7 @@ async fn removing_an_endpoint_whose_ejection_ran_out_frees_its_slot() {
     // x's ejection runs out while no request comes, then discovery removes it.
     advance(Duration::from_secs(11)).await;
     remove(&mut tx, "x");
-    lb.ready().await.unwrap();
+    settle().await;
     y_down.store(true, Ordering::Relaxed);
     failures(&mut lb, 6).await;
     assert_eq!(ejected(&board), ["y"], "x's ejection slot was given back when it left");
@@ -379,7 +432,7 @@ async fn failures_on_a_removed_endpoint_take_no_ejection_slot() {
     }
     assert_eq!(in_flight(&board)["gone"], 1);
     remove(&mut tx, "gone");
-    lb.ready().await.unwrap();
+    settle().await;
     // ...fail afterwards.
     hold.add_permits(4);
     let mut failed = 0;
@@ -450,9 +503,11 @@ async fn the_board_shows_every_endpoints_load_sorted_and_shared_between_balancer
     let mut second = Balance::new(from_backends([flaky("b", &up)]))
         .with_completion(CompleteOnResponse)
         .with_board(board.clone());
-    assert_eq!(send(&mut first).await.unwrap_err().to_string(), "c is down");
+    let err = send(&mut first).await.unwrap_err();
+    assert_eq!(err.to_string(), "endpoint \"c\": connection failed during the call");
+    assert_eq!(std::error::Error::source(&*err).map(ToString::to_string).as_deref(), Some("c is down"));
     assert_eq!(send(&mut first).await.unwrap(), "a");
-    assert_eq!(send(&mut first).await.unwrap_err().to_string(), "c is down");
+    assert_eq!(kind(&send(&mut first).await.unwrap_err()), ErrorKind::Upstream);
     let hold = Arc::new(Semaphore::new(0));
     let held_b = tokio::spawn(dispatch(&mut second, held(&hold)).await);
     tokio::task::yield_now().await;
@@ -462,7 +517,7 @@ async fn the_board_shows_every_endpoints_load_sorted_and_shared_between_balancer
     assert_eq!(ids, ["a", "b", "c"], "sorted by id, both balancers' endpoints");
     let loads: Vec<(u32, u64, u64)> =
         snapshot.iter().map(|e| (e.load.in_flight, e.load.completed, e.load.failed)).collect();
-    assert_eq!(loads, [(0, 1, 0), (1, 0, 0), (0, 2, 2)]);
+    assert_eq!(loads, [(0, 1, 0), (1, 0, 0), (0, 0, 2)], "failures are not completions");
     assert!(snapshot[0].load.latency_ewma.is_some() && snapshot[1].load.latency_ewma.is_none());
     assert_eq!(snapshot[1].endpoint.address, "http://b:9001");
     let json = serde_json::to_value(&snapshot).unwrap();
@@ -486,7 +541,7 @@ async fn from_backends_puts_endpoints_on_the_board_before_any_request() {
         )
     });
     let shared = LoadBoard::new();
-    let lb: Balance<_, _, http::Request<()>, _> =
+    let lb: Balance<_, http::Request<()>, _> =
         Balance::from_backends(backends).with_board(shared.clone()).with_completion(CompleteOnResponse);
     let ids = |board: &LoadBoard| -> Vec<String> {
         board.snapshot().iter().map(|e| e.endpoint.id.to_string()).collect()
@@ -495,7 +550,7 @@ async fn from_backends_puts_endpoints_on_the_board_before_any_request() {
     assert_eq!(lb.len(), 2);
 
     // Another pool on the same board; dropping the first takes only its own endpoints away.
-    let other: Balance<_, _, http::Request<()>, _> = Balance::from_backends([Backend::new(
+    let other: Balance<_, http::Request<()>, _> = Balance::from_backends([Backend::new(
         Endpoint::new("c", "http://y"),
         tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) }),
     )])
@@ -541,4 +596,100 @@ async fn shared_callers_in_flight_at_once_are_counted_on_one_board() {
         call.await.unwrap().unwrap();
     }
     assert_eq!(completed(&board), [("a".to_string(), 5), ("b".to_string(), 5)].into());
+}
+
+// ---- membership, policies that refuse, outlier settings after from_backends ------------------
+
+/// Records the membership generation and member count of every pick; picks `pick` (or none).
+#[derive(Debug)]
+struct Probe {
+    pick: Option<usize>,
+    seen: std::sync::Mutex<Vec<(u64, usize, usize)>>,
+}
+
+impl switchyard_balance::Policy for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn pick(
+        &self,
+        _request: &switchyard_balance::RequestInfo<'_>,
+        endpoints: &switchyard_balance::Endpoints<'_>,
+    ) -> Option<usize> {
+        let eligible =
+            (0..endpoints.members().len()).filter(|&i| endpoints.eligible_index(i).is_some()).count();
+        self.seen.lock().unwrap().push((endpoints.generation(), endpoints.members().len(), eligible));
+        self.pick
+    }
+}
+
+fn probe(pick: Option<usize>) -> Arc<Probe> {
+    Arc::new(Probe { pick, seen: std::sync::Mutex::default() })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_membership_generation_moves_on_insert_and_remove_not_on_ejection() {
+    let (mut tx, lb) = dynamic();
+    let policy = probe(Some(0));
+    let mut lb = lb.with_policy(PolicyHandle::new(policy.clone())).with_outlier(outlier(1, 0.5));
+    let (up, down) = (flag(false), flag(true));
+    insert(&mut tx, flaky("bad", &down));
+    insert(&mut tx, flaky("a", &up));
+    settle().await;
+    assert_eq!(lb.generation(), 2);
+    assert!(send(&mut lb).await.is_err(), "the probe picks `bad` first");
+    // `bad` is ejected: still a member, no longer eligible, same generation.
+    assert_eq!(send(&mut lb).await.unwrap(), "a");
+    remove(&mut tx, "a");
+    settle().await;
+    let _ = send(&mut lb).await;
+    let seen = policy.seen.lock().unwrap().clone();
+    assert_eq!(seen, [(2, 2, 2), (2, 2, 1), (3, 1, 1)], "(generation, members, eligible) per pick");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_that_finds_none_fit_fails_the_request_clearly() {
+    for pick in [None, Some(7)] {
+        let mut lb = Balance::from_backends(backends(&[("a", Duration::ZERO)]))
+            .with_name("llama")
+            .with_policy(PolicyHandle::new(probe(pick)))
+            .with_completion(CompleteOnResponse);
+        let err = send(&mut lb).await.unwrap_err();
+        assert_eq!(kind(&err), ErrorKind::NoneFits, "{pick:?}");
+        let status = switchyard_core::status_of(&*err);
+        assert_eq!(status.code, switchyard_core::Code::Unavailable);
+        assert_eq!(status.message, "pool \"llama\": no endpoint fits the request");
+        assert_eq!(lb.board().get(&"a".into()).unwrap().load.in_flight, 0, "nothing was sent");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_settings_given_after_from_backends_eject() {
+    let (up, down) = (flag(false), flag(true));
+    let mut lb = Balance::from_backends([flaky("a", &up), flaky("bad", &down)])
+        .with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0))
+        .with_completion(CompleteOnResponse)
+        .with_outlier(outlier(2, 0.5));
+    let board = lb.board();
+    assert_eq!(failures(&mut lb, 4).await, 2);
+    assert_eq!(ejected(&board), ["bad"]);
+    assert_eq!(failures(&mut lb, 10).await, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_discovery_error_keeps_the_endpoints_and_discovery_goes_on() {
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<_, BoxError>>(8);
+    let mut lb = Balance::new(rx).with_completion(CompleteOnResponse);
+    let a = backend("a", answers("a", Duration::ZERO));
+    tx.try_send(Ok(tower::discover::Change::Insert(a.endpoint.id.clone(), a))).unwrap();
+    tx.try_send(Err("the source is down".into())).unwrap();
+    let b = backend("b", answers("b", Duration::ZERO));
+    tx.try_send(Ok(tower::discover::Change::Insert(b.endpoint.id.clone(), b))).unwrap();
+    settle().await;
+    assert_eq!(lb.len(), 1, "the error holds discovery back for its back-off");
+    assert_eq!(send(&mut lb).await.unwrap(), "a");
+    advance(Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(lb.len(), 2, "then the next change comes");
 }

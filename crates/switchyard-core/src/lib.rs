@@ -11,8 +11,15 @@
 //! - [`ReportedLoad`] and the [`orca`] module: the replica's own report (queue depth, running
 //!   requests, KV-cache utilisation), carried in the `endpoint-load-metrics-bin` trailer as an ORCA
 //!   `OrcaLoadReport`.
-//! - [`RoutingKey`], [`PrefixBlocks`], [`RequestSize`] and [`Priority`]: per-request facts that travel in
-//!   `http::Request` extensions from the layer that extracts them to the layer that uses them.
+//! - [`RoutingKey`], [`PrefixBlocks`], [`RequestSize`], [`Priority`], [`Deadline`] and
+//!   [`ModelName`]: the request keys, per-request facts that travel in `http::Request` extensions
+//!   from the layer that extracts them (`switchyard-keys`) to the layers that use them.
+//! - [`Outcome`]: how a request ended (ok, unavailable, connect failure, overloaded with its
+//!   pushback, deadline, cancelled, other), read from `grpc-status` and the trailers.
+//! - [`Spec`]: a component (a policy, a layer) by name with parameters, as configs write it.
+//! - [`Error`] and [`ErrorKind`]: the typed errors of every layer, and [`status_of`], the one
+//!   mapping from an error to the gRPC [`Status`] a client sees; [`StatusLayer`] applies it on a
+//!   tonic server.
 //!
 //! The crate does no I/O.
 //!
@@ -38,15 +45,25 @@
 //! ```
 #![warn(missing_docs)]
 
+mod deadline;
 mod endpoint;
+pub mod error;
 mod load;
 pub mod orca;
+mod outcome;
 mod priority;
 mod routing;
 mod size;
+mod spec;
+mod status_layer;
 
+pub use deadline::{Deadline, ModelName, parse_grpc_timeout};
 pub use endpoint::{Endpoint, EndpointId};
+pub use error::{Code, Error, ErrorKind, Status, status_of};
 pub use load::{Load, ReportedLoad};
+pub use outcome::{Outcome, RETRY_PUSHBACK_HEADER, retry_pushback};
 pub use priority::{ParsePriorityError, Priority};
 pub use routing::{BYTES_PER_TOKEN, PrefixBlocks, RoutingKey, stable_hash};
 pub use size::RequestSize;
+pub use spec::{Spec, SpecError};
+pub use status_layer::{StatusFuture, StatusLayer, StatusService};

@@ -30,6 +30,7 @@ pub struct ReportedLoad {
 /// The balancer keeps one per endpoint and publishes them on its `LoadBoard`; policies, the
 /// autoscaler and the telemetry all read these, so there is one source of truth for load.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Load {
     /// Requests sent to the endpoint whose responses have not ended (streams count until their
     /// last message).
@@ -38,11 +39,14 @@ pub struct Load {
     /// ones. `None` before the first response.
     #[serde(serialize_with = "ser_opt_ms", rename = "latency_ewma_ms")]
     pub latency_ewma: Option<Duration>,
-    /// Requests ended since the endpoint was added.
+    /// Requests that succeeded since the endpoint was added (`OK`).
     pub completed: u64,
-    /// Of those, how many failed.
+    /// Requests that failed: the endpoint was unavailable or unreachable, the deadline passed, or
+    /// any other error status. Not counted in `completed`.
     pub failed: u64,
-    /// Of those, how many the caller gave up on before their response ended (it went away, or its
+    /// Requests the endpoint refused for lack of capacity (`RESOURCE_EXHAUSTED`).
+    pub overloaded: u64,
+    /// Requests the caller gave up on before their response ended (it went away, or its
     /// deadline passed): neither successes nor failures, and no latency sample.
     pub cancelled: u64,
     /// The last report the replica sent, if any.

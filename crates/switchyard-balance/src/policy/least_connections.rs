@@ -1,10 +1,8 @@
 //! Least connections.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Policy, RequestInfo};
-use crate::EndpointState;
+use super::{Endpoints, Policy, RequestInfo};
 
 /// The endpoint with the fewest requests in flight, exactly (a scan of every endpoint).
 ///
@@ -28,7 +26,8 @@ impl Policy for LeastConnections {
         "least-connections"
     }
 
-    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let endpoints = endpoints.eligible();
         let n = endpoints.len();
         let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
         let mut best = start;
@@ -41,6 +40,6 @@ impl Policy for LeastConnections {
                 best_load = load;
             }
         }
-        best
+        Some(best)
     }
 }

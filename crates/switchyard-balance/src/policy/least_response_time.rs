@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
-use super::{Policy, RequestInfo};
+use super::{Endpoints, Policy, RequestInfo};
 use crate::EndpointState;
 
 /// The endpoint expected to send the first byte of its response soonest, over all endpoints:
@@ -79,7 +79,8 @@ impl Policy for LeastResponseTime {
         "least-response-time"
     }
 
-    fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+    fn pick(&self, request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let endpoints = endpoints.eligible();
         let n = endpoints.len();
         let work = request.work as f64;
         if n > Self::EXACT_LIMIT {
@@ -87,10 +88,10 @@ impl Policy for LeastResponseTime {
             let mut sample = [0usize; Self::SAMPLE];
             sample.iter_mut().for_each(|i| *i = rng.random_range(0..n));
             drop(rng);
-            return cheapest(sample.into_iter(), endpoints, work);
+            return Some(cheapest(sample.into_iter(), endpoints, work));
         }
         let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
-        cheapest((0..n).map(|offset| (start + offset) % n), endpoints, work)
+        Some(cheapest((0..n).map(|offset| (start + offset) % n), endpoints, work))
     }
 }
 
@@ -166,20 +167,28 @@ mod tests {
         let policy = LeastResponseTime::new();
         let ext = sized(1000);
         let req = RequestInfo::new(Some(&ext), Instant::now());
-        assert_eq!(policy.pick(&req, &eps), 0, "idle: the fast one");
+        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0), "idle: the fast one");
         // A short prefill backlog on the fast endpoint: (500 + 1000) × 1 µs × √(2 / 1.5) ≈ 1.7 ms
         // against (0 + 1000) × 4 µs × √(1 / 1.5) ≈ 3.3 ms.
         let short = eps[0].start(Instant::now(), 500);
         assert_eq!(eps[0].pending_work(), 500);
-        assert_eq!(policy.pick(&req, &eps), 0, "a short backlog on the fast one");
+        assert_eq!(
+            policy.pick(&req, &Endpoints::all_eligible(&eps, 0)),
+            Some(0),
+            "a short backlog on the fast one"
+        );
         drop(short);
         // A long one: (3000 + 1000) × 1 µs × 1.15 ≈ 4.6 ms: the slow endpoint answers sooner.
         let _long = eps[0].start(Instant::now(), 3000);
-        assert_eq!(policy.pick(&req, &eps), 1, "a long backlog on the fast one");
+        assert_eq!(
+            policy.pick(&req, &Endpoints::all_eligible(&eps, 0)),
+            Some(1),
+            "a long backlog on the fast one"
+        );
         // The backlog's first byte arrives: the fast one is free again.
         drop(_long);
         assert_eq!(eps[0].pending_work(), 0);
-        assert_eq!(policy.pick(&req, &eps), 0);
+        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -197,7 +206,7 @@ mod tests {
             .collect();
         assert_eq!((eps[0].pending_work(), eps[0].in_flight()), (0, 8));
         let req = RequestInfo::new(None, Instant::now());
-        assert_eq!(LeastResponseTime::new().pick(&req, &eps), 1);
+        assert_eq!(LeastResponseTime::new().pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
         drop(decoding);
     }
 
@@ -208,7 +217,11 @@ mod tests {
         answer(&eps[1], 1, Duration::from_millis(20)).await;
         let _busy = eps[0].start(Instant::now(), 1);
         let req = RequestInfo::new(None, Instant::now());
-        assert_eq!(LeastResponseTime::new().pick(&req, &eps), 2, "e2 counts e0's 10 ms and is idle");
+        assert_eq!(
+            LeastResponseTime::new().pick(&req, &Endpoints::all_eligible(&eps, 0)),
+            Some(2),
+            "e2 counts e0's 10 ms and is idle"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -228,13 +241,14 @@ mod tests {
         let _queued: Vec<_> = eps.iter().step_by(2).map(|e| e.start(Instant::now(), 100_000)).collect();
         let policy = LeastResponseTime::with_seed(3);
         let req = RequestInfo::new(None, Instant::now());
-        let picks: Vec<usize> = (0..200).map(|_| policy.pick(&req, &eps)).collect();
+        let picks: Vec<usize> =
+            (0..200).filter_map(|_| policy.pick(&req, &Endpoints::all_eligible(&eps, 0))).collect();
         assert!(picks.iter().all(|i| i % 2 == 1), "one of 16 draws is almost surely idle: {picks:?}");
         let distinct: std::collections::BTreeSet<_> = picks.iter().collect();
         assert!(distinct.len() > 50, "the picks spread over the idle half: {}", distinct.len());
         let again: Vec<usize> = {
             let policy = LeastResponseTime::with_seed(3);
-            (0..200).map(|_| policy.pick(&req, &eps)).collect()
+            (0..200).filter_map(|_| policy.pick(&req, &Endpoints::all_eligible(&eps, 0))).collect()
         };
         assert_eq!(picks, again, "the same seed, the same picks");
     }

@@ -1,12 +1,12 @@
 //! Load-report aware choice: what the replicas say about themselves.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
-use super::{Policy, RequestInfo};
+use super::{Endpoints, Policy, RequestInfo};
 use crate::EndpointState;
 use crate::rng::distinct_pair;
 
@@ -67,19 +67,25 @@ impl Policy for LoadReport {
         "load-report"
     }
 
-    fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+    fn pick(&self, request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let endpoints = endpoints.eligible();
         let Some((a, b)) =
             distinct_pair(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner), endpoints.len())
         else {
-            return 0;
+            return Some(0);
         };
-        if self.score(&endpoints[a], request.now) <= self.score(&endpoints[b], request.now) { a } else { b }
+        Some(if self.score(&endpoints[a], request.now) <= self.score(&endpoints[b], request.now) {
+            a
+        } else {
+            b
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use switchyard_core::{Endpoint, ReportedLoad};
     use tokio::time::Instant;
 
@@ -120,7 +126,7 @@ mod tests {
         let endpoints = [reporting(1.0, 0), reporting(0.0, 0)];
         let info = RequestInfo::new(None, Instant::now());
         for _ in 0..20 {
-            assert_eq!(policy.pick(&info, &endpoints), 1);
+            assert_eq!(policy.pick(&info, &Endpoints::all_eligible(&endpoints, 0)), Some(1));
         }
     }
 }

@@ -1,10 +1,19 @@
 //! Policies: how the balancer picks one endpoint for a request.
 //!
-//! A [`Policy`] sees the endpoints that may take the request (discovered, not ejected), in a
-//! stable order, each with its live load ([`EndpointState`]), and the request's extensions (where
-//! routing keys travel), and returns the index of its pick. Policies are `Send + Sync` and pick
-//! through `&self`, so one policy serves many requests at once, and a [`PolicyHandle`] can swap
-//! it while the balancer runs.
+//! A [`Policy`] sees the request's extensions (where routing keys travel) and the pool's
+//! [`Endpoints`]: the eligible ones (members not ejected; every member when all are ejected), in
+//! a stable order, each with its live load ([`EndpointState`]); every member with its
+//! eligibility; and the membership generation, which moves only when endpoints are added or
+//! removed. It returns the index of its pick among the eligible, or `None` when none fits the
+//! request (the caller gets `UNAVAILABLE`, "no endpoint fits"). Policies are `Send + Sync` and
+//! pick through `&self`, so one policy serves many requests at once, and a [`PolicyHandle`] can
+//! swap it while the balancer runs.
+//!
+//! Policies are named and parameterised by a [`PolicySpec`] (`"p2c-peak-ewma"`, or in TOML
+//! `{ name = "bounded-load-hash", load_factor = 1.25 }`) and built by the [`PolicyRegistry`]:
+//! the built-ins below are registered in the process-wide [`registry()`], and other crates (or a
+//! program) register theirs there, by name, so that the gateway's config, its admin API and the
+//! lab can all name them.
 //!
 //! | name | policy | reads |
 //! | --- | --- | --- |
@@ -16,11 +25,13 @@
 //! | `random` | [`Random`] | nothing |
 //! | `load-report` | [`LoadReport`] | the replicas' ORCA reports, in-flight |
 
+mod endpoints;
 mod least_connections;
 mod least_response_time;
 mod load_report;
 mod p2c;
 mod random;
+mod registry;
 mod round_robin;
 mod weighted_round_robin;
 
@@ -29,19 +40,25 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+pub use endpoints::Endpoints;
 pub use least_connections::LeastConnections;
 pub use least_response_time::LeastResponseTime;
 pub use load_report::LoadReport;
 pub use p2c::P2cPeakEwma;
 pub use random::Random;
+pub use registry::{PolicyError, PolicyFactory, PolicyRegistry, registry};
 pub use round_robin::RoundRobin;
+/// A policy by name with parameters: a [`switchyard_core::Spec`].
+pub type PolicySpec = switchyard_core::Spec;
 use tokio::time::Instant;
 pub use weighted_round_robin::WeightedRoundRobin;
 
+#[cfg(doc)]
 use crate::EndpointState;
 
 /// What a policy may know about the request it places.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RequestInfo<'a> {
     /// The request's extensions, where key-extraction layers put
     /// [`RoutingKey`](switchyard_core::RoutingKey), [`PrefixBlocks`](switchyard_core::PrefixBlocks)
@@ -70,9 +87,10 @@ pub trait Policy: Send + Sync + fmt::Debug + 'static {
     /// The policy's name, as config, flags and reports spell it (`p2c-peak-ewma`).
     fn name(&self) -> &'static str;
 
-    /// The index in `endpoints` of the endpoint to send the request to. `endpoints` is never
-    /// empty; an index out of range is taken modulo its length.
-    fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize;
+    /// The index in [`endpoints.eligible()`](Endpoints::eligible) of the endpoint to send the
+    /// request to, or `None` when none fits. The eligible list is never empty. An index out of
+    /// range is a bug of the policy: the request fails as if none fitted, and it is logged.
+    fn pick(&self, request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize>;
 }
 
 /// The policies Switchyard ships, by name.
@@ -123,6 +141,26 @@ impl PolicyKind {
         }
     }
 
+    /// A one-line description, as `--help` and the registry list it.
+    pub fn description(self) -> &'static str {
+        match self {
+            PolicyKind::RoundRobin => "each endpoint in turn",
+            PolicyKind::WeightedRoundRobin => "nginx's smooth weighted round robin, by endpoint weight",
+            PolicyKind::LeastConnections => "fewest requests in flight",
+            PolicyKind::LeastResponseTime => {
+                "least expected time to first byte: pending work times measured speed (the default)"
+            }
+            PolicyKind::P2cPeakEwma => "power of two choices by peak-EWMA latency times in-flight",
+            PolicyKind::Random => "uniformly at random",
+            PolicyKind::LoadReport => "the replicas' own ORCA load reports (queue, KV-cache use)",
+        }
+    }
+
+    /// This built-in's spec (its name, no parameters).
+    pub fn spec(self) -> PolicySpec {
+        PolicySpec::named(self.name())
+    }
+
     /// A new policy of this kind with default settings; random choices come from `seed`.
     pub fn build(self, seed: u64) -> Arc<dyn Policy> {
         match self {
@@ -134,6 +172,12 @@ impl PolicyKind {
             PolicyKind::Random => Arc::new(Random::with_seed(seed)),
             PolicyKind::LoadReport => Arc::new(LoadReport::with_seed(seed)),
         }
+    }
+}
+
+impl From<PolicyKind> for PolicySpec {
+    fn from(kind: PolicyKind) -> Self {
+        kind.spec()
     }
 }
 
@@ -204,8 +248,13 @@ impl PolicyHandle {
         self.slot.load().name()
     }
 
-    pub(crate) fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
-        self.slot.load().pick(request, endpoints) % endpoints.len()
+    /// A handle holding a new policy built from `spec` by the process-wide [`registry()`].
+    pub fn from_spec(spec: &PolicySpec, seed: u64) -> Result<Self, PolicyError> {
+        Ok(Self::new(registry().build(spec, seed)?))
+    }
+
+    pub(crate) fn pick(&self, request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        self.slot.load().pick(request, endpoints)
     }
 }
 

@@ -1,12 +1,11 @@
 //! Power of two choices over peak-EWMA cost.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
-use super::{Policy, RequestInfo};
-use crate::EndpointState;
+use super::{Endpoints, Policy, RequestInfo};
 use crate::rng::distinct_pair;
 
 /// Power of two choices (P2C) over the peak-EWMA cost, as in Finagle, linkerd and
@@ -46,14 +45,15 @@ impl Policy for P2cPeakEwma {
         "p2c-peak-ewma"
     }
 
-    fn pick(&self, request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+    fn pick(&self, request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let endpoints = endpoints.eligible();
         let Some((a, b)) =
             distinct_pair(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner), endpoints.len())
         else {
-            return 0;
+            return Some(0);
         };
         let cost_a = endpoints[a].peak_ewma_cost(request.now);
         let cost_b = endpoints[b].peak_ewma_cost(request.now);
-        if cost_a <= cost_b { a } else { b }
+        Some(if cost_a <= cost_b { a } else { b })
     }
 }

@@ -1,12 +1,11 @@
 //! Uniform random choice.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
-use super::{Policy, RequestInfo};
-use crate::EndpointState;
+use super::{Endpoints, Policy, RequestInfo};
 
 /// A uniformly random endpoint, from a seeded generator (so the lab is reproducible).
 #[derive(Debug)]
@@ -26,7 +25,8 @@ impl Policy for Random {
         "random"
     }
 
-    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
-        self.rng.lock().unwrap_or_else(PoisonError::into_inner).random_range(0..endpoints.len())
+    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let endpoints = endpoints.eligible();
+        Some(self.rng.lock().unwrap_or_else(PoisonError::into_inner).random_range(0..endpoints.len()))
     }
 }

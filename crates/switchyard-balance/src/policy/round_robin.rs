@@ -1,10 +1,8 @@
 //! Round robin.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Policy, RequestInfo};
-use crate::EndpointState;
+use super::{Endpoints, Policy, RequestInfo};
 
 /// Each endpoint in turn: request `n` goes to endpoint `n mod len`.
 ///
@@ -27,7 +25,8 @@ impl Policy for RoundRobin {
         "round-robin"
     }
 
-    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()
+    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let endpoints = endpoints.eligible();
+        Some(self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len())
     }
 }

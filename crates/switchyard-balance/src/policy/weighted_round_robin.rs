@@ -1,11 +1,11 @@
 //! Smooth weighted round robin.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use switchyard_core::EndpointId;
 
-use super::{Policy, RequestInfo};
+use super::{Endpoints, Policy, RequestInfo};
 use crate::EndpointState;
 
 /// nginx's smooth weighted round robin, weights from [`Endpoint::weight`](switchyard_core::Endpoint).
@@ -34,15 +34,16 @@ impl Policy for WeightedRoundRobin {
         "weighted-round-robin"
     }
 
-    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &[Arc<EndpointState>]) -> usize {
+    fn pick(&self, _request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let endpoints = endpoints.eligible();
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if current.len() > 2 * endpoints.len() {
             // Forget endpoints that have left.
             let live: std::collections::HashSet<&EndpointId> = endpoints.iter().map(|e| e.id()).collect();
             current.retain(|id, _| live.contains(id));
         }
-        let all_zero = endpoints.iter().all(|e| e.endpoint().weight == 0);
-        let weight = |e: &EndpointState| if all_zero { 1 } else { i64::from(e.endpoint().weight) };
+        let all_zero = endpoints.iter().all(|e| e.weight() == 0);
+        let weight = |e: &EndpointState| if all_zero { 1 } else { i64::from(e.weight()) };
         let mut total = 0i64;
         let mut best: Option<(usize, i64)> = None;
         for (i, e) in endpoints.iter().enumerate() {
@@ -66,10 +67,10 @@ impl Policy for WeightedRoundRobin {
                 best = Some((i, cw));
             }
         }
-        let Some((winner, _)) = best else { return 0 };
+        let Some((winner, _)) = best else { return Some(0) };
         if let Some(cw) = current.get_mut(endpoints[winner].id()) {
             *cw -= total;
         }
-        winner
+        Some(winner)
     }
 }

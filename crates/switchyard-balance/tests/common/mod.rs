@@ -53,6 +53,18 @@ pub fn backend<S>(id: &str, service: S) -> Backend<S> {
     Backend::new(endpoint(id), service)
 }
 
+/// A backend of this id at this address.
+pub fn backend_at<S>(id: &str, address: &str, service: S) -> Backend<S> {
+    Backend::new(Endpoint::new(id, address), service)
+}
+
+/// Lets spawned tasks (the balancer's discovery task) run until they wait again.
+pub async fn settle() {
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// An endpoint that answers with its name after `delay`, or later if the request carries a
 /// [`Hold`].
 pub fn answers(name: &str, delay: Duration) -> Svc<String> {

@@ -1,0 +1,171 @@
+//! Pool layers: tower layers a pool's config names, between routing and the pool's balancer.
+//!
+//! A pool's service is a tower stack built from its config: the layers its `layers` list names, in
+//! order (the first is outermost), then the balancer.
+//!
+//! ```toml
+//! [[pool]]
+//! name = "llama"
+//! layers = [{ name = "timeout", after = "30s" }]
+//! endpoints = [{ address = "http://127.0.0.1:9001" }]
+//! ```
+//!
+//! Layers are named and parameterised by a [`Spec`] and built by the [`LayerRegistry`]; the
+//! gateway registers the layers of the crates it links (today: `timeout`), and a program that
+//! embeds the gateway registers its own in [`registry()`] before it starts one. A layer fails a
+//! request with a typed [`switchyard_core::Error`], which the client receives as its gRPC status.
+//! A pool with no layers calls its balancer directly, with nothing boxed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use switchyard_core::{Error, ErrorKind, Spec, SpecError};
+use tower::util::BoxCloneSyncService;
+use tower::util::BoxCloneSyncServiceLayer;
+use tower::{BoxError, ServiceBuilder};
+
+use super::body::{ProxyBody, RequestBody};
+
+/// A request as a pool's layers see it.
+pub type PoolRequest = http::Request<RequestBody>;
+/// A response as a pool's layers see it.
+pub type PoolResponse = http::Response<ProxyBody>;
+/// A pool's stack below a layer, boxed.
+pub type BoxPoolService = BoxCloneSyncService<PoolRequest, PoolResponse, BoxError>;
+/// A layer of a pool's stack, boxed.
+pub type PoolLayer = BoxCloneSyncServiceLayer<BoxPoolService, PoolRequest, PoolResponse, BoxError>;
+
+type Factory = Arc<dyn Fn(&Spec) -> Result<PoolLayer, SpecError> + Send + Sync>;
+
+/// Pool layers by name.
+///
+/// ```
+/// use switchyard::gateway::layers::{self, PoolLayer};
+/// use tower::util::BoxCloneSyncServiceLayer;
+///
+/// // A layer that adds a header to every request of the pools that name it.
+/// layers::registry().register("tag", "adds x-tag", |spec| {
+///     #[derive(serde::Deserialize)]
+///     struct Params { value: String }
+///     let value = http::HeaderValue::try_from(spec.params::<Params>()?.value)
+///         .map_err(|e| switchyard_core::SpecError { name: spec.name().into(), message: e.to_string() })?;
+///     Ok::<_, switchyard_core::SpecError>(BoxCloneSyncServiceLayer::new(
+///         tower::util::MapRequestLayer::new(move |mut req: layers::PoolRequest| {
+///             req.headers_mut().insert("x-tag", value.clone());
+///             req
+///         }),
+///     ))
+/// })?;
+/// assert!(layers::registry().names().contains(&"tag".to_string()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct LayerRegistry {
+    entries: Arc<RwLock<BTreeMap<String, (String, Factory)>>>,
+}
+
+/// The process-wide registry, holding the gateway's layers from the start.
+pub fn registry() -> &'static LayerRegistry {
+    static REGISTRY: OnceLock<LayerRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(LayerRegistry::with_builtins)
+}
+
+impl LayerRegistry {
+    /// A registry with the gateway's layers: `timeout`.
+    pub fn with_builtins() -> Self {
+        let registry = Self { entries: Arc::default() };
+        let _ = registry.register(
+            "timeout",
+            "fails a request whose response has not begun after `after`",
+            timeout,
+        );
+        registry
+    }
+
+    /// Registers a layer under `name` (normalised as [`Spec`] names are); an error if the name is
+    /// taken.
+    pub fn register<F>(&self, name: &str, description: &str, factory: F) -> Result<(), SpecError>
+    where
+        F: Fn(&Spec) -> Result<PoolLayer, SpecError> + Send + Sync + 'static,
+    {
+        let name = Spec::named(name).name().to_string();
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.contains_key(&name) {
+            return Err(SpecError { name, message: "a layer of this name is registered already".into() });
+        }
+        entries.insert(name, (description.to_string(), Arc::new(factory)));
+        Ok(())
+    }
+
+    /// Builds the layer `spec` names.
+    pub fn build(&self, spec: &Spec) -> Result<PoolLayer, SpecError> {
+        let factory = {
+            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            match entries.get(spec.name()) {
+                Some((_, factory)) => factory.clone(),
+                None => {
+                    let known = entries.keys().cloned().collect::<Vec<_>>().join(", ");
+                    return Err(SpecError {
+                        name: spec.name().to_string(),
+                        message: format!("unknown layer; expected one of: {known}"),
+                    });
+                }
+            }
+        };
+        factory(spec)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    }
+}
+
+impl fmt::Debug for LayerRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LayerRegistry").field(&self.names()).finish()
+    }
+}
+
+/// Wraps `service` in the layers `specs` name, the first outermost.
+pub(crate) fn stack(specs: &[Spec], service: BoxPoolService) -> Result<BoxPoolService, SpecError> {
+    let mut service = service;
+    for spec in specs.iter().rev() {
+        service = ServiceBuilder::new().layer(registry().build(spec)?).service(service);
+    }
+    Ok(service)
+}
+
+/// `timeout`: `{ name = "timeout", after = "30s" }`. A request whose response has not begun after
+/// `after` fails with `DEADLINE_EXCEEDED` (a stream that has begun is not cut).
+fn timeout(spec: &Spec) -> Result<PoolLayer, SpecError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        after: String,
+    }
+    let params: Params = spec.params()?;
+    let after: Duration = humantime::parse_duration(&params.after).map_err(|e| SpecError {
+        name: spec.name().to_string(),
+        message: format!("`after` = {:?}: {e} (e.g. \"30s\")", params.after),
+    })?;
+    if after.is_zero() {
+        return Err(SpecError {
+            name: spec.name().to_string(),
+            message: "`after` must be above zero".into(),
+        });
+    }
+    Ok(BoxCloneSyncServiceLayer::new(
+        ServiceBuilder::new()
+            .map_err(|e: BoxError| {
+                if e.is::<tower::timeout::error::Elapsed>() {
+                    BoxError::from(Error::new(ErrorKind::DeadlineExceeded).with_source(e))
+                } else {
+                    e
+                }
+            })
+            .timeout(after),
+    ))
+}
