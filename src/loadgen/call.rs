@@ -118,11 +118,14 @@ pub(crate) async fn streaming(
             tokens += 1;
             ttft.get_or_insert_with(|| start.elapsed());
             if bool_param(&response, "triton_final_response") == Some(true) {
-                return Outcome::Ok {
-                    ttft: ttft.unwrap_or_default(),
-                    latency: start.elapsed(),
-                    output_tokens: tokens,
-                };
+                let latency = start.elapsed();
+                // Read the call to its end (the trailers), as a well-behaved client does: leaving
+                // at the last message resets the stream, and a balancer in between may then count
+                // the call as cancelled rather than completed, racing the trailers.
+                if let Err(status) = responses.trailers().await {
+                    return Outcome::Failed(code_name(status.code()));
+                }
+                return Outcome::Ok { ttft: ttft.unwrap_or_default(), latency, output_tokens: tokens };
             }
         }
         Outcome::Failed("UNKNOWN")
