@@ -1,7 +1,7 @@
 //! The admin API: HTTP/1.1 and JSON, on its own listener (loopback by default).
 //!
 //! - `GET /endpoints`: every pool, its policy, and each endpoint's load as the pool's balancer
-//!   tracks it: `{"pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`.
+//!   tracks it: `{"pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining"}]}]}`.
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` may be left out when
 //!   there is one pool): switches the pool's policy atomically (requests in flight stay where they
 //!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists
