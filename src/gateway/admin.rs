@@ -3,7 +3,7 @@
 //! - `GET /endpoints`: the gateway's state (`serving`, or `draining` from the shutdown signal to
 //!   the end of the drain, during which the admin API keeps answering), every pool, its policy,
 //!   and each endpoint's load as the pool's balancer tracks it:
-//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`.
+//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining"}]}]}`.
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` may be left out when
 //!   there is one pool): switches the pool's policy atomically (requests in flight stay where they
 //!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists

@@ -31,6 +31,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated gateway configuration.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct GatewayConfig {
     /// Address to serve gRPC on, if the config says (the `--listen` flag overrides it).
     pub listen: Option<SocketAddr>,
@@ -58,6 +59,7 @@ pub struct GatewayConfig {
 
 /// One pool: the endpoints that serve one model or service, and the policy that picks among them.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// The pool's name, unique in the config (routes and the admin API use it).
     pub name: String,
@@ -73,6 +75,7 @@ pub struct PoolConfig {
 
 /// One route: requests that match every condition it sets go to its pool.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RouteConfig {
     /// Matches requests whose path starts with this, e.g. `/inference.GRPCInferenceService/`.
     pub path_prefix: Option<String>,
@@ -120,6 +123,33 @@ impl ConfigError {
     }
 }
 
+impl PoolConfig {
+    /// A pool named `name` over `endpoints`, with the default policy and no layers.
+    pub fn new(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
+        Self { name: name.into(), policy: PolicyKind::DEFAULT.spec(), layers: Vec::new(), endpoints }
+    }
+
+    /// The same pool with this policy.
+    pub fn with_policy(mut self, policy: impl Into<PolicySpec>) -> Self {
+        self.policy = policy.into();
+        self
+    }
+
+    /// The same pool with these layers, outermost first.
+    pub fn with_layers(mut self, layers: Vec<Spec>) -> Self {
+        self.layers = layers;
+        self
+    }
+}
+
+impl RouteConfig {
+    /// A route to `pool` of the requests whose path starts with `path_prefix` and whose model is
+    /// `model` (each only if given).
+    pub fn new(path_prefix: Option<String>, model: Option<String>, pool: impl Into<String>) -> Self {
+        Self { path_prefix, model, pool: pool.into() }
+    }
+}
+
 impl GatewayConfig {
     /// One pool named `default`, balanced by `policy`, over `backends` (URIs such as
     /// `http://127.0.0.1:9001`; a bare `host:port` means `http://`). Each endpoint's id is its
@@ -139,10 +169,8 @@ impl GatewayConfig {
                 Endpoint::new(default_id(&address), address)
             })
             .collect();
-        let config = Self {
-            pools: vec![PoolConfig { name: "default".into(), policy, layers: Vec::new(), endpoints }],
-            ..Self::empty()
-        };
+        let config =
+            Self { pools: vec![PoolConfig::new("default", endpoints).with_policy(policy)], ..Self::empty() };
         config.validate().map_err(|mut e| {
             // The flags have no lines; say which flag.
             if e.field.as_deref().is_some_and(|f| f.contains("address")) {

@@ -110,9 +110,12 @@
 //!
 //! HTTP/1.1 JSON on `--admin` (loopback by default: it has no authentication):
 //!
-//! - `GET /endpoints` → `{"pools":[{"name","policy","endpoints":[{"endpoint","load","ejected"}]}]}`,
-//!   each endpoint's load as its pool's balancer tracks it (in flight, latency EWMA, completed,
-//!   failed, cancelled, the last ORCA report);
+//! - `GET /endpoints` →
+//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining"}]}]}`:
+//!   the gateway's `state` (`serving`, or `draining` during its drain on shutdown), each endpoint's
+//!   load as its pool's balancer tracks it (in flight, latency EWMA, completed,
+//!   failed, overloaded, cancelled, the last ORCA report), whether it is ejected, and whether it
+//!   is draining (removed by discovery, its last requests still running);
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` optional with one
 //!   pool) → `{"pool","policy","previous"}`: the switch is atomic and requests in flight stay
 //!   where they are; 400 for an unknown policy (the message lists the known ones), 404 for an

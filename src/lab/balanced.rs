@@ -1,11 +1,13 @@
-//! One policy's run: the real [`Balance`] with a [`PolicyKind`] over simulated replicas.
+//! One policy's run: the real [`Balance`] with a policy from the registry over simulated replicas.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use switchyard_balance::{Backend, Balance, PolicyHandle, PolicyKind};
+use switchyard_balance::{Backend, Balance, PolicyHandle, PolicySpec, policy};
 use switchyard_core::{Endpoint, RequestSize};
-use switchyard_sim::{ConfigError, GenerationRequest, TraceRecord, workload};
+use switchyard_sim::{GenerationRequest, TraceRecord, workload};
+
+use super::LabError;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
@@ -30,13 +32,13 @@ pub(crate) enum Sizes {
 /// which makes the pick and counts the request in flight at once; a task per request then
 /// drives the response and reads its tokens, so requests overlap as they would behind a gateway.
 pub(crate) async fn run_policy(
-    kind: PolicyKind,
+    spec: &PolicySpec,
     sizes: Sizes,
     seed: u64,
     replicas: &[ReplicaSpec],
     records: &[TraceRecord],
     time_scale: f64,
-) -> Result<RunRecord, ConfigError> {
+) -> Result<RunRecord, LabError> {
     let engines = spawn_engines(replicas)?;
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
     let backends = replicas.iter().zip(&engines).map(|(spec, engine)| {
@@ -45,7 +47,7 @@ pub(crate) async fn run_policy(
         Backend::new(endpoint, SimReplica::new(engine.clone()))
     });
     let mut balancer = Balance::from_backends(backends)
-        .with_policy(PolicyHandle::of(kind, seed))
+        .with_policy(PolicyHandle::new(policy::registry().build(spec, seed)?))
         .with_completion(SimCompletion);
 
     let outcomes = Arc::new(Mutex::new(vec![RequestOutcome::default(); records.len()]));

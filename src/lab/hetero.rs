@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 
-use switchyard_balance::PolicyKind;
+use switchyard_balance::{PolicyKind, PolicySpec, policy};
 use switchyard_sim::{EngineConfig, TraceRecord, trace};
 
 use super::LabError;
@@ -64,8 +64,20 @@ fn read_workload(options: &HeteroOptions) -> Result<(Vec<TraceRecord>, String), 
     }
 }
 
+/// The policies the lab compares: every one in the policy registry, the built-ins first in the
+/// order of [`PolicyKind::ALL`], then the others registered by name.
+pub fn lab_policies() -> Vec<PolicySpec> {
+    let mut specs: Vec<PolicySpec> = PolicyKind::ALL.iter().map(|k| k.spec()).collect();
+    for name in policy::registry().names() {
+        if !specs.iter().any(|s| s.name() == name) {
+            specs.push(PolicySpec::named(name));
+        }
+    }
+    specs
+}
+
 /// Runs the scenario: measures the capacity, then replays the window through every policy of
-/// [`PolicyKind::ALL`], through least response time once more with no request sizes
+/// the registry ([`lab_policies`]), through least response time once more with no request sizes
 /// ([`NO_SIZES`]), and through the ideal, each on fresh replicas under a paused clock.
 pub fn run_hetero(options: &HeteroOptions) -> Result<LabReport, LabError> {
     if !(options.load.is_finite() && options.load > 0.0) {
@@ -102,15 +114,16 @@ pub fn run_hetero(options: &HeteroOptions) -> Result<LabReport, LabError> {
     );
 
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
-    let mut results = Vec::with_capacity(PolicyKind::ALL.len() + 2);
-    for kind in PolicyKind::ALL {
-        let run = run_paused(run_policy(kind, Sizes::Known, options.seed, &replicas, window, time_scale))??;
-        results.push(PolicyResult::summarise(kind.name(), &run, &names));
-        tracing::info!(policy = kind.name(), "lab hetero: policy done");
+    let policies = lab_policies();
+    let mut results = Vec::with_capacity(policies.len() + 2);
+    for spec in &policies {
+        let run = run_paused(run_policy(spec, Sizes::Known, options.seed, &replicas, window, time_scale))??;
+        results.push(PolicyResult::summarise(spec.name(), &run, &names));
+        tracing::info!(policy = spec.name(), "lab hetero: policy done");
     }
     // The default policy for a client whose requests carry no size: every request one unit.
-    let kind = PolicyKind::LeastResponseTime;
-    let run = run_paused(run_policy(kind, Sizes::Unknown, options.seed, &replicas, window, time_scale))??;
+    let spec = PolicyKind::LeastResponseTime.spec();
+    let run = run_paused(run_policy(&spec, Sizes::Unknown, options.seed, &replicas, window, time_scale))??;
     results.push(PolicyResult::summarise(NO_SIZES, &run, &names));
     let run = run_paused(run_ideal(&replicas, window, time_scale))??;
     results.push(PolicyResult::summarise("ideal", &run, &names));

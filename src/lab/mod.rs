@@ -4,7 +4,8 @@
 //! `switchyard lab <scenario> [--json FILE] [--trace FILE] [--seed N] [--requests N] [--load F]`
 //! runs a scenario: a set of simulated replicas ([`switchyard_sim::EngineHandle`]) and a
 //! workload replayed against them through [`switchyard_balance::Balance`] with each policy of
-//! [`PolicyKind::ALL`](switchyard_balance::PolicyKind::ALL) in turn, and through an **ideal**
+//! the policy registry in turn (the built-ins of
+//! [`PolicyKind::ALL`](switchyard_balance::PolicyKind::ALL), then any other registered), and through an **ideal**
 //! central dispatcher that knows every request's size and every replica's true state (see *The ideal*
 //! below). It prints a table and writes a JSON [`LabReport`]: per policy the
 //! time to first token (TTFT) and end-to-end latency (mean, p50, p90, p99, from arrival), errors,
@@ -59,7 +60,9 @@ use std::path::PathBuf;
 
 pub use capacity::{CAPACITY_REQUESTS, CapacityError, measure_capacity};
 pub use cluster::ReplicaSpec;
-pub use hetero::{DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, replicas as hetero_replicas, run_hetero};
+pub use hetero::{
+    DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
+};
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
 
@@ -109,6 +112,9 @@ pub enum LabError {
     /// A setting of the run cannot work.
     #[error("{0}")]
     Setting(String),
+    /// A policy could not be built from the registry.
+    #[error("policy: {0}")]
+    Policy(#[from] switchyard_balance::PolicyError),
     /// The runtime could not be built.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),

@@ -182,7 +182,8 @@ pub struct LabReport {
     pub offered_rps: f64,
     /// The replicas.
     pub replicas: Vec<ReplicaInfo>,
-    /// Every policy of `PolicyKind::ALL`, in that order, then `ideal`.
+    /// Every policy of [`lab_policies`](super::lab_policies), in that order, then least response
+    /// time without request sizes, then `ideal`.
     pub results: Vec<PolicyResult>,
 }
 

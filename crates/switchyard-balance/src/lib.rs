@@ -18,7 +18,25 @@
 //!
 //! A `Balance` is called through `&mut self`, as tower services are; [`Shared`] makes it a
 //! cloneable service that many tasks (or threads) call in place, which is how the gateway and a
-//! shared tonic client use it.
+//! shared tonic client use it. Any tower layer composes over it (`ServiceBuilder` on a tonic
+//! client, a gateway pool's layers).
+//!
+//! - **Discovery** is a stream of [`Change`](tower::discover::Change)s applied off the request
+//!   path: what the stream has ready at construction is applied at once, the rest by a task of
+//!   the balancer's own, whether or not requests flow. Re-inserting an id with the same address
+//!   updates it in place (its load, latency and ejection kept); a removed endpoint with requests
+//!   in flight stays on the board, [draining](EndpointState::is_draining), and gets no new one.
+//! - **Policies** are named and parameterised by a [`PolicySpec`] and built by the
+//!   [`PolicyRegistry`] ([`policy::registry`]), which other crates add to. A policy sees the
+//!   [`Endpoints`]: the eligible ones, every member with its eligibility, and a membership
+//!   generation that moves only when members are added or removed; it may answer that none fits.
+//! - **Outcomes**: a response ends as a [`switchyard_core::Outcome`] read from its `grpc-status`
+//!   and `grpc-retry-pushback-ms`; the board counts them apart, ejection counts endpoint
+//!   failures, and an [`Observer`] is told once per request (endpoint, time to first byte,
+//!   latency, outcome), with the [`PickedEndpoint`] in the request's and response's extensions.
+//! - **Errors** are [`switchyard_core::Error`]s naming the balancer ([`Balance::with_name`]) and
+//!   the endpoint: no endpoint, none fits, unreachable, failed during the call; their gRPC status
+//!   is [`switchyard_core::status_of`]'s.
 //!
 //! # Why least response time is the default
 //!

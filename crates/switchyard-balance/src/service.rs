@@ -71,7 +71,7 @@ pub const DEFAULT_NO_ENDPOINT_WAIT: Duration = Duration::from_secs(3);
 
 /// A tower service that sends each request to one endpoint picked by a [`Policy`](crate::Policy).
 ///
-/// Endpoints come from a [`Discover`] stream of [`Change`]s keyed by [`EndpointId`] whose services
+/// Endpoints come from a [`Discover`](tower::discover::Discover) stream of [`Change`]s keyed by [`EndpointId`] whose services
 /// are [`Backend`]s, applied by a task of the balancer's own, off the request path (see
 /// [`Balance::new`]); or from a fixed list ([`Balance::from_backends`]). Every call: the current
 /// members are shown to the policy with the request's extensions (see
