@@ -205,12 +205,13 @@ fn until_deadline(
             return None;
         }
         tokio::select! {
+            // The deadline first: a stream with tokens always ready still ends on time.
             biased;
-            item = responses.next() => item.map(|item| (item, (responses, expiry, false))),
             () = &mut expiry => {
                 let status = Status::deadline_exceeded("the call's deadline passed");
                 Some((Err(status), (responses, expiry, true)))
             }
+            item = responses.next() => item.map(|item| (item, (responses, expiry, false))),
         }
     }))
 }
