@@ -20,7 +20,7 @@ use crate::prefix_cache::PrefixCache;
 
 /// State shared by the engine task, its handles and its generations.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct EngineShared {
     pub(crate) config: EngineConfig,
     pub(crate) state: Mutex<EngineState>,
     /// Wakes the idle engine: a submission, the last handle gone, shutdown.
@@ -28,7 +28,7 @@ pub(crate) struct Shared {
     pub(crate) load_tx: watch::Sender<ReplicaLoad>,
 }
 
-impl Shared {
+impl EngineShared {
     pub(crate) fn new(config: EngineConfig) -> Self {
         let state = EngineState::new(&config);
         let load_tx = watch::Sender::new(state.snapshot(&config));
@@ -47,7 +47,7 @@ impl Shared {
     /// Takes `req` out of the engine at once, wherever it is (queued, prefilling or decoding),
     /// releasing its batch slot and KV reservation: its client has gone. A request that already
     /// finished or was aborted is not there any more, and nothing happens.
-    pub(crate) fn cancel(&self, req: &Arc<RequestShared>) {
+    pub(crate) fn cancel(&self, req: &Arc<RequestState>) {
         let mut state = self.lock();
         if state.remove(req) {
             state.cancelled += 1;
@@ -61,7 +61,7 @@ impl Shared {
 
 /// One request as the engine and its [`Generation`](crate::Generation) both see it.
 #[derive(Debug)]
-pub(crate) struct RequestShared {
+pub(crate) struct RequestState {
     pub(crate) prompt_tokens: u32,
     pub(crate) max_tokens: u32,
     pub(crate) prefix: PrefixBlocks,
@@ -71,7 +71,7 @@ pub(crate) struct RequestShared {
     pub(crate) progress: Mutex<Progress>,
 }
 
-impl RequestShared {
+impl RequestState {
     pub(crate) fn progress(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -106,7 +106,7 @@ enum Work {
 
 #[derive(Debug)]
 struct Sequence {
-    req: Arc<RequestShared>,
+    req: Arc<RequestState>,
     /// Prompt tokens whose KV exists (cached at admission or prefilled since).
     prefilled: u32,
     emitted: u32,
@@ -123,7 +123,7 @@ impl Sequence {
 /// Everything the engine decides on.
 #[derive(Debug)]
 pub(crate) struct EngineState {
-    pub(crate) waiting: VecDeque<Arc<RequestShared>>,
+    pub(crate) waiting: VecDeque<Arc<RequestState>>,
     running: Vec<Sequence>,
     reserved_tokens: u64,
     cache: PrefixCache,
@@ -179,7 +179,7 @@ impl EngineState {
     }
 
     /// Removes `req` from the queue or the batch, freeing its reservation; whether it was there.
-    fn remove(&mut self, req: &Arc<RequestShared>) -> bool {
+    fn remove(&mut self, req: &Arc<RequestState>) -> bool {
         if let Some(i) = self.waiting.iter().position(|r| Arc::ptr_eq(r, req)) {
             self.waiting.remove(i);
             return true;
@@ -346,7 +346,7 @@ fn full_blocks(prefix: &PrefixBlocks, prompt_tokens: u32, block_tokens: u64) -> 
 
 /// Marks the engine stopped and aborts its requests when the task ends, however it ends (also
 /// when the runtime drops the task).
-struct StopGuard(Arc<Shared>);
+struct StopGuard(Arc<EngineShared>);
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
@@ -363,7 +363,7 @@ impl Drop for StopGuard {
 
 /// The engine task: runs steps while there is work, sleeps on `wake` while idle, and returns
 /// on shutdown or once every handle and every request is gone.
-pub(crate) async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<EngineShared>) {
     let _guard = StopGuard(shared.clone());
     let config = &shared.config;
     // When busy, the next step starts exactly where the last one ended (no drift).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
-use crate::engine::{RequestShared, Shared};
+use crate::engine::{EngineShared, RequestState};
 
 /// One generated token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,13 +76,13 @@ pub enum SimError {
 /// and its batch slot and KV reservation are free for the next admission.
 #[derive(Debug)]
 pub struct Generation {
-    req: Arc<RequestShared>,
-    shared: Arc<Shared>,
+    req: Arc<RequestState>,
+    shared: Arc<EngineShared>,
     next: u32,
 }
 
 impl Generation {
-    pub(crate) fn new(req: Arc<RequestShared>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(req: Arc<RequestState>, shared: Arc<EngineShared>) -> Self {
         Self { req, shared, next: 0 }
     }
 

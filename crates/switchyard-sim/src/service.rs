@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::config::{ConfigError, EngineConfig};
-use crate::engine::{Progress, RequestShared, Shared, run};
+use crate::engine::{EngineShared, Progress, RequestState, run};
 use crate::generation::Generation;
 use crate::load::ReplicaLoad;
 
@@ -104,7 +104,7 @@ pub struct EngineHandle {
 }
 
 struct HandleInner {
-    shared: Arc<Shared>,
+    shared: Arc<EngineShared>,
 }
 
 impl Drop for HandleInner {
@@ -128,12 +128,12 @@ impl EngineHandle {
     /// Like [`tokio::spawn`], when called outside a tokio runtime.
     pub fn spawn(config: EngineConfig) -> Result<EngineHandle, ConfigError> {
         config.validate()?;
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(EngineShared::new(config));
         tokio::spawn(run(shared.clone()));
         Ok(EngineHandle { inner: Arc::new(HandleInner { shared }) })
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    fn shared(&self) -> &Arc<EngineShared> {
         &self.inner.shared
     }
 
@@ -163,7 +163,7 @@ impl EngineHandle {
             });
         }
         let shared = self.shared();
-        let request = Arc::new(RequestShared {
+        let request = Arc::new(RequestState {
             prompt_tokens: req.prompt_tokens,
             max_tokens: req.max_tokens,
             prefix: req.prefix,
