@@ -175,6 +175,8 @@ impl GatewayConfig {
             // The flags have no lines; say which flag.
             if e.field.as_deref().is_some_and(|f| f.contains("address")) {
                 e.field = Some("--backend".into());
+            } else if e.field.as_deref().is_some_and(|f| f.ends_with(".policy")) {
+                e.field = Some("--policy".into());
             }
             e
         })?;

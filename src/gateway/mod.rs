@@ -180,8 +180,7 @@ pub const DEFAULT_ADMIN: SocketAddr =
 /// `what`, followed by the names of the registered policies: the help of a `--policy` flag, read
 /// from the registry so that it lists every policy there is.
 pub fn policy_help(what: &str) -> String {
-    let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
-    format!("{what}: {}", names.join(", "))
+    format!("{what}: {}", switchyard_balance::policy::registry().names().join(", "))
 }
 
 /// How a gateway is set up: flags of `switchyard gateway`.
@@ -196,8 +195,8 @@ pub struct GatewayArgs {
     #[arg(long = "backend", value_name = "URI", conflicts_with = "config")]
     pub backends: Vec<String>,
     /// Balancing policy of the `default` pool (with --backend).
-    #[arg(long, default_value_t = PolicyKind::DEFAULT, conflicts_with = "config", help = policy_help("Balancing policy of the `default` pool (with --backend)"))]
-    pub policy: PolicyKind,
+    #[arg(long, default_value_t = PolicyKind::DEFAULT.spec(), conflicts_with = "config", help = policy_help("Balancing policy of the `default` pool (with --backend)"))]
+    pub policy: switchyard_balance::PolicySpec,
     /// Address of the admin HTTP API, `IP:PORT` or `HOST:PORT` [default: the config's `admin`,
     /// else 127.0.0.1:9900].
     #[arg(long, value_parser = crate::listen::parse_listen_address)]
@@ -221,7 +220,7 @@ impl GatewayArgs {
     pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
         let mut config = match &self.config {
             Some(path) => GatewayConfig::load(path)?,
-            None => GatewayConfig::single_pool(&self.backends, self.policy)?,
+            None => GatewayConfig::single_pool(&self.backends, self.policy.clone())?,
         };
         config.listen = self.listen.or(config.listen);
         config.admin = self.admin.or(config.admin);
