@@ -19,7 +19,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
@@ -93,7 +93,7 @@ impl DrainGate {
 
 /// One call in flight; dropping it ends the call.
 #[derive(Debug)]
-struct CallGuard(Arc<CallsInFlight>);
+pub(crate) struct CallGuard(Arc<CallsInFlight>);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
@@ -105,15 +105,18 @@ impl Drop for CallGuard {
 
 /// The proxy of one connection: forwards calls to `inner` while serving, refuses them with
 /// `UNAVAILABLE` once the drain has begun, and counts the calls it forwards.
+///
+/// The drain's start is read from an atomic flag (set once, read by every call: its cache line
+/// stays shared between the cores), and the call's future is `inner`'s, wrapped without a box.
 #[derive(Clone, Debug)]
 pub(crate) struct Draining<S> {
     inner: S,
     calls: Arc<CallsInFlight>,
-    draining: watch::Receiver<bool>,
+    draining: Arc<AtomicBool>,
 }
 
 impl<S> Draining<S> {
-    pub(crate) fn new(inner: S, calls: Arc<CallsInFlight>, draining: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(inner: S, calls: Arc<CallsInFlight>, draining: Arc<AtomicBool>) -> Self {
         Self { inner, calls, draining }
     }
 }
@@ -121,27 +124,51 @@ impl<S> Draining<S> {
 impl<S, Req, B> hyper::service::Service<Req> for Draining<S>
 where
     S: hyper::service::Service<Req, Response = http::Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Default + Send + 'static,
+    B: Default,
 {
     type Response = http::Response<Counted<B>>;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
+    type Future = DrainingFuture<S::Future, B>;
 
     fn call(&self, req: Req) -> Self::Future {
-        if *self.draining.borrow() {
+        if self.draining.load(Ordering::Acquire) {
             let refused = tonic::Status::unavailable("the gateway is shutting down; retry elsewhere")
                 .into_http::<B>()
                 .map(|body| Counted { inner: body, _call: None });
-            return Box::pin(std::future::ready(Ok(refused)));
+            return DrainingFuture::Refused { response: Some(refused) };
         }
         let call = self.calls.start();
-        let response = self.inner.call(req);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| Counted { inner: body, _call: Some(call) }))
-        })
+        DrainingFuture::Forward { inner: self.inner.call(req), call: Some(call) }
+    }
+}
+
+pin_project! {
+    /// The future of [`Draining`]: the refusal, or the inner call with its guard.
+    #[project = DrainingProj]
+    pub(crate) enum DrainingFuture<F, B> {
+        Refused { response: Option<http::Response<Counted<B>>> },
+        Forward { #[pin] inner: F, call: Option<CallGuard> },
+    }
+}
+
+impl<F, B, E> Future for DrainingFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Counted<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DrainingProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            DrainingProj::Forward { inner, call } => {
+                let response = std::task::ready!(inner.poll(cx))?;
+                let call = call.take();
+                Poll::Ready(Ok(response.map(|body| Counted { inner: body, _call: call })))
+            }
+        }
     }
 }
 

@@ -20,12 +20,15 @@ use switchyard_keys::{Keys, KeysConfig};
 use tower::{BoxError, Service, ServiceExt};
 
 use super::body::{ProxyBody, RequestBody};
-use super::pool::Pool;
+use super::pool::{Pool, PoolService};
 use super::route::Router;
 
 /// The hyper service of the gateway's gRPC listener: the key layer, then routing, then the
-/// routed pool's stack. Cloning is cheap; [`for_connection`](Self::for_connection) gives each
-/// accepted connection its own budget of bytes for the key layer's peeks.
+/// routed pool's stack. Cloning is cheap; [`for_thread`](Self::for_thread) gives a serving
+/// thread handles of its own (the reference counts a request touches are then that thread's
+/// alone, with no cache line bouncing between cores), and
+/// [`for_connection`](Self::for_connection) gives each accepted connection its own budget of
+/// bytes for the key layer's peeks.
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
     keys: Keys<Dispatch>,
@@ -37,16 +40,22 @@ pub(crate) struct Dispatch {
     state: Arc<ProxyState>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ProxyState {
     pools: Arc<[Pool]>,
-    router: Router,
+    router: Arc<Router>,
 }
 
 impl Proxy {
     pub(crate) fn new(pools: Arc<[Pool]>, router: Router, keys: KeysConfig) -> Self {
-        let dispatch = Dispatch { state: Arc::new(ProxyState { pools, router }) };
+        let dispatch = Dispatch { state: Arc::new(ProxyState { pools, router: Arc::new(router) }) };
         Self { keys: Keys::new(dispatch, keys) }
+    }
+
+    /// The proxy for one serving thread: the same pools and routes, behind handles of its own.
+    pub(crate) fn for_thread(&self) -> Self {
+        let state = Arc::new(ProxyState::clone(&self.keys.get_ref().state));
+        Self { keys: Keys::new(Dispatch { state }, self.keys.config().clone()) }
     }
 
     /// The proxy for one new client connection: the same pools, a fresh peek budget.
@@ -67,7 +76,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Proxy {
                 Ok(response) => response,
                 Err(error) => {
                     let status = switchyard_core::status_of(&*error);
-                    tracing::debug!(status = ?status.code, error = %Chain(&*error), "request refused");
+                    tracing::debug!(status = ?status.code, error = %Chain(&*error), "request failed");
                     status.to_http()
                 }
             })
@@ -75,25 +84,25 @@ impl hyper::service::Service<http::Request<Incoming>> for Proxy {
     }
 }
 
+type DispatchFuture = futures::future::Either<
+    futures::future::Ready<Result<http::Response<ProxyBody>, BoxError>>,
+    tower::util::Oneshot<PoolService, http::Request<RequestBody>>,
+>;
+
 impl Service<http::Request<RequestBody>> for Dispatch {
     type Response = http::Response<ProxyBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+    type Future = DispatchFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<RequestBody>) -> Self::Future {
-        let state = self.state.clone();
-        Box::pin(async move {
-            let index = state.router.route(&req)?;
-            let pool = &state.pools[index];
-            pool.service().oneshot(req).await.map_err(|error| {
-                tracing::debug!(pool = pool.name(), error = %Chain(&*error), "request failed");
-                error
-            })
-        })
+        match self.state.router.route(&req) {
+            Ok(index) => futures::future::Either::Right(self.state.pools[index].service().oneshot(req)),
+            Err(error) => futures::future::Either::Left(futures::future::ready(Err(error.into()))),
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -76,6 +76,8 @@ pub struct Gateway {
     threads: usize,
     /// Turns true when the drain begins: the proxy refuses new calls, then closes.
     stop: watch::Sender<bool>,
+    /// Set with `stop`: read by every call, which it refuses once set.
+    draining: Arc<AtomicBool>,
     /// Turns true when the proxy has drained: the admin API stops.
     admin_stop: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
@@ -108,6 +110,7 @@ impl Gateway {
         let local_addr = listener.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let (stop, stopped) = watch::channel(false);
+        let draining = Arc::new(AtomicBool::new(false));
 
         let proxy = Proxy::new(pools.clone(), Router::new(&config), config.keys_config());
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -120,12 +123,18 @@ impl Gateway {
             let open = Arc::new(AtomicUsize::new(0));
             let (done, finished) = oneshot::channel();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (stopped, drain, http2, proxy, count) =
-                (stopped.clone(), config.drain_timeout, http2.clone(), proxy.clone(), open.clone());
+            let (stopped, drain, http2, proxy, count, draining) = (
+                stopped.clone(),
+                config.drain_timeout,
+                http2.clone(),
+                proxy.for_thread(),
+                open.clone(),
+                draining.clone(),
+            );
             let (calls, gate) = (Arc::new(CallsInFlight::default()), gate.clone());
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
-                let (thread_calls, draining) = (calls.clone(), stopped.clone());
+                let thread_calls = calls.clone();
                 let drain = Drain { timeout: drain, calls, gate };
                 runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
                     let proxy = Draining::new(proxy.for_connection(), thread_calls.clone(), draining.clone());
@@ -161,7 +170,7 @@ impl Gateway {
         if let Some(addr) = admin_addr {
             tracing::info!("admin serving on {addr}");
         }
-        Ok(Self { local_addr, admin_addr, pools, threads, stop, admin_stop, acceptor, serving, admin })
+        Ok(Self { local_addr, admin_addr, pools, threads, stop, draining, admin_stop, acceptor, serving, admin })
     }
 
     /// The address the gRPC proxy serves on.
@@ -195,6 +204,7 @@ impl Gateway {
     /// API answers until the end, showing `"state": "draining"`. See `drain` for why calls are
     /// refused before the GOAWAY rather than after it.
     pub async fn shutdown(self) -> Result<(), GatewayError> {
+        self.draining.store(true, Ordering::Release);
         let _ = self.stop.send(true);
         let acceptor = self.acceptor.await;
         // Wait for every thread (and the admin API) before reporting the first failure.
