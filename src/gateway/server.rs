@@ -170,7 +170,18 @@ impl Gateway {
         if let Some(addr) = admin_addr {
             tracing::info!("admin serving on {addr}");
         }
-        Ok(Self { local_addr, admin_addr, pools, threads, stop, draining, admin_stop, acceptor, serving, admin })
+        Ok(Self {
+            local_addr,
+            admin_addr,
+            pools,
+            threads,
+            stop,
+            draining,
+            admin_stop,
+            acceptor,
+            serving,
+            admin,
+        })
     }
 
     /// The address the gRPC proxy serves on.

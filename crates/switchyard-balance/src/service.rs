@@ -105,6 +105,8 @@ pub struct Balance<S, Req, C = HttpCompletion> {
     dirty: bool,
     no_endpoint_wait: Duration,
     empty_timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the request going to the endpoint carries the [`PickedEndpoint`].
+    pick_in_requests: bool,
     policy: PolicyHandle,
     pool: Arc<PoolState>,
     completion: C,
@@ -198,6 +200,7 @@ where
             dirty: true,
             no_endpoint_wait: DEFAULT_NO_ENDPOINT_WAIT,
             empty_timer: None,
+            pick_in_requests: true,
             policy: PolicyHandle::default(),
             pool,
             completion: HttpCompletion,
@@ -267,6 +270,15 @@ where
         self
     }
 
+    /// The same balancer, recording the [`PickedEndpoint`] in the requests it sends (the default)
+    /// or not. The response carries it either way ([`HttpCompletion`]). Turn it off when nothing
+    /// below the balancer reads it: it costs an extension insert per request (a gateway's own
+    /// endpoint clients do not read it).
+    pub fn with_picked_endpoint_in_requests(mut self, record: bool) -> Self {
+        self.pick_in_requests = record;
+        self
+    }
+
     /// The same balancer, tracking responses with `completion`.
     pub fn with_completion<C2>(self, completion: C2) -> Balance<S, Req, C2> {
         Balance {
@@ -283,6 +295,7 @@ where
             dirty: self.dirty,
             no_endpoint_wait: self.no_endpoint_wait,
             empty_timer: self.empty_timer,
+            pick_in_requests: self.pick_in_requests,
             policy: self.policy,
             pool: self.pool,
             completion,
@@ -435,7 +448,9 @@ where
         };
         let work = info.work;
         let slot: &Slot<S> = &self.slots[self.eligible_slots[pick]];
-        if let Some(extensions) = req.extensions_mut() {
+        if self.pick_in_requests
+            && let Some(extensions) = req.extensions_mut()
+        {
             extensions.insert(PickedEndpoint(slot.state.id().clone()));
         }
         let completion = Completion::new(slot.state.start(now, work), self.pool.clone());

@@ -263,10 +263,17 @@ async fn the_endpoint_sees_its_id_in_the_request() {
         *record.lock().unwrap() = req.extensions().get::<PickedEndpoint>().cloned();
         async { Ok::<_, BoxError>(http::Response::new(())) }
     }));
-    let mut lb = Balance::from_backends([Backend::new(common::endpoint("e"), service)])
+    let mut lb = Balance::from_backends([Backend::new(common::endpoint("e"), service.clone())])
         .with_completion(switchyard_balance::CompleteOnResponse);
     dispatch(&mut lb, req()).await.await.unwrap();
     assert_eq!(*seen.lock().unwrap(), Some(PickedEndpoint(EndpointId::new("e"))));
+
+    // Turned off, for endpoints that do not read it.
+    let mut lb = Balance::from_backends([Backend::new(common::endpoint("e"), service)])
+        .with_picked_endpoint_in_requests(false)
+        .with_completion(switchyard_balance::CompleteOnResponse);
+    dispatch(&mut lb, req()).await.await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), None);
 }
 
 #[tokio::test(start_paused = true)]
