@@ -215,16 +215,20 @@ impl EndpointState {
     /// its last request ends. Returns whether it is still draining.
     pub(crate) fn drain(&self, board: &LoadBoard, this: &Arc<EndpointState>) -> bool {
         *lock(&self.drain_board) = Some(board.clone());
-        self.draining.store(true, Ordering::Release);
+        // SeqCst here and in `leave_if_drained`, with the in-flight count's SeqCst decrement: of
+        // the drain and the last request's end, whichever comes second sees the other, so one
+        // of them takes the endpoint off the board (free on x86: the decrement is a locked
+        // instruction either way and the loads are plain).
+        self.draining.store(true, Ordering::SeqCst);
         self.leave_if_drained(this)
     }
 
     /// Leaves the board if draining and idle; true while still draining.
     fn leave_if_drained(&self, this: &Arc<EndpointState>) -> bool {
-        if !self.is_draining() {
+        if !self.draining.load(Ordering::SeqCst) {
             return false;
         }
-        if self.in_flight() > 0 {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
             return true;
         }
         if let Some(board) = lock(&self.drain_board).take() {
@@ -398,7 +402,7 @@ impl EndpointState {
     /// Ends a request its caller gave up on: counted, but not an outcome for the outlier detector.
     fn cancel(self: &Arc<Self>) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.leave_if_drained(self);
     }
 
@@ -415,7 +419,7 @@ impl EndpointState {
             Outcome::Cancelled => Verdict::Keep,
             outcome => lock(&self.outlier).record(outcome.is_endpoint_failure(), outlier, now),
         };
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.leave_if_drained(self);
         verdict
     }

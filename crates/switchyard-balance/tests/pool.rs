@@ -693,3 +693,28 @@ async fn a_discovery_error_keeps_the_endpoints_and_discovery_goes_on() {
     settle().await;
     assert_eq!(lb.len(), 2, "then the next change comes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_endpoint_under_concurrent_load_leaves_the_board_once_drained() {
+    // Requests from many tasks on two threads while discovery removes `b`: whichever of the
+    // drain and b's last request comes second takes b off the board.
+    for _ in 0..20 {
+        let (mut tx, lb) = dynamic();
+        let lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0));
+        let board = lb.board();
+        insert(&mut tx, backend("a", answers("a", Duration::from_micros(200))));
+        insert(&mut tx, backend("b", answers("b", Duration::from_micros(200))));
+        let shared = Shared::new(lb);
+        let calls: Vec<_> = (0..64).map(|_| tokio::spawn(shared.clone().oneshot(req()))).collect();
+        tokio::task::yield_now().await;
+        remove(&mut tx, "b");
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while board.len() != 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(board.snapshot().iter().map(|e| e.endpoint.id.to_string()).collect::<Vec<_>>(), ["a"]);
+    }
+}
