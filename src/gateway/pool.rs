@@ -4,7 +4,7 @@ use std::fmt;
 
 use std::convert::Infallible;
 use switchyard_balance::{
-    Backend, Balance, LoadBoard, PolicyError, PolicyHandle, PolicySpec, Shared, policy,
+    Backend, Balance, HttpCompletion, LoadBoard, PolicyError, PolicyHandle, PolicySpec, Shared, policy,
 };
 
 use futures::StreamExt;
@@ -85,8 +85,14 @@ impl Pool {
         );
         // Changes ready now (all of a static list) are applied at once, so the board shows the
         // endpoints before the first request.
-        let balancer: Balancer =
-            Balance::new(backends).with_policy(policy.clone()).with_name(config.name.as_str());
+        let balancer: Balancer = Balance::new(backends)
+            .with_policy(policy.clone())
+            .with_name(config.name.as_str())
+            // Nothing reads the picked endpoint in the extensions on either side: the
+            // endpoint clients below do not, and a response's extensions do not travel over
+            // the wire to the client. (The observer is told the endpoint.)
+            .with_picked_endpoint_in_requests(false)
+            .with_completion(HttpCompletion::new().with_picked_endpoint(false));
         let board = balancer.board();
         let upstream = Shared::new(balancer);
         let layered = match config.layers.as_slice() {

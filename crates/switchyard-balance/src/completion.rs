@@ -202,8 +202,32 @@ impl<Rsp> TrackCompletion<Rsp> for CompleteOnResponse {
 /// A gRPC response whose body ends without trailers, or fails, was cut short: it ends as
 /// [`Outcome::Unavailable`]. An HTTP error status without a `grpc-status` is classified by
 /// [`Outcome::from_http_status`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpCompletion;
+#[derive(Debug, Clone, Copy)]
+pub struct HttpCompletion {
+    picked_endpoint: bool,
+}
+
+impl Default for HttpCompletion {
+    fn default() -> Self {
+        Self { picked_endpoint: true }
+    }
+}
+
+impl HttpCompletion {
+    /// Tracking that records the [`PickedEndpoint`] in responses.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same tracking, recording the [`PickedEndpoint`] in responses (the default) or not.
+    /// Turn it off when nothing reads the response's extensions (a proxy forwarding the response
+    /// over the wire, where extensions do not travel): it costs an extension insert per request.
+    /// The [`Observer`](crate::Observer) is told the endpoint either way.
+    pub fn with_picked_endpoint(mut self, record: bool) -> Self {
+        self.picked_endpoint = record;
+        self
+    }
+}
 
 fn read_report(headers: &http::HeaderMap, completion: &Completion) {
     if let Some(value) = headers.get(orca::TRAILER_NAME) {
@@ -219,7 +243,9 @@ where
 
     fn track(&self, response: http::Response<B>, mut completion: Completion) -> Self::Output {
         let (mut parts, body) = response.into_parts();
-        if let Some(id) = completion.endpoint() {
+        if self.picked_endpoint
+            && let Some(id) = completion.endpoint()
+        {
             parts.extensions.insert(PickedEndpoint(id.clone()));
         }
         let grpc = parts

@@ -203,7 +203,7 @@ where
             pick_in_requests: true,
             policy: PolicyHandle::default(),
             pool,
-            completion: HttpCompletion,
+            completion: HttpCompletion::default(),
             _req: PhantomData,
         }
     }

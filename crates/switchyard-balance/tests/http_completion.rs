@@ -365,3 +365,15 @@ async fn an_empty_body_ends_the_request_at_once() {
     assert!(common::drain(response.into_body()).await.is_none());
     assert_eq!(entry(&board).load.completed, 1, "counted once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_picked_endpoint_in_responses_can_be_turned_off() {
+    let recorder = Arc::new(Recorder::default());
+    let mut lb = one_endpoint(|| grpc_response(b"ok", trailers(0, None)))
+        .with_completion(switchyard_balance::HttpCompletion::new().with_picked_endpoint(false))
+        .with_observer(recorder.clone());
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    assert!(response.extensions().get::<PickedEndpoint>().is_none());
+    common::drain(response.into_body()).await;
+    assert_eq!(recorder.0.lock().unwrap()[0].0, "-/e", "the observer still knows the endpoint");
+}
