@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Endpoint;
 
+use crate::loadgen::call::{bool_param, int_param};
 use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use crate::proto::inference::infer_parameter::ParameterChoice;
 use crate::proto::inference::{ModelInferResponse, ModelStreamInferResponse};
 use crate::worker::request::{TEXT_OUTPUT, text_request};
 
@@ -204,18 +204,4 @@ fn text_output(response: &ModelInferResponse) -> String {
             Some(String::from_utf8_lossy(text).into_owned())
         })
         .unwrap_or_default()
-}
-
-fn int_param(response: &ModelInferResponse, name: &str) -> Option<i64> {
-    match response.parameters.get(name)?.parameter_choice {
-        Some(ParameterChoice::Int64Param(v)) => Some(v),
-        _ => None,
-    }
-}
-
-fn bool_param(response: &ModelInferResponse, name: &str) -> Option<bool> {
-    match response.parameters.get(name)?.parameter_choice {
-        Some(ParameterChoice::BoolParam(v)) => Some(v),
-        _ => None,
-    }
 }

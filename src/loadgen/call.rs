@@ -47,14 +47,16 @@ pub fn infer_request(model: &str, id: u64, record: &TraceRecord) -> ModelInferRe
     request
 }
 
-fn int_param(response: &ModelInferResponse, name: &str) -> Option<i64> {
+/// An integer parameter of a response.
+pub(crate) fn int_param(response: &ModelInferResponse, name: &str) -> Option<i64> {
     match response.parameters.get(name)?.parameter_choice {
         Some(ParameterChoice::Int64Param(v)) => Some(v),
         _ => None,
     }
 }
 
-fn bool_param(response: &ModelInferResponse, name: &str) -> Option<bool> {
+/// A boolean parameter of a response.
+pub(crate) fn bool_param(response: &ModelInferResponse, name: &str) -> Option<bool> {
     match response.parameters.get(name)?.parameter_choice {
         Some(ParameterChoice::BoolParam(v)) => Some(v),
         _ => None,

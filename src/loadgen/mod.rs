@@ -14,7 +14,7 @@
 //! arrival rate. [`run_sampled`] also returns each request's send time and measurements, for
 //! plots of latency over time.
 
-mod call;
+pub(crate) mod call;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
