@@ -132,9 +132,13 @@ where
 
     fn call(&self, req: Req) -> Self::Future {
         if self.draining.load(Ordering::Acquire) {
-            let refused = tonic::Status::unavailable("the gateway is shutting down; retry elsewhere")
-                .into_http::<B>()
-                .map(|body| Counted { inner: body, _call: None });
+            let refused = switchyard_core::Status {
+                code: switchyard_core::Code::Unavailable,
+                message: "the gateway is shutting down; retry elsewhere".into(),
+                retry_after: None,
+            }
+            .to_http::<B>()
+            .map(|body| Counted { inner: body, _call: None });
             return DrainingFuture::Refused { response: Some(refused) };
         }
         let call = self.calls.start();

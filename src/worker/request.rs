@@ -172,23 +172,7 @@ pub fn check_model(name: &str, version: &str, model: &str) -> Result<(), Status>
 /// malformed (a call without a readable deadline waits as long as it takes, as tonic's own server
 /// treats it).
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let split = value.len().checked_sub(1)?;
-    let (digits, unit) = value.split_at_checked(split)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    switchyard_core::parse_grpc_timeout(metadata.get("grpc-timeout")?.as_bytes())
 }
 
 /// One element of a raw BYTES tensor: a 4-byte little-endian length, then the bytes.

@@ -63,7 +63,7 @@ pub use error::{Code, Error, ErrorKind, Status, status_of};
 pub use load::{Load, ReportedLoad};
 pub use outcome::{Outcome, RETRY_PUSHBACK_HEADER, retry_pushback};
 pub use priority::{ParsePriorityError, Priority};
-pub use routing::{BYTES_PER_TOKEN, PrefixBlocks, RoutingKey, stable_hash};
+pub use routing::{BYTES_PER_TOKEN, PrefixBlocks, PrefixHasher, RoutingKey, stable_hash};
 pub use size::RequestSize;
 pub use spec::{Spec, SpecError};
 pub use status_layer::{StatusFuture, StatusLayer, StatusService};

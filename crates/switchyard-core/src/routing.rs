@@ -89,15 +89,9 @@ impl PrefixBlocks {
     /// Each identity is a chained [`stable_hash`]: the hash of the previous identity and this
     /// block's bytes, so it names the whole prefix, not just the block.
     pub fn from_text(text: &str, block_tokens: u32) -> Self {
-        let block_bytes = (block_tokens.max(1) as usize).saturating_mul(BYTES_PER_TOKEN);
-        let bytes = text.as_bytes();
-        let mut ids = Vec::with_capacity(bytes.len() / block_bytes);
-        let mut prev = FNV_OFFSET;
-        for block in bytes.chunks_exact(block_bytes) {
-            prev = stable_hash_with(prev, block);
-            ids.push(prev);
-        }
-        Self(ids.into())
+        let mut hasher = PrefixHasher::new(block_tokens);
+        hasher.feed(text.as_bytes());
+        hasher.finish()
     }
 
     /// The identities, first block first.
@@ -118,6 +112,55 @@ impl PrefixBlocks {
     /// How many leading blocks `self` and `other` share.
     pub fn common_prefix(&self, other: &PrefixBlocks) -> usize {
         self.0.iter().zip(other.0.iter()).take_while(|(a, b)| a == b).count()
+    }
+}
+
+/// The identities of a prompt's full blocks, computed as its bytes stream by: the same ids as
+/// [`PrefixBlocks::from_text`] over the whole text, however the bytes are split. FNV-1a folds one
+/// byte at a time, so a block split across pieces needs no copy: the running state is carried
+/// over.
+#[derive(Debug, Clone)]
+pub struct PrefixHasher {
+    block_bytes: usize,
+    /// FNV state of the block being read, seeded with the previous block's identity.
+    state: u64,
+    /// Bytes of the current block read so far.
+    filled: usize,
+    ids: Vec<u64>,
+}
+
+impl PrefixHasher {
+    /// A hasher for blocks of `block_tokens` tokens of [`BYTES_PER_TOKEN`] bytes (0 is taken as 1).
+    pub fn new(block_tokens: u32) -> Self {
+        let block_bytes = (block_tokens.max(1) as usize).saturating_mul(BYTES_PER_TOKEN);
+        Self { block_bytes, state: FNV_OFFSET, filled: 0, ids: Vec::new() }
+    }
+
+    /// Folds in the next bytes of the prompt.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (self.block_bytes - self.filled).min(bytes.len());
+            let (block, rest) = bytes.split_at(take);
+            let mut h = self.state;
+            for b in block {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(FNV_PRIME);
+            }
+            self.state = h;
+            self.filled += take;
+            if self.filled == self.block_bytes {
+                let id = splitmix64(h);
+                self.ids.push(id);
+                self.state = id;
+                self.filled = 0;
+            }
+            bytes = rest;
+        }
+    }
+
+    /// The identities of the full blocks fed so far.
+    pub fn finish(self) -> PrefixBlocks {
+        PrefixBlocks::new(self.ids)
     }
 }
 
@@ -146,6 +189,27 @@ mod tests {
         let shifted = PrefixBlocks::from_text(&format!("{}{system}", "z".repeat(64)), 16);
         assert_eq!(a.common_prefix(&shifted), 0);
         assert!(!shifted.ids().contains(&a.ids()[1]));
+    }
+
+    #[test]
+    fn block_ids_chain_the_stable_hash_and_do_not_depend_on_how_the_bytes_are_split() {
+        // Block 1 is the stable hash of its bytes; block 2 the same hash seeded with block 1's id.
+        let ids = PrefixBlocks::from_text("abcdefgh", 1);
+        assert_eq!(ids.ids(), [stable_hash(b"abcd"), stable_hash_with(stable_hash(b"abcd"), b"efgh")]);
+
+        let text: String = (0..5000u32).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+        for block_tokens in [0, 1, 3, 16, 512] {
+            for len in [0, 1, 3, 4, 63, 64, 65, 2048, 4999, 5000] {
+                let want = PrefixBlocks::from_text(&text[..len], block_tokens);
+                for piece in [1, 2, 7, 64, 5000] {
+                    let mut h = PrefixHasher::new(block_tokens);
+                    for chunk in text.as_bytes()[..len].chunks(piece) {
+                        h.feed(chunk);
+                    }
+                    assert_eq!(h.finish(), want, "block_tokens {block_tokens} len {len} piece {piece}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! once, in order, and never needs them contiguous: a varint, a length prefix or the 5-byte
 //! prefix split across frames is carried over in a few bytes of state; a field it does not need is
 //! skipped by its length, whatever its size; the prompt is hashed block by block as it streams by
-//! ([`BlockHasher`]). The work is one step per byte at most, however the bytes are framed (the
+//! ([`PrefixHasher`]). The work is one step per byte at most, however the bytes are framed (the
 //! test `work_is_linear_in_the_bytes` pins it), and the memory a few small fields (the model
 //! name, a parameter's key, a tensor's name, each bounded).
 //!
@@ -29,7 +29,8 @@
 
 use switchyard_core::{BYTES_PER_TOKEN, ModelName, PrefixBlocks, RequestSize};
 
-use crate::prefix::{BlockHasher, HashListParser};
+use crate::prefix::HashListParser;
+use switchyard_core::PrefixHasher;
 
 /// The size of a gRPC message prefix.
 pub(crate) const GRPC_PREFIX: usize = 5;
@@ -220,7 +221,7 @@ pub(crate) struct Scanner {
     hash_parser: Option<HashListParser>,
     /// The declared length of the prompt's text, once its length prefix is read.
     text_len: Option<u64>,
-    text: Option<BlockHasher>,
+    text: Option<PrefixHasher>,
     text_done: bool,
     inputs: u32,
     /// The index of the text tensor when it had no contents (its text is in the raw contents).
@@ -400,7 +401,7 @@ impl Scanner {
                 self.text_len = Some(declared);
                 let text = declared.min(left);
                 if let (None, Some(block_tokens)) = (&self.hashes, self.target.block_tokens) {
-                    self.text = Some(BlockHasher::new(block_tokens));
+                    self.text = Some(PrefixHasher::new(block_tokens));
                     self.continue_text(text, left - text);
                 } else {
                     self.text_done = true;
@@ -550,7 +551,7 @@ impl Scanner {
             (Context::Contents, 8) if self.text_len.is_none() => {
                 self.text_len = Some(len);
                 if let (None, Some(block_tokens)) = (&self.hashes, self.target.block_tokens) {
-                    self.text = Some(BlockHasher::new(block_tokens));
+                    self.text = Some(PrefixHasher::new(block_tokens));
                     return self.continue_text(len, 0);
                 }
                 self.text_done = true;
@@ -704,7 +705,7 @@ impl Scanner {
         });
         let size =
             prompt.map(|p| RequestSize::new(p, self.max_tokens.unwrap_or(self.target.default_max_tokens)));
-        let prefix = hashes.or_else(|| self.text.map(BlockHasher::finish));
+        let prefix = hashes.or_else(|| self.text.map(PrefixHasher::finish));
         BodyKeys { model, size, prefix }
     }
 }
