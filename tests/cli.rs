@@ -26,6 +26,7 @@ async fn worker_drains_in_flight_requests_on_sigterm_and_exits_zero() {
         common::spawn_until(&["worker", "--listen", "127.0.0.1:0"], "worker serving on ").await;
 
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut probe = client.clone();
     // About a second of generation at real speed: long enough to send SIGTERM under it.
     let record = TraceRecord {
         at: Duration::ZERO,
@@ -35,7 +36,7 @@ async fn worker_drains_in_flight_requests_on_sigterm_and_exits_zero() {
     };
     let request = switchyard::loadgen::infer_request("sim-llm", 1, &record);
     let in_flight = tokio::spawn(async move { client.model_infer(request).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::until_engine_runs(&mut probe, 1).await;
     common::sigterm(&child);
 
     let response = in_flight.await.unwrap().expect("the in-flight request completes during the drain");

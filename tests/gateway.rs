@@ -483,7 +483,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // About a second of generation at real speed.
     let in_flight =
         tokio::spawn(async move { client.model_infer(infer("sim-llm", "a long one", 150)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The call is in flight once the worker behind the gateway runs it.
+    common::until_engine_runs(&mut GrpcInferenceServiceClient::new(channel(w.addr).await), 1).await;
     common::sigterm(&child);
 
     let response = in_flight.await.unwrap().expect("the in-flight request completes during the drain");

@@ -84,7 +84,6 @@ async fn model_infer_round_trip_with_load_report() {
         client.model_infer(infer("sim-llm", "Tell me a story about a switchyard.", 12)).await.unwrap();
     let report = load_report(response.metadata());
     assert_eq!(report.capacity, 256, "max_batch in the report");
-    assert!(report.kv_cache_utilization >= 0.0 && report.kv_cache_utilization <= 1.0);
     let resp = response.into_inner();
     assert_eq!(
         (resp.model_name.as_str(), resp.model_version.as_str(), resp.id.as_str()),
@@ -214,12 +213,16 @@ async fn full_queue_is_resource_exhausted() {
     let w =
         Worker::start_with(WorkerArgs { speed: 1.0, max_batch: 1, max_queue: 1, ..WorkerArgs::default() })
             .await;
-    let client = w.client().await;
+    let mut client = w.client().await;
     let mut calls = vec![];
-    for _ in 0..3 {
+    // The first call runs, the second waits in the queue of one, the third finds it full. Each
+    // is sent once the engine holds the one before it.
+    for (i, holds) in [(1, 0), (1, 1), (1, 1)].into_iter().enumerate() {
         let mut c = client.clone();
         calls.push(tokio::spawn(async move { c.model_infer(infer("sim-llm", "hold the batch", 50)).await }));
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        if i < 2 {
+            until_engine_holds(&mut client, holds, Duration::from_secs(5)).await;
+        }
     }
     let mut codes = vec![];
     for call in calls {
@@ -305,7 +308,8 @@ async fn health_turns_not_serving_and_in_flight_requests_finish_on_shutdown() {
     let mut client = GrpcInferenceServiceClient::new(channel);
     let in_flight =
         tokio::spawn(async move { client.model_infer(infer("sim-llm", "long answer please", 150)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut probe = w.client().await;
+    until_engine_holds(&mut probe, (1, 0), Duration::from_secs(5)).await;
     w.shutdown();
 
     let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("watch answers");
@@ -456,4 +460,59 @@ async fn a_closed_connection_and_an_expired_unary_call_leave_no_queue_behind() {
     until_engine_holds(&mut client, (1, 0), Duration::from_secs(5)).await;
     drop(running);
     until_engine_empty(&mut client, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_load_report_counts_a_running_request_s_kv_reservation() {
+    // 10,000 tokens of KV; one request reserves its prompt and its longest answer, 1,000 + 2,000.
+    let w =
+        Worker::start_with(WorkerArgs { kv_capacity: 10_000, max_batch: 4, ..WorkerArgs::default() }).await;
+    let mut client = w.client().await;
+    let idle = engine_load(&mut client).await;
+    assert_eq!(idle.kv_cache_utilization, 0.0, "{idle:?}");
+    let mut req = infer("sim-llm", "a long answer, please", 2000);
+    req.parameters.insert("prompt_tokens".into(), worker::request::int_parameter(1000));
+    let mut stream = client.model_stream_infer(futures::stream::iter([req])).await.unwrap().into_inner();
+    stream.next().await.unwrap().unwrap();
+    let busy = engine_load(&mut client).await;
+    assert_eq!((busy.running, busy.kv_cache_utilization), (1, 0.3), "{busy:?}");
+    drop(stream);
+    until_engine_empty(&mut client, Duration::from_secs(5)).await;
+    assert_eq!(engine_load(&mut client).await.kv_cache_utilization, 0.0);
+}
+
+/// A draining worker, as its inference service sees it: the flag the shutdown turns off.
+#[tokio::test]
+async fn a_draining_worker_is_not_ready_and_refuses_inference_with_unavailable() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use switchyard::proto::inference::grpc_inference_service_server::GrpcInferenceService;
+
+    let engine = switchyard::sim::EngineHandle::spawn(WorkerArgs::default().engine_config()).unwrap();
+    let ready = Arc::new(AtomicBool::new(true));
+    let service = worker::InferenceService::new("sim-llm", engine.clone(), ready.clone());
+    let ready_now = |service: &worker::InferenceService| {
+        let service = service.clone();
+        async move {
+            service.server_ready(tonic::Request::new(ServerReadyRequest {})).await.unwrap().into_inner().ready
+        }
+    };
+    assert!(ready_now(&service).await);
+    service.model_infer(tonic::Request::new(infer("sim-llm", "hi", 1))).await.unwrap();
+
+    ready.store(false, Ordering::Release); // what the worker's shutdown does first
+    assert!(!ready_now(&service).await);
+    let model = service
+        .model_ready(tonic::Request::new(ModelReadyRequest {
+            name: "sim-llm".into(),
+            version: String::new(),
+        }))
+        .await
+        .unwrap();
+    assert!(!model.into_inner().ready);
+    let err = service.model_infer(tonic::Request::new(infer("sim-llm", "hi", 1))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("shutting down"), "{err:?}");
+    assert_eq!(engine.load().completed, 1, "the refused call never reached the engine");
+    engine.shutdown();
 }

@@ -137,13 +137,25 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn this_process_has_an_account() {
+    fn this_process_s_user_ticks_grow_while_it_spins() {
+        let me = std::process::id();
+        assert!(tree_of(&all_processes(), me).contains(&me));
+        let before = tree_ticks(me);
+        // Spin until the kernel's account of this process shows more user time; a reader that
+        // lost the process or read the wrong fields never sees it grow.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut spin = 0u64;
-        for i in 0..2_000_000u64 {
-            spin = spin.wrapping_add(i * i);
-        }
-        assert!(spin > 0);
-        assert!(all_processes().contains_key(&std::process::id()));
+        let grown = loop {
+            for i in 0..1_000_000u64 {
+                spin = std::hint::black_box(spin.wrapping_add(i * i));
+            }
+            let now = tree_ticks(me);
+            if now.since(before).user > 0 {
+                break now;
+            }
+            assert!(std::time::Instant::now() < give_up, "30 s of spinning and no user tick: {now:?}");
+        };
+        assert!(grown.total() > before.total(), "{before:?} -> {grown:?}");
         assert!(ticks_per_second() > 0.0);
     }
 }

@@ -532,14 +532,32 @@ mod tests {
         // Over the whole trace: about an eighth, about 43 requests/s, 70% of about 61.
         let scale = time_scale_for(rate, &speeds, TARGET_LOAD);
         assert!((scale - 0.129).abs() < 0.002, "{scale}");
-        assert!((rate / scale - 0.7 * 18.4 * 3.333).abs() < 1e-9);
         // Over the minute replayed: the first eight minutes or so are quieter.
         let (scale, window) = time_scale_for_window(&records, 60.0, &speeds, TARGET_LOAD);
         assert!((4.5..5.0).contains(&window), "{window}");
         assert!((0.10..0.12).contains(&scale), "{scale}");
-        assert!((window_rate(&records, 60.0 / scale) / scale - 0.7 * 18.4 * 3.333).abs() < 0.5);
+        // The replayed minute offers 70 % of the four replicas' capacity, about 43 requests/s.
+        let offered = window_rate(&records, 60.0 / scale) / scale;
+        assert!((offered - 42.9).abs() < 0.5, "{offered}");
         // A replay longer than the trace takes the whole trace's rate.
         assert_eq!(window_rate(&records, 1e9), rate);
+    }
+
+    /// The capacity constant is what the lab measures for a speed-1 replica on the bundled
+    /// trace: a change to the engine's physics that moves the measurement fails here.
+    #[test]
+    fn the_replica_capacity_constant_is_what_the_lab_measures() {
+        let records = crate::traces::azure_conv().unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        let measured = runtime
+            .block_on(crate::lab::measure_capacity(&switchyard_sim::EngineConfig::default(), &records))
+            .unwrap();
+        let off = (measured - REPLICA_CAPACITY_RPS).abs() / measured;
+        assert!(
+            off < 0.01,
+            "the lab measures {measured} requests/s, the constant says {REPLICA_CAPACITY_RPS}"
+        );
     }
 
     #[test]

@@ -47,3 +47,25 @@ pub(crate) fn sigterm(child: &Child) {
     let pid = child.id().expect("the child is running").to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 }
+
+/// Waits until the worker behind `client` reports `running` requests in its batch (the ORCA
+/// report on a `ServerLive` answer); panics after 10 s.
+pub(crate) async fn until_engine_runs(
+    client: &mut switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    >,
+    running: u32,
+) {
+    use switchyard::proto::inference::ServerLiveRequest;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client.server_live(ServerLiveRequest {}).await.unwrap();
+        let value = response.metadata().get_bin(switchyard_core::orca::TRAILER_NAME).expect("a load report");
+        let load = switchyard_core::orca::decode(&value.to_bytes().unwrap()).unwrap();
+        if load.running == running {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "the worker still runs {} requests", load.running);
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling interval
+    }
+}
