@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_balance::TrackedBody;
+use switchyard_core::{Error, ErrorKind};
 
 /// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
 /// unchanged (those the key layer read come first again).
@@ -17,18 +18,32 @@ pub type RequestBody = switchyard_keys::Replay<Incoming>;
 pin_project! {
     /// The response body of the proxy: the endpoint's, frame for frame, or nothing for the
     /// gateway's own trailers-only statuses (its `Default`).
+    ///
+    /// An endpoint whose connection fails mid-response (it crashed, or the network went) ends the
+    /// client's call with `UNAVAILABLE` trailers ([`ErrorKind::Upstream`]), as the gateway's own
+    /// refusals do, rather than with a reset stream, which clients read as `INTERNAL`. The
+    /// balancer below has already counted the call as the endpoint's failure.
     #[derive(Default)]
     pub struct ProxyBody {
         #[pin]
         upstream: Option<TrackedBody<Incoming>>,
+        ended: bool,
     }
 }
 
 impl ProxyBody {
     /// The endpoint's response body.
     pub(crate) fn upstream(body: TrackedBody<Incoming>) -> Self {
-        Self { upstream: Some(body) }
+        Self { upstream: Some(body), ended: false }
     }
+}
+
+/// The trailers that end a response whose endpoint failed mid-way.
+fn upstream_failed_trailers() -> http::HeaderMap {
+    let status = Error::new(ErrorKind::Upstream).status();
+    let mut trailers = status.to_http::<()>().into_parts().0.headers;
+    trailers.remove(http::header::CONTENT_TYPE);
+    trailers
 }
 
 impl Body for ProxyBody {
@@ -39,14 +54,25 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project().upstream.as_pin_mut() {
-            Some(body) => body.poll_frame(cx),
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        match this.upstream.as_pin_mut() {
+            Some(body) => match body.poll_frame(cx) {
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "endpoint's response failed mid-way");
+                    *this.ended = true;
+                    Poll::Ready(Some(Ok(Frame::trailers(upstream_failed_trailers()))))
+                }
+                other => other,
+            },
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.upstream.as_ref().is_none_or(Body::is_end_stream)
+        self.ended || self.upstream.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -19,13 +19,16 @@
 //! Headers pass as the client sent them (the `user-agent` too); only `:authority` names the
 //! endpoint, as the request's URI does. Deadlines travel with the call: the `grpc-timeout` header
 //! reaches the endpoint unchanged and the gateway sets no timeout of its own, so a call past its
-//! deadline ends at the client (`DEADLINE_EXCEEDED`) and the endpoint, and the gateway counts it
-//! as cancelled, not as the endpoint's failure.
+//! deadline ends at the client (`DEADLINE_EXCEEDED`, or `CANCELLED` from tonic's own timer) and
+//! the endpoint. The gateway counts it as cancelled when the client gives up first (its timer
+//! starts first), and as a failed call when the endpoint's `DEADLINE_EXCEEDED` comes back first;
+//! neither is the endpoint's failure (no ejection).
 //!
 //! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses
 //! mapped from the typed error of the layer that failed ([`switchyard_core::status_of`]):
 //! `UNAVAILABLE` when the pool has no endpoint, none fits, or the endpoint's connection fails
-//! (nothing is retried: the body has already been streamed), `RESOURCE_EXHAUSTED` (with
+//! (nothing is retried: the body has already been streamed; a connection that fails after the
+//! response began ends it with `UNAVAILABLE` trailers), `RESOURCE_EXHAUSTED` (with
 //! `grpc-retry-pushback-ms` when known) when a layer sheds the request, `DEADLINE_EXCEEDED` when
 //! a pool's `timeout` passes, `UNIMPLEMENTED` when no route takes the request (the message names
 //! the path and the model). A message names the pool and the endpoint's id, never the upstream's

@@ -87,6 +87,12 @@ pub(crate) async fn unary(
                 int_param(&response, "output_tokens").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
             Outcome::Ok { ttft: latency.saturating_sub(after_first), latency, output_tokens }
         }
+        // tonic's own timer ends a call at its deadline as CANCELLED ("Timeout expired"); a call
+        // that ran out its deadline is counted as DEADLINE_EXCEEDED, as a streaming one is,
+        // whichever side's timer fired first.
+        Err(status) if status.code() == tonic::Code::Cancelled && start.elapsed() >= timeout => {
+            Outcome::Failed("DEADLINE_EXCEEDED")
+        }
         Err(status) => Outcome::Failed(code_name(status.code())),
     }
 }
