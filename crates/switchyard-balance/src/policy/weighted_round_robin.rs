@@ -17,9 +17,17 @@ use crate::EndpointState;
 /// endpoint are spread through the cycle rather than bunched (weights 5, 1, 1 give
 /// `a a b a c a a`, not `a a a a a b c`). Endpoints of weight 0 get nothing, unless every
 /// endpoint has weight 0, when it is plain round robin. O(n) per pick.
+///
+/// When the membership changes (an endpoint inserted or removed: the
+/// [generation](Endpoints::generation) moves), every current weight starts again from zero, as
+/// nginx's do when its upstream's peers change: the current weights of the endpoints left behind
+/// no longer sum to zero, and kept, they would give one endpoint a run of picks far beyond its
+/// weight (weights 2 and 1 after two others left: `aaaaab` instead of `aba`). Ejection does not
+/// move the generation and keeps them.
 #[derive(Debug, Default)]
 pub struct WeightedRoundRobin {
-    current: Mutex<HashMap<EndpointId, i64>>,
+    /// The membership generation the current weights belong to, and the weights.
+    current: Mutex<(u64, HashMap<EndpointId, i64>)>,
 }
 
 impl WeightedRoundRobin {
@@ -35,12 +43,13 @@ impl Policy for WeightedRoundRobin {
     }
 
     fn pick(&self, _request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        let generation = endpoints.generation();
         let endpoints = endpoints.eligible();
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.len() > 2 * endpoints.len() {
-            // Forget endpoints that have left.
-            let live: std::collections::HashSet<&EndpointId> = endpoints.iter().map(|e| e.id()).collect();
-            current.retain(|id, _| live.contains(id));
+        let mut state = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, current) = &mut *state;
+        if *seen != generation {
+            *seen = generation;
+            current.clear();
         }
         let all_zero = endpoints.iter().all(|e| e.weight() == 0);
         let weight = |e: &EndpointState| if all_zero { 1 } else { i64::from(e.weight()) };
