@@ -291,6 +291,40 @@ mod tests {
         assert!(replica(0.25, vec![]).predicted_ttft(1000) < backlog);
     }
 
+    /// The prediction against the engine itself, with a backlog: requests decoding and a long
+    /// prompt waiting ahead of the one predicted. The prediction leaves out the rest of the step
+    /// running when the request arrives, so it may fall short of the truth by at most one step.
+    #[tokio::test(start_paused = true)]
+    async fn the_predicted_ttft_is_the_engine_s_with_a_backlog() {
+        for speed in [1.0, 0.25] {
+            let config = EngineConfig { speed, ..EngineConfig::default() };
+            let engine = EngineHandle::spawn(config.clone()).unwrap();
+            // Four requests prefill together in one step and then decode.
+            let mut decoding: Vec<_> =
+                (0..4).map(|_| engine.submit(GenerationRequest::new(1000, 500)).unwrap()).collect();
+            for generation in &mut decoding {
+                assert_eq!(generation.next().await.unwrap().index, 0);
+            }
+            let mut jobs: Vec<Job> =
+                (0..4).map(|i| Job { id: i, prompt: 1000, output: 500, emitted: 1 }).collect();
+            // A long prompt queued behind them, then the request whose first token is predicted.
+            let long = engine.submit(GenerationRequest::new(6000, 10)).unwrap();
+            jobs.push(Job { id: 4, prompt: 6000, output: 10, emitted: 0 });
+            let replica = Replica { engine: engine.clone(), config: config.clone(), jobs };
+            let predicted = replica.predicted_ttft(1000);
+            let actual =
+                engine.submit(GenerationRequest::new(1000, 1)).unwrap().collect_outcome().await.unwrap().ttft;
+            let one_step = config.decode_step_time(4, 1001);
+            assert!(
+                actual >= predicted && actual - predicted <= one_step + Duration::from_millis(1),
+                "speed {speed}: predicted {predicted:?}, the engine took {actual:?} (one step {one_step:?})"
+            );
+            // The backlog matters: the prediction is far from the idle prefill time.
+            assert!(predicted > 2 * config.prefill_time(1000), "{predicted:?}");
+            drop((decoding, long));
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn admission_needs_a_slot_and_kv_room() {
         let r = replica(1.0, vec![job(0, 390_000, 0)]);
