@@ -1,4 +1,4 @@
-//! Switchyard: load balancing and elastic scaling for gRPC model-serving services.
+//! Switchyard: load balancing for gRPC model-serving services (elastic scaling is to come).
 //!
 //! This is the application package: the `switchyard` command line and what it is built of:
 //! - [`bench`](mod@bench): the gateway against nginx and HAProxy, real processes over loopback gRPC;

@@ -12,8 +12,9 @@ use crate::EndpointState;
 ///
 /// The balancer is the one source of truth for load: it adds an endpoint's [`EndpointState`] here
 /// when discovery inserts it, and takes it away when discovery removes it (once its requests in
-/// flight have ended: until then it shows as draining) or the balancer is dropped. The autoscaler, the telemetry and the gateway's admin API read snapshots; nobody
-/// keeps a second count. Several balancers (one per pool of a gateway) may share one board,
+/// flight have ended: until then it shows as draining) or the balancer is dropped. The gateway's
+/// admin API reads snapshots (as the coming autoscaler and telemetry will); nobody keeps a second
+/// count. Several balancers (one per pool of a gateway) may share one board,
 /// provided their endpoint ids differ.
 /// Cloning gives another handle on the same board.
 #[derive(Clone, Default, Debug)]

@@ -7,13 +7,14 @@
 //! chosen at construction and switchable at any time through a [`PolicyHandle`]:
 //! round robin, smooth weighted round robin, least connections, least response time (the
 //! default), P2C peak-EWMA, random, and a policy that reads the replicas' own ORCA load
-//! reports. The hash-routing crate adds consistent hashing and prefix-cache-aware policies
-//! through the same trait.
+//! reports. Consistent hashing and prefix-cache-aware policies are to come from a hash-routing
+//! crate (not yet in the workspace), through the same trait and registry.
 //!
 //! Each endpoint's load lives in one [`EndpointState`]: requests in flight (a stream counts until
 //! its trailers), a peak-EWMA latency, the last load report its replica sent in the
 //! `endpoint-load-metrics-bin` trailer, and outcome counters. The balancer publishes them on a
-//! [`LoadBoard`], which the autoscaler and the telemetry read; nothing else counts load.
+//! [`LoadBoard`], which the policies and the gateway's admin API read (and the coming autoscaler
+//! and telemetry crates will); nothing else counts load.
 //! Endpoints that keep failing are ejected for a while ([`OutlierConfig`]).
 //!
 //! A `Balance` is called through `&mut self`, as tower services are; [`Shared`] makes it a
@@ -50,7 +51,8 @@
 //! is within 1.3× of an ideal central dispatcher that knows every replica's true state, where
 //! in-flight counts (least connections) and tower's P2C peak-EWMA, whose latency sample mostly
 //! reflects the last prompt's length, fall further behind; the committed report
-//! (`reports/lab/hetero.json`) has the figures. It scans every endpoint (O(n) per request);
+//! (`reports/lab/hetero.json`) has the figures, and the root package's `tests/lab.rs` fails if a
+//! change moves them. It scans every endpoint (O(n) per request);
 //! [`P2cPeakEwma`](policy::P2cPeakEwma) stays the O(1) choice for very large pools.
 //!
 //! # Example

@@ -26,8 +26,8 @@ pub struct Observation<'a> {
 
 /// Told once per request, when the request ends, with its endpoint, timing and outcome.
 ///
-/// Telemetry and limiters implement it to see every request without wrapping its response body
-/// a second time: the balancer already tracks the body to its end. Set it with
+/// Telemetry and limiters (crates to come) implement it to see every request without wrapping its
+/// response body a second time: the balancer already tracks the body to its end. Set it with
 /// [`Balance::with_observer`](crate::Balance::with_observer); a balancer without an observer
 /// pays one branch per request. `on_end` runs on the task that ended the request (the one
 /// polling the response body): keep it short and never block.

@@ -8,9 +8,9 @@ use tokio::time::Instant;
 /// When the caller stops waiting for the request: its `grpc-timeout` counted from when the
 /// request arrived.
 ///
-/// The key-extraction layer inserts it; shedding drops a request whose deadline has passed
-/// before it reaches an endpoint, and queues order by it. Time is `tokio::time`'s, so tests run
-/// it under the paused clock.
+/// The key-extraction layer inserts it; the coming shedding layer is to drop a request whose
+/// deadline has passed before it reaches an endpoint, and its queues to order by it. Time is
+/// `tokio::time`'s, so tests run it under the paused clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Deadline(pub Instant);
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 /// The stable name of an endpoint, unique within one balancer.
 ///
 /// Discovery sources choose it (an address, a pod name, a config key); the balancer, the
-/// `LoadBoard`, the autoscaler and the metrics all key on it. Cloning is cheap.
+/// `LoadBoard` and the admin API key on it (and the coming autoscaler and metrics will). Cloning is
+/// cheap.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct EndpointId(Arc<str>);

@@ -1,9 +1,10 @@
 //! Plain types shared by every Switchyard crate.
 //!
-//! Switchyard is tower middleware for gRPC model-serving services: balancing, hash routing,
-//! limiting, shedding, discovery and autoscaling. Its crates meet on the small vocabulary defined
-//! here, so that a routing key extracted by one layer is read by another, and every endpoint's load
-//! has one shape whether the balancer, the autoscaler or the telemetry reads it.
+//! Switchyard is tower middleware for gRPC model-serving services: balancing today; hash routing,
+//! limiting, shedding, discovery, autoscaling and telemetry are coming as crates of their own. Its
+//! crates meet on the small vocabulary defined here, so that a routing key extracted by one layer
+//! is read by another, and every endpoint's load has one shape for every reader (the balancer and
+//! the gateway's admin API today; the autoscaler and the telemetry when they come).
 //!
 //! - [`Endpoint`] and [`EndpointId`]: a replica that can serve requests, and its stable name.
 //! - [`Load`]: the balancer's snapshot of one endpoint (in-flight requests, peak-EWMA latency and the

@@ -27,8 +27,9 @@ pub struct ReportedLoad {
 
 /// The balancer's snapshot of one endpoint's load.
 ///
-/// The balancer keeps one per endpoint and publishes them on its `LoadBoard`; policies, the
-/// autoscaler and the telemetry all read these, so there is one source of truth for load.
+/// The balancer keeps one per endpoint and publishes them on its `LoadBoard`; policies and the
+/// gateway's admin API read these (the coming autoscaler and telemetry will too), so there is one
+/// source of truth for load.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Load {

@@ -1,13 +1,13 @@
-//! Request priority classes, read by the shedding layer.
+//! Request priority classes, for the shedding layer to come (no layer sheds by priority yet).
 
 use std::fmt;
 use std::str::FromStr;
 
 /// How much a request matters when the cluster is full.
 ///
-/// Load shedding refuses `Sheddable` requests first and `Critical` ones last. The names follow the
-/// Kubernetes Gateway API inference extension (`Critical`, `Standard`, `Sheddable`). A request
-/// without a priority in its extensions is `Standard`.
+/// Load shedding (to come) is to refuse `Sheddable` requests first and `Critical` ones last. The
+/// names follow the Kubernetes Gateway API inference extension (`Critical`, `Standard`,
+/// `Sheddable`). A request without a priority in its extensions is `Standard`.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]

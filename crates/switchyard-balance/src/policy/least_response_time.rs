@@ -29,8 +29,9 @@ use crate::EndpointState;
 ///   slots, and its time to first token shows this late, at the cliff where new requests must
 ///   wait for a slot. Without the factor the policy piles requests on whichever replica measured
 ///   fastest: in the example cluster (four replicas, 70 % load) one of three equal replicas took
-///   41 % of the requests and its queue ran away; with it the shares follow the speeds (30, 30, 31
-///   and 9 % for speeds 1, 1, 1 and 1/3). In the lab the square root costs little TTFT (its p99 is
+///   41 % of the requests and its queue ran away; with it the shares follow the speeds (28, 31, 32
+///   and 9 % for speeds 1, 1, 1 and 1/3 in the committed `reports/cluster/cluster.json`, a run of
+///   2026-11-25, before issue 16's stack; 30, 30, 30 and 10 % would be exact). In the lab the square root costs little TTFT (its p99 is
 ///   1.03-1.12 × the ideal's across the `hetero` variants), where the plain ratio cost more.
 ///
 /// "Response time" is the time to the first byte of the response: the whole answer of a unary

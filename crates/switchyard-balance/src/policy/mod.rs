@@ -20,7 +20,7 @@
 //! | `round-robin` | [`RoundRobin`] | nothing |
 //! | `weighted-round-robin` | [`WeightedRoundRobin`] | `Endpoint::weight` |
 //! | `least-connections` | [`LeastConnections`] | in-flight requests |
-//! | `least-response-time` | [`LeastResponseTime`] | latency EWMA, in-flight |
+//! | `least-response-time` | [`LeastResponseTime`] | unit time to first byte, pending work, request size, in-flight |
 //! | `p2c-peak-ewma` | [`P2cPeakEwma`] | peak-EWMA latency, in-flight |
 //! | `random` | [`Random`] | nothing |
 //! | `load-report` | [`LoadReport`] | the replicas' ORCA reports, in-flight |
