@@ -516,3 +516,35 @@ async fn a_draining_worker_is_not_ready_and_refuses_inference_with_unavailable()
     assert_eq!(engine.load().completed, 1, "the refused call never reached the engine");
     engine.shutdown();
 }
+
+#[tokio::test]
+async fn the_drain_timeout_stops_the_worker_with_a_stream_still_running() {
+    // 2,000 tokens at real speed take about 13 s; the drain allows 300 ms.
+    let mut w =
+        Worker::start_with(WorkerArgs { drain_timeout: Duration::from_millis(300), ..WorkerArgs::default() })
+            .await;
+    let mut client = w.client().await;
+    let mut stream = client
+        .model_stream_infer(futures::stream::iter([infer("sim-llm", "a long answer, please", 2000)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.next().await.unwrap().unwrap().error_message.is_empty());
+    w.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), &mut w.task)
+        .await
+        .expect("the worker stops at its drain timeout, not with the stream")
+        .unwrap()
+        .unwrap();
+    let mut tokens = 1;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("the stream ends") {
+            Some(Ok(message)) if message.error_message.is_empty() => tokens += 1,
+            Some(Ok(message)) => break Some(message.error_message),
+            Some(Err(status)) => break Some(status.to_string()),
+            None => break None,
+        }
+    };
+    assert!(tokens < 2000, "the stream ran to its end after the worker stopped");
+    assert!(end.is_some(), "a cut-off stream ends with an error, not as complete ({tokens} tokens)");
+}

@@ -24,8 +24,8 @@
 //! with DEADLINE_EXCEEDED at its deadline (tonic applies `grpc-timeout` to response headers only).
 //!
 //! On shutdown (SIGTERM or Ctrl-C in the binary) the worker turns NOT_SERVING, refuses new
-//! inference requests with UNAVAILABLE, lets in-flight ones finish (at most `--drain-timeout`),
-//! and returns.
+//! inference requests with UNAVAILABLE, lets in-flight ones finish (at most `--drain-timeout`:
+//! those still running then end with UNAVAILABLE), and returns.
 
 mod inference;
 mod load_report;
@@ -206,6 +206,9 @@ pub async fn serve(
         () = deadline => {
             let load = engine.load();
             tracing::warn!(running = load.running, queued = load.queue_depth, "drain timeout: stopping with requests in flight");
+            // The server's connections outlive its future: end their generations here, so that
+            // no call runs on after `serve` returns (in a process that goes on, as tests do).
+            engine.shutdown();
         }
     }
     tracing::info!("worker stopped");
