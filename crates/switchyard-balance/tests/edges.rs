@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Edge cases of the balancer: a response future dropped before its headers, the weighted round
-//! robin's state after endpoints leave, and `Shared` on a multi-threaded runtime while the policy
-//! switches under it.
+//! robin's state after endpoints leave, `Shared` on a multi-threaded runtime while the policy
+//! switches under it, and discovery errors in a row (their back-off).
 
 mod common;
 
@@ -136,4 +136,43 @@ async fn shared_on_two_threads_while_the_policy_switches_fails_no_request_and_co
     assert_eq!(completed(&board).values().sum::<u64>(), (callers * each) as u64, "each request counted once");
     assert!(in_flight(&board).values().all(|&n| n == 0), "{:?}", in_flight(&board));
     assert!(board.snapshot().iter().all(|e| e.load.failed == 0 && e.load.cancelled == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_discovery_errors_back_off_doubling_to_five_seconds_and_a_change_resets_it() {
+    use tower::discover::Change;
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<_, tower::BoxError>>(16);
+    let mut lb: Lb = Balance::new(rx).with_completion(CompleteOnResponse);
+    let a = backend("a", answers("a", Duration::ZERO));
+    tx.try_send(Ok(Change::Insert(a.endpoint.id.clone(), a))).unwrap();
+    for _ in 0..7 {
+        tx.try_send(Err("the source is down".into())).unwrap();
+    }
+    let b = backend("b", answers("b", Duration::ZERO));
+    tx.try_send(Ok(Change::Insert(b.endpoint.id.clone(), b))).unwrap();
+    settle().await;
+    assert_eq!(lb.len(), 1);
+    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s, then the cap: 5 s. Requests are served throughout.
+    let backoff = Duration::from_millis(100 + 200 + 400 + 800 + 1600 + 3200 + 5000);
+    // Sleeping (not `advance`) lets the paused clock stop at each back-off timer in turn.
+    tokio::time::sleep(backoff - Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(lb.len(), 1, "still backing off");
+    assert_eq!(send(&mut lb).await.unwrap(), "a");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(lb.len(), 2, "the change after the errors arrives once they are waited out");
+
+    // The change reset the back-off: one more error costs 100 ms again, not 5 s.
+    tx.try_send(Err("down again".into())).unwrap();
+    let c = backend("c", answers("c", Duration::ZERO));
+    tx.try_send(Ok(Change::Insert(c.endpoint.id.clone(), c))).unwrap();
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(99)).await;
+    settle().await;
+    assert_eq!(lb.len(), 2);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    settle().await;
+    assert_eq!(lb.len(), 3);
+    drop(tx);
 }
