@@ -10,7 +10,8 @@
 //! swap it while the balancer runs.
 //!
 //! Policies are named and parameterised by a [`PolicySpec`] (`"p2c-peak-ewma"`, or in TOML
-//! `{ name = "bounded-load-hash", load_factor = 1.25 }`) and built by the [`PolicyRegistry`]:
+//! `{ name = "bounded-load-hash", load_factor = 1.25 }`, a policy the coming hash-routing crate is
+//! to register) and built by the [`PolicyRegistry`]:
 //! the built-ins below are registered in the process-wide [`registry()`], and other crates (or a
 //! program) register theirs there, by name, so that the gateway's config, its admin API and the
 //! lab can all name them.
