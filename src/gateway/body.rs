@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_balance::TrackedBody;
+use switchyard_limit::LimitBody;
 
 /// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
 /// unchanged (those the key layer read come first again).
@@ -21,13 +22,20 @@ pin_project! {
     pub struct ProxyBody {
         #[pin]
         upstream: Option<TrackedBody<Incoming>>,
+        // The body under a pool's `limit` layer, which holds the request's permit to its end.
+        limited: Option<Pin<Box<LimitBody<ProxyBody>>>>,
     }
 }
 
 impl ProxyBody {
     /// The endpoint's response body.
     pub(crate) fn upstream(body: TrackedBody<Incoming>) -> Self {
-        Self { upstream: Some(body) }
+        Self { upstream: Some(body), limited: None }
+    }
+
+    /// A body holding a concurrency-limit permit until it ends (a pool's `limit` layer).
+    pub(crate) fn limited(body: LimitBody<ProxyBody>) -> Self {
+        Self { upstream: None, limited: Some(Box::pin(body)) }
     }
 }
 
@@ -39,17 +47,27 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project().upstream.as_pin_mut() {
+        let this = self.project();
+        if let Some(limited) = this.limited {
+            return limited.as_mut().poll_frame(cx);
+        }
+        match this.upstream.as_pin_mut() {
             Some(body) => body.poll_frame(cx),
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(limited) = &self.limited {
+            return limited.is_end_stream();
+        }
         self.upstream.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(limited) = &self.limited {
+            return limited.size_hint();
+        }
         self.upstream.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

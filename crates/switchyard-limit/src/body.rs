@@ -58,6 +58,13 @@ impl<B: Body> LimitBody<B> {
     }
 }
 
+impl<B: Default> Default for LimitBody<B> {
+    /// An empty body holding no permit (the body of a status a layer above answers with).
+    fn default() -> Self {
+        Self { inner: B::default(), permit: None, grpc: false }
+    }
+}
+
 impl<B> Body for LimitBody<B>
 where
     B: Body<Data = Bytes>,
