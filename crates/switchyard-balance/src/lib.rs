@@ -14,7 +14,9 @@
 //! its trailers), a peak-EWMA latency, the last load report its replica sent in the
 //! `endpoint-load-metrics-bin` trailer, and outcome counters. The balancer publishes them on a
 //! [`LoadBoard`], which the autoscaler and the telemetry read; nothing else counts load.
-//! Endpoints that keep failing are ejected for a while ([`OutlierConfig`]).
+//! Endpoints that keep failing are ejected for a while ([`OutlierConfig`]). Each endpoint may
+//! have a concurrency limit of its own, learnt from that same state by a `switchyard-limit`
+//! algorithm ([`Balance::with_endpoint_limit`]); policies then skip endpoints at their limit.
 //!
 //! A `Balance` is called through `&mut self`, as tower services are; [`Shared`] makes it a
 //! cloneable service that many tasks (or threads) call in place, which is how the gateway and a
@@ -90,6 +92,7 @@ mod completion;
 mod directory;
 pub mod discover;
 mod endpoint;
+mod endpoint_limit;
 mod error;
 mod future;
 mod observer;
@@ -102,6 +105,7 @@ mod shared;
 pub use board::{EndpointLoad, LoadBoard};
 pub use completion::{CompleteOnResponse, Completion, HttpCompletion, TrackCompletion, TrackedBody};
 pub use endpoint::{EndpointState, TrackingConfig};
+pub use endpoint_limit::EndpointLimit;
 pub use error::PolledAfterCompletion;
 pub use future::ResponseFuture;
 pub use observer::{Observation, Observer, PickedEndpoint};
