@@ -7,36 +7,37 @@ use pin_project_lite::pin_project;
 use switchyard_core::error::BoxError;
 use switchyard_core::{Error, ErrorKind, Outcome};
 
-use crate::body::LimitBody;
 use crate::limiter::Permit;
+use crate::track::TrackPermit;
 
 pin_project! {
-    /// Resolves to the inner response with the permit handed to its body.
-    pub struct ResponseFuture<F> {
+    /// Resolves to the inner response with the permit handed to it (to its body, for HTTP).
+    pub struct ResponseFuture<F, T> {
         #[pin]
         inner: Option<F>,
         permit: Option<Permit>,
         refused: Option<Error>,
+        tracking: T,
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, permit: Permit) -> Self {
-        Self { inner: Some(inner), permit: Some(permit), refused: None }
+impl<F, T> ResponseFuture<F, T> {
+    pub(crate) fn new(inner: F, permit: Permit, tracking: T) -> Self {
+        Self { inner: Some(inner), permit: Some(permit), refused: None, tracking }
     }
 
-    pub(crate) fn refused(error: Error) -> Self {
-        Self { inner: None, permit: None, refused: Some(error) }
+    pub(crate) fn refused(error: Error, tracking: T) -> Self {
+        Self { inner: None, permit: None, refused: Some(error), tracking }
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, R, E, T> Future for ResponseFuture<F, T>
 where
-    F: Future<Output = Result<http::Response<B>, E>>,
+    F: Future<Output = Result<R, E>>,
     E: Into<BoxError>,
-    B: http_body::Body,
+    T: TrackPermit<R>,
 {
-    type Output = Result<http::Response<LimitBody<B>>, BoxError>;
+    type Output = Result<T::Output, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -48,7 +49,10 @@ where
             return Poll::Ready(Err(Box::new(error)));
         };
         match ready!(inner.poll(cx)) {
-            Ok(response) => Poll::Ready(Ok(LimitBody::wrap(response, this.permit.take()))),
+            Ok(response) => match this.permit.take() {
+                Some(permit) => Poll::Ready(Ok(this.tracking.track(response, permit))),
+                None => Poll::Ready(Err(Box::new(Error::new(ErrorKind::Overloaded { retry_after: None })))),
+            },
             Err(e) => {
                 let e: BoxError = e.into();
                 if let Some(permit) = this.permit.take() {

@@ -59,6 +59,7 @@ mod service;
 mod spec;
 #[cfg(test)]
 mod test_support;
+mod track;
 mod vegas;
 
 pub use aimd::{Aimd, AimdParams};
@@ -72,4 +73,5 @@ pub use layer::LimitLayer;
 pub use limiter::{Limiter, LimiterStats, Permit};
 pub use service::Limit;
 pub use spec::{ALGORITHMS, algorithm_from_spec};
+pub use track::{HttpPermit, TrackPermit};
 pub use vegas::{Vegas, VegasParams};

@@ -8,22 +8,31 @@ use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::limiter::{Limiter, Permit};
+use crate::track::{HttpPermit, TrackPermit};
 
 /// A service whose requests each hold a [`Permit`] of a shared [`Limiter`] until their response
 /// ends. Built by [`LimitLayer`](crate::LimitLayer).
 #[derive(Debug)]
-pub struct Limit<S> {
+pub struct Limit<S, T = HttpPermit> {
     inner: S,
     limiter: Limiter,
+    tracking: T,
     /// Taken in `poll_ready`, spent by `call` (a clone starts without one, as tower's
     /// `ConcurrencyLimit`).
     permit: Option<Permit>,
 }
 
 impl<S> Limit<S> {
-    /// `inner` under `limiter`.
+    /// `inner` under `limiter`, its responses HTTP.
     pub fn new(inner: S, limiter: Limiter) -> Self {
-        Self { inner, limiter, permit: None }
+        Self::with_tracking(inner, limiter, HttpPermit)
+    }
+}
+
+impl<S, T> Limit<S, T> {
+    /// `inner` under `limiter`, its responses holding their permits as `tracking` says.
+    pub fn with_tracking(inner: S, limiter: Limiter, tracking: T) -> Self {
+        Self { inner, limiter, tracking, permit: None }
     }
 
     /// The limiter.
@@ -32,21 +41,26 @@ impl<S> Limit<S> {
     }
 }
 
-impl<S: Clone> Clone for Limit<S> {
+impl<S: Clone, T: Clone> Clone for Limit<S, T> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), limiter: self.limiter.clone(), permit: None }
+        Self {
+            inner: self.inner.clone(),
+            limiter: self.limiter.clone(),
+            tracking: self.tracking.clone(),
+            permit: None,
+        }
     }
 }
 
-impl<S, Req, B> Service<Req> for Limit<S>
+impl<S, Req, T> Service<Req> for Limit<S, T>
 where
-    S: Service<Req, Response = http::Response<B>>,
+    S: Service<Req>,
     S::Error: Into<BoxError>,
-    B: http_body::Body,
+    T: TrackPermit<S::Response> + Clone,
 {
-    type Response = http::Response<crate::body::LimitBody<B>>;
+    type Response = T::Output;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, T>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
@@ -61,9 +75,12 @@ where
         match self.permit.take().or_else(|| self.limiter.try_acquire()) {
             Some(mut permit) => {
                 permit.start_now();
-                ResponseFuture::new(self.inner.call(req), permit)
+                ResponseFuture::new(self.inner.call(req), permit, self.tracking.clone())
             }
-            None => ResponseFuture::refused(Error::new(ErrorKind::Overloaded { retry_after: None })),
+            None => ResponseFuture::refused(
+                Error::new(ErrorKind::Overloaded { retry_after: None }),
+                self.tracking.clone(),
+            ),
         }
     }
 }
