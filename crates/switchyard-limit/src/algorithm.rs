@@ -65,6 +65,20 @@ pub trait LimitAlgorithm: Send + Sync + fmt::Debug {
     fn update(&mut self, sample: &Sample) -> usize;
 }
 
+impl LimitAlgorithm for Box<dyn LimitAlgorithm> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn limit(&self) -> usize {
+        (**self).limit()
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        (**self).update(sample)
+    }
+}
+
 /// `max(1, floor(log10(limit)))`, the step function of Netflix's Vegas (its `Log10RootFunction`).
 pub(crate) fn log10_step(limit: f64) -> f64 {
     limit.max(1.0).log10().floor().max(1.0)

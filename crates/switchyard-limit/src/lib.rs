@@ -18,7 +18,9 @@
 //! | [`Vegas`] | queue estimated from RTT against the no-load RTT | Netflix `VegasLimit`, TCP Vegas |
 //! | [`EnvoyGradient`] | RTT against a periodically measured min RTT | Envoy adaptive concurrency |
 //!
-//! Each module documents its formula, its defaults and where they come from. Two adapters use
+//! [`Windowed`] feeds any of them one averaged sample per window, as Netflix's `WindowedLimit`
+//! does, for services whose requests differ in size. Each module documents its formula, its
+//! defaults and where they come from. Two adapters use
 //! them: the [`Limiter`] (requests in flight against the limit, with [`Permit`]s) under the
 //! [`LimitLayer`] for a whole service (a tonic server, the worker, a gateway pool); and the
 //! balancer's per-endpoint limit, which feeds the same algorithms from its own in-flight
@@ -61,6 +63,7 @@ mod spec;
 mod test_support;
 mod track;
 mod vegas;
+mod windowed;
 
 pub use aimd::{Aimd, AimdParams};
 pub use algorithm::{LimitAlgorithm, Sample, Signal};
@@ -75,3 +78,4 @@ pub use service::Limit;
 pub use spec::{ALGORITHMS, algorithm_from_spec};
 pub use track::{HttpPermit, TrackPermit};
 pub use vegas::{Vegas, VegasParams};
+pub use windowed::{Windowed, WindowedParams};

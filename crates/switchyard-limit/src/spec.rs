@@ -2,13 +2,14 @@
 
 use switchyard_core::{Spec, SpecError};
 
-use crate::{Aimd, EnvoyGradient, Fixed, Gradient2, LimitAlgorithm, Vegas};
+use crate::{Aimd, EnvoyGradient, Fixed, Gradient2, LimitAlgorithm, Vegas, Windowed, WindowedParams};
 
 /// The names [`algorithm_from_spec`] knows.
-pub const ALGORITHMS: [&str; 5] = ["fixed", "aimd", "gradient2", "vegas", "envoy-gradient"];
+pub const ALGORITHMS: [&str; 6] = ["fixed", "aimd", "gradient2", "vegas", "envoy-gradient", "windowed"];
 
 /// Builds the algorithm a spec names, with its parameters: `"vegas"`,
-/// `{ name = "gradient2", min_limit = 4 }`, `{ name = "fixed", limit = 32 }`. A misspelt
+/// `{ name = "gradient2", min_limit = 4 }`, `{ name = "fixed", limit = 32 }`, or another fed by
+/// windows: `{ name = "windowed", algorithm = "vegas", min_window_ms = 500 }`. A misspelt
 /// parameter is an error naming the known ones.
 ///
 /// ```
@@ -34,6 +35,26 @@ pub fn algorithm_from_spec(spec: &Spec) -> Result<Box<dyn LimitAlgorithm>, SpecE
         "gradient2" => Box::new(Gradient2::new(spec.params()?)),
         "vegas" => Box::new(Vegas::new(spec.params()?)),
         "envoy-gradient" => Box::new(EnvoyGradient::new(spec.params()?)),
+        "windowed" => {
+            let mut params = spec.raw_params().clone();
+            let inner = match params.remove("algorithm") {
+                Some(value) => serde_json::from_value::<Spec>(value).map_err(|e| SpecError {
+                    name: spec.name().into(),
+                    message: format!("`algorithm`: {e}"),
+                })?,
+                None => {
+                    return Err(SpecError {
+                        name: spec.name().into(),
+                        message: "needs an `algorithm`".into(),
+                    });
+                }
+            };
+            if inner.name() == "windowed" {
+                return Err(SpecError { name: spec.name().into(), message: "cannot window itself".into() });
+            }
+            let window: WindowedParams = Spec::with_params(spec.name(), params).params()?;
+            Box::new(Windowed::new(algorithm_from_spec(&inner)?, window))
+        }
         other => {
             return Err(SpecError {
                 name: other.into(),
