@@ -4,7 +4,9 @@
 //! Four replicas of Llama 3.1 8B on H100s (the sim's defaults) behind the real balancer (least
 //! response time). Arrivals follow the Azure conversation trace's own pattern and request sizes,
 //! time-compressed step by step so that each step's mean rate is `load × capacity` (the capacity
-//! measured, as in `hetero`), for loads 0.5, 1, 1.5, 2, 2.5 and 3, `step_seconds` each.
+//! measured, as in `hetero`), for loads 0.5, 1, 1.5, 2, 2.5 and 3, `step_seconds` each, then one
+//! more step at 3 that is not reported, so that the last reported step is followed by load like
+//! the others (not by an idle cluster that drains its backlog).
 //!
 //! Every request has a priority class, 10 % critical, 60 % standard and 30 % sheddable (spread
 //! evenly: of every ten consecutive requests one is critical and three sheddable), and a deadline
@@ -26,7 +28,9 @@
 //!   queue (default settings) in front instead: what the queue adds to a limit that is right.
 //! - `<algorithm>+shed`: the shed queue in front of a pool-wide adaptive limit, for each
 //!   algorithm of `switchyard-limit` with its default parameters but a ceiling of 4096 (see
-//!   `algorithm_spec`).
+//!   `algorithm_spec`); and Gradient2 and Vegas once more behind `Windowed` (Netflix's
+//!   `WindowedLimit`: one averaged sample a second), which takes out the noise of unequal
+//!   request sizes.
 //!
 //! Per configuration and load step (requests counted by the step they arrive in):
 //! `goodput_share` (requests completed within their deadline per second, as a share of the
@@ -80,6 +84,9 @@ pub const HAND_TUNED_SHED_LIMIT: usize = 384;
 
 /// The limit algorithms run with the shed layer, with their default parameters.
 pub const ALGORITHMS: [&str; 4] = ["aimd", "gradient2", "vegas", "envoy-gradient"];
+
+/// The delay-based algorithms run again behind `Windowed` (one averaged sample a second).
+pub const WINDOWED: [&str; 2] = ["gradient2", "vegas"];
 
 /// Settings of an `overload` run.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,8 +142,8 @@ pub fn deadline_of(config: &EngineConfig, record: &TraceRecord) -> Duration {
     DEADLINE_BASE + alone.mul_f64(DEADLINE_FACTOR)
 }
 
-/// The arrivals of every step: the trace's records in order (cycled), `load × capacity × step`
-/// of them per step, their gaps scaled so that they span the step (a gap across the end of the
+/// The arrivals of every step, and of one more at the last load (not reported): the trace's
+/// records in order (cycled), `load × capacity × step` of them per step, their gaps scaled so that they span the step (a gap across the end of the
 /// trace counts as the trace's mean gap).
 fn workload(records: &[TraceRecord], capacity_rps: f64, step_seconds: f64) -> Vec<Arrival> {
     let n = records.len();
@@ -151,7 +158,10 @@ fn workload(records: &[TraceRecord], capacity_rps: f64, step_seconds: f64) -> Ve
     let config = EngineConfig::default();
     let mut arrivals = Vec::new();
     let mut next = 0usize;
-    for (step, load) in LOAD_STEPS.iter().enumerate() {
+    // One more step at the last load, not reported: so that the last reported step is followed
+    // by load, as every other is, rather than by an idle cluster draining its backlog.
+    let last = LOAD_STEPS[LOAD_STEPS.len() - 1];
+    for (step, load) in LOAD_STEPS.iter().chain([&last]).enumerate() {
         let count = (load * capacity_rps * step_seconds).round() as usize;
         // The chunk's own span, first arrival at the step's start: gaps 1..count, plus one more
         // so that the last arrival is not at the step's very end.
@@ -218,6 +228,11 @@ impl Protection {
                     "fixed({})+shed",
                     spec.raw_params().get("limit").map_or(0, |v| v.as_u64().unwrap_or(0))
                 )
+            }
+            Protection::Shed(spec) if spec.name() == "windowed" => {
+                let inner =
+                    spec.raw_params().get("algorithm").and_then(|a| a.get("name")).and_then(|n| n.as_str());
+                format!("windowed-{}+shed", inner.unwrap_or("?"))
             }
             Protection::Shed(spec) => format!("{}+shed", spec.name()),
         }
@@ -566,7 +581,9 @@ fn check(result: &ConfigResult) -> TargetCheck {
     let goodput = at3.map_or(0.0, |s| s.goodput_share);
     let critical = at3.map_or(0.0, |s| s.success_by_priority.critical);
     let ratio = match (at3, at_half) {
-        (Some(a), Some(b)) if b.latency_ms.p99 > 0.0 => round4(a.latency_ms.p99 / b.latency_ms.p99),
+        (Some(a), Some(b)) if b.latency_ms.p99.is_finite() && b.latency_ms.p99 > 0.0 => {
+            round4(a.latency_ms.p99 / b.latency_ms.p99)
+        }
         _ => f64::INFINITY,
     };
     TargetCheck {
@@ -607,6 +624,11 @@ pub fn run_overload(options: &OverloadOptions) -> Result<OverloadReport, LabErro
         Protection::Shed(Spec::with_params("fixed", fixed)),
     ];
     protections.extend(ALGORITHMS.iter().map(|a| Protection::Shed(algorithm_spec(a))));
+    for inner in WINDOWED {
+        let mut params = serde_json::Map::new();
+        params.insert("algorithm".into(), serde_json::to_value(algorithm_spec(inner)).unwrap_or_default());
+        protections.push(Protection::Shed(Spec::with_params("windowed", params)));
+    }
     let mut configs = Vec::with_capacity(protections.len());
     let mut series = Vec::new();
     for protection in &protections {
