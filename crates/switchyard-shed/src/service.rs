@@ -76,10 +76,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // The clone serves this request; `self` stays ready for the next (tower's Buffer idiom).
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
-        Box::pin(admit(self.queue.clone(), inner, req))
+        // Each request waits for the inner service's readiness with a clone of its own.
+        Box::pin(admit(self.queue.clone(), self.inner.clone(), req))
     }
 }
 
