@@ -18,7 +18,11 @@
 //! Gradient2 reads no drop signal: a dropped request counts by its RTT only, as in Netflix's.
 //!
 //! Defaults are Netflix's: initial 20, min 20, max 200, smoothing 0.2, queue size 4, long window
-//! 600, RTT tolerance 1.5.
+//! 600, RTT tolerance 1.5. The long window counts samples, not time: at hundreds of requests a
+//! second, 600 samples is under a second, the long RTT follows the short one, and the limit
+//! swings between the knee and several times it (this crate's `tests/convergence.rs`, a
+//! 40-slot replica: 1× to 5×). A long window spanning minutes (60,000 samples there) and a
+//! tolerance of 1.0 settle within 10 % of the knee; the tolerance is the queueing it accepts.
 //!
 //! Source: Netflix/concurrency-limits, `com.netflix.concurrency.limits.limit.Gradient2Limit`.
 

@@ -118,6 +118,26 @@ async fn vegas_converges_within_a_fifth_of_the_knee_in_30_seconds() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn gradient2_converges_when_its_long_rtt_spans_the_run_and_it_tolerates_no_queue() {
+    use switchyard_limit::{Gradient2, Gradient2Params};
+    for seed in 0..3 {
+        let params =
+            Gradient2Params { rtt_tolerance: 1.0, long_window: 60_000, ..Gradient2Params::default() };
+        let trace = simulate(&mut Gradient2::new(params), 30.0, seed);
+        let error = mean_error(&trace, 25.0, 30.0);
+        assert!(
+            error <= 0.2,
+            "seed {seed}: {:.0} % off the knee of {SLOTS}; {}",
+            error * 100.0,
+            describe(&trace)
+        );
+    }
+    // With Netflix's defaults it does not (see the module docs).
+    let trace = simulate(&mut Gradient2::default(), 30.0, 0);
+    assert!(mean_error(&trace, 25.0, 30.0) > 0.2, "{}", describe(&trace));
+}
+
+#[tokio::test(start_paused = true)]
 async fn envoy_gradient_settles_above_the_knee_by_its_buffer_and_headroom() {
     // Envoy's fixed point: gradient × L + sqrt(gradient × L) = L with gradient = 1.25 k / L (the
     // RTT grows as L / k past the knee), so L = 1.25 k + sqrt(1.25 k): 57 for k = 40, 43 % above.
