@@ -48,13 +48,13 @@
 //! ```
 #![warn(missing_docs)]
 
-mod aimd;
+pub mod aimd;
 mod algorithm;
 mod body;
-mod envoy;
+pub mod envoy;
 mod fixed;
 mod future;
-mod gradient2;
+pub mod gradient2;
 mod layer;
 mod limiter;
 mod service;
@@ -62,8 +62,8 @@ mod spec;
 #[cfg(test)]
 mod test_support;
 mod track;
-mod vegas;
-mod windowed;
+pub mod vegas;
+pub mod windowed;
 
 pub use aimd::{Aimd, AimdParams};
 pub use algorithm::{LimitAlgorithm, Sample, Signal};
