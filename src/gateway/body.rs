@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_balance::TrackedBody;
 use switchyard_core::{Error, ErrorKind};
+use switchyard_limit::LimitBody;
 
 /// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
 /// unchanged (those the key layer read come first again).
@@ -28,13 +29,20 @@ pin_project! {
         #[pin]
         upstream: Option<TrackedBody<Incoming>>,
         ended: bool,
+        // The body under a pool's `limit` layer, which holds the request's permit to its end.
+        limited: Option<Pin<Box<LimitBody<ProxyBody>>>>,
     }
 }
 
 impl ProxyBody {
     /// The endpoint's response body.
     pub(crate) fn upstream(body: TrackedBody<Incoming>) -> Self {
-        Self { upstream: Some(body), ended: false }
+        Self { upstream: Some(body), ended: false, limited: None }
+    }
+
+    /// A body holding a concurrency-limit permit until it ends (a pool's `limit` layer).
+    pub(crate) fn limited(body: LimitBody<ProxyBody>) -> Self {
+        Self { upstream: None, ended: false, limited: Some(Box::pin(body)) }
     }
 }
 
@@ -55,6 +63,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
+        if let Some(limited) = this.limited {
+            return limited.as_mut().poll_frame(cx);
+        }
         if *this.ended {
             return Poll::Ready(None);
         }
@@ -72,10 +83,16 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(limited) = &self.limited {
+            return limited.is_end_stream();
+        }
         self.ended || self.upstream.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(limited) = &self.limited {
+            return limited.size_hint();
+        }
         self.upstream.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

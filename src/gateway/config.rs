@@ -69,6 +69,11 @@ pub struct PoolConfig {
     /// The pool's layers, outermost first, from the layer registry
     /// ([`layers::registry`](super::layers::registry)): empty by default.
     pub layers: Vec<Spec>,
+    /// A concurrency limit per endpoint, learnt by this `switchyard-limit` algorithm
+    /// (`endpoint_limit = "aimd"`, or a table with its parameters), shown on the board and the
+    /// admin API: none by default. Policies skip an endpoint at its limit; while every endpoint
+    /// is, requests wait in the pool's balancer.
+    pub endpoint_limit: Option<Spec>,
     /// The endpoints: `http://` URIs, ids unique within the pool.
     pub endpoints: Vec<Endpoint>,
 }
@@ -126,7 +131,19 @@ impl ConfigError {
 impl PoolConfig {
     /// A pool named `name` over `endpoints`, with the default policy and no layers.
     pub fn new(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
-        Self { name: name.into(), policy: PolicyKind::DEFAULT.spec(), layers: Vec::new(), endpoints }
+        Self {
+            name: name.into(),
+            policy: PolicyKind::DEFAULT.spec(),
+            layers: Vec::new(),
+            endpoint_limit: None,
+            endpoints,
+        }
+    }
+
+    /// The same pool with a concurrency limit per endpoint, learnt by the algorithm `limit` names.
+    pub fn with_endpoint_limit(mut self, limit: Spec) -> Self {
+        self.endpoint_limit = Some(limit);
+        self
     }
 
     /// The same pool with this policy.
@@ -245,6 +262,11 @@ impl GatewayConfig {
                 if let Err(e) = super::layers::registry().build(layer) {
                     return Err(ConfigError::field(format!("pool[{i}].layers[{k}]"), format!("layer {e}")));
                 }
+            }
+            if let Some(limit) = &pool.endpoint_limit
+                && let Err(e) = switchyard_balance::EndpointLimit::from_spec(limit)
+            {
+                return Err(ConfigError::field(format!("pool[{i}].endpoint_limit"), format!("limit {e}")));
             }
             if pool.endpoints.is_empty() {
                 return Err(ConfigError::field(
@@ -509,6 +531,7 @@ struct RawPool {
     policy: Option<Spanned<PolicySpec>>,
     #[serde(default)]
     layers: Vec<Spanned<Spec>>,
+    endpoint_limit: Option<Spanned<Spec>>,
     endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
 }
 
@@ -600,6 +623,19 @@ impl RawConfig {
                 }
                 layers.push(layer.into_inner());
             }
+            let endpoint_limit = match pool.endpoint_limit {
+                None => None,
+                Some(limit) => {
+                    if let Err(e) = switchyard_balance::EndpointLimit::from_spec(limit.get_ref()) {
+                        return Err(lines.error(
+                            format!("pool[{i}].endpoint_limit"),
+                            limit.span(),
+                            format!("limit {e}"),
+                        ));
+                    }
+                    Some(limit.into_inner())
+                }
+            };
             let mut endpoints = Vec::new();
             for (j, endpoint) in pool.endpoints.into_inner().into_iter().enumerate() {
                 let field = format!("pool[{i}].endpoints[{j}]");
@@ -616,7 +652,13 @@ impl RawConfig {
                 };
                 endpoints.push(Endpoint::new(id, address).with_weight(endpoint.weight));
             }
-            config.pools.push(PoolConfig { name: pool.name.into_inner(), policy, layers, endpoints });
+            config.pools.push(PoolConfig {
+                name: pool.name.into_inner(),
+                policy,
+                layers,
+                endpoint_limit,
+                endpoints,
+            });
         }
         for (k, route) in self.route.into_iter().enumerate() {
             lines.record(format!("route[{k}]"), &route);

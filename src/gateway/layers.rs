@@ -11,10 +11,19 @@
 //! ```
 //!
 //! Layers are named and parameterised by a [`Spec`] and built by the [`LayerRegistry`]; the
-//! gateway registers the layers of the crates it links (today: `timeout`), and a program that
+//! gateway registers the layers of the crates it links (`timeout`, `shed`, `limit`), and a program that
 //! embeds the gateway registers its own in [`registry()`] before it starts one. A layer fails a
 //! request with a typed [`switchyard_core::Error`], which the client receives as its gRPC status.
 //! A pool with no layers calls its balancer directly, with nothing boxed.
+//!
+//! Overload protection is two layers, the queue in front of the limit:
+//!
+//! ```toml
+//! layers = [
+//!   { name = "shed", max_queue = 128, target = "50ms", interval = "500ms" },
+//!   { name = "limit", algorithm = "vegas" },   # or { name = "gradient2", min_limit = 4 }, ...
+//! ]
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,13 +82,23 @@ pub fn registry() -> &'static LayerRegistry {
 }
 
 impl LayerRegistry {
-    /// A registry with the gateway's layers: `timeout`.
+    /// A registry with the gateway's layers: `timeout`, `shed`, `limit`.
     pub fn with_builtins() -> Self {
         let registry = Self { entries: Arc::default() };
         let _ = registry.register(
             "timeout",
             "fails a request whose response has not begun after `after`",
             timeout,
+        );
+        let _ = registry.register(
+            "shed",
+            "admits requests through a bounded queue by priority and deadline (switchyard-shed)",
+            shed,
+        );
+        let _ = registry.register(
+            "limit",
+            "an adaptive concurrency limit over the whole pool (switchyard-limit)",
+            limit,
         );
         registry
     }
@@ -167,5 +186,76 @@ fn timeout(spec: &Spec) -> Result<PoolLayer, SpecError> {
                 }
             })
             .timeout(after),
+    ))
+}
+
+/// A duration parameter such as `"50ms"`, above zero.
+fn duration_param(spec: &Spec, field: &str, value: &str) -> Result<Duration, SpecError> {
+    let parsed = humantime::parse_duration(value).map_err(|e| SpecError {
+        name: spec.name().to_string(),
+        message: format!("`{field}` = {value:?}: {e} (e.g. \"50ms\")"),
+    })?;
+    if parsed.is_zero() {
+        return Err(SpecError {
+            name: spec.name().to_string(),
+            message: format!("`{field}` must be above zero"),
+        });
+    }
+    Ok(parsed)
+}
+
+/// `shed`: `{ name = "shed", max_queue = 128, target = "50ms", interval = "500ms" }` (these are
+/// the defaults). A bounded admission queue by priority class and deadline
+/// ([`switchyard_shed::ShedLayer`]); put `limit` after it, which says when the pool has room.
+fn shed(spec: &Spec) -> Result<PoolLayer, SpecError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        max_queue: Option<usize>,
+        target: Option<String>,
+        interval: Option<String>,
+    }
+    let params: Params = spec.params()?;
+    let mut config = switchyard_shed::ShedConfig::default();
+    if let Some(max_queue) = params.max_queue {
+        if max_queue == 0 {
+            return Err(SpecError {
+                name: spec.name().to_string(),
+                message: "`max_queue` must be at least 1".into(),
+            });
+        }
+        config.max_queue = max_queue;
+    }
+    if let Some(target) = &params.target {
+        config.target = duration_param(spec, "target", target)?;
+    }
+    if let Some(interval) = &params.interval {
+        config.interval = duration_param(spec, "interval", interval)?;
+    }
+    Ok(BoxCloneSyncServiceLayer::new(switchyard_shed::ShedLayer::new(config)))
+}
+
+/// `limit`: `{ name = "limit", algorithm = "vegas" }` (the default), or an algorithm with its
+/// parameters: `algorithm = { name = "aimd", initial_limit = 40 }` (see
+/// [`switchyard_limit::algorithm_from_spec`]). The pool's requests in flight, each counted until
+/// its response's last frame, stay within the limit; the rest wait in `poll_ready` (in the `shed`
+/// queue, when the pool has one in front).
+fn limit(spec: &Spec) -> Result<PoolLayer, SpecError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        algorithm: Option<Spec>,
+    }
+    let params: Params = spec.params()?;
+    let algorithm = params.algorithm.unwrap_or_else(|| Spec::named("vegas"));
+    let algorithm = switchyard_limit::algorithm_from_spec(&algorithm)
+        .map_err(|e| SpecError { name: spec.name().to_string(), message: format!("algorithm {e}") })?;
+    let layer = switchyard_limit::LimitLayer::with_limiter(switchyard_limit::Limiter::from_boxed(algorithm));
+    Ok(BoxCloneSyncServiceLayer::new(
+        ServiceBuilder::new()
+            .map_response(|response: http::Response<switchyard_limit::LimitBody<ProxyBody>>| {
+                response.map(ProxyBody::limited)
+            })
+            .layer(layer),
     ))
 }

@@ -85,6 +85,17 @@ impl Pool {
         );
         // Changes ready now (all of a static list) are applied at once, so the board shows the
         // endpoints before the first request.
+        let endpoint_limit = match &config.endpoint_limit {
+            None => None,
+            Some(spec) => {
+                Some(switchyard_balance::EndpointLimit::from_spec(spec).map_err(|e| ConfigError {
+                    file: None,
+                    line: None,
+                    field: Some(format!("pool {:?} endpoint_limit", config.name)),
+                    message: e.to_string(),
+                })?)
+            }
+        };
         let balancer: Balancer = Balance::new(backends)
             .with_policy(policy.clone())
             .with_name(config.name.as_str())
@@ -93,6 +104,10 @@ impl Pool {
             // the wire to the client. (The observer is told the endpoint.)
             .with_picked_endpoint_in_requests(false)
             .with_completion(HttpCompletion::new().with_picked_endpoint(false));
+        let balancer = match endpoint_limit {
+            Some(limit) => balancer.with_endpoint_limit(limit),
+            None => balancer,
+        };
         let board = balancer.board();
         let upstream = Shared::new(balancer);
         let layered = match config.layers.as_slice() {

@@ -47,12 +47,17 @@
 //!
 //! - `hetero`: eight replicas of unequal speed (0.25, 0.5 and six of 1.0) at 70 % of their
 //!   measured capacity on the Azure conversation trace; see [`run_hetero`].
+//! - `overload`: four replicas under offered load stepping from 0.5 to 3 times their capacity,
+//!   with priorities and deadlines, unprotected and protected by limits and shedding; see
+//!   [`run_overload`]. `--plot FILE` draws the limits over time.
 
 mod balanced;
 mod capacity;
 mod cluster;
 mod hetero;
 mod ideal;
+mod overload;
+mod overload_plot;
 mod replica;
 mod report;
 
@@ -63,6 +68,12 @@ pub use cluster::ReplicaSpec;
 pub use hetero::{
     DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
 };
+pub use overload::{
+    ALGORITHMS as OVERLOAD_ALGORITHMS, ByPriority, ConfigResult, DEADLINE_BASE, DEADLINE_FACTOR,
+    GenerationPermit, HAND_TUNED_LIMIT, HAND_TUNED_SHED_LIMIT, LOAD_STEPS, OverloadOptions, OverloadReport,
+    PermitGeneration, StepResult, TargetCheck, WINDOWED as OVERLOAD_WINDOWED, deadline_of,
+    replicas as overload_replicas, run_overload,
+};
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
 
@@ -71,6 +82,9 @@ pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOu
 pub enum Scenario {
     /// Eight replicas of unequal speed (0.25, 0.5, six of 1.0) at 70 % of their capacity.
     Hetero,
+    /// Four replicas under load stepping from 0.5× to 3× their capacity, with and without
+    /// limits and shedding.
+    Overload,
 }
 
 /// Flags of `switchyard lab`.
@@ -95,6 +109,38 @@ pub struct LabArgs {
     /// Offered load, as a share of the cluster's measured capacity.
     #[arg(long, default_value_t = 0.7)]
     pub load: f64,
+    /// `overload`: virtual seconds per load step.
+    #[arg(long, default_value_t = 20.0)]
+    pub step_seconds: f64,
+    /// `overload`: draw the limit over time into this PNG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// What a lab run reports: a policy comparison, or the overload scenario's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum LabOutput {
+    /// Every policy against the ideal (`hetero`).
+    Policies(LabReport),
+    /// Each protection under stepped overload (`overload`).
+    Overload(OverloadReport),
+}
+
+impl LabOutput {
+    /// A terminal summary.
+    pub fn summary(&self) -> String {
+        match self {
+            LabOutput::Policies(report) => report.summary(),
+            LabOutput::Overload(report) => report.summary(),
+        }
+    }
+}
+
+impl From<LabReport> for LabOutput {
+    fn from(report: LabReport) -> Self {
+        LabOutput::Policies(report)
+    }
 }
 
 /// Why a lab run failed.
@@ -130,14 +176,21 @@ pub enum LabError {
 
 /// Runs the scenario `args` names and writes its report where `--json` says. Blocking: it
 /// builds its own runtimes, so call it outside any tokio runtime (or in `spawn_blocking`).
-pub fn run(args: &LabArgs) -> Result<LabReport, LabError> {
-    let report = match args.scenario {
+pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
+    let report: LabOutput = match args.scenario {
         Scenario::Hetero => run_hetero(&HeteroOptions {
             seed: args.seed,
             requests: args.requests,
             load: args.load,
             trace: args.trace.clone(),
-        })?,
+        })?
+        .into(),
+        Scenario::Overload => LabOutput::Overload(run_overload(&OverloadOptions {
+            seed: args.seed,
+            step_seconds: args.step_seconds,
+            trace: args.trace.clone(),
+            plot: args.plot.clone(),
+        })?),
     };
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report)

@@ -73,6 +73,9 @@ impl Completion {
     pub fn finish(mut self, outcome: Outcome) {
         let Some(mut in_flight) = self.in_flight.take() else { return };
         let (verdict, timing) = in_flight.end(outcome, &self.pool.outlier);
+        if self.pool.endpoint_limit.is_some() {
+            self.pool.limit_waiters.wake_all();
+        }
         self.observe(&in_flight, outcome, timing);
         if verdict == Verdict::Eject {
             self.eject(&in_flight);
@@ -148,6 +151,9 @@ impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(mut in_flight) = self.in_flight.take() {
             let timing = in_flight.cancel();
+            if self.pool.endpoint_limit.is_some() {
+                self.pool.limit_waiters.wake_all();
+            }
             self.observe(&in_flight, Outcome::Cancelled, timing);
         }
     }

@@ -159,6 +159,7 @@ fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
         }
         Some(i) => {
             let state = Arc::new(EndpointState::new(endpoint, writer.tracking));
+            state.set_limit(writer.pool.endpoint_limit.as_ref().map(crate::EndpointLimit::build));
             writer.board.insert(state.clone());
             let old = std::mem::replace(&mut writer.slots[i], Slot { state, service: backend.service });
             writer.generation += 1;
@@ -166,6 +167,7 @@ fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
         }
         None => {
             let state = Arc::new(EndpointState::new(endpoint, writer.tracking));
+            state.set_limit(writer.pool.endpoint_limit.as_ref().map(crate::EndpointLimit::build));
             writer.board.insert(state.clone());
             writer.slots.push(Slot { state, service: backend.service });
             writer.generation += 1;

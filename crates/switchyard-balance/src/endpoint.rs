@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use switchyard_core::{Endpoint, EndpointId, Load, Outcome, ReportedLoad, orca};
+use switchyard_limit::{LimitAlgorithm, Sample, Signal};
 use tokio::time::Instant;
 
 use crate::board::LoadBoard;
@@ -96,6 +97,10 @@ pub struct EndpointState {
     unit_time_bits: AtomicU64,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
+    /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
+    limit: Mutex<Option<Box<dyn LimitAlgorithm>>>,
+    /// The limit in force (`u32::MAX`: none), read without the lock.
+    limit_value: AtomicU32,
 }
 
 /// The replica's last load report. A report that arrives as an ORCA header stays in its wire form
@@ -159,6 +164,45 @@ impl EndpointState {
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
+            limit: Mutex::new(None),
+            limit_value: AtomicU32::new(NO_LIMIT),
+        }
+    }
+
+    /// The endpoint's concurrency limit in force, when the balancer limits each endpoint
+    /// ([`Balance::with_endpoint_limit`](crate::Balance::with_endpoint_limit)).
+    pub fn limit(&self) -> Option<u32> {
+        let limit = self.limit_value.load(Ordering::Relaxed);
+        (limit != NO_LIMIT).then_some(limit)
+    }
+
+    /// Whether the endpoint has as many requests in flight as its limit allows (never without a
+    /// limit): policies do not see it.
+    pub fn is_at_limit(&self) -> bool {
+        self.in_flight() >= self.limit_value.load(Ordering::Relaxed)
+    }
+
+    /// Gives the endpoint a limit algorithm (or takes it away).
+    pub(crate) fn set_limit(&self, algorithm: Option<Box<dyn LimitAlgorithm>>) {
+        let value = algorithm.as_ref().map_or(NO_LIMIT, |a| limit_u32(a.limit()));
+        *lock(&self.limit) = algorithm;
+        self.limit_value.store(value, Ordering::Relaxed);
+    }
+
+    /// Feeds the endpoint's limit with a request that ended.
+    fn sample_limit(&self, outcome: Outcome, rtt: Duration, in_flight: u32, now: Instant) {
+        if self.limit_value.load(Ordering::Relaxed) == NO_LIMIT {
+            return;
+        }
+        let signal = Signal::of(&outcome);
+        if signal == Signal::Ignored {
+            return;
+        }
+        let sample = Sample { now, rtt, in_flight: in_flight as usize, dropped: signal == Signal::Dropped };
+        let mut guard = lock(&self.limit);
+        if let Some(algorithm) = guard.as_mut() {
+            let limit = limit_u32(algorithm.update(&sample));
+            self.limit_value.store(limit, Ordering::Relaxed);
         }
     }
 
@@ -322,6 +366,7 @@ impl EndpointState {
         };
         let mut load = Load::default();
         load.in_flight = self.in_flight();
+        load.limit = self.limit();
         load.latency_ewma = self.latency_ewma(now);
         load.completed = completed;
         load.failed = failed;
@@ -335,7 +380,7 @@ impl EndpointState {
     /// Counts a request of `work` units as sent; the returned guard counts it as ended when
     /// dropped.
     pub(crate) fn start(self: &Arc<Self>, now: Instant, work: u64) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
         let ahead = self.pending_work.fetch_add(work, Ordering::Relaxed);
         InFlight {
@@ -343,6 +388,7 @@ impl EndpointState {
             sent_at: now,
             work,
             ahead,
+            in_flight,
             sampled: false,
             ended: false,
             first_byte: None,
@@ -445,6 +491,8 @@ pub(crate) struct InFlight {
     /// was sent.
     work: u64,
     ahead: u64,
+    /// Requests in flight on the endpoint when it was sent, itself included.
+    in_flight: u32,
     sampled: bool,
     ended: bool,
     first_byte: Option<Duration>,
@@ -489,6 +537,8 @@ impl InFlight {
         }
         self.sample_at(now);
         self.ended = true;
+        let rtt = self.first_byte.unwrap_or_else(|| now.saturating_duration_since(self.sent_at));
+        self.state.sample_limit(outcome, rtt, self.in_flight, now);
         let verdict = self.state.finish(outcome, outlier, now);
         (
             verdict,
@@ -522,6 +572,13 @@ impl Drop for InFlight {
             self.cancel();
         }
     }
+}
+
+/// `limit_value` when the endpoint has no limit.
+const NO_LIMIT: u32 = u32::MAX;
+
+fn limit_u32(limit: usize) -> u32 {
+    u32::try_from(limit.max(1)).unwrap_or(NO_LIMIT - 1)
 }
 
 fn duration_nanos(d: Duration) -> u64 {

@@ -15,7 +15,9 @@
 //! `endpoint-load-metrics-bin` trailer, and outcome counters. The balancer publishes them on a
 //! [`LoadBoard`], which the policies and the gateway's admin API read (and the coming autoscaler
 //! and telemetry crates will); nothing else counts load.
-//! Endpoints that keep failing are ejected for a while ([`OutlierConfig`]).
+//! Endpoints that keep failing are ejected for a while ([`OutlierConfig`]). Each endpoint may
+//! have a concurrency limit of its own, learnt from that same state by a `switchyard-limit`
+//! algorithm ([`Balance::with_endpoint_limit`]); policies then skip endpoints at their limit.
 //!
 //! A `Balance` is called through `&mut self`, as tower services are; [`Shared`] makes it a
 //! cloneable service that many tasks (or threads) call in place, which is how the gateway and a
@@ -92,6 +94,7 @@ mod completion;
 mod directory;
 pub mod discover;
 mod endpoint;
+mod endpoint_limit;
 mod error;
 mod future;
 mod observer;
@@ -104,6 +107,7 @@ mod shared;
 pub use board::{EndpointLoad, LoadBoard};
 pub use completion::{CompleteOnResponse, Completion, HttpCompletion, TrackCompletion, TrackedBody};
 pub use endpoint::{EndpointState, TrackingConfig};
+pub use endpoint_limit::EndpointLimit;
 pub use error::PolledAfterCompletion;
 pub use future::ResponseFuture;
 pub use observer::{Observation, Observer, PickedEndpoint};

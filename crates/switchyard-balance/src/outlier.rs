@@ -157,6 +157,10 @@ pub(crate) struct PoolState {
     pub(crate) size: AtomicUsize,
     pub(crate) ejected: AtomicUsize,
     pub(crate) generation: AtomicU64,
+    /// Builds each endpoint's concurrency limit, when endpoints have one.
+    pub(crate) endpoint_limit: Option<crate::EndpointLimit>,
+    /// Callers waiting while every endpoint is at its limit.
+    pub(crate) limit_waiters: Arc<crate::endpoint_limit::LimitWaiters>,
 }
 
 impl PoolState {
@@ -174,6 +178,8 @@ impl PoolState {
             size: AtomicUsize::new(self.size.load(Ordering::Acquire)),
             ejected: AtomicUsize::new(self.ejected.load(Ordering::Acquire)),
             generation: AtomicU64::new(self.generation.load(Ordering::Acquire)),
+            endpoint_limit: self.endpoint_limit.clone(),
+            limit_waiters: self.limit_waiters.clone(),
         };
         change(&mut next);
         next

@@ -100,6 +100,10 @@ pub struct Balance<S, Req, C = HttpCompletion> {
     /// Every member, and its index in `eligible` if it has one.
     members: Vec<Arc<EndpointState>>,
     member_eligible: Vec<Option<usize>>,
+    /// With per-endpoint limits: the eligible endpoints below their limit, per call (reused).
+    open: Vec<Arc<EndpointState>>,
+    open_slots: Vec<usize>,
+    member_open: Vec<Option<usize>>,
     next_return: Option<Instant>,
     seen_ejections: u64,
     dirty: bool,
@@ -195,6 +199,9 @@ where
             eligible_slots: Vec::new(),
             members: Vec::new(),
             member_eligible: Vec::new(),
+            open: Vec::new(),
+            open_slots: Vec::new(),
+            member_open: Vec::new(),
             next_return: None,
             seen_ejections: 0,
             dirty: true,
@@ -237,6 +244,42 @@ where
     pub fn with_name(self, name: impl Into<Arc<str>>) -> Self {
         let name = name.into();
         self.with_pool(|pool| pool.name = Some(name))
+    }
+
+    /// The same balancer with a concurrency limit per endpoint, each learnt by its own algorithm
+    /// from `limit` (see [`EndpointLimit`](crate::EndpointLimit)): policies skip an endpoint at its
+    /// limit, and while every endpoint is at its limit the balancer is not ready (requests wait in
+    /// front of it, in a shed queue when there is one). Endpoints already inserted get one too.
+    pub fn with_endpoint_limit(self, limit: crate::EndpointLimit) -> Self {
+        let balancer = self.with_pool(|pool| pool.endpoint_limit = Some(limit.clone()));
+        for slot in &balancer.owner.directory.writer().slots {
+            slot.state.set_limit(Some(limit.build()));
+        }
+        balancer
+    }
+
+    /// Whether every eligible endpoint is at its limit (false without per-endpoint limits).
+    fn all_at_limit(&self) -> bool {
+        self.pool.endpoint_limit.is_some()
+            && !self.eligible.is_empty()
+            && self.eligible.iter().all(|e| e.is_at_limit())
+    }
+
+    /// The eligible endpoints below their limit, into `open`.
+    fn select_open(&mut self) {
+        self.open.clear();
+        self.open_slots.clear();
+        self.member_open.clear();
+        for eligible in &self.member_eligible {
+            match *eligible {
+                Some(i) if !self.eligible[i].is_at_limit() => {
+                    self.member_open.push(Some(self.open.len()));
+                    self.open.push(self.eligible[i].clone());
+                    self.open_slots.push(self.eligible_slots[i]);
+                }
+                _ => self.member_open.push(None),
+            }
+        }
     }
 
     /// The same balancer, telling `observer` about every request when it ends.
@@ -290,6 +333,9 @@ where
             eligible_slots: self.eligible_slots,
             members: self.members,
             member_eligible: self.member_eligible,
+            open: self.open,
+            open_slots: self.open_slots,
+            member_open: self.member_open,
             next_return: self.next_return,
             seen_ejections: self.seen_ejections,
             dirty: self.dirty,
@@ -401,6 +447,17 @@ where
         let settled = || directory.len() > 0 || directory.is_ended();
         if settled() {
             self.empty_timer = None;
+            if self.pool.endpoint_limit.is_some() {
+                self.refresh(Instant::now());
+                if self.all_at_limit() {
+                    // Registered before the second look, so that a request ending in between
+                    // still wakes this caller.
+                    self.pool.limit_waiters.register(cx.waker());
+                    if self.all_at_limit() {
+                        return Poll::Pending;
+                    }
+                }
+            }
             return Poll::Ready(Ok(()));
         }
         // No endpoint yet: give discovery a bounded time, then fail fast.
@@ -424,14 +481,28 @@ where
             return ResponseFuture::failed(self.error(ErrorKind::NoEndpoint).into(), self.completion.clone());
         }
         let info = RequestInfo::new(req.extensions(), now);
-        let endpoints = Endpoints::new(&self.eligible, &self.members, &self.member_eligible, self.generation);
+        let limited = self.pool.endpoint_limit.is_some();
+        if limited {
+            self.select_open();
+            if self.open.is_empty() {
+                // Every endpoint at its limit: called without waiting for readiness.
+                let overloaded = ErrorKind::Overloaded { retry_after: None };
+                return ResponseFuture::failed(self.error(overloaded).into(), self.completion.clone());
+            }
+        }
+        let (eligible, eligible_slots, member_eligible) = if limited {
+            (&self.open, &self.open_slots, &self.member_open)
+        } else {
+            (&self.eligible, &self.eligible_slots, &self.member_eligible)
+        };
+        let endpoints = Endpoints::new(eligible, &self.members, member_eligible, self.generation);
         let pick = match self.policy.pick(&info, &endpoints) {
-            Some(pick) if pick < self.eligible.len() => pick,
+            Some(pick) if pick < eligible.len() => pick,
             Some(pick) => {
                 tracing::error!(
                     policy = self.policy.name(),
                     pick,
-                    eligible = self.eligible.len(),
+                    eligible = eligible.len(),
                     "policy picked out of range"
                 );
                 return ResponseFuture::failed(
@@ -447,7 +518,7 @@ where
             }
         };
         let work = info.work;
-        let slot: &Slot<S> = &self.slots[self.eligible_slots[pick]];
+        let slot: &Slot<S> = &self.slots[eligible_slots[pick]];
         if self.pick_in_requests
             && let Some(extensions) = req.extensions_mut()
         {

@@ -25,8 +25,10 @@ use tower::{BoxError, Service};
 /// each then polls again. The waiting callers are the callers' own tasks: their number is bounded
 /// by the callers' concurrency (a server's streams), and `Shared` queues nothing itself.
 ///
-/// `poll_ready` is always ready; readiness of the inner service is awaited inside the response
-/// future.
+/// `poll_ready` reports the inner service's readiness (a balancer whose endpoints are all at
+/// their limit is not ready), so that a queue in front, such as `switchyard-shed`'s, holds its
+/// requests until there is room; the call checks again, since another caller may have taken the
+/// room in between, and waits inside its response future if so.
 ///
 /// # Example
 ///
@@ -101,6 +103,22 @@ impl<S> Inner<S> {
         self.service.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the service is ready; `cx` is woken when it may have become so.
+    fn poll_ready<Req>(&self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        let mut service = self.lock();
+        let mut inner_cx = Context::from_waker(&self.waker);
+        let mut ready = service.poll_ready(&mut inner_cx);
+        if ready.is_pending() {
+            self.waiters.register(cx.waker());
+            ready = service.poll_ready(&mut inner_cx);
+        }
+        ready.map_err(Into::into)
+    }
+
     /// Calls the service with `req` once it is ready; `cx` is the caller's, woken when the
     /// service may have become ready.
     fn poll_call<Req>(&self, cx: &mut Context<'_>, req: &mut Option<Req>) -> Poll<Result<S::Future, BoxError>>
@@ -145,8 +163,8 @@ where
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

@@ -40,6 +40,9 @@ pub struct Load {
     /// ones. `None` before the first response.
     #[serde(serialize_with = "ser_opt_ms", rename = "latency_ewma_ms")]
     pub latency_ewma: Option<Duration>,
+    /// The endpoint's concurrency limit in force, when the balancer limits each endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
     /// Requests that succeeded since the endpoint was added (`OK`).
     pub completed: u64,
     /// Requests that failed: the endpoint was unavailable or unreachable, the deadline passed, or

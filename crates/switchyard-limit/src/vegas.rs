@@ -1,0 +1,189 @@
+//! Vegas: delay-based, from TCP Vegas, as Netflix's concurrency-limits `VegasLimit`.
+//!
+//! Vegas estimates how many requests wait in the service's queue from the ratio of the smallest
+//! RTT seen (`rtt_noload`, the RTT with no queue) to the current one, and keeps that queue small:
+//!
+//! ```text
+//! queue = ceil(limit × (1 − rtt_noload / rtt))
+//! dropped               → limit = limit − log10(limit)
+//! in_flight × 2 < limit → unchanged (the caller, not the service, is the bottleneck)
+//! queue ≤ threshold     → limit = limit + beta       (far below capacity: grow fast)
+//! queue < alpha         → limit = limit + log10(limit)
+//! queue > beta          → limit = limit − log10(limit)
+//! limit = clamp(limit, 1, max_limit); smoothed: limit = (1 − s) × old + s × limit
+//! ```
+//!
+//! with `log10(x) = max(1, ⌊log10 x⌋)`, `alpha = 3·log10(limit)`, `beta = 6·log10(limit)`,
+//! `threshold = log10(limit)`. A limit `k` above the service's true concurrency `k` leaves about
+//! `L − k` requests queued, so Vegas settles between `k + alpha` and `k + beta`.
+//!
+//! `rtt_noload` only falls; so that it can follow a service that became slower, it is reset to
+//! the current RTT every `probe_multiplier × limit × U(0.5, 1)` samples (the probe).
+//!
+//! Defaults are Netflix's: initial 20, max 1000, smoothing 1, probe multiplier 30.
+//!
+//! Source: Netflix/concurrency-limits, `com.netflix.concurrency.limits.limit.VegasLimit`;
+//! Brakmo and Peterson, "TCP Vegas: end to end congestion avoidance on a global internet",
+//! IEEE JSAC 1995.
+
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+
+use crate::algorithm::{LimitAlgorithm, Sample, log10_step};
+
+/// The parameters of [`Vegas`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VegasParams {
+    /// The limit to start from.
+    pub initial_limit: usize,
+    /// The highest limit.
+    pub max_limit: usize,
+    /// Weight of a new limit against the old one, in (0, 1].
+    pub smoothing: f64,
+    /// Samples between probes, as a multiple of the limit.
+    pub probe_multiplier: usize,
+    /// Seed of the probe's jitter.
+    pub seed: u64,
+}
+
+impl Default for VegasParams {
+    fn default() -> Self {
+        Self { initial_limit: 20, max_limit: 1000, smoothing: 1.0, probe_multiplier: 30, seed: 0 }
+    }
+}
+
+/// Netflix's Vegas limit. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Vegas {
+    params: VegasParams,
+    limit: f64,
+    rtt_noload: Option<Duration>,
+    probe_count: usize,
+    probe_jitter: f64,
+    rng: rand::rngs::Xoshiro256PlusPlus,
+}
+
+impl Vegas {
+    /// A Vegas limit with `params` (bounds made consistent).
+    pub fn new(mut params: VegasParams) -> Self {
+        params.max_limit = params.max_limit.max(1);
+        if !(params.smoothing > 0.0 && params.smoothing <= 1.0) {
+            params.smoothing = 1.0;
+        }
+        params.probe_multiplier = params.probe_multiplier.max(1);
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(params.seed);
+        let probe_jitter = rng.random_range(0.5..1.0);
+        let limit = params.initial_limit.clamp(1, params.max_limit) as f64;
+        Self { params, limit, rtt_noload: None, probe_count: 0, probe_jitter, rng }
+    }
+
+    /// The no-load RTT in use, once a sample has come.
+    pub fn rtt_noload(&self) -> Option<Duration> {
+        self.rtt_noload
+    }
+}
+
+impl Default for Vegas {
+    fn default() -> Self {
+        Self::new(VegasParams::default())
+    }
+}
+
+impl LimitAlgorithm for Vegas {
+    fn name(&self) -> &'static str {
+        "vegas"
+    }
+
+    fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        let rtt = sample.rtt.max(Duration::from_nanos(1));
+        self.probe_count += 1;
+        let probe_at = self.params.probe_multiplier as f64 * self.limit * self.probe_jitter;
+        if self.probe_count as f64 >= probe_at {
+            self.probe_jitter = self.rng.random_range(0.5..1.0);
+            self.probe_count = 0;
+            self.rtt_noload = Some(rtt);
+            return self.limit();
+        }
+        let noload = match self.rtt_noload {
+            Some(noload) if rtt >= noload => noload,
+            _ => {
+                self.rtt_noload = Some(rtt);
+                return self.limit();
+            }
+        };
+        let limit = self.limit;
+        let log = log10_step(limit);
+        let queue = (limit * (1.0 - noload.as_secs_f64() / rtt.as_secs_f64())).ceil();
+        let new = if sample.dropped {
+            limit - log
+        } else if (sample.in_flight as f64) * 2.0 < limit {
+            return self.limit();
+        } else if queue <= log {
+            limit + 6.0 * log
+        } else if queue < 3.0 * log {
+            limit + log
+        } else if queue > 6.0 * log {
+            limit - log
+        } else {
+            return self.limit();
+        };
+        let new = new.clamp(1.0, self.params.max_limit as f64);
+        self.limit = (1.0 - self.params.smoothing) * limit + self.params.smoothing * new;
+        self.limit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::sample;
+
+    fn vegas() -> Vegas {
+        // No probe during the test.
+        Vegas::new(VegasParams { initial_limit: 40, probe_multiplier: 1_000, ..VegasParams::default() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grows_fast_with_no_queue_and_shrinks_as_latency_rises() {
+        let mut v = vegas();
+        assert_eq!(v.update(&sample(100, 40, false)), 40, "the first sample sets rtt_noload");
+        assert_eq!(v.rtt_noload(), Some(Duration::from_millis(100)));
+        assert_eq!(v.update(&sample(100, 40, false)), 46, "no queue: + beta (6 × log10)");
+        // 46 × (1 − 100/110) = 4.2 → queue 5, between alpha (3) and beta (6): unchanged.
+        assert_eq!(v.update(&sample(110, 46, false)), 46);
+        // Latency up by half: queue 16 > beta: one step down per sample.
+        let mut limit = 46;
+        for _ in 0..10 {
+            limit = v.update(&sample(150, limit, false));
+        }
+        assert_eq!(limit, 36);
+        assert_eq!(v.update(&sample(100, 5, false)), 36, "app-limited: unchanged");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drops_step_it_down() {
+        let mut v = vegas();
+        v.update(&sample(100, 40, false));
+        assert_eq!(v.update(&sample(100, 40, true)), 39);
+        assert_eq!(v.update(&sample(100, 1, true)), 38, "a drop counts even when app-limited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_lets_rtt_noload_rise() {
+        let mut v =
+            Vegas::new(VegasParams { initial_limit: 10, probe_multiplier: 1, ..VegasParams::default() });
+        v.update(&sample(50, 10, false));
+        let mut saw_probe = false;
+        for _ in 0..20 {
+            v.update(&sample(80, 10, false));
+            saw_probe |= v.rtt_noload() == Some(Duration::from_millis(80));
+        }
+        assert!(saw_probe, "rtt_noload followed the slower service");
+    }
+}

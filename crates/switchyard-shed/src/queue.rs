@@ -1,0 +1,279 @@
+//! The queue: who waits, who goes next, who is refused.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use switchyard_core::{Deadline, Priority};
+use tokio::time::Instant;
+
+use crate::config::ShedConfig;
+use crate::stats::{Counters, Reason, ShedStats, class};
+
+/// Weight of a new slot interval in its moving average.
+const EWMA_WEIGHT: f64 = 0.2;
+
+struct Waiter {
+    id: u64,
+    priority: Priority,
+    enqueued: Instant,
+    waker: Option<Waker>,
+}
+
+/// A refusal a waiter learns of at its next poll.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Refusal {
+    pub(crate) reason: Reason,
+    pub(crate) retry_after: Duration,
+}
+
+struct State {
+    /// Waiters per class (sheddable, standard, critical), oldest first.
+    classes: [VecDeque<Waiter>; 3],
+    len: usize,
+    next_id: u64,
+    /// Refusals of waiters not yet polled (at most one per refused waiter still alive).
+    notices: Vec<(u64, Refusal)>,
+    /// CoDel: when the waits, above target since, will have been so for an interval.
+    first_above: Option<Instant>,
+    overloaded: bool,
+    /// Moving average of the time between dispatches while requests wait: how often a place frees.
+    slot_interval: Option<f64>,
+    last_dispatch: Option<Instant>,
+}
+
+/// Where a waiter stands.
+pub(crate) enum Turn {
+    /// First in line: it may take the service's next place.
+    Head,
+    /// Others go first.
+    Behind,
+    /// Refused while waiting.
+    Refused(Refusal),
+}
+
+/// The queue shared by a layer's services.
+pub(crate) struct Queue {
+    pub(crate) config: ShedConfig,
+    state: Mutex<State>,
+    pub(crate) counters: Counters,
+}
+
+impl Queue {
+    pub(crate) fn new(config: ShedConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(State {
+                classes: Default::default(),
+                len: 0,
+                next_id: 0,
+                notices: Vec::new(),
+                first_above: None,
+                overloaded: false,
+                slot_interval: None,
+                last_dispatch: None,
+            }),
+            counters: Counters::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn stats(&self) -> ShedStats {
+        let (len, overloaded) = {
+            let s = self.state();
+            (s.len, s.overloaded)
+        };
+        self.counters.snapshot(len, overloaded)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state().len == 0
+    }
+
+    /// Enqueues a request of `priority`, or refuses it. Its expected wait is the number of
+    /// waiters that go before it, plus one, times the average interval between dispatches.
+    pub(crate) fn enqueue(
+        &self,
+        priority: Priority,
+        deadline: Option<Deadline>,
+        now: Instant,
+    ) -> Result<u64, Refusal> {
+        let mut wake = Vec::new();
+        let result = {
+            let mut s = self.state();
+            self.drop_late(&mut s, now, &mut wake);
+            let ahead: usize = s.classes[class(priority)..].iter().map(VecDeque::len).sum();
+            let expected =
+                s.slot_interval.map_or(Duration::ZERO, |i| Duration::from_secs_f64(i * (ahead + 1) as f64));
+            let retry_after = expected.max(self.config.target);
+            let refuse = |reason| Err(Refusal { reason, retry_after });
+            if deadline.is_some_and(|d| expected > d.remaining(now)) {
+                refuse(Reason::Deadline)
+            } else if priority != Priority::Critical && s.overloaded && expected > self.config.target {
+                refuse(Reason::Delay)
+            } else if s.len >= self.config.max_queue
+                && !self.displace(&mut s, priority, retry_after, &mut wake)
+            {
+                refuse(Reason::QueueFull)
+            } else {
+                let id = s.next_id;
+                s.next_id += 1;
+                s.classes[class(priority)].push_back(Waiter { id, priority, enqueued: now, waker: None });
+                s.len += 1;
+                Ok(id)
+            }
+        };
+        wake.into_iter().for_each(Waker::wake);
+        result
+    }
+
+    /// Makes room for a request of `priority` in a full queue: refuses the newest waiter of the
+    /// lowest class below it. False when every waiter is of its class or above.
+    fn displace(
+        &self,
+        s: &mut State,
+        priority: Priority,
+        retry_after: Duration,
+        wake: &mut Vec<Waker>,
+    ) -> bool {
+        let Some(lowest) = (0..class(priority)).find(|&c| !s.classes[c].is_empty()) else {
+            return false;
+        };
+        if let Some(victim) = s.classes[lowest].pop_back() {
+            s.len -= 1;
+            self.notify(s, victim, Refusal { reason: Reason::Displaced, retry_after }, wake);
+        }
+        true
+    }
+
+    fn notify(&self, s: &mut State, waiter: Waiter, refusal: Refusal, wake: &mut Vec<Waker>) {
+        self.counters.refuse(refusal.reason, waiter.priority);
+        s.notices.push((waiter.id, refusal));
+        wake.extend(waiter.waker);
+    }
+
+    /// CoDel's drop, priority-aware: while the queue is overloaded, the oldest waiter of the
+    /// lowest class present is refused if it has waited past the target (critical ones only when
+    /// no other class waits). One per event, as CoDel drops one per dequeue.
+    fn drop_late(&self, s: &mut State, now: Instant, wake: &mut Vec<Waker>) {
+        if !s.overloaded {
+            return;
+        }
+        let Some(lowest) = (0..3).find(|&c| !s.classes[c].is_empty()) else { return };
+        let late = s.classes[lowest]
+            .front()
+            .is_some_and(|w| now.saturating_duration_since(w.enqueued) > self.config.target);
+        if late && let Some(waiter) = s.classes[lowest].pop_front() {
+            s.len -= 1;
+            let retry_after = self.config.target;
+            self.notify(s, waiter, Refusal { reason: Reason::Delay, retry_after }, wake);
+            if let Some(head) = head_mut(s) {
+                wake.extend(head.waker.clone());
+            }
+        }
+    }
+
+    /// Where waiter `id` stands; its waker is kept to tell it when that changes.
+    pub(crate) fn turn(&self, id: u64, cx: &Context<'_>) -> Turn {
+        let mut s = self.state();
+        if let Some(at) = s.notices.iter().position(|(n, _)| *n == id) {
+            return Turn::Refused(s.notices.swap_remove(at).1);
+        }
+        let is_head = head_mut(&mut s).is_some_and(|w| w.id == id);
+        for w in s.classes.iter_mut().flat_map(|c| c.iter_mut()) {
+            if w.id == id {
+                if !w.waker.as_ref().is_some_and(|k| k.will_wake(cx.waker())) {
+                    w.waker = Some(cx.waker().clone());
+                }
+                break;
+            }
+        }
+        if is_head { Turn::Head } else { Turn::Behind }
+    }
+
+    /// Waiter `id` leaves the queue to be served: its wait is CoDel's sample and the slot
+    /// interval's.
+    pub(crate) fn dispatch(&self, id: u64, now: Instant) {
+        let mut wake = Vec::new();
+        {
+            let mut s = self.state();
+            if let Some(waiter) = remove(&mut s, id) {
+                self.counters.admit(waiter.priority);
+                let since = s.last_dispatch.map_or(waiter.enqueued, |l| l.max(waiter.enqueued));
+                let interval = now.saturating_duration_since(since).as_secs_f64();
+                s.slot_interval = Some(match s.slot_interval {
+                    Some(avg) => avg + (interval - avg) * EWMA_WEIGHT,
+                    None => interval,
+                });
+                self.sojourn(&mut s, now.saturating_duration_since(waiter.enqueued), now);
+            }
+            s.last_dispatch = Some(now);
+            self.drop_late(&mut s, now, &mut wake);
+            if let Some(head) = head_mut(&mut s) {
+                wake.extend(head.waker.clone());
+            }
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// A request passed straight through (nobody waiting and the service ready).
+    pub(crate) fn pass(&self, priority: Priority, now: Instant) {
+        self.counters.admit(priority);
+        let mut s = self.state();
+        s.last_dispatch = Some(now);
+        self.sojourn(&mut s, Duration::ZERO, now);
+    }
+
+    fn sojourn(&self, s: &mut State, wait: Duration, now: Instant) {
+        if wait <= self.config.target {
+            s.first_above = None;
+            s.overloaded = false;
+        } else {
+            match s.first_above {
+                None => s.first_above = Some(now + self.config.interval),
+                Some(at) if now >= at => s.overloaded = true,
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Waiter `id` gave up (refused for its deadline, or its caller went away).
+    pub(crate) fn leave(&self, id: u64) {
+        let mut wake = None;
+        {
+            let mut s = self.state();
+            s.notices.retain(|(n, _)| *n != id);
+            let was_head = head_mut(&mut s).is_some_and(|w| w.id == id);
+            if remove(&mut s, id).is_some() && was_head {
+                wake = head_mut(&mut s).and_then(|h| h.waker.clone());
+            }
+        }
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+
+    /// Counts a refusal of a request that never waited.
+    pub(crate) fn count(&self, reason: Reason, priority: Priority) {
+        self.counters.refuse(reason, priority);
+    }
+}
+
+fn head_mut(s: &mut State) -> Option<&mut Waiter> {
+    s.classes.iter_mut().rev().find_map(|c| c.front_mut())
+}
+
+fn remove(s: &mut State, id: u64) -> Option<Waiter> {
+    for c in s.classes.iter_mut() {
+        if let Some(at) = c.iter().position(|w| w.id == id) {
+            let waiter = c.remove(at);
+            s.len -= 1;
+            return waiter;
+        }
+    }
+    None
+}

@@ -1,0 +1,213 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::async_yields_async)]
+//! The shed queue under the paused clock, over a service of one slot (tower's ConcurrencyLimit
+//! over a service that takes 100 ms a request).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard_core::{Deadline, Outcome, Priority, StatusLayer};
+use switchyard_shed::{Reason, ShedConfig, ShedLayer};
+use tokio::time::Instant;
+use tower::limit::ConcurrencyLimit;
+use tower::{BoxError, Layer, Service, ServiceExt};
+
+type Seen = Arc<Mutex<Vec<(Priority, Option<Deadline>, Instant)>>>;
+
+/// One slot, 100 ms a request; records what reached it.
+fn backend(
+    seen: &Seen,
+) -> ConcurrencyLimit<
+    impl Service<http::Request<()>, Response = http::Response<String>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static,
+> {
+    let seen = seen.clone();
+    ConcurrencyLimit::new(
+        tower::service_fn(move |req: http::Request<()>| {
+            let seen = seen.clone();
+            async move {
+                let e = req.extensions();
+                seen.lock().unwrap().push((
+                    e.get::<Priority>().copied().unwrap_or_default(),
+                    e.get::<Deadline>().copied(),
+                    Instant::now(),
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+            }
+        }),
+        1,
+    )
+}
+
+fn request(priority: Priority) -> http::Request<()> {
+    let mut req = http::Request::new(());
+    req.extensions_mut().insert(priority);
+    req
+}
+
+/// Lets every spawned task run until it waits on the clock.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_bound_holds_and_every_request_is_served_or_counted() {
+    let seen = Seen::default();
+    let shed = ShedLayer::new(ShedConfig { max_queue: 4, ..ShedConfig::default() });
+    let service = shed.layer(backend(&seen));
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let priority = [Priority::Sheddable, Priority::Standard, Priority::Critical][i % 3];
+        tasks.push(tokio::spawn(service.clone().oneshot(request(priority))));
+        settle().await;
+        assert!(shed.stats().waiting <= 4, "{:?}", shed.stats());
+        if i % 4 == 0 {
+            tokio::time::advance(Duration::from_millis(30)).await;
+            settle().await;
+            assert!(shed.stats().waiting <= 4, "{:?}", shed.stats());
+        }
+    }
+    let mut ok = 0;
+    for task in tasks {
+        ok += u64::from(task.await.unwrap().is_ok());
+    }
+    let stats = shed.stats();
+    assert_eq!(ok, seen.lock().unwrap().len() as u64);
+    assert_eq!(ok + stats.refused_total(), 60, "{stats:?}");
+    assert_eq!(stats.admitted.iter().sum::<u64>(), ok);
+    assert!(stats.refused_total() > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_requests_never_reach_the_backend() {
+    let seen = Seen::default();
+    let shed = ShedLayer::new(ShedConfig::default());
+    let service = shed.layer(backend(&seen));
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let mut req = request(Priority::Critical);
+        // Deadlines from 0 to 950 ms: the backend serves 10 a second, so most cannot be met.
+        let timeout = format!("{}m", i * 50);
+        req.headers_mut().insert("grpc-timeout", timeout.parse().unwrap());
+        tasks.push(tokio::spawn(service.clone().oneshot(req)));
+        settle().await;
+    }
+    let mut failures = 0;
+    for task in tasks {
+        failures += u64::from(task.await.unwrap().is_err());
+    }
+    let seen = seen.lock().unwrap();
+    for (_, deadline, at) in seen.iter() {
+        let deadline = deadline.expect("the deadline went into the extensions");
+        assert!(!deadline.is_past(*at), "a request reached the backend at or after its deadline");
+    }
+    let stats = shed.stats();
+    assert!(stats.refused(Reason::Expired, Priority::Critical) >= 1, "{stats:?}");
+    assert_eq!(failures, stats.refused_total(), "{stats:?}");
+    assert_eq!(seen.len() as u64 + failures, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lowest_class_is_shed_first_and_critical_only_when_nothing_else_is_left() {
+    let seen = Seen::default();
+    let shed = ShedLayer::new(ShedConfig { max_queue: 3, ..ShedConfig::default() });
+    let service = shed.layer(backend(&seen));
+    let spawn = |priority| {
+        let task = tokio::spawn(service.clone().oneshot(request(priority)));
+        async move {
+            settle().await;
+            task
+        }
+    };
+    let busy = spawn(Priority::Standard).await; // takes the slot
+    let mut sheddable = Vec::new();
+    for _ in 0..3 {
+        sheddable.push(spawn(Priority::Sheddable).await);
+    }
+    let mut standard = Vec::new();
+    for _ in 0..3 {
+        standard.push(spawn(Priority::Standard).await);
+    }
+    let stats = shed.stats();
+    assert_eq!(stats.refused(Reason::Displaced, Priority::Sheddable), 3, "{stats:?}");
+    assert_eq!(stats.refused_in(Priority::Standard), 0);
+    let critical = spawn(Priority::Critical).await;
+    assert_eq!(shed.stats().refused(Reason::Displaced, Priority::Standard), 1);
+    // A late sheddable finds the queue full of more important requests.
+    let late = spawn(Priority::Sheddable).await;
+    assert_eq!(shed.stats().refused(Reason::QueueFull, Priority::Sheddable), 1);
+    let extra_critical = [spawn(Priority::Critical).await, spawn(Priority::Critical).await];
+    assert_eq!(shed.stats().refused_in(Priority::Standard), 3, "every standard gave way first");
+    assert_eq!(shed.stats().refused_in(Priority::Critical), 0);
+    let one_too_many = spawn(Priority::Critical).await;
+    let stats = shed.stats();
+    assert_eq!(stats.refused(Reason::QueueFull, Priority::Critical), 1, "only criticals left: {stats:?}");
+
+    for t in sheddable.into_iter().chain(standard).chain([late, one_too_many]) {
+        assert!(t.await.unwrap().is_err());
+    }
+    for t in [busy, critical].into_iter().chain(extra_critical) {
+        assert!(t.await.unwrap().is_ok());
+    }
+    let order: Vec<Priority> = seen.lock().unwrap().iter().map(|s| s.0).collect();
+    assert_eq!(order, [Priority::Standard, Priority::Critical, Priority::Critical, Priority::Critical]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spike_is_not_overload_but_waits_above_target_for_an_interval_are() {
+    let seen = Seen::default();
+    let config = ShedConfig { max_queue: 100, ..ShedConfig::default() }; // 50 ms over 500 ms
+    let shed = ShedLayer::new(config);
+    let service = shed.layer(backend(&seen));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    let mut first_delay_refusal = None;
+    // 12.5 requests a second against a capacity of 10.
+    while start.elapsed() < Duration::from_secs(4) {
+        tasks.push(tokio::spawn(service.clone().oneshot(request(Priority::Standard))));
+        settle().await;
+        if first_delay_refusal.is_none() && shed.stats().refused(Reason::Delay, Priority::Standard) > 0 {
+            first_delay_refusal = Some(start.elapsed());
+        }
+        tokio::time::advance(Duration::from_millis(80)).await;
+        settle().await;
+    }
+    let at = first_delay_refusal.expect("sustained overload is refused");
+    assert!(
+        at >= Duration::from_millis(550),
+        "refused after {at:?}: waits were above target for less than the interval"
+    );
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    let stats = shed.stats();
+    assert!(stats.waiting == 0 && stats.refused(Reason::Delay, Priority::Standard) > 0, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_carries_its_pushback_and_reads_back_as_overloaded() {
+    let seen = Seen::default();
+    let shed =
+        ShedLayer::new(ShedConfig { max_queue: 1, pool: Some("llama".into()), ..ShedConfig::default() });
+    let service = StatusLayer.layer(shed.layer(backend(&seen)));
+    let busy = tokio::spawn(service.clone().oneshot(request(Priority::Standard)));
+    settle().await;
+    let waiting = tokio::spawn(service.clone().oneshot(request(Priority::Standard)));
+    settle().await;
+    let refused: http::Response<String> = service.clone().oneshot(request(Priority::Standard)).await.unwrap();
+    assert_eq!(refused.headers()["grpc-status"], "8");
+    assert_eq!(refused.headers()["grpc-message"], "pool \"llama\": request shed to protect the others");
+    let pushback = refused.headers()["grpc-retry-pushback-ms"].to_str().unwrap().parse::<u64>().unwrap();
+    assert!(pushback >= 50, "at least the target: {pushback}");
+    assert_eq!(
+        Outcome::from_trailers(refused.headers()),
+        Some(Outcome::Overloaded { pushback: Some(Duration::from_millis(pushback)) })
+    );
+    let _: Result<_, BoxError> = busy.await.unwrap();
+    let _: Result<_, BoxError> = waiting.await.unwrap();
+}

@@ -1,0 +1,133 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A gateway pool with the `shed` and `limit` layers over real loopback gRPC: past its limit and
+//! its queue it refuses with `RESOURCE_EXHAUSTED` and a pushback; what it serves passes. A pool
+//! with a limit per endpoint holds each endpoint to it, and shows it on the board and the admin
+//! API.
+
+use switchyard::gateway::{Gateway, GatewayConfig};
+use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::worker::{self, WorkerArgs};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+#[tokio::test]
+async fn a_pool_with_shed_and_limit_layers_refuses_what_it_cannot_hold() {
+    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker_addr = worker_listener.local_addr().unwrap();
+    let args = WorkerArgs { speed: 0.2, ..WorkerArgs::default() };
+    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+
+    let config = GatewayConfig::from_toml(&format!(
+        r#"
+        [[pool]]
+        name = "llama"
+        layers = [
+          {{ name = "shed", max_queue = 1, target = "50ms", interval = "500ms" }},
+          {{ name = "limit", algorithm = {{ name = "fixed", limit = 1 }} }},
+        ]
+        endpoints = [{{ address = "http://{worker_addr}" }}]
+        "#
+    ))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _gateway = Gateway::start(config, listener, None).unwrap();
+
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let mut client = GrpcInferenceServiceClient::new(channel.clone());
+        let request = worker::request::text_request("sim-llm", "hello there", 24);
+        calls.push(tokio::spawn(async move {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            client.model_infer(request).await
+        }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(status.metadata().get("grpc-retry-pushback-ms").is_some(), "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((ok, refused), (2, 3), "one served, one queued then served, three refused");
+}
+
+#[tokio::test]
+async fn a_pool_with_an_endpoint_limit_holds_each_endpoint_to_it_and_shows_it() {
+    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker_addr = worker_listener.local_addr().unwrap();
+    let args = WorkerArgs { speed: 0.5, ..WorkerArgs::default() };
+    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+    let config = GatewayConfig::from_toml(&format!(
+        r#"
+        [[pool]]
+        name = "llama"
+        endpoint_limit = {{ name = "fixed", limit = 1 }}
+        endpoints = [{{ address = "http://{worker_addr}" }}]
+        "#
+    ))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = Gateway::start(config, listener, Some(admin)).unwrap();
+
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = GrpcInferenceServiceClient::new(channel.clone());
+            let request = worker::request::text_request("sim-llm", "hello there", 16);
+            tokio::spawn(async move { client.model_infer(request).await })
+        })
+        .collect();
+    let board = gateway.pool("llama").unwrap().board();
+    let mut most = 0;
+    while !calls.iter().all(tokio::task::JoinHandle::is_finished) {
+        for entry in board.snapshot() {
+            assert_eq!(entry.load.limit, Some(1));
+            most = most.max(entry.load.in_flight);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for call in calls {
+        call.await.unwrap().expect("each waits its turn at the endpoint");
+    }
+    assert_eq!(most, 1, "never more than the limit in flight on the endpoint");
+
+    // The admin API shows the limit in force.
+    let admin_addr = gateway.admin_addr().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+    let request = format!("GET /endpoints HTTP/1.1\r\nHost: {admin_addr}\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+    assert!(answer.contains("\"limit\":1"), "{answer}");
+}
+
+#[test]
+fn bad_layer_parameters_name_the_layer_and_field() {
+    for (layers, expected) in [
+        (r#"{ name = "shed", max_queue = 0 }"#, "`max_queue` must be at least 1"),
+        (r#"{ name = "shed", target = "soon" }"#, "`target`"),
+        (r#"{ name = "shed", queue = 3 }"#, "unknown field `queue`"),
+        (r#"{ name = "limit", algorithm = "tcp" }"#, "unknown limit algorithm"),
+        (r#"{ name = "limit", algorithm = { name = "vegas", alpha = 3 } }"#, "unknown field `alpha`"),
+    ] {
+        let text = format!(
+            "[[pool]]\nname = \"p\"\nlayers = [{layers}]\nendpoints = [{{ address = \"http://127.0.0.1:1\" }}]\n"
+        );
+        let err = GatewayConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("pool[0].layers[0]") && err.contains(expected), "{layers}: {err}");
+    }
+    let text = "[[pool]]\nname = \"p\"\nendpoint_limit = \"tcp\"\nendpoints = [{ address = \"http://127.0.0.1:1\" }]\n";
+    let err = GatewayConfig::from_toml(text).unwrap_err().to_string();
+    assert!(err.contains("pool[0].endpoint_limit") && err.contains("line 3"), "{err}");
+}
