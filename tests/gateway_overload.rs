@@ -52,6 +52,7 @@ async fn a_pool_with_shed_and_limit_layers_refuses_what_it_cannot_hold() {
             Ok(_) => ok += 1,
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert_eq!(status.message(), "pool \"llama\": request shed to protect the others");
                 assert!(status.metadata().get("grpc-retry-pushback-ms").is_some(), "{status:?}");
                 refused += 1;
             }

@@ -229,7 +229,7 @@ pool = "slow"
 
     // 500 tokens at speed 20 take longer than the pool's 50 ms timeout.
     let err = client.model_infer(call("slow", 500)).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::DeadlineExceeded, "deadline exceeded"));
+    assert_eq!((err.code(), err.message()), (Code::DeadlineExceeded, "pool \"slow\": deadline exceeded"));
 
     let err = client.model_infer(call("nowhere", 1)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");

@@ -114,12 +114,24 @@ impl Pool {
             [] => None,
             specs => {
                 let direct = BoxPoolService::new(Direct { upstream: upstream.clone() });
-                Some(layers::stack(specs, direct).map_err(|e| ConfigError {
+                let stacked = layers::stack(specs, direct).map_err(|e| ConfigError {
                     file: None,
                     line: None,
                     field: Some(format!("pool {:?} layers", config.name)),
                     message: format!("layer {e}"),
-                })?)
+                })?;
+                // A layer's typed error names the pool it happened in (the layers do not know it).
+                let name: std::sync::Arc<str> = config.name.as_str().into();
+                Some(BoxPoolService::new(tower::ServiceExt::map_err(
+                    stacked,
+                    move |e: tower::BoxError| match e.downcast::<switchyard_core::Error>() {
+                        Ok(typed) if typed.pool().is_none() => {
+                            tower::BoxError::from(typed.in_pool(name.clone()))
+                        }
+                        Ok(typed) => typed,
+                        Err(other) => other,
+                    },
+                )))
             }
         };
         Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered })
