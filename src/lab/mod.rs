@@ -47,12 +47,17 @@
 //!
 //! - `hetero`: eight replicas of unequal speed (0.25, 0.5 and six of 1.0) at 70 % of their
 //!   measured capacity on the Azure conversation trace; see [`run_hetero`].
+//! - `hetero-parallel`: four classic servers of 8 parallel slots at 10 ms a request, one four
+//!   times slower, at 65 % of their capacity; the ideal is earliest finish time on an exact slot
+//!   ledger; see [`run_hetero_parallel`].
 
 mod balanced;
 mod capacity;
 mod cluster;
 mod hetero;
+mod hetero_parallel;
 mod ideal;
+mod ideal_parallel;
 mod replica;
 mod report;
 
@@ -63,6 +68,10 @@ pub use cluster::ReplicaSpec;
 pub use hetero::{
     DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
 };
+pub use hetero_parallel::{
+    DEFAULT_PARALLEL_LOAD, DEFAULT_PARALLEL_REQUESTS, HeteroParallelOptions, PARALLEL_SLOTS, SERVICE_TIME,
+    parallel_replicas, run_hetero_parallel,
+};
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
 
@@ -71,6 +80,8 @@ pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOu
 pub enum Scenario {
     /// Eight replicas of unequal speed (0.25, 0.5, six of 1.0) at 70 % of their capacity.
     Hetero,
+    /// Four classic servers (8 parallel slots, 10 ms a request), one four times slower, at 65 %.
+    HeteroParallel,
 }
 
 /// Flags of `switchyard lab`.
@@ -89,12 +100,14 @@ pub struct LabArgs {
     /// Seed of the policies' random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Requests to replay (the first ones of the trace).
-    #[arg(long, default_value_t = DEFAULT_REQUESTS)]
-    pub requests: usize,
-    /// Offered load, as a share of the cluster's measured capacity.
-    #[arg(long, default_value_t = 0.7)]
-    pub load: f64,
+    /// Requests to replay (the first ones of the trace) [default: hetero 6000,
+    /// hetero-parallel 20000].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Offered load, as a share of the cluster's measured capacity [default: hetero 0.7,
+    /// hetero-parallel 0.65].
+    #[arg(long)]
+    pub load: Option<f64>,
 }
 
 /// Why a lab run failed.
@@ -134,10 +147,22 @@ pub fn run(args: &LabArgs) -> Result<LabReport, LabError> {
     let report = match args.scenario {
         Scenario::Hetero => run_hetero(&HeteroOptions {
             seed: args.seed,
-            requests: args.requests,
-            load: args.load,
+            requests: args.requests.unwrap_or(DEFAULT_REQUESTS),
+            load: args.load.unwrap_or(0.7),
             trace: args.trace.clone(),
         })?,
+        Scenario::HeteroParallel => {
+            if args.trace.is_some() {
+                return Err(LabError::Setting(
+                    "hetero-parallel replays synthetic arrivals, not a trace".into(),
+                ));
+            }
+            run_hetero_parallel(&HeteroParallelOptions {
+                seed: args.seed,
+                requests: args.requests.unwrap_or(DEFAULT_PARALLEL_REQUESTS),
+                load: args.load.unwrap_or(DEFAULT_PARALLEL_LOAD),
+            })?
+        }
     };
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report)
