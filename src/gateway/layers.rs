@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Layers are named and parameterised by a [`Spec`] and built by the [`LayerRegistry`]; the
-//! gateway registers the layers of the crates it links (today: `timeout`), and a program that
+//! gateway registers the layers of the crates it links (today: `timeout` and `cache`, see
+//! the `cache` module), and a program that
 //! embeds the gateway registers its own in [`registry()`] before it starts one. A layer fails a
 //! request with a typed [`switchyard_core::Error`], which the client receives as its gRPC status.
 //! A pool with no layers calls its balancer directly, with nothing boxed.
@@ -73,13 +74,18 @@ pub fn registry() -> &'static LayerRegistry {
 }
 
 impl LayerRegistry {
-    /// A registry with the gateway's layers: `timeout`.
+    /// A registry with the gateway's layers: `timeout`, `cache`.
     pub fn with_builtins() -> Self {
         let registry = Self { entries: Arc::default() };
         let _ = registry.register(
             "timeout",
             "fails a request whose response has not begun after `after`",
             timeout,
+        );
+        let _ = registry.register(
+            "cache",
+            "answers repeated requests of the named methods from memory; coalesces identical ones in flight",
+            super::cache::cache,
         );
         registry
     }

@@ -9,6 +9,11 @@ use std::time::Duration;
 /// whole body (gRPC-framed; [`first_message`](crate::first_message) gives the message).
 pub type Predicate = Arc<dyn Fn(&http::request::Parts, &[u8]) -> bool + Send + Sync>;
 
+/// Turns a request body into the bytes of its key: a canonical form, for encoders that may
+/// write the same request in more than one way (protobuf map fields come in any order);
+/// `None` leaves the request uncached.
+pub type KeyFn = Arc<dyn Fn(&bytes::Bytes) -> Option<bytes::Bytes> + Send + Sync>;
+
 /// Opts one gRPC method into the cache.
 #[derive(Clone)]
 pub struct CacheRule {
@@ -16,6 +21,8 @@ pub struct CacheRule {
     pub method: String,
     /// Which of its requests may be cached; `None`: all of them.
     pub when: Option<Predicate>,
+    /// The key's request bytes; `None`: the body exactly as it came.
+    pub key: Option<KeyFn>,
     /// Cache answers of more than one message (a server stream) too. Off by default: a stream
     /// is answered, not stored.
     pub streams: bool,
@@ -28,7 +35,7 @@ pub struct CacheRule {
 impl CacheRule {
     /// Every request of `method` (`/package.Service/Method`), unary answers with status OK only.
     pub fn method(method: impl Into<String>) -> Self {
-        Self { method: method.into(), when: None, streams: false, errors: false }
+        Self { method: method.into(), when: None, key: None, streams: false, errors: false }
     }
 
     /// The same rule, for the requests `predicate` accepts only (e.g. `temperature` 0).
@@ -37,6 +44,16 @@ impl CacheRule {
         predicate: impl Fn(&http::request::Parts, &[u8]) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.when = Some(Arc::new(predicate));
+        self
+    }
+
+    /// The same rule, keying each request by `canonical(body)` rather than by its body as it came
+    /// (see [`KeyFn`]).
+    pub fn key_with(
+        mut self,
+        canonical: impl Fn(&bytes::Bytes) -> Option<bytes::Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.key = Some(Arc::new(canonical));
         self
     }
 
@@ -58,6 +75,7 @@ impl fmt::Debug for CacheRule {
         f.debug_struct("CacheRule")
             .field("method", &self.method)
             .field("when", &self.when.as_ref().map(|_| "predicate"))
+            .field("key", &self.key.as_ref().map(|_| "canonical form"))
             .field("streams", &self.streams)
             .field("errors", &self.errors)
             .finish()

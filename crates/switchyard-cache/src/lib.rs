@@ -10,7 +10,9 @@
 //!   gives the protobuf message to decode (e.g. to check `temperature == 0`). A request of any
 //!   other method goes through untouched: its body is not read.
 //! - **Keyed by method and request bytes**, exactly (no hash collision can serve a wrong
-//!   answer). The request body is read first, bounded by
+//!   answer). A protobuf encoder may write one request in more than one way (map fields in any
+//!   order: prost and Go write a map in its hash order), so a rule can key by a canonical form
+//!   instead ([`CacheRule::key_with`]; the gateway's KServe rules sort the parameter maps). The request body is read first, bounded by
 //!   [`max_request_bytes`](CacheConfig::max_request_bytes) (64 KiB; a larger one goes upstream
 //!   unchanged, uncached), then handed on unchanged in the same body type ([`ReplayBody`]),
 //!   as the key layer (`switchyard-keys`) replays what it peeked.
@@ -92,7 +94,7 @@ mod store;
 pub use body::ReplayBody;
 pub use config::{
     CacheConfig, CacheRule, DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_TTL, Predicate,
+    DEFAULT_TTL, KeyFn, Predicate,
 };
 pub use error::SharedError;
 pub use grpc::first_message;

@@ -140,8 +140,15 @@ where
         count(&store.counters.bypassed);
         return inner.call(request).await.map_err(Into::into);
     };
-    let key = Key { method: request.uri().path().to_string(), request: whole };
-
+    let key_bytes = match &rule.key {
+        None => Some(whole),
+        Some(canonical) => canonical(&whole),
+    };
+    let Some(key_bytes) = key_bytes else {
+        count(&store.counters.bypassed);
+        return inner.call(request).await.map_err(Into::into);
+    };
+    let key = Key { method: request.uri().path().to_string(), request: key_bytes };
     if let Some(stored) = store.cache.get(&key).await {
         if stored.fresh(Instant::now()) {
             count(&store.counters.hits);

@@ -336,3 +336,21 @@ async fn the_key_layers_replayed_body_works_as_the_gateway_uses_it() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rule_can_key_by_a_canonical_form() {
+    let m = mock(Answer::Echo);
+    // Requests that differ only in their last byte are the same request here; `None` is never cached.
+    let rule =
+        CacheRule::method(METHOD).key_with(|body| (body.len() > 7).then(|| body.slice(..body.len() - 1)));
+    let layer = CacheLayer::new(CacheConfig::new([rule]));
+    let mut service = layer.layer(m.service.clone());
+    call(&mut service, request(METHOD, b"abc1")).await.unwrap();
+    let reply = call(&mut service, request(METHOD, b"abc2")).await.unwrap();
+    assert_eq!(reply.data, Bytes::from(frame(b"abc1")), "the stored answer");
+    assert_eq!(m.calls.load(Ordering::SeqCst), 1);
+    for _ in 0..2 {
+        call(&mut service, request(METHOD, b"ab")).await.unwrap();
+    }
+    assert_eq!(m.calls.load(Ordering::SeqCst), 3, "no key: not cached");
+}
