@@ -312,6 +312,19 @@ async fn only_named_methods_and_accepted_requests_are_cached() {
         assert_eq!(reply.data, Bytes::from(frame(&big)), "a request over the bound went on whole");
     }
     assert_eq!(m.calls.load(Ordering::SeqCst), 7, "over max_request_bytes: not cached");
+    // A client stream: two request messages.
+    for _ in 0..2 {
+        let body = Bytes::from([frame(&[0, 1]), frame(&[0, 2])].concat());
+        let req = http::Request::post(METHOD).body(Body::new(Full::new(body))).unwrap();
+        let reply = call(&mut service, req).await.unwrap();
+        assert_eq!(reply.data, Bytes::from(frame(&[0, 1])), "the stream went on whole");
+    }
+    assert_eq!(m.calls.load(Ordering::SeqCst), 9, "a request stream: not cached");
+    assert_eq!(
+        layer.stats().bypassed,
+        6,
+        "refused, too large, a stream: two each; another method is not counted"
+    );
 }
 
 #[tokio::test(start_paused = true)]
