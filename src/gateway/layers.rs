@@ -11,9 +11,9 @@
 //! ```
 //!
 //! Layers are named and parameterised by a [`Spec`] and built by the [`LayerRegistry`]; the
-//! gateway registers the layers of the crates it links (today: `timeout` and `cache`, see
-//! the `cache` module), and a program that
-//! embeds the gateway registers its own in [`registry()`] before it starts one. A layer fails a
+//! gateway registers the layers of the crates it links (today: `timeout`, and `cache` with the
+//! parameters its module documents), and a program that embeds the gateway registers its own in
+//! [`registry()`] before it starts one. A layer fails a
 //! request with a typed [`switchyard_core::Error`], which the client receives as its gRPC status.
 //! A pool with no layers calls its balancer directly, with nothing boxed.
 
