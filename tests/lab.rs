@@ -1,7 +1,7 @@
 //! The policy lab: reproducible, and its ideal is a real reference.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use switchyard::lab::{HeteroOptions, LabReport, run_hetero};
+use switchyard::lab::{HeteroOptions, HeteroParallelOptions, LabReport, run_hetero, run_hetero_parallel};
 
 /// A short `hetero` run: the first 400 requests of the bundled trace.
 fn short(seed: u64) -> LabReport {
@@ -80,4 +80,31 @@ fn the_committed_hetero_report_is_regenerated_byte_for_byte_and_holds_its_claims
         assert!(lrt < p99(other), "least response time {lrt} ms, {other} {} ms", p99(other));
     }
     assert!(report.results.iter().all(|r| r.errors == 0 && r.requests == 6000));
+}
+
+/// A short `hetero-parallel` run.
+fn short_parallel(seed: u64) -> LabReport {
+    run_hetero_parallel(&HeteroParallelOptions { seed, requests: 2000, ..HeteroParallelOptions::default() })
+        .unwrap()
+}
+
+#[test]
+fn hetero_parallel_is_reproducible_and_its_ideal_avoids_the_slow_replica() {
+    let a = serde_json::to_string_pretty(&short_parallel(3)).unwrap();
+    let b = serde_json::to_string_pretty(&short_parallel(3)).unwrap();
+    assert_eq!(a, b);
+    let report: LabReport = serde_json::from_str(&a).unwrap();
+    assert_eq!(
+        report.results.len(),
+        switchyard_balance::PolicyKind::ALL.len() + 1,
+        "every policy, the ideal"
+    );
+    // Three full-speed replicas of 8 slots at 10 ms and one at a quarter of the speed.
+    assert!((report.capacity_rps - 3.25 * 800.0).abs() < 0.01 * 2600.0, "{}", report.capacity_rps);
+    let ideal = report.result("ideal").unwrap();
+    assert_eq!(ideal.errors, 0);
+    assert!(ideal.ttft_ms.p50 >= 10.0, "no request is served faster than its service time");
+    assert!(ideal.ttft_ms.p99 < 40.0, "at 65 % the fast replicas take the tail: {}", ideal.ttft_ms.p99);
+    let round_robin = report.result("round-robin").unwrap();
+    assert!(round_robin.ttft_ms.p99 > ideal.ttft_ms.p99);
 }

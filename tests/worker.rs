@@ -548,3 +548,33 @@ async fn the_drain_timeout_stops_the_worker_with_a_stream_still_running() {
     assert!(tokens < 2000, "the stream ran to its end after the worker stopped");
     assert!(end.is_some(), "a cut-off stream ends with an error, not as complete ({tokens} tokens)");
 }
+
+#[tokio::test]
+async fn a_parallel_kind_worker_serves_k_at_once_and_reports_its_slots() {
+    let args = WorkerArgs {
+        kind: worker::ReplicaKindArg::Parallel,
+        parallel: 3,
+        service_ms: 5.0,
+        model: "sim-llm".into(),
+        ..WorkerArgs::default()
+    };
+    assert_eq!(args.engine_config().parallel_service_time(), Some(Duration::from_millis(5)));
+    let w = Worker::start_with(args).await;
+    let mut client = w.client().await;
+    let response = client.model_infer(infer("sim-llm", "embed me", 4)).await.unwrap();
+    assert_eq!(load_report(response.metadata()).capacity, 3, "its slots in the report");
+    let resp = response.into_inner();
+    assert_eq!(int_param(&resp, "output_tokens"), 4);
+    // Every token comes at the end of the service: the first is the last.
+    assert_eq!(int_param(&resp, "ttft_us"), int_param(&resp, "total_us"));
+    assert!(int_param(&resp, "total_us") >= 5_000);
+}
+
+#[tokio::test]
+async fn a_parallel_kind_worker_refuses_a_zero_service_time() {
+    let args =
+        WorkerArgs { kind: worker::ReplicaKindArg::Parallel, service_ms: 0.0, ..WorkerArgs::default() };
+    let err =
+        worker::serve(args, TcpListener::bind("127.0.0.1:0").await.unwrap(), async {}).await.unwrap_err();
+    assert!(err.to_string().contains("service_time"), "{err}");
+}

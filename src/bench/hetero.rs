@@ -80,7 +80,8 @@ impl HeteroReport {
     /// A heading and the table.
     pub fn summary(&self) -> String {
         format!(
-            "bench hetero: workers {:?}, {:.1} req/s offered ({:.0}% of capacity), {} s per target\n\n{}",
+            "bench {}: workers {:?}, {:.1} req/s offered ({:.0}% of capacity), {} s per target\n\n{}",
+            self.scenario,
             self.speeds,
             self.offered_rps,
             self.load * 100.0,

@@ -33,6 +33,12 @@
 //! (`roundrobin`, `leastconn`). It reports the time to first token (p99 first) of each target;
 //! see [`hetero`].
 //!
+//! # Scenario `hetero-parallel`
+//!
+//! Four workers of the parallel kind (8 calls at once at 20 ms each), one four times slower,
+//! unary calls at Poisson arrivals at 65 % of their capacity for `--duration` seconds, through
+//! the same targets as `hetero`; see [`hetero_parallel`].
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -42,6 +48,7 @@
 
 mod cpu;
 pub mod hetero;
+pub mod hetero_parallel;
 mod load;
 mod peers;
 pub mod relay;
@@ -68,6 +75,8 @@ pub enum Scenario {
     Overhead,
     /// Four workers, one 5× slower, the Azure trace at ~64% load: p99 TTFT of each balancer.
     Hetero,
+    /// Four parallel-kind workers (8 slots, 20 ms), one 4× slower, Poisson calls at 65% load.
+    HeteroParallel,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -387,7 +396,7 @@ struct Target {
 pub enum BenchReport {
     /// Scenario `overhead`.
     Overhead(OverheadReport),
-    /// Scenario `hetero`.
+    /// Scenario `hetero` or `hetero-parallel`.
     Hetero(hetero::HeteroReport),
 }
 
@@ -423,6 +432,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             Ok((nginx_exe, haproxy_exe)) => {
                 hetero::run(args, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Hetero)
             }
+            Err(e) => Err(e),
+        },
+        Scenario::HeteroParallel => match peers::require_peers() {
+            Ok((nginx_exe, haproxy_exe)) => hetero_parallel::run(args, &exe, &nginx_exe, &haproxy_exe, &dir)
+                .await
+                .map(BenchReport::Hetero),
             Err(e) => Err(e),
         },
     };

@@ -3,7 +3,9 @@
 //!
 //! The cluster is made of child processes of the running executable:
 //! - `--replicas` workers (`switchyard worker --listen 127.0.0.1:0 --speed S`), four by default,
-//!   the last one `--slow-speed` (0.333: three times slower, an older or shared GPU);
+//!   the last one `--slow-speed` (0.333: three times slower, an older or shared GPU); LLM
+//!   engines, or with `--kind parallel --parallel K --service-ms T` classic servers of `K` slots
+//!   at `T` ms a request (the default time scale then follows their capacity);
 //! - the gateway over them (`switchyard gateway --listen 127.0.0.1:0 --admin 127.0.0.1:0
 //!   --backend http://WORKER ... --policy P`), least response time by default.
 //!
@@ -65,6 +67,7 @@ use switchyard_sim::trace::{TraceRecord, read_trace};
 
 use crate::loadgen::{self, LoadgenArgs, LoadgenError};
 use crate::report::PlotError;
+use crate::worker::ReplicaKindArg;
 
 /// Requests per second one speed-1 worker sustains on the bundled Azure conversation trace, as
 /// the policy lab measured it (`replica_capacity_rps` in `reports/lab/hetero.json`: 18.38).
@@ -120,6 +123,17 @@ pub struct ClusterArgs {
     /// gateway).
     #[arg(long)]
     pub no_gateway: bool,
+    /// What the workers are: LLM engines (`llm`), or classic servers (`parallel`) of
+    /// `--parallel` slots at `--service-ms` a request (the default time scale then follows
+    /// their capacity, `parallel / service time × speed`).
+    #[arg(long, value_enum, default_value_t = ReplicaKindArg::Llm)]
+    pub kind: ReplicaKindArg,
+    /// `--kind parallel`: requests each worker serves at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: u32,
+    /// `--kind parallel`: milliseconds a request takes on a speed-1 worker.
+    #[arg(long, default_value_t = 10.0)]
+    pub service_ms: f64,
 }
 
 impl Default for ClusterArgs {
@@ -133,6 +147,9 @@ impl Default for ClusterArgs {
             trace: None,
             out: PathBuf::from(DEFAULT_OUT),
             no_gateway: false,
+            kind: ReplicaKindArg::Llm,
+            parallel: 8,
+            service_ms: 10.0,
         }
     }
 }
@@ -146,8 +163,40 @@ impl ClusterArgs {
             .collect()
     }
 
+    /// What one speed-1 worker sustains, in requests per second: [`REPLICA_CAPACITY_RPS`] for
+    /// an LLM engine on the Azure mix, `parallel / service time` for the parallel kind.
+    pub fn replica_capacity_rps(&self) -> f64 {
+        match self.kind {
+            ReplicaKindArg::Llm => REPLICA_CAPACITY_RPS,
+            ReplicaKindArg::Parallel => f64::from(self.parallel) / (self.service_ms / 1e3),
+        }
+    }
+
+    /// The flags every worker gets besides its address and speed.
+    fn worker_kind_args(&self) -> Vec<String> {
+        match self.kind {
+            ReplicaKindArg::Llm => Vec::new(),
+            ReplicaKindArg::Parallel => vec![
+                "--kind".into(),
+                "parallel".into(),
+                "--parallel".into(),
+                self.parallel.to_string(),
+                "--service-ms".into(),
+                self.service_ms.to_string(),
+            ],
+        }
+    }
+
     fn validate(&self) -> Result<PolicyKind, ClusterError> {
         let invalid = |m: String| Err(ClusterError::Invalid(m));
+        if self.kind == ReplicaKindArg::Parallel
+            && (self.parallel == 0 || !(self.service_ms.is_finite() && self.service_ms > 0.0))
+        {
+            return invalid(format!(
+                "--parallel must be >= 1 and --service-ms > 0, got {} and {}",
+                self.parallel, self.service_ms
+            ));
+        }
         if self.replicas == 0 || self.replicas > 64 {
             return invalid(format!("--replicas must be between 1 and 64, got {}", self.replicas));
         }
@@ -272,12 +321,18 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(exe: &Path, speeds: &[f64], policy: Option<PolicyKind>) -> Result<Self, ClusterError> {
+    async fn start(
+        exe: &Path,
+        speeds: &[f64],
+        kind_args: &[String],
+        policy: Option<PolicyKind>,
+    ) -> Result<Self, ClusterError> {
         let starts = speeds.iter().enumerate().map(|(i, speed)| {
-            let args: Vec<String> =
+            let mut args: Vec<String> =
                 ["worker", "--listen", "127.0.0.1:0", "--speed", &speed.to_string(), "--model", "sim-llm"]
                     .map(String::from)
                     .into();
+            args.extend(kind_args.iter().cloned());
             async move {
                 let name = format!("worker-{i}");
                 let (child, mut addresses) =
@@ -356,7 +411,10 @@ pub async fn run(
     };
     let speeds = args.speeds();
     let driven = if args.no_gateway { &speeds[..1] } else { &speeds[..] };
-    let (computed, window) = time_scale_for_window(&records, args.duration, driven, TARGET_LOAD);
+    // Speeds in units of the LLM replica's capacity, which the time-scale helpers assume.
+    let factor = args.replica_capacity_rps() / REPLICA_CAPACITY_RPS;
+    let scaled: Vec<f64> = driven.iter().map(|s| s * factor).collect();
+    let (computed, window) = time_scale_for_window(&records, args.duration, &scaled, TARGET_LOAD);
     let time_scale = args.time_scale.unwrap_or(computed);
     let rate = window_rate(&records, args.duration / time_scale);
     drop(records);
@@ -365,14 +423,15 @@ pub async fn run(
             "cannot compute a time scale for a trace at {window} requests/s; give --time-scale"
         )));
     }
-    let capacity = REPLICA_CAPACITY_RPS * driven.iter().sum::<f64>();
+    let capacity = args.replica_capacity_rps() * driven.iter().sum::<f64>();
     let out = args.out.clone();
     std::fs::create_dir_all(&out).map_err(|source| ClusterError::Write { path: out.clone(), source })?;
     let exe = std::env::current_exe().map_err(ClusterError::CurrentExe)?;
 
     tokio::pin!(shutdown);
+    let kind_args = args.worker_kind_args();
     let mut cluster = tokio::select! {
-        started = Cluster::start(&exe, &speeds, (!args.no_gateway).then_some(policy)) => started?,
+        started = Cluster::start(&exe, &speeds, &kind_args, (!args.no_gateway).then_some(policy)) => started?,
         () = &mut shutdown => return Err(ClusterError::Interrupted),
     };
     let loadgen_args = LoadgenArgs {
@@ -520,6 +579,22 @@ async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_workers_get_their_flags_and_their_capacity() {
+        let args = ClusterArgs {
+            kind: ReplicaKindArg::Parallel,
+            parallel: 8,
+            service_ms: 10.0,
+            ..ClusterArgs::default()
+        };
+        assert_eq!(args.replica_capacity_rps(), 800.0);
+        assert_eq!(args.worker_kind_args(), ["--kind", "parallel", "--parallel", "8", "--service-ms", "10"]);
+        assert!(args.validate().is_ok());
+        assert!(ClusterArgs { service_ms: 0.0, ..args.clone() }.validate().is_err());
+        assert!(ClusterArgs::default().worker_kind_args().is_empty());
+        assert_eq!(ClusterArgs::default().replica_capacity_rps(), REPLICA_CAPACITY_RPS);
+    }
 
     #[test]
     fn the_default_cluster_runs_at_seventy_percent_of_its_capacity() {

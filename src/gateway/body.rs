@@ -1,6 +1,7 @@
 //! The bodies the gateway forwards: a client's request body on its way to an endpoint, and an
 //! endpoint's response body on its way back. Both pass frames through unchanged.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,7 +19,8 @@ pub type RequestBody = switchyard_keys::Replay<Incoming>;
 
 pin_project! {
     /// The response body of the proxy: the endpoint's, frame for frame, or nothing for the
-    /// gateway's own trailers-only statuses (its `Default`).
+    /// gateway's own trailers-only statuses (its `Default`). A layer that read frames of it
+    /// (the response cache) puts them back in front, or answers with frames alone.
     ///
     /// An endpoint whose connection fails mid-response (it crashed, or the network went) ends the
     /// client's call with `UNAVAILABLE` trailers ([`ErrorKind::Upstream`]), as the gateway's own
@@ -26,6 +28,7 @@ pin_project! {
     /// balancer below has already counted the call as the endpoint's failure.
     #[derive(Default)]
     pub struct ProxyBody {
+        head: VecDeque<Frame<Bytes>>,
         #[pin]
         upstream: Option<TrackedBody<Incoming>>,
         ended: bool,
@@ -37,7 +40,22 @@ pin_project! {
 impl ProxyBody {
     /// The endpoint's response body.
     pub(crate) fn upstream(body: TrackedBody<Incoming>) -> Self {
-        Self { upstream: Some(body), ended: false, limited: None }
+        Self { head: VecDeque::new(), upstream: Some(body), ended: false, limited: None }
+    }
+
+    /// A body holding a concurrency-limit permit until it ends (a pool's `limit` layer).
+    pub(crate) fn limited(body: LimitBody<ProxyBody>) -> Self {
+        Self { head: VecDeque::new(), upstream: None, ended: false, limited: Some(Box::pin(body)) }
+    }
+}
+
+impl switchyard_cache::ReplayBody for ProxyBody {
+    fn replay(frames: Vec<Frame<Bytes>>, rest: Option<Self>) -> Self {
+        let mut body = rest.unwrap_or_default();
+        let mut head: VecDeque<Frame<Bytes>> = frames.into();
+        head.append(&mut body.head);
+        body.head = head;
+        body
     }
 
     /// A body holding a concurrency-limit permit until it ends (a pool's `limit` layer).
@@ -63,6 +81,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
+        if let Some(frame) = this.head.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         if let Some(limited) = this.limited {
             return limited.as_mut().poll_frame(cx);
         }
@@ -83,6 +104,9 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if !self.head.is_empty() {
+            return false;
+        }
         if let Some(limited) = &self.limited {
             return limited.is_end_stream();
         }
@@ -90,6 +114,10 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if !self.head.is_empty() {
+            // Frames put back by a layer: rare, and not worth an exact hint.
+            return SizeHint::default();
+        }
         if let Some(limited) = &self.limited {
             return limited.size_hint();
         }

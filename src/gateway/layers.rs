@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Layers are named and parameterised by a [`Spec`] and built by the [`LayerRegistry`]; the
-//! gateway registers the layers of the crates it links (`timeout`, `shed`, `limit`), and a program that
-//! embeds the gateway registers its own in [`registry()`] before it starts one. A layer fails a
+//! gateway registers the layers of the crates it links (`timeout`, `shed`, `limit`, and `cache`
+//! with the parameters its module documents), and a program that embeds the gateway registers its
+//! own in [`registry()`] before it starts one. A layer fails a
 //! request with a typed [`switchyard_core::Error`], which the client receives as its gRPC status.
 //! A pool with no layers calls its balancer directly, with nothing boxed.
 //!
@@ -82,7 +83,7 @@ pub fn registry() -> &'static LayerRegistry {
 }
 
 impl LayerRegistry {
-    /// A registry with the gateway's layers: `timeout`, `shed`, `limit`.
+    /// A registry with the gateway's layers: `timeout`, `shed`, `limit`, `cache`.
     pub fn with_builtins() -> Self {
         let registry = Self { entries: Arc::default() };
         let _ = registry.register(
@@ -99,6 +100,11 @@ impl LayerRegistry {
             "limit",
             "an adaptive concurrency limit over the whole pool (switchyard-limit)",
             limit,
+        );
+        let _ = registry.register(
+            "cache",
+            "answers repeated requests of the named methods from memory; coalesces identical ones in flight",
+            super::cache::cache,
         );
         registry
     }

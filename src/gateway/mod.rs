@@ -149,6 +149,7 @@
 
 mod admin;
 mod body;
+mod cache;
 mod config;
 mod drain;
 pub mod layers;

@@ -50,14 +50,19 @@
 //! - `overload`: four replicas under offered load stepping from 0.5 to 3 times their capacity,
 //!   with priorities and deadlines, unprotected and protected by limits and shedding; see
 //!   [`run_overload`]. `--plot FILE` draws the limits over time.
+//! - `hetero-parallel`: four classic servers of 8 parallel slots at 10 ms a request, one four
+//!   times slower, at 65 % of their capacity; the ideal is earliest finish time on an exact slot
+//!   ledger; see [`run_hetero_parallel`].
 
 mod balanced;
 mod capacity;
 mod cluster;
 mod hetero;
+mod hetero_parallel;
 mod ideal;
 mod overload;
 mod overload_plot;
+mod ideal_parallel;
 mod replica;
 mod report;
 
@@ -73,6 +78,9 @@ pub use overload::{
     GenerationPermit, HAND_TUNED_LIMIT, HAND_TUNED_SHED_LIMIT, LOAD_STEPS, OverloadOptions, OverloadReport,
     PermitGeneration, StepResult, TargetCheck, WINDOWED as OVERLOAD_WINDOWED, deadline_of,
     replicas as overload_replicas, run_overload,
+pub use hetero_parallel::{
+    DEFAULT_PARALLEL_LOAD, DEFAULT_PARALLEL_REQUESTS, HeteroParallelOptions, PARALLEL_SLOTS, SERVICE_TIME,
+    parallel_replicas, run_hetero_parallel,
 };
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
@@ -85,6 +93,8 @@ pub enum Scenario {
     /// Four replicas under load stepping from 0.5× to 3× their capacity, with and without
     /// limits and shedding.
     Overload,
+    /// Four classic servers (8 parallel slots, 10 ms a request), one four times slower, at 65 %.
+    HeteroParallel,
 }
 
 /// Flags of `switchyard lab`.
@@ -103,12 +113,14 @@ pub struct LabArgs {
     /// Seed of the policies' random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Requests to replay (the first ones of the trace).
-    #[arg(long, default_value_t = DEFAULT_REQUESTS)]
-    pub requests: usize,
-    /// Offered load, as a share of the cluster's measured capacity.
-    #[arg(long, default_value_t = 0.7)]
-    pub load: f64,
+    /// Requests to replay (the first ones of the trace) [default: hetero 6000,
+    /// hetero-parallel 20000].
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Offered load, as a share of the cluster's measured capacity [default: hetero 0.7,
+    /// hetero-parallel 0.65].
+    #[arg(long)]
+    pub load: Option<f64>,
     /// `overload`: virtual seconds per load step.
     #[arg(long, default_value_t = 20.0)]
     pub step_seconds: f64,
@@ -180,8 +192,8 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
     let report: LabOutput = match args.scenario {
         Scenario::Hetero => run_hetero(&HeteroOptions {
             seed: args.seed,
-            requests: args.requests,
-            load: args.load,
+            requests: args.requests.unwrap_or(DEFAULT_REQUESTS),
+            load: args.load.unwrap_or(0.7),
             trace: args.trace.clone(),
         })?
         .into(),
@@ -191,6 +203,19 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
             trace: args.trace.clone(),
             plot: args.plot.clone(),
         })?),
+        Scenario::HeteroParallel => {
+            if args.trace.is_some() {
+                return Err(LabError::Setting(
+                    "hetero-parallel replays synthetic arrivals, not a trace".into(),
+                ));
+            }
+            run_hetero_parallel(&HeteroParallelOptions {
+                seed: args.seed,
+                requests: args.requests.unwrap_or(DEFAULT_PARALLEL_REQUESTS),
+                load: args.load.unwrap_or(DEFAULT_PARALLEL_LOAD),
+            })?
+            .into()
+        }
     };
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report)

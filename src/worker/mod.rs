@@ -76,6 +76,25 @@ pub struct WorkerArgs {
     /// Longest wait for in-flight requests on shutdown, e.g. `30s`, `500ms`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// What the simulated replica is: an LLM engine (`llm`), or a classic server (`parallel`)
+    /// that runs `--parallel` requests at once in `--service-ms` each and queues the rest.
+    #[arg(long, value_enum, default_value_t = ReplicaKindArg::Llm)]
+    pub kind: ReplicaKindArg,
+    /// `--kind parallel`: requests served at once (replaces `--max-batch`).
+    #[arg(long, default_value_t = 8)]
+    pub parallel: u32,
+    /// `--kind parallel`: milliseconds one request takes at speed 1 (divided by `--speed`).
+    #[arg(long, default_value_t = 10.0)]
+    pub service_ms: f64,
+}
+
+/// `--kind` of `switchyard worker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicaKindArg {
+    /// An LLM engine: continuous batching, prefill and decode costs, KV cache.
+    Llm,
+    /// A classic server: `--parallel` slots at `--service-ms` each, FIFO queue for the rest.
+    Parallel,
 }
 
 impl Default for WorkerArgs {
@@ -89,19 +108,35 @@ impl Default for WorkerArgs {
             max_queue: engine.max_queue,
             speed: 1.0,
             drain_timeout: Duration::from_secs(30),
+            kind: ReplicaKindArg::Llm,
+            parallel: 8,
+            service_ms: 10.0,
         }
     }
 }
 
 impl WorkerArgs {
-    /// The engine configuration these flags describe.
+    /// The engine configuration these flags describe (a parallel kind's bad `--service-ms`
+    /// is refused by [`EngineConfig::validate`] as a zero service time).
     pub fn engine_config(&self) -> EngineConfig {
-        EngineConfig {
+        let config = EngineConfig {
             max_batch: self.max_batch,
             kv_capacity_tokens: self.kv_capacity,
             max_queue: self.max_queue,
             speed: self.speed,
             ..EngineConfig::default()
+        };
+        match self.kind {
+            ReplicaKindArg::Llm => config,
+            ReplicaKindArg::Parallel => {
+                let service_time =
+                    Duration::try_from_secs_f64(self.service_ms / 1e3).unwrap_or(Duration::ZERO);
+                EngineConfig {
+                    max_batch: self.parallel,
+                    kind: switchyard_sim::ReplicaKind::Parallel { service_time },
+                    ..config
+                }
+            }
         }
     }
 }

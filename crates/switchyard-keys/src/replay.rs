@@ -50,6 +50,33 @@ impl<B: Body> Replay<B> {
         Self { head, error, trailers, rest }
     }
 
+    /// A body of `frames` alone: their data in order, then the trailers among them, if any.
+    pub fn from_frames(frames: impl IntoIterator<Item = Frame<Bytes>>) -> Self {
+        let mut body = Self { head: VecDeque::new(), error: None, trailers: None, rest: None };
+        body.put_back(frames);
+        body
+    }
+
+    /// Puts `frames`, read from this body, back in front of what is left of it, in order and
+    /// unchanged, for a layer that reads a whole request before passing it on (a response cache
+    /// keying on its bytes). Trailers among them come back after all the data: put back only
+    /// trailers that ended the body. Frames put back hold no connection budget.
+    pub fn put_back(&mut self, frames: impl IntoIterator<Item = Frame<Bytes>>) {
+        let mut head = VecDeque::new();
+        for frame in frames {
+            match frame.into_data() {
+                Ok(data) => head.push_back(Held { data, _permit: None }),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.trailers = Some(trailers);
+                    }
+                }
+            }
+        }
+        head.append(&mut self.head);
+        self.head = head;
+    }
+
     /// Bytes read ahead and not yet handed on.
     pub fn held_bytes(&self) -> usize {
         self.head.iter().map(|h| h.data.len()).sum()

@@ -50,6 +50,31 @@ pub struct EngineConfig {
     /// `step_overhead_ms`, fractional milliseconds.
     #[serde(with = "duration_ms", rename = "step_overhead_ms")]
     pub step_overhead: Duration,
+    /// What kind of server the replica is: an LLM engine (the default, everything above) or a
+    /// classic server of `max_batch` parallel slots ([`ReplicaKind::Parallel`]).
+    pub kind: ReplicaKind,
+}
+
+/// What kind of server a simulated replica models.
+///
+/// Serialised as a table tagged by `type`: `{ type = "llm" }` or
+/// `{ type = "parallel", service_time_ms = 10 }`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ReplicaKind {
+    /// An LLM engine: continuous batching with chunked prefill under the roofline cost model.
+    #[default]
+    Llm,
+    /// A classic server: `max_batch` requests run in parallel, each for `service_time / speed`
+    /// whatever its size; the rest wait in FIFO order (at most `max_queue`). A request's tokens
+    /// all come at the end of its service, so its time to first token is its latency. The token
+    /// budget, KV cache and prefix cache play no part (a request must still fit the KV capacity,
+    /// which is checked at submission for both kinds).
+    Parallel {
+        /// Time one request takes at speed 1.0, however many run beside it.
+        #[serde(with = "duration_ms", rename = "service_time_ms")]
+        service_time: Duration,
+    },
 }
 
 impl Default for EngineConfig {
@@ -71,6 +96,7 @@ impl Default for EngineConfig {
             flops_per_token: 2.0 * 8.03e9,
             attention_flops_per_token_per_position: 524_288.0,
             step_overhead: Duration::from_micros(500),
+            kind: ReplicaKind::Llm,
         }
     }
 }
@@ -137,6 +163,23 @@ impl StepShape {
 }
 
 impl EngineConfig {
+    /// A classic server of `slots` parallel slots, each request taking `service_time` at speed
+    /// 1.0 ([`ReplicaKind::Parallel`]); the other settings are the defaults.
+    pub fn parallel(slots: u32, service_time: Duration) -> Self {
+        Self { max_batch: slots, kind: ReplicaKind::Parallel { service_time }, ..Self::default() }
+    }
+
+    /// For a [`ReplicaKind::Parallel`] replica, the time one request takes at this replica's
+    /// speed (`service_time / speed`); `None` for an LLM engine.
+    pub fn parallel_service_time(&self) -> Option<Duration> {
+        match self.kind {
+            ReplicaKind::Llm => None,
+            ReplicaKind::Parallel { service_time } => Some(
+                Duration::try_from_secs_f64(service_time.as_secs_f64() / self.speed).unwrap_or(Duration::MAX),
+            ),
+        }
+    }
+
     /// Checks every setting, and names the first one that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_batch == 0 {
@@ -148,7 +191,7 @@ impl EngineConfig {
         if self.block_tokens == 0 {
             return Err(ConfigError::new("block_tokens", "must be > 0, got 0"));
         }
-        if self.max_batched_tokens < self.max_batch {
+        if self.kind == ReplicaKind::Llm && self.max_batched_tokens < self.max_batch {
             return Err(ConfigError::new(
                 "max_batched_tokens",
                 format!(
@@ -159,6 +202,11 @@ impl EngineConfig {
         }
         if self.max_tokens_limit == 0 {
             return Err(ConfigError::new("max_tokens_limit", "must be > 0, got 0"));
+        }
+        if let ReplicaKind::Parallel { service_time } = self.kind
+            && service_time.is_zero()
+        {
+            return Err(ConfigError::new("kind.service_time_ms", "must be > 0, got 0"));
         }
         let positive = [
             ("speed", self.speed),

@@ -18,6 +18,8 @@ use crate::config::{EngineConfig, StepShape};
 use crate::load::ReplicaLoad;
 use crate::prefix_cache::PrefixCache;
 
+mod parallel;
+
 /// State shared by the engine task, its handles and its generations.
 #[derive(Debug)]
 pub(crate) struct EngineShared {
@@ -112,6 +114,8 @@ struct Sequence {
     emitted: u32,
     reservation: u64,
     work: Work,
+    /// When its service ends: set for a parallel-kind replica only.
+    ends_at: Option<Instant>,
 }
 
 impl Sequence {
@@ -240,7 +244,14 @@ impl EngineState {
                 p.admitted_at = Some(now);
                 p.cached_prompt_tokens = cached;
             }
-            self.running.push(Sequence { req, prefilled: cached, emitted: 0, reservation, work: Work::Idle });
+            self.running.push(Sequence {
+                req,
+                prefilled: cached,
+                emitted: 0,
+                reservation,
+                work: Work::Idle,
+                ends_at: None,
+            });
         }
     }
 
@@ -366,6 +377,9 @@ impl Drop for StopGuard {
 pub(crate) async fn run(shared: Arc<EngineShared>) {
     let _guard = StopGuard(shared.clone());
     let config = &shared.config;
+    if let Some(service_time) = config.parallel_service_time() {
+        return parallel::run(&shared, service_time).await;
+    }
     // When busy, the next step starts exactly where the last one ended (no drift).
     let mut busy_until: Option<Instant> = None;
     loop {

@@ -51,6 +51,15 @@
 //!
 //! An idle engine waits for a submission; it never polls.
 //!
+//! **The parallel kind.** Not every model server batches: a classic one (an embedding or
+//! classification server, a CPU service) runs `k` requests in parallel at a near fixed time each
+//! and queues the rest. [`ReplicaKind::Parallel`] (`EngineConfig::parallel(k, service_time)`)
+//! is that replica: `max_batch` slots, each request served in `service_time / speed` however
+//! many run beside it, FIFO admission into a free slot, the same queue bound, deadlines,
+//! cancellation and load reports as the LLM engine. Its capacity is `k / service_time × speed`
+//! requests per second, and its latency stays flat until all `k` slots are busy, then grows by a
+//! whole service time per `k` requests queued: the knee a concurrency limit should find.
+//!
 //! **Prefix cache.** Blocks of `block_tokens` tokens, keyed by the request's
 //! [`PrefixBlocks`](switchyard_core::PrefixBlocks) ids, kept in least-recently-used order. At
 //! admission the request's leading cached blocks (up to the first miss) are hits: their tokens
@@ -121,7 +130,7 @@ mod service;
 pub mod trace;
 pub mod workload;
 
-pub use config::{ConfigError, EngineConfig, StepShape};
+pub use config::{ConfigError, EngineConfig, ReplicaKind, StepShape};
 pub use generation::{Generation, GenerationOutcome, SimError, Token};
 pub use load::{PREFIX_HIT_RATE, ReplicaLoad};
 pub use service::{EngineHandle, GenerationRequest, SubmitError};
