@@ -165,7 +165,7 @@ pub use config::{
     RouteConfig,
 };
 pub use pool::Pool;
-pub use server::{Gateway, GatewayError};
+pub use server::{Gateway, GatewayError, Telemetry};
 use switchyard_balance::PolicyKind;
 use tokio::net::TcpListener;
 
@@ -212,6 +212,15 @@ pub struct GatewayArgs {
     /// A TOML file of pools and routes (instead of --backend).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Measure every call (`rpc_server_duration_seconds` per service, method and status, calls
+    /// in flight, response bytes) on the admin API's `GET /metrics`, beside the per-endpoint
+    /// series that are always there.
+    #[arg(long)]
+    pub rpc_metrics: bool,
+    /// Whether each call gets a span (set when an exporter is configured, see
+    /// `switchyard_telemetry::init`).
+    #[arg(skip)]
+    pub tracing: bool,
 }
 
 impl GatewayArgs {
@@ -242,7 +251,12 @@ pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> Resul
         TcpListener::bind(listen).await.map_err(|source| GatewayError::Bind { addr: listen, source })?;
     let admin =
         TcpListener::bind(admin).await.map_err(|source| GatewayError::Bind { addr: admin, source })?;
-    let gateway = Gateway::start(config, listener, Some(admin))?;
+    let telemetry =
+        Telemetry::new(switchyard_telemetry::MetricsRegistry::new(), args.rpc_metrics, args.tracing);
+    let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry)?;
+    if let Some(addr) = gateway.admin_addr() {
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
     shutdown.await;
     tracing::info!("draining: no new connections, waiting for requests in flight");
     gateway.shutdown().await

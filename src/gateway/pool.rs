@@ -38,7 +38,13 @@ pub struct Pool {
 impl Pool {
     /// Starts the pool's balancer over its configured endpoints, with a connection to each per
     /// serving thread (opened on first use).
-    pub(crate) fn start(config: &PoolConfig, threads: usize) -> Result<Self, ConfigError> {
+    /// `picked_endpoint`: whether responses carry the [`PickedEndpoint`](switchyard_balance::PickedEndpoint)
+    /// (the RPC spans read it).
+    pub(crate) fn start(
+        config: &PoolConfig,
+        threads: usize,
+        picked_endpoint: bool,
+    ) -> Result<Self, ConfigError> {
         // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
             EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
@@ -50,7 +56,7 @@ impl Pool {
         }
         let changes =
             config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
-        Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()))
+        Self::start_with(config, threads, picked_endpoint, futures::stream::iter(changes.collect::<Vec<_>>()))
     }
 
     /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
@@ -59,6 +65,7 @@ impl Pool {
     pub(crate) fn start_with<D, E>(
         config: &PoolConfig,
         threads: usize,
+        picked_endpoint: bool,
         changes: D,
     ) -> Result<Self, ConfigError>
     where
@@ -88,11 +95,11 @@ impl Pool {
         let balancer: Balancer = Balance::new(backends)
             .with_policy(policy.clone())
             .with_name(config.name.as_str())
-            // Nothing reads the picked endpoint in the extensions on either side: the
-            // endpoint clients below do not, and a response's extensions do not travel over
-            // the wire to the client. (The observer is told the endpoint.)
+            // Nothing reads the picked endpoint in the requests' extensions: the endpoint
+            // clients below do not. Only the RPC spans read it in the responses'. (The
+            // observer is told the endpoint.)
             .with_picked_endpoint_in_requests(false)
-            .with_completion(HttpCompletion::new().with_picked_endpoint(false));
+            .with_completion(HttpCompletion::new().with_picked_endpoint(picked_endpoint));
         let board = balancer.board();
         let upstream = Shared::new(balancer);
         let layered = match config.layers.as_slice() {
