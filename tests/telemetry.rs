@@ -262,3 +262,41 @@ async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() 
     server.kill().await.unwrap();
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_bad_otel_variable_is_a_warning_naming_it_and_the_worker_still_serves() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["worker", "--listen", "127.0.0.1:0", "--speed", "20"])
+        .env("OTEL_TRACES_SAMPLER", "sometimes")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "collector-without-scheme:4317")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut before = Vec::new();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the worker logs within 30 s")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the worker exited: {before:#?}"));
+        if let Some((_, rest)) = line.split_once("worker serving on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        before.push(line);
+    };
+    for name in
+        ["OTEL_TRACES_SAMPLER=\"sometimes\"", "OTEL_EXPORTER_OTLP_ENDPOINT=\"collector-without-scheme:4317\""]
+    {
+        assert!(
+            before.iter().any(|l| l.contains("WARN") && l.contains(name)),
+            "a warning naming {name}: {before:#?}"
+        );
+    }
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    client.model_infer(worker::request::text_request("sim-llm", "Still serving?", 2)).await.unwrap();
+    child.kill().await.unwrap();
+}

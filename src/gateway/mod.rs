@@ -221,6 +221,9 @@ pub struct GatewayArgs {
     /// `switchyard_telemetry::init`).
     #[arg(skip)]
     pub tracing: bool,
+    /// The registry `/metrics` renders (`switchyard_telemetry::init`'s); a new one if `None`.
+    #[arg(skip)]
+    pub registry: Option<switchyard_telemetry::MetricsRegistry>,
 }
 
 impl GatewayArgs {
@@ -251,8 +254,8 @@ pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> Resul
         TcpListener::bind(listen).await.map_err(|source| GatewayError::Bind { addr: listen, source })?;
     let admin =
         TcpListener::bind(admin).await.map_err(|source| GatewayError::Bind { addr: admin, source })?;
-    let telemetry =
-        Telemetry::new(switchyard_telemetry::MetricsRegistry::new(), args.rpc_metrics, args.tracing);
+    let registry = args.registry.clone().unwrap_or_default();
+    let telemetry = Telemetry::new(registry, args.rpc_metrics, args.tracing);
     let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry)?;
     if let Some(addr) = gateway.admin_addr() {
         tracing::info!("metrics at http://{addr}/metrics");

@@ -87,6 +87,9 @@ pub struct WorkerArgs {
     /// `switchyard_telemetry::init`).
     #[arg(skip)]
     pub tracing: bool,
+    /// The registry `/metrics` renders (`switchyard_telemetry::init`'s); a new one if `None`.
+    #[arg(skip)]
+    pub registry: Option<MetricsRegistry>,
 }
 
 impl Default for WorkerArgs {
@@ -102,6 +105,7 @@ impl Default for WorkerArgs {
             drain_timeout: Duration::from_secs(30),
             metrics_listen: None,
             tracing: false,
+            registry: None,
         }
     }
 }
@@ -175,7 +179,7 @@ pub async fn serve_with_metrics(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let engine = EngineHandle::spawn(args.engine_config())?;
-    let registry = metrics.as_ref().map(|_| MetricsRegistry::new());
+    let registry = metrics.as_ref().map(|_| args.registry.clone().unwrap_or_default());
     let rpc = RpcLayer::server().with_metrics(registry.as_ref()).with_tracing(args.tracing);
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = match (metrics, &registry) {

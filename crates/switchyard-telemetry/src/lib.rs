@@ -39,10 +39,12 @@
 #![warn(missing_docs)]
 
 mod board;
+mod init;
 pub mod names;
 mod registry;
 pub mod rpc;
 
 pub use board::BoardMetrics;
+pub use init::{SamplerConfig, Telemetry, TelemetryConfig, init};
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
 pub use rpc::{RpcBody, RpcLayer, Side};

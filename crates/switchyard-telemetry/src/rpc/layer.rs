@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use http::uri::Authority;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::Layer;
 
@@ -17,6 +18,8 @@ pub(crate) struct RpcTelemetry {
     pub(crate) metrics: Option<RpcMetrics>,
     pub(crate) tracing: bool,
     pub(crate) propagator: TraceContextPropagator,
+    /// `server.address` and `server.port` for requests that do not carry them.
+    pub(crate) server: Option<Authority>,
 }
 
 /// Builds [`Rpc`] services: RPC metrics into a [`MetricsRegistry`], spans, both or neither.
@@ -28,6 +31,7 @@ pub struct RpcLayer {
     side: Side,
     metrics: Option<MetricsRegistry>,
     tracing: bool,
+    server: Option<Authority>,
     telemetry: Option<Arc<RpcTelemetry>>,
 }
 
@@ -46,7 +50,7 @@ impl RpcLayer {
 
     /// A layer for `side`, doing nothing until given metrics or tracing.
     pub fn new(side: Side) -> Self {
-        Self { side, metrics: None, tracing: false, telemetry: None }
+        Self { side, metrics: None, tracing: false, server: None, telemetry: None }
     }
 
     /// The same layer, recording RPC metrics into `registry` (or none).
@@ -59,6 +63,14 @@ impl RpcLayer {
     /// without.
     pub fn with_tracing(mut self, tracing: bool) -> Self {
         self.tracing = tracing;
+        self.rebuild()
+    }
+
+    /// The same layer, naming `server` as the spans' `server.address` and `server.port` when a
+    /// request's URI has no authority (a tonic client's requests reach its `Channel` with the
+    /// path only: give the channel's target here).
+    pub fn with_server_address(mut self, server: Authority) -> Self {
+        self.server = Some(server);
         self.rebuild()
     }
 
@@ -79,6 +91,7 @@ impl RpcLayer {
                 metrics: self.metrics.clone().map(|r| RpcMetrics::new(self.side, r)),
                 tracing: self.tracing,
                 propagator: TraceContextPropagator::new(),
+                server: self.server.clone(),
             })
         });
         self

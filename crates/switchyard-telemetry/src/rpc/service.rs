@@ -47,7 +47,7 @@ where
             return ResponseFuture::new(self.inner.call(req), None);
         };
         let metrics = telemetry.metrics.as_ref().map(|m| m.path(req.uri().path()));
-        let span = telemetry.tracing.then(|| span::start(telemetry.side, &telemetry.propagator, &mut req));
+        let span = telemetry.tracing.then(|| span::start(telemetry, &mut req));
         let end = CallEnd::new(telemetry.side, metrics, span);
         let future = match &end.span {
             Some(span) => span.in_scope(|| self.inner.call(req)),

@@ -3,11 +3,12 @@
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::TraceContextExt;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Side;
+use super::layer::RpcTelemetry;
 use super::stats::split_path;
 use switchyard_core::Code;
 
@@ -19,17 +20,16 @@ use switchyard_core::Code;
 /// `tracestate` carry, if any; on the client side, the current span. Either way the request
 /// leaves with the new span's context in its metadata, so that the next hop (a gateway's
 /// endpoint, a client's server) continues the trace from this span.
-pub(crate) fn start<B>(
-    side: Side,
-    propagator: &TraceContextPropagator,
-    req: &mut http::Request<B>,
-) -> tracing::Span {
+pub(crate) fn start<B>(telemetry: &RpcTelemetry, req: &mut http::Request<B>) -> tracing::Span {
+    let (side, propagator) = (telemetry.side, &telemetry.propagator);
     let (service, method) = split_path(req.uri().path());
     let authority = req.uri().authority().map(|a| (a.host().to_owned(), a.port_u16())).or_else(|| {
         let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
         let authority: http::uri::Authority = host.parse().ok()?;
         Some((authority.host().to_owned(), authority.port_u16()))
     });
+    let authority =
+        authority.or_else(|| telemetry.server.as_ref().map(|a| (a.host().to_owned(), a.port_u16())));
     let (address, port) = match authority {
         Some((host, port)) => (Some(host), port),
         None => (None, None),
@@ -48,15 +48,23 @@ pub(crate) fn start<B>(
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = Empty,
-        server.address = address.as_deref(),
-        server.port = port,
+        server.address = Empty,
+        server.port = Empty,
         switchyard.pool = Empty,
         switchyard.endpoint = Empty,
     );
+    if let Some(address) = &address {
+        span.record("server.address", address.as_str());
+    }
+    if let Some(port) = port {
+        span.record("server.port", i64::from(port));
+    }
     if side == Side::Server {
         let parent = propagator.extract(&HeaderExtractor(req.headers()));
-        // Fails only when the span is disabled (no subscriber wants it): nothing to continue.
-        let _ = span.set_parent(parent);
+        if parent.span().span_context().is_valid() {
+            // Fails only when the span is disabled (no subscriber wants it): nothing to continue.
+            let _ = span.set_parent(parent);
+        }
     }
     propagator.inject_context(&span.context(), &mut HeaderInjector(req.headers_mut()));
     span
