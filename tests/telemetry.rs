@@ -259,6 +259,58 @@ async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() 
     ];
     expected.sort_by(|x, y| x.1.cmp(&y.1));
     assert_eq!(seen, expected);
+
+    // Every query of the Grafana dashboard parses and runs on this Prometheus, and every series it
+    // reads is one the gateway or a worker serves.
+    let (_, gateway_text) = get(gateway.admin_addr().unwrap(), "/metrics").await;
+    let (_, worker_text) = get(a.metrics, "/metrics").await;
+    let served = |name: &str| {
+        [&gateway_text, &worker_text].iter().any(|text| {
+            text.lines().any(|l| {
+                let series = l.split(['{', ' ']).next().unwrap_or_default();
+                series == name
+                    || series
+                        .strip_prefix(name)
+                        .is_some_and(|rest| ["_bucket", "_count", "_sum"].contains(&rest))
+            })
+        })
+    };
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/switchyard.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if ["switchyard_", "rpc_server_", "rpc_client_"].iter().any(|p| word.starts_with(p)) {
+                    let name = word.trim_end_matches("_bucket").trim_end_matches("_count");
+                    assert!(served(name), "the dashboard reads {name}, which nothing serves ({expr})");
+                }
+            }
+            let expr = expr
+                .replace("$gateway_job", "switchyard-gateway")
+                .replace("$worker_job", "switchyard-worker")
+                .replace("$pool", ".*")
+                .replace("$__rate_interval", "1m");
+            let encoded: String = expr
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let (status, body) = get(web, &format!("/api/v1/query?query={encoded}")).await;
+            assert_eq!(status, 200, "the dashboard's query {expr:?} fails on Prometheus: {body}");
+            queries += 1;
+        }
+    }
+    assert!(queries >= 15, "{queries} queries");
     server.kill().await.unwrap();
     gateway.shutdown().await.unwrap();
 }

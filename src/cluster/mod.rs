@@ -2,13 +2,17 @@
 //! with a production trace, measured, and plotted.
 //!
 //! The cluster is made of child processes of the running executable:
-//! - `--replicas` workers (`switchyard worker --listen 127.0.0.1:0 --speed S`), four by default,
-//!   the last one `--slow-speed` (0.333: three times slower, an older or shared GPU);
+//! - `--replicas` workers (`switchyard worker --listen 127.0.0.1:0 --speed S --metrics-listen
+//!   127.0.0.1:0`), four by default, the last one `--slow-speed` (0.333: three times slower, an
+//!   older or shared GPU);
 //! - the gateway over them (`switchyard gateway --listen 127.0.0.1:0 --admin 127.0.0.1:0
-//!   --backend http://WORKER ... --policy P`), least response time by default.
+//!   --rpc-metrics --backend http://WORKER ... --policy P`), least response time by default.
 //!
-//! Each child logs its bound address (`worker serving on ADDR`, `gateway serving on ADDR`,
-//! `admin serving on ADDR`); the cluster waits for those lines, then the load generator replays
+//! Each child logs its bound address (`worker serving on ADDR`, `metrics serving on ADDR`,
+//! `gateway serving on ADDR`, `admin serving on ADDR`); the cluster prints where Prometheus can
+//! scrape each of them while it runs (`cluster: metrics at gateway http://ADMIN/metrics, worker-0
+//! http://ADDR/metrics, ...`; `deploy/prometheus/` and `deploy/grafana/` have a scrape config and
+//! a dashboard), waits for those lines, then the load generator replays
 //! the trace (the bundled Azure LLM 2023 conversation trace by default) through the gateway with
 //! streaming calls, so that TTFT is measured at the first token. When the last response is in,
 //! the cluster reads each replica's completed requests from the gateway's `GET /endpoints`,
@@ -276,17 +280,22 @@ impl Cluster {
         let starts = speeds.iter().enumerate().map(|(i, speed)| {
             let args: Vec<String> =
                 ["worker", "--listen", "127.0.0.1:0", "--speed", &speed.to_string(), "--model", "sim-llm"]
+                    .into_iter()
+                    .chain(["--metrics-listen", "127.0.0.1:0"])
                     .map(String::from)
-                    .into();
+                    .collect();
             async move {
                 let name = format!("worker-{i}");
+                let phrases = ["worker serving on ", "metrics serving on "];
                 let (child, mut addresses) =
-                    ChildProcess::start(&name, exe, &args, &["worker serving on "], START_TIMEOUT).await?;
-                Ok::<_, ProcessError>((child, addresses.remove(0)))
+                    ChildProcess::start(&name, exe, &args, &phrases, START_TIMEOUT).await?;
+                let metrics = addresses.pop().unwrap_or_default();
+                Ok::<_, ProcessError>(((child, addresses.remove(0)), metrics))
             }
         });
         // On an error the workers already started are dropped, which kills them.
-        let workers = futures::future::try_join_all(starts).await?;
+        let (workers, worker_metrics): (Vec<_>, Vec<_>) =
+            futures::future::try_join_all(starts).await?.into_iter().unzip();
         for ((child, address), speed) in workers.iter().zip(speeds) {
             eprintln!("cluster: {} (speed {speed}) serving on {address}", child.name());
         }
@@ -294,7 +303,9 @@ impl Cluster {
             None => None,
             Some(policy) => {
                 let mut args: Vec<String> =
-                    ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from).into();
+                    ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--rpc-metrics"]
+                        .map(String::from)
+                        .into();
                 for (_, address) in &workers {
                     args.extend(["--backend".to_string(), format!("http://{address}")]);
                 }
@@ -309,6 +320,14 @@ impl Cluster {
                 Some((child, grpc, admin))
             }
         };
+        // Where Prometheus can scrape the cluster while it runs (deploy/prometheus/ has a
+        // config; deploy/grafana/switchyard.json a dashboard over these series).
+        let mut scrape: Vec<String> =
+            gateway.iter().map(|(_, _, admin)| format!("gateway http://{admin}/metrics")).collect();
+        scrape.extend(
+            workers.iter().zip(&worker_metrics).map(|((c, _), m)| format!("{} http://{m}/metrics", c.name())),
+        );
+        eprintln!("cluster: metrics at {}", scrape.join(", "));
         Ok(Self { workers, gateway })
     }
 

@@ -186,7 +186,7 @@ pub async fn serve_with_metrics(
         (Some(listener), Some(registry)) => {
             registry.add_source(Arc::new(EngineMetrics::new(engine.clone(), registry)));
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!("metrics serving on http://{addr}/metrics");
+                tracing::info!("metrics serving on {addr} (GET /metrics)");
             }
             Some(tokio::spawn(serve_metrics(listener, registry.clone(), async {
                 let _ = metrics_stopped.await;
