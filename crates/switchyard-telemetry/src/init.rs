@@ -4,24 +4,33 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::registry::MetricsRegistry;
 
+/// How often metrics are exported over OTLP unless `OTEL_METRIC_EXPORT_INTERVAL` says: the
+/// OpenTelemetry default.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What [`init`] sets up, as read from the standard OpenTelemetry variables
 /// ([`from_env`](Self::from_env)) or written by a program.
 ///
 /// | variable | field | default |
 /// | --- | --- | --- |
-/// | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | `otlp_endpoint` | none: nothing is exported |
+/// | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | `otlp_endpoint` | none: no span is exported |
+/// | `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | `otlp_metrics_endpoint` | none: metrics only on `/metrics` |
+/// | `OTEL_METRIC_EXPORT_INTERVAL` (ms) | `metrics_interval` | 60 000 |
 /// | `OTEL_SERVICE_NAME` | `service_name` | the program's (`switchyard-gateway`, `switchyard-worker`) |
 /// | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `sampler` | `parentbased_always_on` |
-/// | `OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none` | `otlp_endpoint` cleared | |
+/// | `OTEL_SDK_DISABLED=true` | both endpoints cleared | |
+/// | `OTEL_TRACES_EXPORTER=none`, `OTEL_METRICS_EXPORTER=none` | that endpoint cleared | |
 /// | `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` | must be `grpc` | `grpc` |
 ///
 /// A value that cannot be used is not fatal: it leaves a warning naming the variable in
@@ -32,6 +41,10 @@ use crate::registry::MetricsRegistry;
 pub struct TelemetryConfig {
     /// Where spans go, over the OTLP gRPC protocol (`http://collector:4317`); `None`: nowhere.
     pub otlp_endpoint: Option<String>,
+    /// Where the metrics go too, over OTLP/gRPC (besides `/metrics`); `None`: only `/metrics`.
+    pub otlp_metrics_endpoint: Option<String>,
+    /// How often metrics are exported over OTLP; `None`: every 60 s.
+    pub metrics_interval: Option<Duration>,
     /// The `service.name` of the spans; `None`: the program's default.
     pub service_name: Option<String>,
     /// How spans are sampled; `None`: `parentbased_always_on`.
@@ -95,21 +108,41 @@ impl TelemetryConfig {
                 ));
             }
         }
-        let endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .map(|e| ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e))
-            .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e)));
-        if let Some((name, endpoint)) = endpoint {
+        let endpoint = |specific: &'static str, warnings: &mut Vec<String>| {
+            let (name, endpoint) = get(specific)
+                .map(|e| (specific, e))
+                .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e)))?;
             match endpoint.parse::<http::Uri>() {
-                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
-                    config.otlp_endpoint = Some(endpoint.to_string());
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+                {
+                    Some(endpoint.to_string())
                 }
+                _ => {
+                    let warning = format!(
+                        "{name}={endpoint:?} is not an http:// or https:// URL (e.g. http://localhost:4317): nothing is exported there"
+                    );
+                    if !warnings.contains(&warning) {
+                        warnings.push(warning);
+                    }
+                    None
+                }
+            }
+        };
+        config.otlp_endpoint = endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &mut config.warnings);
+        config.otlp_metrics_endpoint = endpoint("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &mut config.warnings);
+        if let Some(ms) = get("OTEL_METRIC_EXPORT_INTERVAL") {
+            match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => config.metrics_interval = Some(Duration::from_millis(ms)),
                 _ => config.warnings.push(format!(
-                    "{name}={endpoint:?} is not an http:// or https:// URL (e.g. http://localhost:4317): no spans are exported"
+                    "OTEL_METRIC_EXPORT_INTERVAL={ms:?} is not a positive number of milliseconds: exporting every 60 s"
                 )),
             }
         }
         match get("OTEL_SDK_DISABLED") {
-            Some(v) if v.eq_ignore_ascii_case("true") => config.otlp_endpoint = None,
+            Some(v) if v.eq_ignore_ascii_case("true") => {
+                (config.otlp_endpoint, config.otlp_metrics_endpoint) = (None, None);
+            }
             Some(v) if v.eq_ignore_ascii_case("false") => {}
             Some(v) => config
                 .warnings
@@ -121,6 +154,13 @@ impl TelemetryConfig {
             Some("otlp") | None => {}
             Some(other) => config.warnings.push(format!(
                 "OTEL_TRACES_EXPORTER={other:?} is not supported (\"otlp\" or \"none\"): exporting over OTLP"
+            )),
+        }
+        match get("OTEL_METRICS_EXPORTER") {
+            Some("none") => config.otlp_metrics_endpoint = None,
+            Some("otlp" | "prometheus") | None => {}
+            Some(other) => config.warnings.push(format!(
+                "OTEL_METRICS_EXPORTER={other:?} is not supported (\"otlp\" or \"none\"; Prometheus is always on /metrics): exporting over OTLP"
             )),
         }
         config.service_name = get("OTEL_SERVICE_NAME").map(str::to_string);
@@ -158,6 +198,13 @@ impl TelemetryConfig {
         self
     }
 
+    /// The same configuration, exporting metrics to `endpoint` every `interval`.
+    pub fn with_otlp_metrics(mut self, endpoint: impl Into<String>, interval: Duration) -> Self {
+        self.otlp_metrics_endpoint = Some(endpoint.into());
+        self.metrics_interval = Some(interval);
+        self
+    }
+
     /// The same configuration, with this `service.name`.
     pub fn with_service_name(mut self, name: impl Into<String>) -> Self {
         self.service_name = Some(name.into());
@@ -169,6 +216,10 @@ impl TelemetryConfig {
 /// Dropping it flushes and stops the exporter.
 pub struct Telemetry {
     registry: MetricsRegistry,
+    meter_provider: Option<SdkMeterProvider>,
+    /// Publishes the registry's scrape sources for the OTLP exports (their instruments cannot be
+    /// made inside the SDK's collection, so not in an observable callback).
+    publisher: Option<tokio::task::JoinHandle<()>>,
     provider: Option<SdkTracerProvider>,
     tracer: Option<SdkTracer>,
     warnings: Vec<String>,
@@ -216,6 +267,23 @@ impl Telemetry {
         {
             tracing::warn!("telemetry: exporting the last spans failed: {e}");
         }
+        if let Some(publisher) = self.publisher.take() {
+            publisher.abort();
+        }
+        if self.meter_provider.is_some() {
+            // The last export shows the sources as they are now.
+            self.registry.publish();
+        }
+        if let Some(provider) = self.meter_provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!("telemetry: exporting the last metrics failed: {e}");
+        }
+    }
+
+    /// Whether metrics are exported over OTLP (besides `/metrics`).
+    pub fn is_exporting_metrics(&self) -> bool {
+        self.meter_provider.is_some()
     }
 }
 
@@ -229,6 +297,7 @@ impl fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Telemetry")
             .field("tracing", &self.is_tracing())
+            .field("metrics", &self.is_exporting_metrics())
             .field("warnings", &self.warnings)
             .finish_non_exhaustive()
     }
@@ -246,7 +315,35 @@ impl fmt::Debug for Telemetry {
 /// cannot use is a warning, not an error.
 pub fn init(default_service_name: &str, config: &TelemetryConfig) -> Telemetry {
     let mut warnings = config.warnings.clone();
-    let registry = MetricsRegistry::new();
+    let name = config.service_name.clone().unwrap_or_else(|| default_service_name.to_string());
+    let (registry, meter_provider, publisher) = match metrics_exporter(config, &name) {
+        None => (MetricsRegistry::new(), None, None),
+        Some(Err(warning)) => {
+            warnings.push(warning);
+            (MetricsRegistry::new(), None, None)
+        }
+        Some(Ok(provider)) => {
+            let registry = MetricsRegistry::with_meter(provider.meter("switchyard"));
+            // The load-board series are read twice per export interval, so that an export is at
+            // most half an interval behind them (a scrape reads them at the scrape).
+            let every =
+                (config.metrics_interval.unwrap_or(DEFAULT_METRICS_INTERVAL) / 2).max(Duration::from_secs(1));
+            let weak = registry.downgrade();
+            let publisher = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+                runtime.spawn(async move {
+                    let mut ticks = tokio::time::interval(every);
+                    loop {
+                        ticks.tick().await;
+                        match weak.upgrade() {
+                            Some(registry) => registry.publish(),
+                            None => break,
+                        }
+                    }
+                })
+            });
+            (registry, Some(provider), publisher)
+        }
+    };
     let (provider, tracer) = match &config.otlp_endpoint {
         None => (None, None),
         Some(endpoint) => {
@@ -257,13 +354,11 @@ pub fn init(default_service_name: &str, config: &TelemetryConfig) -> Telemetry {
                 .build();
             match exporter {
                 Ok(exporter) => {
-                    let name =
-                        config.service_name.clone().unwrap_or_else(|| default_service_name.to_string());
                     let sampler = config.sampler.unwrap_or(SamplerConfig::ParentBasedAlwaysOn).sampler();
                     let provider = SdkTracerProvider::builder()
                         .with_batch_exporter(exporter)
                         .with_sampler(sampler)
-                        .with_resource(Resource::builder().with_service_name(name).build())
+                        .with_resource(Resource::builder().with_service_name(name.clone()).build())
                         .build();
                     let tracer = provider.tracer("switchyard");
                     (Some(provider), Some(tracer))
@@ -277,7 +372,34 @@ pub fn init(default_service_name: &str, config: &TelemetryConfig) -> Telemetry {
             }
         }
     };
-    Telemetry { registry, provider, tracer, warnings }
+    Telemetry { registry, meter_provider, publisher, provider, tracer, warnings }
+}
+
+/// The OTLP metrics pipeline `config` asks for: `None` if none, a warning if it cannot be built.
+fn metrics_exporter(
+    config: &TelemetryConfig,
+    service_name: &str,
+) -> Option<Result<SdkMeterProvider, String>> {
+    let endpoint = config.otlp_metrics_endpoint.as_ref()?;
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .with_timeout(Duration::from_secs(10))
+        .build();
+    Some(match exporter {
+        Ok(exporter) => {
+            let reader = PeriodicReader::builder(exporter)
+                .with_interval(config.metrics_interval.unwrap_or(DEFAULT_METRICS_INTERVAL))
+                .build();
+            Ok(SdkMeterProvider::builder()
+                .with_reader(reader)
+                .with_resource(Resource::builder().with_service_name(service_name.to_string()).build())
+                .build())
+        }
+        Err(e) => {
+            Err(format!("OTLP metrics endpoint {endpoint:?} cannot be used ({e}): metrics only on /metrics"))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -324,10 +446,35 @@ mod tests {
             ("OTEL_SDK_DISABLED", "true"),
         ]);
         assert_eq!((config.otlp_endpoint.as_deref(), config.sampler), (None, None), "disabled");
+        assert_eq!(config.otlp_metrics_endpoint, None, "disabled");
         assert!(
             config.warnings.iter().any(|w| w.starts_with("OTEL_TRACES_SAMPLER_ARG=")),
             "{:?}",
             config.warnings
+        );
+
+        let config = TelemetryConfig::from_vars([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://metrics:4317"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+        ]);
+        assert_eq!(
+            (config.otlp_endpoint.as_deref(), config.otlp_metrics_endpoint.as_deref()),
+            (None, Some("https://metrics:4317"))
+        );
+        assert!(
+            config.warnings.iter().any(|w| w.starts_with("OTEL_METRIC_EXPORT_INTERVAL=")),
+            "{:?}",
+            config.warnings
+        );
+        let config = TelemetryConfig::from_vars([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ]);
+        assert_eq!(
+            (config.otlp_endpoint.as_deref(), config.otlp_metrics_endpoint.as_deref()),
+            (Some("http://collector:4317"), None)
         );
     }
 }

@@ -41,10 +41,11 @@
 mod board;
 mod init;
 pub mod names;
+mod otlp_metrics;
 mod registry;
 pub mod rpc;
 
 pub use board::BoardMetrics;
-pub use init::{SamplerConfig, Telemetry, TelemetryConfig, init};
+pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConfig, init};
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
 pub use rpc::{RpcBody, RpcLayer, Side};

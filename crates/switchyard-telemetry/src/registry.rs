@@ -8,6 +8,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, Share
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::names;
+use crate::otlp_metrics::OtelMirror;
 
 /// The content type of the Prometheus text exposition format that [`MetricsRegistry::render`]
 /// writes.
@@ -51,6 +52,8 @@ pub struct MetricsRegistry {
 
 struct Inner {
     recorder: PrometheusRecorder,
+    /// The OpenTelemetry twins of the handles, when the series are exported over OTLP too.
+    otel: Option<OtelMirror>,
     handle: PrometheusHandle,
     sources: Mutex<Vec<Arc<dyn ScrapeSource>>>,
 }
@@ -64,6 +67,16 @@ impl Default for MetricsRegistry {
 impl MetricsRegistry {
     /// An empty registry, with the RPC and endpoint metrics described (their `# HELP`).
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A registry whose series also go to `meter`'s instruments (same names and labels), for an
+    /// OpenTelemetry exporter; [`init`](crate::init) makes one when an OTLP endpoint is set.
+    pub fn with_meter(meter: opentelemetry::metrics::Meter) -> Self {
+        Self::build(Some(OtelMirror::new(meter)))
+    }
+
+    fn build(otel: Option<OtelMirror>) -> Self {
         // Neither bucket list is empty, so neither call fails.
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
@@ -71,7 +84,7 @@ impl MetricsRegistry {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let registry = Self { inner: Arc::new(Inner { recorder, handle, sources: Mutex::default() }) };
+        let registry = Self { inner: Arc::new(Inner { recorder, otel, handle, sources: Mutex::default() }) };
         registry.describe();
         registry
     }
@@ -139,18 +152,40 @@ impl MetricsRegistry {
     /// Publishes the sources, then renders every series in the Prometheus text format
     /// ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let sources = self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for source in &sources {
-            source.publish(&self.inner.recorder);
-        }
+        self.publish();
         self.inner.handle.run_upkeep();
         self.inner.handle.render()
+    }
+
+    /// Publishes the sources' series (as a scrape does; an OTLP export calls it before each
+    /// collection).
+    pub fn publish(&self) {
+        let sources = self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for source in &sources {
+            source.publish(self);
+        }
+    }
+
+    /// A handle that does not keep the registry alive.
+    pub(crate) fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry(Arc::downgrade(&self.inner))
     }
 
     /// Makes this registry the process's global `metrics` recorder; an error if one is set
     /// already.
     pub fn install(&self) -> Result<(), metrics::SetRecorderError<MetricsRegistry>> {
         metrics::set_global_recorder(self.clone())
+    }
+}
+
+/// A [`MetricsRegistry`] handle that does not keep it alive (for callbacks it owns).
+#[derive(Clone)]
+pub(crate) struct WeakRegistry(std::sync::Weak<Inner>);
+
+impl WeakRegistry {
+    /// The registry, if it still exists.
+    pub(crate) fn upgrade(&self) -> Option<MetricsRegistry> {
+        self.0.upgrade().map(|inner| MetricsRegistry { inner })
     }
 }
 
@@ -175,14 +210,26 @@ impl Recorder for MetricsRegistry {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        self.inner.recorder.register_counter(key, metadata)
+        let prometheus = || self.inner.recorder.register_counter(key, metadata);
+        match &self.inner.otel {
+            None => prometheus(),
+            Some(otel) => otel.counter(key, prometheus),
+        }
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        self.inner.recorder.register_gauge(key, metadata)
+        let prometheus = || self.inner.recorder.register_gauge(key, metadata);
+        match &self.inner.otel {
+            None => prometheus(),
+            Some(otel) => otel.gauge(key, prometheus),
+        }
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        self.inner.recorder.register_histogram(key, metadata)
+        let prometheus = || self.inner.recorder.register_histogram(key, metadata);
+        match &self.inner.otel {
+            None => prometheus(),
+            Some(otel) => otel.histogram(key, prometheus),
+        }
     }
 }
