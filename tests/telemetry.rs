@@ -139,6 +139,14 @@ async fn gateway_and_worker_metrics_pass_promtool_and_hold_the_per_endpoint_seri
         );
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejections_total{labels}")), Some(0.0));
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejected{labels}")), Some(0.0));
+        // From the balancer's observer, told once per request.
+        let observed = format!(
+            r#"switchyard_endpoint_duration_seconds_count{{pool="default",endpoint="{}",outcome="ok"}}"#,
+            w.addr
+        );
+        assert_eq!(value(&text, &observed), Some(3.0), "{text}");
+        let first_byte = format!("switchyard_endpoint_time_to_first_byte_seconds_count{labels}");
+        assert_eq!(value(&text, &first_byte), Some(3.0), "{text}");
     }
     assert_eq!(
         value(&text, r#"switchyard_pool_policy_info{pool="default",policy="round-robin"}"#),

@@ -1,10 +1,12 @@
 //! Pools: one balancer over the endpoints of one model or service.
 
 use std::fmt;
+use std::sync::Arc;
 
 use std::convert::Infallible;
 use switchyard_balance::{
-    Backend, Balance, HttpCompletion, LoadBoard, PolicyError, PolicyHandle, PolicySpec, Shared, policy,
+    Backend, Balance, HttpCompletion, LoadBoard, Observer, PolicyError, PolicyHandle, PolicySpec, Shared,
+    policy,
 };
 
 use futures::StreamExt;
@@ -40,10 +42,12 @@ impl Pool {
     /// serving thread (opened on first use).
     /// `picked_endpoint`: whether responses carry the [`PickedEndpoint`](switchyard_balance::PickedEndpoint)
     /// (the RPC spans read it).
+    /// `observer`, if any, is told of every request's end (the telemetry's per-endpoint latency).
     pub(crate) fn start(
         config: &PoolConfig,
         threads: usize,
         picked_endpoint: bool,
+        observer: Option<Arc<dyn Observer>>,
     ) -> Result<Self, ConfigError> {
         // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
@@ -56,7 +60,13 @@ impl Pool {
         }
         let changes =
             config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
-        Self::start_with(config, threads, picked_endpoint, futures::stream::iter(changes.collect::<Vec<_>>()))
+        Self::start_with(
+            config,
+            threads,
+            picked_endpoint,
+            observer,
+            futures::stream::iter(changes.collect::<Vec<_>>()),
+        )
     }
 
     /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
@@ -66,6 +76,7 @@ impl Pool {
         config: &PoolConfig,
         threads: usize,
         picked_endpoint: bool,
+        observer: Option<Arc<dyn Observer>>,
         changes: D,
     ) -> Result<Self, ConfigError>
     where
@@ -100,6 +111,10 @@ impl Pool {
             // observer is told the endpoint.)
             .with_picked_endpoint_in_requests(false)
             .with_completion(HttpCompletion::new().with_picked_endpoint(picked_endpoint));
+        let balancer = match observer {
+            Some(observer) => balancer.with_observer(observer),
+            None => balancer,
+        };
         let board = balancer.board();
         let upstream = Shared::new(balancer);
         let layered = match config.layers.as_slice() {

@@ -27,7 +27,7 @@ use super::pool::Pool;
 use super::proxy::Proxy;
 use super::route::Router;
 use super::upstream;
-use switchyard_telemetry::{BoardMetrics, MetricsRegistry, RpcLayer};
+use switchyard_telemetry::{BoardMetrics, EndpointObserver, MetricsRegistry, RpcLayer};
 
 /// The gateway's telemetry: where its metrics go, and whether each call gets RPC metrics and a
 /// span. The default: per-endpoint series only (read from the load boards at each scrape, so
@@ -37,7 +37,9 @@ use switchyard_telemetry::{BoardMetrics, MetricsRegistry, RpcLayer};
 pub struct Telemetry {
     /// The registry `GET /metrics` renders.
     pub registry: MetricsRegistry,
-    /// Whether each call is measured (`rpc_server_duration_seconds`, in flight, response bytes).
+    /// Whether each call is measured (`rpc_server_duration_seconds`, in flight, response bytes),
+    /// and each endpoint's requests (`switchyard_endpoint_duration_seconds`, time to first byte,
+    /// from the balancer's observer).
     pub rpc_metrics: bool,
     /// Whether each call gets a span (W3C trace context continued from the client's metadata
     /// and forwarded to the endpoint).
@@ -143,10 +145,15 @@ impl Gateway {
         let rpc = RpcLayer::server()
             .with_metrics(telemetry.rpc_metrics.then_some(&telemetry.registry))
             .with_tracing(telemetry.tracing);
+        // With RPC metrics, each pool's balancer also reports every request's end, per endpoint.
+        let observer = telemetry.rpc_metrics.then(|| {
+            Arc::new(EndpointObserver::new(telemetry.registry.clone()))
+                as Arc<dyn switchyard_balance::Observer>
+        });
         let pools: Arc<[Pool]> = config
             .pools
             .iter()
-            .map(|p| Pool::start(p, threads, rpc.is_tracing()))
+            .map(|p| Pool::start(p, threads, rpc.is_tracing(), observer.clone()))
             .collect::<Result<Vec<_>, _>>()?
             .into();
         let metrics = telemetry.registry;

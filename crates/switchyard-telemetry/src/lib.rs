@@ -11,6 +11,9 @@
 //!   tracks them (picks, outcomes, in flight, latency EWMA, reported queue and KV-cache use,
 //!   ejections) and its policy, read at scrape time: no request pays for them and nothing is
 //!   counted twice.
+//! - [`EndpointObserver`]: the balancer's [`Observer`](switchyard_balance::Observer), told once
+//!   per request: per-endpoint duration and time-to-first-byte histograms, with no body wrapped a
+//!   second time.
 //! - [`names`]: every metric name, after the OpenTelemetry RPC conventions mapped to Prometheus.
 //!
 //! # Example
@@ -41,11 +44,13 @@
 mod board;
 mod init;
 pub mod names;
+mod observer;
 mod otlp_metrics;
 mod registry;
 pub mod rpc;
 
 pub use board::BoardMetrics;
 pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConfig, init};
+pub use observer::EndpointObserver;
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
 pub use rpc::{RpcBody, RpcLayer, Side};

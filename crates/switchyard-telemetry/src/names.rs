@@ -51,6 +51,12 @@ pub const ENDPOINT_EJECTED: &str = "switchyard_endpoint_ejected";
 pub const ENDPOINT_EJECTIONS: &str = "switchyard_endpoint_ejections_total";
 /// Gauge, 0 or 1: whether the endpoint is draining (removed, its last requests running).
 pub const ENDPOINT_DRAINING: &str = "switchyard_endpoint_draining";
+/// Histogram, seconds: requests on an endpoint, from the pick to the end of the response, by
+/// `outcome` (the balancer's observer).
+pub const ENDPOINT_DURATION: &str = "switchyard_endpoint_duration_seconds";
+/// Histogram, seconds: from the pick to the first byte of the response (a stream's time to first
+/// token), per endpoint.
+pub const ENDPOINT_FIRST_BYTE: &str = "switchyard_endpoint_time_to_first_byte_seconds";
 /// Gauge, 1 for the policy a pool uses now (label `policy`), 0 for one it used before.
 pub const POOL_POLICY: &str = "switchyard_pool_policy_info";
 /// Gauge: endpoints on a pool's board.
