@@ -15,7 +15,8 @@
 //! a dashboard), waits for those lines, then the load generator replays
 //! the trace (the bundled Azure LLM 2023 conversation trace by default) through the gateway with
 //! streaming calls, so that TTFT is measured at the first token. When the last response is in,
-//! the cluster reads each replica's completed requests from the gateway's `GET /endpoints`,
+//! the cluster reads each replica's completed requests from the gateway's `GET /metrics` (the
+//! `switchyard_endpoint_requests_total` series Prometheus scrapes),
 //! stops the children (SIGTERM, then a wait for a clean exit), prints a summary and writes the
 //! report folder (`--out`, by default [`DEFAULT_OUT`], which git ignores, so that a run leaves a
 //! fresh clone clean; the committed report is regenerated with `--out reports/cluster`):
@@ -86,8 +87,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a child may take to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
-/// Largest `GET /endpoints` answer read, in bytes.
-const MAX_ENDPOINTS_BODY: usize = 4 * 1024 * 1024;
+/// Largest `GET /metrics` answer read, in bytes.
+const MAX_METRICS_BODY: usize = 4 * 1024 * 1024;
 
 /// Where `switchyard cluster` writes its report unless `--out` says otherwise: a scratch folder
 /// that `.gitignore` lists, so a run does not change the committed `reports/cluster/`.
@@ -186,9 +187,9 @@ pub enum ClusterError {
     /// The load generator failed.
     #[error("loadgen: {0}")]
     Loadgen(#[from] LoadgenError),
-    /// The gateway's `GET /endpoints` failed.
-    #[error("cannot read the gateway's endpoints at http://{admin}/endpoints: {reason}")]
-    Endpoints {
+    /// The gateway's `GET /metrics` failed.
+    #[error("cannot read the gateway's metrics at http://{admin}/metrics: {reason}")]
+    Metrics {
         /// The admin address.
         admin: String,
         /// Why.
@@ -420,14 +421,14 @@ pub async fn run(
     let addresses: Vec<String> = cluster.workers.iter().map(|(_, a)| a.clone()).collect();
     let (counts, shares_from) = match &cluster.gateway {
         Some((_, _, admin)) => {
-            let view = endpoints(admin).await?;
-            let (counts, unmatched) = report::counts_by_address(&view, &addresses);
+            let text = gateway_metrics(admin).await?;
+            let (counts, unmatched) = report::counts_from_metrics(&text, &addresses);
             if !unmatched.is_empty() {
                 tracing::warn!(
                     "the gateway lists endpoints that are not workers of this cluster: {unmatched:?}"
                 );
             }
-            (counts, "gateway /endpoints".to_string())
+            (counts, "gateway /metrics".to_string())
         }
         None => {
             let mut counts = vec![(0, 0); addresses.len()];
@@ -504,8 +505,8 @@ fn write_report(
 }
 
 /// The gateway's `GET /endpoints` on `admin` (`HOST:PORT`).
-async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
-    let fail = |reason: String| ClusterError::Endpoints { admin: admin.to_string(), reason };
+async fn gateway_metrics(admin: &str) -> Result<String, ClusterError> {
+    let fail = |reason: String| ClusterError::Metrics { admin: admin.to_string(), reason };
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
         let (mut sender, connection) =
@@ -513,13 +514,13 @@ async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
                 .await
                 .map_err(|e| e.to_string())?;
         let connection = tokio::spawn(connection);
-        let request = http::Request::get("/endpoints")
+        let request = http::Request::get("/metrics")
             .header(http::header::HOST, admin)
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
         let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ENDPOINTS_BODY)
+        let body = Limited::new(response.into_body(), MAX_METRICS_BODY)
             .collect()
             .await
             .map_err(|e| e.to_string())?;
@@ -527,8 +528,7 @@ async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
         if !status.is_success() {
             return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body.to_bytes())));
         }
-        serde_json::from_slice::<report::EndpointsView>(&body.to_bytes())
-            .map_err(|e| format!("bad JSON: {e}"))
+        String::from_utf8(body.to_bytes().to_vec()).map_err(|e| format!("not UTF-8: {e}"))
     };
     match tokio::time::timeout(Duration::from_secs(10), fetch).await {
         Ok(result) => result.map_err(fail),

@@ -119,7 +119,19 @@
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` optional with one
 //!   pool) → `{"pool","policy","previous"}`: the switch is atomic and requests in flight stay
 //!   where they are; 400 for an unknown policy (the message lists the known ones), 404 for an
-//!   unknown pool.
+//!   unknown pool;
+//! - `GET /metrics` → Prometheus text: each pool's endpoints read from its load board at the
+//!   scrape (picks, outcomes, in flight, latency EWMA, reported queue and KV-cache use, ejections)
+//!   and its policy; with `--rpc-metrics` also every call's RPC metrics
+//!   (`rpc_server_duration_seconds`, ...) and each endpoint's latency histograms from the
+//!   balancer's observer (see `switchyard_telemetry`).
+//!
+//! # Telemetry
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` (or the standard variables around it) set, each call gets a
+//! span after the OpenTelemetry RPC conventions, continuing the trace the client's `traceparent`
+//! carries and forwarding its own to the endpoint, exported over OTLP/gRPC with the metrics;
+//! `service.name` defaults to `switchyard-gateway`. With nothing set, nothing is exported.
 //!
 //! # Shutdown
 //!
