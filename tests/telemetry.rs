@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use switchyard::balance::PolicyKind;
-use switchyard::gateway::{Gateway, GatewayConfig, Telemetry};
+use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker::{self, WorkerArgs};
 use switchyard_telemetry::MetricsRegistry;
@@ -44,7 +44,7 @@ async fn gateway(workers: &[&Worker]) -> Gateway {
     let config = GatewayConfig::single_pool(&backends, PolicyKind::RoundRobin).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let telemetry = Telemetry::new(MetricsRegistry::new(), true, false);
+    let telemetry = GatewayTelemetry::new(MetricsRegistry::new(), true, false);
     Gateway::start_with_telemetry(config, listener, Some(admin), telemetry).unwrap()
 }
 

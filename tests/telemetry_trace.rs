@@ -10,7 +10,7 @@ use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use switchyard::balance::PolicyKind;
-use switchyard::gateway::{Gateway, GatewayConfig, Telemetry};
+use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker::{self, WorkerArgs};
 use switchyard_telemetry::{MetricsRegistry, RpcLayer};
@@ -53,7 +53,7 @@ async fn a_call_through_client_gateway_and_worker_is_one_trace_with_rpc_attribut
         config,
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         None,
-        Telemetry::new(MetricsRegistry::new(), false, true),
+        GatewayTelemetry::new(MetricsRegistry::new(), false, true),
     )
     .unwrap();
 

@@ -177,7 +177,7 @@ pub use config::{
     RouteConfig,
 };
 pub use pool::Pool;
-pub use server::{Gateway, GatewayError, Telemetry};
+pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;
 use tokio::net::TcpListener;
 
@@ -267,7 +267,7 @@ pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> Resul
     let admin =
         TcpListener::bind(admin).await.map_err(|source| GatewayError::Bind { addr: admin, source })?;
     let registry = args.registry.clone().unwrap_or_default();
-    let telemetry = Telemetry::new(registry, args.rpc_metrics, args.tracing);
+    let telemetry = GatewayTelemetry::new(registry, args.rpc_metrics, args.tracing);
     let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry)?;
     if let Some(addr) = gateway.admin_addr() {
         tracing::info!("metrics at http://{addr}/metrics");

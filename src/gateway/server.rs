@@ -34,7 +34,7 @@ use switchyard_telemetry::{BoardMetrics, EndpointObserver, MetricsRegistry, RpcL
 /// requests pay nothing for them), no RPC metrics, no spans.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct Telemetry {
+pub struct GatewayTelemetry {
     /// The registry `GET /metrics` renders.
     pub registry: MetricsRegistry,
     /// Whether each call is measured (`rpc_server_duration_seconds`, in flight, response bytes),
@@ -46,7 +46,7 @@ pub struct Telemetry {
     pub tracing: bool,
 }
 
-impl Telemetry {
+impl GatewayTelemetry {
     /// Telemetry into `registry`, with RPC metrics and spans as given.
     pub fn new(registry: MetricsRegistry, rpc_metrics: bool, tracing: bool) -> Self {
         Self { registry, rpc_metrics, tracing }
@@ -128,7 +128,7 @@ impl Gateway {
         listener: TcpListener,
         admin: Option<TcpListener>,
     ) -> Result<Self, GatewayError> {
-        Self::start_with_telemetry(config, listener, admin, Telemetry::default())
+        Self::start_with_telemetry(config, listener, admin, GatewayTelemetry::default())
     }
 
     /// [`start`](Self::start), with `telemetry`: RPC spans and metrics around every call (the
@@ -137,7 +137,7 @@ impl Gateway {
         config: GatewayConfig,
         listener: TcpListener,
         admin: Option<TcpListener>,
-        telemetry: Telemetry,
+        telemetry: GatewayTelemetry,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
         let threads =
