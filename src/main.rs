@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard::{bench, cluster, gateway, infer, lab, loadgen, worker};
-use tracing_subscriber::EnvFilter;
+use switchyard_telemetry::TelemetryConfig;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// mimalloc: the gateway allocates a little per request on every thread; glibc's malloc was about
 /// 5 % of its CPU time.
@@ -67,12 +70,38 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let mut cli = Cli::parse();
+    // The servers' telemetry, from the standard OTEL_* variables: spans exported over OTLP when an
+    // endpoint is set, nothing otherwise.
+    let telemetry = match &mut cli.command {
+        Command::Worker(args) => {
+            let telemetry = switchyard_telemetry::init("switchyard-worker", &TelemetryConfig::from_env());
+            (args.tracing, args.registry) = (telemetry.is_tracing(), Some(telemetry.registry().clone()));
+            Some(telemetry)
+        }
+        Command::Gateway(args) => {
+            let telemetry = switchyard_telemetry::init("switchyard-gateway", &TelemetryConfig::from_env());
+            (args.tracing, args.registry) = (telemetry.is_tracing(), Some(telemetry.registry().clone()));
+            Some(telemetry)
+        }
+        _ => None,
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))),
+        )
+        .with(telemetry.as_ref().and_then(|t| t.tracing_layer()))
         .init();
-    let cli = Cli::parse();
+    if let Some(telemetry) = &telemetry {
+        // The `metrics` facade's global recorder: series recorded anywhere reach `/metrics`.
+        let _ = telemetry.registry().install();
+    }
+    for warning in telemetry.iter().flat_map(|t| t.warnings()) {
+        tracing::warn!("telemetry: {warning}");
+    }
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Worker(args) => worker::run(args, shutdown_signal()).await.map_err(Into::into),
         Command::Gateway(args) => gateway::run(args, shutdown_signal()).await.map_err(Into::into),

@@ -58,7 +58,14 @@ async fn cluster_runs_end_to_end(name: &str, extra: &[&str]) -> ClusterReport {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let scrape =
+        stderr.lines().find(|l| l.contains("cluster: metrics at ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        scrape.contains("worker-3 http://127.0.0.1:") && scrape.matches("/metrics").count() >= 4,
+        "{scrape}"
+    );
     assert!(
         stdout.contains("ttft ms") && stdout.contains("latency ms") && stdout.contains("worker-3"),
         "{stdout}"
@@ -86,7 +93,7 @@ async fn cluster_runs_end_to_end(name: &str, extra: &[&str]) -> ClusterReport {
 async fn cluster_runs_through_the_gateway_and_reports_each_replicas_share() {
     let report = cluster_runs_end_to_end("cluster", &[]).await;
     assert_eq!(report.setup.policy.as_deref(), Some("least-response-time"));
-    assert_eq!(report.shares_from, "gateway /endpoints");
+    assert_eq!(report.shares_from, "gateway /metrics");
 }
 
 #[tokio::test]

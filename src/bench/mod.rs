@@ -15,6 +15,8 @@
 //! - `tcp-relay`: [`relay`], a layer-4 relay that copies bytes and reads no HTTP/2: what the
 //!   machine allows a proxy at the least, so the most requests/s any proxy can reach here;
 //! - `switchyard`: the gateway (`--policy`, round robin by default);
+//! - `switchyard-rpc-metrics`: the same with `--rpc-metrics` (every call measured by the
+//!   telemetry layer), for the cost of the metrics;
 //! - `nginx`: `grpc_pass` to an upstream of the two workers (`bench/nginx.conf`);
 //! - `haproxy`: HTTP/2 on both sides (`bench/haproxy.cfg`).
 //!
@@ -120,7 +122,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub proxy_threads: Option<std::num::NonZeroUsize>,
     /// Scenario `overhead` only: the targets to run, in this order, comma-separated
-    /// [default: all, as direct,tcp-relay,switchyard,nginx,haproxy]. nginx and HAProxy need to be
+    /// [default: all, as direct,tcp-relay,switchyard,switchyard-rpc-metrics,nginx,haproxy]. nginx and HAProxy need to be
     /// installed only when chosen.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub targets: Option<Vec<OverheadTarget>>,
@@ -135,6 +137,9 @@ pub enum OverheadTarget {
     TcpRelay,
     /// The gateway.
     Switchyard,
+    /// The gateway with `--rpc-metrics`: every call measured (the cost of the telemetry layer's
+    /// metrics against `switchyard`).
+    SwitchyardRpcMetrics,
     /// nginx with `grpc_pass`.
     Nginx,
     /// HAProxy in HTTP/2 mode.
@@ -143,8 +148,14 @@ pub enum OverheadTarget {
 
 impl OverheadTarget {
     /// Every target, in the order a run takes them by default.
-    pub const ALL: [OverheadTarget; 5] =
-        [Self::Direct, Self::TcpRelay, Self::Switchyard, Self::Nginx, Self::Haproxy];
+    pub const ALL: [OverheadTarget; 6] = [
+        Self::Direct,
+        Self::TcpRelay,
+        Self::Switchyard,
+        Self::SwitchyardRpcMetrics,
+        Self::Nginx,
+        Self::Haproxy,
+    ];
 
     /// The target's name in reports.
     pub fn name(self) -> &'static str {
@@ -152,6 +163,7 @@ impl OverheadTarget {
             Self::Direct => "direct",
             Self::TcpRelay => "tcp-relay",
             Self::Switchyard => "switchyard",
+            Self::SwitchyardRpcMetrics => "switchyard-rpc-metrics",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
         }
@@ -490,13 +502,18 @@ async fn overhead(
     for &target in &chosen {
         let (addresses, pid) = match target {
             OverheadTarget::Direct => (worker_addresses.clone(), None),
-            OverheadTarget::TcpRelay | OverheadTarget::Switchyard => {
+            OverheadTarget::TcpRelay | OverheadTarget::Switchyard | OverheadTarget::SwitchyardRpcMetrics => {
                 let (child_args, log, needle) = if target == OverheadTarget::Switchyard {
                     (
                         gateway_args(&worker_addresses, policy, threads),
                         "gateway serving on ",
                         " gateway --listen",
                     )
+                } else if target == OverheadTarget::SwitchyardRpcMetrics {
+                    // `--rpc-metrics` first, so that the process is told apart from `switchyard`'s.
+                    let mut args = gateway_args(&worker_addresses, policy, threads);
+                    args.insert(1, "--rpc-metrics".to_string());
+                    (args, "gateway serving on ", " gateway --rpc-metrics")
                 } else {
                     (relay_args(&worker_addresses, threads), "relay serving on ", " relay --listen")
                 };

@@ -2,18 +2,23 @@
 //! with a production trace, measured, and plotted.
 //!
 //! The cluster is made of child processes of the running executable:
-//! - `--replicas` workers (`switchyard worker --listen 127.0.0.1:0 --speed S`), four by default,
-//!   the last one `--slow-speed` (0.333: three times slower, an older or shared GPU); LLM
-//!   engines, or with `--kind parallel --parallel K --service-ms T` classic servers of `K` slots
-//!   at `T` ms a request (the default time scale then follows their capacity);
+//! - `--replicas` workers (`switchyard worker --listen 127.0.0.1:0 --speed S --metrics-listen
+//!   127.0.0.1:0`), four by default, the last one `--slow-speed` (0.333: three times slower, an
+//!   older or shared GPU); LLM engines, or with `--kind parallel --parallel K --service-ms T`
+//!   classic servers of `K` slots at `T` ms a request (the default time scale then follows their
+//!   capacity);
 //! - the gateway over them (`switchyard gateway --listen 127.0.0.1:0 --admin 127.0.0.1:0
-//!   --backend http://WORKER ... --policy P`), least response time by default.
+//!   --rpc-metrics --backend http://WORKER ... --policy P`), least response time by default.
 //!
-//! Each child logs its bound address (`worker serving on ADDR`, `gateway serving on ADDR`,
-//! `admin serving on ADDR`); the cluster waits for those lines, then the load generator replays
+//! Each child logs its bound address (`worker serving on ADDR`, `metrics serving on ADDR`,
+//! `gateway serving on ADDR`, `admin serving on ADDR`); the cluster prints where Prometheus can
+//! scrape each of them while it runs (`cluster: metrics at gateway http://ADMIN/metrics, worker-0
+//! http://ADDR/metrics, ...`; `deploy/prometheus/` and `deploy/grafana/` have a scrape config and
+//! a dashboard), waits for those lines, then the load generator replays
 //! the trace (the bundled Azure LLM 2023 conversation trace by default) through the gateway with
 //! streaming calls, so that TTFT is measured at the first token. When the last response is in,
-//! the cluster reads each replica's completed requests from the gateway's `GET /endpoints`,
+//! the cluster reads each replica's completed requests from the gateway's `GET /metrics` (the
+//! `switchyard_endpoint_requests_total` series Prometheus scrapes),
 //! stops the children (SIGTERM, then a wait for a clean exit), prints a summary and writes the
 //! report folder (`--out`, by default [`DEFAULT_OUT`], which git ignores, so that a run leaves a
 //! fresh clone clean; the committed report is regenerated with `--out reports/cluster`):
@@ -85,8 +90,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a child may take to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
-/// Largest `GET /endpoints` answer read, in bytes.
-const MAX_ENDPOINTS_BODY: usize = 4 * 1024 * 1024;
+/// Largest `GET /metrics` answer read, in bytes.
+const MAX_METRICS_BODY: usize = 4 * 1024 * 1024;
 
 /// Where `switchyard cluster` writes its report unless `--out` says otherwise: a scratch folder
 /// that `.gitignore` lists, so a run does not change the committed `reports/cluster/`.
@@ -231,9 +236,9 @@ pub enum ClusterError {
     /// The load generator failed.
     #[error("loadgen: {0}")]
     Loadgen(#[from] LoadgenError),
-    /// The gateway's `GET /endpoints` failed.
-    #[error("cannot read the gateway's endpoints at http://{admin}/endpoints: {reason}")]
-    Endpoints {
+    /// The gateway's `GET /metrics` failed.
+    #[error("cannot read the gateway's metrics at http://{admin}/metrics: {reason}")]
+    Metrics {
         /// The admin address.
         admin: String,
         /// Why.
@@ -330,18 +335,23 @@ impl Cluster {
         let starts = speeds.iter().enumerate().map(|(i, speed)| {
             let mut args: Vec<String> =
                 ["worker", "--listen", "127.0.0.1:0", "--speed", &speed.to_string(), "--model", "sim-llm"]
+                    .into_iter()
+                    .chain(["--metrics-listen", "127.0.0.1:0"])
                     .map(String::from)
-                    .into();
+                    .collect();
             args.extend(kind_args.iter().cloned());
             async move {
                 let name = format!("worker-{i}");
+                let phrases = ["worker serving on ", "metrics serving on "];
                 let (child, mut addresses) =
-                    ChildProcess::start(&name, exe, &args, &["worker serving on "], START_TIMEOUT).await?;
-                Ok::<_, ProcessError>((child, addresses.remove(0)))
+                    ChildProcess::start(&name, exe, &args, &phrases, START_TIMEOUT).await?;
+                let metrics = addresses.pop().unwrap_or_default();
+                Ok::<_, ProcessError>(((child, addresses.remove(0)), metrics))
             }
         });
         // On an error the workers already started are dropped, which kills them.
-        let workers = futures::future::try_join_all(starts).await?;
+        let (workers, worker_metrics): (Vec<_>, Vec<_>) =
+            futures::future::try_join_all(starts).await?.into_iter().unzip();
         for ((child, address), speed) in workers.iter().zip(speeds) {
             eprintln!("cluster: {} (speed {speed}) serving on {address}", child.name());
         }
@@ -349,7 +359,9 @@ impl Cluster {
             None => None,
             Some(policy) => {
                 let mut args: Vec<String> =
-                    ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from).into();
+                    ["gateway", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--rpc-metrics"]
+                        .map(String::from)
+                        .into();
                 for (_, address) in &workers {
                     args.extend(["--backend".to_string(), format!("http://{address}")]);
                 }
@@ -364,6 +376,14 @@ impl Cluster {
                 Some((child, grpc, admin))
             }
         };
+        // Where Prometheus can scrape the cluster while it runs (deploy/prometheus/ has a
+        // config; deploy/grafana/switchyard.json a dashboard over these series).
+        let mut scrape: Vec<String> =
+            gateway.iter().map(|(_, _, admin)| format!("gateway http://{admin}/metrics")).collect();
+        scrape.extend(
+            workers.iter().zip(&worker_metrics).map(|((c, _), m)| format!("{} http://{m}/metrics", c.name())),
+        );
+        eprintln!("cluster: metrics at {}", scrape.join(", "));
         Ok(Self { workers, gateway })
     }
 
@@ -460,14 +480,14 @@ pub async fn run(
     let addresses: Vec<String> = cluster.workers.iter().map(|(_, a)| a.clone()).collect();
     let (counts, shares_from) = match &cluster.gateway {
         Some((_, _, admin)) => {
-            let view = endpoints(admin).await?;
-            let (counts, unmatched) = report::counts_by_address(&view, &addresses);
+            let text = gateway_metrics(admin).await?;
+            let (counts, unmatched) = report::counts_from_metrics(&text, &addresses);
             if !unmatched.is_empty() {
                 tracing::warn!(
                     "the gateway lists endpoints that are not workers of this cluster: {unmatched:?}"
                 );
             }
-            (counts, "gateway /endpoints".to_string())
+            (counts, "gateway /metrics".to_string())
         }
         None => {
             let mut counts = vec![(0, 0); addresses.len()];
@@ -544,8 +564,8 @@ fn write_report(
 }
 
 /// The gateway's `GET /endpoints` on `admin` (`HOST:PORT`).
-async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
-    let fail = |reason: String| ClusterError::Endpoints { admin: admin.to_string(), reason };
+async fn gateway_metrics(admin: &str) -> Result<String, ClusterError> {
+    let fail = |reason: String| ClusterError::Metrics { admin: admin.to_string(), reason };
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
         let (mut sender, connection) =
@@ -553,13 +573,13 @@ async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
                 .await
                 .map_err(|e| e.to_string())?;
         let connection = tokio::spawn(connection);
-        let request = http::Request::get("/endpoints")
+        let request = http::Request::get("/metrics")
             .header(http::header::HOST, admin)
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
         let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ENDPOINTS_BODY)
+        let body = Limited::new(response.into_body(), MAX_METRICS_BODY)
             .collect()
             .await
             .map_err(|e| e.to_string())?;
@@ -567,8 +587,7 @@ async fn endpoints(admin: &str) -> Result<report::EndpointsView, ClusterError> {
         if !status.is_success() {
             return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body.to_bytes())));
         }
-        serde_json::from_slice::<report::EndpointsView>(&body.to_bytes())
-            .map_err(|e| format!("bad JSON: {e}"))
+        String::from_utf8(body.to_bytes().to_vec()).map_err(|e| format!("not UTF-8: {e}"))
     };
     match tokio::time::timeout(Duration::from_secs(10), fetch).await {
         Ok(result) => result.map_err(fail),

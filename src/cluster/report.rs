@@ -135,66 +135,40 @@ pub(crate) fn shares(counts: &[u64]) -> Vec<f64> {
     counts.iter().map(|&c| if total == 0 { 0.0 } else { c as f64 / total as f64 }).collect()
 }
 
-/// The gateway's `GET /endpoints` answer, as far as the cluster reads it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub(crate) struct EndpointsView {
-    pub(crate) pools: Vec<PoolView>,
-}
-
-/// One pool of the gateway.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub(crate) struct PoolView {
-    #[serde(default)]
-    pub(crate) endpoints: Vec<EndpointView>,
-}
-
-/// One endpoint of a pool and its load.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub(crate) struct EndpointView {
-    pub(crate) endpoint: EndpointRef,
-    #[serde(default)]
-    pub(crate) load: LoadCounts,
-}
-
-/// The endpoint's identity.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub(crate) struct EndpointRef {
-    #[serde(default)]
-    pub(crate) id: String,
-    pub(crate) address: String,
-}
-
-/// The endpoint's request counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
-pub(crate) struct LoadCounts {
-    #[serde(default)]
-    pub(crate) completed: u64,
-    #[serde(default)]
-    pub(crate) failed: u64,
-}
-
 /// `HOST:PORT` of an address with or without a scheme and a trailing slash.
 fn host_port(address: &str) -> &str {
     let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
     rest.trim_end_matches('/')
 }
 
-/// The (completed, failed) counts of each of `addresses` in `view`, summed over pools, matched by
-/// `HOST:PORT`; and the gateway endpoints that match none of them.
-pub(crate) fn counts_by_address(
-    view: &EndpointsView,
-    addresses: &[String],
-) -> (Vec<(u64, u64)>, Vec<String>) {
+/// The (completed, failed) counts of each of `addresses` in the gateway's Prometheus metrics
+/// (`switchyard_endpoint_requests_total`, outcome `ok` and `failed`, summed over pools), matched
+/// by the endpoint's id, which is its `HOST:PORT` for the cluster's `--backend`s; and the gateway
+/// endpoints that match none of them.
+pub(crate) fn counts_from_metrics(text: &str, addresses: &[String]) -> (Vec<(u64, u64)>, Vec<String>) {
     let mut counts = vec![(0, 0); addresses.len()];
     let mut unmatched = Vec::new();
-    for e in view.pools.iter().flat_map(|p| &p.endpoints) {
-        let at = host_port(&e.endpoint.address);
-        match addresses.iter().position(|a| host_port(a) == at) {
-            Some(i) => {
-                counts[i].0 += e.load.completed;
-                counts[i].1 += e.load.failed;
-            }
-            None => unmatched.push(format!("{} ({})", e.endpoint.id, e.endpoint.address)),
+    let prefix = format!("{}{{", switchyard_telemetry::names::ENDPOINT_REQUESTS);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else { continue };
+        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+        let label = |name: &str| {
+            let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+            labels[start..].split('"').next()
+        };
+        let (Some(endpoint), Some(outcome), Ok(value)) =
+            (label("endpoint"), label("outcome"), value.trim().parse::<f64>())
+        else {
+            continue;
+        };
+        match addresses.iter().position(|a| host_port(a) == host_port(endpoint)) {
+            Some(i) => match outcome {
+                "ok" => counts[i].0 += value as u64,
+                "failed" => counts[i].1 += value as u64,
+                _ => {}
+            },
+            None if !unmatched.iter().any(|u| u == endpoint) => unmatched.push(endpoint.to_string()),
+            None => {}
         }
     }
     (counts, unmatched)
@@ -219,17 +193,20 @@ mod tests {
     }
 
     #[test]
-    fn counts_match_endpoints_by_address() {
-        let json = r#"{"pools":[{"name":"default","policy":"least-response-time","endpoints":[
-            {"endpoint":{"id":"b1","address":"http://127.0.0.1:2","weight":1,"labels":{}},
-             "load":{"in_flight":0,"latency_ewma_ms":12.5,"completed":30,"failed":1,"report":null},"ejected":false},
-            {"endpoint":{"id":"b0","address":"127.0.0.1:1/","weight":1,"labels":{}},
-             "load":{"in_flight":0,"latency_ewma_ms":null,"completed":10,"failed":0,"report":null},"ejected":false},
-            {"endpoint":{"id":"stray","address":"http://10.0.0.1:9"},"load":{"completed":5}}]}]}"#;
-        let view: EndpointsView = serde_json::from_str(json).unwrap();
-        let addresses = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string(), "127.0.0.1:3".to_string()];
-        let (counts, unmatched) = counts_by_address(&view, &addresses);
+    fn counts_come_from_the_gateways_endpoint_series() {
+        let text = r#"# HELP switchyard_endpoint_requests_total Requests ended on the endpoint, by outcome.
+# TYPE switchyard_endpoint_requests_total counter
+switchyard_endpoint_requests_total{pool="default",endpoint="127.0.0.1:2",outcome="ok"} 30
+switchyard_endpoint_requests_total{pool="default",endpoint="127.0.0.1:2",outcome="failed"} 1
+switchyard_endpoint_requests_total{pool="default",endpoint="127.0.0.1:2",outcome="cancelled"} 4
+switchyard_endpoint_requests_total{pool="default",endpoint="127.0.0.1:1",outcome="ok"} 10
+switchyard_endpoint_requests_total{pool="default",endpoint="stray:9",outcome="ok"} 5
+switchyard_endpoint_picks_total{pool="default",endpoint="127.0.0.1:1"} 11
+"#;
+        let addresses =
+            ["127.0.0.1:1".to_string(), "http://127.0.0.1:2/".to_string(), "127.0.0.1:3".to_string()];
+        let (counts, unmatched) = counts_from_metrics(text, &addresses);
         assert_eq!(counts, [(10, 0), (30, 1), (0, 0)]);
-        assert_eq!(unmatched, ["stray (http://10.0.0.1:9)"]);
+        assert_eq!(unmatched, ["stray:9"]);
     }
 }

@@ -9,6 +9,10 @@
 //!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists
 //!   the known ones) or a malformed body, 404 for an unknown pool.
 //!
+//! - `GET /metrics`: Prometheus text exposition: each pool's endpoints as its balancer tracks
+//!   them (read from the load board at the scrape), the policy in force, and the RPC metrics
+//!   when they are on (see `switchyard_telemetry`).
+//!
 //! Errors are `{"error": "..."}`.
 
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use switchyard_balance::{EndpointLoad, PolicySpec};
+use switchyard_telemetry::MetricsRegistry;
 
 use super::pool::Pool;
 
@@ -59,10 +64,19 @@ struct PolicyChanged<'a> {
 /// Answers one admin request; `draining` once the gateway's drain has begun.
 pub(crate) async fn handle(
     pools: Arc<[Pool]>,
+    metrics: MetricsRegistry,
     draining: bool,
     req: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut response = http::Response::new(Full::new(Bytes::from(metrics.render())));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(switchyard_telemetry::CONTENT_TYPE),
+            );
+            response
+        }
         (&Method::GET, "/endpoints") => {
             let view = EndpointsView {
                 state: if draining { "draining" } else { "serving" },
@@ -83,7 +97,11 @@ pub(crate) async fn handle(
         },
         (_, "/endpoints") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET /endpoints"),
         (_, "/policy") => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT /policy"),
-        (_, path) => error(StatusCode::NOT_FOUND, format!("no {path}: try GET /endpoints or PUT /policy")),
+        (_, "/metrics") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET /metrics"),
+        (_, path) => error(
+            StatusCode::NOT_FOUND,
+            format!("no {path}: try GET /endpoints, PUT /policy or GET /metrics"),
+        ),
     }
 }
 

@@ -57,11 +57,6 @@ impl switchyard_cache::ReplayBody for ProxyBody {
         body.head = head;
         body
     }
-
-    /// A body holding a concurrency-limit permit until it ends (a pool's `limit` layer).
-    pub(crate) fn limited(body: LimitBody<ProxyBody>) -> Self {
-        Self { upstream: None, ended: false, limited: Some(Box::pin(body)) }
-    }
 }
 
 /// The trailers that end a response whose endpoint failed mid-way.

@@ -122,7 +122,19 @@
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` optional with one
 //!   pool) → `{"pool","policy","previous"}`: the switch is atomic and requests in flight stay
 //!   where they are; 400 for an unknown policy (the message lists the known ones), 404 for an
-//!   unknown pool.
+//!   unknown pool;
+//! - `GET /metrics` → Prometheus text: each pool's endpoints read from its load board at the
+//!   scrape (picks, outcomes, in flight, latency EWMA, reported queue and KV-cache use, ejections)
+//!   and its policy; with `--rpc-metrics` also every call's RPC metrics
+//!   (`rpc_server_duration_seconds`, ...) and each endpoint's latency histograms from the
+//!   balancer's observer (see `switchyard_telemetry`).
+//!
+//! # Telemetry
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` (or the standard variables around it) set, each call gets a
+//! span after the OpenTelemetry RPC conventions, continuing the trace the client's `traceparent`
+//! carries and forwarding its own to the endpoint, exported over OTLP/gRPC with the metrics;
+//! `service.name` defaults to `switchyard-gateway`. With nothing set, nothing is exported.
 //!
 //! # Shutdown
 //!
@@ -169,7 +181,7 @@ pub use config::{
     RouteConfig,
 };
 pub use pool::Pool;
-pub use server::{Gateway, GatewayError};
+pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;
 use tokio::net::TcpListener;
 
@@ -216,6 +228,18 @@ pub struct GatewayArgs {
     /// A TOML file of pools and routes (instead of --backend).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Measure every call (`rpc_server_duration_seconds` per service, method and status, calls
+    /// in flight, response bytes) on the admin API's `GET /metrics`, beside the per-endpoint
+    /// series that are always there.
+    #[arg(long)]
+    pub rpc_metrics: bool,
+    /// Whether each call gets a span (set when an exporter is configured, see
+    /// `switchyard_telemetry::init`).
+    #[arg(skip)]
+    pub tracing: bool,
+    /// The registry `/metrics` renders (`switchyard_telemetry::init`'s); a new one if `None`.
+    #[arg(skip)]
+    pub registry: Option<switchyard_telemetry::MetricsRegistry>,
 }
 
 impl GatewayArgs {
@@ -246,7 +270,12 @@ pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> Resul
         TcpListener::bind(listen).await.map_err(|source| GatewayError::Bind { addr: listen, source })?;
     let admin =
         TcpListener::bind(admin).await.map_err(|source| GatewayError::Bind { addr: admin, source })?;
-    let gateway = Gateway::start(config, listener, Some(admin))?;
+    let registry = args.registry.clone().unwrap_or_default();
+    let telemetry = GatewayTelemetry::new(registry, args.rpc_metrics, args.tracing);
+    let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry)?;
+    if let Some(addr) = gateway.admin_addr() {
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
     shutdown.await;
     tracing::info!("draining: no new connections, waiting for requests in flight");
     gateway.shutdown().await

@@ -1,10 +1,12 @@
 //! Pools: one balancer over the endpoints of one model or service.
 
 use std::fmt;
+use std::sync::Arc;
 
 use std::convert::Infallible;
 use switchyard_balance::{
-    Backend, Balance, HttpCompletion, LoadBoard, PolicyError, PolicyHandle, PolicySpec, Shared, policy,
+    Backend, Balance, HttpCompletion, LoadBoard, Observer, PolicyError, PolicyHandle, PolicySpec, Shared,
+    policy,
 };
 
 use futures::StreamExt;
@@ -38,7 +40,15 @@ pub struct Pool {
 impl Pool {
     /// Starts the pool's balancer over its configured endpoints, with a connection to each per
     /// serving thread (opened on first use).
-    pub(crate) fn start(config: &PoolConfig, threads: usize) -> Result<Self, ConfigError> {
+    /// `picked_endpoint`: whether responses carry the [`PickedEndpoint`](switchyard_balance::PickedEndpoint)
+    /// (the RPC spans read it).
+    /// `observer`, if any, is told of every request's end (the telemetry's per-endpoint latency).
+    pub(crate) fn start(
+        config: &PoolConfig,
+        threads: usize,
+        picked_endpoint: bool,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Self, ConfigError> {
         // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
             EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
@@ -50,7 +60,13 @@ impl Pool {
         }
         let changes =
             config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
-        Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()))
+        Self::start_with(
+            config,
+            threads,
+            picked_endpoint,
+            observer,
+            futures::stream::iter(changes.collect::<Vec<_>>()),
+        )
     }
 
     /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
@@ -59,6 +75,8 @@ impl Pool {
     pub(crate) fn start_with<D, E>(
         config: &PoolConfig,
         threads: usize,
+        picked_endpoint: bool,
+        observer: Option<Arc<dyn Observer>>,
         changes: D,
     ) -> Result<Self, ConfigError>
     where
@@ -99,13 +117,17 @@ impl Pool {
         let balancer: Balancer = Balance::new(backends)
             .with_policy(policy.clone())
             .with_name(config.name.as_str())
-            // Nothing reads the picked endpoint in the extensions on either side: the
-            // endpoint clients below do not, and a response's extensions do not travel over
-            // the wire to the client. (The observer is told the endpoint.)
+            // Nothing reads the picked endpoint in the requests' extensions: the endpoint
+            // clients below do not. Only the RPC spans read it in the responses'. (The
+            // observer is told the endpoint.)
             .with_picked_endpoint_in_requests(false)
-            .with_completion(HttpCompletion::new().with_picked_endpoint(false));
+            .with_completion(HttpCompletion::new().with_picked_endpoint(picked_endpoint));
         let balancer = match endpoint_limit {
             Some(limit) => balancer.with_endpoint_limit(limit),
+            None => balancer,
+        };
+        let balancer = match observer {
+            Some(observer) => balancer.with_observer(observer),
             None => balancer,
         };
         let board = balancer.board();

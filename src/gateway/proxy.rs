@@ -17,6 +17,8 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
 use switchyard_keys::{Keys, KeysConfig};
+use switchyard_telemetry::{RpcBody, RpcLayer};
+use tower::Layer;
 use tower::{BoxError, Service, ServiceExt};
 
 use super::body::{ProxyBody, RequestBody};
@@ -32,6 +34,8 @@ use super::route::Router;
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
     keys: Keys<Dispatch>,
+    /// The RPC span and metrics around each call (a branch when neither is on).
+    rpc: RpcLayer,
 }
 
 /// Routing and the pools: below the key layer.
@@ -44,35 +48,38 @@ pub(crate) struct Dispatch {
 struct ProxyState {
     pools: Arc<[Pool]>,
     router: Arc<Router>,
+    /// Whether RPC spans are made: the routed pool is recorded on them.
+    traced: bool,
 }
 
 impl Proxy {
-    pub(crate) fn new(pools: Arc<[Pool]>, router: Router, keys: KeysConfig) -> Self {
-        let dispatch = Dispatch { state: Arc::new(ProxyState { pools, router: Arc::new(router) }) };
-        Self { keys: Keys::new(dispatch, keys) }
+    pub(crate) fn new(pools: Arc<[Pool]>, router: Router, keys: KeysConfig, rpc: RpcLayer) -> Self {
+        let traced = rpc.is_tracing();
+        let dispatch = Dispatch { state: Arc::new(ProxyState { pools, router: Arc::new(router), traced }) };
+        Self { keys: Keys::new(dispatch, keys), rpc }
     }
 
     /// The proxy for one serving thread: the same pools and routes, behind handles of its own.
     pub(crate) fn for_thread(&self) -> Self {
         let state = Arc::new(ProxyState::clone(&self.keys.get_ref().state));
-        Self { keys: Keys::new(Dispatch { state }, self.keys.config().clone()) }
+        Self { keys: Keys::new(Dispatch { state }, self.keys.config().clone()), rpc: self.rpc.clone() }
     }
 
     /// The proxy for one new client connection: the same pools, a fresh peek budget.
     pub(crate) fn for_connection(&self) -> Self {
-        Self { keys: self.keys.for_connection() }
+        Self { keys: self.keys.for_connection(), rpc: self.rpc.clone() }
     }
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for Proxy {
-    type Response = http::Response<ProxyBody>;
+    type Response = http::Response<RpcBody<ProxyBody>>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        let keys = self.keys.clone();
+        let service = self.rpc.layer(self.keys.clone());
         Box::pin(async move {
-            Ok(match keys.oneshot(req).await {
+            Ok(match service.oneshot(req).await {
                 Ok(response) => response,
                 Err(error) => {
                     let status = switchyard_core::status_of(&*error);
@@ -100,7 +107,13 @@ impl Service<http::Request<RequestBody>> for Dispatch {
 
     fn call(&mut self, req: http::Request<RequestBody>) -> Self::Future {
         match self.state.router.route(&req) {
-            Ok(index) => futures::future::Either::Right(self.state.pools[index].service().oneshot(req)),
+            Ok(index) => {
+                let pool = &self.state.pools[index];
+                if self.state.traced {
+                    switchyard_telemetry::rpc::record_pool(pool.name());
+                }
+                futures::future::Either::Right(pool.service().oneshot(req))
+            }
             Err(error) => futures::future::Either::Left(futures::future::ready(Err(error.into()))),
         }
     }

@@ -27,6 +27,31 @@ use super::pool::Pool;
 use super::proxy::Proxy;
 use super::route::Router;
 use super::upstream;
+use switchyard_telemetry::{BoardMetrics, EndpointObserver, MetricsRegistry, RpcLayer};
+
+/// The gateway's telemetry: where its metrics go, and whether each call gets RPC metrics and a
+/// span. The default: per-endpoint series only (read from the load boards at each scrape, so
+/// requests pay nothing for them), no RPC metrics, no spans.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct GatewayTelemetry {
+    /// The registry `GET /metrics` renders.
+    pub registry: MetricsRegistry,
+    /// Whether each call is measured (`rpc_server_duration_seconds`, in flight, response bytes),
+    /// and each endpoint's requests (`switchyard_endpoint_duration_seconds`, time to first byte,
+    /// from the balancer's observer).
+    pub rpc_metrics: bool,
+    /// Whether each call gets a span (W3C trace context continued from the client's metadata
+    /// and forwarded to the endpoint).
+    pub tracing: bool,
+}
+
+impl GatewayTelemetry {
+    /// Telemetry into `registry`, with RPC metrics and spans as given.
+    pub fn new(registry: MetricsRegistry, rpc_metrics: bool, tracing: bool) -> Self {
+        Self { registry, rpc_metrics, tracing }
+    }
+}
 
 /// Streams one client connection may have open at once. hyper's default (200) would queue the
 /// requests of a client that multiplexes everything over one connection, as tonic's `Channel`
@@ -73,6 +98,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     pools: Arc<[Pool]>,
+    metrics: MetricsRegistry,
     threads: usize,
     /// Turns true when the drain begins: the proxy refuses new calls, then closes.
     stop: watch::Sender<bool>,
@@ -102,17 +128,48 @@ impl Gateway {
         listener: TcpListener,
         admin: Option<TcpListener>,
     ) -> Result<Self, GatewayError> {
+        Self::start_with_telemetry(config, listener, admin, GatewayTelemetry::default())
+    }
+
+    /// [`start`](Self::start), with `telemetry`: RPC spans and metrics around every call (the
+    /// per-endpoint series on the admin API's `/metrics` are there either way).
+    pub fn start_with_telemetry(
+        config: GatewayConfig,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        telemetry: GatewayTelemetry,
+    ) -> Result<Self, GatewayError> {
         config.validate()?;
         let threads =
             config.threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
-        let pools: Arc<[Pool]> =
-            config.pools.iter().map(|p| Pool::start(p, threads)).collect::<Result<Vec<_>, _>>()?.into();
+        let rpc = RpcLayer::server()
+            .with_metrics(telemetry.rpc_metrics.then_some(&telemetry.registry))
+            .with_tracing(telemetry.tracing);
+        // With RPC metrics, each pool's balancer also reports every request's end, per endpoint.
+        let observer = telemetry.rpc_metrics.then(|| {
+            Arc::new(EndpointObserver::new(telemetry.registry.clone()))
+                as Arc<dyn switchyard_balance::Observer>
+        });
+        let pools: Arc<[Pool]> = config
+            .pools
+            .iter()
+            .map(|p| Pool::start(p, threads, rpc.is_tracing(), observer.clone()))
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
+        let metrics = telemetry.registry;
+        for pool in pools.iter() {
+            metrics.add_source(Arc::new(BoardMetrics::new(
+                pool.name(),
+                pool.board().clone(),
+                Some(pool.policy().clone()),
+            )));
+        }
         let local_addr = listener.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let (stop, stopped) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
 
-        let proxy = Proxy::new(pools.clone(), Router::new(&config), config.keys_config());
+        let proxy = Proxy::new(pools.clone(), Router::new(&config), config.keys_config(), rpc);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
         let mut handoff = Vec::with_capacity(threads);
@@ -151,17 +208,19 @@ impl Gateway {
         // The admin API answers through the drain (it shows the draining state) and stops after.
         let (admin_stop, admin_stopped) = watch::channel(false);
         let admin = admin.map(|listener| {
-            let pools = pools.clone();
+            let (pools, metrics) = (pools.clone(), metrics.clone());
             let mut http1 = hyper::server::conn::http1::Builder::new();
             http1.timer(TokioTimer::new());
             tokio::spawn(serve(listener, admin_stopped, ADMIN_DRAIN, "admin", move |io| {
-                let (pools, draining) = (pools.clone(), stopped.clone());
+                let (pools, metrics, draining) = (pools.clone(), metrics.clone(), stopped.clone());
                 http1.serve_connection(
                     TokioIo::new(io),
                     hyper::service::service_fn(move |req| {
-                        let (pools, draining) = (pools.clone(), *draining.borrow());
+                        let (pools, metrics, draining) = (pools.clone(), metrics.clone(), *draining.borrow());
                         async move {
-                            Ok::<_, std::convert::Infallible>(admin::handle(pools, draining, req).await)
+                            Ok::<_, std::convert::Infallible>(
+                                admin::handle(pools, metrics, draining, req).await,
+                            )
                         }
                     }),
                 )
@@ -174,6 +233,7 @@ impl Gateway {
             local_addr,
             admin_addr,
             pools,
+            metrics,
             threads,
             stop,
             draining,
@@ -192,6 +252,11 @@ impl Gateway {
     /// The address the admin API serves on, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The gateway's metrics, as the admin API's `GET /metrics` renders them.
+    pub fn metrics(&self) -> &MetricsRegistry {
+        &self.metrics
     }
 
     /// How many threads serve the proxy.

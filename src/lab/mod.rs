@@ -60,9 +60,9 @@ mod cluster;
 mod hetero;
 mod hetero_parallel;
 mod ideal;
+mod ideal_parallel;
 mod overload;
 mod overload_plot;
-mod ideal_parallel;
 mod replica;
 mod report;
 
@@ -73,14 +73,15 @@ pub use cluster::ReplicaSpec;
 pub use hetero::{
     DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
 };
+pub use hetero_parallel::{
+    DEFAULT_PARALLEL_LOAD, DEFAULT_PARALLEL_REQUESTS, HeteroParallelOptions, PARALLEL_SLOTS, SERVICE_TIME,
+    parallel_replicas, run_hetero_parallel,
+};
 pub use overload::{
     ALGORITHMS as OVERLOAD_ALGORITHMS, ByPriority, ConfigResult, DEADLINE_BASE, DEADLINE_FACTOR,
     GenerationPermit, HAND_TUNED_LIMIT, HAND_TUNED_SHED_LIMIT, LOAD_STEPS, OverloadOptions, OverloadReport,
     PermitGeneration, StepResult, TargetCheck, WINDOWED as OVERLOAD_WINDOWED, deadline_of,
     replicas as overload_replicas, run_overload,
-pub use hetero_parallel::{
-    DEFAULT_PARALLEL_LOAD, DEFAULT_PARALLEL_REQUESTS, HeteroParallelOptions, PARALLEL_SLOTS, SERVICE_TIME,
-    parallel_replicas, run_hetero_parallel,
 };
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};

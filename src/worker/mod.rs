@@ -29,6 +29,7 @@
 
 mod inference;
 mod load_report;
+mod metrics;
 pub mod request;
 
 use std::net::SocketAddr;
@@ -38,7 +39,9 @@ use std::time::Duration;
 
 pub use inference::{InferenceService, token_text};
 pub use load_report::{LoadReport, LoadReportBody, LoadReportLayer};
+pub use metrics::{EngineMetrics, REPLICA_KV_CACHE, REPLICA_QUEUE, REPLICA_RUNNING, serve_metrics};
 use switchyard_sim::{EngineConfig, EngineHandle};
+use switchyard_telemetry::{MetricsRegistry, RpcLayer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -86,6 +89,17 @@ pub struct WorkerArgs {
     /// `--kind parallel`: milliseconds one request takes at speed 1 (divided by `--speed`).
     #[arg(long, default_value_t = 10.0)]
     pub service_ms: f64,
+    /// Serve Prometheus metrics (`GET /metrics`: RPC metrics and the engine's load) on this
+    /// address, `IP:PORT` or `HOST:PORT`.
+    #[arg(long, value_parser = crate::listen::parse_listen_address)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether each call gets a span (set when an exporter is configured, see
+    /// `switchyard_telemetry::init`).
+    #[arg(skip)]
+    pub tracing: bool,
+    /// The registry `/metrics` renders (`switchyard_telemetry::init`'s); a new one if `None`.
+    #[arg(skip)]
+    pub registry: Option<MetricsRegistry>,
 }
 
 /// `--kind` of `switchyard worker`.
@@ -111,6 +125,9 @@ impl Default for WorkerArgs {
             kind: ReplicaKindArg::Llm,
             parallel: 8,
             service_ms: 10.0,
+            metrics_listen: None,
+            tracing: false,
+            registry: None,
         }
     }
 }
@@ -173,13 +190,45 @@ pub async fn run(args: WorkerArgs, shutdown: impl Future<Output = ()>) -> Result
 
 /// Serves on an already bound listener (tests bind port 0) until `shutdown` completes, then
 /// drains: NOT_SERVING, new inference refused, in-flight requests finish (at most
-/// `args.drain_timeout`).
+/// `args.drain_timeout`). Metrics are served on `args.metrics_listen`, if set.
 pub async fn serve(
     args: WorkerArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.map_err(|source| WorkerError::Bind { addr, source })?)
+        }
+        None => None,
+    };
+    serve_with_metrics(args, listener, metrics, shutdown).await
+}
+
+/// [`serve`], with `GET /metrics` on `metrics` if given (instead of `args.metrics_listen`): RPC
+/// metrics of every call (`rpc_server_duration_seconds`, ...) and the engine's load.
+pub async fn serve_with_metrics(
+    args: WorkerArgs,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let engine = EngineHandle::spawn(args.engine_config())?;
+    let registry = metrics.as_ref().map(|_| args.registry.clone().unwrap_or_default());
+    let rpc = RpcLayer::server().with_metrics(registry.as_ref()).with_tracing(args.tracing);
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match (metrics, &registry) {
+        (Some(listener), Some(registry)) => {
+            registry.add_source(Arc::new(EngineMetrics::new(engine.clone(), registry)));
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("metrics serving on {addr} (GET /metrics)");
+            }
+            Some(tokio::spawn(serve_metrics(listener, registry.clone(), async {
+                let _ = metrics_stopped.await;
+            })))
+        }
+        _ => None,
+    };
     let ready = Arc::new(AtomicBool::new(true));
     let inference = InferenceService::new(&args.model, engine.clone(), ready.clone());
 
@@ -217,6 +266,7 @@ pub async fn serve(
 
     let reporter = engine.clone();
     let server = tonic::transport::Server::builder()
+        .layer(rpc)
         .layer(LoadReportLayer::new(move || reporter.reported_load()))
         .add_service(
             GrpcInferenceServiceServer::new(inference)
@@ -245,6 +295,10 @@ pub async fn serve(
             // no call runs on after `serve` returns (in a process that goes on, as tests do).
             engine.shutdown();
         }
+    }
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
     }
     tracing::info!("worker stopped");
     Ok(())

@@ -352,6 +352,11 @@ impl EndpointState {
         }
     }
 
+    /// How many times outlier detection has ejected the endpoint.
+    pub fn ejections(&self) -> u32 {
+        lock(&self.outlier).times_ejected
+    }
+
     /// Whether the endpoint is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
         lock(&self.outlier).ejected_until.is_some_and(|until| now < until)

@@ -85,7 +85,7 @@ impl OutlierConfig {
 #[derive(Debug, Default)]
 pub(crate) struct OutlierState {
     consecutive: u32,
-    times_ejected: u32,
+    pub(crate) times_ejected: u32,
     /// Set until the balancer sees the ejection run out (see `try_return`): the endpoint holds
     /// one of the pool's ejection slots exactly while this is `Some`.
     pub(crate) ejected_until: Option<Instant>,

@@ -1,0 +1,56 @@
+//! Telemetry for gRPC model serving: OpenTelemetry spans and RPC metrics for every call, on
+//! servers, clients and the gateway alike, and the balancer's per-endpoint state as Prometheus
+//! series.
+//!
+//! - [`RpcLayer`]: a tower layer giving each RPC a span after the OpenTelemetry RPC conventions,
+//!   with the W3C trace context carried through gRPC metadata, and RED metrics
+//!   (`rpc_server_duration_seconds`, ...). Off unless asked: a layer with neither costs a branch.
+//! - [`MetricsRegistry`]: a `metrics` recorder rendered in the Prometheus text format (what a
+//!   `/metrics` endpoint serves), with [`ScrapeSource`]s read at each scrape.
+//! - [`BoardMetrics`]: a pool's endpoints as the balancer's [`LoadBoard`](switchyard_balance::LoadBoard)
+//!   tracks them (picks, outcomes, in flight, latency EWMA, reported queue and KV-cache use,
+//!   ejections) and its policy, read at scrape time: no request pays for them and nothing is
+//!   counted twice.
+//! - [`EndpointObserver`]: the balancer's [`Observer`](switchyard_balance::Observer), told once
+//!   per request: per-endpoint duration and time-to-first-byte histograms, with no body wrapped a
+//!   second time.
+//! - [`names`]: every metric name, after the OpenTelemetry RPC conventions mapped to Prometheus.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use switchyard_telemetry::{MetricsRegistry, RpcLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let registry = MetricsRegistry::new();
+//! let service = ServiceBuilder::new()
+//!     .layer(RpcLayer::server().with_metrics(Some(&registry)))
+//!     .service_fn(|_req: http::Request<String>| async {
+//!         let mut response = http::Response::new(String::new());
+//!         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("0"));
+//!         Ok::<_, Infallible>(response)
+//!     });
+//! let request = http::Request::builder().uri("/inference.GRPCInferenceService/ModelInfer").body(String::new()).unwrap();
+//! drop(service.oneshot(request).await.unwrap()); // the call ends with its response
+//! let text = registry.render();
+//! assert!(text.contains(r#"rpc_server_duration_seconds_count{rpc_system="grpc",rpc_service="inference.GRPCInferenceService",rpc_method="ModelInfer",rpc_grpc_status_code="0"} 1"#));
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod board;
+mod init;
+pub mod names;
+mod observer;
+mod otlp_metrics;
+mod registry;
+pub mod rpc;
+
+pub use board::BoardMetrics;
+pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConfig, init};
+pub use observer::EndpointObserver;
+pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
+pub use rpc::{RpcBody, RpcLayer, Side};

@@ -1,0 +1,63 @@
+//! Metric names and units: the OpenTelemetry RPC conventions (`rpc.server.duration`, in seconds,
+//! `rpc.server.response.size` in bytes, ...) mapped to Prometheus names the usual way (dots to
+//! underscores, the unit as a suffix, `_total` on counters), and Switchyard's per-endpoint and
+//! per-pool series under `switchyard_`.
+
+/// Label: the RPC system, always `grpc` (`rpc.system`).
+pub const RPC_SYSTEM: &str = "rpc_system";
+/// Label: the gRPC service, `package.Service` (`rpc.service`).
+pub const RPC_SERVICE: &str = "rpc_service";
+/// Label: the gRPC method (`rpc.method`).
+pub const RPC_METHOD: &str = "rpc_method";
+/// Label: the numeric gRPC status code (`rpc.grpc.status_code`).
+pub const RPC_GRPC_STATUS_CODE: &str = "rpc_grpc_status_code";
+/// Label: a gateway pool (a balancer's name).
+pub const POOL: &str = "pool";
+/// Label: an endpoint's id.
+pub const ENDPOINT: &str = "endpoint";
+
+/// Histogram, seconds: an RPC served, from its request's headers to the end of its response
+/// (its trailers); its `_count` is the number of RPCs per service, method and status.
+pub const RPC_SERVER_DURATION: &str = "rpc_server_duration_seconds";
+/// Histogram, seconds: an RPC sent, from its request to the end of its response.
+pub const RPC_CLIENT_DURATION: &str = "rpc_client_duration_seconds";
+/// Gauge: RPCs being served.
+pub const RPC_SERVER_ACTIVE: &str = "rpc_server_active_requests";
+/// Gauge: RPCs sent and not yet ended.
+pub const RPC_CLIENT_ACTIVE: &str = "rpc_client_active_requests";
+/// Histogram, bytes: the response body of an RPC served (every message, framed).
+pub const RPC_SERVER_RESPONSE_SIZE: &str = "rpc_server_response_size_bytes";
+/// Histogram, bytes: the response body of an RPC sent.
+pub const RPC_CLIENT_RESPONSE_SIZE: &str = "rpc_client_response_size_bytes";
+
+/// Counter: requests the balancer sent to an endpoint (every pick, ended or not).
+pub const ENDPOINT_PICKS: &str = "switchyard_endpoint_picks_total";
+/// Counter: requests ended on an endpoint, by `outcome` (`ok`, `failed`, `overloaded`,
+/// `cancelled`).
+pub const ENDPOINT_REQUESTS: &str = "switchyard_endpoint_requests_total";
+/// Gauge: requests in flight on an endpoint.
+pub const ENDPOINT_IN_FLIGHT: &str = "switchyard_endpoint_in_flight_requests";
+/// Gauge, seconds: an endpoint's peak-EWMA latency (absent before its first answer).
+pub const ENDPOINT_LATENCY_EWMA: &str = "switchyard_endpoint_latency_ewma_seconds";
+/// Gauge: the queue depth the endpoint's replica last reported (ORCA).
+pub const ENDPOINT_QUEUE: &str = "switchyard_endpoint_reported_queue_depth";
+/// Gauge: the requests running on the endpoint's replica, as it last reported.
+pub const ENDPOINT_RUNNING: &str = "switchyard_endpoint_reported_running_requests";
+/// Gauge, 0 to 1: the KV-cache use the endpoint's replica last reported.
+pub const ENDPOINT_KV_CACHE: &str = "switchyard_endpoint_reported_kv_cache_utilization_ratio";
+/// Gauge, 0 or 1: whether outlier detection has the endpoint ejected now.
+pub const ENDPOINT_EJECTED: &str = "switchyard_endpoint_ejected";
+/// Counter: how many times outlier detection ejected the endpoint.
+pub const ENDPOINT_EJECTIONS: &str = "switchyard_endpoint_ejections_total";
+/// Gauge, 0 or 1: whether the endpoint is draining (removed, its last requests running).
+pub const ENDPOINT_DRAINING: &str = "switchyard_endpoint_draining";
+/// Histogram, seconds: requests on an endpoint, from the pick to the end of the response, by
+/// `outcome` (the balancer's observer).
+pub const ENDPOINT_DURATION: &str = "switchyard_endpoint_duration_seconds";
+/// Histogram, seconds: from the pick to the first byte of the response (a stream's time to first
+/// token), per endpoint.
+pub const ENDPOINT_FIRST_BYTE: &str = "switchyard_endpoint_time_to_first_byte_seconds";
+/// Gauge, 1 for the policy a pool uses now (label `policy`), 0 for one it used before.
+pub const POOL_POLICY: &str = "switchyard_pool_policy_info";
+/// Gauge: endpoints on a pool's board.
+pub const POOL_ENDPOINTS: &str = "switchyard_pool_endpoints";

@@ -1,0 +1,235 @@
+//! The metrics registry: a Prometheus recorder of the `metrics` facade, and the sources read at
+//! scrape time.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::names;
+use crate::otlp_metrics::OtelMirror;
+
+/// The content type of the Prometheus text exposition format that [`MetricsRegistry::render`]
+/// writes.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Histogram buckets for durations, in seconds: 1 ms to 2 min, covering a unary call's few
+/// milliseconds and a long generation's minute.
+pub const DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// Histogram buckets for sizes, in bytes: 64 B to 64 MiB, by powers of four.
+pub const SIZE_BUCKETS: &[f64] =
+    &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0];
+
+/// Where `metrics` handles made by this crate say they come from.
+pub(crate) static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Something read when the registry is scraped (a [`LoadBoard`](switchyard_balance::LoadBoard)
+/// through [`BoardMetrics`](crate::BoardMetrics)): it sets its series on the recorder then, so
+/// that they show the state at the scrape and nothing keeps a second count of it.
+pub trait ScrapeSource: Send + Sync + fmt::Debug + 'static {
+    /// Sets this source's series on `recorder`.
+    fn publish(&self, recorder: &dyn Recorder);
+}
+
+/// A registry of metrics, rendered in the Prometheus text format: the recorder the RPC layers
+/// record into, and the [`ScrapeSource`]s published at each scrape.
+///
+/// Each registry is independent (several gateways in one test process each have their own);
+/// [`install`](Self::install) makes one the process's global `metrics` recorder, so that
+/// `metrics::counter!` and friends anywhere in the program land in it too. Cloning gives another
+/// handle on the same registry.
+///
+/// Histograms are Prometheus histograms with [`DURATION_BUCKETS`] for names ending in
+/// `_seconds` and [`SIZE_BUCKETS`] for those ending in `_bytes`.
+#[derive(Clone)]
+pub struct MetricsRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    /// The OpenTelemetry twins of the handles, when the series are exported over OTLP too.
+    otel: Option<OtelMirror>,
+    handle: PrometheusHandle,
+    sources: Mutex<Vec<Arc<dyn ScrapeSource>>>,
+}
+
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetricsRegistry {
+    /// An empty registry, with the RPC and endpoint metrics described (their `# HELP`).
+    pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A registry whose series also go to `meter`'s instruments (same names and labels), for an
+    /// OpenTelemetry exporter; [`init`](crate::init) makes one when an OTLP endpoint is set.
+    pub fn with_meter(meter: opentelemetry::metrics::Meter) -> Self {
+        Self::build(Some(OtelMirror::new(meter)))
+    }
+
+    fn build(otel: Option<OtelMirror>) -> Self {
+        // Neither bucket list is empty, so neither call fails.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), SIZE_BUCKETS))
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let registry = Self { inner: Arc::new(Inner { recorder, otel, handle, sources: Mutex::default() }) };
+        registry.describe();
+        registry
+    }
+
+    fn describe(&self) {
+        use names::*;
+        let r = &self.inner.recorder;
+        let h = |name: &'static str, unit, help: &'static str| {
+            r.describe_histogram(name.into(), Some(unit), help.into())
+        };
+        let g =
+            |name: &'static str, unit, help: &'static str| r.describe_gauge(name.into(), unit, help.into());
+        let c = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), Some(Unit::Count), help.into())
+        };
+        h(
+            RPC_SERVER_DURATION,
+            Unit::Seconds,
+            "Duration of RPCs served, from the request to the end of the response (OpenTelemetry rpc.server.duration).",
+        );
+        h(
+            RPC_CLIENT_DURATION,
+            Unit::Seconds,
+            "Duration of RPCs sent, from the request to the end of the response (OpenTelemetry rpc.client.duration).",
+        );
+        h(
+            RPC_SERVER_RESPONSE_SIZE,
+            Unit::Bytes,
+            "Bytes of the response body of RPCs served (OpenTelemetry rpc.server.response.size).",
+        );
+        h(
+            RPC_CLIENT_RESPONSE_SIZE,
+            Unit::Bytes,
+            "Bytes of the response body of RPCs sent (OpenTelemetry rpc.client.response.size).",
+        );
+        g(RPC_SERVER_ACTIVE, Some(Unit::Count), "RPCs being served.");
+        g(RPC_CLIENT_ACTIVE, Some(Unit::Count), "RPCs sent and not yet ended.");
+        c(ENDPOINT_PICKS, "Requests the balancer sent to the endpoint.");
+        c(ENDPOINT_REQUESTS, "Requests ended on the endpoint, by outcome.");
+        c(ENDPOINT_EJECTIONS, "Times outlier detection ejected the endpoint.");
+        g(ENDPOINT_IN_FLIGHT, Some(Unit::Count), "Requests in flight on the endpoint.");
+        g(ENDPOINT_LATENCY_EWMA, Some(Unit::Seconds), "Peak-EWMA latency of the endpoint.");
+        g(ENDPOINT_QUEUE, Some(Unit::Count), "Queue depth the endpoint's replica last reported.");
+        g(
+            ENDPOINT_RUNNING,
+            Some(Unit::Count),
+            "Requests running on the endpoint's replica, as last reported.",
+        );
+        g(
+            ENDPOINT_KV_CACHE,
+            Some(Unit::Percent),
+            "KV-cache use (0 to 1) the endpoint's replica last reported.",
+        );
+        g(ENDPOINT_EJECTED, None, "1 while outlier detection has the endpoint ejected.");
+        g(ENDPOINT_DRAINING, None, "1 while the endpoint drains (removed, its last requests running).");
+        g(POOL_POLICY, None, "1 for the balancing policy the pool uses now, 0 for one it used before.");
+        g(POOL_ENDPOINTS, Some(Unit::Count), "Endpoints on the pool's load board.");
+    }
+
+    /// Adds a source read at every scrape.
+    pub fn add_source(&self, source: Arc<dyn ScrapeSource>) {
+        self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner).push(source);
+    }
+
+    /// Publishes the sources, then renders every series in the Prometheus text format
+    /// ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        self.publish();
+        self.inner.handle.run_upkeep();
+        self.inner.handle.render()
+    }
+
+    /// Publishes the sources' series (as a scrape does; an OTLP export calls it before each
+    /// collection).
+    pub fn publish(&self) {
+        let sources = self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for source in &sources {
+            source.publish(self);
+        }
+    }
+
+    /// A handle that does not keep the registry alive.
+    pub(crate) fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry(Arc::downgrade(&self.inner))
+    }
+
+    /// Makes this registry the process's global `metrics` recorder; an error if one is set
+    /// already.
+    pub fn install(&self) -> Result<(), metrics::SetRecorderError<MetricsRegistry>> {
+        metrics::set_global_recorder(self.clone())
+    }
+}
+
+/// A [`MetricsRegistry`] handle that does not keep it alive (for callbacks it owns).
+#[derive(Clone)]
+pub(crate) struct WeakRegistry(std::sync::Weak<Inner>);
+
+impl WeakRegistry {
+    /// The registry, if it still exists.
+    pub(crate) fn upgrade(&self) -> Option<MetricsRegistry> {
+        self.0.upgrade().map(|inner| MetricsRegistry { inner })
+    }
+}
+
+impl fmt::Debug for MetricsRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sources = self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner).len();
+        f.debug_struct("MetricsRegistry").field("sources", &sources).finish_non_exhaustive()
+    }
+}
+
+impl Recorder for MetricsRegistry {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.recorder.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.recorder.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.recorder.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        let prometheus = || self.inner.recorder.register_counter(key, metadata);
+        match &self.inner.otel {
+            None => prometheus(),
+            Some(otel) => otel.counter(key, prometheus),
+        }
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        let prometheus = || self.inner.recorder.register_gauge(key, metadata);
+        match &self.inner.otel {
+            None => prometheus(),
+            Some(otel) => otel.gauge(key, prometheus),
+        }
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        let prometheus = || self.inner.recorder.register_histogram(key, metadata);
+        match &self.inner.otel {
+            None => prometheus(),
+            Some(otel) => otel.histogram(key, prometheus),
+        }
+    }
+}
