@@ -7,6 +7,11 @@
 //! - `pick/<policy>/N`: a whole pick of `consistent-hash` and `bounded-load-hash` (the bounded
 //!   one sums the in-flight counts of the eligible endpoints, O(N)), the ring already built.
 //!
+//! - `prefix/lookup-32-blocks/64-endpoints-1M-blocks`: [`PrefixIndex::longest_matches`] of a
+//!   32-block prompt held by two of 64 endpoints, in an index of 1,048,576 (block, endpoint)
+//!   entries (the issue's target: ≤ 2 µs). The bench prints the index's heap bytes per entry
+//!   (target: ≤ 100).
+//!
 //! ```sh
 //! cargo bench -p switchyard-hash --bench hash
 //! ```
@@ -18,7 +23,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use switchyard_balance::EndpointState;
 use switchyard_balance::policy::{Endpoints, Policy, RequestInfo};
 use switchyard_core::{Endpoint, RoutingKey};
-use switchyard_hash::{ConsistentHash, DEFAULT_POINTS_PER_WEIGHT, Ring};
+use switchyard_hash::{ConsistentHash, DEFAULT_POINTS_PER_WEIGHT, PrefixIndex, Ring};
 
 const SIZES: [usize; 3] = [10, 100, 1000];
 
@@ -89,5 +94,42 @@ fn picks(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, ring_lookup, picks);
+fn prefix_lookup(c: &mut Criterion) {
+    const SLOTS: usize = 64;
+    const BLOCKS: u64 = 32;
+    const PROMPTS: u64 = 16_384;
+    let mut index = PrefixIndex::new(SLOTS, 1 << 20);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // Each prompt (32 unique blocks) held by two endpoints: 16,384 × 32 × 2 = 1,048,576 entries.
+    let prompts: Vec<Vec<u64>> =
+        (0..PROMPTS).map(|p| (0..BLOCKS).map(|b| (p << 8 | b) ^ 0x5555).collect()).collect();
+    for prompt in &prompts {
+        let a = (next() % SLOTS as u64) as usize;
+        let b = (a + 1 + (next() % (SLOTS as u64 - 1)) as usize) % SLOTS;
+        index.insert(a, prompt);
+        index.insert(b, prompt);
+    }
+    let entries = index.len();
+    let bytes = index.memory_bytes();
+    println!(
+        "prefix index: {entries} entries, {bytes} heap bytes, {:.1} bytes per entry",
+        bytes as f64 / entries as f64
+    );
+    let mut matched = vec![0u32; SLOTS];
+    let mut i = 0usize;
+    c.bench_function("prefix/lookup-32-blocks/64-endpoints-1M-blocks", |b| {
+        b.iter(|| {
+            i = (i + 7919) % prompts.len();
+            black_box(index.longest_matches(black_box(&prompts[i]), &mut matched))
+        })
+    });
+}
+
+criterion_group!(benches, ring_lookup, picks, prefix_lookup);
 criterion_main!(benches);

@@ -2,8 +2,8 @@
 //!
 //! # The rule
 //!
-//! A request's key (its [`RoutingKey`](switchyard_core::RoutingKey), or else its first
-//! [`PrefixBlocks`](switchyard_core::PrefixBlocks) id; see [`request_key`]) is hashed onto a
+//! A request's key (its [`RoutingKey`](switchyard_core::RoutingKey), or else the id of its
+//! second [`PrefixBlocks`](switchyard_core::PrefixBlocks) block; see [`request_key`]) is hashed onto a
 //! [`Ring`] built over the pool's members. Plain consistent hashing (`consistent-hash`) sends it
 //! to the first eligible endpoint clockwise. Consistent hashing with bounded loads
 //! (`bounded-load-hash`; Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded
@@ -51,8 +51,9 @@
 //!
 //! # Parameters
 //!
-//! `{ name = "bounded-load-hash", load_factor = 1.25, points_per_weight = 160 }`;
-//! `consistent-hash` takes `points_per_weight` only. `load_factor` must be > 1.
+//! `{ name = "bounded-load-hash", load_factor = 1.25, points_per_weight = 160, key_blocks = 2 }`;
+//! `consistent-hash` takes `points_per_weight` and `key_blocks`. `load_factor` must be > 1;
+//! `key_blocks` is [`request_key`]'s.
 
 use std::sync::Arc;
 
@@ -60,7 +61,7 @@ use arc_swap::ArcSwapOption;
 use switchyard_balance::EndpointState;
 use switchyard_balance::policy::{Endpoints, Policy, PolicyError, PolicySpec, RequestInfo};
 
-use crate::key::request_key;
+use crate::key::{DEFAULT_KEY_BLOCKS, request_key};
 use crate::ring::{DEFAULT_POINTS_PER_WEIGHT, Ring};
 
 /// The default load factor `c` of `bounded-load-hash`.
@@ -72,6 +73,7 @@ pub const DEFAULT_LOAD_FACTOR: f64 = 1.25;
 pub struct ConsistentHash {
     load_factor: Option<f64>,
     points_per_weight: u32,
+    key_blocks: usize,
     ring: ArcSwapOption<BuiltRing>,
 }
 
@@ -85,7 +87,12 @@ struct BuiltRing {
 impl ConsistentHash {
     /// Plain consistent hashing (`consistent-hash`).
     pub fn new() -> Self {
-        Self { load_factor: None, points_per_weight: DEFAULT_POINTS_PER_WEIGHT, ring: ArcSwapOption::empty() }
+        Self {
+            load_factor: None,
+            points_per_weight: DEFAULT_POINTS_PER_WEIGHT,
+            key_blocks: DEFAULT_KEY_BLOCKS,
+            ring: ArcSwapOption::empty(),
+        }
     }
 
     /// Consistent hashing with bounded loads (`bounded-load-hash`): no endpoint takes a request
@@ -104,6 +111,13 @@ impl ConsistentHash {
     /// The same policy with `points` ring points per unit of endpoint weight (at least 1).
     pub fn with_points_per_weight(mut self, points: u32) -> Self {
         self.points_per_weight = points.max(1);
+        self
+    }
+
+    /// The same policy keying requests without a session key by their prefix block number
+    /// `blocks` (see [`request_key`]).
+    pub fn with_key_blocks(mut self, blocks: usize) -> Self {
+        self.key_blocks = blocks.max(1);
         self
     }
 
@@ -133,21 +147,25 @@ impl ConsistentHash {
         #[serde(deny_unknown_fields)]
         struct Plain {
             points_per_weight: Option<u32>,
+            key_blocks: Option<usize>,
         }
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Bounded {
             load_factor: Option<f64>,
             points_per_weight: Option<u32>,
+            key_blocks: Option<usize>,
         }
-        let (policy, points) = if bounded {
+        let (policy, points, key_blocks) = if bounded {
             let p: Bounded = spec.params()?;
-            (Self::bounded(p.load_factor.unwrap_or(DEFAULT_LOAD_FACTOR))?, p.points_per_weight)
+            (Self::bounded(p.load_factor.unwrap_or(DEFAULT_LOAD_FACTOR))?, p.points_per_weight, p.key_blocks)
         } else {
             let p: Plain = spec.params()?;
-            (Self::new(), p.points_per_weight)
+            (Self::new(), p.points_per_weight, p.key_blocks)
         };
-        Ok(policy.with_points_per_weight(points.unwrap_or(DEFAULT_POINTS_PER_WEIGHT)))
+        Ok(policy
+            .with_points_per_weight(points.unwrap_or(DEFAULT_POINTS_PER_WEIGHT))
+            .with_key_blocks(key_blocks.unwrap_or(DEFAULT_KEY_BLOCKS)))
     }
 }
 
@@ -164,7 +182,7 @@ impl Policy for ConsistentHash {
 
     fn pick(&self, request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
         let eligible = endpoints.eligible();
-        let Some(key) = request_key(request) else {
+        let Some(key) = request_key(request, self.key_blocks) else {
             return Some(least_loaded(eligible));
         };
         let built = self.ring(endpoints);

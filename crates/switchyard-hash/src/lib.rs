@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `consistent-hash` | [`ConsistentHash::new`] | session key (or first prefix block) on a ring |
 //! | `bounded-load-hash` | [`ConsistentHash::bounded`] | the same, no endpoint past `c` × its share |
+//! | `prefix-aware` | [`PrefixAware`] | cached prefix blocks (approximate index) against waiting work |
 //!
 //! Keys travel in request extensions: the key layer puts a
 //! [`RoutingKey`](switchyard_core::RoutingKey) (from `x-session-id`) and the prompt's
@@ -34,24 +35,26 @@
 
 mod consistent;
 mod key;
+pub mod prefix;
 mod ring;
 
 use std::sync::Arc;
 
 pub use consistent::{ConsistentHash, DEFAULT_LOAD_FACTOR};
-pub use key::request_key;
+pub use key::{DEFAULT_KEY_BLOCKS, request_key};
+pub use prefix::{PrefixAware, PrefixAwareConfig, PrefixIndex};
 pub use ring::{DEFAULT_POINTS_PER_WEIGHT, MAX_POINTS, Ring};
 use switchyard_balance::policy::{Policy, PolicyError, PolicyRegistry, PolicySpec};
 
 /// The names this crate registers, in the order reports list them.
-pub const POLICY_NAMES: [&str; 2] = ["consistent-hash", "bounded-load-hash"];
+pub const POLICY_NAMES: [&str; 3] = ["consistent-hash", "bounded-load-hash", "prefix-aware"];
 
 type Factory = fn(&PolicySpec, u64) -> Result<Arc<dyn Policy>, PolicyError>;
 
 /// Registers this crate's policies in `registry`. Registering twice in one registry is not an
 /// error: names already there are left as they are.
 pub fn register(registry: &PolicyRegistry) -> Result<(), PolicyError> {
-    let entries: [(&str, &str, Factory); 2] = [
+    let entries: [(&str, &str, Factory); 3] = [
         (
             "consistent-hash",
             "ring hash of the session key (or first prefix block), nginx's `hash consistent`",
@@ -61,6 +64,11 @@ pub fn register(registry: &PolicyRegistry) -> Result<(), PolicyError> {
             "bounded-load-hash",
             "consistent hashing with bounded loads: no endpoint past load_factor (1.25) x its share in flight",
             |spec, _| Ok(Arc::new(ConsistentHash::from_spec(spec, true)?)),
+        ),
+        (
+            "prefix-aware",
+            "prefill a cached prefix saves against the least-response-time wait, loads bounded",
+            |spec, _| Ok(Arc::new(PrefixAware::from_spec(spec)?)),
         ),
     ];
     for (name, description, factory) in entries {
