@@ -72,6 +72,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before parsing: the `--policy` flags' help lists the registry.
+    switchyard::register_policies();
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Worker(args) => worker::run(args, shutdown_signal()).await.map_err(Into::into),

@@ -10,14 +10,16 @@ fn short(seed: u64) -> LabReport {
 
 #[test]
 fn the_same_seed_gives_the_same_report_byte_for_byte() {
+    // Every test of this binary sees the same registry: with the hash policies in it.
+    switchyard::register_policies();
     let a = serde_json::to_string_pretty(&short(7)).unwrap();
     let b = serde_json::to_string_pretty(&short(7)).unwrap();
     assert_eq!(a, b);
     let report: LabReport = serde_json::from_str(&a).unwrap();
     assert_eq!(
         report.results.len(),
-        switchyard_balance::PolicyKind::ALL.len() + 2,
-        "every policy, least response time without sizes, the ideal"
+        switchyard::lab::lab_policies().len() + 2,
+        "every registered policy, least response time without sizes, the ideal"
     );
     assert!(report.results.iter().all(|r| r.requests == 400 && r.errors == 0), "{a}");
     assert!(report.capacity_rps > 0.0 && report.time_scale > 0.0);
@@ -41,4 +43,22 @@ fn the_ideal_beats_round_robin_on_p99_ttft() {
     // Round robin gives the quarter-speed replica its eighth; the ideal knows better.
     assert_eq!(round_robin.share["replica-0"], 0.125);
     assert!(ideal.share["replica-0"] < 0.125);
+}
+
+#[test]
+fn prefix_aware_routing_hits_the_cache_more_than_round_robin_and_never_beats_the_upper_bound() {
+    use switchyard::lab::{PrefixOptions, run_prefix};
+    switchyard::register_policies();
+    let report = run_prefix(&PrefixOptions { requests: 600, ..PrefixOptions::default() }).unwrap();
+    for skewed in [false, true] {
+        let upper =
+            if skewed { report.skewed.upper_bound_hit_rate } else { report.base.upper_bound_hit_rate };
+        let aware = report.result(skewed, "prefix-aware").unwrap();
+        let round_robin = report.result(skewed, "round-robin").unwrap();
+        assert_eq!((aware.requests, aware.errors), (600, 0));
+        assert!(aware.prefix_hit_rate > round_robin.prefix_hit_rate, "{aware:?} {round_robin:?}");
+        for r in if skewed { &report.skewed.results } else { &report.base.results } {
+            assert!(r.prefix_hit_rate <= upper, "{} beats one infinite cache: {r:?}", r.policy);
+        }
+    }
 }

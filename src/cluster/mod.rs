@@ -60,7 +60,7 @@ pub use plots::{LATENCY_PNG, SHARES_PNG};
 use processes::ChildProcess;
 pub use processes::ProcessError;
 pub use report::{ClusterReport, ClusterSetup, ReplicaSetup, ReplicaShare};
-use switchyard_balance::PolicyKind;
+use switchyard_balance::{PolicyKind, PolicySpec};
 use switchyard_sim::trace::{TraceRecord, read_trace};
 
 use crate::loadgen::{self, LoadgenArgs, LoadgenError};
@@ -146,7 +146,7 @@ impl ClusterArgs {
             .collect()
     }
 
-    fn validate(&self) -> Result<PolicyKind, ClusterError> {
+    fn validate(&self) -> Result<PolicySpec, ClusterError> {
         let invalid = |m: String| Err(ClusterError::Invalid(m));
         if self.replicas == 0 || self.replicas > 64 {
             return invalid(format!("--replicas must be between 1 and 64, got {}", self.replicas));
@@ -160,7 +160,12 @@ impl ClusterArgs {
         if let Some(x) = self.time_scale.filter(|x| !(x.is_finite() && *x > 0.0)) {
             return invalid(format!("--time-scale must be > 0, got {x}"));
         }
-        self.policy.parse().map_err(|e| ClusterError::Invalid(format!("--policy: {e}")))
+        crate::register_policies();
+        let spec = PolicySpec::named(&self.policy);
+        switchyard_balance::policy::registry()
+            .validate(&spec)
+            .map_err(|e| ClusterError::Invalid(format!("--policy: {e}")))?;
+        Ok(spec)
     }
 }
 
@@ -272,7 +277,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(exe: &Path, speeds: &[f64], policy: Option<PolicyKind>) -> Result<Self, ClusterError> {
+    async fn start(exe: &Path, speeds: &[f64], policy: Option<PolicySpec>) -> Result<Self, ClusterError> {
         let starts = speeds.iter().enumerate().map(|(i, speed)| {
             let args: Vec<String> =
                 ["worker", "--listen", "127.0.0.1:0", "--speed", &speed.to_string(), "--model", "sim-llm"]
@@ -372,7 +377,7 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let mut cluster = tokio::select! {
-        started = Cluster::start(&exe, &speeds, (!args.no_gateway).then_some(policy)) => started?,
+        started = Cluster::start(&exe, &speeds, (!args.no_gateway).then(|| policy.clone())) => started?,
         () = &mut shutdown => return Err(ClusterError::Interrupted),
     };
     let loadgen_args = LoadgenArgs {
@@ -580,7 +585,9 @@ mod tests {
             let err = args.validate().unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
-        assert_eq!(ClusterArgs::default().validate().unwrap(), PolicyKind::LeastResponseTime);
+        assert_eq!(ClusterArgs::default().validate().unwrap(), PolicyKind::LeastResponseTime.spec());
+        let hashed = ClusterArgs { policy: "prefix-aware".into(), ..ClusterArgs::default() };
+        assert_eq!(hashed.validate().unwrap().name(), "prefix-aware");
     }
 
     #[test]

@@ -235,6 +235,7 @@ impl GatewayArgs {
 /// Reads the configuration, binds the gRPC and admin addresses and serves until `shutdown`
 /// completes, then drains (see [`Gateway::shutdown`]).
 pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    crate::register_policies();
     let config = args.gateway_config()?;
     let listen = config.listen.unwrap_or(DEFAULT_LISTEN);
     let admin = config.admin.unwrap_or(DEFAULT_ADMIN);

@@ -47,12 +47,16 @@
 //!
 //! - `hetero`: eight replicas of unequal speed (0.25, 0.5 and six of 1.0) at 70 % of their
 //!   measured capacity on the Azure conversation trace; see [`run_hetero`].
+//! - `prefix`: eight replicas with prefix caches on the Mooncake conversation trace, the hash
+//!   and prefix-aware policies against the load-based ones, and a skewed variant; see
+//!   [`run_prefix`].
 
 mod balanced;
 mod capacity;
 mod cluster;
 mod hetero;
 mod ideal;
+mod prefix;
 mod replica;
 mod report;
 
@@ -63,6 +67,10 @@ pub use cluster::ReplicaSpec;
 pub use hetero::{
     DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
 };
+pub use prefix::{
+    KV_CAPACITY_TOKENS, PREFIX_POLICIES, PREFIX_REQUESTS, PrefixOptions, PrefixReport, PrefixResult,
+    PrefixVariant, SYSTEM_PROMPT_BLOCKS, run_prefix,
+};
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
 
@@ -71,6 +79,9 @@ pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOu
 pub enum Scenario {
     /// Eight replicas of unequal speed (0.25, 0.5, six of 1.0) at 70 % of their capacity.
     Hetero,
+    /// Eight replicas with prefix caches on the Mooncake conversation trace (and a skewed
+    /// variant), the hash and prefix-aware policies against the load-based ones.
+    Prefix,
 }
 
 /// Flags of `switchyard lab`.
@@ -89,9 +100,10 @@ pub struct LabArgs {
     /// Seed of the policies' random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Requests to replay (the first ones of the trace).
-    #[arg(long, default_value_t = DEFAULT_REQUESTS)]
-    pub requests: usize,
+    /// Requests to replay (the first ones of the trace); by default 6,000 for `hetero`, 4,000
+    /// for `prefix`.
+    #[arg(long)]
+    pub requests: Option<usize>,
     /// Offered load, as a share of the cluster's measured capacity.
     #[arg(long, default_value_t = 0.7)]
     pub load: f64,
@@ -130,18 +142,47 @@ pub enum LabError {
 
 /// Runs the scenario `args` names and writes its report where `--json` says. Blocking: it
 /// builds its own runtimes, so call it outside any tokio runtime (or in `spawn_blocking`).
-pub fn run(args: &LabArgs) -> Result<LabReport, LabError> {
+pub fn run(args: &LabArgs) -> Result<LabRun, LabError> {
+    crate::register_policies();
     let report = match args.scenario {
-        Scenario::Hetero => run_hetero(&HeteroOptions {
+        Scenario::Hetero => LabRun::Hetero(run_hetero(&HeteroOptions {
             seed: args.seed,
-            requests: args.requests,
+            requests: args.requests.unwrap_or(DEFAULT_REQUESTS),
             load: args.load,
             trace: args.trace.clone(),
-        })?,
+        })?),
+        Scenario::Prefix => LabRun::Prefix(run_prefix(&PrefixOptions {
+            seed: args.seed,
+            requests: args.requests.unwrap_or(PREFIX_REQUESTS),
+            load: args.load,
+            trace: args.trace.clone(),
+        })?),
     };
     if let Some(path) = &args.json {
-        crate::report::write_json(path, &report)
-            .map_err(|source| LabError::Write { path: path.clone(), source })?;
+        let written = match &report {
+            LabRun::Hetero(r) => crate::report::write_json(path, r),
+            LabRun::Prefix(r) => crate::report::write_json(path, r),
+        };
+        written.map_err(|source| LabError::Write { path: path.clone(), source })?;
     }
     Ok(report)
+}
+
+/// What a scenario reports.
+#[derive(Debug, Clone)]
+pub enum LabRun {
+    /// `hetero`'s report.
+    Hetero(LabReport),
+    /// `prefix`'s report.
+    Prefix(PrefixReport),
+}
+
+impl LabRun {
+    /// A terminal summary of the report.
+    pub fn summary(&self) -> String {
+        match self {
+            LabRun::Hetero(r) => r.summary(),
+            LabRun::Prefix(r) => r.summary(),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Which key a hash policy routes a request by.
 
 use switchyard_balance::policy::RequestInfo;
-use switchyard_core::{PrefixBlocks, RoutingKey};
+use switchyard_core::{PrefixBlocks, RoutingKey, stable_hash};
 
 /// Prefix blocks a request without a session key is keyed by, by default: 2.
 ///
@@ -23,7 +23,10 @@ pub fn request_key(request: &RequestInfo<'_>, key_blocks: usize) -> Option<u64> 
         return Some(key.hash64());
     }
     let ids = extensions.get::<PrefixBlocks>()?.ids();
-    ids.get(key_blocks.max(1).min(ids.len()).checked_sub(1)?).copied()
+    let id = ids.get(key_blocks.max(1).min(ids.len()).checked_sub(1)?)?;
+    // Block ids from the key layer are hashes already, but a trace's are small integers: spread
+    // them over the ring.
+    Some(stable_hash(&id.to_le_bytes()))
 }
 
 #[cfg(test)]
@@ -40,9 +43,10 @@ mod tests {
         ext.insert(PrefixBlocks::new(vec![]));
         assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 2), None);
         ext.insert(PrefixBlocks::new(vec![7, 8, 9]));
-        assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 2), Some(8));
-        assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 0), Some(7));
-        assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 9), Some(9));
+        let block = |id: u64| Some(stable_hash(&id.to_le_bytes()));
+        assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 2), block(8));
+        assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 0), block(7));
+        assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 9), block(9));
         ext.insert(RoutingKey::new("s"));
         assert_eq!(request_key(&RequestInfo::new(Some(&ext), now), 2), Some(RoutingKey::new("s").hash64()));
     }

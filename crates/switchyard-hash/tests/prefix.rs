@@ -28,7 +28,8 @@ async fn a_cached_prefix_on_an_overloaded_replica_goes_elsewhere() {
         });
         Backend::new(Endpoint::new(format!("replica-{i}"), format!("http://r{i}")), service)
     });
-    let policy = Arc::new(PrefixAware::new(PrefixAwareConfig::default()).expect("valid"));
+    let config = PrefixAwareConfig { load_factor: 1.25, ..PrefixAwareConfig::default() };
+    let policy = Arc::new(PrefixAware::new(config).expect("valid"));
     let mut b = Balance::from_backends(backends)
         .with_policy(PolicyHandle::new(policy))
         .with_completion(CompleteOnResponse);

@@ -24,15 +24,15 @@ pub struct PrefixAwareConfig {
     /// simulated replica); the index keeps `capacity_tokens / block_tokens` blocks per endpoint.
     pub capacity_tokens: u64,
     /// No endpoint takes a request while it holds more than `load_factor` × its share of the
-    /// requests in flight (1.25), as in `bounded-load-hash`.
+    /// requests in flight (2.0), the bounded-load rule of `bounded-load-hash`.
     pub load_factor: f64,
-    /// Weight of the prefill time a cached prefix saves against the expected wait (1.0).
+    /// Weight of the prefill time a cached prefix saves against the expected wait (16).
     pub prefix_weight: f64,
 }
 
 impl Default for PrefixAwareConfig {
     fn default() -> Self {
-        Self { block_tokens: 512, capacity_tokens: 400_000, load_factor: 1.25, prefix_weight: 1.0 }
+        Self { block_tokens: 512, capacity_tokens: 400_000, load_factor: 2.0, prefix_weight: 16.0 }
     }
 }
 
