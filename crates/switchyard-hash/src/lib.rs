@@ -2,7 +2,7 @@
 //!
 //! An LLM replica answers fastest when a prompt's prefix is already in its KV cache. The
 //! policies here send related requests to the same replica, each as a
-//! [`Policy`](switchyard_balance::Policy) of the balancer, registered by name:
+//! [`switchyard_balance::Policy`] of the balancer, registered by name:
 //!
 //! | name | policy | routes by |
 //! | --- | --- | --- |
@@ -33,7 +33,7 @@
 //! ```
 #![warn(missing_docs)]
 
-mod consistent;
+pub mod consistent;
 mod key;
 pub mod prefix;
 mod ring;

@@ -61,7 +61,7 @@
 //! On HBM-sized caches (400,000 tokens) every placement loses conversations between turns and
 //! all settings sit near 0.07-0.09.
 
-mod index;
+pub mod index;
 mod policy;
 
 pub use index::PrefixIndex;
