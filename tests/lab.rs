@@ -49,13 +49,13 @@ fn the_ideal_beats_round_robin_on_p99_ttft() {
 fn prefix_aware_routing_hits_the_cache_more_than_round_robin_and_never_beats_the_upper_bound() {
     use switchyard::lab::{PrefixOptions, run_prefix};
     switchyard::register_policies();
-    let report = run_prefix(&PrefixOptions { requests: 600, ..PrefixOptions::default() }).unwrap();
+    let report = run_prefix(&PrefixOptions { requests: 300, ..PrefixOptions::default() }).unwrap();
     for skewed in [false, true] {
         let upper =
             if skewed { report.skewed.upper_bound_hit_rate } else { report.base.upper_bound_hit_rate };
         let aware = report.result(skewed, "prefix-aware").unwrap();
         let round_robin = report.result(skewed, "round-robin").unwrap();
-        assert_eq!((aware.requests, aware.errors), (600, 0));
+        assert_eq!((aware.requests, aware.errors), (300, 0));
         assert!(aware.prefix_hit_rate > round_robin.prefix_hit_rate, "{aware:?} {round_robin:?}");
         for r in if skewed { &report.skewed.results } else { &report.base.results } {
             assert!(r.prefix_hit_rate <= upper, "{} beats one infinite cache: {r:?}", r.policy);
