@@ -34,4 +34,18 @@ pub mod worker;
 
 pub use switchyard_balance as balance;
 pub use switchyard_core as core;
+pub use switchyard_hash as hash;
 pub use switchyard_sim as sim;
+
+/// Registers the policies of the crates beyond the balancer's built-ins (the hash and
+/// prefix-aware policies of [`hash`]) in the process-wide policy registry, once. The binary calls
+/// it at start, and the lab, the gateway and the cluster call it on entry, so that every one of
+/// them can name every policy.
+pub fn register_policies() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = switchyard_hash::register(switchyard_balance::policy::registry()) {
+            tracing::error!("registering the hash policies: {e}");
+        }
+    });
+}

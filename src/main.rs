@@ -70,6 +70,8 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Before parsing: the `--policy` flags' help lists the registry.
+    switchyard::register_policies();
     let mut cli = Cli::parse();
     // The servers' telemetry, from the standard OTEL_* variables: spans exported over OTLP when an
     // endpoint is set, nothing otherwise.

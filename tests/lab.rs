@@ -10,14 +10,16 @@ fn short(seed: u64) -> LabReport {
 
 #[test]
 fn the_same_seed_gives_the_same_report_byte_for_byte() {
+    // Every test of this binary sees the same registry: with the hash policies in it.
+    switchyard::register_policies();
     let a = serde_json::to_string_pretty(&short(7)).unwrap();
     let b = serde_json::to_string_pretty(&short(7)).unwrap();
     assert_eq!(a, b);
     let report: LabReport = serde_json::from_str(&a).unwrap();
     assert_eq!(
         report.results.len(),
-        switchyard_balance::PolicyKind::ALL.len() + 2,
-        "every policy, least response time without sizes, the ideal"
+        switchyard::lab::lab_policies().len() + 2,
+        "every registered policy, least response time without sizes, the ideal"
     );
     assert!(report.results.iter().all(|r| r.requests == 400 && r.errors == 0), "{a}");
     assert!(report.capacity_rps > 0.0 && report.time_scale > 0.0);
@@ -90,13 +92,16 @@ fn short_parallel(seed: u64) -> LabReport {
 
 #[test]
 fn hetero_parallel_is_reproducible_and_its_ideal_avoids_the_slow_replica() {
+    // Tests in this binary share one registry: register first, so that the count is the same
+    // whichever test runs first.
+    switchyard::register_policies();
     let a = serde_json::to_string_pretty(&short_parallel(3)).unwrap();
     let b = serde_json::to_string_pretty(&short_parallel(3)).unwrap();
     assert_eq!(a, b);
     let report: LabReport = serde_json::from_str(&a).unwrap();
     assert_eq!(
         report.results.len(),
-        switchyard_balance::PolicyKind::ALL.len() + 1,
+        switchyard::lab::lab_policies().len() + 1,
         "every policy, the ideal"
     );
     // Three full-speed replicas of 8 slots at 10 ms and one at a quarter of the speed.
@@ -107,4 +112,22 @@ fn hetero_parallel_is_reproducible_and_its_ideal_avoids_the_slow_replica() {
     assert!(ideal.ttft_ms.p99 < 40.0, "at 65 % the fast replicas take the tail: {}", ideal.ttft_ms.p99);
     let round_robin = report.result("round-robin").unwrap();
     assert!(round_robin.ttft_ms.p99 > ideal.ttft_ms.p99);
+}
+
+#[test]
+fn prefix_aware_routing_hits_the_cache_more_than_round_robin_and_never_beats_the_upper_bound() {
+    use switchyard::lab::{PrefixOptions, run_prefix};
+    switchyard::register_policies();
+    let report = run_prefix(&PrefixOptions { requests: 300, ..PrefixOptions::default() }).unwrap();
+    for skewed in [false, true] {
+        let upper =
+            if skewed { report.skewed.upper_bound_hit_rate } else { report.base.upper_bound_hit_rate };
+        let aware = report.result(skewed, "prefix-aware").unwrap();
+        let round_robin = report.result(skewed, "round-robin").unwrap();
+        assert_eq!((aware.requests, aware.errors), (300, 0));
+        assert!(aware.prefix_hit_rate > round_robin.prefix_hit_rate, "{aware:?} {round_robin:?}");
+        for r in if skewed { &report.skewed.results } else { &report.base.results } {
+            assert!(r.prefix_hit_rate <= upper, "{} beats one infinite cache: {r:?}", r.policy);
+        }
+    }
 }

@@ -67,7 +67,7 @@ pub use plots::{LATENCY_PNG, SHARES_PNG};
 use processes::ChildProcess;
 pub use processes::ProcessError;
 pub use report::{ClusterReport, ClusterSetup, ReplicaSetup, ReplicaShare};
-use switchyard_balance::PolicyKind;
+use switchyard_balance::{PolicyKind, PolicySpec};
 use switchyard_sim::trace::{TraceRecord, read_trace};
 
 use crate::loadgen::{self, LoadgenArgs, LoadgenError};
@@ -192,7 +192,7 @@ impl ClusterArgs {
         }
     }
 
-    fn validate(&self) -> Result<PolicyKind, ClusterError> {
+    fn validate(&self) -> Result<PolicySpec, ClusterError> {
         let invalid = |m: String| Err(ClusterError::Invalid(m));
         if self.kind == ReplicaKindArg::Parallel
             && (self.parallel == 0 || !(self.service_ms.is_finite() && self.service_ms > 0.0))
@@ -214,7 +214,12 @@ impl ClusterArgs {
         if let Some(x) = self.time_scale.filter(|x| !(x.is_finite() && *x > 0.0)) {
             return invalid(format!("--time-scale must be > 0, got {x}"));
         }
-        self.policy.parse().map_err(|e| ClusterError::Invalid(format!("--policy: {e}")))
+        crate::register_policies();
+        let spec = PolicySpec::named(&self.policy);
+        switchyard_balance::policy::registry()
+            .validate(&spec)
+            .map_err(|e| ClusterError::Invalid(format!("--policy: {e}")))?;
+        Ok(spec)
     }
 }
 
@@ -330,7 +335,7 @@ impl Cluster {
         exe: &Path,
         speeds: &[f64],
         kind_args: &[String],
-        policy: Option<PolicyKind>,
+        policy: Option<PolicySpec>,
     ) -> Result<Self, ClusterError> {
         let starts = speeds.iter().enumerate().map(|(i, speed)| {
             let mut args: Vec<String> =
@@ -451,7 +456,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let kind_args = args.worker_kind_args();
     let mut cluster = tokio::select! {
-        started = Cluster::start(&exe, &speeds, &kind_args, (!args.no_gateway).then_some(policy)) => started?,
+        started = Cluster::start(&exe, &speeds, &kind_args, (!args.no_gateway).then(|| policy.clone())) => started?,
         () = &mut shutdown => return Err(ClusterError::Interrupted),
     };
     let loadgen_args = LoadgenArgs {
@@ -692,7 +697,9 @@ mod tests {
             let err = args.validate().unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
-        assert_eq!(ClusterArgs::default().validate().unwrap(), PolicyKind::LeastResponseTime);
+        assert_eq!(ClusterArgs::default().validate().unwrap(), PolicyKind::LeastResponseTime.spec());
+        let hashed = ClusterArgs { policy: "prefix-aware".into(), ..ClusterArgs::default() };
+        assert_eq!(hashed.validate().unwrap().name(), "prefix-aware");
     }
 
     #[test]

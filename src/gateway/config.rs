@@ -172,6 +172,7 @@ impl GatewayConfig {
     /// `http://127.0.0.1:9001`; a bare `host:port` means `http://`). Each endpoint's id is its
     /// authority (`127.0.0.1:9001`). Validated.
     pub fn single_pool(backends: &[String], policy: impl Into<PolicySpec>) -> Result<Self, ConfigError> {
+        crate::register_policies();
         let policy = policy.into();
         if backends.is_empty() {
             return Err(ConfigError::field(
@@ -215,6 +216,7 @@ impl GatewayConfig {
 
     /// Parses and validates a TOML config; errors carry the line of the offending value.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        crate::register_policies();
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: None,
             line: e.span().map(|s| line_of(text, s.start)),

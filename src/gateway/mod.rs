@@ -41,7 +41,10 @@
 //! ```
 //!
 //! One pool named `default`, whose endpoint ids are the backends' authorities (`127.0.0.1:9001`);
-//! gRPC on `--listen` (127.0.0.1:8080), the admin API on `--admin` (127.0.0.1:9900).
+//! gRPC on `--listen` (127.0.0.1:8080), the admin API on `--admin` (127.0.0.1:9900). `--policy`
+//! takes a name, or a JSON table with parameters:
+//! `--policy '{"name": "bounded-load-hash", "load_factor": 1.5}'` (requests of one
+//! `x-session-id` to one replica, none past 1.5 × its share in flight).
 //!
 //! # Pools and routes
 //!
@@ -263,6 +266,7 @@ impl GatewayArgs {
 /// Reads the configuration, binds the gRPC and admin addresses and serves until `shutdown`
 /// completes, then drains (see [`Gateway::shutdown`]).
 pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    crate::register_policies();
     let config = args.gateway_config()?;
     let listen = config.listen.unwrap_or(DEFAULT_LISTEN);
     let admin = config.admin.unwrap_or(DEFAULT_ADMIN);

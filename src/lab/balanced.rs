@@ -63,6 +63,10 @@ pub(crate) async fn run_policy(
             // What the key-extraction layer puts in: the request's size.
             request.extensions_mut().insert(RequestSize::new(record.prompt_tokens, record.output_tokens));
         }
+        if !record.prefix.is_empty() {
+            // And its prefix blocks, when the trace has them.
+            request.extensions_mut().insert(record.prefix.clone());
+        }
         let response = match balancer.ready().await {
             Ok(ready) => ready.call(request),
             Err(_) => {
@@ -81,7 +85,9 @@ pub(crate) async fn run_policy(
             if let Ok(tokens) = response.await {
                 outcome.replica =
                     tokens.endpoint().and_then(|id| names.iter().position(|n| n.as_str() == id.as_str()));
-                let times = read_tokens(tokens, arrived_at, |_| {}).await;
+                let mut cached = 0;
+                let times = read_tokens(tokens, arrived_at, |t| cached = t.cached_prompt_tokens).await;
+                outcome.cached_prompt_tokens = cached;
                 outcome.ttft = times.first;
                 outcome.latency = times.last;
             }

@@ -53,6 +53,9 @@
 //! - `hetero-parallel`: four classic servers of 8 parallel slots at 10 ms a request, one four
 //!   times slower, at 65 % of their capacity; the ideal is earliest finish time on an exact slot
 //!   ledger; see [`run_hetero_parallel`].
+//! - `prefix`: eight replicas with prefix caches on the Mooncake conversation trace, the hash
+//!   and prefix-aware policies against the load-based ones, and a skewed variant; see
+//!   [`run_prefix`].
 
 mod balanced;
 mod capacity;
@@ -63,6 +66,7 @@ mod ideal;
 mod ideal_parallel;
 mod overload;
 mod overload_plot;
+mod prefix;
 mod replica;
 mod report;
 
@@ -83,6 +87,10 @@ pub use overload::{
     PermitGeneration, StepResult, TargetCheck, WINDOWED as OVERLOAD_WINDOWED, deadline_of,
     replicas as overload_replicas, run_overload,
 };
+pub use prefix::{
+    KV_CAPACITY_TOKENS, PREFIX_POLICIES, PREFIX_REQUESTS, PrefixOptions, PrefixReport, PrefixResult,
+    PrefixVariant, SYSTEM_PROMPT_BLOCKS, run_prefix,
+};
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
 
@@ -96,6 +104,9 @@ pub enum Scenario {
     Overload,
     /// Four classic servers (8 parallel slots, 10 ms a request), one four times slower, at 65 %.
     HeteroParallel,
+    /// Eight replicas with prefix caches on the Mooncake conversation trace (and a skewed
+    /// variant), the hash and prefix-aware policies against the load-based ones.
+    Prefix,
 }
 
 /// Flags of `switchyard lab`.
@@ -115,7 +126,7 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Requests to replay (the first ones of the trace) [default: hetero 6000,
-    /// hetero-parallel 20000].
+    /// hetero-parallel 20000, prefix 4000].
     #[arg(long)]
     pub requests: Option<usize>,
     /// Offered load, as a share of the cluster's measured capacity [default: hetero 0.7,
@@ -138,6 +149,8 @@ pub enum LabOutput {
     Policies(LabReport),
     /// Each protection under stepped overload (`overload`).
     Overload(OverloadReport),
+    /// Prefix-cache hit rates and latencies, base and skewed (`prefix`).
+    Prefix(PrefixReport),
 }
 
 impl LabOutput {
@@ -146,6 +159,7 @@ impl LabOutput {
         match self {
             LabOutput::Policies(report) => report.summary(),
             LabOutput::Overload(report) => report.summary(),
+            LabOutput::Prefix(report) => report.summary(),
         }
     }
 }
@@ -190,6 +204,7 @@ pub enum LabError {
 /// Runs the scenario `args` names and writes its report where `--json` says. Blocking: it
 /// builds its own runtimes, so call it outside any tokio runtime (or in `spawn_blocking`).
 pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
+    crate::register_policies();
     let report: LabOutput = match args.scenario {
         Scenario::Hetero => run_hetero(&HeteroOptions {
             seed: args.seed,
@@ -217,6 +232,12 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
             })?
             .into()
         }
+        Scenario::Prefix => LabOutput::Prefix(run_prefix(&PrefixOptions {
+            seed: args.seed,
+            requests: args.requests.unwrap_or(PREFIX_REQUESTS),
+            load: args.load.unwrap_or(0.7),
+            trace: args.trace.clone(),
+        })?),
     };
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report)

@@ -18,6 +18,8 @@ pub struct RequestOutcome {
     pub ttft: Option<Duration>,
     /// From arrival to the last token, for a request that completed.
     pub latency: Option<Duration>,
+    /// Prompt tokens its replica's prefix cache served.
+    pub cached_prompt_tokens: u32,
 }
 
 impl RequestOutcome {

@@ -96,10 +96,18 @@ impl fmt::Display for Spec {
 }
 
 impl FromStr for Spec {
-    type Err = std::convert::Infallible;
+    type Err = SpecError;
 
-    /// A spec of that name and no parameters.
+    /// A spec of that name and no parameters, or, for text that opens with `{`, a JSON table
+    /// with a `name` and parameters (`{"name": "bounded-load-hash", "load_factor": 1.5}`), as a
+    /// command-line flag gives it.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim_start().starts_with('{') {
+            return serde_json::from_str(s).map_err(|e| SpecError {
+                name: s.trim().to_string(),
+                message: format!("not a spec table: {e}"),
+            });
+        }
         Ok(Self::named(s))
     }
 }
@@ -156,6 +164,9 @@ mod tests {
 
         let err = serde_json::from_str::<Spec>(r#"{"load_factor":1.25}"#).unwrap_err().to_string();
         assert!(err.contains("needs a `name`"), "{err}");
+        let flag: Spec = r#"{"name": "hash", "load_factor": 1.25, "header": "x-user"}"#.parse().unwrap();
+        assert_eq!(flag, spec);
+        assert!("{name".parse::<Spec>().unwrap_err().to_string().contains("not a spec table"));
         let err = serde_json::from_str::<Spec>("3").unwrap_err().to_string();
         assert!(err.contains("expected a name"), "{err}");
     }

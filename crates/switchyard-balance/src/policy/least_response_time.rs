@@ -103,30 +103,64 @@ fn cheapest(
     endpoints: &[Arc<EndpointState>],
     work: f64,
 ) -> usize {
-    // One pass for the fastest measured speed and the mean in-flight count.
-    let (mut fastest, mut total, mut count) = (f64::INFINITY, 0u64, 0u64);
-    for i in candidates.clone() {
-        if let Some(unit) = endpoints[i].unit_time_nanos() {
-            fastest = fastest.min(unit);
-        }
-        total += u64::from(endpoints[i].in_flight());
-        count += 1;
-    }
-    // Before any sample, all endpoints are equal: the pending work decides.
-    let unknown = if fastest.is_finite() { fastest } else { 1.0 };
-    let mean = total as f64 / count.max(1) as f64;
+    let estimate = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
     let mut best = None;
     let mut best_cost = f64::INFINITY;
     for i in candidates {
-        let e = &endpoints[i];
-        let share = (f64::from(e.in_flight()) + 1.0) / (mean + 1.0);
-        let cost = (e.pending_work() as f64 + work) * e.unit_time_nanos().unwrap_or(unknown) * share.sqrt();
+        let cost = estimate.cost_nanos(&endpoints[i], work);
         if best.is_none() || cost < best_cost {
             best = Some(i);
             best_cost = cost;
         }
     }
     best.unwrap_or(0)
+}
+
+/// [`LeastResponseTime`]'s estimate of each endpoint's time to first byte, for policies that
+/// weigh it against something else (the prefix-aware policy weighs it against the prefill a
+/// cached prefix saves) rather than counting load a second way.
+///
+/// Built over the endpoints compared (one pass: the fastest measured speed, which endpoints
+/// without a sample borrow, and the mean in-flight count); then
+/// [`cost_nanos`](Self::cost_nanos) is the policy's cost for one of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResponseTimeEstimate {
+    unknown_unit_nanos: f64,
+    mean_in_flight: f64,
+}
+
+impl ResponseTimeEstimate {
+    /// The estimate over `endpoints` (the ones compared).
+    pub fn over<'a>(endpoints: impl Iterator<Item = &'a EndpointState>) -> Self {
+        let (mut fastest, mut total, mut count) = (f64::INFINITY, 0u64, 0u64);
+        for e in endpoints {
+            if let Some(unit) = e.unit_time_nanos() {
+                fastest = fastest.min(unit);
+            }
+            total += u64::from(e.in_flight());
+            count += 1;
+        }
+        // Before any sample, all endpoints are equal: the pending work decides.
+        let unknown_unit_nanos = if fastest.is_finite() { fastest } else { 1.0 };
+        Self { unknown_unit_nanos, mean_in_flight: total as f64 / count.max(1) as f64 }
+    }
+
+    /// `e`'s time per unit of work, or the fastest measured one when `e` has no sample yet.
+    pub fn unit_time_nanos(&self, e: &EndpointState) -> f64 {
+        e.unit_time_nanos().unwrap_or(self.unknown_unit_nanos)
+    }
+
+    /// The mean in-flight count over the endpoints compared.
+    pub fn mean_in_flight(&self) -> f64 {
+        self.mean_in_flight
+    }
+
+    /// The expected time to first byte at `e` for a request of `work` units:
+    /// `(pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1))`.
+    pub fn cost_nanos(&self, e: &EndpointState, work: f64) -> f64 {
+        let share = (f64::from(e.in_flight()) + 1.0) / (self.mean_in_flight + 1.0);
+        (e.pending_work() as f64 + work) * self.unit_time_nanos(e) * share.sqrt()
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 pub use endpoints::Endpoints;
 pub use least_connections::LeastConnections;
-pub use least_response_time::LeastResponseTime;
+pub use least_response_time::{LeastResponseTime, ResponseTimeEstimate};
 pub use load_report::LoadReport;
 pub use p2c::P2cPeakEwma;
 pub use random::Random;
