@@ -103,7 +103,7 @@ mod shared;
 
 pub use board::{EndpointLoad, LoadBoard};
 pub use completion::{CompleteOnResponse, Completion, HttpCompletion, TrackCompletion, TrackedBody};
-pub use endpoint::{EndpointState, TrackingConfig};
+pub use endpoint::{EndpointState, OwnLoad, ReportSnapshot, TrackingConfig};
 pub use error::PolledAfterCompletion;
 pub use future::ResponseFuture;
 pub use observer::{Observation, Observer, PickedEndpoint};
