@@ -636,6 +636,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_report_keeps_the_balancers_own_load_at_its_arrival_not_at_its_decoding() {
+        let s = state();
+        let queue = |depth| ReportedLoad { queue_depth: depth, ..ReportedLoad::default() };
+        let t0 = Instant::now();
+        let mut answered = s.start(t0, 10);
+        answered.first_byte();
+        let waiting = s.start(t0, 10);
+        s.record_encoded_report(&orca::encode_header_value(&queue(4)), t0);
+        // More requests go out before anything reads the report: they are not in it.
+        let later: Vec<_> = (0..3).map(|_| s.start(t0, 10)).collect();
+        let snapshot = s.fresh_report_with_own(t0, Duration::from_secs(1)).expect("fresh");
+        assert_eq!((snapshot.report.queue_depth, snapshot.at), (4, t0));
+        assert_eq!(snapshot.own, OwnLoad { in_flight: 2, awaiting_first_byte: 1 });
+
+        // A malformed report keeps the last good one with its own baseline.
+        s.record_encoded_report(&http::HeaderValue::from_static("!!not base64!!"), t0);
+        assert_eq!(s.fresh_report_with_own(t0, Duration::from_secs(1)).map(|r| r.own), Some(snapshot.own));
+        s.record_report(queue(1), t0);
+        assert_eq!(
+            s.fresh_report_with_own(t0, Duration::from_secs(1)).map(|r| r.own),
+            Some(OwnLoad { in_flight: 5, awaiting_first_byte: 4 })
+        );
+        advance(Duration::from_secs(2)).await;
+        assert!(s.fresh_report_with_own(Instant::now(), Duration::from_secs(1)).is_none(), "stale");
+        drop((answered, waiting, later));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn peak_ewma_jumps_to_slow_samples_blends_fast_ones_and_decays_when_idle() {
         let s = state();
         let t0 = Instant::now();

@@ -105,8 +105,14 @@ impl LoadReport {
     /// The endpoint's load as this policy estimates it at `now`: the balancer's own counts
     /// plus what its last fresh report adds (see the type's docs), for a request of `work`
     /// units on an endpoint taking `unit_time` nanoseconds per unit.
-    pub fn estimate(&self, endpoint: &EndpointState, now: Instant, work: f64, unit_time: f64) -> Estimate {
-        let mut estimate = Estimate {
+    pub fn estimate(
+        &self,
+        endpoint: &EndpointState,
+        now: Instant,
+        work: f64,
+        unit_time: f64,
+    ) -> LoadEstimate {
+        let mut estimate = LoadEstimate {
             ahead: endpoint.pending_work() as f64,
             occupancy: f64::from(endpoint.in_flight()),
             room: true,
@@ -138,7 +144,7 @@ impl LoadReport {
             candidates.clone().filter_map(|i| endpoints[i].unit_time_nanos()).fold(f64::INFINITY, f64::min);
         // Before any sample, all endpoints are equal: the work ahead decides.
         let unknown = if fastest.is_finite() { fastest } else { 1.0 };
-        let estimates: Vec<(usize, f64, Estimate)> = candidates
+        let estimates: Vec<(usize, f64, LoadEstimate)> = candidates
             .map(|i| {
                 let unit = endpoints[i].unit_time_nanos().unwrap_or(unknown);
                 (i, unit, self.estimate(&endpoints[i], request.now, work, unit))
@@ -163,7 +169,7 @@ impl LoadReport {
 /// One endpoint's load as [`LoadReport`] estimates it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub struct Estimate {
+pub struct LoadEstimate {
     /// Work waiting for a first byte ahead of a new request: the balancer's own pending work
     /// plus the foreign requests the report shows waiting, less what the replica has worked off
     /// since.
@@ -175,7 +181,7 @@ pub struct Estimate {
     pub room: bool,
 }
 
-impl Estimate {
+impl LoadEstimate {
     /// The expected time to first byte, in nanoseconds, of `work` more units on an endpoint
     /// taking `unit_time` per unit, braked by its occupancy against the `mean_occupancy` of
     /// the endpoints compared.
@@ -242,7 +248,7 @@ mod tests {
             })
             .collect();
         let before = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(before, Estimate { ahead: 3000.0, occupancy: 5.0, room: true });
+        assert_eq!(before, LoadEstimate { ahead: 3000.0, occupancy: 5.0, room: true });
         // The replica reports exactly those five: two queued, three running (one of ours is
         // admitted and still prefilling).
         e.record_report(report(2, 3, 8), Instant::now());
@@ -260,7 +266,7 @@ mod tests {
         // Another client's four requests wait on the replica beside our one; six run there.
         e.record_report(report(5, 6, 64), Instant::now());
         let fresh = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(fresh, Estimate { ahead: 500.0 + 4000.0, occupancy: 1.0 + 10.0, room: true });
+        assert_eq!(fresh, LoadEstimate { ahead: 500.0 + 4000.0, occupancy: 1.0 + 10.0, room: true });
         // 1.5 ms later the replica has prefilled 1,500 units of the foreign queue.
         advance(Duration::from_micros(1500)).await;
         let later = policy.estimate(&e, Instant::now(), 1000.0, unit);
@@ -272,7 +278,7 @@ mod tests {
         // Past the 1 s max age the report counts as absent: the balancer's own counts alone.
         advance(Duration::from_secs(1)).await;
         let stale = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(stale, Estimate { ahead: 500.0, occupancy: 1.0, room: true });
+        assert_eq!(stale, LoadEstimate { ahead: 500.0, occupancy: 1.0, room: true });
         let patient = LoadReport::with_seed(0).with_max_age(Duration::from_secs(5));
         assert_eq!(patient.estimate(&e, Instant::now(), 1000.0, unit).occupancy, 11.0);
     }

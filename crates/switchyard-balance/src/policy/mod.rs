@@ -66,7 +66,7 @@ use arc_swap::ArcSwap;
 pub use endpoints::Endpoints;
 pub use least_connections::LeastConnections;
 pub use least_response_time::LeastResponseTime;
-pub use load_report::LoadReport;
+pub use load_report::{LoadEstimate, LoadReport};
 pub use p2c::P2cPeakEwma;
 pub use random::Random;
 pub use registry::{PolicyError, PolicyFactory, PolicyRegistry, registry};
