@@ -121,6 +121,10 @@ impl LoadReport {
             return estimate;
         };
         let report = &snapshot.report;
+        // The request whose response carried the report still counts in the balancer's own
+        // in-flight baseline, while the replica, done with it, no longer does: a foreign load of
+        // one request can go unseen. Erring low keeps a report of the balancer's own requests
+        // from ever adding load.
         let foreign_waiting = report.queue_depth.saturating_sub(snapshot.own.awaiting_first_byte);
         let foreign_running =
             report.queue_depth.saturating_add(report.running).saturating_sub(snapshot.own.in_flight);
