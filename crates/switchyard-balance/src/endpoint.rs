@@ -113,6 +113,36 @@ struct ReportSlot {
     /// A report that arrived after `decoded`, not decoded yet: its base64 text, copied out of
     /// the response so that it holds no connection buffer alive.
     encoded: Option<(bytes::Bytes, Instant)>,
+    /// The balancer's own load on the endpoint when the newest report (`encoded` if any, else
+    /// `decoded`) arrived.
+    own_at_newest: OwnLoad,
+    /// The same for `decoded`.
+    own_at_decoded: OwnLoad,
+}
+
+/// What the balancer itself had on an endpoint at one moment: the baseline that tells which
+/// part of a replica's load report is load this balancer sent (and already counts) and which
+/// part it cannot see (other clients' requests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OwnLoad {
+    /// Requests this balancer had in flight there ([`EndpointState::in_flight`]).
+    pub in_flight: u32,
+    /// Of those, the ones awaiting their first byte ([`EndpointState::awaiting_first_byte`]).
+    pub awaiting_first_byte: u32,
+}
+
+/// A replica's last load report, with when it arrived and what the balancer itself had on the
+/// endpoint at that moment ([`EndpointState::fresh_report_with_own`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReportSnapshot {
+    /// The report.
+    pub report: Arc<ReportedLoad>,
+    /// When it arrived.
+    pub at: Instant,
+    /// The balancer's own load on the endpoint when it arrived.
+    pub own: OwnLoad,
 }
 
 impl ReportSlot {
@@ -121,7 +151,10 @@ impl ReportSlot {
     fn current(&mut self, endpoint: &EndpointId) -> Option<&(Arc<ReportedLoad>, Instant)> {
         if let Some((value, at)) = self.encoded.take() {
             match orca::decode_base64(&value) {
-                Ok(report) => self.decoded = Some((Arc::new(report), at)),
+                Ok(report) => {
+                    self.decoded = Some((Arc::new(report), at));
+                    self.own_at_decoded = self.own_at_newest;
+                }
                 Err(e) => tracing::debug!(endpoint = %endpoint, "ignoring malformed load report: {e}"),
             }
         }
@@ -357,6 +390,25 @@ impl EndpointState {
         lock(&self.outlier).times_ejected
     }
 
+    /// The last report if it arrived no more than `max_age` before `now`, with when it arrived
+    /// and the balancer's own load on the endpoint at that moment (the report counts the
+    /// requests this balancer had in flight then; comparing the two tells how much of the
+    /// replica's load came from elsewhere).
+    pub fn fresh_report_with_own(&self, now: Instant, max_age: Duration) -> Option<ReportSnapshot> {
+        let mut slot = lock(&self.report);
+        let (report, at) = slot.current(self.id()).cloned()?;
+        (now.saturating_duration_since(at) <= max_age).then(|| ReportSnapshot {
+            report,
+            at,
+            own: slot.own_at_decoded,
+        })
+    }
+
+    /// The balancer's own load on the endpoint now.
+    fn own_load(&self) -> OwnLoad {
+        OwnLoad { in_flight: self.in_flight(), awaiting_first_byte: self.awaiting_first_byte() }
+    }
+
     /// Whether the endpoint is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
         lock(&self.outlier).ejected_until.is_some_and(|until| now < until)
@@ -438,16 +490,22 @@ impl EndpointState {
     }
 
     pub(crate) fn record_report(&self, report: ReportedLoad, now: Instant) {
+        let own = self.own_load();
         let mut slot = lock(&self.report);
         slot.decoded = Some((Arc::new(report), now));
         slot.encoded = None;
+        slot.own_at_newest = own;
+        slot.own_at_decoded = own;
     }
 
     /// Keeps an ORCA header value (`endpoint-load-metrics-bin`) as the last report, to be decoded
     /// when first read.
     pub(crate) fn record_encoded_report(&self, value: &http::HeaderValue, now: Instant) {
         let text = bytes::Bytes::copy_from_slice(value.as_bytes());
-        lock(&self.report).encoded = Some((text, now));
+        let own = self.own_load();
+        let mut slot = lock(&self.report);
+        slot.encoded = Some((text, now));
+        slot.own_at_newest = own;
     }
 
     /// Ends a request its caller gave up on: counted, but not an outcome for the outlier detector.
@@ -637,6 +695,34 @@ mod tests {
             Some(7),
             "a decoded report replaces a pending one"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_keeps_the_balancers_own_load_at_its_arrival_not_at_its_decoding() {
+        let s = state();
+        let queue = |depth| ReportedLoad { queue_depth: depth, ..ReportedLoad::default() };
+        let t0 = Instant::now();
+        let mut answered = s.start(t0, 10);
+        answered.first_byte();
+        let waiting = s.start(t0, 10);
+        s.record_encoded_report(&orca::encode_header_value(&queue(4)), t0);
+        // More requests go out before anything reads the report: they are not in it.
+        let later: Vec<_> = (0..3).map(|_| s.start(t0, 10)).collect();
+        let snapshot = s.fresh_report_with_own(t0, Duration::from_secs(1)).expect("fresh");
+        assert_eq!((snapshot.report.queue_depth, snapshot.at), (4, t0));
+        assert_eq!(snapshot.own, OwnLoad { in_flight: 2, awaiting_first_byte: 1 });
+
+        // A malformed report keeps the last good one with its own baseline.
+        s.record_encoded_report(&http::HeaderValue::from_static("!!not base64!!"), t0);
+        assert_eq!(s.fresh_report_with_own(t0, Duration::from_secs(1)).map(|r| r.own), Some(snapshot.own));
+        s.record_report(queue(1), t0);
+        assert_eq!(
+            s.fresh_report_with_own(t0, Duration::from_secs(1)).map(|r| r.own),
+            Some(OwnLoad { in_flight: 5, awaiting_first_byte: 4 })
+        );
+        advance(Duration::from_secs(2)).await;
+        assert!(s.fresh_report_with_own(Instant::now(), Duration::from_secs(1)).is_none(), "stale");
+        drop((answered, waiting, later));
     }
 
     #[tokio::test(start_paused = true)]

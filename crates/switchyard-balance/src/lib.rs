@@ -106,7 +106,7 @@ mod shared;
 
 pub use board::{EndpointLoad, LoadBoard};
 pub use completion::{CompleteOnResponse, Completion, HttpCompletion, TrackCompletion, TrackedBody};
-pub use endpoint::{EndpointState, TrackingConfig};
+pub use endpoint::{EndpointState, OwnLoad, ReportSnapshot, TrackingConfig};
 pub use endpoint_limit::EndpointLimit;
 pub use error::PolledAfterCompletion;
 pub use future::ResponseFuture;

@@ -24,7 +24,29 @@
 //! | `least-response-time` | [`LeastResponseTime`] | unit time to first byte, pending work, request size, in-flight |
 //! | `p2c-peak-ewma` | [`P2cPeakEwma`] | peak-EWMA latency, in-flight |
 //! | `random` | [`Random`] | nothing |
-//! | `load-report` | [`LoadReport`] | the replicas' ORCA reports, in-flight |
+//! | `load-report` | [`LoadReport`] | LRT's signals, plus the replicas' ORCA reports (queue, running, capacity) |
+//!
+//! # The two cost models
+//!
+//! Both estimate a request's time to first byte (for an LLM stream, its time to first token) on
+//! each endpoint and pick the least; both learn each endpoint's speed from its answers.
+//!
+//! - [`LeastResponseTime`] (the default) sees only what this balancer sent:
+//!   `cost = (pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1))`,
+//!   where `pending_work` is the work of its requests there still awaiting a first byte, `work`
+//!   the request's prompt tokens, `unit_time` the endpoint's learned time per unit of work, and
+//!   the square root a soft brake on an endpoint holding more than its share of requests.
+//! - [`LoadReport`] adds what the replica reports and the balancer did not send: the reported
+//!   queue and running requests less the balancer's own at the moment the report arrived (so no
+//!   request counts twice), the foreign queue worked off at the endpoint's speed as the report
+//!   ages, the brake over the replica's whole occupancy, and endpoints whose reported batch is
+//!   full ranked after every endpoint with room. Without a fresh report it is LRT.
+//!
+//! In lab `hetero` (eight replicas of speeds 0.25 to 1, 70 % load, one balancer), p99 TTFT:
+//! Azure trace, LRT 190 ms, load-report 190 ms (ideal 179 ms); Mooncake trace, LRT 7,805 ms,
+//! load-report 7,805 ms (ideal 7,482 ms). With one balancer the reports hold nothing it does
+//! not know, so the two pick alike; the previous load-report score, `(awaiting + queue + 1) ×
+//! (1 + 4 × kv_use)` over two random endpoints, was at 728 ms (3.8 × LRT) and 36,132 ms (4.6 ×).
 
 mod endpoints;
 mod least_connections;
@@ -44,7 +66,7 @@ use arc_swap::ArcSwap;
 pub use endpoints::Endpoints;
 pub use least_connections::LeastConnections;
 pub use least_response_time::{LeastResponseTime, ResponseTimeEstimate};
-pub use load_report::LoadReport;
+pub use load_report::{LoadEstimate, LoadReport};
 pub use p2c::P2cPeakEwma;
 pub use random::Random;
 pub use registry::{PolicyError, PolicyFactory, PolicyRegistry, registry};
@@ -153,7 +175,9 @@ impl PolicyKind {
             }
             PolicyKind::P2cPeakEwma => "power of two choices by peak-EWMA latency times in-flight",
             PolicyKind::Random => "uniformly at random",
-            PolicyKind::LoadReport => "the replicas' own ORCA load reports (queue, KV-cache use)",
+            PolicyKind::LoadReport => {
+                "least response time plus the load the replicas' ORCA reports show from other clients"
+            }
         }
     }
 
