@@ -3,7 +3,9 @@
 //! - `GET /endpoints`: the gateway's state (`serving`, or `draining` from the shutdown signal to
 //!   the end of the drain, during which the admin API keeps answering), every pool, its policy,
 //!   and each endpoint's load as the pool's balancer tracks it:
-//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining"}]}]}`.
+//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining","source","state"}]}]}`,
+//!   where an endpoint's `source` is the discovery source that announced it (`config` for a
+//!   pool's fixed `endpoints`) and its `state` is `healthy`, `ejected` or `draining`.
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` may be left out when
 //!   there is one pool): switches the pool's policy atomically (requests in flight stay where they
 //!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists
@@ -19,6 +21,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use switchyard_balance::{EndpointLoad, PolicySpec};
+use switchyard_discovery::SOURCE_LABEL;
 
 use super::pool::Pool;
 
@@ -36,7 +39,32 @@ struct EndpointsView<'a> {
 struct PoolView<'a> {
     name: &'a str,
     policy: &'static str,
-    endpoints: Vec<EndpointLoad>,
+    endpoints: Vec<EndpointView>,
+}
+
+/// One endpoint: its load, where it came from, and its state.
+#[derive(Debug, Serialize)]
+struct EndpointView {
+    #[serde(flatten)]
+    load: EndpointLoad,
+    /// The discovery source that announced it (`config` for the pool's fixed endpoints).
+    source: String,
+    /// `healthy`, `ejected` (by outlier detection) or `draining` (removed, requests in flight).
+    state: &'static str,
+}
+
+impl From<EndpointLoad> for EndpointView {
+    fn from(load: EndpointLoad) -> Self {
+        let source = load.endpoint.labels.get(SOURCE_LABEL).cloned().unwrap_or_else(|| "config".into());
+        let state = if load.draining {
+            "draining"
+        } else if load.ejected {
+            "ejected"
+        } else {
+            "healthy"
+        };
+        Self { load, source, state }
+    }
 }
 
 /// The body of `PUT /policy`.
@@ -71,7 +99,7 @@ pub(crate) async fn handle(
                     .map(|p| PoolView {
                         name: p.name(),
                         policy: p.policy().name(),
-                        endpoints: p.board().snapshot(),
+                        endpoints: p.board().snapshot().into_iter().map(EndpointView::from).collect(),
                     })
                     .collect(),
             };

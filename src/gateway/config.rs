@@ -16,6 +16,7 @@ use switchyard_balance::PolicyKind;
 use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
 use switchyard_core::Spec;
+use switchyard_discovery::SourceConfig;
 use switchyard_keys::KeysConfig;
 use toml::Spanned;
 
@@ -71,6 +72,9 @@ pub struct PoolConfig {
     pub layers: Vec<Spec>,
     /// The endpoints: `http://` URIs, ids unique within the pool.
     pub endpoints: Vec<Endpoint>,
+    /// Discovery sources (`[[pool.discovery]]`) that add endpoints besides (or instead of)
+    /// [`endpoints`](Self::endpoints). Ids must be unique across a pool's sources.
+    pub discovery: Vec<SourceConfig>,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -126,7 +130,19 @@ impl ConfigError {
 impl PoolConfig {
     /// A pool named `name` over `endpoints`, with the default policy and no layers.
     pub fn new(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
-        Self { name: name.into(), policy: PolicyKind::DEFAULT.spec(), layers: Vec::new(), endpoints }
+        Self {
+            name: name.into(),
+            policy: PolicyKind::DEFAULT.spec(),
+            layers: Vec::new(),
+            endpoints,
+            discovery: Vec::new(),
+        }
+    }
+
+    /// The same pool with these discovery sources besides its endpoints.
+    pub fn with_discovery(mut self, discovery: Vec<SourceConfig>) -> Self {
+        self.discovery = discovery;
+        self
     }
 
     /// The same pool with this policy.
@@ -193,7 +209,17 @@ impl GatewayConfig {
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::from_toml(&text).map_err(|e| ConfigError { file: Some(file), ..e })
+        let mut config = Self::from_toml(&text).map_err(|e| ConfigError { file: Some(file), ..e })?;
+        // A discovery file's relative path is relative to the config file.
+        let folder = path.parent().unwrap_or(Path::new(""));
+        for source in config.pools.iter_mut().flat_map(|p| p.discovery.iter_mut()) {
+            if let SourceConfig::File(file) = source
+                && file.path.is_relative()
+            {
+                file.path = folder.join(&file.path);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates a TOML config; errors carry the line of the offending value.
@@ -246,11 +272,14 @@ impl GatewayConfig {
                     return Err(ConfigError::field(format!("pool[{i}].layers[{k}]"), format!("layer {e}")));
                 }
             }
-            if pool.endpoints.is_empty() {
+            if pool.endpoints.is_empty() && pool.discovery.is_empty() {
                 return Err(ConfigError::field(
                     format!("pool[{i}].endpoints"),
-                    format!("pool {:?} has no endpoints", pool.name),
+                    format!("pool {:?} has no endpoints and no [[pool.discovery]]", pool.name),
                 ));
+            }
+            for (k, source) in pool.discovery.iter().enumerate() {
+                source.validate().map_err(|m| ConfigError::field(format!("pool[{i}].discovery[{k}]"), m))?;
             }
             let mut ids = HashSet::new();
             for (j, endpoint) in pool.endpoints.iter().enumerate() {
@@ -509,7 +538,10 @@ struct RawPool {
     policy: Option<Spanned<PolicySpec>>,
     #[serde(default)]
     layers: Vec<Spanned<Spec>>,
-    endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
+    #[serde(default)]
+    endpoints: Option<Spanned<Vec<Spanned<RawEndpoint>>>>,
+    #[serde(default)]
+    discovery: Vec<Spanned<SourceConfig>>,
 }
 
 #[derive(Deserialize)]
@@ -579,7 +611,11 @@ impl RawConfig {
             lines.record(format!("pool[{i}]"), &pool);
             let pool = pool.into_inner();
             lines.record(format!("pool[{i}].name"), &pool.name);
-            lines.record(format!("pool[{i}].endpoints"), &pool.endpoints);
+            if let Some(endpoints) = &pool.endpoints {
+                lines.record(format!("pool[{i}].endpoints"), endpoints);
+            } else {
+                lines.record(format!("pool[{i}].endpoints"), &pool.name);
+            }
             let policy = match pool.policy {
                 None => PolicyKind::DEFAULT.spec(),
                 Some(p) => {
@@ -601,7 +637,9 @@ impl RawConfig {
                 layers.push(layer.into_inner());
             }
             let mut endpoints = Vec::new();
-            for (j, endpoint) in pool.endpoints.into_inner().into_iter().enumerate() {
+            for (j, endpoint) in
+                pool.endpoints.map(Spanned::into_inner).unwrap_or_default().into_iter().enumerate()
+            {
                 let field = format!("pool[{i}].endpoints[{j}]");
                 lines.record(field.clone(), &endpoint);
                 let endpoint = endpoint.into_inner();
@@ -616,7 +654,18 @@ impl RawConfig {
                 };
                 endpoints.push(Endpoint::new(id, address).with_weight(endpoint.weight));
             }
-            config.pools.push(PoolConfig { name: pool.name.into_inner(), policy, layers, endpoints });
+            let mut discovery = Vec::with_capacity(pool.discovery.len());
+            for (k, source) in pool.discovery.into_iter().enumerate() {
+                lines.record(format!("pool[{i}].discovery[{k}]"), &source);
+                discovery.push(source.into_inner());
+            }
+            config.pools.push(PoolConfig {
+                name: pool.name.into_inner(),
+                policy,
+                layers,
+                endpoints,
+                discovery,
+            });
         }
         for (k, route) in self.route.into_iter().enumerate() {
             lines.record(format!("route[{k}]"), &route);

@@ -9,6 +9,7 @@ use switchyard_balance::{
 
 use futures::StreamExt;
 use switchyard_core::{Endpoint, EndpointId, stable_hash};
+use switchyard_discovery::Source;
 use tower::discover::Change;
 
 use super::body::{ProxyBody, RequestBody};
@@ -36,8 +37,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts the pool's balancer over its configured endpoints, with a connection to each per
-    /// serving thread (opened on first use).
+    /// Starts the pool's balancer over its configured endpoints and discovery sources, with a
+    /// connection to each endpoint per serving thread (opened on first use).
     pub(crate) fn start(config: &PoolConfig, threads: usize) -> Result<Self, ConfigError> {
         // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
@@ -48,14 +49,28 @@ impl Pool {
                 message: e.to_string(),
             })?;
         }
-        let changes =
-            config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
-        Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()))
+        if config.discovery.is_empty() {
+            let changes =
+                config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
+            return Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()));
+        }
+        // The fixed endpoints first (ready at once), then each source's changes as they come.
+        let mut sources = vec![Source::fixed(config.endpoints.iter().cloned())];
+        for (k, discovery) in config.discovery.iter().enumerate() {
+            sources.push(discovery.build().map_err(|e| ConfigError {
+                file: None,
+                line: None,
+                field: Some(format!("pool {:?} discovery[{k}]", config.name)),
+                message: e.to_string(),
+            })?);
+        }
+        Self::start_with(config, threads, futures::stream::select_all(sources))
     }
 
     /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
     /// config's endpoints are a static one). An endpoint whose address is not usable is logged
-    /// and left out.
+    /// and left out (an endpoint of that id known before is removed): an error of that endpoint,
+    /// not of the source.
     pub(crate) fn start_with<D, E>(
         config: &PoolConfig,
         threads: usize,
@@ -72,13 +87,17 @@ impl Pool {
             field: Some(format!("pool {:?} policy", config.name)),
             message: e.to_string(),
         })?;
+        let pool = config.name.clone();
         let backends = changes.map(
             move |change| -> Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError> {
                 Ok(match change.map_err(Into::into)? {
-                    Change::Insert(id, endpoint) => {
-                        let client = EndpointClient::new(&endpoint.address, threads)?;
-                        Change::Insert(id, Backend::new(endpoint, client))
-                    }
+                    Change::Insert(id, endpoint) => match EndpointClient::new(&endpoint.address, threads) {
+                        Ok(client) => Change::Insert(id, Backend::new(endpoint, client)),
+                        Err(e) => {
+                            tracing::error!(pool = %pool, endpoint = %id, "discovered endpoint left out: {e}");
+                            Change::Remove(id)
+                        }
+                    },
                     Change::Remove(id) => Change::Remove(id),
                 })
             },

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use switchyard_core::Endpoint;
 use tokio::sync::mpsc;
 
+use crate::config::EndpointSpec;
 use crate::error::DiscoveryError;
 use crate::source::Source;
 
@@ -127,10 +128,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
         line,
         message,
     };
-    let entries: Vec<(Option<usize>, RawEndpoint)> = if path.extension().is_some_and(|e| e == "json") {
+    let entries: Vec<(Option<usize>, EndpointSpec)> = if path.extension().is_some_and(|e| e == "json") {
         let json_error = |e: serde_json::Error| error(Some(e.line()), e.to_string());
         let list = if text.trim_start().starts_with('[') {
-            serde_json::from_str::<Vec<RawEndpoint>>(text).map_err(json_error)?
+            serde_json::from_str::<Vec<EndpointSpec>>(text).map_err(json_error)?
         } else {
             serde_json::from_str::<JsonFile>(text).map_err(json_error)?.endpoints
         };
@@ -143,32 +144,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
     let mut ids = HashSet::new();
     let mut endpoints = Vec::with_capacity(entries.len());
     for (i, (line, entry)) in entries.into_iter().enumerate() {
-        let address =
-            if entry.address.contains("://") { entry.address } else { format!("http://{}", entry.address) };
-        let id = match entry.id {
-            Some(id) => id,
-            None => default_id(&address),
-        };
-        if address.parse::<http::Uri>().map_or(true, |u| u.authority().is_none()) {
-            return Err(error(line, format!("endpoints[{i}].address: {address:?} is not a URI with a host")));
+        let endpoint =
+            entry.into_endpoint().map_err(|m| error(line, format!("endpoints[{i}].address: {m}")))?;
+        if !ids.insert(endpoint.id.clone()) {
+            return Err(error(
+                line,
+                format!("endpoints[{i}].id: duplicate endpoint id {:?}", endpoint.id.as_str()),
+            ));
         }
-        if !ids.insert(id.clone()) {
-            return Err(error(line, format!("endpoints[{i}].id: duplicate endpoint id {id:?}")));
-        }
-        let mut endpoint = Endpoint::new(id, address).with_weight(entry.weight);
-        endpoint.labels = entry.labels;
         endpoints.push(endpoint);
     }
     Ok(endpoints)
-}
-
-/// `HOST:PORT` of an address, or the address itself.
-fn default_id(address: &str) -> String {
-    address
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| u.authority().map(ToString::to_string))
-        .unwrap_or_else(|| address.to_owned())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -177,30 +163,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawEndpoint {
-    id: Option<String>,
-    address: String,
-    #[serde(default = "one")]
-    weight: u32,
-    #[serde(default)]
-    labels: std::collections::BTreeMap<String, String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TomlFile {
     #[serde(default)]
-    endpoints: Vec<toml::Spanned<RawEndpoint>>,
+    endpoints: Vec<toml::Spanned<EndpointSpec>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonFile {
-    endpoints: Vec<RawEndpoint>,
+    endpoints: Vec<EndpointSpec>,
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod channel;
+pub mod config;
 mod error;
 pub mod file;
 mod fixed;
@@ -49,6 +50,7 @@ mod membership;
 mod source;
 
 pub use channel::{Publisher, SourceGone, channel};
+pub use config::{EndpointSpec, SourceConfig};
 pub use error::DiscoveryError;
 pub use membership::{EndpointChange, Membership};
 pub use source::{SOURCE_LABEL, Source};

@@ -1,0 +1,188 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Discovery through the gateway: a pool fed by a watched file gains and loses endpoints under
+//! load, over real loopback gRPC.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use switchyard::gateway::{Gateway, GatewayConfig};
+use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::worker::{self, WorkerArgs};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// An in-process worker; it stops when dropped.
+struct Worker {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Worker {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let args = WorkerArgs { speed: 20.0, model: "sim-llm".into(), ..WorkerArgs::default() };
+        tokio::spawn(worker::serve(args, listener, async move {
+            let _ = rx.await;
+        }));
+        Self { addr, _stop: tx }
+    }
+}
+
+fn write_endpoints(path: &Path, workers: &[&Worker]) {
+    let text: String =
+        workers.iter().map(|w| format!("[[endpoints]]\naddress = \"http://{}\"\n", w.addr)).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Requests the endpoint has taken (ended or in flight), if it is on the pool's board.
+fn taken(gateway: &Gateway, id: &str) -> Option<u64> {
+    let board = gateway.pool("default").unwrap().board();
+    board.get(&id.into()).map(|e| {
+        e.load.completed + e.load.failed + e.load.overloaded + e.load.cancelled + e.load.in_flight as u64
+    })
+}
+
+/// Waits until `done` holds (checked every 5 ms), at most 10 s; how long it took.
+async fn until(mut done: impl FnMut() -> bool, what: &str) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+async fn admin_endpoints(addr: SocketAddr) -> serde_json::Value {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /endpoints HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (_, body) = answer.split_once("\r\n\r\n").expect("an HTTP response");
+    serde_json::from_str(body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_fed_by_a_file_gains_and_loses_an_endpoint_under_load_with_no_failed_request() {
+    let (a, b, c) = (Worker::start().await, Worker::start().await, Worker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.toml");
+    write_endpoints(&file, &[&a, &b]);
+    let config = GatewayConfig::from_toml(&format!(
+        "threads = 2\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"file\"\npath = {:?}\n",
+        file.display().to_string()
+    ))
+    .unwrap();
+    let gateway = Gateway::start(
+        config,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+    )
+    .unwrap();
+
+    // Load: eight clients calling back to back until told to stop; every failure counted.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let mut client = GrpcInferenceServiceClient::new(channel.clone());
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let req =
+                        worker::request::text_request("sim-llm", &format!("client {i} request {n}"), 30);
+                    match client.model_infer(req).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(status) => {
+                            eprintln!("failed: {status:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+
+    let (a_id, b_id, c_id) = (a.addr.to_string(), b.addr.to_string(), c.addr.to_string());
+    until(
+        || taken(&gateway, &a_id).unwrap_or(0) > 0 && taken(&gateway, &b_id).unwrap_or(0) > 0,
+        "a and b serve",
+    )
+    .await;
+    assert_eq!(taken(&gateway, &c_id), None);
+
+    // c joins: it takes traffic once the file's change is applied.
+    write_endpoints(&file, &[&a, &b, &c]);
+    let added = until(|| taken(&gateway, &c_id).unwrap_or(0) > 0, "the added endpoint takes traffic").await;
+
+    let view = admin_endpoints(gateway.admin_addr().unwrap()).await;
+    let endpoints = view["pools"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 3, "{view}");
+    let source = format!("file:{}", file.display());
+    assert!(endpoints.iter().all(|e| e["source"] == source.as_str()), "{view}");
+    assert!(endpoints.iter().all(|e| e["state"] == "healthy" || e["state"] == "draining"), "{view}");
+
+    // b leaves, with requests in flight on it: they finish, and it gets no new one.
+    write_endpoints(&file, &[&a, &c]);
+    let removed = until(
+        || {
+            let board = gateway.pool("default").unwrap().board();
+            board.get(&b_id.as_str().into()).is_none_or(|e| e.draining)
+        },
+        "the removed endpoint stops taking requests",
+    )
+    .await;
+    until(|| taken(&gateway, &b_id).is_none(), "the removed endpoint's requests end").await;
+    // Now nothing may reach b: stop it, and keep the load going a while.
+    drop(b);
+    let before = ok.load(Ordering::Relaxed);
+    until(|| ok.load(Ordering::Relaxed) > before + 200, "requests after the removal").await;
+
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    println!(
+        "endpoint added: traffic after {added:?}; endpoint removed: no new request after {removed:?}; {} ok, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request fails while endpoints come and go");
+    assert!(taken(&gateway, &c_id).unwrap() > 0 && taken(&gateway, &a_id).unwrap() > 0);
+    gateway.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_discovery_source_missing_from_the_build_says_how_to_build_it() {
+    let config = "[[pool]]\nname = \"p\"\n\n[[pool.discovery]]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/p/\"\n";
+    let result = GatewayConfig::from_toml(config);
+    if cfg!(feature = "etcd") {
+        assert!(result.is_ok(), "{result:?}");
+    } else {
+        let e = result.unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("pool[0].discovery[0]")), "{e}");
+        assert!(e.message.contains("--features etcd"), "{e}");
+    }
+    let e = GatewayConfig::from_toml(
+        "[[pool]]\nname = \"p\"\n[[pool.discovery]]\nkind = \"file\"\npth = \"x\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+    let e = GatewayConfig::from_toml("[[pool]]\nname = \"p\"\n").unwrap_err();
+    assert!(e.message.contains("no endpoints and no [[pool.discovery]]"), "{e}");
+}
