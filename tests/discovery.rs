@@ -186,3 +186,70 @@ fn a_discovery_source_missing_from_the_build_says_how_to_build_it() {
     let e = GatewayConfig::from_toml("[[pool]]\nname = \"p\"\n").unwrap_err();
     assert!(e.message.contains("no endpoints and no [[pool.discovery]]"), "{e}");
 }
+
+mod common;
+
+#[cfg(not(feature = "etcd"))]
+#[tokio::test]
+async fn register_etcd_without_the_feature_says_how_to_build_it() {
+    let output = tokio::process::Command::new(common::BIN)
+        .args(["worker", "--listen", "127.0.0.1:0", "--register-etcd", "http://127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--features etcd"), "{stderr}");
+}
+
+#[cfg(feature = "etcd")]
+#[path = "../crates/switchyard-discovery/tests/support/etcd_server.rs"]
+mod etcd_server;
+
+/// A worker process registered with `--register-etcd` joins a gateway pool watching etcd, and
+/// leaves it when it is killed (SIGKILL: no deregistration), once its lease runs out.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_registered_in_etcd_joins_the_pool_and_leaves_when_it_dies() {
+    let etcd = etcd_server::EtcdServer::start().await;
+    let (mut child, addr) = common::spawn_until(
+        &[
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--speed",
+            "20",
+            "--register-etcd",
+            &etcd.url(),
+            "--etcd-prefix",
+            "/llm/",
+            "--etcd-ttl",
+            "2s",
+        ],
+        "worker serving on ",
+    )
+    .await;
+    let config = GatewayConfig::from_toml(&format!(
+        "threads = 1\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"etcd\"\nendpoints = [{:?}]\nprefix = \"/llm/\"\n",
+        etcd.url()
+    ))
+    .unwrap();
+    let gateway = Gateway::start(config, TcpListener::bind("127.0.0.1:0").await.unwrap(), None).unwrap();
+    until(|| taken(&gateway, &addr).is_some(), "the registered worker joins the pool").await;
+    let mut client = GrpcInferenceServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", gateway.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    client.model_infer(worker::request::text_request("sim-llm", "hello", 5)).await.unwrap();
+    let board = gateway.pool("default").unwrap().board().get(&addr.as_str().into()).unwrap();
+    assert_eq!(board.endpoint.labels.get("source").map(String::as_str), Some("etcd:/llm/"));
+
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let gone = until(|| taken(&gateway, &addr).is_none(), "the dead worker leaves the pool").await;
+    println!("killed worker left the pool after {gone:?} (lease TTL 2 s)");
+    gateway.shutdown().await.unwrap();
+}

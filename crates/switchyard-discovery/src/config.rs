@@ -209,11 +209,7 @@ impl SourceConfig {
                 if c.prefix.is_empty() {
                     return Err("prefix: empty (it would watch every key)".into());
                 }
-                if cfg!(feature = "etcd") {
-                    Err("the etcd discovery source is not implemented yet".into())
-                } else {
-                    Err(not_built("etcd", "etcd"))
-                }
+                if cfg!(feature = "etcd") { Ok(()) } else { Err(not_built("etcd", "etcd")) }
             }
             SourceConfig::Kubernetes(_) => {
                 Err("the kubernetes discovery source is not implemented yet".into())
@@ -233,6 +229,8 @@ impl SourceConfig {
                 Source::fixed(endpoints.collect::<Result<Vec<_>, _>>().map_err(setup)?)
             }
             SourceConfig::File(c) => Source::file(&c.path)?,
+            #[cfg(feature = "etcd")]
+            SourceConfig::Etcd(c) => Source::etcd(c.endpoints.clone(), c.prefix.clone()),
             _ => return Err(setup(format!("the {} source is not in this build", self.kind()))),
         };
         Ok(source.labelled())

@@ -44,6 +44,8 @@
 mod channel;
 pub mod config;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod file;
 mod fixed;
 mod membership;
