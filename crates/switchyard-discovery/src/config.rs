@@ -28,10 +28,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_core::Endpoint;
 
+use crate::dns::DnsTarget;
 use crate::error::DiscoveryError;
 use crate::source::Source;
 
@@ -136,6 +138,33 @@ pub enum DnsRecord {
     Srv,
 }
 
+impl DnsConfig {
+    /// The target this section describes (validated).
+    pub fn target(&self) -> Result<DnsTarget, String> {
+        let duration = |field: &str, value: &Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(v) => humantime::parse_duration(v).map_err(|e| format!("{field}: {v:?}: {e} (e.g. \"5s\")")),
+        };
+        let min = duration("min_ttl", &self.min_ttl, crate::dns::DEFAULT_MIN_TTL)?;
+        let max = duration("max_ttl", &self.max_ttl, crate::dns::DEFAULT_MAX_TTL)?;
+        if max < min {
+            return Err(format!("max_ttl: {max:?} is shorter than min_ttl {min:?}"));
+        }
+        let mut target = match self.record {
+            DnsRecord::A => {
+                DnsTarget::a(&self.name, self.port.ok_or("port: A/AAAA records carry no port: give `port`")?)
+            }
+            DnsRecord::Srv => DnsTarget::srv(&self.name),
+        }
+        .with_ttl_bounds(min, max);
+        if let Some(server) = &self.server {
+            target = target
+                .with_server(server.parse().map_err(|_| format!("server: {server:?} is not an IP:PORT"))?);
+        }
+        Ok(target)
+    }
+}
+
 /// `kind = "etcd"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,21 +215,7 @@ impl SourceConfig {
                 if c.name.is_empty() {
                     return Err("name: empty".into());
                 }
-                if c.record == DnsRecord::A && c.port.is_none() {
-                    return Err("port: A/AAAA records carry no port: give `port`".into());
-                }
-                for (field, value) in [("min_ttl", &c.min_ttl), ("max_ttl", &c.max_ttl)] {
-                    if let Some(v) = value {
-                        humantime::parse_duration(v)
-                            .map_err(|e| format!("{field}: {v:?}: {e} (e.g. \"5s\")"))?;
-                    }
-                }
-                if let Some(server) = &c.server {
-                    server
-                        .parse::<std::net::SocketAddr>()
-                        .map_err(|_| format!("server: {server:?} is not an IP:PORT"))?;
-                }
-                Err("the dns discovery source is not implemented yet".into())
+                c.target().map(|_| ())
             }
             SourceConfig::Etcd(c) => {
                 if c.endpoints.is_empty() {
@@ -229,6 +244,7 @@ impl SourceConfig {
                 Source::fixed(endpoints.collect::<Result<Vec<_>, _>>().map_err(setup)?)
             }
             SourceConfig::File(c) => Source::file(&c.path)?,
+            SourceConfig::Dns(c) => Source::dns(c.target().map_err(setup)?),
             #[cfg(feature = "etcd")]
             SourceConfig::Etcd(c) => Source::etcd(c.endpoints.clone(), c.prefix.clone()),
             _ => return Err(setup(format!("the {} source is not in this build", self.kind()))),

@@ -11,6 +11,7 @@
 //! - [`channel`]: endpoints inserted and removed by code (the autoscaler, tests, a user's own
 //!   discovery), through a bounded channel.
 //! - [`Source::file`]: a TOML or JSON file, read again when it changes ([`file`]).
+//! - [`Source::dns`]: A/AAAA or SRV records, resolved again on their TTL ([`dns`]).
 //! - `etcd` (feature `etcd`): endpoints registered under a key prefix, watched from a revision,
 //!   and a registration helper with a lease for replicas.
 //!
@@ -43,6 +44,7 @@
 
 mod channel;
 pub mod config;
+pub mod dns;
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
