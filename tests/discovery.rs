@@ -253,3 +253,45 @@ async fn a_worker_registered_in_etcd_joins_the_pool_and_leaves_when_it_dies() {
     println!("killed worker left the pool after {gone:?} (lease TTL 2 s)");
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_watching_health_holds_back_an_endpoint_that_is_not_serving() {
+    let a = Worker::start().await;
+    // Nothing listens there: its health cannot be SERVING.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = GatewayConfig::from_toml(&format!(
+        "threads = 1\n[[pool]]\nname = \"default\"\nendpoints = [{{ address = \"http://{}\" }}, {{ address = \"http://{dead}\" }}]\n[pool.health]\ncheck_interval = \"100ms\"\n",
+        a.addr
+    ))
+    .unwrap();
+    let gateway = Gateway::start(
+        config,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+    )
+    .unwrap();
+    let a_id = a.addr.to_string();
+    until(|| taken(&gateway, &a_id).is_some(), "the SERVING endpoint joins").await;
+    let mut client = GrpcInferenceServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", gateway.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for i in 0..20 {
+        client.model_infer(worker::request::text_request("sim-llm", &format!("r{i}"), 5)).await.unwrap();
+    }
+    assert_eq!(taken(&gateway, &dead.to_string()), None, "the dead endpoint is not on the board");
+    let view = admin_endpoints(gateway.admin_addr().unwrap()).await;
+    let endpoints = view["pools"][0]["endpoints"].as_array().unwrap();
+    let state = |id: &str| {
+        endpoints
+            .iter()
+            .find(|e| e["endpoint"]["id"] == id)
+            .map(|e| (e["state"].clone(), e["source"].clone()))
+    };
+    assert_eq!(state(&a_id), Some(("healthy".into(), "config".into())), "{view}");
+    assert_eq!(state(&dead.to_string()), Some(("held back".into(), "config".into())), "{view}");
+    gateway.shutdown().await.unwrap();
+}

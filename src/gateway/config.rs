@@ -16,7 +16,7 @@ use switchyard_balance::PolicyKind;
 use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
 use switchyard_core::Spec;
-use switchyard_discovery::SourceConfig;
+use switchyard_discovery::{HealthConfig, SourceConfig};
 use switchyard_keys::KeysConfig;
 use toml::Spanned;
 
@@ -75,6 +75,9 @@ pub struct PoolConfig {
     /// Discovery sources (`[[pool.discovery]]`) that add endpoints besides (or instead of)
     /// [`endpoints`](Self::endpoints). Ids must be unique across a pool's sources.
     pub discovery: Vec<SourceConfig>,
+    /// Health watching (`[pool.health]`): endpoints are held back until their gRPC health is
+    /// SERVING. Off unless configured.
+    pub health: Option<HealthConfig>,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -136,7 +139,14 @@ impl PoolConfig {
             layers: Vec::new(),
             endpoints,
             discovery: Vec::new(),
+            health: None,
         }
+    }
+
+    /// The same pool with its endpoints' health watched.
+    pub fn with_health(mut self, health: HealthConfig) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// The same pool with these discovery sources besides its endpoints.
@@ -542,6 +552,16 @@ struct RawPool {
     endpoints: Option<Spanned<Vec<Spanned<RawEndpoint>>>>,
     #[serde(default)]
     discovery: Vec<Spanned<SourceConfig>>,
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    service: String,
+    check_interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -659,12 +679,43 @@ impl RawConfig {
                 lines.record(format!("pool[{i}].discovery[{k}]"), &source);
                 discovery.push(source.into_inner());
             }
+            let health = match pool.health {
+                None => None,
+                Some(raw) => {
+                    lines.record(format!("pool[{i}].health"), &raw);
+                    let raw = raw.into_inner();
+                    let mut health = HealthConfig { service: raw.service, ..HealthConfig::default() };
+                    for (name, value, slot) in [
+                        ("check_interval", raw.check_interval, &mut health.check_interval),
+                        ("timeout", raw.timeout, &mut health.timeout),
+                    ] {
+                        if let Some(value) = value {
+                            let field = format!("pool[{i}].health.{name}");
+                            *slot = humantime::parse_duration(value.get_ref())
+                                .ok()
+                                .filter(|d| !d.is_zero())
+                                .ok_or_else(|| {
+                                    lines.error(
+                                        field,
+                                        value.span(),
+                                        format!(
+                                            "{:?} is not a positive duration (e.g. \"5s\")",
+                                            value.get_ref()
+                                        ),
+                                    )
+                                })?;
+                        }
+                    }
+                    Some(health)
+                }
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
                 layers,
                 endpoints,
                 discovery,
+                health,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {

@@ -87,6 +87,17 @@
 //! [`switchyard_discovery::config`] lists their fields. Endpoint ids must be unique across a
 //! pool's sources.
 //!
+//! ```toml
+//! [pool.health]                   # optional: watch grpc.health.v1.Health of every endpoint
+//! service = ""                    # the default: the whole server
+//! check_interval = "5s"           # Check's period for servers without Watch; retry after failures
+//! timeout = "3s"
+//! ```
+//!
+//! With `[pool.health]` an endpoint takes traffic only while its health is SERVING: it is held
+//! back until then, and leaves the balancer on the update that says NOT_SERVING
+//! ([`switchyard_discovery::health`]).
+//!
 //! A route matches when the request's path starts with its `path_prefix` and its model is the
 //! route's `model` (each condition only if set). The model is one of the request keys, read once
 //! per request by the key layer (`switchyard-keys`) before routing: the value of the model header

@@ -9,7 +9,7 @@ use switchyard_balance::{
 
 use futures::StreamExt;
 use switchyard_core::{Endpoint, EndpointId, stable_hash};
-use switchyard_discovery::Source;
+use switchyard_discovery::{HeldBack, Source};
 use tower::discover::Change;
 
 use super::body::{ProxyBody, RequestBody};
@@ -34,6 +34,8 @@ pub struct Pool {
     pub(crate) upstream: Upstream,
     /// The pool's layers over its balancer, when it has any.
     layered: Option<BoxPoolService>,
+    /// The endpoints held back by health watching, when the pool watches health.
+    held: Option<HeldBack>,
 }
 
 impl Pool {
@@ -49,7 +51,7 @@ impl Pool {
                 message: e.to_string(),
             })?;
         }
-        if config.discovery.is_empty() {
+        if config.discovery.is_empty() && config.health.is_none() {
             let changes =
                 config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
             return Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()));
@@ -64,7 +66,16 @@ impl Pool {
                 message: e.to_string(),
             })?);
         }
-        Self::start_with(config, threads, futures::stream::select_all(sources))
+        let changes = Source::new("pool", futures::stream::select_all(sources));
+        match &config.health {
+            None => Self::start_with(config, threads, changes),
+            Some(health) => {
+                let (changes, held) = changes.with_health(health.clone());
+                let mut pool = Self::start_with(config, threads, changes)?;
+                pool.held = Some(held);
+                Ok(pool)
+            }
+        }
     }
 
     /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
@@ -126,7 +137,7 @@ impl Pool {
                 })?)
             }
         };
-        Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered })
+        Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered, held: None })
     }
 
     /// The pool's service: its layers, then its balancer.
@@ -145,6 +156,12 @@ impl Pool {
     /// The board on which the pool's balancer publishes its endpoints' load.
     pub fn board(&self) -> &LoadBoard {
         &self.board
+    }
+
+    /// The endpoints its discovery announced that health watching holds back (not SERVING);
+    /// empty if the pool does not watch health.
+    pub fn held_back(&self) -> Vec<Endpoint> {
+        self.held.as_ref().map(HeldBack::snapshot).unwrap_or_default()
     }
 
     /// The pool's policy; [`set_policy`](Self::set_policy) switches it.

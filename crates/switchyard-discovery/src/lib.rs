@@ -12,6 +12,8 @@
 //!   discovery), through a bounded channel.
 //! - [`Source::file`]: a TOML or JSON file, read again when it changes ([`file`]).
 //! - [`Source::dns`]: A/AAAA or SRV records, resolved again on their TTL ([`dns`]).
+//! - [`Source::with_health`]: any source, with endpoints held back until their gRPC health is
+//!   SERVING ([`health`]).
 //! - `etcd` (feature `etcd`): endpoints registered under a key prefix, watched from a revision,
 //!   and a registration helper with a lease for replicas.
 //!
@@ -50,12 +52,14 @@ mod error;
 pub mod etcd;
 pub mod file;
 mod fixed;
+pub mod health;
 mod membership;
 mod source;
 
 pub use channel::{Publisher, SourceGone, channel};
 pub use config::{EndpointSpec, SourceConfig};
 pub use error::DiscoveryError;
+pub use health::{HealthConfig, HeldBack};
 pub use membership::{EndpointChange, Membership};
 pub use source::{SOURCE_LABEL, Source};
 pub use switchyard_core::Endpoint;
