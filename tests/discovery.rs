@@ -295,3 +295,195 @@ async fn a_pool_watching_health_holds_back_an_endpoint_that_is_not_serving() {
     assert_eq!(state(&dead.to_string()), Some(("held back".into(), "config".into())), "{view}");
     gateway.shutdown().await.unwrap();
 }
+
+/// Established TCP connections whose local port is one of `ports` (the server side of the
+/// connections to those listeners), read from /proc/net/tcp.
+fn established_to(ports: &[u16]) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            fields.get(3) == Some(&"01") && port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+}
+
+/// Clients calling through the gateway back to back until stopped; the ok and failed counts.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(gateway: &Gateway, n: usize) -> Self {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.local_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let clients = (0..n)
+            .map(|i| {
+                let mut client = GrpcInferenceServiceClient::new(channel.clone());
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let req =
+                            worker::request::text_request("sim-llm", &format!("client {i} request {n}"), 4);
+                        match client.model_infer(req).await {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(status) => {
+                                eprintln!("failed: {status:?}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, ok, failed, clients }
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// 10,000 endpoint changes per second for 5 s, through a channel source into a gateway pool under
+/// load: no request fails, the balancer ends with exactly the source's set, and once the set is
+/// back to where it started the connections and tasks are back too (counted, not assumed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_at_10000_changes_per_second_leaks_nothing_and_fails_no_request() {
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 5;
+    let workers =
+        [Worker::start().await, Worker::start().await, Worker::start().await, Worker::start().await];
+    let ports: Vec<u16> = workers.iter().map(|w| w.addr.port()).collect();
+    let stable: Vec<switchyard::core::Endpoint> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| switchyard::core::Endpoint::new(format!("s{i}"), format!("http://{}", w.addr)))
+        .collect();
+    let (publisher, source) = switchyard_discovery::channel(1024);
+    // The pool's endpoints all come from the channel (the static section is empty).
+    let config = GatewayConfig::from_toml(
+        "threads = 2\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
+    )
+    .unwrap();
+    let gateway = Gateway::start_with_sources(
+        config,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        None,
+        vec![("default".into(), source)],
+    )
+    .unwrap();
+    publisher.replace(stable.clone()).await.unwrap();
+    let board = gateway.pool("default").unwrap().board().clone();
+    let ids = |board: &switchyard::balance::LoadBoard| {
+        board
+            .snapshot()
+            .into_iter()
+            .map(|e| e.endpoint.id.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let stable_ids: std::collections::BTreeSet<String> = stable.iter().map(|e| e.id.to_string()).collect();
+    until(|| ids(&board) == stable_ids, "the stable set joins").await;
+
+    // Baseline: the stable set, after some traffic, with no client running.
+    let load = Load::start(&gateway, 8).await;
+    until(|| load.ok.load(Ordering::Relaxed) > 200, "traffic").await;
+    assert_eq!(load.stop().await.1, 0);
+    let (base_connections, base_tasks) = (established_to(&ports), alive_tasks());
+
+    // Flapping under load: 60 more ids over the same four replicas, each change toggling one
+    // (insert or remove) or re-weighting a present one in place.
+    let load = Load::start(&gateway, 8).await;
+    let mut present = std::collections::BTreeMap::<usize, u32>::new();
+    let mut seed: u64 = 0x5eed;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < RATE * SECONDS {
+        let due = (start.elapsed().as_micros() as u64 * RATE / 1_000_000).min(RATE * SECONDS);
+        while sent < due {
+            let i = (random() % 60) as usize;
+            let id = format!("f{i}");
+            let address = format!("http://{}", workers[i % 4].addr);
+            match present.get(&i).copied() {
+                Some(weight) if random() % 5 == 0 => {
+                    present.insert(i, weight % 3 + 1);
+                    let endpoint = switchyard::core::Endpoint::new(id, address).with_weight(weight % 3 + 1);
+                    publisher.insert(endpoint).await.unwrap();
+                }
+                Some(_) => {
+                    present.remove(&i);
+                    publisher.remove(id).await.unwrap();
+                }
+                None => {
+                    present.insert(i, 1);
+                    publisher.insert(switchyard::core::Endpoint::new(id, address)).await.unwrap();
+                }
+            }
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let flapped = start.elapsed();
+    let before = load.ok.load(Ordering::Relaxed);
+    until(|| load.ok.load(Ordering::Relaxed) > before + 100, "requests after the flapping").await;
+    let (ok, failed) = load.stop().await;
+
+    // The balancer's set is the source's (draining ones have left once their requests ended).
+    let expected: std::collections::BTreeSet<String> =
+        stable_ids.iter().cloned().chain(present.keys().map(|i| format!("f{i}"))).collect();
+    until(|| ids(&board) == expected, "the balancer's final set equals the source's").await;
+    let peak_connections = established_to(&ports);
+
+    // Back to the starting set: every connection and task the flapping made is gone.
+    publisher.replace(stable.clone()).await.unwrap();
+    until(|| ids(&board) == stable_ids, "back to the stable set").await;
+    until(
+        || established_to(&ports) <= base_connections.max(4 * 3),
+        "the removed endpoints' connections close",
+    )
+    .await;
+    let connections = established_to(&ports);
+    until(|| alive_tasks() <= base_tasks + 2 * connections.saturating_sub(base_connections), "the tasks end")
+        .await;
+    let tasks = alive_tasks();
+    println!(
+        "flapping: {sent} changes in {flapped:?} ({:.0}/s); {ok} requests ok, {failed} failed; final set {} endpoints; \
+         connections to the replicas: {base_connections} before, {peak_connections} after flapping ({} ids), {connections} back at the start set; \
+         tasks: {base_tasks} before, {tasks} after",
+        sent as f64 / flapped.as_secs_f64(),
+        expected.len(),
+        expected.len(),
+    );
+    assert_eq!(failed, 0, "no request fails while endpoints flap");
+    assert!(peak_connections <= expected.len() * 3, "at most one connection per endpoint and serving thread");
+    gateway.shutdown().await.unwrap();
+}

@@ -252,6 +252,12 @@ impl GatewayConfig {
     /// `http://` URIs and whose ids are unique, unique pool names, routes and `default_pool`
     /// naming existing pools, a valid model header.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_fed(&[])
+    }
+
+    /// [`validate`](Self::validate), where the pools named in `fed` have endpoints from a
+    /// source given in code (so they need no `endpoints` or `discovery` of their own).
+    pub(crate) fn validate_fed(&self, fed: &[&str]) -> Result<(), ConfigError> {
         if let Some(threads) = self.threads
             && threads.get() > MAX_THREADS
         {
@@ -282,7 +288,7 @@ impl GatewayConfig {
                     return Err(ConfigError::field(format!("pool[{i}].layers[{k}]"), format!("layer {e}")));
                 }
             }
-            if pool.endpoints.is_empty() && pool.discovery.is_empty() {
+            if pool.endpoints.is_empty() && pool.discovery.is_empty() && !fed.contains(&pool.name.as_str()) {
                 return Err(ConfigError::field(
                     format!("pool[{i}].endpoints"),
                     format!("pool {:?} has no endpoints and no [[pool.discovery]]", pool.name),

@@ -1,5 +1,6 @@
 //! Pools: one balancer over the endpoints of one model or service.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use std::convert::Infallible;
@@ -41,7 +42,11 @@ pub struct Pool {
 impl Pool {
     /// Starts the pool's balancer over its configured endpoints and discovery sources, with a
     /// connection to each endpoint per serving thread (opened on first use).
-    pub(crate) fn start(config: &PoolConfig, threads: usize) -> Result<Self, ConfigError> {
+    pub(crate) fn start(
+        config: &PoolConfig,
+        threads: usize,
+        extra: Vec<Source>,
+    ) -> Result<Self, ConfigError> {
         // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
             EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
@@ -51,13 +56,14 @@ impl Pool {
                 message: e.to_string(),
             })?;
         }
-        if config.discovery.is_empty() && config.health.is_none() {
+        if config.discovery.is_empty() && config.health.is_none() && extra.is_empty() {
             let changes =
                 config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
             return Self::start_with(config, threads, futures::stream::iter(changes.collect::<Vec<_>>()));
         }
         // The fixed endpoints first (ready at once), then each source's changes as they come.
         let mut sources = vec![Source::fixed(config.endpoints.iter().cloned())];
+        sources.extend(extra.into_iter().map(Source::labelled));
         for (k, discovery) in config.discovery.iter().enumerate() {
             sources.push(discovery.build().map_err(|e| ConfigError {
                 file: None,
@@ -99,17 +105,39 @@ impl Pool {
             message: e.to_string(),
         })?;
         let pool = config.name.clone();
+        // The client of each endpoint the balancer has: an update in place keeps its connections,
+        // and a removed endpoint's are let go of at once (a balancer's copy of its members may
+        // hold the client until its next request), closing as their requests end.
+        let mut clients: HashMap<EndpointId, EndpointClient> = HashMap::new();
         let backends = changes.map(
             move |change| -> Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError> {
                 Ok(match change.map_err(Into::into)? {
-                    Change::Insert(id, endpoint) => match EndpointClient::new(&endpoint.address, threads) {
-                        Ok(client) => Change::Insert(id, Backend::new(endpoint, client)),
-                        Err(e) => {
-                            tracing::error!(pool = %pool, endpoint = %id, "discovered endpoint left out: {e}");
-                            Change::Remove(id)
+                    Change::Insert(id, endpoint) => {
+                        if let Some(client) = clients.get(&id)
+                            && client.is_for(&endpoint.address)
+                        {
+                            return Ok(Change::Insert(id, Backend::new(endpoint, client.clone())));
                         }
-                    },
-                    Change::Remove(id) => Change::Remove(id),
+                        if let Some(old) = clients.remove(&id) {
+                            old.close();
+                        }
+                        match EndpointClient::new(&endpoint.address, threads) {
+                            Ok(client) => {
+                                clients.insert(id.clone(), client.clone());
+                                Change::Insert(id, Backend::new(endpoint, client))
+                            }
+                            Err(e) => {
+                                tracing::error!(pool = %pool, endpoint = %id, "discovered endpoint left out: {e}");
+                                Change::Remove(id)
+                            }
+                        }
+                    }
+                    Change::Remove(id) => {
+                        if let Some(old) = clients.remove(&id) {
+                            old.close();
+                        }
+                        Change::Remove(id)
+                    }
                 })
             },
         );

@@ -102,11 +102,47 @@ impl Gateway {
         listener: TcpListener,
         admin: Option<TcpListener>,
     ) -> Result<Self, GatewayError> {
-        config.validate()?;
+        Self::start_with_sources(config, listener, admin, Vec::new())
+    }
+
+    /// [`start`](Self::start), with more discovery sources given in code: each `(pool, source)`
+    /// adds the endpoints `source` announces to that pool, besides its configured ones (a pool
+    /// fed this way needs no `endpoints` of its own). This is how a program (an autoscaler, a
+    /// test) feeds a gateway pool through a [`switchyard_discovery::channel`].
+    pub fn start_with_sources(
+        config: GatewayConfig,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        sources: Vec<(String, switchyard_discovery::Source)>,
+    ) -> Result<Self, GatewayError> {
+        let fed: Vec<&str> = sources.iter().map(|(pool, _)| pool.as_str()).collect();
+        config.validate_fed(&fed)?;
+        if let Some((pool, _)) =
+            sources.iter().find(|(pool, _)| !config.pools.iter().any(|p| &p.name == pool))
+        {
+            return Err(crate::gateway::ConfigError {
+                file: None,
+                line: None,
+                field: None,
+                message: format!(
+                    "a discovery source is given for pool {pool:?}, which the config does not have"
+                ),
+            }
+            .into());
+        }
         let threads =
             config.threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
-        let pools: Arc<[Pool]> =
-            config.pools.iter().map(|p| Pool::start(p, threads)).collect::<Result<Vec<_>, _>>()?.into();
+        let mut sources = sources;
+        let pools: Arc<[Pool]> = config
+            .pools
+            .iter()
+            .map(|p| {
+                let (mine, rest) = sources.drain(..).partition(|(pool, _)| pool == &p.name);
+                sources = rest;
+                Pool::start(p, threads, mine.into_iter().map(|(_, source)| source).collect())
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
         let local_addr = listener.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let (stop, stopped) = watch::channel(false);
