@@ -18,9 +18,11 @@
 //!   and a registration helper with a lease for replicas.
 //!
 //! The balancer takes a stream of `Change<EndpointId, Backend<S>>`: map each inserted endpoint to
-//! the service that reaches it (a tonic `Channel`, the gateway's own upstream) and hand the
-//! stream to `switchyard_balance::Balance::new`, which applies the changes off the request path,
-//! updates an endpoint re-inserted with the same address in place, and lets a removed one drain.
+//! the service that reaches it (a tonic `Channel` from the [`Connector`], with its connect
+//! timeout and HTTP/2 keep-alive; the gateway's own upstream) and hand the stream to
+//! `switchyard_balance::Balance::new`, which applies the changes off the request path, updates an
+//! endpoint re-inserted with the same address in place, and lets a removed one drain.
+//! `examples/custom_discovery.rs` shows a source of one's own feeding the balancer this way.
 //!
 //! # Example
 //!
@@ -46,6 +48,7 @@
 
 mod channel;
 pub mod config;
+pub mod connect;
 pub mod dns;
 mod error;
 #[cfg(feature = "etcd")]
@@ -58,6 +61,7 @@ mod source;
 
 pub use channel::{Publisher, SourceGone, channel};
 pub use config::{EndpointSpec, SourceConfig};
+pub use connect::{Connected, Connector};
 pub use error::DiscoveryError;
 pub use health::{HealthConfig, HeldBack};
 pub use membership::{EndpointChange, Membership};
