@@ -178,6 +178,15 @@ fn a_discovery_source_missing_from_the_build_says_how_to_build_it() {
         assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("pool[0].discovery[0]")), "{e}");
         assert!(e.message.contains("--features etcd"), "{e}");
     }
+    let config = "[[pool]]\nname = \"p\"\n[[pool.discovery]]\nkind = \"kubernetes\"\nservice = \"llm\"\n";
+    let result = GatewayConfig::from_toml(config);
+    if cfg!(feature = "kubernetes") {
+        assert!(result.is_ok(), "{result:?}");
+    } else {
+        let e = result.unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("pool[0].discovery[0]")), "{e}");
+        assert!(e.message.contains("--features kubernetes"), "{e}");
+    }
     let e = GatewayConfig::from_toml(
         "[[pool]]\nname = \"p\"\n[[pool.discovery]]\nkind = \"file\"\npth = \"x\"\n",
     )

@@ -226,8 +226,11 @@ impl SourceConfig {
                 }
                 if cfg!(feature = "etcd") { Ok(()) } else { Err(not_built("etcd", "etcd")) }
             }
-            SourceConfig::Kubernetes(_) => {
-                Err("the kubernetes discovery source is not implemented yet".into())
+            SourceConfig::Kubernetes(c) => {
+                if c.service.is_empty() {
+                    return Err("service: empty".into());
+                }
+                if cfg!(feature = "kubernetes") { Ok(()) } else { Err(not_built("kubernetes", "kubernetes")) }
             }
         }
     }
@@ -247,6 +250,14 @@ impl SourceConfig {
             SourceConfig::Dns(c) => Source::dns(c.target().map_err(setup)?),
             #[cfg(feature = "etcd")]
             SourceConfig::Etcd(c) => Source::etcd(c.endpoints.clone(), c.prefix.clone()),
+            #[cfg(feature = "kubernetes")]
+            SourceConfig::Kubernetes(c) => Source::kubernetes(crate::kubernetes::KubernetesTarget {
+                namespace: c.namespace.clone().unwrap_or_else(|| "default".into()),
+                service: c.service.clone(),
+                port: c.port.clone(),
+            }),
+            // Reached only by a source whose feature is off (validate has said so already).
+            #[allow(unreachable_patterns)]
             _ => return Err(setup(format!("the {} source is not in this build", self.kind()))),
         };
         Ok(source.labelled())

@@ -16,6 +16,8 @@
 //!   SERVING ([`health`]).
 //! - `etcd` (feature `etcd`): endpoints registered under a key prefix, watched from a revision,
 //!   and a registration helper with a lease for replicas.
+//! - `Source::kubernetes` (feature `kubernetes`): a Service's EndpointSlices, with the ready,
+//!   serving and terminating conditions honoured.
 //!
 //! The balancer takes a stream of `Change<EndpointId, Backend<S>>`: map each inserted endpoint to
 //! the service that reaches it (a tonic `Channel` from the [`Connector`], with its connect
@@ -56,6 +58,8 @@ pub mod etcd;
 pub mod file;
 mod fixed;
 pub mod health;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 mod membership;
 mod source;
 
