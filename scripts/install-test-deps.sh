@@ -3,6 +3,7 @@
 #   etcd-server      `etcd`, started on a loopback port by the discovery tests
 #   prometheus       `promtool` and `prometheus`, used by the telemetry tests
 #   protobuf-compiler `protoc`, which etcd-client's build script runs (feature `etcd`)
+#   libprotobuf-dev  the well-known types (google/protobuf/*.proto) that etcd's protos import
 # Idempotent: a second run installs nothing. The distro services are not started: the tests run
 # their own instances in temporary folders.
 set -eu
@@ -11,9 +12,10 @@ missing=""
 command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
+[ -e /usr/include/google/protobuf/descriptor.proto ] || missing="$missing libprotobuf-dev"
 
 if [ -z "$missing" ]; then
-    echo "install-test-deps: etcd, promtool and protoc already installed, nothing to do"
+    echo "install-test-deps: etcd, promtool, protoc and its includes already installed, nothing to do"
     exit 0
 fi
 

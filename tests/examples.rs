@@ -46,3 +46,36 @@ async fn balanced_client_refuses_a_malformed_address_by_name() {
     let err = balanced_client::run(vec!["127.0.0.1:9001 oops".into()], 1).await.unwrap_err();
     assert!(err.to_string().contains("bad replica address \"127.0.0.1:9001 oops\""), "{err}");
 }
+
+#[path = "../examples/custom_discovery.rs"]
+mod custom_discovery;
+
+/// Requests a replica served in a phase of the custom discovery example.
+fn served(phase: &(&str, Vec<(String, u64)>), replica: &str) -> u64 {
+    phase.1.iter().find(|(id, _)| id == replica).map_or(0, |(_, n)| *n)
+}
+
+fn check_custom_discovery(phases: &custom_discovery::Phases) {
+    assert_eq!(phases.len(), 3, "{phases:?}");
+    assert_eq!(served(&phases[0], "replica-0") + served(&phases[0], "replica-1"), 60, "{phases:?}");
+    assert_eq!(served(&phases[0], "replica-2"), 0, "{phases:?}");
+    assert!(served(&phases[1], "replica-2") > 0, "the added replica takes requests: {phases:?}");
+    assert_eq!(served(&phases[2], "replica-0"), 0, "the removed replica takes none: {phases:?}");
+    assert_eq!(served(&phases[2], "replica-1") + served(&phases[2], "replica-2"), 60, "{phases:?}");
+}
+
+#[tokio::test]
+async fn custom_discovery_feeds_the_balancer_from_a_source_of_its_own() {
+    check_custom_discovery(&custom_discovery::run(None).await.unwrap());
+}
+
+#[cfg(feature = "etcd")]
+#[path = "../crates/switchyard-discovery/tests/support/etcd_server.rs"]
+mod etcd_server;
+
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn custom_discovery_with_replicas_registered_in_etcd() {
+    let etcd = etcd_server::EtcdServer::start().await;
+    check_custom_discovery(&custom_discovery::run(Some(etcd.url())).await.unwrap());
+}

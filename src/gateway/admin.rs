@@ -3,7 +3,10 @@
 //! - `GET /endpoints`: the gateway's state (`serving`, or `draining` from the shutdown signal to
 //!   the end of the drain, during which the admin API keeps answering), every pool, its policy,
 //!   and each endpoint's load as the pool's balancer tracks it:
-//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining"}]}]}`.
+//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining","source","state"}]}]}`,
+//!   where an endpoint's `source` is the discovery source that announced it (`config` for a
+//!   pool's fixed `endpoints`) and its `state` is `healthy`, `ejected`, `draining` or `held back`
+//!   (a pool with `[pool.health]`: not SERVING; such an entry has `endpoint` but no `load`).
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` may be left out when
 //!   there is one pool): switches the pool's policy atomically (requests in flight stay where they
 //!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists
@@ -23,6 +26,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use switchyard_balance::{EndpointLoad, PolicySpec};
+use switchyard_core::Endpoint;
+use switchyard_discovery::SOURCE_LABEL;
 use switchyard_telemetry::MetricsRegistry;
 
 use super::pool::Pool;
@@ -41,7 +46,43 @@ struct EndpointsView<'a> {
 struct PoolView<'a> {
     name: &'a str,
     policy: &'static str,
-    endpoints: Vec<EndpointLoad>,
+    endpoints: Vec<EndpointView>,
+}
+
+/// One endpoint: its load (none when held back), where it came from, and its state.
+#[derive(Debug, Serialize)]
+struct EndpointView {
+    #[serde(flatten)]
+    load: Option<EndpointLoad>,
+    /// The endpoint, when it is held back (else it is in `load`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<Endpoint>,
+    /// The discovery source that announced it (`config` for the pool's fixed endpoints).
+    source: String,
+    /// `healthy`, `ejected` (by outlier detection), `draining` (removed, requests in flight) or
+    /// `held back` (health watching: not SERVING).
+    state: &'static str,
+}
+
+impl EndpointView {
+    fn held_back(endpoint: Endpoint) -> Self {
+        let source = endpoint.labels.get(SOURCE_LABEL).cloned().unwrap_or_else(|| "config".into());
+        Self { load: None, endpoint: Some(endpoint), source, state: "held back" }
+    }
+}
+
+impl From<EndpointLoad> for EndpointView {
+    fn from(load: EndpointLoad) -> Self {
+        let source = load.endpoint.labels.get(SOURCE_LABEL).cloned().unwrap_or_else(|| "config".into());
+        let state = if load.draining {
+            "draining"
+        } else if load.ejected {
+            "ejected"
+        } else {
+            "healthy"
+        };
+        Self { load: Some(load), endpoint: None, source, state }
+    }
 }
 
 /// The body of `PUT /policy`.
@@ -85,7 +126,13 @@ pub(crate) async fn handle(
                     .map(|p| PoolView {
                         name: p.name(),
                         policy: p.policy().name(),
-                        endpoints: p.board().snapshot(),
+                        endpoints: p
+                            .board()
+                            .snapshot()
+                            .into_iter()
+                            .map(EndpointView::from)
+                            .chain(p.held_back().into_iter().map(EndpointView::held_back))
+                            .collect(),
                     })
                     .collect(),
             };

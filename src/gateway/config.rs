@@ -16,6 +16,7 @@ use switchyard_balance::PolicyKind;
 use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
 use switchyard_core::Spec;
+use switchyard_discovery::{HealthConfig, SourceConfig};
 use switchyard_keys::KeysConfig;
 use toml::Spanned;
 
@@ -76,6 +77,12 @@ pub struct PoolConfig {
     pub endpoint_limit: Option<Spec>,
     /// The endpoints: `http://` URIs, ids unique within the pool.
     pub endpoints: Vec<Endpoint>,
+    /// Discovery sources (`[[pool.discovery]]`) that add endpoints besides (or instead of)
+    /// [`endpoints`](Self::endpoints). Ids must be unique across a pool's sources.
+    pub discovery: Vec<SourceConfig>,
+    /// Health watching (`[pool.health]`): endpoints are held back until their gRPC health is
+    /// SERVING. Off unless configured.
+    pub health: Option<HealthConfig>,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -137,7 +144,21 @@ impl PoolConfig {
             layers: Vec::new(),
             endpoint_limit: None,
             endpoints,
+            discovery: Vec::new(),
+            health: None,
         }
+    }
+
+    /// The same pool with its endpoints' health watched.
+    pub fn with_health(mut self, health: HealthConfig) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// The same pool with these discovery sources besides its endpoints.
+    pub fn with_discovery(mut self, discovery: Vec<SourceConfig>) -> Self {
+        self.discovery = discovery;
+        self
     }
 
     /// The same pool with a concurrency limit per endpoint, learnt by the algorithm `limit` names.
@@ -211,7 +232,17 @@ impl GatewayConfig {
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::from_toml(&text).map_err(|e| ConfigError { file: Some(file), ..e })
+        let mut config = Self::from_toml(&text).map_err(|e| ConfigError { file: Some(file), ..e })?;
+        // A discovery file's relative path is relative to the config file.
+        let folder = path.parent().unwrap_or(Path::new(""));
+        for source in config.pools.iter_mut().flat_map(|p| p.discovery.iter_mut()) {
+            if let SourceConfig::File(file) = source
+                && file.path.is_relative()
+            {
+                file.path = folder.join(&file.path);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates a TOML config; errors carry the line of the offending value.
@@ -235,6 +266,12 @@ impl GatewayConfig {
     /// `http://` URIs and whose ids are unique, unique pool names, routes and `default_pool`
     /// naming existing pools, a valid model header.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_fed(&[])
+    }
+
+    /// [`validate`](Self::validate), where the pools named in `fed` have endpoints from a
+    /// source given in code (so they need no `endpoints` or `discovery` of their own).
+    pub(crate) fn validate_fed(&self, fed: &[&str]) -> Result<(), ConfigError> {
         if let Some(threads) = self.threads
             && threads.get() > MAX_THREADS
         {
@@ -270,11 +307,14 @@ impl GatewayConfig {
             {
                 return Err(ConfigError::field(format!("pool[{i}].endpoint_limit"), format!("limit {e}")));
             }
-            if pool.endpoints.is_empty() {
+            if pool.endpoints.is_empty() && pool.discovery.is_empty() && !fed.contains(&pool.name.as_str()) {
                 return Err(ConfigError::field(
                     format!("pool[{i}].endpoints"),
-                    format!("pool {:?} has no endpoints", pool.name),
+                    format!("pool {:?} has no endpoints and no [[pool.discovery]]", pool.name),
                 ));
+            }
+            for (k, source) in pool.discovery.iter().enumerate() {
+                source.validate().map_err(|m| ConfigError::field(format!("pool[{i}].discovery[{k}]"), m))?;
             }
             let mut ids = HashSet::new();
             for (j, endpoint) in pool.endpoints.iter().enumerate() {
@@ -534,7 +574,20 @@ struct RawPool {
     #[serde(default)]
     layers: Vec<Spanned<Spec>>,
     endpoint_limit: Option<Spanned<Spec>>,
-    endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
+    #[serde(default)]
+    endpoints: Option<Spanned<Vec<Spanned<RawEndpoint>>>>,
+    #[serde(default)]
+    discovery: Vec<Spanned<SourceConfig>>,
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    service: String,
+    check_interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -604,7 +657,11 @@ impl RawConfig {
             lines.record(format!("pool[{i}]"), &pool);
             let pool = pool.into_inner();
             lines.record(format!("pool[{i}].name"), &pool.name);
-            lines.record(format!("pool[{i}].endpoints"), &pool.endpoints);
+            if let Some(endpoints) = &pool.endpoints {
+                lines.record(format!("pool[{i}].endpoints"), endpoints);
+            } else {
+                lines.record(format!("pool[{i}].endpoints"), &pool.name);
+            }
             let policy = match pool.policy {
                 None => PolicyKind::DEFAULT.spec(),
                 Some(p) => {
@@ -639,7 +696,9 @@ impl RawConfig {
                 }
             };
             let mut endpoints = Vec::new();
-            for (j, endpoint) in pool.endpoints.into_inner().into_iter().enumerate() {
+            for (j, endpoint) in
+                pool.endpoints.map(Spanned::into_inner).unwrap_or_default().into_iter().enumerate()
+            {
                 let field = format!("pool[{i}].endpoints[{j}]");
                 lines.record(field.clone(), &endpoint);
                 let endpoint = endpoint.into_inner();
@@ -654,12 +713,49 @@ impl RawConfig {
                 };
                 endpoints.push(Endpoint::new(id, address).with_weight(endpoint.weight));
             }
+            let mut discovery = Vec::with_capacity(pool.discovery.len());
+            for (k, source) in pool.discovery.into_iter().enumerate() {
+                lines.record(format!("pool[{i}].discovery[{k}]"), &source);
+                discovery.push(source.into_inner());
+            }
+            let health = match pool.health {
+                None => None,
+                Some(raw) => {
+                    lines.record(format!("pool[{i}].health"), &raw);
+                    let raw = raw.into_inner();
+                    let mut health = HealthConfig { service: raw.service, ..HealthConfig::default() };
+                    for (name, value, slot) in [
+                        ("check_interval", raw.check_interval, &mut health.check_interval),
+                        ("timeout", raw.timeout, &mut health.timeout),
+                    ] {
+                        if let Some(value) = value {
+                            let field = format!("pool[{i}].health.{name}");
+                            *slot = humantime::parse_duration(value.get_ref())
+                                .ok()
+                                .filter(|d| !d.is_zero())
+                                .ok_or_else(|| {
+                                    lines.error(
+                                        field,
+                                        value.span(),
+                                        format!(
+                                            "{:?} is not a positive duration (e.g. \"5s\")",
+                                            value.get_ref()
+                                        ),
+                                    )
+                                })?;
+                        }
+                    }
+                    Some(health)
+                }
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
                 layers,
                 endpoint_limit,
                 endpoints,
+                discovery,
+                health,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {

@@ -77,6 +77,33 @@
 //! pool = "mistral"
 //! ```
 //!
+//! A pool's endpoints may also come from discovery sources, besides or instead of `endpoints`
+//! (crate `switchyard-discovery`): each `[[pool.discovery]]` is a source whose endpoints join and
+//! leave the pool while it runs (an added endpoint takes traffic as soon as its change is applied;
+//! a removed one takes no new request and drains its in-flight ones):
+//!
+//! ```toml
+//! [[pool.discovery]]
+//! kind = "file"                   # TOML or JSON list, reloaded on change; relative to this file
+//! path = "endpoints.toml"
+//! ```
+//!
+//! Kinds: `static` (`endpoints = [...]`), `file` (`path`), `dns`, `etcd` (`endpoints`, `prefix`;
+//! a build with `--features etcd`) and `kubernetes` (a build with `--features kubernetes`);
+//! [`switchyard_discovery::config`] lists their fields. Endpoint ids must be unique across a
+//! pool's sources.
+//!
+//! ```toml
+//! [pool.health]                   # optional: watch grpc.health.v1.Health of every endpoint
+//! service = ""                    # the default: the whole server
+//! check_interval = "5s"           # Check's period for servers without Watch; retry after failures
+//! timeout = "3s"
+//! ```
+//!
+//! With `[pool.health]` an endpoint takes traffic only while its health is SERVING: it is held
+//! back until then, and leaves the balancer on the update that says NOT_SERVING
+//! ([`switchyard_discovery::health`]).
+//!
 //! A route matches when the request's path starts with its `path_prefix` and its model is the
 //! route's `model` (each condition only if set). The model is one of the request keys, read once
 //! per request by the key layer (`switchyard-keys`) before routing: the value of the model header
@@ -117,11 +144,13 @@
 //! HTTP/1.1 JSON on `--admin` (loopback by default: it has no authentication):
 //!
 //! - `GET /endpoints` →
-//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining"}]}]}`:
+//!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining","source","state"}]}]}`:
 //!   the gateway's `state` (`serving`, or `draining` during its drain on shutdown), each endpoint's
 //!   load as its pool's balancer tracks it (in flight, latency EWMA, completed,
 //!   failed, overloaded, cancelled, the last ORCA report), whether it is ejected, and whether it
-//!   is draining (removed by discovery, its last requests still running);
+//!   is draining (removed by discovery, its last requests still running); its `source` (the
+//!   discovery source that announced it, `config` for the fixed list) and `state` (`healthy`,
+//!   `ejected`, `draining`);
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` optional with one
 //!   pool) → `{"pool","policy","previous"}`: the switch is atomic and requests in flight stay
 //!   where they are; 400 for an unknown policy (the message lists the known ones), 404 for an

@@ -1,5 +1,6 @@
 //! Pools: one balancer over the endpoints of one model or service.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use switchyard_balance::{
 
 use futures::StreamExt;
 use switchyard_core::{Endpoint, EndpointId, stable_hash};
+use switchyard_discovery::{HeldBack, Source};
 use tower::discover::Change;
 
 use super::body::{ProxyBody, RequestBody};
@@ -35,19 +37,22 @@ pub struct Pool {
     pub(crate) upstream: Upstream,
     /// The pool's layers over its balancer, when it has any.
     layered: Option<BoxPoolService>,
+    /// The endpoints held back by health watching, when the pool watches health.
+    held: Option<HeldBack>,
 }
 
 impl Pool {
-    /// Starts the pool's balancer over its configured endpoints, with a connection to each per
-    /// serving thread (opened on first use).
-    /// `picked_endpoint`: whether responses carry the [`PickedEndpoint`](switchyard_balance::PickedEndpoint)
-    /// (the RPC spans read it).
+    /// Starts the pool's balancer over its configured endpoints and discovery sources (and the
+    /// `extra` sources given in code), with a connection to each endpoint per serving thread
+    /// (opened on first use). `picked_endpoint`: whether responses carry the
+    /// [`PickedEndpoint`](switchyard_balance::PickedEndpoint) (the RPC spans read it).
     /// `observer`, if any, is told of every request's end (the telemetry's per-endpoint latency).
     pub(crate) fn start(
         config: &PoolConfig,
         threads: usize,
         picked_endpoint: bool,
         observer: Option<Arc<dyn Observer>>,
+        extra: Vec<Source>,
     ) -> Result<Self, ConfigError> {
         // An address is checked before anything starts, so that a bad one is a config error.
         for endpoint in &config.endpoints {
@@ -58,20 +63,44 @@ impl Pool {
                 message: e.to_string(),
             })?;
         }
-        let changes =
-            config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
-        Self::start_with(
-            config,
-            threads,
-            picked_endpoint,
-            observer,
-            futures::stream::iter(changes.collect::<Vec<_>>()),
-        )
+        if config.discovery.is_empty() && config.health.is_none() && extra.is_empty() {
+            let changes =
+                config.endpoints.iter().map(|e| Ok::<_, Infallible>(Change::Insert(e.id.clone(), e.clone())));
+            return Self::start_with(
+                config,
+                threads,
+                picked_endpoint,
+                observer,
+                futures::stream::iter(changes.collect::<Vec<_>>()),
+            );
+        }
+        // The fixed endpoints first (ready at once), then each source's changes as they come.
+        let mut sources = vec![Source::fixed(config.endpoints.iter().cloned())];
+        sources.extend(extra.into_iter().map(Source::labelled));
+        for (k, discovery) in config.discovery.iter().enumerate() {
+            sources.push(discovery.build().map_err(|e| ConfigError {
+                file: None,
+                line: None,
+                field: Some(format!("pool {:?} discovery[{k}]", config.name)),
+                message: e.to_string(),
+            })?);
+        }
+        let changes = Source::new("pool", futures::stream::select_all(sources));
+        match &config.health {
+            None => Self::start_with(config, threads, picked_endpoint, observer, changes),
+            Some(health) => {
+                let (changes, held) = changes.with_health(health.clone());
+                let mut pool = Self::start_with(config, threads, picked_endpoint, observer, changes)?;
+                pool.held = Some(held);
+                Ok(pool)
+            }
+        }
     }
 
     /// Starts the pool's balancer over the endpoints `changes` announces (a discovery source; the
     /// config's endpoints are a static one). An endpoint whose address is not usable is logged
-    /// and left out.
+    /// and left out (an endpoint of that id known before is removed): an error of that endpoint,
+    /// not of the source.
     pub(crate) fn start_with<D, E>(
         config: &PoolConfig,
         threads: usize,
@@ -90,14 +119,40 @@ impl Pool {
             field: Some(format!("pool {:?} policy", config.name)),
             message: e.to_string(),
         })?;
+        let pool = config.name.clone();
+        // The client of each endpoint the balancer has: an update in place keeps its connections,
+        // and a removed endpoint's are let go of at once (a balancer's copy of its members may
+        // hold the client until its next request), closing as their requests end.
+        let mut clients: HashMap<EndpointId, EndpointClient> = HashMap::new();
         let backends = changes.map(
             move |change| -> Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError> {
                 Ok(match change.map_err(Into::into)? {
                     Change::Insert(id, endpoint) => {
-                        let client = EndpointClient::new(&endpoint.address, threads)?;
-                        Change::Insert(id, Backend::new(endpoint, client))
+                        if let Some(client) = clients.get(&id)
+                            && client.is_for(&endpoint.address)
+                        {
+                            return Ok(Change::Insert(id, Backend::new(endpoint, client.clone())));
+                        }
+                        if let Some(old) = clients.remove(&id) {
+                            old.close();
+                        }
+                        match EndpointClient::new(&endpoint.address, threads) {
+                            Ok(client) => {
+                                clients.insert(id.clone(), client.clone());
+                                Change::Insert(id, Backend::new(endpoint, client))
+                            }
+                            Err(e) => {
+                                tracing::error!(pool = %pool, endpoint = %id, "discovered endpoint left out: {e}");
+                                Change::Remove(id)
+                            }
+                        }
                     }
-                    Change::Remove(id) => Change::Remove(id),
+                    Change::Remove(id) => {
+                        if let Some(old) = clients.remove(&id) {
+                            old.close();
+                        }
+                        Change::Remove(id)
+                    }
                 })
             },
         );
@@ -156,7 +211,7 @@ impl Pool {
                 )))
             }
         };
-        Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered })
+        Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered, held: None })
     }
 
     /// The pool's service: its layers, then its balancer.
@@ -175,6 +230,12 @@ impl Pool {
     /// The board on which the pool's balancer publishes its endpoints' load.
     pub fn board(&self) -> &LoadBoard {
         &self.board
+    }
+
+    /// The endpoints its discovery announced that health watching holds back (not SERVING);
+    /// empty if the pool does not watch health.
+    pub fn held_back(&self) -> Vec<Endpoint> {
+        self.held.as_ref().map(HeldBack::snapshot).unwrap_or_default()
     }
 
     /// The pool's policy; [`set_policy`](Self::set_policy) switches it.

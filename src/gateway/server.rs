@@ -128,7 +128,20 @@ impl Gateway {
         listener: TcpListener,
         admin: Option<TcpListener>,
     ) -> Result<Self, GatewayError> {
-        Self::start_with_telemetry(config, listener, admin, GatewayTelemetry::default())
+        Self::start_with_sources(config, listener, admin, Vec::new())
+    }
+
+    /// [`start`](Self::start), with more discovery sources given in code: each `(pool, source)`
+    /// adds the endpoints `source` announces to that pool, besides its configured ones (a pool
+    /// fed this way needs no `endpoints` of its own). This is how a program (an autoscaler, a
+    /// test) feeds a gateway pool through a [`switchyard_discovery::channel`].
+    pub fn start_with_sources(
+        config: GatewayConfig,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        sources: Vec<(String, switchyard_discovery::Source)>,
+    ) -> Result<Self, GatewayError> {
+        Self::start_with_sources_and_telemetry(config, listener, admin, sources, GatewayTelemetry::default())
     }
 
     /// [`start`](Self::start), with `telemetry`: RPC spans and metrics around every call (the
@@ -139,7 +152,33 @@ impl Gateway {
         admin: Option<TcpListener>,
         telemetry: GatewayTelemetry,
     ) -> Result<Self, GatewayError> {
-        config.validate()?;
+        Self::start_with_sources_and_telemetry(config, listener, admin, Vec::new(), telemetry)
+    }
+
+    /// [`start_with_sources`](Self::start_with_sources) and
+    /// [`start_with_telemetry`](Self::start_with_telemetry) at once.
+    pub fn start_with_sources_and_telemetry(
+        config: GatewayConfig,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        sources: Vec<(String, switchyard_discovery::Source)>,
+        telemetry: GatewayTelemetry,
+    ) -> Result<Self, GatewayError> {
+        let fed: Vec<&str> = sources.iter().map(|(pool, _)| pool.as_str()).collect();
+        config.validate_fed(&fed)?;
+        if let Some((pool, _)) =
+            sources.iter().find(|(pool, _)| !config.pools.iter().any(|p| &p.name == pool))
+        {
+            return Err(crate::gateway::ConfigError {
+                file: None,
+                line: None,
+                field: None,
+                message: format!(
+                    "a discovery source is given for pool {pool:?}, which the config does not have"
+                ),
+            }
+            .into());
+        }
         let threads =
             config.threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
         let rpc = RpcLayer::server()
@@ -150,10 +189,16 @@ impl Gateway {
             Arc::new(EndpointObserver::new(telemetry.registry.clone()))
                 as Arc<dyn switchyard_balance::Observer>
         });
+        let mut sources = sources;
         let pools: Arc<[Pool]> = config
             .pools
             .iter()
-            .map(|p| Pool::start(p, threads, rpc.is_tracing(), observer.clone()))
+            .map(|p| {
+                let (mine, rest) = sources.drain(..).partition(|(pool, _)| pool == &p.name);
+                sources = rest;
+                let mine = mine.into_iter().map(|(_, source)| source).collect();
+                Pool::start(p, threads, rpc.is_tracing(), observer.clone(), mine)
+            })
             .collect::<Result<Vec<_>, _>>()?
             .into();
         let metrics = telemetry.registry;

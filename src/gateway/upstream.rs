@@ -85,6 +85,22 @@ impl EndpointClient {
         }
     }
 
+    /// Whether this client sends to `address`.
+    pub(crate) fn is_for(&self, address: &str) -> bool {
+        address
+            .parse::<Uri>()
+            .is_ok_and(|u| u.scheme() == Some(&self.scheme) && u.authority() == Some(&self.authority))
+    }
+
+    /// Lets go of every connection to the endpoint (discovery removed it): each closes once its
+    /// requests in flight have ended, as a connection does when nothing can send on it any more.
+    /// A request still sent through this client opens a new one.
+    pub(crate) fn close(&self) {
+        for connection in self.connections.iter() {
+            *connection.lock().unwrap_or_else(PoisonError::into_inner) = Connection::Closed;
+        }
+    }
+
     /// The connection of the calling thread (the last one for threads that are not serving
     /// threads).
     fn connection(&self) -> &Mutex<Connection> {

@@ -23,6 +23,11 @@
 //! queued at its deadline before spending a prefill on it, and a `ModelStreamInfer` stream ends
 //! with DEADLINE_EXCEEDED at its deadline (tonic applies `grpc-timeout` to response headers only).
 //!
+//! With `--register-etcd URL[,URL]` (a build with `--features etcd`) the worker registers its
+//! endpoint in etcd under `--etcd-prefix` on a lease of `--etcd-ttl` that it keeps alive, so that
+//! gateways with an etcd `[[pool.discovery]]` on that prefix add it; it deregisters first thing
+//! on shutdown, and if it dies its key goes when the lease runs out.
+//!
 //! On shutdown (SIGTERM or Ctrl-C in the binary) the worker turns NOT_SERVING, refuses new
 //! inference requests with UNAVAILABLE, lets in-flight ones finish (at most `--drain-timeout`:
 //! those still running then end with UNAVAILABLE), and returns.
@@ -30,6 +35,7 @@
 mod inference;
 mod load_report;
 mod metrics;
+mod registration;
 pub mod request;
 
 use std::net::SocketAddr;
@@ -100,6 +106,19 @@ pub struct WorkerArgs {
     /// The registry `/metrics` renders (`switchyard_telemetry::init`'s); a new one if `None`.
     #[arg(skip)]
     pub registry: Option<MetricsRegistry>,
+    /// etcd servers (comma-separated URLs) to register this worker in, under a lease kept alive,
+    /// so that gateways watching `--etcd-prefix` find it. Needs a build with `--features etcd`.
+    #[arg(long, value_delimiter = ',')]
+    pub register_etcd: Vec<String>,
+    /// The key prefix the worker registers under (its key: the prefix and `HOST:PORT`).
+    #[arg(long, default_value = "/switchyard/endpoints/")]
+    pub etcd_prefix: String,
+    /// The TTL of the registration's lease: how long a worker that dies stays registered.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub etcd_ttl: Duration,
+    /// The address to register, `http://HOST:PORT` (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
 }
 
 /// `--kind` of `switchyard worker`.
@@ -128,6 +147,10 @@ impl Default for WorkerArgs {
             metrics_listen: None,
             tracing: false,
             registry: None,
+            register_etcd: Vec::new(),
+            etcd_prefix: "/switchyard/endpoints/".into(),
+            etcd_ttl: Duration::from_secs(10),
+            advertise: None,
         }
     }
 }
@@ -178,6 +201,9 @@ pub enum WorkerError {
     /// Reflection could not be set up (the embedded descriptors are broken).
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// `--register-etcd` failed.
+    #[error("registration failed: {0}")]
+    Registration(String),
 }
 
 /// Binds `args.listen` and serves until `shutdown` completes, then drains.
@@ -250,9 +276,13 @@ pub async fn serve_with_metrics(
         tracing::info!(model = %args.model, "worker serving on {addr}");
     }
 
+    let registered = registration::register(&args, local).await?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        if let Some(registered) = registered {
+            registered.deregister().await;
+        }
         tracing::info!("draining: NOT_SERVING, refusing new requests");
         ready.store(false, Ordering::Release);
         health.set_service_status("", ServingStatus::NotServing).await;
