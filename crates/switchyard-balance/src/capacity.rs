@@ -24,8 +24,8 @@
 //!
 //! - the **no-load unit time** `u₀` is an EWMA of `t / w` over the answers sent while nothing
 //!   awaited a first byte (`n = 0`): what the endpoint takes when nothing queues ahead;
-//! - an answer with work ahead (`n ≥ 1` and `A ≥ w`, so that one slot and many predict clearly
-//!   different times) shows how many requests the endpoint worked on at once:
+//! - an answer with work ahead (`n ≥ 1` and `A ≥ 2w` ([`WORK_AHEAD`]), so that one slot and
+//!   many predict clearly different times) shows how many requests the endpoint worked on at once:
 //!   `implied = u₀ × (A + w) / t`, clamped to `[1, n + 1]`. One slot answers in `u₀ × (A + w)`
 //!   (implied 1); `k` slots answer as at no load while `n + 1 ≤ k` (implied `n + 1`: the
 //!   endpoint has at least that many) and in `u₀ × (n + 1) / k` beyond (implied `k`).
@@ -51,7 +51,10 @@ use tokio::time::Instant;
 /// An answer at least this share of `n + 1` implied slots is "as fast as at no load".
 pub const FLAT: f64 = 0.95;
 /// How far the slots move up towards `n + 1` after one answer as fast as at no load.
-pub const GAIN: f64 = 0.0625;
+pub const GAIN: f64 = 0.03125;
+/// An answer teaches the slots only if at least this many times its own work awaited a first
+/// byte ahead of it: one slot then predicts at least `1 + WORK_AHEAD` times the no-load time.
+pub const WORK_AHEAD: f64 = 2.0;
 /// How far the slots move towards the implied value after one answer slower than at no load.
 pub const GROWN_GAIN: f64 = 0.125;
 
@@ -121,7 +124,7 @@ impl CapacityEstimate {
             return;
         }
         let Some((u0, _)) = self.idle_unit else { return };
-        if (sample.work_ahead as f64) < work {
+        if (sample.work_ahead as f64) < WORK_AHEAD * work {
             return;
         }
         let at_once = f64::from(sample.requests_ahead) + 1.0;
@@ -193,7 +196,7 @@ mod tests {
     async fn slots_come_down_when_latency_grows_earlier() {
         let mut c = CapacityEstimate::default();
         c.record(byte(10.0, 1, 0, 0), Instant::now(), TAU);
-        for _ in 0..100 {
+        for _ in 0..300 {
             c.record(byte(10.0, 1, 7, 7), Instant::now(), TAU);
         }
         assert!(c.slots_estimate() > 7.9, "flat at 8 at once: towards 8, {}", c.slots_estimate());
