@@ -10,6 +10,7 @@ use switchyard_limit::{LimitAlgorithm, Sample, Signal};
 use tokio::time::Instant;
 
 use crate::board::LoadBoard;
+use crate::capacity::{CapacityEstimate, FirstByte};
 use crate::outlier::{OutlierConfig, OutlierState, Verdict};
 
 /// How load is tracked: the time constants of the latency and speed estimates, and the latency
@@ -95,6 +96,12 @@ pub struct EndpointState {
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
     /// policies that scan every endpoint.
     unit_time_bits: AtomicU64,
+    /// What the endpoint takes at once, learnt from its first bytes.
+    capacity: Mutex<CapacityEstimate>,
+    /// [`CapacityEstimate::slots`], read without the lock.
+    slots: AtomicU32,
+    /// [`CapacityEstimate::idle_unit_nanos`] as `f64` bits (NaN before the first sample).
+    idle_unit_bits: AtomicU64,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
     /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
@@ -195,6 +202,9 @@ impl EndpointState {
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
+            capacity: Mutex::new(CapacityEstimate::default()),
+            slots: AtomicU32::new(1),
+            idle_unit_bits: AtomicU64::new(f64::NAN.to_bits()),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
             limit: Mutex::new(None),
@@ -333,12 +343,39 @@ impl EndpointState {
     }
 
     /// How long the endpoint takes per unit of work before a first byte, in nanoseconds: an EWMA
-    /// (time constant [`TrackingConfig::decay`]) of `time to first byte ÷ (work ahead of the
-    /// request when it was sent + its own work)`. `None` before the first sample. Unlike the
+    /// (time constant [`TrackingConfig::speed_decay`]) of `time to first byte × at once ÷ (work
+    /// ahead of the request when it was sent + its own work)`, where `at once` is the requests the
+    /// endpoint worked on together: its [slots](Self::slots), or fewer if fewer awaited a first
+    /// byte (1 for a replica that works requests off one after another). `None` before the first sample. Unlike the
     /// latency it does not decay while idle: it measures the endpoint's speed, not its backlog.
     pub fn unit_time_nanos(&self) -> Option<f64> {
         let v = f64::from_bits(self.unit_time_bits.load(Ordering::Relaxed));
         (!v.is_nan()).then_some(v)
+    }
+
+    /// How many requests the endpoint serves at once before a new one waits (its slots), learnt
+    /// from its first bytes: 1 for a replica that works requests off one after another (an LLM
+    /// engine's prefill), `k` for a classic server of `k` parallel slots. See
+    /// [`capacity`](crate::capacity) for how it is learnt; 1 until the endpoint shows more.
+    pub fn slots(&self) -> u32 {
+        self.slots.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint's time per unit of work before a first byte when nothing waits ahead of a
+    /// request (its no-load speed), in nanoseconds: an EWMA (time constant
+    /// [`TrackingConfig::speed_decay`]) over the answers sent while nothing awaited a first byte.
+    /// `None` before the first such answer.
+    pub fn idle_unit_time_nanos(&self) -> Option<f64> {
+        let u = f64::from_bits(self.idle_unit_bits.load(Ordering::Relaxed));
+        (!u.is_nan()).then_some(u)
+    }
+
+    fn record_first_byte(&self, sample: FirstByte, now: Instant) {
+        let tau = Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed));
+        let mut guard = lock(&self.capacity);
+        guard.record(sample, now, tau);
+        self.slots.store(guard.slots(), Ordering::Relaxed);
+        self.idle_unit_bits.store(guard.idle_unit_nanos().unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
     }
 
     /// Requests ended since the endpoint was added: how many succeeded, and how many failed
@@ -438,13 +475,14 @@ impl EndpointState {
     /// dropped.
     pub(crate) fn start(self: &Arc<Self>, now: Instant, work: u64) -> InFlight {
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
+        let requests_ahead = self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
         let ahead = self.pending_work.fetch_add(work, Ordering::Relaxed);
         InFlight {
             state: self.clone(),
             sent_at: now,
             work,
             ahead,
+            requests_ahead,
             in_flight,
             sampled: false,
             ended: false,
@@ -554,6 +592,8 @@ pub(crate) struct InFlight {
     /// was sent.
     work: u64,
     ahead: u64,
+    /// Requests that awaited a first byte on the endpoint when it was sent.
+    requests_ahead: u32,
     /// Requests in flight on the endpoint when it was sent, itself included.
     in_flight: u32,
     sampled: bool,
@@ -586,7 +626,19 @@ impl InFlight {
             self.first_byte = Some(elapsed);
             self.state.record_rtt(elapsed, now);
             let units = (self.ahead + self.work).max(1) as f64;
-            self.state.record_unit_time(nanos_f64(elapsed) / units, now);
+            // The backlog ahead was worked off `slots` requests at a time (see `capacity`).
+            let at_once = self.state.slots().min(self.requests_ahead.saturating_add(1));
+            let nanos = nanos_f64(elapsed);
+            self.state.record_unit_time(nanos * f64::from(at_once) / units, now);
+            self.state.record_first_byte(
+                FirstByte {
+                    nanos,
+                    work: self.work,
+                    work_ahead: self.ahead,
+                    requests_ahead: self.requests_ahead,
+                },
+                now,
+            );
         }
     }
 

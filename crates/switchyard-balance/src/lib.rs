@@ -90,6 +90,7 @@
 #![warn(missing_docs)]
 
 mod board;
+pub mod capacity;
 mod completion;
 mod directory;
 pub mod discover;

@@ -33,9 +33,13 @@ use crate::EndpointState;
 /// foreign_running = max(0, queue_depth + running − own_in_flight_at_report)
 /// foreign_work    = max(0, foreign_waiting × work − age_of_report ÷ unit_time)
 /// occupancy       = in_flight + foreign_running
-/// cost            = (pending_work + foreign_work + work) × unit_time
+/// at_once         = max(1, min(slots, own_awaiting + foreign_waiting + 1))
+/// cost            = (pending_work + foreign_work + work) × unit_time ÷ at_once
 ///                   × √((occupancy + 1) / (mean_occupancy + 1))
 /// ```
+///
+/// `slots` is what the balancer learnt of the replica's parallelism (see [`crate::capacity`]),
+/// as least response time uses it.
 ///
 /// - `own_awaiting_at_report` and `own_in_flight_at_report` are what this balancer had on the
 ///   endpoint when the report arrived ([`EndpointState::fresh_report_with_own`]): the report
@@ -112,9 +116,11 @@ impl LoadReport {
         work: f64,
         unit_time: f64,
     ) -> LoadEstimate {
+        let slots = endpoint.slots();
         let mut estimate = LoadEstimate {
             ahead: endpoint.pending_work() as f64,
             occupancy: f64::from(endpoint.in_flight()),
+            at_once: slots.min(endpoint.awaiting_first_byte().saturating_add(1)).max(1),
             room: true,
         };
         let Some(snapshot) = endpoint.fresh_report_with_own(now, self.max_age) else {
@@ -132,6 +138,8 @@ impl LoadReport {
         let drained = if unit_time > 0.0 { age / unit_time } else { 0.0 };
         estimate.ahead += (f64::from(foreign_waiting) * work - drained).max(0.0);
         estimate.occupancy += f64::from(foreign_running);
+        let waiting = endpoint.awaiting_first_byte().saturating_add(foreign_waiting).saturating_add(1);
+        estimate.at_once = slots.min(waiting).max(1);
         estimate.room = report.capacity == 0 || estimate.occupancy < f64::from(report.capacity);
         estimate
     }
@@ -180,6 +188,10 @@ pub struct LoadEstimate {
     pub ahead: f64,
     /// Requests on the replica: the balancer's own in flight plus the foreign ones reported.
     pub occupancy: f64,
+    /// Requests the replica works off at once: its learnt slots (see [`crate::capacity`]),
+    /// never more than the requests waiting there plus this one; as least response time
+    /// divides the work ahead.
+    pub at_once: u32,
     /// Whether the replica has a free batch slot (its occupancy is below its reported
     /// capacity, or the capacity is unknown).
     pub room: bool,
@@ -188,10 +200,10 @@ pub struct LoadEstimate {
 impl LoadEstimate {
     /// The expected time to first byte, in nanoseconds, of `work` more units on an endpoint
     /// taking `unit_time` per unit, braked by its occupancy against the `mean_occupancy` of
-    /// the endpoints compared.
+    /// the endpoints compared; the work ahead is worked off `at_once` requests at a time.
     pub fn cost(&self, work: f64, unit_time: f64, mean_occupancy: f64) -> f64 {
         let share = (self.occupancy + 1.0) / (mean_occupancy + 1.0);
-        (self.ahead + work) * unit_time * share.sqrt()
+        (self.ahead + work) * unit_time / f64::from(self.at_once.max(1)) * share.sqrt()
     }
 }
 
@@ -252,7 +264,7 @@ mod tests {
             })
             .collect();
         let before = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(before, LoadEstimate { ahead: 3000.0, occupancy: 5.0, room: true });
+        assert_eq!(before, LoadEstimate { ahead: 3000.0, occupancy: 5.0, at_once: 1, room: true });
         // The replica reports exactly those five: two queued, three running (one of ours is
         // admitted and still prefilling).
         e.record_report(report(2, 3, 8), Instant::now());
@@ -270,7 +282,10 @@ mod tests {
         // Another client's four requests wait on the replica beside our one; six run there.
         e.record_report(report(5, 6, 64), Instant::now());
         let fresh = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(fresh, LoadEstimate { ahead: 500.0 + 4000.0, occupancy: 1.0 + 10.0, room: true });
+        assert_eq!(
+            fresh,
+            LoadEstimate { ahead: 500.0 + 4000.0, occupancy: 1.0 + 10.0, at_once: 1, room: true }
+        );
         // 1.5 ms later the replica has prefilled 1,500 units of the foreign queue.
         advance(Duration::from_micros(1500)).await;
         let later = policy.estimate(&e, Instant::now(), 1000.0, unit);
@@ -282,7 +297,7 @@ mod tests {
         // Past the 1 s max age the report counts as absent: the balancer's own counts alone.
         advance(Duration::from_secs(1)).await;
         let stale = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(stale, LoadEstimate { ahead: 500.0, occupancy: 1.0, room: true });
+        assert_eq!(stale, LoadEstimate { ahead: 500.0, occupancy: 1.0, at_once: 1, room: true });
         let patient = LoadReport::with_seed(0).with_max_age(Duration::from_secs(5));
         assert_eq!(patient.estimate(&e, Instant::now(), 1000.0, unit).occupancy, 11.0);
     }
