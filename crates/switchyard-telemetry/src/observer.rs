@@ -1,6 +1,8 @@
 //! Per-endpoint latency histograms from the balancer's [`Observer`] hook.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use metrics::{Histogram, Key, Label, Recorder};
@@ -14,19 +16,34 @@ use crate::registry::{METADATA, MetricsRegistry};
 /// discovery, and the registry must not grow without bound.
 const MAX_ENDPOINTS: usize = 1024;
 
+/// Entries a thread's cache holds (over every observer it has served) before it starts over.
+const MAX_CACHED: usize = 4 * MAX_ENDPOINTS;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Handles by pool, then endpoint.
+type ByPool = HashMap<String, HashMap<EndpointId, Arc<EndpointHandles>>>;
+
+thread_local! {
+    /// This thread's handles, by observer id: found without a lock or a shared write.
+    static CACHE: RefCell<HashMap<u64, ByPool>> = RefCell::default();
+}
+
 /// An [`Observer`] that records each request the balancer placed, when it ends, into
 /// `switchyard_endpoint_duration_seconds{pool, endpoint, outcome}` and (when a first byte came)
 /// `switchyard_endpoint_time_to_first_byte_seconds{pool, endpoint}`: the per-replica latency
 /// percentiles that the board's EWMA cannot give.
 ///
 /// The balancer already tracks every response to its end and tells its observer once, so this
-/// wraps no body and counts nothing the board counts. Per request: a read lock and a map lookup for
-/// the endpoint's handles, then two histogram records.
+/// wraps no body and counts nothing the board counts. Per request: a lookup of the endpoint's
+/// handles in the thread's own cache (a lock only the first time the thread sees the endpoint),
+/// then two histogram records.
 #[derive(Debug)]
 pub struct EndpointObserver {
+    id: u64,
     registry: MetricsRegistry,
     /// By pool name (`""` for an unnamed balancer), then endpoint.
-    endpoints: RwLock<HashMap<String, HashMap<EndpointId, Arc<EndpointHandles>>>>,
+    endpoints: RwLock<ByPool>,
 }
 
 #[derive(Debug)]
@@ -51,7 +68,31 @@ impl EndpointObserver {
             "Time from the pick to the first byte of the response (for a stream, the time to first token)."
                 .into(),
         );
-        Self { registry, endpoints: RwLock::default() }
+        Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), registry, endpoints: RwLock::default() }
+    }
+
+    /// Runs `f` on the handles of `endpoint` in `pool`, from the thread's cache.
+    fn with_handles(&self, pool: Option<&str>, endpoint: &EndpointId, f: impl FnOnce(&EndpointHandles)) {
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let pool_name = pool.unwrap_or("");
+            if let Some(handles) =
+                cache.get(&self.id).and_then(|pools| pools.get(pool_name)).and_then(|e| e.get(endpoint))
+            {
+                return f(handles);
+            }
+            let Some(handles) = self.handles(pool, endpoint) else { return };
+            if cache.values().flat_map(HashMap::values).map(HashMap::len).sum::<usize>() >= MAX_CACHED {
+                cache.clear();
+            }
+            f(&handles);
+            cache
+                .entry(self.id)
+                .or_default()
+                .entry(pool_name.to_owned())
+                .or_default()
+                .insert(endpoint.clone(), handles);
+        });
     }
 
     fn handles(&self, pool: Option<&str>, endpoint: &EndpointId) -> Option<Arc<EndpointHandles>> {
@@ -93,16 +134,17 @@ impl EndpointObserver {
 
 impl Observer for EndpointObserver {
     fn on_end(&self, observation: &Observation<'_>) {
-        let Some(handles) = self.handles(observation.pool, observation.endpoint) else { return };
         let outcome = match observation.outcome {
             Outcome::Ok => 0,
             Outcome::Overloaded { .. } => 2,
             Outcome::Cancelled => 3,
             _ => 1,
         };
-        handles.durations[outcome].record(observation.latency.as_secs_f64());
-        if let Some(first_byte) = observation.first_byte {
-            handles.first_byte.record(first_byte.as_secs_f64());
-        }
+        self.with_handles(observation.pool, observation.endpoint, |handles| {
+            handles.durations[outcome].record(observation.latency.as_secs_f64());
+            if let Some(first_byte) = observation.first_byte {
+                handles.first_byte.record(first_byte.as_secs_f64());
+            }
+        });
     }
 }

@@ -33,7 +33,7 @@ pub(crate) struct CallEnd {
 impl CallEnd {
     pub(crate) fn new(side: Side, metrics: Option<Arc<PathMetrics>>, span: Option<tracing::Span>) -> Self {
         if let Some(m) = &metrics {
-            m.active.increment(1.0);
+            m.active.add(1);
         }
         Self {
             side,
@@ -53,7 +53,7 @@ impl CallEnd {
             return;
         }
         if let Some(m) = &self.metrics {
-            m.active.decrement(1.0);
+            m.active.add(-1);
             m.duration(code).record(self.start.elapsed().as_secs_f64());
             m.response_size.record(self.bytes as f64);
         }
