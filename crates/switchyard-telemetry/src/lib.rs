@@ -46,11 +46,13 @@ mod init;
 pub mod names;
 mod observer;
 mod otlp_metrics;
+mod overload;
 mod registry;
 pub mod rpc;
 
 pub use board::BoardMetrics;
 pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConfig, init};
 pub use observer::EndpointObserver;
+pub use overload::{LimitMetrics, ShedMetrics};
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
 pub use rpc::{RpcBody, RpcLayer, Side};

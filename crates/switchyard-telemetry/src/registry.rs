@@ -138,6 +138,11 @@ impl MetricsRegistry {
             Some(Unit::Percent),
             "KV-cache use (0 to 1) the endpoint's replica last reported.",
         );
+        g(
+            ENDPOINT_LIMIT,
+            Some(Unit::Count),
+            "Concurrency limit in force on the endpoint (the balancer's per-endpoint limit).",
+        );
         g(ENDPOINT_EJECTED, None, "1 while outlier detection has the endpoint ejected.");
         g(ENDPOINT_DRAINING, None, "1 while the endpoint drains (removed, its last requests running).");
         g(POOL_POLICY, None, "1 for the balancing policy the pool uses now, 0 for one it used before.");
