@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod board;
+mod histogram;
 mod init;
 pub mod names;
 mod observer;

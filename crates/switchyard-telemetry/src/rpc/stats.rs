@@ -5,7 +5,7 @@
 //! copy's reference count stays on the thread), and counts the calls in flight in its own shard
 //! of [`ActiveCalls`], summed when the registry is scraped.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
@@ -14,6 +14,7 @@ use metrics::{Gauge, Histogram, Key, Label, Recorder};
 use switchyard_core::Code;
 
 use super::Side;
+use crate::histogram::{SHARDS, shard};
 use crate::names;
 use crate::registry::{METADATA, MetricsRegistry, ScrapeSource};
 
@@ -25,9 +26,6 @@ const MAX_PATHS: usize = 256;
 /// starts over: bounds what the caches of layers dropped since keep alive.
 const MAX_CACHED: usize = 4 * MAX_PATHS;
 
-/// Shards of a calls-in-flight count: threads beyond this many share shards.
-const SHARDS: usize = 16;
-
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Handles by path.
@@ -36,20 +34,6 @@ type ByPath = HashMap<Box<str>, Arc<PathMetrics>>;
 thread_local! {
     /// This thread's handles, by [`RpcMetrics`] id, then path.
     static CACHE: RefCell<HashMap<u64, ByPath>> = RefCell::default();
-    /// This thread's shard of every [`ActiveCalls`].
-    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-fn shard() -> usize {
-    static NEXT_SHARD: AtomicU64 = AtomicU64::new(0);
-    SHARD.with(|s| {
-        *s.get().get_or_insert_with(|| {
-            let next = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
-            let index = usize::try_from(next % SHARDS as u64).unwrap_or(0);
-            s.set(Some(index));
-            index
-        })
-    })
 }
 
 /// A count on its own cache line.
