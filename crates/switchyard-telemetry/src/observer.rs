@@ -19,14 +19,21 @@ const MAX_ENDPOINTS: usize = 1024;
 /// Entries a thread's cache holds (over every observer it has served) before it starts over.
 const MAX_CACHED: usize = 4 * MAX_ENDPOINTS;
 
+/// (Observer, pool) pairs a thread's cache holds before it starts over.
+const MAX_POOLS: usize = 64;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Handles by pool, then endpoint.
 type ByPool = HashMap<String, HashMap<EndpointId, Arc<EndpointHandles>>>;
 
+/// A thread's handles of one pool, by endpoint (foldhash: the thread's own map, bounded).
+type ByEndpoint = foldhash::HashMap<EndpointId, Arc<EndpointHandles>>;
+
 thread_local! {
-    /// This thread's handles, by observer id: found without a lock or a shared write.
-    static CACHE: RefCell<HashMap<u64, ByPool>> = RefCell::default();
+    /// This thread's handles, by observer id and pool (few: searched in turn), then endpoint:
+    /// found without a lock or a shared write.
+    static CACHE: RefCell<Vec<(u64, String, ByEndpoint)>> = RefCell::default();
 }
 
 /// An [`Observer`] that records each request the balancer placed, when it ends, into
@@ -76,22 +83,27 @@ impl EndpointObserver {
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
             let pool_name = pool.unwrap_or("");
-            if let Some(handles) =
-                cache.get(&self.id).and_then(|pools| pools.get(pool_name)).and_then(|e| e.get(endpoint))
-            {
-                return f(handles);
-            }
+            let index = match cache.iter().position(|(id, p, _)| *id == self.id && p == pool_name) {
+                Some(index) => {
+                    if let Some(handles) = cache[index].2.get(endpoint) {
+                        return f(handles);
+                    }
+                    index
+                }
+                None => {
+                    if cache.len() >= MAX_POOLS {
+                        cache.clear();
+                    }
+                    cache.push((self.id, pool_name.to_owned(), ByEndpoint::default()));
+                    cache.len() - 1
+                }
+            };
             let Some(handles) = self.handles(pool, endpoint) else { return };
-            if cache.values().flat_map(HashMap::values).map(HashMap::len).sum::<usize>() >= MAX_CACHED {
-                cache.clear();
+            if cache.iter().map(|(_, _, endpoints)| endpoints.len()).sum::<usize>() >= MAX_CACHED {
+                cache.iter_mut().for_each(|(_, _, endpoints)| endpoints.clear());
             }
             f(&handles);
-            cache
-                .entry(self.id)
-                .or_default()
-                .entry(pool_name.to_owned())
-                .or_default()
-                .insert(endpoint.clone(), handles);
+            cache[index].2.insert(endpoint.clone(), handles);
         });
     }
 

@@ -98,7 +98,9 @@ pub(crate) fn header_status(parts: &http::response::Parts) -> Option<Code> {
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    // A name made once: a `&str` would be parsed into one at every look-up.
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     Some(value.parse::<i32>().map_or(Code::Unknown, Code::from_i32))
 }
 

@@ -26,14 +26,18 @@ const MAX_PATHS: usize = 256;
 /// starts over: bounds what the caches of layers dropped since keep alive.
 const MAX_CACHED: usize = 4 * MAX_PATHS;
 
+/// [`RpcMetrics`] a thread's cache holds before it starts over.
+const MAX_LAYERS: usize = 64;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
-/// Handles by path.
-type ByPath = HashMap<Box<str>, Arc<PathMetrics>>;
+/// Handles by path (foldhash: the thread's own map, hashed on every call, needs no defence
+/// against flooding more than the bound gives).
+type ByPath = foldhash::HashMap<Box<str>, Arc<PathMetrics>>;
 
 thread_local! {
-    /// This thread's handles, by [`RpcMetrics`] id, then path.
-    static CACHE: RefCell<HashMap<u64, ByPath>> = RefCell::default();
+    /// This thread's handles, by [`RpcMetrics`] id (few: searched in turn), then path.
+    static CACHE: RefCell<Vec<(u64, ByPath)>> = RefCell::default();
 }
 
 /// A count on its own cache line.
@@ -87,14 +91,26 @@ impl RpcMetrics {
     pub(crate) fn path(&self, path: &str) -> Arc<PathMetrics> {
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
-            if let Some(found) = cache.get(&self.id).and_then(|paths| paths.get(path)) {
-                return found.clone();
-            }
-            if cache.values().map(HashMap::len).sum::<usize>() >= MAX_CACHED {
-                cache.clear();
+            let index = match cache.iter().position(|(id, _)| *id == self.id) {
+                Some(index) => {
+                    if let Some(found) = cache[index].1.get(path) {
+                        return found.clone();
+                    }
+                    index
+                }
+                None => {
+                    if cache.len() >= MAX_LAYERS {
+                        cache.clear();
+                    }
+                    cache.push((self.id, ByPath::default()));
+                    cache.len() - 1
+                }
+            };
+            if cache.iter().map(|(_, paths)| paths.len()).sum::<usize>() >= MAX_CACHED {
+                cache.iter_mut().for_each(|(_, paths)| paths.clear());
             }
             let copy = Arc::new(self.table.path(path).thread_copy());
-            cache.entry(self.id).or_default().insert(path.into(), copy.clone());
+            cache[index].1.insert(path.into(), copy.clone());
             copy
         })
     }
