@@ -241,6 +241,12 @@ impl MetricsRegistry {
 #[derive(Clone)]
 pub(crate) struct WeakRegistry(std::sync::Weak<Inner>);
 
+impl fmt::Debug for WeakRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakRegistry").field("alive", &(self.0.strong_count() > 0)).finish()
+    }
+}
+
 impl WeakRegistry {
     /// The registry, if it still exists.
     pub(crate) fn upgrade(&self) -> Option<MetricsRegistry> {

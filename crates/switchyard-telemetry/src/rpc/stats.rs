@@ -16,7 +16,7 @@ use switchyard_core::Code;
 use super::Side;
 use crate::histogram::{SHARDS, shard};
 use crate::names;
-use crate::registry::{METADATA, MetricsRegistry, ScrapeSource};
+use crate::registry::{METADATA, MetricsRegistry, ScrapeSource, WeakRegistry};
 
 /// Distinct paths that get their own series; the rest share `rpc_method="_OTHER"`, so that a
 /// client sending arbitrary paths cannot grow the registry without bound.
@@ -73,7 +73,8 @@ pub(crate) struct RpcMetrics {
 #[derive(Debug)]
 struct PathTable {
     side: Side,
-    registry: MetricsRegistry,
+    /// Weak: the registry holds this table as a source.
+    registry: WeakRegistry,
     paths: RwLock<HashMap<Box<str>, Arc<PathMetrics>>>,
     other: Arc<PathMetrics>,
 }
@@ -81,7 +82,8 @@ struct PathTable {
 impl RpcMetrics {
     pub(crate) fn new(side: Side, registry: MetricsRegistry) -> Self {
         let other = Arc::new(PathMetrics::new(side, &registry, "_OTHER", "_OTHER", Arc::default()));
-        let table = Arc::new(PathTable { side, registry: registry.clone(), paths: RwLock::default(), other });
+        let table =
+            Arc::new(PathTable { side, registry: registry.downgrade(), paths: RwLock::default(), other });
         registry.add_source(table.clone());
         Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), table }
     }
@@ -129,8 +131,9 @@ impl PathTable {
         if paths.len() >= MAX_PATHS {
             return self.other.clone();
         }
+        let Some(registry) = self.registry.upgrade() else { return self.other.clone() };
         let (service, method) = split_path(path);
-        let metrics = Arc::new(PathMetrics::new(self.side, &self.registry, service, method, Arc::default()));
+        let metrics = Arc::new(PathMetrics::new(self.side, &registry, service, method, Arc::default()));
         paths.insert(path.into(), metrics.clone());
         metrics
     }
@@ -160,7 +163,8 @@ pub(crate) fn split_path(path: &str) -> (&str, &str) {
 #[derive(Debug)]
 pub(crate) struct PathMetrics {
     side: Side,
-    registry: MetricsRegistry,
+    /// Weak: the registry holds the paths' table as a source.
+    registry: WeakRegistry,
     labels: [Label; 3],
     /// The calls in flight, shared by the threads' copies; set on `active_gauge` at the scrape.
     pub(crate) active: Arc<ActiveCalls>,
@@ -188,7 +192,7 @@ impl PathMetrics {
         };
         Self {
             side,
-            registry: registry.clone(),
+            registry: registry.downgrade(),
             active_gauge: registry.register_gauge(&Key::from_parts(active_name, labels.to_vec()), &METADATA),
             active,
             response_size: registry.register_histogram(&Key::from_parts(size, labels.to_vec()), &METADATA),
@@ -220,7 +224,10 @@ impl PathMetrics {
             };
             let mut labels = self.labels.to_vec();
             labels.push(Label::new(names::RPC_GRPC_STATUS_CODE, code.as_i32().to_string()));
-            self.registry.register_histogram(&Key::from_parts(name, labels), &METADATA)
+            match self.registry.upgrade() {
+                Some(registry) => registry.register_histogram(&Key::from_parts(name, labels), &METADATA),
+                None => Histogram::noop(),
+            }
         })
     }
 
@@ -248,7 +255,8 @@ mod tests {
 
     #[test]
     fn paths_beyond_the_bound_share_one_series() {
-        let metrics = RpcMetrics::new(Side::Server, MetricsRegistry::new());
+        let registry = MetricsRegistry::new();
+        let metrics = RpcMetrics::new(Side::Server, registry.clone());
         for i in 0..MAX_PATHS + 10 {
             metrics.path(&format!("/s/m{i}"));
         }
@@ -294,5 +302,15 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_registry_is_freed_when_its_last_handle_goes_though_it_holds_the_paths_table() {
+        let registry = MetricsRegistry::new();
+        let weak = registry.downgrade();
+        let metrics = RpcMetrics::new(Side::Server, registry.clone());
+        metrics.path("/s/m").duration(Code::Ok).record(0.001);
+        drop((metrics, registry));
+        assert!(weak.upgrade().is_none(), "a reference cycle keeps the registry alive");
     }
 }
