@@ -36,6 +36,8 @@ use tower::util::BoxCloneSyncService;
 use tower::util::BoxCloneSyncServiceLayer;
 use tower::{BoxError, ServiceBuilder};
 
+use switchyard_telemetry::ScrapeSource;
+
 use super::body::{ProxyBody, RequestBody};
 
 /// A request as a pool's layers see it.
@@ -47,7 +49,12 @@ pub type BoxPoolService = BoxCloneSyncService<PoolRequest, PoolResponse, BoxErro
 /// A layer of a pool's stack, boxed.
 pub type PoolLayer = BoxCloneSyncServiceLayer<BoxPoolService, PoolRequest, PoolResponse, BoxError>;
 
-type Factory = Arc<dyn Fn(&Spec) -> Result<PoolLayer, SpecError> + Send + Sync>;
+/// What telemetry reads of a built layer: given the pool's name, the source of the layer's series,
+/// published at each scrape of the gateway's `/metrics` (see
+/// [`LayerRegistry::register_with_metrics`]).
+pub type LayerMetrics = Box<dyn FnOnce(&str) -> Arc<dyn ScrapeSource> + Send>;
+
+type Factory = Arc<dyn Fn(&Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> + Send + Sync>;
 
 /// Pool layers by name.
 ///
@@ -91,12 +98,12 @@ impl LayerRegistry {
             "fails a request whose response has not begun after `after`",
             timeout,
         );
-        let _ = registry.register(
+        let _ = registry.register_with_metrics(
             "shed",
             "admits requests through a bounded queue by priority and deadline (switchyard-shed)",
             shed,
         );
-        let _ = registry.register(
+        let _ = registry.register_with_metrics(
             "limit",
             "an adaptive concurrency limit over the whole pool (switchyard-limit)",
             limit,
@@ -115,6 +122,15 @@ impl LayerRegistry {
     where
         F: Fn(&Spec) -> Result<PoolLayer, SpecError> + Send + Sync + 'static,
     {
+        self.register_with_metrics(name, description, move |spec| Ok((factory(spec)?, None)))
+    }
+
+    /// Registers a layer under `name` whose factory also says how telemetry reads the built
+    /// layer's figures (as `shed` and `limit` do); an error if the name is taken.
+    pub fn register_with_metrics<F>(&self, name: &str, description: &str, factory: F) -> Result<(), SpecError>
+    where
+        F: Fn(&Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> + Send + Sync + 'static,
+    {
         let name = Spec::named(name).name().to_string();
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if entries.contains_key(&name) {
@@ -126,6 +142,11 @@ impl LayerRegistry {
 
     /// Builds the layer `spec` names.
     pub fn build(&self, spec: &Spec) -> Result<PoolLayer, SpecError> {
+        Ok(self.build_with_metrics(spec)?.0)
+    }
+
+    /// Builds the layer `spec` names, with what telemetry reads of it, if anything.
+    pub fn build_with_metrics(&self, spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
         let factory = {
             let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
             match entries.get(spec.name()) {
@@ -154,13 +175,21 @@ impl fmt::Debug for LayerRegistry {
     }
 }
 
-/// Wraps `service` in the layers `specs` name, the first outermost.
-pub(crate) fn stack(specs: &[Spec], service: BoxPoolService) -> Result<BoxPoolService, SpecError> {
+/// Wraps `service` in the layers `specs` name, the first outermost; with the sources of the
+/// layers' series, labelled `pool`.
+pub(crate) fn stack(
+    specs: &[Spec],
+    service: BoxPoolService,
+    pool: &str,
+) -> Result<(BoxPoolService, Vec<Arc<dyn ScrapeSource>>), SpecError> {
     let mut service = service;
+    let mut sources = Vec::new();
     for spec in specs.iter().rev() {
-        service = ServiceBuilder::new().layer(registry().build(spec)?).service(service);
+        let (layer, metrics) = registry().build_with_metrics(spec)?;
+        sources.extend(metrics.map(|metrics| metrics(pool)));
+        service = ServiceBuilder::new().layer(layer).service(service);
     }
-    Ok(service)
+    Ok((service, sources))
 }
 
 /// `timeout`: `{ name = "timeout", after = "30s" }`. A request whose response has not begun after
@@ -213,7 +242,7 @@ fn duration_param(spec: &Spec, field: &str, value: &str) -> Result<Duration, Spe
 /// `shed`: `{ name = "shed", max_queue = 128, target = "50ms", interval = "500ms" }` (these are
 /// the defaults). A bounded admission queue by priority class and deadline
 /// ([`switchyard_shed::ShedLayer`]); put `limit` after it, which says when the pool has room.
-fn shed(spec: &Spec) -> Result<PoolLayer, SpecError> {
+fn shed(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Params {
@@ -238,7 +267,11 @@ fn shed(spec: &Spec) -> Result<PoolLayer, SpecError> {
     if let Some(interval) = &params.interval {
         config.interval = duration_param(spec, "interval", interval)?;
     }
-    Ok(BoxCloneSyncServiceLayer::new(switchyard_shed::ShedLayer::new(config)))
+    let layer = switchyard_shed::ShedLayer::new(config);
+    let metrics = layer.clone();
+    let metrics: LayerMetrics =
+        Box::new(move |pool| Arc::new(switchyard_telemetry::ShedMetrics::new(pool, metrics)));
+    Ok((BoxCloneSyncServiceLayer::new(layer), Some(metrics)))
 }
 
 /// `limit`: `{ name = "limit", algorithm = "vegas" }` (the default), or an algorithm with its
@@ -246,7 +279,7 @@ fn shed(spec: &Spec) -> Result<PoolLayer, SpecError> {
 /// [`switchyard_limit::algorithm_from_spec`]). The pool's requests in flight, each counted until
 /// its response's last frame, stay within the limit; the rest wait in `poll_ready` (in the `shed`
 /// queue, when the pool has one in front).
-fn limit(spec: &Spec) -> Result<PoolLayer, SpecError> {
+fn limit(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Params {
@@ -257,11 +290,17 @@ fn limit(spec: &Spec) -> Result<PoolLayer, SpecError> {
     let algorithm = switchyard_limit::algorithm_from_spec(&algorithm)
         .map_err(|e| SpecError { name: spec.name().to_string(), message: format!("algorithm {e}") })?;
     let layer = switchyard_limit::LimitLayer::with_limiter(switchyard_limit::Limiter::from_boxed(algorithm));
-    Ok(BoxCloneSyncServiceLayer::new(
-        ServiceBuilder::new()
-            .map_response(|response: http::Response<switchyard_limit::LimitBody<ProxyBody>>| {
-                response.map(ProxyBody::limited)
-            })
-            .layer(layer),
+    let limiter = layer.limiter().clone();
+    let metrics: LayerMetrics =
+        Box::new(move |pool| Arc::new(switchyard_telemetry::LimitMetrics::new(pool, limiter)));
+    Ok((
+        BoxCloneSyncServiceLayer::new(
+            ServiceBuilder::new()
+                .map_response(|response: http::Response<switchyard_limit::LimitBody<ProxyBody>>| {
+                    response.map(ProxyBody::limited)
+                })
+                .layer(layer),
+        ),
+        Some(metrics),
     ))
 }

@@ -39,6 +39,8 @@ pub struct Pool {
     layered: Option<BoxPoolService>,
     /// The endpoints held back by health watching, when the pool watches health.
     held: Option<HeldBack>,
+    /// The sources of its layers' series (the limit in force, the shed queue's refusals).
+    layer_metrics: Vec<Arc<dyn switchyard_telemetry::ScrapeSource>>,
 }
 
 impl Pool {
@@ -187,16 +189,19 @@ impl Pool {
         };
         let board = balancer.board();
         let upstream = Shared::new(balancer);
+        let mut layer_metrics = Vec::new();
         let layered = match config.layers.as_slice() {
             [] => None,
             specs => {
                 let direct = BoxPoolService::new(Direct { upstream: upstream.clone() });
-                let stacked = layers::stack(specs, direct).map_err(|e| ConfigError {
-                    file: None,
-                    line: None,
-                    field: Some(format!("pool {:?} layers", config.name)),
-                    message: format!("layer {e}"),
-                })?;
+                let (stacked, sources) =
+                    layers::stack(specs, direct, &config.name).map_err(|e| ConfigError {
+                        file: None,
+                        line: None,
+                        field: Some(format!("pool {:?} layers", config.name)),
+                        message: format!("layer {e}"),
+                    })?;
+                layer_metrics = sources;
                 // A layer's typed error names the pool it happened in (the layers do not know it).
                 let name: std::sync::Arc<str> = config.name.as_str().into();
                 Some(BoxPoolService::new(tower::ServiceExt::map_err(
@@ -211,7 +216,16 @@ impl Pool {
                 )))
             }
         };
-        Ok(Self { name: config.name.clone(), policy, board, seed, upstream, layered, held: None })
+        Ok(Self {
+            name: config.name.clone(),
+            policy,
+            board,
+            seed,
+            upstream,
+            layered,
+            held: None,
+            layer_metrics,
+        })
     }
 
     /// The pool's service: its layers, then its balancer.
@@ -220,6 +234,11 @@ impl Pool {
             None => PoolService::Direct(Direct { upstream: self.upstream.clone() }),
             Some(layered) => PoolService::Layered(layered.clone()),
         }
+    }
+
+    /// The sources of the pool's layers' series, for the gateway's metrics registry.
+    pub(crate) fn layer_metrics(&self) -> &[Arc<dyn switchyard_telemetry::ScrapeSource>] {
+        &self.layer_metrics
     }
 
     /// The pool's name.

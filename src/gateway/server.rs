@@ -208,6 +208,9 @@ impl Gateway {
                 pool.board().clone(),
                 Some(pool.policy().clone()),
             )));
+            for source in pool.layer_metrics() {
+                metrics.add_source(source.clone());
+            }
         }
         let local_addr = listener.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;

@@ -67,6 +67,9 @@ impl ScrapeSource for BoardMetrics {
                 counter(names::ENDPOINT_REQUESTS, &with_outcome, n);
             }
             gauge(names::ENDPOINT_IN_FLIGHT, &labels, f64::from(load.in_flight));
+            if let Some(limit) = load.limit {
+                gauge(names::ENDPOINT_LIMIT, &labels, f64::from(limit));
+            }
             if let Some(ewma) = load.latency_ewma {
                 gauge(names::ENDPOINT_LATENCY_EWMA, &labels, ewma.as_secs_f64());
             }

@@ -6,7 +6,9 @@
 //!   with the W3C trace context carried through gRPC metadata, and RED metrics
 //!   (`rpc_server_duration_seconds`, ...). Off unless asked: a layer with neither costs a branch.
 //! - [`MetricsRegistry`]: a `metrics` recorder rendered in the Prometheus text format (what a
-//!   `/metrics` endpoint serves), with [`ScrapeSource`]s read at each scrape.
+//!   `/metrics` endpoint serves), with [`ScrapeSource`]s read at each scrape. Its duration and
+//!   size histograms count per thread shard, so that recording shares no cache line between
+//!   cores.
 //! - [`BoardMetrics`]: a pool's endpoints as the balancer's [`LoadBoard`](switchyard_balance::LoadBoard)
 //!   tracks them (picks, outcomes, in flight, latency EWMA, reported queue and KV-cache use,
 //!   ejections) and its policy, read at scrape time: no request pays for them and nothing is
@@ -14,6 +16,9 @@
 //! - [`EndpointObserver`]: the balancer's [`Observer`](switchyard_balance::Observer), told once
 //!   per request: per-endpoint duration and time-to-first-byte histograms, with no body wrapped a
 //!   second time.
+//! - [`LimitMetrics`] and [`ShedMetrics`]: a pool's overload protection (the limit in force, the
+//!   shed queue's waiting requests and refusals by reason and class), read from the layers' own
+//!   figures at scrape time.
 //! - [`names`]: every metric name, after the OpenTelemetry RPC conventions mapped to Prometheus.
 //!
 //! # Example
@@ -42,15 +47,18 @@
 #![warn(missing_docs)]
 
 mod board;
+mod histogram;
 mod init;
 pub mod names;
 mod observer;
 mod otlp_metrics;
+mod overload;
 mod registry;
 pub mod rpc;
 
 pub use board::BoardMetrics;
 pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConfig, init};
 pub use observer::EndpointObserver;
+pub use overload::{LimitMetrics, ShedMetrics};
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
 pub use rpc::{RpcBody, RpcLayer, Side};

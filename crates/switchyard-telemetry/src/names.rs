@@ -61,3 +61,24 @@ pub const ENDPOINT_FIRST_BYTE: &str = "switchyard_endpoint_time_to_first_byte_se
 pub const POOL_POLICY: &str = "switchyard_pool_policy_info";
 /// Gauge: endpoints on a pool's board.
 pub const POOL_ENDPOINTS: &str = "switchyard_pool_endpoints";
+
+/// Gauge: the concurrency limit in force over a pool (its `limit` layer), `{pool}`.
+pub const POOL_LIMIT: &str = "switchyard_pool_concurrency_limit";
+/// Gauge: requests holding a place of the pool's limit, `{pool}`.
+pub const POOL_LIMIT_IN_FLIGHT: &str = "switchyard_pool_limit_in_flight_requests";
+/// Counter: requests the pool's limit let through, `{pool}`.
+pub const POOL_LIMIT_ADMITTED: &str = "switchyard_pool_limit_admitted_total";
+/// Counter: requests that fed the pool's limit algorithm as drops (overload seen), `{pool}`.
+pub const POOL_LIMIT_DROPPED: &str = "switchyard_pool_limit_dropped_total";
+/// Gauge: the concurrency limit in force on an endpoint (the balancer's per-endpoint limit),
+/// `{pool, endpoint}`.
+pub const ENDPOINT_LIMIT: &str = "switchyard_endpoint_concurrency_limit";
+/// Gauge: requests waiting in a pool's shed queue, `{pool}`.
+pub const SHED_WAITING: &str = "switchyard_shed_queue_waiting_requests";
+/// Gauge: 1 while a pool's shed queue is overloaded (waits above its target for an interval),
+/// `{pool}`.
+pub const SHED_OVERLOADED: &str = "switchyard_shed_overloaded";
+/// Counter: requests a pool's shed queue passed on, `{pool, class}`.
+pub const SHED_ADMITTED: &str = "switchyard_shed_admitted_total";
+/// Counter: requests a pool's shed queue refused, `{pool, reason, class}`.
+pub const SHED_REFUSED: &str = "switchyard_shed_refused_total";

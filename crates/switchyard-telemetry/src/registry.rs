@@ -1,12 +1,14 @@
 //! The metrics registry: a Prometheus recorder of the `metrics` facade, and the sources read at
 //! scrape time.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::histogram::BucketHistogram;
 use crate::names;
 use crate::otlp_metrics::OtelMirror;
 
@@ -44,7 +46,9 @@ pub trait ScrapeSource: Send + Sync + fmt::Debug + 'static {
 /// handle on the same registry.
 ///
 /// Histograms are Prometheus histograms with [`DURATION_BUCKETS`] for names ending in
-/// `_seconds` and [`SIZE_BUCKETS`] for those ending in `_bytes`.
+/// `_seconds` and [`SIZE_BUCKETS`] for those ending in `_bytes`, counted per thread shard (see
+/// the `histogram` module: no cache line shared between cores on the request path); others are
+/// the `metrics` exporter's summaries.
 #[derive(Clone)]
 pub struct MetricsRegistry {
     inner: Arc<Inner>,
@@ -56,6 +60,26 @@ struct Inner {
     otel: Option<OtelMirror>,
     handle: PrometheusHandle,
     sources: Mutex<Vec<Arc<dyn ScrapeSource>>>,
+    /// The bucket histograms, by name then key; registration and scrapes only.
+    histograms: RwLock<BTreeMap<String, Family>>,
+}
+
+/// The series of one histogram name, and its `# HELP`.
+#[derive(Default)]
+struct Family {
+    help: Option<String>,
+    series: HashMap<Key, Arc<BucketHistogram>>,
+}
+
+/// The bounds of a histogram named `name`, if it is one of ours.
+fn bounds(name: &str) -> Option<&'static [f64]> {
+    if name.ends_with("_seconds") {
+        Some(DURATION_BUCKETS)
+    } else if name.ends_with("_bytes") {
+        Some(SIZE_BUCKETS)
+    } else {
+        None
+    }
 }
 
 impl Default for MetricsRegistry {
@@ -84,7 +108,15 @@ impl MetricsRegistry {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let registry = Self { inner: Arc::new(Inner { recorder, otel, handle, sources: Mutex::default() }) };
+        let registry = Self {
+            inner: Arc::new(Inner {
+                recorder,
+                otel,
+                handle,
+                sources: Mutex::default(),
+                histograms: RwLock::default(),
+            }),
+        };
         registry.describe();
         registry
     }
@@ -93,7 +125,7 @@ impl MetricsRegistry {
         use names::*;
         let r = &self.inner.recorder;
         let h = |name: &'static str, unit, help: &'static str| {
-            r.describe_histogram(name.into(), Some(unit), help.into())
+            Recorder::describe_histogram(self, name.into(), Some(unit), help.into())
         };
         let g =
             |name: &'static str, unit, help: &'static str| r.describe_gauge(name.into(), unit, help.into());
@@ -138,6 +170,11 @@ impl MetricsRegistry {
             Some(Unit::Percent),
             "KV-cache use (0 to 1) the endpoint's replica last reported.",
         );
+        g(
+            ENDPOINT_LIMIT,
+            Some(Unit::Count),
+            "Concurrency limit in force on the endpoint (the balancer's per-endpoint limit).",
+        );
         g(ENDPOINT_EJECTED, None, "1 while outlier detection has the endpoint ejected.");
         g(ENDPOINT_DRAINING, None, "1 while the endpoint drains (removed, its last requests running).");
         g(POOL_POLICY, None, "1 for the balancing policy the pool uses now, 0 for one it used before.");
@@ -154,7 +191,29 @@ impl MetricsRegistry {
     pub fn render(&self) -> String {
         self.publish();
         self.inner.handle.run_upkeep();
-        self.inner.handle.render()
+        let mut text = self.inner.handle.render();
+        self.render_histograms(&mut text);
+        text
+    }
+
+    fn render_histograms(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let families = self.inner.histograms.read().unwrap_or_else(PoisonError::into_inner);
+        for (name, family) in families.iter().filter(|(_, f)| !f.series.is_empty()) {
+            if !out.is_empty() && !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            if let Some(help) = &family.help {
+                let help = help.replace('\\', r"\\").replace('\n', r"\n");
+                let _ = writeln!(out, "# HELP {name} {help}");
+            }
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            let mut series: Vec<_> = family.series.iter().collect();
+            series.sort_by(|a, b| a.0.labels().cmp(b.0.labels()));
+            for (key, histogram) in series {
+                histogram.render(key, out);
+            }
+        }
     }
 
     /// Publishes the sources' series (as a scrape does; an OTLP export calls it before each
@@ -182,6 +241,12 @@ impl MetricsRegistry {
 #[derive(Clone)]
 pub(crate) struct WeakRegistry(std::sync::Weak<Inner>);
 
+impl fmt::Debug for WeakRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakRegistry").field("alive", &(self.0.strong_count() > 0)).finish()
+    }
+}
+
 impl WeakRegistry {
     /// The registry, if it still exists.
     pub(crate) fn upgrade(&self) -> Option<MetricsRegistry> {
@@ -206,7 +271,11 @@ impl Recorder for MetricsRegistry {
     }
 
     fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.inner.recorder.describe_histogram(key, unit, description);
+        if bounds(key.as_str()).is_none() {
+            return self.inner.recorder.describe_histogram(key, unit, description);
+        }
+        let mut families = self.inner.histograms.write().unwrap_or_else(PoisonError::into_inner);
+        families.entry(key.as_str().to_owned()).or_default().help = Some(description.into_owned());
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
@@ -226,7 +295,20 @@ impl Recorder for MetricsRegistry {
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        let prometheus = || self.inner.recorder.register_histogram(key, metadata);
+        let prometheus = || match bounds(key.name()) {
+            None => self.inner.recorder.register_histogram(key, metadata),
+            Some(bounds) => {
+                let mut families = self.inner.histograms.write().unwrap_or_else(PoisonError::into_inner);
+                let family = families.entry(key.name().to_owned()).or_default();
+                Histogram::from_arc(
+                    family
+                        .series
+                        .entry(key.clone())
+                        .or_insert_with(|| Arc::new(BucketHistogram::new(bounds)))
+                        .clone(),
+                )
+            }
+        };
         match &self.inner.otel {
             None => prometheus(),
             Some(otel) => otel.histogram(key, prometheus),

@@ -33,7 +33,7 @@ pub(crate) struct CallEnd {
 impl CallEnd {
     pub(crate) fn new(side: Side, metrics: Option<Arc<PathMetrics>>, span: Option<tracing::Span>) -> Self {
         if let Some(m) = &metrics {
-            m.active.increment(1.0);
+            m.active.add(1);
         }
         Self {
             side,
@@ -53,7 +53,7 @@ impl CallEnd {
             return;
         }
         if let Some(m) = &self.metrics {
-            m.active.decrement(1.0);
+            m.active.add(-1);
             m.duration(code).record(self.start.elapsed().as_secs_f64());
             m.response_size.record(self.bytes as f64);
         }
@@ -98,7 +98,9 @@ pub(crate) fn header_status(parts: &http::response::Parts) -> Option<Code> {
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    // A name made once: a `&str` would be parsed into one at every look-up.
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     Some(value.parse::<i32>().map_or(Code::Unknown, Code::from_i32))
 }
 

@@ -1,0 +1,142 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A gateway pool's overload protection on its `/metrics`: after a burst that its `shed` queue
+//! partly refuses, the shed series count exactly the refusals the clients received, the limit in
+//! force is there, and the exposition passes `promtool` (Debian's `prometheus` package;
+//! `scripts/install-test-deps.sh` installs it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
+use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::worker::{self, WorkerArgs};
+use switchyard_telemetry::MetricsRegistry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::Channel;
+
+/// `GET path` over HTTP/1.1; the status and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
+/// The sum of the series whose name and first labels start with `prefix`.
+fn sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .map(|line| line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum()
+}
+
+fn promtool() -> PathBuf {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let path = dir.join("promtool");
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!("`promtool` is not installed: run scripts/install-test-deps.sh (Debian's `prometheus` package)");
+}
+
+#[tokio::test]
+async fn refusals_of_the_shed_queue_and_the_limit_in_force_are_series_that_pass_promtool() {
+    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker_addr = worker_listener.local_addr().unwrap();
+    let args = WorkerArgs { speed: 0.2, ..WorkerArgs::default() };
+    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+
+    let config = GatewayConfig::from_toml(&format!(
+        r#"
+        [[pool]]
+        name = "llama"
+        endpoint_limit = {{ name = "fixed", limit = 2 }}
+        layers = [
+          {{ name = "shed", max_queue = 1, target = "50ms", interval = "500ms" }},
+          {{ name = "limit", algorithm = {{ name = "fixed", limit = 1 }} }},
+        ]
+        endpoints = [{{ address = "http://{worker_addr}" }}]
+        "#
+    ))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let telemetry = GatewayTelemetry::new(MetricsRegistry::new(), false, false);
+    let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry).unwrap();
+
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = GrpcInferenceServiceClient::new(channel.clone());
+            let request = worker::request::text_request("sim-llm", "hello there", 24);
+            tokio::spawn(async move { client.model_infer(request).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 1 && ok >= 1, "a limit of one and a queue of one refuse some of six at once");
+
+    let (status, text) = get(gateway.admin_addr().unwrap(), "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sum(&text, r#"switchyard_shed_refused_total{pool="llama","#), f64::from(refused), "{text}");
+    assert_eq!(sum(&text, r#"switchyard_shed_admitted_total{pool="llama","#), f64::from(ok), "{text}");
+    assert_eq!(sum(&text, r#"switchyard_shed_queue_waiting_requests{pool="llama"}"#), 0.0, "{text}");
+    assert_eq!(sum(&text, r#"switchyard_pool_concurrency_limit{pool="llama"}"#), 1.0, "{text}");
+    assert_eq!(sum(&text, r#"switchyard_pool_limit_admitted_total{pool="llama"}"#), f64::from(ok), "{text}");
+    assert_eq!(sum(&text, r#"switchyard_endpoint_concurrency_limit{pool="llama","#), 2.0, "{text}");
+
+    // Every overload series the Grafana dashboard reads is one this gateway serves.
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/switchyard.json"))
+            .unwrap();
+    let mut read = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if [
+            "switchyard_shed_",
+            "switchyard_pool_limit_",
+            "switchyard_pool_concurrency_limit",
+            "switchyard_endpoint_concurrency_limit",
+        ]
+        .iter()
+        .any(|p| word.starts_with(p))
+        {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{word}{{"))),
+                "the dashboard reads {word}, not served\n{text}"
+            );
+            read += 1;
+        }
+    }
+    assert!(read >= 6, "{read} overload series on the dashboard");
+
+    let mut child = tokio::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
