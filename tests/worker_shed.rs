@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 /// A worker stack (as `switchyard worker --shed 20ms` builds it) over a classic server of one
 /// slot at 200 ms a request: a backlog builds at once.
-async fn start() -> (Channel, EngineHandle, ServerShedLayer) {
+async fn start() -> (Channel, EngineHandle, ServerShedLayer, std::net::SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let engine = EngineHandle::spawn(EngineConfig {
@@ -40,7 +40,7 @@ async fn start() -> (Channel, EngineHandle, ServerShedLayer) {
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(server);
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-    (channel, engine, shed)
+    (channel, engine, shed, addr)
 }
 
 fn request(
@@ -57,7 +57,7 @@ fn request(
 
 #[tokio::test]
 async fn an_overloaded_worker_refuses_sheddable_before_critical() {
-    let (channel, engine, shed) = start().await;
+    let (channel, engine, shed, _) = start().await;
     // A standing backlog of standard requests, none with a deadline.
     let mut backlog = Vec::new();
     for _ in 0..6 {
@@ -98,12 +98,43 @@ async fn an_overloaded_worker_refuses_sheddable_before_critical() {
     assert_eq!(stats.admitted_in(Priority::Critical), 1, "{stats:?}");
 }
 
+/// Sends one `ModelInfer` call over a bare HTTP/2 connection with `grpc-timeout: 0m` (tonic's
+/// client would enforce that timeout itself and never send the call) and returns its
+/// `grpc-status`.
+async fn call_with_passed_deadline(addr: std::net::SocketAddr) -> String {
+    use http_body_util::BodyExt;
+    use prost::Message;
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let message = worker::request::text_request("sim-llm", "hello there", 4).encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    let request = http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/ModelInfer"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-priority", "critical")
+        .header("grpc-timeout", "0m")
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let trailers = body.collect().await.unwrap().trailers().cloned().unwrap_or_default();
+    let status = parts.headers.get("grpc-status").or_else(|| trailers.get("grpc-status"));
+    status.expect("a grpc-status").to_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn a_request_whose_deadline_has_passed_never_reaches_the_engine() {
-    let (channel, engine, shed) = start().await;
-    let mut client = GrpcInferenceServiceClient::new(channel);
-    let status = client.model_infer(request("critical", Some("0m"))).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    let (channel, engine, shed, addr) = start().await;
+    assert_eq!(call_with_passed_deadline(addr).await, "4", "DEADLINE_EXCEEDED");
     assert_eq!(shed.stats().refused(Reason::Expired, Priority::Critical), 1);
     // Nothing was ever submitted: no queue, no run, nothing completed, cancelled or expired.
     let load = engine.load();
@@ -113,6 +144,7 @@ async fn a_request_whose_deadline_has_passed_never_reaches_the_engine() {
         "{load:?}"
     );
     // The same request with time to spare is served.
+    let mut client = GrpcInferenceServiceClient::new(channel);
     assert!(client.model_infer(request("critical", Some("5S"))).await.is_ok());
     assert_eq!(engine.load().completed, 1);
 }

@@ -9,9 +9,13 @@
 //! - the head's wait (what a newcomer to a FIFO queue can expect to wait) exceeds the time left
 //!   to its deadline: refused (`RESOURCE_EXHAUSTED`);
 //! - CoDel's test: the head's wait has stayed above `target` for a whole `interval` (a spike does
-//!   not count); then a sheddable request is refused while the head's wait exceeds `target`, a
-//!   standard one while it exceeds twice `target`, and a critical one never for delay (only for
-//!   its deadline or the engine's own queue bound);
+//!   not count), or rises above it again within an `interval` of having fallen below (CoDel's
+//!   memory of a recent overload, so that a queue that dips below target for a moment does not
+//!   let a whole interval's arrivals in); then a sheddable request is refused while the head's
+//!   wait exceeds `target`, a standard one while it exceeds twice `target`, and a critical one
+//!   never for delay (only for its deadline or the engine's own queue bound);
+//! - a head that has waited longer than a whole `interval` is no spike: sheddable and standard
+//!   requests are refused then whatever the state;
 //! - `max_queue` requests wait already: sheddable and standard requests are refused; critical
 //!   ones go on to the engine, whose own bound is the last word.
 //!
@@ -45,14 +49,24 @@ pub struct QueueSignal {
 
 type Signal = Arc<dyn Fn() -> QueueSignal + Send + Sync>;
 
+/// CoDel's state, updated at each arrival.
+#[derive(Default)]
+struct Codel {
+    /// Since when the head's wait has been above target.
+    above_since: Option<Instant>,
+    /// Whether the queue counts as overloaded.
+    overloaded: bool,
+    /// When it last stopped counting as overloaded.
+    left_at: Option<Instant>,
+}
+
 struct State {
     config: ShedConfig,
     /// Only requests whose path starts with this are judged (all when `None`).
     path_prefix: Option<Arc<str>>,
     signal: Signal,
     counters: Counters,
-    /// CoDel: since when the head's wait has been above target; whether for an interval.
-    codel: Mutex<(Option<Instant>, bool)>,
+    codel: Mutex<Codel>,
 }
 
 /// Sheds requests at a model server's door from the server's own queue signals (the engine's
@@ -72,7 +86,7 @@ impl ServerShedLayer {
                 path_prefix: None,
                 signal: Arc::new(signal),
                 counters: Counters::default(),
-                codel: Mutex::new((None, false)),
+                codel: Mutex::new(Codel::default()),
             }),
         }
     }
@@ -91,7 +105,7 @@ impl ServerShedLayer {
     /// refused by reason and class.
     pub fn stats(&self) -> ShedStats {
         let waiting = (self.state.signal)().waiting;
-        let overloaded = self.state.codel.lock().unwrap_or_else(PoisonError::into_inner).1;
+        let overloaded = self.state.codel.lock().unwrap_or_else(PoisonError::into_inner).overloaded;
         self.state.counters.snapshot(usize::try_from(waiting).unwrap_or(usize::MAX), overloaded)
     }
 
@@ -147,12 +161,20 @@ impl State {
         let overloaded = {
             let mut codel = self.codel.lock().unwrap_or_else(PoisonError::into_inner);
             if wait > config.target {
-                let since = *codel.0.get_or_insert(now);
-                codel.1 = now.saturating_duration_since(since) >= config.interval;
+                let since = *codel.above_since.get_or_insert(now);
+                let recently =
+                    codel.left_at.is_some_and(|t| now.saturating_duration_since(t) < config.interval);
+                if now.saturating_duration_since(since) >= config.interval || recently {
+                    codel.overloaded = true;
+                }
             } else {
-                *codel = (None, false);
+                if codel.overloaded {
+                    codel.left_at = Some(now);
+                }
+                codel.above_since = None;
+                codel.overloaded = false;
             }
-            codel.1
+            codel.overloaded
         };
         let pushback = wait.max(config.target);
         if remaining.is_some_and(|r| wait > r) {
@@ -167,7 +189,7 @@ impl State {
             Priority::Standard => Some(config.target.saturating_mul(2)),
             Priority::Critical => None,
         };
-        if overloaded && tolerated.is_some_and(|t| wait > t) {
+        if tolerated.is_some_and(|t| (overloaded && wait > t) || wait > config.interval) {
             return Some((Reason::Delay, pushback));
         }
         None
@@ -303,11 +325,28 @@ mod tests {
         // The queue drains below target: everyone passes again.
         queue.head_wait_ms.store(5, Ordering::Relaxed);
         send(&layer, &reached, "sheddable", None).await.unwrap();
+        assert!(!layer.stats().overloaded);
+        // Back above target within an interval of leaving overload: overloaded at once.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        queue.head_wait_ms.store(50, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        assert!(layer.stats().overloaded);
+        // Drained for longer than an interval, a new rise is a spike again.
+        queue.head_wait_ms.store(5, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(150)).await;
+        queue.head_wait_ms.store(50, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        // A head that has waited a whole interval is no spike: standard goes, critical stays.
+        queue.head_wait_ms.store(150, Ordering::Relaxed);
+        send(&layer, &reached, "standard", None).await.unwrap_err();
+        send(&layer, &reached, "critical", None).await.unwrap();
+        queue.head_wait_ms.store(5, Ordering::Relaxed);
         let stats = layer.stats();
-        assert_eq!(stats.refused(Reason::Delay, Priority::Sheddable), 2);
-        assert_eq!(stats.refused(Reason::Delay, Priority::Standard), 1);
+        assert_eq!(stats.refused(Reason::Delay, Priority::Sheddable), 3);
+        assert_eq!(stats.refused(Reason::Delay, Priority::Standard), 2);
         assert_eq!(stats.refused_in(Priority::Critical), 0);
-        assert_eq!(reached.load(Ordering::Relaxed), 6);
+        assert_eq!(reached.load(Ordering::Relaxed), 9);
         assert!(!stats.overloaded);
     }
 
