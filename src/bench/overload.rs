@@ -366,6 +366,9 @@ async fn drive(channels: &[Channel], capacity: f64, step_s: f64, seed: u64) -> V
                 let sent_at = Instant::now();
                 let call = client.model_infer(request(CLASS_NAMES[class], Some(DEADLINE)));
                 let end = match tokio::time::timeout(DEADLINE, call).await {
+                    // A reply this task sees only after the deadline (the load generator's own
+                    // scheduling delay) is late all the same.
+                    Ok(Ok(_)) if sent_at.elapsed() > DEADLINE => End::Expired,
                     Ok(Ok(_)) => End::Ok(u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX)),
                     Ok(Err(status)) => match status.code() {
                         tonic::Code::ResourceExhausted => End::Refused,
