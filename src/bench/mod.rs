@@ -41,6 +41,14 @@
 //! unary calls at Poisson arrivals at 65 % of their capacity for `--duration` seconds, through
 //! the same targets as `hetero`; see [`hetero_parallel`].
 //!
+//! # Scenario `overload`
+//!
+//! Four workers of the parallel kind (4 slots at 100 ms each), their capacity measured through
+//! the gateway, then unary calls of three priority classes with a deadline at 0.5, 1, 2 and 3 ×
+//! that capacity, `--duration` seconds a step, through the gateway with no protection, with
+//! `--shed --limit` (fixed and AIMD), and with the workers' own `--shed`: goodput and success by
+//! class per step; see [`overload`].
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -52,6 +60,7 @@ mod cpu;
 pub mod hetero;
 pub mod hetero_parallel;
 mod load;
+pub mod overload;
 mod peers;
 pub mod relay;
 use crate::cluster::processes;
@@ -79,6 +88,9 @@ pub enum Scenario {
     Hetero,
     /// Four parallel-kind workers (8 slots, 20 ms), one 4× slower, Poisson calls at 65% load.
     HeteroParallel,
+    /// Four parallel-kind workers at 0.5×, 1×, 2×, 3× their measured capacity, with and without
+    /// overload protection: goodput and success by priority.
+    Overload,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -410,6 +422,8 @@ pub enum BenchReport {
     Overhead(OverheadReport),
     /// Scenario `hetero` or `hetero-parallel`.
     Hetero(hetero::HeteroReport),
+    /// Scenario `overload`.
+    Overload(overload::OverloadReport),
 }
 
 impl BenchReport {
@@ -418,6 +432,7 @@ impl BenchReport {
         match self {
             Self::Overhead(r) => r.summary(),
             Self::Hetero(r) => r.summary(),
+            Self::Overload(r) => r.summary(),
         }
     }
 }
@@ -452,6 +467,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 .map(BenchReport::Hetero),
             Err(e) => Err(e),
         },
+        Scenario::Overload => overload::run(args, &exe).await.map(BenchReport::Overload),
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;

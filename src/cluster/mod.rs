@@ -68,6 +68,7 @@ use processes::ChildProcess;
 pub use processes::ProcessError;
 pub use report::{ClusterReport, ClusterSetup, ReplicaSetup, ReplicaShare};
 use switchyard_balance::{PolicyKind, PolicySpec};
+use switchyard_core::Spec;
 use switchyard_sim::trace::{TraceRecord, read_trace};
 
 use crate::loadgen::{self, LoadgenArgs, LoadgenError};
@@ -139,6 +140,19 @@ pub struct ClusterArgs {
     /// `--kind parallel`: milliseconds a request takes on a speed-1 worker.
     #[arg(long, default_value_t = 10.0)]
     pub service_ms: f64,
+    /// Overload protection: the gateway's pool gets the `shed` layer (a bounded queue by
+    /// `x-priority` and deadline, CoDel-style; `switchyard gateway --shed`).
+    #[arg(long)]
+    pub shed: bool,
+    /// Overload protection: the gateway's pool gets the `limit` layer, a concurrency limit on
+    /// the whole pool learnt by ALGO (`vegas`, `gradient2`, `aimd`, `envoy-gradient`, or a JSON
+    /// table such as `{"name":"fixed","limit":32}`; `switchyard gateway --limit`).
+    #[arg(long, value_name = "ALGO", value_parser = crate::gateway::parse_spec_arg)]
+    pub limit: Option<Spec>,
+    /// Overload protection: a concurrency limit per replica in the gateway's balancer, learnt by
+    /// ALGO (as --limit; `switchyard gateway --endpoint-limit`).
+    #[arg(long, value_name = "ALGO", value_parser = crate::gateway::parse_spec_arg)]
+    pub endpoint_limit: Option<Spec>,
 }
 
 impl Default for ClusterArgs {
@@ -155,6 +169,9 @@ impl Default for ClusterArgs {
             kind: ReplicaKindArg::Llm,
             parallel: 8,
             service_ms: 10.0,
+            shed: false,
+            limit: None,
+            endpoint_limit: None,
         }
     }
 }
@@ -192,8 +209,34 @@ impl ClusterArgs {
         }
     }
 
+    /// The gateway's flags of `--shed`, `--limit` and `--endpoint-limit`.
+    fn gateway_protection_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.shed {
+            args.push("--shed".to_string());
+        }
+        if let Some(limit) = &self.limit {
+            args.extend(["--limit".to_string(), crate::gateway::spec_arg(limit)]);
+        }
+        if let Some(limit) = &self.endpoint_limit {
+            args.extend(["--endpoint-limit".to_string(), crate::gateway::spec_arg(limit)]);
+        }
+        args
+    }
+
     fn validate(&self) -> Result<PolicySpec, ClusterError> {
         let invalid = |m: String| Err(ClusterError::Invalid(m));
+        if self.no_gateway && (self.shed || self.limit.is_some() || self.endpoint_limit.is_some()) {
+            return invalid(
+                "--shed, --limit and --endpoint-limit protect the gateway: not with --no-gateway".into(),
+            );
+        }
+        if let Some(Err(e)) = self.limit.as_ref().map(switchyard_limit::algorithm_from_spec) {
+            return invalid(format!("--limit: {e}"));
+        }
+        if let Some(Err(e)) = self.endpoint_limit.as_ref().map(switchyard_balance::EndpointLimit::from_spec) {
+            return invalid(format!("--endpoint-limit: {e}"));
+        }
         if self.kind == ReplicaKindArg::Parallel
             && (self.parallel == 0 || !(self.service_ms.is_finite() && self.service_ms > 0.0))
         {
@@ -336,6 +379,7 @@ impl Cluster {
         speeds: &[f64],
         kind_args: &[String],
         policy: Option<PolicySpec>,
+        protection: &[String],
     ) -> Result<Self, ClusterError> {
         let starts = speeds.iter().enumerate().map(|(i, speed)| {
             let mut args: Vec<String> =
@@ -371,6 +415,7 @@ impl Cluster {
                     args.extend(["--backend".to_string(), format!("http://{address}")]);
                 }
                 args.extend(["--policy".to_string(), policy.name().to_string()]);
+                args.extend(protection.iter().cloned());
                 let phrases = ["gateway serving on ", "admin serving on "];
                 let (child, addresses) =
                     ChildProcess::start("gateway", exe, &args, &phrases, START_TIMEOUT).await?;
@@ -455,8 +500,9 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let kind_args = args.worker_kind_args();
+    let protection = args.gateway_protection_args();
     let mut cluster = tokio::select! {
-        started = Cluster::start(&exe, &speeds, &kind_args, (!args.no_gateway).then(|| policy.clone())) => started?,
+        started = Cluster::start(&exe, &speeds, &kind_args, (!args.no_gateway).then(|| policy.clone()), &protection) => started?,
         () = &mut shutdown => return Err(ClusterError::Interrupted),
     };
     let loadgen_args = LoadgenArgs {
@@ -618,6 +664,58 @@ mod tests {
         assert!(ClusterArgs { service_ms: 0.0, ..args.clone() }.validate().is_err());
         assert!(ClusterArgs::default().worker_kind_args().is_empty());
         assert_eq!(ClusterArgs::default().replica_capacity_rps(), REPLICA_CAPACITY_RPS);
+    }
+
+    #[test]
+    fn overload_flags_reach_the_gateway_and_its_default_pool() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            cluster: ClusterArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "cluster",
+            "--shed",
+            "--limit",
+            r#"{"name":"fixed","limit":32}"#,
+            "--endpoint-limit",
+            "gradient2",
+        ])
+        .unwrap();
+        let args = cli.cluster;
+        assert!(args.validate().is_ok());
+        let flags = args.gateway_protection_args();
+        assert_eq!(
+            flags,
+            ["--shed", "--limit", r#"{"limit":32,"name":"fixed"}"#, "--endpoint-limit", "gradient2"]
+        );
+
+        // The gateway reads them into its default pool: shed before limit, and the per-endpoint limit.
+        #[derive(clap::Parser)]
+        struct GatewayCli {
+            #[command(flatten)]
+            gateway: crate::gateway::GatewayArgs,
+        }
+        let mut argv = vec!["gateway".to_string(), "--backend".into(), "127.0.0.1:9001".into()];
+        argv.extend(flags);
+        let config = GatewayCli::try_parse_from(argv).unwrap().gateway.gateway_config().unwrap();
+        let pool = &config.pools[0];
+        let layers: Vec<_> = pool.layers.iter().map(|l| l.name().to_string()).collect();
+        assert_eq!(layers, ["shed", "limit"]);
+        assert_eq!(pool.layers[1].raw_params()["algorithm"]["limit"], 32);
+        assert_eq!(pool.endpoint_limit.as_ref().map(|l| l.name()), Some("gradient2"));
+
+        // A bad algorithm is refused before anything starts, and by the gateway naming its flag.
+        let bad = ClusterArgs { limit: Some(Spec::named("nope")), ..ClusterArgs::default() };
+        assert!(bad.validate().is_err());
+        let argv = ["gateway", "--backend", "127.0.0.1:9001", "--limit", "nope"];
+        let e = GatewayCli::try_parse_from(argv).unwrap().gateway.gateway_config().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("--limit"), "{e}");
+        let argv = ["gateway", "--backend", "127.0.0.1:9001", "--shed", "--endpoint-limit", "nope"];
+        let e = GatewayCli::try_parse_from(argv).unwrap().gateway.gateway_config().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("--endpoint-limit"), "{e}");
+        assert!(ClusterArgs { shed: true, no_gateway: true, ..ClusterArgs::default() }.validate().is_err());
     }
 
     #[test]

@@ -215,6 +215,7 @@ pub use config::{
 pub use pool::Pool;
 pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;
+use switchyard_core::Spec;
 use tokio::net::TcpListener;
 
 /// Where the gateway serves gRPC unless told otherwise.
@@ -245,6 +246,20 @@ pub struct GatewayArgs {
     /// Balancing policy of the `default` pool (with --backend).
     #[arg(long, default_value_t = PolicyKind::DEFAULT.spec(), conflicts_with = "config", help = policy_help("Balancing policy of the `default` pool (with --backend)"))]
     pub policy: switchyard_balance::PolicySpec,
+    /// Put the `shed` pool layer (a bounded queue by `x-priority` and deadline, CoDel-style, with
+    /// its defaults: 128 waiting, target 50ms over 500ms) in front of the `default` pool (with
+    /// --backend); outermost, before --limit.
+    #[arg(long, conflicts_with = "config")]
+    pub shed: bool,
+    /// Put the `limit` pool layer on the `default` pool (with --backend): a concurrency limit
+    /// on the whole pool learnt by ALGO, `vegas`, `gradient2`, `aimd`, `envoy-gradient`, or a
+    /// JSON table with parameters, e.g. `{"name":"fixed","limit":32}`.
+    #[arg(long, value_name = "ALGO", conflicts_with = "config", value_parser = parse_spec_arg)]
+    pub limit: Option<Spec>,
+    /// A concurrency limit per endpoint of the `default` pool (with --backend), learnt by ALGO
+    /// (as --limit), on the board and the admin API: policies skip an endpoint at its limit.
+    #[arg(long, value_name = "ALGO", conflicts_with = "config", value_parser = parse_spec_arg)]
+    pub endpoint_limit: Option<Spec>,
     /// Address of the admin HTTP API, `IP:PORT` or `HOST:PORT` [default: the config's `admin`,
     /// else 127.0.0.1:9900].
     #[arg(long, value_parser = crate::listen::parse_listen_address)]
@@ -280,7 +295,11 @@ impl GatewayArgs {
     pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
         let mut config = match &self.config {
             Some(path) => GatewayConfig::load(path)?,
-            None => GatewayConfig::single_pool(&self.backends, self.policy.clone())?,
+            None => {
+                let mut config = GatewayConfig::single_pool(&self.backends, self.policy.clone())?;
+                self.protect_default_pool(&mut config)?;
+                config
+            }
         };
         config.listen = self.listen.or(config.listen);
         config.admin = self.admin.or(config.admin);
@@ -289,6 +308,53 @@ impl GatewayArgs {
         }
         config.threads = self.threads.or(config.threads);
         Ok(config)
+    }
+}
+
+impl GatewayArgs {
+    /// Adds what `--shed`, `--limit` and `--endpoint-limit` ask for to the single pool of the
+    /// `--backend`s, and validates it (an error names the flag).
+    fn protect_default_pool(&self, config: &mut GatewayConfig) -> Result<(), ConfigError> {
+        let Some(pool) = config.pools.first_mut() else { return Ok(()) };
+        if self.shed {
+            pool.layers.push(Spec::named("shed"));
+        }
+        if let Some(algorithm) = &self.limit {
+            let mut params = serde_json::Map::new();
+            params.insert("algorithm".into(), serde_json::to_value(algorithm).unwrap_or_default());
+            pool.layers.push(Spec::with_params("limit", params));
+        }
+        pool.endpoint_limit = self.endpoint_limit.clone();
+        config.validate().map_err(|mut e| {
+            e.field = match e.field.as_deref() {
+                Some(f) if f.ends_with(".endpoint_limit") => Some("--endpoint-limit".into()),
+                Some(f) if f.contains(".layers[") && (!self.shed || !f.contains(".layers[0]")) => {
+                    Some("--limit".into())
+                }
+                Some(f) if f.contains(".layers[") => Some("--shed".into()),
+                _ => e.field,
+            };
+            e
+        })
+    }
+}
+
+/// Reads a `--limit`/`--endpoint-limit` ALGO: a name (`vegas`), or a JSON table with a `name`
+/// and parameters (`{"name":"fixed","limit":32}`).
+pub fn parse_spec_arg(arg: &str) -> Result<Spec, String> {
+    if arg.trim_start().starts_with('{') {
+        serde_json::from_str(arg).map_err(|e| format!("not a JSON table with a `name`: {e}"))
+    } else {
+        Ok(Spec::named(arg))
+    }
+}
+
+/// Writes a spec as [`parse_spec_arg`] reads it (a name, or a JSON table).
+pub fn spec_arg(spec: &Spec) -> String {
+    if spec.raw_params().is_empty() {
+        spec.name().to_string()
+    } else {
+        serde_json::to_string(spec).unwrap_or_else(|_| spec.name().to_string())
     }
 }
 

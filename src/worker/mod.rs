@@ -46,6 +46,8 @@ use std::time::Duration;
 pub use inference::{InferenceService, token_text};
 pub use load_report::{LoadReport, LoadReportBody, LoadReportLayer};
 pub use metrics::{EngineMetrics, REPLICA_KV_CACHE, REPLICA_QUEUE, REPLICA_RUNNING, serve_metrics};
+use switchyard_core::StatusLayer;
+use switchyard_shed::{QueueSignal, ServerShedLayer, ShedConfig};
 use switchyard_sim::{EngineConfig, EngineHandle};
 use switchyard_telemetry::{MetricsRegistry, RpcLayer};
 use tokio::net::TcpListener;
@@ -95,6 +97,14 @@ pub struct WorkerArgs {
     /// `--kind parallel`: milliseconds one request takes at speed 1 (divided by `--speed`).
     #[arg(long, default_value_t = 10.0)]
     pub service_ms: f64,
+    /// Shed requests at the door from the engine's own queue (`switchyard_shed::ServerShedLayer`)
+    /// with this target queueing delay, e.g. `50ms`: once the engine's head-of-queue wait has
+    /// stayed above it for ten times as long, sheddable requests are refused first (above the
+    /// target), then standard ones (above twice the target), critical ones only for their
+    /// deadline; refusals are RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`, and a request
+    /// whose deadline has passed never reaches the engine. Off when absent.
+    #[arg(long, value_name = "TARGET", value_parser = humantime::parse_duration)]
+    pub shed: Option<Duration>,
     /// Serve Prometheus metrics (`GET /metrics`: RPC metrics and the engine's load) on this
     /// address, `IP:PORT` or `HOST:PORT`.
     #[arg(long, value_parser = crate::listen::parse_listen_address)]
@@ -144,6 +154,7 @@ impl Default for WorkerArgs {
             kind: ReplicaKindArg::Llm,
             parallel: 8,
             service_ms: 10.0,
+            shed: None,
             metrics_listen: None,
             tracing: false,
             registry: None,
@@ -204,6 +215,23 @@ pub enum WorkerError {
     /// `--register-etcd` failed.
     #[error("registration failed: {0}")]
     Registration(String),
+}
+
+/// The server-side shed layer of `--shed TARGET` over `engine`'s own queue signals (its queue
+/// length and the wait of its oldest queued request): CoDel's interval ten times the target,
+/// at most `max_queue` waiting before non-critical requests are refused; judges inference
+/// calls only (health checks and reflection pass).
+pub fn engine_shed(engine: &EngineHandle, target: Duration, max_queue: usize) -> ServerShedLayer {
+    let engine = engine.clone();
+    let config = ShedConfig { max_queue, target, interval: target.saturating_mul(10), pool: None };
+    ServerShedLayer::new(config, move || {
+        let load = engine.load();
+        QueueSignal {
+            waiting: load.queue_depth,
+            head_wait: load.oldest_queued_at.map_or(Duration::ZERO, |at| at.elapsed()),
+        }
+    })
+    .with_path_prefix(format!("/{INFERENCE_SERVICE}/"))
 }
 
 /// Binds `args.listen` and serves until `shutdown` completes, then drains.
@@ -295,9 +323,15 @@ pub async fn serve_with_metrics(
     };
 
     let reporter = engine.clone();
+    let shed = args.shed.map(|target| (StatusLayer, engine_shed(&engine, target, args.max_queue)));
     let server = tonic::transport::Server::builder()
         .layer(rpc)
         .layer(LoadReportLayer::new(move || reporter.reported_load()))
+        .layer(tower::util::option_layer(shed))
+        // Either's two sides fail with one type: the shed side's BoxError.
+        .layer(tower::util::MapErrLayer::new(
+            |e: std::convert::Infallible| -> switchyard_core::error::BoxError { match e {} },
+        ))
         .add_service(
             GrpcInferenceServiceServer::new(inference)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)

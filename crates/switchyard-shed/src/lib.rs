@@ -21,6 +21,10 @@
 //! or the gateway), and which it reads back as `Outcome::Overloaded` with the pushback. Every
 //! refusal is counted by reason and class ([`ShedStats`]).
 //!
+//! [`ServerShedLayer`] is the variant for model servers, whose engine queues already: it keeps
+//! no queue of its own and decides each arrival from the engine's queue signals (length and
+//! head-of-queue wait), by the same rules ([`server`]).
+//!
 //! CoDel: Nichols and Jacobson, "Controlling Queue Delay", ACM Queue 2012; its use for RPC
 //! queues: Maurer, "Fail at Scale", ACM Queue 2015. Priority classes: the Kubernetes Gateway API
 //! inference extension.
@@ -52,10 +56,12 @@
 mod config;
 mod layer;
 mod queue;
+pub mod server;
 mod service;
 mod stats;
 
 pub use config::ShedConfig;
 pub use layer::ShedLayer;
+pub use server::{QueueSignal, ServerShed, ServerShedLayer};
 pub use service::Shed;
 pub use stats::{CLASSES, Reason, ShedStats};

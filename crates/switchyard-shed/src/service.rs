@@ -83,7 +83,7 @@ where
 
 /// The request's class and deadline: the `Priority` and `Deadline` keys, or else its
 /// `x-priority` and `grpc-timeout` headers (the deadline then goes into its extensions).
-fn keys<B>(req: &mut http::Request<B>, now: Instant) -> (Priority, Option<Deadline>) {
+pub(crate) fn keys<B>(req: &mut http::Request<B>, now: Instant) -> (Priority, Option<Deadline>) {
     let priority = req.extensions().get::<Priority>().copied().unwrap_or_else(|| {
         req.headers()
             .get("x-priority")

@@ -179,6 +179,7 @@ impl EngineState {
             completed: self.completed,
             cancelled: self.cancelled,
             expired: self.expired,
+            oldest_queued_at: self.waiting.front().map(|r| r.submitted_at),
         }
     }
 

@@ -37,6 +37,11 @@ pub struct ReplicaLoad {
     /// Requests dropped from the queue, never run, because their deadline passed, since the
     /// engine started.
     pub expired: u64,
+    /// When the request at the head of the queue (the longest waiting) was submitted; `None`
+    /// while nothing waits. Its age is the queue's current sojourn time, the signal a
+    /// server-side shed queue reads (`switchyard_shed::ServerShedLayer`).
+    #[serde(skip)]
+    pub oldest_queued_at: Option<tokio::time::Instant>,
 }
 
 impl ReplicaLoad {

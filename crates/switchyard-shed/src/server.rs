@@ -1,0 +1,379 @@
+//! The server-side variant: admission read off the server's own queue.
+//!
+//! A model server already queues: its engine holds the requests waiting for a batch slot.
+//! [`ServerShedLayer`] keeps no queue and counts nothing of its own; at each arrival it reads the
+//! engine's queue ([`QueueSignal`]: how many wait, how long the head has waited) and decides at
+//! once, before the request reaches the engine:
+//!
+//! - its deadline has passed: `DEADLINE_EXCEEDED`;
+//! - the head's wait (what a newcomer to a FIFO queue can expect to wait) exceeds the time left
+//!   to its deadline: refused (`RESOURCE_EXHAUSTED`);
+//! - CoDel's test: the head's wait has stayed above `target` for a whole `interval` (a spike does
+//!   not count), or rises above it again within an `interval` of having fallen below (CoDel's
+//!   memory of a recent overload, so that a queue that dips below target for a moment does not
+//!   let a whole interval's arrivals in); then a sheddable request is refused while the head's
+//!   wait exceeds `target`, a standard one while it exceeds twice `target`, and a critical one
+//!   never for delay (only for its deadline or the engine's own queue bound);
+//! - a head that has waited longer than a whole `interval` is no spike: sheddable and standard
+//!   requests are refused then whatever the state;
+//! - `max_queue` requests wait already: sheddable and standard requests are refused; critical
+//!   ones go on to the engine, whose own bound is the last word.
+//!
+//! Refusals for capacity carry `grpc-retry-pushback-ms` (the head's wait, at least `target`),
+//! through `StatusLayer`; every refusal and admission is counted by reason and class
+//! ([`ShedStats`]).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use switchyard_core::error::BoxError;
+use switchyard_core::{Error, ErrorKind, Priority};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::ShedConfig;
+use crate::service::keys;
+use crate::stats::{Counters, Reason, ShedStats};
+
+/// What a server's own queue says at a request's arrival.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSignal {
+    /// Requests waiting in the server's queue (not yet running).
+    pub waiting: u32,
+    /// How long the request at the head of that queue has waited (zero when nothing waits).
+    pub head_wait: Duration,
+}
+
+type Signal = Arc<dyn Fn() -> QueueSignal + Send + Sync>;
+
+/// CoDel's state, updated at each arrival.
+#[derive(Default)]
+struct Codel {
+    /// Since when the head's wait has been above target.
+    above_since: Option<Instant>,
+    /// Whether the queue counts as overloaded.
+    overloaded: bool,
+    /// When it last stopped counting as overloaded.
+    left_at: Option<Instant>,
+}
+
+struct State {
+    config: ShedConfig,
+    /// Only requests whose path starts with this are judged (all when `None`).
+    path_prefix: Option<Arc<str>>,
+    signal: Signal,
+    counters: Counters,
+    codel: Mutex<Codel>,
+}
+
+/// Sheds requests at a model server's door from the server's own queue signals (the engine's
+/// queue length and head-of-queue wait); see the [module](self) docs. Clones share their state.
+#[derive(Clone)]
+pub struct ServerShedLayer {
+    state: Arc<State>,
+}
+
+impl ServerShedLayer {
+    /// A layer set up by `config` (`target`, `interval`, `max_queue`, `pool`) that reads the
+    /// server's queue through `signal` at each arrival.
+    pub fn new(config: ShedConfig, signal: impl Fn() -> QueueSignal + Send + Sync + 'static) -> Self {
+        Self {
+            state: Arc::new(State {
+                config,
+                path_prefix: None,
+                signal: Arc::new(signal),
+                counters: Counters::default(),
+                codel: Mutex::new(Codel::default()),
+            }),
+        }
+    }
+
+    /// Judges only requests whose URI path starts with `prefix` (a gRPC service's, e.g.
+    /// `/inference.GRPCInferenceService/`), and lets others (health checks, reflection) through
+    /// untouched. Call before the layer's first clone.
+    pub fn with_path_prefix(mut self, prefix: impl Into<Arc<str>>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.path_prefix = Some(prefix.into());
+        }
+        self
+    }
+
+    /// The figures: the server's queue now, whether it counts as overloaded, admitted and
+    /// refused by reason and class.
+    pub fn stats(&self) -> ShedStats {
+        let waiting = (self.state.signal)().waiting;
+        let overloaded = self.state.codel.lock().unwrap_or_else(PoisonError::into_inner).overloaded;
+        self.state.counters.snapshot(usize::try_from(waiting).unwrap_or(usize::MAX), overloaded)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ShedConfig {
+        &self.state.config
+    }
+}
+
+impl std::fmt::Debug for ServerShedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerShedLayer").field("config", &self.state.config).finish()
+    }
+}
+
+impl<S> Layer<S> for ServerShedLayer {
+    type Service = ServerShed<S>;
+
+    fn layer(&self, inner: S) -> ServerShed<S> {
+        ServerShed { inner, state: self.state.clone() }
+    }
+}
+
+/// The service of [`ServerShedLayer`]: ready when the service below is; refuses at once or
+/// passes the request on.
+#[derive(Clone)]
+pub struct ServerShed<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+impl<S> std::fmt::Debug for ServerShed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerShed").field("config", &self.state.config).finish()
+    }
+}
+
+impl State {
+    /// Whether (and why) a request of `priority` with `remaining` time to its deadline is refused
+    /// at `now`, and the pushback.
+    fn judge(
+        &self,
+        priority: Priority,
+        remaining: Option<Duration>,
+        now: Instant,
+    ) -> Option<(Reason, Duration)> {
+        let config = &self.config;
+        if remaining == Some(Duration::ZERO) {
+            return Some((Reason::Expired, config.target));
+        }
+        let signal = (self.signal)();
+        let wait = signal.head_wait;
+        let overloaded = {
+            let mut codel = self.codel.lock().unwrap_or_else(PoisonError::into_inner);
+            if wait > config.target {
+                let since = *codel.above_since.get_or_insert(now);
+                let recently =
+                    codel.left_at.is_some_and(|t| now.saturating_duration_since(t) < config.interval);
+                if now.saturating_duration_since(since) >= config.interval || recently {
+                    codel.overloaded = true;
+                }
+            } else {
+                if codel.overloaded {
+                    codel.left_at = Some(now);
+                }
+                codel.above_since = None;
+                codel.overloaded = false;
+            }
+            codel.overloaded
+        };
+        let pushback = wait.max(config.target);
+        if remaining.is_some_and(|r| wait > r) {
+            return Some((Reason::Deadline, pushback));
+        }
+        let waiting = usize::try_from(signal.waiting).unwrap_or(usize::MAX);
+        if priority != Priority::Critical && waiting >= config.max_queue {
+            return Some((Reason::QueueFull, pushback));
+        }
+        let tolerated = match priority {
+            Priority::Sheddable => Some(config.target),
+            Priority::Standard => Some(config.target.saturating_mul(2)),
+            Priority::Critical => None,
+        };
+        if tolerated.is_some_and(|t| (overloaded && wait > t) || wait > config.interval) {
+            return Some((Reason::Delay, pushback));
+        }
+        None
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for ServerShed<S>
+where
+    S: Service<http::Request<B>>,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if self.state.path_prefix.as_ref().is_some_and(|p| !req.uri().path().starts_with(&**p)) {
+            let fut = self.inner.call(req);
+            return async move { fut.await.map_err(Into::into) }.boxed();
+        }
+        let now = Instant::now();
+        let (priority, deadline) = keys(&mut req, now);
+        let remaining = deadline.map(|d| d.remaining(now));
+        match self.state.judge(priority, remaining, now) {
+            Some((reason, pushback)) => {
+                self.state.counters.refuse(reason, priority);
+                let kind = match reason {
+                    Reason::Expired => ErrorKind::DeadlineExceeded,
+                    _ => ErrorKind::Shed { retry_after: Some(pushback) },
+                };
+                let error = match &self.state.config.pool {
+                    Some(pool) => Error::new(kind).in_pool(pool.clone()),
+                    None => Error::new(kind),
+                };
+                futures::future::ready(Err(Box::new(error) as BoxError)).boxed()
+            }
+            None => {
+                self.state.counters.admit(priority);
+                let fut = self.inner.call(req);
+                async move { fut.await.map_err(Into::into) }.boxed()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A fake engine queue: waiting count and the head's arrival, in milliseconds of paused time.
+    #[derive(Default)]
+    struct FakeQueue {
+        waiting: AtomicU32,
+        head_wait_ms: AtomicU64,
+    }
+
+    fn setup() -> (Arc<FakeQueue>, ServerShedLayer, Arc<AtomicU32>) {
+        let queue = Arc::new(FakeQueue::default());
+        let q = queue.clone();
+        let layer = ServerShedLayer::new(
+            ShedConfig {
+                max_queue: 8,
+                target: Duration::from_millis(10),
+                interval: Duration::from_millis(100),
+                pool: None,
+            },
+            move || QueueSignal {
+                waiting: q.waiting.load(Ordering::Relaxed),
+                head_wait: Duration::from_millis(q.head_wait_ms.load(Ordering::Relaxed)),
+            },
+        );
+        let reached = Arc::new(AtomicU32::new(0));
+        (queue, layer, reached)
+    }
+
+    async fn send(
+        layer: &ServerShedLayer,
+        reached: &Arc<AtomicU32>,
+        priority: &'static str,
+        timeout: Option<&'static str>,
+    ) -> Result<(), BoxError> {
+        let reached = reached.clone();
+        let svc = layer.layer(tower::service_fn(move |_req: http::Request<()>| {
+            reached.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Infallible>(()) }
+        }));
+        let mut req = http::Request::new(());
+        req.headers_mut().insert("x-priority", http::HeaderValue::from_static(priority));
+        if let Some(t) = timeout {
+            req.headers_mut().insert("grpc-timeout", http::HeaderValue::from_static(t));
+        }
+        svc.oneshot(req).await
+    }
+
+    fn reason(e: &BoxError) -> ErrorKind {
+        e.downcast_ref::<Error>().unwrap().kind().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spike_sheds_nothing_a_standing_queue_sheds_by_class() {
+        let (queue, layer, reached) = setup();
+        queue.waiting.store(4, Ordering::Relaxed);
+        queue.head_wait_ms.store(50, Ordering::Relaxed);
+        // Above target, but not yet for an interval: a spike.
+        for class in ["sheddable", "standard", "critical"] {
+            send(&layer, &reached, class, None).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // Held for an interval: sheddable (50 > 10) and standard (50 > 20) go, critical stays.
+        let e = send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        assert!(
+            matches!(reason(&e), ErrorKind::Shed { retry_after: Some(d) } if d == Duration::from_millis(50))
+        );
+        send(&layer, &reached, "standard", None).await.unwrap_err();
+        send(&layer, &reached, "critical", None).await.unwrap();
+        // Between target and twice target: standard passes, sheddable still goes.
+        queue.head_wait_ms.store(15, Ordering::Relaxed);
+        send(&layer, &reached, "standard", None).await.unwrap();
+        send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        // The queue drains below target: everyone passes again.
+        queue.head_wait_ms.store(5, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        assert!(!layer.stats().overloaded);
+        // Back above target within an interval of leaving overload: overloaded at once.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        queue.head_wait_ms.store(50, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        assert!(layer.stats().overloaded);
+        // Drained for longer than an interval, a new rise is a spike again.
+        queue.head_wait_ms.store(5, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(150)).await;
+        queue.head_wait_ms.store(50, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        // A head that has waited a whole interval is no spike: standard goes, critical stays.
+        queue.head_wait_ms.store(150, Ordering::Relaxed);
+        send(&layer, &reached, "standard", None).await.unwrap_err();
+        send(&layer, &reached, "critical", None).await.unwrap();
+        queue.head_wait_ms.store(5, Ordering::Relaxed);
+        let stats = layer.stats();
+        assert_eq!(stats.refused(Reason::Delay, Priority::Sheddable), 3);
+        assert_eq!(stats.refused(Reason::Delay, Priority::Standard), 2);
+        assert_eq!(stats.refused_in(Priority::Critical), 0);
+        assert_eq!(reached.load(Ordering::Relaxed), 9);
+        assert!(!stats.overloaded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_and_hopeless_requests_never_reach_the_server() {
+        let (queue, layer, reached) = setup();
+        let e = send(&layer, &reached, "critical", Some("0m")).await.unwrap_err();
+        assert_eq!(reason(&e), ErrorKind::DeadlineExceeded);
+        // The head has waited 300 ms: a request with 200 ms left would expire in the queue.
+        queue.head_wait_ms.store(300, Ordering::Relaxed);
+        let e = send(&layer, &reached, "critical", Some("200m")).await.unwrap_err();
+        assert!(matches!(reason(&e), ErrorKind::Shed { .. }));
+        send(&layer, &reached, "critical", Some("1S")).await.unwrap();
+        assert_eq!(reached.load(Ordering::Relaxed), 1);
+        let stats = layer.stats();
+        assert_eq!(stats.refused(Reason::Expired, Priority::Critical), 1);
+        assert_eq!(stats.refused(Reason::Deadline, Priority::Critical), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_all_but_critical() {
+        let (queue, layer, reached) = setup();
+        queue.waiting.store(8, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        send(&layer, &reached, "standard", None).await.unwrap_err();
+        send(&layer, &reached, "critical", None).await.unwrap();
+        assert_eq!(layer.stats().refused(Reason::QueueFull, Priority::Standard), 1);
+        assert_eq!(layer.stats().admitted_in(Priority::Critical), 1);
+    }
+}
