@@ -126,7 +126,9 @@ fn cheapest(
     let mut best = None;
     let mut best_cost = f64::INFINITY;
     for i in candidates {
-        let cost = estimate.cost_nanos(&endpoints[i], work);
+        // The backlog is worked off `slots` requests at a time, never more than there are.
+        let cost = estimate.cost_nanos(&endpoints[i], work)
+            / f64::from(ResponseTimeEstimate::at_once(&endpoints[i]));
         if best.is_none() || cost < best_cost {
             best = Some(i);
             best_cost = cost;
@@ -174,15 +176,20 @@ impl ResponseTimeEstimate {
         self.mean_in_flight
     }
 
-    /// The expected time to first byte at `e` for a request of `work` units:
-    /// `(pending_work + work) × unit_time ÷ at_once × √((in_flight + 1) / (mean_in_flight + 1))`,
-    /// where `at_once` is the endpoint's learnt slots, never more than the requests awaiting
-    /// their first byte there plus this one (see [`crate::capacity`]).
+    /// The expected time to first byte at `e` for a request of `work` units, as if the endpoint
+    /// served one request at a time:
+    /// `(pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1))`.
+    /// [`LeastResponseTime`] divides it by [`at_once`](Self::at_once); the prefix-aware policy
+    /// uses it as it is (its defaults were tuned in the lab against this cost).
     pub fn cost_nanos(&self, e: &EndpointState, work: f64) -> f64 {
         let share = (f64::from(e.in_flight()) + 1.0) / (self.mean_in_flight + 1.0);
-        // The backlog is worked off `slots` requests at a time, never more than there are.
-        let at_once = e.slots().min(e.awaiting_first_byte().saturating_add(1)).max(1);
-        (e.pending_work() as f64 + work) * self.unit_time_nanos(e) / f64::from(at_once) * share.sqrt()
+        (e.pending_work() as f64 + work) * self.unit_time_nanos(e) * share.sqrt()
+    }
+
+    /// How many requests `e` works off at once: its learnt slots (see [`crate::capacity`]),
+    /// never more than the requests awaiting their first byte there plus this one, at least 1.
+    pub fn at_once(e: &EndpointState) -> u32 {
+        e.slots().min(e.awaiting_first_byte().saturating_add(1)).max(1)
     }
 }
 

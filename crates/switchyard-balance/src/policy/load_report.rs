@@ -71,7 +71,7 @@ use crate::EndpointState;
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
 /// bundled traces (`reports/lab/hetero.json`, Azure: 190 ms each;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,805 ms each). Where a replica also serves
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,702 ms each). Where a replica also serves
 /// other clients, the reports move the picks away from it, which LRT cannot see.
 ///
 /// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; ties go to the
