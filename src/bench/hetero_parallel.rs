@@ -12,10 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use switchyard_balance::PolicyKind;
-
 use super::hetero::{HeteroReport, HeteroResult};
-use super::peers::{self, PeerBalance, PeerKind};
 use super::processes::ChildProcess;
 use super::{BenchArgs, BenchError, START_TIMEOUT};
 use crate::loadgen::{self, LoadgenArgs};
@@ -73,39 +70,15 @@ pub(crate) async fn run(
     }
     let addresses: Vec<String> = workers.iter().map(|(_, a)| a.clone()).collect();
     eprintln!("bench: parallel workers {SPEEDS:?} on {}; {rate:.1} req/s offered", addresses.join(" "));
-    let mut results = Vec::new();
-    for policy in PolicyKind::ALL {
-        let gateway_args = super::gateway_args(&addresses, policy, args.proxy_threads());
-        let (gateway, mut logged) =
-            ChildProcess::start("gateway", exe, &gateway_args, &["gateway serving on "], START_TIMEOUT)
-                .await?;
-        let target = format!("switchyard:{}", policy.name());
-        results.push(replay(&target, &logged.remove(0), args.duration, rate).await?);
-        if let Err(e) = gateway.stop(Duration::from_secs(20)).await {
-            eprintln!("bench: warning: {e}");
-        }
-    }
-    let peers_to_run = [
-        (PeerKind::Nginx, nginx_exe, PeerBalance::RoundRobin, "round-robin"),
-        (PeerKind::Nginx, nginx_exe, PeerBalance::LeastConn, "least_conn"),
-        (PeerKind::Haproxy, haproxy_exe, PeerBalance::RoundRobin, "roundrobin"),
-        (PeerKind::Haproxy, haproxy_exe, PeerBalance::LeastConn, "leastconn"),
-    ];
-    for (kind, program, balance, label) in peers_to_run {
-        let peer_dir = dir.join(format!("{}-{label}", kind.program()));
-        std::fs::create_dir_all(&peer_dir)
-            .map_err(|e| BenchError::Io(format!("create {}", peer_dir.display()), e))?;
-        let peer = peers::start(kind, program, balance, args.proxy_threads(), &addresses, &peer_dir).await?;
-        let target = format!("{}:{label}", kind.program());
-        results.push(replay(&target, &peer.address, args.duration, rate).await?);
-        peer.stop().await;
-    }
-    for (child, _) in workers {
-        let name = child.name().to_string();
-        if let Err(e) = child.stop(Duration::from_secs(20)).await {
-            eprintln!("bench: warning: {name}: {e}");
-        }
-    }
+    let results = super::targets::compare_balancers(
+        exe,
+        args,
+        workers,
+        (nginx_exe, haproxy_exe),
+        dir,
+        async |target: &str, address: &str| replay(target, address, args.duration, rate).await,
+    )
+    .await?;
     Ok(HeteroReport {
         scenario: "hetero-parallel".into(),
         speeds: SPEEDS.to_vec(),

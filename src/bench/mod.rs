@@ -63,6 +63,7 @@ mod load;
 pub mod overload;
 mod peers;
 pub mod relay;
+mod targets;
 use crate::cluster::processes;
 
 use std::path::{Path, PathBuf};
