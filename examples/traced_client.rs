@@ -64,7 +64,13 @@ async fn main() -> ExitCode {
     if let Some(authority) = uri.authority() {
         layer = layer.with_server_address(authority.clone());
     }
-    let mut client = GrpcInferenceServiceClient::new(ServiceBuilder::new().layer(layer).service(channel));
+    // The layer counts the request's bytes in a body of its own; a `Channel` takes tonic's body.
+    let mut client = GrpcInferenceServiceClient::new(
+        ServiceBuilder::new()
+            .layer(layer)
+            .map_request(|req: http::Request<_>| req.map(tonic::body::Body::new))
+            .service(channel),
+    );
 
     let mut failed = 0;
     for i in 0..CALLS {

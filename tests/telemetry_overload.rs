@@ -95,9 +95,17 @@ async fn refusals_of_the_shed_queue_and_the_limit_in_force_are_series_that_pass_
     assert_eq!(status, 200, "{text}");
     assert_eq!(sum(&text, r#"switchyard_shed_refused_total{pool="llama","#), f64::from(refused), "{text}");
     assert_eq!(sum(&text, r#"switchyard_shed_admitted_total{pool="llama","#), f64::from(ok), "{text}");
-    assert_eq!(sum(&text, r#"switchyard_shed_queue_waiting_requests{pool="llama"}"#), 0.0, "{text}");
-    assert_eq!(sum(&text, r#"switchyard_pool_concurrency_limit{pool="llama"}"#), 1.0, "{text}");
-    assert_eq!(sum(&text, r#"switchyard_pool_limit_admitted_total{pool="llama"}"#), f64::from(ok), "{text}");
+    assert_eq!(
+        sum(&text, r#"switchyard_shed_queue_waiting_requests{pool="llama",layer="0"}"#),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(sum(&text, r#"switchyard_pool_concurrency_limit{pool="llama",layer="1"}"#), 1.0, "{text}");
+    assert_eq!(
+        sum(&text, r#"switchyard_pool_limit_admitted_total{pool="llama",layer="1"}"#),
+        f64::from(ok),
+        "{text}"
+    );
     assert_eq!(sum(&text, r#"switchyard_endpoint_concurrency_limit{pool="llama","#), 2.0, "{text}");
 
     // Every overload series the Grafana dashboard reads is one this gateway serves.
@@ -123,6 +131,83 @@ async fn refusals_of_the_shed_queue_and_the_limit_in_force_are_series_that_pass_
         }
     }
     assert!(read >= 6, "{read} overload series on the dashboard");
+
+    let mut child = tokio::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn two_limits_in_one_pool_are_two_series_told_apart_by_their_layer() {
+    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker_addr = worker_listener.local_addr().unwrap();
+    tokio::spawn(worker::serve(
+        WorkerArgs { speed: 20.0, ..WorkerArgs::default() },
+        worker_listener,
+        std::future::pending(),
+    ));
+
+    let config = GatewayConfig::from_toml(&format!(
+        r#"
+        [[pool]]
+        name = "llama"
+        layers = [
+          {{ name = "shed", max_queue = 8 }},
+          {{ name = "limit", algorithm = {{ name = "fixed", limit = 7 }} }},
+          {{ name = "shed", max_queue = 4 }},
+          {{ name = "limit", algorithm = {{ name = "fixed", limit = 3 }} }},
+        ]
+        endpoints = [{{ address = "http://{worker_addr}" }}]
+        "#
+    ))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let telemetry = GatewayTelemetry::new(MetricsRegistry::new(), false, false);
+    let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry).unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    for _ in 0..3 {
+        client.model_infer(worker::request::text_request("sim-llm", "hello there", 4)).await.unwrap();
+    }
+
+    let (status, text) = get(gateway.admin_addr().unwrap(), "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let line = |series: &str| text.lines().find(|l| l.starts_with(&format!("{series} "))).map(str::to_owned);
+    assert_eq!(
+        line(r#"switchyard_pool_concurrency_limit{pool="llama",layer="1"}"#).as_deref(),
+        Some(r#"switchyard_pool_concurrency_limit{pool="llama",layer="1"} 7"#),
+        "{text}"
+    );
+    assert_eq!(
+        line(r#"switchyard_pool_concurrency_limit{pool="llama",layer="3"}"#).as_deref(),
+        Some(r#"switchyard_pool_concurrency_limit{pool="llama",layer="3"} 3"#),
+        "{text}"
+    );
+    // Each limit and each queue let the three calls through: counted once in each, not merged.
+    for layer in ["1", "3"] {
+        let admitted = format!(r#"switchyard_pool_limit_admitted_total{{pool="llama",layer="{layer}"}}"#);
+        assert_eq!(sum(&text, &admitted), 3.0, "{text}");
+    }
+    for layer in ["0", "2"] {
+        let admitted = format!(r#"switchyard_shed_admitted_total{{pool="llama",layer="{layer}","#);
+        assert_eq!(sum(&text, &admitted), 3.0, "{text}");
+        let waiting = format!(r#"switchyard_shed_queue_waiting_requests{{pool="llama",layer="{layer}"}}"#);
+        assert_eq!(text.lines().filter(|l| l.starts_with(&waiting)).count(), 1, "{text}");
+    }
 
     let mut child = tokio::process::Command::new(promtool())
         .args(["check", "metrics"])

@@ -12,10 +12,12 @@ use pin_project_lite::pin_project;
 use switchyard_balance::TrackedBody;
 use switchyard_core::{Error, ErrorKind};
 use switchyard_limit::LimitBody;
+use switchyard_telemetry::RpcRequestBody;
 
 /// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
-/// unchanged (those the key layer read come first again).
-pub type RequestBody = switchyard_keys::Replay<Incoming>;
+/// unchanged (those the key layer read come first again), their bytes counted in place by the RPC
+/// layer when RPC metrics are on (`rpc_server_request_size_bytes`).
+pub type RequestBody = switchyard_keys::Replay<RpcRequestBody<Incoming>>;
 
 pin_project! {
     /// The response body of the proxy: the endpoint's, frame for frame, or nothing for the

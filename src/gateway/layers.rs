@@ -49,10 +49,11 @@ pub type BoxPoolService = BoxCloneSyncService<PoolRequest, PoolResponse, BoxErro
 /// A layer of a pool's stack, boxed.
 pub type PoolLayer = BoxCloneSyncServiceLayer<BoxPoolService, PoolRequest, PoolResponse, BoxError>;
 
-/// What telemetry reads of a built layer: given the pool's name, the source of the layer's series,
-/// published at each scrape of the gateway's `/metrics` (see
-/// [`LayerRegistry::register_with_metrics`]).
-pub type LayerMetrics = Box<dyn FnOnce(&str) -> Arc<dyn ScrapeSource> + Send>;
+/// What telemetry reads of a built layer: given the pool's name and the layer's position in the
+/// pool's `layers` list (0 the outermost; the `layer` label, which keeps two layers of one kind
+/// apart), the source of the layer's series, published at each scrape of the gateway's
+/// `/metrics` (see [`LayerRegistry::register_with_metrics`]).
+pub type LayerMetrics = Box<dyn FnOnce(&str, usize) -> Arc<dyn ScrapeSource> + Send>;
 
 type Factory = Arc<dyn Fn(&Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> + Send + Sync>;
 
@@ -184,9 +185,9 @@ pub(crate) fn stack(
 ) -> Result<(BoxPoolService, Vec<Arc<dyn ScrapeSource>>), SpecError> {
     let mut service = service;
     let mut sources = Vec::new();
-    for spec in specs.iter().rev() {
+    for (position, spec) in specs.iter().enumerate().rev() {
         let (layer, metrics) = registry().build_with_metrics(spec)?;
-        sources.extend(metrics.map(|metrics| metrics(pool)));
+        sources.extend(metrics.map(|metrics| metrics(pool, position)));
         service = ServiceBuilder::new().layer(layer).service(service);
     }
     Ok((service, sources))
@@ -269,8 +270,9 @@ fn shed(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
     }
     let layer = switchyard_shed::ShedLayer::new(config);
     let metrics = layer.clone();
-    let metrics: LayerMetrics =
-        Box::new(move |pool| Arc::new(switchyard_telemetry::ShedMetrics::new(pool, metrics)));
+    let metrics: LayerMetrics = Box::new(move |pool, position| {
+        Arc::new(switchyard_telemetry::ShedMetrics::new(pool, metrics).with_layer(position.to_string()))
+    });
     Ok((BoxCloneSyncServiceLayer::new(layer), Some(metrics)))
 }
 
@@ -291,8 +293,9 @@ fn limit(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
         .map_err(|e| SpecError { name: spec.name().to_string(), message: format!("algorithm {e}") })?;
     let layer = switchyard_limit::LimitLayer::with_limiter(switchyard_limit::Limiter::from_boxed(algorithm));
     let limiter = layer.limiter().clone();
-    let metrics: LayerMetrics =
-        Box::new(move |pool| Arc::new(switchyard_telemetry::LimitMetrics::new(pool, limiter)));
+    let metrics: LayerMetrics = Box::new(move |pool, position| {
+        Arc::new(switchyard_telemetry::LimitMetrics::new(pool, limiter).with_layer(position.to_string()))
+    });
     Ok((
         BoxCloneSyncServiceLayer::new(
             ServiceBuilder::new()

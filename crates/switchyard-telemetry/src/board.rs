@@ -1,5 +1,6 @@
 //! Per-endpoint series read from a balancer's [`LoadBoard`] at scrape time.
 
+use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
 
 use metrics::{Key, Label, Recorder};
@@ -15,6 +16,11 @@ use crate::registry::{METADATA, ScrapeSource};
 /// Everything is read from the [`LoadBoard`] when the registry is scraped: no request pays for
 /// these series, and nothing counts a request a second time. A pick is a request the balancer
 /// sent: those ended (ok, failed, overloaded, cancelled) plus those in flight.
+///
+/// An endpoint removed from the pool keeps its series while it drains (`draining` 1, its last
+/// requests counted); once it has left the board its series leave `/metrics` at the next scrape,
+/// the observer's histograms of it ([`EndpointObserver`](crate::EndpointObserver)) included
+/// (see [`ScrapeSource::retired`]).
 #[derive(Debug)]
 pub struct BoardMetrics {
     pool: String,
@@ -22,12 +28,14 @@ pub struct BoardMetrics {
     policy: Option<PolicyHandle>,
     /// The policy published last, set to 0 when another takes over.
     last_policy: Mutex<Option<&'static str>>,
+    /// The endpoints published last, and those gone since, not yet retired.
+    endpoints: Mutex<(BTreeSet<String>, Vec<String>)>,
 }
 
 impl BoardMetrics {
     /// The endpoints of `board`, labelled `pool`; with the policy `policy` holds, if given.
     pub fn new(pool: impl Into<String>, board: LoadBoard, policy: Option<PolicyHandle>) -> Self {
-        Self { pool: pool.into(), board, policy, last_policy: Mutex::new(None) }
+        Self { pool: pool.into(), board, policy, last_policy: Mutex::new(None), endpoints: Mutex::default() }
     }
 }
 
@@ -51,6 +59,13 @@ impl ScrapeSource for BoardMetrics {
         }
         let snapshot = self.board.snapshot();
         gauge(names::POOL_ENDPOINTS, std::slice::from_ref(&pool), snapshot.len() as f64);
+        {
+            let now: BTreeSet<String> = snapshot.iter().map(|e| e.endpoint.id.to_string()).collect();
+            let mut endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+            let (last, gone) = &mut *endpoints;
+            gone.extend(last.difference(&now).cloned());
+            *last = now;
+        }
         for entry in snapshot {
             let labels = [pool.clone(), Label::new(names::ENDPOINT, entry.endpoint.id.to_string())];
             let load = &entry.load;
@@ -84,5 +99,12 @@ impl ScrapeSource for BoardMetrics {
                 counter(names::ENDPOINT_EJECTIONS, &labels, u64::from(state.ejections()));
             }
         }
+    }
+
+    fn retired(&self) -> Vec<Vec<Label>> {
+        let gone = std::mem::take(&mut self.endpoints.lock().unwrap_or_else(PoisonError::into_inner).1);
+        gone.into_iter()
+            .map(|id| vec![Label::new(names::POOL, self.pool.clone()), Label::new(names::ENDPOINT, id)])
+            .collect()
     }
 }

@@ -108,7 +108,7 @@ impl HistogramFn for BucketHistogram {
 }
 
 /// A label value escaped for the Prometheus text format.
-fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape(value: &str) -> std::borrow::Cow<'_, str> {
     if !value.contains(['\\', '"', '\n']) {
         return value.into();
     }

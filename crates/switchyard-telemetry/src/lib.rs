@@ -4,7 +4,7 @@
 //!
 //! - [`RpcLayer`]: a tower layer giving each RPC a span after the OpenTelemetry RPC conventions,
 //!   with the W3C trace context carried through gRPC metadata, and RED metrics
-//!   (`rpc_server_duration_seconds`, ...). Off unless asked: a layer with neither costs a branch.
+//!   (`rpc_server_duration_seconds`, request and response bytes, ...). Off unless asked: a layer with neither costs a branch.
 //! - [`MetricsRegistry`]: a `metrics` recorder rendered in the Prometheus text format (what a
 //!   `/metrics` endpoint serves), with [`ScrapeSource`]s read at each scrape. Its duration and
 //!   size histograms count per thread shard, so that recording shares no cache line between
@@ -25,7 +25,7 @@
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use switchyard_telemetry::{MetricsRegistry, RpcLayer};
+//! use switchyard_telemetry::{MetricsRegistry, RpcLayer, RpcRequestBody};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -33,7 +33,7 @@
 //! let registry = MetricsRegistry::new();
 //! let service = ServiceBuilder::new()
 //!     .layer(RpcLayer::server().with_metrics(Some(&registry)))
-//!     .service_fn(|_req: http::Request<String>| async {
+//!     .service_fn(|_req: http::Request<RpcRequestBody<String>>| async {
 //!         let mut response = http::Response::new(String::new());
 //!         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("0"));
 //!         Ok::<_, Infallible>(response)
@@ -42,6 +42,7 @@
 //! drop(service.oneshot(request).await.unwrap()); // the call ends with its response
 //! let text = registry.render();
 //! assert!(text.contains(r#"rpc_server_duration_seconds_count{rpc_system="grpc",rpc_service="inference.GRPCInferenceService",rpc_method="ModelInfer",rpc_grpc_status_code="0"} 1"#));
+//! assert!(text.contains(r#"rpc_server_request_size_bytes_count{rpc_system="grpc",rpc_service="inference.GRPCInferenceService",rpc_method="ModelInfer"} 1"#));
 //! # }
 //! ```
 #![warn(missing_docs)]
@@ -55,10 +56,11 @@ mod otlp_metrics;
 mod overload;
 mod registry;
 pub mod rpc;
+mod scraped;
 
 pub use board::BoardMetrics;
 pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConfig, init};
 pub use observer::EndpointObserver;
 pub use overload::{LimitMetrics, ShedMetrics};
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
-pub use rpc::{RpcBody, RpcLayer, Side};
+pub use rpc::{RpcBody, RpcLayer, RpcRequestBody, Side};

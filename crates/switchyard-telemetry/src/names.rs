@@ -1,5 +1,5 @@
 //! Metric names and units: the OpenTelemetry RPC conventions (`rpc.server.duration`, in seconds,
-//! `rpc.server.response.size` in bytes, ...) mapped to Prometheus names the usual way (dots to
+//! `rpc.server.request.size` and `rpc.server.response.size` in bytes, ...) mapped to Prometheus names the usual way (dots to
 //! underscores, the unit as a suffix, `_total` on counters), and Switchyard's per-endpoint and
 //! per-pool series under `switchyard_`.
 
@@ -15,6 +15,9 @@ pub const RPC_GRPC_STATUS_CODE: &str = "rpc_grpc_status_code";
 pub const POOL: &str = "pool";
 /// Label: an endpoint's id.
 pub const ENDPOINT: &str = "endpoint";
+/// Label: which of a pool's layers a series is of (its position in the pool's `layers` list,
+/// 0 the outermost), so that two layers of one kind in a pool keep apart.
+pub const LAYER: &str = "layer";
 
 /// Histogram, seconds: an RPC served, from its request's headers to the end of its response
 /// (its trailers); its `_count` is the number of RPCs per service, method and status.
@@ -29,6 +32,11 @@ pub const RPC_CLIENT_ACTIVE: &str = "rpc_client_active_requests";
 pub const RPC_SERVER_RESPONSE_SIZE: &str = "rpc_server_response_size_bytes";
 /// Histogram, bytes: the response body of an RPC sent.
 pub const RPC_CLIENT_RESPONSE_SIZE: &str = "rpc_client_response_size_bytes";
+/// Histogram, bytes: the request body of an RPC served (every message, framed), recorded when
+/// the body ends (`rpc.server.request.size`).
+pub const RPC_SERVER_REQUEST_SIZE: &str = "rpc_server_request_size_bytes";
+/// Histogram, bytes: the request body of an RPC sent (`rpc.client.request.size`).
+pub const RPC_CLIENT_REQUEST_SIZE: &str = "rpc_client_request_size_bytes";
 
 /// Counter: requests the balancer sent to an endpoint (every pick, ended or not).
 pub const ENDPOINT_PICKS: &str = "switchyard_endpoint_picks_total";
@@ -62,7 +70,9 @@ pub const POOL_POLICY: &str = "switchyard_pool_policy_info";
 /// Gauge: endpoints on a pool's board.
 pub const POOL_ENDPOINTS: &str = "switchyard_pool_endpoints";
 
-/// Gauge: the concurrency limit in force over a pool (its `limit` layer), `{pool}`.
+/// Gauge: the concurrency limit in force over a pool (its `limit` layer), `{pool}` (and
+/// `layer` in a gateway: the layer's position in the pool's list; the same for the pool's other
+/// limit and shed series).
 pub const POOL_LIMIT: &str = "switchyard_pool_concurrency_limit";
 /// Gauge: requests holding a place of the pool's limit, `{pool}`.
 pub const POOL_LIMIT_IN_FLIGHT: &str = "switchyard_pool_limit_in_flight_requests";

@@ -32,8 +32,17 @@ type ByEndpoint = foldhash::HashMap<EndpointId, Arc<EndpointHandles>>;
 
 thread_local! {
     /// This thread's handles, by observer id and pool (few: searched in turn), then endpoint:
-    /// found without a lock or a shared write.
-    static CACHE: RefCell<Vec<(u64, String, ByEndpoint)>> = RefCell::default();
+    /// found without a lock or a shared write. Each pool's handles are those of one count of the
+    /// registry's retirements (see [`MetricsRegistry::retirements`]), and forgotten when it moves.
+    static CACHE: RefCell<Vec<CachedPool>> = RefCell::default();
+}
+
+/// A thread's handles of one observer's pool.
+struct CachedPool {
+    observer: u64,
+    pool: String,
+    retirements: u64,
+    endpoints: ByEndpoint,
 }
 
 /// An [`Observer`] that records each request the balancer placed, when it ends, into
@@ -49,8 +58,10 @@ thread_local! {
 pub struct EndpointObserver {
     id: u64,
     registry: MetricsRegistry,
-    /// By pool name (`""` for an unnamed balancer), then endpoint.
-    endpoints: RwLock<ByPool>,
+    /// By pool name (`""` for an unnamed balancer), then endpoint; made at the registry's
+    /// retirement count held beside them, and dropped when it moves (an endpoint gone from its
+    /// board has had its series retired: it gets new ones if it comes back).
+    endpoints: RwLock<(u64, ByPool)>,
 }
 
 #[derive(Debug)]
@@ -80,12 +91,17 @@ impl EndpointObserver {
 
     /// Runs `f` on the handles of `endpoint` in `pool`, from the thread's cache.
     fn with_handles(&self, pool: Option<&str>, endpoint: &EndpointId, f: impl FnOnce(&EndpointHandles)) {
+        let retirements = self.registry.retirements();
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
             let pool_name = pool.unwrap_or("");
-            let index = match cache.iter().position(|(id, p, _)| *id == self.id && p == pool_name) {
+            let index = match cache.iter().position(|c| c.observer == self.id && c.pool == pool_name) {
                 Some(index) => {
-                    if let Some(handles) = cache[index].2.get(endpoint) {
+                    let cached = &mut cache[index];
+                    if cached.retirements != retirements {
+                        cached.endpoints.clear();
+                        cached.retirements = retirements;
+                    } else if let Some(handles) = cached.endpoints.get(endpoint) {
                         return f(handles);
                     }
                     index
@@ -94,31 +110,48 @@ impl EndpointObserver {
                     if cache.len() >= MAX_POOLS {
                         cache.clear();
                     }
-                    cache.push((self.id, pool_name.to_owned(), ByEndpoint::default()));
+                    cache.push(CachedPool {
+                        observer: self.id,
+                        pool: pool_name.to_owned(),
+                        retirements,
+                        endpoints: ByEndpoint::default(),
+                    });
                     cache.len() - 1
                 }
             };
-            let Some(handles) = self.handles(pool, endpoint) else { return };
-            if cache.iter().map(|(_, _, endpoints)| endpoints.len()).sum::<usize>() >= MAX_CACHED {
-                cache.iter_mut().for_each(|(_, _, endpoints)| endpoints.clear());
+            let Some(handles) = self.handles(pool, endpoint, retirements) else { return };
+            if cache.iter().map(|c| c.endpoints.len()).sum::<usize>() >= MAX_CACHED {
+                cache.iter_mut().for_each(|c| c.endpoints.clear());
             }
             f(&handles);
-            cache[index].2.insert(endpoint.clone(), handles);
+            cache[index].endpoints.insert(endpoint.clone(), handles);
         });
     }
 
-    fn handles(&self, pool: Option<&str>, endpoint: &EndpointId) -> Option<Arc<EndpointHandles>> {
+    fn handles(
+        &self,
+        pool: Option<&str>,
+        endpoint: &EndpointId,
+        retirements: u64,
+    ) -> Option<Arc<EndpointHandles>> {
         let pool = pool.unwrap_or("");
-        let found = self
-            .endpoints
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(pool)
-            .and_then(|endpoints| endpoints.get(endpoint).cloned());
+        let found = {
+            let shared = self.endpoints.read().unwrap_or_else(PoisonError::into_inner);
+            (shared.0 == retirements)
+                .then(|| shared.1.get(pool).and_then(|endpoints| endpoints.get(endpoint).cloned()))
+                .flatten()
+        };
         if found.is_some() {
             return found;
         }
-        let mut endpoints = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        let mut shared = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        if shared.0 != retirements {
+            // Series were retired since these handles were made: the registry gives a live
+            // endpoint's series back as they are, and a retired one's anew.
+            shared.1.clear();
+            shared.0 = retirements;
+        }
+        let endpoints = &mut shared.1;
         if let Some(found) = endpoints.get(pool).and_then(|e| e.get(endpoint)) {
             return Some(found.clone());
         }

@@ -37,6 +37,14 @@ impl OtelMirror {
         Self { meter, counters: Mutex::default(), gauges: Mutex::default(), histograms: Mutex::default() }
     }
 
+    /// Forgets the twins of the keys `keep` refuses (retired series): a series registered again
+    /// under such a key starts a new twin.
+    pub(crate) fn retain(&self, keep: impl Fn(&Key) -> bool) {
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, _| keep(key));
+        self.gauges.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, _| keep(key));
+        self.histograms.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, _| keep(key));
+    }
+
     pub(crate) fn counter(
         &self,
         key: &Key,

@@ -21,14 +21,31 @@ fn counter(recorder: &dyn Recorder, name: &'static str, labels: Vec<Label>, valu
 #[derive(Debug)]
 pub struct LimitMetrics {
     pool: String,
+    layer: Option<String>,
     limiter: Limiter,
 }
 
 impl LimitMetrics {
     /// The limit `limiter` keeps over the pool `pool`.
     pub fn new(pool: impl Into<String>, limiter: Limiter) -> Self {
-        Self { pool: pool.into(), limiter }
+        Self { pool: pool.into(), layer: None, limiter }
     }
+
+    /// The same, its series labelled `layer` = `layer` too (its position among the pool's
+    /// layers, say), so that two limits over one pool keep apart.
+    pub fn with_layer(mut self, layer: impl Into<String>) -> Self {
+        self.layer = Some(layer.into());
+        self
+    }
+}
+
+/// `pool` and, if given, `layer`.
+fn layer_labels(pool: &str, layer: Option<&str>) -> Vec<Label> {
+    let mut labels = vec![Label::new(names::POOL, pool.to_owned())];
+    if let Some(layer) = layer {
+        labels.push(Label::new(names::LAYER, layer.to_owned()));
+    }
+    labels
 }
 
 impl ScrapeSource for LimitMetrics {
@@ -54,7 +71,7 @@ impl ScrapeSource for LimitMetrics {
             "Requests that fed the pool's limit algorithm as drops (overload seen).".into(),
         );
         let stats = self.limiter.stats();
-        let pool = || vec![Label::new(names::POOL, self.pool.clone())];
+        let pool = || layer_labels(&self.pool, self.layer.as_deref());
         gauge(recorder, names::POOL_LIMIT, pool(), stats.limit as f64);
         gauge(recorder, names::POOL_LIMIT_IN_FLIGHT, pool(), stats.in_flight as f64);
         counter(recorder, names::POOL_LIMIT_ADMITTED, pool(), stats.admitted);
@@ -68,13 +85,21 @@ impl ScrapeSource for LimitMetrics {
 #[derive(Debug)]
 pub struct ShedMetrics {
     pool: String,
+    label: Option<String>,
     layer: ShedLayer,
 }
 
 impl ShedMetrics {
     /// The queue of `layer` (and of every clone of it) in front of the pool `pool`.
     pub fn new(pool: impl Into<String>, layer: ShedLayer) -> Self {
-        Self { pool: pool.into(), layer }
+        Self { pool: pool.into(), label: None, layer }
+    }
+
+    /// The same, its series labelled `layer` = `label` too (its position among the pool's
+    /// layers, say), so that two shed queues in one pool keep apart.
+    pub fn with_layer(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
     }
 }
 
@@ -101,22 +126,23 @@ impl ScrapeSource for ShedMetrics {
             "Requests the pool's shed queue refused, by reason and priority class.".into(),
         );
         let stats = self.layer.stats();
-        let pool = Label::new(names::POOL, self.pool.clone());
-        gauge(recorder, names::SHED_WAITING, vec![pool.clone()], stats.waiting as f64);
-        gauge(recorder, names::SHED_OVERLOADED, vec![pool.clone()], if stats.overloaded { 1.0 } else { 0.0 });
+        let pool = layer_labels(&self.pool, self.label.as_deref());
+        let with = |extra: &[Label]| pool.iter().chain(extra).cloned().collect::<Vec<_>>();
+        gauge(recorder, names::SHED_WAITING, pool.clone(), stats.waiting as f64);
+        gauge(recorder, names::SHED_OVERLOADED, pool.clone(), if stats.overloaded { 1.0 } else { 0.0 });
         for class in CLASSES {
             let class_label = Label::new("class", class.as_str());
             counter(
                 recorder,
                 names::SHED_ADMITTED,
-                vec![pool.clone(), class_label.clone()],
+                with(std::slice::from_ref(&class_label)),
                 stats.admitted_in(class),
             );
             for reason in Reason::ALL {
                 counter(
                     recorder,
                     names::SHED_REFUSED,
-                    vec![pool.clone(), Label::new("reason", reason.as_str()), class_label.clone()],
+                    with(&[Label::new("reason", reason.as_str()), class_label.clone()]),
                     stats.refused(reason, class),
                 );
             }

@@ -3,14 +3,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::histogram::BucketHistogram;
 use crate::names;
 use crate::otlp_metrics::OtelMirror;
+use crate::scraped::{ScrapeRecorder, ScrapedSeries};
 
 /// The content type of the Prometheus text exposition format that [`MetricsRegistry::render`]
 /// writes.
@@ -32,9 +34,22 @@ pub(crate) static METADATA: Metadata<'static> =
 /// Something read when the registry is scraped (a [`LoadBoard`](switchyard_balance::LoadBoard)
 /// through [`BoardMetrics`](crate::BoardMetrics)): it sets its series on the recorder then, so
 /// that they show the state at the scrape and nothing keeps a second count of it.
+///
+/// The counters and gauges a source registers during [`publish`](Self::publish) are made anew at
+/// each scrape: set them whole (`absolute`, `set`), and a series the source stops publishing
+/// leaves `/metrics` at that scrape. Histograms registered there are the registry's, kept across
+/// scrapes (until [`retired`](Self::retired)).
 pub trait ScrapeSource: Send + Sync + fmt::Debug + 'static {
     /// Sets this source's series on `recorder`.
     fn publish(&self, recorder: &dyn Recorder);
+
+    /// Label sets that have left since the last scrape (an endpoint gone from its pool's board:
+    /// `[pool, endpoint]`), asked after [`publish`](Self::publish): every series carrying all the
+    /// labels of one of them is dropped, the histograms recorded on the request path (the
+    /// balancer's observer) included. None by default.
+    fn retired(&self) -> Vec<Vec<Label>> {
+        Vec::new()
+    }
 }
 
 /// A registry of metrics, rendered in the Prometheus text format: the recorder the RPC layers
@@ -62,6 +77,13 @@ struct Inner {
     sources: Mutex<Vec<Arc<dyn ScrapeSource>>>,
     /// The bucket histograms, by name then key; registration and scrapes only.
     histograms: RwLock<BTreeMap<String, Family>>,
+    /// The sources' counters and gauges of the last scrape.
+    scraped: RwLock<ScrapedSeries>,
+    /// `# HELP` of counters and gauges, for the scraped series.
+    help: RwLock<HashMap<String, String>>,
+    /// How many times series were retired: handles cached on the request path (the observer's)
+    /// are looked up again when it moves.
+    retirements: AtomicU64,
 }
 
 /// The series of one histogram name, and its `# HELP`.
@@ -115,6 +137,9 @@ impl MetricsRegistry {
                 handle,
                 sources: Mutex::default(),
                 histograms: RwLock::default(),
+                scraped: RwLock::default(),
+                help: RwLock::default(),
+                retirements: AtomicU64::new(0),
             }),
         };
         registry.describe();
@@ -123,14 +148,14 @@ impl MetricsRegistry {
 
     fn describe(&self) {
         use names::*;
-        let r = &self.inner.recorder;
         let h = |name: &'static str, unit, help: &'static str| {
             Recorder::describe_histogram(self, name.into(), Some(unit), help.into())
         };
-        let g =
-            |name: &'static str, unit, help: &'static str| r.describe_gauge(name.into(), unit, help.into());
+        let g = |name: &'static str, unit, help: &'static str| {
+            Recorder::describe_gauge(self, name.into(), unit, help.into())
+        };
         let c = |name: &'static str, help: &'static str| {
-            r.describe_counter(name.into(), Some(Unit::Count), help.into())
+            Recorder::describe_counter(self, name.into(), Some(Unit::Count), help.into())
         };
         h(
             RPC_SERVER_DURATION,
@@ -151,6 +176,16 @@ impl MetricsRegistry {
             RPC_CLIENT_RESPONSE_SIZE,
             Unit::Bytes,
             "Bytes of the response body of RPCs sent (OpenTelemetry rpc.client.response.size).",
+        );
+        h(
+            RPC_SERVER_REQUEST_SIZE,
+            Unit::Bytes,
+            "Bytes of the request body of RPCs served (OpenTelemetry rpc.server.request.size).",
+        );
+        h(
+            RPC_CLIENT_REQUEST_SIZE,
+            Unit::Bytes,
+            "Bytes of the request body of RPCs sent (OpenTelemetry rpc.client.request.size).",
         );
         g(RPC_SERVER_ACTIVE, Some(Unit::Count), "RPCs being served.");
         g(RPC_CLIENT_ACTIVE, Some(Unit::Count), "RPCs sent and not yet ended.");
@@ -192,6 +227,10 @@ impl MetricsRegistry {
         self.publish();
         self.inner.handle.run_upkeep();
         let mut text = self.inner.handle.render();
+        {
+            let help = self.inner.help.read().unwrap_or_else(PoisonError::into_inner);
+            self.inner.scraped.read().unwrap_or_else(PoisonError::into_inner).render(&help, &mut text);
+        }
         self.render_histograms(&mut text);
         text
     }
@@ -220,8 +259,47 @@ impl MetricsRegistry {
     /// collection).
     pub fn publish(&self) {
         let sources = self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let recorder = ScrapeRecorder::new(self);
         for source in &sources {
-            source.publish(self);
+            source.publish(&recorder);
+        }
+        let retired: Vec<Vec<Label>> = sources.iter().flat_map(|source| source.retired()).collect();
+        self.retire(&retired);
+        *self.inner.scraped.write().unwrap_or_else(PoisonError::into_inner) = recorder.finish();
+    }
+
+    /// Drops every histogram (and OpenTelemetry twin) carrying all the labels of one of `sets`.
+    fn retire(&self, sets: &[Vec<Label>]) {
+        if sets.is_empty() {
+            return;
+        }
+        let carries = |key: &Key| sets.iter().any(|set| set.iter().all(|l| key.labels().any(|k| k == l)));
+        {
+            let mut families = self.inner.histograms.write().unwrap_or_else(PoisonError::into_inner);
+            for family in families.values_mut() {
+                family.series.retain(|key, _| !carries(key));
+            }
+        }
+        if let Some(otel) = &self.inner.otel {
+            otel.retain(|key| !carries(key));
+        }
+        self.inner.retirements.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times series were retired so far (see [`ScrapeSource::retired`]).
+    pub(crate) fn retirements(&self) -> u64 {
+        self.inner.retirements.load(Ordering::Acquire)
+    }
+
+    /// The OpenTelemetry twins, when the series are exported over OTLP too.
+    pub(crate) fn otel(&self) -> Option<&OtelMirror> {
+        self.inner.otel.as_ref()
+    }
+
+    fn remember_help(&self, key: &KeyName, description: &str) {
+        let mut help = self.inner.help.write().unwrap_or_else(PoisonError::into_inner);
+        if help.get(key.as_str()).is_none_or(|known| known != description) {
+            help.insert(key.as_str().to_owned(), description.to_owned());
         }
     }
 
@@ -263,10 +341,12 @@ impl fmt::Debug for MetricsRegistry {
 
 impl Recorder for MetricsRegistry {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.remember_help(&key, &description);
         self.inner.recorder.describe_counter(key, unit, description);
     }
 
     fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.remember_help(&key, &description);
         self.inner.recorder.describe_gauge(key, unit, description);
     }
 

@@ -153,7 +153,7 @@ async fn the_metrics_reach_the_collector_over_otlp_with_the_scrape_sources_publi
         .add_source(Arc::new(switchyard_telemetry::BoardMetrics::new("default", board, None)));
     let service = ServiceBuilder::new()
         .layer(RpcLayer::server().with_metrics(Some(telemetry.registry())))
-        .service_fn(|_req: http::Request<String>| async {
+        .service_fn(|_req: http::Request<switchyard_telemetry::RpcRequestBody<String>>| async {
             let mut response = http::Response::new(String::new());
             response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("0"));
             Ok::<_, std::convert::Infallible>(response)
@@ -192,7 +192,7 @@ async fn one_traced_call(telemetry: &switchyard_telemetry::Telemetry) {
         .layer(
             RpcLayer::server().with_tracing(telemetry.is_tracing()).with_metrics(Some(telemetry.registry())),
         )
-        .service_fn(|_req: http::Request<String>| async {
+        .service_fn(|_req: http::Request<switchyard_telemetry::RpcRequestBody<String>>| async {
             let mut response = http::Response::new(String::new());
             response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("0"));
             Ok::<_, std::convert::Infallible>(response)

@@ -14,7 +14,15 @@
 //!   [`init`](crate::init)).
 //! - **measure**: `rpc_server_duration_seconds` (or `rpc_client_...`) per service, method and
 //!   status code, whose `_count` is the number of calls; the calls in flight; the bytes of each
-//!   response; in a [`MetricsRegistry`](crate::MetricsRegistry).
+//!   request and of each response (`rpc_server_request_size_bytes`,
+//!   `rpc_server_response_size_bytes`); in a [`MetricsRegistry`](crate::MetricsRegistry).
+//!
+//! The inner service gets the request with its body wrapped in an [`RpcRequestBody`], which
+//! counts the bytes in place as they pass (no allocation, no copy) and records them when the body
+//! ends. Under a tonic server (`Server::builder().layer(..)`) and a gateway that is seamless (tonic's
+//! routes take any body); a tonic `Channel` takes only tonic's own body type, so a client puts
+//! `tower::util::MapRequestLayer::new(|r: http::Request<_>| r.map(tonic::body::Body::new))`
+//! between the layer and the channel (one more boxed body per call, tonic's own type erasure).
 //!
 //! A call ends when its response body ends, so a stream is measured to its trailers; the status
 //! is the trailers' `grpc-status` (or the headers', for a trailers-only answer), `CANCELLED` if the
@@ -24,6 +32,7 @@
 mod body;
 mod future;
 mod layer;
+mod request;
 mod service;
 mod span;
 mod stats;
@@ -31,6 +40,7 @@ mod stats;
 pub use body::RpcBody;
 pub use future::ResponseFuture;
 pub use layer::RpcLayer;
+pub use request::RpcRequestBody;
 pub use service::Rpc;
 pub use span::record_pool;
 

@@ -8,6 +8,7 @@ use tower::{BoxError, Service};
 use super::body::{CallEnd, RpcBody};
 use super::future::ResponseFuture;
 use super::layer::RpcTelemetry;
+use super::request::RpcRequestBody;
 use super::span;
 
 /// Telemetry around every RPC of the inner service: see the [module](super) docs.
@@ -30,7 +31,7 @@ impl<S> Rpc<S> {
 
 impl<S, ReqB, ResB> Service<http::Request<ReqB>> for Rpc<S>
 where
-    S: Service<http::Request<ReqB>, Response = http::Response<ResB>>,
+    S: Service<http::Request<RpcRequestBody<ReqB>>, Response = http::Response<ResB>>,
     S::Error: Into<BoxError>,
     ResB: http_body::Body,
 {
@@ -42,11 +43,12 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
+    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
         let Some(telemetry) = &self.telemetry else {
-            return ResponseFuture::new(self.inner.call(req), None);
+            return ResponseFuture::new(self.inner.call(req.map(RpcRequestBody::plain)), None);
         };
         let metrics = telemetry.metrics.as_ref().map(|m| m.path(req.uri().path()));
+        let mut req = req.map(|body| RpcRequestBody::counted(body, metrics.clone()));
         let span = telemetry.tracing.then(|| span::start(telemetry, &mut req));
         let end = CallEnd::new(telemetry.side, metrics, span);
         let future = match &end.span {

@@ -158,7 +158,7 @@ pub(crate) fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
-/// One method's handles: in flight, response size, and a duration histogram per status code
+/// One method's handles: in flight, request and response size, and a duration histogram per status code
 /// (registered on the status's first use, so that only statuses seen have series).
 #[derive(Debug)]
 pub(crate) struct PathMetrics {
@@ -170,6 +170,7 @@ pub(crate) struct PathMetrics {
     pub(crate) active: Arc<ActiveCalls>,
     active_gauge: Gauge,
     pub(crate) response_size: Histogram,
+    pub(crate) request_size: Histogram,
     durations: [OnceLock<Histogram>; 17],
 }
 
@@ -186,9 +187,13 @@ impl PathMetrics {
             Label::new(names::RPC_SERVICE, service.to_owned()),
             Label::new(names::RPC_METHOD, method.to_owned()),
         ];
-        let (active_name, size) = match side {
-            Side::Server => (names::RPC_SERVER_ACTIVE, names::RPC_SERVER_RESPONSE_SIZE),
-            Side::Client => (names::RPC_CLIENT_ACTIVE, names::RPC_CLIENT_RESPONSE_SIZE),
+        let (active_name, size, request_size) = match side {
+            Side::Server => {
+                (names::RPC_SERVER_ACTIVE, names::RPC_SERVER_RESPONSE_SIZE, names::RPC_SERVER_REQUEST_SIZE)
+            }
+            Side::Client => {
+                (names::RPC_CLIENT_ACTIVE, names::RPC_CLIENT_RESPONSE_SIZE, names::RPC_CLIENT_REQUEST_SIZE)
+            }
         };
         Self {
             side,
@@ -196,6 +201,8 @@ impl PathMetrics {
             active_gauge: registry.register_gauge(&Key::from_parts(active_name, labels.to_vec()), &METADATA),
             active,
             response_size: registry.register_histogram(&Key::from_parts(size, labels.to_vec()), &METADATA),
+            request_size: registry
+                .register_histogram(&Key::from_parts(request_size, labels.to_vec()), &METADATA),
             labels,
             durations: Default::default(),
         }
@@ -210,6 +217,7 @@ impl PathMetrics {
             active: self.active.clone(),
             active_gauge: self.active_gauge.clone(),
             response_size: self.response_size.clone(),
+            request_size: self.request_size.clone(),
             durations: self.durations.clone(),
         }
     }
