@@ -276,8 +276,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Measure every call (`rpc_server_duration_seconds` per service, method and status, calls
-    /// in flight, response bytes) on the admin API's `GET /metrics`, beside the per-endpoint
-    /// series that are always there.
+    /// in flight, request and response bytes) on the admin API's `GET /metrics`, beside the
+    /// per-endpoint series that are always there.
     #[arg(long)]
     pub rpc_metrics: bool,
     /// Whether each call gets a span (set when an exporter is configured, see

@@ -37,9 +37,9 @@ use switchyard_telemetry::{BoardMetrics, EndpointObserver, MetricsRegistry, RpcL
 pub struct GatewayTelemetry {
     /// The registry `GET /metrics` renders.
     pub registry: MetricsRegistry,
-    /// Whether each call is measured (`rpc_server_duration_seconds`, in flight, response bytes),
-    /// and each endpoint's requests (`switchyard_endpoint_duration_seconds`, time to first byte,
-    /// from the balancer's observer).
+    /// Whether each call is measured (`rpc_server_duration_seconds`, in flight, request and
+    /// response bytes), and each endpoint's requests (`switchyard_endpoint_duration_seconds`, time
+    /// to first byte, from the balancer's observer).
     pub rpc_metrics: bool,
     /// Whether each call gets a span (W3C trace context continued from the client's metadata
     /// and forwarded to the endpoint).

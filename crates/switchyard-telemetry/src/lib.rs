@@ -4,7 +4,8 @@
 //!
 //! - [`RpcLayer`]: a tower layer giving each RPC a span after the OpenTelemetry RPC conventions,
 //!   with the W3C trace context carried through gRPC metadata, and RED metrics
-//!   (`rpc_server_duration_seconds`, request and response bytes, ...). Off unless asked: a layer with neither costs a branch.
+//!   (`rpc_server_duration_seconds`, request and response bytes, ...). Off unless asked: a
+//!   layer with neither costs a branch.
 //! - [`MetricsRegistry`]: a `metrics` recorder rendered in the Prometheus text format (what a
 //!   `/metrics` endpoint serves), with [`ScrapeSource`]s read at each scrape. Its duration and
 //!   size histograms count per thread shard, so that recording shares no cache line between
