@@ -13,6 +13,7 @@ use switchyard_core::{Endpoint, EndpointId};
 use tonic::transport::Channel;
 use tower::discover::Change;
 
+use crate::cut_status::CutStatus;
 use crate::drain::{ConnectionDrain, DEFAULT_DRAIN_TIMEOUT};
 use crate::error::DiscoveryError;
 use crate::membership::EndpointChange;
@@ -48,8 +49,9 @@ impl Default for Connector {
 pub struct Connected {
     /// The endpoint.
     pub endpoint: Endpoint,
-    /// Its channel: connected on first use, and again after it breaks.
-    pub channel: Channel,
+    /// Its channel: connected on first use, and again after it breaks; a call cut by the drain
+    /// timeout ends with `UNAVAILABLE` ([`CutStatus`]).
+    pub channel: CutStatus<Channel>,
     /// The drain of the channel's connections: retired when the endpoint is removed, it counts
     /// the connections still open.
     pub drain: ConnectionDrain,
@@ -124,6 +126,7 @@ impl Connector {
                     match self.channel_with_drain(&endpoint, &drain) {
                         Ok(channel) => {
                             drains.insert(id.clone(), drain.clone());
+                            let channel = CutStatus::new(channel, self.drain_timeout);
                             vec![Ok(Change::Insert(id, Connected { endpoint, channel, drain }))]
                         }
                         Err(e) => vec![Err(e), Ok(Change::Remove(id))],
