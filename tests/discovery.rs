@@ -496,3 +496,157 @@ async fn flapping_at_10000_changes_per_second_leaks_nothing_and_fails_no_request
     assert!(peak_connections <= expected.len() * 3, "at most one connection per endpoint and serving thread");
     gateway.shutdown().await.unwrap();
 }
+
+/// A pool's drain timeout through the gateway, over real loopback gRPC: a server-streaming call
+/// (a health `Watch`, which never ends by itself) on an endpoint its source removes is cut with
+/// `UNAVAILABLE` once the timeout has passed, and the gateway's connection to the endpoint
+/// closes; a short call in flight at the removal still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_removed_endpoint_is_cut_after_the_pools_drain_timeout() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    const DRAIN: Duration = Duration::from_secs(1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    // Speed 1: a call of 20 tokens takes a few hundred milliseconds, well inside the drain.
+    let args = WorkerArgs { speed: 1.0, model: "sim-llm".into(), ..WorkerArgs::default() };
+    tokio::spawn(worker::serve(args, listener, async move {
+        let _ = stopped.await;
+    }));
+    let (publisher, source) = switchyard_discovery::channel(8);
+    let config = GatewayConfig::from_toml(&format!(
+        "threads = 1\n[[pool]]\nname = \"default\"\ndrain_timeout = \"{}ms\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
+        DRAIN.as_millis()
+    ))
+    .unwrap();
+    let gateway = Gateway::start_with_sources(
+        config,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        None,
+        vec![("default".into(), source)],
+    )
+    .unwrap();
+    publisher.insert(switchyard::core::Endpoint::new("a", format!("http://{addr}"))).await.unwrap();
+    until(|| taken(&gateway, "a").is_some(), "the endpoint joins").await;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1, "SERVING");
+    let short = tokio::spawn({
+        let mut client = GrpcInferenceServiceClient::new(channel.clone());
+        async move { client.model_infer(worker::request::text_request("sim-llm", "short", 20)).await }
+    });
+    let in_flight =
+        || gateway.pool("default").unwrap().board().get(&"a".into()).map_or(0, |e| e.load.in_flight);
+    until(|| in_flight() == 2, "the stream and the short call in flight").await;
+    assert_eq!(established_to(&[addr.port()]), 1, "one connection to the endpoint");
+
+    publisher.remove("a").await.unwrap();
+    let removed = Instant::now();
+    short.await.unwrap().expect("the short call in flight at the removal succeeds");
+    let status = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the stream ends")
+        .expect_err("the stream is cut");
+    let cut_after = removed.elapsed();
+    println!("stream cut {cut_after:?} after the removal (drain timeout {DRAIN:?}): {status:?}");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("drain timeout"), "{status:?}");
+    assert!(cut_after >= DRAIN, "not cut before the drain timeout: {cut_after:?}");
+
+    until(|| established_to(&[addr.port()]) == 0, "the gateway's connection to the endpoint closes").await;
+    until(|| taken(&gateway, "a").is_none(), "the endpoint leaves the board").await;
+    drop(stop);
+    gateway.shutdown().await.unwrap();
+}
+
+/// A worker run in-process whose shutdown the test triggers, on a given listener; `done` tells
+/// when its `serve` has returned.
+struct StoppableWorker {
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl StoppableWorker {
+    fn start(listener: TcpListener) -> Self {
+        let (stop, stopped) = oneshot::channel();
+        let args = WorkerArgs { speed: 20.0, model: "sim-llm".into(), ..WorkerArgs::default() };
+        let done = tokio::spawn(async move {
+            worker::serve(args, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self { stop: Some(stop), done }
+    }
+
+    /// Starts the worker's shutdown (as SIGTERM does): NOT_SERVING, the grace, the drain.
+    fn shutdown(&mut self) {
+        self.stop.take();
+    }
+}
+
+/// A worker shutting down under steady load through a pool that watches health: it reports
+/// NOT_SERVING while it still serves (`--drain-grace`), the pool stops sending to it on that one
+/// health update, and no request fails; started again on the same address, it is SERVING and
+/// takes traffic again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_shutting_down_turns_not_serving_first_and_no_request_through_the_pool_fails() {
+    let listener_a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a_addr, b_addr) = (listener_a.local_addr().unwrap(), listener_b.local_addr().unwrap());
+    let _a = StoppableWorker::start(listener_a);
+    let mut b = StoppableWorker::start(listener_b);
+    let config = GatewayConfig::from_toml(&format!(
+        "threads = 2\n[[pool]]\nname = \"default\"\nendpoints = [{{ address = \"http://{a_addr}\" }}, {{ address = \"http://{b_addr}\" }}]\n[pool.health]\ncheck_interval = \"100ms\"\n"
+    ))
+    .unwrap();
+    let gateway = Gateway::start(config, TcpListener::bind("127.0.0.1:0").await.unwrap(), None).unwrap();
+    let (a_id, b_id) = (a_addr.to_string(), b_addr.to_string());
+    until(|| taken(&gateway, &a_id).is_some() && taken(&gateway, &b_id).is_some(), "both SERVING").await;
+
+    let load = Load::start(&gateway, 8).await;
+    until(
+        || taken(&gateway, &a_id).unwrap_or(0) > 50 && taken(&gateway, &b_id).unwrap_or(0) > 50,
+        "both serve",
+    )
+    .await;
+
+    // b shuts down: NOT_SERVING at once, refusals only after its grace.
+    b.shutdown();
+    let held_back = until(
+        || {
+            let board = gateway.pool("default").unwrap().board();
+            board.get(&b_id.as_str().into()).is_none_or(|e| e.draining)
+        },
+        "the NOT_SERVING worker stops getting requests",
+    )
+    .await;
+    let before = load.ok.load(Ordering::Relaxed);
+    (&mut b.done).await.unwrap();
+    until(|| load.ok.load(Ordering::Relaxed) > before + 100, "requests while b is gone").await;
+    assert_eq!(taken(&gateway, &b_id), None, "the stopped worker is off the board");
+    assert_eq!(load.failed.load(Ordering::Relaxed), 0, "no request fails while b drains");
+
+    // b again, on the same address: SERVING, it takes traffic again.
+    let _b = StoppableWorker::start(TcpListener::bind(b_addr).await.unwrap());
+    let back = until(|| taken(&gateway, &b_id).unwrap_or(0) > 0, "the restarted worker takes traffic").await;
+
+    let (ok, failed) = load.stop().await;
+    println!(
+        "NOT_SERVING worker left the pool {held_back:?} after its shutdown began; back {back:?} after its restart; {ok} ok, {failed} failed"
+    );
+    assert_eq!(failed, 0, "no request fails while a worker leaves and comes back");
+    gateway.shutdown().await.unwrap();
+}

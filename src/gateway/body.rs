@@ -27,7 +27,9 @@ pin_project! {
     /// An endpoint whose connection fails mid-response (it crashed, or the network went) ends the
     /// client's call with `UNAVAILABLE` trailers ([`ErrorKind::Upstream`]), as the gateway's own
     /// refusals do, rather than with a reset stream, which clients read as `INTERNAL`. The
-    /// balancer below has already counted the call as the endpoint's failure.
+    /// balancer below has already counted the call as the endpoint's failure. A call cut because
+    /// discovery removed its endpoint and the pool's drain timeout passed ends with `UNAVAILABLE`
+    /// saying so.
     #[derive(Default)]
     pub struct ProxyBody {
         head: VecDeque<Frame<Bytes>>,
@@ -61,9 +63,18 @@ impl switchyard_cache::ReplayBody for ProxyBody {
     }
 }
 
-/// The trailers that end a response whose endpoint failed mid-way.
-fn upstream_failed_trailers() -> http::HeaderMap {
-    let status = Error::new(ErrorKind::Upstream).status();
+/// The trailers that end a response whose endpoint failed mid-way: `error` says why.
+fn upstream_failed_trailers(error: &hyper::Error) -> http::HeaderMap {
+    let status = if switchyard_discovery::drain::is_drain_timeout(error) {
+        switchyard_core::Status {
+            code: switchyard_core::Code::Unavailable,
+            message: "the endpoint was removed from the pool and its drain timeout passed; the call was cut"
+                .into(),
+            retry_after: None,
+        }
+    } else {
+        Error::new(ErrorKind::Upstream).status()
+    };
     let mut trailers = status.to_http::<()>().into_parts().0.headers;
     trailers.remove(http::header::CONTENT_TYPE);
     trailers
@@ -92,7 +103,7 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Err(error))) => {
                     tracing::debug!(%error, "endpoint's response failed mid-way");
                     *this.ended = true;
-                    Poll::Ready(Some(Ok(Frame::trailers(upstream_failed_trailers()))))
+                    Poll::Ready(Some(Ok(Frame::trailers(upstream_failed_trailers(&error)))))
                 }
                 other => other,
             },

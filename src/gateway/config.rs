@@ -83,6 +83,10 @@ pub struct PoolConfig {
     /// Health watching (`[pool.health]`): endpoints are held back until their gRPC health is
     /// SERVING. Off unless configured.
     pub health: Option<HealthConfig>,
+    /// How long the connections of an endpoint discovery removed stay open for the requests
+    /// and streams still in flight on them (`drain_timeout = "30s"`, the default); then what is
+    /// left is cut with `UNAVAILABLE` and the connections close. `"0s"` cuts at once.
+    pub drain_timeout: Duration,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -146,7 +150,14 @@ impl PoolConfig {
             endpoints,
             discovery: Vec::new(),
             health: None,
+            drain_timeout: switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT,
         }
+    }
+
+    /// The same pool with this drain timeout for the endpoints discovery removes.
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
     }
 
     /// The same pool with its endpoints' health watched.
@@ -579,6 +590,7 @@ struct RawPool {
     #[serde(default)]
     discovery: Vec<Spanned<SourceConfig>>,
     health: Option<Spanned<RawHealth>>,
+    drain_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -748,6 +760,16 @@ impl RawConfig {
                     Some(health)
                 }
             };
+            let drain_timeout = match pool.drain_timeout {
+                None => switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT,
+                Some(value) => humantime::parse_duration(value.get_ref()).map_err(|e| {
+                    lines.error(
+                        format!("pool[{i}].drain_timeout"),
+                        value.span(),
+                        format!("{:?}: {e} (e.g. \"30s\")", value.get_ref()),
+                    )
+                })?,
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
@@ -756,6 +778,7 @@ impl RawConfig {
                 endpoints,
                 discovery,
                 health,
+                drain_timeout,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {
@@ -873,6 +896,17 @@ pool = "b"
         let e = error("[[pool]\nname = 1");
         assert_eq!(e.line, Some(1), "{e}");
         assert!(error("").message.contains("no pools"));
+    }
+
+    #[test]
+    fn a_pool_names_its_endpoints_drain_timeout() {
+        let c = GatewayConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.pools[0].drain_timeout, switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT);
+        let text = GOOD.replace("name = \"b\"\n", "name = \"b\"\ndrain_timeout = \"300ms\"\n");
+        let c = GatewayConfig::from_toml(&text).unwrap();
+        assert_eq!(c.pools[1].drain_timeout, Duration::from_millis(300));
+        let e = error(&text.replace("\"300ms\"", "\"a while\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].drain_timeout")), "{e}");
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl Pool {
             message: e.to_string(),
         })?;
         let pool = config.name.clone();
+        let drain_timeout = config.drain_timeout;
         // The client of each endpoint the balancer has: an update in place keeps its connections,
         // and a removed endpoint's are let go of at once (a balancer's copy of its members may
         // hold the client until its next request), closing as their requests end.
@@ -140,6 +141,7 @@ impl Pool {
                         }
                         match EndpointClient::new(&endpoint.address, threads) {
                             Ok(client) => {
+                                let client = client.with_drain_timeout(drain_timeout);
                                 clients.insert(id.clone(), client.clone());
                                 Change::Insert(id, Backend::new(endpoint, client))
                             }

@@ -9,6 +9,11 @@
 //! connection. It points each request at its endpoint (the balancer has picked it) by giving the
 //! request's URI the endpoint's scheme and authority, and leaves every header as the client sent
 //! it.
+//!
+//! Every connection's socket is under the endpoint's [`ConnectionDrain`]: when discovery removes
+//! the endpoint, [`close`](EndpointClient::close) retires it, and whatever is still open on its
+//! connections (a stream that outlives the pool's drain timeout) is cut once that timeout has
+//! passed, so the connections and their tasks end.
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +28,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard_core::{Error, ErrorKind};
+use switchyard_discovery::ConnectionDrain;
+use switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT;
 use tokio::net::TcpStream;
 use tower::BoxError;
 
@@ -63,6 +70,8 @@ pub(crate) struct EndpointClient {
     scheme: Scheme,
     authority: Authority,
     connections: Arc<[Mutex<Connection>]>,
+    /// Retired by `close`: cuts what is left open on the connections after the drain timeout.
+    drain: ConnectionDrain,
 }
 
 /// An endpoint's address that is not `http://HOST:PORT`.
@@ -78,11 +87,21 @@ impl EndpointClient {
         let uri: Uri = address.parse().map_err(|_| BadAddress(address.to_owned()))?;
         let parts = uri.into_parts();
         match (parts.scheme, parts.authority) {
-            (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => {
-                Ok(Self { scheme, authority, connections: (0..=threads).map(|_| Mutex::default()).collect() })
-            }
+            (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => Ok(Self {
+                scheme,
+                authority,
+                connections: (0..=threads).map(|_| Mutex::default()).collect(),
+                drain: ConnectionDrain::new(DEFAULT_DRAIN_TIMEOUT),
+            }),
             _ => Err(BadAddress(address.to_owned())),
         }
+    }
+
+    /// The same client, whose connections are cut `timeout` after [`close`](Self::close) if
+    /// anything is still open on them.
+    pub(crate) fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain = ConnectionDrain::new(timeout);
+        self
     }
 
     /// Whether this client sends to `address`.
@@ -93,9 +112,11 @@ impl EndpointClient {
     }
 
     /// Lets go of every connection to the endpoint (discovery removed it): each closes once its
-    /// requests in flight have ended, as a connection does when nothing can send on it any more.
-    /// A request still sent through this client opens a new one.
+    /// requests in flight have ended, as a connection does when nothing can send on it any more,
+    /// or once the drain timeout has passed, cutting what is still open. A request still sent
+    /// through this client opens a new one, cut at the same time.
     pub(crate) fn close(&self) {
+        self.drain.retire();
         for connection in self.connections.iter() {
             *connection.lock().unwrap_or_else(PoisonError::into_inner) = Connection::Closed;
         }
@@ -109,8 +130,9 @@ impl EndpointClient {
     }
 }
 
-/// Opens a connection to `authority` and starts its task on the calling thread's runtime.
-async fn connect(authority: Authority) -> Result<SendRequest<RequestBody>, Arc<str>> {
+/// Opens a connection to `authority`, its socket under `drain`, and starts its task on the
+/// calling thread's runtime.
+async fn connect(authority: Authority, drain: ConnectionDrain) -> Result<SendRequest<RequestBody>, Arc<str>> {
     let address = authority.as_str();
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host_port(&authority))).await
     {
@@ -122,7 +144,7 @@ async fn connect(authority: Authority) -> Result<SendRequest<RequestBody>, Arc<s
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(drain.wrap(stream)))
         .await
         .map_err(|e| Arc::<str>::from(format!("HTTP/2 handshake with {address} failed: {e}")))?;
     let address = address.to_owned();
@@ -174,7 +196,7 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
         let connecting = match &*connection {
             Connection::Connecting(connecting) => connecting.clone(),
             _ => {
-                let connecting = connect(self.authority.clone()).boxed().shared();
+                let connecting = connect(self.authority.clone(), self.drain.clone()).boxed().shared();
                 *connection = Connection::Connecting(connecting.clone());
                 connecting
             }

@@ -87,6 +87,13 @@ pub struct WorkerArgs {
     /// Longest wait for in-flight requests on shutdown, e.g. `30s`, `500ms`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// On shutdown, how long the worker goes on serving after it reports NOT_SERVING on
+    /// `grpc.health.v1`, before it refuses new requests and drains: time for health watchers
+    /// (a gateway's `[pool.health]`) to stop sending to it, so no call races the refusal. One
+    /// health update through `Watch` takes milliseconds; a watcher that polls `Check` needs its
+    /// interval.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub drain_grace: Duration,
     /// What the simulated replica is: an LLM engine (`llm`), or a classic server (`parallel`)
     /// that runs `--parallel` requests at once in `--service-ms` each and queues the rest.
     #[arg(long, value_enum, default_value_t = ReplicaKindArg::Llm)]
@@ -151,6 +158,7 @@ impl Default for WorkerArgs {
             max_queue: engine.max_queue,
             speed: 1.0,
             drain_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_millis(500),
             kind: ReplicaKindArg::Llm,
             parallel: 8,
             service_ms: 10.0,
@@ -243,8 +251,8 @@ pub async fn run(args: WorkerArgs, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Serves on an already bound listener (tests bind port 0) until `shutdown` completes, then
-/// drains: NOT_SERVING, new inference refused, in-flight requests finish (at most
-/// `args.drain_timeout`). Metrics are served on `args.metrics_listen`, if set.
+/// drains: NOT_SERVING while still serving for `args.drain_grace`, then new inference refused,
+/// in-flight requests finish (at most `args.drain_timeout`). Metrics are served on `args.metrics_listen`, if set.
 pub async fn serve(
     args: WorkerArgs,
     listener: TcpListener,
@@ -306,15 +314,20 @@ pub async fn serve_with_metrics(
 
     let registered = registration::register(&args, local).await?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_grace = args.drain_grace;
     let signal = async move {
         shutdown.await;
         if let Some(registered) = registered {
             registered.deregister().await;
         }
-        tracing::info!("draining: NOT_SERVING, refusing new requests");
-        ready.store(false, Ordering::Release);
+        // NOT_SERVING first, while still serving: a gateway watching health stops sending
+        // before anything is refused (refusing first would fail the calls it sends meanwhile).
+        tracing::info!("draining: NOT_SERVING, serving on for {drain_grace:?}");
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_service_status(INFERENCE_SERVICE, ServingStatus::NotServing).await;
+        tokio::time::sleep(drain_grace).await;
+        tracing::info!("draining: refusing new requests");
+        ready.store(false, Ordering::Release);
         // Dropping the statuses ends open Watch streams after they deliver NOT_SERVING, so that
         // health watchers do not hold the connections open through the drain.
         health.clear_service_status("").await;

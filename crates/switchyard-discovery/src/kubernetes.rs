@@ -22,9 +22,19 @@
 //! an error item) and retried with kube's default back-off; the endpoints known stay. Needs the
 //! crate's feature `kubernetes`.
 //!
-//! The tests run the watcher against kube's mock service (`tower_test::mock`, the approach kube's
-//! own tests use) answering with EndpointSlice responses in the form the API server sends
-//! (`tests/fixtures/k8s/`), since no API server runs in the test environment.
+//! **No API server runs in the tests.** They run the watcher against kube's mock service
+//! (`tower_test::mock`, the approach kube's own tests use), which answers its list and watch
+//! requests with the files in `tests/fixtures/k8s/`. Those are hand-written, not recorded from a
+//! cluster: they follow the `discovery.k8s.io/v1` wire format as the API server sends it (the
+//! list's items without `kind`/`apiVersion`, the list's `resourceVersion` the first watch starts
+//! from; `uid`, `generation`, `generateName`, the Service as owner, `managedFields`, the
+//! `last-change-trigger-time` annotation; `targetRef`, `nodeName`, `zone`; one `{"type", "object"}`
+//! JSON document per line in a watch, a `DELETED` carrying the object's last state at the
+//! deletion's version; `BOOKMARK` events whose object has only `metadata.resourceVersion` set
+//! (the other fields at their zero values), after which the server ends the watch and the
+//! watcher watches again from the bookmark's version). Whitespace differs (the server sends a
+//! list on one line), and what a real API server adds beyond this (watch timeouts by the
+//! clock, `410 Gone` for an expired version, pagination with `continue`) is not exercised.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

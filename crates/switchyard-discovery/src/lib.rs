@@ -51,7 +51,9 @@
 mod channel;
 pub mod config;
 pub mod connect;
+pub mod cut_status;
 pub mod dns;
+pub mod drain;
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -66,6 +68,8 @@ mod source;
 pub use channel::{Publisher, SourceGone, channel};
 pub use config::{EndpointSpec, SourceConfig};
 pub use connect::{Connected, Connector};
+pub use cut_status::CutStatus;
+pub use drain::ConnectionDrain;
 pub use error::DiscoveryError;
 pub use health::{HealthConfig, HeldBack};
 pub use membership::{EndpointChange, Membership};

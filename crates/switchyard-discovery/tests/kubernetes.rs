@@ -1,6 +1,8 @@
 //! The EndpointSlice watcher against kube's mock service (`tower_test::mock`, as kube's own tests
 //! do): no API server runs here, so the mock answers the watcher's list and watch requests with
-//! EndpointSlice responses in the form the API server sends (`tests/fixtures/k8s/`).
+//! hand-written EndpointSlice responses in the API server's wire format (`tests/fixtures/k8s/`:
+//! a list, then watches of MODIFIED, DELETED, ADDED and BOOKMARK events; see the `kubernetes`
+//! module's documentation for what they are and what they leave out).
 #![cfg(feature = "kubernetes")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -64,22 +66,48 @@ async fn endpoint_slice_conditions_ready_serving_and_terminating_are_honoured() 
     // The list: ready endpoints (conditions unset mean ready); the one not ready is held out.
     assert_eq!(
         changes(&mut source, 3).await,
-        ["+10.1.0.1:9001 llm-7d9f-aaaaa", "+10.1.0.2:9001 llm-7d9f-bbbbb", "+10.1.0.4:9001 llm-7d9f-ddddd"]
+        [
+            "+10.1.0.1:9001 llm-7d9f8c6b5-aaaaa",
+            "+10.1.0.2:9001 llm-7d9f8c6b5-bbbbb",
+            "+10.1.0.4:9001 llm-7d9f8c6b5-ddddd"
+        ]
     );
-    let list = uris.recv().await.unwrap();
+    let list = tokio::time::timeout(Duration::from_secs(10), uris.recv())
+        .await
+        .expect("a request within 10 s")
+        .unwrap();
     assert!(list.starts_with("/apis/discovery.k8s.io/v1/namespaces/serving/endpointslices?"), "{list}");
     assert!(list.contains("labelSelector=kubernetes.io%2Fservice-name%3Dllm"), "{list}");
 
     // A pod starts terminating (still serving): it drains; the one not ready becomes ready.
-    assert_eq!(changes(&mut source, 2).await, ["+10.1.0.3:9001 llm-7d9f-ccccc", "-10.1.0.2:9001"]);
-    let watch = uris.recv().await.unwrap();
-    assert!(watch.contains("watch=true") && watch.contains("resourceVersion=1000"), "{watch}");
+    assert_eq!(changes(&mut source, 2).await, ["+10.1.0.3:9001 llm-7d9f8c6b5-ccccc", "-10.1.0.2:9001"]);
+    let watch = tokio::time::timeout(Duration::from_secs(10), uris.recv())
+        .await
+        .expect("a request within 10 s")
+        .unwrap();
+    assert!(watch.contains("watch=true") && watch.contains("resourceVersion=1000417"), "{watch}");
+    assert!(watch.contains("allowWatchBookmarks=true"), "{watch}");
 
     // A slice deleted, an IPv6 slice added.
     assert_eq!(changes(&mut source, 1).await, ["-10.1.0.4:9001"]);
-    assert_eq!(changes(&mut source, 1).await, ["+[fd00::5]:9001"]);
-    let watch = uris.recv().await.unwrap();
-    assert!(watch.contains("resourceVersion=1001"), "{watch}");
+    assert_eq!(changes(&mut source, 1).await, ["+[fd00::5]:9001 llm-7d9f8c6b5-eeeee"]);
+    // The first watch ended (as the server ends one at its timeoutSeconds) after a bookmark: the
+    // next one starts from the bookmark's version, and so does the one after.
+    let watch = tokio::time::timeout(Duration::from_secs(10), uris.recv())
+        .await
+        .expect("a request within 10 s")
+        .unwrap();
+    assert!(watch.contains("resourceVersion=1000450"), "{watch}");
+    // (The watcher asks only while the source is polled; nothing more is to come.)
+    let watch = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            uri = uris.recv() => uri.unwrap(),
+            item = source.next() => panic!("no change expected: {:?}", item.map(|i| i.map(|c| describe(&c)))),
+        }
+    })
+    .await
+    .expect("a request within 10 s");
+    assert!(watch.contains("resourceVersion=1000488"), "{watch}");
 
     drop(source);
     server.abort();
