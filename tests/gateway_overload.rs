@@ -111,6 +111,13 @@ async fn a_pool_with_an_endpoint_limit_holds_each_endpoint_to_it_and_shows_it() 
     let mut answer = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
     assert!(answer.contains("\"limit\":1"), "{answer}");
+    // And the capacity the balancer learnt: one slot (an LLM engine), and the no-load time per
+    // unit of work, known since the first request went out with nothing ahead of it.
+    assert!(answer.contains("\"slots\":1"), "{answer}");
+    assert!(
+        answer.contains("\"idle_unit_time_ms\":") && !answer.contains("\"idle_unit_time_ms\":null"),
+        "{answer}"
+    );
 }
 
 #[test]

@@ -139,6 +139,13 @@ async fn gateway_and_worker_metrics_pass_promtool_and_hold_the_per_endpoint_seri
         );
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejections_total{labels}")), Some(0.0));
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejected{labels}")), Some(0.0));
+        // The capacity the balancer learnt: an LLM engine prefills one prompt at a time.
+        assert_eq!(value(&text, &format!("switchyard_endpoint_slots{labels}")), Some(1.0), "{text}");
+        assert!(
+            value(&text, &format!("switchyard_endpoint_idle_unit_time_seconds{labels}"))
+                .is_some_and(|v| v > 0.0),
+            "{text}"
+        );
         // From the balancer's observer, told once per request.
         let observed = format!(
             r#"switchyard_endpoint_duration_seconds_count{{pool="default",endpoint="{}",outcome="ok"}}"#,

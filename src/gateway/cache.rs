@@ -15,6 +15,7 @@
 //! | `ttl` | how long an answer is served | `"60s"` |
 //! | `max_request_bytes` | largest request read for a key | 64 KiB |
 //! | `max_response_bytes` | largest answer stored | 1 MiB |
+//! | `read_timeout` | how long a request body may take to arrive (or the request's deadline, if sooner); past it, `DEADLINE_EXCEEDED` | `"5s"` |
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -35,6 +36,7 @@ struct Params {
     ttl: Option<String>,
     max_request_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
+    read_timeout: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -105,11 +107,20 @@ pub(crate) fn cache(spec: &Spec) -> Result<PoolLayer, SpecError> {
     if ttl.is_zero() {
         return Err(error(spec, "`ttl` must be above zero"));
     }
+    let read_timeout = match &params.read_timeout {
+        None => defaults.read_timeout,
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| error(spec, format!("`read_timeout` = {text:?}: {e} (e.g. \"5s\")")))?,
+    };
+    if read_timeout.is_zero() {
+        return Err(error(spec, "`read_timeout` must be above zero"));
+    }
     let config = CacheConfig {
         max_bytes: params.max_bytes.unwrap_or(defaults.max_bytes),
         ttl,
         max_request_bytes: params.max_request_bytes.unwrap_or(defaults.max_request_bytes),
         max_response_bytes: params.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+        read_timeout,
         rules,
     };
     if config.max_bytes == 0 {
@@ -237,6 +248,15 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.message.contains("ttl"), "{err}");
+        let err =
+            cache(&spec(r#"{ name = "cache", read_timeout = "0s", methods = [{ method = "/a.B/C" }] }"#))
+                .err()
+                .unwrap();
+        assert!(err.message.contains("read_timeout"), "{err}");
+        assert!(
+            cache(&spec(r#"{ name = "cache", read_timeout = "250ms", methods = [{ method = "/a.B/C" }] }"#))
+                .is_ok()
+        );
         let err =
             cache(&spec(r#"{ name = "cache", methods = [{ method = "/a.B/C", when = "sometimes" }] }"#))
                 .err()

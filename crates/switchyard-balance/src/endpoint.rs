@@ -96,6 +96,11 @@ pub struct EndpointState {
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
     /// policies that scan every endpoint.
     unit_time_bits: AtomicU64,
+    /// How long a response runs on after its first byte (a stream's generation): an EWMA over
+    /// the requests that succeeded, with the speed's time constant.
+    after_first_byte: Mutex<Option<RttEstimate>>,
+    /// The same as `f64` bits (NaN before the first sample).
+    after_first_byte_bits: AtomicU64,
     /// What the endpoint takes at once, learnt from its first bytes.
     capacity: Mutex<CapacityEstimate>,
     /// [`CapacityEstimate::slots`], read without the lock.
@@ -202,6 +207,8 @@ impl EndpointState {
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
+            after_first_byte: Mutex::new(None),
+            after_first_byte_bits: AtomicU64::new(f64::NAN.to_bits()),
             capacity: Mutex::new(CapacityEstimate::default()),
             slots: AtomicU32::new(1),
             idle_unit_bits: AtomicU64::new(f64::NAN.to_bits()),
@@ -370,6 +377,15 @@ impl EndpointState {
         (!u.is_nan()).then_some(u)
     }
 
+    /// How long a response runs on after its first byte, in nanoseconds: for an LLM stream its
+    /// generation (the time it holds a batch slot after its prefill), for a unary call about
+    /// zero. An EWMA (time constant [`TrackingConfig::speed_decay`]) over the requests that
+    /// succeeded; `None` before the first.
+    pub fn after_first_byte_nanos(&self) -> Option<f64> {
+        let v = f64::from_bits(self.after_first_byte_bits.load(Ordering::Relaxed));
+        (!v.is_nan()).then_some(v)
+    }
+
     fn record_first_byte(&self, sample: FirstByte, now: Instant) {
         let tau = Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed));
         let mut guard = lock(&self.capacity);
@@ -461,6 +477,9 @@ impl EndpointState {
         let mut load = Load::default();
         load.in_flight = self.in_flight();
         load.limit = self.limit();
+        load.slots = self.slots();
+        // Nanoseconds, finite and ≥ 0; `as` saturates.
+        load.idle_unit_time = self.idle_unit_time_nanos().map(|n| Duration::from_nanos(n as u64));
         load.latency_ewma = self.latency_ewma(now);
         load.completed = completed;
         load.failed = failed;
@@ -496,7 +515,19 @@ impl EndpointState {
     }
 
     fn record_unit_time(&self, per_unit_nanos: f64, now: Instant) {
-        let mut guard = lock(&self.unit_time);
+        self.record_speed_ewma(&self.unit_time, &self.unit_time_bits, per_unit_nanos, now);
+    }
+
+    /// Blends `sample` into the EWMA in `slot` (time constant [`TrackingConfig::speed_decay`])
+    /// and publishes the result as `f64` bits in `bits`.
+    fn record_speed_ewma(
+        &self,
+        slot: &Mutex<Option<RttEstimate>>,
+        bits: &AtomicU64,
+        sample: f64,
+        now: Instant,
+    ) {
+        let mut guard = lock(slot);
         let next = match *guard {
             Some(u) => {
                 let w = weight_since(
@@ -504,12 +535,12 @@ impl EndpointState {
                     now,
                     Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed)),
                 );
-                u.nanos * w + per_unit_nanos * (1.0 - w)
+                u.nanos * w + sample * (1.0 - w)
             }
-            None => per_unit_nanos,
+            None => sample,
         };
         *guard = Some(RttEstimate { nanos: next, at: now });
-        self.unit_time_bits.store(next.to_bits(), Ordering::Relaxed);
+        bits.store(next.to_bits(), Ordering::Relaxed);
     }
 
     fn record_rtt(&self, rtt: Duration, now: Instant) {
@@ -653,12 +684,15 @@ impl InFlight {
         self.sample_at(now);
         self.ended = true;
         let rtt = self.first_byte.unwrap_or_else(|| now.saturating_duration_since(self.sent_at));
+        let latency = now.saturating_duration_since(self.sent_at);
+        if outcome == Outcome::Ok {
+            let after = nanos_f64(latency.saturating_sub(rtt));
+            let state = &self.state;
+            state.record_speed_ewma(&state.after_first_byte, &state.after_first_byte_bits, after, now);
+        }
         self.state.sample_limit(outcome, rtt, self.in_flight, now);
         let verdict = self.state.finish(outcome, outlier, now);
-        (
-            verdict,
-            Timing { first_byte: self.first_byte, latency: now.saturating_duration_since(self.sent_at) },
-        )
+        (verdict, Timing { first_byte: self.first_byte, latency })
     }
 
     /// Ends the request as cancelled (the caller went away); returns its timing.
@@ -828,5 +862,35 @@ mod tests {
             (0, (0, 1), 1),
             "a dropped guard ends its request as cancelled, not as a failure"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_board_shows_the_learnt_capacity_and_a_stream_its_time_after_the_first_byte() {
+        let s = state();
+        let load = s.load(Instant::now());
+        assert_eq!((load.slots, load.idle_unit_time), (1, None), "nothing learnt yet");
+        // One request of 4 units sent with nothing ahead: first byte after 8 ms, end 2 s later.
+        let mut f = s.start(Instant::now(), 4);
+        advance(Duration::from_millis(8)).await;
+        f.first_byte();
+        advance(Duration::from_secs(2)).await;
+        f.end(Outcome::Ok, &OutlierConfig::default());
+        let load = s.load(Instant::now());
+        assert_eq!((load.slots, load.idle_unit_time), (1, Some(Duration::from_millis(2))));
+        assert_eq!(s.after_first_byte_nanos(), Some(2e9));
+        // A failure teaches nothing about how long a response runs on.
+        let mut f = s.start(Instant::now(), 4);
+        advance(Duration::from_millis(8)).await;
+        f.first_byte();
+        f.end(Outcome::Unavailable, &OutlierConfig::default());
+        assert_eq!(s.after_first_byte_nanos(), Some(2e9));
+        // Eight at once, each as fast as one alone: the slots grow past 1.
+        for _ in 0..100 {
+            let mut batch: Vec<_> = (0..8).map(|_| s.start(Instant::now(), 4)).collect();
+            advance(Duration::from_millis(8)).await;
+            batch.iter_mut().for_each(|f| f.first_byte());
+        }
+        assert!(s.load(Instant::now()).slots > 1, "{:?}", s.load(Instant::now()));
+        assert_eq!(s.load(Instant::now()).slots, s.slots());
     }
 }

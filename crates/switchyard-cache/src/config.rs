@@ -95,6 +95,12 @@ pub struct CacheConfig {
     pub max_request_bytes: usize,
     /// Largest answer stored: 1 MiB. A larger one goes to its caller unchanged, unstored.
     pub max_response_bytes: usize,
+    /// How long the cache waits for a request body to end (or to pass
+    /// [`max_request_bytes`](Self::max_request_bytes)) before it gives up: 5 s, as the key
+    /// layer's `peek_timeout`, or the request's own [`Deadline`](switchyard_core::Deadline) if
+    /// sooner. A client that stalls its body is refused with `DEADLINE_EXCEEDED` then, rather
+    /// than holding its caller (and the cache's read) without end.
+    pub read_timeout: Duration,
     /// The methods the cache serves; a request of any other goes upstream untouched.
     pub rules: Vec<CacheRule>,
 }
@@ -107,6 +113,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// [`CacheConfig::max_response_bytes`] by default.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// [`CacheConfig::read_timeout`] by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -115,6 +123,7 @@ impl Default for CacheConfig {
             ttl: DEFAULT_TTL,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            read_timeout: DEFAULT_READ_TIMEOUT,
             rules: Vec::new(),
         }
     }
@@ -124,6 +133,13 @@ impl CacheConfig {
     /// The defaults, serving `rules`.
     pub fn new(rules: impl IntoIterator<Item = CacheRule>) -> Self {
         Self { rules: rules.into_iter().collect(), ..Self::default() }
+    }
+
+    /// The same settings, waiting at most `timeout` for a request body (see
+    /// [`read_timeout`](Self::read_timeout)).
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
     }
 
     /// The rule for `path`, if the cache serves that method.

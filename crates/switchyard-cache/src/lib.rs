@@ -14,8 +14,11 @@
 //!   order: prost and Go write a map in its hash order), so a rule can key by a canonical form
 //!   instead ([`CacheRule::key_with`]; the gateway's KServe rules sort the parameter maps). The request body is read first, bounded by
 //!   [`max_request_bytes`](CacheConfig::max_request_bytes) (64 KiB; a larger one goes upstream
-//!   unchanged, uncached), then handed on unchanged in the same body type ([`ReplayBody`]),
-//!   as the key layer (`switchyard-keys`) replays what it peeked.
+//!   unchanged, uncached) and in time by [`read_timeout`](CacheConfig::read_timeout) (5 s, or
+//!   the request's own deadline if sooner; a client that stalls its body past it gets
+//!   `DEADLINE_EXCEEDED`, counted in [`CacheStats::timed_out`]), then handed on unchanged in
+//!   the same body type ([`ReplayBody`]), as the key layer (`switchyard-keys`) replays what it
+//!   peeked.
 //! - **Bounded by bytes** ([`max_bytes`](CacheConfig::max_bytes), 64 MiB, counting keys,
 //!   bodies and headers), with moka's TinyLFU admission and LRU eviction, and a **TTL**
 //!   ([`ttl`](CacheConfig::ttl), 60 s, kept on tokio's clock). An answer larger than
@@ -94,7 +97,7 @@ mod store;
 pub use body::ReplayBody;
 pub use config::{
     CacheConfig, CacheRule, DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_TTL, KeyFn, Predicate,
+    DEFAULT_READ_TIMEOUT, DEFAULT_TTL, KeyFn, Predicate,
 };
 pub use error::SharedError;
 pub use grpc::first_message;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use switchyard_core::{Deadline, Error, ErrorKind};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
@@ -130,7 +131,24 @@ where
     let config = &shared.config;
     let (parts, body) = req.into_parts();
     let max_messages = (!rule.streams).then_some(1);
-    let read = read_bounded(body, config.max_request_bytes, max_messages).await.map_err(Into::into)?;
+    // The body is read before anything else: a client that stalls it is given up on at the
+    // read timeout, or at the request's own deadline if sooner.
+    let mut give_up = Instant::now() + config.read_timeout;
+    if let Some(Deadline(own)) = parts.extensions.get::<Deadline>() {
+        give_up = give_up.min(*own);
+    }
+    let read =
+        match tokio::time::timeout_at(give_up, read_bounded(body, config.max_request_bytes, max_messages))
+            .await
+        {
+            Ok(read) => read.map_err(Into::into)?,
+            Err(_) => {
+                count(&store.counters.timed_out);
+                let cause =
+                    format!("response cache: the request body did not end within {:?}", config.read_timeout);
+                return Err(Box::new(Error::new(ErrorKind::DeadlineExceeded).with_source(cause)));
+            }
+        };
     let whole = read.whole.filter(|whole| {
         rule.when.as_ref().is_none_or(|when| when(&parts, whole))
             && message_count(whole).is_some_and(|n| n == 1 || (rule.streams && n > 0))

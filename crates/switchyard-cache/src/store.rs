@@ -99,6 +99,7 @@ pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) bypassed: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
 }
 
 /// A snapshot of a cache's counters and size.
@@ -113,6 +114,9 @@ pub struct CacheStats {
     /// no, their body was larger than the bound or a stream, or the answer they would have
     /// shared could not be (too large, or a stream).
     pub bypassed: u64,
+    /// Requests refused because their body did not end within the
+    /// [`read_timeout`](CacheConfig::read_timeout) (or their own deadline): `DEADLINE_EXCEEDED`.
+    pub timed_out: u64,
     /// Answers stored now (moka's count, which settles as its pending work runs).
     pub entries: u64,
     /// Bytes they weigh: never above [`CacheConfig::max_bytes`] once pending work has run.
@@ -143,6 +147,7 @@ impl Store {
             hits: self.counters.hits.load(Ordering::Relaxed),
             misses: self.counters.misses.load(Ordering::Relaxed),
             bypassed: self.counters.bypassed.load(Ordering::Relaxed),
+            timed_out: self.counters.timed_out.load(Ordering::Relaxed),
             entries: self.cache.entry_count(),
             bytes: self.cache.weighted_size(),
         }

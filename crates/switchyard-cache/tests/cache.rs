@@ -367,3 +367,46 @@ async fn a_rule_can_key_by_a_canonical_form() {
     }
     assert_eq!(m.calls.load(Ordering::SeqCst), 3, "no key: not cached");
 }
+
+type FrameSender = tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>;
+
+/// A request whose body sends `head` and then stalls, open while the returned sender lives.
+fn stalled(head: &[u8]) -> (http::Request<Body>, FrameSender) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(Ok(http_body::Frame::data(Bytes::copy_from_slice(head)))).unwrap();
+    let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let body = http_body_util::StreamBody::new(frames);
+    (http::Request::post(METHOD).body(Body::new(body)).unwrap(), tx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_body_is_refused_at_the_read_timeout_and_waits_on_nothing() {
+    let m = mock(Answer::Echo);
+    let layer = CacheLayer::new(
+        CacheConfig::new([CacheRule::method(METHOD)]).with_read_timeout(Duration::from_millis(300)),
+    );
+    let mut service = layer.layer(m.service.clone());
+    // Half a message, then nothing: the body neither ends nor passes the byte bound.
+    let (req, _kept_open) = stalled(&frame(b"hello")[..4]);
+    let started = tokio::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(60), call(&mut service, req)).await;
+    let error = answered.expect("not left waiting").err().expect("refused");
+    assert_eq!(started.elapsed(), Duration::from_millis(300), "given up at the read timeout");
+    assert_eq!(status_of(&*error).code, Code::DeadlineExceeded, "{error}");
+    assert_eq!(m.calls.load(Ordering::SeqCst), 0, "nothing went upstream");
+    assert_eq!(layer.stats().timed_out, 1);
+    // The cache is free for the same request sent whole: it is answered, and then cached.
+    let reply = call(&mut service, request(METHOD, b"hello")).await.unwrap();
+    assert_eq!(reply.data, Bytes::from(frame(b"hello")));
+    assert_eq!(m.calls.load(Ordering::SeqCst), 1);
+
+    // The request's own deadline, when sooner, gives up first.
+    let (mut req, _kept_open) = stalled(&frame(b"other")[..2]);
+    req.extensions_mut()
+        .insert(switchyard_core::Deadline(tokio::time::Instant::now() + Duration::from_millis(50)));
+    let started = tokio::time::Instant::now();
+    let error = call(&mut service, req).await.err().expect("refused");
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(status_of(&*error).code, Code::DeadlineExceeded);
+    assert_eq!(layer.stats().timed_out, 2);
+}

@@ -43,6 +43,15 @@ pub struct Load {
     /// The endpoint's concurrency limit in force, when the balancer limits each endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// How many requests the endpoint serves at once before a new one waits (its slots), as the
+    /// balancer learnt it from the endpoint's answers: 1 for an LLM engine, which prefills prompts
+    /// one after another, `k` for a server of `k` parallel slots; 1 until the endpoint shows more.
+    pub slots: u32,
+    /// The endpoint's time per unit of work before a first byte when nothing waits ahead (its
+    /// no-load speed: per prompt token for requests that carry a size, per request otherwise),
+    /// as the balancer learnt it. `None` before the first answer sent with nothing ahead.
+    #[serde(serialize_with = "ser_opt_ms", rename = "idle_unit_time_ms")]
+    pub idle_unit_time: Option<Duration>,
     /// Requests that succeeded since the endpoint was added (`OK`).
     pub completed: u64,
     /// Requests that failed: the endpoint was unavailable or unreachable, the deadline passed, or
@@ -103,5 +112,15 @@ mod tests {
         let json = serde_json::to_string(&load).unwrap();
         assert!(json.contains("\"latency_ewma_ms\":1.5"), "{json}");
         assert!(!json.contains("report_at"), "{json}");
+    }
+
+    #[test]
+    fn serialises_the_learnt_capacity() {
+        let load = Load { slots: 8, idle_unit_time: Some(Duration::from_millis(10)), ..Default::default() };
+        let json = serde_json::to_string(&load).unwrap();
+        assert!(json.contains("\"slots\":8"), "{json}");
+        assert!(json.contains("\"idle_unit_time_ms\":10.0"), "{json}");
+        let unknown = serde_json::to_string(&Load::default()).unwrap();
+        assert!(unknown.contains("\"idle_unit_time_ms\":null"), "{unknown}");
     }
 }

@@ -10,7 +10,8 @@ use crate::names;
 use crate::registry::{METADATA, ScrapeSource};
 
 /// A [`ScrapeSource`] that publishes a pool's endpoints as the balancer tracks them: picks,
-/// outcomes, in flight, peak-EWMA latency, the replica's last ORCA report (queue, running, KV-cache
+/// outcomes, in flight, peak-EWMA latency, the capacity learnt (slots and no-load time per unit
+/// of work), the replica's last ORCA report (queue, running, KV-cache
 /// use), ejection (now, and how many times), draining; and the pool's policy in force.
 ///
 /// Everything is read from the [`LoadBoard`] when the registry is scraped: no request pays for
@@ -84,6 +85,10 @@ impl ScrapeSource for BoardMetrics {
             gauge(names::ENDPOINT_IN_FLIGHT, &labels, f64::from(load.in_flight));
             if let Some(limit) = load.limit {
                 gauge(names::ENDPOINT_LIMIT, &labels, f64::from(limit));
+            }
+            gauge(names::ENDPOINT_SLOTS, &labels, f64::from(load.slots));
+            if let Some(unit) = load.idle_unit_time {
+                gauge(names::ENDPOINT_IDLE_UNIT_TIME, &labels, unit.as_secs_f64());
             }
             if let Some(ewma) = load.latency_ewma {
                 gauge(names::ENDPOINT_LATENCY_EWMA, &labels, ewma.as_secs_f64());

@@ -83,6 +83,13 @@ pub const POOL_LIMIT_DROPPED: &str = "switchyard_pool_limit_dropped_total";
 /// Gauge: the concurrency limit in force on an endpoint (the balancer's per-endpoint limit),
 /// `{pool, endpoint}`.
 pub const ENDPOINT_LIMIT: &str = "switchyard_endpoint_concurrency_limit";
+/// Gauge: how many requests an endpoint serves at once before a new one waits (its slots), as
+/// the balancer learnt it from the endpoint's answers, `{pool, endpoint}`.
+pub const ENDPOINT_SLOTS: &str = "switchyard_endpoint_slots";
+/// Gauge, seconds: an endpoint's no-load time per unit of work before a first byte (per prompt
+/// token, or per request when requests carry no size), as the balancer learnt it,
+/// `{pool, endpoint}` (absent before its first answer sent with nothing ahead).
+pub const ENDPOINT_IDLE_UNIT_TIME: &str = "switchyard_endpoint_idle_unit_time_seconds";
 /// Gauge: requests waiting in a pool's shed queue, `{pool}`.
 pub const SHED_WAITING: &str = "switchyard_shed_queue_waiting_requests";
 /// Gauge: 1 while a pool's shed queue is overloaded (waits above its target for an interval),

@@ -210,6 +210,16 @@ impl MetricsRegistry {
             Some(Unit::Count),
             "Concurrency limit in force on the endpoint (the balancer's per-endpoint limit).",
         );
+        g(
+            ENDPOINT_SLOTS,
+            Some(Unit::Count),
+            "Requests the endpoint serves at once before a new one waits, as the balancer learnt it.",
+        );
+        g(
+            ENDPOINT_IDLE_UNIT_TIME,
+            Some(Unit::Seconds),
+            "No-load time per unit of work before a first byte of the endpoint, as the balancer learnt it.",
+        );
         g(ENDPOINT_EJECTED, None, "1 while outlier detection has the endpoint ejected.");
         g(ENDPOINT_DRAINING, None, "1 while the endpoint drains (removed, its last requests running).");
         g(POOL_POLICY, None, "1 for the balancing policy the pool uses now, 0 for one it used before.");

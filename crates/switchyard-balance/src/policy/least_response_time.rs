@@ -126,9 +126,8 @@ fn cheapest(
     let mut best = None;
     let mut best_cost = f64::INFINITY;
     for i in candidates {
-        // The backlog is worked off `slots` requests at a time, never more than there are.
-        let cost = estimate.cost_nanos(&endpoints[i], work)
-            / f64::from(ResponseTimeEstimate::at_once(&endpoints[i]));
+        let e = &*endpoints[i];
+        let cost = estimate.backlog_cost_nanos(&Backlog::of(e), work, estimate.unit_time_nanos(e));
         if best.is_none() || cost < best_cost {
             best = Some(i);
             best_cost = cost;
@@ -137,13 +136,43 @@ fn cheapest(
     best.unwrap_or(0)
 }
 
+/// What waits ahead of a new request on one endpoint, as the response-time cost counts it: the
+/// work awaiting a first byte, the requests in flight (for the brake) and how many requests the
+/// endpoint works off at once. [`Backlog::of`] is the balancer's own view;
+/// [`LoadReport`](super::LoadReport) adds what replicas report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Backlog {
+    /// Work awaiting a first byte ahead of the request, in the balancer's units.
+    pub ahead: f64,
+    /// Requests on the endpoint (sent and not ended).
+    pub in_flight: f64,
+    /// Requests the endpoint works off at once (≥ 1): its learnt slots, never more than the
+    /// requests awaiting a first byte there plus this one.
+    pub at_once: u32,
+}
+
+impl Backlog {
+    /// A backlog of `ahead` units of work, `in_flight` requests, worked off `at_once` at a time.
+    pub fn new(ahead: f64, in_flight: f64, at_once: u32) -> Self {
+        Self { ahead, in_flight, at_once }
+    }
+
+    /// What this balancer has on `e`: its pending work, its requests in flight and
+    /// [`ResponseTimeEstimate::at_once`].
+    pub fn of(e: &EndpointState) -> Self {
+        Self::new(e.pending_work() as f64, f64::from(e.in_flight()), ResponseTimeEstimate::at_once(e))
+    }
+}
+
 /// [`LeastResponseTime`]'s estimate of each endpoint's time to first byte, for policies that
 /// weigh it against something else (the prefix-aware policy weighs it against the prefill a
-/// cached prefix saves) rather than counting load a second way.
+/// cached prefix saves; [`LoadReport`](super::LoadReport) adds the load replicas report) rather
+/// than counting load a second way.
 ///
 /// Built over the endpoints compared (one pass: the fastest measured speed, which endpoints
 /// without a sample borrow, and the mean in-flight count); then
-/// [`cost_nanos`](Self::cost_nanos) is the policy's cost for one of them.
+/// [`backlog_cost_nanos`](Self::backlog_cost_nanos) is the policy's cost for one of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResponseTimeEstimate {
     unknown_unit_nanos: f64,
@@ -176,14 +205,35 @@ impl ResponseTimeEstimate {
         self.mean_in_flight
     }
 
+    /// The same estimate with another mean in-flight count (a policy that sees more requests
+    /// than the balancer sent, such as the ones a replica reports, brakes against their mean).
+    pub fn with_mean_in_flight(mut self, mean_in_flight: f64) -> Self {
+        self.mean_in_flight = mean_in_flight;
+        self
+    }
+
+    /// The soft brake on an endpoint holding `in_flight` requests:
+    /// `√((in_flight + 1) / (mean_in_flight + 1))`.
+    pub fn brake(&self, in_flight: f64) -> f64 {
+        ((in_flight + 1.0) / (self.mean_in_flight + 1.0)).sqrt()
+    }
+
+    /// The expected time to first byte, in nanoseconds, of a request of `work` units behind
+    /// `backlog` on an endpoint taking `unit_time` nanoseconds per unit:
+    /// `(ahead + work) × unit_time × brake(in_flight) ÷ at_once`, [`LeastResponseTime`]'s cost.
+    pub fn backlog_cost_nanos(&self, backlog: &Backlog, work: f64, unit_time: f64) -> f64 {
+        (backlog.ahead + work) * unit_time * self.brake(backlog.in_flight) / f64::from(backlog.at_once.max(1))
+    }
+
     /// The expected time to first byte at `e` for a request of `work` units, as if the endpoint
     /// served one request at a time:
     /// `(pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1))`.
-    /// [`LeastResponseTime`] divides it by [`at_once`](Self::at_once); the prefix-aware policy
-    /// uses it as it is (its defaults were tuned in the lab against this cost).
+    /// [`LeastResponseTime`] divides it by [`at_once`](Self::at_once)
+    /// ([`backlog_cost_nanos`](Self::backlog_cost_nanos) over [`Backlog::of`]); the prefix-aware
+    /// policy uses it as it is (its defaults were tuned in the lab against this cost).
     pub fn cost_nanos(&self, e: &EndpointState, work: f64) -> f64 {
-        let share = (f64::from(e.in_flight()) + 1.0) / (self.mean_in_flight + 1.0);
-        (e.pending_work() as f64 + work) * self.unit_time_nanos(e) * share.sqrt()
+        let serial = Backlog { at_once: 1, ..Backlog::of(e) };
+        self.backlog_cost_nanos(&serial, work, self.unit_time_nanos(e))
     }
 
     /// How many requests `e` works off at once: its learnt slots (see [`crate::capacity`]),

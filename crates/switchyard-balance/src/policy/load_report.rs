@@ -9,7 +9,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
-use super::{Endpoints, Policy, RequestInfo};
+use super::{Backlog, Endpoints, Policy, RequestInfo, ResponseTimeEstimate};
 use crate::EndpointState;
 
 /// The endpoint expected to send the first byte soonest, counting the load its replica reports
@@ -34,12 +34,17 @@ use crate::EndpointState;
 /// foreign_work    = max(0, foreign_waiting × work − age_of_report ÷ unit_time)
 /// occupancy       = in_flight + foreign_running
 /// at_once         = max(1, min(slots, own_awaiting + foreign_waiting + 1))
-/// cost            = (pending_work + foreign_work + work) × unit_time ÷ at_once
-///                   × √((occupancy + 1) / (mean_occupancy + 1))
+/// brake           = √((occupancy + 1) / (mean_occupancy + 1))
+/// backlog_cost    = (pending_work + foreign_work + work) × unit_time × brake ÷ at_once
+/// beyond          = occupancy + 1 − capacity           (requests beyond the batch, this one included)
+/// hold            = after_first_byte + work × unit_time (how long a request keeps its slot)
+/// slot_wait       = beyond × hold ÷ capacity            (0 when beyond ≤ 0 or capacity unknown)
+/// cost            = max(backlog_cost, (slot_wait + work × unit_time) × brake)
 /// ```
 ///
 /// `slots` is what the balancer learnt of the replica's parallelism (see [`crate::capacity`]),
-/// as least response time uses it.
+/// as least response time uses it, and `backlog_cost` is least response time's arithmetic
+/// ([`ResponseTimeEstimate::backlog_cost_nanos`]) over the larger backlog, not a copy of it.
 ///
 /// - `own_awaiting_at_report` and `own_in_flight_at_report` are what this balancer had on the
 ///   endpoint when the report arrived ([`EndpointState::fresh_report_with_own`]): the report
@@ -51,12 +56,26 @@ use crate::EndpointState;
 ///   the report ages: after `foreign_waiting × work × unit_time` the replica has prefilled them.
 /// - The brake is LRT's, over the replica's whole occupancy (own and foreign requests in flight)
 ///   instead of the balancer's share alone: running decodes slow every step and fill batch slots.
-/// - **Batch room** comes first: an endpoint whose occupancy has reached the `capacity` it
-///   reports (its maximum batch) makes a new request wait for a running one to end, a wait of
-///   whole generations where a prefill backlog costs milliseconds; so any endpoint with room
-///   beats every one without, and the cost orders each group. A capacity of 0 means unknown.
+/// - **The wait for a slot**: on a replica whose occupancy has reached the `capacity` it
+///   reports (its maximum batch; 0 means unknown), a new request waits until as many running
+///   requests have ended as there are requests beyond the batch, itself included. Running
+///   requests end at a rate of `capacity ÷ hold` (their remaining times spread evenly over a
+///   hold), so the wait is `beyond × hold ÷ capacity`. A request holds its slot for its own
+///   prefill (`work × unit_time`) and then for as long as a response runs on after its first
+///   byte ([`EndpointState::after_first_byte_nanos`], learnt from the balancer's own requests;
+///   0 before the first): an LLM stream's whole generation, seconds, where a prefill backlog
+///   costs milliseconds; about nothing after the single reply of a classic server, whose slot
+///   frees after one service time. The cost is the later of the two waits, not their sum: a
+///   request queued for a slot is in the backlog as well, and adding the two would count it
+///   twice.
 /// - Without a report younger than `max_age` (1 s by default), the foreign terms are zero and
 ///   the cost is LRT's.
+///
+/// An earlier version ranked every replica with a free batch slot before every full one. On
+/// classic servers that is wrong: in lab `hetero-parallel` (8 slots at 10 ms, one replica four
+/// times slower) a full fast server frees a slot in about 1.25 ms, yet the rule sent requests
+/// to the idle slow one's 40 ms, and its p99 was 3.33 × the ideal's; with the wait costed it is
+/// the ideal's (`reports/lab/hetero-parallel.md`).
 ///
 /// The reported KV-cache use is not part of the cost. What a full cache does to a new request,
 /// it waits for admission, shows in the reported queue; and the figure counts prefix-cache
@@ -70,9 +89,10 @@ use crate::EndpointState;
 ///
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
-/// bundled traces (`reports/lab/hetero.json`, Azure: 190 ms each;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,702 ms each). Where a replica also serves
-/// other clients, the reports move the picks away from it, which LRT cannot see.
+/// bundled traces (`reports/lab/hetero.json`, Azure: 190 ms each, ideal 179 ms;
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,702 ms each, ideal 7,482 ms). In lab `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the
+/// ideal's 12 ms (1.00 ×, `reports/lab/hetero-parallel.md`). Where a replica also serves other
+/// clients, the reports move the picks away from it, which LRT cannot see.
 ///
 /// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; ties go to the
 /// endpoint after the previous pick. Beyond that it compares [`SAMPLE`](Self::SAMPLE) endpoints
@@ -116,13 +136,7 @@ impl LoadReport {
         work: f64,
         unit_time: f64,
     ) -> LoadEstimate {
-        let slots = endpoint.slots();
-        let mut estimate = LoadEstimate {
-            ahead: endpoint.pending_work() as f64,
-            occupancy: f64::from(endpoint.in_flight()),
-            at_once: slots.min(endpoint.awaiting_first_byte().saturating_add(1)).max(1),
-            room: true,
-        };
+        let mut estimate = LoadEstimate { backlog: Backlog::of(endpoint), slot_wait_nanos: 0.0 };
         let Some(snapshot) = endpoint.fresh_report_with_own(now, self.max_age) else {
             return estimate;
         };
@@ -136,15 +150,24 @@ impl LoadReport {
             report.queue_depth.saturating_add(report.running).saturating_sub(snapshot.own.in_flight);
         let age = now.saturating_duration_since(snapshot.at).as_secs_f64() * 1e9;
         let drained = if unit_time > 0.0 { age / unit_time } else { 0.0 };
-        estimate.ahead += (f64::from(foreign_waiting) * work - drained).max(0.0);
-        estimate.occupancy += f64::from(foreign_running);
+        let backlog = &mut estimate.backlog;
+        backlog.ahead += (f64::from(foreign_waiting) * work - drained).max(0.0);
+        backlog.in_flight += f64::from(foreign_running);
         let waiting = endpoint.awaiting_first_byte().saturating_add(foreign_waiting).saturating_add(1);
-        estimate.at_once = slots.min(waiting).max(1);
-        estimate.room = report.capacity == 0 || estimate.occupancy < f64::from(report.capacity);
+        backlog.at_once = endpoint.slots().min(waiting).max(1);
+        if report.capacity > 0 {
+            let capacity = f64::from(report.capacity);
+            // Requests beyond the batch, this one included: each waits for a running one to end.
+            let beyond = backlog.in_flight + 1.0 - capacity;
+            if beyond > 0.0 {
+                let hold = endpoint.after_first_byte_nanos().unwrap_or(0.0) + work * unit_time;
+                estimate.slot_wait_nanos = beyond * hold / capacity;
+            }
+        }
         estimate
     }
 
-    /// The cheapest candidate (the first one on a tie): with batch room first, then by cost.
+    /// The cheapest candidate (the first one on a tie).
     fn cheapest(
         &self,
         candidates: impl Iterator<Item = usize> + Clone,
@@ -152,29 +175,24 @@ impl LoadReport {
         request: &RequestInfo<'_>,
     ) -> usize {
         let work = request.work as f64;
-        let fastest =
-            candidates.clone().filter_map(|i| endpoints[i].unit_time_nanos()).fold(f64::INFINITY, f64::min);
-        // Before any sample, all endpoints are equal: the work ahead decides.
-        let unknown = if fastest.is_finite() { fastest } else { 1.0 };
+        let shared = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
         let estimates: Vec<(usize, f64, LoadEstimate)> = candidates
             .map(|i| {
-                let unit = endpoints[i].unit_time_nanos().unwrap_or(unknown);
+                let unit = shared.unit_time_nanos(&endpoints[i]);
                 (i, unit, self.estimate(&endpoints[i], request.now, work, unit))
             })
             .collect();
-        let mean = estimates.iter().map(|(_, _, e)| e.occupancy).sum::<f64>() / estimates.len().max(1) as f64;
-        let mut best: Option<(usize, bool, f64)> = None;
+        let mean = estimates.iter().map(|(_, _, e)| e.backlog.in_flight).sum::<f64>()
+            / estimates.len().max(1) as f64;
+        let shared = shared.with_mean_in_flight(mean);
+        let mut best: Option<(usize, f64)> = None;
         for (i, unit, e) in estimates {
-            let cost = e.cost(work, unit, mean);
-            let better = match best {
-                None => true,
-                Some((_, room, best_cost)) => (e.room && !room) || (e.room == room && cost < best_cost),
-            };
-            if better {
-                best = Some((i, e.room, cost));
+            let cost = e.cost(&shared, work, unit);
+            if best.is_none_or(|(_, best_cost)| cost < best_cost) {
+                best = Some((i, cost));
             }
         }
-        best.map_or(0, |(i, _, _)| i)
+        best.map_or(0, |(i, _)| i)
     }
 }
 
@@ -182,28 +200,29 @@ impl LoadReport {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct LoadEstimate {
-    /// Work waiting for a first byte ahead of a new request: the balancer's own pending work
-    /// plus the foreign requests the report shows waiting, less what the replica has worked off
-    /// since.
-    pub ahead: f64,
-    /// Requests on the replica: the balancer's own in flight plus the foreign ones reported.
-    pub occupancy: f64,
-    /// Requests the replica works off at once: its learnt slots (see [`crate::capacity`]),
-    /// never more than the requests waiting there plus this one; as least response time
-    /// divides the work ahead.
-    pub at_once: u32,
-    /// Whether the replica has a free batch slot (its occupancy is below its reported
-    /// capacity, or the capacity is unknown).
-    pub room: bool,
+    /// What waits ahead of a new request: the balancer's own pending work plus the foreign
+    /// requests the report shows waiting, less what the replica has worked off since; its own
+    /// requests in flight plus the foreign ones reported; worked off its learnt slots at once.
+    pub backlog: Backlog,
+    /// The wait for a batch slot, in nanoseconds: 0 while the replica's occupancy is below
+    /// the capacity it reports (or the capacity is unknown); otherwise the requests beyond the
+    /// batch, this one included, times the time a request holds a slot, over the capacity.
+    pub slot_wait_nanos: f64,
 }
 
 impl LoadEstimate {
     /// The expected time to first byte, in nanoseconds, of `work` more units on an endpoint
-    /// taking `unit_time` per unit, braked by its occupancy against the `mean_occupancy` of
-    /// the endpoints compared; the work ahead is worked off `at_once` requests at a time.
-    pub fn cost(&self, work: f64, unit_time: f64, mean_occupancy: f64) -> f64 {
-        let share = (self.occupancy + 1.0) / (mean_occupancy + 1.0);
-        (self.ahead + work) * unit_time / f64::from(self.at_once.max(1)) * share.sqrt()
+    /// taking `unit_time` per unit: the later of least response time's backlog cost
+    /// ([`ResponseTimeEstimate::backlog_cost_nanos`]) and the wait for a slot followed by the
+    /// request's own work, braked alike.
+    pub fn cost(&self, estimate: &ResponseTimeEstimate, work: f64, unit_time: f64) -> f64 {
+        let backlog = estimate.backlog_cost_nanos(&self.backlog, work, unit_time);
+        if self.slot_wait_nanos > 0.0 {
+            let slot = (self.slot_wait_nanos + work * unit_time) * estimate.brake(self.backlog.in_flight);
+            backlog.max(slot)
+        } else {
+            backlog
+        }
     }
 }
 
@@ -264,7 +283,7 @@ mod tests {
             })
             .collect();
         let before = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(before, LoadEstimate { ahead: 3000.0, occupancy: 5.0, at_once: 1, room: true });
+        assert_eq!(before, LoadEstimate { backlog: Backlog::new(3000.0, 5.0, 1), slot_wait_nanos: 0.0 });
         // The replica reports exactly those five: two queued, three running (one of ours is
         // admitted and still prefilling).
         e.record_report(report(2, 3, 8), Instant::now());
@@ -284,22 +303,22 @@ mod tests {
         let fresh = policy.estimate(&e, Instant::now(), 1000.0, unit);
         assert_eq!(
             fresh,
-            LoadEstimate { ahead: 500.0 + 4000.0, occupancy: 1.0 + 10.0, at_once: 1, room: true }
+            LoadEstimate { backlog: Backlog::new(500.0 + 4000.0, 1.0 + 10.0, 1), slot_wait_nanos: 0.0 }
         );
         // 1.5 ms later the replica has prefilled 1,500 units of the foreign queue.
         advance(Duration::from_micros(1500)).await;
         let later = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(later.ahead, 500.0 + 2500.0);
-        assert_eq!(later.occupancy, 11.0, "requests in flight stay until the next report");
+        assert_eq!(later.backlog.ahead, 500.0 + 2500.0);
+        assert_eq!(later.backlog.in_flight, 11.0, "requests in flight stay until the next report");
         // After 4 ms all of it; our own pending work stays until its first byte.
         advance(Duration::from_micros(2500)).await;
-        assert_eq!(policy.estimate(&e, Instant::now(), 1000.0, unit).ahead, 500.0);
+        assert_eq!(policy.estimate(&e, Instant::now(), 1000.0, unit).backlog.ahead, 500.0);
         // Past the 1 s max age the report counts as absent: the balancer's own counts alone.
         advance(Duration::from_secs(1)).await;
         let stale = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(stale, LoadEstimate { ahead: 500.0, occupancy: 1.0, at_once: 1, room: true });
+        assert_eq!(stale, LoadEstimate { backlog: Backlog::new(500.0, 1.0, 1), slot_wait_nanos: 0.0 });
         let patient = LoadReport::with_seed(0).with_max_age(Duration::from_secs(5));
-        assert_eq!(patient.estimate(&e, Instant::now(), 1000.0, unit).occupancy, 11.0);
+        assert_eq!(patient.estimate(&e, Instant::now(), 1000.0, unit).backlog.in_flight, 11.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -333,21 +352,69 @@ mod tests {
         assert_eq!(pick(&policy), Some(0));
     }
 
+    /// Sends one request of `work` units to `e`: its first byte after `ttft`, its end `after`
+    /// that, a success.
+    async fn serve(e: &Arc<EndpointState>, work: u64, ttft: Duration, after: Duration) {
+        let mut f = e.start(Instant::now(), work);
+        advance(ttft).await;
+        f.first_byte();
+        advance(after).await;
+        f.end(switchyard_core::Outcome::Ok, &crate::OutlierConfig::default());
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_full_batch_loses_to_any_endpoint_with_room() {
+    async fn a_batch_full_of_long_generations_makes_a_request_wait_for_a_slot() {
         let eps = [endpoint("full"), endpoint("slow")];
-        answer(&eps[0], 1, Duration::from_millis(1)).await;
-        answer(&eps[1], 1, Duration::from_millis(50)).await;
+        // "full" answers its first token in 1 ms and generates for 2 s; "slow" takes 50 ms.
+        serve(&eps[0], 1, Duration::from_millis(1), Duration::from_secs(2)).await;
+        serve(&eps[1], 1, Duration::from_millis(50), Duration::ZERO).await;
+        assert_eq!(eps[0].after_first_byte_nanos(), Some(2e9));
         let policy = LoadReport::with_seed(0);
         let info = RequestInfo::new(None, Instant::now());
         assert_eq!(policy.pick(&info, &Endpoints::all_eligible(&eps, 0)), Some(0));
-        // Others fill its eight slots: it is 50 times faster, but a request would wait for a slot.
+        // Others fill its eight slots: a new request waits for one of eight 2 s generations to
+        // end, (2 s + 1 ms) ÷ 8 ≈ 250 ms, braked by √(9 / 5), against slow's 50 ms × √(1 / 5).
         eps[0].record_report(report(0, 8, 8), Instant::now());
-        assert!(!policy.estimate(&eps[0], Instant::now(), 1.0, 1e6).room);
+        let full = policy.estimate(&eps[0], Instant::now(), 1.0, 1e6);
+        assert_eq!(full.slot_wait_nanos, 2.001e9 / 8.0);
         assert_eq!(policy.pick(&info, &Endpoints::all_eligible(&eps, 0)), Some(1));
-        // With no capacity reported there is no slot count to fill.
+        // With no capacity reported there is no slot to wait for: 1 ms × √(9 / 5) wins.
         eps[0].record_report(report(0, 8, 0), Instant::now());
+        assert_eq!(policy.estimate(&eps[0], Instant::now(), 1.0, 1e6).slot_wait_nanos, 0.0);
         assert_eq!(policy.pick(&info, &Endpoints::all_eligible(&eps, 0)), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_parallel_server_whose_slots_free_soon_beats_an_idle_slow_one() {
+        // Classic servers of 8 slots: "fast" serves a request in 10 ms, "slow" in 80 ms.
+        let eps = [endpoint("fast"), endpoint("slow")];
+        serve(&eps[0], 1, Duration::from_millis(10), Duration::ZERO).await;
+        serve(&eps[1], 1, Duration::from_millis(80), Duration::ZERO).await;
+        let policy = LoadReport::with_seed(0);
+        let info = RequestInfo::new(None, Instant::now());
+        let pick = || policy.pick(&info, &Endpoints::all_eligible(&eps, 0));
+        // Eight of ours fill fast's slots, and it reports them so. A ninth waits for the first
+        // of eight 10 ms services to end, about 1.25 ms, then its own 10 ms; but with one slot
+        // learnt so far the backlog cost, nine requests one at a time, is the later:
+        // 90 ms × √(9 / 5) ≈ 121 ms against slow's 80 ms × √(1 / 5) ≈ 36 ms.
+        let ours: Vec<_> = (0..8).map(|_| eps[0].start(Instant::now(), 1)).collect();
+        eps[0].record_report(report(0, 8, 8), Instant::now());
+        let full = policy.estimate(&eps[0], Instant::now(), 1.0, 10e6);
+        assert_eq!(full.slot_wait_nanos, 10e6 / 8.0);
+        assert_eq!(pick(), Some(1));
+        drop(ours);
+        for _ in 0..300 {
+            let mut batch: Vec<_> = (0..8).map(|_| eps[0].start(Instant::now(), 1)).collect();
+            advance(Duration::from_millis(10)).await;
+            batch.iter_mut().for_each(|f| f.first_byte());
+        }
+        assert_eq!(eps[0].slots(), 7, "the estimate nears 8 from below");
+        // Known to serve 7 at once, the full fast server costs 9 ÷ 7 × 10 ms × √(9 / 5) ≈ 17 ms:
+        // a full batch whose slots free soon beats an idle slow server.
+        let _ours: Vec<_> = (0..8).map(|_| eps[0].start(Instant::now(), 1)).collect();
+        eps[0].record_report(report(0, 8, 8), Instant::now());
+        assert!(policy.estimate(&eps[0], Instant::now(), 1.0, 10e6).slot_wait_nanos > 0.0);
+        assert_eq!(pick(), Some(0));
     }
 
     #[tokio::test(start_paused = true)]
