@@ -16,6 +16,11 @@
 //! one infinitely large cache would have (every block seen before is a hit), which no placement
 //! can beat.
 //!
+//! `prefix-aware-precise` runs twice: with each replica's KV-cache events (the ones
+//! `switchyard worker` streams) delivered to its index as they happen in simulated time, and
+//! with every event [`EVENT_DELAY`] (500 ms) late (row `prefix-aware-precise+500ms`), where it
+//! routes on a cache state half a second old.
+//!
 //! The **skewed** variant gives half the conversations (chosen by a hash of their second block)
 //! one shared system prompt of [`SYSTEM_PROMPT_BLOCKS`] blocks in front: keyed by that prefix,
 //! affinity alone sends half the load to one replica.
