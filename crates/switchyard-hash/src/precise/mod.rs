@@ -27,6 +27,14 @@
 //! after that; every second with nothing new it sends an empty batch (a heartbeat). A slow
 //! subscriber costs the worker nothing more than its place in the ring: when it falls behind it
 //! gets a snapshot.
+//!
+//! # In the lab
+//!
+//! In the lab's `prefix` scenario (eight replicas of 2 M KV tokens, 4,000 requests of the
+//! Mooncake conversation trace at 70 % load, `reports/lab/prefix.md`) the exact index reaches a
+//! hit rate of 0.305 against the approximate index's 0.298 (upper bound 0.331: 92 % of it), and
+//! 0.300 with every event delivered 500 ms late; TTFT within 2 % of the approximate policy's,
+//! max/mean load 1.14.
 
 mod client;
 mod feed;
