@@ -15,6 +15,8 @@ use switchyard_core::{Endpoint, EndpointId, stable_hash};
 use switchyard_discovery::{HeldBack, Source};
 use tower::discover::Change;
 
+use switchyard_hash::precise::{KvFeed, KvSubscriber, PrefixAwarePrecise, SubscriberConfig};
+
 use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
 use super::layers::{self, BoxPoolService};
@@ -41,6 +43,8 @@ pub struct Pool {
     held: Option<HeldBack>,
     /// The sources of its layers' series (the limit in force, the shed queue's refusals).
     layer_metrics: Vec<Arc<dyn switchyard_telemetry::ScrapeSource>>,
+    /// The endpoints' KV-event streams, when the policy is `prefix-aware-precise`.
+    kv: Option<Arc<KvSubscriber>>,
 }
 
 impl Pool {
@@ -115,12 +119,22 @@ impl Pool {
         E: Into<tower::BoxError> + Send + 'static,
     {
         let seed = stable_hash(config.name.as_bytes());
-        let policy = PolicyHandle::from_spec(&config.policy, seed).map_err(|e| ConfigError {
+        let policy_error = |e: PolicyError| ConfigError {
             file: None,
             line: None,
             field: Some(format!("pool {:?} policy", config.name)),
             message: e.to_string(),
-        })?;
+        };
+        // The precise prefix-aware policy is fed by the endpoints' KV-event streams: the pool
+        // subscribes to each endpoint it has (below, as discovery inserts and removes them).
+        let (policy, kv) = if config.policy.name() == "prefix-aware-precise" {
+            let precise = Arc::new(PrefixAwarePrecise::from_spec(&config.policy).map_err(policy_error)?);
+            let kv = Arc::new(KvSubscriber::new(precise.feed().clone(), SubscriberConfig::default()));
+            (PolicyHandle::new(precise), Some(kv))
+        } else {
+            (PolicyHandle::from_spec(&config.policy, seed).map_err(policy_error)?, None)
+        };
+        let following = kv.clone();
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
         // The client of each endpoint the balancer has: an update in place keeps its connections,
@@ -129,7 +143,14 @@ impl Pool {
         let mut clients: HashMap<EndpointId, EndpointClient> = HashMap::new();
         let backends = changes.map(
             move |change| -> Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError> {
-                Ok(match change.map_err(Into::into)? {
+                let change = change.map_err(Into::into)?;
+                if let Some(kv) = &following {
+                    match &change {
+                        Change::Insert(id, endpoint) => kv.insert(id.clone(), &endpoint.address),
+                        Change::Remove(id) => kv.remove(id),
+                    }
+                }
+                Ok(match change {
                     Change::Insert(id, endpoint) => {
                         if let Some(client) = clients.get(&id)
                             && client.is_for(&endpoint.address)
@@ -227,6 +248,7 @@ impl Pool {
             layered,
             held: None,
             layer_metrics,
+            kv,
         })
     }
 
@@ -257,6 +279,13 @@ impl Pool {
     /// empty if the pool does not watch health.
     pub fn held_back(&self) -> Vec<Endpoint> {
         self.held.as_ref().map(HeldBack::snapshot).unwrap_or_default()
+    }
+
+    /// The exact KV-cache index its endpoints' event streams feed, when its policy is
+    /// `prefix-aware-precise` (a policy switched to through [`set_policy`](Self::set_policy)
+    /// has no streams and routes on its approximate index).
+    pub fn kv_feed(&self) -> Option<&Arc<KvFeed>> {
+        self.kv.as_ref().map(|kv| kv.feed())
     }
 
     /// The pool's policy; [`set_policy`](Self::set_policy) switches it.

@@ -39,7 +39,25 @@ pub(crate) async fn run_policy(
     records: &[TraceRecord],
     time_scale: f64,
 ) -> Result<RunRecord, LabError> {
+    run_policy_with(policy::registry().build(spec, seed)?, sizes, replicas, records, time_scale, |_| {
+        Vec::new()
+    })
+    .await
+}
+
+/// [`run_policy`] with a policy built by the caller, and `attach`, given the replicas' engines
+/// before the first request, to start tasks beside them (the precise prefix policy's event
+/// delivery); they are aborted when the last request has ended.
+pub(crate) async fn run_policy_with(
+    policy: Arc<dyn switchyard_balance::Policy>,
+    sizes: Sizes,
+    replicas: &[ReplicaSpec],
+    records: &[TraceRecord],
+    time_scale: f64,
+    attach: impl FnOnce(&[switchyard_sim::EngineHandle]) -> Vec<tokio::task::JoinHandle<()>>,
+) -> Result<RunRecord, LabError> {
     let engines = spawn_engines(replicas)?;
+    let attached = attach(&engines);
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
     let backends = replicas.iter().zip(&engines).map(|(spec, engine)| {
         let endpoint =
@@ -47,7 +65,7 @@ pub(crate) async fn run_policy(
         Backend::new(endpoint, SimReplica::new(engine.clone()))
     });
     let mut balancer = Balance::from_backends(backends)
-        .with_policy(PolicyHandle::new(policy::registry().build(spec, seed)?))
+        .with_policy(PolicyHandle::new(policy))
         .with_completion(SimCompletion);
 
     let outcomes = Arc::new(Mutex::new(vec![RequestOutcome::default(); records.len()]));
@@ -97,6 +115,9 @@ pub(crate) async fn run_policy(
     for task in tasks {
         // A task only ends by finishing its body: a join error would be a panic, already reported.
         let _ = task.await;
+    }
+    for task in attached {
+        task.abort();
     }
     for engine in &engines {
         engine.shutdown();

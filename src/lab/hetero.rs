@@ -65,11 +65,14 @@ fn read_workload(options: &HeteroOptions) -> Result<(Vec<TraceRecord>, String), 
 }
 
 /// The policies the lab compares: every one in the policy registry, the built-ins first in the
-/// order of [`PolicyKind::ALL`], then the others registered by name.
+/// order of [`PolicyKind::ALL`], then the others registered by name; except
+/// `prefix-aware-precise`, which routes on the replicas' KV-event streams: built from the
+/// registry it has none and is `prefix-aware` under another name (the `prefix` scenario runs it
+/// with its streams).
 pub fn lab_policies() -> Vec<PolicySpec> {
     let mut specs: Vec<PolicySpec> = PolicyKind::ALL.iter().map(|k| k.spec()).collect();
     for name in policy::registry().names() {
-        if !specs.iter().any(|s| s.name() == name) {
+        if name != "prefix-aware-precise" && !specs.iter().any(|s| s.name() == name) {
             specs.push(PolicySpec::named(name));
         }
     }

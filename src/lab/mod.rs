@@ -64,6 +64,7 @@ mod hetero;
 mod hetero_parallel;
 mod ideal;
 mod ideal_parallel;
+mod kv_delivery;
 mod overload;
 mod overload_plot;
 mod prefix;
@@ -88,8 +89,8 @@ pub use overload::{
     replicas as overload_replicas, run_overload,
 };
 pub use prefix::{
-    KV_CAPACITY_TOKENS, PREFIX_POLICIES, PREFIX_REQUESTS, PrefixOptions, PrefixReport, PrefixResult,
-    PrefixVariant, SYSTEM_PROMPT_BLOCKS, run_prefix,
+    EVENT_DELAY, KV_CAPACITY_TOKENS, PRECISE_DELAYED, PREFIX_POLICIES, PREFIX_REQUESTS, PrefixOptions,
+    PrefixReport, PrefixResult, PrefixVariant, SYSTEM_PROMPT_BLOCKS, run_prefix,
 };
 pub use replica::{Served, SimCompletion, SimReplica, TrackedGeneration};
 pub use report::{LabReport, LatencySummary, PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};

@@ -16,27 +16,35 @@
 //! one infinitely large cache would have (every block seen before is a hit), which no placement
 //! can beat.
 //!
+//! `prefix-aware-precise` runs twice: with each replica's KV-cache events (the ones
+//! `switchyard worker` streams) delivered to its index as they happen in simulated time, and
+//! with every event [`EVENT_DELAY`] (500 ms) late (row `prefix-aware-precise+500ms`), where it
+//! routes on a cache state half a second old.
+//!
 //! The **skewed** variant gives half the conversations (chosen by a hash of their second block)
 //! one shared system prompt of [`SYSTEM_PROMPT_BLOCKS`] blocks in front: keyed by that prefix,
 //! affinity alone sends half the load to one replica.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use switchyard_balance::PolicySpec;
 use switchyard_core::{PrefixBlocks, stable_hash};
+use switchyard_hash::PrefixAwarePrecise;
 #[cfg(doc)]
 use switchyard_sim::EngineConfig;
-use switchyard_sim::{TraceRecord, trace};
+use switchyard_sim::{EngineHandle, TraceRecord, trace};
 
 use super::LabError;
-use super::balanced::{Sizes, run_policy};
+use super::balanced::{Sizes, run_policy, run_policy_with};
 use super::capacity::measure_capacity;
 use super::cluster::{ReplicaSpec, run_paused};
+use super::kv_delivery::deliver;
 use super::report::{LatencySummary, PolicyResult, RunRecord};
 use crate::report::Table;
 
 /// The policies the scenario compares, in report order.
-pub const PREFIX_POLICIES: [&str; 7] = [
+pub const PREFIX_POLICIES: [&str; 9] = [
     "round-robin",
     "least-connections",
     "least-response-time",
@@ -44,7 +52,15 @@ pub const PREFIX_POLICIES: [&str; 7] = [
     "consistent-hash",
     "bounded-load-hash",
     "prefix-aware",
+    "prefix-aware-precise",
+    PRECISE_DELAYED,
 ];
+
+/// The row of `prefix-aware-precise` with every KV event delivered [`EVENT_DELAY`] late.
+pub const PRECISE_DELAYED: &str = "prefix-aware-precise+500ms";
+
+/// How late the delayed precise run gets the replicas' KV events.
+pub const EVENT_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Blocks of the shared system prompt of the skewed variant (2,048 tokens).
 pub const SYSTEM_PROMPT_BLOCKS: u64 = 4;
@@ -211,10 +227,10 @@ pub(crate) fn replicas() -> Vec<ReplicaSpec> {
         .collect()
 }
 
-/// The spec the scenario runs `policy` with: `prefix-aware` gets the replicas' KV capacity, as
+/// The spec the scenario runs `policy` with: `prefix-aware` (and `-precise`) gets the replicas' KV capacity, as
 /// an operator would configure it; the others their defaults.
 fn spec_of(policy: &str) -> PolicySpec {
-    if policy == "prefix-aware" {
+    if policy.starts_with("prefix-aware") {
         let mut params = serde_json::Map::new();
         params.insert("capacity_tokens".to_string(), KV_CAPACITY_TOKENS.into());
         PolicySpec::with_params(policy, params)
@@ -325,8 +341,16 @@ fn run_variant(
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
     let mut results = Vec::with_capacity(PREFIX_POLICIES.len());
     for policy in PREFIX_POLICIES {
-        let spec = spec_of(policy);
-        let run = run_paused(run_policy(&spec, Sizes::Known, options.seed, replicas, window, time_scale))??;
+        let run = if let Some(delay) = precise_delay(policy) {
+            // The precise policy, fed by the replicas' KV events in simulated time.
+            let precise = Arc::new(PrefixAwarePrecise::from_spec(&spec_of("prefix-aware-precise"))?);
+            let feed = precise.feed().clone();
+            let attach = |engines: &[EngineHandle]| deliver(&feed, &names, engines, delay);
+            run_paused(run_policy_with(precise, Sizes::Known, replicas, window, time_scale, attach))??
+        } else {
+            let spec = spec_of(policy);
+            run_paused(run_policy(&spec, Sizes::Known, options.seed, replicas, window, time_scale))??
+        };
         results.push(summarise(policy, &run, window, &names));
         tracing::info!(policy, variant = name, "lab prefix: policy done");
     }
@@ -340,6 +364,15 @@ fn run_variant(
         kv_share_of_working_set: round4(total_kv as f64 / working_set_tokens.max(1) as f64),
         results,
     })
+}
+
+/// The event delay of a precise row, `None` for the other policies.
+fn precise_delay(policy: &str) -> Option<std::time::Duration> {
+    match policy {
+        "prefix-aware-precise" => Some(std::time::Duration::ZERO),
+        PRECISE_DELAYED => Some(EVENT_DELAY),
+        _ => None,
+    }
 }
 
 fn summarise(policy: &str, run: &RunRecord, window: &[TraceRecord], names: &[String]) -> PrefixResult {

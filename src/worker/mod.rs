@@ -33,6 +33,7 @@
 //! those still running then end with UNAVAILABLE), and returns.
 
 mod inference;
+pub mod kv_events;
 mod load_report;
 mod metrics;
 mod registration;
@@ -293,6 +294,8 @@ pub async fn serve_with_metrics(
     };
     let ready = Arc::new(AtomicBool::new(true));
     let inference = InferenceService::new(&args.model, engine.clone(), ready.clone());
+    let (kv_stop, kv_stopped) = tokio::sync::watch::channel(false);
+    let kv_events = kv_events::KvEventsService::new(engine.clone(), kv_events::new_instance(), kv_stopped);
 
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -301,10 +304,12 @@ pub async fn serve_with_metrics(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(switchyard_hash::precise::proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(switchyard_hash::precise::proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let local = listener.local_addr().ok();
@@ -332,6 +337,8 @@ pub async fn serve_with_metrics(
         // health watchers do not hold the connections open through the drain.
         health.clear_service_status("").await;
         health.clear_service_status(INFERENCE_SERVICE).await;
+        // KV-event streams end too (their subscribers fall back until a worker answers again).
+        kv_stop.send_replace(true);
         let _ = drain_tx.send(());
     };
 
@@ -350,6 +357,7 @@ pub async fn serve_with_metrics(
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         )
+        .add_service(kv_events::KvEventsServer::new(kv_events))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -49,6 +49,7 @@
 mod deadline;
 mod endpoint;
 pub mod error;
+pub mod kv;
 mod load;
 pub mod orca;
 mod outcome;
@@ -61,6 +62,7 @@ mod status_layer;
 pub use deadline::{Deadline, ModelName, parse_grpc_timeout};
 pub use endpoint::{Endpoint, EndpointId};
 pub use error::{Code, Error, ErrorKind, Status, status_of};
+pub use kv::{KvEvent, KvEventKind};
 pub use load::{Load, ReportedLoad};
 pub use outcome::{Outcome, RETRY_PUSHBACK_HEADER, retry_pushback};
 pub use priority::{ParsePriorityError, Priority};

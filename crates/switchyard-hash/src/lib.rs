@@ -9,6 +9,7 @@
 //! | `consistent-hash` | [`ConsistentHash::new`] | session key (or first prefix block) on a ring |
 //! | `bounded-load-hash` | [`ConsistentHash::bounded`] | the same, no endpoint past `c` × its share |
 //! | `prefix-aware` | [`PrefixAware`] | cached prefix blocks (approximate index) against waiting work |
+//! | `prefix-aware-precise` | [`PrefixAwarePrecise`] | the same on the replicas' KV-event streams ([`precise`]) |
 //!
 //! Keys travel in request extensions: the key layer puts a
 //! [`RoutingKey`](switchyard_core::RoutingKey) (from `x-session-id`) and the prompt's
@@ -35,6 +36,7 @@
 
 pub mod consistent;
 mod key;
+pub mod precise;
 pub mod prefix;
 mod ring;
 
@@ -42,19 +44,21 @@ use std::sync::Arc;
 
 pub use consistent::{ConsistentHash, DEFAULT_LOAD_FACTOR};
 pub use key::{DEFAULT_KEY_BLOCKS, request_key};
+pub use precise::{KvFeed, KvSubscriber, PrefixAwarePrecise, PrefixAwarePreciseConfig};
 pub use prefix::{PrefixAware, PrefixAwareConfig, PrefixIndex};
 pub use ring::{DEFAULT_POINTS_PER_WEIGHT, MAX_POINTS, Ring};
 use switchyard_balance::policy::{Policy, PolicyError, PolicyRegistry, PolicySpec};
 
 /// The names this crate registers, in the order reports list them.
-pub const POLICY_NAMES: [&str; 3] = ["consistent-hash", "bounded-load-hash", "prefix-aware"];
+pub const POLICY_NAMES: [&str; 4] =
+    ["consistent-hash", "bounded-load-hash", "prefix-aware", "prefix-aware-precise"];
 
 type Factory = fn(&PolicySpec, u64) -> Result<Arc<dyn Policy>, PolicyError>;
 
 /// Registers this crate's policies in `registry`. Registering twice in one registry is not an
 /// error: names already there are left as they are.
 pub fn register(registry: &PolicyRegistry) -> Result<(), PolicyError> {
-    let entries: [(&str, &str, Factory); 3] = [
+    let entries: [(&str, &str, Factory); 4] = [
         (
             "consistent-hash",
             "ring hash of the session key (or first prefix block), nginx's `hash consistent`",
@@ -69,6 +73,11 @@ pub fn register(registry: &PolicyRegistry) -> Result<(), PolicyError> {
             "prefix-aware",
             "prefill a cached prefix saves against the least-response-time wait, loads bounded",
             |spec, _| Ok(Arc::new(PrefixAware::from_spec(spec)?)),
+        ),
+        (
+            "prefix-aware-precise",
+            "prefix-aware on the replicas' exact KV-cache blocks (their event streams), approximate where a stream is down",
+            |spec, _| Ok(Arc::new(PrefixAwarePrecise::from_spec(spec)?)),
         ),
     ];
     for (name, description, factory) in entries {

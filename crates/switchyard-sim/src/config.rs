@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// What kind of server the replica is: an LLM engine (the default, everything above) or a
     /// classic server of `max_batch` parallel slots ([`ReplicaKind::Parallel`]).
     pub kind: ReplicaKind,
+    /// KV-cache block events the replica keeps for its subscribers (a ring: the oldest go
+    /// first); a subscriber that falls further behind gets a snapshot instead: 16,384.
+    pub kv_event_buffer: usize,
 }
 
 /// What kind of server a simulated replica models.
@@ -97,6 +100,7 @@ impl Default for EngineConfig {
             attention_flops_per_token_per_position: 524_288.0,
             step_overhead: Duration::from_micros(500),
             kind: ReplicaKind::Llm,
+            kv_event_buffer: 16_384,
         }
     }
 }
@@ -202,6 +206,9 @@ impl EngineConfig {
         }
         if self.max_tokens_limit == 0 {
             return Err(ConfigError::new("max_tokens_limit", "must be > 0, got 0"));
+        }
+        if self.kv_event_buffer == 0 {
+            return Err(ConfigError::new("kv_event_buffer", "must be > 0, got 0"));
         }
         if let ReplicaKind::Parallel { service_time } = self.kind
             && service_time.is_zero()

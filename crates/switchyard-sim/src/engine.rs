@@ -28,13 +28,15 @@ pub(crate) struct EngineShared {
     /// Wakes the idle engine: a submission, the last handle gone, shutdown.
     pub(crate) wake: Notify,
     pub(crate) load_tx: watch::Sender<ReplicaLoad>,
+    /// The sequence number of the prefix cache's last block event.
+    pub(crate) kv_tx: watch::Sender<u64>,
 }
 
 impl EngineShared {
     pub(crate) fn new(config: EngineConfig) -> Self {
         let state = EngineState::new(&config);
         let load_tx = watch::Sender::new(state.snapshot(&config));
-        Self { config, state: Mutex::new(state), wake: Notify::new(), load_tx }
+        Self { config, state: Mutex::new(state), wake: Notify::new(), load_tx, kv_tx: watch::Sender::new(0) }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, EngineState> {
@@ -44,6 +46,8 @@ impl EngineShared {
 
     pub(crate) fn publish(&self, state: &EngineState) {
         self.load_tx.send_replace(state.snapshot(&self.config));
+        let last = state.cache.last_event();
+        self.kv_tx.send_if_modified(|seq| std::mem::replace(seq, last) != last);
     }
 
     /// Takes `req` out of the engine at once, wherever it is (queued, prefilling or decoding),
@@ -148,7 +152,7 @@ impl EngineState {
             waiting: VecDeque::new(),
             running: Vec::new(),
             reserved_tokens: 0,
-            cache: PrefixCache::new(config.block_tokens),
+            cache: PrefixCache::new(config.block_tokens, config.kv_event_buffer),
             hit_blocks: 0,
             lookup_blocks: 0,
             completed: 0,
@@ -157,6 +161,11 @@ impl EngineState {
             stopped: false,
             handles_gone: false,
         }
+    }
+
+    /// Block events after `after`, or a snapshot; see [`EngineHandle::kv_read`](crate::EngineHandle::kv_read).
+    pub(crate) fn kv_read(&self, after: Option<u64>, max_events: usize) -> crate::KvRead {
+        self.cache.kv_read(after, max_events)
     }
 
     pub(crate) fn snapshot(&self, config: &EngineConfig) -> ReplicaLoad {

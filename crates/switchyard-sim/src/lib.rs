@@ -68,7 +68,10 @@
 //! the KV memory that no running request has reserved (`cached + reserved ≤ capacity`), LRU
 //! blocks being evicted to admit requests. A running request's reservation covers its whole
 //! prompt even when part of it was cached, a conservative simplification. KV-cache utilisation is
-//! `(reserved + cached tokens) / kv_capacity_tokens`.
+//! `(reserved + cached tokens) / kv_capacity_tokens`. Every block the cache stores or evicts is a
+//! numbered [`KvEvent`](switchyard_core::KvEvent), kept in a ring of `kv_event_buffer` for
+//! subscribers ([`EngineHandle::kv_read`], [`EngineHandle::watch_kv_sequence`]): the worker streams
+//! them to gateways that route on the exact cache contents.
 //!
 //! **Cancellation.** Dropping a [`Generation`] cancels its request (its client has gone): it
 //! leaves the engine at once, whether queued, prefilling or decoding, and its batch slot and KV
@@ -124,6 +127,7 @@
 mod config;
 mod engine;
 mod generation;
+mod kv_log;
 mod load;
 mod prefix_cache;
 mod service;
@@ -132,6 +136,7 @@ pub mod workload;
 
 pub use config::{ConfigError, EngineConfig, ReplicaKind, StepShape};
 pub use generation::{Generation, GenerationOutcome, SimError, Token};
+pub use kv_log::KvRead;
 pub use load::{PREFIX_HIT_RATE, ReplicaLoad};
 pub use service::{EngineHandle, GenerationRequest, SubmitError};
 pub use trace::{TraceError, TraceFormat, TraceRecord, read_trace};

@@ -6,6 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use switchyard_core::KvEvent;
+
+use crate::kv_log::{KvLog, KvRead};
+
 /// LRU set of cached block ids.
 #[derive(Debug)]
 pub(crate) struct PrefixCache {
@@ -15,16 +19,33 @@ pub(crate) struct PrefixCache {
     /// Tick -> block id, oldest first.
     by_age: BTreeMap<u64, u64>,
     tick: u64,
+    /// Every block stored and evicted, for the replica's subscribers.
+    log: KvLog,
 }
 
 impl PrefixCache {
-    pub(crate) fn new(block_tokens: u32) -> Self {
+    pub(crate) fn new(block_tokens: u32, event_buffer: usize) -> Self {
         Self {
             block_tokens: u64::from(block_tokens.max(1)),
             last_use: HashMap::new(),
             by_age: BTreeMap::new(),
             tick: 0,
+            log: KvLog::new(event_buffer),
         }
+    }
+
+    /// The sequence number of the last block event.
+    pub(crate) fn last_event(&self) -> u64 {
+        self.log.last()
+    }
+
+    /// Up to `max_events` block events after `after`, or a snapshot when `after` is `None` or
+    /// its successors have left the ring.
+    pub(crate) fn kv_read(&self, after: Option<u64>, max_events: usize) -> KvRead {
+        if let Some(events) = after.and_then(|after| self.log.after(after, max_events)) {
+            return KvRead::Events(events);
+        }
+        KvRead::Snapshot { sequence: self.log.last(), blocks: self.by_age.values().copied().collect() }
     }
 
     /// Blocks resident.
@@ -77,6 +98,7 @@ impl PrefixCache {
             self.tick += 1;
             self.last_use.insert(id, self.tick);
             self.by_age.insert(self.tick, id);
+            self.log.push(|seq| KvEvent::stored(seq, id));
         }
     }
 
@@ -97,6 +119,7 @@ impl PrefixCache {
         }
         self.by_age.remove(&tick);
         self.last_use.remove(&id);
+        self.log.push(|seq| KvEvent::removed(seq, id));
         Some(id)
     }
 }
@@ -107,7 +130,7 @@ mod tests {
 
     #[test]
     fn hits_stop_at_the_first_miss_and_lru_goes_first() {
-        let mut cache = PrefixCache::new(10);
+        let mut cache = PrefixCache::new(10, 100);
         cache.insert(&[1, 2, 3], 100);
         assert_eq!(cache.tokens(), 30);
         assert_eq!(cache.leading_hits(&[1, 2, 9, 3]), 2);
@@ -125,11 +148,24 @@ mod tests {
 
     #[test]
     fn an_insert_never_evicts_its_own_blocks() {
-        let mut cache = PrefixCache::new(10);
+        let mut cache = PrefixCache::new(10, 100);
         cache.insert(&[1, 2, 3, 4], 20);
         assert_eq!(cache.blocks(), 2);
         assert_eq!(cache.leading_hits(&[1, 2]), 2);
         cache.insert(&[5], 0);
         assert_eq!(cache.blocks(), 0);
+    }
+
+    #[test]
+    fn every_store_and_eviction_is_an_event_and_a_snapshot_matches_them() {
+        use switchyard_core::KvEventKind::{Removed, Stored};
+        let mut cache = PrefixCache::new(10, 100);
+        cache.insert(&[1, 2], 100);
+        cache.insert(&[1, 3], 20); // 1 refreshed (no event); 2 evicted for 3
+        let KvRead::Events(events) = cache.kv_read(Some(0), 100) else { panic!("events expected") };
+        let seen: Vec<_> = events.iter().map(|e| (e.sequence, e.kind, e.block)).collect();
+        assert_eq!(seen, [(1, Stored, 1), (2, Stored, 2), (3, Removed, 2), (4, Stored, 3)]);
+        assert_eq!(cache.kv_read(None, 100), KvRead::Snapshot { sequence: 4, blocks: vec![1, 3] });
+        assert_eq!(cache.kv_read(Some(4), 100), KvRead::Events(vec![]));
     }
 }

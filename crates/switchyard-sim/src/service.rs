@@ -196,6 +196,21 @@ impl EngineHandle {
         self.shared().load_tx.subscribe()
     }
 
+    /// The prefix cache's block events after sequence `after` (at most `max_events` of them), or,
+    /// when `after` is `None` or the events after it have left the ring, a snapshot of the blocks
+    /// held now with the sequence it stands for. A subscriber that applies what it reads, in
+    /// order, and asks again from the last sequence it applied misses no event and applies none
+    /// twice.
+    pub fn kv_read(&self, after: Option<u64>, max_events: usize) -> crate::KvRead {
+        self.shared().lock().kv_read(after, max_events)
+    }
+
+    /// A receiver of the sequence number of the prefix cache's last block event: it changes when
+    /// there is something new to [`kv_read`](Self::kv_read).
+    pub fn watch_kv_sequence(&self) -> watch::Receiver<u64> {
+        self.shared().kv_tx.subscribe()
+    }
+
     /// The latest load as the replica reports it in its ORCA trailer (see
     /// [`ReplicaLoad::to_reported`]).
     pub fn reported_load(&self) -> ReportedLoad {

@@ -241,6 +241,17 @@ impl PrefixIndex {
         }
     }
 
+    /// Forgets that slot `slot` holds `block` (its replica evicted it). Returns whether it did.
+    pub fn remove_block(&mut self, slot: usize, block: u64) -> bool {
+        match self.find(block, slot as u32) {
+            Some(node) => {
+                self.remove(node);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn find(&self, block: u64, slot: u32) -> Option<u32> {
         let mut node = self.heads.get(&block)?.node;
         while node != NONE {

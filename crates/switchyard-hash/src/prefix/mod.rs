@@ -62,7 +62,7 @@
 //! all settings sit near 0.07-0.09.
 
 pub mod index;
-mod policy;
+pub(crate) mod policy;
 
 pub use index::PrefixIndex;
 pub use policy::{IndexStats, PrefixAware, PrefixAwareConfig};

@@ -180,6 +180,26 @@ impl Policy for PrefixAware {
     }
 
     fn pick(&self, request: &RequestInfo<'_>, endpoints: &Endpoints<'_>) -> Option<usize> {
+        self.pick_with(request, endpoints, None)
+    }
+}
+
+/// Exact prefix matches that override the approximate index's, per eligible endpoint (the
+/// precise policy's KV-event index, where its stream is live).
+pub(crate) trait ExactMatches {
+    /// For each of `eligible`, the number of `blocks`' leading blocks it holds, if known
+    /// exactly; into `out` (one entry per eligible endpoint, overwritten).
+    fn exact_matches(&self, eligible: &[Arc<EndpointState>], blocks: &[u64], out: &mut Vec<Option<u32>>);
+}
+
+impl PrefixAware {
+    /// [`Policy::pick`], with `exact` matches (where it knows them) in place of the index's.
+    pub(crate) fn pick_with(
+        &self,
+        request: &RequestInfo<'_>,
+        endpoints: &Endpoints<'_>,
+        exact: Option<&dyn ExactMatches>,
+    ) -> Option<usize> {
         let eligible = endpoints.eligible();
         let n = eligible.len();
         let work = request.work as f64;
@@ -201,6 +221,10 @@ impl Policy for PrefixAware {
         }
         let ids = &blocks.ids()[..blocks.len().min(self.config.capacity_blocks() as usize)];
         state.index.longest_matches(ids, &mut state.matched);
+        let mut exact_matched = Vec::new();
+        if let Some(exact) = exact {
+            exact.exact_matches(eligible, ids, &mut exact_matched);
+        }
 
         let bound = LoadBound::new(self.config.load_factor, eligible);
         let block_tokens = f64::from(self.config.block_tokens);
@@ -212,7 +236,10 @@ impl Policy for PrefixAware {
             if !bound.admits(e) {
                 continue;
             }
-            let matched = state.matched.get(state.eligible_slots[i] as usize).copied().unwrap_or(0);
+            let matched = match exact_matched.get(i).copied().flatten() {
+                Some(exact) => exact,
+                None => state.matched.get(state.eligible_slots[i] as usize).copied().unwrap_or(0),
+            };
             let saved = (f64::from(matched) * block_tokens).min(work);
             let score = estimate.cost_nanos(e, work)
                 - self.config.prefix_weight * saved * estimate.unit_time_nanos(e);
