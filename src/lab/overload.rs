@@ -32,6 +32,10 @@
 //!   `WindowedLimit`: one averaged sample a second), which takes out the noise of unequal
 //!   request sizes.
 //!
+//! Every limit holds a request's permit until its last token ([`GenerationPermit`]) and hears of
+//! a drop as soon as the stream's pace cannot make its deadline, not only at the deadline (see
+//! [`GenerationPermit`] and [`PACE_TOKENS`]); the fixed limits ignore it.
+//!
 //! Per configuration and load step (requests counted by the step they arrive in):
 //! `goodput_share` (requests completed within their deadline per second, as a share of the
 //! capacity), `success_by_priority` (the share of each class completed within its deadline),
