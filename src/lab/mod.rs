@@ -85,8 +85,8 @@ pub use hetero_parallel::{
 pub use overload::{
     ALGORITHMS as OVERLOAD_ALGORITHMS, ByPriority, ConfigResult, DEADLINE_BASE, DEADLINE_FACTOR,
     GenerationPermit, HAND_TUNED_LIMIT, HAND_TUNED_SHED_LIMIT, LOAD_STEPS, OverloadOptions, OverloadReport,
-    PermitGeneration, StepResult, TargetCheck, WINDOWED as OVERLOAD_WINDOWED, deadline_of,
-    replicas as overload_replicas, run_overload,
+    PACE_TOKENS, Paced, PacedGeneration, PermitGeneration, StepResult, TargetCheck,
+    WINDOWED as OVERLOAD_WINDOWED, deadline_of, replicas as overload_replicas, run_overload,
 };
 pub use prefix::{
     EVENT_DELAY, KV_CAPACITY_TOKENS, PRECISE_DELAYED, PREFIX_POLICIES, PREFIX_REQUESTS, PrefixOptions,

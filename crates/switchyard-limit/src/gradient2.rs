@@ -24,6 +24,16 @@
 //! 40-slot replica: 1× to 5×). A long window spanning minutes (60,000 samples there) and a
 //! tolerance of 1.0 settle within 10 % of the knee; the tolerance is the queueing it accepts.
 //!
+//! Netflix's defaults do not aim at the knee. Fed one averaged sample a second (behind
+//! [`Windowed`](crate::Windowed), as Netflix's `WindowedLimit` does), the 600-sample long window
+//! spans ten minutes and no longer follows the short RTT, but the limit climbs by
+//! `queue_size × smoothing` = 0.8 a window until the RTT is `rtt_tolerance` = 1.5 times the
+//! long one: where the RTT grows as `L / k` past a knee `k`, the fixed point of
+//! `L = L × 1.5 k / L + 4` is `1.5 k + 4`, 60 % above the knee, and the creeping long average
+//! takes it higher (117 % above after two minutes in `tests/convergence.rs`); it crosses the
+//! knee on the way up, about 26 s after starting at 20. Within 20 % of the knee takes a
+//! tolerance near 1 and a long window far longer than the convergence time, as above.
+//!
 //! Source: Netflix/concurrency-limits, `com.netflix.concurrency.limits.limit.Gradient2Limit`.
 
 use std::time::Duration;

@@ -145,10 +145,12 @@ impl Limiter {
             first_byte: None,
             in_flight: s.in_flight,
             done: false,
+            settled: false,
         }
     }
 
-    fn release(&self, sample: Option<Sample>) {
+    /// Feeds `sample` (if any) to the algorithm and, with `free`, gives back a place.
+    fn release(&self, sample: Option<Sample>, free: bool) {
         let counter = match sample {
             Some(Sample { dropped: true, .. }) => &self.shared.dropped,
             Some(_) => &self.shared.samples,
@@ -157,10 +159,26 @@ impl Limiter {
         counter.fetch_add(1, Ordering::Relaxed);
         let waiters = {
             let mut s = self.state();
-            s.in_flight = s.in_flight.saturating_sub(1);
+            if free {
+                s.in_flight = s.in_flight.saturating_sub(1);
+            }
             if let Some(sample) = sample {
                 s.limit = s.algorithm.update(&sample).max(1);
             }
+            if s.in_flight < s.limit { std::mem::take(&mut s.waiters) } else { Vec::new() }
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}
+
+impl Limiter {
+    /// Gives back a place whose request fed the algorithm already.
+    fn release_place(&self) {
+        let waiters = {
+            let mut s = self.state();
+            s.in_flight = s.in_flight.saturating_sub(1);
             if s.in_flight < s.limit { std::mem::take(&mut s.waiters) } else { Vec::new() }
         };
         for waker in waiters {
@@ -189,6 +207,8 @@ pub struct Permit {
     first_byte: Option<Instant>,
     in_flight: usize,
     done: bool,
+    /// The algorithm was fed already ([`Permit::settle`]).
+    settled: bool,
 }
 
 impl Permit {
@@ -203,11 +223,40 @@ impl Permit {
         self.first_byte.get_or_insert_with(Instant::now);
     }
 
-    /// Ends the request with `outcome`, feeding the algorithm as [`Signal::of`] says.
+    /// Ends the request with `outcome`, feeding the algorithm as [`Signal::of`] says (unless
+    /// [`settle`](Self::settle) fed it already).
     pub fn finish(mut self, outcome: Outcome) {
         self.done = true;
+        if self.settled {
+            self.limiter.release_place();
+            return;
+        }
+        let sample = self.sample(&outcome);
+        self.limiter.release(sample, true);
+    }
+
+    /// Feeds the algorithm the request's `outcome` now, while it still runs: for a caller that
+    /// knows before the end how the request will go (a stream whose pace can no longer make
+    /// its deadline is a drop as soon as that is seen, not a deadline later). The place is kept
+    /// until the permit is finished or dropped, which then feed nothing more. Only the first
+    /// call counts.
+    pub fn settle(&mut self, outcome: Outcome) {
+        if self.settled || self.done {
+            return;
+        }
+        self.settled = true;
+        let sample = self.sample(&outcome);
+        self.limiter.release(sample, false);
+    }
+
+    /// Whether [`settle`](Self::settle) fed the algorithm already.
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+
+    fn sample(&self, outcome: &Outcome) -> Option<Sample> {
         let now = Instant::now();
-        let sample = match Signal::of(&outcome) {
+        match Signal::of(outcome) {
             Signal::Ignored => None,
             signal => Some(Sample {
                 now,
@@ -215,15 +264,18 @@ impl Permit {
                 in_flight: self.in_flight,
                 dropped: signal == Signal::Dropped,
             }),
-        };
-        self.limiter.release(sample);
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done {
-            self.limiter.release(None);
+            if self.settled {
+                self.limiter.release_place();
+            } else {
+                self.limiter.release(None, true);
+            }
         }
     }
 }
@@ -259,5 +311,23 @@ mod tests {
         c.finish(Outcome::Overloaded { pushback: None });
         assert_eq!(limiter.limit(), 2, "a drop: × 0.9, truncated");
         assert_eq!(limiter.stats().dropped, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_permit_feeds_the_algorithm_once_and_keeps_its_place_until_it_ends() {
+        let params = AimdParams { initial_limit: 4, min_limit: 1, max_limit: 10, ..AimdParams::default() };
+        let limiter = Limiter::new(Aimd::new(params));
+        let mut a = limiter.try_acquire().unwrap();
+        a.settle(Outcome::DeadlineExceeded);
+        assert_eq!(limiter.limit(), 3, "the drop counts at once: 4 × 0.9, truncated");
+        assert_eq!(limiter.stats().in_flight, 1, "the request still runs");
+        a.settle(Outcome::DeadlineExceeded);
+        a.finish(Outcome::DeadlineExceeded);
+        let stats = limiter.stats();
+        assert_eq!((stats.limit, stats.in_flight, stats.dropped), (3, 0, 1), "fed once: {stats:?}");
+        let mut b = limiter.try_acquire().unwrap();
+        b.settle(Outcome::Unavailable);
+        drop(b);
+        assert_eq!(limiter.stats().in_flight, 0);
     }
 }

@@ -145,3 +145,18 @@ async fn envoy_gradient_settles_above_the_knee_by_its_buffer_and_headroom() {
     let error = mean_error(&trace, 25.0, 30.0);
     assert!(error <= 0.5, "{:.0} % off the knee of {SLOTS}; {}", error * 100.0, describe(&trace));
 }
+
+#[tokio::test(start_paused = true)]
+async fn gradient2_behind_a_window_passes_the_knee_and_settles_where_its_tolerance_says() {
+    // Fed one averaged sample a second (Netflix's WindowedLimit), the long window of 600 samples
+    // spans ten minutes and the long RTT stays near the no-load one; the limit then climbs by
+    // `queue_size × smoothing` = 0.8 a window and the gradient only bites once the RTT passes
+    // `rtt_tolerance` = 1.5 times the long RTT: at `1.5 k + queue_size` (64 for k = 40) in a
+    // queue whose RTT grows as L / k, and higher as the long average creeps up after it. It
+    // crosses the knee on its way (about 26 s from 20) but does not stay there.
+    use switchyard_limit::{Gradient2, Windowed, WindowedParams};
+    let mut windowed = Windowed::new(Gradient2::default(), WindowedParams::default());
+    let trace = simulate(&mut windowed, 300.0, 0);
+    let late = mean_error(&trace, 120.0, 300.0);
+    assert!(late >= 0.5, "{:.0} % off the knee after two minutes; {}", late * 100.0, describe(&trace));
+}

@@ -12,7 +12,10 @@
 //!   exceeds its remaining deadline;
 //! - CoDel-style, when waits have stayed above `target` for a whole `interval` (a spike does not
 //!   count) and its expected wait exceeds `target`, or it has waited past `target`: the lowest
-//!   class first, critical requests only when nothing else waits;
+//!   class first, critical requests never for delay (only for their deadline or a queue full of
+//!   critical requests). The wait CoDel watches is the standing queue's: the longer of the
+//!   dispatched request's wait and the oldest waiter's, so that critical requests served ahead
+//!   of the line do not hide the waits behind them;
 //! - when the queue is full of requests of its class or above; a lower class's newest waiter
 //!   gives up its place otherwise.
 //!

@@ -157,13 +157,17 @@ impl Queue {
     }
 
     /// CoDel's drop, priority-aware: while the queue is overloaded, the oldest waiter of the
-    /// lowest class present is refused if it has waited past the target (critical ones only when
-    /// no other class waits). One per event, as CoDel drops one per dequeue.
+    /// lowest class present is refused if it has waited past the target. One per event, as CoDel
+    /// drops one per dequeue. Critical waiters are never refused for delay, only for their
+    /// deadline or a queue full of critical requests: once every other class is shed, the
+    /// critical ones are all that is left to serve, and refusing one that can still make its
+    /// deadline frees nothing for a more important request.
     fn drop_late(&self, s: &mut State, now: Instant, wake: &mut Vec<Waker>) {
         if !s.overloaded {
             return;
         }
-        let Some(lowest) = (0..3).find(|&c| !s.classes[c].is_empty()) else { return };
+        let critical = class(Priority::Critical);
+        let Some(lowest) = (0..critical).find(|&c| !s.classes[c].is_empty()) else { return };
         let late = s.classes[lowest]
             .front()
             .is_some_and(|w| now.saturating_duration_since(w.enqueued) > self.config.target);
@@ -209,7 +213,12 @@ impl Queue {
                     Some(avg) => avg + (interval - avg) * EWMA_WEIGHT,
                     None => interval,
                 });
-                self.sojourn(&mut s, now.saturating_duration_since(waiter.enqueued), now);
+                // CoDel's sample is the standing queue's delay: with classes served out of
+                // arrival order, the dispatched waiter (often a critical one that jumped the line)
+                // may have waited little while older waiters of lower classes wait on; the
+                // oldest of them counts too.
+                let wait = now.saturating_duration_since(waiter.enqueued).max(oldest_wait(&s, now));
+                self.sojourn(&mut s, wait, now);
             }
             s.last_dispatch = Some(now);
             self.drop_late(&mut s, now, &mut wake);
@@ -241,6 +250,14 @@ impl Queue {
         }
     }
 
+    /// Wakes the first in line (a place it may take was given back).
+    pub(crate) fn wake_head(&self) {
+        let waker = head_mut(&mut self.state()).and_then(|h| h.waker.clone());
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Waiter `id` gave up (refused for its deadline, or its caller went away).
     pub(crate) fn leave(&self, id: u64) {
         let mut wake = None;
@@ -261,6 +278,16 @@ impl Queue {
     pub(crate) fn count(&self, reason: Reason, priority: Priority) {
         self.counters.refuse(reason, priority);
     }
+}
+
+/// How long the longest-waiting request still in the queue has waited (zero when it is empty).
+fn oldest_wait(s: &State, now: Instant) -> Duration {
+    s.classes
+        .iter()
+        .filter_map(|c| c.front())
+        .map(|w| now.saturating_duration_since(w.enqueued))
+        .max()
+        .unwrap_or(Duration::ZERO)
 }
 
 fn head_mut(s: &mut State) -> Option<&mut Waiter> {

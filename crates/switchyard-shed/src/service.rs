@@ -26,7 +26,8 @@ use crate::stats::{Reason, ShedStats};
 /// - its expected wait exceeds the time left to its deadline (`RESOURCE_EXHAUSTED`);
 /// - the queue is overloaded (waits above `target` for an `interval`, CoDel's test) and its
 ///   expected wait exceeds `target`, or it has waited past `target`: the lowest class first,
-///   critical requests only when no other class waits;
+///   critical requests never for delay (the wait watched is the oldest waiter's too, so that
+///   critical requests served ahead of the line do not hide the waits behind them);
 /// - the queue is full of requests of its class or above (otherwise the newest waiter of the
 ///   lowest class gives up its place).
 ///
@@ -125,7 +126,7 @@ async fn admit<S, B>(
     mut req: http::Request<B>,
 ) -> Result<S::Response, BoxError>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>> + Clone,
     S::Error: Into<BoxError>,
 {
     let now = Instant::now();
@@ -167,17 +168,31 @@ where
     };
     let mut ticket = Ticket { queue: &queue, id: Some(id) };
     let mut expiry = pin!(tokio::time::sleep_until(deadline.map_or_else(far_future, |d| d.0)));
+    // Whether `inner` was polled for readiness while this request was first in line: a service
+    // may then hold a place for it (tower's `ConcurrencyLimit` keeps the semaphore permit it
+    // waits for), which must go to the new head if this request loses its turn to a higher class.
+    let mut reserving = false;
     let waited = poll_fn(|cx| {
         if expiry.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(None));
         }
         match queue.turn(id, cx) {
             Turn::Refused(refusal) => Poll::Ready(Err(Some(refusal))),
-            Turn::Behind => Poll::Pending,
+            Turn::Behind => {
+                if std::mem::take(&mut reserving) {
+                    // A fresh clone holds nothing; dropping the old one gives back what it held.
+                    inner = inner.clone();
+                    queue.wake_head();
+                }
+                Poll::Pending
+            }
             Turn::Head => match inner.poll_ready(cx) {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(Ok(()))),
                 Poll::Ready(Err(e)) => Poll::Ready(Ok(Err(e.into()))),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    reserving = true;
+                    Poll::Pending
+                }
             },
         }
     })

@@ -190,6 +190,44 @@ async fn a_spike_is_not_overload_but_waits_above_target_for_an_interval_are() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn critical_requests_served_ahead_of_the_line_do_not_hide_a_standing_queue() {
+    // The slot frees every 100 ms; a critical request arrives 5 ms before each free slot and is
+    // served first, having waited 5 ms. Standard requests arrive at 12.5 a second on top: their
+    // queue stands and grows, and the queue must see it although every critical wait is short.
+    let seen = Seen::default();
+    let shed = ShedLayer::new(ShedConfig { max_queue: 100, ..ShedConfig::default() });
+    let service = shed.layer(backend(&seen));
+    let mut tasks = Vec::new();
+    let mut most_waiting = 0;
+    for tick in 0..800u64 {
+        // 5 ms ticks over 4 s.
+        if tick % 16 == 0 {
+            tasks.push(tokio::spawn(service.clone().oneshot(request(Priority::Standard))));
+        }
+        if tick % 20 == 19 {
+            tasks.push(tokio::spawn(service.clone().oneshot(request(Priority::Critical))));
+        }
+        settle().await;
+        most_waiting = most_waiting.max(shed.stats().waiting);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        settle().await;
+    }
+    let stats = shed.stats();
+    assert!(
+        stats.refused(Reason::Delay, Priority::Standard) > 0,
+        "the standing queue is overload: {stats:?}"
+    );
+    assert_eq!(stats.refused_in(Priority::Critical), 0, "{stats:?}");
+    assert!(
+        most_waiting <= 12,
+        "the standard queue was held short, at most {most_waiting} waited: {stats:?}"
+    );
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refusal_carries_its_pushback_and_reads_back_as_overloaded() {
     let seen = Seen::default();
     let shed =
