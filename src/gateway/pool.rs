@@ -41,6 +41,8 @@ pub struct Pool {
     held: Option<HeldBack>,
     /// The sources of its layers' series (the limit in force, the shed queue's refusals).
     layer_metrics: Vec<Arc<dyn switchyard_telemetry::ScrapeSource>>,
+    /// The keys it reads differently from the gateway's key layer (`[pool.keys]`).
+    keys: switchyard_keys::PoolKeys,
 }
 
 impl Pool {
@@ -225,6 +227,7 @@ impl Pool {
             layered,
             held: None,
             layer_metrics,
+            keys: config.keys.clone(),
         })
     }
 
@@ -239,6 +242,12 @@ impl Pool {
     /// The sources of the pool's layers' series, for the gateway's metrics registry.
     pub(crate) fn layer_metrics(&self) -> &[Arc<dyn switchyard_telemetry::ScrapeSource>] {
         &self.layer_metrics
+    }
+
+    /// The keys the pool reads differently from the gateway's key layer, applied to each request
+    /// once it is routed here.
+    pub fn keys(&self) -> &switchyard_keys::PoolKeys {
+        &self.keys
     }
 
     /// The pool's name.
