@@ -663,7 +663,7 @@ async fn gateway_metrics(admin: &str) -> Result<String, ClusterError> {
 }
 
 /// `GET /metrics` on `address` (`HOST:PORT`): the body, or why not.
-async fn fetch_metrics(address: &str) -> Result<String, String> {
+pub(crate) async fn fetch_metrics(address: &str) -> Result<String, String> {
     let admin = address;
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;

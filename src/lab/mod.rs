@@ -87,6 +87,7 @@ pub use overload::{
     PermitGeneration, StepResult, TargetCheck, WINDOWED as OVERLOAD_WINDOWED, deadline_of,
     replicas as overload_replicas, run_overload,
 };
+pub(crate) use prefix::upper_bound;
 pub use prefix::{
     KV_CAPACITY_TOKENS, PREFIX_POLICIES, PREFIX_REQUESTS, PrefixOptions, PrefixReport, PrefixResult,
     PrefixVariant, SYSTEM_PROMPT_BLOCKS, run_prefix,
