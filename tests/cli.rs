@@ -82,7 +82,10 @@ async fn cluster_runs_end_to_end(name: &str, extra: &[&str]) -> ClusterReport {
     assert!((shares - 1.0).abs() < 1e-9, "{:?}", report.replicas);
     let completed: u64 = report.replicas.iter().map(|r| r.completed).sum();
     assert_eq!(completed, loadgen.ok, "{:?}", report.replicas);
-    for plot in ["latency.png", "shares.png"] {
+    // Every worker's prompt tokens were read from its /metrics.
+    let prompt: u64 = report.replicas.iter().map(|r| r.prompt_tokens).sum();
+    assert!(prompt > 0 && (0.0..=1.0).contains(&report.prefix_hit_rate), "{:?}", report.replicas);
+    for plot in ["latency.png", "shares.png", "hit_rate.png"] {
         let bytes = std::fs::read(dir.join(plot)).unwrap();
         assert!(bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{plot}");
     }

@@ -416,6 +416,15 @@ fn bad_configs() -> Vec<(String, usize, Option<&'static str>, &'static str)> {
         ),
         (GOOD_CONFIG.replace("name = \"b\"", "name = \"b"), 10, None, ""),
         (GOOD_CONFIG.replace("model = \"m\"", "modle = \"m\""), 17, None, "modle"),
+        (
+            GOOD_CONFIG.replace(
+                "\n\n[[pool]]\nname = \"b\"",
+                "\n[pool.keys]\nblock_tokens = 0\n\n[[pool]]\nname = \"b\"",
+            ),
+            9,
+            Some("pool[0].keys.block_tokens"),
+            "not a block size",
+        ),
     ]
 }
 

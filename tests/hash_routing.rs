@@ -138,3 +138,51 @@ async fn prompts_sharing_a_prefix_meet_on_one_replica_under_prefix_aware() {
     assert_eq!(homes.len(), 1, "one shared prefix, one replica, while none is loaded: {served:?}");
     gateway.shutdown().await.unwrap();
 }
+
+/// A pool with its own session header (`[pool.keys] session_header`) keys on that header, not
+/// on the gateway's: one user's requests, each with a different `x-session-id`, land on one
+/// replica, and different users spread.
+#[tokio::test]
+async fn a_pool_with_its_own_session_header_keeps_one_session_on_one_replica() {
+    let workers =
+        [Worker::start().await, Worker::start().await, Worker::start().await, Worker::start().await];
+    let endpoints: Vec<String> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("{{ address = \"http://{}\", id = \"w{i}\" }}", w.addr))
+        .collect();
+    let config = format!(
+        "[[pool]]\nname = \"llama\"\npolicy = \"consistent-hash\"\nendpoints = [{}]\n\n[pool.keys]\nsession_header = \"x-user\"\n",
+        endpoints.join(", ")
+    );
+    let config = GatewayConfig::from_toml(&config).unwrap();
+    let gateway = Gateway::start(config, TcpListener::bind("127.0.0.1:0").await.unwrap(), None).unwrap();
+    let channel =
+        Channel::from_shared(format!("http://{}", gateway.local_addr())).unwrap().connect().await.unwrap();
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let mut before = settle(&gateway, 0).await;
+    let mut homes = std::collections::BTreeSet::new();
+    let mut sent = 0;
+    for user in 0..8 {
+        for turn in 0..4 {
+            let mut request =
+                tonic::Request::new(worker::request::text_request("llama", &format!("turn {turn}"), 2));
+            request.metadata_mut().insert("x-user", format!("user-{user}").parse().unwrap());
+            // The gateway's own session header differs on every request: ignored in this pool.
+            request.metadata_mut().insert("x-session-id", format!("s-{user}-{turn}").parse().unwrap());
+            client.model_infer(request).await.unwrap();
+        }
+        sent += 4;
+        let after = settle(&gateway, sent).await;
+        let served: Vec<&String> = after
+            .iter()
+            .filter(|(id, n)| **n > before.get(*id).copied().unwrap_or(0))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(served.len(), 1, "user-{user} went to {served:?}");
+        homes.insert(served[0].clone());
+        before = after;
+    }
+    assert!(homes.len() >= 2, "eight users over more than one replica: {homes:?}");
+    gateway.shutdown().await.unwrap();
+}

@@ -380,3 +380,31 @@ async fn a_bad_otel_variable_is_a_warning_naming_it_and_the_worker_still_serves(
     client.model_infer(worker::request::text_request("sim-llm", "Still serving?", 2)).await.unwrap();
     child.kill().await.unwrap();
 }
+
+/// The workers' prompt-token counters, as `switchyard cluster` reads them: a prompt sent twice
+/// to one worker is found in its prefix cache the second time (hit rate > 0), and a worker that
+/// saw one fresh prompt has a hit rate of 0.
+#[tokio::test]
+async fn the_cluster_reads_each_workers_prefix_hit_rate_from_its_metrics() {
+    use switchyard::cluster::{PromptTokens, prompt_tokens_from_metrics};
+    let (repeated, fresh) = (Worker::start().await, Worker::start().await);
+    // Four 512-token blocks of text (4 bytes a token) and a few bytes more.
+    let prompt: String = (0..8300).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    for worker in [&repeated, &repeated, &fresh] {
+        let mut client =
+            GrpcInferenceServiceClient::connect(format!("http://{}", worker.addr)).await.unwrap();
+        client.model_infer(worker::request::text_request("sim-llm", &prompt, 4)).await.unwrap();
+    }
+    let read = |text: &str| prompt_tokens_from_metrics(text).expect("the worker exports its prompt tokens");
+    let (status, text) = get(repeated.metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    let tokens = read(&text);
+    // 8300 bytes are 2075 tokens; the second time, its four full blocks were cached.
+    assert_eq!(tokens, PromptTokens { prompt: 2 * 2075, cached: 4 * 512 }, "{text}");
+    assert!(tokens.hit_rate() > 0.0);
+    let (_, text) = get(fresh.metrics, "/metrics").await;
+    let tokens = read(&text);
+    assert_eq!(tokens, PromptTokens { prompt: 2075, cached: 0 }, "{text}");
+    assert_eq!(tokens.hit_rate(), 0.0);
+    promtool_check("worker", &text).await;
+}

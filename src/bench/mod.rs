@@ -49,6 +49,14 @@
 //! `--shed --limit` (fixed and AIMD), and with the workers' own `--shed`: goodput and success by
 //! class per step; see [`overload`].
 //!
+//! # Scenario `prefix`
+//!
+//! Eight workers, the first 1,500 requests of the bundled Mooncake conversation trace with their
+//! prefix blocks and a session header, at 70 % of the workers' capacity, through the gateway's
+//! `prefix-aware` and `bounded-load-hash` and nginx's `hash $http_x_session_id consistent` and
+//! `least_conn`, each on fresh workers: TTFT, prefix-cache hit rate and errors; see [`prefix`].
+//! With `--json FILE` it also writes its markdown report beside it (`FILE` with `.md`).
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -62,6 +70,7 @@ pub mod hetero_parallel;
 mod load;
 pub mod overload;
 mod peers;
+pub mod prefix;
 pub mod relay;
 mod targets;
 use crate::cluster::processes;
@@ -92,6 +101,9 @@ pub enum Scenario {
     /// Four parallel-kind workers at 0.5×, 1×, 2×, 3× their measured capacity, with and without
     /// overload protection: goodput and success by priority.
     Overload,
+    /// Eight workers, the Mooncake conversation trace with session ids: the gateway's prefix
+    /// policies against nginx consistent hashing and `least_conn` (TTFT, hit rate).
+    Prefix,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -425,6 +437,8 @@ pub enum BenchReport {
     Hetero(hetero::HeteroReport),
     /// Scenario `overload`.
     Overload(overload::OverloadReport),
+    /// Scenario `prefix`.
+    Prefix(prefix::PrefixBenchReport),
 }
 
 impl BenchReport {
@@ -434,6 +448,7 @@ impl BenchReport {
             Self::Overhead(r) => r.summary(),
             Self::Hetero(r) => r.summary(),
             Self::Overload(r) => r.summary(),
+            Self::Prefix(r) => r.summary(),
         }
     }
 }
@@ -469,11 +484,21 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             Err(e) => Err(e),
         },
         Scenario::Overload => overload::run(args, &exe).await.map(BenchReport::Overload),
+        Scenario::Prefix => match peers::require(PeerKind::Nginx) {
+            Ok(nginx_exe) => prefix::run(args, &exe, &nginx_exe, &dir).await.map(BenchReport::Prefix),
+            Err(e) => Err(e),
+        },
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
     if let Some(path) = &args.json {
         write_json(path, &report).map_err(|e| BenchError::Io(format!("write {}", path.display()), e))?;
+        // Scenario `prefix` writes its summary beside the JSON, as markdown.
+        if let BenchReport::Prefix(prefix) = &report {
+            let md = path.with_extension("md");
+            std::fs::write(&md, prefix.markdown())
+                .map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;
+        }
     }
     Ok(report)
 }
@@ -598,6 +623,7 @@ async fn overhead(
         peer_balance: match balance {
             PeerBalance::RoundRobin => "round-robin".into(),
             PeerBalance::LeastConn => "least-conn".into(),
+            PeerBalance::SessionHash => "session-hash".into(),
         },
         proxy_threads: threads,
         clock_ticks_per_s: ticks_per_s,

@@ -26,7 +26,15 @@ pub(crate) enum PeerBalance {
     RoundRobin,
     /// To the worker with the fewest calls open.
     LeastConn,
+    /// By a consistent hash of the `x-session-id` header ([`SESSION_HEADER`]): nginx's
+    /// `hash $http_x_session_id consistent` (ketama), HAProxy's `balance hdr(x-session-id)` with
+    /// `hash-type consistent`. Calls without the header go round robin (HAProxy) or to one worker
+    /// (nginx hashes the empty value).
+    SessionHash,
 }
+
+/// The header [`PeerBalance::SessionHash`] hashes on.
+pub(crate) const SESSION_HEADER: &str = "x-session-id";
 
 /// A peer proxy kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +119,7 @@ pub(crate) fn render(
             match balance {
                 PeerBalance::RoundRobin => "# round robin (the default)",
                 PeerBalance::LeastConn => "least_conn;",
+                PeerBalance::SessionHash => "hash $http_x_session_id consistent;",
             },
             workers.iter().map(|w| format!("        server {w};")).collect::<Vec<_>>().join("\n"),
         ),
@@ -119,6 +128,7 @@ pub(crate) fn render(
             match balance {
                 PeerBalance::RoundRobin => "roundrobin",
                 PeerBalance::LeastConn => "leastconn",
+                PeerBalance::SessionHash => "hdr(x-session-id)\n    hash-type consistent",
             },
             workers
                 .iter()
@@ -237,7 +247,7 @@ mod tests {
     fn fills_in_every_placeholder() {
         let workers = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
         for kind in [PeerKind::Nginx, PeerKind::Haproxy] {
-            for balance in [PeerBalance::RoundRobin, PeerBalance::LeastConn] {
+            for balance in [PeerBalance::RoundRobin, PeerBalance::LeastConn, PeerBalance::SessionHash] {
                 let text = render(kind, balance, 3, 4242, &workers, Path::new("/tmp/x"));
                 assert!(!text.contains("{{"), "{text}");
                 assert!(text.contains("127.0.0.1:4242") && text.contains("127.0.0.1:2"), "{text}");
@@ -246,6 +256,10 @@ mod tests {
         }
         let nginx = render(PeerKind::Nginx, PeerBalance::LeastConn, 1, 1, &workers, Path::new("/d"));
         assert!(nginx.contains("least_conn;") && nginx.contains("grpc_pass grpc://workers;"));
+        let nginx = render(PeerKind::Nginx, PeerBalance::SessionHash, 1, 1, &workers, Path::new("/d"));
+        assert!(nginx.contains("hash $http_x_session_id consistent;"), "{nginx}");
+        let haproxy = render(PeerKind::Haproxy, PeerBalance::SessionHash, 1, 1, &workers, Path::new("/d"));
+        assert!(haproxy.contains("balance hdr(x-session-id)\n    hash-type consistent"), "{haproxy}");
         let haproxy = render(PeerKind::Haproxy, PeerBalance::LeastConn, 1, 1, &workers, Path::new("/d"));
         assert!(
             haproxy.contains("balance leastconn") && haproxy.contains("server worker-1 127.0.0.1:2 proto h2")

@@ -18,13 +18,18 @@
 //! the trace (the bundled Azure LLM 2023 conversation trace by default) through the gateway with
 //! streaming calls, so that TTFT is measured at the first token. When the last response is in,
 //! the cluster reads each replica's completed requests from the gateway's `GET /metrics` (the
-//! `switchyard_endpoint_requests_total` series Prometheus scrapes),
+//! `switchyard_endpoint_requests_total` series Prometheus scrapes) and each worker's prompt
+//! tokens and prefix-cache hits from its own `GET /metrics`
+//! (`switchyard_replica_prompt_tokens_total`, `switchyard_replica_cached_prompt_tokens_total`:
+//! the hit rate is cached prompt tokens over prompt tokens, per replica and overall),
 //! stops the children (SIGTERM, then a wait for a clean exit), prints a summary and writes the
 //! report folder (`--out`, by default [`DEFAULT_OUT`], which git ignores, so that a run leaves a
 //! fresh clone clean; the committed report is regenerated with `--out reports/cluster`):
 //! `cluster.json` ([`ClusterReport`]),
-//! `latency.png` (TTFT and latency of every request over the run) and `shares.png` (each
-//! replica's share of the requests against the share its speed would give it).
+//! `latency.png` (TTFT and latency of every request over the run), `shares.png` (each
+//! replica's share of the requests against the share its speed would give it) and `hit_rate.png`
+//! (each replica's prefix-cache hit rate and the cluster's; a trace with prefix blocks, such as
+//! `traces/mooncake_conversation.jsonl` under `--policy prefix-aware`, is where it matters).
 //!
 //! # Load
 //!
@@ -63,10 +68,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-pub use plots::{LATENCY_PNG, SHARES_PNG};
+pub use plots::{HIT_RATE_PNG, LATENCY_PNG, SHARES_PNG};
 use processes::ChildProcess;
 pub use processes::ProcessError;
-pub use report::{ClusterReport, ClusterSetup, ReplicaSetup, ReplicaShare};
+pub use report::{
+    ClusterReport, ClusterSetup, PromptTokens, ReplicaSetup, ReplicaShare, prompt_tokens_from_metrics,
+};
 use switchyard_balance::{PolicyKind, PolicySpec};
 use switchyard_core::Spec;
 use switchyard_sim::trace::{TraceRecord, read_trace};
@@ -292,6 +299,16 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// A worker's `GET /metrics` failed.
+    #[error("cannot read {worker}'s metrics at http://{address}/metrics: {reason}")]
+    WorkerMetrics {
+        /// The worker's name.
+        worker: String,
+        /// Its metrics address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
     /// The report folder could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -369,6 +386,8 @@ pub fn time_scale_for_window(
 /// The started cluster: the workers and, unless `--no-gateway`, the gateway.
 struct Cluster {
     workers: Vec<(ChildProcess, String)>,
+    /// Each worker's `/metrics` address (`HOST:PORT`), in the order of `workers`.
+    worker_metrics: Vec<String>,
     /// The gateway, its gRPC address and its admin address.
     gateway: Option<(ChildProcess, String, String)>,
 }
@@ -434,7 +453,7 @@ impl Cluster {
             workers.iter().zip(&worker_metrics).map(|((c, _), m)| format!("{} http://{m}/metrics", c.name())),
         );
         eprintln!("cluster: metrics at {}", scrape.join(", "));
-        Ok(Self { workers, gateway })
+        Ok(Self { workers, worker_metrics, gateway })
     }
 
     /// The address the load generator sends to.
@@ -546,6 +565,16 @@ pub async fn run(
             (counts, "loadgen, no gateway: all to worker-0".to_string())
         }
     };
+    // Each worker's prompt tokens and prefix-cache hits, from its own /metrics.
+    let mut tokens = Vec::with_capacity(cluster.worker_metrics.len());
+    for (i, metrics) in cluster.worker_metrics.iter().enumerate() {
+        let text = fetch_metrics(metrics).await.map_err(|reason| ClusterError::WorkerMetrics {
+            worker: format!("worker-{i}"),
+            address: metrics.clone(),
+            reason,
+        })?;
+        tokens.push(report::prompt_tokens_from_metrics(&text).unwrap_or_default());
+    }
     let completed: Vec<u64> = counts.iter().map(|c| c.0).collect();
     let total_speed: f64 = speeds.iter().sum();
     let replicas: Vec<ReplicaShare> = report::shares(&completed)
@@ -560,8 +589,15 @@ pub async fn run(
             failed,
             share,
             speed_share: speeds[i] / total_speed,
+            prompt_tokens: tokens[i].prompt,
+            cached_prompt_tokens: tokens[i].cached,
+            prefix_hit_rate: tokens[i].hit_rate(),
         })
         .collect();
+    let total = tokens.iter().fold(PromptTokens::default(), |sum, t| PromptTokens {
+        prompt: sum.prompt + t.prompt,
+        cached: sum.cached + t.cached,
+    });
     let stopped = cluster.stop().await;
 
     let report = ClusterReport {
@@ -582,7 +618,8 @@ pub async fn run(
         loadgen,
         replicas,
         shares_from,
-        plots: vec![LATENCY_PNG.to_string(), SHARES_PNG.to_string()],
+        plots: vec![LATENCY_PNG.to_string(), SHARES_PNG.to_string(), HIT_RATE_PNG.to_string()],
+        prefix_hit_rate: total.hit_rate(),
     };
     write_report(&out, &report, &samples)?;
     stopped?;
@@ -611,12 +648,23 @@ fn write_report(
     );
     plots::latency_plot(&out.join(LATENCY_PNG), &title, samples)?;
     plots::share_plot(&out.join(SHARES_PNG), &format!("Requests per replica: {title}"), &report.replicas)?;
+    plots::hit_rate_plot(
+        &out.join(HIT_RATE_PNG),
+        &format!("Prefix-cache hit rate per replica: {title}"),
+        &report.replicas,
+        report.prefix_hit_rate,
+    )?;
     Ok(())
 }
 
-/// The gateway's `GET /endpoints` on `admin` (`HOST:PORT`).
+/// The gateway's `GET /metrics` on `admin` (`HOST:PORT`).
 async fn gateway_metrics(admin: &str) -> Result<String, ClusterError> {
-    let fail = |reason: String| ClusterError::Metrics { admin: admin.to_string(), reason };
+    fetch_metrics(admin).await.map_err(|reason| ClusterError::Metrics { admin: admin.to_string(), reason })
+}
+
+/// `GET /metrics` on `address` (`HOST:PORT`): the body, or why not.
+pub(crate) async fn fetch_metrics(address: &str) -> Result<String, String> {
+    let admin = address;
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
         let (mut sender, connection) =
@@ -641,8 +689,8 @@ async fn gateway_metrics(admin: &str) -> Result<String, ClusterError> {
         String::from_utf8(body.to_bytes().to_vec()).map_err(|e| format!("not UTF-8: {e}"))
     };
     match tokio::time::timeout(Duration::from_secs(10), fetch).await {
-        Ok(result) => result.map_err(fail),
-        Err(_) => Err(fail("no answer within 10 s".to_string())),
+        Ok(result) => result,
+        Err(_) => Err("no answer within 10 s".to_string()),
     }
 }
 

@@ -15,6 +15,8 @@ use crate::report::plot::{FONT, TimeBin, bin_width, percentile_bins, register_fo
 pub const LATENCY_PNG: &str = "latency.png";
 /// File name of the per-replica share plot.
 pub const SHARES_PNG: &str = "shares.png";
+/// File name of the per-replica prefix-cache hit rate plot.
+pub const HIT_RATE_PNG: &str = "hit_rate.png";
 
 /// Pixels between a bar and the edge of its replica's slot.
 const BAR_MARGIN: u32 = 30;
@@ -262,6 +264,77 @@ pub(crate) fn share_plot(path: &Path, title: &str, replicas: &[ReplicaShare]) ->
     root.present().map_err(err)
 }
 
+/// Draws each replica's prefix-cache hit rate (cached prompt tokens over prompt tokens) as a bar,
+/// and the whole cluster's as a last bar, `all`.
+pub(crate) fn hit_rate_plot(
+    path: &Path,
+    title: &str,
+    replicas: &[ReplicaShare],
+    overall: f64,
+) -> Result<(), PlotError> {
+    register_font()?;
+    let file = path.display().to_string();
+    let err = draw_err(&file);
+    let mut bars: Vec<(String, f64, u64)> = replicas
+        .iter()
+        .map(|r| {
+            (format!("{} (speed {})", r.name, format_speed(r.speed)), r.prefix_hit_rate, r.prompt_tokens)
+        })
+        .collect();
+    bars.push(("all".to_string(), overall, replicas.iter().map(|r| r.prompt_tokens).sum()));
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let top = bars.iter().map(|b| b.1).fold(0.0, f64::max);
+    let top = (top * 1.2).clamp(0.05, 1.05);
+    let last = u32::try_from(bars.len() - 1).unwrap_or(u32::MAX);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0u32..last).into_segmented(), 0f64..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len() + 1)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bars.get(*i as usize).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+        .y_desc("cached prompt tokens / prompt tokens")
+        .light_line_style(TRANSPARENT)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 16))
+        .draw()
+        .map_err(err)?;
+    let bar = RGBColor(70, 150, 110);
+    let total = RGBColor(40, 40, 40);
+    chart
+        .draw_series(bars.iter().zip(0u32..).map(|(b, i)| {
+            let color = if i == last { total } else { bar };
+            let mut rect = Rectangle::new(
+                [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), b.1)],
+                color.filled(),
+            );
+            rect.set_margin(0, 0, BAR_MARGIN, BAR_MARGIN);
+            rect
+        }))
+        .map_err(err)?;
+    let text = (FONT, 16).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
+    chart
+        .draw_series(bars.iter().zip(0u32..).map(|(b, i)| {
+            Text::new(
+                format!("{:.1}% of {}", b.1 * 100.0, b.2),
+                (SegmentValue::CenterOf(i), b.1 + top * 0.01),
+                text.clone(),
+            )
+        }))
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -328,10 +401,14 @@ mod tests {
                 failed: 0,
                 share: completed as f64 / 100.0,
                 speed_share: speed / 1.333,
+                prompt_tokens: completed * 100,
+                cached_prompt_tokens: completed * 40,
+                prefix_hit_rate: 0.4,
             })
             .collect();
         share_plot(&dir.join(SHARES_PNG), "test", &replicas).unwrap();
-        for name in [LATENCY_PNG, SHARES_PNG] {
+        hit_rate_plot(&dir.join(HIT_RATE_PNG), "test", &replicas, 0.4).unwrap();
+        for name in [LATENCY_PNG, SHARES_PNG, HIT_RATE_PNG] {
             let bytes = std::fs::read(dir.join(name)).unwrap();
             assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}");
         }

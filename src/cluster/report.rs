@@ -62,6 +62,17 @@ pub struct ReplicaShare {
     pub share: f64,
     /// The share its speed would give it: its speed over the sum of the speeds.
     pub speed_share: f64,
+    /// Prompt tokens of the requests it admitted (its `/metrics`,
+    /// `switchyard_replica_prompt_tokens_total`).
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Of those, the tokens its prefix cache held at admission
+    /// (`switchyard_replica_cached_prompt_tokens_total`).
+    #[serde(default)]
+    pub cached_prompt_tokens: u64,
+    /// Its prefix-cache hit rate: `cached_prompt_tokens / prompt_tokens`, 0 before a prompt.
+    #[serde(default)]
+    pub prefix_hit_rate: f64,
 }
 
 /// Everything a cluster run measured; `cluster.json` in the report folder.
@@ -78,12 +89,25 @@ pub struct ClusterReport {
     pub shares_from: String,
     /// The plots written beside `cluster.json`.
     pub plots: Vec<String>,
+    /// The cluster's prefix-cache hit rate: cached prompt tokens over prompt tokens, summed over
+    /// the replicas (read from each worker's `/metrics`).
+    #[serde(default)]
+    pub prefix_hit_rate: f64,
 }
 
 impl ClusterReport {
     /// The per-replica table.
     pub fn replica_table(&self) -> Table {
-        let mut t = Table::new(["replica", "speed", "address", "completed", "failed", "share", "by speed"]);
+        let mut t = Table::new([
+            "replica",
+            "speed",
+            "address",
+            "completed",
+            "failed",
+            "share",
+            "by speed",
+            "prefix hit rate",
+        ]);
         for r in &self.replicas {
             t.row([
                 r.name.clone(),
@@ -93,6 +117,7 @@ impl ClusterReport {
                 r.failed.to_string(),
                 format!("{:.1}%", r.share * 100.0),
                 format!("{:.1}%", r.speed_share * 100.0),
+                format!("{:.1}%", r.prefix_hit_rate * 100.0),
             ]);
         }
         t
@@ -119,6 +144,13 @@ impl ClusterReport {
         );
         let _ = writeln!(out, "{}", self.loadgen.summary());
         let _ = write!(out, "requests per replica (from {}):\n\n{}", self.shares_from, self.replica_table());
+        let (cached, prompt) =
+            self.replicas.iter().fold((0, 0), |(c, p), r| (c + r.cached_prompt_tokens, p + r.prompt_tokens));
+        let _ = write!(
+            out,
+            "\nprefix-cache hit rate: {:.1}% ({cached} of {prompt} prompt tokens cached, from the workers' /metrics)",
+            self.prefix_hit_rate * 100.0
+        );
         out
     }
 }
@@ -174,9 +206,62 @@ pub(crate) fn counts_from_metrics(text: &str, addresses: &[String]) -> (Vec<(u64
     (counts, unmatched)
 }
 
+/// A replica's prompt tokens and, of them, those its prefix cache held, read from its worker's
+/// Prometheus metrics ([`REPLICA_PROMPT_TOKENS`](crate::worker::REPLICA_PROMPT_TOKENS) and
+/// [`REPLICA_CACHED_PROMPT_TOKENS`](crate::worker::REPLICA_CACHED_PROMPT_TOKENS), summed over
+/// their label sets); `None` when the worker exports neither (a replica that is no LLM engine).
+pub fn prompt_tokens_from_metrics(text: &str) -> Option<PromptTokens> {
+    let mut found = false;
+    let mut tokens = PromptTokens::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let name = series.split('{').next().unwrap_or(series);
+        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let slot = match name {
+            crate::worker::REPLICA_PROMPT_TOKENS => &mut tokens.prompt,
+            crate::worker::REPLICA_CACHED_PROMPT_TOKENS => &mut tokens.cached,
+            _ => continue,
+        };
+        found = true;
+        // Counters are integers; a float rendering of one is exact below 2^53.
+        *slot += value.max(0.0) as u64;
+    }
+    found.then_some(tokens)
+}
+
+/// Prompt tokens a replica admitted, and those of them its prefix cache held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptTokens {
+    /// Prompt tokens admitted.
+    pub prompt: u64,
+    /// Of them, found in the prefix cache.
+    pub cached: u64,
+}
+
+impl PromptTokens {
+    /// `cached / prompt`, 0 before the first prompt.
+    pub fn hit_rate(&self) -> f64 {
+        if self.prompt == 0 { 0.0 } else { self.cached as f64 / self.prompt as f64 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_tokens_come_from_the_workers_series() {
+        let text = "# HELP switchyard_replica_prompt_tokens_total Prompt tokens.\n\
+# TYPE switchyard_replica_prompt_tokens_total counter\n\
+switchyard_replica_prompt_tokens_total 4096\n\
+switchyard_replica_cached_prompt_tokens_total 1024\n\
+switchyard_replica_queue_depth 3\n";
+        let tokens = prompt_tokens_from_metrics(text).unwrap();
+        assert_eq!(tokens, PromptTokens { prompt: 4096, cached: 1024 });
+        assert_eq!(tokens.hit_rate(), 0.25);
+        assert_eq!(prompt_tokens_from_metrics("switchyard_replica_queue_depth 3\n"), None);
+        assert_eq!(PromptTokens::default().hit_rate(), 0.0);
+    }
 
     #[test]
     fn shares_sum_to_one_or_are_all_zero() {

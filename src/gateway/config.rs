@@ -17,7 +17,7 @@ use switchyard_balance::policy::{self, PolicySpec};
 use switchyard_core::Endpoint;
 use switchyard_core::Spec;
 use switchyard_discovery::{HealthConfig, SourceConfig};
-use switchyard_keys::KeysConfig;
+use switchyard_keys::{KeysConfig, PoolKeys};
 use toml::Spanned;
 
 /// The metadata header that names the model when a route matches on `model`: it takes
@@ -26,6 +26,9 @@ pub const DEFAULT_MODEL_HEADER: &str = "x-model-name";
 
 /// The most serving threads a gateway runs (each keeps a connection to every endpoint).
 pub const MAX_THREADS: usize = 1024;
+
+/// The largest prefix block a pool may set (`[pool.keys] block_tokens`): 65,536 tokens.
+pub(crate) const MAX_BLOCK_TOKENS: u32 = 65_536;
 
 /// How long a gateway waits for in-flight requests on shutdown unless told otherwise.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,6 +90,9 @@ pub struct PoolConfig {
     /// and streams still in flight on them (`drain_timeout = "30s"`, the default); then what is
     /// left is cut with `UNAVAILABLE` and the connections close. `"0s"` cuts at once.
     pub drain_timeout: Duration,
+    /// The keys this pool reads differently from the gateway's `[keys]` (`[pool.keys]`: its
+    /// session and priority headers, its prefix block size); none by default.
+    pub keys: PoolKeys,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -151,12 +157,19 @@ impl PoolConfig {
             discovery: Vec::new(),
             health: None,
             drain_timeout: switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT,
+            keys: PoolKeys::default(),
         }
     }
 
     /// The same pool with this drain timeout for the endpoints discovery removes.
     pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// The same pool reading these keys differently from the gateway's `[keys]`.
+    pub fn with_keys(mut self, keys: PoolKeys) -> Self {
+        self.keys = keys;
         self
     }
 
@@ -379,6 +392,19 @@ impl GatewayConfig {
                 "several pools but no route and no `default_pool`: no request could reach a pool",
             ));
         }
+        if let Err(size) =
+            self.keys.clone().with_also_block_tokens(self.pools.iter().filter_map(|p| p.keys.block_tokens))
+        {
+            let i = self.pools.iter().position(|p| p.keys.block_tokens == Some(size)).unwrap_or(0);
+            return Err(ConfigError::field(
+                format!("pool[{i}].keys.block_tokens"),
+                format!(
+                    "{size}: the pools set more than {} block sizes besides [keys] block_tokens ({}); each costs a hash of every prompt",
+                    switchyard_keys::MAX_EXTRA_BLOCK_SIZES,
+                    self.keys.block_tokens
+                ),
+            ));
+        }
         if http::HeaderName::from_bytes(self.model_header.as_bytes()).is_err()
             || self.model_header.bytes().any(|b| b.is_ascii_uppercase())
         {
@@ -392,11 +418,17 @@ impl GatewayConfig {
 
     /// The key layer's settings as the gateway runs it: [`keys`](Self::keys) with the
     /// [`model_header`](Self::model_header).
+    /// The text of a prompt is also hashed at the block sizes the pools set (`[pool.keys]`).
     pub fn keys_config(&self) -> KeysConfig {
-        match http::HeaderName::from_bytes(self.model_header.as_bytes()) {
+        let keys = match http::HeaderName::from_bytes(self.model_header.as_bytes()) {
             Ok(header) => self.keys.clone().with_model_header(header),
             Err(_) => self.keys.clone(),
-        }
+        };
+        // `validate` refuses too many sizes; were it skipped, the pools' own sizes are dropped
+        // (their blocks are then the layer's).
+        keys.clone()
+            .with_also_block_tokens(self.pools.iter().filter_map(|p| p.keys.block_tokens))
+            .unwrap_or(keys)
     }
 
     /// The pool requests go to when no route matches: `default_pool`, or the only pool.
@@ -591,6 +623,16 @@ struct RawPool {
     discovery: Vec<Spanned<SourceConfig>>,
     health: Option<Spanned<RawHealth>>,
     drain_timeout: Option<Spanned<String>>,
+    keys: Option<Spanned<RawPoolKeys>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoolKeys {
+    session_header: Option<Spanned<String>>,
+    priority_header: Option<Spanned<String>>,
+    /// Read as any value, so that a wrong type is refused here with the field's name too.
+    block_tokens: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -770,6 +812,13 @@ impl RawConfig {
                     )
                 })?,
             };
+            let keys = match pool.keys {
+                None => PoolKeys::default(),
+                Some(raw) => {
+                    lines.record(format!("pool[{i}].keys"), &raw);
+                    raw.into_inner().into_keys(i, lines)?
+                }
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
@@ -779,6 +828,7 @@ impl RawConfig {
                 discovery,
                 health,
                 drain_timeout,
+                keys,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {
@@ -795,6 +845,50 @@ impl RawConfig {
             });
         }
         Ok(config)
+    }
+}
+
+impl RawPoolKeys {
+    /// The keys of pool `i`; a bad header name or block size is an error at its line.
+    fn into_keys(self, i: usize, lines: &mut Lines<'_>) -> Result<PoolKeys, ConfigError> {
+        let mut keys = PoolKeys::default();
+        for (name, value, slot) in [
+            ("session_header", self.session_header, &mut keys.session_header),
+            ("priority_header", self.priority_header, &mut keys.priority_header),
+        ] {
+            if let Some(value) = value {
+                let field = format!("pool[{i}].keys.{name}");
+                lines.record(field.clone(), &value);
+                let header = http::HeaderName::from_bytes(value.get_ref().as_bytes()).map_err(|_| {
+                    lines.error(
+                        field,
+                        value.span(),
+                        format!("{:?} is not a valid header name", value.get_ref()),
+                    )
+                })?;
+                *slot = Some(header);
+            }
+        }
+        if let Some(size) = self.block_tokens {
+            let field = format!("pool[{i}].keys.block_tokens");
+            lines.record(field.clone(), &size);
+            let tokens = size
+                .get_ref()
+                .as_integer()
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| (1..=MAX_BLOCK_TOKENS).contains(t));
+            keys.block_tokens = Some(tokens.ok_or_else(|| {
+                lines.error(
+                    field,
+                    size.span(),
+                    format!(
+                        "{} is not a block size: tokens per prefix block, 1 to {MAX_BLOCK_TOKENS} (the trace's and the sim's: 512)",
+                        size.get_ref()
+                    ),
+                )
+            })?);
+        }
+        Ok(keys)
     }
 }
 
@@ -907,6 +1001,35 @@ pool = "b"
         assert_eq!(c.pools[1].drain_timeout, Duration::from_millis(300));
         let e = error(&text.replace("\"300ms\"", "\"a while\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].drain_timeout")), "{e}");
+    }
+
+    #[test]
+    fn a_pool_reads_its_own_keys_and_a_bad_one_names_its_line() {
+        let text = GOOD.replace(
+            "9003\" }]\n",
+            "9003\" }]\n[pool.keys]\nsession_header = \"x-user\"\npriority_header = \"x-tier\"\nblock_tokens = 256\n",
+        );
+        // The lines: pool "b" is at 12, its [pool.keys] at 15, block_tokens at 18.
+        let c = GatewayConfig::from_toml(&text).unwrap();
+        let keys = &c.pools[1].keys;
+        assert_eq!(keys.session_header.as_ref().map(|h| h.as_str()), Some("x-user"));
+        assert_eq!(keys.priority_header.as_ref().map(|h| h.as_str()), Some("x-tier"));
+        assert_eq!(keys.block_tokens, Some(256));
+        assert!(c.pools[0].keys.is_empty());
+        assert_eq!(c.keys_config().also_block_tokens().collect::<Vec<_>>(), [256]);
+
+        for bad in ["block_tokens = 0", "block_tokens = -3", "block_tokens = 100000"] {
+            let e = error(&text.replace("block_tokens = 256", bad));
+            assert_eq!((e.line, e.field.as_deref()), (Some(18), Some("pool[1].keys.block_tokens")), "{e}");
+            assert!(e.message.contains("not a block size"), "{e}");
+        }
+        let e = error(&text.replace("block_tokens = 256", "block_tokens = \"big\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(18), Some("pool[1].keys.block_tokens")), "{e}");
+        let e = error(&text.replace("\"x-user\"", "\"x user\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(16), Some("pool[1].keys.session_header")), "{e}");
+        let e = error(&text.replace("priority_header", "priority_heder"));
+        assert_eq!(e.line, Some(17), "{e}");
+        assert!(e.message.contains("priority_heder"), "{e}");
     }
 
     #[test]

@@ -127,6 +127,19 @@
 //! connection_budget = 16777216
 //! ```
 //!
+//! A pool may read some keys its own way (`[pool.keys]`, [`switchyard_keys::PoolKeys`]): its
+//! session and priority headers, and its prefix block size (the prompt's text is then hashed at
+//! that size too, in the same pass; a `prefix_hashes` parameter is taken as it is). They replace
+//! the `[keys]` ones once a request is routed to the pool. At most three block sizes besides
+//! `[keys]`'s, 1 to 65,536 tokens each.
+//!
+//! ```toml
+//! [pool.keys]
+//! session_header = "x-user"
+//! priority_header = "x-tier"
+//! block_tokens = 256
+//! ```
+//!
 //! Each pool is a tower stack: the layers its `layers` list names (outermost first; see
 //! [`layers`]: today `timeout`), then its balancer. Its `policy` is a name or a table with
 //! parameters (`policy = { name = "...", ... }`), built by the policy registry, to which crates

@@ -45,6 +45,8 @@ pub struct Pool {
     layer_metrics: Vec<Arc<dyn switchyard_telemetry::ScrapeSource>>,
     /// The endpoints' KV-event streams, when the policy is `prefix-aware-precise`.
     kv: Option<Arc<KvSubscriber>>,
+    /// The keys it reads differently from the gateway's key layer (`[pool.keys]`).
+    keys: switchyard_keys::PoolKeys,
 }
 
 impl Pool {
@@ -249,6 +251,7 @@ impl Pool {
             held: None,
             layer_metrics,
             kv,
+            keys: config.keys.clone(),
         })
     }
 
@@ -263,6 +266,12 @@ impl Pool {
     /// The sources of the pool's layers' series, for the gateway's metrics registry.
     pub(crate) fn layer_metrics(&self) -> &[Arc<dyn switchyard_telemetry::ScrapeSource>] {
         &self.layer_metrics
+    }
+
+    /// The keys the pool reads differently from the gateway's key layer, applied to each request
+    /// once it is routed here.
+    pub fn keys(&self) -> &switchyard_keys::PoolKeys {
+        &self.keys
     }
 
     /// The pool's name.

@@ -112,6 +112,14 @@ impl Service<http::Request<RequestBody>> for Dispatch {
                 if self.state.traced {
                     switchyard_telemetry::rpc::record_pool(pool.name());
                 }
+                // The keys this pool reads its own way (`[pool.keys]`), now that it is known.
+                let req = if pool.keys().is_empty() {
+                    req
+                } else {
+                    let (mut parts, body) = req.into_parts();
+                    pool.keys().apply(&parts.headers, &mut parts.extensions);
+                    http::Request::from_parts(parts, body)
+                };
                 futures::future::Either::Right(pool.service().oneshot(req))
             }
             Err(error) => futures::future::Either::Left(futures::future::ready(Err(error.into()))),

@@ -88,6 +88,7 @@ pub use overload::{
     PACE_TOKENS, Paced, PacedGeneration, PermitGeneration, StepResult, TargetCheck,
     WINDOWED as OVERLOAD_WINDOWED, deadline_of, replicas as overload_replicas, run_overload,
 };
+pub(crate) use prefix::upper_bound;
 pub use prefix::{
     EVENT_DELAY, KV_CAPACITY_TOKENS, PRECISE_DELAYED, PREFIX_POLICIES, PREFIX_REQUESTS, PrefixOptions,
     PrefixReport, PrefixResult, PrefixVariant, SYSTEM_PROMPT_BLOCKS, run_prefix,

@@ -47,6 +47,36 @@ pub fn infer_request(model: &str, id: u64, record: &TraceRecord) -> ModelInferRe
     request
 }
 
+/// The session of `record`: the conversation its prefix blocks name, its first two block ids
+/// (`"0-14"`; a conversation's later turns repeat its earlier ones, so they share them, and the
+/// first block alone is often a system prompt shared by every conversation); `None` without
+/// prefix blocks.
+pub fn session_of(record: &TraceRecord) -> Option<tonic::metadata::AsciiMetadataValue> {
+    let ids = record.prefix.ids();
+    let text = match ids {
+        [] => return None,
+        [only] => only.to_string(),
+        [first, second, ..] => format!("{first}-{second}"),
+    };
+    tonic::metadata::AsciiMetadataValue::try_from(text).ok()
+}
+
+/// A session header's name as a metadata key, or why it is not one.
+pub(crate) fn session_header(name: &str) -> Result<tonic::metadata::AsciiMetadataKey, String> {
+    tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())
+        .map_err(|_| format!("--session-header {name:?} is not a valid header name"))
+}
+
+/// A request's session header, if it has one.
+type Session = Option<(tonic::metadata::AsciiMetadataKey, tonic::metadata::AsciiMetadataValue)>;
+
+fn with_session<T>(mut request: tonic::Request<T>, session: Session) -> tonic::Request<T> {
+    if let Some((key, value)) = session {
+        request.metadata_mut().insert(key, value);
+    }
+    request
+}
+
 /// An integer parameter of a response.
 pub(crate) fn int_param(response: &ModelInferResponse, name: &str) -> Option<i64> {
     match response.parameters.get(name)?.parameter_choice {
@@ -71,8 +101,9 @@ pub(crate) async fn unary(
     mut client: GrpcInferenceServiceClient<Channel>,
     request: ModelInferRequest,
     timeout: Duration,
+    session: Session,
 ) -> Outcome {
-    let mut request = tonic::Request::new(request);
+    let mut request = with_session(tonic::Request::new(request), session);
     request.set_timeout(timeout);
     let start = Instant::now();
     match client.model_infer(request).await {
@@ -103,10 +134,11 @@ pub(crate) async fn streaming(
     mut client: GrpcInferenceServiceClient<Channel>,
     request: ModelInferRequest,
     timeout: Duration,
+    session: Session,
 ) -> Outcome {
     let start = Instant::now();
     let call = async {
-        let mut request = tonic::Request::new(futures::stream::iter([request]));
+        let mut request = with_session(tonic::Request::new(futures::stream::iter([request])), session);
         request.set_timeout(timeout);
         let mut responses = match client.model_stream_infer(request).await {
             Ok(r) => r.into_inner(),
@@ -168,6 +200,23 @@ mod tests {
         assert_eq!((parsed.prompt_tokens, parsed.max_tokens), (1500, 20));
         assert_eq!(parsed.prefix.ids(), &[1, 2]);
         assert_eq!(req.id, "7");
+    }
+
+    #[test]
+    fn a_session_is_the_conversation_of_the_first_two_blocks() {
+        let record = |ids: Vec<u64>| TraceRecord {
+            at: Duration::ZERO,
+            prompt_tokens: 1500,
+            output_tokens: 20,
+            prefix: PrefixBlocks::new(ids),
+        };
+        let first = session_of(&record(vec![0, 14, 15])).unwrap();
+        assert_eq!(first, "0-14");
+        assert_eq!(session_of(&record(vec![0, 14, 15, 16, 99])), Some(first), "a later turn");
+        assert_eq!(session_of(&record(vec![7])).unwrap(), "7");
+        assert_eq!(session_of(&record(vec![])), None);
+        assert!(session_header("x-session-id").is_ok());
+        assert!(session_header("a b").is_err());
     }
 
     #[test]

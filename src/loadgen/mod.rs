@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use call::{Outcome, infer_request};
+pub use call::{Outcome, infer_request, session_of};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use switchyard_sim::trace::{TraceError, TraceRecord, read_trace};
@@ -75,6 +75,11 @@ pub struct LoadgenArgs {
     /// Deadline of each request (sent as `grpc-timeout`), e.g. `120s`.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Send each request's session in this metadata header (e.g. `x-session-id`): the
+    /// conversation its prefix blocks name ([`session_of`]), for balancers that hash on it.
+    /// Requests without prefix blocks carry none.
+    #[arg(long)]
+    pub session_header: Option<String>,
 }
 
 impl Default for LoadgenArgs {
@@ -91,6 +96,7 @@ impl Default for LoadgenArgs {
             seed: 1,
             max_in_flight: 4096,
             timeout: Duration::from_secs(120),
+            session_header: None,
         }
     }
 }
@@ -284,7 +290,7 @@ pub fn target_uri(target: &str) -> String {
     if target.contains("://") { target.to_string() } else { format!("http://{target}") }
 }
 
-async fn connect(target: &str) -> Result<Channel, LoadgenError> {
+pub(crate) async fn connect(target: &str) -> Result<Channel, LoadgenError> {
     let endpoint = Endpoint::from_shared(target_uri(target))
         .map_err(|source| LoadgenError::Connect { target: target.to_string(), source })?
         .tcp_nodelay(true)
@@ -312,6 +318,9 @@ pub async fn run(args: &LoadgenArgs) -> Result<LoadgenReport, LoadgenError> {
 /// Like [`run`], and also returns one [`RequestSample`] per request sent, in the order they
 /// completed.
 pub async fn run_sampled(args: &LoadgenArgs) -> Result<(LoadgenReport, Vec<RequestSample>), LoadgenError> {
+    if let Some(header) = &args.session_header {
+        call::session_header(header).map_err(LoadgenError::Invalid)?;
+    }
     let (records, source) = schedule(args)?;
     if records.is_empty() {
         return Err(LoadgenError::Invalid(
@@ -364,6 +373,7 @@ pub async fn drive_sampled(
     let progress = Progress::new(total);
     let mut samples = Vec::with_capacity(records.len());
 
+    let session_key = args.session_header.as_deref().and_then(|h| call::session_header(h).ok());
     let mut schedule = Box::pin(paced(records, args.time_scale));
     let mut tasks = JoinSet::new();
     let mut acc = Accumulator::default();
@@ -387,12 +397,13 @@ pub async fn drive_sampled(
                     last_send = Some(now);
                     let sent_at = now.saturating_duration_since(start);
                     let request = infer_request(&args.model, id, &record);
+                    let session = session_key.as_ref().and_then(|key| Some((key.clone(), session_of(&record)?)));
                     id += 1;
                     let client = client.clone();
                     let (stream, timeout) = (args.stream, args.timeout);
                     tasks.spawn(async move {
                         let _permit = permit;
-                        let outcome = if stream { call::streaming(client, request, timeout).await } else { call::unary(client, request, timeout).await };
+                        let outcome = if stream { call::streaming(client, request, timeout, session).await } else { call::unary(client, request, timeout, session).await };
                         RequestSample { sent_at, outcome }
                     });
                 }

@@ -18,6 +18,11 @@ pub const REPLICA_QUEUE: &str = "switchyard_replica_queue_depth";
 pub const REPLICA_RUNNING: &str = "switchyard_replica_running_requests";
 /// Gauge, 0 to 1: the engine's KV-cache use.
 pub const REPLICA_KV_CACHE: &str = "switchyard_replica_kv_cache_utilization_ratio";
+/// Counter: prompt tokens of the requests the engine admitted.
+pub const REPLICA_PROMPT_TOKENS: &str = "switchyard_replica_prompt_tokens_total";
+/// Counter: of those, the tokens whose KV the prefix cache held at admission (not prefilled
+/// again). Over [`REPLICA_PROMPT_TOKENS`], the replica's prefix-cache hit rate.
+pub const REPLICA_CACHED_PROMPT_TOKENS: &str = "switchyard_replica_cached_prompt_tokens_total";
 
 /// The engine's load, as its ORCA report gives it, read at each scrape.
 #[derive(Debug)]
@@ -44,6 +49,16 @@ impl EngineMetrics {
             Some(Unit::Percent),
             "KV-cache use of the engine, 0 to 1.".into(),
         );
+        registry.describe_counter(
+            REPLICA_PROMPT_TOKENS.into(),
+            Some(Unit::Count),
+            "Prompt tokens of the requests the engine admitted.".into(),
+        );
+        registry.describe_counter(
+            REPLICA_CACHED_PROMPT_TOKENS.into(),
+            Some(Unit::Count),
+            "Prompt tokens found in the prefix cache at admission (not prefilled again).".into(),
+        );
         Self { engine }
     }
 }
@@ -52,13 +67,19 @@ impl ScrapeSource for EngineMetrics {
     fn publish(&self, recorder: &dyn Recorder) {
         static METADATA: metrics::Metadata<'static> =
             metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
-        let load = self.engine.reported_load();
+        let snapshot = self.engine.load();
+        let load = snapshot.to_reported();
         let gauge = |name: &'static str, value: f64| {
             recorder.register_gauge(&Key::from_static_name(name), &METADATA).set(value)
         };
         gauge(REPLICA_QUEUE, f64::from(load.queue_depth));
         gauge(REPLICA_RUNNING, f64::from(load.running));
         gauge(REPLICA_KV_CACHE, load.kv_cache_utilization);
+        let counter = |name: &'static str, value: u64| {
+            recorder.register_counter(&Key::from_static_name(name), &METADATA).absolute(value)
+        };
+        counter(REPLICA_PROMPT_TOKENS, snapshot.prompt_tokens);
+        counter(REPLICA_CACHED_PROMPT_TOKENS, snapshot.cached_prompt_tokens);
     }
 }
 

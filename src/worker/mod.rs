@@ -46,7 +46,10 @@ use std::time::Duration;
 
 pub use inference::{InferenceService, token_text};
 pub use load_report::{LoadReport, LoadReportBody, LoadReportLayer};
-pub use metrics::{EngineMetrics, REPLICA_KV_CACHE, REPLICA_QUEUE, REPLICA_RUNNING, serve_metrics};
+pub use metrics::{
+    EngineMetrics, REPLICA_CACHED_PROMPT_TOKENS, REPLICA_KV_CACHE, REPLICA_PROMPT_TOKENS, REPLICA_QUEUE,
+    REPLICA_RUNNING, serve_metrics,
+};
 use switchyard_core::StatusLayer;
 use switchyard_shed::{QueueSignal, ServerShedLayer, ShedConfig};
 use switchyard_sim::{EngineConfig, EngineHandle};

@@ -100,6 +100,12 @@ pub struct KeysConfig {
     /// keys found so far, and its request goes on. Default 16 MiB.
     #[serde(deserialize_with = "positive_usize")]
     pub connection_budget: usize,
+    /// Other block sizes the prompt's text is hashed with in the same pass, for pools that set
+    /// their own ([`PoolKeys`](crate::PoolKeys)); at most
+    /// [`MAX_EXTRA_BLOCK_SIZES`](crate::MAX_EXTRA_BLOCK_SIZES). Set in code
+    /// ([`with_also_block_tokens`](Self::with_also_block_tokens)), not read from TOML.
+    #[serde(skip)]
+    pub(crate) also_block_tokens: [u32; crate::MAX_EXTRA_BLOCK_SIZES],
 }
 
 impl Default for KeysConfig {
@@ -116,6 +122,7 @@ impl Default for KeysConfig {
             max_peek_frames: DEFAULT_MAX_PEEK_FRAMES,
             peek_timeout: DEFAULT_PEEK_TIMEOUT,
             connection_budget: DEFAULT_CONNECTION_BUDGET,
+            also_block_tokens: [0; crate::MAX_EXTRA_BLOCK_SIZES],
         }
     }
 }
@@ -186,6 +193,32 @@ impl KeysConfig {
     pub fn with_connection_budget(mut self, bytes: usize) -> Self {
         self.connection_budget = bytes.max(1);
         self
+    }
+
+    /// The same config, also hashing the prompt's text in blocks of each of `sizes` tokens (for
+    /// pools with a [`PoolKeys::block_tokens`](crate::PoolKeys) of their own), in the same pass.
+    /// Zeros, repeats and [`block_tokens`](Self::block_tokens) itself are left out; past
+    /// [`MAX_EXTRA_BLOCK_SIZES`](crate::MAX_EXTRA_BLOCK_SIZES) distinct sizes, the rest are
+    /// refused with the first of them, since each costs one more hash of every prompt byte.
+    pub fn with_also_block_tokens(mut self, sizes: impl IntoIterator<Item = u32>) -> Result<Self, u32> {
+        let mut kept = [0; crate::MAX_EXTRA_BLOCK_SIZES];
+        let mut n = 0;
+        for size in sizes {
+            if size == 0 || size == self.block_tokens || kept[..n].contains(&size) {
+                continue;
+            }
+            let Some(slot) = kept.get_mut(n) else { return Err(size) };
+            *slot = size;
+            n += 1;
+        }
+        self.also_block_tokens = kept;
+        Ok(self)
+    }
+
+    /// The other block sizes the text is hashed with (see
+    /// [`with_also_block_tokens`](Self::with_also_block_tokens)).
+    pub fn also_block_tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        self.also_block_tokens.iter().copied().filter(|&s| s != 0)
     }
 
     /// The budget as semaphore permits: at least 1, at most what a semaphore and one acquire

@@ -86,6 +86,7 @@ mod config;
 mod layer;
 mod metadata;
 mod peek;
+mod pool;
 mod prefix;
 mod replay;
 mod scan;
@@ -98,5 +99,6 @@ pub use config::{
 };
 pub use layer::{Keys, KeysLayer, ResponseFuture};
 pub use metadata::{KSERVE_SERVICE, MODEL_INFER, MODEL_STREAM_INFER};
+pub use pool::PoolKeys;
 pub use replay::Replay;
-pub use scan::{MAX_TOKENS, PREFIX_HASHES, PROMPT_TOKENS, TEXT_INPUT};
+pub use scan::{MAX_EXTRA_BLOCK_SIZES, MAX_TOKENS, PREFIX_HASHES, PROMPT_TOKENS, TEXT_INPUT};

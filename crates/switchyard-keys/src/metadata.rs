@@ -1,6 +1,6 @@
 //! The keys read from metadata (headers), and which requests have a first message worth reading.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_core::{Deadline, ModelName, Priority, RoutingKey, parse_grpc_timeout};
 use tokio::time::Instant;
 
@@ -45,17 +45,8 @@ pub(crate) fn extract_metadata(
     extensions: &mut http::Extensions,
     now: Instant,
 ) -> Option<ScanTarget> {
-    if let Some(key) = non_empty(headers.get(&config.session_header)) {
-        extensions.insert(RoutingKey::new(String::from_utf8_lossy(key.as_bytes())));
-    }
-    if let Some(value) = non_empty(headers.get(&config.priority_header)) {
-        match value.to_str().ok().and_then(|v| v.parse::<Priority>().ok()) {
-            Some(priority) => {
-                extensions.insert(priority);
-            }
-            None => tracing::debug!(header = %config.priority_header, ?value, "ignored an unknown priority"),
-        }
-    }
+    read_session(&config.session_header, headers, extensions);
+    read_priority(&config.priority_header, headers, extensions);
     if let Some(value) = headers.get("grpc-timeout") {
         match parse_grpc_timeout(value.as_bytes()) {
             Some(timeout) => {
@@ -78,12 +69,32 @@ pub(crate) fn extract_metadata(
         model: !model_known,
         infer,
         block_tokens: config.prefix_from_text.then_some(config.block_tokens),
+        also_block_tokens: config.also_block_tokens,
         default_max_tokens: config.default_max_tokens,
     };
     match Method::of(path) {
         Method::Infer => Some(target(true)),
         Method::Model if !model_known => Some(target(false)),
         Method::Model | Method::Other => None,
+    }
+}
+
+/// The [`RoutingKey`] from `header`, if the request has it (not empty).
+pub(crate) fn read_session(header: &HeaderName, headers: &HeaderMap, extensions: &mut http::Extensions) {
+    if let Some(key) = non_empty(headers.get(header)) {
+        extensions.insert(RoutingKey::new(String::from_utf8_lossy(key.as_bytes())));
+    }
+}
+
+/// The [`Priority`] from `header`, if the request has a known one.
+pub(crate) fn read_priority(header: &HeaderName, headers: &HeaderMap, extensions: &mut http::Extensions) {
+    if let Some(value) = non_empty(headers.get(header)) {
+        match value.to_str().ok().and_then(|v| v.parse::<Priority>().ok()) {
+            Some(priority) => {
+                extensions.insert(priority);
+            }
+            None => tracing::debug!(%header, ?value, "ignored an unknown priority"),
+        }
     }
 }
 

@@ -62,9 +62,15 @@ pub(crate) struct ScanTarget {
     /// Tokens per prefix block, when prefix blocks are hashed from the text (`None`: only
     /// the `prefix_hashes` parameter gives them).
     pub(crate) block_tokens: Option<u32>,
+    /// Other block sizes the text is hashed with at the same time (0: none), for pools whose
+    /// own block size differs ([`PoolKeys`](crate::PoolKeys)).
+    pub(crate) also_block_tokens: [u32; MAX_EXTRA_BLOCK_SIZES],
     /// The size's `max_tokens` when the request gives none.
     pub(crate) default_max_tokens: u32,
 }
+
+/// The most block sizes besides the layer's own that one scan hashes the text with.
+pub const MAX_EXTRA_BLOCK_SIZES: usize = 3;
 
 /// The keys a scan found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -72,7 +78,14 @@ pub(crate) struct BodyKeys {
     pub(crate) model: Option<ModelName>,
     pub(crate) size: Option<RequestSize>,
     pub(crate) prefix: Option<PrefixBlocks>,
+    /// The text's blocks at the other sizes asked for, when the prefix came from the text.
+    pub(crate) by_size: Vec<(u32, PrefixBlocks)>,
 }
+
+/// A request's prefix blocks hashed from its text at block sizes other than the key layer's,
+/// for the pools that set their own ([`PoolKeys::apply`](crate::PoolKeys::apply) takes them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct PrefixBlocksBySize(pub(crate) Vec<(u32, PrefixBlocks)>);
 
 impl BodyKeys {
     /// Puts the keys found into `extensions`; a model already there (from the header) is kept.
@@ -87,6 +100,9 @@ impl BodyKeys {
         }
         if let Some(prefix) = self.prefix {
             extensions.insert(prefix);
+        }
+        if !self.by_size.is_empty() {
+            extensions.insert(PrefixBlocksBySize(self.by_size));
         }
     }
 }
@@ -222,6 +238,8 @@ pub(crate) struct Scanner {
     /// The declared length of the prompt's text, once its length prefix is read.
     text_len: Option<u64>,
     text: Option<PrefixHasher>,
+    /// The text's hashers at the other block sizes of the target, beside `text`.
+    also: Vec<(u32, PrefixHasher)>,
     text_done: bool,
     inputs: u32,
     /// The index of the text tensor when it had no contents (its text is in the raw contents).
@@ -251,6 +269,7 @@ impl Scanner {
             hash_parser: None,
             text_len: None,
             text: None,
+            also: Vec::new(),
             text_done: false,
             inputs: 0,
             raw_text_index: None,
@@ -368,6 +387,9 @@ impl Scanner {
                 if let Some(text) = self.text.as_mut() {
                     text.feed(&data[..n]);
                 }
+                for (_, hasher) in &mut self.also {
+                    hasher.feed(&data[..n]);
+                }
                 self.pos += n as u64;
                 self.continue_text(left - n as u64, then_skip);
                 n
@@ -401,7 +423,7 @@ impl Scanner {
                 self.text_len = Some(declared);
                 let text = declared.min(left);
                 if let (None, Some(block_tokens)) = (&self.hashes, self.target.block_tokens) {
-                    self.text = Some(PrefixHasher::new(block_tokens));
+                    self.start_text(block_tokens);
                     self.continue_text(text, left - text);
                 } else {
                     self.text_done = true;
@@ -438,6 +460,18 @@ impl Scanner {
         self.pos += data.len() as u64;
         self.pending = again(*acc);
         data.len()
+    }
+
+    /// The text begins: its hashers at the layer's block size and the others asked for.
+    fn start_text(&mut self, block_tokens: u32) {
+        self.text = Some(PrefixHasher::new(block_tokens));
+        self.also = self
+            .target
+            .also_block_tokens
+            .iter()
+            .filter(|&&size| size != 0 && size != block_tokens)
+            .map(|&size| (size, PrefixHasher::new(size)))
+            .collect();
     }
 
     fn continue_text(&mut self, left: u64, then_skip: u64) {
@@ -551,7 +585,7 @@ impl Scanner {
             (Context::Contents, 8) if self.text_len.is_none() => {
                 self.text_len = Some(len);
                 if let (None, Some(block_tokens)) = (&self.hashes, self.target.block_tokens) {
-                    self.text = Some(PrefixHasher::new(block_tokens));
+                    self.start_text(block_tokens);
                     return self.continue_text(len, 0);
                 }
                 self.text_done = true;
@@ -697,7 +731,7 @@ impl Scanner {
         }
         let model = self.model.map(ModelName::new);
         if !self.target.infer {
-            return BodyKeys { model, size: None, prefix: None };
+            return BodyKeys { model, size: None, prefix: None, by_size: Vec::new() };
         }
         let hashes = self.hashes.or_else(|| self.hash_parser.and_then(HashListParser::finish_cut));
         let prompt = self.prompt_tokens.or_else(|| {
@@ -705,8 +739,12 @@ impl Scanner {
         });
         let size =
             prompt.map(|p| RequestSize::new(p, self.max_tokens.unwrap_or(self.target.default_max_tokens)));
+        let by_size = match (&hashes, &self.text) {
+            (None, Some(_)) => self.also.into_iter().map(|(size, hasher)| (size, hasher.finish())).collect(),
+            _ => Vec::new(),
+        };
         let prefix = hashes.or_else(|| self.text.map(PrefixHasher::finish));
-        BodyKeys { model, size, prefix }
+        BodyKeys { model, size, prefix, by_size }
     }
 }
 

@@ -137,6 +137,8 @@ pub(crate) struct EngineState {
     cache: PrefixCache,
     hit_blocks: u64,
     lookup_blocks: u64,
+    admitted_prompt_tokens: u64,
+    cached_prompt_tokens: u64,
     completed: u64,
     cancelled: u64,
     expired: u64,
@@ -155,6 +157,8 @@ impl EngineState {
             cache: PrefixCache::new(config.block_tokens, config.kv_event_buffer),
             hit_blocks: 0,
             lookup_blocks: 0,
+            admitted_prompt_tokens: 0,
+            cached_prompt_tokens: 0,
             completed: 0,
             cancelled: 0,
             expired: 0,
@@ -185,6 +189,8 @@ impl EngineState {
             prefix_cache_blocks: self.cache.blocks(),
             prefix_hit_blocks: self.hit_blocks,
             prefix_lookup_blocks: self.lookup_blocks,
+            prompt_tokens: self.admitted_prompt_tokens,
+            cached_prompt_tokens: self.cached_prompt_tokens,
             completed: self.completed,
             cancelled: self.cancelled,
             expired: self.expired,
@@ -249,6 +255,8 @@ impl EngineState {
                 .unwrap_or(u32::MAX)
                 .min(req.prompt_tokens.saturating_sub(1));
             self.reserved_tokens = reserved_after;
+            self.admitted_prompt_tokens += u64::from(req.prompt_tokens);
+            self.cached_prompt_tokens += u64::from(cached);
             {
                 let mut p = req.progress();
                 p.admitted_at = Some(now);

@@ -29,6 +29,12 @@ pub struct ReplicaLoad {
     /// Prefix blocks looked up at admission (full blocks of admitted prompts), since the engine
     /// started.
     pub prefix_lookup_blocks: u64,
+    /// Prompt tokens of the requests admitted, since the engine started.
+    pub prompt_tokens: u64,
+    /// Of [`prompt_tokens`](Self::prompt_tokens), those whose KV was found in the prefix cache
+    /// at admission (not prefilled again), since the engine started: `cached_prompt_tokens /
+    /// prompt_tokens` is the replica's prefix-cache hit rate in tokens, the lab's figure.
+    pub cached_prompt_tokens: u64,
     /// Requests that generated all their tokens, since the engine started.
     pub completed: u64,
     /// Requests that left before finishing because their caller went away (the

@@ -10,10 +10,20 @@ use kserve::{
     prompt, text_request,
 };
 
-const INFER: ScanTarget =
-    ScanTarget { model: true, infer: true, block_tokens: Some(16), default_max_tokens: 64 };
-const MODEL_ONLY: ScanTarget =
-    ScanTarget { model: true, infer: false, block_tokens: Some(16), default_max_tokens: 64 };
+const INFER: ScanTarget = ScanTarget {
+    model: true,
+    infer: true,
+    block_tokens: Some(16),
+    also_block_tokens: [0; 3],
+    default_max_tokens: 64,
+};
+const MODEL_ONLY: ScanTarget = ScanTarget {
+    model: true,
+    infer: false,
+    block_tokens: Some(16),
+    also_block_tokens: [0; 3],
+    default_max_tokens: 64,
+};
 
 fn scan_pieces(target: ScanTarget, pieces: &[&[u8]]) -> (BodyKeys, Option<Stop>) {
     let mut s = Scanner::new(target);
@@ -33,6 +43,7 @@ fn expect(model: &str, prompt_tokens: u32, max_tokens: u32, prefix: PrefixBlocks
         model: Some(ModelName::new(model)),
         size: Some(RequestSize::new(prompt_tokens, max_tokens)),
         prefix: Some(prefix),
+        by_size: Vec::new(),
     }
 }
 
@@ -45,6 +56,24 @@ fn reads_the_keys_of_a_text_request() {
     // No max_tokens: the default. The text length rounds up to whole tokens.
     let wire = grpc_frame(&text_request("llama", &text[..9], None));
     assert_eq!(scan(INFER, &wire), expect("llama", 3, 64, PrefixBlocks::from_text("", 16)));
+}
+
+#[test]
+fn hashes_the_text_at_every_block_size_asked_for_in_one_pass() {
+    let text = prompt(1000);
+    let wire = grpc_frame(&text_request("llama", &text, Some(17)));
+    let target = ScanTarget { also_block_tokens: [8, 0, 16], ..INFER };
+    let keys = scan(target, &wire);
+    assert_eq!(keys.prefix, Some(PrefixBlocks::from_text(&text, 16)));
+    assert_eq!(keys.by_size, vec![(8, PrefixBlocks::from_text(&text, 8))], "16 is the layer's own");
+    // Cut in pieces, the same blocks.
+    let (pieces, _) = scan_pieces(target, &wire.chunks(7).collect::<Vec<_>>());
+    assert_eq!(pieces.by_size, keys.by_size);
+    // A prefix_hashes parameter wins at every size: nothing is hashed.
+    let mut req = text_request("m", &text, None);
+    req.parameters.insert(PREFIX_HASHES.into(), param(ParameterChoice::StringParam("4,5".into())));
+    let keys = scan(target, &grpc_frame(&req));
+    assert_eq!((keys.prefix, keys.by_size), (Some(PrefixBlocks::new(vec![4, 5])), vec![]));
 }
 
 #[test]
@@ -87,7 +116,10 @@ fn a_request_without_text_or_size_has_only_a_model() {
     let mut req = text_request("m", "", Some(5));
     req.inputs.clear();
     let keys = scan(INFER, &grpc_frame(&req));
-    assert_eq!(keys, BodyKeys { model: Some(ModelName::new("m")), size: None, prefix: None });
+    assert_eq!(
+        keys,
+        BodyKeys { model: Some(ModelName::new("m")), size: None, prefix: None, by_size: vec![] }
+    );
 }
 
 #[test]
@@ -307,7 +339,12 @@ fn without_text_hashing_the_text_is_skipped() {
     assert!(s.examined() < 200, "stopped at the text's length: read {} bytes", s.examined());
     assert_eq!(
         s.finish(),
-        BodyKeys { model: Some(ModelName::new("m")), size: Some(RequestSize::new(25_000, 9)), prefix: None }
+        BodyKeys {
+            model: Some(ModelName::new("m")),
+            size: Some(RequestSize::new(25_000, 9)),
+            prefix: None,
+            by_size: vec![]
+        }
     );
 
     // The parameter still gives them.
