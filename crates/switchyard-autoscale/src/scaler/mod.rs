@@ -3,12 +3,14 @@
 //! A [`Scaler`] is asked for a count and reports what exists ([`PoolSize`]: desired, current,
 //! ready). It owns the rules every scaler keeps: a new replica joins discovery only once it is
 //! ready (health SERVING), and a replica leaves by draining (removed from discovery first, its
-//! requests in flight finish, then it stops). The process scaler starts and stops local
+//! requests in flight finish, then it stops). The [`process`] scaler starts and stops local
 //! `switchyard worker` processes; the lab's scaler starts simulated replicas behind the same
 //! trait, so one recommender is measured as it runs.
 //!
 //! Not written yet: a Kubernetes scaler setting the `scale` subresource of a Deployment or
 //! StatefulSet through `kube` (discovery following its EndpointSlices).
+
+pub mod process;
 
 use std::future::Future;
 
