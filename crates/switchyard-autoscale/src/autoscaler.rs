@@ -83,9 +83,12 @@ where
     }
 
     /// Decides every [`Recommender::interval`] until a scaler error, calling `on_decision` with
-    /// each decision.
+    /// each decision. The first decision comes one interval after the call, so that the signals
+    /// (an arrival rate is a difference of two samples) cover one interval.
     pub async fn run(mut self, mut on_decision: impl FnMut(&Decision)) -> Result<(), ScaleError> {
-        let mut tick = tokio::time::interval(self.recommender.interval());
+        let every = self.recommender.interval();
+        let _ = self.source.sample();
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

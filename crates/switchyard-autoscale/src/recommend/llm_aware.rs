@@ -10,7 +10,8 @@
 //! capacity          c = median over ready replicas of slots × 10⁹ / no-load ns per token
 //! arrival rate      λ = EWMA (τ = 5 s) of requests started a second
 //! trend             g = max(0, (λ now − λ trend_window ago) / trend_window)
-//! projected rate    λ' = min(λ + g × cold_start, max_lead × λ)
+//! projected rate    λ' = min(λ + g × cold_start, max_lead × λ), the lead counted only beyond
+//!                   trend_deadband × λ (noise is not a trend)
 //! demand            D = λ' × w / c  +  pending work / c / backlog_drain          (replicas of work)
 //! needed            n = ceil(D / target_utilisation)
 //! ```
@@ -21,8 +22,8 @@
 //!   burst, the recommender does not ask for 4 more.
 //! - **Early on the trend**: the rate is projected one cold start ahead, so the replicas that a
 //!   growing load will need are started before it arrives (capped at `max_lead` × today's rate).
-//! - **Down slowly**: one replica fewer at most every `scale_down_step` (30 s), only when every
-//!   demand of the last `scale_down_window` (120 s) fits in one replica fewer with a margin
+//! - **Down slowly**: one replica fewer at most every `scale_down_step` (20 s), only when every
+//!   demand of the last `scale_down_window` (90 s) fits in one replica fewer with a margin
 //!   (`down_margin` 0.85 of the target utilisation), and not within that window after a scale-up.
 //! - **min/max** from [`Bounds`]; with `min = 0` and `idle_to_zero` set, an idle pool (nothing in
 //!   flight, nothing arriving, nothing held) scales to zero after that long, and the first
@@ -30,9 +31,13 @@
 //!   The gateway holds requests in its queue within their deadlines meanwhile.
 //! - **Missing signals** (no snapshot, or no capacity learnt yet) keep the count; they never lower it.
 //!
-//! The defaults (target utilisation 0.7, cold start 30 s, backlog drained within 5 s) are the
-//! lab's `burst` scenario's; `reports/lab/burst.md` shows what they give against the HPA, the KPA
-//! and llm-d's autoscaler.
+//! The target utilisation applies to the *learnt* capacity, which is the replica's prefill speed
+//! at no load (the time to a first token with nothing ahead, including the decode step a new
+//! prompt waits behind); on the simulated replica it reads about 0.7 of the throughput the replica
+//! sustains saturated, so the default 0.9 of it plans for roughly 0.65 of the true capacity. The
+//! other defaults (cold start 30 s, backlog drained within 5 s, 30 s trend window, 90 s scale-down
+//! window) are the lab's `burst` scenario's; `reports/lab/burst.md` shows what they give against
+//! the HPA, the KPA and llm-d's autoscaler.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -45,23 +50,25 @@ use crate::Signals;
 /// Settings of [`LlmAware`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LlmAwareConfig {
-    /// Share of the learnt capacity to plan for (0.7).
+    /// Share of the learnt capacity to plan for (0.9).
     pub target_utilisation: f64,
     /// How often it decides (1 s).
     pub interval: Duration,
     /// Time constant of the arrival rate's EWMA (5 s).
     pub rate_tau: Duration,
-    /// Window over which the trend is measured (15 s).
+    /// Window over which the trend is measured (30 s).
     pub trend_window: Duration,
+    /// A projected rise counts only beyond this share of the rate (0.25).
+    pub trend_deadband: f64,
     /// A replica's cold start: how far ahead the trend is projected (30 s).
     pub cold_start: Duration,
-    /// The projected rate is at most this many times today's (2).
+    /// The projected rate is at most this many times today's (1.5).
     pub max_lead: f64,
     /// Work waiting for a first byte should be worked off within this (5 s).
     pub backlog_drain: Duration,
-    /// A scale-down needs every demand of this window to fit in one replica fewer (120 s).
+    /// A scale-down needs every demand of this window to fit in one replica fewer (90 s).
     pub scale_down_window: Duration,
-    /// At most one replica fewer per this (30 s).
+    /// At most one replica fewer per this (20 s).
     pub scale_down_step: Duration,
     /// A scale-down plans for this share of the target utilisation (0.85).
     pub down_margin: f64,
@@ -74,15 +81,16 @@ pub struct LlmAwareConfig {
 impl Default for LlmAwareConfig {
     fn default() -> Self {
         Self {
-            target_utilisation: 0.7,
+            target_utilisation: 0.9,
             interval: Duration::from_secs(1),
             rate_tau: Duration::from_secs(5),
-            trend_window: Duration::from_secs(15),
+            trend_window: Duration::from_secs(30),
+            trend_deadband: 0.25,
             cold_start: Duration::from_secs(30),
-            max_lead: 2.0,
+            max_lead: 1.5,
             backlog_drain: Duration::from_secs(5),
-            scale_down_window: Duration::from_secs(120),
-            scale_down_step: Duration::from_secs(30),
+            scale_down_window: Duration::from_secs(90),
+            scale_down_step: Duration::from_secs(20),
             down_margin: 0.85,
             idle_to_zero: None,
             bounds: Bounds::default(),
@@ -279,8 +287,15 @@ mod tests {
         s
     }
 
+    /// The worked examples' settings: a 0.7 target, a 120 s scale-down window, 30 s steps.
     fn aware() -> LlmAware {
-        LlmAware::new(LlmAwareConfig { bounds: Bounds::new(1, 20), ..LlmAwareConfig::default() })
+        LlmAware::new(LlmAwareConfig {
+            target_utilisation: 0.7,
+            scale_down_window: Duration::from_secs(120),
+            scale_down_step: Duration::from_secs(30),
+            bounds: Bounds::new(1, 20),
+            ..LlmAwareConfig::default()
+        })
     }
 
     /// Runs `seconds` of decisions at `rate`, the pool following every recommendation at once
@@ -378,6 +393,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn scales_to_zero_when_idle_and_wakes_on_a_held_request() {
         let mut a = LlmAware::new(LlmAwareConfig {
+            target_utilisation: 0.7,
             bounds: Bounds::new(0, 4),
             idle_to_zero: Some(Duration::from_secs(60)),
             ..LlmAwareConfig::default()
