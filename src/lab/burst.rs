@@ -24,10 +24,15 @@
 //! # Autoscalers
 //!
 //! Switchyard's [`LlmAware`] (cold start told), the Kubernetes [`Hpa`], Knative's [`Kpa`] and
-//! llm-d's [`Saturation`] with their published defaults, all bounded to 1..=12 replicas; the HPA's
-//! target (in flight per replica) and the KPA's concurrency target are set from a calibration
-//! run: the requests one replica holds in flight at 70 % of its capacity (the KPA's target is
-//! that divided by its 0.7 utilisation), which is what an operator would measure and configure.
+//! llm-d's [`Saturation`] with their published defaults, all bounded to 1..=12 replicas. Every
+//! target that is the operator's to choose is set from one calibration run, one replica at 70 %
+//! of its capacity for 120 s, as an operator would measure and configure it: the HPA's target (in
+//! flight per replica) is what the replica holds in flight there, the KPA's concurrency target
+//! that over its 0.7 utilisation, and Switchyard's target utilisation the demand its recommender
+//! reads off the board there (its learnt capacity and its snapshot of work per request are biased
+//! estimates, so the reading at a known load is its calibration). llm-d's thresholds are its
+//! defaults. Signals are the board's, with each replica's queue and KV use read from its engine
+//! at each sample, as llm-d scrapes vLLM's gauges.
 //! `fixed-peak`: `ceil(peak rate / (0.8 C))` replicas throughout, the peak taken over 30 s
 //! windows.
 //!
@@ -47,8 +52,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use switchyard_autoscale::{
-    Autoscaler, BoardSignals, Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, Recommender,
-    Saturation, SaturationConfig, SignalSource, Signals,
+    Autoscaler, BoardSignals, Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize,
+    Recommender, Saturation, SaturationConfig, SignalSource, Signals,
 };
 use switchyard_balance::Balance;
 use switchyard_core::RequestSize;
@@ -177,6 +182,9 @@ pub struct BurstReport {
     pub replica_capacity_rps: f64,
     /// Requests one replica holds in flight at 70 % of its capacity (the HPA and KPA targets).
     pub in_flight_at_70: f64,
+    /// The demand (replicas of work) Switchyard's recommender reads off one replica at 70 % of its
+    /// capacity: its target utilisation here.
+    pub switchyard_target: f64,
     /// A replica's cold start, seconds.
     pub cold_start_s: f64,
     /// The TTFT objective, ms.
@@ -235,6 +243,7 @@ struct RunOutput {
 }
 
 struct Context {
+    demand_at_70: f64,
     in_flight_at_70: f64,
     cold_start: Duration,
     seed: u64,
@@ -245,6 +254,7 @@ fn recommender(name: &str, ctx: &Context) -> Option<Box<dyn Recommender>> {
     Some(match name {
         "switchyard" => Box::new(LlmAware::new(LlmAwareConfig {
             cold_start: ctx.cold_start,
+            target_utilisation: ctx.demand_at_70,
             bounds,
             ..LlmAwareConfig::default()
         })),
@@ -508,8 +518,9 @@ fn summarise(w: &Workload, autoscaler: &str, run: &RunOutput, slo: f64, capacity
     }
 }
 
-/// One replica's mean in flight at 70 % of its capacity (Little's law on a calibration run).
-async fn in_flight_at_70(capacity: f64, lengths: &LengthSampler, seed: u64) -> Result<f64, LabError> {
+/// One replica at 70 % of its capacity: its mean in flight (Little's law) and the mean demand
+/// Switchyard's recommender reads off its board (sampled every second after the first 30 s).
+async fn calibrate_at_70(capacity: f64, lengths: &LengthSampler, seed: u64) -> Result<(f64, f64), LabError> {
     let seconds = 120;
     let records: Vec<TraceRecord> = Synthetic::new(
         Pattern::Poisson { rate: 0.7 * capacity },
@@ -522,6 +533,24 @@ async fn in_flight_at_70(capacity: f64, lengths: &LengthSampler, seed: u64) -> R
     let mut balancer = Balance::new(ReceiverStream::new(rx)).with_completion(SimCompletion);
     let pool = SimPool::new(tx, balancer.board(), EngineConfig::default(), Duration::ZERO);
     pool.start_ready(1).await.map_err(|e| LabError::Setting(e.to_string()))?;
+    let mut signals = BoardSignals::new(balancer.board());
+    let reader = tokio::spawn(async move {
+        let mut aware = LlmAware::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut readings = Vec::new();
+        let size = PoolSize { desired: 1, current: 1, ready: 1 };
+        for second in 0..seconds {
+            tick.tick().await;
+            let sample = signals.sample_at(Instant::now());
+            let demand = aware.recommend(Instant::now(), size, Some(&sample)).metric;
+            if second >= 30
+                && let Some(d) = demand
+            {
+                readings.push(d);
+            }
+        }
+        readings.iter().sum::<f64>() / readings.len().max(1) as f64
+    });
     let mut tasks = Vec::new();
     let arrivals = switchyard_sim::paced(records, 1.0);
     let mut arrivals = std::pin::pin!(arrivals);
@@ -544,9 +573,10 @@ async fn in_flight_at_70(capacity: f64, lengths: &LengthSampler, seed: u64) -> R
     for task in tasks {
         busy += task.await.ok().flatten().unwrap_or(0.0);
     }
+    let demand = reader.await.unwrap_or(0.0);
     pool.shutdown();
     let span = Instant::now().saturating_duration_since(start).as_secs_f64().max(1.0);
-    Ok(busy / span)
+    Ok((busy / span, demand))
 }
 
 /// Runs the scenario: every workload under every autoscaler, each on a fresh paused runtime.
@@ -557,9 +587,17 @@ pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
     };
     let lengths = LengthSampler::from_trace(&records).map_err(|e| LabError::Setting(e.to_string()))?;
     let capacity = run_paused(measure_capacity(&EngineConfig::default(), &records))??;
-    let in_flight = run_paused(in_flight_at_70(capacity, &lengths, options.seed))??;
-    tracing::info!(capacity, in_flight, "lab burst: replica capacity measured");
-    let ctx = Context { in_flight_at_70: in_flight, cold_start: options.cold_start, seed: options.seed };
+    let (in_flight, demand) = run_paused(calibrate_at_70(capacity, &lengths, options.seed))??;
+    if !(demand.is_finite() && demand > 0.0) {
+        return Err(LabError::Setting("the calibration run gave Switchyard's recommender no demand".into()));
+    }
+    tracing::info!(capacity, in_flight, demand, "lab burst: replica capacity measured");
+    let ctx = Context {
+        in_flight_at_70: in_flight,
+        demand_at_70: demand,
+        cold_start: options.cold_start,
+        seed: options.seed,
+    };
     let secs = Duration::from_secs;
     let workloads = vec![
         azure(&records, capacity)?,
@@ -651,6 +689,7 @@ pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
         trace: trace_name,
         replica_capacity_rps: capacity,
         in_flight_at_70: in_flight,
+        switchyard_target: demand,
         cold_start_s: options.cold_start.as_secs_f64(),
         slo_ttft_ms: slo * 1e3,
         workloads: infos,

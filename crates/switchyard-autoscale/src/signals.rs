@@ -57,7 +57,7 @@ pub struct ReplicaSignals {
 pub struct Signals {
     /// When it was taken.
     pub at: Instant,
-    /// The ready replicas: on the board, not draining, not ejected. Ordered by id.
+    /// The ready replicas: on the board and not draining (an ejected one counts). Ordered by id.
     pub replicas: Vec<ReplicaSignals>,
     /// Requests started per second across the pool since the previous sample; `None` on the first.
     pub arrival_rate: Option<f64>,
@@ -141,7 +141,9 @@ impl BoardSignals {
             let starts =
                 load.completed + load.failed + load.overloaded + load.cancelled + u64::from(load.in_flight);
             started.insert(id.clone(), starts);
-            if entry.draining || entry.ejected {
+            // An ejected replica still exists and carries load (it is overloaded or failing, not
+            // gone): it counts. A draining one is leaving.
+            if entry.draining {
                 continue;
             }
             let Some(state) = self.board.state(&id) else { continue };

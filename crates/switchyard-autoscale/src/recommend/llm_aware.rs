@@ -6,7 +6,9 @@
 //! Every second ([`LlmAwareConfig::interval`]), from the [`Signals`]:
 //!
 //! ```text
-//! work per request  w = EWMA of pending work ÷ requests awaiting a first byte   (prompt tokens)
+//! work per request  w = 1 / EWMA of 1 / (pending work of a replica with one request awaiting
+//!                   a first byte): the harmonic mean, which undoes the snapshot's length bias
+//!                   (prompt tokens)
 //! capacity          c = median over ready replicas of slots × 10⁹ / no-load ns per token
 //! arrival rate      λ = EWMA (τ = 5 s) of requests started a second
 //! trend             g = max(0, (λ now − λ trend_window ago) / trend_window)
@@ -31,13 +33,20 @@
 //!   The gateway holds requests in its queue within their deadlines meanwhile.
 //! - **Missing signals** (no snapshot, or no capacity learnt yet) keep the count; they never lower it.
 //!
-//! The target utilisation applies to the *learnt* capacity, which is the replica's prefill speed
-//! at no load (the time to a first token with nothing ahead, including the decode step a new
-//! prompt waits behind); on the simulated replica it reads about 0.7 of the throughput the replica
-//! sustains saturated, so the default 0.9 of it plans for roughly 0.65 of the true capacity. The
-//! other defaults (cold start 30 s, backlog drained within 5 s, 30 s trend window, 90 s scale-down
-//! window) are the lab's `burst` scenario's; `reports/lab/burst.md` shows what they give against
-//! the HPA, the KPA and llm-d's autoscaler.
+//! # Calibrating the target
+//!
+//! The target utilisation applies to the *learnt* figures, and both are biased estimates: the
+//! no-load time per token includes the decode step a new prompt waits behind, and the harmonic
+//! mean undoes the snapshot's length bias exactly only when a prompt's wait is proportional to
+//! its work. `D` therefore misstates the replicas of work by a factor that depends on the engine
+//! and the request mix. Set the target to the demand the recommender reads with one replica at the
+//! utilisation you want (the metric of its decisions, logged and returned in
+//! [`Recommendation::metric`](super::Recommendation::metric)): the lab's `burst` scenario does
+//! exactly that on a calibration run at 70 % of a replica's measured capacity, as it does for the
+//! HPA's and KPA's targets. The default (0.9) is an uncalibrated starting point. The other
+//! defaults (cold start 30 s, backlog drained within 5 s, 30 s trend window, 90 s scale-down
+//! window) are the lab's; `reports/lab/burst.md` shows what they give against the HPA, the KPA and
+//! llm-d's autoscaler.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -103,6 +112,7 @@ impl Default for LlmAwareConfig {
 pub struct LlmAware {
     config: LlmAwareConfig,
     work_per_request: Option<f64>,
+    inverse_work: Option<f64>,
     capacity: Option<f64>,
     rate: Option<(f64, Instant)>,
     /// The smoothed rate over the trend window (one a decision: bounded by the window).
@@ -120,6 +130,7 @@ impl LlmAware {
         Self {
             config,
             work_per_request: None,
+            inverse_work: None,
             capacity: None,
             rate: None,
             rates: VecDeque::new(),
@@ -154,13 +165,30 @@ impl LlmAware {
         if let Some(c) = signals.capacity_per_replica() {
             self.capacity = Some(c);
         }
+        // A replica with exactly one request awaiting its first byte shows that request's work.
+        // Such a snapshot is length-biased (a long prompt waits longer, so it is seen more
+        // often, in proportion to its work), so the mean over arrivals is the harmonic mean of
+        // the snapshots: an EWMA of 1 / work.
+        for replica in &signals.replicas {
+            if replica.awaiting_first_byte == 1 && replica.pending_work > 0 {
+                let inverse = 1.0 / replica.pending_work as f64;
+                self.inverse_work = Some(match self.inverse_work {
+                    Some(v) => 0.95 * v + 0.05 * inverse,
+                    None => inverse,
+                });
+            }
+        }
         let awaiting = signals.awaiting_first_byte();
-        if awaiting > 0 {
+        if self.inverse_work.is_none() && awaiting > 0 {
+            // Until then, the plain mean of the snapshot (biased high: an over-estimate).
             let sample = signals.pending_work() as f64 / awaiting as f64;
             self.work_per_request = Some(match self.work_per_request {
                 Some(w) => 0.9 * w + 0.1 * sample,
                 None => sample,
             });
+        }
+        if let Some(v) = self.inverse_work.filter(|v| *v > 0.0) {
+            self.work_per_request = Some(1.0 / v);
         }
         let rate = self.smooth_rate(now, signals.arrival_rate.unwrap_or(0.0));
         let window = self.config.trend_window;
