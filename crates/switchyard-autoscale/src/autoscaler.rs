@@ -139,3 +139,56 @@ fn record(name: &'static str, decision: &Decision, signals: Option<&Signals>) {
     metrics::gauge!(CURRENT_METRIC, "recommender" => name).set(f64::from(size.current));
     metrics::gauge!(READY_METRIC, "recommender" => name).set(f64::from(size.ready));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::recommend::test_support::pool;
+    use crate::{Hpa, HpaConfig};
+
+    /// A scaler that follows every request at once.
+    #[derive(Debug, Default)]
+    struct Following {
+        asked: Vec<u32>,
+        size: PoolSize,
+    }
+
+    impl Scaler for Following {
+        async fn set_desired(&mut self, replicas: u32) -> Result<(), ScaleError> {
+            self.asked.push(replicas);
+            self.size = PoolSize { desired: replicas, current: replicas, ready: replicas };
+            Ok(())
+        }
+        fn size(&self) -> PoolSize {
+            self.size
+        }
+    }
+
+    /// Signals from a list, `None` when it runs out (a source that cannot answer).
+    struct Scripted(Vec<Option<Signals>>);
+
+    impl SignalSource for Scripted {
+        fn sample(&mut self) -> Option<Signals> {
+            if self.0.is_empty() { None } else { self.0.remove(0) }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_decision_reaches_the_scaler_and_a_missing_signal_keeps_the_count() {
+        let now = Instant::now();
+        let source = Scripted(vec![Some(pool(now, 2, 20, 0.0, 0)), None]);
+        let scaler = Following { asked: Vec::new(), size: PoolSize { desired: 2, current: 2, ready: 2 } };
+        let hpa = Hpa::new(HpaConfig { target: 10.0, ..HpaConfig::default() });
+        let mut autoscaler = Autoscaler::new(source, hpa, scaler);
+        let first = autoscaler.step().await.unwrap();
+        assert!(first.changed() && first.had_signals);
+        assert_eq!(autoscaler.scaler().asked, vec![4], "twice the target: twice the replicas");
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let second = autoscaler.step().await.unwrap();
+        assert!(!second.had_signals);
+        assert!(!second.changed(), "a missing signal keeps the count");
+        assert_eq!(autoscaler.scaler().asked, vec![4]);
+    }
+}
