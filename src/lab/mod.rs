@@ -56,8 +56,15 @@
 //! - `prefix`: eight replicas with prefix caches on the Mooncake conversation trace, the hash
 //!   and prefix-aware policies against the load-based ones, and a skewed variant; see
 //!   [`run_prefix`].
+//! - `burst`: autoscalers (Switchyard's, HPA, KPA, llm-d, a fixed pool sized for the peak) on the
+//!   Azure trace stretched to swing 1× to 4.5× a replica's capacity, a 1× → 5× step, a spike and
+//!   steady noisy load, with a 30 s cold start (`--cold-start`); see [`run_burst`]. `--plot
+//!   FILE` draws replicas and p99 TTFT over time, one PNG per workload.
 
 mod balanced;
+mod burst;
+mod burst_plot;
+mod burst_pool;
 mod capacity;
 mod cluster;
 mod hetero;
@@ -73,6 +80,9 @@ mod report;
 
 use std::path::PathBuf;
 
+pub use burst::{
+    BURST_AUTOSCALERS, BURST_BOUNDS, BurstOptions, BurstReport, BurstResult, WorkloadInfo, run_burst,
+};
 pub use capacity::{CAPACITY_REQUESTS, CapacityError, measure_capacity};
 pub use cluster::ReplicaSpec;
 pub use hetero::{
@@ -109,6 +119,9 @@ pub enum Scenario {
     /// Eight replicas with prefix caches on the Mooncake conversation trace (and a skewed
     /// variant), the hash and prefix-aware policies against the load-based ones.
     Prefix,
+    /// Autoscalers (Switchyard's, HPA, KPA, llm-d, a fixed pool sized for the peak) under load
+    /// swinging from 1× to 5× a replica's capacity, with a replica cold start.
+    Burst,
 }
 
 /// Flags of `switchyard lab`.
@@ -138,9 +151,13 @@ pub struct LabArgs {
     /// `overload`: virtual seconds per load step.
     #[arg(long, default_value_t = 20.0)]
     pub step_seconds: f64,
-    /// `overload`: draw the limit over time into this PNG.
+    /// `overload`: draw the limit over time into this PNG (`burst`: one PNG per workload,
+    /// named after this one).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// `burst`: a replica's cold start.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cold_start: std::time::Duration,
 }
 
 /// What a lab run reports: a policy comparison, or the overload scenario's figures.
@@ -153,6 +170,8 @@ pub enum LabOutput {
     Overload(OverloadReport),
     /// Prefix-cache hit rates and latencies, base and skewed (`prefix`).
     Prefix(PrefixReport),
+    /// Autoscalers under swinging load (`burst`).
+    Burst(BurstReport),
 }
 
 impl LabOutput {
@@ -162,6 +181,7 @@ impl LabOutput {
             LabOutput::Policies(report) => report.summary(),
             LabOutput::Overload(report) => report.summary(),
             LabOutput::Prefix(report) => report.summary(),
+            LabOutput::Burst(report) => report.summary(),
         }
     }
 }
@@ -239,6 +259,13 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
             requests: args.requests.unwrap_or(PREFIX_REQUESTS),
             load: args.load.unwrap_or(0.7),
             trace: args.trace.clone(),
+        })?),
+        Scenario::Burst => LabOutput::Burst(run_burst(&BurstOptions {
+            seed: args.seed,
+            trace: args.trace.clone(),
+            cold_start: args.cold_start,
+            plot: args.plot.clone(),
+            ..BurstOptions::default()
         })?),
     };
     if let Some(path) = &args.json {

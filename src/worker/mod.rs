@@ -140,6 +140,10 @@ pub struct WorkerArgs {
     /// The address to register, `http://HOST:PORT` (default: the listen address).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Stay NOT_SERVING (health) and refuse inference for this long after binding, e.g. `30s`:
+    /// models a replica loading its weights (the autoscaler's cold start).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub cold_start: Duration,
 }
 
 /// `--kind` of `switchyard worker`.
@@ -174,6 +178,7 @@ impl Default for WorkerArgs {
             etcd_prefix: "/switchyard/endpoints/".into(),
             etcd_ttl: Duration::from_secs(10),
             advertise: None,
+            cold_start: Duration::ZERO,
         }
     }
 }
@@ -295,14 +300,31 @@ pub async fn serve_with_metrics(
         }
         _ => None,
     };
-    let ready = Arc::new(AtomicBool::new(true));
+    let cold = !args.cold_start.is_zero();
+    let ready = Arc::new(AtomicBool::new(!cold));
     let inference = InferenceService::new(&args.model, engine.clone(), ready.clone());
     let (kv_stop, kv_stopped) = tokio::sync::watch::channel(false);
     let kv_events = kv_events::KvEventsService::new(engine.clone(), kv_events::new_instance(), kv_stopped);
 
     let (mut health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
-    health.set_service_status(INFERENCE_SERVICE, ServingStatus::Serving).await;
+    let status = if cold { ServingStatus::NotServing } else { ServingStatus::Serving };
+    health.set_service_status("", status).await;
+    health.set_service_status(INFERENCE_SERVICE, status).await;
+    // The cold start: SERVING once it has passed, unless the worker started draining meanwhile.
+    let draining = Arc::new(AtomicBool::new(false));
+    let warm_up = cold.then(|| {
+        let (health, ready, draining, delay) =
+            (health.clone(), ready.clone(), draining.clone(), args.cold_start);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if !draining.load(Ordering::Acquire) {
+                ready.store(true, Ordering::Release);
+                health.set_service_status("", ServingStatus::Serving).await;
+                health.set_service_status(INFERENCE_SERVICE, ServingStatus::Serving).await;
+                tracing::info!("cold start over: SERVING");
+            }
+        })
+    });
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -331,6 +353,10 @@ pub async fn serve_with_metrics(
         // NOT_SERVING first, while still serving: a gateway watching health stops sending
         // before anything is refused (refusing first would fail the calls it sends meanwhile).
         tracing::info!("draining: NOT_SERVING, serving on for {drain_grace:?}");
+        draining.store(true, Ordering::Release);
+        if let Some(warm_up) = warm_up {
+            warm_up.abort();
+        }
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_service_status(INFERENCE_SERVICE, ServingStatus::NotServing).await;
         tokio::time::sleep(drain_grace).await;

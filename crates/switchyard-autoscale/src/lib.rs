@@ -1,0 +1,63 @@
+//! Elastic scaling for a Switchyard pool: how many replicas it should have, and getting there
+//! without failing a request.
+//!
+//! ```text
+//! LoadBoard ─▶ Signals ─▶ Recommender ─▶ Scaler ─▶ replicas start ─▶ SERVING ─▶ discovery Insert
+//!                                              └─▶ discovery Remove ─▶ drain ─▶ stop
+//! ```
+//!
+//! - [`signals`]: a snapshot of the pool read in process from the balancer's
+//!   [`LoadBoard`](switchyard_balance::LoadBoard) (in flight, work waiting for a first byte in
+//!   tokens, learnt capacity, queue depth and KV-cache use from the replicas' reports, arrival
+//!   rate), with stale reports treated as missing.
+//! - [`recommend`]: the algorithms behind one [`Recommender`] trait: Switchyard's LLM-aware
+//!   default ([`LlmAware`]) and faithful baselines: the Kubernetes HPA ([`Hpa`]), Knative's KPA
+//!   ([`Kpa`]) and llm-d's saturation autoscaler ([`Saturation`]). A missing signal never lowers
+//!   the count.
+//! - [`scaler`]: the [`Scaler`] trait (set the desired count; report desired, current and ready).
+//! - [`Autoscaler`]: the loop, logging every decision with its inputs (`tracing`) and exporting
+//!   desired, current and ready replicas through the `metrics` facade.
+//!
+//! The lab's `burst` scenario (`switchyard lab burst`) runs every recommender over simulated
+//! replicas with a cold start and compares them with a fixed pool sized for the peak.
+//!
+//! # Example
+//!
+//! The HPA's documented example: replicas at twice their target double.
+//!
+//! ```
+//! use switchyard_autoscale::{Hpa, HpaConfig, PoolSize, Recommender, ReplicaSignals, Signals};
+//! use switchyard_core::EndpointId;
+//! use tokio::time::Instant;
+//!
+//! let now = Instant::now();
+//! let replica = |i: u32| ReplicaSignals {
+//!     id: EndpointId::new(format!("r{i}")),
+//!     in_flight: 16,
+//!     awaiting_first_byte: 0,
+//!     pending_work: 0,
+//!     capacity_per_sec: None,
+//!     report: None,
+//! };
+//! let signals = Signals { at: now, replicas: (0..3).map(replica).collect(), arrival_rate: None, held: None };
+//! let mut hpa = Hpa::new(HpaConfig { target: 8.0, ..HpaConfig::default() });
+//! let size = PoolSize { desired: 3, current: 3, ready: 3 };
+//! assert_eq!(hpa.recommend(now, size, Some(&signals)).desired, 6);
+//! assert_eq!(hpa.recommend(now, size, None).desired, 3, "a missing metric keeps the count");
+//! ```
+#![warn(missing_docs)]
+
+mod autoscaler;
+pub mod recommend;
+pub mod scaler;
+pub mod signals;
+
+pub use autoscaler::{
+    Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, SCALE_EVENTS_METRIC,
+};
+pub use recommend::{
+    Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize, Recommendation, Recommender,
+    Saturation, SaturationConfig,
+};
+pub use scaler::{ScaleError, Scaler};
+pub use signals::{BoardSignals, ReplicaSignals, SignalSource, Signals};

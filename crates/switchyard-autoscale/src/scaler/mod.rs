@@ -1,0 +1,39 @@
+//! Scalers: what turns a desired replica count into replicas.
+//!
+//! A [`Scaler`] is asked for a count and reports what exists ([`PoolSize`]: desired, current,
+//! ready). It owns the rules every scaler keeps: a new replica joins discovery only once it is
+//! ready (health SERVING), and a replica leaves by draining (removed from discovery first, its
+//! requests in flight finish, then it stops). The [`process`] scaler starts and stops local
+//! `switchyard worker` processes; the lab's scaler starts simulated replicas behind the same
+//! trait, so one recommender is measured as it runs.
+//!
+//! Not written yet: a Kubernetes scaler setting the `scale` subresource of a Deployment or
+//! StatefulSet through `kube` (discovery following its EndpointSlices).
+
+pub mod process;
+
+use std::future::Future;
+
+use crate::PoolSize;
+
+/// Why a scaler could not act.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    /// A replica could not be started.
+    #[error("starting a replica: {0}")]
+    Start(String),
+    /// Discovery is gone (the balancer was dropped).
+    #[error("discovery is gone")]
+    DiscoveryGone,
+}
+
+/// Sets a pool's replica count.
+pub trait Scaler: Send {
+    /// Makes `replicas` the desired count: starts the missing ones (they join discovery when
+    /// ready) or drains and stops the extra ones. Returns once the change is under way, not when
+    /// it is done.
+    fn set_desired(&mut self, replicas: u32) -> impl Future<Output = Result<(), ScaleError>> + Send;
+
+    /// The pool's size now.
+    fn size(&self) -> PoolSize;
+}
