@@ -20,13 +20,11 @@
 //!
 //! Each target runs on **fresh workers** (empty caches), one after the other in one run:
 //! `switchyard:prefix-aware` (its `capacity_tokens` set to `K`), `switchyard:bounded-load-hash`,
-//! `nginx:hash-consistent` (`hash $http_x_session_id consistent`) and `nginx:least_conn`. Per
+//! `switchyard:prefix-aware-precise` (the same `capacity_tokens`, fed by the workers' KV-event
+//! streams), `nginx:hash-consistent` (`hash $http_x_session_id consistent`) and `nginx:least_conn`. Per
 //! target the report gives TTFT (mean, p50, p90, p99) and latency, the prefix-cache hit rate
 //! (cached prompt tokens over prompt tokens, summed from the workers' `/metrics`), the largest
 //! worker's share of the prompt tokens over the mean share, and the errors by status.
-//!
-//! The precise prefix-aware policy (`prefix-aware-precise`, fed by the workers' KV-event
-//! streams) joins the targets by itself once it is registered ([`PRECISE_POLICY`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -333,12 +331,12 @@ pub(crate) async fn run(
     );
 
     let mut targets: Vec<(String, Target)> = vec![
-        ("switchyard:prefix-aware".into(), Target::Gateway(prefix_aware(kv))),
+        ("switchyard:prefix-aware".into(), Target::Gateway(prefix_aware("prefix-aware", kv))),
         ("switchyard:bounded-load-hash".into(), Target::Gateway(PolicySpec::named("bounded-load-hash"))),
     ];
     // The hook for the precise index: it runs as soon as the registry has it.
     crate::register_policies();
-    let precise = PolicySpec::named(PRECISE_POLICY);
+    let precise = prefix_aware(PRECISE_POLICY, kv);
     if switchyard_balance::policy::registry().validate(&precise).is_ok() {
         targets.push((format!("switchyard:{PRECISE_POLICY}"), Target::Gateway(precise)));
     }
@@ -418,9 +416,9 @@ pub(crate) async fn run(
 }
 
 /// `prefix-aware` told the workers' cache size, as the lab runs it.
-fn prefix_aware(kv: u64) -> PolicySpec {
-    let json = format!(r#"{{"name": "prefix-aware", "capacity_tokens": {kv}}}"#);
-    serde_json::from_str(&json).unwrap_or_else(|_| PolicySpec::named("prefix-aware"))
+fn prefix_aware(name: &str, kv: u64) -> PolicySpec {
+    let json = format!(r#"{{"name": "{name}", "capacity_tokens": {kv}}}"#);
+    serde_json::from_str(&json).unwrap_or_else(|_| PolicySpec::named(name))
 }
 
 /// The gateway's command line: `workers` as its backends, with `policy` and `threads`.
@@ -602,7 +600,7 @@ mod tests {
     #[test]
     fn the_gateway_gets_the_policy_with_its_parameters() {
         crate::register_policies();
-        let spec = prefix_aware(123_000);
+        let spec = prefix_aware("prefix-aware", 123_000);
         assert!(switchyard_balance::policy::registry().validate(&spec).is_ok(), "{spec:?}");
         let args = gateway_args(&["127.0.0.1:1".into()], &spec, 2);
         let policy = &args[args.iter().position(|a| a == "--policy").unwrap() + 1];
