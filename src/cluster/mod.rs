@@ -49,8 +49,9 @@
 //! would be about 0.13; but a minute of load replays only the first eight minutes or so, which
 //! run at 4.7 requests/s, so `trace_rate` is taken over the window actually replayed
 //! ([`time_scale_for_window`]) and the default time scale comes out near 0.11. With `--trace FILE`
-//! the capacity constant is still that of the Azure request mix, so the load is approximate;
-//! `--time-scale` sets the factor directly.
+//! a worker's capacity is measured on that trace's own mix the same way (a closed loop on the
+//! simulator in virtual time, about a second of wall time), since its prompts may be far longer
+//! than the Azure trace's; `--time-scale` sets the factor directly.
 //!
 //! `--no-gateway` starts no gateway and drives the first worker directly, at 70 % of that one
 //! worker's capacity: a check of the workers, the load generator and the report without the
@@ -486,6 +487,36 @@ impl Cluster {
     }
 }
 
+/// Requests per second one speed-1 LLM worker (the simulator's defaults, as the cluster starts
+/// them) sustains on the mix of `records`, measured as the policy lab does
+/// ([`crate::lab::measure_capacity`]) in virtual time on a thread of its own: about a second of
+/// wall time.
+async fn trace_capacity_rps(records: &[TraceRecord]) -> Result<f64, ClusterError> {
+    let window: Vec<TraceRecord> = records.iter().take(crate::lab::CAPACITY_REQUESTS).cloned().collect();
+    let measured = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime
+            .block_on(crate::lab::measure_capacity(&switchyard_sim::EngineConfig::default(), &window))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match measured {
+        Ok(rps) if rps.is_finite() && rps > 0.0 => Ok(rps),
+        Ok(rps) => Err(ClusterError::Invalid(format!(
+            "the trace's capacity came out at {rps} requests/s; give --time-scale"
+        ))),
+        Err(e) => Err(ClusterError::Invalid(format!(
+            "cannot measure a worker's capacity on the trace ({e}); give --time-scale"
+        ))),
+    }
+}
+
 /// Starts the cluster, loads it, stops it, writes the report folder, and returns the report.
 /// `shutdown` (SIGTERM or Ctrl-C in the binary) stops the cluster early with
 /// [`ClusterError::Interrupted`].
@@ -500,8 +531,14 @@ pub async fn run(
     };
     let speeds = args.speeds();
     let driven = if args.no_gateway { &speeds[..1] } else { &speeds[..] };
+    // What one speed-1 worker sustains: the lab's constant on the bundled trace, measured on the
+    // trace's own mix otherwise (its prompts may be ten times the Azure trace's).
+    let replica_rps = match (&args.trace, args.kind) {
+        (Some(_), ReplicaKindArg::Llm) => trace_capacity_rps(&records).await?,
+        _ => args.replica_capacity_rps(),
+    };
     // Speeds in units of the LLM replica's capacity, which the time-scale helpers assume.
-    let factor = args.replica_capacity_rps() / REPLICA_CAPACITY_RPS;
+    let factor = replica_rps / REPLICA_CAPACITY_RPS;
     let scaled: Vec<f64> = driven.iter().map(|s| s * factor).collect();
     let (computed, window) = time_scale_for_window(&records, args.duration, &scaled, TARGET_LOAD);
     let time_scale = args.time_scale.unwrap_or(computed);
@@ -512,7 +549,7 @@ pub async fn run(
             "cannot compute a time scale for a trace at {window} requests/s; give --time-scale"
         )));
     }
-    let capacity = args.replica_capacity_rps() * driven.iter().sum::<f64>();
+    let capacity = replica_rps * driven.iter().sum::<f64>();
     let out = args.out.clone();
     std::fs::create_dir_all(&out).map_err(|source| ClusterError::Write { path: out.clone(), source })?;
     let exe = std::env::current_exe().map_err(ClusterError::CurrentExe)?;
@@ -697,6 +734,18 @@ pub(crate) async fn fetch_metrics(address: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_trace_of_long_prompts_is_replayed_at_the_capacity_measured_on_it() {
+        // The Mooncake prompts are about ten times the Azure trace's: a worker sustains a small
+        // fraction of the Azure constant on them, and the time scale must follow.
+        let records = crate::traces::mooncake_conversation().unwrap();
+        let rps = trace_capacity_rps(&records).await.unwrap();
+        assert!(rps > 0.1 && rps < REPLICA_CAPACITY_RPS / 4.0, "{rps}");
+        let azure = crate::traces::azure_conv().unwrap();
+        let on_azure = trace_capacity_rps(&azure).await.unwrap();
+        assert!((on_azure / REPLICA_CAPACITY_RPS - 1.0).abs() < 0.05, "{on_azure}");
+    }
 
     #[test]
     fn parallel_workers_get_their_flags_and_their_capacity() {
