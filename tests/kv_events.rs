@@ -13,6 +13,7 @@ use switchyard::proto::inference::{InferParameter, infer_parameter::ParameterCho
 use switchyard::worker::kv_events::{KvEventsServer, KvEventsService};
 use switchyard::worker::request::{self, int_parameter};
 use switchyard::worker::{self, WorkerArgs};
+use switchyard_balance::PolicySpec;
 use switchyard_core::{EndpointId, KvEventKind};
 use switchyard_hash::precise::proto::{
     SubscribeRequest, SubscribeResponse, kv_events_client::KvEventsClient, subscribe_response::Body,
@@ -290,12 +291,50 @@ async fn a_precise_pool_subscribes_to_its_endpoints() {
         None,
     )
     .unwrap();
-    let feed = gateway.pool("llama").unwrap().kv_feed().expect("a precise pool has a feed").clone();
+    let feed = gateway.pool("llama").unwrap().kv_feed().expect("a precise pool has a feed");
     assert_eq!(gateway.pool("llama").unwrap().policy().name(), "prefix-aware-precise");
     until("both streams live", || feed.is_live(&"w0".into()) && feed.is_live(&"w1".into())).await;
     infer(workers[1].addr, &[5, 6]).await;
     until("w1's blocks", || feed.longest_match(&"w1".into(), &[5, 6]) == 2).await;
     assert_eq!(feed.longest_match(&"w0".into(), &[5, 6]), 0);
+    gateway.shutdown().await.unwrap();
+    for w in workers {
+        w.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_pool_switched_to_the_precise_policy_subscribes_and_switched_away_lets_go() {
+    let workers = [Worker::start().await, Worker::start().await];
+    let endpoints: Vec<String> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("{{ address = \"http://{}\", id = \"w{i}\" }}", w.addr))
+        .collect();
+    let config = format!(
+        "[[pool]]\nname = \"llama\"\npolicy = \"prefix-aware\"\nendpoints = [{}]\n",
+        endpoints.join(", ")
+    );
+    let gateway = Gateway::start(
+        GatewayConfig::from_toml(&config).unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        None,
+    )
+    .unwrap();
+    let pool = gateway.pool("llama").unwrap();
+    assert!(pool.kv_feed().is_none(), "no streams under the approximate policy");
+
+    // Switched at run time (as the admin API does): every endpoint the pool has is followed.
+    let precise: PolicySpec = serde_json::from_str(r#"{"name": "prefix-aware-precise"}"#).unwrap();
+    assert_eq!(pool.set_policy(&precise).unwrap(), "prefix-aware");
+    let feed = pool.kv_feed().expect("the switched pool has a feed");
+    until("both streams live", || feed.is_live(&"w0".into()) && feed.is_live(&"w1".into())).await;
+    infer(workers[0].addr, &[9, 10, 11]).await;
+    until("w0's blocks", || feed.longest_match(&"w0".into(), &[9, 10, 11]) == 3).await;
+
+    // Switched away: the subscriber (and with it the streams) is dropped.
+    assert_eq!(pool.set_policy(&PolicySpec::named("least-response-time")).unwrap(), "prefix-aware-precise");
+    assert!(pool.kv_feed().is_none());
     gateway.shutdown().await.unwrap();
     for w in workers {
         w.stop().await;

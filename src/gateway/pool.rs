@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use std::convert::Infallible;
 use switchyard_balance::{
@@ -43,8 +43,8 @@ pub struct Pool {
     held: Option<HeldBack>,
     /// The sources of its layers' series (the limit in force, the shed queue's refusals).
     layer_metrics: Vec<Arc<dyn switchyard_telemetry::ScrapeSource>>,
-    /// The endpoints' KV-event streams, when the policy is `prefix-aware-precise`.
-    kv: Option<Arc<KvSubscriber>>,
+    /// The pool's members and, when the policy is `prefix-aware-precise`, their KV-event streams.
+    kv: Arc<Mutex<KvFollow>>,
     /// The keys it reads differently from the gateway's key layer (`[pool.keys]`).
     keys: switchyard_keys::PoolKeys,
 }
@@ -129,13 +129,13 @@ impl Pool {
         };
         // The precise prefix-aware policy is fed by the endpoints' KV-event streams: the pool
         // subscribes to each endpoint it has (below, as discovery inserts and removes them).
-        let (policy, kv) = if config.policy.name() == "prefix-aware-precise" {
-            let precise = Arc::new(PrefixAwarePrecise::from_spec(&config.policy).map_err(policy_error)?);
-            let kv = Arc::new(KvSubscriber::new(precise.feed().clone(), SubscriberConfig::default()));
-            (PolicyHandle::new(precise), Some(kv))
+        let (policy, subscriber) = if config.policy.name() == PRECISE {
+            let (precise, subscriber) = precise_with_streams(&config.policy).map_err(policy_error)?;
+            (PolicyHandle::new(precise), Some(subscriber))
         } else {
             (PolicyHandle::from_spec(&config.policy, seed).map_err(policy_error)?, None)
         };
+        let kv = Arc::new(Mutex::new(KvFollow { members: HashMap::new(), subscriber }));
         let following = kv.clone();
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
@@ -146,12 +146,7 @@ impl Pool {
         let backends = changes.map(
             move |change| -> Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError> {
                 let change = change.map_err(Into::into)?;
-                if let Some(kv) = &following {
-                    match &change {
-                        Change::Insert(id, endpoint) => kv.insert(id.clone(), &endpoint.address),
-                        Change::Remove(id) => kv.remove(id),
-                    }
-                }
+                following.lock().unwrap_or_else(PoisonError::into_inner).follow(&change);
                 Ok(match change {
                     Change::Insert(id, endpoint) => {
                         if let Some(client) = clients.get(&id)
@@ -290,11 +285,12 @@ impl Pool {
         self.held.as_ref().map(HeldBack::snapshot).unwrap_or_default()
     }
 
-    /// The exact KV-cache index its endpoints' event streams feed, when its policy is
-    /// `prefix-aware-precise` (a policy switched to through [`set_policy`](Self::set_policy)
-    /// has no streams and routes on its approximate index).
-    pub fn kv_feed(&self) -> Option<&Arc<KvFeed>> {
-        self.kv.as_ref().map(|kv| kv.feed())
+    /// The exact KV-cache index its endpoints' event streams feed, while its policy is
+    /// `prefix-aware-precise` (configured so, or switched to through
+    /// [`set_policy`](Self::set_policy), which subscribes to every endpoint the pool has).
+    pub fn kv_feed(&self) -> Option<Arc<KvFeed>> {
+        let follow = self.kv.lock().unwrap_or_else(PoisonError::into_inner);
+        follow.subscriber.as_ref().map(|subscriber| subscriber.feed().clone())
     }
 
     /// The pool's policy; [`set_policy`](Self::set_policy) switches it.
@@ -304,9 +300,63 @@ impl Pool {
 
     /// Switches the pool to a new policy built from `spec` by the policy registry, atomically:
     /// requests already sent stay where they are. Returns the name of the previous policy.
+    ///
+    /// Switching to `prefix-aware-precise` subscribes to the KV-event stream of every endpoint
+    /// the pool has (and of those discovery adds later); switching away ends the streams.
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<&'static str, PolicyError> {
+        if spec.name() == PRECISE {
+            let (precise, subscriber) = precise_with_streams(spec)?;
+            let mut follow = self.kv.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, address) in &follow.members {
+                subscriber.insert(id.clone(), address);
+            }
+            follow.subscriber = Some(subscriber);
+            return Ok(self.policy.set(precise).name());
+        }
         let next = policy::registry().build(spec, self.seed)?;
-        Ok(self.policy.set(next).name())
+        let previous = self.policy.set(next).name();
+        self.kv.lock().unwrap_or_else(PoisonError::into_inner).subscriber = None;
+        Ok(previous)
+    }
+}
+
+/// The policy whose pool subscribes to its endpoints' KV-event streams.
+const PRECISE: &str = "prefix-aware-precise";
+
+/// A precise prefix-aware policy built from `spec`, and the subscriber that feeds its index.
+fn precise_with_streams(
+    spec: &PolicySpec,
+) -> Result<(Arc<PrefixAwarePrecise>, Arc<KvSubscriber>), PolicyError> {
+    let precise = Arc::new(PrefixAwarePrecise::from_spec(spec)?);
+    let subscriber = Arc::new(KvSubscriber::new(precise.feed().clone(), SubscriberConfig::default()));
+    Ok((precise, subscriber))
+}
+
+/// The pool's members as discovery announced them, and the KV-event subscriber that follows
+/// them while the policy is `prefix-aware-precise`. Touched on membership changes and policy
+/// switches only, never per request.
+struct KvFollow {
+    members: HashMap<EndpointId, String>,
+    subscriber: Option<Arc<KvSubscriber>>,
+}
+
+impl KvFollow {
+    fn follow(&mut self, change: &Change<EndpointId, Endpoint>) {
+        match change {
+            Change::Insert(id, endpoint) => {
+                let address = &endpoint.address;
+                if let Some(subscriber) = &self.subscriber {
+                    subscriber.insert(id.clone(), address);
+                }
+                self.members.insert(id.clone(), address.clone());
+            }
+            Change::Remove(id) => {
+                if let Some(subscriber) = &self.subscriber {
+                    subscriber.remove(id);
+                }
+                self.members.remove(id);
+            }
+        }
     }
 }
 
