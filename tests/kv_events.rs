@@ -276,21 +276,7 @@ async fn a_restarted_worker_makes_the_subscriber_forget_its_stale_blocks() {
 #[tokio::test]
 async fn a_precise_pool_subscribes_to_its_endpoints() {
     let workers = [Worker::start().await, Worker::start().await];
-    let endpoints: Vec<String> = workers
-        .iter()
-        .enumerate()
-        .map(|(i, w)| format!("{{ address = \"http://{}\", id = \"w{i}\" }}", w.addr))
-        .collect();
-    let config = format!(
-        "[[pool]]\nname = \"llama\"\npolicy = {{ name = \"prefix-aware-precise\", stale_after_ms = 3000 }}\nendpoints = [{}]\n",
-        endpoints.join(", ")
-    );
-    let gateway = Gateway::start(
-        GatewayConfig::from_toml(&config).unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-    )
-    .unwrap();
+    let gateway = gateway_over(&workers, r#"{ name = "prefix-aware-precise", stale_after_ms = 3000 }"#).await;
     let feed = gateway.pool("llama").unwrap().kv_feed().expect("a precise pool has a feed");
     assert_eq!(gateway.pool("llama").unwrap().policy().name(), "prefix-aware-precise");
     until("both streams live", || feed.is_live(&"w0".into()) && feed.is_live(&"w1".into())).await;
@@ -306,21 +292,7 @@ async fn a_precise_pool_subscribes_to_its_endpoints() {
 #[tokio::test]
 async fn a_pool_switched_to_the_precise_policy_subscribes_and_switched_away_lets_go() {
     let workers = [Worker::start().await, Worker::start().await];
-    let endpoints: Vec<String> = workers
-        .iter()
-        .enumerate()
-        .map(|(i, w)| format!("{{ address = \"http://{}\", id = \"w{i}\" }}", w.addr))
-        .collect();
-    let config = format!(
-        "[[pool]]\nname = \"llama\"\npolicy = \"prefix-aware\"\nendpoints = [{}]\n",
-        endpoints.join(", ")
-    );
-    let gateway = Gateway::start(
-        GatewayConfig::from_toml(&config).unwrap(),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-    )
-    .unwrap();
+    let gateway = gateway_over(&workers, r#""prefix-aware""#).await;
     let pool = gateway.pool("llama").unwrap();
     assert!(pool.kv_feed().is_none(), "no streams under the approximate policy");
 
@@ -339,4 +311,17 @@ async fn a_pool_switched_to_the_precise_policy_subscribes_and_switched_away_lets
     for w in workers {
         w.stop().await;
     }
+}
+
+/// A gateway with one pool `llama` of `workers` (ids `w0`, `w1`, ...) under `policy` (TOML).
+async fn gateway_over(workers: &[Worker], policy: &str) -> Gateway {
+    let endpoints: Vec<String> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("{{ address = \"http://{}\", id = \"w{i}\" }}", w.addr))
+        .collect();
+    let config =
+        format!("[[pool]]\nname = \"llama\"\npolicy = {policy}\nendpoints = [{}]\n", endpoints.join(", "));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Gateway::start(GatewayConfig::from_toml(&config).unwrap(), listener, None).unwrap()
 }
