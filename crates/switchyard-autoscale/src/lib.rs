@@ -14,7 +14,9 @@
 //!   default ([`LlmAware`]) and faithful baselines: the Kubernetes HPA ([`Hpa`]), Knative's KPA
 //!   ([`Kpa`]) and llm-d's saturation autoscaler ([`Saturation`]). A missing signal never lowers
 //!   the count.
-//! - [`scaler`]: the [`Scaler`] trait (set the desired count; report desired, current and ready).
+//! - [`scaler`]: the [`Scaler`] trait (set the desired count; report desired, current and ready),
+//!   the local [`process`](scaler::process) scaler, and with the feature `kubernetes` the
+//!   `scaler::kubernetes` scaler (the `scale` subresource of a Deployment or StatefulSet).
 //! - [`Autoscaler`]: the loop, logging every decision with its inputs (`tracing`) and exporting
 //!   desired, current and ready replicas through the `metrics` facade.
 //!

@@ -7,9 +7,12 @@
 //! `switchyard worker` processes; the lab's scaler starts simulated replicas behind the same
 //! trait, so one recommender is measured as it runs.
 //!
-//! Not written yet: a Kubernetes scaler setting the `scale` subresource of a Deployment or
-//! StatefulSet through `kube` (discovery following its EndpointSlices).
+//! The [`kubernetes`] scaler (feature `kubernetes`) sets the `scale` subresource of a
+//! Deployment or StatefulSet through `kube`; Kubernetes keeps the same rules there (readiness
+//! probes, terminating EndpointSlice conditions, SIGTERM then SIGKILL).
 
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 
 use std::future::Future;
@@ -25,6 +28,9 @@ pub enum ScaleError {
     /// Discovery is gone (the balancer was dropped).
     #[error("discovery is gone")]
     DiscoveryGone,
+    /// The Kubernetes API server refused or could not be reached.
+    #[error("kubernetes: {0}")]
+    Api(String),
 }
 
 /// Sets a pool's replica count.
