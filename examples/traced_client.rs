@@ -64,13 +64,10 @@ async fn main() -> ExitCode {
     if let Some(authority) = uri.authority() {
         layer = layer.with_server_address(authority.clone());
     }
-    // The layer counts the request's bytes in a body of its own; a `Channel` takes tonic's body.
-    let mut client = GrpcInferenceServiceClient::new(
-        ServiceBuilder::new()
-            .layer(layer)
-            .map_request(|req: http::Request<_>| req.map(tonic::body::Body::new))
-            .service(channel),
-    );
+    // `for_channel`: the layer counts the request's bytes in a body of its own, boxed back into
+    // tonic's body for the `Channel`.
+    let mut client =
+        GrpcInferenceServiceClient::new(ServiceBuilder::new().layer(layer.for_channel()).service(channel));
 
     let mut failed = 0;
     for i in 0..CALLS {

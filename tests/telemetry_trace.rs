@@ -61,10 +61,7 @@ async fn a_call_through_client_gateway_and_worker_is_one_trace_with_rpc_attribut
         Channel::from_shared(format!("http://{}", gateway.local_addr())).unwrap().connect().await.unwrap();
     let server = gateway.local_addr().to_string().parse().unwrap();
     let layer = RpcLayer::client().with_tracing(true).with_server_address(server);
-    let traced = ServiceBuilder::new()
-        .layer(layer)
-        .map_request(|req: http::Request<_>| req.map(tonic::body::Body::new))
-        .service(channel);
+    let traced = ServiceBuilder::new().layer(layer.for_channel()).service(channel);
     let mut client = GrpcInferenceServiceClient::new(traced);
     client.model_infer(worker::request::text_request("sim-llm", "Tell me a story.", 4)).await.unwrap();
 

@@ -64,4 +64,4 @@ pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConf
 pub use observer::EndpointObserver;
 pub use overload::{LimitMetrics, ShedMetrics};
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
-pub use rpc::{RpcBody, RpcLayer, RpcRequestBody, Side};
+pub use rpc::{ChannelRpcLayer, RpcBody, RpcLayer, RpcRequestBody, Side};

@@ -5,8 +5,11 @@ use std::sync::Arc;
 use http::uri::Authority;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::Layer;
+use tower::layer::util::Stack;
+use tower::util::MapRequestLayer;
 
 use super::Side;
+use super::request::RpcRequestBody;
 use super::service::Rpc;
 use super::stats::RpcMetrics;
 use crate::registry::MetricsRegistry;
@@ -104,4 +107,34 @@ impl<S> Layer<S> for RpcLayer {
     fn layer(&self, inner: S) -> Rpc<S> {
         Rpc::new(inner, self.telemetry.clone())
     }
+}
+
+/// How [`RpcLayer::for_channel`] hands a tonic client's request to its `Channel`: the counted
+/// body boxed back into tonic's own body type (one box per call).
+pub type IntoTonicBody =
+    fn(http::Request<RpcRequestBody<tonic::body::Body>>) -> http::Request<tonic::body::Body>;
+
+/// [`RpcLayer`] over a tonic `Channel`: see [`RpcLayer::for_channel`].
+pub type ChannelRpcLayer = Stack<MapRequestLayer<IntoTonicBody>, RpcLayer>;
+
+impl RpcLayer {
+    /// This layer for a tonic client's `Channel`, which takes only tonic's own request body: the
+    /// body [`Rpc`] counts is boxed back into it (one box per call), so the stack is simply
+    ///
+    /// ```
+    /// # use switchyard_telemetry::RpcLayer;
+    /// # async fn f(channel: tonic::transport::Channel) {
+    /// let service = tower::ServiceBuilder::new().layer(RpcLayer::client().for_channel()).service(channel);
+    /// # let _ = service;
+    /// # }
+    /// ```
+    pub fn for_channel(self) -> ChannelRpcLayer {
+        Stack::new(MapRequestLayer::new(into_tonic_body as IntoTonicBody), self)
+    }
+}
+
+fn into_tonic_body(
+    req: http::Request<RpcRequestBody<tonic::body::Body>>,
+) -> http::Request<tonic::body::Body> {
+    req.map(tonic::body::Body::new)
 }

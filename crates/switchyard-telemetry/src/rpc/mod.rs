@@ -20,9 +20,9 @@
 //! The inner service gets the request with its body wrapped in an [`RpcRequestBody`], which
 //! counts the bytes in place as they pass (no allocation, no copy) and records them when the body
 //! ends. Under a tonic server (`Server::builder().layer(..)`) and a gateway that is seamless (tonic's
-//! routes take any body); a tonic `Channel` takes only tonic's own body type, so a client puts
-//! `tower::util::MapRequestLayer::new(|r: http::Request<_>| r.map(tonic::body::Body::new))`
-//! between the layer and the channel (one more boxed body per call, tonic's own type erasure).
+//! routes take any body); a tonic `Channel` takes only tonic's own body type, so a client uses
+//! [`RpcLayer::for_channel`], which boxes the counted body back into it (one more boxed body per
+//! call, tonic's own type erasure).
 //!
 //! A call ends when its response body ends, so a stream is measured to its trailers; the status
 //! is the trailers' `grpc-status` (or the headers', for a trailers-only answer), `CANCELLED` if the
@@ -39,7 +39,7 @@ mod stats;
 
 pub use body::RpcBody;
 pub use future::ResponseFuture;
-pub use layer::RpcLayer;
+pub use layer::{ChannelRpcLayer, IntoTonicBody, RpcLayer};
 pub use request::RpcRequestBody;
 pub use service::Rpc;
 pub use span::record_pool;
