@@ -119,23 +119,9 @@ impl Policy for PrefixAwarePrecise {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prefix::test_support::{blocks, states};
     use switchyard_balance::EndpointState;
-    use switchyard_core::{Endpoint, KvEvent, PrefixBlocks};
-
-    fn states(n: usize) -> Vec<Arc<EndpointState>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(EndpointState::new(Endpoint::new(format!("e{i}"), "http://e"), Default::default()))
-            })
-            .collect()
-    }
-
-    fn blocks(ids: &[u64]) -> http::Extensions {
-        let mut e = http::Extensions::new();
-        e.insert(PrefixBlocks::new(ids.to_vec()));
-        e.insert(switchyard_core::RequestSize::new(512 * ids.len() as u32, 10));
-        e
-    }
+    use switchyard_core::KvEvent;
 
     fn pick(policy: &PrefixAwarePrecise, eps: &[Arc<EndpointState>], ids: &[u64]) -> usize {
         let ext = blocks(ids);

@@ -63,6 +63,8 @@
 
 pub mod index;
 pub(crate) mod policy;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use index::PrefixIndex;
 pub use policy::{IndexStats, PrefixAware, PrefixAwareConfig};

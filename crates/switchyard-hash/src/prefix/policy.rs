@@ -285,23 +285,8 @@ fn least_response_time(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_core::Endpoint;
+    use crate::prefix::test_support::{blocks, states};
     use tokio::time::Instant;
-
-    fn states(n: usize) -> Vec<Arc<EndpointState>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(EndpointState::new(Endpoint::new(format!("e{i}"), "http://e"), Default::default()))
-            })
-            .collect()
-    }
-
-    fn blocks(ids: &[u64]) -> http::Extensions {
-        let mut e = http::Extensions::new();
-        e.insert(PrefixBlocks::new(ids.to_vec()));
-        e.insert(switchyard_core::RequestSize::new(512 * ids.len() as u32, 10));
-        e
-    }
 
     #[test]
     fn a_prefix_returns_to_the_endpoint_that_was_sent_it() {
