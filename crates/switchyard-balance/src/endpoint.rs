@@ -369,9 +369,10 @@ impl EndpointState {
     }
 
     /// The endpoint's time per unit of work before a first byte when nothing waits ahead of a
-    /// request (its no-load speed), in nanoseconds: an EWMA (time constant
-    /// [`TrackingConfig::speed_decay`]) over the answers sent while nothing awaited a first byte.
-    /// `None` before the first such answer.
+    /// request (its no-load speed), in nanoseconds: the fastest of the answers sent while nothing
+    /// awaited a first byte over the last [`TrackingConfig::speed_decay`] (a windowed minimum, as
+    /// TCP Vegas's base RTT, see [`capacity`](crate::capacity)). `None` before the first such
+    /// answer.
     pub fn idle_unit_time_nanos(&self) -> Option<f64> {
         let u = f64::from_bits(self.idle_unit_bits.load(Ordering::Relaxed));
         (!u.is_nan()).then_some(u)

@@ -104,6 +104,7 @@ pub mod policy;
 mod rng;
 mod service;
 mod shared;
+pub mod windowed_min;
 
 pub use board::{EndpointLoad, LoadBoard};
 pub use completion::{CompleteOnResponse, Completion, HttpCompletion, TrackCompletion, TrackedBody};
