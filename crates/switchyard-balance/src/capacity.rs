@@ -51,19 +51,6 @@
 //!   server of `k` slots is costed with `k − 1` while its estimate nears `k` from below (the
 //!   price is small: its latency is taken to grow one request early).
 //!
-//! # Whether the time grows with the work
-//!
-//! Least response time counts a backlog in units of work (prompt tokens) when the endpoint's
-//! time grows with them and in requests when it does not ([`CapacityEstimate::grows_with_work`]).
-//! The two no-load times tell which: an endpoint whose fastest answer `r₀` is more than
-//! [`PER_REQUEST_RATIO`] times `u₀ × w̄` (its fastest time per unit of work times the mean work
-//! `w̄` of its no-load answers) takes about as long for any size: `u₀` came from the largest
-//! request, and a typical one takes `r₀`, not `u₀ × w̄`. For an LLM engine `u₀ × w̄` is about its
-//! mean prefill and `r₀` its shortest prompt's (the ratio `r₀ / (u₀ × w̄)` is below 1); for a
-//! classic server `u₀ × w̄ = r₀ × w̄ / w_max` (the ratio is `w_max / w̄`, above 1.25 as soon as the
-//! sizes vary by a little).
-//! Requests without a size are one unit each, so both counts agree and nothing changes for them.
-//!
 //! Against the fastest no-load answers, noise can only make an answer look slower, so `implied`
 //! errs low: on a noisy machine the slots are learnt below the truth (a server is taken to queue
 //! earlier than it does), never above it, and a slow replica is not credited with room it does
@@ -88,11 +75,6 @@ pub const GAIN: f64 = 0.03125;
 pub const WORK_AHEAD: f64 = 2.0;
 /// How far the slots move towards the implied value after one answer slower than at no load.
 pub const GROWN_GAIN: f64 = 0.125;
-/// An endpoint's time is taken not to grow with the work once its fastest no-load answer is this
-/// many times its fastest time per unit of work times the mean work of its no-load answers.
-pub const PER_REQUEST_RATIO: f64 = 1.25;
-/// The weight of one no-load answer in the mean work of the no-load answers.
-const IDLE_WORK_GAIN: f64 = 1.0 / 16.0;
 
 /// One endpoint's learnt capacity: its no-load time per unit of work and its slots.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,8 +91,6 @@ pub struct CapacityEstimate {
 struct IdleTimes {
     per_unit: WindowedMin,
     per_request: WindowedMin,
-    /// The mean work of the answers sent with nothing ahead (`w̄`).
-    mean_work: f64,
 }
 
 impl Default for CapacityEstimate {
@@ -156,12 +136,6 @@ impl CapacityEstimate {
         self.idle.map(|i| i.per_request.get())
     }
 
-    /// Whether the endpoint's time grows with the work of a request (see the
-    /// [module docs](self)): true until its no-load answers show otherwise.
-    pub fn grows_with_work(&self) -> bool {
-        self.idle.is_none_or(|i| i.per_request.get() <= PER_REQUEST_RATIO * i.per_unit.get() * i.mean_work)
-    }
-
     /// Learns from one first byte at `now`; `tau` is the window of the no-load times.
     pub fn record(&mut self, sample: FirstByte, now: Instant, tau: Duration) {
         let work = sample.work.max(1) as f64;
@@ -174,13 +148,11 @@ impl CapacityEstimate {
                 Some(idle) => {
                     idle.per_unit.record(per_unit, now, tau);
                     idle.per_request.record(sample.nanos, now, tau);
-                    idle.mean_work += IDLE_WORK_GAIN * (work - idle.mean_work);
                 }
                 None => {
                     self.idle = Some(IdleTimes {
                         per_unit: WindowedMin::new(per_unit, now),
                         per_request: WindowedMin::new(sample.nanos, now),
-                        mean_work: work,
                     })
                 }
             }
@@ -251,7 +223,6 @@ mod tests {
         }
         assert_eq!(c.slots(), 1);
         assert!(c.slots_estimate() < 1.01, "{}", c.slots_estimate());
-        assert!(c.grows_with_work());
     }
 
     #[tokio::test(start_paused = true)]
@@ -357,7 +328,6 @@ mod tests {
         }
         assert_eq!(c.idle_request_nanos(), Some(10.0 * MS));
         assert!((7.9..=8.0 + 1e-9).contains(&c.slots_estimate()), "{}", c.slots_estimate());
-        assert!(!c.grows_with_work(), "10 ms whatever the size");
     }
 
     #[tokio::test(start_paused = true)]

@@ -107,13 +107,6 @@ pub struct EndpointState {
     slots: AtomicU32,
     /// [`CapacityEstimate::idle_unit_nanos`] as `f64` bits (NaN before the first sample).
     idle_unit_bits: AtomicU64,
-    /// [`CapacityEstimate::grows_with_work`], read without the lock.
-    grows_with_work: AtomicBool,
-    /// The time per request before a first byte, measured as the unit time is but counting
-    /// requests instead of work: an EWMA with the speed's time constant.
-    request_time: Mutex<Option<RttEstimate>>,
-    /// The same as `f64` bits (NaN before the first sample).
-    request_time_bits: AtomicU64,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
     /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
@@ -219,9 +212,6 @@ impl EndpointState {
             capacity: Mutex::new(CapacityEstimate::default()),
             slots: AtomicU32::new(1),
             idle_unit_bits: AtomicU64::new(f64::NAN.to_bits()),
-            grows_with_work: AtomicBool::new(true),
-            request_time: Mutex::new(None),
-            request_time_bits: AtomicU64::new(f64::NAN.to_bits()),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
             limit: Mutex::new(None),
@@ -388,22 +378,6 @@ impl EndpointState {
         (!u.is_nan()).then_some(u)
     }
 
-    /// Whether the endpoint's time to first byte grows with a request's work (an LLM engine's
-    /// prefill) or not (a classic server, whatever the request's size), learnt from its no-load
-    /// answers (see [`capacity`](crate::capacity)); true until they show otherwise.
-    pub fn time_grows_with_work(&self) -> bool {
-        self.grows_with_work.load(Ordering::Relaxed)
-    }
-
-    /// The endpoint's time per request before a first byte, in nanoseconds: as
-    /// [`unit_time_nanos`](Self::unit_time_nanos), counting the requests awaiting a first byte
-    /// ahead instead of their work. What least response time uses for an endpoint whose time does
-    /// not grow with the work. `None` before the first sample.
-    pub fn request_time_nanos(&self) -> Option<f64> {
-        let v = f64::from_bits(self.request_time_bits.load(Ordering::Relaxed));
-        (!v.is_nan()).then_some(v)
-    }
-
     /// How long a response runs on after its first byte, in nanoseconds: for an LLM stream its
     /// generation (the time it holds a batch slot after its prefill), for a unary call about
     /// zero. An EWMA (time constant [`TrackingConfig::speed_decay`]) over the requests that
@@ -419,7 +393,6 @@ impl EndpointState {
         guard.record(sample, now, tau);
         self.slots.store(guard.slots(), Ordering::Relaxed);
         self.idle_unit_bits.store(guard.idle_unit_nanos().unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
-        self.grows_with_work.store(guard.grows_with_work(), Ordering::Relaxed);
     }
 
     /// Requests ended since the endpoint was added: how many succeeded, and how many failed
@@ -689,14 +662,6 @@ impl InFlight {
             let at_once = self.state.slots().min(self.requests_ahead.saturating_add(1));
             let nanos = nanos_f64(elapsed);
             self.state.record_unit_time(nanos * f64::from(at_once) / units, now);
-            let requests = f64::from(self.requests_ahead) + 1.0;
-            let state = &self.state;
-            state.record_speed_ewma(
-                &state.request_time,
-                &state.request_time_bits,
-                nanos * f64::from(at_once) / requests,
-                now,
-            );
             self.state.record_first_byte(
                 FirstByte {
                     nanos,

@@ -17,12 +17,7 @@ use crate::EndpointState;
 /// ```
 ///
 /// - `work` is the request's size: its prompt tokens when it carries a
-///   [`RequestSize`](switchyard_core::RequestSize) extension, otherwise 1 ([`RequestInfo::work`]).
-///   On an endpoint whose time does not grow with the size (a classic server answers any prompt
-///   in about the same time; [`EndpointState::time_grows_with_work`], learnt from its no-load
-///   answers, see [`capacity`](crate::capacity)) every request counts as one unit: `work` is 1,
-///   `pending_work` the requests awaiting a first byte and `unit_time` the time per request
-///   ([`EndpointState::request_time_nanos`]);
+///   [`RequestSize`](switchyard_core::RequestSize) extension, otherwise 1 ([`RequestInfo::work`]);
 /// - `pending_work` is the work of the requests already sent to the endpoint that have not had
 ///   their first byte (for an LLM replica: prompts still waiting to be prefilled);
 /// - `unit_time` is the endpoint's measured time per unit of work before a first byte
@@ -132,12 +127,7 @@ fn cheapest(
     let mut best_cost = f64::INFINITY;
     for i in candidates {
         let e = &*endpoints[i];
-        let cost = match e.request_time_nanos() {
-            Some(per_request) if !e.time_grows_with_work() => {
-                estimate.backlog_cost_nanos(&Backlog::of_requests(e), 1.0, per_request)
-            }
-            _ => estimate.backlog_cost_nanos(&Backlog::of(e), work, estimate.unit_time_nanos(e)),
-        };
+        let cost = estimate.backlog_cost_nanos(&Backlog::of(e), work, estimate.unit_time_nanos(e));
         if best.is_none() || cost < best_cost {
             best = Some(i);
             best_cost = cost;
@@ -172,17 +162,6 @@ impl Backlog {
     /// [`ResponseTimeEstimate::at_once`].
     pub fn of(e: &EndpointState) -> Self {
         Self::new(e.pending_work() as f64, f64::from(e.in_flight()), ResponseTimeEstimate::at_once(e))
-    }
-
-    /// The same, counting the requests awaiting a first byte on `e` instead of their work: the
-    /// backlog of an endpoint whose time does not grow with the work
-    /// ([`EndpointState::time_grows_with_work`]), each request one unit.
-    pub fn of_requests(e: &EndpointState) -> Self {
-        Self::new(
-            f64::from(e.awaiting_first_byte()),
-            f64::from(e.in_flight()),
-            ResponseTimeEstimate::at_once(e),
-        )
     }
 }
 
@@ -374,27 +353,6 @@ mod tests {
         // Eleven: 12 / 3 × 10 ms × √(12 / 6.5) ≈ 54 ms against 40 ms × √(1 / 6.5) ≈ 16 ms.
         let _eleven: Vec<_> = (0..11).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_server_whose_time_does_not_grow_with_the_size_is_costed_per_request() {
-        let eps = endpoints(2);
-        // Both answer any prompt in a fixed time: e0 in 10 ms, e1 in 40 ms.
-        for (i, ms) in [(0, 10), (1, 40)] {
-            let sizes: &[u64] = &[100, 300, 800, 2000];
-            for &size in sizes {
-                answer(&eps[i], size, Duration::from_millis(ms)).await;
-            }
-            assert!(!eps[i].time_grows_with_work(), "e{i}");
-            assert_eq!(eps[i].request_time_nanos(), Some(ms as f64 * 1e6));
-        }
-        // e0 holds one request of 2,000 tokens. Per token it would look 2,100 × 5 µs ≈ 12 ms
-        // away against e1's 100 × 20 µs ≈ 2 ms; per request it is 2 × 10 ms × √(2 / 1.5) ≈ 23 ms against
-        // 40 ms × √(1 / 1.5) ≈ 33 ms.
-        let _big = eps[0].start(Instant::now(), 2000);
-        let ext = sized(100);
-        let req = RequestInfo::new(Some(&ext), Instant::now());
-        assert_eq!(LeastResponseTime::new().pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
     }
 
     #[tokio::test(start_paused = true)]
