@@ -48,10 +48,11 @@ use crate::EndpointState;
 /// cost sees a fast server with 8 requests in flight as 9 service times away and sends the idle
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
 /// it 0.1 % and its p99 is the ideal's 12 ms. The LLM replicas of lab `hetero` mostly keep one
-/// slot: their p99 TTFT is unchanged on the bundled Azure trace (1.06 × the ideal's) and 1.03 ×
-/// (was 1.04 ×) on the Mooncake one. At 80 % load on the Azure trace it is worse (1.32 ×, was
-/// 1.12 ×): an engine's chunked prefill serves several short prompts in one step, as fast as one,
-/// and some replicas then learn two slots for a while (`reports/lab/hetero-parallel.md`).
+/// slot: their p99 TTFT is unchanged on the bundled Azure trace (1.06 × the ideal's) and 1.04 ×
+/// on the Mooncake one; at 80 % load on the Azure trace 1.12 × (1.32 × while the no-load time was
+/// an EWMA rather than the windowed minimum of [`capacity`](crate::capacity): an engine's chunked
+/// prefill serves several short prompts in one step, as fast as one, and some replicas then
+/// learnt two slots for a while; `reports/lab/hetero-parallel.md`).
 ///
 /// "Response time" is the time to the first byte of the response: the whole answer of a unary
 /// call, the time to first token (TTFT) of a stream. For LLM serving this is the cost that
