@@ -30,11 +30,12 @@ where
     let mut results = Vec::new();
     for policy in PolicyKind::ALL {
         let gateway_args = super::gateway_args(&addresses, policy, args.proxy_threads());
-        let (gateway, mut logged) =
-            ChildProcess::start("gateway", exe, &gateway_args, &["gateway serving on "], START_TIMEOUT)
-                .await?;
+        let phrases = ["gateway serving on ", "admin serving on "];
+        let (gateway, logged) =
+            ChildProcess::start("gateway", exe, &gateway_args, &phrases, START_TIMEOUT).await?;
         let target = format!("switchyard:{}", policy.name());
-        results.push(replay(&target, &logged.remove(0)).await?);
+        results.push(replay(&target, &logged[0]).await?);
+        print_learnt(&target, &logged[1]).await;
         if let Err(e) = gateway.stop(Duration::from_secs(20)).await {
             eprintln!("bench: warning: {e}");
         }
@@ -62,4 +63,23 @@ where
         }
     }
     Ok(results)
+}
+
+/// Prints what the gateway learnt of each endpoint by the end of a run (its slots and no-load
+/// time per unit of work) and the requests each endpoint ended, from the admin API's `/metrics`
+/// on `admin`: for reading a run, not part of its report.
+async fn print_learnt(target: &str, admin: &str) {
+    const SHOWN: [&str; 3] = [
+        "switchyard_endpoint_slots",
+        "switchyard_endpoint_idle_unit_time_seconds",
+        "switchyard_endpoint_requests",
+    ];
+    match crate::cluster::fetch_metrics(admin).await {
+        Ok(text) => {
+            for line in text.lines().filter(|l| SHOWN.iter().any(|name| l.starts_with(name))) {
+                eprintln!("bench: {target}: {line}");
+            }
+        }
+        Err(e) => eprintln!("bench: {target}: no metrics from the admin API on {admin}: {e}"),
+    }
 }
