@@ -21,7 +21,7 @@
 //!
 //! # Defaults, and Netflix's
 //!
-//! [`Gradient2Params::netflix`] (and [`Gradient2::netflix`]) are Netflix's exactly: initial 20,
+//! [`Gradient2Params::netflix`] (and [`Gradient2::netflix`]), the defaults, are Netflix's exactly: initial 20,
 //! min 20, max 200, smoothing 0.2 a sample, queue size 4, long window 600 samples, RTT
 //! tolerance 1.5. Fed every request, they do not find the knee (`tests/convergence.rs`, a
 //! 40-slot replica: 146-400 % off after 30 s), for three reasons:
@@ -36,7 +36,7 @@
 //!   60 % above the knee (behind [`Windowed`](crate::Windowed), one sample a second as
 //!   Netflix's `WindowedLimit` feeds it, it settles there, and higher as the long average creeps).
 //!
-//! [`Gradient2Params::default`] keeps the formula and fixes each: the long window is 600 s (what
+//! [`Gradient2Params::knee`] (and [`Gradient2::knee`]) keeps the formula and fixes each: the long window is 600 s (what
 //! Netflix's 600 samples span at their one windowed sample a second), so the long RTT stays the
 //! no-load RTT of the first samples for minutes; the smoothing of 0.2 weighs one round trip, so
 //! the limit moves by at most a fifth of the way a round trip whatever its size; the tolerance is
@@ -52,6 +52,14 @@
 //! minutes the long average still follows the short RTT, which runs ~10 % above it, so the limit
 //! creeps (17-28 % above the knee after 300 s): Gradient2 has no no-load baseline of its own
 //! (Vegas and Envoy's gradient do).
+//!
+//! `knee` is not the default because of that noise: in lab `overload` (LLM requests from the
+//! Azure trace, RTTs spanning two orders of magnitude at no load) the gradient sits far below
+//! 0.92 at any load and the limit sinks to its minimum (goodput 0.04 of capacity at 0.5×, 0.007
+//! at 3×, against 0.27 at 3× with Netflix's). Where the RTT at no load is steady (a classic
+//! server, `worker --kind parallel`) use `knee`: `{ name = "gradient2", initial_limit = 4,
+//! min_limit = 1, max_limit = 1000, smoothing_per_round = true, queue_size = 0,
+//! queue_share = 0.08, long_window_ms = 600000, rtt_tolerance = 1.0 }`.
 //!
 //! Source: Netflix/concurrency-limits, `com.netflix.concurrency.limits.limit.Gradient2Limit`.
 
@@ -91,6 +99,25 @@ pub struct Gradient2Params {
 }
 
 impl Gradient2Params {
+    /// Parameters that find a replica's knee with no hand-set limit (see the
+    /// [module docs](self)): initial 4, min 1, max 1000, smoothing 0.2 a round trip, headroom 8 %
+    /// of the limit, long window 600 s, RTT tolerance 1.0. For a service whose RTT varies little
+    /// per request at no load; not for LLM requests of very different sizes (they sink it).
+    pub fn knee() -> Self {
+        Self {
+            initial_limit: 4,
+            min_limit: 1,
+            max_limit: 1000,
+            smoothing: 0.2,
+            smoothing_per_round: true,
+            queue_size: 0.0,
+            queue_share: 0.08,
+            long_window: 600,
+            long_window_ms: Some(600_000),
+            rtt_tolerance: 1.0,
+        }
+    }
+
     /// Netflix's defaults, exactly: initial 20, min 20, max 200, smoothing 0.2, queue size 4,
     /// long window 600 samples, RTT tolerance 1.5.
     pub fn netflix() -> Self {
@@ -110,22 +137,9 @@ impl Gradient2Params {
 }
 
 impl Default for Gradient2Params {
-    /// This crate's defaults, which find the knee (see the [module docs](self)): initial 4,
-    /// min 1, max 1000, smoothing 0.2 a round trip, headroom 8 % of the limit, long window 600 s, RTT
-    /// tolerance 1.0.
+    /// Netflix's defaults ([`Gradient2Params::netflix`]).
     fn default() -> Self {
-        Self {
-            initial_limit: 4,
-            min_limit: 1,
-            max_limit: 1000,
-            smoothing: 0.2,
-            smoothing_per_round: true,
-            queue_size: 0.0,
-            queue_share: 0.08,
-            long_window: 600,
-            long_window_ms: Some(600_000),
-            rtt_tolerance: 1.0,
-        }
+        Self::netflix()
     }
 }
 
@@ -167,9 +181,14 @@ impl Gradient2 {
         Self { params, limit, long_rtt: 0.0, samples: 0, first: None }
     }
 
-    /// Gradient2 with Netflix's defaults ([`Gradient2Params::netflix`]).
+    /// Gradient2 with Netflix's defaults ([`Gradient2Params::netflix`]), as `default()`.
     pub fn netflix() -> Self {
         Self::new(Gradient2Params::netflix())
+    }
+
+    /// Gradient2 that finds a replica's knee ([`Gradient2Params::knee`]).
+    pub fn knee() -> Self {
+        Self::new(Gradient2Params::knee())
     }
 
     /// The long RTT average, once a sample has come.
@@ -279,7 +298,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_long_window_in_time_does_not_follow_a_fast_stream_of_samples() {
-        let mut by_time = Gradient2::default();
+        let mut by_time = Gradient2::knee();
         let mut by_count = Gradient2::netflix();
         for _ in 0..100 {
             tokio::time::advance(Duration::from_millis(1)).await;
