@@ -16,6 +16,7 @@
 //! | `max_request_bytes` | largest request read for a key | 64 KiB |
 //! | `max_response_bytes` | largest answer stored | 1 MiB |
 //! | `read_timeout` | how long a request body may take to arrive (or the request's deadline, if sooner); past it, `DEADLINE_EXCEEDED` | `"5s"` |
+//! | `response_timeout` | how long the one upstream call of identical requests may take to deliver an answer to store, whole (or the calling request's deadline, if sooner; a stored stream must end within it); past it, every waiter gets `DEADLINE_EXCEEDED` and nothing is stored | `"60s"` |
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -37,6 +38,7 @@ struct Params {
     max_request_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     read_timeout: Option<String>,
+    response_timeout: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -115,12 +117,21 @@ pub(crate) fn cache(spec: &Spec) -> Result<PoolLayer, SpecError> {
     if read_timeout.is_zero() {
         return Err(error(spec, "`read_timeout` must be above zero"));
     }
+    let response_timeout = match &params.response_timeout {
+        None => defaults.response_timeout,
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| error(spec, format!("`response_timeout` = {text:?}: {e} (e.g. \"60s\")")))?,
+    };
+    if response_timeout.is_zero() {
+        return Err(error(spec, "`response_timeout` must be above zero"));
+    }
     let config = CacheConfig {
         max_bytes: params.max_bytes.unwrap_or(defaults.max_bytes),
         ttl,
         max_request_bytes: params.max_request_bytes.unwrap_or(defaults.max_request_bytes),
         max_response_bytes: params.max_response_bytes.unwrap_or(defaults.max_response_bytes),
         read_timeout,
+        response_timeout,
         rules,
     };
     if config.max_bytes == 0 {
@@ -256,6 +267,23 @@ mod tests {
         assert!(
             cache(&spec(r#"{ name = "cache", read_timeout = "250ms", methods = [{ method = "/a.B/C" }] }"#))
                 .is_ok()
+        );
+        let err =
+            cache(&spec(r#"{ name = "cache", response_timeout = "0s", methods = [{ method = "/a.B/C" }] }"#))
+                .err()
+                .unwrap();
+        assert!(err.message.contains("response_timeout"), "{err}");
+        let err = cache(&spec(
+            r#"{ name = "cache", response_timeout = "later", methods = [{ method = "/a.B/C" }] }"#,
+        ))
+        .err()
+        .unwrap();
+        assert!(err.message.contains("response_timeout"), "{err}");
+        assert!(
+            cache(&spec(
+                r#"{ name = "cache", response_timeout = "10m", methods = [{ method = "/a.B/C" }] }"#
+            ))
+            .is_ok()
         );
         let err =
             cache(&spec(r#"{ name = "cache", methods = [{ method = "/a.B/C", when = "sometimes" }] }"#))

@@ -101,6 +101,17 @@ pub struct CacheConfig {
     /// sooner. A client that stalls its body is refused with `DEADLINE_EXCEEDED` then, rather
     /// than holding its caller (and the cache's read) without end.
     pub read_timeout: Duration,
+    /// How long the one upstream call of a group of identical requests may take to deliver an
+    /// answer the cache means to store (its head and its whole body, up to
+    /// [`max_response_bytes`](Self::max_response_bytes)): 60 s, or the deadline of the request
+    /// that made the call if sooner. Past it the call is dropped, nothing is stored, and every
+    /// caller waiting on it (the one that made it included) gets `DEADLINE_EXCEEDED`, counted
+    /// in [`CacheStats::response_timed_out`](crate::CacheStats::response_timed_out). A stream
+    /// whose rule says [`streams`](CacheRule::streams) is collected whole before anyone gets it,
+    /// so it must end within this time too: raise it for long streams. An answer the cache
+    /// will not store (a stream it was not told to store, one larger than the bound) is bounded
+    /// only until the cache sees that; the rest reaches its caller as it comes.
+    pub response_timeout: Duration,
     /// The methods the cache serves; a request of any other goes upstream untouched.
     pub rules: Vec<CacheRule>,
 }
@@ -115,6 +126,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// [`CacheConfig::read_timeout`] by default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`CacheConfig::response_timeout`] by default.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -124,6 +137,7 @@ impl Default for CacheConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             rules: Vec::new(),
         }
     }
@@ -139,6 +153,13 @@ impl CacheConfig {
     /// [`read_timeout`](Self::read_timeout)).
     pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
+        self
+    }
+
+    /// The same settings, waiting at most `timeout` for an answer to store (see
+    /// [`response_timeout`](Self::response_timeout)).
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
         self
     }
 

@@ -25,7 +25,11 @@
 //!   [`max_response_bytes`](CacheConfig::max_response_bytes) (1 MiB) is passed on, not stored.
 //! - **Coalescing**: identical requests in flight make one upstream call (moka's `try_get_with`);
 //!   all of them get its answer. If the call fails, every one of them gets the error (with the
-//!   same gRPC status) and nothing is stored.
+//!   same gRPC status) and nothing is stored. The call is bounded in time by
+//!   [`response_timeout`](CacheConfig::response_timeout) (60 s, or the deadline of the request
+//!   that made it if sooner; an answer to store, a told-to-be-stored stream included, must
+//!   arrive whole within it): an upstream that stalls its answer is dropped, every waiter gets
+//!   `DEADLINE_EXCEEDED`, nothing is stored, and [`CacheStats::response_timed_out`] counts it.
 //! - **Never stores an error or a stream unless told to** ([`CacheRule::with_errors`],
 //!   [`CacheRule::with_streams`]): an answer whose `grpc-status` is not OK reaches every
 //!   coalesced caller and is forgotten; an answer of more than one message is handed to its
@@ -97,7 +101,7 @@ mod store;
 pub use body::ReplayBody;
 pub use config::{
     CacheConfig, CacheRule, DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_READ_TIMEOUT, DEFAULT_TTL, KeyFn, Predicate,
+    DEFAULT_READ_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_TTL, KeyFn, Predicate,
 };
 pub use error::SharedError;
 pub use grpc::first_message;

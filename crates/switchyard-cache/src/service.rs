@@ -13,7 +13,7 @@ use crate::body::{ReplayBody, read_bounded};
 use crate::config::{CacheConfig, CacheRule};
 use crate::error::SharedError;
 use crate::grpc::{grpc_status, message_count};
-use crate::store::{Key, Store, Stored, count};
+use crate::store::{Counters, Key, Store, Stored, count};
 
 /// What the services of one layer share: the settings and the store.
 pub(crate) struct Shared {
@@ -131,11 +131,12 @@ where
     let config = &shared.config;
     let (parts, body) = req.into_parts();
     let max_messages = (!rule.streams).then_some(1);
+    let deadline = parts.extensions.get::<Deadline>().map(|Deadline(own)| *own);
     // The body is read before anything else: a client that stalls it is given up on at the
     // read timeout, or at the request's own deadline if sooner.
     let mut give_up = Instant::now() + config.read_timeout;
-    if let Some(Deadline(own)) = parts.extensions.get::<Deadline>() {
-        give_up = give_up.min(*own);
+    if let Some(own) = deadline {
+        give_up = give_up.min(own);
     }
     let read =
         match tokio::time::timeout_at(give_up, read_bounded(body, config.max_request_bytes, max_messages))
@@ -180,7 +181,16 @@ where
     let pending: Pending<S, ReqB> = Arc::new(Mutex::new(Some((inner, request))));
     // The answer of the one call, whole and unchanged, for the caller that made it.
     let own: Answer<ResB> = Arc::new(Mutex::new(None));
-    let init = fetch(pending.clone(), own.clone(), rule, key.clone(), config.max_response_bytes, config.ttl);
+    let mut give_up = Instant::now() + config.response_timeout;
+    if let Some(own) = deadline {
+        give_up = give_up.min(own);
+    }
+    let init = bounded_fetch(
+        give_up,
+        store.counters.clone(),
+        config.response_timeout,
+        fetch(pending.clone(), own.clone(), rule, key.clone(), config.max_response_bytes, config.ttl),
+    );
     let result = store.cache.try_get_with(key, init).await;
     let own = take(&own);
     let shared_answer = match result {
@@ -205,6 +215,28 @@ where
         return Err("response cache: the request was handed to a call that left no answer".into());
     };
     inner.call(request).await.map_err(Into::into)
+}
+
+/// `fetch`, given up on at `give_up`: the call is dropped, nothing is stored, and every caller
+/// waiting on it gets `DEADLINE_EXCEEDED` (see [`CacheConfig::response_timeout`]).
+async fn bounded_fetch(
+    give_up: Instant,
+    counters: Arc<Counters>,
+    timeout: std::time::Duration,
+    fetch: impl Future<Output = Result<Arc<Stored>, Uncached>>,
+) -> Result<Arc<Stored>, Uncached> {
+    match tokio::time::timeout_at(give_up, fetch).await {
+        Ok(done) => done,
+        Err(_) => {
+            count(&counters.response_timed_out);
+            let cause = format!(
+                "response cache: the upstream answer did not arrive whole within {timeout:?} \
+                 (or the deadline of the request that made the call)"
+            );
+            let error: BoxError = Box::new(Error::new(ErrorKind::DeadlineExceeded).with_source(cause));
+            Err(Uncached::Failed(SharedError::new(error)))
+        }
+    }
 }
 
 /// The one upstream call of a group of identical requests: its answer, read whole if it fits,

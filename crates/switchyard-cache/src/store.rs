@@ -100,10 +100,12 @@ pub(crate) struct Counters {
     pub(crate) misses: AtomicU64,
     pub(crate) bypassed: AtomicU64,
     pub(crate) timed_out: AtomicU64,
+    pub(crate) response_timed_out: AtomicU64,
 }
 
 /// A snapshot of a cache's counters and size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Requests answered without an upstream call of their own: from a stored answer, or from
     /// the one call of identical requests in flight.
@@ -117,6 +119,10 @@ pub struct CacheStats {
     /// Requests refused because their body did not end within the
     /// [`read_timeout`](CacheConfig::read_timeout) (or their own deadline): `DEADLINE_EXCEEDED`.
     pub timed_out: u64,
+    /// Upstream calls given up on because their answer did not arrive whole within the
+    /// [`response_timeout`](CacheConfig::response_timeout) (or the deadline of the request that
+    /// made the call): one per call, whose waiters all got `DEADLINE_EXCEEDED`; nothing stored.
+    pub response_timed_out: u64,
     /// Answers stored now (moka's count, which settles as its pending work runs).
     pub entries: u64,
     /// Bytes they weigh: never above [`CacheConfig::max_bytes`] once pending work has run.
@@ -148,6 +154,7 @@ impl Store {
             misses: self.counters.misses.load(Ordering::Relaxed),
             bypassed: self.counters.bypassed.load(Ordering::Relaxed),
             timed_out: self.counters.timed_out.load(Ordering::Relaxed),
+            response_timed_out: self.counters.response_timed_out.load(Ordering::Relaxed),
             entries: self.cache.entry_count(),
             bytes: self.cache.weighted_size(),
         }

@@ -410,3 +410,60 @@ async fn a_stalled_request_body_is_refused_at_the_read_timeout_and_waits_on_noth
     assert_eq!(status_of(&*error).code, Code::DeadlineExceeded);
     assert_eq!(layer.stats().timed_out, 2);
 }
+
+/// An upstream that answers a head and half a message, then stalls its body (kept open), and
+/// counts its calls.
+fn stalling_upstream() -> (Upstream, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let open: Arc<std::sync::Mutex<Vec<FrameSender>>> = Arc::default();
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_req: http::Request<Body>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(Ok(http_body::Frame::data(Bytes::copy_from_slice(&frame(b"answer")[..4])))).unwrap();
+        open.lock().unwrap().push(tx);
+        let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let body = Body::new(http_body_util::StreamBody::new(frames));
+        async move { Ok::<_, BoxError>(http::Response::new(body)) }
+    });
+    (BoxCloneSyncService::new(service), calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_upstream_answer_fails_every_coalesced_waiter_at_the_response_timeout() {
+    let (upstream, calls) = stalling_upstream();
+    let layer = CacheLayer::new(
+        CacheConfig::new([CacheRule::method(METHOD)]).with_response_timeout(Duration::from_secs(2)),
+    );
+    let service = layer.layer(upstream);
+    let started = tokio::time::Instant::now();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let mut service = service.clone();
+            tokio::spawn(async move { call(&mut service, request(METHOD, b"hello")).await })
+        })
+        .collect();
+    for waiter in waiters {
+        let answered = tokio::time::timeout(Duration::from_secs(60), waiter).await;
+        let error = answered.expect("not left waiting").unwrap().err().expect("given up on");
+        assert_eq!(status_of(&*error).code, Code::DeadlineExceeded, "{error}");
+    }
+    assert_eq!(started.elapsed(), Duration::from_secs(2), "given up at the response timeout");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one upstream call for the three");
+    let stats = layer.stats();
+    assert_eq!((stats.response_timed_out, stats.misses, stats.hits), (1, 0, 0), "{stats:?}");
+    assert_eq!(stats.timed_out, 0, "the request bodies were whole");
+
+    // Nothing was stored: the same request calls upstream again. Its own deadline, sooner than
+    // the response timeout, gives up first.
+    let mut req = request(METHOD, b"hello");
+    req.extensions_mut()
+        .insert(switchyard_core::Deadline(tokio::time::Instant::now() + Duration::from_millis(500)));
+    let started = tokio::time::Instant::now();
+    let error = call(&mut service.clone(), req).await.err().expect("given up on");
+    assert_eq!(started.elapsed(), Duration::from_millis(500));
+    assert_eq!(status_of(&*error).code, Code::DeadlineExceeded);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.stats().response_timed_out, 2);
+    assert_eq!(layer.stats().entries, 0);
+}

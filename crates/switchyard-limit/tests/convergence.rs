@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Gradient2 and Vegas find a replica's knee on their own: a discrete-event model of a replica
 //! with `k` parallel slots (a classic server: `k` requests at a time at a near-fixed time each, the
-//! rest queued), offered twice its capacity, with each algorithm's default parameters. Beyond `k`
+//! rest queued), offered twice its capacity, with each algorithm's default parameters (Gradient2
+//! on four shapes of replica, from 8 to 128 slots). Beyond `k`
 //! in flight, latency grows and throughput does not: `k` is the knee.
 
 use std::cmp::Reverse;
@@ -12,8 +13,24 @@ use rand::{RngExt, SeedableRng};
 use switchyard_limit::{EnvoyGradient, LimitAlgorithm, Sample, Vegas};
 use tokio::time::Instant;
 
+/// The existing 40-slot replica at 50 ms, the parallel replica of lab `hetero-parallel` (8 slots
+/// at 10 ms) and its slow one (8 at 40 ms), and a wide one (128 slots at 20 ms).
+const SHAPES: [Shape; 4] = [
+    Shape { slots: 40, service_ms: 50.0 },
+    Shape { slots: 8, service_ms: 10.0 },
+    Shape { slots: 8, service_ms: 40.0 },
+    Shape { slots: 128, service_ms: 20.0 },
+];
+
+/// The shape the single-shape tests use.
 const SLOTS: usize = 40;
-const SERVICE_MS: f64 = 50.0;
+
+/// A replica: `slots` requests served at once, each in `service_ms` ± 10 %.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    slots: usize,
+    service_ms: f64,
+}
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -23,9 +40,20 @@ enum Event {
 
 /// The limit over virtual time, one point per completion: `(seconds, limit)`.
 fn simulate(algorithm: &mut dyn LimitAlgorithm, seconds: f64, seed: u64) -> Vec<(f64, usize)> {
+    simulate_shape(SHAPES[0], algorithm, seconds, seed)
+}
+
+/// [`simulate`] on a replica of `shape`.
+fn simulate_shape(
+    shape: Shape,
+    algorithm: &mut dyn LimitAlgorithm,
+    seconds: f64,
+    seed: u64,
+) -> Vec<(f64, usize)> {
+    let Shape { slots, service_ms } = shape;
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
     let base = Instant::now();
-    let capacity = SLOTS as f64 / (SERVICE_MS / 1000.0);
+    let capacity = slots as f64 / (service_ms / 1000.0);
     let mean_gap_ns = 1e9 / (2.0 * capacity);
     let end_ns = (seconds * 1e9) as u64;
     let mut events = BinaryHeap::new();
@@ -34,7 +62,7 @@ fn simulate(algorithm: &mut dyn LimitAlgorithm, seconds: f64, seed: u64) -> Vec<
     let mut queue: VecDeque<(u64, usize)> = VecDeque::new();
     let mut trace = Vec::new();
     let service =
-        |rng: &mut rand::rngs::Xoshiro256PlusPlus| (SERVICE_MS * rng.random_range(0.9..1.1) * 1e6) as u64;
+        |rng: &mut rand::rngs::Xoshiro256PlusPlus| (service_ms * rng.random_range(0.9..1.1) * 1e6) as u64;
     while let Some(Reverse((t, event))) = events.pop() {
         if t > end_ns {
             break;
@@ -47,7 +75,7 @@ fn simulate(algorithm: &mut dyn LimitAlgorithm, seconds: f64, seed: u64) -> Vec<
                     continue; // refused by the limit: no sample
                 }
                 in_flight += 1;
-                if busy < SLOTS {
+                if busy < slots {
                     busy += 1;
                     let done = t + service(&mut rng);
                     events.push(Reverse((done, Event::Done { admitted_ns: t, in_flight })));
@@ -80,6 +108,11 @@ fn simulate(algorithm: &mut dyn LimitAlgorithm, seconds: f64, seed: u64) -> Vec<
 /// The distance of the limit's time average over `[from, to]` seconds from the knee, as a share
 /// of the knee.
 fn mean_error(trace: &[(f64, usize)], from: f64, to: f64) -> f64 {
+    mean_error_from(SLOTS, trace, from, to)
+}
+
+/// [`mean_error`] for a knee of `knee`.
+fn mean_error_from(knee: usize, trace: &[(f64, usize)], from: f64, to: f64) -> f64 {
     let mut weighted = 0.0;
     let mut last: Option<(f64, usize)> = None;
     for &(t, limit) in trace.iter().filter(|(t, _)| (from..=to).contains(t)) {
@@ -90,7 +123,7 @@ fn mean_error(trace: &[(f64, usize)], from: f64, to: f64) -> f64 {
     }
     let span = last.map_or(0.0, |(t, _)| t) - trace.iter().find(|(t, _)| *t >= from).map_or(0.0, |p| p.0);
     let mean = if span > 0.0 { weighted / span } else { 0.0 };
-    (mean - SLOTS as f64).abs() / SLOTS as f64
+    (mean - knee as f64).abs() / knee as f64
 }
 
 fn describe(trace: &[(f64, usize)]) -> String {
@@ -118,21 +151,21 @@ async fn vegas_converges_within_a_fifth_of_the_knee_in_30_seconds() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn gradient2_converges_when_its_long_rtt_spans_the_run_and_it_tolerates_no_queue() {
-    use switchyard_limit::{Gradient2, Gradient2Params};
-    for seed in 0..3 {
-        let params =
-            Gradient2Params { rtt_tolerance: 1.0, long_window: 60_000, ..Gradient2Params::default() };
-        let trace = simulate(&mut Gradient2::new(params), 30.0, seed);
-        let error = mean_error(&trace, 25.0, 30.0);
-        assert!(
-            error <= 0.2,
-            "seed {seed}: {:.0} % off the knee of {SLOTS}; {}",
-            error * 100.0,
-            describe(&trace)
-        );
+async fn gradient2_knee_converges_within_a_fifth_of_every_knee_in_30_seconds() {
+    use switchyard_limit::Gradient2;
+    for shape in SHAPES {
+        for seed in 0..3 {
+            let trace = simulate_shape(shape, &mut Gradient2::knee(), 30.0, seed);
+            let error = mean_error_from(shape.slots, &trace, 25.0, 30.0);
+            assert!(
+                error <= 0.2,
+                "{shape:?} seed {seed}: {:.0} % off the knee; {}",
+                error * 100.0,
+                describe(&trace)
+            );
+        }
     }
-    // With Netflix's defaults it does not (see the module docs).
+    // With Netflix's defaults (the default) it does not (see the module docs).
     let trace = simulate(&mut Gradient2::default(), 30.0, 0);
     assert!(mean_error(&trace, 25.0, 30.0) > 0.2, "{}", describe(&trace));
 }
@@ -155,7 +188,7 @@ async fn gradient2_behind_a_window_passes_the_knee_and_settles_where_its_toleran
     // queue whose RTT grows as L / k, and higher as the long average creeps up after it. It
     // crosses the knee on its way (about 26 s from 20) but does not stay there.
     use switchyard_limit::{Gradient2, Windowed, WindowedParams};
-    let mut windowed = Windowed::new(Gradient2::default(), WindowedParams::default());
+    let mut windowed = Windowed::new(Gradient2::netflix(), WindowedParams::default());
     let trace = simulate(&mut windowed, 300.0, 0);
     let late = mean_error(&trace, 120.0, 300.0);
     assert!(late >= 0.5, "{:.0} % off the knee after two minutes; {}", late * 100.0, describe(&trace));

@@ -38,6 +38,9 @@ struct State {
     /// CoDel: when the waits, above target since, will have been so for an interval.
     first_above: Option<Instant>,
     overloaded: bool,
+    /// When the queue last stopped counting as overloaded: waits back above target within an
+    /// interval of it count as overloaded at once (CoDel resumes dropping where it left off).
+    left_at: Option<Instant>,
     /// Moving average of the time between dispatches while requests wait: how often a place frees.
     slot_interval: Option<f64>,
     last_dispatch: Option<Instant>,
@@ -71,6 +74,7 @@ impl Queue {
                 notices: Vec::new(),
                 first_above: None,
                 overloaded: false,
+                left_at: None,
                 slot_interval: None,
                 last_dispatch: None,
             }),
@@ -239,9 +243,16 @@ impl Queue {
 
     fn sojourn(&self, s: &mut State, wait: Duration, now: Instant) {
         if wait <= self.config.target {
+            if s.overloaded {
+                s.left_at = Some(now);
+            }
             s.first_above = None;
             s.overloaded = false;
         } else {
+            let recently = s.left_at.is_some_and(|t| now.saturating_duration_since(t) < self.config.interval);
+            if recently {
+                s.overloaded = true;
+            }
             match s.first_above {
                 None => s.first_above = Some(now + self.config.interval),
                 Some(at) if now >= at => s.overloaded = true,

@@ -24,7 +24,10 @@ use crate::stats::{Reason, ShedStats};
 /// - its deadline has passed (`DEADLINE_EXCEEDED`): on arrival, while it waits, at dispatch; it
 ///   never reaches the service;
 /// - its expected wait exceeds the time left to its deadline (`RESOURCE_EXHAUSTED`);
-/// - the queue is overloaded (waits above `target` for an `interval`, CoDel's test) and its
+/// - the queue is overloaded (waits above `target` for an `interval`, CoDel's test; or above it
+///   again within an `interval` of leaving overload, as CoDel resumes dropping, so that waits
+///   hovering at `target` under sustained overload do not reopen the queue each time one dips
+///   below it) and its
 ///   expected wait exceeds `target`, or it has waited past `target`: the lowest class first,
 ///   critical requests never for delay (the wait watched is the oldest waiter's too, so that
 ///   critical requests served ahead of the line do not hide the waits behind them);

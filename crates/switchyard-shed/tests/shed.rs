@@ -249,3 +249,46 @@ async fn a_refusal_carries_its_pushback_and_reads_back_as_overloaded() {
     let _: Result<_, BoxError> = busy.await.unwrap();
     let _: Result<_, BoxError> = waiting.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn sustained_overload_keeps_admitted_waits_near_target_when_waits_dip_below_it() {
+    // Standard requests at 25 a second against a capacity of 10. Once the queue counts as
+    // overloaded it holds the waits near `target`; a wait that dips below target must not reopen
+    // it to everything that fits its deadline for a new interval (CoDel resumes dropping when the
+    // waits come back above target soon after leaving).
+    let seen = Seen::default();
+    let shed = ShedLayer::new(ShedConfig { max_queue: 100, ..ShedConfig::default() }); // 50 ms / 500 ms
+    let service = shed.layer(backend(&seen));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    let patience = Duration::from_secs(10);
+    while start.elapsed() < Duration::from_secs(8) {
+        let mut req = request(Priority::Standard);
+        req.extensions_mut().insert(Deadline(Instant::now() + patience));
+        tasks.push(tokio::spawn(service.clone().oneshot(req)));
+        settle().await;
+        tokio::time::advance(Duration::from_millis(40)).await;
+        settle().await;
+    }
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    // The wait of every request served after the first two seconds: its start is its deadline
+    // less its patience.
+    let waits: Vec<Duration> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, deadline, at)| {
+            let sent = deadline.expect("every request has one").0 - patience;
+            (sent >= start + Duration::from_secs(2)).then(|| at.saturating_duration_since(sent))
+        })
+        .collect();
+    let longest = waits.iter().max().copied().expect("some were served");
+    assert!(waits.len() >= 50, "served {} after two seconds", waits.len());
+    assert!(
+        longest <= Duration::from_millis(150),
+        "admitted waits stayed near target under sustained overload; the longest was {longest:?} of {:?}",
+        waits
+    );
+}
