@@ -128,12 +128,20 @@ fn bad_layer_parameters_name_the_layer_and_field() {
         (r#"{ name = "shed", queue = 3 }"#, "unknown field `queue`"),
         (r#"{ name = "limit", algorithm = "tcp" }"#, "unknown limit algorithm"),
         (r#"{ name = "limit", algorithm = { name = "vegas", alpha = 3 } }"#, "unknown field `alpha`"),
+        (r#"{ name = "limit", pace = { min_tokens = 1 } }"#, "`pace` needs `min_tokens` ≥ 2"),
+        (r#"{ name = "limit", pace = { tpot = "100ms" } }"#, "unknown field `tpot`"),
     ] {
         let text = format!(
             "[[pool]]\nname = \"p\"\nlayers = [{layers}]\nendpoints = [{{ address = \"http://127.0.0.1:1\" }}]\n"
         );
         let err = GatewayConfig::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("pool[0].layers[0]") && err.contains(expected), "{layers}: {err}");
+    }
+    for pace in ["{}", "{ min_tokens = 8, tpot_objective_ms = 50 }"] {
+        let text = format!(
+            "[[pool]]\nname = \"p\"\nlayers = [{{ name = \"limit\", algorithm = \"aimd\", pace = {pace} }}]\nendpoints = [{{ address = \"http://127.0.0.1:1\" }}]\n"
+        );
+        GatewayConfig::from_toml(&text).unwrap();
     }
     let text = "[[pool]]\nname = \"p\"\nendpoint_limit = \"tcp\"\nendpoints = [{ address = \"http://127.0.0.1:1\" }]\n";
     let err = GatewayConfig::from_toml(text).unwrap_err().to_string();

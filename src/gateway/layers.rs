@@ -25,6 +25,9 @@
 //!   { name = "limit", algorithm = "vegas" },   # or { name = "gradient2", min_limit = 4 }, ...
 //! ]
 //! ```
+//!
+//! `limit` takes `pace = {}` to count a streamed generation as a drop as soon as its pace
+//! cannot make its deadline (see `limit` below).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -281,13 +284,31 @@ fn shed(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
 /// [`switchyard_limit::algorithm_from_spec`]). The pool's requests in flight, each counted until
 /// its response's last frame, stay within the limit; the rest wait in `poll_ready` (in the `shed`
 /// queue, when the pool has one in front).
+///
+/// `pace = { min_tokens = 16, tpot_objective_ms = 100 }` (these are the defaults; `pace = {}`
+/// takes them) also judges each streamed generate call while it runs: its gRPC messages count as
+/// tokens, and once it is slower than the objective and, at its pace, past its `grpc-timeout`
+/// if it ran to its `max_tokens` (both from `switchyard-keys`), it counts as a drop for the
+/// algorithm at once ([`switchyard_limit::pace`]). Without `pace` only its trailers count.
 fn limit(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Params {
         algorithm: Option<Spec>,
+        pace: Option<switchyard_limit::PaceParams>,
     }
     let params: Params = spec.params()?;
+    if let Some(pace) = &params.pace
+        && (pace.min_tokens < 2 || pace.tpot_objective_ms == 0)
+    {
+        return Err(SpecError {
+            name: spec.name().to_string(),
+            message: format!(
+                "`pace` needs `min_tokens` ≥ 2 and `tpot_objective_ms` > 0, got {} and {}",
+                pace.min_tokens, pace.tpot_objective_ms
+            ),
+        });
+    }
     let algorithm = params.algorithm.unwrap_or_else(|| Spec::named("vegas"));
     let algorithm = switchyard_limit::algorithm_from_spec(&algorithm)
         .map_err(|e| SpecError { name: spec.name().to_string(), message: format!("algorithm {e}") })?;
@@ -296,14 +317,16 @@ fn limit(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
     let metrics: LayerMetrics = Box::new(move |pool, position| {
         Arc::new(switchyard_telemetry::LimitMetrics::new(pool, limiter).with_layer(position.to_string()))
     });
-    Ok((
-        BoxCloneSyncServiceLayer::new(
+    let to_proxy =
+        |response: http::Response<switchyard_limit::LimitBody<ProxyBody>>| response.map(ProxyBody::limited);
+    let layer = match params.pace {
+        None => BoxCloneSyncServiceLayer::new(ServiceBuilder::new().map_response(to_proxy).layer(layer)),
+        Some(pace) => BoxCloneSyncServiceLayer::new(
             ServiceBuilder::new()
-                .map_response(|response: http::Response<switchyard_limit::LimitBody<ProxyBody>>| {
-                    response.map(ProxyBody::limited)
-                })
-                .layer(layer),
+                .map_response(to_proxy)
+                .layer(layer.with_tracking(switchyard_limit::PacedHttpPermit::new(pace)))
+                .layer(switchyard_limit::PaceBudgetLayer),
         ),
-        Some(metrics),
-    ))
+    };
+    Ok((layer, Some(metrics)))
 }

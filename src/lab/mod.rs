@@ -95,8 +95,8 @@ pub use hetero_parallel::{
 pub use overload::{
     ALGORITHMS as OVERLOAD_ALGORITHMS, ByPriority, ConfigResult, DEADLINE_BASE, DEADLINE_FACTOR,
     GenerationPermit, HAND_TUNED_LIMIT, HAND_TUNED_SHED_LIMIT, LOAD_STEPS, OverloadOptions, OverloadReport,
-    PACE_TOKENS, Paced, PacedGeneration, PermitGeneration, StepResult, TargetCheck,
-    WINDOWED as OVERLOAD_WINDOWED, deadline_of, replicas as overload_replicas, run_overload,
+    PACE, Paced, PacedGeneration, PermitGeneration, StepResult, TargetCheck, WINDOWED as OVERLOAD_WINDOWED,
+    deadline_of, max_tokens_of, replicas as overload_replicas, run_overload,
 };
 pub(crate) use prefix::upper_bound;
 pub use prefix::{

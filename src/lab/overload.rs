@@ -32,9 +32,13 @@
 //!   `WindowedLimit`: one averaged sample a second), which takes out the noise of unequal
 //!   request sizes.
 //!
-//! Every limit holds a request's permit until its last token ([`GenerationPermit`]) and hears of
-//! a drop as soon as the stream's pace cannot make its deadline, not only at the deadline (see
-//! [`GenerationPermit`] and [`PACE_TOKENS`]); the fixed limits ignore it.
+//! Every request asks for `max_tokens` = its output rounded up to the next power of two
+//! ([`max_tokens_of`]): the caller knows an upper bound, not the output's length, and the engine
+//! stops at the trace's output length as a model stops at its end-of-sequence token (it still
+//! reserves KV for `max_tokens`). Every limit holds a request's permit until its last token
+//! ([`GenerationPermit`]) and hears of a drop as soon as the stream falls behind its pace
+//! ([`switchyard_limit::PaceCheck`], with only what a caller knows: the deadline, `max_tokens`
+//! and a per-token objective, [`PACE`]), not only at the deadline; the fixed limits ignore it.
 //!
 //! Per configuration and load step (requests counted by the step they arrive in):
 //! `goodput_share` (requests completed within their deadline per second, as a share of the
@@ -54,7 +58,9 @@ use std::time::Duration;
 use futures::Stream;
 use switchyard_balance::{Backend, Balance, PolicyHandle, PolicyKind, Shared};
 use switchyard_core::{Deadline, Endpoint, Outcome, Priority, RequestSize, Spec};
-use switchyard_limit::{Fixed, LimitLayer, Limiter, Permit, TrackPermit};
+use switchyard_limit::{
+    Fixed, LimitLayer, Limiter, Pace, PaceBudget, PaceCheck, PaceParams, Permit, TrackPermit,
+};
 use switchyard_shed::{ShedConfig, ShedLayer};
 use switchyard_sim::{EngineConfig, GenerationRequest, Token, TraceRecord, trace};
 use tokio::time::Instant;
@@ -117,12 +123,36 @@ pub fn replicas() -> Vec<ReplicaSpec> {
     (0..4).map(|i| ReplicaSpec::with_speed(format!("replica-{i}"), 1.0)).collect()
 }
 
+/// The `max_tokens` a caller asks for a request whose answer will be `output_tokens` long: the
+/// next power of two (a caller's typical cap, an upper bound 1.34 times the output on average
+/// over the bundled Azure trace), within the engine's `max_tokens_limit`. A fixed cap (2,048 or
+/// 4,096) would be looser still, but the sim reserves KV for `max_tokens` at admission (no
+/// preemption), so it would also halve the batch the KV cache admits: a different cluster.
+pub fn max_tokens_of(config: &EngineConfig, output_tokens: u32) -> u32 {
+    output_tokens
+        .max(1)
+        .checked_next_power_of_two()
+        .unwrap_or(u32::MAX)
+        .min(config.max_tokens_limit.max(output_tokens))
+}
+
+/// The pace check of every limit's permit: from the 16th token, a stream slower than 50 ms a
+/// token that could not make its deadline if it ran to `max_tokens` is a drop (see
+/// [`switchyard_limit::pace`]). 50 ms is the callers' per-token objective here, about twice the
+/// decode step of a full batch on the sim's H100 (19-25 ms); of 30, 50, 70 and 100 ms (the
+/// library's default) tried with AIMD, 30 held the limit too low (goodput at 3× 0.93 of
+/// capacity), 100 let three critical requests of 441 miss their deadlines at 3× (0.9932), 50 and
+/// 70 met every target (goodput 1.03 and 0.98, every critical request served).
+pub const PACE: PaceParams = PaceParams { min_tokens: 16, tpot_objective_ms: 50 };
+
 /// One request of the workload.
 #[derive(Debug, Clone)]
 struct Arrival {
     at: Duration,
     step: usize,
     record: TraceRecord,
+    /// What the caller asks for: an upper bound on `record.output_tokens`.
+    max_tokens: u32,
     priority: Priority,
     deadline: Duration,
     /// Its share of a saturated replica's time, relative to the workload's mean (1 on average).
@@ -183,6 +213,7 @@ fn workload(records: &[TraceRecord], capacity_rps: f64, step_seconds: f64) -> Ve
                 at: Duration::from_secs_f64(t),
                 step,
                 record: record.clone(),
+                max_tokens: max_tokens_of(&config, record.output_tokens),
                 priority: priority_of(i),
                 deadline: deadline_of(&config, record),
                 weight: work_of(&config, record),
@@ -258,16 +289,15 @@ struct ConfigRun {
     limit: Vec<(f64, u32)>,
 }
 
-/// The balancer's answer with what its caller knows of the request: its deadline and how many
+/// The balancer's answer with what its caller knows of the request: its deadline and the most
 /// tokens it asked for (built by [`Paced`]).
 #[derive(Debug)]
 pub struct PacedGeneration {
     inner: TrackedGeneration,
-    deadline: Option<Instant>,
-    tokens: u32,
+    budget: PaceBudget,
 }
 
-/// Passes each request on and pairs its answer with the request's deadline and output length,
+/// Passes each request on and pairs its answer with the request's deadline and `max_tokens`,
 /// for [`GenerationPermit`]'s pace check.
 #[derive(Debug, Clone)]
 pub struct Paced<S> {
@@ -288,9 +318,9 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let (deadline, tokens) = (req.body().deadline, req.body().max_tokens);
+        let budget = PaceBudget { deadline: req.body().deadline, max_tokens: Some(req.body().max_tokens) };
         let answer = self.inner.call(req);
-        Box::pin(async move { answer.await.map(|inner| PacedGeneration { inner, deadline, tokens }) })
+        Box::pin(async move { answer.await.map(|inner| PacedGeneration { inner, budget }) })
     }
 }
 
@@ -298,13 +328,14 @@ where
 /// a failure if the stream ends early. The lab's callers only give up at their deadline, so a
 /// stream dropped before its end is `DEADLINE_EXCEEDED` (a drop, for the limit).
 ///
-/// A stream is a drop as soon as its pace shows it cannot make its deadline: from its
-/// [`PACE_TOKENS`]-th token on, if `now + (tokens asked − tokens so far) × (time per token since the first)` is past
-/// the deadline, the permit is [settled](Permit::settle) as `DEADLINE_EXCEEDED` there (the
-/// request keeps its place until it ends). On an LLM engine an overload shows first in the
-/// time per output token (every step of a saturated engine carries a prefill chunk, and a
-/// decoding request waits for it), and the deadline it costs comes seconds later; a loss-based
-/// limit that hears of the drop only then has admitted seconds' worth of requests too many.
+/// A stream is a drop as soon as [`PaceCheck`] finds it behind ([`PACE`]: from its 16th token,
+/// slower than 50 ms a token and, at that pace, past its deadline if it ran to `max_tokens`):
+/// the permit is [settled](Permit::settle) as `DEADLINE_EXCEEDED` there (the request keeps its
+/// place until it ends). On an LLM engine an overload shows first in the time per output token
+/// (every step of a saturated engine carries a prefill chunk, and a decoding request waits for
+/// it), and the deadline it costs comes seconds later; a loss-based limit that hears of the
+/// drop only then has admitted seconds' worth of requests too many. The check knows only what
+/// a caller knows: not the output's length, which the engine alone decides.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GenerationPermit;
 
@@ -314,10 +345,7 @@ impl TrackPermit<PacedGeneration> for GenerationPermit {
     fn track(&self, response: PacedGeneration, permit: Permit) -> PermitGeneration {
         PermitGeneration {
             inner: response.inner,
-            deadline: response.deadline,
-            tokens: response.tokens,
-            seen: 0,
-            first_at: None,
+            pace: PaceCheck::new(PACE, response.budget),
             permit: Some(permit),
         }
     }
@@ -327,31 +355,8 @@ impl TrackPermit<PacedGeneration> for GenerationPermit {
 #[derive(Debug)]
 pub struct PermitGeneration {
     inner: TrackedGeneration,
-    deadline: Option<Instant>,
-    tokens: u32,
-    seen: u32,
-    first_at: Option<Instant>,
+    pace: PaceCheck,
     permit: Option<Permit>,
-}
-
-/// Tokens a stream must have before its pace counts: enough to span several engine steps, so
-/// that one step that carried a prefill chunk (a quarter of a second for 8,192 prompt tokens on
-/// the sim's H100) does not stand for the whole stream. Of 3, 8, 16 and a quarter of the
-/// output tried in lab `overload` with AIMD, 3 and 8 held the limit too low (goodput at 3×
-/// 0.84 and 0.92 of capacity), 16 and a quarter did not (1.18 and 1.15, every critical request
-/// served).
-pub const PACE_TOKENS: u32 = 16;
-
-impl PermitGeneration {
-    /// Whether the pace so far takes the stream past its deadline.
-    fn behind(&self, now: Instant) -> bool {
-        let (Some(deadline), Some(first)) = (self.deadline, self.first_at) else { return false };
-        if self.seen < PACE_TOKENS || self.seen >= self.tokens {
-            return false;
-        }
-        let per_token = now.saturating_duration_since(first) / (self.seen - 1);
-        now + per_token * (self.tokens - self.seen) > deadline
-    }
 }
 
 impl Stream for PermitGeneration {
@@ -362,10 +367,7 @@ impl Stream for PermitGeneration {
         let item = std::task::ready!(Pin::new(&mut this.inner).poll_next(cx));
         match &item {
             Some(token) => {
-                let now = Instant::now();
-                this.seen += 1;
-                this.first_at.get_or_insert(now);
-                let behind = this.behind(now);
+                let behind = this.pace.token(Instant::now()) == Pace::Behind;
                 if let Some(permit) = this.permit.as_mut() {
                     permit.first_byte();
                     if behind {
@@ -478,12 +480,14 @@ where
         let arrived_at = Instant::now();
         let deadline = arrived_at + arrival.deadline;
         let mut generation = GenerationRequest::from(&arrival.record);
+        generation.max_tokens = arrival.max_tokens;
+        generation.output_tokens = Some(arrival.record.output_tokens);
         generation.deadline = Some(deadline);
         let mut request = http::Request::new(generation);
         let extensions = request.extensions_mut();
         extensions.insert(arrival.priority);
         extensions.insert(Deadline(deadline));
-        extensions.insert(RequestSize::new(arrival.record.prompt_tokens, arrival.record.output_tokens));
+        extensions.insert(RequestSize::new(arrival.record.prompt_tokens, arrival.max_tokens));
         let service = service.clone();
         let served = served.clone();
         tasks.push(tokio::spawn(async move {

@@ -59,6 +59,7 @@ impl InferenceService {
                 max_tokens: parsed.max_tokens,
                 prefix: parsed.prefix.clone(),
                 deadline,
+                output_tokens: None,
             })
             .map_err(submit_status)
     }

@@ -9,6 +9,8 @@ use pin_project_lite::pin_project;
 use switchyard_core::Outcome;
 
 use crate::limiter::Permit;
+use crate::messages::GrpcMessages;
+use crate::pace::{Pace, PaceCheck};
 
 pin_project! {
     /// A response body that keeps its request's [`Permit`] until it ends, and finishes it with
@@ -17,11 +19,16 @@ pin_project! {
     /// The RTT is taken at the first frame (the whole answer of a unary call, the first message
     /// of a stream). A gRPC body that ends without trailers, or fails, was cut short
     /// (`UNAVAILABLE`); a body dropped before its end was cancelled (no sample).
+    ///
+    /// A body [paced](Self::wrap_paced) counts its gRPC messages as tokens for a [`PaceCheck`]
+    /// and settles its permit as a drop (`DEADLINE_EXCEEDED`) the moment the stream falls
+    /// behind, keeping its place until it ends.
     pub struct LimitBody<B> {
         #[pin]
         inner: B,
         permit: Option<Permit>,
         grpc: bool,
+        pace: Option<(PaceCheck, GrpcMessages)>,
     }
 }
 
@@ -49,7 +56,21 @@ impl<B: Body> LimitBody<B> {
                 permit = Some(p);
             }
         }
-        http::Response::from_parts(parts, Self { inner, permit, grpc })
+        http::Response::from_parts(parts, Self { inner, permit, grpc, pace: None })
+    }
+
+    /// As [`wrap`](Self::wrap), and each gRPC message of the body counts as a token of `pace`
+    /// (a server-streaming generate call sends one message per token, or per few tokens).
+    pub fn wrap_paced(
+        response: http::Response<B>,
+        permit: Option<Permit>,
+        pace: PaceCheck,
+    ) -> http::Response<Self> {
+        let mut response = Self::wrap(response, permit);
+        if response.body().permit.is_some() {
+            response.body_mut().pace = Some((pace, GrpcMessages::default()));
+        }
+        response
     }
 
     /// Whether the body still holds its permit.
@@ -61,7 +82,7 @@ impl<B: Body> LimitBody<B> {
 impl<B: Default> Default for LimitBody<B> {
     /// An empty body holding no permit (the body of a status a layer above answers with).
     fn default() -> Self {
-        Self { inner: B::default(), permit: None, grpc: false }
+        Self { inner: B::default(), permit: None, grpc: false, pace: None }
     }
 }
 
@@ -87,6 +108,14 @@ where
                     }
                 } else if let Some(p) = this.permit.as_mut() {
                     p.first_byte();
+                    if let (Some((check, messages)), Some(data)) = (this.pace.as_mut(), f.data_ref()) {
+                        let now = tokio::time::Instant::now();
+                        for _ in 0..messages.feed(data) {
+                            if check.token(now) == Pace::Behind {
+                                p.settle(Outcome::DeadlineExceeded);
+                            }
+                        }
+                    }
                     if this.inner.is_end_stream()
                         && let Some(p) = this.permit.take()
                     {

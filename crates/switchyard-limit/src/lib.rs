@@ -26,6 +26,11 @@
 //! balancer's per-endpoint limit, which feeds the same algorithms from its own in-flight
 //! tracking. Outcomes classify as [`Signal::of`] says.
 //!
+//! A stream is judged while it runs too: [`PaceCheck`] watches its tokens against its deadline
+//! and its `max_tokens` (an upper bound) and a per-token objective, and says when it is behind,
+//! so that its permit is [settled](Permit::settle) as a drop seconds before the deadline it
+//! will miss (see [`pace`]).
+//!
 //! # Example
 //!
 //! ```
@@ -51,12 +56,15 @@
 pub mod aimd;
 mod algorithm;
 mod body;
+mod budget;
 pub mod envoy;
 mod fixed;
 mod future;
 pub mod gradient2;
 mod layer;
 mod limiter;
+mod messages;
+pub mod pace;
 mod service;
 mod spec;
 #[cfg(test)]
@@ -68,14 +76,16 @@ pub mod windowed;
 pub use aimd::{Aimd, AimdParams};
 pub use algorithm::{LimitAlgorithm, Sample, Signal};
 pub use body::LimitBody;
+pub use budget::{BudgetFuture, PaceBudgetLayer, PaceBudgetService};
 pub use envoy::{EnvoyGradient, EnvoyGradientParams};
 pub use fixed::Fixed;
 pub use future::ResponseFuture;
 pub use gradient2::{Gradient2, Gradient2Params};
 pub use layer::LimitLayer;
 pub use limiter::{Limiter, LimiterStats, Permit};
+pub use pace::{Pace, PaceBudget, PaceCheck, PaceParams};
 pub use service::Limit;
 pub use spec::{ALGORITHMS, algorithm_from_spec};
-pub use track::{HttpPermit, TrackPermit};
+pub use track::{HttpPermit, PacedHttpPermit, TrackPermit};
 pub use vegas::{Vegas, VegasParams};
 pub use windowed::{Windowed, WindowedParams};

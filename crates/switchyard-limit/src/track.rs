@@ -4,6 +4,7 @@ use http_body::Body;
 
 use crate::body::LimitBody;
 use crate::limiter::Permit;
+use crate::pace::{PaceBudget, PaceCheck, PaceParams};
 
 /// Hands a request's [`Permit`] to its response, which finishes it when the response ends (as
 /// the balancer's `TrackCompletion` does with its completions). [`HttpPermit`] does this for
@@ -27,5 +28,35 @@ impl<B: Body> TrackPermit<http::Response<B>> for HttpPermit {
 
     fn track(&self, response: http::Response<B>, permit: Permit) -> Self::Output {
         LimitBody::wrap(response, Some(permit))
+    }
+}
+
+/// [`TrackPermit`] for HTTP and gRPC responses that paces streams: as [`HttpPermit`], and a
+/// response carrying a [`PaceBudget`] in its extensions (put there by
+/// [`PaceBudgetLayer`](crate::PaceBudgetLayer) for requests with a
+/// [`RequestSize`](switchyard_core::RequestSize)) has its gRPC messages judged by a
+/// [`PaceCheck`] with these parameters; its permit is settled as a drop when it falls behind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PacedHttpPermit {
+    params: PaceParams,
+}
+
+impl PacedHttpPermit {
+    /// Paces with `params`.
+    pub fn new(params: PaceParams) -> Self {
+        Self { params }
+    }
+}
+
+impl<B: Body> TrackPermit<http::Response<B>> for PacedHttpPermit {
+    type Output = http::Response<LimitBody<B>>;
+
+    fn track(&self, response: http::Response<B>, permit: Permit) -> Self::Output {
+        match response.extensions().get::<PaceBudget>().copied() {
+            Some(budget) => {
+                LimitBody::wrap_paced(response, Some(permit), PaceCheck::new(self.params, budget))
+            }
+            None => LimitBody::wrap(response, Some(permit)),
+        }
     }
 }

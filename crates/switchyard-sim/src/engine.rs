@@ -70,6 +70,9 @@ impl EngineShared {
 pub(crate) struct RequestState {
     pub(crate) prompt_tokens: u32,
     pub(crate) max_tokens: u32,
+    /// Tokens it generates before it stops: `max_tokens`, or fewer where the model stops on its
+    /// own.
+    pub(crate) output_tokens: u32,
     pub(crate) prefix: PrefixBlocks,
     pub(crate) submitted_at: Instant,
     /// Past this instant the request is dropped if it is still queued (its caller's deadline).
@@ -329,7 +332,7 @@ impl EngineState {
             if first_token {
                 p.first_token_at = Some(end);
             }
-            if seq.emitted >= seq.req.max_tokens {
+            if seq.emitted >= seq.req.output_tokens {
                 p.finished_at = Some(end);
             }
             wakers.extend(p.waker.take());
@@ -337,7 +340,7 @@ impl EngineState {
         let mut freed = 0;
         let mut done = 0;
         self.running.retain(|s| {
-            let keep = s.emitted < s.req.max_tokens;
+            let keep = s.emitted < s.req.output_tokens;
             if !keep {
                 freed += s.reservation;
                 done += 1;

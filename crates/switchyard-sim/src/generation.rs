@@ -27,7 +27,8 @@ pub struct GenerationOutcome {
     pub prompt_tokens: u32,
     /// Of those, how many the prefix cache served.
     pub cached_prompt_tokens: u32,
-    /// Output tokens generated (the request's `max_tokens`).
+    /// Output tokens generated (the request's `max_tokens`, or fewer where the model stopped on
+    /// its own).
     pub output_tokens: u32,
     /// From submission to admission into the running batch.
     pub queued: Duration,
@@ -91,9 +92,15 @@ impl Generation {
         self.req.prompt_tokens
     }
 
-    /// Output tokens the request will generate.
+    /// The most output tokens the request asked for.
     pub fn max_tokens(&self) -> u32 {
         self.req.max_tokens
+    }
+
+    /// Output tokens the request will generate: `max_tokens`, or fewer where the model stops on
+    /// its own ([`GenerationRequest::output_tokens`](crate::GenerationRequest::output_tokens)).
+    pub fn output_tokens(&self) -> u32 {
+        self.req.output_tokens
     }
 
     /// Reads the stream to its end and returns the request's timings, or
@@ -118,7 +125,7 @@ impl Generation {
                 ttft,
                 total,
             }),
-            _ => Err(SimError::Stopped { generated: p.emitted, expected: self.req.max_tokens }),
+            _ => Err(SimError::Stopped { generated: p.emitted, expected: self.req.output_tokens }),
         }
     }
 }
@@ -132,13 +139,13 @@ impl Stream for Generation {
         if this.next < p.emitted {
             let token = Token {
                 index: this.next,
-                last: this.next + 1 >= this.req.max_tokens,
+                last: this.next + 1 >= this.req.output_tokens,
                 cached_prompt_tokens: p.cached_prompt_tokens,
             };
             this.next += 1;
             return Poll::Ready(Some(token));
         }
-        if this.next >= this.req.max_tokens || p.aborted {
+        if this.next >= this.req.output_tokens || p.aborted {
             return Poll::Ready(None);
         }
         match &mut p.waker {
@@ -149,7 +156,7 @@ impl Stream for Generation {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.req.max_tokens.saturating_sub(self.next) as usize;
+        let left = self.req.output_tokens.saturating_sub(self.next) as usize;
         (0, Some(left))
     }
 }

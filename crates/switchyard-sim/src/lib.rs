@@ -47,7 +47,11 @@
 //!    replica does not drift under a real clock.
 //! 5. **Emit**: a request whose prefill completed in the step emits its first token at the
 //!    step's end (its time to first token); decoding requests emit one token each; a request
-//!    that has emitted `max_tokens` tokens finishes and frees its reservation.
+//!    that has emitted `max_tokens` tokens finishes and frees its reservation. A request may
+//!    stop earlier, as a real model does at its end-of-sequence token
+//!    ([`GenerationRequest::output_tokens`]); it still reserved KV for `max_tokens` (as a
+//!    server that budgets `max_new_tokens` at admission, TGI's way; vLLM allocates blocks as
+//!    tokens come and preempts when it runs out, which the sim does not model).
 //!
 //! An idle engine waits for a submission; it never polls.
 //!

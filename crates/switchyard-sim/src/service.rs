@@ -21,8 +21,9 @@ use crate::load::ReplicaLoad;
 pub struct GenerationRequest {
     /// Tokens in the prompt (at least 1).
     pub prompt_tokens: u32,
-    /// Output tokens to generate: exactly this many (the simulation has no end-of-sequence
-    /// token).
+    /// The most output tokens to generate: exactly this many unless
+    /// [`output_tokens`](Self::output_tokens) says the model stops earlier. The KV reservation
+    /// at admission covers all of them.
     pub max_tokens: u32,
     /// Identities of the prompt's leading KV blocks, for the prefix cache; empty for none.
     pub prefix: PrefixBlocks,
@@ -32,12 +33,23 @@ pub struct GenerationRequest {
     /// as it takes. Once admitted, a request runs to its end (or until its generation is
     /// dropped).
     pub deadline: Option<Instant>,
+    /// Where the model stops on its own (its end-of-sequence token), if before `max_tokens`:
+    /// the output is `min(output_tokens, max_tokens)` tokens, at least one. `None` runs to
+    /// `max_tokens`. A real caller knows only `max_tokens`, an upper bound; this is the part of
+    /// the answer only the model knows.
+    pub output_tokens: Option<u32>,
 }
 
 impl GenerationRequest {
     /// A request without prefix identities (never served from the prefix cache).
     pub fn new(prompt_tokens: u32, max_tokens: u32) -> Self {
-        Self { prompt_tokens, max_tokens, prefix: PrefixBlocks::default(), deadline: None }
+        Self {
+            prompt_tokens,
+            max_tokens,
+            prefix: PrefixBlocks::default(),
+            deadline: None,
+            output_tokens: None,
+        }
     }
 
     /// The same request with prefix block identities.
@@ -49,6 +61,13 @@ impl GenerationRequest {
     /// The same request with a deadline for leaving the queue (see [`deadline`](Self::deadline)).
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// The same request with the model stopping on its own after `output_tokens` tokens (see
+    /// [`output_tokens`](Self::output_tokens)).
+    pub fn with_output_tokens(mut self, output_tokens: u32) -> Self {
+        self.output_tokens = Some(output_tokens);
         self
     }
 }
@@ -166,6 +185,7 @@ impl EngineHandle {
         let request = Arc::new(RequestState {
             prompt_tokens: req.prompt_tokens,
             max_tokens: req.max_tokens,
+            output_tokens: req.output_tokens.map_or(req.max_tokens, |n| n.clamp(1, req.max_tokens)),
             prefix: req.prefix,
             submitted_at: Instant::now(),
             deadline: req.deadline,

@@ -44,6 +44,7 @@ impl From<&TraceRecord> for GenerationRequest {
             max_tokens: r.output_tokens,
             prefix: r.prefix.clone(),
             deadline: None,
+            output_tokens: None,
         }
     }
 }

@@ -368,3 +368,26 @@ async fn a_deadline_only_bounds_the_wait_in_the_queue() {
     assert!(out.total > Duration::from_millis(50), "admitted in time, so it runs to its end: {out:?}");
     assert_eq!(engine.load().expired, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_model_that_stops_before_max_tokens_ends_its_stream_there_having_reserved_max_tokens() {
+    let engine = spawn(EngineConfig::default());
+    let mut generation =
+        engine.submit(GenerationRequest::new(1000, 512).with_output_tokens(40)).expect("submitted");
+    assert_eq!((generation.max_tokens(), generation.output_tokens()), (512, 40));
+    let first = generation.next().await.expect("a first token");
+    assert_eq!(engine.load().kv_used_tokens, 1000 + 512, "the reservation covers max_tokens");
+    assert!(!first.last);
+    let mut tokens = vec![first];
+    while let Some(token) = generation.next().await {
+        tokens.push(token);
+    }
+    assert_eq!(tokens.len(), 40);
+    assert!(tokens[39].last && tokens[..39].iter().all(|t| !t.last));
+    assert_eq!(engine.load().completed, 1);
+    // Never more than max_tokens, never fewer than one.
+    let out = run_one(&engine, GenerationRequest::new(100, 8).with_output_tokens(100)).await;
+    assert_eq!(out.output_tokens, 8);
+    let out = run_one(&engine, GenerationRequest::new(100, 8).with_output_tokens(0)).await;
+    assert_eq!(out.output_tokens, 1);
+}

@@ -40,7 +40,7 @@ impl EngineState {
         self.running.retain(|seq| {
             let Some(end) = seq.ends_at.filter(|&end| end <= now) else { return true };
             let mut p = seq.req.progress();
-            p.emitted = seq.req.max_tokens;
+            p.emitted = seq.req.output_tokens;
             p.first_token_at = Some(end);
             p.finished_at = Some(end);
             wakers.extend(p.waker.take());
