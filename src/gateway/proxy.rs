@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
 use switchyard_keys::{Keys, KeysConfig};
-use switchyard_telemetry::{RpcBody, RpcLayer};
+use switchyard_telemetry::{RpcBody, RpcLayer, RpcRequestBody};
 use tower::Layer;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -34,7 +34,7 @@ use super::route::Router;
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
     keys: Keys<Dispatch>,
-    /// The RPC span and metrics around each call (a branch when neither is on).
+    /// The RPC span and metrics around each call; not entered when neither is on.
     rpc: RpcLayer,
 }
 
@@ -77,18 +77,32 @@ impl hyper::service::Service<http::Request<Incoming>> for Proxy {
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        if !self.rpc.is_enabled() {
+            // Nothing configured: the RPC layer is not entered; the bodies' telemetry slots stay
+            // empty (one branch per frame, as an `Either` would take).
+            let service = self.keys.clone();
+            return Box::pin(async move {
+                Ok(match service.oneshot(req.map(RpcRequestBody::plain)).await {
+                    Ok(response) => response.map(RpcBody::plain),
+                    Err(error) => failed(&*error),
+                })
+            });
+        }
         let service = self.rpc.layer(self.keys.clone());
         Box::pin(async move {
             Ok(match service.oneshot(req).await {
                 Ok(response) => response,
-                Err(error) => {
-                    let status = switchyard_core::status_of(&*error);
-                    tracing::debug!(status = ?status.code, error = %Chain(&*error), "request failed");
-                    status.to_http()
-                }
+                Err(error) => failed(&*error),
             })
         })
     }
+}
+
+/// The trailers-only answer to a request a layer failed, from the layer's typed error.
+fn failed<B: Default>(error: &(dyn std::error::Error + 'static)) -> http::Response<B> {
+    let status = switchyard_core::status_of(error);
+    tracing::debug!(status = ?status.code, error = %Chain(error), "request failed");
+    status.to_http()
 }
 
 type DispatchFuture = futures::future::Either<

@@ -20,6 +20,12 @@
 //! - [`LimitMetrics`] and [`ShedMetrics`]: a pool's overload protection (the limit in force, the
 //!   shed queue's waiting requests and refusals by reason and class), read from the layers' own
 //!   figures at scrape time.
+//! - [`init`]: the exporters the standard `OTEL_*` variables ask for: spans and metrics over
+//!   OTLP/gRPC, nothing when none is set. Over OTLP the registry's counters and gauges are
+//!   observable instruments reporting the series that exist at each collection, so a retired
+//!   series (an endpoint gone from its pool) leaves the export as it leaves `/metrics`;
+//!   histograms are kept by the SDK under cumulative temporality (see
+//!   `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`).
 //! - [`names`]: every metric name, after the OpenTelemetry RPC conventions mapped to Prometheus.
 //!
 //! # Example

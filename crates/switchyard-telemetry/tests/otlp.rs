@@ -30,7 +30,11 @@ type Received = Arc<Mutex<Vec<(String, String, Vec<(String, String)>)>>>;
 struct Receiver {
     received: Received,
     metrics: ReceivedMetrics,
+    exports: Exports,
 }
+
+/// The exports received, in order: each one's series as (metric name, attributes).
+type Exports = Arc<Mutex<Vec<Vec<(String, Vec<(String, String)>)>>>>;
 
 /// The metrics received: (service.name, metric name, attributes, sum or count of its point).
 type ReceivedMetrics = Arc<Mutex<Vec<(String, String, Vec<(String, String)>, f64)>>>;
@@ -61,6 +65,7 @@ impl MetricsService for Receiver {
             None => f64::NAN,
         };
         let mut received = self.metrics.lock().unwrap();
+        let mut export = Vec::new();
         for resource in request.into_inner().resource_metrics {
             let service = resource
                 .resource
@@ -83,10 +88,12 @@ impl MetricsService for Receiver {
                     _ => Vec::new(),
                 };
                 for (attributes, value) in points {
+                    export.push((metric.name.clone(), attributes.clone()));
                     received.push((service.clone(), metric.name.clone(), attributes, value));
                 }
             }
         }
+        self.exports.lock().unwrap().push(export);
         Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }
@@ -247,4 +254,92 @@ async fn with_nothing_configured_nothing_is_exported() {
     assert!(receiver.metrics.lock().unwrap().is_empty());
     let text = registry.render();
     assert!(text.contains("rpc_server_duration_seconds_count"), "{text}");
+}
+
+/// Waits (polling, up to 30 s of wall clock: the SDK's reader runs on its own thread) until
+/// `done`.
+async fn until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The endpoints an export's per-endpoint series name.
+fn endpoints_in(export: &[(String, Vec<(String, String)>)]) -> std::collections::BTreeSet<String> {
+    export
+        .iter()
+        .flat_map(|(_, attributes)| {
+            attributes.iter().filter(|(k, _)| k == "endpoint").map(|(_, v)| v.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_removed_from_its_pool_leaves_the_otlp_export_while_the_live_one_stays() {
+    use futures::SinkExt as _;
+    use switchyard_balance::{Backend, Balance};
+    use switchyard_core::{Endpoint, EndpointId};
+    use tower::discover::Change;
+
+    let (endpoint, receiver) = collector().await;
+    let config = TelemetryConfig::from_vars([
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint.as_str()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ]);
+    let telemetry = init("switchyard-test", &config);
+    assert!(telemetry.is_exporting_metrics(), "{telemetry:?}");
+
+    type Svc = tower::util::BoxCloneService<http::Request<()>, http::Response<String>, tower::BoxError>;
+    let answer: Svc = tower::util::BoxCloneService::new(tower::service_fn(|_req: http::Request<()>| async {
+        Ok::<_, tower::BoxError>(http::Response::new(String::new()))
+    }));
+    let (mut discovery, changes) = futures::channel::mpsc::channel::<
+        Result<Change<EndpointId, Backend<Svc>>, std::convert::Infallible>,
+    >(8);
+    let balancer: Balance<Svc, http::Request<()>> = Balance::new(changes);
+    let board = balancer.board();
+    telemetry.registry().add_source(Arc::new(switchyard_telemetry::BoardMetrics::new(
+        "default",
+        board.clone(),
+        None,
+    )));
+    for id in ["a", "b"] {
+        let backend = Backend::new(Endpoint::new(id, format!("http://{id}:9001")), answer.clone());
+        discovery.send(Ok(Change::Insert(EndpointId::new(id), backend))).await.unwrap();
+    }
+    until(|| board.len() == 2, "both endpoints join the board").await;
+    let both: std::collections::BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+    let exports = receiver.exports.clone();
+    until(
+        || exports.lock().unwrap().last().is_some_and(|e| endpoints_in(e) == both),
+        "an export with both endpoints' series",
+    )
+    .await;
+
+    discovery.send(Ok(Change::Remove(EndpointId::new("b")))).await.unwrap();
+    until(|| board.len() == 1, "b leaves the board").await;
+    let removed_at = exports.lock().unwrap().len();
+    // Within an interval or two (the board is read every second), an export without b.
+    let only_a: std::collections::BTreeSet<String> = ["a".to_string()].into();
+    until(
+        || exports.lock().unwrap()[removed_at..].iter().any(|e| endpoints_in(e) == only_a),
+        "an export with a's series and none of b's",
+    )
+    .await;
+    let first_without_b = removed_at
+        + exports.lock().unwrap()[removed_at..].iter().position(|e| endpoints_in(e) == only_a).unwrap();
+    // b stays out of every later export, and a stays in.
+    until(|| exports.lock().unwrap().len() >= first_without_b + 4, "three more exports").await;
+    for (n, export) in exports.lock().unwrap()[first_without_b..].iter().enumerate() {
+        assert_eq!(endpoints_in(export), only_a, "export {n} after b left: {export:?}");
+        assert!(
+            export.iter().any(|(name, attributes)| name == "switchyard_endpoint_picks_total"
+                && attributes.iter().any(|(k, v)| k == "endpoint" && v == "a")),
+            "a's picks in export {n}: {export:?}"
+        );
+    }
+    drop(balancer);
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
 }
