@@ -89,6 +89,12 @@ pub struct BurstOptions {
     pub slo_ttft: Duration,
     /// Draw one plot per workload: `FILE` gives `FILE-STEM-WORKLOAD.png` beside it.
     pub plot: Option<PathBuf>,
+    /// Only these workloads (`azure`, `step`, `spike`, `steady`); all when empty. A shorter run
+    /// gives the same rows as the full one for what it runs (each run is on its own runtime).
+    pub workloads: Vec<String>,
+    /// Only these autoscalers (of [`BURST_AUTOSCALERS`]), and always `fixed-peak`, which the
+    /// costs are relative to; all when empty.
+    pub autoscalers: Vec<String>,
 }
 
 impl Default for BurstOptions {
@@ -99,6 +105,8 @@ impl Default for BurstOptions {
             cold_start: Duration::from_secs(30),
             slo_ttft: Duration::from_secs(2),
             plot: None,
+            workloads: Vec::new(),
+            autoscalers: Vec::new(),
         }
     }
 }
@@ -581,6 +589,14 @@ async fn calibrate_at_70(capacity: f64, lengths: &LengthSampler, seed: u64) -> R
 
 /// Runs the scenario: every workload under every autoscaler, each on a fresh paused runtime.
 pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
+    const WORKLOADS: [&str; 4] = ["azure", "step", "spike", "steady"];
+    if let Some(w) = options.workloads.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+        return Err(LabError::Setting(format!("burst: no workload {w:?} (one of {WORKLOADS:?})")));
+    }
+    if let Some(a) = options.autoscalers.iter().find(|a| !BURST_AUTOSCALERS.contains(&a.as_str())) {
+        return Err(LabError::Setting(format!("burst: no autoscaler {a:?} (one of {BURST_AUTOSCALERS:?})")));
+    }
+    let chosen = |list: &[String], name: &str| list.is_empty() || list.iter().any(|n| n == name);
     let (records, trace_name) = match &options.trace {
         Some(path) => (trace::read_trace(path)?, path.display().to_string()),
         None => (crate::traces::azure_conv()?, "azure_llm_2023_conv.csv (bundled)".to_string()),
@@ -619,6 +635,8 @@ pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
         ),
         steady(2.0 * capacity, &lengths, 600, ctx.seed),
     ];
+    let workloads: Vec<Workload> =
+        workloads.into_iter().filter(|w| chosen(&options.workloads, w.name)).collect();
     let slo = options.slo_ttft.as_secs_f64();
     let mut infos = Vec::new();
     let mut results = Vec::new();
@@ -638,6 +656,9 @@ pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
             ((w.initial_rate / (0.7 * capacity)).ceil() as u32).clamp(BURST_BOUNDS.0, BURST_BOUNDS.1);
         let mut runs = Vec::new();
         for name in BURST_AUTOSCALERS {
+            if name != "fixed-peak" && !chosen(&options.autoscalers, name) {
+                continue;
+            }
             let (auto, start_with) = match recommender(name, &ctx) {
                 Some(r) => (Some(r), initial),
                 None => (None, fixed),

@@ -41,7 +41,8 @@
 //!     capacity_per_sec: None,
 //!     report: None,
 //! };
-//! let signals = Signals { at: now, replicas: (0..3).map(replica).collect(), arrival_rate: None, held: None };
+//! let replicas = (0..3).map(replica).collect();
+//! let signals = Signals { at: now, replicas, arrival_rate: None, work_rate: None, held: None };
 //! let mut hpa = Hpa::new(HpaConfig { target: 8.0, ..HpaConfig::default() });
 //! let size = PoolSize { desired: 3, current: 3, ready: 3 };
 //! assert_eq!(hpa.recommend(now, size, Some(&signals)).desired, 6);

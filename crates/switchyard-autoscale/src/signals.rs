@@ -5,9 +5,16 @@
 //! in flight, the requests and work (prompt tokens) still waiting for a first byte, its learnt
 //! capacity ([`EndpointState::slots`] and [`EndpointState::idle_unit_time_nanos`], see
 //! [`switchyard_balance::capacity`]), and its last ORCA report (queue depth, KV-cache use) when
-//! that report is fresh; for the pool, the arrival rate, derived from the change of the board's
-//! request counters between two samples. Nothing is counted a second time: every figure is read
-//! off the board the balancer keeps.
+//! that report is fresh; for the pool, the arrival rate and the work rate, derived from the change
+//! of the board's counters (requests started, and [work started](EndpointState::started_work))
+//! between two samples. Nothing is counted a second time: every figure is read off the board the
+//! balancer keeps.
+//!
+//! The work rate is what the pool is asked to do, in units of work (prompt tokens) a second. It
+//! comes from cumulative counters, not from a snapshot of what is waiting, so it does not depend
+//! on how many replicas share the load: a snapshot of the work still awaiting a first byte shrinks
+//! as the pool grows (each of many lightly loaded replicas holds less, and for less time), a
+//! counter of work started does not.
 //!
 //! # Missing and stale signals
 //!
@@ -61,6 +68,10 @@ pub struct Signals {
     pub replicas: Vec<ReplicaSignals>,
     /// Requests started per second across the pool since the previous sample; `None` on the first.
     pub arrival_rate: Option<f64>,
+    /// Work (prompt tokens, or one per request without sizes) started per second across the pool
+    /// since the previous sample ([`EndpointState::started_work`]); `None` on the first, and from a
+    /// source that cannot tell.
+    pub work_rate: Option<f64>,
     /// Requests waiting in front of the pool for a replica (the gateway's queue), when the caller
     /// knows it: what wakes a pool scaled to zero.
     pub held: Option<u64>,
@@ -69,7 +80,7 @@ pub struct Signals {
 impl Signals {
     /// An empty snapshot at `at`: no replica, no rate.
     pub fn empty(at: Instant) -> Self {
-        Self { at, replicas: Vec::new(), arrival_rate: None, held: None }
+        Self { at, replicas: Vec::new(), arrival_rate: None, work_rate: None, held: None }
     }
 
     /// Requests in flight across the ready replicas.
@@ -110,12 +121,16 @@ pub trait SignalSource: Send {
     fn sample(&mut self) -> Option<Signals>;
 }
 
+/// Per endpoint, the requests and the work started on it so far.
+type Started = BTreeMap<EndpointId, (u64, u64)>;
+
 /// Signals read in process from a balancer's [`LoadBoard`].
 #[derive(Debug, Clone)]
 pub struct BoardSignals {
     board: LoadBoard,
     max_report_age: Duration,
-    previous: Option<(Instant, BTreeMap<EndpointId, u64>)>,
+    /// The previous sample's time and, per endpoint, its requests and work started.
+    previous: Option<(Instant, Started)>,
 }
 
 impl BoardSignals {
@@ -140,13 +155,13 @@ impl BoardSignals {
             // Every request the balancer started on the endpoint: ended (any way) or in flight.
             let starts =
                 load.completed + load.failed + load.overloaded + load.cancelled + u64::from(load.in_flight);
-            started.insert(id.clone(), starts);
+            let Some(state) = self.board.state(&id) else { continue };
+            started.insert(id.clone(), (starts, state.started_work()));
             // An ejected replica still exists and carries load (it is overloaded or failing, not
             // gone): it counts. A draining one is leaving.
             if entry.draining {
                 continue;
             }
-            let Some(state) = self.board.state(&id) else { continue };
             replicas.push(ReplicaSignals {
                 id,
                 in_flight: load.in_flight,
@@ -156,18 +171,29 @@ impl BoardSignals {
                 report: load.fresh_report(now, self.max_report_age).cloned(),
             });
         }
-        let arrival_rate = self.previous.as_ref().and_then(|(at, before)| {
+        // Per endpoint, what started since the previous sample (all of it for an endpoint that
+        // joined since: its counters start at zero), over the time between the samples.
+        let rates = self.previous.as_ref().and_then(|(at, before)| {
             let dt = now.saturating_duration_since(*at).as_secs_f64();
             (dt > 0.0).then(|| {
-                let new: u64 = started
-                    .iter()
-                    .map(|(id, &n)| n.saturating_sub(before.get(id).copied().unwrap_or(0)))
-                    .sum();
-                new as f64 / dt
+                let (requests, work) =
+                    started.iter().fold((0u64, 0u64), |(requests, work), (id, &(n, w))| {
+                        let (n0, w0) = before.get(id).copied().unwrap_or((0, 0));
+                        // A counter below its last reading is a new endpoint under the same id.
+                        let new_work = if w >= w0 { w - w0 } else { w };
+                        (requests + n.saturating_sub(n0), work + new_work)
+                    });
+                (requests as f64 / dt, work as f64 / dt)
             })
         });
         self.previous = Some((now, started));
-        Signals { at: now, replicas, arrival_rate, held: None }
+        Signals {
+            at: now,
+            replicas,
+            arrival_rate: rates.map(|r| r.0),
+            work_rate: rates.map(|r| r.1),
+            held: None,
+        }
     }
 }
 
@@ -202,5 +228,36 @@ mod tests {
         let second = signals.sample_at(Instant::now());
         assert_eq!(second.arrival_rate, Some(0.0));
         assert_eq!((second.in_flight(), second.pending_work()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_work_rate_is_the_work_started_between_two_samples() {
+        use switchyard_balance::CompleteOnResponse;
+        use switchyard_core::RequestSize;
+        use tower::{Service, ServiceExt};
+
+        let backends = ["a", "b"].map(|n| {
+            let service =
+                tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) });
+            Backend::new(Endpoint::new(n, format!("sim://{n}")), service)
+        });
+        let mut balancer = Balance::new(switchyard_balance::discover::from_backends(backends))
+            .with_completion(CompleteOnResponse);
+        let mut signals = BoardSignals::new(balancer.board());
+        assert_eq!(signals.sample_at(Instant::now()).work_rate, None, "no rate before two samples");
+        // Three requests of 100, 200 and 300 prompt tokens over 2 s: 300 tokens a second, 1.5
+        // requests, however the balancer spread them.
+        for prompt in [100, 200, 300] {
+            let mut request = http::Request::new(());
+            request.extensions_mut().insert(RequestSize::new(prompt, 10));
+            balancer.ready().await.unwrap().call(request).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let sample = signals.sample_at(Instant::now());
+        assert_eq!((sample.arrival_rate, sample.work_rate), (Some(1.5), Some(300.0)));
+        // Nothing more started: the counters stay, the rates fall to zero.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let sample = signals.sample_at(Instant::now());
+        assert_eq!((sample.arrival_rate, sample.work_rate), (Some(0.0), Some(0.0)));
     }
 }

@@ -83,6 +83,9 @@ pub struct EndpointState {
     in_flight: AtomicU32,
     awaiting_first_byte: AtomicU32,
     pending_work: AtomicU64,
+    /// Work of every request started since the endpoint was added (see
+    /// [`EndpointState::started_work`]).
+    started_work: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
     overloaded: AtomicU64,
@@ -198,6 +201,7 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             awaiting_first_byte: AtomicU32::new(0),
             pending_work: AtomicU64::new(0),
+            started_work: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
@@ -349,6 +353,16 @@ impl EndpointState {
         self.pending_work.load(Ordering::Relaxed)
     }
 
+    /// The work of every request started on the endpoint since it was added, in the units of
+    /// [`pending_work`](Self::pending_work): a counter that only grows (it wraps only after
+    /// 2⁶⁴ units). Its change between two readings over the time between them is the rate at which
+    /// work arrives at the endpoint, whatever the endpoint's load: what an autoscaler sizes a pool
+    /// from. Counted where the request is counted as sent, with the same atomic add that counts
+    /// its pending work.
+    pub fn started_work(&self) -> u64 {
+        self.started_work.load(Ordering::Relaxed)
+    }
+
     /// How long the endpoint takes per unit of work before a first byte, in nanoseconds: an EWMA
     /// (time constant [`TrackingConfig::speed_decay`]) of `time to first byte × at once ÷ (work
     /// ahead of the request when it was sent + its own work)`, where `at once` is the requests the
@@ -497,6 +511,7 @@ impl EndpointState {
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         let requests_ahead = self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
         let ahead = self.pending_work.fetch_add(work, Ordering::Relaxed);
+        self.started_work.fetch_add(work, Ordering::Relaxed);
         InFlight {
             state: self.clone(),
             sent_at: now,
@@ -782,6 +797,25 @@ mod tests {
             Some(7),
             "a decoded report replaces a pending one"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn started_work_counts_every_start_once_and_never_goes_down() {
+        let s = state();
+        let t0 = Instant::now();
+        assert_eq!(s.started_work(), 0);
+        let mut answered = s.start(t0, 100);
+        let cancelled = s.start(t0, 30);
+        assert_eq!((s.started_work(), s.pending_work()), (130, 130));
+        // A first byte, an end or a cancellation takes work off what is pending, never off what
+        // was started.
+        answered.first_byte();
+        assert_eq!((s.started_work(), s.pending_work()), (130, 30));
+        drop(cancelled);
+        drop(answered);
+        assert_eq!((s.started_work(), s.pending_work(), s.in_flight()), (130, 0, 0));
+        let _third = s.start(t0, 5);
+        assert_eq!(s.started_work(), 135);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,17 +6,22 @@
 //! Every second ([`LlmAwareConfig::interval`]), from the [`Signals`]:
 //!
 //! ```text
-//! work per request  w = 1 / EWMA of 1 / (pending work of a replica with one request awaiting
-//!                   a first byte): the harmonic mean, which undoes the snapshot's length bias
-//!                   (prompt tokens)
+//! work rate         ω = EWMA (τ = 5 s) of work started a second (prompt tokens), from the
+//!                   board's cumulative counters (Signals::work_rate)
 //! capacity          c = median over ready replicas of slots × 10⁹ / no-load ns per token
-//! arrival rate      λ = EWMA (τ = 5 s) of requests started a second
-//! trend             g = max(0, (λ now − λ trend_window ago) / trend_window)
-//! projected rate    λ' = min(λ + g × cold_start, max_lead × λ), the lead counted only beyond
-//!                   trend_deadband × λ (noise is not a trend)
-//! demand            D = λ' × w / c  +  pending work / c / backlog_drain          (replicas of work)
+//! trend             g = max(0, (ω now − ω trend_window ago) / trend_window)
+//! projected rate    ω' = min(ω + g × cold_start, max_lead × ω)
+//! demand            D = ω' / c  +  pending work / c / backlog_drain          (replicas of work)
 //! needed            n = ceil(D / target_utilisation)
 //! ```
+//!
+//! The work rate counts what arrives, not what a snapshot shows waiting, so `D` for a given load
+//! is the same whether one replica or ten carry it. A source without the work counter (no
+//! [`Signals::work_rate`]) gives `ω = λ × w` instead: the arrival rate `λ` (requests started a
+//! second) times the work per request `w = 1 / EWMA of 1 / (pending work of a replica with one
+//! request awaiting a first byte)`, the harmonic mean, which undoes the snapshot's length bias.
+//! That estimate drifts with the pool's size (many lightly loaded replicas show a different
+//! snapshot than one busy one), which is why the counter is preferred when there is one.
 //!
 //! - **Counts replicas still starting**: `n` is compared with the desired count (ready and
 //!   starting), not with the ready ones, and `D` is the pool's total work, not a per-ready-replica
@@ -113,6 +118,8 @@ pub struct LlmAware {
     config: LlmAwareConfig,
     work_per_request: Option<f64>,
     inverse_work: Option<f64>,
+    /// Whether the source has given a work rate (from then on the smoothed rate is in work units).
+    counted_work: bool,
     capacity: Option<f64>,
     rate: Option<(f64, Instant)>,
     /// The smoothed rate over the trend window (one a decision: bounded by the window).
@@ -131,6 +138,7 @@ impl LlmAware {
             config,
             work_per_request: None,
             inverse_work: None,
+            counted_work: false,
             capacity: None,
             rate: None,
             rates: VecDeque::new(),
@@ -190,14 +198,31 @@ impl LlmAware {
         if let Some(v) = self.inverse_work.filter(|v| *v > 0.0) {
             self.work_per_request = Some(1.0 / v);
         }
-        let rate = self.smooth_rate(now, signals.arrival_rate.unwrap_or(0.0));
+        if signals.work_rate.is_some() && !self.counted_work {
+            // From requests a second to work a second: what was smoothed is in other units.
+            self.counted_work = true;
+            self.rate = None;
+            self.rates.clear();
+        }
+        let arrival = signals.arrival_rate.unwrap_or(0.0);
+        let raw = if self.counted_work {
+            // A gap in the counter (a source that lost it) falls back to the estimate.
+            match signals.work_rate {
+                Some(rate) => rate,
+                None => arrival * self.work_per_request.unwrap_or(0.0),
+            }
+        } else {
+            arrival
+        };
+        let rate = self.smooth_rate(now, raw);
         let window = self.config.trend_window;
         while self.rates.front().is_some_and(|&(at, _)| now.saturating_duration_since(at) > window) {
             self.rates.pop_front();
         }
         self.rates.push_back((now, rate));
         let capacity = self.capacity?;
-        let work = self.work_per_request?;
+        // The smoothed rate is in work units already, or in requests to multiply by their work.
+        let work = if self.counted_work { 1.0 } else { self.work_per_request? };
         let trend = match self.rates.front() {
             Some(&(at, old)) if now > at => ((rate - old)
                 / now.saturating_duration_since(at).as_secs_f64().max(window.as_secs_f64()))
@@ -347,6 +372,66 @@ mod tests {
         // Twice the load, steady: ceil(2.8·/0.7) = 5 (4.06 rounds up).
         let mut a = aware();
         assert_eq!(run(&mut a, 5, 28.0, 60).await, 5);
+    }
+
+    /// `n` replicas of 10,000 tokens a second carrying 14,000 tokens a second of work started
+    /// (the board's counter), with `pending` tokens awaiting a first byte on each, in one request.
+    fn counted(now: Instant, n: u32, pending: u64) -> Signals {
+        let mut s = load(now, n, 14.0);
+        for r in &mut s.replicas {
+            r.pending_work = pending;
+            r.awaiting_first_byte = u32::from(pending > 0);
+        }
+        s.work_rate = Some(14_000.0);
+        s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_demand_from_the_work_counter_does_not_grow_with_the_pool() {
+        // The same 14,000 tokens a second arriving, read by two recommenders: one on a pool of 2
+        // busy replicas (1,000 tokens waiting on each), one on a pool of 8 lightly loaded ones
+        // (100 tokens waiting on each: the same work spread thinner). Both read 1.4 replicas of
+        // work plus the waiting work drained in 5 s: 2,000 / 10,000 / 5 = 0.04 and 800 /
+        // 10,000 / 5 = 0.016 replicas.
+        let (mut small, mut large) = (aware(), aware());
+        let (mut d2, mut d8) = (None, None);
+        for _ in 0..60 {
+            let now = Instant::now();
+            d2 = small.recommend(now, size(2, 2), Some(&counted(now, 2, 1_000))).metric;
+            d8 = large.recommend(now, size(8, 8), Some(&counted(now, 8, 100))).metric;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let (d2, d8) = (d2.expect("a demand"), d8.expect("a demand"));
+        assert!((d2 - 1.44).abs() < 1e-6, "{d2}");
+        assert!((d8 - 1.416).abs() < 1e-6, "{d8}");
+        // Without the counter, the estimate from snapshots (14 requests a second × the work one
+        // request awaiting a first byte shows) reads ten times less work on the larger pool.
+        let mut snapshots = aware();
+        let mut d = None;
+        for _ in 0..60 {
+            let now = Instant::now();
+            let mut s = counted(now, 8, 100);
+            s.work_rate = None;
+            d = snapshots.recommend(now, size(8, 8), Some(&s)).metric;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert!((d.expect("a demand") - 0.156).abs() < 1e-6, "{d:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_that_grows_under_the_same_work_comes_back_down() {
+        // 14,000 tokens a second need ceil(1.4·/0.7) = 3 replicas. A pool of 8 (after a burst)
+        // under that load reads the same demand as a pool of 3 and steps down to 3, not to a
+        // count that its own size props up.
+        let mut a = aware();
+        let mut desired = 8;
+        for _ in 0..600 {
+            let now = Instant::now();
+            let pending = 3_000 / u64::from(desired);
+            desired = a.recommend(now, size(desired, desired), Some(&counted(now, desired, pending))).desired;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(desired, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -150,7 +150,7 @@ pub(crate) mod test_support {
                 }),
             })
             .collect();
-        Signals { at: now, replicas, arrival_rate: Some(0.0), held: None }
+        Signals { at: now, replicas, arrival_rate: Some(0.0), work_rate: None, held: None }
     }
 
     pub(crate) fn size(desired: u32, ready: u32) -> PoolSize {
