@@ -9,7 +9,8 @@
 //! - [`signals`]: a snapshot of the pool read in process from the balancer's
 //!   [`LoadBoard`](switchyard_balance::LoadBoard) (in flight, work waiting for a first byte in
 //!   tokens, learnt capacity, queue depth and KV-cache use from the replicas' reports, arrival
-//!   rate), with stale reports treated as missing.
+//!   rate), with stale reports treated as missing; and for a fleet of gateways, the same snapshot
+//!   from a Prometheus server's query API ([`prometheus`]), summed over the gateways.
 //! - [`recommend`]: the algorithms behind one [`Recommender`] trait: Switchyard's LLM-aware
 //!   default ([`LlmAware`]) and faithful baselines: the Kubernetes HPA ([`Hpa`]), Knative's KPA
 //!   ([`Kpa`]) and llm-d's saturation autoscaler ([`Saturation`]). A missing signal never lowers
@@ -50,6 +51,7 @@
 #![warn(missing_docs)]
 
 mod autoscaler;
+pub mod prometheus;
 pub mod recommend;
 pub mod scaler;
 pub mod signals;
@@ -57,6 +59,7 @@ pub mod signals;
 pub use autoscaler::{
     Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, SCALE_EVENTS_METRIC,
 };
+pub use prometheus::{PolledSignals, PrometheusConfig, PrometheusError, PrometheusSignals};
 pub use recommend::{
     Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize, Recommendation, Recommender,
     Saturation, SaturationConfig,
