@@ -18,6 +18,9 @@
 //! - [`scaler`]: the [`Scaler`] trait (set the desired count; report desired, current and ready),
 //!   the local [`process`](scaler::process) scaler, and with the feature `kubernetes` the
 //!   `scaler::kubernetes` scaler (the `scale` subresource of a Deployment or StatefulSet).
+//! - [`vertical`]: the worker container's CPU and memory requests, recommended beside the count
+//!   from the sequences a replica runs at once ([`Vertical`]), applied in place by the Kubernetes
+//!   scaler; its docs say what is and is not vertical scaling for an LLM replica.
 //! - [`Autoscaler`]: the loop, logging every decision with its inputs (`tracing`) and exporting
 //!   desired, current and ready replicas through the `metrics` facade.
 //!
@@ -55,9 +58,11 @@ pub mod prometheus;
 pub mod recommend;
 pub mod scaler;
 pub mod signals;
+pub mod vertical;
 
 pub use autoscaler::{
-    Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, SCALE_EVENTS_METRIC,
+    Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, RECOMMENDED_CPU_METRIC,
+    RECOMMENDED_MEMORY_METRIC, SCALE_EVENTS_METRIC,
 };
 pub use prometheus::{PolledSignals, PrometheusConfig, PrometheusError, PrometheusSignals};
 pub use recommend::{
@@ -66,3 +71,4 @@ pub use recommend::{
 };
 pub use scaler::{ScaleError, Scaler};
 pub use signals::{BoardSignals, ReplicaSignals, SignalSource, Signals};
+pub use vertical::{Resources, Vertical, VerticalConfig, VerticalRecommendation};
