@@ -4,18 +4,21 @@
 //! `promtool` and `prometheus` come from Debian's `prometheus` package
 //! (`scripts/install-test-deps.sh` installs it).
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::prometheus::{Prometheus, encode, get, tool};
 
 use switchyard::balance::PolicyKind;
 use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker::{self, WorkerArgs};
 use switchyard_telemetry::MetricsRegistry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// An in-process worker with `/metrics`; it stops when dropped.
@@ -57,30 +60,9 @@ async fn traffic(gateway: &Gateway, calls: usize) {
     }
 }
 
-/// `GET path` over HTTP/1.1; the status and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP response");
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
-}
-
 /// The value of the series `series` (name and labels, exactly as rendered) in `text`.
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-fn tool(name: &str) -> PathBuf {
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let path = dir.join(name);
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("`{name}` is not installed: run scripts/install-test-deps.sh (Debian's `prometheus` package)");
 }
 
 /// Runs `promtool check metrics` on `text`; panics with its report if it finds a problem.
@@ -185,76 +167,17 @@ async fn gateway_and_worker_metrics_pass_promtool_and_hold_the_per_endpoint_seri
     gateway.shutdown().await.unwrap();
 }
 
-/// A temporary folder, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let path = std::env::temp_dir().join(format!("switchyard-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() {
-    let prometheus = tool("prometheus");
     let (a, b) = (Worker::start().await, Worker::start().await);
     let gateway = gateway(&[&a, &b]).await;
     traffic(&gateway, 4).await;
 
-    let dir = TempDir::new("prometheus");
-    let config = dir.0.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: switchyard-gateway\n    static_configs:\n      - targets: ['{}']\n",
-            gateway.admin_addr().unwrap()
-        ),
-    )
-    .unwrap();
-    let web = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let mut server = tokio::process::Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    // Prometheus scrapes every second; ask until the series are there (or 60 s have passed).
-    let query = "/api/v1/query?query=switchyard_endpoint_picks_total";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let result = loop {
-        if let Ok(Ok(mut stream)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(web)).await
-        {
-            let request = format!("GET {query} HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n");
-            let mut answer = String::new();
-            if stream.write_all(request.as_bytes()).await.is_ok()
-                && stream.read_to_string(&mut answer).await.is_ok()
-                && let Some((_, body)) = answer.split_once("\r\n\r\n")
-                && let Ok(json) = serde_json::from_str::<serde_json::Value>(body)
-                && json["data"]["result"].as_array().is_some_and(|r| r.len() == 2)
-            {
-                break json["data"]["result"].clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus has not scraped the gateway's per-endpoint series in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await; // polling interval
-    };
+    let mut server = Prometheus::start("switchyard-gateway", &[gateway.admin_addr().unwrap()]).await;
+    let web = server.web;
+    let result = server
+        .until_result("switchyard_endpoint_picks_total", |r| r.as_array().is_some_and(|r| r.len() == 2))
+        .await;
     let mut seen: Vec<(String, String, f64)> = result
         .as_array()
         .unwrap()
@@ -323,23 +246,14 @@ async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() 
                 .replace("$worker_job", "switchyard-worker")
                 .replace("$pool", ".*")
                 .replace("$__rate_interval", "1m");
-            let encoded: String = expr
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
+            let encoded = encode(&expr);
             let (status, body) = get(web, &format!("/api/v1/query?query={encoded}")).await;
             assert_eq!(status, 200, "the dashboard's query {expr:?} fails on Prometheus: {body}");
             queries += 1;
         }
     }
     assert!(queries >= 15, "{queries} queries");
-    server.kill().await.unwrap();
+    server.stop().await;
     gateway.shutdown().await.unwrap();
 }
 

@@ -3,7 +3,10 @@
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::{PoolSize, Recommendation, Recommender, ScaleError, Scaler, SignalSource, Signals};
+use crate::{
+    PoolSize, Recommendation, Recommender, ScaleError, Scaler, SignalSource, Signals, Vertical,
+    VerticalRecommendation,
+};
 
 /// Gauge: the replicas the recommender asked for (label `recommender`).
 pub const DESIRED_METRIC: &str = "switchyard_autoscale_desired_replicas";
@@ -11,6 +14,10 @@ pub const DESIRED_METRIC: &str = "switchyard_autoscale_desired_replicas";
 pub const CURRENT_METRIC: &str = "switchyard_autoscale_current_replicas";
 /// Gauge: the replicas ready to serve.
 pub const READY_METRIC: &str = "switchyard_autoscale_ready_replicas";
+/// Gauge: the CPU request (millicores) the vertical recommendation gives each worker container.
+pub const RECOMMENDED_CPU_METRIC: &str = "switchyard_autoscale_recommended_cpu_millicores";
+/// Gauge: the memory request (bytes) the vertical recommendation gives each worker container.
+pub const RECOMMENDED_MEMORY_METRIC: &str = "switchyard_autoscale_recommended_memory_bytes";
 /// Counter: decisions that changed the desired count (label `direction`: up or down).
 pub const SCALE_EVENTS_METRIC: &str = "switchyard_autoscale_scale_events_total";
 
@@ -25,6 +32,9 @@ pub struct Decision {
     pub recommendation: Recommendation,
     /// Whether signals were there.
     pub had_signals: bool,
+    /// A new vertical recommendation emitted beside the count, with
+    /// [`Autoscaler::with_vertical`].
+    pub vertical: Option<VerticalRecommendation>,
 }
 
 impl Decision {
@@ -40,6 +50,7 @@ pub struct Autoscaler<S, R, C> {
     source: S,
     recommender: R,
     scaler: C,
+    vertical: Option<(Vertical, bool)>,
 }
 
 impl<S, R, C> Autoscaler<S, R, C>
@@ -50,7 +61,15 @@ where
 {
     /// The loop over `source`, `recommender` and `scaler`.
     pub fn new(source: S, recommender: R, scaler: C) -> Self {
-        Self { source, recommender, scaler }
+        Self { source, recommender, scaler, vertical: None }
+    }
+
+    /// Also recommends the worker's resources with `vertical` at every decision (logged and
+    /// exported as [`RECOMMENDED_CPU_METRIC`] and [`RECOMMENDED_MEMORY_METRIC`]); with `apply`,
+    /// hands each new recommendation to [`Scaler::set_resources`].
+    pub fn with_vertical(mut self, vertical: Vertical, apply: bool) -> Self {
+        self.vertical = Some((vertical, apply));
+        self
     }
 
     /// The scaler.
@@ -74,10 +93,21 @@ where
         let now = Instant::now();
         let before = self.scaler.size();
         let recommendation = self.recommender.recommend(now, before, signals.as_ref());
-        let decision = Decision { at: now, before, recommendation, had_signals: signals.is_some() };
+        let (vertical, apply) = match &mut self.vertical {
+            Some((v, apply)) => (v.recommend(now, signals.as_ref()), *apply),
+            None => (None, false),
+        };
+        let decision = Decision { at: now, before, recommendation, had_signals: signals.is_some(), vertical };
         record(self.recommender.name(), &decision, signals.as_ref());
         if decision.changed() {
             self.scaler.set_desired(recommendation.desired).await?;
+        }
+        if let Some(v) = vertical {
+            record_vertical(self.recommender.name(), &v);
+            if apply {
+                let resized = self.scaler.set_resources(v.requests).await?;
+                tracing::info!(resized, "autoscale: worker resources applied");
+            }
         }
         Ok(decision)
     }
@@ -140,6 +170,19 @@ fn record(name: &'static str, decision: &Decision, signals: Option<&Signals>) {
     metrics::gauge!(READY_METRIC, "recommender" => name).set(f64::from(size.ready));
 }
 
+fn record_vertical(name: &'static str, v: &VerticalRecommendation) {
+    tracing::info!(
+        recommender = name,
+        cpu = %v.requests.cpu_quantity(),
+        memory = %v.requests.memory_quantity(),
+        concurrency = v.concurrency,
+        reason = v.reason,
+        "autoscale: worker resources"
+    );
+    metrics::gauge!(RECOMMENDED_CPU_METRIC, "recommender" => name).set(v.requests.cpu_millis as f64);
+    metrics::gauge!(RECOMMENDED_MEMORY_METRIC, "recommender" => name).set(v.requests.memory_bytes as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -153,6 +196,7 @@ mod tests {
     struct Following {
         asked: Vec<u32>,
         size: PoolSize,
+        resized: Vec<crate::Resources>,
     }
 
     impl Scaler for Following {
@@ -163,6 +207,10 @@ mod tests {
         }
         fn size(&self) -> PoolSize {
             self.size
+        }
+        async fn set_resources(&mut self, requests: crate::Resources) -> Result<u32, ScaleError> {
+            self.resized.push(requests);
+            Ok(self.size.ready)
         }
     }
 
@@ -179,7 +227,11 @@ mod tests {
     async fn a_changed_decision_reaches_the_scaler_and_a_missing_signal_keeps_the_count() {
         let now = Instant::now();
         let source = Scripted(vec![Some(pool(now, 2, 20, 0.0, 0)), None]);
-        let scaler = Following { asked: Vec::new(), size: PoolSize { desired: 2, current: 2, ready: 2 } };
+        let scaler = Following {
+            asked: Vec::new(),
+            size: PoolSize { desired: 2, current: 2, ready: 2 },
+            resized: Vec::new(),
+        };
         let hpa = Hpa::new(HpaConfig { target: 10.0, ..HpaConfig::default() });
         let mut autoscaler = Autoscaler::new(source, hpa, scaler);
         let first = autoscaler.step().await.unwrap();
@@ -190,5 +242,31 @@ mod tests {
         assert!(!second.had_signals);
         assert!(!second.changed(), "a missing signal keeps the count");
         assert_eq!(autoscaler.scaler().asked, vec![4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vertical_recommendation_is_emitted_beside_the_count_and_applied_when_asked() {
+        let now = Instant::now();
+        // Two replicas with 20 in flight and reports of 0 running: sized for 0 running.
+        let source = Scripted(vec![Some(pool(now, 2, 20, 0.0, 0)), Some(pool(now, 2, 20, 0.0, 0)), None]);
+        let scaler = Following {
+            asked: Vec::new(),
+            size: PoolSize { desired: 2, current: 2, ready: 2 },
+            resized: Vec::new(),
+        };
+        let hpa = Hpa::new(HpaConfig { target: 10.0, ..HpaConfig::default() });
+        let mut autoscaler =
+            Autoscaler::new(source, hpa, scaler).with_vertical(crate::Vertical::default(), true);
+        let first = autoscaler.step().await.unwrap();
+        let vertical = first.vertical.expect("a first vertical recommendation");
+        assert_eq!(vertical.requests, crate::Resources::new(250, 256));
+        assert_eq!(autoscaler.scaler().asked, vec![4]);
+        assert_eq!(autoscaler.scaler().resized, vec![vertical.requests], "applied");
+        // Unchanged, then missing: nothing more is emitted or applied.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(15)).await;
+            assert_eq!(autoscaler.step().await.unwrap().vertical, None);
+        }
+        assert_eq!(autoscaler.scaler().resized.len(), 1);
     }
 }

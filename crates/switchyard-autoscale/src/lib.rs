@@ -9,7 +9,8 @@
 //! - [`signals`]: a snapshot of the pool read in process from the balancer's
 //!   [`LoadBoard`](switchyard_balance::LoadBoard) (in flight, work waiting for a first byte in
 //!   tokens, learnt capacity, queue depth and KV-cache use from the replicas' reports, arrival
-//!   rate), with stale reports treated as missing.
+//!   rate), with stale reports treated as missing; and for a fleet of gateways, the same snapshot
+//!   from a Prometheus server's query API ([`prometheus`]), summed over the gateways.
 //! - [`recommend`]: the algorithms behind one [`Recommender`] trait: Switchyard's LLM-aware
 //!   default ([`LlmAware`]) and faithful baselines: the Kubernetes HPA ([`Hpa`]), Knative's KPA
 //!   ([`Kpa`]) and llm-d's saturation autoscaler ([`Saturation`]). A missing signal never lowers
@@ -17,6 +18,9 @@
 //! - [`scaler`]: the [`Scaler`] trait (set the desired count; report desired, current and ready),
 //!   the local [`process`](scaler::process) scaler, and with the feature `kubernetes` the
 //!   `scaler::kubernetes` scaler (the `scale` subresource of a Deployment or StatefulSet).
+//! - [`vertical`]: the worker container's CPU and memory requests, recommended beside the count
+//!   from the sequences a replica runs at once ([`Vertical`]), applied in place by the Kubernetes
+//!   scaler; its docs say what is and is not vertical scaling for an LLM replica.
 //! - [`Autoscaler`]: the loop, logging every decision with its inputs (`tracing`) and exporting
 //!   desired, current and ready replicas through the `metrics` facade.
 //!
@@ -51,16 +55,21 @@
 #![warn(missing_docs)]
 
 mod autoscaler;
+pub mod prometheus;
 pub mod recommend;
 pub mod scaler;
 pub mod signals;
+pub mod vertical;
 
 pub use autoscaler::{
-    Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, SCALE_EVENTS_METRIC,
+    Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, RECOMMENDED_CPU_METRIC,
+    RECOMMENDED_MEMORY_METRIC, SCALE_EVENTS_METRIC,
 };
+pub use prometheus::{PolledSignals, PrometheusConfig, PrometheusError, PrometheusSignals};
 pub use recommend::{
     Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize, Recommendation, Recommender,
     Saturation, SaturationConfig,
 };
 pub use scaler::{ScaleError, Scaler};
 pub use signals::{BoardSignals, ReplicaSignals, SignalSource, Signals};
+pub use vertical::{Resources, Vertical, VerticalConfig, VerticalRecommendation};

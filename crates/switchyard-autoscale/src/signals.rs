@@ -27,9 +27,9 @@
 //!
 //! # Other sources
 //!
-//! [`SignalSource`] is the hook for a fleet of gateways: a source that asks a Prometheus server's
-//! query API for the same figures (summed over the gateways' exported board metrics) returns the
-//! same [`Signals`]. It is not written yet; the in-process [`BoardSignals`] is the one source.
+//! [`SignalSource`] is the hook for a fleet of gateways: [`crate::prometheus`] asks a Prometheus
+//! server's query API for the same figures (summed over the gateways' exported board metrics) and
+//! returns the same [`Signals`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;

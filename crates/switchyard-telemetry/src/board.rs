@@ -102,6 +102,13 @@ impl ScrapeSource for BoardMetrics {
             gauge(names::ENDPOINT_DRAINING, &labels, if entry.draining { 1.0 } else { 0.0 });
             if let Some(state) = self.board.state(&entry.endpoint.id) {
                 counter(names::ENDPOINT_EJECTIONS, &labels, u64::from(state.ejections()));
+                gauge(names::ENDPOINT_AWAITING_FIRST_BYTE, &labels, f64::from(state.awaiting_first_byte()));
+                gauge(names::ENDPOINT_PENDING_WORK, &labels, state.pending_work() as f64);
+                let now = tokio::time::Instant::now();
+                if let Some(last) = state.fresh_report_with_own(now, std::time::Duration::MAX) {
+                    let age = now.saturating_duration_since(last.at);
+                    gauge(names::ENDPOINT_REPORT_AGE, &labels, age.as_secs_f64());
+                }
             }
         }
     }

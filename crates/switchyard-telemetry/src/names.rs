@@ -90,6 +90,15 @@ pub const ENDPOINT_SLOTS: &str = "switchyard_endpoint_slots";
 /// token, or per request when requests carry no size), as the balancer learnt it,
 /// `{pool, endpoint}` (absent before its first answer sent with nothing ahead).
 pub const ENDPOINT_IDLE_UNIT_TIME: &str = "switchyard_endpoint_idle_unit_time_seconds";
+/// Gauge: requests in flight on an endpoint still waiting for their first byte,
+/// `{pool, endpoint}` (what an autoscaler reads as work queued in front of the replica).
+pub const ENDPOINT_AWAITING_FIRST_BYTE: &str = "switchyard_endpoint_awaiting_first_byte_requests";
+/// Gauge: the work (prompt tokens, or one per request without sizes) of the requests waiting for
+/// their first byte on an endpoint, `{pool, endpoint}`.
+pub const ENDPOINT_PENDING_WORK: &str = "switchyard_endpoint_pending_work";
+/// Gauge, seconds: how long ago the endpoint's replica sent the load report its `reported_*`
+/// series show, `{pool, endpoint}` (absent before the first report).
+pub const ENDPOINT_REPORT_AGE: &str = "switchyard_endpoint_report_age_seconds";
 /// Gauge: requests waiting in a pool's shed queue, `{pool}`.
 pub const SHED_WAITING: &str = "switchyard_shed_queue_waiting_requests";
 /// Gauge: 1 while a pool's shed queue is overloaded (waits above its target for an interval),

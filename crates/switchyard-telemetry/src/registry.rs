@@ -220,6 +220,17 @@ impl MetricsRegistry {
             Some(Unit::Seconds),
             "No-load time per unit of work before a first byte of the endpoint, as the balancer learnt it.",
         );
+        g(
+            ENDPOINT_AWAITING_FIRST_BYTE,
+            Some(Unit::Count),
+            "Requests in flight on the endpoint still waiting for their first byte.",
+        );
+        g(
+            ENDPOINT_PENDING_WORK,
+            Some(Unit::Count),
+            "Work (prompt tokens) of the requests waiting for their first byte on the endpoint.",
+        );
+        g(ENDPOINT_REPORT_AGE, Some(Unit::Seconds), "Age of the endpoint's last load report.");
         g(ENDPOINT_EJECTED, None, "1 while outlier detection has the endpoint ejected.");
         g(ENDPOINT_DRAINING, None, "1 while the endpoint drains (removed, its last requests running).");
         g(POOL_POLICY, None, "1 for the balancing policy the pool uses now, 0 for one it used before.");

@@ -20,8 +20,9 @@
 //! it a request gets, which the balancer's per-endpoint limit and capacity estimate learn (its
 //! usable concurrency and speed: the vertical part). The recommenders size the count from that
 //! learnt capacity (the horizontal part), in one loop. Resizing a replica's resources in place
-//! (more CPU or memory for the same pod) does not make an engine's GPU faster, and is not
-//! recommended here.
+//! does not make an engine's GPU faster; the host CPU and memory around the engine can be resized
+//! in place, and [`Vertical`](crate::Vertical) recommends them beside the count (see
+//! [`crate::vertical`]).
 
 mod hpa;
 mod kpa;

@@ -17,7 +17,7 @@ pub mod process;
 
 use std::future::Future;
 
-use crate::PoolSize;
+use crate::{PoolSize, Resources};
 
 /// Why a scaler could not act.
 #[derive(Debug, thiserror::Error)]
@@ -42,4 +42,12 @@ pub trait Scaler: Send {
 
     /// The pool's size now.
     fn size(&self) -> PoolSize;
+
+    /// Gives every replica's worker container the resource `requests` (a
+    /// [vertical recommendation](crate::vertical)), in place where the platform can. Returns how
+    /// many replicas were resized. A scaler that cannot resize (local processes) resizes none.
+    fn set_resources(&mut self, requests: Resources) -> impl Future<Output = Result<u32, ScaleError>> + Send {
+        let _ = requests;
+        std::future::ready(Ok(0))
+    }
 }
