@@ -17,6 +17,8 @@
 //! - [`scaler`]: the [`Scaler`] trait (set the desired count; report desired, current and ready),
 //!   the local [`process`](scaler::process) scaler, and with the feature `kubernetes` the
 //!   `scaler::kubernetes` scaler (the `scale` subresource of a Deployment or StatefulSet).
+//! - [`WithHeld`]: the requests held in front of a pool scaled to zero (the gateway's shed
+//!   queue) added to the signals, the demand that wakes it.
 //! - [`Autoscaler`]: the loop, logging every decision with its inputs (`tracing`) and exporting
 //!   desired, current and ready replicas through the `metrics` facade.
 //!
@@ -50,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod autoscaler;
+mod held;
 pub mod recommend;
 pub mod scaler;
 pub mod signals;
@@ -57,6 +60,7 @@ pub mod signals;
 pub use autoscaler::{
     Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, SCALE_EVENTS_METRIC,
 };
+pub use held::WithHeld;
 pub use recommend::{
     Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize, Recommendation, Recommender,
     Saturation, SaturationConfig,
