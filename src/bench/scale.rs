@@ -145,6 +145,9 @@ pub struct ScaleReport {
     pub timeline: Vec<Sample>,
     /// `/proc/loadavg` before and after.
     pub loadavg: (String, String),
+    /// The build the bench ran as: `release` or `debug` (the result is a count of failures,
+    /// not a speed; both are valid runs).
+    pub build: String,
 }
 
 impl ScaleReport {
@@ -197,6 +200,11 @@ impl ScaleReport {
         out.push_str(
             "Written by the bench itself:\n\n```sh\ncargo run --release -- bench scale --json reports/bench/scale.json\n```\n\n",
         );
+        out.push_str(&format!(
+            "This run: a {} build, on {} CPUs shared with other jobs (the load averages below).\n\n",
+            self.build,
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        ));
         out.push_str(&format!(
             "Setup: the gateway in the bench process, its pool fed by a discovery channel; replicas are \
              `switchyard worker` processes ({}) started and stopped by `switchyard_autoscale`'s `ProcessScaler` \
@@ -531,5 +539,6 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<ScaleReport, Ben
         drained,
         timeline: watched.timeline,
         loadavg: (loadavg_before, loadavg()),
+        build: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
     })
 }
