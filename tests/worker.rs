@@ -578,3 +578,32 @@ async fn a_parallel_kind_worker_refuses_a_zero_service_time() {
         worker::serve(args, TcpListener::bind("127.0.0.1:0").await.unwrap(), async {}).await.unwrap_err();
     assert!(err.to_string().contains("service_time"), "{err}");
 }
+
+#[tokio::test]
+async fn readiness_answers_false_through_the_drain_grace_while_inference_is_still_served() {
+    // A long grace, so that the checks below run inside it.
+    let mut w = Worker::start_with(WorkerArgs {
+        speed: 20.0,
+        drain_grace: Duration::from_secs(30),
+        ..WorkerArgs::default()
+    })
+    .await;
+    let channel = w.channel().await;
+    let mut client = GrpcInferenceServiceClient::new(channel.clone());
+    let model_ready = || ModelReadyRequest { name: "sim-llm".into(), version: String::new() };
+    assert!(client.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    assert!(client.model_ready(model_ready()).await.unwrap().into_inner().ready);
+    let mut health = HealthClient::new(channel);
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+
+    w.shutdown();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("watch answers");
+    assert_eq!(next.unwrap().unwrap().status, ServingStatus::NotServing as i32);
+    // Draining has begun: every readiness signal says so, and calls sent meanwhile still run.
+    assert!(!client.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    assert!(!client.model_ready(model_ready()).await.unwrap().into_inner().ready);
+    let answer = client.model_infer(infer("sim-llm", "still served in the grace", 4)).await;
+    assert!(answer.is_ok(), "a call in the drain grace failed: {answer:?}");
+    w.task.abort();
+}

@@ -57,6 +57,14 @@
 //! `least_conn`, each on fresh workers: TTFT, prefix-cache hit rate and errors; see [`prefix`].
 //! With `--json FILE` it also writes its markdown report beside it (`FILE` with `.md`).
 //!
+//! # Scenario `scale`
+//!
+//! The gateway in the bench process over `switchyard worker` processes that the autoscale crate's
+//! `ProcessScaler` starts and drains, the load rising and falling through seven phases of
+//! `--duration` seconds with the pool scaled up and down between them: every call's outcome, the
+//! scale events, the replicas over time and the replicas drained; see [`scale`]. With
+//! `--json FILE` it also writes its markdown report beside it.
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -72,6 +80,7 @@ pub mod overload;
 mod peers;
 pub mod prefix;
 pub mod relay;
+pub mod scale;
 mod targets;
 use crate::cluster::processes;
 
@@ -104,6 +113,9 @@ pub enum Scenario {
     /// Eight workers, the Mooncake conversation trace with session ids: the gateway's prefix
     /// policies against nginx consistent hashing and `least_conn` (TTFT, hit rate).
     Prefix,
+    /// Worker processes scaled up and down under rising and falling load by the autoscale
+    /// crate's process scaler: every request's outcome, scale events, replicas drained.
+    Scale,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -439,6 +451,8 @@ pub enum BenchReport {
     Overload(overload::OverloadReport),
     /// Scenario `prefix`.
     Prefix(prefix::PrefixBenchReport),
+    /// Scenario `scale`.
+    Scale(scale::ScaleReport),
 }
 
 impl BenchReport {
@@ -449,6 +463,7 @@ impl BenchReport {
             Self::Hetero(r) => r.summary(),
             Self::Overload(r) => r.summary(),
             Self::Prefix(r) => r.summary(),
+            Self::Scale(r) => r.summary(),
         }
     }
 }
@@ -488,6 +503,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             Ok(nginx_exe) => prefix::run(args, &exe, &nginx_exe, &dir).await.map(BenchReport::Prefix),
             Err(e) => Err(e),
         },
+        Scenario::Scale => scale::run(args, &exe).await.map(BenchReport::Scale),
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
@@ -497,6 +513,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         if let BenchReport::Prefix(prefix) = &report {
             let md = path.with_extension("md");
             std::fs::write(&md, prefix.markdown())
+                .map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;
+        }
+        // So does scenario `scale`.
+        if let BenchReport::Scale(scale) = &report {
+            let md = path.with_extension("md");
+            std::fs::write(&md, scale.markdown())
                 .map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;
         }
     }

@@ -93,6 +93,12 @@ pub struct PoolConfig {
     /// The keys this pool reads differently from the gateway's `[keys]` (`[pool.keys]`: its
     /// session and priority headers, its prefix block size); none by default.
     pub keys: PoolKeys,
+    /// Whether the pool holds its requests while it has no endpoint (`hold_when_empty = true`:
+    /// a pool scaled to zero) instead of failing them with `UNAVAILABLE` after a few seconds.
+    /// They wait in the pool's `shed` queue, which the pool must have: bounded, each request
+    /// until its deadline, and the queue's waiting count is what wakes the pool
+    /// ([`Pool::held_requests`](super::Pool::held_requests)). Off by default.
+    pub hold_when_empty: bool,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -158,6 +164,7 @@ impl PoolConfig {
             health: None,
             drain_timeout: switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT,
             keys: PoolKeys::default(),
+            hold_when_empty: false,
         }
     }
 
@@ -624,6 +631,7 @@ struct RawPool {
     health: Option<Spanned<RawHealth>>,
     drain_timeout: Option<Spanned<String>>,
     keys: Option<Spanned<RawPoolKeys>>,
+    hold_when_empty: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -819,6 +827,22 @@ impl RawConfig {
                     raw.into_inner().into_keys(i, lines)?
                 }
             };
+            let hold_when_empty = match pool.hold_when_empty {
+                None => false,
+                Some(hold) if !*hold.get_ref() => false,
+                Some(hold) => {
+                    // Held requests wait in the shed queue: bounded, each until its deadline.
+                    if !layers.iter().any(|l| l.name() == "shed") {
+                        return Err(lines.error(
+                            format!("pool[{i}].hold_when_empty"),
+                            hold.span(),
+                            "needs a `shed` layer in the pool's `layers` (the bounded queue the requests wait in, \
+                             each until its deadline)",
+                        ));
+                    }
+                    true
+                }
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
@@ -829,6 +853,7 @@ impl RawConfig {
                 health,
                 drain_timeout,
                 keys,
+                hold_when_empty,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {

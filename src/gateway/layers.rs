@@ -185,11 +185,20 @@ pub(crate) fn stack(
     specs: &[Spec],
     service: BoxPoolService,
     pool: &str,
+    queues: &mut Vec<switchyard_shed::ShedLayer>,
 ) -> Result<(BoxPoolService, Vec<Arc<dyn ScrapeSource>>), SpecError> {
     let mut service = service;
     let mut sources = Vec::new();
     for (position, spec) in specs.iter().enumerate().rev() {
-        let (layer, metrics) = registry().build_with_metrics(spec)?;
+        // The pool keeps a handle on its shed queues: their waiting requests are the demand a
+        // pool scaled to zero wakes for.
+        let (layer, metrics) = if spec.name() == "shed" {
+            let layer = shed_layer(spec)?;
+            queues.push(layer.clone());
+            shed_with_metrics(layer)
+        } else {
+            registry().build_with_metrics(spec)?
+        };
         sources.extend(metrics.map(|metrics| metrics(pool, position)));
         service = ServiceBuilder::new().layer(layer).service(service);
     }
@@ -247,6 +256,18 @@ fn duration_param(spec: &Spec, field: &str, value: &str) -> Result<Duration, Spe
 /// the defaults). A bounded admission queue by priority class and deadline
 /// ([`switchyard_shed::ShedLayer`]); put `limit` after it, which says when the pool has room.
 fn shed(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
+    Ok(shed_with_metrics(shed_layer(spec)?))
+}
+
+fn shed_with_metrics(layer: switchyard_shed::ShedLayer) -> (PoolLayer, Option<LayerMetrics>) {
+    let metrics = layer.clone();
+    let metrics: LayerMetrics = Box::new(move |pool, position| {
+        Arc::new(switchyard_telemetry::ShedMetrics::new(pool, metrics).with_layer(position.to_string()))
+    });
+    (BoxCloneSyncServiceLayer::new(layer), Some(metrics))
+}
+
+fn shed_layer(spec: &Spec) -> Result<switchyard_shed::ShedLayer, SpecError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Params {
@@ -271,12 +292,7 @@ fn shed(spec: &Spec) -> Result<(PoolLayer, Option<LayerMetrics>), SpecError> {
     if let Some(interval) = &params.interval {
         config.interval = duration_param(spec, "interval", interval)?;
     }
-    let layer = switchyard_shed::ShedLayer::new(config);
-    let metrics = layer.clone();
-    let metrics: LayerMetrics = Box::new(move |pool, position| {
-        Arc::new(switchyard_telemetry::ShedMetrics::new(pool, metrics).with_layer(position.to_string()))
-    });
-    Ok((BoxCloneSyncServiceLayer::new(layer), Some(metrics)))
+    Ok(switchyard_shed::ShedLayer::new(config))
 }
 
 /// `limit`: `{ name = "limit", algorithm = "vegas" }` (the default), or an algorithm with its

@@ -70,6 +70,9 @@
 //! [[pool]]
 //! name = "mistral"
 //! endpoints = [{ address = "http://127.0.0.1:9101" }]
+//! layers = [{ name = "shed" }]
+//! hold_when_empty = true          # scaled to zero: requests wait in the shed queue (within
+//!                                 # their deadlines) for a first endpoint, not UNAVAILABLE after 3 s
 //!
 //! [[route]]                       # first match wins
 //! path_prefix = "/inference.GRPCInferenceService/"

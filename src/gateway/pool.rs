@@ -47,6 +47,8 @@ pub struct Pool {
     kv: Arc<Mutex<KvFollow>>,
     /// The keys it reads differently from the gateway's key layer (`[pool.keys]`).
     keys: switchyard_keys::PoolKeys,
+    /// Its `shed` layers' queues.
+    queues: Vec<switchyard_shed::ShedLayer>,
 }
 
 impl Pool {
@@ -207,15 +209,23 @@ impl Pool {
             Some(observer) => balancer.with_observer(observer),
             None => balancer,
         };
+        // A pool that scales to zero holds its requests (in its shed queue) until an endpoint
+        // comes, instead of failing them after discovery's first few seconds.
+        let balancer = if config.hold_when_empty {
+            balancer.with_no_endpoint_wait(std::time::Duration::MAX)
+        } else {
+            balancer
+        };
         let board = balancer.board();
         let upstream = Shared::new(balancer);
         let mut layer_metrics = Vec::new();
+        let mut queues = Vec::new();
         let layered = match config.layers.as_slice() {
             [] => None,
             specs => {
                 let direct = BoxPoolService::new(Direct { upstream: upstream.clone() });
                 let (stacked, sources) =
-                    layers::stack(specs, direct, &config.name).map_err(|e| ConfigError {
+                    layers::stack(specs, direct, &config.name, &mut queues).map_err(|e| ConfigError {
                         file: None,
                         line: None,
                         field: Some(format!("pool {:?} layers", config.name)),
@@ -247,6 +257,7 @@ impl Pool {
             layer_metrics,
             kv,
             keys: config.keys.clone(),
+            queues,
         })
     }
 
@@ -283,6 +294,22 @@ impl Pool {
     /// empty if the pool does not watch health.
     pub fn held_back(&self) -> Vec<Endpoint> {
         self.held.as_ref().map(HeldBack::snapshot).unwrap_or_default()
+    }
+
+    /// Requests waiting now in the pool's `shed` queues for a place below them: with no endpoint
+    /// (a pool scaled to zero that holds its requests, `hold_when_empty`), the demand that
+    /// should wake it. They are not on the board (no endpoint was picked for them), so an
+    /// autoscaler adds them to the board's figures without counting a request twice
+    /// (`switchyard_autoscale::WithHeld`).
+    pub fn held_requests(&self) -> u64 {
+        self.queues.iter().map(|q| q.stats().waiting as u64).sum()
+    }
+
+    /// [`held_requests`](Self::held_requests) as a function that outlives the borrow of the
+    /// pool: what an autoscaler's `WithHeld` signal source calls at each sample.
+    pub fn held_requests_reader(&self) -> impl FnMut() -> u64 + Send + Sync + 'static {
+        let queues = self.queues.clone();
+        move || queues.iter().map(|q| q.stats().waiting as u64).sum()
     }
 
     /// The exact KV-cache index its endpoints' event streams feed, while its policy is

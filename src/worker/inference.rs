@@ -31,12 +31,27 @@ pub struct InferenceService {
     model: Arc<str>,
     engine: EngineHandle,
     ready: Arc<AtomicBool>,
+    /// Set when the worker starts draining: readiness answers false from then on, while
+    /// inference is still served through the drain grace.
+    draining: Arc<AtomicBool>,
 }
 
 impl InferenceService {
     /// A service for `model` over `engine`; `ready` turns false when the worker drains.
     pub fn new(model: &str, engine: EngineHandle, ready: Arc<AtomicBool>) -> Self {
-        Self { model: Arc::from(model), engine, ready }
+        Self { model: Arc::from(model), engine, ready, draining: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The same service, whose `ServerReady` and `ModelReady` answer false once `draining` is
+    /// set (the worker's drain grace: health NOT_SERVING, inference still served), so that every
+    /// readiness signal turns at the same moment.
+    pub fn with_draining(mut self, draining: Arc<AtomicBool>) -> Self {
+        self.draining = draining;
+        self
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 
     fn parse(&self, req: &ModelInferRequest) -> Result<ParsedInfer, Status> {
@@ -270,7 +285,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
-        Ok(Response::new(ServerReadyResponse { ready: self.ready.load(Ordering::Acquire) }))
+        Ok(Response::new(ServerReadyResponse { ready: self.is_ready() }))
     }
 
     async fn model_ready(
@@ -279,7 +294,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let req = req.into_inner();
         request::check_model(&req.name, &req.version, &self.model)?;
-        Ok(Response::new(ModelReadyResponse { ready: self.ready.load(Ordering::Acquire) }))
+        Ok(Response::new(ModelReadyResponse { ready: self.is_ready() }))
     }
 
     async fn server_metadata(

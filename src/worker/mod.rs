@@ -302,7 +302,10 @@ pub async fn serve_with_metrics(
     };
     let cold = !args.cold_start.is_zero();
     let ready = Arc::new(AtomicBool::new(!cold));
-    let inference = InferenceService::new(&args.model, engine.clone(), ready.clone());
+    // Set when draining begins: health NOT_SERVING and KServe readiness false together.
+    let draining = Arc::new(AtomicBool::new(false));
+    let inference =
+        InferenceService::new(&args.model, engine.clone(), ready.clone()).with_draining(draining.clone());
     let (kv_stop, kv_stopped) = tokio::sync::watch::channel(false);
     let kv_events = kv_events::KvEventsService::new(engine.clone(), kv_events::new_instance(), kv_stopped);
 
@@ -311,7 +314,6 @@ pub async fn serve_with_metrics(
     health.set_service_status("", status).await;
     health.set_service_status(INFERENCE_SERVICE, status).await;
     // The cold start: SERVING once it has passed, unless the worker started draining meanwhile.
-    let draining = Arc::new(AtomicBool::new(false));
     let warm_up = cold.then(|| {
         let (health, ready, draining, delay) =
             (health.clone(), ready.clone(), draining.clone(), args.cold_start);

@@ -21,6 +21,8 @@
 //! - [`vertical`]: the worker container's CPU and memory requests, recommended beside the count
 //!   from the sequences a replica runs at once ([`Vertical`]), applied in place by the Kubernetes
 //!   scaler; its docs say what is and is not vertical scaling for an LLM replica.
+//! - [`WithHeld`]: the requests held in front of a pool scaled to zero (the gateway's shed
+//!   queue) added to the signals, the demand that wakes it.
 //! - [`Autoscaler`]: the loop, logging every decision with its inputs (`tracing`) and exporting
 //!   desired, current and ready replicas through the `metrics` facade.
 //!
@@ -56,6 +58,7 @@
 
 mod autoscaler;
 pub mod prometheus;
+mod held;
 pub mod recommend;
 pub mod scaler;
 pub mod signals;
@@ -66,6 +69,7 @@ pub use autoscaler::{
     RECOMMENDED_MEMORY_METRIC, SCALE_EVENTS_METRIC,
 };
 pub use prometheus::{PolledSignals, PrometheusConfig, PrometheusError, PrometheusSignals};
+pub use held::WithHeld;
 pub use recommend::{
     Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize, Recommendation, Recommender,
     Saturation, SaturationConfig,

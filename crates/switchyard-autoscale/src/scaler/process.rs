@@ -257,8 +257,14 @@ async fn run_replica(
     let _ = publisher.remove(id.clone()).await;
     let deadline = Instant::now() + config.drain_timeout;
     loop {
-        let in_flight = board.get(&id).map_or(0, |e| e.load.in_flight);
-        if in_flight == 0 || Instant::now() >= deadline {
+        // The removal reaches the board through the balancer's discovery task: until the entry
+        // shows it (draining, or gone), the balancer may still pick the replica, so an idle
+        // moment before then proves nothing.
+        let (removed, in_flight) = match board.get(&id) {
+            Some(e) => (e.draining, e.load.in_flight),
+            None => (true, 0),
+        };
+        if (removed && in_flight == 0) || Instant::now() >= deadline {
             tracing::info!(replica = %id, in_flight, "autoscale: drained, stopping the worker");
             break;
         }

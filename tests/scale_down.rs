@@ -1,0 +1,102 @@
+//! Scale-down under load over real `switchyard worker` processes: the replicas removed have
+//! calls in flight, and no call fails (the process scaler drains before it stops a worker).
+
+mod common;
+
+use std::time::Duration;
+
+use switchyard::gateway::{Gateway, GatewayConfig};
+use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use switchyard::worker;
+use switchyard_autoscale::Scaler;
+use switchyard_autoscale::scaler::process::{ProcessConfig, ProcessScaler};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+async fn until(mut done: impl FnMut() -> bool, what: &str) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < give_up, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling an observable state
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_down_under_load_fails_no_call() {
+    let (publisher, source) = switchyard_discovery::channel(64);
+    let config = GatewayConfig::from_toml(
+        "threads = 1\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
+    )
+    .unwrap();
+    let gateway = Gateway::start_with_sources(
+        config,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        None,
+        vec![("default".into(), source)],
+    )
+    .unwrap();
+    let board = gateway.pool("default").unwrap().board().clone();
+
+    // Calls of 300 ms, 8 at once a worker: a replica removed under load has calls running.
+    let mut config = ProcessConfig::new(common::BIN);
+    config.worker_args =
+        ["--kind", "parallel", "--parallel", "8", "--service-ms", "300"].map(String::from).into();
+    let mut scaler = ProcessScaler::new(config, publisher, board.clone());
+    scaler.set_desired(3).await.unwrap();
+    until(|| board.len() == 3, "three replicas in the pool").await;
+
+    // An open loop of calls, one every 10 ms, until told to stop.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn(async move {
+        let mut calls = JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut stopped => break,
+            }
+            let mut client = GrpcInferenceServiceClient::new(channel.clone());
+            calls.spawn(async move {
+                let mut request = tonic::Request::new(worker::request::text_request("sim-llm", "scale", 4));
+                request.set_timeout(Duration::from_secs(10));
+                client.model_infer(request).await.map(|_| ())
+            });
+        }
+        let mut ends = Vec::new();
+        while let Some(end) = calls.join_next().await {
+            ends.push(end.unwrap());
+        }
+        ends
+    });
+
+    // Every replica busy, then two of them removed at once.
+    until(|| board.snapshot().iter().all(|e| e.load.in_flight > 0), "every replica has calls in flight")
+        .await;
+    let leaving: Vec<_> =
+        board.snapshot().into_iter().filter(|e| e.endpoint.id.as_str() != "worker-0").collect();
+    let in_flight_leaving: u32 = leaving.iter().map(|e| e.load.in_flight).sum();
+    assert!(in_flight_leaving > 0);
+    scaler.set_desired(1).await.unwrap();
+    until(|| board.len() == 1, "the two replicas drain and leave the board").await;
+    assert_eq!(board.snapshot()[0].endpoint.id.as_str(), "worker-0", "the newest replicas go first");
+    // The load goes on over the one replica left for a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await; // more load after the drain, not a wait for a state
+    let _ = stop.send(());
+    let ends = load.await.unwrap();
+    let failed: Vec<_> = ends.iter().filter_map(|e| e.as_ref().err()).collect();
+    assert!(ends.len() > 50, "{} calls only", ends.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed across the scale-down: {failed:?}",
+        failed.len(),
+        ends.len()
+    );
+    scaler.shutdown().await;
+    gateway.shutdown().await.unwrap();
+}
