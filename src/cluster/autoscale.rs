@@ -213,7 +213,7 @@ pub(super) async fn run(
     let source_name = format!("trace:{trace_name}");
     let started = Instant::now();
     let mut timeline = Vec::new();
-    let mut addresses: BTreeMap<String, String> = BTreeMap::new();
+    let mut addresses: BTreeMap<String, Seen> = BTreeMap::new();
     let mut events = (0u32, 0u32);
     let driven = {
         let load = loadgen::drive_sampled(channel, replay, source_name, &loadgen_args);
@@ -257,13 +257,10 @@ pub(super) async fn run(
     };
     record(&mut timeline, &mut addresses, started, autoscaler.scaler(), &board);
 
-    // Each replica's requests, as the gateway counted them.
+    // Each replica's requests, as the gateway's board last showed them (a drained replica
+    // leaves the board, and the gateway's /metrics, with its last requests).
     let ids: Vec<String> = addresses.keys().cloned().collect();
-    let text = super::gateway_metrics(&admin).await?;
-    let (counts, unmatched) = super::report::counts_from_metrics(&text, &ids);
-    if !unmatched.is_empty() {
-        tracing::warn!("the gateway lists endpoints the autoscaler did not start: {unmatched:?}");
-    }
+    let counts: Vec<(u64, u64)> = addresses.values().map(|seen| (seen.completed, seen.failed)).collect();
     let (_, _, scaler) = autoscaler.into_parts();
     scaler.shutdown().await;
     let stopped = gateway.shutdown().await;
@@ -273,9 +270,9 @@ pub(super) async fn run(
         .into_iter()
         .zip(&counts)
         .zip(&addresses)
-        .map(|((share, &(completed, failed)), (id, address))| ReplicaShare {
+        .map(|((share, &(completed, failed)), (id, seen))| ReplicaShare {
             name: id.clone(),
-            address: address.clone(),
+            address: seen.address.clone(),
             speed: 1.0,
             completed,
             failed,
@@ -324,7 +321,7 @@ pub(super) async fn run(
         },
         loadgen,
         replicas,
-        shares_from: "gateway /metrics".to_string(),
+        shares_from: "the gateway's board, as last seen (sampled once a second)".to_string(),
         plots: vec![SCALING_PNG.to_string(), LATENCY_PNG.to_string(), SHARES_PNG.to_string()],
         prefix_hit_rate: 0.0,
         scaling: Some(scaling),
@@ -334,10 +331,19 @@ pub(super) async fn run(
     Ok(report)
 }
 
-/// Appends the pool's size now, and remembers the address of every replica on the board.
+/// A replica as the board last showed it.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    address: String,
+    completed: u64,
+    failed: u64,
+}
+
+/// Appends the pool's size now, and remembers every replica on the board: its address and the
+/// requests it has completed and failed.
 fn record(
     timeline: &mut Vec<ScalePoint>,
-    addresses: &mut BTreeMap<String, String>,
+    addresses: &mut BTreeMap<String, Seen>,
     started: Instant,
     scaler: &ProcessScaler,
     board: &switchyard_balance::LoadBoard,
@@ -350,7 +356,10 @@ fn record(
         ready: size.ready,
     });
     for entry in board.snapshot() {
-        addresses.entry(entry.endpoint.id.to_string()).or_insert_with(|| entry.endpoint.address.clone());
+        let seen = addresses.entry(entry.endpoint.id.to_string()).or_default();
+        seen.address.clone_from(&entry.endpoint.address);
+        seen.completed = seen.completed.max(entry.load.completed);
+        seen.failed = seen.failed.max(entry.load.failed);
     }
 }
 
