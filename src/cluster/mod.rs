@@ -177,8 +177,10 @@ pub struct ClusterArgs {
     /// Seconds of load to send.
     #[arg(long, default_value_t = 60.0)]
     pub duration: f64,
-    /// Multiplies the trace's arrival times. Default: computed so that the load is 70% of the
-    /// cluster's capacity (about 0.11 for four workers, one at speed 0.333).
+    /// Multiplies the trace's arrival times. Default: autoscaled, computed with the stretch of
+    /// the trace replayed (its peak at 3.5 replicas' capacity: about 0.11); fixed, computed so
+    /// that the load is 70% of the cluster's capacity (about 0.11 for four workers, one at
+    /// speed 0.333).
     #[arg(long)]
     pub time_scale: Option<f64>,
     /// Trace to replay: `.csv` (Azure LLM trace) or `.jsonl` (Mooncake). Default: the bundled
