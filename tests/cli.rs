@@ -46,11 +46,12 @@ async fn worker_drains_in_flight_requests_on_sigterm_and_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Runs `switchyard cluster` for three seconds into a scratch folder and checks its report.
+/// Runs `switchyard cluster` with a fixed pool of four for three seconds into a scratch folder
+/// and checks its report (the autoscaled default: `tests/cluster_autoscale.rs`).
 async fn cluster_runs_end_to_end(name: &str, extra: &[&str]) -> ClusterReport {
     let dir = scratch(name);
     let output = Command::new(BIN)
-        .args(["cluster", "--duration", "3", "--out"])
+        .args(["cluster", "--fixed", "4", "--duration", "3", "--out"])
         .arg(&dir)
         .args(extra)
         .kill_on_drop(true)

@@ -1,12 +1,42 @@
-//! `switchyard cluster`: a small heterogeneous cluster on this machine, loaded through the gateway
-//! with a production trace, measured, and plotted.
+//! `switchyard cluster`: a small cluster on this machine, loaded through the gateway with a
+//! production trace, measured, and plotted. By default the pool is **autoscaled**; with
+//! `--fixed N` (or `--replicas N`) it is a fixed, heterogeneous pool.
+//!
+//! # Autoscaled (the default)
+//!
+//! The gateway runs in this process; its `default` pool is fed through a discovery channel by
+//! `switchyard_autoscale`'s process scaler, which starts `switchyard worker --cold-start D`
+//! processes (speed 1; `--cold-start`, [`DEFAULT_COLD_START`] = 2 s by default, models loading
+//! the weights), adds each to the pool only once its health says SERVING, and on scale-down
+//! removes a replica from the pool first, lets its requests in flight finish, then stops it
+//! (SIGTERM). Switchyard's LLM-aware recommender reads the pool's `LoadBoard` once a second and
+//! keeps the pool between `--min-replicas` (1) and `--max-replicas` (8); its windows are shrunk
+//! to the run's length and its target calibrated as the lab's `burst` scenario does (see
+//! [`recommender_config`]). The pool starts at its minimum, ready before the first request.
+//!
+//! The load is a stretch of the trace whose load swings ([`swinging_stretch`]): among the
+//! stretches whose busiest [`STRETCH_BINS`]-th offers [`PEAK_LOAD`] (3.5) replicas' capacity when
+//! replayed over `--duration`, the one whose load falls most after a peak. For the bundled Azure
+//! trace and the default minute that is trace seconds 2381..2920 (minutes 40 to 49), sped up
+//! about 9×: 59 requests/s at its peak, falling to 30, about 48 on average (today's fixed pool
+//! ran at 43). `--time-scale` fixes the speed-up (and so the span) instead.
+//!
+//! Beside the fixed pool's report (below; the per-replica prompt tokens and prefix-cache hit
+//! rate are not read, the workers' metrics listeners being unknown), `cluster.json` gains
+//! `scaling` ([`ScalingReport`]: replica-seconds, scale events up and down, the fewest and most
+//! replicas ready, the stretch, and the pool's desired, current and ready count after every
+//! decision), and `scaling.png` plots offered load, replicas desired and ready, and TTFT p99
+//! over the run. No request may fail while the pool grows or drains;
+//! `tests/cluster_autoscale.rs` checks that over real processes.
+//!
+//! # Fixed (`--fixed N`, `--replicas N`, `--no-gateway`)
 //!
 //! The cluster is made of child processes of the running executable:
-//! - `--replicas` workers (`switchyard worker --listen 127.0.0.1:0 --speed S --metrics-listen
-//!   127.0.0.1:0`), four by default, the last one `--slow-speed` (0.333: three times slower, an
-//!   older or shared GPU); LLM engines, or with `--kind parallel --parallel K --service-ms T`
-//!   classic servers of `K` slots at `T` ms a request (the default time scale then follows their
-//!   capacity);
+//! - `N` workers (`switchyard worker --listen 127.0.0.1:0 --speed S --metrics-listen
+//!   127.0.0.1:0`), four with `--no-gateway`, the last one `--slow-speed` (0.333: three times
+//!   slower, an older or shared GPU); LLM engines, or with `--kind parallel --parallel K
+//!   --service-ms T` classic servers of `K` slots at `T` ms a request (the default time scale
+//!   then follows their capacity);
 //! - the gateway over them (`switchyard gateway --listen 127.0.0.1:0 --admin 127.0.0.1:0
 //!   --rpc-metrics --backend http://WORKER ... --policy P`), least response time by default.
 //!
@@ -31,7 +61,7 @@
 //! (each replica's prefix-cache hit rate and the cluster's; a trace with prefix blocks, such as
 //! `traces/mooncake_conversation.jsonl` under `--policy prefix-aware`, is where it matters).
 //!
-//! # Load
+//! # Load (fixed pool)
 //!
 //! The trace is time-compressed so that the cluster runs at [`TARGET_LOAD`] (70 %) of its
 //! capacity: busy enough that the policy matters, with headroom for the trace's bursts. The
@@ -60,21 +90,28 @@
 //! Children are spawned with `kill_on_drop`, so an error on any path kills them; a child that
 //! exits while the cluster runs is an error that names it and shows its last stderr lines.
 
+mod autoscale;
 mod plots;
 pub(crate) mod processes;
 mod report;
+mod scaling_plot;
+mod stretch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use autoscale::{PEAK_LOAD, recommender_config};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 pub use plots::{HIT_RATE_PNG, LATENCY_PNG, SHARES_PNG};
 use processes::ChildProcess;
 pub use processes::ProcessError;
 pub use report::{
-    ClusterReport, ClusterSetup, PromptTokens, ReplicaSetup, ReplicaShare, prompt_tokens_from_metrics,
+    ClusterReport, ClusterSetup, PromptTokens, ReplicaSetup, ReplicaShare, ScalePoint, ScalingReport,
+    prompt_tokens_from_metrics,
 };
+pub use scaling_plot::SCALING_PNG;
+pub use stretch::{STRETCH_BINS, Stretch, swinging_stretch};
 use switchyard_balance::{PolicyKind, PolicySpec};
 use switchyard_core::Spec;
 use switchyard_sim::trace::{TraceRecord, read_trace};
@@ -89,6 +126,14 @@ pub const REPLICA_CAPACITY_RPS: f64 = 18.4;
 
 /// The load the cluster is run at by default, as a share of its capacity.
 pub const TARGET_LOAD: f64 = 0.7;
+
+/// The workers of a fixed pool without `--fixed N` (with `--no-gateway`).
+pub const FIXED_REPLICAS: usize = 4;
+
+/// A new worker's cold start in an autoscaled cluster unless `--cold-start` says otherwise:
+/// short, so that a minute's run shows several scale-ups (the lab's `burst` scenario measures
+/// the recommenders with 30 s).
+pub const DEFAULT_COLD_START: Duration = Duration::from_secs(2);
 
 /// File name of the JSON report in the report folder.
 pub const CLUSTER_JSON: &str = "cluster.json";
@@ -112,17 +157,30 @@ pub struct ClusterArgs {
     /// The gateway's balancing policy, one of the registered ones (see `--help`).
     #[arg(long, default_value_t = PolicyKind::DEFAULT.name().to_string(), help = crate::gateway::policy_help("The gateway's balancing policy"))]
     pub policy: String,
-    /// Workers to start; the last one runs at `--slow-speed`, the others at speed 1.
-    #[arg(long, default_value_t = 4)]
-    pub replicas: usize,
+    /// A fixed pool of N workers instead of autoscaling (the last one at `--slow-speed`, the
+    /// others at speed 1; four with `--no-gateway`); `--replicas N` is the same.
+    #[arg(long = "fixed", visible_alias = "replicas", value_name = "N", conflicts_with_all = ["min_replicas", "max_replicas"])]
+    pub fixed: Option<usize>,
+    /// Autoscaling: the fewest workers (at least 1).
+    #[arg(long, default_value_t = 1)]
+    pub min_replicas: u32,
+    /// Autoscaling: the most workers.
+    #[arg(long, default_value_t = 8)]
+    pub max_replicas: u32,
+    /// Autoscaling: how long a new worker loads its weights before it serves (`worker
+    /// --cold-start`), e.g. `2s`.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub cold_start: Duration,
     /// Speed of the last worker (1 = H100; 0.333 is three times slower).
     #[arg(long, default_value_t = 0.333)]
     pub slow_speed: f64,
     /// Seconds of load to send.
     #[arg(long, default_value_t = 60.0)]
     pub duration: f64,
-    /// Multiplies the trace's arrival times. Default: computed so that the load is 70% of the
-    /// cluster's capacity (about 0.11 for four workers, one at speed 0.333).
+    /// Multiplies the trace's arrival times. Default: autoscaled, computed with the stretch of
+    /// the trace replayed (its peak at 3.5 replicas' capacity: about 0.11); fixed, computed so
+    /// that the load is 70% of the cluster's capacity (about 0.11 for four workers, one at
+    /// speed 0.333).
     #[arg(long)]
     pub time_scale: Option<f64>,
     /// Trace to replay: `.csv` (Azure LLM trace) or `.jsonl` (Mooncake). Default: the bundled
@@ -167,7 +225,10 @@ impl Default for ClusterArgs {
     fn default() -> Self {
         Self {
             policy: PolicyKind::DEFAULT.name().to_string(),
-            replicas: 4,
+            fixed: None,
+            min_replicas: 1,
+            max_replicas: 8,
+            cold_start: DEFAULT_COLD_START,
             slow_speed: 0.333,
             duration: 60.0,
             time_scale: None,
@@ -185,12 +246,21 @@ impl Default for ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// The workers' speeds: 1 for all but the last, which gets `--slow-speed` (a single worker
-    /// runs at speed 1).
+    /// Whether the pool is autoscaled: unless `--fixed`/`--replicas` or `--no-gateway`.
+    pub fn autoscaled(&self) -> bool {
+        self.fixed.is_none() && !self.no_gateway
+    }
+
+    /// The workers of a fixed pool: `--fixed`, else [`FIXED_REPLICAS`].
+    pub fn fixed_replicas(&self) -> usize {
+        self.fixed.unwrap_or(FIXED_REPLICAS)
+    }
+
+    /// The workers' speeds in a fixed pool: 1 for all but the last, which gets `--slow-speed`
+    /// (a single worker runs at speed 1).
     pub fn speeds(&self) -> Vec<f64> {
-        (0..self.replicas)
-            .map(|i| if i + 1 == self.replicas && i > 0 { self.slow_speed } else { 1.0 })
-            .collect()
+        let n = self.fixed_replicas();
+        (0..n).map(|i| if i + 1 == n && i > 0 { self.slow_speed } else { 1.0 }).collect()
     }
 
     /// What one speed-1 worker sustains, in requests per second: [`REPLICA_CAPACITY_RPS`] for
@@ -253,8 +323,20 @@ impl ClusterArgs {
                 self.parallel, self.service_ms
             ));
         }
-        if self.replicas == 0 || self.replicas > 64 {
-            return invalid(format!("--replicas must be between 1 and 64, got {}", self.replicas));
+        if self.fixed.is_some_and(|n| n == 0 || n > 64) {
+            return invalid(format!(
+                "--fixed (--replicas) must be between 1 and 64, got {}",
+                self.fixed_replicas()
+            ));
+        }
+        if self.min_replicas == 0 || self.min_replicas > self.max_replicas || self.max_replicas > 64 {
+            return invalid(format!(
+                "--min-replicas and --max-replicas must satisfy 1 <= min <= max <= 64, got {} and {}",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        if self.cold_start > Duration::from_secs(600) {
+            return invalid(format!("--cold-start must be at most 10 minutes, got {:?}", self.cold_start));
         }
         if !(self.slow_speed.is_finite() && self.slow_speed > 0.0) {
             return invalid(format!("--slow-speed must be > 0, got {}", self.slow_speed));
@@ -529,6 +611,13 @@ pub async fn run(
         Some(path) => (read_trace(path)?, path.display().to_string()),
         None => (crate::traces::azure_conv()?, "azure_llm_2023_conv.csv (bundled)".to_string()),
     };
+    if args.autoscaled() {
+        let replica_rps = match (&args.trace, args.kind) {
+            (Some(_), ReplicaKindArg::Llm) => trace_capacity_rps(&records).await?,
+            _ => args.replica_capacity_rps(),
+        };
+        return autoscale::run(args, policy, records, trace_name, replica_rps, shutdown).await;
+    }
     let speeds = args.speeds();
     let driven = if args.no_gateway { &speeds[..1] } else { &speeds[..] };
     // What one speed-1 worker sustains: the lab's constant on the bundled trace, measured on the
@@ -657,6 +746,7 @@ pub async fn run(
         shares_from,
         plots: vec![LATENCY_PNG.to_string(), SHARES_PNG.to_string(), HIT_RATE_PNG.to_string()],
         prefix_hit_rate: total.hit_rate(),
+        scaling: None,
     };
     write_report(&out, &report, &samples)?;
     stopped?;
@@ -873,21 +963,23 @@ mod tests {
 
     #[test]
     fn the_last_replica_is_the_slow_one() {
-        let args = ClusterArgs { replicas: 2, slow_speed: 0.5, ..ClusterArgs::default() };
+        let args = ClusterArgs { fixed: Some(2), slow_speed: 0.5, ..ClusterArgs::default() };
         assert_eq!(args.speeds(), [1.0, 0.5]);
-        assert_eq!(ClusterArgs { replicas: 1, ..ClusterArgs::default() }.speeds(), [1.0]);
+        assert_eq!(ClusterArgs { fixed: Some(1), ..ClusterArgs::default() }.speeds(), [1.0]);
     }
 
     #[test]
     fn bad_flags_are_refused_by_name() {
         let bad = [
-            ClusterArgs { replicas: 0, ..ClusterArgs::default() },
+            ClusterArgs { fixed: Some(0), ..ClusterArgs::default() },
+            ClusterArgs { min_replicas: 3, max_replicas: 2, ..ClusterArgs::default() },
             ClusterArgs { duration: -1.0, ..ClusterArgs::default() },
             ClusterArgs { time_scale: Some(0.0), ..ClusterArgs::default() },
             ClusterArgs { slow_speed: f64::NAN, ..ClusterArgs::default() },
             ClusterArgs { policy: "fastest".into(), ..ClusterArgs::default() },
         ];
-        let names = ["--replicas", "--duration", "--time-scale", "--slow-speed", "--policy"];
+        let names =
+            ["--replicas", "--max-replicas", "--duration", "--time-scale", "--slow-speed", "--policy"];
         for (args, name) in bad.iter().zip(names) {
             let err = args.validate().unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

@@ -54,7 +54,7 @@ pub(crate) fn latency_points(samples: &[RequestSample]) -> (Vec<LatencyPoint>, u
 }
 
 /// Turns a drawing error on `file` into a [`PlotError`].
-fn draw_err<E: std::error::Error + Send + Sync>(
+pub(super) fn draw_err<E: std::error::Error + Send + Sync>(
     file: &str,
 ) -> impl Fn(DrawingAreaErrorKind<E>) -> PlotError + Copy + '_ {
     move |e| PlotError::new(file, e)
@@ -146,13 +146,13 @@ fn latency_panel(
 }
 
 /// The largest 1, 2 or 5 × 10^k at or below `v` (> 0).
-fn nice_below(v: f64) -> f64 {
+pub(super) fn nice_below(v: f64) -> f64 {
     let decade = 10f64.powf(v.log10().floor());
     [5.0, 2.0, 1.0].into_iter().map(|m| m * decade).find(|&n| n <= v * (1.0 + 1e-9)).unwrap_or(decade)
 }
 
 /// The smallest 1, 2 or 5 × 10^k at or above `v` (> 0).
-fn nice_above(v: f64) -> f64 {
+pub(super) fn nice_above(v: f64) -> f64 {
     let decade = 10f64.powf(v.log10().floor());
     [1.0, 2.0, 5.0, 10.0]
         .into_iter()
@@ -162,7 +162,7 @@ fn nice_above(v: f64) -> f64 {
 }
 
 /// Whether `v` is 1, 2 or 5 × 10^k: the log axis labels only those, so its labels do not crowd.
-fn is_nice(v: f64) -> bool {
+pub(super) fn is_nice(v: f64) -> bool {
     v > 0.0 && {
         let m = v / 10f64.powf(v.log10().floor());
         [1.0, 2.0, 5.0, 10.0].iter().any(|n| (m - n).abs() < 1e-6)
@@ -170,7 +170,7 @@ fn is_nice(v: f64) -> bool {
 }
 
 /// An axis label in milliseconds: `50`, `1.5k`.
-fn format_ms(v: f64) -> String {
+pub(super) fn format_ms(v: f64) -> String {
     if v >= 1000.0 {
         let s = format!("{:.1}", v / 1000.0);
         format!("{}k", s.trim_end_matches(".0"))

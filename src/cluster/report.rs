@@ -93,6 +93,103 @@ pub struct ClusterReport {
     /// the replicas (read from each worker's `/metrics`).
     #[serde(default)]
     pub prefix_hit_rate: f64,
+    /// How the pool was scaled, when it was autoscaled (the default); `None` for a fixed pool.
+    #[serde(default)]
+    pub scaling: Option<ScalingReport>,
+}
+
+/// What the autoscaler did over an autoscaled run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScalingReport {
+    /// The recommender (`llm-aware`).
+    pub recommender: String,
+    /// `--min-replicas`.
+    pub min_replicas: u32,
+    /// `--max-replicas`.
+    pub max_replicas: u32,
+    /// Each new worker's simulated cold start (`--cold-start`), seconds.
+    pub cold_start_s: f64,
+    /// The recommender's target utilisation (calibrated as the lab's `burst` scenario does).
+    pub target_utilisation: f64,
+    /// The stretch of the trace replayed and its speed-up.
+    pub stretch: super::stretch::Stretch,
+    /// The trace's peak offered, in replicas' capacity (`peak_rate / time_scale / capacity`).
+    pub peak_load_replicas: f64,
+    /// Replicas (starting or ready) integrated over the load, replica-seconds: what the pool
+    /// cost.
+    pub replica_seconds: f64,
+    /// Ready replicas integrated over the load, replica-seconds.
+    pub ready_replica_seconds: f64,
+    /// Decisions that changed the desired count.
+    pub scale_events: u32,
+    /// Of those, increases.
+    pub scale_ups: u32,
+    /// Of those, decreases.
+    pub scale_downs: u32,
+    /// The fewest and most replicas ready while the load ran.
+    pub ready_min: u32,
+    /// The most replicas ready while the load ran.
+    pub ready_max: u32,
+    /// The most replicas desired while the load ran.
+    pub desired_max: u32,
+    /// The pool after every decision (one a second).
+    pub timeline: Vec<ScalePoint>,
+}
+
+/// The pool's size at one instant of an autoscaled run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScalePoint {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    /// Replicas the recommender asks for.
+    pub desired: u32,
+    /// Replicas that exist, starting or ready.
+    pub current: u32,
+    /// Replicas ready (SERVING and in discovery).
+    pub ready: u32,
+}
+
+impl ScalingReport {
+    /// The integrals and extremes of `timeline`, up to `end_s` (the end of the load).
+    pub(crate) fn figures(timeline: &[ScalePoint], end_s: f64) -> (f64, f64, u32, u32, u32) {
+        let (mut replica_s, mut ready_s) = (0.0, 0.0);
+        for (i, p) in timeline.iter().enumerate() {
+            let until = timeline.get(i + 1).map_or(end_s, |n| n.t_s).min(end_s);
+            let dt = (until - p.t_s.max(0.0)).max(0.0);
+            replica_s += f64::from(p.current) * dt;
+            ready_s += f64::from(p.ready) * dt;
+        }
+        let during = timeline.iter().filter(|p| p.t_s <= end_s);
+        let (lo, hi, desired) = during
+            .fold((u32::MAX, 0, 0), |(lo, hi, d), p| (lo.min(p.ready), hi.max(p.ready), d.max(p.desired)));
+        (replica_s, ready_s, if lo == u32::MAX { 0 } else { lo }, hi, desired)
+    }
+
+    /// The summary's lines about scaling.
+    pub fn summary(&self) -> String {
+        format!(
+            "autoscaled ({}) between {} and {} replicas, cold start {:.1} s: ready {}..{} (desired up to {}), \
+{} scale events ({} up, {} down), {:.0} replica-seconds ({:.0} ready); trace stretch {:.0}..{:.0} s \
+sped up {:.1}x, peak {:.1} replicas of load, falling {:.1}x",
+            self.recommender,
+            self.min_replicas,
+            self.max_replicas,
+            self.cold_start_s,
+            self.ready_min,
+            self.ready_max,
+            self.desired_max,
+            self.scale_events,
+            self.scale_ups,
+            self.scale_downs,
+            self.replica_seconds,
+            self.ready_replica_seconds,
+            self.stretch.start_s,
+            self.stretch.start_s + self.stretch.span_s,
+            1.0 / self.stretch.time_scale,
+            self.peak_load_replicas,
+            self.stretch.swing(),
+        )
+    }
 }
 
 impl ClusterReport {
@@ -142,6 +239,9 @@ impl ClusterReport {
             s.offered_load * 100.0,
             s.capacity_rps,
         );
+        if let Some(scaling) = &self.scaling {
+            let _ = writeln!(out, "{}\n", scaling.summary());
+        }
         let _ = writeln!(out, "{}", self.loadgen.summary());
         let _ = write!(out, "requests per replica (from {}):\n\n{}", self.shares_from, self.replica_table());
         let (cached, prompt) =
@@ -261,6 +361,16 @@ switchyard_replica_queue_depth 3\n";
         assert_eq!(tokens.hit_rate(), 0.25);
         assert_eq!(prompt_tokens_from_metrics("switchyard_replica_queue_depth 3\n"), None);
         assert_eq!(PromptTokens::default().hit_rate(), 0.0);
+    }
+
+    #[test]
+    fn replica_seconds_integrate_the_pool_over_the_load() {
+        let p = |t_s, desired, current, ready| ScalePoint { t_s, desired, current, ready };
+        let timeline = [p(0.0, 1, 1, 1), p(1.0, 3, 3, 1), p(3.0, 3, 3, 3), p(5.0, 2, 2, 2), p(9.0, 1, 1, 1)];
+        let (replica_s, ready_s, lo, hi, desired) = ScalingReport::figures(&timeline, 6.0);
+        assert_eq!(replica_s, 1.0 + 3.0 * 2.0 + 3.0 * 2.0 + 2.0);
+        assert_eq!(ready_s, 1.0 + 2.0 + 6.0 + 2.0);
+        assert_eq!((lo, hi, desired), (1, 3, 3), "the point after the load does not count");
     }
 
     #[test]

@@ -526,6 +526,24 @@ fn summarise(w: &Workload, autoscaler: &str, run: &RunOutput, slo: f64, capacity
     }
 }
 
+/// The target utilisation of Switchyard's recommender for LLM replicas of `capacity` requests a
+/// second on the mix of `records`, calibrated as this scenario calibrates it (one replica at 70 %
+/// of its capacity, the demand the recommender reads off the board); in virtual time, so it must
+/// run on a paused clock. `switchyard cluster` autoscales with it.
+pub(crate) async fn switchyard_target(
+    capacity: f64,
+    records: &[TraceRecord],
+    seed: u64,
+) -> Result<f64, LabError> {
+    let lengths = LengthSampler::from_trace(records).map_err(|e| LabError::Setting(e.to_string()))?;
+    let (_, demand) = calibrate_at_70(capacity, &lengths, seed).await?;
+    if demand.is_finite() && demand > 0.0 {
+        Ok(demand)
+    } else {
+        Err(LabError::Setting("the calibration run gave Switchyard's recommender no demand".into()))
+    }
+}
+
 /// One replica at 70 % of its capacity: its mean in flight (Little's law) and the mean demand
 /// Switchyard's recommender reads off its board (sampled every second after the first 30 s).
 async fn calibrate_at_70(capacity: f64, lengths: &LengthSampler, seed: u64) -> Result<(f64, f64), LabError> {

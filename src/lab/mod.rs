@@ -62,7 +62,7 @@
 //!   FILE` draws replicas and p99 TTFT over time, one PNG per workload.
 
 mod balanced;
-mod burst;
+pub(crate) mod burst;
 mod burst_plot;
 mod burst_pool;
 mod capacity;

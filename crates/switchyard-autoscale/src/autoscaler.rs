@@ -87,6 +87,11 @@ where
         &mut self.source
     }
 
+    /// The source, the recommender and the scaler back (to shut the scaler down at the end).
+    pub fn into_parts(self) -> (S, R, C) {
+        (self.source, self.recommender, self.scaler)
+    }
+
     /// One decision now: sample, recommend, log, export, apply.
     pub async fn step(&mut self) -> Result<Decision, ScaleError> {
         let signals: Option<Signals> = self.source.sample();

@@ -284,7 +284,10 @@ impl Recommender for LlmAware {
             return Recommendation::keep(c.bounds.clamp(current), "capacity not learnt yet: keep");
         };
         let window = c.scale_down_window;
-        while self.demands.front().is_some_and(|&(at, _)| now.saturating_duration_since(at) > window) {
+        // Keep the newest demand at or beyond the window: with decisions on a real clock (ticks a
+        // little more or less than the interval apart), no sample is exactly `window` old, and
+        // dropping every older one would leave the window never full.
+        while self.demands.get(1).is_some_and(|&(at, _)| now.saturating_duration_since(at) >= window) {
             self.demands.pop_front();
         }
         self.demands.push_back((now, demand));
@@ -486,6 +489,19 @@ mod tests {
             assert!(pair[1] - pair[0] >= Duration::from_secs(30), "{downs:?}");
         }
         // 7 requests a second is 0.7 replicas of work: it settles at ceil(0.7·/(0.7 × 0.85)) = 2.
+        assert_eq!(desired, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scales_down_on_decisions_a_little_more_than_an_interval_apart() {
+        // Decisions on a real clock drift (1.003 s apart here): the window still fills.
+        let mut a = aware();
+        let mut desired = 6;
+        for _ in 0..400 {
+            let now = Instant::now();
+            desired = a.recommend(now, size(desired, desired), Some(&load(now, desired, 7.0))).desired;
+            tokio::time::advance(Duration::from_millis(1003)).await;
+        }
         assert_eq!(desired, 2);
     }
 
