@@ -57,8 +57,8 @@
 #![warn(missing_docs)]
 
 mod autoscaler;
-pub mod prometheus;
 mod held;
+pub mod prometheus;
 pub mod recommend;
 pub mod scaler;
 pub mod signals;
@@ -68,8 +68,8 @@ pub use autoscaler::{
     Autoscaler, CURRENT_METRIC, DESIRED_METRIC, Decision, READY_METRIC, RECOMMENDED_CPU_METRIC,
     RECOMMENDED_MEMORY_METRIC, SCALE_EVENTS_METRIC,
 };
-pub use prometheus::{PolledSignals, PrometheusConfig, PrometheusError, PrometheusSignals};
 pub use held::WithHeld;
+pub use prometheus::{PolledSignals, PrometheusConfig, PrometheusError, PrometheusSignals};
 pub use recommend::{
     Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize, Recommendation, Recommender,
     Saturation, SaturationConfig,

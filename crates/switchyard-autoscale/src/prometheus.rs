@@ -293,7 +293,7 @@ impl PrometheusSignals {
             if selector.is_empty() { "" } else { "," }
         );
         let held = conn.query(&held_query).await?.first().map(|&(_, v)| v.max(0.0).round() as u64);
-        Ok(Signals { at, replicas, arrival_rate: Some(arrival_rate), held })
+        Ok(Signals { at, replicas, arrival_rate: Some(arrival_rate), work_rate: None, held })
     }
 
     /// Fetches a snapshot every `every` in a task; the returned source hands the last one to an
