@@ -4,13 +4,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use switchyard_core::Code;
 use tokio::time::Instant;
 
 use super::Side;
+use super::frame::{self, FrameEnd};
 use super::span;
 use super::stats::PathMetrics;
 
@@ -147,24 +147,17 @@ where
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let Some(end) = this.end.as_mut() else { return Poll::Ready(frame) };
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    end.bytes += data.remaining() as u64;
-                    if this.inner.is_end_stream() {
-                        let code = end.without_trailers();
-                        end.finish(code);
-                    }
-                } else if let Some(trailers) = f.trailers_ref() {
-                    let code = grpc_status(trailers).unwrap_or_else(|| end.without_trailers());
-                    end.finish(code);
-                }
-            }
-            Some(Err(_)) => end.finish(Code::Unknown),
-            None => {
+        match frame::observe(&frame, &mut end.bytes, this.inner.is_end_stream()) {
+            FrameEnd::Open => {}
+            FrameEnd::Done => {
                 let code = end.without_trailers();
                 end.finish(code);
             }
+            FrameEnd::Trailers(trailers) => {
+                let code = grpc_status(trailers).unwrap_or_else(|| end.without_trailers());
+                end.finish(code);
+            }
+            FrameEnd::Failed => end.finish(Code::Unknown),
         }
         Poll::Ready(frame)
     }

@@ -30,6 +30,7 @@
 //! service fails.
 
 mod body;
+mod frame;
 mod future;
 mod layer;
 mod request;

@@ -4,10 +4,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::frame::{self, FrameEnd};
 use super::stats::PathMetrics;
 
 pin_project! {
@@ -78,16 +78,9 @@ impl<B: Body> Body for RpcRequestBody<B> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let Some(count) = this.count.as_mut() else { return Poll::Ready(frame) };
-        let ended = match &frame {
-            Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    count.bytes += data.remaining() as u64;
-                }
-                // Trailers end a body; so does a last data frame.
-                f.is_trailers() || this.inner.is_end_stream()
-            }
-            Some(Err(_)) | None => true,
-        };
+        // Trailers end a body; so does a last data frame, an error or the end of the stream.
+        let ended =
+            !matches!(frame::observe(&frame, &mut count.bytes, this.inner.is_end_stream()), FrameEnd::Open);
         if ended && let Some(count) = this.count.take() {
             count.record();
         }
