@@ -6,12 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use switchyard::gateway::{Gateway, GatewayConfig};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker;
 use switchyard_autoscale::Scaler;
 use switchyard_autoscale::scaler::process::{ProcessConfig, ProcessScaler};
-use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -33,18 +31,11 @@ async fn health(address: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_scaler_adds_only_serving_replicas_and_drains_before_stopping() {
-    let (publisher, source) = switchyard_discovery::channel(64);
-    let config = GatewayConfig::from_toml(
-        "threads = 1\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
+    let (gateway, publisher) = common::gateway::with_channel(
+        &format!("threads = 1\n[[pool]]\nname = \"default\"\n{}", common::gateway::EMPTY_STATIC),
+        64,
     )
-    .unwrap();
-    let gateway = Gateway::start_with_sources(
-        config,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-        vec![("default".into(), source)],
-    )
-    .unwrap();
+    .await;
     let board = gateway.pool("default").unwrap().board().clone();
 
     let mut config = ProcessConfig::new(common::BIN);

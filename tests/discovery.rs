@@ -392,19 +392,12 @@ async fn flapping_at_10000_changes_per_second_leaks_nothing_and_fails_no_request
         .enumerate()
         .map(|(i, w)| switchyard::core::Endpoint::new(format!("s{i}"), format!("http://{}", w.addr)))
         .collect();
-    let (publisher, source) = switchyard_discovery::channel(1024);
     // The pool's endpoints all come from the channel (the static section is empty).
-    let config = GatewayConfig::from_toml(
-        "threads = 2\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
+    let (gateway, publisher) = common::gateway::with_channel(
+        &format!("threads = 2\n[[pool]]\nname = \"default\"\n{}", common::gateway::EMPTY_STATIC),
+        1024,
     )
-    .unwrap();
-    let gateway = Gateway::start_with_sources(
-        config,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-        vec![("default".into(), source)],
-    )
-    .unwrap();
+    .await;
     publisher.replace(stable.clone()).await.unwrap();
     let board = gateway.pool("default").unwrap().board().clone();
     let ids = |board: &switchyard::balance::LoadBoard| {
@@ -515,19 +508,15 @@ async fn a_stream_on_a_removed_endpoint_is_cut_after_the_pools_drain_timeout() {
     tokio::spawn(worker::serve(args, listener, async move {
         let _ = stopped.await;
     }));
-    let (publisher, source) = switchyard_discovery::channel(8);
-    let config = GatewayConfig::from_toml(&format!(
-        "threads = 1\n[[pool]]\nname = \"default\"\ndrain_timeout = \"{}ms\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
-        DRAIN.as_millis()
-    ))
-    .unwrap();
-    let gateway = Gateway::start_with_sources(
-        config,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-        vec![("default".into(), source)],
+    let (gateway, publisher) = common::gateway::with_channel(
+        &format!(
+            "threads = 1\n[[pool]]\nname = \"default\"\ndrain_timeout = \"{}ms\"\n{}",
+            DRAIN.as_millis(),
+            common::gateway::EMPTY_STATIC
+        ),
+        8,
     )
-    .unwrap();
+    .await;
     publisher.insert(switchyard::core::Endpoint::new("a", format!("http://{addr}"))).await.unwrap();
     until(|| taken(&gateway, "a").is_some(), "the endpoint joins").await;
 

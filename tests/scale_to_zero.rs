@@ -8,12 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use switchyard::gateway::{Gateway, GatewayConfig};
+use switchyard::gateway::GatewayConfig;
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker;
 use switchyard_autoscale::scaler::process::{ProcessConfig, ProcessScaler};
 use switchyard_autoscale::{Autoscaler, BoardSignals, Bounds, LlmAware, LlmAwareConfig, Scaler, WithHeld};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 const COLD_START: Duration = Duration::from_millis(3500);
@@ -39,20 +38,15 @@ fn client(addr: std::net::SocketAddr) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_held_at_zero_replicas_wakes_the_pool_and_is_served_within_its_deadline() {
-    let (publisher, source) = switchyard_discovery::channel(64);
-    let config = GatewayConfig::from_toml(
-        "threads = 1\n[[pool]]\nname = \"default\"\nhold_when_empty = true\n\
-         layers = [{ name = \"shed\", max_queue = 16 }]\n\
-         [[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
+    let (gateway, publisher) = common::gateway::with_channel(
+        &format!(
+            "threads = 1\n[[pool]]\nname = \"default\"\nhold_when_empty = true\n\
+             layers = [{{ name = \"shed\", max_queue = 16 }}]\n{}",
+            common::gateway::EMPTY_STATIC
+        ),
+        64,
     )
-    .unwrap();
-    let gateway = Gateway::start_with_sources(
-        config,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-        vec![("default".into(), source)],
-    )
-    .unwrap();
+    .await;
     let pool = gateway.pool("default").unwrap();
     let board = pool.board().clone();
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests that run the `switchyard` binary.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod gateway;
 pub(crate) mod prometheus;
 
 use std::process::Stdio;
