@@ -10,14 +10,13 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::prometheus::{Prometheus, encode, get, tool};
+use common::prometheus::{Prometheus, encode, get, promtool_check};
 
 use switchyard::balance::PolicyKind;
 use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker::{self, WorkerArgs};
 use switchyard_telemetry::MetricsRegistry;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -63,25 +62,6 @@ async fn traffic(gateway: &Gateway, calls: usize) {
 /// The value of the series `series` (name and labels, exactly as rendered) in `text`.
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Runs `promtool check metrics` on `text`; panics with its report if it finds a problem.
-async fn promtool_check(what: &str, text: &str) {
-    let mut child = tokio::process::Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
-    let output = child.wait_with_output().await.unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed on the {what}'s /metrics:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test]

@@ -4,28 +4,18 @@
 //! force is there, and the exposition passes `promtool` (Debian's `prometheus` package;
 //! `scripts/install-test-deps.sh` installs it).
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
+
+use common::prometheus::{get, promtool_check};
 
 use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker::{self, WorkerArgs};
 use switchyard_telemetry::MetricsRegistry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::transport::Channel;
-
-/// `GET path` over HTTP/1.1; the status and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP response");
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
-}
 
 /// The sum of the series whose name and first labels start with `prefix`.
 fn sum(text: &str, prefix: &str) -> f64 {
@@ -35,24 +25,35 @@ fn sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-fn promtool() -> PathBuf {
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let path = dir.join("promtool");
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("`promtool` is not installed: run scripts/install-test-deps.sh (Debian's `prometheus` package)");
+/// Starts a simulated worker at `speed` on a loopback port; its address.
+async fn worker(speed: f64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(worker::serve(
+        WorkerArgs { speed, ..WorkerArgs::default() },
+        listener,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Starts a gateway from `config` with metrics (no tracing) and an admin port; a channel to it.
+async fn gateway(config: &str) -> (Gateway, Channel) {
+    let config = GatewayConfig::from_toml(config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let telemetry = GatewayTelemetry::new(MetricsRegistry::new(), false, false);
+    let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry).unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    (gateway, channel)
 }
 
 #[tokio::test]
 async fn refusals_of_the_shed_queue_and_the_limit_in_force_are_series_that_pass_promtool() {
-    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let worker_addr = worker_listener.local_addr().unwrap();
-    let args = WorkerArgs { speed: 0.2, ..WorkerArgs::default() };
-    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+    let worker_addr = worker(0.2).await;
 
-    let config = GatewayConfig::from_toml(&format!(
+    let (gateway, channel) = gateway(&format!(
         r#"
         [[pool]]
         name = "llama"
@@ -64,14 +65,8 @@ async fn refusals_of_the_shed_queue_and_the_limit_in_force_are_series_that_pass_
         endpoints = [{{ address = "http://{worker_addr}" }}]
         "#
     ))
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let telemetry = GatewayTelemetry::new(MetricsRegistry::new(), false, false);
-    let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry).unwrap();
+    .await;
 
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let calls: Vec<_> = (0..6)
         .map(|_| {
             let mut client = GrpcInferenceServiceClient::new(channel.clone());
@@ -132,34 +127,14 @@ async fn refusals_of_the_shed_queue_and_the_limit_in_force_are_series_that_pass_
     }
     assert!(read >= 6, "{read} overload series on the dashboard");
 
-    let mut child = tokio::process::Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
-    let output = child.wait_with_output().await.unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    promtool_check("gateway", &text).await;
 }
 
 #[tokio::test]
 async fn two_limits_in_one_pool_are_two_series_told_apart_by_their_layer() {
-    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let worker_addr = worker_listener.local_addr().unwrap();
-    tokio::spawn(worker::serve(
-        WorkerArgs { speed: 20.0, ..WorkerArgs::default() },
-        worker_listener,
-        std::future::pending(),
-    ));
+    let worker_addr = worker(20.0).await;
 
-    let config = GatewayConfig::from_toml(&format!(
+    let (gateway, channel) = gateway(&format!(
         r#"
         [[pool]]
         name = "llama"
@@ -172,13 +147,7 @@ async fn two_limits_in_one_pool_are_two_series_told_apart_by_their_layer() {
         endpoints = [{{ address = "http://{worker_addr}" }}]
         "#
     ))
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let telemetry = GatewayTelemetry::new(MetricsRegistry::new(), false, false);
-    let gateway = Gateway::start_with_telemetry(config, listener, Some(admin), telemetry).unwrap();
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    .await;
     let mut client = GrpcInferenceServiceClient::new(channel);
     for _ in 0..3 {
         client.model_infer(worker::request::text_request("sim-llm", "hello there", 4)).await.unwrap();
@@ -209,19 +178,5 @@ async fn two_limits_in_one_pool_are_two_series_told_apart_by_their_layer() {
         assert_eq!(text.lines().filter(|l| l.starts_with(&waiting)).count(), 1, "{text}");
     }
 
-    let mut child = tokio::process::Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
-    let output = child.wait_with_output().await.unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    promtool_check("gateway", &text).await;
 }

@@ -140,3 +140,22 @@ impl Prometheus {
         self.child.kill().await.unwrap();
     }
 }
+
+/// Runs `promtool check metrics` on `text`; panics with its report if it finds a problem.
+pub(crate) async fn promtool_check(what: &str, text: &str) {
+    let mut child = tokio::process::Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed on the {what}'s /metrics:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
