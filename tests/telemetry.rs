@@ -120,6 +120,12 @@ async fn gateway_and_worker_metrics_pass_promtool_and_hold_the_per_endpoint_seri
                 .is_some()
         );
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejections_total{labels}")), Some(0.0));
+        // The work (prompt tokens) of the three requests started on it: at least one each.
+        assert!(
+            value(&text, &format!("switchyard_endpoint_started_work_total{labels}"))
+                .is_some_and(|v| v >= 3.0),
+            "{text}"
+        );
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejected{labels}")), Some(0.0));
         // The capacity the balancer learnt: an LLM engine prefills one prompt at a time.
         assert_eq!(value(&text, &format!("switchyard_endpoint_slots{labels}")), Some(1.0), "{text}");
