@@ -38,7 +38,10 @@ impl CliScaler {
     }
 
     #[cfg(feature = "kubernetes")]
-    async fn kubernetes(args: &AutoscaleArgs, (kind, name): (&str, &String)) -> Result<Self, AutoscaleError> {
+    async fn kubernetes(
+        args: &AutoscaleArgs,
+        (kind, name): (&'static str, &String),
+    ) -> Result<Self, AutoscaleError> {
         use switchyard_autoscale::scaler::kubernetes::{KubernetesScaler, Workload};
         let kind = if kind == "deployment" { Workload::Deployment } else { Workload::StatefulSet };
         let scaler = KubernetesScaler::try_default(&args.namespace, kind, name.clone())
@@ -48,7 +51,10 @@ impl CliScaler {
     }
 
     #[cfg(not(feature = "kubernetes"))]
-    async fn kubernetes(_: &AutoscaleArgs, (kind, _): (&str, &String)) -> Result<Self, AutoscaleError> {
+    async fn kubernetes(
+        _: &AutoscaleArgs,
+        (kind, _): (&'static str, &String),
+    ) -> Result<Self, AutoscaleError> {
         Err(AutoscaleError::Flag {
             flag: kind,
             reason: "this switchyard was built without the `kubernetes` feature (cargo build --features kubernetes)"
