@@ -161,6 +161,22 @@ async fn a_dry_run_against_prometheus_scales_an_idle_pool_down_and_exports_its_d
         "{text}"
     );
 
+    // Every autoscaler series the Grafana dashboard reads is one it serves.
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/switchyard.json"))
+            .unwrap();
+    let read: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("switchyard_autoscale_"))
+        .collect();
+    assert!(read.len() >= 4, "{read:?}");
+    for name in read {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            "the dashboard reads {name}, not served\n{text}"
+        );
+    }
+
     common::sigterm(&child);
     let status =
         tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("it stops").unwrap();

@@ -233,7 +233,9 @@ async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() 
                     let name = word.trim_end_matches("_bucket").trim_end_matches("_count");
                     // The overload series need pool layers this gateway has not: tests/telemetry_overload.rs
                     // checks that a gateway with them serves every one the dashboard reads.
+                    // The autoscaler's are its own process's: tests/autoscale_cli.rs checks them.
                     let overload = [
+                        "switchyard_autoscale_",
                         "switchyard_shed_",
                         "switchyard_pool_limit_",
                         "switchyard_pool_concurrency_limit",
@@ -250,6 +252,7 @@ async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() 
             let expr = expr
                 .replace("$gateway_job", "switchyard-gateway")
                 .replace("$worker_job", "switchyard-worker")
+                .replace("$autoscaler_job", "switchyard-autoscaler")
                 .replace("$pool", ".*")
                 .replace("$__rate_interval", "1m");
             let encoded = encode(&expr);
