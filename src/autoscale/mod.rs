@@ -8,7 +8,7 @@
 //! The signals are the gateways' exported boards, summed by PromQL over the gateways
 //! ([`switchyard_autoscale::prometheus`]); the recommender is Switchyard's LLM-aware default
 //! ([`LlmAware`]) with its main knobs on the command line; the scaler sets the `scale`
-//! subresource of the worker Deployment or StatefulSet ([`KubernetesScaler`], a build with
+//! subresource of the worker Deployment or StatefulSet (`KubernetesScaler`, a build with
 //! `--features kubernetes`), and with `--vertical apply` resizes its pods in place. Every
 //! decision is logged with its inputs and exported through the `metrics` facade
 //! (`switchyard_autoscale_{desired,current,ready}_replicas`, ...), served on
@@ -22,8 +22,6 @@
 //! `--dry-run` replaces the Kubernetes scaler with one that only logs: the pool is taken to follow
 //! every decision at once, from `--replicas`. It is how to watch what the recommender would do
 //! against production signals before letting it act.
-//!
-//! [`KubernetesScaler`]: switchyard_autoscale::scaler::kubernetes::KubernetesScaler
 
 mod scaler;
 
