@@ -1,6 +1,8 @@
 //! Switchyard: load balancing for gRPC model-serving services (elastic scaling is to come).
 //!
 //! This is the application package: the `switchyard` command line and what it is built of:
+//! - [`autoscale`]: `switchyard autoscale`, the autoscaler as a process: signals from Prometheus,
+//!   the LLM-aware recommender, the Kubernetes scaler;
 //! - [`bench`](mod@bench): the gateway against nginx and HAProxy, real processes over loopback gRPC;
 //! - [`cluster`]: the example cluster, workers of unequal speed behind the gateway, loaded with a
 //!   production trace and reported with plots;
@@ -20,6 +22,7 @@
 //! [`balance`] and [`sim`].
 #![warn(missing_docs)]
 
+pub mod autoscale;
 pub mod bench;
 pub mod cluster;
 pub mod gateway;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::{bench, cluster, gateway, infer, lab, loadgen, worker};
+use switchyard::{autoscale, bench, cluster, gateway, infer, lab, loadgen, worker};
 use switchyard_telemetry::TelemetryConfig;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -39,6 +39,8 @@ enum Command {
     Lab(lab::LabArgs),
     /// Benchmark the gateway against nginx and HAProxy over real processes on loopback.
     Bench(bench::BenchArgs),
+    /// Size a pool of workers from the gateways' metrics in Prometheus: the LLM-aware autoscaler, scaling a Kubernetes Deployment or StatefulSet.
+    Autoscale(autoscale::AutoscaleArgs),
     /// A layer-4 TCP relay, the bench's floor for what a proxy costs (not a product).
     #[command(hide = true)]
     Relay(bench::relay::RelayArgs),
@@ -86,6 +88,11 @@ async fn main() -> ExitCode {
             (args.tracing, args.registry) = (telemetry.is_tracing(), Some(telemetry.registry().clone()));
             Some(telemetry)
         }
+        Command::Autoscale(args) => {
+            let telemetry = switchyard_telemetry::init("switchyard-autoscale", &TelemetryConfig::from_env());
+            args.registry = Some(telemetry.registry().clone());
+            Some(telemetry)
+        }
         _ => None,
     };
     tracing_subscriber::registry()
@@ -107,6 +114,7 @@ async fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Worker(args) => worker::run(args, shutdown_signal()).await.map_err(Into::into),
         Command::Gateway(args) => gateway::run(args, shutdown_signal()).await.map_err(Into::into),
+        Command::Autoscale(args) => autoscale::run(args, shutdown_signal()).await.map_err(Into::into),
         Command::Relay(args) => bench::relay::run(args, shutdown_signal()).await.map_err(Into::into),
         Command::Loadgen(args) => match loadgen::run(&args).await {
             Ok(report) => {

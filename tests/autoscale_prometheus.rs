@@ -2,7 +2,7 @@
 //! The autoscaler's Prometheus signal source against a real Prometheus server (Debian's
 //! `prometheus` package; `scripts/install-test-deps.sh` installs it) scraping two real gateways
 //! in front of the same two workers: the snapshot sums the gateways, agrees with their
-//! `BoardSignals`, and a stopped Prometheus is a missing signal, never a scale-down.
+//! `BoardSignals` (the work rate within the tolerance of `rate()`), and a stopped Prometheus is a missing signal, never a scale-down.
 
 mod common;
 
@@ -81,6 +81,18 @@ impl Scaler for Following {
     }
 }
 
+/// The work the gateways' balancers started so far, over every endpoint.
+fn started_work(gateways: &[&Gateway]) -> u64 {
+    gateways
+        .iter()
+        .flat_map(|g| {
+            let board = g.pools()[0].board().clone();
+            board.snapshot().into_iter().filter_map(move |e| board.state(&e.endpoint.id))
+        })
+        .map(|state| state.started_work())
+        .sum()
+}
+
 fn in_flight_by_endpoint(signals: &[Signals]) -> BTreeMap<String, u32> {
     let mut sum = BTreeMap::new();
     for s in signals {
@@ -113,6 +125,14 @@ async fn prometheus_signals_sum_two_gateways_agree_with_their_boards_and_go_miss
     prometheus
         .until_result("switchyard_endpoint_picks_total", |r| r.as_array().is_some_and(|r| r.len() == 4))
         .await;
+    // Every series sampled over a whole rate window first, so that `rate()` below extrapolates
+    // over a gap of a scrape interval, not over the half of the window a young series leaves.
+    prometheus
+        .until_result("min(count_over_time(switchyard_endpoint_started_work_total[10s]))", |r| {
+            r[0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|n| n >= 9.0)
+        })
+        .await;
+    let work_before = started_work(&[&one, &two]);
     let held = hold(&one, 3, 400).await;
     let held_two = hold(&two, 2, 400).await;
     prometheus
@@ -163,6 +183,23 @@ async fn prometheus_signals_sum_two_gateways_agree_with_their_boards_and_go_miss
     // The five held answers started within the rate's window.
     let rate = from_prometheus.arrival_rate.expect("a rate");
     assert!(rate > 0.0, "{rate}");
+    // And their work: the boards' counters grew by the held prompts' tokens (nothing else started
+    // since Prometheus began), which `rate()` spreads over the window, extrapolated from its first
+    // and last scrape to the window's ends (a scrape interval of 1 s at each end: a quarter more
+    // at most, allowing for late scrapes on a busy machine).
+    let work = (started_work(&[&one, &two]) - work_before) as f64;
+    let window = 10.0;
+    let work_rate = from_prometheus.work_rate.expect("a work rate from the started-work counter");
+    assert!(
+        work_rate >= 0.95 * work / window && work_rate <= 1.3 * work / window,
+        "prometheus {work_rate} tokens/s vs the boards' {work} tokens in a {window} s window"
+    );
+    // Both rates are read off the same scrapes: their ratio is the boards' work per request.
+    let per_request = work / 5.0;
+    assert!(
+        (work_rate / rate - per_request).abs() <= 0.05 * per_request,
+        "{work_rate} / {rate} vs the boards' {per_request} tokens a request"
+    );
 
     // The polled source feeds an autoscaler: 5 in flight over 4 replicas for a target of 70 a
     // replica is a scale-down (the KPA halves at most).

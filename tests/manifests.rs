@@ -385,9 +385,10 @@ fn subset(small: &BTreeMap<String, String>, large: &BTreeMap<String, String>) ->
 #[test]
 fn every_manifest_reads_into_its_kubernetes_type_with_no_unknown_field() {
     let m = Manifests::load();
-    assert_eq!(m.deployments.len(), 2, "the gateway and the worker");
+    assert_eq!(m.deployments.len(), 3, "the gateway, the worker and the autoscaler");
     assert_eq!(m.services.len(), 2);
-    assert_eq!((m.roles.len(), m.role_bindings.len(), m.service_accounts.len()), (1, 1, 1));
+    // The gateway's and the autoscaler's.
+    assert_eq!((m.roles.len(), m.role_bindings.len(), m.service_accounts.len()), (2, 2, 2));
     assert_eq!((m.hpas.len(), m.scaled_objects.len()), (1, 1));
 
     // The kustomization lists every manifest beside it (the scaling examples are applied apart).
@@ -579,23 +580,27 @@ fn the_worker_serves_metrics_and_is_ready_by_grpc_health() {
     assert!(grace.unwrap() as u64 > drain.as_secs(), "terminationGracePeriodSeconds within --drain-timeout");
 }
 
-#[test]
-fn rbac_grants_endpointslices_list_watch_and_the_workers_scale_get_patch_to_the_gateway() {
-    let m = Manifests::load();
-    let gateway = m.deployment("switchyard-gateway");
-    let account = gateway.spec.as_ref().unwrap().template.spec.as_ref().unwrap().service_account_name.clone();
-    let account = account.expect("the gateway runs as its service account");
-    let namespace = gateway.metadata.namespace.clone().unwrap();
+/// The Role bound to the service account the Deployment `name` runs as, in its namespace.
+fn role_of<'a>(m: &'a Manifests, name: &str) -> &'a Role {
+    let deployment = m.deployment(name);
+    let account =
+        deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().service_account_name.clone();
+    let account = account.unwrap_or_else(|| panic!("{name} runs as its service account"));
+    let namespace = deployment.metadata.namespace.clone().unwrap();
     assert!(
         m.service_accounts.iter().any(|a| a.metadata.name.as_ref() == Some(&account)
             && a.metadata.namespace.as_ref() == Some(&namespace))
     );
-
-    let binding = &m.role_bindings[0];
+    let binding = m
+        .role_bindings
+        .iter()
+        .find(|b| {
+            b.subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount" && s.name == account && s.namespace.as_ref() == Some(&namespace)
+            })
+        })
+        .unwrap_or_else(|| panic!("no RoleBinding of {name}'s service account {account}"));
     assert_eq!(binding.metadata.namespace.as_ref(), Some(&namespace));
-    assert!(binding.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount"
-        && s.name == account
-        && s.namespace.as_ref() == Some(&namespace)));
     assert_eq!(binding.role_ref.kind, "Role");
     let role = m
         .roles
@@ -603,19 +608,65 @@ fn rbac_grants_endpointslices_list_watch_and_the_workers_scale_get_patch_to_the_
         .find(|r| r.metadata.name.as_ref() == Some(&binding.role_ref.name))
         .expect("the bound Role");
     assert_eq!(role.metadata.namespace.as_ref(), Some(&namespace));
+    role
+}
 
-    let grants = |group: &str, resource: &str, verb: &str, name: &str| {
-        role.rules.iter().flatten().any(|rule| {
-            let has = |list: &Option<Vec<String>>, x: &str| list.iter().flatten().any(|v| v == x || v == "*");
-            has(&rule.api_groups, group)
-                && has(&rule.resources, resource)
-                && rule.verbs.iter().any(|v| v == verb || v == "*")
-                && rule
-                    .resource_names
-                    .as_ref()
-                    .is_none_or(|names| names.is_empty() || names.iter().any(|n| n == name))
-        })
-    };
+/// Whether `role` lets `verb` on `resource` of `group` named `name`.
+fn grants(role: &Role, group: &str, resource: &str, verb: &str, name: &str) -> bool {
+    role.rules.iter().flatten().any(|rule| {
+        let has = |list: &Option<Vec<String>>, x: &str| list.iter().flatten().any(|v| v == x || v == "*");
+        has(&rule.api_groups, group)
+            && has(&rule.resources, resource)
+            && rule.verbs.iter().any(|v| v == verb || v == "*")
+            && rule
+                .resource_names
+                .as_ref()
+                .is_none_or(|names| names.is_empty() || names.iter().any(|n| n == name))
+    })
+}
+
+#[test]
+fn the_autoscaler_scales_and_resizes_the_workers_of_a_gateway_pool_and_may_do_nothing_else() {
+    let m = Manifests::load();
+    let autoscaler = m.deployment("switchyard-autoscaler");
+    assert_eq!(autoscaler.spec.as_ref().unwrap().replicas, Some(1), "one autoscaler: two would fight");
+    assert_eq!(containers(autoscaler)[0].args.as_ref().unwrap()[0], "autoscale");
+    let worker = m.deployment("switchyard-worker");
+    assert_eq!(flag(autoscaler, "--deployment"), worker.metadata.name.as_deref());
+    assert_eq!(flag(autoscaler, "--namespace"), worker.metadata.namespace.as_deref());
+    let (_, _, config) = gateway_config(&m);
+    let config = GatewayConfig::from_toml(&config).unwrap();
+    let pool = flag(autoscaler, "--pool").expect("--pool");
+    assert!(config.pools.iter().any(|p| p.name == pool), "--pool {pool}: not a pool of the gateway");
+    let metrics = port_of(flag(autoscaler, "--metrics-listen").expect("--metrics-listen"));
+    assert_eq!(container_port(autoscaler, "metrics"), Some(metrics));
+    assert_eq!(annotations(autoscaler).get("prometheus.io/port"), Some(&metrics.to_string()));
+
+    let role = role_of(&m, "switchyard-autoscaler");
+    for verb in ["get", "patch"] {
+        assert!(
+            grants(role, "apps", "deployments/scale", verb, "switchyard-worker"),
+            "deployments/scale {verb}"
+        );
+    }
+    assert!(grants(role, "apps", "deployments", "get", "switchyard-worker"));
+    assert!(grants(role, "", "pods", "list", "any") && grants(role, "", "pods/resize", "patch", "any"));
+    assert!(
+        !grants(role, "apps", "deployments/scale", "patch", "switchyard-gateway"),
+        "only the workers' scale"
+    );
+    assert!(
+        !grants(role, "discovery.k8s.io", "endpointslices", "list", "any"),
+        "no discovery: it reads Prometheus"
+    );
+}
+
+#[test]
+fn rbac_grants_endpointslices_list_watch_and_the_workers_scale_get_patch_to_the_gateway() {
+    let m = Manifests::load();
+    let role = role_of(&m, "switchyard-gateway");
+    let grants =
+        |group: &str, resource: &str, verb: &str, name: &str| grants(role, group, resource, verb, name);
     for verb in ["list", "watch"] {
         assert!(grants("discovery.k8s.io", "endpointslices", verb, "any"), "endpointslices {verb}");
     }

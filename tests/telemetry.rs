@@ -100,6 +100,12 @@ async fn gateway_and_worker_metrics_pass_promtool_and_hold_the_per_endpoint_seri
                 .is_some()
         );
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejections_total{labels}")), Some(0.0));
+        // The work (prompt tokens) of the three requests started on it: at least one each.
+        assert!(
+            value(&text, &format!("switchyard_endpoint_started_work_total{labels}"))
+                .is_some_and(|v| v >= 3.0),
+            "{text}"
+        );
         assert_eq!(value(&text, &format!("switchyard_endpoint_ejected{labels}")), Some(0.0));
         // The capacity the balancer learnt: an LLM engine prefills one prompt at a time.
         assert_eq!(value(&text, &format!("switchyard_endpoint_slots{labels}")), Some(1.0), "{text}");
@@ -207,7 +213,9 @@ async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() 
                     let name = word.trim_end_matches("_bucket").trim_end_matches("_count");
                     // The overload series need pool layers this gateway has not: tests/telemetry_overload.rs
                     // checks that a gateway with them serves every one the dashboard reads.
+                    // The autoscaler's are its own process's: tests/autoscale_cli.rs checks them.
                     let overload = [
+                        "switchyard_autoscale_",
                         "switchyard_shed_",
                         "switchyard_pool_limit_",
                         "switchyard_pool_concurrency_limit",
@@ -224,6 +232,7 @@ async fn a_prometheus_server_scrapes_the_per_endpoint_series_from_the_gateway() 
             let expr = expr
                 .replace("$gateway_job", "switchyard-gateway")
                 .replace("$worker_job", "switchyard-worker")
+                .replace("$autoscaler_job", "switchyard-autoscaler")
                 .replace("$pool", ".*")
                 .replace("$__rate_interval", "1m");
             let encoded = encode(&expr);

@@ -48,7 +48,7 @@
 //!     report: None,
 //! };
 //! let replicas = (0..3).map(replica).collect();
-//! let signals = Signals { at: now, replicas, arrival_rate: None, work_rate: None, held: None };
+//! let signals = Signals::new(now, replicas);
 //! let mut hpa = Hpa::new(HpaConfig { target: 8.0, ..HpaConfig::default() });
 //! let size = PoolSize { desired: 3, current: 3, ready: 3 };
 //! assert_eq!(hpa.recommend(now, size, Some(&signals)).desired, 6);

@@ -14,7 +14,10 @@
 //! | `capacity_per_sec` | `avg by (endpoint) (clamp_min(switchyard_endpoint_slots S, 1) / switchyard_endpoint_idle_unit_time_seconds S)` |
 //! | `report` | `max by (endpoint)` of `switchyard_endpoint_reported_{queue_depth,running_requests,kv_cache_utilization_ratio}`, each `and` its gateway's `switchyard_endpoint_report_age_seconds <= max_age` |
 //!
-//! and for the pool, `arrival_rate` = `sum(rate(switchyard_endpoint_picks_total S[rate_window]))`
+//! and for the pool, `arrival_rate` = `sum(rate(switchyard_endpoint_picks_total S[rate_window]))`,
+//! `work_rate` = `sum(rate(switchyard_endpoint_started_work_total S[rate_window]))` (the work,
+//! prompt tokens, started a second: the counter [`BoardSignals`](crate::BoardSignals) reads as
+//! [`EndpointState::started_work`](switchyard_balance::EndpointState::started_work))
 //! and `held` = `sum(switchyard_shed_queue_waiting_requests{pool="P", <selector>})` (when a
 //! gateway has a shed queue). Capacity is averaged, not summed: every gateway learns the same
 //! replica's capacity from its own answers. A replica's engine report is the same whichever
@@ -287,13 +290,24 @@ impl PrometheusSignals {
             None if draining.is_empty() => 0.0,
             None => return Err(missing(&rate_query, "no samples in the window yet")),
         };
+        // Gateways of a version without the counter answer nothing: no work rate, and the
+        // recommenders fall back to their estimate from the arrival rate.
+        let work_query = format!("sum(rate(switchyard_endpoint_started_work_total{s}[{window}s]))");
+        let work_rate = match conn.query(&work_query).await?.first() {
+            Some(&(_, r)) => Some(r),
+            None if draining.is_empty() => Some(0.0),
+            None => None,
+        };
         let held_query = format!(
             r#"sum(switchyard_shed_queue_waiting_requests{{pool="{}"{}{selector}}})"#,
             self.config.pool.replace('\\', "\\\\").replace('"', "\\\""),
             if selector.is_empty() { "" } else { "," }
         );
         let held = conn.query(&held_query).await?.first().map(|&(_, v)| v.max(0.0).round() as u64);
-        Ok(Signals { at, replicas, arrival_rate: Some(arrival_rate), work_rate: None, held })
+        Ok(Signals::new(at, replicas)
+            .with_arrival_rate(arrival_rate)
+            .with_work_rate(work_rate)
+            .with_held(held))
     }
 
     /// Fetches a snapshot every `every` in a task; the returned source hands the last one to an

@@ -60,7 +60,19 @@ pub struct ReplicaSignals {
 }
 
 /// A snapshot of the pool's load, as the recommenders read it.
+///
+/// Built with [`Signals::new`] and the `with_*` methods (it may gain fields: a new signal is not
+/// a breaking change); read through its fields.
+///
+/// ```
+/// use switchyard_autoscale::Signals;
+/// use tokio::time::Instant;
+///
+/// let signals = Signals::new(Instant::now(), Vec::new()).with_arrival_rate(2.0).with_work_rate(None);
+/// assert_eq!((signals.arrival_rate, signals.work_rate, signals.held), (Some(2.0), None, None));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Signals {
     /// When it was taken.
     pub at: Instant,
@@ -78,9 +90,33 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// A snapshot at `at` of `replicas`, with no rate and nothing held known (each missing until
+    /// set with the `with_*` methods).
+    pub fn new(at: Instant, replicas: Vec<ReplicaSignals>) -> Self {
+        Self { at, replicas, arrival_rate: None, work_rate: None, held: None }
+    }
+
     /// An empty snapshot at `at`: no replica, no rate.
     pub fn empty(at: Instant) -> Self {
-        Self { at, replicas: Vec::new(), arrival_rate: None, work_rate: None, held: None }
+        Self::new(at, Vec::new())
+    }
+
+    /// With the arrival rate [`Signals::arrival_rate`] (`None`: missing).
+    pub fn with_arrival_rate(mut self, rate: impl Into<Option<f64>>) -> Self {
+        self.arrival_rate = rate.into();
+        self
+    }
+
+    /// With the work rate [`Signals::work_rate`] (`None`: missing).
+    pub fn with_work_rate(mut self, rate: impl Into<Option<f64>>) -> Self {
+        self.work_rate = rate.into();
+        self
+    }
+
+    /// With the requests held in front of the pool, [`Signals::held`] (`None`: unknown).
+    pub fn with_held(mut self, held: impl Into<Option<u64>>) -> Self {
+        self.held = held.into();
+        self
     }
 
     /// Requests in flight across the ready replicas.
@@ -187,13 +223,7 @@ impl BoardSignals {
             })
         });
         self.previous = Some((now, started));
-        Signals {
-            at: now,
-            replicas,
-            arrival_rate: rates.map(|r| r.0),
-            work_rate: rates.map(|r| r.1),
-            held: None,
-        }
+        Signals::new(now, replicas).with_arrival_rate(rates.map(|r| r.0)).with_work_rate(rates.map(|r| r.1))
     }
 }
 

@@ -10,7 +10,7 @@ use crate::names;
 use crate::registry::{METADATA, ScrapeSource};
 
 /// A [`ScrapeSource`] that publishes a pool's endpoints as the balancer tracks them: picks,
-/// outcomes, in flight, peak-EWMA latency, the capacity learnt (slots and no-load time per unit
+/// outcomes, the work started (prompt tokens), in flight, peak-EWMA latency, the capacity learnt (slots and no-load time per unit
 /// of work), the replica's last ORCA report (queue, running, KV-cache
 /// use), ejection (now, and how many times), draining; and the pool's policy in force.
 ///
@@ -102,6 +102,7 @@ impl ScrapeSource for BoardMetrics {
             gauge(names::ENDPOINT_DRAINING, &labels, if entry.draining { 1.0 } else { 0.0 });
             if let Some(state) = self.board.state(&entry.endpoint.id) {
                 counter(names::ENDPOINT_EJECTIONS, &labels, u64::from(state.ejections()));
+                counter(names::ENDPOINT_STARTED_WORK, &labels, state.started_work());
                 gauge(names::ENDPOINT_AWAITING_FIRST_BYTE, &labels, f64::from(state.awaiting_first_byte()));
                 gauge(names::ENDPOINT_PENDING_WORK, &labels, state.pending_work() as f64);
                 let now = tokio::time::Instant::now();

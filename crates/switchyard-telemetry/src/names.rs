@@ -96,6 +96,10 @@ pub const ENDPOINT_AWAITING_FIRST_BYTE: &str = "switchyard_endpoint_awaiting_fir
 /// Gauge: the work (prompt tokens, or one per request without sizes) of the requests waiting for
 /// their first byte on an endpoint, `{pool, endpoint}`.
 pub const ENDPOINT_PENDING_WORK: &str = "switchyard_endpoint_pending_work";
+/// Counter: the work (prompt tokens, or one per request without sizes) of every request the
+/// balancer started on an endpoint, `{pool, endpoint}`: its `rate()` is the work a second the pool
+/// is asked to do, whatever the pool's size (what an autoscaler sizes the pool from).
+pub const ENDPOINT_STARTED_WORK: &str = "switchyard_endpoint_started_work_total";
 /// Gauge, seconds: how long ago the endpoint's replica sent the load report its `reported_*`
 /// series show, `{pool, endpoint}` (absent before the first report).
 pub const ENDPOINT_REPORT_AGE: &str = "switchyard_endpoint_report_age_seconds";

@@ -192,6 +192,10 @@ impl MetricsRegistry {
         c(ENDPOINT_PICKS, "Requests the balancer sent to the endpoint.");
         c(ENDPOINT_REQUESTS, "Requests ended on the endpoint, by outcome.");
         c(ENDPOINT_EJECTIONS, "Times outlier detection ejected the endpoint.");
+        c(
+            ENDPOINT_STARTED_WORK,
+            "Work (prompt tokens) of the requests the balancer started on the endpoint.",
+        );
         g(ENDPOINT_IN_FLIGHT, Some(Unit::Count), "Requests in flight on the endpoint.");
         g(ENDPOINT_LATENCY_EWMA, Some(Unit::Seconds), "Peak-EWMA latency of the endpoint.");
         g(ENDPOINT_QUEUE, Some(Unit::Count), "Queue depth the endpoint's replica last reported.");

@@ -37,6 +37,9 @@
 //!   request held in front of the pool ([`Signals::held`]) or arriving brings one replica back.
 //!   The gateway holds requests in its queue within their deadlines meanwhile.
 //! - **Missing signals** (no snapshot, or no capacity learnt yet) keep the count; they never lower it.
+//!   A snapshot without any rate (neither [`Signals::arrival_rate`] nor [`Signals::work_rate`])
+//!   is missing that signal, not a rate of zero: the backlog may still raise the count, nothing
+//!   lowers it, and the pool is not idle (no scale to zero) on it.
 //!
 //! # Calibrating the target
 //!
@@ -205,6 +208,13 @@ impl LlmAware {
             self.rates.clear();
         }
         let arrival = signals.arrival_rate.unwrap_or(0.0);
+        if rate_missing(signals) {
+            // Missing, not zero: the last smoothed rate stands (the caller lowers nothing on it).
+            let rate = self.rate.map_or(0.0, |(r, _)| r);
+            let work = if self.counted_work { 1.0 } else { self.work_per_request.unwrap_or(0.0) };
+            let backlog = signals.pending_work() as f64 / self.config.backlog_drain.as_secs_f64().max(1e-3);
+            return Some((rate * work + backlog) / self.capacity?);
+        }
         let raw = if self.counted_work {
             // A gap in the counter (a source that lost it) falls back to the estimate.
             match signals.work_rate {
@@ -236,6 +246,11 @@ impl LlmAware {
     }
 }
 
+/// Whether the snapshot has no rate at all (neither requests nor work started a second).
+fn rate_missing(signals: &Signals) -> bool {
+    signals.arrival_rate.is_none() && signals.work_rate.is_none()
+}
+
 impl Default for LlmAware {
     fn default() -> Self {
         Self::new(LlmAwareConfig::default())
@@ -258,16 +273,17 @@ impl Recommender for LlmAware {
             return Recommendation::keep(current, "signals missing: keep");
         };
         let held = signals.held.unwrap_or(0);
-        let arriving = signals.arrival_rate.unwrap_or(0.0) > 0.0;
+        // A missing rate is neither arriving nor idle.
+        let arriving = signals.arrival_rate.or(signals.work_rate).map(|r| r > 0.0);
         // Scale to zero, and back.
-        let idle = held == 0 && !arriving && signals.in_flight() == 0;
+        let idle = held == 0 && arriving == Some(false) && signals.in_flight() == 0;
         if !idle {
             self.idle_since = None;
         } else if self.idle_since.is_none() {
             self.idle_since = Some(now);
         }
         if current == 0 {
-            return if held > 0 || arriving {
+            return if held > 0 || arriving == Some(true) {
                 self.last_up = Some(now);
                 Recommendation { desired: c.bounds.clamp(1), reason: "requests held: wake", metric: None }
             } else {
@@ -283,6 +299,20 @@ impl Recommender for LlmAware {
         let Some(demand) = self.demand(now, signals) else {
             return Recommendation::keep(c.bounds.clamp(current), "capacity not learnt yet: keep");
         };
+        let target = c.target_utilisation.max(1e-3);
+        if rate_missing(signals) {
+            // As the HPA with a missing metric: up if the backlog alone asks for it, never down.
+            let needed = c.bounds.clamp((demand / target).ceil() as u32);
+            if needed > current {
+                self.last_up = Some(now);
+                return Recommendation {
+                    desired: needed,
+                    reason: "scale up: backlog over target",
+                    metric: Some(demand),
+                };
+            }
+            return Recommendation::keep(c.bounds.clamp(current), "arrival rate missing: keep");
+        }
         let window = c.scale_down_window;
         // Keep the newest demand at or beyond the window: with decisions on a real clock (ticks a
         // little more or less than the interval apart), no sample is exactly `window` old, and
@@ -291,7 +321,6 @@ impl Recommender for LlmAware {
             self.demands.pop_front();
         }
         self.demands.push_back((now, demand));
-        let target = c.target_utilisation.max(1e-3);
         let needed = c.bounds.clamp((demand / target).ceil() as u32);
         if needed > current {
             self.last_up = Some(now);

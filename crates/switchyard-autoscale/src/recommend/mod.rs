@@ -151,7 +151,7 @@ pub(crate) mod test_support {
                 }),
             })
             .collect();
-        Signals { at: now, replicas, arrival_rate: Some(0.0), work_rate: None, held: None }
+        Signals::new(now, replicas).with_arrival_rate(0.0)
     }
 
     pub(crate) fn size(desired: u32, ready: u32) -> PoolSize {

@@ -93,6 +93,19 @@ impl KubernetesScaler {
         }
     }
 
+    /// A scaler of the workload `name` of `kind` in `namespace`, through the default client (the
+    /// in-cluster service account, or `KUBECONFIG`); an error when there is none.
+    pub async fn try_default(
+        namespace: &str,
+        kind: Workload,
+        name: impl Into<String>,
+    ) -> Result<Self, ScaleError> {
+        let client = Client::try_default().await.map_err(|e| {
+            ScaleError::Api(format!("no client (in-cluster service account or KUBECONFIG): {e}"))
+        })?;
+        Ok(Self::new(client, namespace, kind, name))
+    }
+
     /// The container whose resources [`Scaler::set_resources`] resizes (`worker` by default).
     pub fn with_container(mut self, name: impl Into<String>) -> Self {
         self.container = name.into();
