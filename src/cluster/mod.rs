@@ -21,8 +21,10 @@
 //! about 9×: 59 requests/s at its peak, falling to 30, about 48 on average (today's fixed pool
 //! ran at 43). `--time-scale` fixes the speed-up (and so the span) instead.
 //!
-//! Beside the fixed pool's report (below; the per-replica prompt tokens and prefix-cache hit
-//! rate are not read, the workers' metrics listeners being unknown), `cluster.json` gains
+//! Beside the fixed pool's report (below; each worker's prompt tokens and prefix-cache hits are
+//! read once a second from its `/metrics`, whose address the process scaler gives
+//! (`ProcessScaler::replica_metrics`), and once more when the load ends: a replica stopped
+//! before then keeps its last reading), `cluster.json` gains
 //! `scaling` ([`ScalingReport`]: replica-seconds, scale events up and down, the fewest and most
 //! replicas ready, the stretch, and the pool's desired, current and ready count after every
 //! decision), and `scaling.png` plots offered load, replicas desired and ready, and TTFT p99
