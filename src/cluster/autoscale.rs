@@ -96,19 +96,10 @@ async fn target_utilisation(
         return Ok(LlmAwareConfig::default().target_utilisation);
     }
     let window: Vec<TraceRecord> = records.iter().take(crate::lab::CAPACITY_REQUESTS).cloned().collect();
-    let calibrated = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        runtime
-            .block_on(crate::lab::burst::switchyard_target(replica_rps, &window, 1))
-            .map_err(|e| e.to_string())
+    let calibrated = super::in_virtual_time(move || async move {
+        crate::lab::burst::switchyard_target(replica_rps, &window, 1).await
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    .await;
     calibrated
         .map_err(|e| ClusterError::Invalid(format!("cannot calibrate the autoscaler on the trace: {e}")))
 }

@@ -577,19 +577,10 @@ impl Cluster {
 /// wall time.
 async fn trace_capacity_rps(records: &[TraceRecord]) -> Result<f64, ClusterError> {
     let window: Vec<TraceRecord> = records.iter().take(crate::lab::CAPACITY_REQUESTS).cloned().collect();
-    let measured = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        runtime
-            .block_on(crate::lab::measure_capacity(&switchyard_sim::EngineConfig::default(), &window))
-            .map_err(|e| e.to_string())
+    let measured = in_virtual_time(move || async move {
+        crate::lab::measure_capacity(&switchyard_sim::EngineConfig::default(), &window).await
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    .await;
     match measured {
         Ok(rps) if rps.is_finite() && rps > 0.0 => Ok(rps),
         Ok(rps) => Err(ClusterError::Invalid(format!(
@@ -599,6 +590,27 @@ async fn trace_capacity_rps(records: &[TraceRecord]) -> Result<f64, ClusterError
             "cannot measure a worker's capacity on the trace ({e}); give --time-scale"
         ))),
     }
+}
+
+/// Runs `work` on a runtime of its own with a paused clock (virtual time), on a blocking thread:
+/// the lab's measurements, about a second of wall time. An error is given as its text.
+pub(crate) async fn in_virtual_time<T, E, F>(work: impl FnOnce() -> F + Send + 'static) -> Result<T, String>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(work()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
 }
 
 /// Starts the cluster, loads it, stops it, writes the report folder, and returns the report.
