@@ -406,17 +406,5 @@ fn write_report(
         scaling.cold_start_s,
     );
     super::scaling_plot::scaling_plot(&out.join(SCALING_PNG), &title, samples, &scaling.timeline)?;
-    super::plots::latency_plot(&out.join(LATENCY_PNG), &title, samples)?;
-    super::plots::share_plot(
-        &out.join(SHARES_PNG),
-        &format!("Requests per replica: {title}"),
-        &report.replicas,
-    )?;
-    super::plots::hit_rate_plot(
-        &out.join(HIT_RATE_PNG),
-        &format!("Prefix-cache hit rate per replica: {title}"),
-        &report.replicas,
-        report.prefix_hit_rate,
-    )?;
-    Ok(())
+    super::write_plots(out, &title, report, samples)
 }

@@ -787,7 +787,17 @@ fn write_report(
         speeds.join(", "),
         setup.offered_load * 100.0
     );
-    plots::latency_plot(&out.join(LATENCY_PNG), &title, samples)?;
+    write_plots(out, &title, report, samples)
+}
+
+/// Writes `latency.png`, `shares.png` and `hit_rate.png` into `out`, titled `title`.
+fn write_plots(
+    out: &Path,
+    title: &str,
+    report: &ClusterReport,
+    samples: &[loadgen::RequestSample],
+) -> Result<(), ClusterError> {
+    plots::latency_plot(&out.join(LATENCY_PNG), title, samples)?;
     plots::share_plot(&out.join(SHARES_PNG), &format!("Requests per replica: {title}"), &report.replicas)?;
     plots::hit_rate_plot(
         &out.join(HIT_RATE_PNG),
