@@ -51,7 +51,20 @@ async fn the_autoscaled_cluster_grows_and_shrinks_its_pool_and_fails_no_request(
     assert!(completed <= loadgen.ok && completed > 0, "{:?}", report.replicas);
     assert!(report.replicas.iter().filter(|r| r.completed > 0).count() >= 2, "{:?}", report.replicas);
     assert!(report.replicas.iter().all(|r| r.failed == 0), "{:?}", report.replicas);
-    for plot in ["scaling.png", "latency.png", "shares.png"] {
+    // Each replica that served has its prompt tokens and prefix-cache hit rate from its worker's
+    // /metrics, stopped replicas included (their last reading before they drained).
+    for r in report.replicas.iter().filter(|r| r.completed > 0) {
+        assert!(r.prompt_tokens > 0, "no prompt tokens read for {r:?}");
+        assert!(r.cached_prompt_tokens <= r.prompt_tokens, "{r:?}");
+        assert!((0.0..=1.0).contains(&r.prefix_hit_rate), "{r:?}");
+    }
+    let (cached, prompt) =
+        report.replicas.iter().fold((0, 0), |(c, p), r| (c + r.cached_prompt_tokens, p + r.prompt_tokens));
+    assert!((report.prefix_hit_rate - cached as f64 / prompt as f64).abs() < 1e-9, "{report:?}");
+    // The set-up line quotes the bounds and the load against one replica.
+    assert!(stdout.contains("cluster: autoscaled 1..4 replicas"), "{stdout}");
+    assert!(stdout.contains("replicas' capacity of"), "{stdout}");
+    for plot in ["scaling.png", "latency.png", "shares.png", "hit_rate.png"] {
         let bytes = std::fs::read(dir.join(plot)).unwrap();
         assert!(bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{plot}");
     }

@@ -30,9 +30,11 @@ use switchyard_sim::trace::TraceRecord;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::report::{ClusterReport, ClusterSetup, ReplicaSetup, ReplicaShare, ScalePoint, ScalingReport};
+use super::report::{
+    ClusterReport, ClusterSetup, PromptTokens, ReplicaSetup, ReplicaShare, ScalePoint, ScalingReport,
+};
 use super::stretch::swinging_stretch;
-use super::{ClusterArgs, ClusterError, LATENCY_PNG, SCALING_PNG, SHARES_PNG};
+use super::{ClusterArgs, ClusterError, HIT_RATE_PNG, LATENCY_PNG, SCALING_PNG, SHARES_PNG};
 use crate::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use crate::loadgen::{self, LoadgenArgs};
 use crate::worker::ReplicaKindArg;
@@ -94,19 +96,10 @@ async fn target_utilisation(
         return Ok(LlmAwareConfig::default().target_utilisation);
     }
     let window: Vec<TraceRecord> = records.iter().take(crate::lab::CAPACITY_REQUESTS).cloned().collect();
-    let calibrated = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        runtime
-            .block_on(crate::lab::burst::switchyard_target(replica_rps, &window, 1))
-            .map_err(|e| e.to_string())
+    let calibrated = super::in_virtual_time(move || async move {
+        crate::lab::burst::switchyard_target(replica_rps, &window, 1).await
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    .await;
     calibrated
         .map_err(|e| ClusterError::Invalid(format!("cannot calibrate the autoscaler on the trace: {e}")))
 }
@@ -160,6 +153,7 @@ pub(super) async fn run(
 
     let mut config = ProcessConfig::new(exe);
     config.cold_start = args.cold_start;
+    config.metrics = true;
     config.worker_args = ["--speed", "1", "--model", "sim-llm"].map(String::from).into();
     config.worker_args.extend(args.worker_kind_args());
     let scaler = ProcessScaler::new(config, publisher, board.clone());
@@ -237,6 +231,7 @@ pub(super) async fn run(
                     }
                 }
                 record(&mut timeline, &mut addresses, started, autoscaler.scaler(), &board);
+                scrape(&mut addresses, autoscaler.scaler()).await;
             }
         };
         tokio::select! {
@@ -256,6 +251,8 @@ pub(super) async fn run(
         }
     };
     record(&mut timeline, &mut addresses, started, autoscaler.scaler(), &board);
+    // The replicas still running, once every response is in: their final counts.
+    scrape(&mut addresses, autoscaler.scaler()).await;
 
     // Each replica's requests, as the gateway's board last showed them (a drained replica
     // leaves the board, and the gateway's /metrics, with its last requests).
@@ -278,14 +275,19 @@ pub(super) async fn run(
             failed,
             share,
             speed_share: 1.0 / ids.len().max(1) as f64,
-            prompt_tokens: 0,
-            cached_prompt_tokens: 0,
-            prefix_hit_rate: 0.0,
+            prompt_tokens: seen.tokens.prompt,
+            cached_prompt_tokens: seen.tokens.cached,
+            prefix_hit_rate: seen.tokens.hit_rate(),
         })
         .collect();
+    let total = addresses.values().fold(PromptTokens::default(), |sum, seen| PromptTokens {
+        prompt: sum.prompt + seen.tokens.prompt,
+        cached: sum.cached + seen.tokens.cached,
+    });
     let (replica_seconds, ready_replica_seconds, ready_min, ready_max, desired_max) =
         ScalingReport::figures(&timeline, end_s);
-    let capacity = replica_rps * f64::from(args.max_replicas);
+    // Load against one replica's capacity (the pool's size changes over the run).
+    let capacity = replica_rps;
     let scaling = ScalingReport {
         recommender: "llm-aware".to_string(),
         min_replicas: args.min_replicas,
@@ -322,8 +324,13 @@ pub(super) async fn run(
         loadgen,
         replicas,
         shares_from: "the gateway's board, as last seen (sampled once a second)".to_string(),
-        plots: vec![SCALING_PNG.to_string(), LATENCY_PNG.to_string(), SHARES_PNG.to_string()],
-        prefix_hit_rate: 0.0,
+        plots: vec![
+            SCALING_PNG.to_string(),
+            LATENCY_PNG.to_string(),
+            SHARES_PNG.to_string(),
+            HIT_RATE_PNG.to_string(),
+        ],
+        prefix_hit_rate: total.hit_rate(),
         scaling: Some(scaling),
     };
     write_report(&out, &report, &samples)?;
@@ -337,6 +344,23 @@ struct Seen {
     address: String,
     completed: u64,
     failed: u64,
+    /// Its prompt tokens and prefix-cache hits, from its worker's `/metrics` as last read.
+    tokens: PromptTokens,
+}
+
+/// Reads every running replica's prompt tokens and prefix-cache hits from its worker's
+/// `/metrics` and keeps them as its last reading (a replica stopped later keeps the reading of
+/// the second before it was told to drain; one that does not answer keeps its previous one).
+async fn scrape(addresses: &mut BTreeMap<String, Seen>, scaler: &ProcessScaler) {
+    let reads = scaler.replica_metrics().into_iter().map(|(id, metrics)| async move {
+        let text = super::fetch_metrics(&metrics.to_string()).await;
+        (id, text.ok().and_then(|t| super::report::prompt_tokens_from_metrics(&t)))
+    });
+    for (id, tokens) in futures::future::join_all(reads).await {
+        if let Some(tokens) = tokens {
+            addresses.entry(id.to_string()).or_default().tokens = tokens;
+        }
+    }
 }
 
 /// Appends the pool's size now, and remembers every replica on the board: its address and the
@@ -382,11 +406,5 @@ fn write_report(
         scaling.cold_start_s,
     );
     super::scaling_plot::scaling_plot(&out.join(SCALING_PNG), &title, samples, &scaling.timeline)?;
-    super::plots::latency_plot(&out.join(LATENCY_PNG), &title, samples)?;
-    super::plots::share_plot(
-        &out.join(SHARES_PNG),
-        &format!("Requests per replica: {title}"),
-        &report.replicas,
-    )?;
-    Ok(())
+    super::write_plots(out, &title, report, samples)
 }

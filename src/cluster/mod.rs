@@ -21,8 +21,10 @@
 //! about 9×: 59 requests/s at its peak, falling to 30, about 48 on average (today's fixed pool
 //! ran at 43). `--time-scale` fixes the speed-up (and so the span) instead.
 //!
-//! Beside the fixed pool's report (below; the per-replica prompt tokens and prefix-cache hit
-//! rate are not read, the workers' metrics listeners being unknown), `cluster.json` gains
+//! Beside the fixed pool's report (below; each worker's prompt tokens and prefix-cache hits are
+//! read once a second from its `/metrics`, whose address the process scaler gives
+//! (`ProcessScaler::replica_metrics`), and once more when the load ends: a replica stopped
+//! before then keeps its last reading), `cluster.json` gains
 //! `scaling` ([`ScalingReport`]: replica-seconds, scale events up and down, the fewest and most
 //! replicas ready, the stretch, and the pool's desired, current and ready count after every
 //! decision), and `scaling.png` plots offered load, replicas desired and ready, and TTFT p99
@@ -575,19 +577,10 @@ impl Cluster {
 /// wall time.
 async fn trace_capacity_rps(records: &[TraceRecord]) -> Result<f64, ClusterError> {
     let window: Vec<TraceRecord> = records.iter().take(crate::lab::CAPACITY_REQUESTS).cloned().collect();
-    let measured = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        runtime
-            .block_on(crate::lab::measure_capacity(&switchyard_sim::EngineConfig::default(), &window))
-            .map_err(|e| e.to_string())
+    let measured = in_virtual_time(move || async move {
+        crate::lab::measure_capacity(&switchyard_sim::EngineConfig::default(), &window).await
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    .await;
     match measured {
         Ok(rps) if rps.is_finite() && rps > 0.0 => Ok(rps),
         Ok(rps) => Err(ClusterError::Invalid(format!(
@@ -597,6 +590,27 @@ async fn trace_capacity_rps(records: &[TraceRecord]) -> Result<f64, ClusterError
             "cannot measure a worker's capacity on the trace ({e}); give --time-scale"
         ))),
     }
+}
+
+/// Runs `work` on a runtime of its own with a paused clock (virtual time), on a blocking thread:
+/// the lab's measurements, about a second of wall time. An error is given as its text.
+pub(crate) async fn in_virtual_time<T, E, F>(work: impl FnOnce() -> F + Send + 'static) -> Result<T, String>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(work()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
 }
 
 /// Starts the cluster, loads it, stops it, writes the report folder, and returns the report.
@@ -773,7 +787,17 @@ fn write_report(
         speeds.join(", "),
         setup.offered_load * 100.0
     );
-    plots::latency_plot(&out.join(LATENCY_PNG), &title, samples)?;
+    write_plots(out, &title, report, samples)
+}
+
+/// Writes `latency.png`, `shares.png` and `hit_rate.png` into `out`, titled `title`.
+fn write_plots(
+    out: &Path,
+    title: &str,
+    report: &ClusterReport,
+    samples: &[loadgen::RequestSample],
+) -> Result<(), ClusterError> {
+    plots::latency_plot(&out.join(LATENCY_PNG), title, samples)?;
     plots::share_plot(&out.join(SHARES_PNG), &format!("Requests per replica: {title}"), &report.replicas)?;
     plots::hit_rate_plot(
         &out.join(HIT_RATE_PNG),

@@ -95,30 +95,9 @@ fn latency_panel(
 ) -> Result<(), PlotError> {
     let err = draw_err(file);
     // Log scale: TTFTs run from tens of milliseconds to seconds when a replica queues.
-    let (lo, hi) = points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &(_, v)| (lo.min(v), hi.max(v)));
-    let (lo, hi) = if lo.is_finite() && hi > 0.0 {
-        (nice_below(lo.max(0.1)), nice_above(hi * 1.05))
-    } else {
-        (1.0, 1000.0)
-    };
-    let mut chart = ChartBuilder::on(area)
-        .caption(format!("{what} (ms) by send time; lines: p50 and p99 per {width:.0} s"), (FONT, 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..span * 1.02, (lo..hi).log_scale())
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("send time (s)")
-        .y_desc("ms")
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 16))
-        .y_labels(30)
-        .y_label_formatter(&|v| if is_nice(*v) { format_ms(*v) } else { String::new() })
-        .light_line_style(TRANSPARENT)
-        .draw()
-        .map_err(err)?;
+    let (lo, hi) = log_bounds(points.iter().map(|&(_, v)| v));
+    let caption = format!("{what} (ms) by send time; lines: p50 and p99 per {width:.0} s");
+    let mut chart = log_ms_panel(area, file, caption, span, lo, hi)?;
     let dot = BLUE.mix(0.3).filled();
     chart.draw_series(points.iter().map(|&(t, v)| Circle::new((t, v.max(lo)), 2, dot))).map_err(err)?;
     let bins: Vec<TimeBin> = percentile_bins(points, width);
@@ -143,6 +122,52 @@ fn latency_panel(
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+/// A chart over send time `0..span` of milliseconds on a log axis from `lo` to `hi`, labelled
+/// at 1, 2 and 5 × 10^k, its mesh drawn.
+pub(super) type LogChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::combinators::LogCoord<f64>>,
+>;
+
+/// Builds a [`LogChart`] on `area` with `caption`.
+pub(super) fn log_ms_panel<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    file: &str,
+    caption: String,
+    span: f64,
+    lo: f64,
+    hi: f64,
+) -> Result<LogChart<'a, 'b>, PlotError> {
+    let err = draw_err(file);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..span * 1.02, (lo..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("send time (s)")
+        .y_desc("ms")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 16))
+        .y_labels(30)
+        .y_label_formatter(&|v| if is_nice(*v) { format_ms(*v) } else { String::new() })
+        .light_line_style(TRANSPARENT)
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
+/// A log axis's bounds for `values` (milliseconds): 1, 2 or 5 × 10^k around them, 1..1000
+/// when there are none.
+pub(super) fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo.is_finite() && hi > 0.0 { (nice_below(lo.max(0.1)), nice_above(hi * 1.05)) } else { (1.0, 1000.0) }
 }
 
 /// The largest 1, 2 or 5 × 10^k at or below `v` (> 0).

@@ -12,7 +12,7 @@ pub struct ClusterSetup {
     /// The gateway's balancing policy; `None` when the load generator drove the first worker
     /// directly (`--no-gateway`).
     pub policy: Option<String>,
-    /// The replicas, in start order.
+    /// The replicas, in start order (autoscaled: every replica that served over the run).
     pub replicas: Vec<ReplicaSetup>,
     /// Seconds of load asked for (`--duration`).
     pub duration_s: f64,
@@ -26,7 +26,8 @@ pub struct ClusterSetup {
     pub trace_rate: f64,
     /// The capacity of the replicas the load generator drives (the cluster, or the first worker
     /// with `--no-gateway`), by [`REPLICA_CAPACITY_RPS`](super::REPLICA_CAPACITY_RPS) times their
-    /// speeds, in requests per second.
+    /// speeds, in requests per second; in an autoscaled run, whose pool changes size, one
+    /// replica's capacity (so `offered_load` is in replicas).
     pub capacity_rps: f64,
     /// The offered load as a share of `capacity_rps`: `trace_rate / time_scale / capacity_rps`.
     pub offered_load: f64,
@@ -224,21 +225,43 @@ impl ClusterReport {
     pub fn summary(&self) -> String {
         let s = &self.setup;
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "cluster: {} replicas (speeds {}), {}; trace {} at time scale {:.4} ({}): {:.0}% of {:.1} req/s\n",
-            s.replicas.len(),
-            s.replicas.iter().map(|r| format_speed(r.speed)).collect::<Vec<_>>().join(", "),
-            match &s.policy {
-                Some(p) => format!("gateway policy {p}"),
-                None => "no gateway: load on the first worker".to_string(),
-            },
-            s.trace,
-            s.time_scale,
-            s.time_scale_from,
-            s.offered_load * 100.0,
-            s.capacity_rps,
-        );
+        if let Some(scaling) = &self.scaling {
+            // The pool's size changes: the load against one replica and the pool that ran.
+            let ready = scaling.ready_replica_seconds / s.duration_s.max(f64::EPSILON);
+            let offered = s.offered_load * s.capacity_rps;
+            let _ = writeln!(
+                out,
+                "cluster: autoscaled {}..{} replicas (speed 1; {} started over the run), gateway policy {}; \
+trace {} at time scale {:.4} ({}): {offered:.1} req/s on average, {:.2} replicas' capacity of {:.1} req/s each \
+({:.0}% of the {ready:.1} replicas ready on average)\n",
+                scaling.min_replicas,
+                scaling.max_replicas,
+                s.replicas.len(),
+                s.policy.as_deref().unwrap_or("-"),
+                s.trace,
+                s.time_scale,
+                s.time_scale_from,
+                s.offered_load,
+                s.capacity_rps,
+                if ready > 0.0 { s.offered_load / ready * 100.0 } else { 0.0 },
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "cluster: {} replicas (speeds {}), {}; trace {} at time scale {:.4} ({}): {:.0}% of {:.1} req/s\n",
+                s.replicas.len(),
+                s.replicas.iter().map(|r| format_speed(r.speed)).collect::<Vec<_>>().join(", "),
+                match &s.policy {
+                    Some(p) => format!("gateway policy {p}"),
+                    None => "no gateway: load on the first worker".to_string(),
+                },
+                s.trace,
+                s.time_scale,
+                s.time_scale_from,
+                s.offered_load * 100.0,
+                s.capacity_rps,
+            );
+        }
         if let Some(scaling) = &self.scaling {
             let _ = writeln!(out, "{}\n", scaling.summary());
         }

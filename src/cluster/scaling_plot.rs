@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::plots::{draw_err, format_ms, is_nice, latency_points, nice_above, nice_below};
+use super::plots::{draw_err, latency_points};
 use super::report::ScalePoint;
 use crate::loadgen::RequestSample;
 use crate::report::PlotError;
@@ -100,30 +100,9 @@ pub(crate) fn scaling_plot(
 
     let ttft: Vec<(f64, f64)> = points.iter().map(|p| (p.sent_s, p.ttft_ms)).collect();
     let bins = percentile_bins(&ttft, width);
-    let (lo, hi) = bins.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), b| (lo.min(b.p99), hi.max(b.p99)));
-    let (lo, hi) = if lo.is_finite() && hi > 0.0 {
-        (nice_below(lo.max(0.1)), nice_above(hi * 1.05))
-    } else {
-        (1.0, 1000.0)
-    };
+    let (lo, hi) = super::plots::log_bounds(bins.iter().map(|b| b.p99));
     let caption = format!("time to first token p99 (ms, per {width:.0} s, by send time)");
-    let mut chart = ChartBuilder::on(&panels[2])
-        .caption(caption, (FONT, 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..span * 1.02, (lo..hi).log_scale())
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("send time (s)")
-        .y_desc("ms")
-        .label_style((FONT, 14))
-        .y_labels(30)
-        .y_label_formatter(&|v| if is_nice(*v) { format_ms(*v) } else { String::new() })
-        .light_line_style(TRANSPARENT)
-        .draw()
-        .map_err(err)?;
+    let mut chart = super::plots::log_ms_panel(&panels[2], &file, caption, span, lo, hi)?;
     chart
         .draw_series(LineSeries::new(
             bins.iter().map(|b| (b.mid(), b.p99.max(lo))),

@@ -53,6 +53,9 @@ pub struct ProcessConfig {
     pub drain_timeout: Duration,
     /// SIGKILL if a worker has not exited this long after SIGTERM.
     pub kill_after: Duration,
+    /// Whether each worker serves its Prometheus `GET /metrics` (`--metrics-listen` on a free
+    /// loopback port of its own); [`ProcessScaler::replica_metrics`] lists where.
+    pub metrics: bool,
 }
 
 impl ProcessConfig {
@@ -68,6 +71,7 @@ impl ProcessConfig {
             ready_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             kill_after: Duration::from_secs(10),
+            metrics: false,
         }
     }
 }
@@ -76,6 +80,8 @@ impl ProcessConfig {
 struct Replica {
     id: EndpointId,
     ready: bool,
+    /// Where its worker serves `GET /metrics`, with [`ProcessConfig::metrics`].
+    metrics: Option<SocketAddr>,
     /// The task that owns the process: starts it, watches its health, stops it.
     task: JoinHandle<()>,
     /// Tells the task to drain and stop.
@@ -114,6 +120,14 @@ impl ProcessScaler {
         lock(&self.replicas).iter().map(|r| r.id.clone()).collect()
     }
 
+    /// Where each replica's worker serves its Prometheus `GET /metrics` (with
+    /// [`ProcessConfig::metrics`]), for the replicas ready or starting, oldest first. A replica
+    /// leaves this list when it is told to drain: a reader that wants its last counts reads them
+    /// before the next scale-down or keeps its last reading.
+    pub fn replica_metrics(&self) -> Vec<(EndpointId, SocketAddr)> {
+        lock(&self.replicas).iter().filter_map(|r| Some((r.id.clone(), r.metrics?))).collect()
+    }
+
     /// Scales to zero and waits until every worker has drained and exited.
     pub async fn shutdown(mut self) {
         let _ = self.set_desired(0).await;
@@ -127,15 +141,24 @@ impl ProcessScaler {
         let id = EndpointId::new(format!("{}{}", self.config.name_prefix, self.next));
         self.next += 1;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let metrics = match self.config.metrics.then(|| free_port(self.config.host)) {
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(e)) => {
+                tracing::warn!(replica = %id, "no free port for the worker's metrics: {e}");
+                None
+            }
+            None => None,
+        };
         let task = tokio::spawn(run_replica(
             id.clone(),
+            metrics,
             self.config.clone(),
             self.publisher.clone(),
             self.board.clone(),
             self.replicas.clone(),
             stop_rx,
         ));
-        lock(&self.replicas).push(Replica { id, ready: false, task, stop: Some(stop_tx) });
+        lock(&self.replicas).push(Replica { id, ready: false, metrics, task, stop: Some(stop_tx) });
     }
 
     fn stop_one(&mut self) {
@@ -197,6 +220,7 @@ fn free_port(host: IpAddr) -> std::io::Result<SocketAddr> {
 /// One replica's life: start, wait for SERVING, publish; on stop, drain and end the process.
 async fn run_replica(
     id: EndpointId,
+    metrics: Option<SocketAddr>,
     config: Arc<ProcessConfig>,
     publisher: Publisher,
     board: LoadBoard,
@@ -214,6 +238,7 @@ async fn run_replica(
     let spawned = Command::new(&config.binary)
         .arg("worker")
         .args(["--listen", &addr.to_string(), "--cold-start", &cold])
+        .args(metrics.iter().flat_map(|m| ["--metrics-listen".to_string(), m.to_string()]))
         .args(&config.worker_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
