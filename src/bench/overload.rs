@@ -19,6 +19,8 @@
 //! - `shed+fixed(16)`: the gateway's `shed` queue in front of a hand-tuned fixed `limit` on the
 //!   pool, 16, the workers' slots;
 //! - `shed+aimd`: the same with AIMD, the best adaptive algorithm of lab `overload`;
+//! - `shed+aimd(rtt>200ms)`: AIMD whose drop is an RTT above twice the service time (these
+//!   workers queue instead of refusing, so default AIMD, timeout 5 s and floor 20, never backs off);
 //! - `worker-shed`: no protection in the gateway, each worker with `--shed 50ms`
 //!   (`switchyard_shed::ServerShedLayer` over its engine's own queue).
 //!
@@ -71,7 +73,7 @@ struct Config {
     worker: &'static [&'static str],
 }
 
-const CONFIGS: [Config; 4] = [
+const CONFIGS: [Config; 5] = [
     Config { name: "none", gateway: &[], worker: &[] },
     Config {
         name: "shed+fixed(16)",
@@ -79,6 +81,17 @@ const CONFIGS: [Config; 4] = [
         worker: &[],
     },
     Config { name: "shed+aimd", gateway: &["--shed", "--limit", "aimd"], worker: &[] },
+    // AIMD with a drop signal these workers give: they queue rather than refuse, so an RTT above
+    // twice the service time counts as a drop, and the floor is one slot, not Netflix's 20.
+    Config {
+        name: "shed+aimd(rtt>200ms)",
+        gateway: &[
+            "--shed",
+            "--limit",
+            r#"{"name":"aimd","min_limit":1,"initial_limit":16,"timeout_ms":200}"#,
+        ],
+        worker: &[],
+    },
     Config { name: "worker-shed", gateway: &[], worker: &["--shed", "50ms"] },
 ];
 

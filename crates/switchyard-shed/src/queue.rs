@@ -44,6 +44,10 @@ struct State {
     /// Moving average of the time between dispatches while requests wait: how often a place frees.
     slot_interval: Option<f64>,
     last_dispatch: Option<Instant>,
+    /// Requests dispatched or passed through and not yet finished.
+    in_flight: usize,
+    /// Since when nothing has been in flight (`None`: since the queue began, or busy now).
+    idle_since: Option<Instant>,
 }
 
 /// Where a waiter stands.
@@ -77,6 +81,8 @@ impl Queue {
                 left_at: None,
                 slot_interval: None,
                 last_dispatch: None,
+                in_flight: 0,
+                idle_since: None,
             }),
             counters: Counters::default(),
         }
@@ -212,11 +218,21 @@ impl Queue {
             if let Some(waiter) = remove(&mut s, id) {
                 self.counters.admit(waiter.priority);
                 let since = s.last_dispatch.map_or(waiter.enqueued, |l| l.max(waiter.enqueued));
-                let interval = now.saturating_duration_since(since).as_secs_f64();
-                s.slot_interval = Some(match s.slot_interval {
-                    Some(avg) => avg + (interval - avg) * EWMA_WEIGHT,
-                    None => interval,
-                });
+                let gap = now.saturating_duration_since(since);
+                // A gap spent mostly with nothing in flight (a cold start, a pool held empty)
+                // waited for no place to free: it says nothing of the service's pace.
+                let idle = if s.in_flight > 0 {
+                    Duration::ZERO
+                } else {
+                    s.idle_since.map_or(gap, |t| now.saturating_duration_since(t).min(gap))
+                };
+                if idle.saturating_mul(2) <= gap {
+                    let interval = gap.as_secs_f64();
+                    s.slot_interval = Some(match s.slot_interval {
+                        Some(avg) => avg + (interval - avg) * EWMA_WEIGHT,
+                        None => interval,
+                    });
+                }
                 // CoDel's sample is the standing queue's delay: with classes served out of
                 // arrival order, the dispatched waiter (often a critical one that jumped the line)
                 // may have waited little while older waiters of lower classes wait on; the
@@ -225,6 +241,8 @@ impl Queue {
                 self.sojourn(&mut s, wait, now);
             }
             s.last_dispatch = Some(now);
+            s.in_flight += 1;
+            s.idle_since = None;
             self.drop_late(&mut s, now, &mut wake);
             if let Some(head) = head_mut(&mut s) {
                 wake.extend(head.waker.clone());
@@ -237,6 +255,8 @@ impl Queue {
     pub(crate) fn pass(&self, priority: Priority, now: Instant) {
         self.counters.admit(priority);
         let mut s = self.state();
+        s.in_flight += 1;
+        s.idle_since = None;
         s.last_dispatch = Some(now);
         self.sojourn(&mut s, Duration::ZERO, now);
     }
@@ -266,6 +286,15 @@ impl Queue {
         let waker = head_mut(&mut self.state()).and_then(|h| h.waker.clone());
         if let Some(w) = waker {
             w.wake();
+        }
+    }
+
+    /// A request dispatched or passed through has finished (answered, failed or dropped).
+    pub(crate) fn finish(&self, now: Instant) {
+        let mut s = self.state();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if s.in_flight == 0 {
+            s.idle_since = Some(now);
         }
     }
 
@@ -314,4 +343,34 @@ fn remove(s: &mut State, id: u64) -> Option<Waiter> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_start_is_not_learnt_as_slow_service() {
+        let queue = Queue::new(ShedConfig {
+            max_queue: 8,
+            target: Duration::from_millis(10),
+            interval: Duration::from_millis(100),
+            pool: None,
+        });
+        // The pool is held empty for 5 s with a request waiting; then the first dispatch.
+        let id = queue.enqueue(Priority::Critical, None, Instant::now()).unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        queue.dispatch(id, Instant::now());
+        // Had the hold been learnt, a newcomer would expect 5 s and miss a 100 ms deadline.
+        let deadline = Deadline(Instant::now() + Duration::from_millis(100));
+        let id = queue.enqueue(Priority::Standard, Some(deadline), Instant::now()).unwrap();
+        // Busy from here on: a gap with a request in flight is learnt.
+        tokio::time::advance(Duration::from_millis(400)).await;
+        queue.dispatch(id, Instant::now());
+        let deadline = Deadline(Instant::now() + Duration::from_millis(100));
+        let refused = queue.enqueue(Priority::Standard, Some(deadline), Instant::now()).unwrap_err();
+        assert_eq!(refused.reason, Reason::Deadline);
+    }
 }

@@ -19,6 +19,12 @@
 //! - `max_queue` requests wait already: sheddable and standard requests are refused; critical
 //!   ones go on to the engine, whose own bound is the last word.
 //!
+//! Every test above but CoDel's state judges the wait a newcomer should expect, not the head's:
+//! the head's wait plus `waiting` times the measured time between completions while the queue was
+//! busy (an EWMA learnt by the layer from the responses it passes back; a gap that began with an
+//! empty queue says nothing of the service rate and is not learnt). Until it has learnt one, the
+//! head's wait stands for the expected wait.
+//!
 //! Refusals for capacity carry `grpc-retry-pushback-ms` (the head's wait, at least `target`),
 //! through `StatusLayer`; every refusal and admission is counted by reason and class
 //! ([`ShedStats`]).
@@ -60,8 +66,32 @@ struct Codel {
     left_at: Option<Instant>,
 }
 
+/// The measured time between completions while the queue was busy.
+#[derive(Default)]
+struct Pace {
+    /// The last completion, and whether requests were waiting then.
+    last: Option<(Instant, bool)>,
+    /// EWMA (weight 1/8) of the gaps between completions that began with a busy queue.
+    gap: Option<Duration>,
+}
+
+impl Pace {
+    /// Notes a completion at `now` with `waiting` requests queued.
+    fn complete(&mut self, now: Instant, waiting: u32) {
+        if let Some((last, true)) = self.last {
+            let gap = now.saturating_duration_since(last);
+            self.gap = Some(match self.gap {
+                Some(old) => (old.saturating_mul(7) + gap) / 8,
+                None => gap,
+            });
+        }
+        self.last = Some((now, waiting > 0));
+    }
+}
+
 struct State {
     config: ShedConfig,
+    pace: Mutex<Pace>,
     /// Only requests whose path starts with this are judged (all when `None`).
     path_prefix: Option<Arc<str>>,
     signal: Signal,
@@ -87,6 +117,7 @@ impl ServerShedLayer {
                 signal: Arc::new(signal),
                 counters: Counters::default(),
                 codel: Mutex::new(Codel::default()),
+                pace: Mutex::new(Pace::default()),
             }),
         }
     }
@@ -144,6 +175,18 @@ impl<S> std::fmt::Debug for ServerShed<S> {
 }
 
 impl State {
+    /// The wait a newcomer should expect behind `signal`'s queue.
+    fn expected_wait(&self, signal: QueueSignal) -> Duration {
+        let gap = self.pace.lock().unwrap_or_else(PoisonError::into_inner).gap;
+        signal.head_wait + gap.map_or(Duration::ZERO, |g| g.saturating_mul(signal.waiting))
+    }
+
+    /// Notes a response leaving the server.
+    fn complete(&self) {
+        let waiting = (self.signal)().waiting;
+        self.pace.lock().unwrap_or_else(PoisonError::into_inner).complete(Instant::now(), waiting);
+    }
+
     /// Whether (and why) a request of `priority` with `remaining` time to its deadline is refused
     /// at `now`, and the pushback.
     fn judge(
@@ -176,6 +219,7 @@ impl State {
             }
             codel.overloaded
         };
+        let wait = self.expected_wait(signal);
         let pushback = wait.max(config.target);
         if remaining.is_some_and(|r| wait > r) {
             return Some((Reason::Deadline, pushback));
@@ -235,7 +279,13 @@ where
             None => {
                 self.state.counters.admit(priority);
                 let fut = self.inner.call(req);
-                async move { fut.await.map_err(Into::into) }.boxed()
+                let state = self.state.clone();
+                async move {
+                    let out = fut.await.map_err(Into::into);
+                    state.complete();
+                    out
+                }
+                .boxed()
             }
         }
     }
@@ -304,7 +354,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_spike_sheds_nothing_a_standing_queue_sheds_by_class() {
         let (queue, layer, reached) = setup();
-        queue.waiting.store(4, Ordering::Relaxed);
+        // Nothing counted as waiting: no service time is learnt, the expected wait is the head's.
         queue.head_wait_ms.store(50, Ordering::Relaxed);
         // Above target, but not yet for an interval: a spike.
         for class in ["sheddable", "standard", "critical"] {
@@ -375,5 +425,30 @@ mod tests {
         send(&layer, &reached, "critical", None).await.unwrap();
         assert_eq!(layer.stats().refused(Reason::QueueFull, Priority::Standard), 1);
         assert_eq!(layer.stats().admitted_in(Priority::Critical), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn judges_the_expected_wait_not_the_heads() {
+        let (queue, layer, reached) = setup();
+        queue.waiting.store(4, Ordering::Relaxed);
+        queue.head_wait_ms.store(5, Ordering::Relaxed);
+        // Nothing learnt yet: the head's wait (5 ms) stands for the expected wait.
+        send(&layer, &reached, "critical", Some("30m")).await.unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // A completion 10 ms after the last, with a busy queue: a newcomer behind four expects
+        // 5 + 4 x 10 = 45 ms, more than its 30 ms deadline.
+        send(&layer, &reached, "critical", None).await.unwrap();
+        let e = send(&layer, &reached, "critical", Some("30m")).await.unwrap_err();
+        assert!(
+            matches!(reason(&e), ErrorKind::Shed { retry_after: Some(d) } if d == Duration::from_millis(45))
+        );
+        assert_eq!(layer.stats().refused(Reason::Deadline, Priority::Critical), 1);
+        // A gap that began with an empty queue (a cold start) is not learnt as slow service.
+        queue.waiting.store(0, Ordering::Relaxed);
+        send(&layer, &reached, "critical", None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        queue.waiting.store(4, Ordering::Relaxed);
+        send(&layer, &reached, "critical", Some("50m")).await.unwrap();
+        send(&layer, &reached, "critical", Some("50m")).await.unwrap();
     }
 }

@@ -123,6 +123,15 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// A request in flight: tells the queue when it finishes, however it ends.
+struct Busy<'a>(&'a Queue);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.finish(Instant::now());
+    }
+}
+
 async fn admit<S, B>(
     queue: Arc<Queue>,
     mut inner: S,
@@ -155,6 +164,7 @@ where
         match poll_fn(|cx| Poll::Ready(inner.poll_ready(cx).map_err(Into::into))).await {
             Poll::Ready(Ok(())) => {
                 queue.pass(priority, now);
+                let _busy = Busy(&queue);
                 return inner.call(req).await.map_err(Into::into);
             }
             Poll::Ready(Err(e)) => return Err(e),
@@ -216,6 +226,7 @@ where
     ticket.id = None;
     let now = Instant::now();
     queue.dispatch(id, now);
+    let _busy = Busy(&queue);
     if deadline.is_some_and(|d| d.is_past(now)) {
         queue.count(Reason::Expired, priority);
         return Err(refuse(Reason::Expired, queue.config.target));
