@@ -317,4 +317,16 @@ mod tests {
         assert!(ms(&by_time) < 110, "600 s window: still the old RTT ({} ms)", ms(&by_time));
         assert!(ms(&by_count) > 200, "600 samples: follows the new one ({} ms)", ms(&by_count));
     }
+
+    #[test]
+    fn netflix_is_reachable_from_a_config() {
+        let netflix: Gradient2Params = serde_json::from_str(
+            r#"{"initial_limit": 20, "min_limit": 20, "max_limit": 200, "smoothing_per_round": false,
+                "queue_size": 4, "queue_share": 0, "long_window": 600, "long_window_ms": 0,
+                "rtt_tolerance": 1.5}"#,
+        )
+        .unwrap();
+        assert_eq!(Gradient2::new(netflix).params, Gradient2::netflix().params);
+        assert_eq!(Gradient2::default().params, Gradient2Params::knee());
+    }
 }

@@ -303,4 +303,16 @@ mod tests {
         }
         assert!(saw_probe, "rtt_noload followed the slower service");
     }
+
+    #[test]
+    fn netflix_and_knee_are_reachable_from_a_config() {
+        let netflix: VegasParams = serde_json::from_str(
+            r#"{"smoothing": 1, "alpha": 3, "alpha_share": 0, "beta": 6, "beta_share": 0, "threshold": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(netflix, VegasParams::netflix());
+        assert_eq!(serde_json::from_str::<VegasParams>("{}").unwrap(), VegasParams::knee());
+        let bad: VegasParams = serde_json::from_str(r#"{"beta_share": -1}"#).unwrap();
+        assert_eq!(Vegas::new(bad).params.beta_share, VegasParams::knee().beta_share);
+    }
 }
