@@ -57,8 +57,9 @@
 //! replica's knee with no hand-set limit. Its limit is only as good as the per-request RTT is
 //! steady at no load: in lab `overload` (LLM requests from the Azure trace, RTTs spanning two
 //! orders of magnitude at no load) the gradient sits far below 0.92 at any load and the limit
-//! sinks (see `reports/lab/overload.md`). For such traffic put it behind
-//! [`Windowed`](crate::Windowed) or use Netflix's parameters: `{ name = "gradient2",
+//! sinks (goodput 0.036 of capacity at 0.5×, 0.007 at 3×, against 0.280 at 3× with Netflix's;
+//! behind `Windowed` 0.019 against 0.534; `reports/lab/overload.md`). For such traffic use
+//! Netflix's parameters, best behind [`Windowed`](crate::Windowed): `{ name = "gradient2",
 //! initial_limit = 20, min_limit = 20, max_limit = 200, smoothing_per_round = false,
 //! queue_size = 4, queue_share = 0, long_window = 600, long_window_ms = 0, rtt_tolerance = 1.5 }`
 //! (`long_window_ms = 0`: the window counts samples), or [`Gradient2::netflix`] in code.
