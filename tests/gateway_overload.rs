@@ -127,7 +127,7 @@ fn bad_layer_parameters_name_the_layer_and_field() {
         (r#"{ name = "shed", target = "soon" }"#, "`target`"),
         (r#"{ name = "shed", queue = 3 }"#, "unknown field `queue`"),
         (r#"{ name = "limit", algorithm = "tcp" }"#, "unknown limit algorithm"),
-        (r#"{ name = "limit", algorithm = { name = "vegas", alpha = 3 } }"#, "unknown field `alpha`"),
+        (r#"{ name = "limit", algorithm = { name = "vegas", gamma = 3 } }"#, "unknown field `gamma`"),
         (r#"{ name = "limit", pace = { min_tokens = 1 } }"#, "`pace` needs `min_tokens` ≥ 2"),
         (r#"{ name = "limit", pace = { tpot = "100ms" } }"#, "unknown field `tpot`"),
     ] {

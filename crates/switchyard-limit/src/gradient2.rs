@@ -21,7 +21,7 @@
 //!
 //! # Defaults, and Netflix's
 //!
-//! [`Gradient2Params::netflix`] (and [`Gradient2::netflix`]), the defaults, are Netflix's exactly: initial 20,
+//! [`Gradient2Params::netflix`] (and [`Gradient2::netflix`]) are Netflix's exactly: initial 20,
 //! min 20, max 200, smoothing 0.2 a sample, queue size 4, long window 600 samples, RTT
 //! tolerance 1.5. Fed every request, they do not find the knee (`tests/convergence.rs`, a
 //! 40-slot replica: 146-400 % off after 30 s), for three reasons:
@@ -36,7 +36,7 @@
 //!   60 % above the knee (behind [`Windowed`](crate::Windowed), one sample a second as
 //!   Netflix's `WindowedLimit` feeds it, it settles there, and higher as the long average creeps).
 //!
-//! [`Gradient2Params::knee`] (and [`Gradient2::knee`]) keeps the formula and fixes each: the long window is 600 s (what
+//! [`Gradient2Params::knee`] (and [`Gradient2::knee`]), **the default**, keeps the formula and fixes each: the long window is 600 s (what
 //! Netflix's 600 samples span at their one windowed sample a second), so the long RTT stays the
 //! no-load RTT of the first samples for minutes; the smoothing of 0.2 weighs one round trip, so
 //! the limit moves by at most a fifth of the way a round trip whatever its size; the tolerance is
@@ -53,13 +53,16 @@
 //! creeps (17-28 % above the knee after 300 s): Gradient2 has no no-load baseline of its own
 //! (Vegas and Envoy's gradient do).
 //!
-//! `knee` is not the default because of that noise: in lab `overload` (LLM requests from the
-//! Azure trace, RTTs spanning two orders of magnitude at no load) the gradient sits far below
-//! 0.92 at any load and the limit sinks to its minimum (goodput 0.04 of capacity at 0.5×, 0.007
-//! at 3×, against 0.27 at 3× with Netflix's). Where the RTT at no load is steady (a classic
-//! server, `worker --kind parallel`) use `knee`: `{ name = "gradient2", initial_limit = 4,
-//! min_limit = 1, max_limit = 1000, smoothing_per_round = true, queue_size = 0,
-//! queue_share = 0.08, long_window_ms = 600000, rtt_tolerance = 1.0 }`.
+//! `knee` is the default (a bare `"gradient2"` in a config gets it) because it is what finds a
+//! replica's knee with no hand-set limit. Its limit is only as good as the per-request RTT is
+//! steady at no load: in lab `overload` (LLM requests from the Azure trace, RTTs spanning two
+//! orders of magnitude at no load) the gradient sits far below 0.92 at any load and the limit
+//! sinks (goodput 0.036 of capacity at 0.5×, 0.007 at 3×, against 0.280 at 3× with Netflix's;
+//! behind `Windowed` 0.019 against 0.534; `reports/lab/overload.md`). For such traffic use
+//! Netflix's parameters, best behind [`Windowed`](crate::Windowed): `{ name = "gradient2",
+//! initial_limit = 20, min_limit = 20, max_limit = 200, smoothing_per_round = false,
+//! queue_size = 4, queue_share = 0, long_window = 600, long_window_ms = 0, rtt_tolerance = 1.5 }`
+//! (`long_window_ms = 0`: the window counts samples), or [`Gradient2::netflix`] in code.
 //!
 //! Source: Netflix/concurrency-limits, `com.netflix.concurrency.limits.limit.Gradient2Limit`.
 
@@ -92,7 +95,7 @@ pub struct Gradient2Params {
     /// Samples the long RTT averages over, when `long_window_ms` is not set.
     pub long_window: usize,
     /// Time the long RTT averages over, in milliseconds: the window in samples is this time at
-    /// the rate samples have come so far. Overrides `long_window`.
+    /// the rate samples have come so far. Overrides `long_window`; 0 means unset.
     pub long_window_ms: Option<u64>,
     /// How far the current RTT may exceed the long one before the limit shrinks (≥ 1).
     pub rtt_tolerance: f64,
@@ -137,9 +140,9 @@ impl Gradient2Params {
 }
 
 impl Default for Gradient2Params {
-    /// Netflix's defaults ([`Gradient2Params::netflix`]).
+    /// The knee-finding parameters ([`Gradient2Params::knee`]).
     fn default() -> Self {
-        Self::netflix()
+        Self::knee()
     }
 }
 
@@ -170,7 +173,7 @@ impl Gradient2 {
         }
         params.rtt_tolerance = params.rtt_tolerance.max(1.0);
         params.long_window = params.long_window.max(1);
-        params.long_window_ms = params.long_window_ms.map(|ms| ms.max(1));
+        params.long_window_ms = params.long_window_ms.filter(|&ms| ms > 0);
         if !params.queue_size.is_finite() || params.queue_size < 0.0 {
             params.queue_size = fallback.queue_size;
         }
@@ -181,12 +184,12 @@ impl Gradient2 {
         Self { params, limit, long_rtt: 0.0, samples: 0, first: None }
     }
 
-    /// Gradient2 with Netflix's defaults ([`Gradient2Params::netflix`]), as `default()`.
+    /// Gradient2 with Netflix's defaults ([`Gradient2Params::netflix`]).
     pub fn netflix() -> Self {
         Self::new(Gradient2Params::netflix())
     }
 
-    /// Gradient2 that finds a replica's knee ([`Gradient2Params::knee`]).
+    /// Gradient2 that finds a replica's knee ([`Gradient2Params::knee`]), as `default()`.
     pub fn knee() -> Self {
         Self::new(Gradient2Params::knee())
     }
@@ -314,5 +317,17 @@ mod tests {
         let ms = |g: &Gradient2| g.long_rtt().unwrap().as_millis();
         assert!(ms(&by_time) < 110, "600 s window: still the old RTT ({} ms)", ms(&by_time));
         assert!(ms(&by_count) > 200, "600 samples: follows the new one ({} ms)", ms(&by_count));
+    }
+
+    #[test]
+    fn netflix_is_reachable_from_a_config() {
+        let netflix: Gradient2Params = serde_json::from_str(
+            r#"{"initial_limit": 20, "min_limit": 20, "max_limit": 200, "smoothing_per_round": false,
+                "queue_size": 4, "queue_share": 0, "long_window": 600, "long_window_ms": 0,
+                "rtt_tolerance": 1.5}"#,
+        )
+        .unwrap();
+        assert_eq!(Gradient2::new(netflix).params, Gradient2::netflix().params);
+        assert_eq!(Gradient2::default().params, Gradient2Params::knee());
     }
 }

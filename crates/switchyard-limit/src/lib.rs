@@ -20,7 +20,10 @@
 //!
 //! [`Windowed`] feeds any of them one averaged sample per window, as Netflix's `WindowedLimit`
 //! does, for services whose requests differ in size. Each module documents its formula, its
-//! defaults and where they come from. Two adapters use
+//! defaults and where they come from. Gradient2 and Vegas default to parameters that find a
+//! replica's knee with no hand-set limit ([`Gradient2::knee`], [`Vegas::knee`]; within 20 % of
+//! it in 30 s, `tests/convergence.rs`); Netflix's own defaults are [`Gradient2::netflix`] and
+//! [`Vegas::netflix`]. Two adapters use
 //! them: the [`Limiter`] (requests in flight against the limit, with [`Permit`]s) under the
 //! [`LimitLayer`] for a whole service (a tonic server, the worker, a gateway pool); and the
 //! balancer's per-endpoint limit, which feeds the same algorithms from its own in-flight
