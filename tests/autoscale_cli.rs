@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::BIN;
 use common::prometheus::{Prometheus, get};
+use common::worker::Worker;
 use switchyard::balance::PolicyKind;
 use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -18,7 +19,6 @@ use switchyard::worker::{self, WorkerArgs};
 use switchyard_telemetry::MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::process::Command;
-use tokio::sync::oneshot;
 
 /// Runs `switchyard autoscale ARGS` to its end; its exit status and stderr.
 async fn autoscale(args: &[&str]) -> (std::process::ExitStatus, String) {
@@ -63,20 +63,9 @@ async fn bad_flags_are_errors_naming_the_flag() {
     assert!(stderr.contains("--deployment") && stderr.contains("--dry-run"), "{stderr}");
 }
 
-/// An in-process worker; it stops when dropped.
-struct Worker {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
+/// An in-process worker with the default arguments.
 async fn worker() -> Worker {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(worker::serve(WorkerArgs::default(), listener, async move {
-        let _ = rx.await;
-    }));
-    Worker { addr, _stop: tx }
+    common::worker::in_process(WorkerArgs::default()).await
 }
 
 fn value(text: &str, series: &str) -> Option<f64> {

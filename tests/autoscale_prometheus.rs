@@ -7,10 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::prometheus::Prometheus;
+use common::worker::Worker;
 use switchyard::balance::PolicyKind;
 use switchyard::gateway::{Gateway, GatewayConfig, GatewayTelemetry};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -21,25 +21,11 @@ use switchyard_autoscale::{
 };
 use switchyard_telemetry::MetricsRegistry;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// An in-process worker; it stops when dropped.
-struct Worker {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
+/// An in-process worker decoding slowly: a long answer stays in flight for many scrapes.
 async fn worker() -> Worker {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel();
-    // Slow decoding: a long answer stays in flight for many scrapes.
-    let args = WorkerArgs { speed: 0.05, ..WorkerArgs::default() };
-    tokio::spawn(worker::serve(args, listener, async move {
-        let _ = rx.await;
-    }));
-    Worker { addr, _stop: tx }
+    common::worker::in_process(WorkerArgs { speed: 0.05, ..WorkerArgs::default() }).await
 }
 
 async fn gateway(workers: &[&Worker]) -> Gateway {

@@ -5,12 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use switchyard::gateway::{Gateway, GatewayConfig};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker;
 use switchyard_autoscale::Scaler;
 use switchyard_autoscale::scaler::process::{ProcessConfig, ProcessScaler};
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -24,18 +22,11 @@ async fn until(mut done: impl FnMut() -> bool, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_down_under_load_fails_no_call() {
-    let (publisher, source) = switchyard_discovery::channel(64);
-    let config = GatewayConfig::from_toml(
-        "threads = 1\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n",
+    let (gateway, publisher) = common::gateway::with_channel(
+        &format!("threads = 1\n[[pool]]\nname = \"default\"\n{}", common::gateway::EMPTY_STATIC),
+        64,
     )
-    .unwrap();
-    let gateway = Gateway::start_with_sources(
-        config,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
-        vec![("default".into(), source)],
-    )
-    .unwrap();
+    .await;
     let board = gateway.pool("default").unwrap().board().clone();
 
     // Calls of 300 ms, 8 at once a worker: a replica removed under load has calls running.
