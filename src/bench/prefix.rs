@@ -304,16 +304,10 @@ pub(crate) async fn run(
     let config = engine(SPEED, kv);
     let measured = {
         let (config, window) = (config.clone(), window.clone());
-        tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(crate::lab::measure_capacity(&config, &window)).map_err(|e| e.to_string())
+        crate::cluster::in_virtual_time(move || async move {
+            crate::lab::measure_capacity(&config, &window).await
         })
         .await
-        .map_err(|e| BenchError::Setup(format!("capacity: {e}")))?
         .map_err(|e| BenchError::Setup(format!("capacity: {e}")))?
     };
     let span = window.last().map_or(0.0, |r| r.at.as_secs_f64())
