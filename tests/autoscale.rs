@@ -31,11 +31,7 @@ async fn health(address: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_scaler_adds_only_serving_replicas_and_drains_before_stopping() {
-    let (gateway, publisher) = common::gateway::with_channel(
-        &format!("threads = 1\n[[pool]]\nname = \"default\"\n{}", common::gateway::EMPTY_STATIC),
-        64,
-    )
-    .await;
+    let (gateway, publisher) = common::gateway::one_pool().await;
     let board = gateway.pool("default").unwrap().board().clone();
 
     let mut config = ProcessConfig::new(common::BIN);

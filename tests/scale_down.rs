@@ -22,11 +22,7 @@ async fn until(mut done: impl FnMut() -> bool, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_down_under_load_fails_no_call() {
-    let (gateway, publisher) = common::gateway::with_channel(
-        &format!("threads = 1\n[[pool]]\nname = \"default\"\n{}", common::gateway::EMPTY_STATIC),
-        64,
-    )
-    .await;
+    let (gateway, publisher) = common::gateway::one_pool().await;
     let board = gateway.pool("default").unwrap().board().clone();
 
     // Calls of 300 ms, 8 at once a worker: a replica removed under load has calls running.

@@ -23,3 +23,9 @@ pub(crate) async fn with_channel(config: &str, capacity: usize) -> (Gateway, Pub
     .unwrap();
     (gateway, publisher)
 }
+
+/// A one-thread gateway whose one pool, `default`, takes its endpoints from a channel of 64
+/// changes and has no layers.
+pub(crate) async fn one_pool() -> (Gateway, Publisher) {
+    with_channel(&format!("threads = 1\n[[pool]]\nname = \"default\"\n{EMPTY_STATIC}"), 64).await
+}
