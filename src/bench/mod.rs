@@ -61,7 +61,7 @@
 //!
 //! The gateway in the bench process over `switchyard worker` processes that the autoscale crate's
 //! `ProcessScaler` starts and drains, in two parts: the real autoscaler (`LlmAware` over the
-//! pool's board) sizing the pool while the load goes through `--steps` (low, high, low by
+//! pool's board) sizing the pool while the load goes through `--steps` (low, high, medium by
 //! default), then the load rising and falling through seven phases of `--duration` seconds with
 //! the pool scaled up and down between them by a script: every call's outcome, the scale events,
 //! the replicas over time and the replicas drained; see [`scale`]. With `--json FILE` it also
@@ -166,7 +166,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub targets: Option<Vec<OverheadTarget>>,
     /// Scenario `scale` only: the autoscaled part's load, steps of `RATE:SECONDS` (calls a
-    /// second at Poisson arrivals, for that long) separated by commas [default: 5:30,50:45,5:75].
+    /// second at Poisson arrivals, for that long) separated by commas [default: 5:30,50:45,15:75].
     #[arg(long, value_name = "RATE:SECONDS,...")]
     pub steps: Option<String>,
 }

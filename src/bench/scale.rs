@@ -15,8 +15,8 @@
 //!    (`switchyard_autoscale::Autoscaler` over the pool's board, the default `LlmAware`
 //!    recommender, the process scaler, as `switchyard cluster` wires them:
 //!    [`LocalAutoscaler`](crate::cluster::local_autoscaler::LocalAutoscaler)), while the rate
-//!    goes through `--steps` (`RATE:SECONDS,...`, [`DEFAULT_STEPS`] by default: low, high, low),
-//!    so that it scales up and then down.
+//!    goes through `--steps` (`RATE:SECONDS,...`, [`DEFAULT_STEPS`] by default: low, high, medium),
+//!    so that it scales up and then down, the replicas it removes still carrying calls.
 //! 2. **Scripted**: the replica count is set by explicit scale steps interleaved with the load,
 //!    through [`PHASES`], each `--duration` seconds long: a rise scales up first and raises the
 //!    rate once the new replicas are ready (as a predictive autoscaler would have them); a fall
@@ -30,28 +30,18 @@
 //! autoscaled part also the calls in flight during a scale-down and how many of them failed.
 
 pub mod autoscaled;
+mod scripted;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use switchyard_autoscale::scaler::process::{ProcessConfig, ProcessScaler};
-use switchyard_autoscale::{PoolSize, Scaler};
-use switchyard_balance::LoadBoard;
-use switchyard_core::EndpointId;
-use switchyard_discovery::Publisher;
-use switchyard_sim::{LengthSampler, Pattern, Synthetic};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::{BenchArgs, BenchError};
-use crate::gateway::{Gateway, GatewayConfig};
-use crate::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::report::{Percentiles, Table};
+use traffic::Call;
 
 /// Calls a worker serves at once.
 pub const PARALLEL: u32 = 8;
@@ -66,7 +56,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub const PHASES: [(u32, f64); 7] =
     [(1, 14.0), (3, 42.0), (1, 14.0), (4, 56.0), (2, 28.0), (3, 42.0), (1, 14.0)];
 /// The autoscaled part's load unless `--steps` says otherwise: calls a second and seconds.
-pub const DEFAULT_STEPS: &str = "5:30,50:45,5:75";
+pub const DEFAULT_STEPS: &str = "5:30,50:45,15:75";
 /// How often the timeline is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// How often the board is read for replicas leaving discovery.
@@ -420,248 +410,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-fn request() -> tonic::Request<crate::proto::inference::ModelInferRequest> {
-    let mut request = tonic::Request::new(crate::worker::request::text_request("sim-llm", "scale", 4));
-    request.set_timeout(DEADLINE);
-    request
-}
-
-/// One call: when it was sent and ended (seconds since the load began), and how: its latency in
-/// µs, or its gRPC status.
-#[derive(Debug, Clone)]
-struct Call {
-    sent_s: f64,
-    ended_s: f64,
-    end: Result<u64, String>,
-}
-
-/// What the replicas and the board look like over a run, observed every
-/// [`DRAIN_SAMPLE_EVERY`].
-#[derive(Debug)]
-struct Watch {
-    start: Instant,
-    next_sample: Instant,
-    timeline: Vec<Sample>,
-    drained: Vec<Drained>,
-    /// Replicas in discovery at the last observation, with their calls in flight.
-    serving: BTreeMap<EndpointId, u32>,
-    /// Replicas out of discovery still on the board, with their index in `drained`.
-    leaving: BTreeMap<EndpointId, usize>,
-}
-
-impl Watch {
-    fn new(start: Instant) -> Self {
-        Self {
-            start,
-            next_sample: start,
-            timeline: Vec::new(),
-            drained: Vec::new(),
-            serving: BTreeMap::new(),
-            leaving: BTreeMap::new(),
-        }
-    }
-
-    /// Reads `board`; appends a timeline sample (with `size`, when known) every [`SAMPLE_EVERY`].
-    fn observe(&mut self, board: &LoadBoard, size: Option<PoolSize>, offered_rps: f64) {
-        let now = Instant::now();
-        let at_s = now.saturating_duration_since(self.start).as_secs_f64();
-        let snapshot = board.snapshot();
-        let mut now_serving = BTreeMap::new();
-        for e in &snapshot {
-            if !e.draining {
-                now_serving.insert(e.endpoint.id.clone(), e.load.in_flight);
-            }
-        }
-        for (id, in_flight) in &self.serving {
-            if !now_serving.contains_key(id) {
-                self.leaving.insert(id.clone(), self.drained.len());
-                self.drained.push(Drained {
-                    replica: id.to_string(),
-                    at_s,
-                    in_flight_at_removal: *in_flight,
-                    left_board_at_s: None,
-                });
-            }
-        }
-        self.serving = now_serving;
-        let drained = &mut self.drained;
-        self.leaving.retain(|id, &mut i| {
-            let on_board = snapshot.iter().any(|e| &e.endpoint.id == id);
-            if !on_board {
-                drained[i].left_board_at_s = Some(at_s);
-            }
-            on_board
-        });
-        if now >= self.next_sample
-            && let Some(size) = size
-        {
-            self.next_sample += SAMPLE_EVERY;
-            self.timeline.push(Sample {
-                at_s,
-                offered_rps,
-                desired: size.desired,
-                current: size.current,
-                ready: size.ready,
-                draining: snapshot.iter().filter(|e| e.draining).count() as u32,
-                in_flight: snapshot.iter().map(|e| u64::from(e.load.in_flight)).sum(),
-            });
-        }
-    }
-
-    /// Replicas out of discovery still finishing calls.
-    fn draining(&self) -> usize {
-        self.leaving.len()
-    }
-}
-
-/// Observes `board` (see [`Watch`]) until `stop`, the pool's size read with `size` (`None` while
-/// the scaler is busy).
-async fn watch(
-    board: LoadBoard,
-    start: Instant,
-    size: impl Fn() -> Option<PoolSize>,
-    rate: watch::Receiver<f64>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> Watch {
-    let mut out = Watch::new(start);
-    let mut tick = tokio::time::interval(DRAIN_SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut stop => return out,
-        }
-        out.observe(&board, size(), *rate.borrow());
-    }
-}
-
-/// Sends calls at Poisson arrivals at the rate in `rate` (none while it is 0) until `stop`. A
-/// change of rate draws the next gap afresh at the new rate (the process is memoryless, so this
-/// is exact).
-async fn generate(
-    channels: Vec<Channel>,
-    mut rate: watch::Receiver<f64>,
-    stop: Arc<tokio::sync::Notify>,
-    seed: u64,
-    start: Instant,
-) -> (Vec<Call>, u64) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut calls = JoinSet::new();
-    let mut not_sent = 0u64;
-    let mut index = 0u64;
-    let mut changes = 0u64;
-    let stopped = stop.notified();
-    tokio::pin!(stopped);
-    let arrivals = |r: f64, changes: u64| {
-        Synthetic::new(
-            Pattern::Poisson { rate: r },
-            LengthSampler::fixed(16, 4),
-            Duration::from_secs(1 << 30),
-            seed.wrapping_add(changes),
-        )
-    };
-    let mut current = *rate.borrow_and_update();
-    let mut gaps = arrivals(current, changes);
-    let mut last = Duration::ZERO;
-    loop {
-        let next = gaps.next().filter(|_| current > 0.0);
-        let gap = next.as_ref().map(|a| a.at.saturating_sub(last));
-        let wait = async {
-            match gap {
-                Some(gap) => tokio::time::sleep(gap).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = wait => {}
-            changed = rate.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                current = *rate.borrow_and_update();
-                changes += 1;
-                gaps = arrivals(current, changes);
-                last = Duration::ZERO;
-                continue;
-            }
-            () = &mut stopped => break,
-        }
-        last = next.map_or(last, |a| a.at);
-        index += 1;
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            not_sent += 1;
-            continue;
-        };
-        let mut client = GrpcInferenceServiceClient::new(channels[index as usize % channels.len()].clone());
-        calls.spawn(async move {
-            let sent = Instant::now();
-            let end = match client.model_infer(request()).await {
-                Ok(_) => Ok(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX)),
-                Err(status) => Err(format!("{:?}", status.code())),
-            };
-            drop(permit);
-            let since = |t: Instant| t.saturating_duration_since(start).as_secs_f64();
-            Call { sent_s: since(sent), ended_s: since(Instant::now()), end }
-        });
-    }
-    let mut ends = Vec::new();
-    while let Some(end) = calls.join_next().await {
-        ends.push(end.unwrap_or_else(|e| Call { sent_s: 0.0, ended_s: 0.0, end: Err(format!("task: {e}")) }));
-    }
-    (ends, not_sent)
-}
-
-/// A gateway in this process whose `default` pool is fed by the returned publisher, and its
-/// pool's board.
-async fn start_gateway(threads: usize) -> Result<(Gateway, Publisher, LoadBoard), BenchError> {
-    let (publisher, source) = switchyard_discovery::channel(64);
-    let config = GatewayConfig::from_toml(&format!(
-        "threads = {threads}\n[[pool]]\nname = \"default\"\n[[pool.discovery]]\nkind = \"static\"\nendpoints = []\n"
-    ))
-    .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| BenchError::Io("bind the gateway".into(), e))?;
-    let gateway = Gateway::start_with_sources(config, listener, None, vec![("default".into(), source)])
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let board = gateway
-        .pool("default")
-        .map(|p| p.board().clone())
-        .ok_or_else(|| BenchError::Setup("no pool".into()))?;
-    Ok((gateway, publisher, board))
-}
-
-/// The workers' settings: parallel kind, [`PARALLEL`] slots of [`SERVICE_MS`], `cold_start`.
-fn worker_process(exe: &Path, cold_start: Duration) -> ProcessConfig {
-    let mut process = ProcessConfig::new(exe);
-    process.cold_start = cold_start;
-    process.worker_args = [
-        "--model",
-        "sim-llm",
-        "--kind",
-        "parallel",
-        "--parallel",
-        &PARALLEL.to_string(),
-        "--service-ms",
-        &SERVICE_MS.to_string(),
-    ]
-    .map(String::from)
-    .into();
-    process
-}
-
-/// Waits until `scaler` has `n` replicas ready, at most [`READY_TIMEOUT`].
-async fn until_ready(scaler: &tokio::sync::Mutex<ProcessScaler>, n: u32) -> Result<(), BenchError> {
-    let give_up = Instant::now() + READY_TIMEOUT;
-    while scaler.lock().await.size().ready < n {
-        if Instant::now() >= give_up {
-            return Err(BenchError::Setup(format!("{n} replicas not ready within {READY_TIMEOUT:?}")));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling the scaler's observable size
-    }
-    Ok(())
-}
-
 /// Runs the scenario: the autoscaled part over `--steps`, then the scripted part.
 pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<ScaleReport, BenchError> {
     let steps = match &args.steps {
@@ -670,7 +418,7 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<ScaleReport, Ben
     };
     let loadavg_before = loadavg();
     let autoscaled = autoscaled::run(args, exe, &steps).await?;
-    let scripted = scripted(args, exe).await?;
+    let scripted = scripted::run(args, exe).await?;
     Ok(ScaleReport {
         scenario: "scale".into(),
         workers: format!(
@@ -683,84 +431,6 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<ScaleReport, Ben
         scripted,
         loadavg: (loadavg_before, loadavg()),
         build: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
-    })
-}
-
-/// The scripted part: [`PHASES`], each `--duration` seconds.
-async fn scripted(args: &BenchArgs, exe: &Path) -> Result<ScriptedReport, BenchError> {
-    let phase = Duration::from_secs_f64(args.duration);
-    let (gateway, publisher, board) = start_gateway(args.proxy_threads()).await?;
-    let process = worker_process(exe, COLD_START);
-    let scaler = Arc::new(tokio::sync::Mutex::new(ProcessScaler::new(process, publisher, board.clone())));
-
-    // The first phase's replicas, ready before the load begins.
-    let (first_n, first_rate) = PHASES[0];
-    scaler.lock().await.set_desired(first_n).await.map_err(|e| BenchError::Setup(e.to_string()))?;
-    until_ready(&scaler, first_n).await?;
-    let channels = super::load::connect(&[gateway.local_addr().to_string()], CONNECTIONS)
-        .await
-        .map_err(BenchError::Setup)?;
-    let (rate, rate_rx) = watch::channel(first_rate);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let start = Instant::now();
-    let size_of = {
-        let scaler = scaler.clone();
-        move || scaler.try_lock().ok().map(|s| s.size())
-    };
-    let (watch_stop, watch_stopped) = tokio::sync::oneshot::channel();
-    let watcher = tokio::spawn(watch(board.clone(), start, size_of, rate_rx.clone(), watch_stopped));
-    let generator = tokio::spawn(generate(channels, rate_rx, stop.clone(), 7, start));
-
-    let mut events = Vec::new();
-    let mut current = first_n;
-    for (i, &(n, r)) in PHASES.iter().enumerate().skip(1) {
-        tokio::time::sleep_until(start + phase * i as u32).await;
-        let at = Instant::now();
-        scaler.lock().await.set_desired(n).await.map_err(|e| BenchError::Setup(e.to_string()))?;
-        let ready_after_s = if n > current {
-            // Up: the rate rises once the new replicas are ready.
-            until_ready(&scaler, n).await?;
-            Some(at.elapsed().as_secs_f64())
-        } else {
-            None
-        };
-        rate.send_replace(r);
-        eprintln!("bench: scale: scripted {current} -> {n} replicas, {r} calls/s");
-        events.push(ScaleEvent {
-            at_s: at.saturating_duration_since(start).as_secs_f64(),
-            from: current,
-            to: n,
-            ready_after_s,
-        });
-        current = n;
-    }
-    tokio::time::sleep_until(start + phase * PHASES.len() as u32).await;
-    stop.notify_one();
-    let (calls, not_sent) = generator.await.map_err(|e| BenchError::Setup(format!("load generator: {e}")))?;
-    // Let the last sample see the end, then stop the watcher and the replicas.
-    tokio::time::sleep(SAMPLE_EVERY).await;
-    let _ = watch_stop.send(());
-    let watched = watcher.await.map_err(|e| BenchError::Setup(format!("watcher: {e}")))?;
-    let scaler =
-        Arc::try_unwrap(scaler).map_err(|_| BenchError::Setup("the scaler is still shared".into()))?;
-    scaler.into_inner().shutdown().await;
-    if let Err(e) = gateway.shutdown().await {
-        eprintln!("bench: warning: gateway: {e}");
-    }
-
-    let drained = watched.drained;
-    Ok(ScriptedReport {
-        scaling: "explicit scale steps interleaved with the load (up: rate raised once the new replicas are ready; \
-                  down: rate lowered and replicas removed at once)"
-            .into(),
-        phase_s: args.duration,
-        phases: PHASES.to_vec(),
-        outcomes: Outcomes::of(&calls, not_sent),
-        scale_downs: events.iter().filter(|e| e.to < e.from).count(),
-        scale_events: events,
-        drained_with_calls_in_flight: drained.iter().filter(|d| d.in_flight_at_removal > 0).count(),
-        drained,
-        timeline: watched.timeline,
     })
 }
 

@@ -27,9 +27,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::traffic::{Call, Watch, generate, start_gateway, worker_process};
 use super::{
-    COLD_START, CONNECTIONS, Call, DRAIN_SAMPLE_EVERY, Drained, LoadStep, Outcomes, Sample, Watch,
-    drained_markdown, generate, start_gateway, worker_process,
+    COLD_START, CONNECTIONS, DRAIN_SAMPLE_EVERY, Drained, LoadStep, Outcomes, Sample, drained_markdown,
 };
 use crate::bench::{BenchArgs, BenchError};
 use crate::cluster::local_autoscaler::{LocalAutoscaler, recommender_config_for_run};
@@ -188,7 +188,7 @@ impl AutoscaledReport {
     /// The figures in a few lines.
     pub fn summary(&self) -> String {
         format!(
-            "autoscaled ({}, target {}): {} s of load, rates {}\n\
+            "autoscaled ({}, target {}): {:.0} s of load, rates {}\n\
              requests {}, answered {}, failed {} ({}); latency p50 {:.0} ms, p99 {:.0} ms\n\
              scale-ups {}, scale-downs {}, desired at most {}, ready at most {}; replicas drained {} \
              ({} with calls in flight); calls in flight during a scale-down {}, failed {}\n",
@@ -218,7 +218,7 @@ impl AutoscaledReport {
         let r = &self.recommender;
         let mut out = format!(
             "## Autoscaled\n\nThe replica count is decided by `switchyard_autoscale::Autoscaler`: `BoardSignals` (the \
-             gateway pool's `LoadBoard`), {} with target utilisation {} and its windows shrunk to the run's {} s \
+             gateway pool's `LoadBoard`), {} with target utilisation {} and its windows shrunk to the run's {:.0} s \
              (rate EWMA τ {:.1} s, trend window {:.1} s, scale-down window {:.1} s, at most one replica fewer per \
              {:.1} s, trend projected over the {:.1} s cold start), {}..{} replicas; the `ProcessScaler` starts and \
              drains the workers. It decides once a second. The load, Poisson:\n\n| from (s) | calls/s |\n| --- | --- |\n",
