@@ -1,10 +1,13 @@
 //! Scale-down under load over real `switchyard worker` processes: the replicas removed have
-//! calls in flight, and no call fails (the process scaler drains before it stops a worker).
+//! calls in flight, and no call fails (the process scaler drains before it stops a worker);
+//! and the real autoscaler (`LlmAware` over the gateway's board, the process scaler) scales the
+//! pool up and down under a rising and falling load without failing a call.
 
 mod common;
 
 use std::time::Duration;
 
+use switchyard::bench::scale::autoscaled::{AutoscaledRun, Settings};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::worker;
 use switchyard_autoscale::Scaler;
@@ -86,4 +89,44 @@ async fn scaling_down_under_load_fails_no_call() {
     );
     scaler.shutdown().await;
     gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_scales_up_then_down_under_load_and_fails_no_call() {
+    // Windows shrunk to a 20 s run (a scale-down needs 3.3 s of demand that fits one replica
+    // fewer), a 300 ms cold start, workers of 8 slots at 400 ms (20 calls/s each).
+    let settings = Settings::for_run(20.0, Duration::from_millis(300), 1);
+    let mut run = AutoscaledRun::start(std::path::Path::new(common::BIN), &settings).await.unwrap();
+    // Twice what one replica serves: the autoscaler adds replicas, which join once SERVING.
+    run.set_rate(40.0);
+    let up = run
+        .until("a scale-up, its replicas ready", Duration::from_secs(30), |p| {
+            p.scale_ups >= 1 && p.size.ready >= 2
+        })
+        .await
+        .unwrap();
+    // A fifth of one replica: it drains the extra replicas, one at a time.
+    run.set_rate(4.0);
+    let down = run
+        .until("a scale-down, its replica drained off the board", Duration::from_secs(30), |p| {
+            p.scale_downs >= 1 && p.drained >= 1 && p.draining == 0
+        })
+        .await
+        .unwrap();
+    let report = run.finish(Vec::new()).await.unwrap();
+    eprintln!("{}", report.summary());
+    assert!(up.size.ready >= 2, "{up:?}");
+    assert!(down.size.desired < report.desired_max, "{down:?}: desired at most {}", report.desired_max);
+    assert!(report.scale_ups >= 1 && report.scale_downs >= 1, "{:?}", report.scale_events);
+    assert!(report.ready_max >= 2, "{:?}", report.timeline);
+    assert!(!report.drained.is_empty() && report.drained.iter().all(|d| d.left_board_at_s.is_some()));
+    let o = &report.outcomes;
+    assert!(o.requests > 20, "{o:?}");
+    assert_eq!(
+        (o.failures, o.ok),
+        (0, o.requests),
+        "calls failed while the autoscaler scaled: {:?}",
+        o.failures_by_status
+    );
+    assert_eq!(report.failed_during_scale_down, 0);
 }

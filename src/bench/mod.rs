@@ -60,10 +60,12 @@
 //! # Scenario `scale`
 //!
 //! The gateway in the bench process over `switchyard worker` processes that the autoscale crate's
-//! `ProcessScaler` starts and drains, the load rising and falling through seven phases of
-//! `--duration` seconds with the pool scaled up and down between them: every call's outcome, the
-//! scale events, the replicas over time and the replicas drained; see [`scale`]. With
-//! `--json FILE` it also writes its markdown report beside it.
+//! `ProcessScaler` starts and drains, in two parts: the real autoscaler (`LlmAware` over the
+//! pool's board) sizing the pool while the load goes through `--steps` (low, high, medium by
+//! default), then the load rising and falling through seven phases of `--duration` seconds with
+//! the pool scaled up and down between them by a script: every call's outcome, the scale events,
+//! the replicas over time and the replicas drained; see [`scale`]. With `--json FILE` it also
+//! writes its markdown report beside it.
 //!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
@@ -113,8 +115,8 @@ pub enum Scenario {
     /// Eight workers, the Mooncake conversation trace with session ids: the gateway's prefix
     /// policies against nginx consistent hashing and `least_conn` (TTFT, hit rate).
     Prefix,
-    /// Worker processes scaled up and down under rising and falling load by the autoscale
-    /// crate's process scaler: every request's outcome, scale events, replicas drained.
+    /// Worker processes scaled up and down under rising and falling load, by the autoscaler and
+    /// by a script: every request's outcome, scale events, replicas drained.
     Scale,
 }
 
@@ -163,6 +165,10 @@ pub struct BenchArgs {
     /// installed only when chosen.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub targets: Option<Vec<OverheadTarget>>,
+    /// Scenario `scale` only: the autoscaled part's load, steps of `RATE:SECONDS` (calls a
+    /// second at Poisson arrivals, for that long) separated by commas [default: 5:30,50:45,15:75].
+    #[arg(long, value_name = "RATE:SECONDS,...")]
+    pub steps: Option<String>,
 }
 
 /// A target of scenario `overhead`.
@@ -480,6 +486,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         args.policy.parse().map_err(|e| BenchError::Invalid(format!("--policy: {e}")))?;
     if args.targets.is_some() && args.scenario != Scenario::Overhead {
         return Err(BenchError::Invalid("--targets chooses among the targets of scenario overhead".into()));
+    }
+    if args.steps.is_some() && args.scenario != Scenario::Scale {
+        return Err(BenchError::Invalid("--steps is the load of scenario scale".into()));
     }
     let exe = std::env::current_exe().map_err(|e| BenchError::Io("current executable".into(), e))?;
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));

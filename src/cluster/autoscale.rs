@@ -1,6 +1,7 @@
 //! The autoscaled cluster (the default): the gateway in this process, its pool fed by
 //! `switchyard_autoscale`'s process scaler through a discovery channel, and Switchyard's
-//! LLM-aware recommender reading the pool's board once a second.
+//! LLM-aware recommender reading the pool's board once a second (the three wired together in
+//! [`LocalAutoscaler`], which `switchyard bench scale` runs too).
 //!
 //! ```text
 //! loadgen ─▶ gateway (in process) ─▶ pool ─▶ worker-0 .. worker-N (child processes)
@@ -22,14 +23,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use switchyard_autoscale::scaler::process::{ProcessConfig, ProcessScaler};
-use switchyard_autoscale::{
-    Autoscaler, BoardSignals, Bounds, LlmAware, LlmAwareConfig, Scaler, SignalSource,
-};
+use switchyard_autoscale::{Bounds, LlmAwareConfig, Scaler};
 use switchyard_balance::PolicySpec;
 use switchyard_sim::trace::TraceRecord;
 use tokio::net::TcpListener;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
+use super::local_autoscaler::{LocalAutoscaler, recommender_config_for_run};
 use super::report::{
     ClusterReport, ClusterSetup, PromptTokens, ReplicaSetup, ReplicaShare, ScalePoint, ScalingReport,
 };
@@ -47,20 +47,15 @@ pub const PEAK_LOAD: f64 = 3.5;
 /// How long the first `--min-replicas` workers may take to be ready.
 const FIRST_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The recommender's settings for a run of `duration` seconds (see the module docs).
+/// The recommender's settings for a run of `duration` seconds (see the module docs and
+/// [`recommender_config_for_run`]).
 pub fn recommender_config(args: &ClusterArgs, target_utilisation: f64) -> LlmAwareConfig {
-    let d = args.duration;
-    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
-    LlmAwareConfig {
+    recommender_config_for_run(
+        args.duration,
+        args.cold_start,
+        Bounds::new(args.min_replicas, args.max_replicas),
         target_utilisation,
-        rate_tau: secs(d / 30.0),
-        trend_window: secs(d / 12.0),
-        cold_start: args.cold_start,
-        scale_down_window: secs(d / 6.0),
-        scale_down_step: secs(d / 20.0),
-        bounds: Bounds::new(args.min_replicas, args.max_replicas),
-        ..LlmAwareConfig::default()
-    }
+    )
 }
 
 /// The gateway's configuration: the flags the fixed cluster gives its gateway process, read by
@@ -156,28 +151,15 @@ pub(super) async fn run(
     config.metrics = true;
     config.worker_args = ["--speed", "1", "--model", "sim-llm"].map(String::from).into();
     config.worker_args.extend(args.worker_kind_args());
-    let scaler = ProcessScaler::new(config, publisher, board.clone());
-    let recommender = LlmAware::new(recommender_config(args, target));
-    let mut autoscaler = Autoscaler::new(BoardSignals::new(board.clone()), recommender, scaler);
+    let mut autoscaler =
+        LocalAutoscaler::new(config, publisher, board.clone(), recommender_config(args, target));
 
     tokio::pin!(shutdown);
     // The first replicas, before any load.
-    let min = args.min_replicas;
-    autoscaler.scaler_mut().set_desired(min).await.map_err(|e| ClusterError::Invalid(e.to_string()))?;
-    let first = async {
-        let give_up = Instant::now() + FIRST_READY_TIMEOUT;
-        while autoscaler.scaler().size().ready < min || board.len() < min as usize {
-            if Instant::now() >= give_up {
-                return Err(ClusterError::Invalid(format!(
-                    "{min} worker(s) not SERVING within {FIRST_READY_TIMEOUT:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await; // polling the scaler's observable size
-        }
-        Ok(())
-    };
     tokio::select! {
-        ready = first => ready?,
+        ready = autoscaler.start(args.min_replicas, FIRST_READY_TIMEOUT) => {
+            ready.map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        }
         () = &mut shutdown => return Err(ClusterError::Interrupted),
     }
 
@@ -208,27 +190,14 @@ pub(super) async fn run(
     let started = Instant::now();
     let mut timeline = Vec::new();
     let mut addresses: BTreeMap<String, Seen> = BTreeMap::new();
-    let mut events = (0u32, 0u32);
     let driven = {
         let load = loadgen::drive_sampled(channel, replay, source_name, &loadgen_args);
         let scaling = async {
-            let every = Duration::from_secs(1);
-            let _ = autoscaler.source_mut().sample();
-            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            autoscaler.begin();
             record(&mut timeline, &mut addresses, started, autoscaler.scaler(), &board);
             loop {
-                tick.tick().await;
-                let decision = match autoscaler.step().await {
-                    Ok(decision) => decision,
-                    Err(e) => return ClusterError::Invalid(format!("autoscaler: {e}")),
-                };
-                if decision.changed() {
-                    if decision.recommendation.desired > decision.before.desired {
-                        events.0 += 1;
-                    } else {
-                        events.1 += 1;
-                    }
+                if let Err(e) = autoscaler.decide_when_due().await {
+                    return ClusterError::Invalid(format!("autoscaler: {e}"));
                 }
                 record(&mut timeline, &mut addresses, started, autoscaler.scaler(), &board);
                 scrape(&mut addresses, autoscaler.scaler()).await;
@@ -244,8 +213,7 @@ pub(super) async fn run(
     let (loadgen, samples) = match driven {
         Ok(done) => done,
         Err(e) => {
-            let (_, _, scaler) = autoscaler.into_parts();
-            scaler.shutdown().await;
+            autoscaler.shutdown().await;
             let _ = gateway.shutdown().await;
             return Err(e);
         }
@@ -258,8 +226,8 @@ pub(super) async fn run(
     // leaves the board, and the gateway's /metrics, with its last requests).
     let ids: Vec<String> = addresses.keys().cloned().collect();
     let counts: Vec<(u64, u64)> = addresses.values().map(|seen| (seen.completed, seen.failed)).collect();
-    let (_, _, scaler) = autoscaler.into_parts();
-    scaler.shutdown().await;
+    let events = autoscaler.scale_events();
+    autoscaler.shutdown().await;
     let stopped = gateway.shutdown().await;
 
     let completed: Vec<u64> = counts.iter().map(|c| c.0).collect();

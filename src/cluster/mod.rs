@@ -93,6 +93,7 @@
 //! exits while the cluster runs is an error that names it and shows its last stderr lines.
 
 mod autoscale;
+pub mod local_autoscaler;
 mod plots;
 pub(crate) mod processes;
 mod report;
