@@ -100,10 +100,10 @@ pub struct AutoscaleArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub cold_start: Duration,
     /// A scale-down needs every demand of this window to fit in one replica fewer.
-    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub scale_down_window: Duration,
     /// At most one replica fewer per this.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub scale_down_step: Duration,
     /// How often to decide (and to query Prometheus).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
