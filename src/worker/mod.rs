@@ -109,7 +109,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 10.0)]
     pub service_ms: f64,
     /// Shed requests at the door from the engine's own queue (`switchyard_shed::ServerShedLayer`)
-    /// with this target queueing delay, e.g. `50ms`: once the engine's head-of-queue wait has
+    /// with this target queueing delay, e.g. `50ms`: once the wait a newcomer should expect has
     /// stayed above it for ten times as long, sheddable requests are refused first (above the
     /// target), then standard ones (above twice the target), critical ones only for their
     /// deadline; refusals are RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`, and a request

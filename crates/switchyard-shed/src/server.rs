@@ -6,26 +6,32 @@
 //! once, before the request reaches the engine:
 //!
 //! - its deadline has passed: `DEADLINE_EXCEEDED`;
-//! - the head's wait (what a newcomer to a FIFO queue can expect to wait) exceeds the time left
-//!   to its deadline: refused (`RESOURCE_EXHAUSTED`);
-//! - CoDel's test: the head's wait has stayed above `target` for a whole `interval` (a spike does
-//!   not count), or rises above it again within an `interval` of having fallen below (CoDel's
-//!   memory of a recent overload, so that a queue that dips below target for a moment does not
-//!   let a whole interval's arrivals in); then a sheddable request is refused while the head's
-//!   wait exceeds `target`, a standard one while it exceeds twice `target`, and a critical one
-//!   never for delay (only for its deadline or the engine's own queue bound);
-//! - a head that has waited longer than a whole `interval` is no spike: sheddable and standard
+//! - the wait a newcomer to the FIFO queue should expect (below) exceeds the time left to its
+//!   deadline: refused (`RESOURCE_EXHAUSTED`);
+//! - CoDel's test: the expected wait has stayed above `target` for a whole `interval` (a spike
+//!   does not count), or rises above it again within an `interval` of having fallen below
+//!   (CoDel's memory of a recent overload, so that a queue that dips below target for a moment
+//!   does not let a whole interval's arrivals in); then a sheddable request is refused while the
+//!   expected wait exceeds `target`, a standard one while it exceeds twice `target`, and a
+//!   critical one never for delay (only for its deadline or the engine's own queue bound);
+//! - an expected wait longer than a whole `interval` is no spike: sheddable and standard
 //!   requests are refused then whatever the state;
 //! - `max_queue` requests wait already: sheddable and standard requests are refused; critical
 //!   ones go on to the engine, whose own bound is the last word.
 //!
-//! Every test above but CoDel's state judges the wait a newcomer should expect, not the head's:
-//! the head's wait plus `waiting` times the measured time between completions while the queue was
-//! busy (an EWMA learnt by the layer from the responses it passes back; a gap that began with an
-//! empty queue says nothing of the service rate and is not learnt). Until it has learnt one, the
-//! head's wait stands for the expected wait.
+//! Every test above, CoDel's state included, judges the wait a newcomer should expect, not the
+//! head's: the head's wait plus `waiting` times the measured time between completions while the
+//! queue was busy (an EWMA learnt by the layer from the responses it passes back; a gap that
+//! began with an empty queue says nothing of the service rate and is not learnt). Until it has
+//! learnt one, the head's wait stands for the expected wait. CoDel proper watches the head's
+//! sojourn time, but at a server's door the head's wait misleads under overload: it measures how
+//! fast the queue filled (`waiting` over the arrival rate), not how fast it drains (`waiting`
+//! over the service rate), so at three times the capacity a queue a newcomer waits 100 ms
+//! behind shows a head that has waited some 35 ms. Judged by the head, the state counted as
+//! drained at each such moment and let every arrival in until a head had waited `target` again,
+//! which stacked the queue far past the class thresholds and set the tail of admitted requests.
 //!
-//! Refusals for capacity carry `grpc-retry-pushback-ms` (the head's wait, at least `target`),
+//! Refusals for capacity carry `grpc-retry-pushback-ms` (the expected wait, at least `target`),
 //! through `StatusLayer`; every refusal and admission is counted by reason and class
 //! ([`ShedStats`]).
 
@@ -58,7 +64,7 @@ type Signal = Arc<dyn Fn() -> QueueSignal + Send + Sync>;
 /// CoDel's state, updated at each arrival.
 #[derive(Default)]
 struct Codel {
-    /// Since when the head's wait has been above target.
+    /// Since when the expected wait has been above target.
     above_since: Option<Instant>,
     /// Whether the queue counts as overloaded.
     overloaded: bool,
@@ -200,7 +206,7 @@ impl State {
             return Some((Reason::Expired, config.target));
         }
         let signal = (self.signal)();
-        let wait = signal.head_wait;
+        let wait = self.expected_wait(signal);
         let overloaded = {
             let mut codel = self.codel.lock().unwrap_or_else(PoisonError::into_inner);
             if wait > config.target {
@@ -219,7 +225,6 @@ impl State {
             }
             codel.overloaded
         };
-        let wait = self.expected_wait(signal);
         let pushback = wait.max(config.target);
         if remaining.is_some_and(|r| wait > r) {
             return Some((Reason::Deadline, pushback));
@@ -450,5 +455,49 @@ mod tests {
         queue.waiting.store(4, Ordering::Relaxed);
         send(&layer, &reached, "critical", Some("50m")).await.unwrap();
         send(&layer, &reached, "critical", Some("50m")).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_queue_behind_a_fresh_head_counts_as_overload() {
+        let (queue, layer, reached) = setup();
+        // Four wait behind a head that has waited 2 ms: what a server of several slots shows
+        // when arrivals outpace it (the head is fresh, the queue is not).
+        queue.waiting.store(4, Ordering::Relaxed);
+        queue.head_wait_ms.store(2, Ordering::Relaxed);
+        // Critical calls complete every 10 ms while the queue is busy: the layer learns 10 ms
+        // between completions, so a newcomer expects 2 + 4 x 10 = 42 ms, above the 10 ms target.
+        send(&layer, &reached, "critical", None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        send(&layer, &reached, "critical", None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // Above target, not yet for an interval: a spike, sheddable passes.
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        assert!(!layer.stats().overloaded);
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            send(&layer, &reached, "critical", None).await.unwrap();
+        }
+        // The expected wait has stayed above target for an interval, though the head's never
+        // did: overloaded; sheddable (42 > 10) and standard (42 > 20) go, critical stays.
+        let e = send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        assert!(
+            matches!(reason(&e), ErrorKind::Shed { retry_after: Some(d) } if d == Duration::from_millis(42))
+        );
+        send(&layer, &reached, "standard", None).await.unwrap_err();
+        send(&layer, &reached, "critical", None).await.unwrap();
+        assert!(layer.stats().overloaded);
+        // A new head that has not waited at all does not end the overload while four wait.
+        queue.head_wait_ms.store(0, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        assert!(layer.stats().overloaded);
+        // The queue drains: everyone passes again.
+        queue.waiting.store(0, Ordering::Relaxed);
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        let stats = layer.stats();
+        assert!(!stats.overloaded);
+        assert_eq!(stats.refused(Reason::Delay, Priority::Sheddable), 2);
+        assert_eq!(stats.refused(Reason::Delay, Priority::Standard), 1);
+        assert_eq!(stats.refused_in(Priority::Critical), 0);
+        assert_eq!(reached.load(Ordering::Relaxed), 15);
     }
 }
