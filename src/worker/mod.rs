@@ -112,7 +112,8 @@ pub struct WorkerArgs {
     /// with this target queueing delay, e.g. `50ms`: once the wait a newcomer should expect has
     /// stayed above it for ten times as long, sheddable requests are refused first (above the
     /// target), then standard ones (above twice the target), critical ones only for their
-    /// deadline; refusals are RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`, and a request
+    /// deadline; a burst never queues a sheddable or standard request longer than the service
+    /// time the layer learns (at least twice the target); refusals are RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`, and a request
     /// whose deadline has passed never reaches the engine. Off when absent.
     #[arg(long, value_name = "TARGET", value_parser = humantime::parse_duration)]
     pub shed: Option<Duration>,

@@ -14,8 +14,15 @@
 //!   does not let a whole interval's arrivals in); then a sheddable request is refused while the
 //!   expected wait exceeds `target`, a standard one while it exceeds twice `target`, and a
 //!   critical one never for delay (only for its deadline or the engine's own queue bound);
-//! - an expected wait longer than a whole `interval` is no spike: sheddable and standard
-//!   requests are refused then whatever the state;
+//! - an expected wait longer than the server's service time is more than a spike may bring:
+//!   sheddable and standard requests are refused then whatever the state. The service time is
+//!   learnt by the layer (the time to answer the requests that found nobody waiting, followed
+//!   down at once and up by 1/8, as such a request may still have waited for a slot), taken as
+//!   at least twice `target` and at most `interval` (which stands for it until one is
+//!   learnt). A request let in on a spike thus waits at most about as long as it is served, so
+//!   that its latency stays within some twice its service time: a server that receives its load
+//!   in bursts (a balancer's herd of picks on the replica that looks best) no longer queues a
+//!   burst to `interval` before CoDel's state turns;
 //! - `max_queue` requests wait already: sheddable and standard requests are refused; critical
 //!   ones go on to the engine, whose own bound is the last word.
 //!
@@ -79,16 +86,33 @@ struct Pace {
     last: Option<(Instant, bool)>,
     /// EWMA (weight 1/8) of the gaps between completions that began with a busy queue.
     gap: Option<Duration>,
+    /// The time to answer a request that found nobody waiting: the server's service time,
+    /// queueing aside. Followed down at once and up by 1/8 of a longer sample: a request that
+    /// found nobody waiting may still have waited for a busy slot to free, which is no part of
+    /// the service.
+    service: Option<Duration>,
+}
+
+/// `old` moved 1/8 of the way to `sample`.
+fn ewma(old: Option<Duration>, sample: Duration) -> Duration {
+    match old {
+        Some(old) => (old.saturating_mul(7) + sample) / 8,
+        None => sample,
+    }
 }
 
 impl Pace {
     /// Notes a completion at `now` with `waiting` requests queued.
-    fn complete(&mut self, now: Instant, waiting: u32) {
+    /// `admitted` is when the request was let in, if it found nobody waiting then.
+    fn complete(&mut self, now: Instant, waiting: u32, admitted: Option<Instant>) {
         if let Some((last, true)) = self.last {
-            let gap = now.saturating_duration_since(last);
-            self.gap = Some(match self.gap {
-                Some(old) => (old.saturating_mul(7) + gap) / 8,
-                None => gap,
+            self.gap = Some(ewma(self.gap, now.saturating_duration_since(last)));
+        }
+        if let Some(at) = admitted {
+            let took = now.saturating_duration_since(at);
+            self.service = Some(match self.service {
+                Some(old) if took < old => took,
+                old => ewma(old, took),
             });
         }
         self.last = Some((now, waiting > 0));
@@ -187,25 +211,35 @@ impl State {
         signal.head_wait + gap.map_or(Duration::ZERO, |g| g.saturating_mul(signal.waiting))
     }
 
-    /// Notes a response leaving the server.
-    fn complete(&self) {
+    /// The longest expected wait a spike may bring a non-critical request: the learnt service
+    /// time (`interval` until one is learnt), never less than twice `target` (a spike is judged
+    /// no stricter than a standing queue) nor more than `interval`.
+    fn spike_bound(&self) -> Duration {
+        let config = &self.config;
+        let service = self.pace.lock().unwrap_or_else(PoisonError::into_inner).service;
+        service.map_or(config.interval, |s| s.max(config.target.saturating_mul(2)).min(config.interval))
+    }
+
+    /// Notes a response leaving the server; `admitted` is when its request was let in, if it
+    /// found nobody waiting then.
+    fn complete(&self, admitted: Option<Instant>) {
         let waiting = (self.signal)().waiting;
-        self.pace.lock().unwrap_or_else(PoisonError::into_inner).complete(Instant::now(), waiting);
+        self.pace.lock().unwrap_or_else(PoisonError::into_inner).complete(Instant::now(), waiting, admitted);
     }
 
     /// Whether (and why) a request of `priority` with `remaining` time to its deadline is refused
-    /// at `now`, and the pushback.
+    /// at `now` behind the queue `signal` reads, and the pushback.
     fn judge(
         &self,
         priority: Priority,
         remaining: Option<Duration>,
+        signal: QueueSignal,
         now: Instant,
     ) -> Option<(Reason, Duration)> {
         let config = &self.config;
         if remaining == Some(Duration::ZERO) {
             return Some((Reason::Expired, config.target));
         }
-        let signal = (self.signal)();
         let wait = self.expected_wait(signal);
         let overloaded = {
             let mut codel = self.codel.lock().unwrap_or_else(PoisonError::into_inner);
@@ -238,7 +272,8 @@ impl State {
             Priority::Standard => Some(config.target.saturating_mul(2)),
             Priority::Critical => None,
         };
-        if tolerated.is_some_and(|t| (overloaded && wait > t) || wait > config.interval) {
+        let spike = self.spike_bound();
+        if tolerated.is_some_and(|t| (overloaded && wait > t) || wait > spike) {
             return Some((Reason::Delay, pushback));
         }
         None
@@ -268,7 +303,8 @@ where
         let now = Instant::now();
         let (priority, deadline) = keys(&mut req, now);
         let remaining = deadline.map(|d| d.remaining(now));
-        match self.state.judge(priority, remaining, now) {
+        let signal = (self.state.signal)();
+        match self.state.judge(priority, remaining, signal, now) {
             Some((reason, pushback)) => {
                 self.state.counters.refuse(reason, priority);
                 let kind = match reason {
@@ -285,9 +321,10 @@ where
                 self.state.counters.admit(priority);
                 let fut = self.inner.call(req);
                 let state = self.state.clone();
+                let admitted = (signal.waiting == 0 && signal.head_wait.is_zero()).then_some(now);
                 async move {
                     let out = fut.await.map_err(Into::into);
-                    state.complete();
+                    state.complete(admitted);
                     out
                 }
                 .boxed()
@@ -339,10 +376,26 @@ mod tests {
         priority: &'static str,
         timeout: Option<&'static str>,
     ) -> Result<(), BoxError> {
+        send_served_in(layer, reached, priority, timeout, Duration::ZERO).await
+    }
+
+    /// Sends a request to a server that takes `service` to answer it.
+    async fn send_served_in(
+        layer: &ServerShedLayer,
+        reached: &Arc<AtomicU32>,
+        priority: &'static str,
+        timeout: Option<&'static str>,
+        service: Duration,
+    ) -> Result<(), BoxError> {
         let reached = reached.clone();
         let svc = layer.layer(tower::service_fn(move |_req: http::Request<()>| {
             reached.fetch_add(1, Ordering::Relaxed);
-            async { Ok::<_, Infallible>(()) }
+            async move {
+                if !service.is_zero() {
+                    tokio::time::sleep(service).await;
+                }
+                Ok::<_, Infallible>(())
+            }
         }));
         let mut req = http::Request::new(());
         req.headers_mut().insert("x-priority", http::HeaderValue::from_static(priority));
@@ -499,5 +552,33 @@ mod tests {
         assert_eq!(stats.refused(Reason::Delay, Priority::Standard), 1);
         assert_eq!(stats.refused_in(Priority::Critical), 0);
         assert_eq!(reached.load(Ordering::Relaxed), 15);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spike_queues_no_one_longer_than_the_service_takes() {
+        let (queue, layer, reached) = setup();
+        // A request that finds nobody waiting is answered in 30 ms: the service time learnt.
+        send_served_in(&layer, &reached, "standard", None, Duration::from_millis(30)).await.unwrap();
+        // A burst: two wait, the head for 40 ms. Above target only for a moment, so no standing
+        // queue, but a newcomer would wait 40 ms for a 30 ms service: more than a spike may
+        // bring (at least twice the 10 ms target, at most the 100 ms interval). Sheddable and
+        // standard requests go, critical ones stay.
+        queue.waiting.store(2, Ordering::Relaxed);
+        queue.head_wait_ms.store(40, Ordering::Relaxed);
+        let e = send(&layer, &reached, "standard", None).await.unwrap_err();
+        assert!(
+            matches!(reason(&e), ErrorKind::Shed { retry_after: Some(d) } if d == Duration::from_millis(40))
+        );
+        send(&layer, &reached, "sheddable", None).await.unwrap_err();
+        send(&layer, &reached, "critical", None).await.unwrap();
+        assert!(!layer.stats().overloaded);
+        // Within the service time, a spike passes whatever the class.
+        queue.head_wait_ms.store(25, Ordering::Relaxed);
+        send(&layer, &reached, "standard", None).await.unwrap();
+        send(&layer, &reached, "sheddable", None).await.unwrap();
+        let stats = layer.stats();
+        assert_eq!(stats.refused(Reason::Delay, Priority::Standard), 1);
+        assert_eq!(stats.refused(Reason::Delay, Priority::Sheddable), 1);
+        assert_eq!(reached.load(Ordering::Relaxed), 4);
     }
 }
