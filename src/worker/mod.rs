@@ -247,6 +247,7 @@ pub fn engine_shed(engine: &EngineHandle, target: Duration, max_queue: usize) ->
         QueueSignal {
             waiting: load.queue_depth,
             head_wait: load.oldest_queued_at.map_or(Duration::ZERO, |at| at.elapsed()),
+            running: Some(load.running),
         }
     })
     .with_path_prefix(format!("/{INFERENCE_SERVICE}/"))

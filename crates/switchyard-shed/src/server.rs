@@ -42,6 +42,7 @@
 //! through `StatusLayer`; every refusal and admission is counted by reason and class
 //! ([`ShedStats`]).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,6 +65,11 @@ pub struct QueueSignal {
     pub waiting: u32,
     /// How long the request at the head of that queue has waited (zero when nothing waits).
     pub head_wait: Duration,
+    /// Requests in service (running, not waiting), if the server tells. With it the layer
+    /// counts as waiting too the requests it has let in that have not reached the queue yet:
+    /// the requests of a burst are judged one after another before the first of them is queued,
+    /// and would all see the queue as it was before the burst.
+    pub running: Option<u32>,
 }
 
 type Signal = Arc<dyn Fn() -> QueueSignal + Send + Sync>;
@@ -127,6 +133,17 @@ struct State {
     signal: Signal,
     counters: Counters,
     codel: Mutex<Codel>,
+    /// Requests let in whose response has not left yet (a stream counts until its headers).
+    in_flight: AtomicU32,
+}
+
+/// One request let in: counted in `in_flight` until dropped.
+struct Admitted(Arc<State>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Sheds requests at a model server's door from the server's own queue signals (the engine's
@@ -148,6 +165,7 @@ impl ServerShedLayer {
                 counters: Counters::default(),
                 codel: Mutex::new(Codel::default()),
                 pace: Mutex::new(Pace::default()),
+                in_flight: AtomicU32::new(0),
             }),
         }
     }
@@ -165,7 +183,7 @@ impl ServerShedLayer {
     /// The figures: the server's queue now, whether it counts as overloaded, admitted and
     /// refused by reason and class.
     pub fn stats(&self) -> ShedStats {
-        let waiting = (self.state.signal)().waiting;
+        let waiting = self.state.read().waiting;
         let overloaded = self.state.codel.lock().unwrap_or_else(PoisonError::into_inner).overloaded;
         self.state.counters.snapshot(usize::try_from(waiting).unwrap_or(usize::MAX), overloaded)
     }
@@ -205,6 +223,17 @@ impl<S> std::fmt::Debug for ServerShed<S> {
 }
 
 impl State {
+    /// The server's queue now, counting as waiting the requests let in that are neither
+    /// queued nor running yet (when the server tells how many run).
+    fn read(&self) -> QueueSignal {
+        let mut signal = (self.signal)();
+        if let Some(running) = signal.running {
+            let unseen = self.in_flight.load(Ordering::Relaxed).saturating_sub(running);
+            signal.waiting = signal.waiting.max(unseen);
+        }
+        signal
+    }
+
     /// The wait a newcomer should expect behind `signal`'s queue.
     fn expected_wait(&self, signal: QueueSignal) -> Duration {
         let gap = self.pace.lock().unwrap_or_else(PoisonError::into_inner).gap;
@@ -223,7 +252,7 @@ impl State {
     /// Notes a response leaving the server; `admitted` is when its request was let in, if it
     /// found nobody waiting then.
     fn complete(&self, admitted: Option<Instant>) {
-        let waiting = (self.signal)().waiting;
+        let waiting = self.read().waiting;
         self.pace.lock().unwrap_or_else(PoisonError::into_inner).complete(Instant::now(), waiting, admitted);
     }
 
@@ -303,7 +332,7 @@ where
         let now = Instant::now();
         let (priority, deadline) = keys(&mut req, now);
         let remaining = deadline.map(|d| d.remaining(now));
-        let signal = (self.state.signal)();
+        let signal = self.state.read();
         match self.state.judge(priority, remaining, signal, now) {
             Some((reason, pushback)) => {
                 self.state.counters.refuse(reason, priority);
@@ -319,11 +348,14 @@ where
             }
             None => {
                 self.state.counters.admit(priority);
+                self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+                let ticket = Admitted(self.state.clone());
                 let fut = self.inner.call(req);
-                let state = self.state.clone();
                 let admitted = (signal.waiting == 0 && signal.head_wait.is_zero()).then_some(now);
                 async move {
                     let out = fut.await.map_err(Into::into);
+                    let state = ticket.0.clone();
+                    drop(ticket);
                     state.complete(admitted);
                     out
                 }
@@ -338,7 +370,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::convert::Infallible;
-    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     use tower::ServiceExt;
 
@@ -349,6 +381,8 @@ mod tests {
     struct FakeQueue {
         waiting: AtomicU32,
         head_wait_ms: AtomicU64,
+        /// Requests in service, if the fake server tells.
+        running: Mutex<Option<u32>>,
     }
 
     fn setup() -> (Arc<FakeQueue>, ServerShedLayer, Arc<AtomicU32>) {
@@ -364,6 +398,7 @@ mod tests {
             move || QueueSignal {
                 waiting: q.waiting.load(Ordering::Relaxed),
                 head_wait: Duration::from_millis(q.head_wait_ms.load(Ordering::Relaxed)),
+                running: *q.running.lock().unwrap(),
             },
         );
         let reached = Arc::new(AtomicU32::new(0));
@@ -580,5 +615,48 @@ mod tests {
         assert_eq!(stats.refused(Reason::Delay, Priority::Standard), 1);
         assert_eq!(stats.refused(Reason::Delay, Priority::Sheddable), 1);
         assert_eq!(reached.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_counts_its_own_requests_before_the_server_queues_them() {
+        let (queue, layer, reached) = setup();
+        // The server runs nothing and has queued nothing: the burst's requests are judged
+        // before any of them reaches its queue.
+        *queue.running.lock().unwrap() = Some(0);
+        let mut calls = Vec::new();
+        for _ in 0..10 {
+            let (layer, reached) = (layer.clone(), reached.clone());
+            calls.push(tokio::spawn(async move {
+                send_served_in(&layer, &reached, "standard", None, Duration::from_secs(1)).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        // The first eight fill the 8 places; the ninth and tenth find them taken, though the
+        // server's own queue still reads empty.
+        let stats = layer.stats();
+        assert_eq!(stats.admitted_in(Priority::Standard), 8);
+        assert_eq!(stats.refused(Reason::QueueFull, Priority::Standard), 2);
+        send(&layer, &reached, "critical", None).await.unwrap();
+        // Answered (or gone), they no longer count.
+        let mut ok = 0;
+        for call in calls {
+            ok += usize::from(call.await.unwrap().is_ok());
+        }
+        assert_eq!(ok, 8);
+        send(&layer, &reached, "standard", None).await.unwrap();
+        // A server that does not tell what runs is read as it says.
+        *queue.running.lock().unwrap() = None;
+        let held: Vec<_> = (0..10)
+            .map(|_| {
+                let (layer, reached) = (layer.clone(), reached.clone());
+                tokio::spawn(async move {
+                    send_served_in(&layer, &reached, "standard", None, Duration::from_secs(1)).await
+                })
+            })
+            .collect();
+        for call in held {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(reached.load(Ordering::Relaxed), 20);
     }
 }
