@@ -109,10 +109,11 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 10.0)]
     pub service_ms: f64,
     /// Shed requests at the door from the engine's own queue (`switchyard_shed::ServerShedLayer`)
-    /// with this target queueing delay, e.g. `50ms`: once the engine's head-of-queue wait has
+    /// with this target queueing delay, e.g. `50ms`: once the wait a newcomer should expect has
     /// stayed above it for ten times as long, sheddable requests are refused first (above the
     /// target), then standard ones (above twice the target), critical ones only for their
-    /// deadline; refusals are RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`, and a request
+    /// deadline; a burst never queues a sheddable or standard request longer than the service
+    /// time the layer learns (at least twice the target); refusals are RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`, and a request
     /// whose deadline has passed never reaches the engine. Off when absent.
     #[arg(long, value_name = "TARGET", value_parser = humantime::parse_duration)]
     pub shed: Option<Duration>,
@@ -246,6 +247,7 @@ pub fn engine_shed(engine: &EngineHandle, target: Duration, max_queue: usize) ->
         QueueSignal {
             waiting: load.queue_depth,
             head_wait: load.oldest_queued_at.map_or(Duration::ZERO, |at| at.elapsed()),
+            running: Some(load.running),
         }
     })
     .with_path_prefix(format!("/{INFERENCE_SERVICE}/"))
