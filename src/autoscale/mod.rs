@@ -99,7 +99,7 @@ pub struct AutoscaleArgs {
     /// A replica's cold start (weights to load): how far ahead the load's trend is projected.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub cold_start: Duration,
-    /// A scale-down needs every demand of this window to fit in one replica fewer.
+    /// A scale-down needs the 75th percentile of this window's demands to fit in one replica fewer.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub scale_down_window: Duration,
     /// At most one replica fewer per this.
