@@ -75,6 +75,7 @@ mod test_support;
 mod track;
 pub mod vegas;
 pub mod windowed;
+pub mod windowed_min;
 
 pub use aimd::{Aimd, AimdParams};
 pub use algorithm::{LimitAlgorithm, Sample, Signal};
@@ -92,3 +93,4 @@ pub use spec::{ALGORITHMS, algorithm_from_spec};
 pub use track::{HttpPermit, PacedHttpPermit, TrackPermit};
 pub use vegas::{Vegas, VegasParams};
 pub use windowed::{Windowed, WindowedParams};
+pub use windowed_min::WindowedMin;
