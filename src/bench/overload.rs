@@ -18,9 +18,14 @@
 //! - `none`: the gateway alone (least response time); excess load queues in the workers;
 //! - `shed+fixed(16)`: the gateway's `shed` queue in front of a hand-tuned fixed `limit` on the
 //!   pool, 16, the workers' slots;
-//! - `shed+aimd`: the same with AIMD, the best adaptive algorithm of lab `overload`;
-//! - `shed+aimd(rtt>200ms)`: AIMD whose drop is an RTT above twice the service time (these
-//!   workers queue instead of refusing, so default AIMD, timeout 5 s and floor 20, never backs off);
+//! - `shed+aimd`: the same with AIMD and its defaults (`AimdParams::knee`: a drop is an RTT
+//!   above 1.5 × the smallest of the last 10 s, or an overloaded or expired call; one cut and, after
+//!   the first, one step up per round trip; floor 1): no hand-set threshold;
+//! - `shed+aimd(netflix)`: AIMD with Netflix's defaults (`AimdParams::netflix`: floor 20, drop at
+//!   an RTT above 5 s or an overloaded or expired call, every drop cuts, one more per success);
+//!   these workers queue instead of refusing, so it backs off only once calls expire;
+//! - `shed+aimd(rtt>200ms)`: Netflix's AIMD with a hand-set absolute threshold instead, an RTT
+//!   above twice the service time, and a floor of 1;
 //! - `worker-shed`: no protection in the gateway, each worker with `--shed 50ms`
 //!   (`switchyard_shed::ServerShedLayer` over its engine's own queue).
 //!
@@ -73,7 +78,7 @@ struct Config {
     worker: &'static [&'static str],
 }
 
-const CONFIGS: [Config; 5] = [
+const CONFIGS: [Config; 6] = [
     Config { name: "none", gateway: &[], worker: &[] },
     Config {
         name: "shed+fixed(16)",
@@ -81,14 +86,24 @@ const CONFIGS: [Config; 5] = [
         worker: &[],
     },
     Config { name: "shed+aimd", gateway: &["--shed", "--limit", "aimd"], worker: &[] },
-    // AIMD with a drop signal these workers give: they queue rather than refuse, so an RTT above
-    // twice the service time counts as a drop, and the floor is one slot, not Netflix's 20.
+    // Netflix's AIMD (`AimdParams::netflix`), the default before the relative RTT threshold.
+    Config {
+        name: "shed+aimd(netflix)",
+        gateway: &[
+            "--shed",
+            "--limit",
+            r#"{"name":"aimd","min_limit":20,"rtt_tolerance":0,"once_per_rtt":false,"per_rtt_increase":false}"#,
+        ],
+        worker: &[],
+    },
+    // Netflix's AIMD with a hand-set drop signal these workers give: they queue rather than
+    // refuse, so an RTT above twice the service time counts as a drop, and the floor is one slot.
     Config {
         name: "shed+aimd(rtt>200ms)",
         gateway: &[
             "--shed",
             "--limit",
-            r#"{"name":"aimd","min_limit":1,"initial_limit":16,"timeout_ms":200}"#,
+            r#"{"name":"aimd","min_limit":1,"initial_limit":16,"timeout_ms":200,"rtt_tolerance":0,"once_per_rtt":false,"per_rtt_increase":false}"#,
         ],
         worker: &[],
     },

@@ -299,9 +299,11 @@ fn shed_layer(spec: &Spec) -> Result<switchyard_shed::ShedLayer, SpecError> {
 /// parameters: `algorithm = { name = "aimd", initial_limit = 40 }` (see
 /// [`switchyard_limit::algorithm_from_spec`]). A bare `"gradient2"` or `"vegas"` gets the
 /// parameters that find a replica's knee with no hand-set limit (`Gradient2Params::knee`,
-/// `VegasParams::knee`); these assume a per-request RTT that is steady at no load, and sink under
-/// LLM requests of very different sizes (lab `overload`), where `aimd` or Netflix's own defaults,
-/// a table away, do better (see the modules [`switchyard_limit::gradient2`] and
+/// `VegasParams::knee`), and a bare `"aimd"` backs off at an RTT above 1.5 × the no-load one
+/// (`AimdParams::knee`); these assume a per-request RTT that is steady at no load, and sink under
+/// LLM requests of very different sizes (lab `overload`), where `{ name = "aimd", rtt_tolerance
+/// = 0, per_rtt_increase = false }` or Netflix's own defaults, a table away, do better (see the
+/// modules [`switchyard_limit::aimd`], [`switchyard_limit::gradient2`] and
 /// [`switchyard_limit::vegas`]). The pool's requests in flight, each counted until
 /// its response's last frame, stay within the limit; the rest wait in `poll_ready` (in the `shed`
 /// queue, when the pool has one in front).

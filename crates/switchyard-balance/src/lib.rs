@@ -104,7 +104,9 @@ pub mod policy;
 mod rng;
 mod service;
 mod shared;
-pub mod windowed_min;
+/// The windowed minimum (of RTTs, of costs), kept in `switchyard-limit` where AIMD learns its base
+/// RTT with it; re-exported here for the balancer's capacity estimate.
+pub use switchyard_limit::windowed_min;
 
 pub use board::{EndpointLoad, LoadBoard};
 pub use completion::{CompleteOnResponse, Completion, HttpCompletion, TrackCompletion, TrackedBody};

@@ -69,12 +69,14 @@ async fn fixed_per_endpoint_limits_are_never_exceeded_and_excess_requests_wait()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_per_endpoint_limits_stay_within_their_bounds_under_load() {
+    // Netflix's AIMD: grows with every used success (the default's relative RTT threshold would
+    // read the real clock's jitter between these instant calls as queueing).
     let limit = EndpointLimit::new(|| {
         Box::new(Aimd::new(AimdParams {
             initial_limit: 2,
             min_limit: 1,
             max_limit: 4,
-            ..AimdParams::default()
+            ..AimdParams::netflix()
         }))
     });
     let (balancer, board, peaks) = pool(limit);

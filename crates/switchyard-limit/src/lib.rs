@@ -13,7 +13,7 @@
 //! | algorithm | signal | source |
 //! | --- | --- | --- |
 //! | [`Fixed`] | none | tower's `ConcurrencyLimit` |
-//! | [`Aimd`] | drops, RTT above a timeout | Netflix concurrency-limits `AIMDLimit` |
+//! | [`Aimd`] | drops, RTT above a timeout or 1.5 × the base RTT | Netflix concurrency-limits `AIMDLimit`, TCP Reno |
 //! | [`Gradient2`] | current RTT against its long average | Netflix `Gradient2Limit` |
 //! | [`Vegas`] | queue estimated from RTT against the no-load RTT | Netflix `VegasLimit`, TCP Vegas |
 //! | [`EnvoyGradient`] | RTT against a periodically measured min RTT | Envoy adaptive concurrency |
@@ -22,8 +22,11 @@
 //! does, for services whose requests differ in size. Each module documents its formula, its
 //! defaults and where they come from. Gradient2 and Vegas default to parameters that find a
 //! replica's knee with no hand-set limit ([`Gradient2::knee`], [`Vegas::knee`]; within 20 % of
-//! it in 30 s, `tests/convergence.rs`); Netflix's own defaults are [`Gradient2::netflix`] and
-//! [`Vegas::netflix`]. Two adapters use
+//! it in 30 s, `tests/convergence.rs`), and AIMD to parameters that back off on queueing at
+//! replicas that queue rather than refuse ([`Aimd::knee`], `tests/aimd_queueing.rs`); Netflix's
+//! own defaults are [`Gradient2::netflix`], [`Vegas::netflix`] and [`Aimd::netflix`].
+//! [`WindowedMin`] is the windowed minimum AIMD's base RTT (and the balancer's capacity
+//! estimate) is kept with. Two adapters use
 //! them: the [`Limiter`] (requests in flight against the limit, with [`Permit`]s) under the
 //! [`LimitLayer`] for a whole service (a tonic server, the worker, a gateway pool); and the
 //! balancer's per-endpoint limit, which feeds the same algorithms from its own in-flight
@@ -75,6 +78,7 @@ mod test_support;
 mod track;
 pub mod vegas;
 pub mod windowed;
+pub mod windowed_min;
 
 pub use aimd::{Aimd, AimdParams};
 pub use algorithm::{LimitAlgorithm, Sample, Signal};
@@ -92,3 +96,4 @@ pub use spec::{ALGORITHMS, algorithm_from_spec};
 pub use track::{HttpPermit, PacedHttpPermit, TrackPermit};
 pub use vegas::{Vegas, VegasParams};
 pub use windowed::{Windowed, WindowedParams};
+pub use windowed_min::WindowedMin;
