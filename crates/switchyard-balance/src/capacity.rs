@@ -35,12 +35,7 @@
 //!   grows with the prompt, so its `ω` is about its shortest prompt (plus what a step costs
 //!   whatever its size); a classic server's does not, so its `u₀` is its time over the largest
 //!   request it saw and `ω` that largest size: every request counts alike, whatever the size it
-//!   carries. `ω` so computed follows the largest request seen at no load, and a larger one
-//!   seen later counts for its size; so where the no-load answers show that the time does not
-//!   grow with the size at all (a least-squares line through them, `SizeFit`: the work
-//!   explains under [`FLAT_IN_WORK`] of the mean time, with hysteresis up to [`GROWS`]), every
-//!   request counts for [`PER_REQUEST_WORK`], far above any size. The sizes of the requests
-//!   ahead are not kept one by one, so `n` requests of `A`
+//!   carries. The sizes of the requests ahead are not kept one by one, so `n` requests of `A`
 //!   units in all count for `max(A, n × ω)`, and one slot works them off and this one in at least
 //!   `serial = u₀ × (max(A, n × ω) + max(w, ω))`. The costs of least response time and
 //!   load-report count the work the same way ([`request_work`], [`work_ahead`]);
@@ -134,86 +129,13 @@ struct IdleTimes {
     spread_mean: f64,
     /// EWMA ([`SPREAD_GAIN`]) of `|t ÷ τ(w) − spread_mean|`.
     spread_dev: f64,
-    /// How the no-load times vary with the work: whether the endpoint's time grows with it.
-    fit: SizeFit,
 }
 
 impl IdleTimes {
-    /// The least work a request counts for: `ω = r₀ ÷ u₀` (≥ 1), or [`PER_REQUEST_WORK`] on an
-    /// endpoint whose time does not grow with the work.
+    /// The least work a request counts for: `ω = r₀ ÷ u₀` (≥ 1).
     fn min_request_work(&self) -> f64 {
-        if self.fit.per_request {
-            return PER_REQUEST_WORK;
-        }
         let (u0, r0) = (self.per_unit.get(), self.per_request.get());
         if u0 > 0.0 { (r0 / u0).max(1.0) } else { 1.0 }
-    }
-
-    /// The no-load time per unit of work as the costs count the work: `u₀`, or `r₀ ÷`
-    /// [`PER_REQUEST_WORK`] on an endpoint whose time does not grow with the work.
-    fn cost_unit(&self) -> f64 {
-        if self.fit.per_request { self.per_request.get() / PER_REQUEST_WORK } else { self.per_unit.get() }
-    }
-}
-
-/// The work every request counts for on an endpoint whose time does not grow with the work
-/// (see `SizeFit`): far above any request's size, so that `max(w, ω)` is `ω` for all.
-pub const PER_REQUEST_WORK: f64 = 1e9;
-/// The weight of one no-load answer in the moments of `SizeFit`.
-pub const FIT_GAIN: f64 = 0.03125;
-/// No-load answers `SizeFit` waits for before it judges.
-pub const FIT_SAMPLES: u32 = 32;
-/// Below this share of the mean no-load time explained by the work (`b × sd(w) ÷ mean(t)`),
-/// the endpoint's time does not grow with the work; above [`GROWS`], it does again.
-pub const FLAT_IN_WORK: f64 = 0.1;
-/// See [`FLAT_IN_WORK`].
-pub const GROWS: f64 = 0.2;
-
-/// A least-squares line through the no-load answers, `t ≈ a + b × w` (EWMA moments,
-/// [`FIT_GAIN`]), to tell an endpoint whose time grows with the work (an LLM engine's prefill:
-/// `b × sd(w)` is of the order of the mean time) from one whose time does not (a classic server
-/// answering any request in the same time: `b` is noise around 0). Requests of one size say
-/// nothing, and the fit keeps its verdict.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct SizeFit {
-    samples: u32,
-    mean_w: f64,
-    mean_t: f64,
-    var_w: f64,
-    cov: f64,
-    per_request: bool,
-}
-
-impl SizeFit {
-    fn new() -> Self {
-        Self { samples: 0, mean_w: 0.0, mean_t: 0.0, var_w: 0.0, cov: 0.0, per_request: false }
-    }
-
-    fn record(&mut self, w: f64, t: f64) {
-        if self.samples == 0 {
-            (self.mean_w, self.mean_t) = (w, t);
-        } else {
-            let g = FIT_GAIN;
-            let (dw, dt) = (w - self.mean_w, t - self.mean_t);
-            self.mean_w += g * dw;
-            self.mean_t += g * dt;
-            self.var_w = (1.0 - g) * (self.var_w + g * dw * dw);
-            self.cov = (1.0 - g) * (self.cov + g * dw * dt);
-        }
-        self.samples = self.samples.saturating_add(1);
-        if self.samples < FIT_SAMPLES || self.mean_t <= 0.0 || self.mean_w <= 0.0 {
-            return;
-        }
-        // One size (or nearly): nothing to judge by.
-        if self.var_w.sqrt() < 0.05 * self.mean_w {
-            return;
-        }
-        let explained = (self.cov / self.var_w.sqrt()).max(0.0) / self.mean_t;
-        if self.per_request && explained > GROWS {
-            self.per_request = false;
-        } else if !self.per_request && explained < FLAT_IN_WORK {
-            self.per_request = true;
-        }
     }
 }
 
@@ -272,14 +194,7 @@ impl CapacityEstimate {
         self.idle.map(|i| i.per_request.get())
     }
 
-    /// Whether the endpoint's no-load time was found not to grow with the work, so that every
-    /// request counts alike ([`PER_REQUEST_WORK`]); see the [module docs](self).
-    pub fn counts_per_request(&self) -> bool {
-        self.idle.is_some_and(|i| i.fit.per_request)
-    }
-
-    /// The least work a request counts for on the endpoint, `ω = r₀ ÷ u₀`, or
-    /// [`PER_REQUEST_WORK`] where the time does not grow with the work (see the
+    /// The least work a request counts for on the endpoint, `ω = r₀ ÷ u₀` (see the
     /// [module docs](self)): 1 before the first no-load answer.
     pub fn min_request_work(&self) -> f64 {
         self.idle.map_or(1.0, |i| i.min_request_work())
@@ -296,7 +211,7 @@ impl CapacityEstimate {
             return;
         }
         let Some(idle) = self.idle else { return };
-        let u0 = idle.cost_unit();
+        let u0 = idle.per_unit.get();
         let omega = idle.min_request_work();
         let own = request_work(work, omega);
         let ahead = work_ahead(sample.work_ahead as f64, f64::from(sample.requests_ahead), omega);
@@ -335,12 +250,10 @@ impl CapacityEstimate {
                 per_request: WindowedMin::new(nanos, now),
                 spread_mean: 1.0,
                 spread_dev: 0.0,
-                fit: SizeFit::new(),
             }),
         };
         // `τ(w) = u₀ × max(w, ω)`: the fastest this answer could have been.
-        idle.fit.record(work, nanos);
-        let fastest = idle.cost_unit() * request_work(work, idle.min_request_work());
+        let fastest = idle.per_unit.get() * request_work(work, idle.min_request_work());
         if fastest > 0.0 {
             let ratio = (nanos / fastest).max(1.0);
             let deviation = (ratio - idle.spread_mean).abs();
@@ -507,30 +420,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_engine_whose_time_grows_with_the_work_counts_it_a_classic_server_does_not() {
-        let size = |i: u32| u64::from(100 + (i * 7919) % 1901);
-        // An LLM engine's prefill: 2 ms a step plus 5 µs a token, at no load.
-        let mut engine = CapacityEstimate::default();
-        // A classic server: 10 ms whatever the size, up to 1 ms late.
-        let mut server = CapacityEstimate::default();
-        for i in 0..FIT_SAMPLES * 2 {
-            tokio::time::advance(Duration::from_millis(100)).await;
-            let w = size(i);
-            engine.record(byte(2.0 + 0.005 * w as f64, w, 0, 0), Instant::now(), TAU);
-            server.record(byte(10.0 + noise(i, 1.0), w, 0, 0), Instant::now(), TAU);
-            if i + 1 < FIT_SAMPLES {
-                assert!(!server.counts_per_request(), "judged only after {FIT_SAMPLES} answers");
-            }
-        }
-        assert!(!engine.counts_per_request());
-        // Its least work per request is its shortest prompt plus a step's worth (400 tokens).
-        let omega = engine.min_request_work();
-        assert!((400.0..1000.0).contains(&omega), "{omega}");
-        assert!(server.counts_per_request());
-        assert_eq!(server.min_request_work(), PER_REQUEST_WORK);
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn jitter_at_a_low_load_does_not_wear_the_slots_down() {
         // A server of 8 slots at 10 ms, learnt first over the whole range.
         let mut c = CapacityEstimate::default();
@@ -572,9 +461,8 @@ mod tests {
             }
         }
         assert_eq!(c.idle_request_nanos(), Some(10.0 * MS));
-        // Its no-load time does not grow with the size: every request counts alike.
-        assert!(c.counts_per_request());
-        assert_eq!(c.min_request_work(), PER_REQUEST_WORK);
+        // Every request counts for the largest one seen at no load (`ω`), whatever its size.
+        assert!((1900.0..=2000.0).contains(&c.min_request_work()), "{}", c.min_request_work());
         assert_eq!(c.slots(), 8, "{}", c.slots_estimate());
     }
 

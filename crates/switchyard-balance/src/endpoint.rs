@@ -437,14 +437,7 @@ impl EndpointState {
     fn record_first_byte(&self, sample: FirstByte, now: Instant) {
         let tau = Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed));
         let mut guard = lock(&self.capacity);
-        let before = guard.counts_per_request();
         guard.record(sample, now, tau);
-        if guard.counts_per_request() != before {
-            // The work is counted another way (see `capacity`): the time per unit learnt so far
-            // is in other units.
-            *lock(&self.unit_time) = None;
-            self.unit_time_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
-        }
         self.slots.store(guard.slots(), Ordering::Relaxed);
         self.idle_unit_bits.store(guard.idle_unit_nanos().unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
         self.min_request_work_bits.store(guard.min_request_work().to_bits(), Ordering::Relaxed);
