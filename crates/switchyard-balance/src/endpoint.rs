@@ -110,8 +110,6 @@ pub struct EndpointState {
     slots: AtomicU32,
     /// [`CapacityEstimate::idle_unit_nanos`] as `f64` bits (NaN before the first sample).
     idle_unit_bits: AtomicU64,
-    /// [`CapacityEstimate::min_request_work`] as `f64` bits.
-    min_request_work_bits: AtomicU64,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
     /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
@@ -218,7 +216,6 @@ impl EndpointState {
             capacity: Mutex::new(CapacityEstimate::default()),
             slots: AtomicU32::new(1),
             idle_unit_bits: AtomicU64::new(f64::NAN.to_bits()),
-            min_request_work_bits: AtomicU64::new(1.0f64.to_bits()),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
             limit: Mutex::new(None),
@@ -370,11 +367,8 @@ impl EndpointState {
     /// (time constant [`TrackingConfig::speed_decay`]) of `time to first byte × at once ÷ (work
     /// ahead of the request when it was sent + its own work)`, where `at once` is the requests the
     /// endpoint worked on together: its [slots](Self::slots), or fewer if fewer awaited a first
-    /// byte (1 for a replica that works requests off one after another), and the work is counted
-    /// as the costs count it ([`work_ahead`](Self::work_ahead), [`request_work`](Self::request_work):
-    /// each request at least [`min_request_work`](Self::min_request_work)). `None` before the
-    /// first sample. Unlike the latency it does not decay while idle: it measures the endpoint's
-    /// speed, not its backlog.
+    /// byte (1 for a replica that works requests off one after another). `None` before the first sample. Unlike the
+    /// latency it does not decay while idle: it measures the endpoint's speed, not its backlog.
     pub fn unit_time_nanos(&self) -> Option<f64> {
         let v = f64::from_bits(self.unit_time_bits.load(Ordering::Relaxed));
         (!v.is_nan()).then_some(v)
@@ -398,33 +392,6 @@ impl EndpointState {
         (!u.is_nan()).then_some(u)
     }
 
-    /// The least work a request counts for on this endpoint, whatever its size: its fastest
-    /// no-load answer over its fastest no-load time per unit of work (`ω = r₀ ÷ u₀`, see
-    /// [`capacity`](crate::capacity)). Near 1 for an endpoint whose time grows with the work from
-    /// the first unit (an LLM engine's prefill), the largest request seen for one whose time does
-    /// not depend on it (a classic server answering any request in the same time); 1 before the
-    /// first no-load answer.
-    pub fn min_request_work(&self) -> f64 {
-        f64::from_bits(self.min_request_work_bits.load(Ordering::Relaxed))
-    }
-
-    /// The work a request of `work` units counts for on this endpoint:
-    /// `max(work, min_request_work)`.
-    pub fn request_work(&self, work: f64) -> f64 {
-        crate::capacity::request_work(work, self.min_request_work())
-    }
-
-    /// The work awaiting a first byte, as the costs count it: the [pending
-    /// work](Self::pending_work), but at least [`min_request_work`](Self::min_request_work) for
-    /// each request awaiting a first byte.
-    pub fn work_ahead(&self) -> f64 {
-        crate::capacity::work_ahead(
-            self.pending_work() as f64,
-            f64::from(self.awaiting_first_byte()),
-            self.min_request_work(),
-        )
-    }
-
     /// How long a response runs on after its first byte, in nanoseconds: for an LLM stream its
     /// generation (the time it holds a batch slot after its prefill), for a unary call about
     /// zero. An EWMA (time constant [`TrackingConfig::speed_decay`]) over the requests that
@@ -440,7 +407,6 @@ impl EndpointState {
         guard.record(sample, now, tau);
         self.slots.store(guard.slots(), Ordering::Relaxed);
         self.idle_unit_bits.store(guard.idle_unit_nanos().unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
-        self.min_request_work_bits.store(guard.min_request_work().to_bits(), Ordering::Relaxed);
     }
 
     /// Requests ended since the endpoint was added: how many succeeded, and how many failed
@@ -706,9 +672,7 @@ impl InFlight {
             let elapsed = now.saturating_duration_since(self.sent_at);
             self.first_byte = Some(elapsed);
             self.state.record_rtt(elapsed, now);
-            let omega = self.state.min_request_work();
-            let units = crate::capacity::work_ahead(self.ahead as f64, f64::from(self.requests_ahead), omega)
-                + crate::capacity::request_work(self.work.max(1) as f64, omega);
+            let units = (self.ahead + self.work).max(1) as f64;
             // The backlog ahead was worked off `slots` requests at a time (see `capacity`).
             let at_once = self.state.slots().min(self.requests_ahead.saturating_add(1));
             let nanos = nanos_f64(elapsed);

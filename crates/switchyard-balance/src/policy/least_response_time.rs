@@ -20,15 +20,6 @@ use crate::EndpointState;
 ///   [`RequestSize`](switchyard_core::RequestSize) extension, otherwise 1 ([`RequestInfo::work`]);
 /// - `pending_work` is the work of the requests already sent to the endpoint that have not had
 ///   their first byte (for an LLM replica: prompts still waiting to be prefilled);
-/// - both count each request for at least the endpoint's least work per request
-///   ([`EndpointState::min_request_work`], its fastest no-load answer over its fastest no-load
-///   time per unit): `work` as `max(work, ω)`, `pending_work` as `max(pending_work,
-///   awaiting_first_byte × ω)` ([`EndpointState::request_work`], [`EndpointState::work_ahead`]).
-///   An LLM replica's `ω` is about its shortest prompt, so its prompts count by their size; a
-///   classic server answers any request in the same time, its `ω` is the largest request it saw,
-///   and every request counts alike. Counted by the sizes alone, a short request would look
-///   cheap on a slow classic server: in `switchyard bench hetero-parallel`, whose calls carry
-///   prompt sizes the parallel workers ignore, the slow worker took 9-11 % of the calls;
 /// - `unit_time` is the endpoint's measured time per unit of work before a first byte
 ///   ([`EndpointState::unit_time_nanos`]): its speed, learned from its own answers. An endpoint
 ///   without a sample yet borrows the fastest measured one among those compared, so new endpoints
@@ -57,13 +48,11 @@ use crate::EndpointState;
 /// cost sees a fast server with 8 requests in flight as 9 service times away and sends the idle
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
 /// it 0.1 % and its p99 is the ideal's 12 ms. The LLM replicas of lab `hetero` mostly keep one
-/// slot: their p99 TTFT is 1.02 × the ideal's on the bundled Azure trace (183 ms against 179) and
-/// 1.01 × on the Mooncake one, 1.04 × at 80 % load on the Azure trace (with the work counted
-/// per request as well as per token, since 2026-12-01; 1.06 ×, 1.04 × and 1.12 × before; 1.32 ×
-/// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
-/// [`capacity`](crate::capacity): an engine's chunked prefill serves several short prompts in
-/// one step, as fast as one, and some replicas then learnt two slots for a while;
-/// `reports/lab/hetero-parallel.md`).
+/// slot: their p99 TTFT is unchanged on the bundled Azure trace (1.06 × the ideal's) and 1.04 ×
+/// on the Mooncake one; at 80 % load on the Azure trace 1.12 × (1.32 × while the no-load time was
+/// an EWMA rather than the windowed minimum of [`capacity`](crate::capacity): an engine's chunked
+/// prefill serves several short prompts in one step, as fast as one, and some replicas then
+/// learnt two slots for a while; `reports/lab/hetero-parallel.md`).
 ///
 /// "Response time" is the time to the first byte of the response: the whole answer of a unary
 /// call, the time to first token (TTFT) of a stream. For LLM serving this is the cost that
@@ -139,8 +128,7 @@ fn cheapest(
     let mut best_cost = f64::INFINITY;
     for i in candidates {
         let e = &*endpoints[i];
-        let cost =
-            estimate.backlog_cost_nanos(&Backlog::of(e), e.request_work(work), estimate.unit_time_nanos(e));
+        let cost = estimate.backlog_cost_nanos(&Backlog::of(e), work, estimate.unit_time_nanos(e));
         if best.is_none() || cost < best_cost {
             best = Some(i);
             best_cost = cost;
@@ -171,12 +159,10 @@ impl Backlog {
         Self { ahead, in_flight, at_once }
     }
 
-    /// What this balancer has on `e`: its pending work (each request counted for at least the
-    /// endpoint's [`min_request_work`](EndpointState::min_request_work),
-    /// [`EndpointState::work_ahead`]), its requests in flight and
+    /// What this balancer has on `e`: its pending work, its requests in flight and
     /// [`ResponseTimeEstimate::at_once`].
     pub fn of(e: &EndpointState) -> Self {
-        Self::new(e.work_ahead(), f64::from(e.in_flight()), ResponseTimeEstimate::at_once(e))
+        Self::new(e.pending_work() as f64, f64::from(e.in_flight()), ResponseTimeEstimate::at_once(e))
     }
 }
 
@@ -248,7 +234,7 @@ impl ResponseTimeEstimate {
     /// policy uses it as it is (its defaults were tuned in the lab against this cost).
     pub fn cost_nanos(&self, e: &EndpointState, work: f64) -> f64 {
         let serial = Backlog { at_once: 1, ..Backlog::of(e) };
-        self.backlog_cost_nanos(&serial, e.request_work(work), self.unit_time_nanos(e))
+        self.backlog_cost_nanos(&serial, work, self.unit_time_nanos(e))
     }
 
     /// How many requests `e` works off at once: its learnt slots (see [`crate::capacity`]),
@@ -284,32 +270,6 @@ mod tests {
         let mut f = e.start(Instant::now(), work);
         advance(ttft).await;
         f.first_byte();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_classic_servers_requests_cost_alike_whatever_their_size() {
-        // Two servers that answer any request in the same time: e0 in 20 ms, e1 in 80 ms. The
-        // requests carry sizes (100 to 2,000 units) that neither server's time depends on.
-        let eps = endpoints(2);
-        for (e, ms) in [(&eps[0], 20), (&eps[1], 80)] {
-            for work in [2000, 100, 700] {
-                answer(e, work, Duration::from_millis(ms)).await;
-            }
-        }
-        assert_eq!((eps[0].min_request_work(), eps[1].min_request_work()), (2000.0, 2000.0));
-        let policy = LeastResponseTime::new();
-        // e0 works on a large request. A small one would wait 20 ms behind it there (at most
-        // 40 ms), 80 ms on e1: counted by its size, it would look 20 times cheaper on e1
-        // (100 units at e1's time per unit against 2,100 at e0's).
-        let _busy = eps[0].start(Instant::now(), 2000);
-        assert_eq!(eps[0].work_ahead(), 2000.0);
-        let ext = sized(100);
-        let req = RequestInfo::new(Some(&ext), Instant::now());
-        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
-        // Four ahead on e0 (its 80 ms and more) do not.
-        let _more: Vec<_> = (0..3).map(|_| eps[0].start(Instant::now(), 100)).collect();
-        assert_eq!(eps[0].work_ahead(), 8000.0, "each request counts for at least 2,000 units");
-        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -379,19 +339,19 @@ mod tests {
             advance(Duration::from_millis(10)).await;
             batch.iter_mut().for_each(|f| f.first_byte());
         }
-        // Flat at 4 at once: the whole part of the estimate reaches 4.
-        assert_eq!(eps[0].slots(), 4);
+        // The estimate nears 4 from below; the whole part in use is 3.
+        assert_eq!(eps[0].slots(), 3);
         assert_eq!(eps[0].idle_unit_time_nanos(), Some(10e6));
         let unit = eps[0].unit_time_nanos().unwrap();
         assert!((9e6..=10e6).contains(&unit), "about the no-load latency, not a quarter of it: {unit}");
         let policy = LeastResponseTime::new();
         let req = RequestInfo::new(None, Instant::now());
-        // Three in flight on e0: 4 / 4 × 10 ms, braked by √(4 / 2.5), ≈ 13 ms against e1's 40 ms
+        // Three in flight on e0: 4 / 3 × 10 ms, braked by √(4 / 2.5), ≈ 17 ms against e1's 40 ms
         // × √(1 / 2.5) ≈ 25 ms.
         let _three: Vec<_> = (0..3).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
         drop(_three);
-        // Eleven: 12 / 4 × 10 ms × √(12 / 6.5) ≈ 41 ms against 40 ms × √(1 / 6.5) ≈ 16 ms.
+        // Eleven: 12 / 3 × 10 ms × √(12 / 6.5) ≈ 54 ms against 40 ms × √(1 / 6.5) ≈ 16 ms.
         let _eleven: Vec<_> = (0..11).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
     }
