@@ -32,23 +32,9 @@ pub fn capacity_rps() -> f64 {
 }
 
 async fn start_worker(exe: &Path, i: usize, speed: f64) -> Result<(ChildProcess, String), BenchError> {
-    let args: Vec<String> = [
-        "worker",
-        "--listen",
-        "127.0.0.1:0",
-        "--model",
-        "sim-llm",
-        "--kind",
-        "parallel",
-        "--parallel",
-        &PARALLEL.to_string(),
-        "--service-ms",
-        &SERVICE_MS.to_string(),
-        "--speed",
-        &speed.to_string(),
-    ]
-    .map(String::from)
-    .into();
+    let mut args: Vec<String> = ["worker", "--listen", "127.0.0.1:0"].map(String::from).into();
+    args.extend(super::parallel_worker_args(PARALLEL, SERVICE_MS));
+    args.extend(["--speed".to_string(), speed.to_string()]);
     let (child, mut addresses) =
         ChildProcess::start(&format!("worker-{i}"), exe, &args, &["worker serving on "], START_TIMEOUT)
             .await?;

@@ -254,6 +254,23 @@ pub(crate) fn gateway_args(
     args
 }
 
+/// The options that make `switchyard worker` a classic server (the parallel kind) of `parallel`
+/// slots at `service_ms` a request.
+pub(crate) fn parallel_worker_args(parallel: u32, service_ms: f64) -> Vec<String> {
+    [
+        "--model",
+        "sim-llm",
+        "--kind",
+        "parallel",
+        "--parallel",
+        &parallel.to_string(),
+        "--service-ms",
+        &service_ms.to_string(),
+    ]
+    .map(String::from)
+    .into()
+}
+
 /// The relay's command line for a bench: `workers` as its backends, on `threads` threads.
 fn relay_args(workers: &[String], threads: usize) -> Vec<String> {
     let mut args: Vec<String> = ["relay", "--listen", "127.0.0.1:0"].map(String::from).into();

@@ -270,21 +270,8 @@ fn loadavg() -> String {
 async fn start_workers(exe: &Path, extra: &[&str]) -> Result<Vec<(ChildProcess, String)>, BenchError> {
     let mut workers = Vec::new();
     for i in 0..WORKERS {
-        let mut args: Vec<String> = [
-            "worker",
-            "--listen",
-            "127.0.0.1:0",
-            "--model",
-            "sim-llm",
-            "--kind",
-            "parallel",
-            "--parallel",
-            &PARALLEL.to_string(),
-            "--service-ms",
-            &SERVICE_MS.to_string(),
-        ]
-        .map(String::from)
-        .into();
+        let mut args: Vec<String> = ["worker", "--listen", "127.0.0.1:0"].map(String::from).into();
+        args.extend(super::parallel_worker_args(PARALLEL, SERVICE_MS));
         args.extend(extra.iter().map(|s| s.to_string()));
         let (child, mut addresses) =
             ChildProcess::start(&format!("worker-{i}"), exe, &args, &["worker serving on "], START_TIMEOUT)

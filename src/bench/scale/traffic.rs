@@ -239,17 +239,6 @@ pub(super) async fn start_gateway(threads: usize) -> Result<(Gateway, Publisher,
 pub(super) fn worker_process(exe: &Path, cold_start: Duration) -> ProcessConfig {
     let mut process = ProcessConfig::new(exe);
     process.cold_start = cold_start;
-    process.worker_args = [
-        "--model",
-        "sim-llm",
-        "--kind",
-        "parallel",
-        "--parallel",
-        &PARALLEL.to_string(),
-        "--service-ms",
-        &SERVICE_MS.to_string(),
-    ]
-    .map(String::from)
-    .into();
+    process.worker_args = crate::bench::parallel_worker_args(PARALLEL, SERVICE_MS);
     process
 }
