@@ -12,8 +12,11 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use super::cluster::{ReplicaSpec, read_tokens, spawn_engines};
-use super::replica::{SimCompletion, SimReplica};
+use super::replica::{Delay, SimCompletion, SimReplica};
 use super::report::{RequestOutcome, RunRecord};
+
+/// The seed of replica `i`'s delays ([`ReplicaSpec::delay`]) is this plus `i`.
+const DELAY_SEED: u64 = 0x5eed;
 
 /// Replays `records` at `time_scale` through a balancer with policy `kind` (random choices from
 /// `seed`) over `replicas`, and records every request. Call inside a paused runtime
@@ -59,10 +62,14 @@ pub(crate) async fn run_policy_with(
     let engines = spawn_engines(replicas)?;
     let attached = attach(&engines);
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
-    let backends = replicas.iter().zip(&engines).map(|(spec, engine)| {
+    let backends = replicas.iter().zip(&engines).enumerate().map(|(i, (spec, engine))| {
         let endpoint =
             Endpoint::new(spec.name.as_str(), format!("sim://{}", spec.name)).with_weight(spec.weight());
-        Backend::new(endpoint, SimReplica::new(engine.clone()))
+        let replica = match spec.delay {
+            Some(mean) => SimReplica::with_delay(engine.clone(), Delay::exponential(mean, DELAY_SEED + i as u64)),
+            None => SimReplica::new(engine.clone()),
+        };
+        Backend::new(endpoint, replica)
     });
     let mut balancer = Balance::from_backends(backends)
         .with_policy(PolicyHandle::new(policy))

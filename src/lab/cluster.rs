@@ -14,12 +14,15 @@ pub struct ReplicaSpec {
     pub name: String,
     /// Its engine settings (the speed among them).
     pub config: EngineConfig,
+    /// The mean of a seeded exponential delay before each request reaches it, in order (the
+    /// network and a loaded machine's scheduler, as on real processes); `None`: at once.
+    pub delay: Option<Duration>,
 }
 
 impl ReplicaSpec {
     /// A default replica (Llama 3.1 8B on one H100) at `speed`.
     pub fn with_speed(name: impl Into<String>, speed: f64) -> Self {
-        Self { name: name.into(), config: EngineConfig { speed, ..EngineConfig::default() } }
+        Self { name: name.into(), config: EngineConfig { speed, ..EngineConfig::default() }, delay: None }
     }
 
     /// Its endpoint weight for weighted policies: its speed in quarters of an H100 (at least 1),

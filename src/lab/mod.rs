@@ -89,8 +89,8 @@ pub use hetero::{
     DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
 };
 pub use hetero_parallel::{
-    DEFAULT_PARALLEL_LOAD, DEFAULT_PARALLEL_REQUESTS, HeteroParallelOptions, PARALLEL_SLOTS, SERVICE_TIME,
-    parallel_replicas, run_hetero_parallel,
+    DEFAULT_PARALLEL_DELAY, DEFAULT_PARALLEL_LOAD, DEFAULT_PARALLEL_REQUESTS, HeteroParallelOptions,
+    PARALLEL_SLOTS, REAL_SUFFIX, SERVICE_TIME, parallel_replicas, run_hetero_parallel,
 };
 pub use overload::{
     ALGORITHMS as OVERLOAD_ALGORITHMS, ByPriority, ConfigResult, DEADLINE_BASE, DEADLINE_FACTOR,
@@ -158,6 +158,10 @@ pub struct LabArgs {
     /// `burst`: a replica's cold start.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub cold_start: std::time::Duration,
+    /// `hetero-parallel`: the mean delay before a request reaches its replica in the rows run as
+    /// over real processes (suffixed "(sizes, delays)"); 0 leaves them out.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub delay: std::time::Duration,
 }
 
 /// What a lab run reports: a policy comparison, or the overload scenario's figures.
@@ -251,6 +255,7 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
                 seed: args.seed,
                 requests: args.requests.unwrap_or(DEFAULT_PARALLEL_REQUESTS),
                 load: args.load.unwrap_or(DEFAULT_PARALLEL_LOAD),
+                delay: args.delay,
             })?
             .into()
         }

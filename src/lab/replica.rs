@@ -11,7 +11,13 @@
 //!
 //! [`HttpCompletion`]: switchyard_balance::HttpCompletion
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -26,12 +32,46 @@ use tower::Service;
 #[derive(Debug, Clone)]
 pub struct SimReplica {
     engine: EngineHandle,
+    delay: Option<Arc<Mutex<Delay>>>,
+}
+
+/// Seeded exponential delays before a request reaches its replica: what the network and a
+/// loaded machine's scheduler add to every call of a real process. Requests keep their order
+/// (a request never overtakes one sent before it), as on one HTTP/2 connection.
+#[derive(Debug)]
+pub struct Delay {
+    mean_secs: f64,
+    rng: Xoshiro256PlusPlus,
+    /// When the last request sent reaches the replica: requests keep their order, as the frames
+    /// of one HTTP/2 connection do.
+    last: Option<tokio::time::Instant>,
+}
+
+impl Delay {
+    /// Exponential delays of mean `mean`, drawn from `seed`.
+    pub fn exponential(mean: Duration, seed: u64) -> Self {
+        Self { mean_secs: mean.as_secs_f64(), rng: Xoshiro256PlusPlus::seed_from_u64(seed), last: None }
+    }
+
+    /// When a request sent now reaches the replica.
+    fn next(&mut self) -> tokio::time::Instant {
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        let at = tokio::time::Instant::now() + Duration::from_secs_f64(-u.ln() * self.mean_secs);
+        let at = self.last.map_or(at, |last| at.max(last));
+        self.last = Some(at);
+        at
+    }
 }
 
 impl SimReplica {
     /// The endpoint service of `engine`.
     pub fn new(engine: EngineHandle) -> Self {
-        Self { engine }
+        Self { engine, delay: None }
+    }
+
+    /// The endpoint service of `engine`, each request reaching it after a delay from `delay`.
+    pub fn with_delay(engine: EngineHandle, delay: Delay) -> Self {
+        Self { engine, delay: Some(Arc::new(Mutex::new(delay))) }
     }
 }
 
@@ -47,7 +87,7 @@ pub struct Served {
 impl Service<http::Request<GenerationRequest>> for SimReplica {
     type Response = Served;
     type Error = SubmitError;
-    type Future = std::future::Ready<Result<Served, SubmitError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Served, SubmitError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SubmitError>> {
         // The engine bounds its own queue and refuses the excess at submission.
@@ -55,11 +95,14 @@ impl Service<http::Request<GenerationRequest>> for SimReplica {
     }
 
     fn call(&mut self, req: http::Request<GenerationRequest>) -> Self::Future {
-        let result = self
-            .engine
-            .submit(req.into_body())
-            .map(|generation| Served { generation, engine: self.engine.clone() });
-        std::future::ready(result)
+        let engine = self.engine.clone();
+        let delay = self.delay.as_ref().map(|d| d.lock().unwrap_or_else(PoisonError::into_inner).next());
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep_until(delay).await;
+            }
+            engine.submit(req.into_body()).map(|generation| Served { generation, engine: engine.clone() })
+        })
     }
 }
 

@@ -110,6 +110,8 @@ pub struct EndpointState {
     slots: AtomicU32,
     /// [`CapacityEstimate::idle_unit_nanos`] as `f64` bits (NaN before the first sample).
     idle_unit_bits: AtomicU64,
+    /// [`CapacityEstimate::min_request_work`] as `f64` bits.
+    min_request_work_bits: AtomicU64,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
     /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
@@ -216,6 +218,7 @@ impl EndpointState {
             capacity: Mutex::new(CapacityEstimate::default()),
             slots: AtomicU32::new(1),
             idle_unit_bits: AtomicU64::new(f64::NAN.to_bits()),
+            min_request_work_bits: AtomicU64::new(1.0f64.to_bits()),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
             limit: Mutex::new(None),
@@ -367,8 +370,11 @@ impl EndpointState {
     /// (time constant [`TrackingConfig::speed_decay`]) of `time to first byte × at once ÷ (work
     /// ahead of the request when it was sent + its own work)`, where `at once` is the requests the
     /// endpoint worked on together: its [slots](Self::slots), or fewer if fewer awaited a first
-    /// byte (1 for a replica that works requests off one after another). `None` before the first sample. Unlike the
-    /// latency it does not decay while idle: it measures the endpoint's speed, not its backlog.
+    /// byte (1 for a replica that works requests off one after another), and the work is counted
+    /// as the costs count it ([`work_ahead`](Self::work_ahead), [`request_work`](Self::request_work):
+    /// each request at least [`min_request_work`](Self::min_request_work)). `None` before the
+    /// first sample. Unlike the latency it does not decay while idle: it measures the endpoint's
+    /// speed, not its backlog.
     pub fn unit_time_nanos(&self) -> Option<f64> {
         let v = f64::from_bits(self.unit_time_bits.load(Ordering::Relaxed));
         (!v.is_nan()).then_some(v)
@@ -392,6 +398,33 @@ impl EndpointState {
         (!u.is_nan()).then_some(u)
     }
 
+    /// The least work a request counts for on this endpoint, whatever its size: its fastest
+    /// no-load answer over its fastest no-load time per unit of work (`ω = r₀ ÷ u₀`, see
+    /// [`capacity`](crate::capacity)). Near 1 for an endpoint whose time grows with the work from
+    /// the first unit (an LLM engine's prefill), the largest request seen for one whose time does
+    /// not depend on it (a classic server answering any request in the same time); 1 before the
+    /// first no-load answer.
+    pub fn min_request_work(&self) -> f64 {
+        f64::from_bits(self.min_request_work_bits.load(Ordering::Relaxed))
+    }
+
+    /// The work a request of `work` units counts for on this endpoint:
+    /// `max(work, min_request_work)`.
+    pub fn request_work(&self, work: f64) -> f64 {
+        crate::capacity::request_work(work, self.min_request_work())
+    }
+
+    /// The work awaiting a first byte, as the costs count it: the [pending
+    /// work](Self::pending_work), but at least [`min_request_work`](Self::min_request_work) for
+    /// each request awaiting a first byte.
+    pub fn work_ahead(&self) -> f64 {
+        crate::capacity::work_ahead(
+            self.pending_work() as f64,
+            f64::from(self.awaiting_first_byte()),
+            self.min_request_work(),
+        )
+    }
+
     /// How long a response runs on after its first byte, in nanoseconds: for an LLM stream its
     /// generation (the time it holds a batch slot after its prefill), for a unary call about
     /// zero. An EWMA (time constant [`TrackingConfig::speed_decay`]) over the requests that
@@ -404,9 +437,35 @@ impl EndpointState {
     fn record_first_byte(&self, sample: FirstByte, now: Instant) {
         let tau = Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed));
         let mut guard = lock(&self.capacity);
+        let before = guard.counts_per_request();
         guard.record(sample, now, tau);
+        if guard.counts_per_request() != before {
+            // The work is counted another way (see `capacity`): the time per unit learnt so far
+            // is in other units. It restarts from the no-load time in the new units, not from
+            // nothing: an endpoint without a time borrows another's, which may be in other units
+            // too, and would then not be picked again to learn its own.
+            let restart = guard.idle_cost_unit_nanos().map(|nanos| RttEstimate { nanos, at: now });
+            *lock(&self.unit_time) = restart;
+            self.unit_time_bits.store(restart.map_or(f64::NAN, |r| r.nanos).to_bits(), Ordering::Relaxed);
+        }
         self.slots.store(guard.slots(), Ordering::Relaxed);
         self.idle_unit_bits.store(guard.idle_unit_nanos().unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+        self.min_request_work_bits.store(guard.min_request_work().to_bits(), Ordering::Relaxed);
+    }
+
+    /// Test support: teaches the endpoint that its time grows with the work, `unit` per unit at
+    /// no load (as an LLM engine's prefill does), with [`FIT_SAMPLES`](crate::capacity::FIT_SAMPLES)
+    /// no-load answers of 500 to 1,500 units, so that its requests count by their size.
+    #[cfg(test)]
+    pub(crate) async fn teach_time_grows_with_work(self: &Arc<Self>, unit: Duration) {
+        let n = crate::capacity::FIT_SAMPLES;
+        for i in 0..n {
+            let work = 500 + i * 1000 / n;
+            let mut f = self.start(Instant::now(), u64::from(work));
+            tokio::time::advance(unit * work).await;
+            f.first_byte();
+        }
+        assert!(self.min_request_work() < crate::capacity::PER_REQUEST_WORK, "counts the work");
     }
 
     /// Requests ended since the endpoint was added: how many succeeded, and how many failed
@@ -672,7 +731,9 @@ impl InFlight {
             let elapsed = now.saturating_duration_since(self.sent_at);
             self.first_byte = Some(elapsed);
             self.state.record_rtt(elapsed, now);
-            let units = (self.ahead + self.work).max(1) as f64;
+            let omega = self.state.min_request_work();
+            let units = crate::capacity::work_ahead(self.ahead as f64, f64::from(self.requests_ahead), omega)
+                + crate::capacity::request_work(self.work.max(1) as f64, omega);
             // The backlog ahead was worked off `slots` requests at a time (see `capacity`).
             let at_once = self.state.slots().min(self.requests_ahead.saturating_add(1));
             let nanos = nanos_f64(elapsed);
@@ -927,5 +988,29 @@ mod tests {
         }
         assert!(s.load(Instant::now()).slots > 1, "{:?}", s.load(Instant::now()));
         assert_eq!(s.load(Instant::now()).slots, s.slots());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_found_to_count_per_request_keeps_its_speed_in_the_new_units() {
+        // A classic server: 10 ms at no load whatever the size. Once enough no-load answers show
+        // that its time does not grow with the work, every request counts alike; its time per
+        // unit must then be restated in those units, not forgotten (an endpoint without one
+        // borrows another's, in other units, and is not picked again to learn its own).
+        let s = state();
+        let mut answers = 0;
+        while s.min_request_work() < crate::capacity::PER_REQUEST_WORK {
+            assert!(answers < 4 * crate::capacity::FIT_SAMPLES, "judged within its answers");
+            let work = u64::from(100 + (answers * 7919) % 1901);
+            let mut f = s.start(Instant::now(), work);
+            advance(Duration::from_millis(10)).await;
+            f.first_byte();
+            f.end(Outcome::Ok, &OutlierConfig::default());
+            advance(Duration::from_millis(90)).await;
+            answers += 1;
+        }
+        // Right at the answer that changed the count.
+        let unit = s.unit_time_nanos().expect("a time per unit in the new units");
+        let per_request = unit * s.request_work(1.0);
+        assert!((9.9e6..=10.1e6).contains(&per_request), "a request costs its 10 ms: {per_request}");
     }
 }

@@ -12,7 +12,7 @@ use crate::EndpointState;
 /// The endpoint expected to send the first byte of its response soonest, over all endpoints:
 ///
 /// ```text
-/// cost = (pending_work + work) × unit_time / at_once × √((in_flight + 1) / (mean_in_flight + 1))
+/// cost = (pending_work + work) × unit_time / at_once × √((streaming + 1) / (mean_streaming + 1))
 /// at_once = min(slots, awaiting_first_byte + 1)
 /// ```
 ///
@@ -20,6 +20,15 @@ use crate::EndpointState;
 ///   [`RequestSize`](switchyard_core::RequestSize) extension, otherwise 1 ([`RequestInfo::work`]);
 /// - `pending_work` is the work of the requests already sent to the endpoint that have not had
 ///   their first byte (for an LLM replica: prompts still waiting to be prefilled);
+/// - both count each request for at least the endpoint's least work per request
+///   ([`EndpointState::min_request_work`], its fastest no-load answer over its fastest no-load
+///   time per unit): `work` as `max(work, ω)`, `pending_work` as `max(pending_work,
+///   awaiting_first_byte × ω)` ([`EndpointState::request_work`], [`EndpointState::work_ahead`]).
+///   An LLM replica's `ω` is about its shortest prompt, so its prompts count by their size; a
+///   classic server answers any request in the same time, its `ω` is the largest request it saw,
+///   and every request counts alike. Counted by the sizes alone, a short request would look
+///   cheap on a slow classic server: in `switchyard bench hetero-parallel`, whose calls carry
+///   prompt sizes the parallel workers ignore, the slow worker took 9-11 % of the calls;
 /// - `unit_time` is the endpoint's measured time per unit of work before a first byte
 ///   ([`EndpointState::unit_time_nanos`]): its speed, learned from its own answers. An endpoint
 ///   without a sample yet borrows the fastest measured one among those compared, so new endpoints
@@ -33,11 +42,18 @@ use crate::EndpointState;
 ///   is measured with the same `at_once`, is that no-load latency). With one slot the cost is the
 ///   serial queue's, as before the slots were learnt;
 /// - the last factor is a soft brake on an endpoint that holds more than its share of requests
-///   in flight (`mean_in_flight` is over the endpoints compared). An LLM replica's running
-///   decodes slow every step, the ones that prefill new prompts included, and fill its batch
-///   slots, and its time to first token shows this late, at the cliff where new requests must
-///   wait for a slot. Without the factor the policy piles requests on whichever replica measured
-///   fastest: in the example cluster (four replicas, 70 % load) one of three equal replicas took
+///   past their first byte (`streaming`: sent, answered with a first byte and not ended, such as
+///   an LLM stream decoding; `mean_streaming` is over the endpoints compared). An LLM replica's
+///   running decodes slow every step, the ones that prefill new prompts included, and fill its
+///   batch slots, and its time to first token shows this late, at the cliff where new requests
+///   must wait for a slot. The requests still awaiting a first byte are not braked: the backlog
+///   term already counts them, and braking them again discounts an idle endpoint against a
+///   busy one. A classic server's reply comes whole, so nothing of it streams and the brake is
+///   1: in lab `hetero-parallel` with the delays and request sizes of real processes, braking
+///   every request in flight let the idle slow server look 2.6 times faster than it is (its
+///   40 ms × √(1 / 7)) and take 1-2 % of the requests, its p99 then the slow server's 41-46 ms;
+///   braking only the streams sends it 0.1 % (p99 22-28 ms). Without the factor the policy piles
+///   requests on whichever LLM replica measured fastest: in the example cluster (four replicas, 70 % load) one of three equal replicas took
 ///   41 % of the requests and its queue ran away; with it the shares follow the speeds (28, 31, 32
 ///   and 9 % for speeds 1, 1, 1 and 1/3 in the committed `reports/cluster/cluster.json`, a run of
 ///   2026-11-25, before issue 16's stack; 30, 30, 30 and 10 % would be exact). In the lab the square root costs little TTFT (its p99 is
@@ -48,11 +64,13 @@ use crate::EndpointState;
 /// cost sees a fast server with 8 requests in flight as 9 service times away and sends the idle
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
 /// it 0.1 % and its p99 is the ideal's 12 ms. The LLM replicas of lab `hetero` mostly keep one
-/// slot: their p99 TTFT is unchanged on the bundled Azure trace (1.06 × the ideal's) and 1.04 ×
-/// on the Mooncake one; at 80 % load on the Azure trace 1.12 × (1.32 × while the no-load time was
-/// an EWMA rather than the windowed minimum of [`capacity`](crate::capacity): an engine's chunked
-/// prefill serves several short prompts in one step, as fast as one, and some replicas then
-/// learnt two slots for a while; `reports/lab/hetero-parallel.md`).
+/// slot: their p99 TTFT is 1.02 × the ideal's on the bundled Azure trace (183 ms against 179) and
+/// 1.01 × on the Mooncake one, 1.04 × at 80 % load on the Azure trace (with the work counted
+/// per request as well as per token, since 2026-12-01; 1.06 ×, 1.04 × and 1.12 × before; 1.32 ×
+/// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
+/// [`capacity`](crate::capacity): an engine's chunked prefill serves several short prompts in
+/// one step, as fast as one, and some replicas then learnt two slots for a while;
+/// `reports/lab/hetero-parallel.md`).
 ///
 /// "Response time" is the time to the first byte of the response: the whole answer of a unary
 /// call, the time to first token (TTFT) of a stream. For LLM serving this is the cost that
@@ -128,7 +146,8 @@ fn cheapest(
     let mut best_cost = f64::INFINITY;
     for i in candidates {
         let e = &*endpoints[i];
-        let cost = estimate.backlog_cost_nanos(&Backlog::of(e), work, estimate.unit_time_nanos(e));
+        let cost =
+            estimate.backlog_cost_nanos(&Backlog::of(e), e.request_work(work), estimate.unit_time_nanos(e));
         if best.is_none() || cost < best_cost {
             best = Some(i);
             best_cost = cost;
@@ -138,8 +157,8 @@ fn cheapest(
 }
 
 /// What waits ahead of a new request on one endpoint, as the response-time cost counts it: the
-/// work awaiting a first byte, the requests in flight (for the brake) and how many requests the
-/// endpoint works off at once. [`Backlog::of`] is the balancer's own view;
+/// work awaiting a first byte, the requests in flight, those past their first byte (for the
+/// brake) and how many requests the endpoint works off at once. [`Backlog::of`] is the balancer's own view;
 /// [`LoadReport`](super::LoadReport) adds what replicas report.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -148,22 +167,38 @@ pub struct Backlog {
     pub ahead: f64,
     /// Requests on the endpoint (sent and not ended).
     pub in_flight: f64,
+    /// Requests on the endpoint past their first byte and not ended (an LLM stream decoding):
+    /// what the brake weighs.
+    pub streaming: f64,
     /// Requests the endpoint works off at once (≥ 1): its learnt slots, never more than the
     /// requests awaiting a first byte there plus this one.
     pub at_once: u32,
 }
 
 impl Backlog {
-    /// A backlog of `ahead` units of work, `in_flight` requests, worked off `at_once` at a time.
-    pub fn new(ahead: f64, in_flight: f64, at_once: u32) -> Self {
-        Self { ahead, in_flight, at_once }
+    /// A backlog of `ahead` units of work, `in_flight` requests of which `streaming` are past
+    /// their first byte, worked off `at_once` at a time.
+    pub fn new(ahead: f64, in_flight: f64, streaming: f64, at_once: u32) -> Self {
+        Self { ahead, in_flight, streaming, at_once }
     }
 
-    /// What this balancer has on `e`: its pending work, its requests in flight and
-    /// [`ResponseTimeEstimate::at_once`].
+    /// What this balancer has on `e`: its pending work (each request counted for at least the
+    /// endpoint's [`min_request_work`](EndpointState::min_request_work),
+    /// [`EndpointState::work_ahead`]), its requests in flight, those of them past their first
+    /// byte ([`streaming`]) and [`ResponseTimeEstimate::at_once`].
     pub fn of(e: &EndpointState) -> Self {
-        Self::new(e.pending_work() as f64, f64::from(e.in_flight()), ResponseTimeEstimate::at_once(e))
+        Self::new(
+            e.work_ahead(),
+            f64::from(e.in_flight()),
+            f64::from(streaming(e)),
+            ResponseTimeEstimate::at_once(e),
+        )
     }
+}
+
+/// The requests on `e` past their first byte and not ended.
+pub(crate) fn streaming(e: &EndpointState) -> u32 {
+    e.in_flight().saturating_sub(e.awaiting_first_byte())
 }
 
 /// [`LeastResponseTime`]'s estimate of each endpoint's time to first byte, for policies that
@@ -172,28 +207,35 @@ impl Backlog {
 /// than counting load a second way.
 ///
 /// Built over the endpoints compared (one pass: the fastest measured speed, which endpoints
-/// without a sample borrow, and the mean in-flight count); then
+/// without a sample borrow, and the mean count of streaming requests); then
 /// [`backlog_cost_nanos`](Self::backlog_cost_nanos) is the policy's cost for one of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResponseTimeEstimate {
     unknown_unit_nanos: f64,
+    mean_streaming: f64,
     mean_in_flight: f64,
 }
 
 impl ResponseTimeEstimate {
     /// The estimate over `endpoints` (the ones compared).
     pub fn over<'a>(endpoints: impl Iterator<Item = &'a EndpointState>) -> Self {
-        let (mut fastest, mut total, mut count) = (f64::INFINITY, 0u64, 0u64);
+        let (mut fastest, mut streams, mut in_flight, mut count) = (f64::INFINITY, 0u64, 0u64, 0u64);
         for e in endpoints {
             if let Some(unit) = e.unit_time_nanos() {
                 fastest = fastest.min(unit);
             }
-            total += u64::from(e.in_flight());
+            streams += u64::from(streaming(e));
+            in_flight += u64::from(e.in_flight());
             count += 1;
         }
         // Before any sample, all endpoints are equal: the pending work decides.
         let unknown_unit_nanos = if fastest.is_finite() { fastest } else { 1.0 };
-        Self { unknown_unit_nanos, mean_in_flight: total as f64 / count.max(1) as f64 }
+        let count = count.max(1) as f64;
+        Self {
+            unknown_unit_nanos,
+            mean_streaming: streams as f64 / count,
+            mean_in_flight: in_flight as f64 / count,
+        }
     }
 
     /// `e`'s time per unit of work, or the fastest measured one when `e` has no sample yet.
@@ -201,40 +243,50 @@ impl ResponseTimeEstimate {
         e.unit_time_nanos().unwrap_or(self.unknown_unit_nanos)
     }
 
-    /// The mean in-flight count over the endpoints compared.
-    pub fn mean_in_flight(&self) -> f64 {
-        self.mean_in_flight
+    /// The mean count of requests past their first byte over the endpoints compared.
+    pub fn mean_streaming(&self) -> f64 {
+        self.mean_streaming
     }
 
-    /// The same estimate with another mean in-flight count (a policy that sees more requests
-    /// than the balancer sent, such as the ones a replica reports, brakes against their mean).
-    pub fn with_mean_in_flight(mut self, mean_in_flight: f64) -> Self {
-        self.mean_in_flight = mean_in_flight;
+    /// The same estimate with another mean count of streaming requests (a policy that sees more
+    /// requests than the balancer sent, such as the ones a replica reports, brakes against
+    /// their mean).
+    pub fn with_mean_streaming(mut self, mean_streaming: f64) -> Self {
+        self.mean_streaming = mean_streaming;
         self
     }
 
-    /// The soft brake on an endpoint holding `in_flight` requests:
-    /// `√((in_flight + 1) / (mean_in_flight + 1))`.
-    pub fn brake(&self, in_flight: f64) -> f64 {
-        ((in_flight + 1.0) / (self.mean_in_flight + 1.0)).sqrt()
+    /// The soft brake on an endpoint holding `streaming` requests past their first byte:
+    /// `√((streaming + 1) / (mean_streaming + 1))`.
+    pub fn brake(&self, streaming: f64) -> f64 {
+        ((streaming + 1.0) / (self.mean_streaming + 1.0)).sqrt()
     }
 
     /// The expected time to first byte, in nanoseconds, of a request of `work` units behind
     /// `backlog` on an endpoint taking `unit_time` nanoseconds per unit:
-    /// `(ahead + work) × unit_time × brake(in_flight) ÷ at_once`, [`LeastResponseTime`]'s cost.
+    /// `(ahead + work) × unit_time × brake(streaming) ÷ at_once`, [`LeastResponseTime`]'s cost.
     pub fn backlog_cost_nanos(&self, backlog: &Backlog, work: f64, unit_time: f64) -> f64 {
-        (backlog.ahead + work) * unit_time * self.brake(backlog.in_flight) / f64::from(backlog.at_once.max(1))
+        (backlog.ahead + work) * unit_time * self.brake(backlog.streaming) / f64::from(backlog.at_once.max(1))
     }
 
     /// The expected time to first byte at `e` for a request of `work` units, as if the endpoint
-    /// served one request at a time:
-    /// `(pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1))`.
-    /// [`LeastResponseTime`] divides it by [`at_once`](Self::at_once)
-    /// ([`backlog_cost_nanos`](Self::backlog_cost_nanos) over [`Backlog::of`]); the prefix-aware
-    /// policy uses it as it is (its defaults were tuned in the lab against this cost).
+    /// served one request at a time and braked by all its requests in flight:
+    /// `(pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1))`, with
+    /// the work in tokens (on an endpoint that counts every request alike, see
+    /// [`crate::capacity`], its requests counted as it counts them). The prefix-aware policy
+    /// weighs it against the prefill a cached prefix saves; its defaults were tuned in the lab
+    /// against this cost, the one [`LeastResponseTime`] used before it learnt slots, counted a
+    /// least work per request and braked only streams (with those, lab `prefix`'s approximate
+    /// hit rate fell to 0.295, under 90 % of the upper bound's 0.331).
     pub fn cost_nanos(&self, e: &EndpointState, work: f64) -> f64 {
-        let serial = Backlog { at_once: 1, ..Backlog::of(e) };
-        self.backlog_cost_nanos(&serial, work, self.unit_time_nanos(e))
+        let b = Backlog::of(e);
+        let brake = ((b.in_flight + 1.0) / (self.mean_in_flight + 1.0)).sqrt();
+        let (ahead, work) = if e.min_request_work() >= crate::capacity::PER_REQUEST_WORK {
+            (b.ahead, e.request_work(work))
+        } else {
+            (e.pending_work() as f64, work)
+        };
+        (ahead + work) * self.unit_time_nanos(e) * brake
     }
 
     /// How many requests `e` works off at once: its learnt slots (see [`crate::capacity`]),
@@ -273,9 +325,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_classic_servers_requests_cost_alike_whatever_their_size() {
+        // Two servers that answer any request in the same time: e0 in 20 ms, e1 in 80 ms. The
+        // requests carry sizes (100 to 2,000 units) that neither server's time depends on.
+        let eps = endpoints(2);
+        for (e, ms) in [(&eps[0], 20), (&eps[1], 80)] {
+            for work in [2000, 100, 700] {
+                answer(e, work, Duration::from_millis(ms)).await;
+            }
+        }
+        let per_request = crate::capacity::PER_REQUEST_WORK;
+        assert_eq!((eps[0].min_request_work(), eps[1].min_request_work()), (per_request, per_request));
+        let policy = LeastResponseTime::new();
+        // e0 works on a large request. A small one would wait 20 ms behind it there (at most
+        // 40 ms), 80 ms on e1: counted by its size, it would look 20 times cheaper on e1
+        // (100 units at e1's time per unit against 2,100 at e0's).
+        let _busy = eps[0].start(Instant::now(), 2000);
+        assert_eq!(eps[0].work_ahead(), per_request);
+        let ext = sized(100);
+        let req = RequestInfo::new(Some(&ext), Instant::now());
+        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
+        // Four ahead on e0 (its 80 ms and more) do not.
+        let _more: Vec<_> = (0..3).map(|_| eps[0].start(Instant::now(), 100)).collect();
+        assert_eq!(eps[0].work_ahead(), 4.0 * per_request, "each request counts alike");
+        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn learns_speed_and_weighs_the_prefill_backlog() {
         let eps = endpoints(2);
         // e0 takes 1 µs a token, e1 4 µs: a quarter-speed replica.
+        eps[0].teach_time_grows_with_work(Duration::from_micros(1)).await;
+        eps[1].teach_time_grows_with_work(Duration::from_micros(4)).await;
         answer(&eps[0], 1000, Duration::from_millis(1)).await;
         answer(&eps[1], 1000, Duration::from_millis(4)).await;
         assert_eq!(eps[0].unit_time_nanos(), Some(1000.0));
@@ -284,8 +365,8 @@ mod tests {
         let ext = sized(1000);
         let req = RequestInfo::new(Some(&ext), Instant::now());
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0), "idle: the fast one");
-        // A short prefill backlog on the fast endpoint: (500 + 1000) × 1 µs × √(2 / 1.5) ≈ 1.7 ms
-        // against (0 + 1000) × 4 µs × √(1 / 1.5) ≈ 3.3 ms.
+        // A short prefill backlog on the fast endpoint: (500 + 1000) × 1 µs = 1.5 ms against
+        // (0 + 1000) × 4 µs = 4 ms (nothing streams on either: no brake).
         let short = eps[0].start(Instant::now(), 500);
         assert_eq!(eps[0].pending_work(), 500);
         assert_eq!(
@@ -294,8 +375,8 @@ mod tests {
             "a short backlog on the fast one"
         );
         drop(short);
-        // A long one: (3000 + 1000) × 1 µs × 1.15 ≈ 4.6 ms: the slow endpoint answers sooner.
-        let _long = eps[0].start(Instant::now(), 3000);
+        // A long one: (3500 + 1000) × 1 µs = 4.5 ms: the slow endpoint answers sooner.
+        let _long = eps[0].start(Instant::now(), 3500);
         assert_eq!(
             policy.pick(&req, &Endpoints::all_eligible(&eps, 0)),
             Some(1),
@@ -339,20 +420,25 @@ mod tests {
             advance(Duration::from_millis(10)).await;
             batch.iter_mut().for_each(|f| f.first_byte());
         }
-        // The estimate nears 4 from below; the whole part in use is 3.
-        assert_eq!(eps[0].slots(), 3);
+        // Flat at 4 at once: the whole part of the estimate reaches 4.
+        assert_eq!(eps[0].slots(), 4);
         assert_eq!(eps[0].idle_unit_time_nanos(), Some(10e6));
-        let unit = eps[0].unit_time_nanos().unwrap();
+        let unit = eps[0].unit_time_nanos().unwrap() * eps[0].request_work(1.0);
         assert!((9e6..=10e6).contains(&unit), "about the no-load latency, not a quarter of it: {unit}");
         let policy = LeastResponseTime::new();
         let req = RequestInfo::new(None, Instant::now());
-        // Three in flight on e0: 4 / 3 × 10 ms, braked by √(4 / 2.5), ≈ 17 ms against e1's 40 ms
-        // × √(1 / 2.5) ≈ 25 ms.
+        // Three in flight on e0: 4 / 4 × 10 ms = 10 ms against e1's 40 ms.
         let _three: Vec<_> = (0..3).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
         drop(_three);
-        // Eleven: 12 / 3 × 10 ms × √(12 / 6.5) ≈ 54 ms against 40 ms × √(1 / 6.5) ≈ 16 ms.
-        let _eleven: Vec<_> = (0..11).map(|_| eps[0].start(Instant::now(), 1)).collect();
+        // Eleven: 12 / 4 × 10 ms = 30 ms, still sooner than the idle slow one's 40 ms. (Braked by
+        // the requests in flight, √(12 / 6.5) on e0 against √(1 / 6.5) on e1, the idle slow one
+        // looked 2.6 times faster than it is and took the request.)
+        let eleven: Vec<_> = (0..11).map(|_| eps[0].start(Instant::now(), 1)).collect();
+        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
+        drop(eleven);
+        // Sixteen: 17 / 4 × 10 ms = 42.5 ms: now the slow one answers sooner.
+        let _sixteen: Vec<_> = (0..16).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
     }
 

@@ -35,7 +35,7 @@
 //! - [`LeastResponseTime`] (the default) sees only what this balancer sent:
 //!
 //!   ```text
-//!   cost    = (pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1)) ÷ at_once
+//!   cost    = (pending_work + work) × unit_time × √((streaming + 1) / (mean_streaming + 1)) ÷ at_once
 //!   at_once = min(slots, awaiting_first_byte + 1)
 //!   ```
 //!
@@ -43,11 +43,13 @@
 //!   the request's prompt tokens (1 without a size), `unit_time` the endpoint's learned time per
 //!   unit of work, `slots` how many requests it serves at once before latency grows (1 for an
 //!   LLM engine's prefill, `k` for a server of `k` parallel slots; see [`crate::capacity`]),
-//!   and the square root a soft brake on an endpoint holding more than its share of requests.
+//!   and the square root a soft brake on an endpoint holding more than its share of requests
+//!   past their first byte (`streaming`: an LLM stream decoding; a classic server's whole
+//!   reply leaves nothing streaming, so it is not braked).
 //! - [`LoadReport`] adds what the replica reports and the balancer did not send: the reported
 //!   queue and running requests less the balancer's own at the moment the report arrived (so no
 //!   request counts twice), the foreign queue worked off at the endpoint's speed as the report
-//!   ages, and the brake over the replica's whole occupancy (own and foreign). Where the
+//!   ages, and the brake over the replica's own streams and the foreign requests it runs. Where the
 //!   occupancy reaches the batch `capacity` the replica reports, a new request also waits for a
 //!   slot: `beyond × hold ÷ capacity`, with `beyond` the requests past the batch (itself
 //!   included) and `hold` the time a request keeps its slot (its prefill plus how long a
@@ -56,8 +58,8 @@
 //!   its own work. Without a fresh report it is LRT.
 //!
 //! In lab `hetero` (eight replicas of speeds 0.25 to 1, 70 % load, one balancer), p99 TTFT:
-//! Azure trace, LRT 190 ms, load-report 190 ms (ideal 179 ms); Mooncake trace, LRT 7,805 ms,
-//! load-report 7,805 ms (ideal 7,482 ms). With one balancer the reports hold nothing it does
+//! Azure trace, LRT 183 ms, load-report 183 ms (ideal 179 ms); Mooncake trace, LRT 7,547 ms,
+//! load-report 7,547 ms (ideal 7,482 ms). With one balancer the reports hold nothing it does
 //! not know, so the two pick alike; the previous load-report score, `(awaiting + queue + 1) ×
 //! (1 + 4 × kv_use)` over two random endpoints, was at 728 ms (3.8 × LRT) and 36,132 ms (4.6 ×).
 //! In lab `hetero-parallel` (classic servers of 8 slots, one four times slower) both are at the
