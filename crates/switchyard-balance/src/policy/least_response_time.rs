@@ -57,16 +57,16 @@ use crate::EndpointState;
 ///   41 % of the requests and its queue ran away; with it the shares follow the speeds (28, 31, 32
 ///   and 9 % for speeds 1, 1, 1 and 1/3 in the committed `reports/cluster/cluster.json`, a run of
 ///   2026-11-25, before issue 16's stack; 30, 30, 30 and 10 % would be exact). In the lab the square root costs little TTFT (its p99 is
-///   1.03-1.12 × the ideal's across the `hetero` variants), where the plain ratio cost more.
+///   1.07-1.08 × the ideal's across the `hetero` variants), where the plain ratio cost more.
 ///
 /// The slots are what let the policy route classic servers well: in the lab's `hetero-parallel`
 /// scenario (four servers of 8 slots at 10 ms, one four times slower, 65 % load) a serial-queue
 /// cost sees a fast server with 8 requests in flight as 9 service times away and sends the idle
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
-/// it 0.1 % and its p99 is the ideal's 12 ms. The LLM replicas of lab `hetero` mostly keep one
-/// slot: their p99 TTFT is 1.02 × the ideal's on the bundled Azure trace (183 ms against 179) and
-/// 1.01 × on the Mooncake one, 1.04 × at 80 % load on the Azure trace (with the work counted
-/// per request as well as per token, since 2026-12-01; 1.06 ×, 1.04 × and 1.12 × before; 1.32 ×
+/// it 0.3 % and its p99 is 14 ms (ideal 12 ms); with the request sizes and delays of real
+/// processes 18 ms, where least connections is at 45 ms. The LLM replicas of lab `hetero` mostly
+/// keep one slot: their p99 TTFT is 1.07 × the ideal's on the bundled Azure trace (191 ms
+/// against 179), 1.08 × on the Mooncake one and 1.07 × at 80 % load on the Azure trace (1.32 ×
 /// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
 /// [`capacity`](crate::capacity): an engine's chunked prefill serves several short prompts in
 /// one step, as fast as one, and some replicas then learnt two slots for a while;

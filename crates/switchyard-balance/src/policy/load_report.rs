@@ -91,9 +91,10 @@ use crate::EndpointState;
 ///
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
-/// bundled traces (`reports/lab/hetero.json`, Azure: 183 ms each, ideal 179 ms;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,547 ms each, ideal 7,482 ms). In lab `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the
-/// ideal's 12 ms (1.00 ×, `reports/lab/hetero-parallel.md`). Where a replica also serves other
+/// bundled traces (`reports/lab/hetero.json`, Azure: 191 ms each, ideal 179 ms;
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 8,063 ms each, ideal 7,482 ms). In lab
+/// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is 13 ms (ideal 12 ms;
+/// `reports/lab/hetero-parallel.md`). Where a replica also serves other
 /// clients, the reports move the picks away from it, which LRT cannot see.
 ///
 /// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; ties go to the
