@@ -396,7 +396,10 @@ impl Recommender for LlmAware {
             self.demands.front().is_some_and(|&(at, _)| now.saturating_duration_since(at) >= window);
         let high = window_quantile(self.demands.iter().map(|&(_, d)| d), c.down_quantile);
         let fits = (high / (target * c.down_margin)).ceil() as u32;
+        // A window without one finite demand (a capacity reported as zero) tells nothing.
+        let read = self.demands.iter().any(|&(_, d)| d.is_finite());
         if current > c.bounds.min
+            && read
             && fits < current
             && full_window
             && settled(self.last_up, window)
@@ -751,6 +754,25 @@ mod tests {
             assert_eq!(a.recommend(now, size(5, 5), Some(&unlearnt)).desired, 5);
             tokio::time::advance(Duration::from_secs(1)).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_capacity_of_zero_never_scales_down() {
+        // Replicas reporting a capacity of zero and no work: every demand is 0 / 0, not a
+        // figure; a scale-down to what "fits" would take the pool to its minimum at once.
+        let mut a = aware();
+        let mut desired = 5;
+        for _ in 0..200 {
+            let now = Instant::now();
+            let mut s = counted(now, desired, 0);
+            s.work_rate = Some(0.0);
+            for r in &mut s.replicas {
+                r.capacity_per_sec = Some(0.0);
+            }
+            desired = a.recommend(now, size(desired, desired), Some(&s)).desired;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(desired, 5);
     }
 
     #[tokio::test(start_paused = true)]
