@@ -99,7 +99,8 @@ async fn a_dry_run_against_prometheus_scales_an_idle_pool_down_and_exports_its_d
         })
         .await;
 
-    // Four replicas for an idle pool: one fewer a second once a two-second window is idle.
+    // Four replicas for an idle pool: down to what the window fits once a two-second window is
+    // idle.
     let url = prometheus.url();
     let (mut child, metrics) = common::spawn_until(
         &[
@@ -138,7 +139,7 @@ async fn a_dry_run_against_prometheus_scales_an_idle_pool_down_and_exports_its_d
         tokio::time::sleep(Duration::from_millis(200)).await; // polling the exported state
     };
     let downs = r#"switchyard_autoscale_scale_events_total{recommender="switchyard",direction="down"}"#;
-    assert!(value(&text, downs).is_some_and(|n| n >= 2.0), "{text}");
+    assert!(value(&text, downs).is_some_and(|n| n >= 1.0), "{text}");
     assert!(
         value(&text, r#"switchyard_autoscale_ready_replicas{recommender="switchyard"}"#).is_some(),
         "{text}"

@@ -66,3 +66,47 @@ fn burst_reruns_to_the_committed_rows_and_holds_its_targets() {
         "enough replicas ready within cold start + 3 s: {step:?}"
     );
 }
+
+/// The `clairvoyant` row (a bound: it is given the arrivals, see `src/lab/burst_clairvoyant.rs`)
+/// on the Azure replay and the steady load: the committed figures, measured through the same
+/// pool as the others, and what a bound must hold. On the Azure replay it reaches the SLO for
+/// less than the fixed pool and less than Switchyard's committed row. On `steady` it reaches the
+/// SLO for no more than a fixed pool sized at its own 70 % target for the workload's peak (it does
+/// cost more than the `fixed-peak` pool there, which is sized at 80 %: see the report).
+#[test]
+fn the_clairvoyant_bound_reaches_the_slo_for_less_than_a_pool_sized_for_the_peak() {
+    let report = run_burst(&BurstOptions {
+        workloads: vec!["azure".into(), "steady".into()],
+        autoscalers: vec!["clairvoyant".into()],
+        ..BurstOptions::default()
+    })
+    .unwrap();
+    assert_eq!(report.results.len(), 4, "clairvoyant and fixed-peak on two workloads");
+    for r in &report.results {
+        let fresh: serde_json::Value = serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap();
+        assert_eq!(
+            fresh,
+            committed(&r.workload, &r.autoscaler),
+            "reports/lab/burst.json is stale for {}/{}: regenerate it",
+            r.workload,
+            r.autoscaler
+        );
+    }
+    let azure = row(&report.results, "azure", "clairvoyant");
+    assert!(azure.slo_attainment >= 0.99 && azure.failed == 0, "{azure:?}");
+    assert!(azure.cost_vs_fixed_peak < 1.0, "{azure:?}");
+    let switchyard = committed("azure", "switchyard")["replica_seconds"].as_f64().unwrap();
+    assert!(
+        azure.replica_seconds < switchyard,
+        "a bound costs less than Switchyard's {switchyard}: {azure:?}"
+    );
+    let steady = row(&report.results, "steady", "clairvoyant");
+    assert!(steady.slo_attainment >= 0.99 && steady.failed == 0, "{steady:?}");
+    let info = report.workloads.iter().find(|w| w.workload == "steady").unwrap();
+    let at_its_target = (info.peak_load / 0.7).ceil() * info.duration_s;
+    assert!(
+        steady.replica_seconds <= at_its_target,
+        "no more than a fixed pool at 70 % for the peak ({at_its_target}): {steady:?}"
+    );
+    assert!(steady.replica_seconds < f64::from(steady.max_replicas) * info.duration_s, "it lets replicas go");
+}

@@ -99,17 +99,26 @@ async fn the_autoscaler_scales_up_then_down_under_load_and_fails_no_call() {
     let mut run = AutoscaledRun::start(std::path::Path::new(common::BIN), &settings).await.unwrap();
     // Twice what one replica serves: the autoscaler adds replicas, which join once SERVING.
     run.set_rate(40.0);
+    // The most replicas seen ready (serving) at once.
+    let most_ready = std::cell::Cell::new(0);
     let up = run
         .until("a scale-up, its replicas ready", Duration::from_secs(30), |p| {
+            most_ready.set(most_ready.get().max(p.size.ready));
             p.scale_ups >= 1 && p.size.ready >= 2
         })
         .await
         .unwrap();
-    // A fifth of one replica: it drains the extra replicas, one at a time.
+    // A fifth of one replica: it drains the extra replicas. A scale-down lets go of as many as
+    // the window allows at once, and the balancer sees them leave discovery one by one, so wait
+    // until every replica that served is either still ready or drained off the board.
     run.set_rate(4.0);
     let down = run
-        .until("a scale-down, its replica drained off the board", Duration::from_secs(30), |p| {
-            p.scale_downs >= 1 && p.drained >= 1 && p.draining == 0
+        .until("a scale-down, its replicas drained off the board", Duration::from_secs(30), |p| {
+            most_ready.set(most_ready.get().max(p.size.ready));
+            p.scale_downs >= 1
+                && p.drained >= 1
+                && p.draining == 0
+                && p.drained + p.size.ready >= most_ready.get()
         })
         .await
         .unwrap();

@@ -99,10 +99,10 @@ pub struct AutoscaleArgs {
     /// A replica's cold start (weights to load): how far ahead the load's trend is projected.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub cold_start: Duration,
-    /// A scale-down needs the 75th percentile of this window's demands to fit in one replica fewer.
+    /// A scale-down needs the 75th percentile of this window's demands to fit in fewer replicas.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub scale_down_window: Duration,
-    /// At most one replica fewer per this.
+    /// At most one scale-down (to the count the window's demands fit in) per this.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub scale_down_step: Duration,
     /// How often to decide (and to query Prometheus).

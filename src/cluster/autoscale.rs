@@ -13,7 +13,7 @@
 //! The recommender's windows are those of [`LlmAwareConfig::default`] (made for 30 s cold starts
 //! over minutes of load) shrunk to the run: for a `--duration` of `d` seconds, the rate's EWMA
 //! has `τ = d / 30`, the trend window is `d / 12`, a scale-down needs the demand of the last
-//! `d / 6` to fit in one replica fewer, and the pool loses at most one replica every `d / 20`;
+//! `d / 6` to fit in fewer replicas, and the pool scales down at most once every `d / 20`;
 //! 2 s, 5 s, 10 s and 3 s for the default minute. Its target utilisation is calibrated as the
 //! lab's `burst` scenario calibrates it (one simulated replica at 70 % of its capacity on the
 //! trace's mix, in virtual time). The trend is projected one `--cold-start` ahead.

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 /// The recommender's settings for a run of `duration_s` seconds: the windows of
 /// [`LlmAwareConfig::default`] (made for 30 s cold starts over minutes of load) shrunk to the run.
 /// The rate's EWMA has `τ = d / 30`, the trend window is `d / 12`, a scale-down needs the demand
-/// of the last `d / 6` to fit in one replica fewer, and the pool loses at most one replica every
+/// of the last `d / 6` to fit in fewer replicas, and the pool scales down at most once every
 /// `d / 20`: 2 s, 5 s, 10 s and 3 s for a minute. The trend is projected one `cold_start` ahead.
 pub fn recommender_config_for_run(
     duration_s: f64,

@@ -36,6 +36,13 @@
 //! `fixed-peak`: `ceil(peak rate / (0.8 C))` replicas throughout, the peak taken over 30 s
 //! windows.
 //!
+//! `clairvoyant` is a bound, not an autoscaler: it is given the workload's arrivals and sizes
+//! the pool, every second, to the most that any 10 s window of arrivals up to one cold start
+//! ahead needs at 70 % of `C`, in whole replicas, letting replicas go as soon as the future
+//! allows (see `src/lab/burst_clairvoyant.rs`). It goes through the same pool,
+//! cold start and drain as the others, so its SLO and replica-seconds are measured: what the
+//! set-up allows an autoscaler that knew the future to reach.
+//!
 //! # Figures
 //!
 //! Per workload and autoscaler: `slo_attainment` (share of requests with a first token within
@@ -65,14 +72,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tower::{Service, ServiceExt};
 
 use super::LabError;
+use super::burst_clairvoyant::{Clairvoyant, ClairvoyantConfig};
 use super::burst_pool::{PoolEvent, SimPool};
 use super::capacity::measure_capacity;
 use super::cluster::{read_tokens, run_paused};
 use super::replica::SimCompletion;
 use crate::report::{Percentiles, Table};
 
-/// The autoscalers compared, in the report's order.
-pub const BURST_AUTOSCALERS: [&str; 5] = ["switchyard", "hpa", "kpa", "llm-d", "fixed-peak"];
+/// The autoscalers compared, in the report's order. `clairvoyant` is a bound (it knows the
+/// arrivals in advance), not an autoscaler one could deploy.
+pub const BURST_AUTOSCALERS: [&str; 6] = ["switchyard", "hpa", "kpa", "llm-d", "clairvoyant", "fixed-peak"];
 /// Replica bounds of every autoscaler.
 pub const BURST_BOUNDS: (u32, u32) = (1, 12);
 
@@ -251,15 +260,35 @@ struct RunOutput {
 }
 
 struct Context {
+    capacity: f64,
     demand_at_70: f64,
     in_flight_at_70: f64,
     cold_start: Duration,
     seed: u64,
 }
 
-fn recommender(name: &str, ctx: &Context) -> Option<Box<dyn Recommender>> {
+/// The recommender `name` for a run of `records` whose arrivals count from `origin` (`None`: the
+/// fixed pool).
+fn recommender(
+    name: &str,
+    ctx: &Context,
+    origin: Instant,
+    records: &[TraceRecord],
+) -> Option<Box<dyn Recommender>> {
     let bounds = Bounds::new(BURST_BOUNDS.0, BURST_BOUNDS.1);
     Some(match name {
+        "clairvoyant" => Box::new(Clairvoyant::new(
+            ClairvoyantConfig {
+                capacity_rps: ctx.capacity,
+                target_utilisation: 0.7,
+                lead: ctx.cold_start,
+                rate_window: Duration::from_secs(10),
+                hold: Duration::ZERO,
+                bounds,
+            },
+            origin,
+            records,
+        )),
         "switchyard" => Box::new(LlmAware::new(LlmAwareConfig {
             cold_start: ctx.cold_start,
             target_utilisation: ctx.demand_at_70,
@@ -300,13 +329,15 @@ impl SignalSource for ScrapedSignals {
     }
 }
 
-/// Replays `records` through a pool of `initial` replicas sized by `autoscaler` (none: fixed).
+/// Replays `records` through a pool of `initial` replicas sized by the autoscaler `name` (the
+/// fixed pool: none).
 async fn run_one(
     records: &[TraceRecord],
-    autoscaler: Option<Box<dyn Recommender>>,
+    name: &str,
+    ctx: &Context,
     initial: u32,
-    cold_start: Duration,
 ) -> Result<RunOutput, LabError> {
+    let cold_start = ctx.cold_start;
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let mut balancer = Balance::new(ReceiverStream::new(rx)).with_completion(SimCompletion);
     let board = balancer.board();
@@ -314,7 +345,7 @@ async fn run_one(
     pool.start_ready(initial).await.map_err(|e| LabError::Setting(e.to_string()))?;
     let start = Instant::now();
     let decisions: Arc<Mutex<Vec<(f64, u32, u32)>>> = Arc::default();
-    let loop_task = autoscaler.map(|recommender| {
+    let loop_task = recommender(name, ctx, start, records).map(|recommender| {
         let decisions = decisions.clone();
         let signals = ScrapedSignals { board: BoardSignals::new(board.clone()), pool: pool.clone() };
         let autoscaler = Autoscaler::new(signals, recommender, pool.clone());
@@ -627,6 +658,7 @@ pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
     }
     tracing::info!(capacity, in_flight, demand, "lab burst: replica capacity measured");
     let ctx = Context {
+        capacity,
         in_flight_at_70: in_flight,
         demand_at_70: demand,
         cold_start: options.cold_start,
@@ -677,11 +709,8 @@ pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
             if name != "fixed-peak" && !chosen(&options.autoscalers, name) {
                 continue;
             }
-            let (auto, start_with) = match recommender(name, &ctx) {
-                Some(r) => (Some(r), initial),
-                None => (None, fixed),
-            };
-            let run = run_paused(run_one(&w.records, auto, start_with, options.cold_start))??;
+            let start_with = if name == "fixed-peak" { fixed } else { initial };
+            let run = run_paused(run_one(&w.records, name, &ctx, start_with))??;
             let result = summarise(w, name, &run, slo, capacity);
             tracing::info!(
                 workload = w.name,

@@ -56,13 +56,15 @@
 //! - `prefix`: eight replicas with prefix caches on the Mooncake conversation trace, the hash
 //!   and prefix-aware policies against the load-based ones, and a skewed variant; see
 //!   [`run_prefix`].
-//! - `burst`: autoscalers (Switchyard's, HPA, KPA, llm-d, a fixed pool sized for the peak) on the
+//! - `burst`: autoscalers (Switchyard's, HPA, KPA, llm-d, a fixed pool sized for the peak, and a
+//!   clairvoyant bound that knows the arrivals) on the
 //!   Azure trace stretched to swing 1× to 4.5× a replica's capacity, a 1× → 5× step, a spike and
 //!   steady noisy load, with a 30 s cold start (`--cold-start`); see [`run_burst`]. `--plot
 //!   FILE` draws replicas and p99 TTFT over time, one PNG per workload.
 
 mod balanced;
 pub(crate) mod burst;
+mod burst_clairvoyant;
 mod burst_plot;
 mod burst_pool;
 mod capacity;
