@@ -66,7 +66,9 @@ pub(crate) async fn run_policy_with(
         let endpoint =
             Endpoint::new(spec.name.as_str(), format!("sim://{}", spec.name)).with_weight(spec.weight());
         let replica = match spec.delay {
-            Some(mean) => SimReplica::with_delay(engine.clone(), Delay::exponential(mean, DELAY_SEED + i as u64)),
+            Some(mean) => {
+                SimReplica::with_delay(engine.clone(), Delay::exponential(mean, DELAY_SEED + i as u64))
+            }
             None => SimReplica::new(engine.clone()),
         };
         Backend::new(endpoint, replica)

@@ -315,7 +315,10 @@ mod tests {
         let fresh = policy.estimate(&e, Instant::now(), 1000.0, unit);
         assert_eq!(
             fresh,
-            LoadEstimate { backlog: Backlog::new(500.0 + 4000.0, 1.0 + 10.0, 10.0 - 4.0, 1), slot_wait_nanos: 0.0 }
+            LoadEstimate {
+                backlog: Backlog::new(500.0 + 4000.0, 1.0 + 10.0, 10.0 - 4.0, 1),
+                slot_wait_nanos: 0.0
+            }
         );
         // 1.5 ms later the replica has prefilled 1,500 units of the foreign queue.
         advance(Duration::from_micros(1500)).await;
