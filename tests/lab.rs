@@ -119,7 +119,11 @@ fn hetero_parallel_is_reproducible_and_its_ideal_avoids_the_slow_replica() {
     let b = serde_json::to_string_pretty(&short_parallel(3)).unwrap();
     assert_eq!(a, b);
     let report: LabReport = serde_json::from_str(&a).unwrap();
-    assert_eq!(report.results.len(), switchyard::lab::lab_policies().len() + 1, "every policy, the ideal");
+    assert_eq!(
+        report.results.len(),
+        2 * switchyard::lab::lab_policies().len() + 1,
+        "every policy, plain and with request sizes and delays; the ideal"
+    );
     // Three full-speed replicas of 8 slots at 10 ms and one at a quarter of the speed.
     assert!((report.capacity_rps - 3.25 * 800.0).abs() < 0.01 * 2600.0, "{}", report.capacity_rps);
     let ideal = report.result("ideal").unwrap();

@@ -44,8 +44,13 @@
 //!   for its first few no-load answers is costed as a queue of requests, roughly; a classic
 //!   server counted by sizes it ignores looks cheap for short requests and dear for long ones
 //!   at random (in lab `hetero-parallel` with the bench's sizes and delays, p99 70 ms when the
-//!   sizes counted until the fit judged, 18 ms counting per request first). The sizes of the requests
-//!   ahead are not kept one by one, so `n` requests of `A`
+//!   sizes counted until the fit judged, 17 ms counting per request first). An endpoint added
+//!   to a pool whose judged endpoints mostly count the work starts counting it too
+//!   ([`CapacityEstimate::set_counting_prior`], set by the balancer): a replica added to a
+//!   pool of LLM engines by an autoscaler is costed by its prompts' sizes from its first
+//!   answer (in lab `burst`, costed per request for its first answers, new replicas were
+//!   misjudged while the load rose and the Azure replay's SLO fell from 1.000 to 0.996). The
+//!   sizes of the requests ahead are not kept one by one, so `n` requests of `A`
 //!   units in all count for `max(A, n × ω)`, and one slot works them off and this one in at least
 //!   `serial = u₀ × (max(A, n × ω) + max(w, ω))`. The costs of least response time and
 //!   load-report count the work the same way ([`request_work`], [`work_ahead`]);
@@ -127,6 +132,9 @@ pub struct CapacityEstimate {
     idle: Option<IdleTimes>,
     /// The slots, ≥ 1, fractional while learning.
     slots: f64,
+    /// How the work counts until the endpoint's own no-load answers judge: per request (the
+    /// safe side) unless the endpoint's pool found its peers' time growing with the work.
+    prior_per_request: bool,
 }
 
 /// An endpoint's no-load times: per unit of work (`u₀`) and per request (`r₀`), in nanoseconds.
@@ -190,8 +198,14 @@ struct SizeFit {
 }
 
 impl SizeFit {
-    fn new() -> Self {
-        Self { samples: 0, mean_w: 0.0, mean_t: 0.0, var_w: 0.0, cov: 0.0, per_request: true }
+    /// A fit that counts per request (or not) until it judges.
+    fn with_prior(per_request: bool) -> Self {
+        Self { samples: 0, mean_w: 0.0, mean_t: 0.0, var_w: 0.0, cov: 0.0, per_request }
+    }
+
+    /// Whether it has had the answers to judge from.
+    fn judged(&self) -> bool {
+        self.samples >= FIT_SAMPLES
     }
 
     fn record(&mut self, w: f64, t: f64) {
@@ -224,7 +238,7 @@ impl SizeFit {
 
 impl Default for CapacityEstimate {
     fn default() -> Self {
-        Self { idle: None, slots: 1.0 }
+        Self { idle: None, slots: 1.0, prior_per_request: true }
     }
 }
 
@@ -297,6 +311,21 @@ impl CapacityEstimate {
         self.idle.map_or(1.0, |i| i.min_request_work())
     }
 
+    /// Whether the endpoint's own no-load answers have judged how its work counts: `Some(true)`
+    /// where its time was found not to grow with the work (every request counts alike),
+    /// `Some(false)` where it grows; `None` before [`FIT_SAMPLES`] no-load answers.
+    pub fn counting_verdict(&self) -> Option<bool> {
+        self.idle.filter(|i| i.fit.judged()).map(|i| i.fit.per_request)
+    }
+
+    /// How the work counts until the endpoint's own answers judge (see the [module docs](self)):
+    /// per request by default; a pool whose judged endpoints count the work sets `false` on a new
+    /// one, so that a replica added to a pool of LLM engines is costed by its prompts' sizes from
+    /// its first answer. Takes effect only before the first no-load answer.
+    pub fn set_counting_prior(&mut self, per_request: bool) {
+        self.prior_per_request = per_request;
+    }
+
     /// Learns from one first byte at `now`; `tau` is the window of the no-load times.
     pub fn record(&mut self, sample: FirstByte, now: Instant, tau: Duration) {
         let work = sample.work.max(1) as f64;
@@ -347,7 +376,7 @@ impl CapacityEstimate {
                 per_request: WindowedMin::new(nanos, now),
                 spread_mean: 1.0,
                 spread_dev: 0.0,
-                fit: SizeFit::new(),
+                fit: SizeFit::with_prior(self.prior_per_request),
             }),
         };
         // `τ(w) = u₀ × max(w, ω)`: the fastest this answer could have been.

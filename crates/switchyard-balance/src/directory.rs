@@ -151,6 +151,7 @@ impl<S: Clone> Directory<S> {
 fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
     let mut endpoint = backend.endpoint;
     endpoint.id = id;
+    let prior = counting_prior(&writer.slots);
     match writer.slots.iter().position(|s| s.state.id() == &endpoint.id) {
         Some(i) if writer.slots[i].state.endpoint().address == endpoint.address => {
             // The same endpoint again: keep its load, take the new service and description.
@@ -159,6 +160,7 @@ fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
         }
         Some(i) => {
             let state = Arc::new(EndpointState::new(endpoint, writer.tracking));
+            state.set_counting_prior(prior);
             state.set_limit(writer.pool.endpoint_limit.as_ref().map(crate::EndpointLimit::build));
             writer.board.insert(state.clone());
             let old = std::mem::replace(&mut writer.slots[i], Slot { state, service: backend.service });
@@ -167,6 +169,7 @@ fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
         }
         None => {
             let state = Arc::new(EndpointState::new(endpoint, writer.tracking));
+            state.set_counting_prior(prior);
             state.set_limit(writer.pool.endpoint_limit.as_ref().map(crate::EndpointLimit::build));
             writer.board.insert(state.clone());
             writer.slots.push(Slot { state, service: backend.service });
@@ -174,6 +177,22 @@ fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
         }
     }
     writer.pool.size.store(writer.slots.len(), Ordering::Release);
+}
+
+/// How a new endpoint counts the work until its own answers judge: as most of its peers were
+/// judged to (a replica added to a pool of LLM engines counts its prompts' sizes from its first
+/// answer; one added to classic servers every request alike), per request where none has been
+/// judged yet (see [`capacity`](crate::capacity)).
+fn counting_prior<S>(slots: &[Slot<S>]) -> bool {
+    let (mut per_request, mut per_work) = (0usize, 0usize);
+    for slot in slots {
+        match slot.state.counting_verdict() {
+            Some(true) => per_request += 1,
+            Some(false) => per_work += 1,
+            None => {}
+        }
+    }
+    per_work <= per_request
 }
 
 fn remove<S>(writer: &mut Writer<S>, id: &EndpointId) {

@@ -401,11 +401,27 @@ impl EndpointState {
     /// The least work a request counts for on this endpoint, whatever its size: its fastest
     /// no-load answer over its fastest no-load time per unit of work (`ω = r₀ ÷ u₀`, see
     /// [`capacity`](crate::capacity)). Near 1 for an endpoint whose time grows with the work from
-    /// the first unit (an LLM engine's prefill), the largest request seen for one whose time does
-    /// not depend on it (a classic server answering any request in the same time); 1 before the
+    /// the first unit (an LLM engine's prefill),
+    /// [`PER_REQUEST_WORK`](crate::capacity::PER_REQUEST_WORK) for one whose time does not depend
+    /// on it (a classic server answering any request in the same time) and for any endpoint until
+    /// its answers judge (unless its pool set a [prior](Self::set_counting_prior)); 1 before the
     /// first no-load answer.
     pub fn min_request_work(&self) -> f64 {
         f64::from_bits(self.min_request_work_bits.load(Ordering::Relaxed))
+    }
+
+    /// How the endpoint's no-load answers judged its work counts: `Some(true)` where every
+    /// request counts alike, `Some(false)` where the time grows with the work, `None` until
+    /// they judge ([`CapacityEstimate::counting_verdict`]).
+    pub fn counting_verdict(&self) -> Option<bool> {
+        lock(&self.capacity).counting_verdict()
+    }
+
+    /// How the endpoint counts the work until its own answers judge
+    /// ([`CapacityEstimate::set_counting_prior`]); the balancer sets its pool's verdict on an
+    /// endpoint it adds.
+    pub fn set_counting_prior(&self, per_request: bool) {
+        lock(&self.capacity).set_counting_prior(per_request);
     }
 
     /// The work a request of `work` units counts for on this endpoint:

@@ -18,7 +18,7 @@ use switchyard_balance::{
     Backend, Balance, CompleteOnResponse, DEFAULT_NO_ENDPOINT_WAIT, LoadBoard, OutlierConfig, PolicyHandle,
     PolicyKind, Shared,
 };
-use switchyard_core::{EndpointId, ErrorKind};
+use switchyard_core::{EndpointId, ErrorKind, RequestSize};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, advance, sleep};
 use tower::util::BoxCloneService;
@@ -204,6 +204,59 @@ async fn reinserting_a_known_id_and_address_keeps_its_load_in_place() {
     assert_eq!(lb.generation(), generation + 1);
     assert_eq!(send(&mut lb).await.unwrap(), "moved");
     assert_eq!(count(&board, "a"), 1, "a fresh state for the new endpoint");
+}
+
+/// An endpoint that answers with its name after 10 µs per prompt token of the request (an
+/// engine's prefill: its time grows with the work).
+fn prefills(name: &str) -> Svc<String> {
+    let name = name.to_string();
+    BoxCloneService::new(tower::service_fn(move |req: Req| {
+        let name = name.clone();
+        let tokens = req.extensions().get::<RequestSize>().map_or(1, |s| s.prompt_tokens);
+        async move {
+            sleep(Duration::from_micros(10 * u64::from(tokens))).await;
+            Ok::<_, BoxError>(name)
+        }
+    }))
+}
+
+fn sized(prompt_tokens: u32) -> Req {
+    let mut r = req();
+    r.extensions_mut().insert(RequestSize::new(prompt_tokens, 1));
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_added_to_a_pool_of_engines_counts_their_work_from_its_first_answer() {
+    let (mut tx, mut lb) = dynamic();
+    insert(&mut tx, backend("a", prefills("a")));
+    settle().await;
+    // One at a time, sizes 500 to 1,500: a's no-load answers show its time grows with the work.
+    for i in 0..12u32 {
+        dispatch(&mut lb, sized(500 + i * 97 % 1000)).await.await.unwrap();
+    }
+    let board = lb.board();
+    let a = board.state(&"a".into()).unwrap();
+    assert_eq!(a.counting_verdict(), Some(false), "a counts the work");
+    insert(&mut tx, backend("b", prefills("b")));
+    settle().await;
+    let b = board.state(&"b".into()).unwrap();
+    assert_eq!(b.counting_verdict(), None);
+    let mut sent = 0;
+    while count(&board, "b") == 0 {
+        assert!(sent < 8, "b gets a request");
+        dispatch(&mut lb, sized(800)).await.await.unwrap();
+        sent += 1;
+    }
+    // Its first answer cannot judge; it counts as its pool does, not every request alike (a
+    // billion units a request, which would cost it far above a after one answer).
+    assert_eq!(b.counting_verdict(), None);
+    assert!(
+        b.min_request_work() < switchyard_balance::capacity::PER_REQUEST_WORK,
+        "{}",
+        b.min_request_work()
+    );
+    assert!(b.request_work(800.0) <= 800.0, "an 800-token prompt counts for its size");
 }
 
 // ---- no endpoints -----------------------------------------------------------------------------

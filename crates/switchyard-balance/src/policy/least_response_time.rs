@@ -63,8 +63,8 @@ use crate::EndpointState;
 /// scenario (four servers of 8 slots at 10 ms, one four times slower, 65 % load) a serial-queue
 /// cost sees a fast server with 8 requests in flight as 9 service times away and sends the idle
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
-/// it 0.3 % and its p99 is 14 ms (ideal 12 ms); with the request sizes and delays of real
-/// processes 18 ms, where least connections is at 45 ms. The LLM replicas of lab `hetero` mostly
+/// it 0.0-0.1 % and its p99 is 13 ms (ideal 12 ms); with the request sizes and delays of real
+/// processes 17 ms, where least connections is at 45 ms. The LLM replicas of lab `hetero` mostly
 /// keep one slot: their p99 TTFT is 1.07 × the ideal's on the bundled Azure trace (191 ms
 /// against 179), 1.08 × on the Mooncake one and 1.07 × at 80 % load on the Azure trace (1.32 ×
 /// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
@@ -146,8 +146,11 @@ fn cheapest(
     let mut best_cost = f64::INFINITY;
     for i in candidates {
         let e = &*endpoints[i];
-        let cost =
-            estimate.backlog_cost_nanos(&Backlog::of(e), e.request_work(work), estimate.unit_time_nanos(e));
+        let cost = estimate.backlog_cost_nanos(
+            &estimate.backlog(e),
+            estimate.request_work(e, work),
+            estimate.unit_time_nanos(e),
+        );
         if best.is_none() || cost < best_cost {
             best = Some(i);
             best_cost = cost;
@@ -212,6 +215,7 @@ pub(crate) fn streaming(e: &EndpointState) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResponseTimeEstimate {
     unknown_unit_nanos: f64,
+    unknown_min_request_work: f64,
     mean_streaming: f64,
     mean_in_flight: f64,
 }
@@ -219,28 +223,65 @@ pub struct ResponseTimeEstimate {
 impl ResponseTimeEstimate {
     /// The estimate over `endpoints` (the ones compared).
     pub fn over<'a>(endpoints: impl Iterator<Item = &'a EndpointState>) -> Self {
-        let (mut fastest, mut streams, mut in_flight, mut count) = (f64::INFINITY, 0u64, 0u64, 0u64);
+        let (mut streams, mut in_flight, mut count) = (0u64, 0u64, 0u64);
+        // The fastest measured endpoint by its time for the least request (`unit × ω`, its
+        // no-load answer to the shortest request whether it counts tokens or requests), and how
+        // it counts the work: an endpoint without a sample is costed as a copy of it.
+        let (mut fastest, mut unknown_unit_nanos, mut unknown_min_request_work) = (f64::INFINITY, 1.0, 1.0);
         for e in endpoints {
             if let Some(unit) = e.unit_time_nanos() {
-                fastest = fastest.min(unit);
+                let omega = e.min_request_work();
+                if unit * omega < fastest {
+                    (fastest, unknown_unit_nanos, unknown_min_request_work) = (unit * omega, unit, omega);
+                }
             }
             streams += u64::from(streaming(e));
             in_flight += u64::from(e.in_flight());
             count += 1;
         }
         // Before any sample, all endpoints are equal: the pending work decides.
-        let unknown_unit_nanos = if fastest.is_finite() { fastest } else { 1.0 };
         let count = count.max(1) as f64;
         Self {
             unknown_unit_nanos,
+            unknown_min_request_work,
             mean_streaming: streams as f64 / count,
             mean_in_flight: in_flight as f64 / count,
         }
     }
 
-    /// `e`'s time per unit of work, or the fastest measured one when `e` has no sample yet.
+    /// `e`'s time per unit of work, or the fastest measured one's when `e` has no sample yet.
     pub fn unit_time_nanos(&self, e: &EndpointState) -> f64 {
         e.unit_time_nanos().unwrap_or(self.unknown_unit_nanos)
+    }
+
+    /// The least work a request counts for on `e` ([`EndpointState::min_request_work`]), or
+    /// the fastest measured endpoint's when `e` has no sample yet: the units of
+    /// [`unit_time_nanos`](Self::unit_time_nanos). Borrowing the time per unit alone would
+    /// mix units: a token's time borrowed from a classic server that counts every request
+    /// as [`PER_REQUEST_WORK`](crate::capacity::PER_REQUEST_WORK) units made a new endpoint
+    /// look a million times cheaper than its peers.
+    pub fn min_request_work(&self, e: &EndpointState) -> f64 {
+        if e.unit_time_nanos().is_some() { e.min_request_work() } else { self.unknown_min_request_work }
+    }
+
+    /// The work a request of `work` units counts for on `e`: `max(work, ω)` with `ω` from
+    /// [`min_request_work`](Self::min_request_work).
+    pub fn request_work(&self, e: &EndpointState, work: f64) -> f64 {
+        crate::capacity::request_work(work, self.min_request_work(e))
+    }
+
+    /// What waits ahead of a new request on `e` ([`Backlog::of`]), its work counted as
+    /// [`min_request_work`](Self::min_request_work) says.
+    pub fn backlog(&self, e: &EndpointState) -> Backlog {
+        let mut backlog = Backlog::of(e);
+        if e.unit_time_nanos().is_none() {
+            backlog.ahead = crate::capacity::work_ahead(
+                e.pending_work() as f64,
+                f64::from(e.awaiting_first_byte()),
+                self.unknown_min_request_work,
+            );
+        }
+        backlog
     }
 
     /// The mean count of requests past their first byte over the endpoints compared.
@@ -279,10 +320,10 @@ impl ResponseTimeEstimate {
     /// least work per request and braked only streams (with those, lab `prefix`'s approximate
     /// hit rate fell to 0.295, under 90 % of the upper bound's 0.331).
     pub fn cost_nanos(&self, e: &EndpointState, work: f64) -> f64 {
-        let b = Backlog::of(e);
+        let b = self.backlog(e);
         let brake = ((b.in_flight + 1.0) / (self.mean_in_flight + 1.0)).sqrt();
-        let (ahead, work) = if e.min_request_work() >= crate::capacity::PER_REQUEST_WORK {
-            (b.ahead, e.request_work(work))
+        let (ahead, work) = if self.min_request_work(e) >= crate::capacity::PER_REQUEST_WORK {
+            (b.ahead, self.request_work(e, work))
         } else {
             (e.pending_work() as f64, work)
         };
@@ -349,6 +390,35 @@ mod tests {
         let _more: Vec<_> = (0..3).map(|_| eps[0].start(Instant::now(), 100)).collect();
         assert_eq!(eps[0].work_ahead(), 4.0 * per_request, "each request counts alike");
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_without_a_sample_is_costed_as_the_fastest_in_its_units() {
+        // e0 answered once in 10 ms and counts every request alike (its first answers cannot
+        // show that time grows with size); e1 has no answer yet and three requests of 100 units
+        // awaiting their first byte.
+        let eps = endpoints(2);
+        answer(&eps[0], 100, Duration::from_millis(10)).await;
+        assert!(eps[0].min_request_work() >= crate::capacity::PER_REQUEST_WORK);
+        let _waiting: Vec<_> = (0..3).map(|_| eps[1].start(Instant::now(), 100)).collect();
+        let estimate = ResponseTimeEstimate::over(eps.iter().map(|e| &**e));
+        assert_eq!(estimate.min_request_work(&eps[1]), eps[0].min_request_work(), "borrowed with the time");
+        // Costed as a copy of e0, e1 is four requests away (40 ms) and e0 one (10 ms). With e0's
+        // time per unit alone and its own count of 400 units, e1 looked ten million times cheaper (4 ns).
+        let ext = sized(100);
+        let req = RequestInfo::new(Some(&ext), Instant::now());
+        for _ in 0..2 {
+            assert_eq!(LeastResponseTime::new().pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
+        }
+        let e1 = estimate.backlog_cost_nanos(
+            &estimate.backlog(&eps[1]),
+            estimate.request_work(&eps[1], 100.0),
+            estimate.unit_time_nanos(&eps[1]),
+        );
+        assert!((e1 - 40e6).abs() < 1.0, "{e1}");
+        // The prefix-aware cost brakes every request in flight: 3 against a mean of 1.5.
+        let braked = 40e6 * (4.0f64 / 2.5).sqrt();
+        assert!((estimate.cost_nanos(&eps[1], 100.0) - braked).abs() < 1.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -140,7 +140,19 @@ impl LoadReport {
         work: f64,
         unit_time: f64,
     ) -> LoadEstimate {
-        let mut estimate = LoadEstimate { backlog: Backlog::of(endpoint), slot_wait_nanos: 0.0 };
+        self.estimate_from(Backlog::of(endpoint), endpoint, now, work, unit_time)
+    }
+
+    /// [`estimate`](Self::estimate) from `backlog`, the balancer's own view of `endpoint`.
+    fn estimate_from(
+        &self,
+        backlog: Backlog,
+        endpoint: &EndpointState,
+        now: Instant,
+        work: f64,
+        unit_time: f64,
+    ) -> LoadEstimate {
+        let mut estimate = LoadEstimate { backlog, slot_wait_nanos: 0.0 };
         let Some(snapshot) = endpoint.fresh_report_with_own(now, self.max_age) else {
             return estimate;
         };
@@ -183,9 +195,10 @@ impl LoadReport {
         let shared = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
         let estimates: Vec<(usize, f64, f64, LoadEstimate)> = candidates
             .map(|i| {
-                let unit = shared.unit_time_nanos(&endpoints[i]);
-                let work = endpoints[i].request_work(work);
-                (i, unit, work, self.estimate(&endpoints[i], request.now, work, unit))
+                let e = &*endpoints[i];
+                let unit = shared.unit_time_nanos(e);
+                let work = shared.request_work(e, work);
+                (i, unit, work, self.estimate_from(shared.backlog(e), e, request.now, work, unit))
             })
             .collect();
         let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.streaming).sum::<f64>()

@@ -63,8 +63,8 @@
 //! not know, so the two pick alike; the previous load-report score, `(awaiting + queue + 1) ×
 //! (1 + 4 × kv_use)` over two random endpoints, was at 728 ms (3.8 × LRT) and 36,132 ms (4.6 ×).
 //! In lab `hetero-parallel` (classic servers of 8 slots, one four times slower) both are near
-//! the ideal's p99 (LRT 14 ms, load-report 13 ms, ideal 12 ms; with the sizes and delays of real
-//! processes 18 ms each, least connections 45 ms); load-report's earlier rule, any replica with a free batch slot before
+//! the ideal's p99 (LRT 13 ms, load-report 13 ms, ideal 12 ms; with the sizes and delays of real
+//! processes 17 ms each, least connections 45 ms); load-report's earlier rule, any replica with a free batch slot before
 //! every full one, sent requests to the idle slow server while a fast one's slot was about to
 //! free, and was at 3.33 × the ideal.
 
