@@ -55,7 +55,7 @@ use switchyard_shed::{QueueSignal, ServerShedLayer, ShedConfig};
 use switchyard_sim::{EngineConfig, EngineHandle};
 use switchyard_telemetry::{MetricsRegistry, RpcLayer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -394,7 +394,9 @@ pub async fn serve_with_metrics(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // Without TCP_NODELAY a reply's frames wait for the peer's delayed ACK (Nagle's
+        // algorithm): on a lightly used connection a 20 ms call took 60 ms one time in three.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
 
     let drain_timeout = args.drain_timeout;
     let deadline = async move {

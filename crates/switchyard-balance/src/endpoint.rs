@@ -570,6 +570,9 @@ impl EndpointState {
         load.slots = self.slots();
         // Nanoseconds, finite and ≥ 0; `as` saturates.
         load.idle_unit_time = self.idle_unit_time_nanos().map(|n| Duration::from_nanos(n as u64));
+        let omega = self.min_request_work();
+        load.counts_per_request = omega >= crate::capacity::PER_REQUEST_WORK;
+        load.request_time = self.unit_time_nanos().map(|u| Duration::from_nanos((u * omega) as u64));
         load.latency_ewma = self.latency_ewma(now);
         load.completed = completed;
         load.failed = failed;

@@ -52,6 +52,16 @@ pub struct Load {
     /// as the balancer learnt it. `None` before the first answer sent with nothing ahead.
     #[serde(serialize_with = "ser_opt_ms", rename = "idle_unit_time_ms")]
     pub idle_unit_time: Option<Duration>,
+    /// Whether the balancer counts every request to the endpoint alike, whatever its size: its
+    /// answers did not show that its time grows with the work (a classic server), or have not
+    /// judged yet. `false` where requests count by their size (an LLM engine's prompt tokens).
+    pub counts_per_request: bool,
+    /// The time the balancer's costs expect one request of the least size to take on the
+    /// endpoint with nothing waiting ahead, at its current speed: the time per unit of work
+    /// (an EWMA over recent answers, each over the requests it was worked off with) times the
+    /// least work a request counts for. `None` before the first answer.
+    #[serde(serialize_with = "ser_opt_ms", rename = "request_time_ms")]
+    pub request_time: Option<Duration>,
     /// Requests that succeeded since the endpoint was added (`OK`).
     pub completed: u64,
     /// Requests that failed: the endpoint was unavailable or unreachable, the deadline passed, or
@@ -116,10 +126,18 @@ mod tests {
 
     #[test]
     fn serialises_the_learnt_capacity() {
-        let load = Load { slots: 8, idle_unit_time: Some(Duration::from_millis(10)), ..Default::default() };
+        let load = Load {
+            slots: 8,
+            idle_unit_time: Some(Duration::from_millis(10)),
+            counts_per_request: true,
+            request_time: Some(Duration::from_millis(21)),
+            ..Default::default()
+        };
         let json = serde_json::to_string(&load).unwrap();
         assert!(json.contains("\"slots\":8"), "{json}");
         assert!(json.contains("\"idle_unit_time_ms\":10.0"), "{json}");
+        assert!(json.contains("\"counts_per_request\":true"), "{json}");
+        assert!(json.contains("\"request_time_ms\":21.0"), "{json}");
         let unknown = serde_json::to_string(&Load::default()).unwrap();
         assert!(unknown.contains("\"idle_unit_time_ms\":null"), "{unknown}");
     }
