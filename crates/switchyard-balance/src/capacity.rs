@@ -44,7 +44,8 @@
 //!   for its first few no-load answers is costed as a queue of requests, roughly; a classic
 //!   server counted by sizes it ignores looks cheap for short requests and dear for long ones
 //!   at random (in lab `hetero-parallel` with the bench's sizes and delays, p99 70 ms when the
-//!   sizes counted until the fit judged, 17 ms counting per request first). An endpoint added
+//!   sizes counted until the fit judged, 17 ms counting per request first, both with the brake
+//!   then weighing only requests past their first byte). An endpoint added
 //!   to a pool whose judged endpoints mostly count the work starts counting it too
 //!   ([`CapacityEstimate::set_counting_prior`], set by the balancer): a replica added to a
 //!   pool of LLM engines by an autoscaler is costed by its prompts' sizes from its first

@@ -12,7 +12,7 @@ use crate::EndpointState;
 /// The endpoint expected to send the first byte of its response soonest, over all endpoints:
 ///
 /// ```text
-/// cost = (pending_work + work) × unit_time / at_once × √((streaming + 1) / (mean_streaming + 1))
+/// cost = (pending_work + work) × unit_time / at_once × √((in_flight + 1) / (mean_in_flight + 1))
 /// at_once = min(slots, awaiting_first_byte + 1)
 /// ```
 ///
@@ -42,17 +42,19 @@ use crate::EndpointState;
 ///   is measured with the same `at_once`, is that no-load latency). With one slot the cost is the
 ///   serial queue's, as before the slots were learnt;
 /// - the last factor is a soft brake on an endpoint that holds more than its share of requests
-///   past their first byte (`streaming`: sent, answered with a first byte and not ended, such as
-///   an LLM stream decoding; `mean_streaming` is over the endpoints compared). An LLM replica's
-///   running decodes slow every step, the ones that prefill new prompts included, and fill its
-///   batch slots, and its time to first token shows this late, at the cliff where new requests
-///   must wait for a slot. The requests still awaiting a first byte are not braked: the backlog
-///   term already counts them, and braking them again discounts an idle endpoint against a
-///   busy one. A classic server's reply comes whole, so nothing of it streams and the brake is
-///   1: in lab `hetero-parallel` with the delays and request sizes of real processes, braking
-///   every request in flight let the idle slow server look 2.6 times faster than it is (its
-///   40 ms × √(1 / 7)) and take 1-2 % of the requests, its p99 then the slow server's 41-46 ms;
-///   braking only the streams sends it 0.1 % (p99 22-28 ms). Without the factor the policy piles
+///   in flight (`mean_in_flight` is over the endpoints compared). An LLM replica's running
+///   decodes slow every step, the ones that prefill new prompts included, and fill its batch
+///   slots, and its time to first token shows this late, at the cliff where new requests must
+///   wait for a slot. On classic servers the brake evens the requests out where the learnt slots
+///   are off by one: in `switchyard bench overload` (four servers of 4 slots at 100 ms, a pool
+///   limit of 16, the shed queue) a server learnt at 3 slots costs more with 3 in flight than
+///   one at 4 with 4, so the 16th request queued behind a busy server while a slot stood free
+///   elsewhere; braking only the requests past their first byte (none, on a classic server) put
+///   the goodput at 3 × load at 0.80 of capacity, braking all of them at 0.99. The price: an
+///   idle slow server looks cheaper than it is (its 40 ms × √(1 / 7) at six in flight on
+///   average), and in lab `hetero-parallel` with request sizes and delays it took 1 % of the
+///   requests (p99 41 ms, 17 ms with the narrower brake); over real processes `switchyard bench
+///   hetero-parallel` measured 28 ms with this brake and 29 ms with the narrower one. Without the factor the policy piles
 ///   requests on whichever LLM replica measured fastest: in the example cluster (four replicas, 70 % load) one of three equal replicas took
 ///   41 % of the requests and its queue ran away; with it the shares follow the speeds (28, 31, 32
 ///   and 9 % for speeds 1, 1, 1 and 1/3 in the committed `reports/cluster/cluster.json`, a run of
@@ -63,10 +65,11 @@ use crate::EndpointState;
 /// scenario (four servers of 8 slots at 10 ms, one four times slower, 65 % load) a serial-queue
 /// cost sees a fast server with 8 requests in flight as 9 service times away and sends the idle
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
-/// it 0.0-0.1 % and its p99 is 13 ms (ideal 12 ms); with the request sizes and delays of real
-/// processes 17 ms, where least connections is at 45 ms. The LLM replicas of lab `hetero` mostly
-/// keep one slot: their p99 TTFT is 1.07 × the ideal's on the bundled Azure trace (191 ms
-/// against 179), 1.08 × on the Mooncake one and 1.07 × at 80 % load on the Azure trace (1.32 ×
+/// it 0.1 % and its p99 is the ideal's 12 ms; over real processes (`switchyard bench
+/// hetero-parallel`, 20 ms calls) 28 ms, where HAProxy's and nginx's least connections are at
+/// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.06 × the
+/// ideal's on the bundled Azure trace (189 ms against 179), 1.08 × on the Mooncake one and
+/// 1.07 × at 80 % load on the Azure trace (1.32 ×
 /// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
 /// [`capacity`](crate::capacity): an engine's chunked prefill serves several short prompts in
 /// one step, as fast as one, and some replicas then learnt two slots for a while;
@@ -168,40 +171,27 @@ fn cheapest(
 pub struct Backlog {
     /// Work awaiting a first byte ahead of the request, in the balancer's units.
     pub ahead: f64,
-    /// Requests on the endpoint (sent and not ended).
+    /// Requests on the endpoint (sent and not ended): what the brake weighs.
     pub in_flight: f64,
-    /// Requests on the endpoint past their first byte and not ended (an LLM stream decoding):
-    /// what the brake weighs.
-    pub streaming: f64,
     /// Requests the endpoint works off at once (≥ 1): its learnt slots, never more than the
     /// requests awaiting a first byte there plus this one.
     pub at_once: u32,
 }
 
 impl Backlog {
-    /// A backlog of `ahead` units of work, `in_flight` requests of which `streaming` are past
-    /// their first byte, worked off `at_once` at a time.
-    pub fn new(ahead: f64, in_flight: f64, streaming: f64, at_once: u32) -> Self {
-        Self { ahead, in_flight, streaming, at_once }
+    /// A backlog of `ahead` units of work and `in_flight` requests, worked off `at_once` at a
+    /// time.
+    pub fn new(ahead: f64, in_flight: f64, at_once: u32) -> Self {
+        Self { ahead, in_flight, at_once }
     }
 
     /// What this balancer has on `e`: its pending work (each request counted for at least the
     /// endpoint's [`min_request_work`](EndpointState::min_request_work),
-    /// [`EndpointState::work_ahead`]), its requests in flight, those of them past their first
-    /// byte ([`streaming`]) and [`ResponseTimeEstimate::at_once`].
+    /// [`EndpointState::work_ahead`]), its requests in flight and
+    /// [`ResponseTimeEstimate::at_once`].
     pub fn of(e: &EndpointState) -> Self {
-        Self::new(
-            e.work_ahead(),
-            f64::from(e.in_flight()),
-            f64::from(streaming(e)),
-            ResponseTimeEstimate::at_once(e),
-        )
+        Self::new(e.work_ahead(), f64::from(e.in_flight()), ResponseTimeEstimate::at_once(e))
     }
-}
-
-/// The requests on `e` past their first byte and not ended.
-pub(crate) fn streaming(e: &EndpointState) -> u32 {
-    e.in_flight().saturating_sub(e.awaiting_first_byte())
 }
 
 /// [`LeastResponseTime`]'s estimate of each endpoint's time to first byte, for policies that
@@ -210,20 +200,19 @@ pub(crate) fn streaming(e: &EndpointState) -> u32 {
 /// than counting load a second way.
 ///
 /// Built over the endpoints compared (one pass: the fastest measured speed, which endpoints
-/// without a sample borrow, and the mean count of streaming requests); then
+/// without a sample borrow, and the mean count of requests in flight); then
 /// [`backlog_cost_nanos`](Self::backlog_cost_nanos) is the policy's cost for one of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResponseTimeEstimate {
     unknown_unit_nanos: f64,
     unknown_min_request_work: f64,
-    mean_streaming: f64,
     mean_in_flight: f64,
 }
 
 impl ResponseTimeEstimate {
     /// The estimate over `endpoints` (the ones compared).
     pub fn over<'a>(endpoints: impl Iterator<Item = &'a EndpointState>) -> Self {
-        let (mut streams, mut in_flight, mut count) = (0u64, 0u64, 0u64);
+        let (mut in_flight, mut count) = (0u64, 0u64);
         // The fastest measured endpoint by its time for the least request (`unit × ω`, its
         // no-load answer to the shortest request whether it counts tokens or requests), and how
         // it counts the work: an endpoint without a sample is costed as a copy of it.
@@ -235,18 +224,12 @@ impl ResponseTimeEstimate {
                     (fastest, unknown_unit_nanos, unknown_min_request_work) = (unit * omega, unit, omega);
                 }
             }
-            streams += u64::from(streaming(e));
             in_flight += u64::from(e.in_flight());
             count += 1;
         }
         // Before any sample, all endpoints are equal: the pending work decides.
         let count = count.max(1) as f64;
-        Self {
-            unknown_unit_nanos,
-            unknown_min_request_work,
-            mean_streaming: streams as f64 / count,
-            mean_in_flight: in_flight as f64 / count,
-        }
+        Self { unknown_unit_nanos, unknown_min_request_work, mean_in_flight: in_flight as f64 / count }
     }
 
     /// `e`'s time per unit of work, or the fastest measured one's when `e` has no sample yet.
@@ -284,44 +267,44 @@ impl ResponseTimeEstimate {
         backlog
     }
 
-    /// The mean count of requests past their first byte over the endpoints compared.
-    pub fn mean_streaming(&self) -> f64 {
-        self.mean_streaming
+    /// The mean count of requests in flight over the endpoints compared.
+    pub fn mean_in_flight(&self) -> f64 {
+        self.mean_in_flight
     }
 
-    /// The same estimate with another mean count of streaming requests (a policy that sees more
-    /// requests than the balancer sent, such as the ones a replica reports, brakes against
+    /// The same estimate with another mean count of requests in flight (a policy that sees
+    /// more requests than the balancer sent, such as the ones a replica reports, brakes against
     /// their mean).
-    pub fn with_mean_streaming(mut self, mean_streaming: f64) -> Self {
-        self.mean_streaming = mean_streaming;
+    pub fn with_mean_in_flight(mut self, mean_in_flight: f64) -> Self {
+        self.mean_in_flight = mean_in_flight;
         self
     }
 
-    /// The soft brake on an endpoint holding `streaming` requests past their first byte:
-    /// `√((streaming + 1) / (mean_streaming + 1))`.
-    pub fn brake(&self, streaming: f64) -> f64 {
-        ((streaming + 1.0) / (self.mean_streaming + 1.0)).sqrt()
+    /// The soft brake on an endpoint holding `in_flight` requests:
+    /// `√((in_flight + 1) / (mean_in_flight + 1))`.
+    pub fn brake(&self, in_flight: f64) -> f64 {
+        ((in_flight + 1.0) / (self.mean_in_flight + 1.0)).sqrt()
     }
 
     /// The expected time to first byte, in nanoseconds, of a request of `work` units behind
     /// `backlog` on an endpoint taking `unit_time` nanoseconds per unit:
-    /// `(ahead + work) × unit_time × brake(streaming) ÷ at_once`, [`LeastResponseTime`]'s cost.
+    /// `(ahead + work) × unit_time × brake(in_flight) ÷ at_once`, [`LeastResponseTime`]'s cost.
     pub fn backlog_cost_nanos(&self, backlog: &Backlog, work: f64, unit_time: f64) -> f64 {
-        (backlog.ahead + work) * unit_time * self.brake(backlog.streaming) / f64::from(backlog.at_once.max(1))
+        (backlog.ahead + work) * unit_time * self.brake(backlog.in_flight) / f64::from(backlog.at_once.max(1))
     }
 
     /// The expected time to first byte at `e` for a request of `work` units, as if the endpoint
-    /// served one request at a time and braked by all its requests in flight:
+    /// served one request at a time:
     /// `(pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1))`, with
     /// the work in tokens (on an endpoint that counts every request alike, see
     /// [`crate::capacity`], its requests counted as it counts them). The prefix-aware policy
     /// weighs it against the prefill a cached prefix saves; its defaults were tuned in the lab
-    /// against this cost, the one [`LeastResponseTime`] used before it learnt slots, counted a
-    /// least work per request and braked only streams (with those, lab `prefix`'s approximate
-    /// hit rate fell to 0.295, under 90 % of the upper bound's 0.331).
+    /// against this cost, the one [`LeastResponseTime`] used before it learnt slots and counted a
+    /// least work per request (with those, lab `prefix`'s approximate hit rate fell to 0.295,
+    /// under 90 % of the upper bound's 0.331).
     pub fn cost_nanos(&self, e: &EndpointState, work: f64) -> f64 {
         let b = self.backlog(e);
-        let brake = ((b.in_flight + 1.0) / (self.mean_in_flight + 1.0)).sqrt();
+        let brake = self.brake(b.in_flight);
         let (ahead, work) = if self.min_request_work(e) >= crate::capacity::PER_REQUEST_WORK {
             (b.ahead, self.request_work(e, work))
         } else {
@@ -415,9 +398,9 @@ mod tests {
             estimate.request_work(&eps[1], 100.0),
             estimate.unit_time_nanos(&eps[1]),
         );
-        assert!((e1 - 40e6).abs() < 1.0, "{e1}");
-        // The prefix-aware cost brakes every request in flight: 3 against a mean of 1.5.
+        // Braked by its requests in flight: 3 against a mean of 1.5.
         let braked = 40e6 * (4.0f64 / 2.5).sqrt();
+        assert!((e1 - braked).abs() < 1.0, "{e1}");
         assert!((estimate.cost_nanos(&eps[1], 100.0) - braked).abs() < 1.0);
     }
 
@@ -497,18 +480,15 @@ mod tests {
         assert!((9e6..=10e6).contains(&unit), "about the no-load latency, not a quarter of it: {unit}");
         let policy = LeastResponseTime::new();
         let req = RequestInfo::new(None, Instant::now());
-        // Three in flight on e0: 4 / 4 × 10 ms = 10 ms against e1's 40 ms.
+        // Three in flight on e0: 4 / 4 × 10 ms, braked by √(4 / 2.5), ≈ 13 ms against e1's
+        // 40 ms × √(1 / 2.5) ≈ 25 ms. (Costed as one slot, e0 would be at 40 ms × √(4 / 2.5).)
         let _three: Vec<_> = (0..3).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
         drop(_three);
-        // Eleven: 12 / 4 × 10 ms = 30 ms, still sooner than the idle slow one's 40 ms. (Braked by
-        // the requests in flight, √(12 / 6.5) on e0 against √(1 / 6.5) on e1, the idle slow one
-        // looked 2.6 times faster than it is and took the request.)
-        let eleven: Vec<_> = (0..11).map(|_| eps[0].start(Instant::now(), 1)).collect();
-        assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
-        drop(eleven);
-        // Sixteen: 17 / 4 × 10 ms = 42.5 ms: now the slow one answers sooner.
-        let _sixteen: Vec<_> = (0..16).map(|_| eps[0].start(Instant::now(), 1)).collect();
+        // Eleven: 12 / 4 × 10 ms × √(12 / 6.5) ≈ 41 ms against 40 ms × √(1 / 6.5) ≈ 16 ms: the
+        // brake over every request in flight sends the idle slow one this request (see the
+        // type's docs for what that costs and what it buys).
+        let _eleven: Vec<_> = (0..11).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
     }
 

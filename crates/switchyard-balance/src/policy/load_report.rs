@@ -20,7 +20,7 @@ use crate::EndpointState;
 /// [`LeastResponseTime`](super::LeastResponseTime) (LRT) estimates a request's time to first
 /// byte from the balancer's own bookkeeping: the work it sent that still waits for a first byte
 /// (`pending_work`), the request's own `work`, and the endpoint's time per unit of work
-/// (`unit_time`, learned from its answers), braked by its share of streaming requests. Everything
+/// (`unit_time`, learned from its answers), braked by its share of requests in flight. Everything
 /// it counts is exact and current, but only for this balancer's requests: requests other
 /// clients (another gateway, a batch job) send to the same replica are invisible to it. The
 /// replica's report sees all of them, but it is stale: it describes the replica when the report
@@ -33,9 +33,8 @@ use crate::EndpointState;
 /// foreign_running = max(0, queue_depth + running − own_in_flight_at_report)
 /// foreign_work    = max(0, foreign_waiting × work − age_of_report ÷ unit_time)
 /// occupancy       = in_flight + foreign_running
-/// streaming       = own_streaming + foreign_running − foreign_waiting
 /// at_once         = max(1, min(slots, own_awaiting + foreign_waiting + 1))
-/// brake           = √((streaming + 1) / (mean_streaming + 1))
+/// brake           = √((occupancy + 1) / (mean_occupancy + 1))
 /// backlog_cost    = (pending_work + foreign_work + work) × unit_time × brake ÷ at_once
 /// beyond          = occupancy + 1 − capacity           (requests beyond the batch, this one included)
 /// hold            = after_first_byte + work × unit_time (how long a request keeps its slot)
@@ -55,9 +54,8 @@ use crate::EndpointState;
 /// - Foreign requests waiting for admission are taken to be as large as this one (the best
 ///   guess of their size the balancer has), and are worked off at the endpoint's speed while
 ///   the report ages: after `foreign_waiting × work × unit_time` the replica has prefilled them.
-/// - The brake is LRT's, over the balancer's own requests past their first byte
-///   (`own_streaming`) and the foreign requests the replica runs (admitted, not waiting):
-///   running decodes slow every step and fill batch slots.
+/// - The brake is LRT's, over the replica's whole occupancy (own and foreign requests in flight)
+///   instead of the balancer's share alone: running decodes slow every step and fill batch slots.
 /// - **The wait for a slot**: on a replica whose occupancy has reached the `capacity` it
 ///   reports (its maximum batch; 0 means unknown), a new request waits until as many running
 ///   requests have ended as there are requests beyond the batch, itself included. Running
@@ -91,9 +89,9 @@ use crate::EndpointState;
 ///
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
-/// bundled traces (`reports/lab/hetero.json`, Azure: 191 ms each, ideal 179 ms;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 8,063 ms each, ideal 7,482 ms). In lab
-/// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is 13 ms (ideal 12 ms;
+/// bundled traces (`reports/lab/hetero.json`, Azure: 189 ms each, ideal 179 ms;
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 8,101 ms each, ideal 7,482 ms). In lab
+/// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the ideal's 12 ms (
 /// `reports/lab/hetero-parallel.md`). Where a replica also serves other
 /// clients, the reports move the picks away from it, which LRT cannot see.
 ///
@@ -169,7 +167,6 @@ impl LoadReport {
         let backlog = &mut estimate.backlog;
         backlog.ahead += (f64::from(foreign_waiting) * work - drained).max(0.0);
         backlog.in_flight += f64::from(foreign_running);
-        backlog.streaming += f64::from(foreign_running.saturating_sub(foreign_waiting));
         let waiting = endpoint.awaiting_first_byte().saturating_add(foreign_waiting).saturating_add(1);
         backlog.at_once = endpoint.slots().min(waiting).max(1);
         if report.capacity > 0 {
@@ -201,9 +198,9 @@ impl LoadReport {
                 (i, unit, work, self.estimate_from(shared.backlog(e), e, request.now, work, unit))
             })
             .collect();
-        let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.streaming).sum::<f64>()
+        let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.in_flight).sum::<f64>()
             / estimates.len().max(1) as f64;
-        let shared = shared.with_mean_streaming(mean);
+        let shared = shared.with_mean_in_flight(mean);
         let mut best: Option<(usize, f64)> = None;
         for (i, unit, work, e) in estimates {
             let cost = e.cost(&shared, work, unit);
@@ -237,7 +234,7 @@ impl LoadEstimate {
     pub fn cost(&self, estimate: &ResponseTimeEstimate, work: f64, unit_time: f64) -> f64 {
         let backlog = estimate.backlog_cost_nanos(&self.backlog, work, unit_time);
         if self.slot_wait_nanos > 0.0 {
-            let slot = (self.slot_wait_nanos + work * unit_time) * estimate.brake(self.backlog.streaming);
+            let slot = (self.slot_wait_nanos + work * unit_time) * estimate.brake(self.backlog.in_flight);
             backlog.max(slot)
         } else {
             backlog
@@ -303,7 +300,7 @@ mod tests {
             })
             .collect();
         let before = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(before, LoadEstimate { backlog: Backlog::new(3000.0, 5.0, 2.0, 1), slot_wait_nanos: 0.0 });
+        assert_eq!(before, LoadEstimate { backlog: Backlog::new(3000.0, 5.0, 1), slot_wait_nanos: 0.0 });
         // The replica reports exactly those five: two queued, three running (one of ours is
         // admitted and still prefilling).
         e.record_report(report(2, 3, 8), Instant::now());
@@ -328,10 +325,7 @@ mod tests {
         let fresh = policy.estimate(&e, Instant::now(), 1000.0, unit);
         assert_eq!(
             fresh,
-            LoadEstimate {
-                backlog: Backlog::new(500.0 + 4000.0, 1.0 + 10.0, 10.0 - 4.0, 1),
-                slot_wait_nanos: 0.0
-            }
+            LoadEstimate { backlog: Backlog::new(500.0 + 4000.0, 1.0 + 10.0, 1), slot_wait_nanos: 0.0 }
         );
         // 1.5 ms later the replica has prefilled 1,500 units of the foreign queue.
         advance(Duration::from_micros(1500)).await;
@@ -344,7 +338,7 @@ mod tests {
         // Past the 1 s max age the report counts as absent: the balancer's own counts alone.
         advance(Duration::from_secs(1)).await;
         let stale = policy.estimate(&e, Instant::now(), 1000.0, unit);
-        assert_eq!(stale, LoadEstimate { backlog: Backlog::new(500.0, 1.0, 0.0, 1), slot_wait_nanos: 0.0 });
+        assert_eq!(stale, LoadEstimate { backlog: Backlog::new(500.0, 1.0, 1), slot_wait_nanos: 0.0 });
         let patient = LoadReport::with_seed(0).with_max_age(Duration::from_secs(5));
         assert_eq!(patient.estimate(&e, Instant::now(), 1000.0, unit).backlog.in_flight, 11.0);
     }

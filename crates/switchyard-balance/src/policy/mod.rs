@@ -35,7 +35,7 @@
 //! - [`LeastResponseTime`] (the default) sees only what this balancer sent:
 //!
 //!   ```text
-//!   cost    = (pending_work + work) × unit_time × √((streaming + 1) / (mean_streaming + 1)) ÷ at_once
+//!   cost    = (pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1)) ÷ at_once
 //!   at_once = min(slots, awaiting_first_byte + 1)
 //!   ```
 //!
@@ -43,13 +43,12 @@
 //!   the request's prompt tokens (1 without a size), `unit_time` the endpoint's learned time per
 //!   unit of work, `slots` how many requests it serves at once before latency grows (1 for an
 //!   LLM engine's prefill, `k` for a server of `k` parallel slots; see [`crate::capacity`]),
-//!   and the square root a soft brake on an endpoint holding more than its share of requests
-//!   past their first byte (`streaming`: an LLM stream decoding; a classic server's whole
-//!   reply leaves nothing streaming, so it is not braked).
+//!   and the square root a soft brake on an endpoint holding more than its share of requests in
+//!   flight.
 //! - [`LoadReport`] adds what the replica reports and the balancer did not send: the reported
 //!   queue and running requests less the balancer's own at the moment the report arrived (so no
 //!   request counts twice), the foreign queue worked off at the endpoint's speed as the report
-//!   ages, and the brake over the replica's own streams and the foreign requests it runs. Where the
+//!   ages, and the brake over the replica's whole occupancy, own and foreign. Where the
 //!   occupancy reaches the batch `capacity` the replica reports, a new request also waits for a
 //!   slot: `beyond × hold ÷ capacity`, with `beyond` the requests past the batch (itself
 //!   included) and `hold` the time a request keeps its slot (its prefill plus how long a
@@ -58,13 +57,13 @@
 //!   its own work. Without a fresh report it is LRT.
 //!
 //! In lab `hetero` (eight replicas of speeds 0.25 to 1, 70 % load, one balancer), p99 TTFT:
-//! Azure trace, LRT 191 ms, load-report 191 ms (ideal 179 ms); Mooncake trace, LRT 8,063 ms,
-//! load-report 8,063 ms (ideal 7,482 ms). With one balancer the reports hold nothing it does
+//! Azure trace, LRT 189 ms, load-report 189 ms (ideal 179 ms); Mooncake trace, LRT 8,101 ms,
+//! load-report 8,101 ms (ideal 7,482 ms). With one balancer the reports hold nothing it does
 //! not know, so the two pick alike; the previous load-report score, `(awaiting + queue + 1) ×
 //! (1 + 4 × kv_use)` over two random endpoints, was at 728 ms (3.8 × LRT) and 36,132 ms (4.6 ×).
 //! In lab `hetero-parallel` (classic servers of 8 slots, one four times slower) both are near
-//! the ideal's p99 (LRT 13 ms, load-report 13 ms, ideal 12 ms; with the sizes and delays of real
-//! processes 17 ms each, least connections 45 ms); load-report's earlier rule, any replica with a free batch slot before
+//! the ideal's p99 (12 ms each; over real processes, `switchyard bench hetero-parallel`, 28 ms
+//! where HAProxy's and nginx's least connections are at 82 ms); load-report's earlier rule, any replica with a free batch slot before
 //! every full one, sent requests to the idle slow server while a fast one's slot was about to
 //! free, and was at 3.33 × the ideal.
 
