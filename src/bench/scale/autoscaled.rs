@@ -119,9 +119,9 @@ pub struct RecommenderSettings {
     pub rate_tau_s: f64,
     /// Seconds: the trend window.
     pub trend_window_s: f64,
-    /// Seconds: the window whose demand must fit one replica fewer to scale down.
+    /// Seconds: the window whose demand must fit in fewer replicas to scale down.
     pub scale_down_window_s: f64,
-    /// Seconds: at most one replica fewer per this.
+    /// Seconds: at most one scale-down per this, to the count the window's demand fits in.
     pub scale_down_step_s: f64,
     /// Seconds: the cold start the trend is projected over.
     pub cold_start_s: f64,
@@ -219,8 +219,8 @@ impl AutoscaledReport {
         let mut out = format!(
             "## Autoscaled\n\nThe replica count is decided by `switchyard_autoscale::Autoscaler`: `BoardSignals` (the \
              gateway pool's `LoadBoard`), {} with target utilisation {} and its windows shrunk to the run's {:.0} s \
-             (rate EWMA τ {:.1} s, trend window {:.1} s, scale-down window {:.1} s, at most one replica fewer per \
-             {:.1} s, trend projected over the {:.1} s cold start), {}..{} replicas; the `ProcessScaler` starts and \
+             (rate EWMA τ {:.1} s, trend window {:.1} s, scale-down window {:.1} s, at most one scale-down, to what \
+             fits, per {:.1} s, trend projected over the {:.1} s cold start), {}..{} replicas; the `ProcessScaler` starts and \
              drains the workers. It decides once a second. The load, Poisson:\n\n| from (s) | calls/s |\n| --- | --- |\n",
             r.name,
             r.target_utilisation,
