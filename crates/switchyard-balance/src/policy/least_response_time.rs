@@ -256,15 +256,12 @@ impl ResponseTimeEstimate {
     /// What waits ahead of a new request on `e` ([`Backlog::of`]), its work counted as
     /// [`min_request_work`](Self::min_request_work) says.
     pub fn backlog(&self, e: &EndpointState) -> Backlog {
-        let mut backlog = Backlog::of(e);
-        if e.unit_time_nanos().is_none() {
-            backlog.ahead = crate::capacity::work_ahead(
-                e.pending_work() as f64,
-                f64::from(e.awaiting_first_byte()),
-                self.unknown_min_request_work,
-            );
-        }
-        backlog
+        let ahead = crate::capacity::work_ahead(
+            e.pending_work() as f64,
+            f64::from(e.awaiting_first_byte()),
+            self.min_request_work(e),
+        );
+        Backlog::new(ahead, f64::from(e.in_flight()), Self::at_once(e))
     }
 
     /// The mean count of requests in flight over the endpoints compared.
