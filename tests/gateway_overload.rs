@@ -31,7 +31,8 @@ async fn a_pool_with_shed_and_limit_layers_refuses_what_it_cannot_hold() {
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let _gateway = Gateway::start(config, listener, None).unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = Gateway::start(config, listener, Some(admin)).unwrap();
 
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let mut calls = Vec::new();
@@ -59,6 +60,31 @@ async fn a_pool_with_shed_and_limit_layers_refuses_what_it_cannot_hold() {
         }
     }
     assert_eq!((ok, refused), (2, 3), "one served, one queued then served, three refused");
+
+    // The admin API shows the pool's layers, outermost first: the queue's refusals and the
+    // limit in force.
+    let answer = admin_get(gateway.admin_addr().unwrap(), "/endpoints").await;
+    let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let layers = &body["pools"][0]["layers"];
+    assert_eq!(layers[0]["layer"], "shed", "{body}");
+    assert_eq!(
+        (layers[0]["admitted"].as_f64(), layers[0]["refused"].as_f64()),
+        (Some(2.0), Some(3.0)),
+        "{body}"
+    );
+    assert_eq!(layers[1]["layer"], "limit", "{body}");
+    assert_eq!(layers[1]["algorithm"], "fixed", "{body}");
+    assert_eq!(layers[1]["limit"].as_f64(), Some(1.0), "{body}");
+}
+
+/// The whole HTTP/1.1 answer of the admin API to `GET path`.
+async fn admin_get(admin_addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin_addr}\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+    answer
 }
 
 #[tokio::test]
@@ -104,12 +130,7 @@ async fn a_pool_with_an_endpoint_limit_holds_each_endpoint_to_it_and_shows_it() 
     assert_eq!(most, 1, "never more than the limit in flight on the endpoint");
 
     // The admin API shows the limit in force.
-    let admin_addr = gateway.admin_addr().unwrap();
-    let mut stream = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
-    let request = format!("GET /endpoints HTTP/1.1\r\nHost: {admin_addr}\r\nConnection: close\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+    let answer = admin_get(gateway.admin_addr().unwrap(), "/endpoints").await;
     assert!(answer.contains("\"limit\":1"), "{answer}");
     // And the capacity the balancer learnt: one slot (an LLM engine), and the no-load time per
     // unit of work, known since the first request went out with nothing ahead of it.

@@ -7,6 +7,10 @@
 //!   where an endpoint's `source` is the discovery source that announced it (`config` for a
 //!   pool's fixed `endpoints`) and its `state` is `healthy`, `ejected`, `draining` or `held back`
 //!   (a pool with `[pool.health]`: not SERVING; such an entry has `endpoint` but no `load`).
+//!   A pool with overload layers lists them in `layers`, outermost first: a `limit`'s
+//!   `{"layer":"limit","position","algorithm","limit","in_flight","admitted","dropped"}` (the
+//!   limit in force) and a `shed` queue's `{"layer":"shed","position","waiting","overloaded",
+//!   "admitted","refused"}`.
 //! - `PUT /policy` with `{"policy":"round-robin","pool":"default"}` (`pool` may be left out when
 //!   there is one pool): switches the pool's policy atomically (requests in flight stay where they
 //!   are) and answers `{"pool","policy","previous"}`; 400 for an unknown policy (the message lists
@@ -18,6 +22,7 @@
 //!
 //! Errors are `{"error": "..."}`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_balance::{EndpointLoad, PolicySpec};
 use switchyard_core::Endpoint;
 use switchyard_discovery::SOURCE_LABEL;
-use switchyard_telemetry::MetricsRegistry;
+use switchyard_telemetry::{LayerState, MetricsRegistry};
 
 use super::pool::Pool;
 
@@ -46,7 +51,33 @@ struct EndpointsView<'a> {
 struct PoolView<'a> {
     name: &'a str,
     policy: &'static str,
+    /// The pool's overload layers in force (its `limit`s and `shed` queues), outermost first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<LayerView>,
     endpoints: Vec<EndpointView>,
+}
+
+/// One of a pool's layers: its kind, position, algorithm (a limit's) and figures now.
+#[derive(Debug, Serialize)]
+struct LayerView {
+    layer: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    algorithm: Option<&'static str>,
+    #[serde(flatten)]
+    figures: BTreeMap<&'static str, f64>,
+}
+
+impl From<LayerState> for LayerView {
+    fn from(state: LayerState) -> Self {
+        Self {
+            layer: state.layer,
+            position: state.label,
+            algorithm: state.algorithm,
+            figures: state.figures.into_iter().collect(),
+        }
+    }
 }
 
 /// One endpoint: its load (none when held back), where it came from, and its state.
@@ -102,6 +133,14 @@ struct PolicyChanged<'a> {
     previous: &'static str,
 }
 
+/// The pool's overload layers, outermost first (by their position label).
+fn layers(pool: &Pool) -> Vec<LayerView> {
+    let mut layers: Vec<LayerView> =
+        pool.layer_metrics().iter().filter_map(|source| source.layer_state()).map(LayerView::from).collect();
+    layers.sort_by_key(|l| l.position.as_deref().and_then(|p| p.parse::<usize>().ok()).unwrap_or(usize::MAX));
+    layers
+}
+
 /// Answers one admin request; `draining` once the gateway's drain has begun.
 pub(crate) async fn handle(
     pools: Arc<[Pool]>,
@@ -126,6 +165,7 @@ pub(crate) async fn handle(
                     .map(|p| PoolView {
                         name: p.name(),
                         policy: p.policy().name(),
+                        layers: layers(p),
                         endpoints: p
                             .board()
                             .snapshot()

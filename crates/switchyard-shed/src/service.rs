@@ -23,11 +23,15 @@ use crate::stats::{Reason, ShedStats};
 /// [`Error`] the client receives as its gRPC status, when:
 /// - its deadline has passed (`DEADLINE_EXCEEDED`): on arrival, while it waits, at dispatch; it
 ///   never reaches the service;
-/// - its expected wait exceeds the time left to its deadline (`RESOURCE_EXHAUSTED`);
+/// - its expected wait exceeds the time left to its deadline (`RESOURCE_EXHAUSTED`). The
+///   expected wait is the waiters of its class and above, plus one, times the average interval
+///   between dispatches, stretched by the share of places the classes above its own have been
+///   taking (they overtake it while it waits);
 /// - the queue is overloaded (waits above `target` for an `interval`, CoDel's test; or above it
 ///   again within an `interval` of leaving overload, as CoDel resumes dropping, so that waits
 ///   hovering at `target` under sustained overload do not reopen the queue each time one dips
-///   below it) and its
+///   below it; admission also stays held to `target` while requests still wait within that
+///   `interval`) and its
 ///   expected wait exceeds `target`, or it has waited past `target`: the lowest class first,
 ///   critical requests never for delay (the wait watched is the oldest waiter's too, so that
 ///   critical requests served ahead of the line do not hide the waits behind them);

@@ -69,5 +69,5 @@ pub use board::BoardMetrics;
 pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConfig, init};
 pub use observer::EndpointObserver;
 pub use overload::{LimitMetrics, ShedMetrics};
-pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
+pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, LayerState, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
 pub use rpc::{ChannelRpcLayer, RpcBody, RpcLayer, RpcRequestBody, Side};

@@ -6,7 +6,7 @@ use switchyard_limit::Limiter;
 use switchyard_shed::{CLASSES, Reason, ShedLayer};
 
 use crate::names;
-use crate::registry::{METADATA, ScrapeSource};
+use crate::registry::{LayerState, METADATA, ScrapeSource};
 
 fn gauge(recorder: &dyn Recorder, name: &'static str, labels: Vec<Label>, value: f64) {
     recorder.register_gauge(&Key::from_parts(name, labels), &METADATA).set(value);
@@ -76,6 +76,21 @@ impl ScrapeSource for LimitMetrics {
         gauge(recorder, names::POOL_LIMIT_IN_FLIGHT, pool(), stats.in_flight as f64);
         counter(recorder, names::POOL_LIMIT_ADMITTED, pool(), stats.admitted);
         counter(recorder, names::POOL_LIMIT_DROPPED, pool(), stats.dropped);
+    }
+
+    fn layer_state(&self) -> Option<LayerState> {
+        let stats = self.limiter.stats();
+        Some(LayerState {
+            layer: "limit",
+            label: self.layer.clone(),
+            algorithm: Some(self.limiter.algorithm()),
+            figures: vec![
+                ("limit", stats.limit as f64),
+                ("in_flight", stats.in_flight as f64),
+                ("admitted", stats.admitted as f64),
+                ("dropped", stats.dropped as f64),
+            ],
+        })
     }
 }
 
@@ -147,5 +162,20 @@ impl ScrapeSource for ShedMetrics {
                 );
             }
         }
+    }
+
+    fn layer_state(&self) -> Option<LayerState> {
+        let stats = self.layer.stats();
+        Some(LayerState {
+            layer: "shed",
+            label: self.label.clone(),
+            algorithm: None,
+            figures: vec![
+                ("waiting", stats.waiting as f64),
+                ("overloaded", if stats.overloaded { 1.0 } else { 0.0 }),
+                ("admitted", stats.admitted.iter().sum::<u64>() as f64),
+                ("refused", stats.refused_total() as f64),
+            ],
+        })
     }
 }

@@ -50,6 +50,26 @@ pub trait ScrapeSource: Send + Sync + fmt::Debug + 'static {
     fn retired(&self) -> Vec<Vec<Label>> {
         Vec::new()
     }
+
+    /// What an admin view shows of this source when it is one of a pool's layers (a limit, a
+    /// shed queue): its kind and its figures now. `None` (the default) for other sources.
+    fn layer_state(&self) -> Option<LayerState> {
+        None
+    }
+}
+
+/// A pool layer's state at one moment, as [`ScrapeSource::layer_state`] reads it: the same
+/// figures as its series, for an admin API to show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerState {
+    /// The layer's kind: `limit`, `shed`.
+    pub layer: &'static str,
+    /// Its `layer` label (its position among the pool's layers), if it has one.
+    pub label: Option<String>,
+    /// The limit algorithm, for a limit.
+    pub algorithm: Option<&'static str>,
+    /// Its figures by name (`limit`, `in_flight`, `waiting`, `refused`, ...).
+    pub figures: Vec<(&'static str, f64)>,
 }
 
 /// A registry of metrics, rendered in the Prometheus text format: the recorder the RPC layers
