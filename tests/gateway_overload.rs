@@ -77,6 +77,42 @@ async fn a_pool_with_shed_and_limit_layers_refuses_what_it_cannot_hold() {
     assert_eq!(layers[1]["limit"].as_f64(), Some(1.0), "{body}");
 }
 
+#[tokio::test]
+async fn a_pool_with_load_shed_in_front_of_its_limit_refuses_at_once_what_finds_it_full() {
+    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker_addr = worker_listener.local_addr().unwrap();
+    let args = WorkerArgs { speed: 0.2, ..WorkerArgs::default() };
+    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+    let config = GatewayConfig::from_toml(&format!(
+        r#"
+        [[pool]]
+        name = "llama"
+        layers = [{{ name = "load-shed" }}, {{ name = "limit", algorithm = {{ name = "fixed", limit = 1 }} }}]
+        endpoints = [{{ address = "http://{worker_addr}" }}]
+        "#
+    ))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _gateway = Gateway::start(config, listener, None).unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut first = GrpcInferenceServiceClient::new(channel.clone());
+    let busy = tokio::spawn(async move {
+        first.model_infer(worker::request::text_request("sim-llm", "hello there", 24)).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let mut second = GrpcInferenceServiceClient::new(channel);
+    let status = second
+        .model_infer(worker::request::text_request("sim-llm", "hello there", 24))
+        .await
+        .expect_err("the limit is full: refused, not queued");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(!busy.is_finished(), "refused while the first call still held the limit");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "at once: {:?}", started.elapsed());
+    busy.await.unwrap().expect("the first call is served");
+}
+
 /// The whole HTTP/1.1 answer of the admin API to `GET path`.
 async fn admin_get(admin_addr: std::net::SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
@@ -151,6 +187,7 @@ fn bad_layer_parameters_name_the_layer_and_field() {
         (r#"{ name = "limit", algorithm = { name = "vegas", gamma = 3 } }"#, "unknown field `gamma`"),
         (r#"{ name = "limit", pace = { min_tokens = 1 } }"#, "`pace` needs `min_tokens` ≥ 2"),
         (r#"{ name = "limit", pace = { tpot = "100ms" } }"#, "unknown field `tpot`"),
+        (r#"{ name = "load-shed", limit = 3 }"#, "unknown field `limit`"),
     ] {
         let text = format!(
             "[[pool]]\nname = \"p\"\nlayers = [{layers}]\nendpoints = [{{ address = \"http://127.0.0.1:1\" }}]\n"

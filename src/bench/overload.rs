@@ -16,11 +16,17 @@
 //!
 //! Configurations:
 //! - `none`: the gateway alone (least response time); excess load queues in the workers;
+//! - `load-shed+fixed(16)`: tower's `LoadShed` in front of the same hand-tuned limit (the
+//!   gateway's `load-shed` layer): what finds the limit full is refused at once, whatever its
+//!   class or deadline;
 //! - `shed+fixed(16)`: the gateway's `shed` queue in front of a hand-tuned fixed `limit` on the
 //!   pool, 16, the workers' slots;
 //! - `shed+aimd`: the same with AIMD and its defaults (`AimdParams::knee`: a drop is an RTT
 //!   above 1.5 × the smallest of the last 10 s, or an overloaded or expired call; one cut and, after
 //!   the first, one step up per round trip; floor 1): no hand-set threshold;
+//! - `shed+gradient2`, `shed+vegas`, `shed+envoy-gradient`: the shed queue in front of each
+//!   other algorithm with its defaults (`Gradient2Params::knee`, `VegasParams::knee`, Envoy's
+//!   gradient controller);
 //! - `shed+aimd(netflix)`: AIMD with Netflix's defaults (`AimdParams::netflix`: floor 20, drop at
 //!   an RTT above 5 s or an overloaded or expired call, every drop cuts, one more per success);
 //!   these workers queue instead of refusing, so it backs off only once calls expire;
@@ -34,7 +40,9 @@
 //! class (the share answered within the deadline), the shares refused (`RESOURCE_EXHAUSTED`)
 //! and expired (`DEADLINE_EXCEEDED`, or the client gave up), and the latency of the answered
 //! calls. The machine's load average (`/proc/loadavg`) is read before and after each
-//! configuration.
+//! configuration. The pool's limit in force is read off the gateway's `/metrics` every
+//! [`LIMIT_POLL`] (`limit_over_time` in the JSON), and drawn per configuration beside the JSON
+//! report (`overload.json` → `overload-limit.png`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -70,6 +78,8 @@ pub const CAPACITY_SECONDS: f64 = 5.0;
 const MAX_IN_FLIGHT: usize = 8192;
 /// HTTP/2 connections the load generator spreads its calls over.
 const CONNECTIONS: usize = 8;
+/// How often the limit in force is read off the gateway's admin API.
+pub const LIMIT_POLL: Duration = Duration::from_millis(500);
 
 /// A configuration: its name, the gateway's extra flags and each worker's.
 struct Config {
@@ -78,14 +88,22 @@ struct Config {
     worker: &'static [&'static str],
 }
 
-const CONFIGS: [Config; 6] = [
+const CONFIGS: [Config; 10] = [
     Config { name: "none", gateway: &[], worker: &[] },
+    Config {
+        name: "load-shed+fixed(16)",
+        gateway: &["--load-shed", "--limit", r#"{"name":"fixed","limit":16}"#],
+        worker: &[],
+    },
     Config {
         name: "shed+fixed(16)",
         gateway: &["--shed", "--limit", r#"{"name":"fixed","limit":16}"#],
         worker: &[],
     },
     Config { name: "shed+aimd", gateway: &["--shed", "--limit", "aimd"], worker: &[] },
+    Config { name: "shed+gradient2", gateway: &["--shed", "--limit", "gradient2"], worker: &[] },
+    Config { name: "shed+vegas", gateway: &["--shed", "--limit", "vegas"], worker: &[] },
+    Config { name: "shed+envoy-gradient", gateway: &["--shed", "--limit", "envoy-gradient"], worker: &[] },
     // Netflix's AIMD (`AimdParams::netflix`), the default before the relative RTT threshold.
     Config {
         name: "shed+aimd(netflix)",
@@ -169,6 +187,9 @@ pub struct ConfigResult {
     pub loadavg_after: String,
     /// One entry per load step.
     pub steps: Vec<StepResult>,
+    /// The pool's concurrency limit in force over the run, `[seconds since the first step, limit]`
+    /// every [`LIMIT_POLL`] (read from the gateway's `/metrics`); empty without a `limit` layer.
+    pub limit_over_time: Vec<(f64, u32)>,
 }
 
 /// The report of scenario `overload`.
@@ -281,18 +302,51 @@ async fn start_workers(exe: &Path, extra: &[&str]) -> Result<Vec<(ChildProcess, 
     Ok(workers)
 }
 
+/// Starts the gateway; its gRPC address and its admin API's.
 async fn start_gateway(
     exe: &Path,
     workers: &[(ChildProcess, String)],
     extra: &[&str],
     threads: usize,
-) -> Result<(ChildProcess, String), BenchError> {
+) -> Result<(ChildProcess, String, String), BenchError> {
     let addresses: Vec<String> = workers.iter().map(|(_, a)| a.clone()).collect();
     let mut args = super::gateway_args(&addresses, PolicyKind::DEFAULT, threads);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let (child, mut logged) =
-        ChildProcess::start("gateway", exe, &args, &["gateway serving on "], START_TIMEOUT).await?;
-    Ok((child, logged.remove(0)))
+    let (child, mut logged) = ChildProcess::start(
+        "gateway",
+        exe,
+        &args,
+        &["gateway serving on ", "admin serving on "],
+        START_TIMEOUT,
+    )
+    .await?;
+    let admin = logged.remove(1);
+    Ok((child, logged.remove(0), admin))
+}
+
+/// Reads the pool's concurrency limit off the gateway's `/metrics` on `admin` every
+/// [`LIMIT_POLL`] until dropped; the readings, `(seconds since start, limit)`, go to `into`.
+async fn watch_limit(admin: String, start: Instant, into: Arc<std::sync::Mutex<Vec<(f64, u32)>>>) {
+    let mut tick = tokio::time::interval(LIMIT_POLL);
+    loop {
+        tick.tick().await;
+        let Ok(text) = crate::cluster::fetch_metrics(&admin).await else { continue };
+        if let Some(limit) = pool_limit(&text) {
+            into.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((start.elapsed().as_secs_f64(), limit));
+        }
+    }
+}
+
+/// The value of the pool's limit gauge in a Prometheus text exposition, if it has one.
+fn pool_limit(metrics: &str) -> Option<u32> {
+    let name = switchyard_telemetry::names::POOL_LIMIT;
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let value = rest.strip_prefix(|c| c == '{' || c == ' ')?.rsplit(' ').next()?;
+        value.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u32)
+    })
 }
 
 async fn stop_all(gateway: ChildProcess, workers: Vec<(ChildProcess, String)>) {
@@ -448,7 +502,7 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<OverloadReport, 
 
     // The capacity, through an unprotected gateway.
     let workers = start_workers(exe, &[]).await?;
-    let (gateway, address) = start_gateway(exe, &workers, &[], threads).await?;
+    let (gateway, address, _) = start_gateway(exe, &workers, &[], threads).await?;
     let channels = super::load::connect(&[address], CONNECTIONS).await.map_err(BenchError::Setup)?;
     let capacity = measure_capacity(&channels).await?;
     drop(channels);
@@ -460,10 +514,15 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<OverloadReport, 
         eprintln!("bench: overload: {}", config.name);
         let loadavg_before = loadavg();
         let workers = start_workers(exe, config.worker).await?;
-        let (gateway, address) = start_gateway(exe, &workers, config.gateway, threads).await?;
+        let (gateway, address, admin) = start_gateway(exe, &workers, config.gateway, threads).await?;
         let channels = super::load::connect(&[address], CONNECTIONS).await.map_err(BenchError::Setup)?;
+        let limits = Arc::default();
+        let watch = tokio::spawn(watch_limit(admin, Instant::now(), Arc::clone(&limits)));
         let steps = drive(&channels, capacity, step_s, 1).await;
+        watch.abort();
         drop(channels);
+        let limit_over_time =
+            std::mem::take(&mut *limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         stop_all(gateway, workers).await;
         results.push(ConfigResult {
             config: config.name.to_string(),
@@ -472,7 +531,19 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<OverloadReport, 
             loadavg_before,
             loadavg_after: loadavg(),
             steps,
+            limit_over_time,
         });
+    }
+    if let Some(json) = &args.json {
+        let path = limit_plot_path(json);
+        let series: Vec<(String, Vec<(f64, u32)>)> = results
+            .iter()
+            .filter(|r| !r.limit_over_time.is_empty())
+            .map(|r| (r.config.clone(), r.limit_over_time.clone()))
+            .collect();
+        crate::lab::overload_plot::limit_plot(&path, &series, step_s, &LOAD_STEPS, "wall-clock")
+            .map_err(|e| BenchError::Setup(format!("plot: {e}")))?;
+        eprintln!("bench: overload: limit over time drawn in {}", path.display());
     }
     Ok(OverloadReport {
         scenario: "overload".into(),
@@ -493,9 +564,29 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<OverloadReport, 
     })
 }
 
+/// Where the limit-over-time plot goes beside the JSON report `json`: `overload.json` →
+/// `overload-limit.png`.
+pub fn limit_plot_path(json: &Path) -> std::path::PathBuf {
+    let stem = json.file_stem().map_or_else(|| "overload".into(), |s| s.to_string_lossy().into_owned());
+    json.with_file_name(format!("{stem}-limit.png"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_limit_is_read_off_the_exposition() {
+        let text = "# TYPE switchyard_pool_concurrency_limit gauge\n\
+                    switchyard_pool_concurrency_limit_in_flight{pool=\"default\",layer=\"1\"} 3\n\
+                    switchyard_pool_concurrency_limit{pool=\"default\",layer=\"1\"} 14\n";
+        assert_eq!(pool_limit(text), Some(14));
+        assert_eq!(pool_limit("switchyard_pool_concurrency_limit_in_flight{pool=\"d\"} 3\n"), None);
+        assert_eq!(
+            limit_plot_path(Path::new("reports/bench/o.json")),
+            Path::new("reports/bench/o-limit.png")
+        );
+    }
 
     #[test]
     fn the_mix_is_ten_sixty_thirty() {

@@ -28,6 +28,10 @@
 //!
 //! `limit` takes `pace = {}` to count a streamed generation as a drop as soon as its pace
 //! cannot make its deadline (see `limit` below).
+//!
+//! `load-shed` (tower's `LoadShed`) in front of a `limit` instead of `shed` refuses at once what
+//! finds the limit full, with no queue, no priority and no deadline: the classic pairing, kept
+//! for comparison (bench `overload`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -94,7 +98,7 @@ pub fn registry() -> &'static LayerRegistry {
 }
 
 impl LayerRegistry {
-    /// A registry with the gateway's layers: `timeout`, `shed`, `limit`, `cache`.
+    /// A registry with the gateway's layers: `timeout`, `shed`, `limit`, `load-shed`, `cache`.
     pub fn with_builtins() -> Self {
         let registry = Self { entries: Arc::default() };
         let _ = registry.register(
@@ -111,6 +115,11 @@ impl LayerRegistry {
             "limit",
             "an adaptive concurrency limit over the whole pool (switchyard-limit)",
             limit,
+        );
+        let _ = registry.register(
+            "load-shed",
+            "refuses at once what finds the layer below it not ready (tower's LoadShed)",
+            load_shed,
         );
         let _ = registry.register(
             "cache",
@@ -234,6 +243,27 @@ fn timeout(spec: &Spec) -> Result<PoolLayer, SpecError> {
                 }
             })
             .timeout(after),
+    ))
+}
+
+/// `load-shed`: `{ name = "load-shed" }` (no parameters). tower's `LoadShed`: a request that finds
+/// the layer below it not ready (a `limit` full) is refused at once with `RESOURCE_EXHAUSTED`,
+/// whatever its priority or deadline. Put `shed` there instead to queue by priority and deadline.
+fn load_shed(spec: &Spec) -> Result<PoolLayer, SpecError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {}
+    let _: Params = spec.params()?;
+    Ok(BoxCloneSyncServiceLayer::new(
+        ServiceBuilder::new()
+            .map_err(|e: BoxError| {
+                if e.is::<tower::load_shed::error::Overloaded>() {
+                    BoxError::from(Error::new(ErrorKind::Shed { retry_after: None }).with_source(e))
+                } else {
+                    e
+                }
+            })
+            .load_shed(),
     ))
 }
 

@@ -267,6 +267,10 @@ pub struct GatewayArgs {
     /// --backend); outermost, before --limit.
     #[arg(long, conflicts_with = "config")]
     pub shed: bool,
+    /// Put tower's `load-shed` pool layer in front of the `default` pool instead (with
+    /// --backend and --limit): what finds the limit full is refused at once, with no queue.
+    #[arg(long, conflicts_with_all = ["config", "shed"], requires = "limit")]
+    pub load_shed: bool,
     /// Put the `limit` pool layer on the `default` pool (with --backend): a concurrency limit
     /// on the whole pool learnt by ALGO, `vegas`, `gradient2`, `aimd`, `envoy-gradient`, or a
     /// JSON table with parameters, e.g. `{"name":"fixed","limit":32}`.
@@ -328,12 +332,15 @@ impl GatewayArgs {
 }
 
 impl GatewayArgs {
-    /// Adds what `--shed`, `--limit` and `--endpoint-limit` ask for to the single pool of the
+    /// Adds what `--shed`, `--load-shed`, `--limit` and `--endpoint-limit` ask for to the single pool of the
     /// `--backend`s, and validates it (an error names the flag).
     fn protect_default_pool(&self, config: &mut GatewayConfig) -> Result<(), ConfigError> {
         let Some(pool) = config.pools.first_mut() else { return Ok(()) };
         if self.shed {
             pool.layers.push(Spec::named("shed"));
+        }
+        if self.load_shed {
+            pool.layers.push(Spec::named("load-shed"));
         }
         if let Some(algorithm) = &self.limit {
             let mut params = serde_json::Map::new();
@@ -344,7 +351,10 @@ impl GatewayArgs {
         config.validate().map_err(|mut e| {
             e.field = match e.field.as_deref() {
                 Some(f) if f.ends_with(".endpoint_limit") => Some("--endpoint-limit".into()),
-                Some(f) if f.contains(".layers[") && (!self.shed || !f.contains(".layers[0]")) => {
+                Some(f)
+                    if f.contains(".layers[")
+                        && (!(self.shed || self.load_shed) || !f.contains(".layers[0]")) =>
+                {
                     Some("--limit".into())
                 }
                 Some(f) if f.contains(".layers[") => Some("--shed".into()),

@@ -75,7 +75,7 @@ mod ideal;
 mod ideal_parallel;
 mod kv_delivery;
 mod overload;
-mod overload_plot;
+pub(crate) mod overload_plot;
 mod prefix;
 mod replica;
 mod report;

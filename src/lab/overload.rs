@@ -754,7 +754,7 @@ pub fn run_overload(options: &OverloadOptions) -> Result<OverloadReport, LabErro
         }
     }
     if let Some(path) = &options.plot {
-        super::overload_plot::limit_plot(path, &series, options.step_seconds, &LOAD_STEPS)
+        super::overload_plot::limit_plot(path, &series, options.step_seconds, &LOAD_STEPS, "virtual")
             .map_err(|e| LabError::Setting(format!("plot: {e}")))?;
     }
     let targets = configs.iter().map(check).collect();

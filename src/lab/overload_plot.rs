@@ -1,5 +1,5 @@
-//! The `overload` scenario's plot: each configuration's limit over virtual time, with the load
-//! steps marked.
+//! The `overload` scenario's plot: each configuration's limit over time (virtual in the lab, wall
+//! clock in the bench), with the load steps marked.
 
 use std::path::Path;
 
@@ -9,12 +9,14 @@ use crate::report::PlotError;
 use crate::report::plot::{FONT, register_font};
 
 /// Draws one line per configuration (`(name, [(seconds, limit)])`), on a log scale, over
-/// `steps.len()` load steps of `step_seconds` each, labelled with their load.
+/// `steps.len()` load steps of `step_seconds` each, labelled with their load; `clock` names the
+/// time axis's clock (`virtual`, `wall-clock`).
 pub(crate) fn limit_plot(
     path: &Path,
     series: &[(String, Vec<(f64, u32)>)],
     step_seconds: f64,
     steps: &[f64],
+    clock: &str,
 ) -> Result<(), PlotError> {
     register_font()?;
     let file = path.display().to_string();
@@ -33,7 +35,7 @@ pub(crate) fn limit_plot(
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("virtual time (s)")
+        .x_desc(format!("{clock} time (s)"))
         .y_desc("limit (requests in flight)")
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
@@ -47,7 +49,18 @@ pub(crate) fn limit_plot(
             .draw_series([Text::new(format!("{load}×"), (x + step_seconds * 0.4, top / 1.6), (FONT, 16))])
             .map_err(err)?;
     }
-    let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let colours = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        BLACK,
+        RGBColor(255, 140, 0),
+        RGBColor(128, 0, 128),
+        RGBColor(139, 69, 19),
+        RGBColor(0, 128, 128),
+    ];
     for (k, (name, points)) in series.iter().enumerate() {
         let style = ShapeStyle::from(&colours[k % colours.len()]).stroke_width(2);
         chart
