@@ -169,6 +169,10 @@ pub struct BenchArgs {
     /// second at Poisson arrivals, for that long) separated by commas [default: 5:30,50:45,15:75].
     #[arg(long, value_name = "RATE:SECONDS,...")]
     pub steps: Option<String>,
+    /// Scenario `overload` only: the configurations to run, by name, comma-separated (e.g.
+    /// `shed+aimd,worker-shed`) [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub configs: Option<Vec<String>>,
 }
 
 /// A target of scenario `overhead`.
@@ -503,6 +507,11 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         args.policy.parse().map_err(|e| BenchError::Invalid(format!("--policy: {e}")))?;
     if args.targets.is_some() && args.scenario != Scenario::Overhead {
         return Err(BenchError::Invalid("--targets chooses among the targets of scenario overhead".into()));
+    }
+    if args.configs.is_some() && args.scenario != Scenario::Overload {
+        return Err(BenchError::Invalid(
+            "--configs chooses among the configurations of scenario overload".into(),
+        ));
     }
     if args.steps.is_some() && args.scenario != Scenario::Scale {
         return Err(BenchError::Invalid("--steps is the load of scenario scale".into()));

@@ -170,6 +170,8 @@ pub struct StepResult {
     pub failed: f64,
     /// Latency of the answered calls.
     pub latency_ms: Percentiles,
+    /// 99th percentile latency of the answered calls of each class (0 when none was answered).
+    pub p99_ms_by_priority: std::collections::BTreeMap<String, f64>,
 }
 
 /// What one configuration measured.
@@ -473,6 +475,19 @@ async fn drive(channels: &[Channel], capacity: f64, step_s: f64, seed: u64) -> V
                     (CLASS_NAMES[class].to_string(), if of == 0 { 0.0 } else { ok as f64 / of as f64 })
                 })
                 .collect();
+            let p99_ms_by_priority = (0..3)
+                .map(|class| {
+                    let mut of_class: Vec<f64> = ends[step]
+                        .iter()
+                        .filter_map(|(c, e)| match e {
+                            End::Ok(us) if *c == class => Some(*us as f64 / 1e3),
+                            _ => None,
+                        })
+                        .collect();
+                    let p99 = if of_class.is_empty() { 0.0 } else { Percentiles::of(&mut of_class).p99 };
+                    (CLASS_NAMES[class].to_string(), p99)
+                })
+                .collect();
             let mut latencies: Vec<f64> = ends[step]
                 .iter()
                 .filter_map(|(_, e)| match e {
@@ -490,6 +505,7 @@ async fn drive(channels: &[Channel], capacity: f64, step_s: f64, seed: u64) -> V
                 expired: share(count(&|e| *e == End::Expired)),
                 failed: share(count(&|e| *e == End::Failed) + usize::try_from(not_sent[step]).unwrap_or(0)),
                 latency_ms: Percentiles::of(&mut latencies),
+                p99_ms_by_priority,
             }
         })
         .collect()
@@ -509,8 +525,9 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<OverloadReport, 
     stop_all(gateway, workers).await;
     eprintln!("bench: overload: measured capacity {capacity:.1} calls/s");
 
+    let chosen = chosen_configs(args.configs.as_deref())?;
     let mut results = Vec::new();
-    for config in &CONFIGS {
+    for config in chosen {
         eprintln!("bench: overload: {}", config.name);
         let loadavg_before = loadavg();
         let workers = start_workers(exe, config.worker).await?;
@@ -564,6 +581,20 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path) -> Result<OverloadReport, 
     })
 }
 
+/// The configurations `names` chooses, in the bench's order (all without a choice); an error
+/// names an unknown one and lists the known.
+fn chosen_configs(names: Option<&[String]>) -> Result<Vec<&'static Config>, BenchError> {
+    let Some(names) = names else { return Ok(CONFIGS.iter().collect()) };
+    if let Some(unknown) = names.iter().find(|n| !CONFIGS.iter().any(|c| c.name == n.as_str())) {
+        let known: Vec<&str> = CONFIGS.iter().map(|c| c.name).collect();
+        return Err(BenchError::Invalid(format!(
+            "--configs: no configuration {unknown:?}; known: {}",
+            known.join(", ")
+        )));
+    }
+    Ok(CONFIGS.iter().filter(|c| names.iter().any(|n| n == c.name)).collect())
+}
+
 /// Where the limit-over-time plot goes beside the JSON report `json`: `overload.json` →
 /// `overload-limit.png`.
 pub fn limit_plot_path(json: &Path) -> std::path::PathBuf {
@@ -586,6 +617,17 @@ mod tests {
             limit_plot_path(Path::new("reports/bench/o.json")),
             Path::new("reports/bench/o-limit.png")
         );
+    }
+
+    #[test]
+    fn configs_are_chosen_by_name_in_the_bench_order_and_an_unknown_one_is_named() {
+        let all = chosen_configs(None).unwrap();
+        assert_eq!(all.len(), CONFIGS.len());
+        let names = ["worker-shed".to_string(), "none".to_string()];
+        let chosen: Vec<&str> = chosen_configs(Some(&names)).unwrap().iter().map(|c| c.name).collect();
+        assert_eq!(chosen, ["none", "worker-shed"]);
+        let err = chosen_configs(Some(&["shed+tcp".to_string()])).err().unwrap().to_string();
+        assert!(err.contains("\"shed+tcp\"") && err.contains("shed+aimd"), "{err}");
     }
 
     #[test]

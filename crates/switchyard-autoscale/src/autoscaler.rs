@@ -249,6 +249,38 @@ mod tests {
         assert_eq!(autoscaler.scaler().asked, vec![4]);
     }
 
+    /// A scaler whose every change fails (the API server is gone).
+    #[derive(Debug)]
+    struct Refusing(PoolSize);
+
+    impl Scaler for Refusing {
+        async fn set_desired(&mut self, _replicas: u32) -> Result<(), ScaleError> {
+            Err(ScaleError::Api("connection refused".into()))
+        }
+        fn size(&self) -> PoolSize {
+            self.0
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_decides_once_an_interval_from_one_interval_on_and_stops_at_a_scaler_error() {
+        let start = Instant::now();
+        // The load asks for the same two replicas three times, then for four.
+        let steady = || Some(pool(start, 2, 10, 0.0, 0));
+        let source = Scripted(vec![steady(), steady(), steady(), steady(), Some(pool(start, 2, 20, 0.0, 0))]);
+        let hpa = Hpa::new(HpaConfig { target: 10.0, ..HpaConfig::default() });
+        let every = hpa.interval();
+        let autoscaler =
+            Autoscaler::new(source, hpa, Refusing(PoolSize { desired: 2, current: 2, ready: 2 }));
+        let mut seen = Vec::new();
+        let ended =
+            autoscaler.run(|d| seen.push((d.at.duration_since(start), d.recommendation.desired))).await;
+        assert!(matches!(ended, Err(ScaleError::Api(_))), "{ended:?}");
+        // The first sample (taken at the call) only starts the rate; decisions follow one
+        // interval apart, and the one the scaler refused is not reported.
+        assert_eq!(seen, vec![(every, 2), (every * 2, 2), (every * 3, 2)]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_vertical_recommendation_is_emitted_beside_the_count_and_applied_when_asked() {
         let now = Instant::now();
