@@ -271,7 +271,9 @@ impl OverloadReport {
         for c in &self.results {
             let (Some(first), Some(last)) = (c.steps.first(), c.steps.last()) else { continue };
             let critical = last.success_by_priority.get("critical").copied().unwrap_or(0.0);
-            let ratio = last.latency_ms.p99 / first.latency_ms.p99;
+            // No call answered at 3 × (a full collapse) has no p99: the ratio is unbounded.
+            let answered = last.goodput_share > 0.0 && last.latency_ms.p99 > 0.0;
+            let ratio = if answered { last.latency_ms.p99 / first.latency_ms.p99 } else { f64::INFINITY };
             let met = last.goodput_share >= 0.95 && critical >= 0.999 && ratio <= 2.0;
             text.push_str(&format!(
                 "  {}: goodput {:.3}, critical {:.4}, p99 ratio {:.2}: {}\n",

@@ -247,7 +247,7 @@ where
 {
     type Output = http::Response<TrackedBody<B>>;
 
-    fn track(&self, response: http::Response<B>, mut completion: Completion) -> Self::Output {
+    fn track(&self, response: http::Response<B>, completion: Completion) -> Self::Output {
         let (mut parts, body) = response.into_parts();
         if self.picked_endpoint
             && let Some(id) = completion.endpoint()
@@ -260,13 +260,12 @@ where
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let http_outcome = Outcome::from_http_status(parts.status);
         let completion = if let Some(outcome) = Outcome::from_trailers(&parts.headers) {
-            // Trailers-only gRPC response: the headers say it all.
-            completion.first_byte();
+            // Trailers-only gRPC response: the headers say it all (a refusal or an error is no
+            // sample of the endpoint's speed: `finish` takes one only for an answer).
             read_report(&parts.headers, &completion);
             completion.finish(outcome);
             None
         } else if !http_outcome.is_ok() {
-            completion.first_byte();
             completion.finish(http_outcome);
             None
         } else if body.is_end_stream() {

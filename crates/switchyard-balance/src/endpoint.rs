@@ -739,16 +739,22 @@ impl InFlight {
     /// Takes the latency sample now, if none was taken yet.
     pub(crate) fn first_byte(&mut self) {
         if !self.sampled {
-            self.sample_at(Instant::now());
+            self.sample_at(Instant::now(), true);
         }
     }
 
-    fn sample_at(&mut self, now: Instant) {
+    /// The first byte arrived at `now`: the request no longer waits for one. With `learn`, its
+    /// time is a sample of the endpoint's speed and capacity; without, it is not (a refusal or an
+    /// error, answered at once, says nothing of how long the endpoint takes to serve).
+    fn sample_at(&mut self, now: Instant, learn: bool) {
         if !self.sampled {
             self.sampled = true;
             self.state.first_byte_arrived(self.work);
             let elapsed = now.saturating_duration_since(self.sent_at);
             self.first_byte = Some(elapsed);
+            if !learn {
+                return;
+            }
             self.state.record_rtt(elapsed, now);
             let omega = self.state.min_request_work();
             let units = crate::capacity::work_ahead(self.ahead as f64, f64::from(self.requests_ahead), omega)
@@ -777,7 +783,9 @@ impl InFlight {
         if outcome == Outcome::Cancelled {
             return (Verdict::Keep, self.cancel_at(now));
         }
-        self.sample_at(now);
+        // Only an answer (or a request that held the endpoint to its deadline) tells its speed:
+        // a refusal or an error that comes back at once would make a busy endpoint look fast.
+        self.sample_at(now, matches!(outcome, Outcome::Ok | Outcome::DeadlineExceeded));
         self.ended = true;
         let rtt = self.first_byte.unwrap_or_else(|| now.saturating_duration_since(self.sent_at));
         let latency = now.saturating_duration_since(self.sent_at);
@@ -969,7 +977,7 @@ mod tests {
         advance(Duration::from_millis(40)).await;
         assert_eq!(first.end(Outcome::Unavailable, &OutlierConfig::default()).0, Verdict::Keep);
         assert_eq!((s.in_flight(), s.outcomes()), (1, (0, 1)));
-        assert_eq!(s.latency_ewma(Instant::now()), Some(Duration::from_millis(40)));
+        assert_eq!(s.latency_ewma(Instant::now()), None, "a failure is no sample of the speed");
 
         drop(second);
         assert_eq!(

@@ -37,6 +37,9 @@
 //!   and `grpc-retry-pushback-ms`; the board counts them apart, ejection counts endpoint
 //!   failures, and an [`Observer`] is told once per request (endpoint, time to first byte,
 //!   latency, outcome), with the [`PickedEndpoint`] in the request's and response's extensions.
+//!   Only an answer (a first body frame, an `OK`, or a request held to its deadline) is a sample
+//!   of an endpoint's speed and capacity: a refusal or an error that comes back at once is not,
+//!   or the busiest endpoint, shedding load, would look the fastest.
 //! - **Errors** are [`switchyard_core::Error`]s naming the balancer ([`Balance::with_name`]) and
 //!   the endpoint: no endpoint, none fits, unreachable, failed during the call; their gRPC status
 //!   is [`switchyard_core::status_of`]'s.

@@ -167,9 +167,30 @@ async fn a_trailers_only_response_is_read_from_its_headers() {
     assert_eq!(load.in_flight, 0, "nothing more to wait for");
     assert_eq!((load.completed, load.failed), (0, 1), "grpc-status 14 in the headers is a failure");
     assert_eq!(load.report, Some(report));
-    assert!(load.latency_ewma.is_some());
+    assert_eq!(load.latency_ewma, None, "an error answered at once is no sample of the speed");
     common::drain(response.into_body()).await;
     assert_eq!(entry(&board).load.failed, 1, "counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_answered_at_once_are_no_sample_of_the_endpoints_speed() {
+    // A worker shedding load answers RESOURCE_EXHAUSTED in a millisecond; taken as samples, its
+    // refusals would make the busiest endpoint look the fastest and draw more requests to it.
+    let mut lb = one_endpoint(|| {
+        let mut rsp = http::Response::new(body_of(Vec::new()));
+        *rsp.headers_mut() = trailers(8, None);
+        rsp
+    });
+    let board = lb.board();
+    for _ in 0..20 {
+        advance(Duration::from_millis(1)).await;
+        let response = dispatch(&mut lb, req()).await.await.unwrap();
+        common::drain(response.into_body()).await;
+    }
+    let load = entry(&board).load;
+    assert_eq!((load.overloaded, load.in_flight), (20, 0), "{load:?}");
+    assert_eq!(load.latency_ewma, None, "{load:?}");
+    assert_eq!(load.request_time, None, "{load:?}");
 }
 
 #[tokio::test(start_paused = true)]
