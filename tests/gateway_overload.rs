@@ -10,12 +10,18 @@ use switchyard::worker::{self, WorkerArgs};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+/// A worker of `speed` serving on a free loopback port; its address.
+async fn worker(speed: f64) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let args = WorkerArgs { speed, ..WorkerArgs::default() };
+    tokio::spawn(worker::serve(args, listener, std::future::pending()));
+    addr
+}
+
 #[tokio::test]
 async fn a_pool_with_shed_and_limit_layers_refuses_what_it_cannot_hold() {
-    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let worker_addr = worker_listener.local_addr().unwrap();
-    let args = WorkerArgs { speed: 0.2, ..WorkerArgs::default() };
-    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+    let worker_addr = worker(0.2).await;
 
     let config = GatewayConfig::from_toml(&format!(
         r#"
@@ -79,10 +85,7 @@ async fn a_pool_with_shed_and_limit_layers_refuses_what_it_cannot_hold() {
 
 #[tokio::test]
 async fn a_pool_with_load_shed_in_front_of_its_limit_refuses_at_once_what_finds_it_full() {
-    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let worker_addr = worker_listener.local_addr().unwrap();
-    let args = WorkerArgs { speed: 0.2, ..WorkerArgs::default() };
-    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+    let worker_addr = worker(0.2).await;
     let config = GatewayConfig::from_toml(&format!(
         r#"
         [[pool]]
@@ -125,10 +128,7 @@ async fn admin_get(admin_addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn a_pool_with_an_endpoint_limit_holds_each_endpoint_to_it_and_shows_it() {
-    let worker_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let worker_addr = worker_listener.local_addr().unwrap();
-    let args = WorkerArgs { speed: 0.5, ..WorkerArgs::default() };
-    tokio::spawn(worker::serve(args, worker_listener, std::future::pending()));
+    let worker_addr = worker(0.5).await;
     let config = GatewayConfig::from_toml(&format!(
         r#"
         [[pool]]
