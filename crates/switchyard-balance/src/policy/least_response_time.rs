@@ -57,8 +57,9 @@ use crate::EndpointState;
 ///   hetero-parallel` measured 28 ms with this brake and 29 ms with the narrower one. Without the factor the policy piles
 ///   requests on whichever LLM replica measured fastest: in the example cluster (four replicas, 70 % load) one of three equal replicas took
 ///   41 % of the requests and its queue ran away; with it the shares follow the speeds (28, 31, 32
-///   and 9 % for speeds 1, 1, 1 and 1/3 in the committed `reports/cluster/cluster.json`, a run of
-///   2026-11-25, before issue 16's stack; 30, 30, 30 and 10 % would be exact). In the lab the square root costs little TTFT (its p99 is
+///   and 9 % for speeds 1, 1, 1 and 1/3 in the example cluster's report of 2026-11-25, when its
+///   default was four fixed replicas, now `switchyard cluster --fixed 4`; 30, 30, 30 and 10 %
+///   would be exact). In the lab the square root costs little TTFT (its p99 is
 ///   1.07-1.08 × the ideal's across the `hetero` variants), where the plain ratio cost more.
 ///
 /// The slots are what let the policy route classic servers well: in the lab's `hetero-parallel`
