@@ -151,7 +151,6 @@ impl<S: Clone> Directory<S> {
 fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
     let mut endpoint = backend.endpoint;
     endpoint.id = id;
-    let prior = counting_prior(&writer.slots);
     match writer.slots.iter().position(|s| s.state.id() == &endpoint.id) {
         Some(i) if writer.slots[i].state.endpoint().address == endpoint.address => {
             // The same endpoint again: keep its load, take the new service and description.
@@ -159,8 +158,9 @@ fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
             writer.slots[i].service = backend.service;
         }
         Some(i) => {
+            // A new endpoint under a known id (its address changed): counted anew, as a new one.
             let state = Arc::new(EndpointState::new(endpoint, writer.tracking));
-            state.set_counting_prior(prior);
+            state.set_counting_prior(counting_prior(&writer.slots));
             state.set_limit(writer.pool.endpoint_limit.as_ref().map(crate::EndpointLimit::build));
             writer.board.insert(state.clone());
             let old = std::mem::replace(&mut writer.slots[i], Slot { state, service: backend.service });
@@ -169,7 +169,7 @@ fn insert<S>(writer: &mut Writer<S>, id: EndpointId, backend: Backend<S>) {
         }
         None => {
             let state = Arc::new(EndpointState::new(endpoint, writer.tracking));
-            state.set_counting_prior(prior);
+            state.set_counting_prior(counting_prior(&writer.slots));
             state.set_limit(writer.pool.endpoint_limit.as_ref().map(crate::EndpointLimit::build));
             writer.board.insert(state.clone());
             writer.slots.push(Slot { state, service: backend.service });
