@@ -17,7 +17,7 @@
 //! - `skewed`: balancer 0 gets the even-indexed requests (half of them), the other K − 1 share
 //!   the odd-indexed ones round robin.
 //!
-//! At K = 1 both splits are the same run, made once and reported under both. The ideal central
+//! At K = 2 the two splits are the same assignment. At K = 1 both splits are the same run, made once and reported under both. The ideal central
 //! dispatcher sees every arrival whatever K, so it is run once (row `balancers: 1`, split
 //! `central`).
 //!
