@@ -8,7 +8,8 @@ const REQUESTS: usize = 400;
 
 fn herd(seed: u64) -> switchyard::lab::HerdReport {
     switchyard::register_policies();
-    run_herd(&HerdOptions { seed, requests: REQUESTS, balancers: vec![1, 8], ..HerdOptions::default() }).unwrap()
+    run_herd(&HerdOptions { seed, requests: REQUESTS, balancers: vec![1, 8], ..HerdOptions::default() })
+        .unwrap()
 }
 
 #[test]
@@ -17,7 +18,8 @@ fn one_balancer_is_hetero_figure_for_figure_and_the_same_seed_gives_the_same_rep
     let again = herd(3);
     assert_eq!(serde_json::to_string_pretty(&report).unwrap(), serde_json::to_string_pretty(&again).unwrap());
 
-    let hetero = run_hetero(&HeteroOptions { seed: 3, requests: REQUESTS, ..HeteroOptions::default() }).unwrap();
+    let hetero =
+        run_hetero(&HeteroOptions { seed: 3, requests: REQUESTS, ..HeteroOptions::default() }).unwrap();
     assert_eq!(report.time_scale, hetero.time_scale);
     let policies = switchyard::lab::lab_policies();
     for split in [Split::Even, Split::Skewed] {

@@ -97,7 +97,9 @@ pub(crate) async fn run_balancers(
                 };
                 Backend::new(endpoint, replica)
             });
-            Balance::from_backends(backends).with_policy(PolicyHandle::new(policy)).with_completion(SimCompletion)
+            Balance::from_backends(backends)
+                .with_policy(PolicyHandle::new(policy))
+                .with_completion(SimCompletion)
         })
         .collect();
     let count = balancers.len();

@@ -77,7 +77,13 @@ pub struct HerdOptions {
 
 impl Default for HerdOptions {
     fn default() -> Self {
-        Self { seed: 1, requests: DEFAULT_REQUESTS, load: 0.7, trace: None, balancers: HERD_BALANCERS.to_vec() }
+        Self {
+            seed: 1,
+            requests: DEFAULT_REQUESTS,
+            load: 0.7,
+            trace: None,
+            balancers: HERD_BALANCERS.to_vec(),
+        }
     }
 }
 
@@ -103,7 +109,7 @@ impl Split {
         match self {
             _ if k <= 1 => 0,
             Split::Even => i % k,
-            Split::Skewed if i % 2 == 0 => 0,
+            Split::Skewed if i.is_multiple_of(2) => 0,
             Split::Skewed => 1 + (i / 2) % (k - 1),
             Split::Central => 0,
         }
@@ -242,7 +248,16 @@ pub fn run_herd(options: &HerdOptions) -> Result<HerdReport, LabError> {
         if k == 1 {
             let mut once = Vec::with_capacity(policies.len());
             for spec in &policies {
-                once.push(run_row(spec, 1, Split::Even, options.seed, &setup.replicas, window, setup.time_scale, &names)?);
+                once.push(run_row(
+                    spec,
+                    1,
+                    Split::Even,
+                    options.seed,
+                    &setup.replicas,
+                    window,
+                    setup.time_scale,
+                    &names,
+                )?);
             }
             for split in Split::RUN {
                 rows.extend(once.iter().cloned().map(|row| HerdRow { split, ..row }));
@@ -251,13 +266,28 @@ pub fn run_herd(options: &HerdOptions) -> Result<HerdReport, LabError> {
         }
         for split in Split::RUN {
             for spec in &policies {
-                rows.push(run_row(spec, k, split, options.seed, &setup.replicas, window, setup.time_scale, &names)?);
+                rows.push(run_row(
+                    spec,
+                    k,
+                    split,
+                    options.seed,
+                    &setup.replicas,
+                    window,
+                    setup.time_scale,
+                    &names,
+                )?);
             }
         }
     }
     let ideal = run_paused(run_ideal(&setup.replicas, window, setup.time_scale))??;
     let ideal = PolicyResult::summarise("ideal", &ideal, &names);
-    rows.push(HerdRow { balancers: 1, split: Split::Central, result: ideal, herd_index: 0.0, p99_ttft_vs_one: 0.0 });
+    rows.push(HerdRow {
+        balancers: 1,
+        split: Split::Central,
+        result: ideal,
+        herd_index: 0.0,
+        p99_ttft_vs_one: 0.0,
+    });
 
     let ideal_p99 = rows.last().map_or(0.0, |r| r.result.ttft_ms.p99);
     let ones: Vec<(String, f64)> = rows
@@ -308,8 +338,9 @@ fn run_row(
     time_scale: f64,
     names: &[String],
 ) -> Result<HerdRow, LabError> {
-    let policies: Vec<Arc<dyn Policy>> =
-        (0..k).map(|b| policy::registry().build(spec, seed.wrapping_add(b as u64))).collect::<Result<_, _>>()?;
+    let policies: Vec<Arc<dyn Policy>> = (0..k)
+        .map(|b| policy::registry().build(spec, seed.wrapping_add(b as u64)))
+        .collect::<Result<_, _>>()?;
     let run = run_paused(run_balancers(
         policies,
         |i| split.balancer(i, k),
@@ -352,7 +383,8 @@ pub fn herd_index(run: &RunRecord, replicas: usize) -> f64 {
         sum.iter().zip(&count).map(|(s, &c)| if c == 0 { Duration::ZERO } else { *s / c }).collect();
 
     // Picks in time order: the arrival loop picks in request order.
-    let mut picks: Vec<&RequestOutcome> = outcomes.iter().filter(|o| o.replica.is_some_and(|r| r < replicas)).collect();
+    let mut picks: Vec<&RequestOutcome> =
+        outcomes.iter().filter(|o| o.replica.is_some_and(|r| r < replicas)).collect();
     picks.sort_by_key(|o| o.dispatched);
     let mut in_flight = vec![0usize; replicas];
     let mut ends: BinaryHeap<Reverse<(Duration, usize)>> = BinaryHeap::new();
@@ -403,7 +435,10 @@ mod tests {
     #[test]
     fn splits_send_each_request_to_one_balancer() {
         assert_eq!((0..8).map(|i| Split::Even.balancer(i, 4)).collect::<Vec<_>>(), [0, 1, 2, 3, 0, 1, 2, 3]);
-        assert_eq!((0..8).map(|i| Split::Skewed.balancer(i, 3)).collect::<Vec<_>>(), [0, 1, 0, 2, 0, 1, 0, 2]);
+        assert_eq!(
+            (0..8).map(|i| Split::Skewed.balancer(i, 3)).collect::<Vec<_>>(),
+            [0, 1, 0, 2, 0, 1, 0, 2]
+        );
         assert!((0..100).all(|i| Split::Skewed.balancer(i, 1) == 0 && Split::Even.balancer(i, 1) == 0));
     }
 

@@ -72,9 +72,9 @@ mod burst_plot;
 mod burst_pool;
 mod capacity;
 mod cluster;
+mod herd;
 mod hetero;
 mod hetero_parallel;
-mod herd;
 mod ideal;
 mod ideal_parallel;
 mod kv_delivery;
@@ -91,10 +91,10 @@ pub use burst::{
 };
 pub use capacity::{CAPACITY_REQUESTS, CapacityError, measure_capacity};
 pub use cluster::ReplicaSpec;
+pub use herd::{HERD_BALANCERS, HerdOptions, HerdReport, HerdRow, Split, herd_index, run_herd};
 pub use hetero::{
     DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
 };
-pub use herd::{HERD_BALANCERS, HerdOptions, HerdReport, HerdRow, Split, herd_index, run_herd};
 pub use hetero_parallel::{
     DEFAULT_PARALLEL_DELAY, DEFAULT_PARALLEL_LOAD, DEFAULT_PARALLEL_REQUESTS, HeteroParallelOptions,
     PARALLEL_SLOTS, REAL_SUFFIX, SERVICE_TIME, parallel_replicas, run_hetero_parallel,
