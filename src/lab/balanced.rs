@@ -59,23 +59,50 @@ pub(crate) async fn run_policy_with(
     time_scale: f64,
     attach: impl FnOnce(&[switchyard_sim::EngineHandle]) -> Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<RunRecord, LabError> {
+    run_balancers(vec![policy], |_| 0, sizes, replicas, records, time_scale, attach).await
+}
+
+/// Replays `records` through independent balancers over ONE set of replicas: balancer `k` has
+/// policy `policies[k]` and its own board, and request `i` goes to balancer `balancer_of(i)`
+/// (taken modulo the number of balancers). Each balancer sees only its own requests in flight
+/// and the load reports of the responses it gets, as separate gateways or client processes do.
+/// With one policy this is [`run_policy_with`]. Every outcome records its balancer.
+pub(crate) async fn run_balancers(
+    policies: Vec<Arc<dyn switchyard_balance::Policy>>,
+    balancer_of: impl Fn(usize) -> usize,
+    sizes: Sizes,
+    replicas: &[ReplicaSpec],
+    records: &[TraceRecord],
+    time_scale: f64,
+    attach: impl FnOnce(&[switchyard_sim::EngineHandle]) -> Vec<tokio::task::JoinHandle<()>>,
+) -> Result<RunRecord, LabError> {
+    if policies.is_empty() {
+        return Err(LabError::Setting("a run needs at least one balancer".to_string()));
+    }
     let engines = spawn_engines(replicas)?;
     let attached = attach(&engines);
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
-    let backends = replicas.iter().zip(&engines).enumerate().map(|(i, (spec, engine))| {
-        let endpoint =
-            Endpoint::new(spec.name.as_str(), format!("sim://{}", spec.name)).with_weight(spec.weight());
-        let replica = match spec.delay {
-            Some(mean) => {
-                SimReplica::with_delay(engine.clone(), Delay::exponential(mean, DELAY_SEED + i as u64))
-            }
-            None => SimReplica::new(engine.clone()),
-        };
-        Backend::new(endpoint, replica)
-    });
-    let mut balancer = Balance::from_backends(backends)
-        .with_policy(PolicyHandle::new(policy))
-        .with_completion(SimCompletion);
+    let mut balancers: Vec<_> = policies
+        .into_iter()
+        .map(|policy| {
+            let backends = replicas.iter().zip(&engines).enumerate().map(|(i, (spec, engine))| {
+                let endpoint = Endpoint::new(spec.name.as_str(), format!("sim://{}", spec.name))
+                    .with_weight(spec.weight());
+                let replica = match spec.delay {
+                    Some(mean) => SimReplica::with_delay(
+                        engine.clone(),
+                        Delay::exponential(mean, DELAY_SEED + i as u64),
+                    ),
+                    None => SimReplica::new(engine.clone()),
+                };
+                Backend::new(endpoint, replica)
+            });
+            Balance::from_backends(backends)
+                .with_policy(PolicyHandle::new(policy))
+                .with_completion(SimCompletion)
+        })
+        .collect();
+    let count = balancers.len();
 
     let outcomes = Arc::new(Mutex::new(vec![RequestOutcome::default(); records.len()]));
     let start = Instant::now();
@@ -85,6 +112,7 @@ pub(crate) async fn run_policy_with(
     while let Some((i, record)) = arrivals.next().await {
         let arrived_at = Instant::now();
         let arrived = arrived_at.saturating_duration_since(start);
+        let b = balancer_of(i) % count;
         let mut request = http::Request::new(GenerationRequest::from(&record));
         if sizes == Sizes::Known {
             // What the key-extraction layer puts in: the request's size.
@@ -94,13 +122,14 @@ pub(crate) async fn run_policy_with(
             // And its prefix blocks, when the trace has them.
             request.extensions_mut().insert(record.prefix.clone());
         }
+        let Some(balancer) = balancers.get_mut(b) else { continue };
         let response = match balancer.ready().await {
             Ok(ready) => ready.call(request),
             Err(_) => {
                 set(
                     &outcomes,
                     i,
-                    RequestOutcome { arrived, dispatched: arrived, ..RequestOutcome::default() },
+                    RequestOutcome { arrived, dispatched: arrived, balancer: b, ..RequestOutcome::default() },
                 );
                 continue;
             }
@@ -108,7 +137,8 @@ pub(crate) async fn run_policy_with(
         let outcomes = outcomes.clone();
         let names = names.clone();
         tasks.push(tokio::spawn(async move {
-            let mut outcome = RequestOutcome { arrived, dispatched: arrived, ..RequestOutcome::default() };
+            let mut outcome =
+                RequestOutcome { arrived, dispatched: arrived, balancer: b, ..RequestOutcome::default() };
             if let Ok(tokens) = response.await {
                 outcome.replica =
                     tokens.endpoint().and_then(|id| names.iter().position(|n| n.as_str() == id.as_str()));

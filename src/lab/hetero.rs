@@ -79,43 +79,68 @@ pub fn lab_policies() -> Vec<PolicySpec> {
     specs
 }
 
+/// What a run over `hetero`'s cluster needs before its first policy: the workload, the measured
+/// capacity and the time scale that offers `load` of it. Shared with the `herd` scenario.
+pub(crate) struct Setup {
+    /// The whole trace; the window is its first `n` records.
+    pub(crate) records: Vec<TraceRecord>,
+    /// Requests in the window.
+    pub(crate) n: usize,
+    /// Where the workload came from.
+    pub(crate) trace: String,
+    /// Factor applied to the trace's arrival times.
+    pub(crate) time_scale: f64,
+    /// Requests per second one speed-1.0 replica sustains, as measured.
+    pub(crate) replica_capacity_rps: f64,
+    /// Requests per second the cluster sustains.
+    pub(crate) capacity_rps: f64,
+    /// Requests per second offered.
+    pub(crate) offered_rps: f64,
+    /// The replicas ([`replicas`]).
+    pub(crate) replicas: Vec<ReplicaSpec>,
+}
+
+impl Setup {
+    /// Reads the workload and measures the capacity (checking the options on the way).
+    pub(crate) fn new(options: &HeteroOptions) -> Result<Self, LabError> {
+        if !(options.load.is_finite() && options.load > 0.0) {
+            return Err(LabError::Setting(format!("load must be > 0, got {}", options.load)));
+        }
+        let (records, trace) = read_workload(options)?;
+        let n = options.requests.min(records.len());
+        if n < 2 {
+            return Err(LabError::Setting(format!(
+                "the window needs at least 2 requests, got {n} (--requests {}, {} in the trace)",
+                options.requests,
+                records.len()
+            )));
+        }
+        let window = &records[..n];
+        let span = window[n - 1].at.saturating_sub(window[0].at).as_secs_f64();
+        if span <= 0.0 {
+            return Err(LabError::Setting("the window's requests all arrive at once".to_string()));
+        }
+        let trace_rps = (n - 1) as f64 / span;
+
+        let replicas = replicas();
+        let replica_capacity_rps = run_paused(measure_capacity(&EngineConfig::default(), &records))??;
+        let total_speed: f64 = replicas.iter().map(|r| r.config.speed).sum();
+        let capacity_rps = replica_capacity_rps * total_speed;
+        let offered_rps = options.load * capacity_rps;
+        let time_scale = trace_rps / offered_rps;
+        tracing::info!(replica_capacity_rps, capacity_rps, offered_rps, time_scale, "lab: capacity measured");
+        Ok(Self { records, n, trace, time_scale, replica_capacity_rps, capacity_rps, offered_rps, replicas })
+    }
+}
+
 /// Runs the scenario: measures the capacity, then replays the window through every policy of
 /// the registry ([`lab_policies`]), through least response time once more with no request sizes
 /// ([`NO_SIZES`]), and through the ideal, each on fresh replicas under a paused clock.
 pub fn run_hetero(options: &HeteroOptions) -> Result<LabReport, LabError> {
-    if !(options.load.is_finite() && options.load > 0.0) {
-        return Err(LabError::Setting(format!("load must be > 0, got {}", options.load)));
-    }
-    let (records, trace) = read_workload(options)?;
-    let n = options.requests.min(records.len());
-    if n < 2 {
-        return Err(LabError::Setting(format!(
-            "the window needs at least 2 requests, got {n} (--requests {}, {} in the trace)",
-            options.requests,
-            records.len()
-        )));
-    }
+    let setup = Setup::new(options)?;
+    let Setup { records, n, trace, time_scale, replica_capacity_rps, capacity_rps, offered_rps, replicas } =
+        setup;
     let window = &records[..n];
-    let span = window[n - 1].at.saturating_sub(window[0].at).as_secs_f64();
-    if span <= 0.0 {
-        return Err(LabError::Setting("the window's requests all arrive at once".to_string()));
-    }
-    let trace_rps = (n - 1) as f64 / span;
-
-    let replicas = replicas();
-    let replica_capacity_rps = run_paused(measure_capacity(&EngineConfig::default(), &records))??;
-    let total_speed: f64 = replicas.iter().map(|r| r.config.speed).sum();
-    let capacity_rps = replica_capacity_rps * total_speed;
-    let offered_rps = options.load * capacity_rps;
-    let time_scale = trace_rps / offered_rps;
-    tracing::info!(
-        replica_capacity_rps,
-        capacity_rps,
-        offered_rps,
-        time_scale,
-        "lab hetero: capacity measured"
-    );
-
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
     let policies = lab_policies();
     let mut results = Vec::with_capacity(policies.len() + 2);

@@ -61,6 +61,9 @@
 //!   Azure trace stretched to swing 1× to 4.5× a replica's capacity, a 1× → 5× step, a spike and
 //!   steady noisy load, with a 30 s cold start (`--cold-start`); see [`run_burst`]. `--plot
 //!   FILE` draws replicas and p99 TTFT over time, one PNG per workload.
+//! - `herd`: K independent balancers (1, 2, 8, 32), each with its own board, over `hetero`'s one
+//!   set of replicas, the arrivals split evenly or skewed; TTFT and a herd index per K, split
+//!   and policy; see [`run_herd`].
 
 mod balanced;
 pub(crate) mod burst;
@@ -69,6 +72,7 @@ mod burst_plot;
 mod burst_pool;
 mod capacity;
 mod cluster;
+mod herd;
 mod hetero;
 mod hetero_parallel;
 mod ideal;
@@ -87,6 +91,7 @@ pub use burst::{
 };
 pub use capacity::{CAPACITY_REQUESTS, CapacityError, measure_capacity};
 pub use cluster::ReplicaSpec;
+pub use herd::{HERD_BALANCERS, HerdOptions, HerdReport, HerdRow, Split, herd_index, run_herd};
 pub use hetero::{
     DEFAULT_REQUESTS, HeteroOptions, NO_SIZES, lab_policies, replicas as hetero_replicas, run_hetero,
 };
@@ -124,6 +129,9 @@ pub enum Scenario {
     /// Autoscalers (Switchyard's, HPA, KPA, llm-d, a fixed pool sized for the peak) under load
     /// swinging from 1× to 5× a replica's capacity, with a replica cold start.
     Burst,
+    /// K independent balancers (1, 2, 8, 32) over `hetero`'s replicas, arrivals split evenly
+    /// or skewed: does local load information herd?
+    Herd,
 }
 
 /// Flags of `switchyard lab`.
@@ -142,11 +150,11 @@ pub struct LabArgs {
     /// Seed of the policies' random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Requests to replay (the first ones of the trace) [default: hetero 6000,
+    /// Requests to replay (the first ones of the trace) [default: hetero and herd 6000,
     /// hetero-parallel 20000, prefix 4000].
     #[arg(long)]
     pub requests: Option<usize>,
-    /// Offered load, as a share of the cluster's measured capacity [default: hetero 0.7,
+    /// Offered load, as a share of the cluster's measured capacity [default: hetero and herd 0.7,
     /// hetero-parallel 0.65].
     #[arg(long)]
     pub load: Option<f64>,
@@ -178,6 +186,8 @@ pub enum LabOutput {
     Prefix(PrefixReport),
     /// Autoscalers under swinging load (`burst`).
     Burst(BurstReport),
+    /// Many balancers over one fleet (`herd`).
+    Herd(HerdReport),
 }
 
 impl LabOutput {
@@ -188,6 +198,7 @@ impl LabOutput {
             LabOutput::Overload(report) => report.summary(),
             LabOutput::Prefix(report) => report.summary(),
             LabOutput::Burst(report) => report.summary(),
+            LabOutput::Herd(report) => report.summary(),
         }
     }
 }
@@ -273,6 +284,13 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
             cold_start: args.cold_start,
             plot: args.plot.clone(),
             ..BurstOptions::default()
+        })?),
+        Scenario::Herd => LabOutput::Herd(run_herd(&HerdOptions {
+            seed: args.seed,
+            requests: args.requests.unwrap_or(DEFAULT_REQUESTS),
+            load: args.load.unwrap_or(0.7),
+            trace: args.trace.clone(),
+            ..HerdOptions::default()
         })?),
     };
     if let Some(path) = &args.json {

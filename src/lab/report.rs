@@ -20,6 +20,9 @@ pub struct RequestOutcome {
     pub latency: Option<Duration>,
     /// Prompt tokens its replica's prefix cache served.
     pub cached_prompt_tokens: u32,
+    /// Index of the balancer that picked its replica (0 with one balancer or a central
+    /// dispatcher); the pick is at `dispatched`.
+    pub balancer: usize,
 }
 
 impl RequestOutcome {

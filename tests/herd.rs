@@ -1,0 +1,49 @@
+//! The `herd` lab scenario: K = 1 is `hetero`, the same seed gives the same report, and local
+//! counts herd as balancers are added.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use switchyard::lab::{HerdOptions, HeteroOptions, Split, run_herd, run_hetero};
+
+const REQUESTS: usize = 400;
+
+fn herd(seed: u64) -> switchyard::lab::HerdReport {
+    switchyard::register_policies();
+    run_herd(&HerdOptions { seed, requests: REQUESTS, balancers: vec![1, 8], ..HerdOptions::default() })
+        .unwrap()
+}
+
+#[test]
+fn one_balancer_is_hetero_figure_for_figure_and_the_same_seed_gives_the_same_report() {
+    let report = herd(3);
+    let again = herd(3);
+    assert_eq!(serde_json::to_string_pretty(&report).unwrap(), serde_json::to_string_pretty(&again).unwrap());
+
+    let hetero =
+        run_hetero(&HeteroOptions { seed: 3, requests: REQUESTS, ..HeteroOptions::default() }).unwrap();
+    assert_eq!(report.time_scale, hetero.time_scale);
+    let policies = switchyard::lab::lab_policies();
+    for split in [Split::Even, Split::Skewed] {
+        for spec in &policies {
+            let row = report.row(1, split, spec.name()).unwrap_or_else(|| panic!("{} at K = 1", spec.name()));
+            let expected = hetero.result(spec.name()).unwrap();
+            assert_eq!(&row.result, expected, "{} ({split:?}) at K = 1 against hetero", spec.name());
+            assert_eq!(row.herd_index, 0.0, "{}: one balancer cannot herd with another", spec.name());
+        }
+    }
+    let ideal = report.row(1, Split::Central, "ideal").unwrap();
+    assert_eq!(&ideal.result, hetero.result("ideal").unwrap());
+    // Every policy at K = 8, both splits, all requests served.
+    assert_eq!(report.rows.len(), 2 * policies.len() + 2 * policies.len() + 1);
+    assert!(report.rows.iter().all(|r| r.result.requests == REQUESTS && r.result.errors == 0));
+}
+
+#[test]
+fn least_connections_herds_more_with_eight_balancers_than_with_one() {
+    let report = herd(1);
+    for split in [Split::Even, Split::Skewed] {
+        let one = report.row(1, split, "least-connections").unwrap().herd_index;
+        let eight = report.row(8, split, "least-connections").unwrap().herd_index;
+        assert_eq!(one, 0.0);
+        assert!(eight > one, "least connections, {split:?}: herd index {eight} at K = 8, {one} at K = 1");
+    }
+}
