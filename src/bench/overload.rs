@@ -345,12 +345,9 @@ async fn watch_limit(admin: String, start: Instant, into: Arc<std::sync::Mutex<V
 
 /// The value of the pool's limit gauge in a Prometheus text exposition, if it has one.
 fn pool_limit(metrics: &str) -> Option<u32> {
-    let name = switchyard_telemetry::names::POOL_LIMIT;
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let value = rest.strip_prefix(|c| c == '{' || c == ' ')?.rsplit(' ').next()?;
-        value.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u32)
-    })
+    crate::cluster::metric_values(metrics, switchyard_telemetry::names::POOL_LIMIT)
+        .find(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v as u32)
 }
 
 async fn stop_all(gateway: ChildProcess, workers: Vec<(ChildProcess, String)>) {

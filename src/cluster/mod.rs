@@ -109,6 +109,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 pub use plots::{HIT_RATE_PNG, LATENCY_PNG, SHARES_PNG};
 use processes::ChildProcess;
 pub use processes::ProcessError;
+pub(crate) use report::metric_values;
 pub use report::{
     ClusterReport, ClusterSetup, PromptTokens, ReplicaSetup, ReplicaShare, ScalePoint, ScalingReport,
     prompt_tokens_from_metrics,

@@ -334,22 +334,24 @@ pub(crate) fn counts_from_metrics(text: &str, addresses: &[String]) -> (Vec<(u64
 /// [`REPLICA_CACHED_PROMPT_TOKENS`](crate::worker::REPLICA_CACHED_PROMPT_TOKENS), summed over
 /// their label sets); `None` when the worker exports neither (a replica that is no LLM engine).
 pub fn prompt_tokens_from_metrics(text: &str) -> Option<PromptTokens> {
-    let mut found = false;
-    let mut tokens = PromptTokens::default();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let name = series.split('{').next().unwrap_or(series);
-        let Ok(value) = value.trim().parse::<f64>() else { continue };
-        let slot = match name {
-            crate::worker::REPLICA_PROMPT_TOKENS => &mut tokens.prompt,
-            crate::worker::REPLICA_CACHED_PROMPT_TOKENS => &mut tokens.cached,
-            _ => continue,
-        };
-        found = true;
-        // Counters are integers; a float rendering of one is exact below 2^53.
-        *slot += value.max(0.0) as u64;
+    // Counters are integers; a float rendering of one is exact below 2^53.
+    let sum = |name| {
+        let mut values = metric_values(text, name).peekable();
+        values.peek().is_some().then(|| values.map(|v| v.max(0.0) as u64).sum::<u64>())
+    };
+    match (sum(crate::worker::REPLICA_PROMPT_TOKENS), sum(crate::worker::REPLICA_CACHED_PROMPT_TOKENS)) {
+        (None, None) => None,
+        (prompt, cached) => Some(PromptTokens { prompt: prompt.unwrap_or(0), cached: cached.unwrap_or(0) }),
     }
-    found.then_some(tokens)
+}
+
+/// The values of the series of metric `name` (every label set) in a Prometheus text exposition,
+/// in the order they appear; comments and other metrics are skipped.
+pub(crate) fn metric_values<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = f64> + 'a {
+    text.lines().filter(|l| !l.starts_with('#')).filter_map(move |line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        (series.split('{').next() == Some(name)).then(|| value.trim().parse::<f64>().ok()).flatten()
+    })
 }
 
 /// Prompt tokens a replica admitted, and those of them its prefix cache held.

@@ -245,37 +245,21 @@ pub fn run_herd(options: &HerdOptions) -> Result<HerdReport, LabError> {
     let policies = lab_policies();
     let mut rows = Vec::new();
     for &k in &options.balancers {
-        if k == 1 {
-            let mut once = Vec::with_capacity(policies.len());
-            for spec in &policies {
-                once.push(run_row(
-                    spec,
-                    1,
-                    Split::Even,
-                    options.seed,
-                    &setup.replicas,
-                    window,
-                    setup.time_scale,
-                    &names,
-                )?);
-            }
-            for split in Split::RUN {
-                rows.extend(once.iter().cloned().map(|row| HerdRow { split, ..row }));
-            }
-            continue;
-        }
-        for split in Split::RUN {
-            for spec in &policies {
-                rows.push(run_row(
-                    spec,
-                    k,
-                    split,
-                    options.seed,
-                    &setup.replicas,
-                    window,
-                    setup.time_scale,
-                    &names,
-                )?);
+        // With one balancer the splits are one assignment: run once, reported under both.
+        let splits: &[Split] = if k == 1 { &[Split::Even] } else { &Split::RUN };
+        for &split in splits {
+            let run = policies
+                .iter()
+                .map(|spec| {
+                    run_row(spec, k, split, options.seed, &setup.replicas, window, setup.time_scale, &names)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if k == 1 {
+                for split in Split::RUN {
+                    rows.extend(run.iter().cloned().map(|row| HerdRow { split, ..row }));
+                }
+            } else {
+                rows.extend(run);
             }
         }
     }
