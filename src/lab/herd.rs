@@ -73,6 +73,8 @@ pub struct HerdOptions {
     pub trace: Option<PathBuf>,
     /// The numbers of balancers to run (each at least 1).
     pub balancers: Vec<usize>,
+    /// The policies to run, by registry name; empty runs every one of [`lab_policies`].
+    pub policies: Vec<String>,
 }
 
 impl Default for HerdOptions {
@@ -83,6 +85,7 @@ impl Default for HerdOptions {
             load: 0.7,
             trace: None,
             balancers: HERD_BALANCERS.to_vec(),
+            policies: Vec::new(),
         }
     }
 }
@@ -242,7 +245,11 @@ pub fn run_herd(options: &HerdOptions) -> Result<HerdReport, LabError> {
     })?;
     let window = &setup.records[..setup.n];
     let names: Vec<String> = setup.replicas.iter().map(|r| r.name.clone()).collect();
-    let policies = lab_policies();
+    let policies: Vec<PolicySpec> = if options.policies.is_empty() {
+        lab_policies()
+    } else {
+        options.policies.iter().map(|name| PolicySpec::named(name.as_str())).collect()
+    };
     let mut rows = Vec::new();
     for &k in &options.balancers {
         // With one balancer the splits are one assignment: run once, reported under both.

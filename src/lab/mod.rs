@@ -172,6 +172,12 @@ pub struct LabArgs {
     /// over real processes (suffixed "(sizes, delays)"); 0 leaves them out.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     pub delay: std::time::Duration,
+    /// `herd`: the numbers of balancers to run, comma-separated [default: 1,2,8,32].
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    pub balancers: Option<Vec<usize>>,
+    /// `herd`: the policies to run, by name, comma-separated [default: every registered one].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub policies: Option<Vec<String>>,
 }
 
 /// What a lab run reports: a policy comparison, or the overload scenario's figures.
@@ -290,7 +296,8 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
             requests: args.requests.unwrap_or(DEFAULT_REQUESTS),
             load: args.load.unwrap_or(0.7),
             trace: args.trace.clone(),
-            ..HerdOptions::default()
+            balancers: args.balancers.clone().unwrap_or_else(|| HERD_BALANCERS.to_vec()),
+            policies: args.policies.clone().unwrap_or_default(),
         })?),
     };
     if let Some(path) = &args.json {

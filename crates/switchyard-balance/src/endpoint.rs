@@ -147,6 +147,8 @@ pub struct OwnLoad {
     pub in_flight: u32,
     /// Of those, the ones awaiting their first byte ([`EndpointState::awaiting_first_byte`]).
     pub awaiting_first_byte: u32,
+    /// Their work ([`EndpointState::pending_work`]).
+    pub pending_work: u64,
 }
 
 /// A replica's last load report, with when it arrived and what the balancer itself had on the
@@ -549,7 +551,11 @@ impl EndpointState {
 
     /// The balancer's own load on the endpoint now.
     fn own_load(&self) -> OwnLoad {
-        OwnLoad { in_flight: self.in_flight(), awaiting_first_byte: self.awaiting_first_byte() }
+        OwnLoad {
+            in_flight: self.in_flight(),
+            awaiting_first_byte: self.awaiting_first_byte(),
+            pending_work: self.pending_work(),
+        }
     }
 
     /// Whether the endpoint is ejected at `now`.
@@ -919,7 +925,7 @@ mod tests {
         let later: Vec<_> = (0..3).map(|_| s.start(t0, 10)).collect();
         let snapshot = s.fresh_report_with_own(t0, Duration::from_secs(1)).expect("fresh");
         assert_eq!((snapshot.report.queue_depth, snapshot.at), (4, t0));
-        assert_eq!(snapshot.own, OwnLoad { in_flight: 2, awaiting_first_byte: 1 });
+        assert_eq!(snapshot.own, OwnLoad { in_flight: 2, awaiting_first_byte: 1, pending_work: 10 });
 
         // A malformed report keeps the last good one with its own baseline.
         s.record_encoded_report(&http::HeaderValue::from_static("!!not base64!!"), t0);
@@ -927,7 +933,7 @@ mod tests {
         s.record_report(queue(1), t0);
         assert_eq!(
             s.fresh_report_with_own(t0, Duration::from_secs(1)).map(|r| r.own),
-            Some(OwnLoad { in_flight: 5, awaiting_first_byte: 4 })
+            Some(OwnLoad { in_flight: 5, awaiting_first_byte: 4, pending_work: 40 })
         );
         advance(Duration::from_secs(2)).await;
         assert!(s.fresh_report_with_own(Instant::now(), Duration::from_secs(1)).is_none(), "stale");

@@ -18,7 +18,9 @@
 //! `cpu_utilization` maps to the report's own field, and `application_utilization` carries the
 //! KV-cache utilisation so that ORCA consumers that know nothing of LLMs (gRPC's weighted round
 //! robin) still see how full the replica is. Other named metrics are kept in
-//! [`ReportedLoad::named`].
+//! [`ReportedLoad::named`]; among them [`PREFILL_BACKLOG_TOKENS`], the prompt tokens the replica
+//! has still to prefill (queued prompts and the rest of those prefilling), which the
+//! `load-report` policy reads as the work ahead of a new request that other balancers sent.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,10 @@ pub const RUNNING_REQUESTS: &str = "running_requests";
 pub const KV_CACHE_UTILIZATION: &str = "kv_cache_utilization";
 /// Named-metric key for [`ReportedLoad::capacity`].
 pub const MAX_BATCH: &str = "max_batch";
+/// Named metric (kept in [`ReportedLoad::named`]): the prompt tokens the replica has still to
+/// prefill, those of the queued prompts and the rest of the ones prefilling. A new prompt's
+/// time to first token waits on them.
+pub const PREFILL_BACKLOG_TOKENS: &str = "prefill_backlog_tokens";
 
 /// `xds.data.orca.v3.OrcaLoadReport`, field for field (see `proto/xds/data/orca/v3/`).
 ///

@@ -178,7 +178,11 @@ impl EngineState {
     pub(crate) fn snapshot(&self, config: &EngineConfig) -> ReplicaLoad {
         let kv_used_tokens = self.reserved_tokens.saturating_add(self.cache.tokens());
         let capacity = config.kv_capacity_tokens;
+        let queued: u64 = self.waiting.iter().map(|r| u64::from(r.prompt_tokens)).sum();
+        let prefilling: u64 =
+            self.running.iter().map(|s| u64::from(s.req.prompt_tokens.saturating_sub(s.prefilled))).sum();
         ReplicaLoad {
+            prefill_backlog_tokens: queued + prefilling,
             queue_depth: u32::try_from(self.waiting.len()).unwrap_or(u32::MAX),
             running: u32::try_from(self.running.len()).unwrap_or(u32::MAX),
             max_batch: config.max_batch,

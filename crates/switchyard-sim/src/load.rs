@@ -14,6 +14,11 @@ pub struct ReplicaLoad {
     pub queue_depth: u32,
     /// Requests in the running batch (prefilling or decoding).
     pub running: u32,
+    /// Prompt tokens still to prefill: all of the queued prompts' and the rest of the running
+    /// ones' (a queued prompt's cached prefix is not known before its admission, so it counts
+    /// whole). Reported as the named metric
+    /// [`PREFILL_BACKLOG_TOKENS`](switchyard_core::orca::PREFILL_BACKLOG_TOKENS).
+    pub prefill_backlog_tokens: u64,
     /// The most requests that can run at once ([`EngineConfig::max_batch`](crate::EngineConfig)).
     pub max_batch: u32,
     /// KV tokens in use: reserved by running requests plus held by the prefix cache.
@@ -61,7 +66,8 @@ impl ReplicaLoad {
     }
 
     /// The report a replica sends in its ORCA trailer: queue depth, running requests, KV-cache
-    /// utilisation, `capacity = max_batch`, and the named metric [`PREFIX_HIT_RATE`].
+    /// utilisation, `capacity = max_batch`, and the named metrics [`PREFIX_HIT_RATE`] and
+    /// [`PREFILL_BACKLOG_TOKENS`](switchyard_core::orca::PREFILL_BACKLOG_TOKENS).
     pub fn to_reported(&self) -> ReportedLoad {
         let mut report = ReportedLoad {
             queue_depth: self.queue_depth,
@@ -71,6 +77,10 @@ impl ReplicaLoad {
             ..ReportedLoad::default()
         };
         report.named.insert(PREFIX_HIT_RATE.to_string(), self.prefix_hit_rate());
+        report.named.insert(
+            switchyard_core::orca::PREFILL_BACKLOG_TOKENS.to_string(),
+            self.prefill_backlog_tokens as f64,
+        );
         report
     }
 }
@@ -88,9 +98,11 @@ mod tests {
             kv_cache_utilization: 0.25,
             prefix_hit_blocks: 1,
             prefix_lookup_blocks: 4,
+            prefill_backlog_tokens: 3000,
             ..ReplicaLoad::default()
         };
         let r = load.to_reported();
+        assert_eq!(r.named[switchyard_core::orca::PREFILL_BACKLOG_TOKENS], 3000.0);
         assert_eq!((r.queue_depth, r.running, r.capacity), (2, 5, 8));
         assert_eq!(r.kv_cache_utilization, 0.25);
         assert_eq!(r.named[PREFIX_HIT_RATE], 0.25);

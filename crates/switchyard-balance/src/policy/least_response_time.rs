@@ -1,6 +1,5 @@
 //! Least response time: the endpoint expected to answer first.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rand::rngs::Xoshiro256PlusPlus;
@@ -8,6 +7,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::{Endpoints, Policy, RequestInfo};
 use crate::EndpointState;
+use crate::rng::NearTie;
 
 /// The endpoint expected to send the first byte of its response soonest, over all endpoints:
 ///
@@ -68,9 +68,9 @@ use crate::EndpointState;
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
 /// it 0.1 % and its p99 is the ideal's 12 ms; over real processes (`switchyard bench
 /// hetero-parallel`, 20 ms calls) 28 ms, where HAProxy's and nginx's least connections are at
-/// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.06 × the
-/// ideal's on the bundled Azure trace (189 ms against 179), 1.08 × on the Mooncake one and
-/// 1.07 × at 80 % load on the Azure trace (1.32 ×
+/// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.04 × the
+/// ideal's on the bundled Azure trace (187 ms against 179), 1.03 × on the Mooncake one and
+/// 1.06 × at 80 % load on the Azure trace (214 ms against 202; 1.32 ×
 /// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
 /// [`capacity`](crate::capacity): an engine's chunked prefill serves several short prompts in
 /// one step, as fast as one, and some replicas then learnt two slots for a while;
@@ -83,15 +83,29 @@ use crate::EndpointState;
 /// delay a new prompt. The policy lab's `hetero` scenario (replicas of unequal speed) shows the
 /// difference: in-flight-based policies send the slow replica more than it can take.
 ///
-/// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one, so it is exact;
-/// ties go to the endpoint after the previous pick. Beyond that it compares
+/// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one. Beyond that it compares
 /// [`SAMPLE`](Self::SAMPLE) endpoints drawn at random (the power of d choices), which keeps the
 /// cost per request flat however large the pool. It needs nothing from the replicas but their
 /// answers, so it balances any gRPC server.
+///
+/// # Ties, and many balancers
+///
+/// The pick is drawn at random, from the policy's seed, among the candidates whose cost is
+/// within [`NEAR_TIE`](crate::policy::NEAR_TIE) (0.5 %) of the least: exact ties, common while a
+/// balancer has nothing in flight on replicas of one speed, and costs equal but for rounding.
+/// Until 2026-12-01 a tie went to the endpoint after the previous pick, a rotation; with several
+/// balancers over one fleet (gateway replicas, or one balancer in every client process), each
+/// of which sees only its own requests in flight, the rotations do not know of each other and
+/// several balancers land on one replica. Drawn at random, balancers seeded differently pick
+/// independently. In lab `herd` (`reports/lab/herd.md`) the p99 TTFT at 32 balancers, arrivals
+/// split evenly, fell from 743 to 541 ms on the Azure trace and from 22,883 to 15,941 ms on the
+/// Mooncake one; one balancer's moved from 189 to 187 ms and from 8,101 to 7,736 ms. Independent
+/// balancers still see only their own requests: what another balancer sends is not in this cost
+/// (the [`LoadReport`](super::LoadReport) policy adds what the replicas report).
 #[derive(Debug)]
 pub struct LeastResponseTime {
-    start: AtomicUsize,
     rng: Mutex<Xoshiro256PlusPlus>,
+    ties: NearTie,
 }
 
 impl Default for LeastResponseTime {
@@ -111,9 +125,9 @@ impl LeastResponseTime {
         Self::default()
     }
 
-    /// Least response time, sampling large pools with draws from `seed`.
+    /// Least response time, breaking near-ties and sampling large pools with draws from `seed`.
     pub fn with_seed(seed: u64) -> Self {
-        Self { start: AtomicUsize::new(0), rng: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(seed)) }
+        Self { rng: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(seed)), ties: NearTie::new(seed) }
     }
 }
 
@@ -131,36 +145,32 @@ impl Policy for LeastResponseTime {
             let mut sample = [0usize; Self::SAMPLE];
             sample.iter_mut().for_each(|i| *i = rng.random_range(0..n));
             drop(rng);
-            return Some(cheapest(sample.into_iter(), endpoints, work));
+            return self.cheapest(sample.into_iter(), endpoints, work);
         }
-        let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
-        Some(cheapest((0..n).map(|offset| (start + offset) % n), endpoints, work))
+        self.cheapest(0..n, endpoints, work)
     }
 }
 
-/// The candidate with the lowest expected time to first byte for `work` more units (the first
-/// one on a tie).
-fn cheapest(
-    candidates: impl Iterator<Item = usize> + Clone,
-    endpoints: &[Arc<EndpointState>],
-    work: f64,
-) -> usize {
-    let estimate = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
-    let mut best = None;
-    let mut best_cost = f64::INFINITY;
-    for i in candidates {
-        let e = &*endpoints[i];
-        let cost = estimate.backlog_cost_nanos(
-            &estimate.backlog(e),
-            estimate.request_work(e, work),
-            estimate.unit_time_nanos(e),
-        );
-        if best.is_none() || cost < best_cost {
-            best = Some(i);
-            best_cost = cost;
-        }
+impl LeastResponseTime {
+    /// The candidate with the lowest expected time to first byte for `work` more units, drawn
+    /// at random among those within [`NEAR_TIE`](crate::policy::NEAR_TIE) of it.
+    fn cheapest(
+        &self,
+        candidates: impl Iterator<Item = usize> + Clone,
+        endpoints: &[Arc<EndpointState>],
+        work: f64,
+    ) -> Option<usize> {
+        let estimate = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
+        self.ties.pick(candidates.map(|i| {
+            let e = &*endpoints[i];
+            let cost = estimate.backlog_cost_nanos(
+                &estimate.backlog(e),
+                estimate.request_work(e, work),
+                estimate.unit_time_nanos(e),
+            );
+            (i, cost)
+        }))
     }
-    best.unwrap_or(0)
 }
 
 /// What waits ahead of a new request on one endpoint, as the response-time cost counts it: the

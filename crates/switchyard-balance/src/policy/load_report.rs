@@ -1,7 +1,6 @@
 //! Load-report aware choice: the balancer's own view of each replica, completed by what the
 //! replica says about itself.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,6 +10,8 @@ use tokio::time::Instant;
 
 use super::{Backlog, Endpoints, Policy, RequestInfo, ResponseTimeEstimate};
 use crate::EndpointState;
+use crate::rng::NearTie;
+use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 
 /// The endpoint expected to send the first byte soonest, counting the load its replica reports
 /// (ORCA: queue, running, capacity) that the balancer did not send itself.
@@ -31,7 +32,9 @@ use crate::EndpointState;
 /// ```text
 /// foreign_waiting = max(0, queue_depth − own_awaiting_at_report)
 /// foreign_running = max(0, queue_depth + running − own_in_flight_at_report)
-/// foreign_work    = max(0, foreign_waiting × work − age_of_report ÷ unit_time)
+/// foreign_work    = max(0, foreign_backlog − age_of_report ÷ unit_time)
+/// foreign_backlog = reported_prefill_tokens − own_pending_work_at_report   (the replica reports it)
+///                 | foreign_waiting × work                                  (otherwise)
 /// occupancy       = in_flight + foreign_running
 /// at_once         = max(1, min(slots, own_awaiting + foreign_waiting + 1))
 /// brake           = √((occupancy + 1) / (mean_occupancy + 1))
@@ -51,9 +54,16 @@ use crate::EndpointState;
 ///   counts those requests, and the live counters `pending_work` and `in_flight` count them
 ///   too (and everything sent or answered since), so subtracting them is what keeps the load
 ///   from being counted twice. A queue the balancer's own requests explain adds nothing.
-/// - Foreign requests waiting for admission are taken to be as large as this one (the best
-///   guess of their size the balancer has), and are worked off at the endpoint's speed while
-///   the report ages: after `foreign_waiting × work × unit_time` the replica has prefilled them.
+/// - The foreign work ahead is what the replica has still to prefill less what the balancer
+///   itself had waiting for a first byte there when the report arrived, where the replica
+///   reports its prefill backlog (the named metric
+///   [`PREFILL_BACKLOG_TOKENS`](switchyard_core::orca::PREFILL_BACKLOG_TOKENS), which
+///   Switchyard's workers send) and the endpoint counts work in tokens. An LLM engine admits
+///   prompts into its running batch at once and prefills them there, so its queue is mostly
+///   empty while the prompts ahead of a new one are many. Without that metric, foreign requests
+///   waiting for admission are taken to be as large as this one (the best guess of their size
+///   the balancer has). Either is worked off at the endpoint's speed while the report ages:
+///   after `foreign_backlog × unit_time` the replica has prefilled it.
 /// - The brake is LRT's, over the replica's whole occupancy (own and foreign requests in flight)
 ///   instead of the balancer's share alone: running decodes slow every step and fill batch slots.
 /// - **The wait for a slot**: on a replica whose occupancy has reached the `capacity` it
@@ -89,21 +99,22 @@ use crate::EndpointState;
 ///
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
-/// bundled traces (`reports/lab/hetero.json`, Azure: 189 ms each, ideal 179 ms;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 8,101 ms each, ideal 7,482 ms). In lab
+/// bundled traces (`reports/lab/hetero.json`, Azure: 187 ms each, ideal 179 ms;
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,736 ms each, ideal 7,482 ms). In lab
 /// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the ideal's 12 ms (
 /// `reports/lab/hetero-parallel.md`). Where a replica also serves other
 /// clients, the reports move the picks away from it, which LRT cannot see.
 ///
-/// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; ties go to the
-/// endpoint after the previous pick. Beyond that it compares [`SAMPLE`](Self::SAMPLE) endpoints
-/// drawn at random from `seed`. An endpoint without a speed sample borrows the fastest measured
+/// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; the pick is drawn
+/// at random among those within [`NEAR_TIE`](crate::policy::NEAR_TIE) of the least cost, as
+/// least response time's is (so that balancers that read the same reports do not move in
+/// step). Beyond that it compares [`SAMPLE`](Self::SAMPLE) endpoints drawn at random from `seed`. An endpoint without a speed sample borrows the fastest measured
 /// one among those compared, as LRT does.
 #[derive(Debug)]
 pub struct LoadReport {
-    start: AtomicUsize,
     rng: Mutex<Xoshiro256PlusPlus>,
     max_age: Duration,
+    ties: NearTie,
 }
 
 impl LoadReport {
@@ -115,9 +126,9 @@ impl LoadReport {
     /// The policy with default settings; large pools are sampled with draws from `seed`.
     pub fn with_seed(seed: u64) -> Self {
         Self {
-            start: AtomicUsize::new(0),
             rng: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(seed)),
             max_age: Duration::from_secs(1),
+            ties: NearTie::new(seed),
         }
     }
 
@@ -165,7 +176,17 @@ impl LoadReport {
         let age = now.saturating_duration_since(snapshot.at).as_secs_f64() * 1e9;
         let drained = if unit_time > 0.0 { age / unit_time } else { 0.0 };
         let backlog = &mut estimate.backlog;
-        backlog.ahead += (f64::from(foreign_waiting) * work - drained).max(0.0);
+        // The replica's own count of the prompt tokens it has still to prefill, where it sends
+        // one and the endpoint counts work in tokens; else the foreign queue, each request as
+        // large as this one.
+        let reported_backlog = report.named.get(PREFILL_BACKLOG_TOKENS).copied().filter(|t| t.is_finite());
+        let foreign_work = match reported_backlog {
+            Some(tokens) if work < crate::capacity::PER_REQUEST_WORK => {
+                tokens - snapshot.own.pending_work as f64
+            }
+            _ => f64::from(foreign_waiting) * work,
+        };
+        backlog.ahead += (foreign_work - drained).max(0.0);
         backlog.in_flight += f64::from(foreign_running);
         let waiting = endpoint.awaiting_first_byte().saturating_add(foreign_waiting).saturating_add(1);
         backlog.at_once = endpoint.slots().min(waiting).max(1);
@@ -181,7 +202,8 @@ impl LoadReport {
         estimate
     }
 
-    /// The cheapest candidate (the first one on a tie).
+    /// The cheapest candidate, drawn at random among those within
+    /// [`NEAR_TIE`](crate::policy::NEAR_TIE) of it.
     fn cheapest(
         &self,
         candidates: impl Iterator<Item = usize> + Clone,
@@ -201,14 +223,9 @@ impl LoadReport {
         let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.in_flight).sum::<f64>()
             / estimates.len().max(1) as f64;
         let shared = shared.with_mean_in_flight(mean);
-        let mut best: Option<(usize, f64)> = None;
-        for (i, unit, work, e) in estimates {
-            let cost = e.cost(&shared, work, unit);
-            if best.is_none_or(|(_, best_cost)| cost < best_cost) {
-                best = Some((i, cost));
-            }
-        }
-        best.map_or(0, |(i, _)| i)
+        let costs: Vec<(usize, f64)> =
+            estimates.into_iter().map(|(i, unit, work, e)| (i, e.cost(&shared, work, unit))).collect();
+        self.ties.pick(costs.into_iter()).unwrap_or(0)
     }
 }
 
@@ -257,8 +274,7 @@ impl Policy for LoadReport {
             drop(rng);
             return Some(self.cheapest(sample.into_iter(), endpoints, request));
         }
-        let start = self.start.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        Some(self.cheapest((0..n).map(|offset| (start + offset) % n), endpoints, request))
+        Some(self.cheapest(0..n, endpoints, request))
     }
 }
 
@@ -372,6 +388,94 @@ mod tests {
         // 3 ms later a has worked them off: 1,000 units at 1 µs (× 1.26) beat 2.5 ms.
         advance(Duration::from_millis(3)).await;
         assert_eq!(pick(&policy), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reported_prefill_backlog_moves_the_pick_while_the_queue_is_empty() {
+        // An LLM engine admits prompts into its batch at once: its queue is empty, the prompts
+        // it has still to prefill are not. a is four times faster than b.
+        let eps = [endpoint("a"), endpoint("b")];
+        for (e, micros) in [(&eps[0], 1), (&eps[1], 4)] {
+            e.teach_time_grows_with_work(Duration::from_micros(micros)).await;
+            answer(e, 1000, Duration::from_millis(micros)).await;
+        }
+        let policy = LoadReport::with_seed(0);
+        let mut ext = http::Extensions::new();
+        ext.insert(switchyard_core::RequestSize::new(1000, 1));
+        let pick =
+            || policy.pick(&RequestInfo::new(Some(&ext), Instant::now()), &Endpoints::all_eligible(&eps, 0));
+        // One of ours awaits its first byte on a (500 tokens).
+        let _ours = eps[0].start(Instant::now(), 500);
+        let with_backlog = |tokens: f64| {
+            // Running: our one request (no foreign one, so the brake is ours alone).
+            let mut r = report(0, 1, 256);
+            r.named.insert(PREFILL_BACKLOG_TOKENS.to_string(), tokens);
+            eps[0].record_report(r, Instant::now());
+        };
+        // A backlog our own request explains adds nothing: (500 + 1,000) × 1 µs, braked, beats
+        // b's 4 ms.
+        with_backlog(500.0);
+        assert_eq!(pick(), Some(0));
+        // 6,000 tokens more than ours: (6,500 + 1,000) × 1 µs against b's 4 ms.
+        with_backlog(6500.0);
+        let snapshot = eps[0].fresh_report_with_own(Instant::now(), Duration::from_secs(1)).unwrap();
+        assert_eq!(snapshot.own.pending_work, 500, "our own work when the report arrived");
+        assert_eq!(pick(), Some(1), "a has other balancers' prompts to prefill first");
+        // 5.5 ms on, a has prefilled 5,500 of them: (500 + 500 + 1,000) × 1 µs × √(2 / 1.5)
+        // (2.3 ms) beats b's 4 ms × √(1 / 1.5) (3.3 ms).
+        advance(Duration::from_micros(5500)).await;
+        assert_eq!(pick(), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn balancers_fed_the_same_reports_with_different_seeds_do_not_pick_in_lockstep() {
+        // A property over random fleets: 2 to 8 replicas of one speed, each with a random
+        // report (some share one, so that they tie); two balancers in the same state with
+        // different seeds. Each picks among the cheapest, and they agree about as often as
+        // independent draws among the tied do, not every time.
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        let mut tied_cases = 0;
+        for case in 0..40 {
+            let n = rng.random_range(2..=8usize);
+            let eps: Vec<_> = (0..n).map(|i| endpoint(&format!("e{i}"))).collect();
+            for e in &eps {
+                e.teach_time_grows_with_work(Duration::from_micros(1)).await;
+                answer(e, 1000, Duration::from_millis(1)).await;
+            }
+            // Two report levels: `low` ones tie at the least cost.
+            let low = rng.random_range(1..=n);
+            for (i, e) in eps.iter().enumerate() {
+                let backlog = if i < low { 0 } else { rng.random_range(1..4u32) };
+                e.record_report(report(backlog, 0, 256), Instant::now());
+            }
+            let (a, b) = (LoadReport::with_seed(case), LoadReport::with_seed(case + 1000));
+            let mut ext = http::Extensions::new();
+            ext.insert(switchyard_core::RequestSize::new(1000, 1));
+            let req = RequestInfo::new(Some(&ext), Instant::now());
+            let all = Endpoints::all_eligible(&eps, 0);
+            let (mut same, picks) = (0, 400);
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..picks {
+                let (x, y) = (a.pick(&req, &all).unwrap(), b.pick(&req, &all).unwrap());
+                assert!(x < low && y < low, "case {case}: a pick outside the cheapest {low}: {x}, {y}");
+                same += usize::from(x == y);
+                seen.insert(x);
+            }
+            if low >= 2 {
+                tied_cases += 1;
+                assert_eq!(seen.len(), low, "case {case}: every tied replica is drawn");
+                // Independent uniform draws among `low` agree 1 / low of the time.
+                let expected = picks as f64 / low as f64;
+                assert!(
+                    (same as f64) < expected * 1.35 + 20.0,
+                    "case {case}: {same} of {picks} alike, low {low}"
+                );
+            } else {
+                assert_eq!(same, picks, "one cheapest: both take it");
+            }
+        }
+        assert!(tied_cases >= 20, "the property was exercised: {tied_cases}");
     }
 
     /// Sends one request of `work` units to `e`: its first byte after `ttft`, its end `after`
