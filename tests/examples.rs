@@ -79,3 +79,27 @@ async fn custom_discovery_with_replicas_registered_in_etcd() {
     let etcd = etcd_server::EtcdServer::start().await;
     check_custom_discovery(&custom_discovery::run(Some(etcd.url())).await.unwrap());
 }
+
+#[path = "../examples/many_clients.rs"]
+mod many_clients;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_spread_calls_over_every_replica_with_a_balancer_each_and_with_one_shared() {
+    let options = many_clients::Options { seconds: 2.0, ..many_clients::Options::default() };
+    let setups = many_clients::run(options).await.unwrap();
+    let names: Vec<&str> = setups.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["8 balancers", "1 shared balancer"]);
+    assert_eq!(setups[0].ok, setups[1].ok, "the same schedule in both setups: {setups:?}");
+    for setup in &setups {
+        assert!(setup.failed.is_empty(), "{setup:?}");
+        // Poisson arrivals at 60/s for 2 s: about 120 calls, every one counted on a board.
+        assert!((60..=200).contains(&setup.ok), "{setup:?}");
+        assert_eq!(setup.served.values().sum::<u64>(), setup.ok, "{setup:?}");
+        // Three equal replicas: each gets a real share (a third, give or take), none is left out.
+        assert_eq!(setup.served.len(), 3, "{setup:?}");
+        for (replica, &n) in &setup.served {
+            assert!(n * 6 >= setup.ok, "{replica} got {n} of {} calls: {setup:?}", setup.ok);
+        }
+        assert!(setup.ttft_ms.p99 > 0.0 && setup.latency_ms.p99 >= setup.ttft_ms.p99, "{setup:?}");
+    }
+}

@@ -18,6 +18,15 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 /// and returns the child and the address that follows the phrase. The rest of its stderr is
 /// drained in the background.
 pub(crate) async fn spawn_until(args: &[&str], phrase: &str) -> (Child, String) {
+    let (child, mut addrs) = spawn_until_all(args, &[phrase]).await;
+    (child, addrs.remove(0))
+}
+
+/// Runs `switchyard ARGS` and waits until its log has had a line containing each of `phrases`
+/// (`"gateway serving on "`, `"admin serving on "`), in any order; returns the child and the
+/// address that follows each phrase, in the order of `phrases`. The rest of its stderr is drained
+/// in the background.
+pub(crate) async fn spawn_until_all(args: &[&str], phrases: &[&str]) -> (Child, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
@@ -26,16 +35,19 @@ pub(crate) async fn spawn_until(args: &[&str], phrase: &str) -> (Child, String) 
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
+    let mut addrs: Vec<Option<String>> = vec![None; phrases.len()];
+    while addrs.iter().any(Option::is_none) {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
-            .unwrap_or_else(|_| panic!("no {phrase:?} line within 30 s"))
+            .unwrap_or_else(|_| panic!("no {phrases:?} lines within 30 s"))
             .unwrap()
             .expect("stderr open");
-        if let Some((_, rest)) = line.split_once(phrase) {
-            break rest.split_whitespace().next().unwrap().to_string();
+        for (phrase, addr) in phrases.iter().zip(&mut addrs) {
+            if let Some((_, rest)) = line.split_once(phrase) {
+                *addr = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
         }
-    };
+    }
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             if std::env::var_os("GATEWAY_LOG").is_some() {
@@ -43,7 +55,7 @@ pub(crate) async fn spawn_until(args: &[&str], phrase: &str) -> (Child, String) 
             }
         }
     });
-    (child, addr)
+    (child, addrs.into_iter().flatten().collect())
 }
 
 /// Sends SIGTERM to `child`.
