@@ -35,6 +35,16 @@
 //! (`roundrobin`, `leastconn`). It reports the time to first token (p99 first) of each target;
 //! see [`hetero`].
 //!
+//! # Scenario `herd`
+//!
+//! `hetero`'s four workers and load, through four gateway processes at once (each its own
+//! listener, its own board, no state shared) with the trace's arrivals dealt round robin to four
+//! load generators, one per gateway; against one gateway carrying the whole load, and against
+//! four nginx `least_conn` and four HAProxy `leastconn` instances dealt the load the same way.
+//! It reports the time to first token merged over the load generators, each worker's share of
+//! the prompt tokens, and the four gateways' p99 over one gateway's and over the better peer's;
+//! see [`herd`]. With `--json FILE` it also writes its markdown report beside it.
+//!
 //! # Scenario `hetero-parallel`
 //!
 //! Four workers of the parallel kind (8 calls at once at 20 ms each), one four times slower,
@@ -75,6 +85,7 @@
 //! own instances with its own config files in a temporary folder, never the distro's services.
 
 mod cpu;
+pub mod herd;
 pub mod hetero;
 pub mod hetero_parallel;
 mod load;
@@ -109,6 +120,9 @@ pub enum Scenario {
     Hetero,
     /// Four parallel-kind workers (8 slots, 20 ms), one 4× slower, Poisson calls at 65% load.
     HeteroParallel,
+    /// `hetero`'s workers and load through four gateway processes (four load generators), one
+    /// gateway, four nginx `least_conn` and four HAProxy `leastconn`: p99 TTFT of each.
+    Herd,
     /// Four parallel-kind workers at 0.5×, 1×, 2×, 3× their measured capacity, with and without
     /// overload protection: goodput and success by priority.
     Overload,
@@ -466,6 +480,47 @@ struct Target {
     pid: Option<u32>,
 }
 
+/// Stops `children` in turn, each with 20 s of grace; one that does not exit cleanly is a
+/// warning, not an error.
+pub(crate) async fn stop_children(children: impl IntoIterator<Item = ChildProcess>) {
+    for child in children {
+        let name = child.name().to_string();
+        if let Err(e) = child.stop(Duration::from_secs(20)).await {
+            eprintln!("bench: warning: {name}: {e}");
+        }
+    }
+}
+
+/// Failed calls by status as `CODE n, CODE n`, or `0` when there were none.
+pub(crate) fn errors_text(errors: &std::collections::BTreeMap<String, u64>) -> String {
+    if errors.is_empty() {
+        return "0".to_string();
+    }
+    errors.iter().map(|(code, n)| format!("{code} {n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A proxy a scenario started in front of the workers: a gateway process or a peer.
+pub(crate) enum Proxy {
+    /// `switchyard gateway`.
+    Gateway(ChildProcess),
+    /// nginx or HAProxy.
+    Peer(peers::Peer),
+}
+
+impl Proxy {
+    /// Stops the proxy; a gateway that does not exit cleanly is a warning, not an error.
+    pub(crate) async fn stop(self) {
+        match self {
+            Self::Gateway(child) => {
+                if let Err(e) = child.stop(Duration::from_secs(20)).await {
+                    eprintln!("bench: warning: {e}");
+                }
+            }
+            Self::Peer(peer) => peer.stop().await,
+        }
+    }
+}
+
 /// The report of one bench run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -474,6 +529,8 @@ pub enum BenchReport {
     Overhead(OverheadReport),
     /// Scenario `hetero` or `hetero-parallel`.
     Hetero(hetero::HeteroReport),
+    /// Scenario `herd`.
+    Herd(herd::HerdReport),
     /// Scenario `overload`.
     Overload(overload::OverloadReport),
     /// Scenario `prefix`.
@@ -488,9 +545,20 @@ impl BenchReport {
         match self {
             Self::Overhead(r) => r.summary(),
             Self::Hetero(r) => r.summary(),
+            Self::Herd(r) => r.summary(),
             Self::Overload(r) => r.summary(),
             Self::Prefix(r) => r.summary(),
             Self::Scale(r) => r.summary(),
+        }
+    }
+
+    /// The markdown report the scenario writes beside its JSON, if it writes one.
+    pub fn markdown(&self) -> Option<String> {
+        match self {
+            Self::Herd(r) => Some(r.markdown()),
+            Self::Prefix(r) => Some(r.markdown()),
+            Self::Scale(r) => Some(r.markdown()),
+            Self::Overhead(_) | Self::Hetero(_) | Self::Overload(_) => None,
         }
     }
 }
@@ -533,6 +601,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 .map(BenchReport::Hetero),
             Err(e) => Err(e),
         },
+        Scenario::Herd => match peers::require_peers() {
+            Ok((nginx_exe, haproxy_exe)) => {
+                herd::run(args, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Herd)
+            }
+            Err(e) => Err(e),
+        },
         Scenario::Overload => overload::run(args, &exe).await.map(BenchReport::Overload),
         Scenario::Prefix => match peers::require(PeerKind::Nginx) {
             Ok(nginx_exe) => prefix::run(args, &exe, &nginx_exe, &dir).await.map(BenchReport::Prefix),
@@ -544,35 +618,56 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let report = result?;
     if let Some(path) = &args.json {
         write_json(path, &report).map_err(|e| BenchError::Io(format!("write {}", path.display()), e))?;
-        // Scenario `prefix` writes its summary beside the JSON, as markdown.
-        if let BenchReport::Prefix(prefix) = &report {
+        // Scenarios `herd`, `prefix` and `scale` write their summary beside the JSON, as markdown.
+        if let Some(text) = report.markdown() {
             let md = path.with_extension("md");
-            std::fs::write(&md, prefix.markdown())
-                .map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;
-        }
-        // So does scenario `scale`.
-        if let BenchReport::Scale(scale) = &report {
-            let md = path.with_extension("md");
-            std::fs::write(&md, scale.markdown())
-                .map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;
+            std::fs::write(&md, text).map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;
         }
     }
     Ok(report)
 }
 
+/// Starts `switchyard worker` number `i` at `speed`: the process and its gRPC address.
 pub(crate) async fn start_worker(
     exe: &Path,
     i: usize,
     speed: f64,
 ) -> Result<(ChildProcess, String), BenchError> {
+    let (child, mut logged) = start_sim_worker(exe, i, speed, false).await?;
+    Ok((child, logged.remove(0)))
+}
+
+/// Starts `switchyard worker` number `i` at `speed` with `GET /metrics` on a port of its own:
+/// the process, its gRPC address and its metrics address.
+pub(crate) async fn start_metered_worker(
+    exe: &Path,
+    i: usize,
+    speed: f64,
+) -> Result<(ChildProcess, String, String), BenchError> {
+    let (child, mut logged) = start_sim_worker(exe, i, speed, true).await?;
+    let metrics = logged.pop().unwrap_or_default();
+    Ok((child, logged.remove(0), metrics))
+}
+
+/// Starts a worker of the LLM kind; returns the addresses it logged (gRPC, then metrics when
+/// `metrics`).
+async fn start_sim_worker(
+    exe: &Path,
+    i: usize,
+    speed: f64,
+    metrics: bool,
+) -> Result<(ChildProcess, Vec<String>), BenchError> {
     let speed = speed.to_string();
-    let args: Vec<String> = ["worker", "--listen", "127.0.0.1:0", "--speed", &speed, "--model", "sim-llm"]
-        .map(String::from)
-        .into();
-    let (child, mut addresses) =
-        ChildProcess::start(&format!("worker-{i}"), exe, &args, &["worker serving on "], START_TIMEOUT)
-            .await?;
-    Ok((child, addresses.remove(0)))
+    let mut args: Vec<String> =
+        ["worker", "--listen", "127.0.0.1:0", "--speed", &speed, "--model", "sim-llm"]
+            .map(String::from)
+            .into();
+    let mut phrases = vec!["worker serving on "];
+    if metrics {
+        args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+        phrases.push("metrics serving on ");
+    }
+    Ok(ChildProcess::start(&format!("worker-{i}"), exe, &args, &phrases, START_TIMEOUT).await?)
 }
 
 async fn overhead(

@@ -184,7 +184,7 @@ impl Drop for Peer {
     }
 }
 
-/// Writes `kind`'s config into `dir` and starts it in the foreground; returns once its port accepts.
+/// Writes `kind`'s config into `dir` (created if missing) and starts it in the foreground; returns once its port accepts.
 pub(crate) async fn start(
     kind: PeerKind,
     program: &Path,
@@ -193,6 +193,7 @@ pub(crate) async fn start(
     workers: &[String],
     dir: &Path,
 ) -> Result<Peer, BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::Io(format!("create {}", dir.display()), e))?;
     let port = free_port()?;
     let name = kind.program();
     let config_path = dir.join(match kind {

@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Serialize;
 use switchyard_balance::PolicySpec;
@@ -36,7 +35,7 @@ use switchyard_sim::{EngineConfig, TraceRecord};
 
 use super::peers::{self, PeerBalance, PeerKind};
 use super::processes::ChildProcess;
-use super::{BenchArgs, BenchError, START_TIMEOUT};
+use super::{BenchArgs, BenchError, Proxy, START_TIMEOUT};
 use crate::cluster::{PromptTokens, prompt_tokens_from_metrics};
 use crate::loadgen::{self, LoadgenArgs};
 use crate::report::{Percentiles, Table};
@@ -237,11 +236,7 @@ impl PrefixBenchReport {
              | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );
         for r in &self.results {
-            let errors = if r.errors.is_empty() {
-                "0".to_string()
-            } else {
-                r.errors.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-            };
+            let errors = super::errors_text(&r.errors);
             out.push_str(&format!(
                 "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.2} | {} / {} | {} |\n",
                 r.target,
@@ -372,20 +367,8 @@ pub(crate) async fn run(
         };
         eprintln!("bench: {name}");
         let result = replay(&name, &address, &window, time_scale, &workers).await;
-        match proxy {
-            Proxy::Gateway(child) => {
-                if let Err(e) = child.stop(Duration::from_secs(20)).await {
-                    eprintln!("bench: warning: {e}");
-                }
-            }
-            Proxy::Peer(peer) => peer.stop().await,
-        }
-        for worker in workers {
-            let worker_name = worker.child.name().to_string();
-            if let Err(e) = worker.child.stop(Duration::from_secs(20)).await {
-                eprintln!("bench: warning: {worker_name}: {e}");
-            }
-        }
+        proxy.stop().await;
+        super::stop_children(workers.into_iter().map(|worker| worker.child)).await;
         results.push(result?);
     }
     let verdicts = verdicts(&results);
@@ -434,11 +417,6 @@ fn gateway_args(workers: &[String], policy: &PolicySpec, threads: usize) -> Vec<
 enum Target {
     Gateway(PolicySpec),
     Nginx(PeerBalance),
-}
-
-enum Proxy {
-    Gateway(ChildProcess),
-    Peer(peers::Peer),
 }
 
 /// A worker process with its gRPC and metrics addresses.
@@ -543,6 +521,8 @@ fn verdicts(results: &[PrefixTargetResult]) -> Vec<PrefixVerdict> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn result(target: &str, mean: f64, p99: f64, errors: u64) -> PrefixTargetResult {

@@ -56,12 +56,7 @@ where
         results.push(replay(&target, &peer.address).await?);
         peer.stop().await;
     }
-    for (child, _) in workers {
-        let name = child.name().to_string();
-        if let Err(e) = child.stop(Duration::from_secs(20)).await {
-            eprintln!("bench: warning: {name}: {e}");
-        }
-    }
+    super::stop_children(workers.into_iter().map(|(child, _)| child)).await;
     Ok(results)
 }
 

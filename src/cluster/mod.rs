@@ -109,11 +109,11 @@ use http_body_util::{BodyExt, Empty, Limited};
 pub use plots::{HIT_RATE_PNG, LATENCY_PNG, SHARES_PNG};
 use processes::ChildProcess;
 pub use processes::ProcessError;
-pub(crate) use report::metric_values;
 pub use report::{
     ClusterReport, ClusterSetup, PromptTokens, ReplicaSetup, ReplicaShare, ScalePoint, ScalingReport,
     prompt_tokens_from_metrics,
 };
+pub(crate) use report::{metric_values, shares};
 pub use scaling_plot::SCALING_PNG;
 pub use stretch::{STRETCH_BINS, Stretch, swinging_stretch};
 use switchyard_balance::{PolicyKind, PolicySpec};
