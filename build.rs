@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["inference/grpc_service.proto", "xds/data/orca/v3/orca_load_report.proto"];
+const PROTOS: &[&str] = &[
+    "inference/grpc_service.proto",
+    "xds/data/orca/v3/orca_load_report.proto",
+    "xds/service/orca/v3/orca.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -30,6 +30,7 @@ pub mod infer;
 pub mod lab;
 pub mod listen;
 pub mod loadgen;
+pub mod oob_reports;
 pub mod proto;
 pub mod report;
 pub mod traces;

@@ -2,6 +2,7 @@
 //!
 //! - [`inference`]: the KServe Open Inference Protocol v2 service `inference.GRPCInferenceService`,
 //!   with Triton's `ModelStreamInfer` and `RepositoryIndex` extensions.
+//! - [`orca_service`]: ORCA's out-of-band load reporting, `xds.service.orca.v3.OpenRcaService`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //!
 //! The ORCA `xds.data.orca.v3.OrcaLoadReport` message maps onto
@@ -11,6 +12,14 @@
 #[allow(missing_docs, unreachable_pub, clippy::all, rust_2018_idioms)]
 pub mod inference {
     tonic::include_proto!("inference");
+}
+
+/// ORCA out-of-band load reporting (package `xds.service.orca.v3`): the `OpenRcaService`
+/// through which a replica streams its load to a balancer at an interval, off the request
+/// path; see [`crate::worker::oob`] and [`crate::oob_reports`].
+#[allow(missing_docs, unreachable_pub, clippy::all, rust_2018_idioms)]
+pub mod orca_service {
+    tonic::include_proto!("xds.service.orca.v3");
 }
 
 /// Every message and service in `proto/`, as an encoded `FileDescriptorSet`.

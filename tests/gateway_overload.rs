@@ -205,3 +205,47 @@ fn bad_layer_parameters_name_the_layer_and_field() {
     let err = GatewayConfig::from_toml(text).unwrap_err().to_string();
     assert!(err.contains("pool[0].endpoint_limit") && err.contains("line 3"), "{err}");
 }
+
+#[tokio::test]
+async fn a_pool_with_load_reports_hears_a_workers_load_that_another_client_sent() {
+    // A slow worker, and a client that calls it directly: the gateway sends it nothing.
+    let worker_addr = worker(0.2).await;
+    let config = GatewayConfig::from_toml(&format!(
+        r#"
+        [[pool]]
+        name = "llama"
+        load_reports = "20ms"
+        endpoints = [{{ id = "w", address = "http://{worker_addr}" }}]
+        "#
+    ))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = Gateway::start(config, listener, None).unwrap();
+    let board = gateway.pool("llama").unwrap().board().clone();
+    let id = switchyard_core::EndpointId::from("w");
+
+    let channel = Channel::from_shared(format!("http://{worker_addr}")).unwrap().connect_lazy();
+    let mut direct = GrpcInferenceServiceClient::new(channel);
+    let request = worker::request::text_request("sim-llm", "a long answer please", 200);
+    let call = tokio::spawn(async move { direct.model_infer(request).await });
+
+    // The pool's board shows the worker running that call, though no response went through it.
+    let start = std::time::Instant::now();
+    loop {
+        let running = board.state(&id).and_then(|s| s.report()).map(|(r, _)| r.running);
+        if running == Some(1) {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "no report of the call: {running:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let state = board.state(&id).unwrap();
+    assert_eq!(state.in_flight(), 0, "the gateway sent it nothing");
+    // The reports keep coming, each newer than the last.
+    let (_, first_at) = state.report().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, later_at) = state.report().unwrap();
+    assert!(later_at > first_at, "a newer report 200 ms on");
+    call.await.unwrap().expect("the direct call is served");
+    drop(gateway);
+}

@@ -47,3 +47,39 @@ fn least_connections_herds_more_with_eight_balancers_than_with_one() {
         assert!(eight > one, "least connections, {split:?}: herd index {eight} at K = 8, {one} at K = 1");
     }
 }
+
+#[test]
+fn out_of_band_reports_let_load_report_see_what_other_balancers_sent() {
+    switchyard::register_policies();
+    let run = |load_reports| {
+        run_herd(&HerdOptions {
+            seed: 1,
+            // The first 2,000 requests are too few: one trajectory's p99 at the skewed split
+            // came out 573 ms with the reports and 537 without (the means 67 and 85 ms).
+            requests: 3000,
+            balancers: vec![8],
+            policies: vec!["load-report".into()],
+            load_reports,
+            ..HerdOptions::default()
+        })
+        .unwrap()
+    };
+    let trailers = run(None);
+    let oob = run(Some(std::time::Duration::from_millis(20)));
+    assert_eq!(trailers.load_reports_ms, None);
+    assert_eq!(oob.load_reports_ms, Some(20.0));
+    for split in [Split::Even, Split::Skewed] {
+        let (t, o) =
+            (trailers.row(8, split, "load-report").unwrap(), oob.row(8, split, "load-report").unwrap());
+        assert_eq!(o.result.errors, 0);
+        // Each balancer hears from every replica every 20 ms, not only in its own answers
+        // (mean 73 against 146 ms and p99 399 against 692 ms at the even split).
+        assert!(o.result.ttft_ms.mean < t.result.ttft_ms.mean, "{split:?}: mean TTFT");
+        assert!(
+            o.result.ttft_ms.p99 < t.result.ttft_ms.p99,
+            "{split:?}: p99 {} ms with out-of-band reports, {} ms with trailers only",
+            o.result.ttft_ms.p99,
+            t.result.ttft_ms.p99
+        );
+    }
+}

@@ -607,3 +607,52 @@ async fn readiness_answers_false_through_the_drain_grace_while_inference_is_stil
     assert!(answer.is_ok(), "a call in the drain grace failed: {answer:?}");
     w.task.abort();
 }
+
+#[tokio::test]
+async fn load_reports_stream_out_of_band_at_the_interval_asked_for_and_end_on_shutdown() {
+    use switchyard::proto::orca_service::OrcaLoadReportRequest;
+    use switchyard::proto::orca_service::open_rca_service_client::OpenRcaServiceClient;
+
+    let mut w = Worker::start_with(WorkerArgs { speed: 1.0, ..WorkerArgs::default() }).await;
+    let mut reports = OpenRcaServiceClient::new(w.channel().await);
+    let ask = |ms: u64| OrcaLoadReportRequest {
+        report_interval: Some(prost_types::Duration::try_from(Duration::from_millis(ms)).unwrap()),
+        request_cost_names: Vec::new(),
+    };
+    let mut stream = reports.stream_core_metrics(ask(20)).await.unwrap().into_inner();
+    let idle = ReportedLoad::from(stream.next().await.unwrap().unwrap());
+    assert_eq!((idle.running, idle.queue_depth), (0, 0), "nothing sent yet");
+    assert!(idle.capacity > 0, "the batch size is reported: {idle:?}");
+
+    // A long generation runs: the next reports show it, with no response to carry them.
+    let mut client = w.client().await;
+    let call = tokio::spawn(async move { client.model_infer(infer("sim-llm", "a long answer", 150)).await });
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let report = ReportedLoad::from(stream.next().await.unwrap().unwrap());
+        if report.running == 1 {
+            seen.push(start.elapsed());
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "five reports of the running call within 5 s");
+    }
+    // At 20 ms a report, five take at least 80 ms between the first and the last.
+    assert!(seen[4] - seen[0] >= Duration::from_millis(75), "{seen:?}");
+    assert!(seen[4] - seen[0] < Duration::from_millis(1500), "{seen:?}");
+
+    // Asked for 1 ms, the worker streams no faster than its 10 ms minimum.
+    let mut fast = reports.stream_core_metrics(ask(1)).await.unwrap().into_inner();
+    let first = std::time::Instant::now();
+    for _ in 0..6 {
+        fast.next().await.unwrap().unwrap();
+    }
+    assert!(first.elapsed() >= Duration::from_millis(45), "{:?} for six reports", first.elapsed());
+
+    w.shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends when the worker drains");
+    call.await.unwrap().expect("the call finishes");
+}

@@ -99,6 +99,11 @@ pub struct PoolConfig {
     /// until its deadline, and the queue's waiting count is what wakes the pool
     /// ([`Pool::held_requests`](super::Pool::held_requests)). Off by default.
     pub hold_when_empty: bool,
+    /// Out-of-band load reports (`load_reports = "20ms"`): the pool's balancer subscribes to
+    /// every endpoint's ORCA `OpenRcaService` and gets its load at this interval, besides the
+    /// reports in its own responses' trailers ([`crate::oob_reports`]). Useful where several
+    /// gateways or clients balance over the same replicas; off by default.
+    pub load_reports: Option<Duration>,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -146,7 +151,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
-    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { file: None, line: None, field: Some(field.into()), message: message.into() }
     }
 }
@@ -165,6 +170,7 @@ impl PoolConfig {
             drain_timeout: switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT,
             keys: PoolKeys::default(),
             hold_when_empty: false,
+            load_reports: None,
         }
     }
 
@@ -632,6 +638,7 @@ struct RawPool {
     drain_timeout: Option<Spanned<String>>,
     keys: Option<Spanned<RawPoolKeys>>,
     hold_when_empty: Option<Spanned<bool>>,
+    load_reports: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -843,6 +850,30 @@ impl RawConfig {
                     true
                 }
             };
+            let load_reports = match pool.load_reports {
+                None => None,
+                Some(value) => {
+                    let interval = humantime::parse_duration(value.get_ref()).map_err(|e| {
+                        lines.error(
+                            format!("pool[{i}].load_reports"),
+                            value.span(),
+                            format!("{:?}: {e} (e.g. \"20ms\")", value.get_ref()),
+                        )
+                    })?;
+                    if interval < crate::oob_reports::MIN_INTERVAL {
+                        return Err(lines.error(
+                            format!("pool[{i}].load_reports"),
+                            value.span(),
+                            format!(
+                                "{:?} is below the {:?} a replica serves at the fastest",
+                                value.get_ref(),
+                                crate::oob_reports::MIN_INTERVAL
+                            ),
+                        ));
+                    }
+                    Some(interval)
+                }
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
@@ -854,6 +885,7 @@ impl RawConfig {
                 drain_timeout,
                 keys,
                 hold_when_empty,
+                load_reports,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {
@@ -1026,6 +1058,20 @@ pool = "b"
         assert_eq!(c.pools[1].drain_timeout, Duration::from_millis(300));
         let e = error(&text.replace("\"300ms\"", "\"a while\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].drain_timeout")), "{e}");
+    }
+
+    #[test]
+    fn a_pool_asks_for_out_of_band_load_reports_and_a_bad_interval_names_its_line() {
+        let c = GatewayConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.pools[1].load_reports, None, "off by default");
+        let text = GOOD.replace("name = \"b\"\n", "name = \"b\"\nload_reports = \"20ms\"\n");
+        let c = GatewayConfig::from_toml(&text).unwrap();
+        assert_eq!(c.pools[1].load_reports, Some(Duration::from_millis(20)));
+        let e = error(&text.replace("\"20ms\"", "\"often\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].load_reports")), "{e}");
+        let e = error(&text.replace("\"20ms\"", "\"1ms\""));
+        assert_eq!(e.field.as_deref(), Some("pool[1].load_reports"), "{e}");
+        assert!(e.to_string().contains("10ms"), "{e}");
     }
 
     #[test]

@@ -271,6 +271,10 @@ pub struct GatewayArgs {
     /// --backend and --limit): what finds the limit full is refused at once, with no queue.
     #[arg(long, conflicts_with_all = ["config", "shed"], requires = "limit")]
     pub load_shed: bool,
+    /// Subscribe the `default` pool (with --backend) to every endpoint's out-of-band ORCA load
+    /// reports at this interval (e.g. `20ms`, at least 10 ms), as a pool's `load_reports` does.
+    #[arg(long, conflicts_with = "config", value_parser = humantime::parse_duration, value_name = "INTERVAL")]
+    pub load_reports: Option<std::time::Duration>,
     /// Put the `limit` pool layer on the `default` pool (with --backend): a concurrency limit
     /// on the whole pool learnt by ALGO, `vegas`, `gradient2`, `aimd`, `envoy-gradient`, or a
     /// JSON table with parameters, e.g. `{"name":"fixed","limit":32}`.
@@ -341,6 +345,18 @@ impl GatewayArgs {
         }
         if self.load_shed {
             pool.layers.push(Spec::named("load-shed"));
+        }
+        if let Some(interval) = self.load_reports {
+            if interval < crate::oob_reports::MIN_INTERVAL {
+                return Err(ConfigError::field(
+                    "--load-reports",
+                    format!(
+                        "{interval:?} is below the {:?} a replica serves at the fastest",
+                        crate::oob_reports::MIN_INTERVAL
+                    ),
+                ));
+            }
+            pool.load_reports = Some(interval);
         }
         if let Some(algorithm) = &self.limit {
             let mut params = serde_json::Map::new();

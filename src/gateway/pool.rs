@@ -49,6 +49,8 @@ pub struct Pool {
     keys: switchyard_keys::PoolKeys,
     /// Its `shed` layers' queues.
     queues: Vec<switchyard_shed::ShedLayer>,
+    /// Its subscriptions to the endpoints' out-of-band load reports (`load_reports`), if any.
+    _load_reports: Option<crate::oob_reports::OobReports>,
 }
 
 impl Pool {
@@ -217,6 +219,9 @@ impl Pool {
             balancer
         };
         let board = balancer.board();
+        let load_reports = config
+            .load_reports
+            .map(|interval| crate::oob_reports::OobReports::spawn(board.clone(), interval));
         let upstream = Shared::new(balancer);
         let mut layer_metrics = Vec::new();
         let mut queues = Vec::new();
@@ -258,6 +263,7 @@ impl Pool {
             kv,
             keys: config.keys.clone(),
             queues,
+            _load_reports: load_reports,
         })
     }
 

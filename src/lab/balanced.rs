@@ -1,10 +1,11 @@
 //! One policy's run: the real [`Balance`] with a policy from the registry over simulated replicas.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures::StreamExt;
 use switchyard_balance::{Backend, Balance, PolicyHandle, PolicySpec, policy};
-use switchyard_core::{Endpoint, RequestSize};
+use switchyard_core::{Endpoint, EndpointId, RequestSize};
 use switchyard_sim::{GenerationRequest, TraceRecord, workload};
 
 use super::LabError;
@@ -59,7 +60,7 @@ pub(crate) async fn run_policy_with(
     time_scale: f64,
     attach: impl FnOnce(&[switchyard_sim::EngineHandle]) -> Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<RunRecord, LabError> {
-    run_balancers(vec![policy], |_| 0, sizes, replicas, records, time_scale, attach).await
+    run_balancers(vec![policy], |_| 0, sizes, replicas, records, time_scale, None, attach).await
 }
 
 /// Replays `records` through independent balancers over ONE set of replicas: balancer `k` has
@@ -67,6 +68,13 @@ pub(crate) async fn run_policy_with(
 /// (taken modulo the number of balancers). Each balancer sees only its own requests in flight
 /// and the load reports of the responses it gets, as separate gateways or client processes do.
 /// With one policy this is [`run_policy_with`]. Every outcome records its balancer.
+///
+/// With `load_reports`, every balancer also gets every replica's load report at that interval,
+/// as a subscriber to the worker's out-of-band `OpenRcaService` does
+/// ([`OobReports`](crate::oob_reports::OobReports)): balancer `b`'s stream from replica `r`
+/// starts at a phase of its own within the interval (the golden-ratio sequence over `b` and
+/// `r`), as independent subscriptions would.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_balancers(
     policies: Vec<Arc<dyn switchyard_balance::Policy>>,
     balancer_of: impl Fn(usize) -> usize,
@@ -74,6 +82,7 @@ pub(crate) async fn run_balancers(
     replicas: &[ReplicaSpec],
     records: &[TraceRecord],
     time_scale: f64,
+    load_reports: Option<Duration>,
     attach: impl FnOnce(&[switchyard_sim::EngineHandle]) -> Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<RunRecord, LabError> {
     if policies.is_empty() {
@@ -103,6 +112,22 @@ pub(crate) async fn run_balancers(
         })
         .collect();
     let count = balancers.len();
+    let mut streams = Vec::new();
+    if let Some(interval) = load_reports.filter(|i| !i.is_zero()) {
+        let per_balancer = engines.len();
+        for (b, balancer) in balancers.iter().enumerate() {
+            for (r, (spec, engine)) in replicas.iter().zip(&engines).enumerate() {
+                let phase = ((b * per_balancer + r) as f64 * 0.618_033_988_75).fract();
+                streams.push(tokio::spawn(report_out_of_band(
+                    balancer.board(),
+                    EndpointId::from(spec.name.as_str()),
+                    engine.clone(),
+                    interval,
+                    interval.mul_f64(phase),
+                )));
+            }
+        }
+    }
 
     let outcomes = Arc::new(Mutex::new(vec![RequestOutcome::default(); records.len()]));
     let start = Instant::now();
@@ -155,7 +180,7 @@ pub(crate) async fn run_balancers(
         // A task only ends by finishing its body: a join error would be a panic, already reported.
         let _ = task.await;
     }
-    for task in attached {
+    for task in attached.into_iter().chain(streams) {
         task.abort();
     }
     for engine in &engines {
@@ -163,6 +188,26 @@ pub(crate) async fn run_balancers(
     }
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(RunRecord { outcomes })
+}
+
+/// One replica's out-of-band report stream to one balancer: its load every `interval`, from
+/// `phase` on, recorded as the balancer records a trailer's.
+async fn report_out_of_band(
+    board: switchyard_balance::LoadBoard,
+    id: EndpointId,
+    engine: switchyard_sim::EngineHandle,
+    interval: Duration,
+    phase: Duration,
+) {
+    tokio::time::sleep(phase).await;
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        match board.state(&id) {
+            Some(state) => state.record_report(engine.reported_load(), Instant::now()),
+            None => return,
+        }
+    }
 }
 
 fn set(outcomes: &Mutex<Vec<RequestOutcome>>, i: usize, outcome: RequestOutcome) {

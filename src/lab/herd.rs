@@ -17,6 +17,11 @@
 //! - `skewed`: balancer 0 gets the even-indexed requests (half of them), the other K − 1 share
 //!   the odd-indexed ones round robin.
 //!
+//! Each balancer hears a replica's load report in the trailers of its own responses, as a
+//! gateway does by default. With [`HerdOptions::load_reports`] (`--load-reports 20ms`) every
+//! balancer also gets every replica's report at that interval, as a subscriber to the worker's
+//! out-of-band ORCA stream does ([`OobReports`](crate::oob_reports::OobReports)).
+//!
 //! At K = 2 the two splits are the same assignment. At K = 1 both splits are the same run, made once and reported under both. The ideal central
 //! dispatcher sees every arrival whatever K, so it is run once (row `balancers: 1`, split
 //! `central`).
@@ -75,6 +80,10 @@ pub struct HerdOptions {
     pub balancers: Vec<usize>,
     /// The policies to run, by registry name; empty runs every one of [`lab_policies`].
     pub policies: Vec<String>,
+    /// Every balancer also gets every replica's load report at this interval, out of band (the
+    /// worker's ORCA `OpenRcaService`, [`OobReports`](crate::oob_reports::OobReports)); none:
+    /// only the reports in the trailers of each balancer's own responses.
+    pub load_reports: Option<Duration>,
 }
 
 impl Default for HerdOptions {
@@ -86,6 +95,7 @@ impl Default for HerdOptions {
             trace: None,
             balancers: HERD_BALANCERS.to_vec(),
             policies: Vec::new(),
+            load_reports: None,
         }
     }
 }
@@ -169,6 +179,10 @@ pub struct HerdReport {
     pub replicas: Vec<ReplicaInfo>,
     /// The numbers of balancers run.
     pub balancers: Vec<usize>,
+    /// The interval of the out-of-band load reports every balancer got, in milliseconds; absent
+    /// when they got only their own responses' trailers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_reports_ms: Option<f64>,
     /// Per K (in the order of `balancers`), per split (even, skewed), every policy of
     /// [`lab_policies`]; then the ideal.
     pub rows: Vec<HerdRow>,
@@ -210,8 +224,12 @@ impl HerdReport {
                 r.result.errors.to_string(),
             ]);
         }
+        let reports = match self.load_reports_ms {
+            Some(ms) => format!(", out-of-band load reports every {ms} ms"),
+            None => String::new(),
+        };
         format!(
-            "lab {}: K independent balancers (K = {:?}) over {} replicas, {} requests of {}, seed {}\n\
+            "lab {}: K independent balancers (K = {:?}) over {} replicas, {} requests of {}, seed {}{reports}\n\
              capacity {:.1} req/s, offered {:.1} req/s ({:.0}% load), time scale {:.5}\n\n{table}",
             self.scenario,
             self.balancers,
@@ -258,7 +276,7 @@ pub fn run_herd(options: &HerdOptions) -> Result<HerdReport, LabError> {
             let run = policies
                 .iter()
                 .map(|spec| {
-                    run_row(spec, k, split, options.seed, &setup.replicas, window, setup.time_scale, &names)
+                    run_row(spec, k, split, options, &setup.replicas, window, setup.time_scale, &names)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if k == 1 {
@@ -308,6 +326,7 @@ pub fn run_herd(options: &HerdOptions) -> Result<HerdReport, LabError> {
             .map(|r| ReplicaInfo { name: r.name.clone(), speed: r.config.speed, weight: r.weight() })
             .collect(),
         balancers: options.balancers.clone(),
+        load_reports_ms: options.load_reports.map(|i| i.as_secs_f64() * 1e3),
         rows,
     })
 }
@@ -323,14 +342,14 @@ fn run_row(
     spec: &PolicySpec,
     k: usize,
     split: Split,
-    seed: u64,
+    options: &HerdOptions,
     replicas: &[ReplicaSpec],
     window: &[switchyard_sim::TraceRecord],
     time_scale: f64,
     names: &[String],
 ) -> Result<HerdRow, LabError> {
     let policies: Vec<Arc<dyn Policy>> = (0..k)
-        .map(|b| policy::registry().build(spec, seed.wrapping_add(b as u64)))
+        .map(|b| policy::registry().build(spec, options.seed.wrapping_add(b as u64)))
         .collect::<Result<_, _>>()?;
     let run = run_paused(run_balancers(
         policies,
@@ -339,6 +358,7 @@ fn run_row(
         replicas,
         window,
         time_scale,
+        options.load_reports,
         |_| Vec::new(),
     ))??;
     tracing::info!(policy = spec.name(), k, split = split.name(), "lab herd: run done");

@@ -178,6 +178,11 @@ pub struct LabArgs {
     /// `herd`: the policies to run, by name, comma-separated [default: every registered one].
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub policies: Option<Vec<String>>,
+    /// `herd`: every balancer also gets every replica's load report at this interval, out of
+    /// band (as `switchyard gateway --load-reports` subscribes to the workers) [default: only
+    /// the reports in the trailers of its own responses].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "INTERVAL")]
+    pub load_reports: Option<std::time::Duration>,
 }
 
 /// What a lab run reports: a policy comparison, or the overload scenario's figures.
@@ -298,6 +303,7 @@ pub fn run(args: &LabArgs) -> Result<LabOutput, LabError> {
             trace: args.trace.clone(),
             balancers: args.balancers.clone().unwrap_or_else(|| HERD_BALANCERS.to_vec()),
             policies: args.policies.clone().unwrap_or_default(),
+            load_reports: args.load_reports,
         })?),
     };
     if let Some(path) = &args.json {

@@ -8,7 +8,10 @@
 //!   moment it starts draining;
 //! - gRPC server reflection (`v1` and `v1alpha`), so `grpcurl` and similar tools need no protos;
 //! - on every response, the `endpoint-load-metrics-bin` trailer: an ORCA report of the engine's
-//!   queue depth, running requests and KV-cache utilisation ([`LoadReportLayer`]).
+//!   queue depth, running requests and KV-cache utilisation ([`LoadReportLayer`]);
+//! - `xds.service.orca.v3.OpenRcaService`: the same report streamed out of band, at the
+//!   interval each subscriber asks for ([`oob`]), so that balancers hear of load they did not
+//!   send between their own answers.
 //!
 //! A `ModelInfer` request carries its prompt in the BYTES tensor `text_input` and may set the
 //! parameters `max_tokens` (output tokens, default 64) and, to replay a trace exactly,
@@ -36,6 +39,7 @@ mod inference;
 pub mod kv_events;
 mod load_report;
 mod metrics;
+pub mod oob;
 mod registration;
 pub mod request;
 
@@ -309,6 +313,7 @@ pub async fn serve_with_metrics(
     let inference =
         InferenceService::new(&args.model, engine.clone(), ready.clone()).with_draining(draining.clone());
     let (kv_stop, kv_stopped) = tokio::sync::watch::channel(false);
+    let oob_reports = oob::OobReportService::new(engine.clone(), kv_stopped.clone());
     let kv_events = kv_events::KvEventsService::new(engine.clone(), kv_events::new_instance(), kv_stopped);
 
     let (mut health, health_service) = tonic_health::server::health_reporter();
@@ -370,7 +375,8 @@ pub async fn serve_with_metrics(
         // health watchers do not hold the connections open through the drain.
         health.clear_service_status("").await;
         health.clear_service_status(INFERENCE_SERVICE).await;
-        // KV-event streams end too (their subscribers fall back until a worker answers again).
+        // KV-event and out-of-band load-report streams end too (their subscribers fall back
+        // until a worker answers again).
         kv_stop.send_replace(true);
         let _ = drain_tx.send(());
     };
@@ -391,6 +397,7 @@ pub async fn serve_with_metrics(
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
         )
         .add_service(kv_events::KvEventsServer::new(kv_events))
+        .add_service(oob::OpenRcaServiceServer::new(oob_reports))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

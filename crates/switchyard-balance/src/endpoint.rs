@@ -658,7 +658,12 @@ impl EndpointState {
         *guard = Some(RttEstimate { nanos: next, at: now });
     }
 
-    pub(crate) fn record_report(&self, report: ReportedLoad, now: Instant) {
+    /// Records `report` as the endpoint's last load report, received at `now`, with what this
+    /// balancer itself has on the endpoint at that moment (the baseline
+    /// [`fresh_report_with_own`](Self::fresh_report_with_own) returns). The balancer calls it
+    /// for the report in each response's trailers; an out-of-band subscriber (ORCA's
+    /// `OpenRcaService`) calls it for each report the replica streams.
+    pub fn record_report(&self, report: ReportedLoad, now: Instant) {
         let own = self.own_load();
         let mut slot = lock(&self.report);
         slot.decoded = Some((Arc::new(report), now));

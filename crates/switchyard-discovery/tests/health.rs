@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use switchyard_balance::{Backend, Balance, CompleteOnResponse};
+use switchyard_balance::policy::RoundRobin;
+use switchyard_balance::{Backend, Balance, CompleteOnResponse, PolicyHandle};
 use switchyard_core::{Endpoint, EndpointId};
 use switchyard_discovery::{HealthConfig, channel};
 use tonic_health::ServingStatus;
@@ -75,7 +76,12 @@ fn balancer(source: switchyard_discovery::Source) -> Balancer {
             tower::discover::Change::Remove(id) => tower::discover::Change::Remove(id),
         })
     });
-    Balance::new(backends).with_completion(CompleteOnResponse)
+    // Round robin: the endpoints answer in microseconds, and a load-aware policy would send
+    // every call to whichever measured a little faster; these tests are about which endpoints
+    // take traffic, not which is faster.
+    Balance::new(backends)
+        .with_policy(PolicyHandle::new(std::sync::Arc::new(RoundRobin::new())))
+        .with_completion(CompleteOnResponse)
 }
 
 async fn call(balancer: &mut Balancer) -> String {
