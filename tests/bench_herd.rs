@@ -30,7 +30,16 @@ fn a_short_herd_bench_runs_every_target_and_writes_both_reports() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let targets: Vec<&str> =
         report["results"].as_array().unwrap().iter().map(|r| r["target"].as_str().unwrap()).collect();
-    assert_eq!(targets, ["switchyard x1", "switchyard x4", "nginx:least_conn x4", "haproxy:leastconn x4"]);
+    assert_eq!(
+        targets,
+        [
+            "switchyard x1",
+            "switchyard x4",
+            "switchyard x4 load-report oob",
+            "nginx:least_conn x4",
+            "haproxy:leastconn x4"
+        ]
+    );
     for r in report["results"].as_array().unwrap() {
         let (requests, ok) = (r["requests"].as_u64().unwrap(), r["ok"].as_u64().unwrap());
         assert!(requests > 0 && ok == requests, "{r}");
@@ -44,6 +53,7 @@ fn a_short_herd_bench_runs_every_target_and_writes_both_reports() {
     assert_eq!(report["results"][1]["fronts"], 4);
     assert_eq!(report["results"][0]["requests"], report["results"][1]["requests"], "the same calls");
     assert!(report["verdict"]["x4_over_x1_p99"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["verdict"]["reports_x4_over_x1_p99"].as_f64().unwrap() > 0.0, "{report}");
 
     let text = std::fs::read_to_string(&md).unwrap();
     assert!(text.contains("| switchyard x4 |") && text.contains("## Against the issue's targets"), "{text}");

@@ -16,6 +16,9 @@
 //!
 //! - `switchyard x1`: one gateway, one load generator sending the whole trace;
 //! - `switchyard x4`: four gateway processes, each with its own listener;
+//! - `switchyard x4 load-report oob`: the same four with the `load-report` policy, each
+//!   subscribed to every worker's out-of-band load reports every 20 ms (`--load-reports 20ms`,
+//!   [`crate::oob_reports`]), so that each hears what the other three sent;
 //! - `nginx:least_conn x4`: four nginx instances, `least_conn`;
 //! - `haproxy:leastconn x4`: four HAProxy instances, `leastconn`.
 //!
@@ -97,6 +100,12 @@ pub struct HerdVerdict {
     pub x4_over_best_peer_p99: f64,
     /// At most [`MAX_OVER_PEERS`], with no call lost by `switchyard x4`.
     pub x4_over_best_peer_met: bool,
+    /// `switchyard x4 load-report oob`'s p99 TTFT over `switchyard x1`'s, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports_x4_over_x1_p99: Option<f64>,
+    /// `switchyard x4 load-report oob`'s p99 TTFT over the best peer herd's, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports_x4_over_best_peer_p99: Option<f64>,
 }
 
 /// The report of scenario `herd`.
@@ -127,6 +136,9 @@ pub struct HerdReport {
 /// Target names, in the order run.
 const X1: &str = "switchyard x1";
 const X4: &str = "switchyard x4";
+const X4_REPORTS: &str = "switchyard x4 load-report oob";
+/// The out-of-band report interval of [`X4_REPORTS`].
+const REPORTS_EVERY: &str = "20ms";
 const NGINX_X4: &str = "nginx:least_conn x4";
 const HAPROXY_X4: &str = "haproxy:leastconn x4";
 
@@ -255,6 +267,15 @@ impl HerdReport {
                     v.x4_over_best_peer_p99,
                     met(v.x4_over_best_peer_met),
                 );
+                if let (Some(one), Some(peer)) = (v.reports_x4_over_x1_p99, v.reports_x4_over_best_peer_p99) {
+                    let _ = write!(
+                        out,
+                        "| `{X4_REPORTS}` p99 TTFT ≤ {MAX_OVER_ONE} × `switchyard x1`'s | {one:.2}× | {} |\n\
+                         | `{X4_REPORTS}` p99 TTFT ≤ {MAX_OVER_PEERS} × the best peer herd's | {peer:.2}× | {} |\n",
+                        met(one <= MAX_OVER_ONE),
+                        met(peer <= MAX_OVER_PEERS),
+                    );
+                }
             }
             None => out.push_str("Not judged: a target did not run.\n"),
         }
@@ -279,7 +300,9 @@ pub fn verdict(results: &[HerdResult]) -> Option<HerdVerdict> {
         .into_iter()
         .flatten()
         .min_by(|a, b| a.ttft_ms.p99.total_cmp(&b.ttft_ms.p99))?;
-    let ratio = |over: f64| if over > 0.0 { x4.ttft_ms.p99 / over } else { f64::INFINITY };
+    let ratio_of = |r: &HerdResult, over: f64| if over > 0.0 { r.ttft_ms.p99 / over } else { f64::INFINITY };
+    let ratio = |over: f64| ratio_of(x4, over);
+    let reports = find(X4_REPORTS);
     let lost_none = x4.ok == x4.requests;
     let (over_one, over_peer) = (ratio(x1.ttft_ms.p99), ratio(best.ttft_ms.p99));
     Some(HerdVerdict {
@@ -288,6 +311,8 @@ pub fn verdict(results: &[HerdResult]) -> Option<HerdVerdict> {
         best_peer: best.target.clone(),
         x4_over_best_peer_p99: over_peer,
         x4_over_best_peer_met: lost_none && over_peer <= MAX_OVER_PEERS,
+        reports_x4_over_x1_p99: reports.map(|r| ratio_of(r, x1.ttft_ms.p99)),
+        reports_x4_over_best_peer_p99: reports.map(|r| ratio_of(r, best.ttft_ms.p99)),
     })
 }
 
@@ -347,6 +372,8 @@ pub fn merge(
 #[derive(Debug, Clone, Copy)]
 enum Front {
     Gateway,
+    /// A gateway with `load-report` and out-of-band load reports every [`REPORTS_EVERY`].
+    GatewayReports,
     Peer(PeerKind, &'static str),
 }
 
@@ -396,6 +423,7 @@ pub(crate) async fn run(
     let targets = [
         (X1, 1, Front::Gateway),
         (X4, FRONTS, Front::Gateway),
+        (X4_REPORTS, FRONTS, Front::GatewayReports),
         (NGINX_X4, FRONTS, Front::Peer(PeerKind::Nginx, "least_conn")),
         (HAPROXY_X4, FRONTS, Front::Peer(PeerKind::Haproxy, "leastconn")),
     ];
@@ -406,7 +434,7 @@ pub(crate) async fn run(
         let program = match front {
             Front::Peer(PeerKind::Nginx, _) => nginx_exe,
             Front::Peer(PeerKind::Haproxy, _) => haproxy_exe,
-            Front::Gateway => exe,
+            Front::Gateway | Front::GatewayReports => exe,
         };
         let run = async {
             let mut proxies = Vec::new();
@@ -461,8 +489,15 @@ async fn start_fronts(
     let mut addresses = Vec::with_capacity(fronts);
     for k in 0..fronts {
         match front {
-            Front::Gateway => {
-                let gateway_args = super::gateway_args(workers, PolicyKind::DEFAULT, threads);
+            Front::Gateway | Front::GatewayReports => {
+                let gateway_args = match front {
+                    Front::GatewayReports => {
+                        let mut args = super::gateway_args(workers, PolicyKind::LoadReport, threads);
+                        args.extend(["--load-reports".to_string(), REPORTS_EVERY.to_string()]);
+                        args
+                    }
+                    _ => super::gateway_args(workers, PolicyKind::DEFAULT, threads),
+                };
                 let (child, mut logged) = ChildProcess::start(
                     &format!("gateway-{k}"),
                     program,
