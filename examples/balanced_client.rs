@@ -22,12 +22,9 @@ use futures::StreamExt;
 use switchyard::loadgen::{infer_request, target_uri};
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::sim::TraceRecord;
-use switchyard::worker::{self, WorkerArgs, WorkerError};
+use switchyard::worker::{LocalWorker, WorkerArgs};
 use switchyard_balance::{Backend, Balance, Shared};
 use switchyard_core::Endpoint;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// Requests sent by the example.
@@ -81,9 +78,9 @@ pub(crate) async fn run(
     let mut workers = Vec::new();
     if targets.is_empty() {
         for speed in SPEEDS {
-            let worker = Worker::start(speed).await?;
-            println!("worker {} (speed {speed})", worker.uri);
-            targets.push(worker.uri.clone());
+            let worker = LocalWorker::start(WorkerArgs { speed, ..WorkerArgs::default() }).await?;
+            println!("worker {} (speed {speed})", worker.uri());
+            targets.push(worker.uri().to_string());
             workers.push(worker);
         }
     }
@@ -156,37 +153,9 @@ pub(crate) async fn run(
     // The client's last handle closes the balancer and its channels; then the workers drain.
     drop(client);
     for worker in workers {
-        worker.stop().await;
-    }
-    Ok(Summary { ok, failed, first_failure, replicas })
-}
-
-/// A worker serving on an ephemeral loopback port in this process.
-struct Worker {
-    uri: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), WorkerError>>,
-}
-
-impl Worker {
-    async fn start(speed: f64) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let uri = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let args = WorkerArgs { speed, ..WorkerArgs::default() };
-        let task = tokio::spawn(worker::serve(args, listener, async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self { uri, stop, task })
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => eprintln!("worker {} failed: {e}", self.uri),
-            Ok(Err(e)) => eprintln!("worker {} panicked: {e}", self.uri),
-            Err(_) => eprintln!("worker {} did not drain within 5 s", self.uri),
+        if let Err(e) = worker.stop().await {
+            eprintln!("{e}");
         }
     }
+    Ok(Summary { ok, failed, first_failure, replicas })
 }

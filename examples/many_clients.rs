@@ -40,11 +40,9 @@ use switchyard::proto::inference::ModelInferRequest;
 use switchyard::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard::report::Percentiles;
 use switchyard::sim::{LengthSampler, Pattern, Synthetic, TraceRecord, paced};
-use switchyard::worker::{self, WorkerArgs, WorkerError};
+use switchyard::worker::{LocalWorker, WorkerArgs};
 use switchyard_balance::{Backend, Balance, LoadBoard, Shared};
 use switchyard_core::Endpoint;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -117,9 +115,12 @@ pub(crate) async fn run(mut options: Options) -> Result<Vec<Setup>, Box<dyn std:
     let mut workers = Vec::new();
     if options.targets.is_empty() {
         for _ in 0..3 {
-            let worker = Worker::start().await?;
-            println!("worker {}", worker.uri);
-            options.targets.push(worker.uri.clone());
+            // No health watcher to warn before draining: stop at once.
+            let worker =
+                LocalWorker::start(WorkerArgs { drain_grace: Duration::ZERO, ..WorkerArgs::default() })
+                    .await?;
+            println!("worker {}", worker.uri());
+            options.targets.push(worker.uri().to_string());
             workers.push(worker);
         }
     }
@@ -155,7 +156,9 @@ pub(crate) async fn run(mut options: Options) -> Result<Vec<Setup>, Box<dyn std:
     let setups = vec![first, second];
     print(&setups);
     for worker in workers {
-        worker.stop().await;
+        if let Err(e) = worker.stop().await {
+            eprintln!("{e}");
+        }
     }
     Ok(setups)
 }
@@ -264,36 +267,5 @@ fn print(setups: &[Setup]) {
             "  p99 ttft {:.1} ms, p99 latency {:.1} ms (p50 {:.1} / {:.1} ms)",
             setup.ttft_ms.p99, setup.latency_ms.p99, setup.ttft_ms.p50, setup.latency_ms.p50
         );
-    }
-}
-
-/// A worker serving on an ephemeral loopback port in this process.
-struct Worker {
-    uri: String,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), WorkerError>>,
-}
-
-impl Worker {
-    async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let uri = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = oneshot::channel::<()>();
-        // No health watcher to warn before draining: stop at once.
-        let args = WorkerArgs { drain_grace: Duration::ZERO, ..WorkerArgs::default() };
-        let task = tokio::spawn(worker::serve(args, listener, async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self { uri, stop, task })
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => eprintln!("worker {} failed: {e}", self.uri),
-            Ok(Err(e)) => eprintln!("worker {} panicked: {e}", self.uri),
-            Err(_) => eprintln!("worker {} did not drain within 5 s", self.uri),
-        }
     }
 }

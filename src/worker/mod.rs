@@ -38,8 +38,11 @@
 mod inference;
 pub mod kv_events;
 mod load_report;
+mod local;
 mod metrics;
 pub mod oob;
+
+pub use local::{LocalWorker, STOP_TIMEOUT, StopError};
 mod registration;
 pub mod request;
 
