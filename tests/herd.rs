@@ -83,3 +83,34 @@ fn out_of_band_reports_let_load_report_see_what_other_balancers_sent() {
         );
     }
 }
+
+#[test]
+fn a_consistent_hash_keeps_its_prefix_hit_rate_however_many_balancers_and_the_report_shows_it() {
+    switchyard::register_policies();
+    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/mooncake_conversation.jsonl");
+    let report = run_herd(&HerdOptions {
+        seed: 1,
+        requests: 600,
+        balancers: vec![1, 8],
+        policies: vec!["consistent-hash".into(), "round-robin".into()],
+        trace: Some(trace),
+        ..HerdOptions::default()
+    })
+    .unwrap();
+    let one = report.row(1, Split::Even, "consistent-hash").unwrap();
+    assert!(one.prefix_hit_rate > 0.0, "the Mooncake trace's prefixes hit: {}", one.prefix_hit_rate);
+    for split in [Split::Even, Split::Skewed] {
+        // Every balancer hashes a prefix to the same replica: no shared state needed.
+        let eight = report.row(8, split, "consistent-hash").unwrap();
+        assert_eq!(eight.prefix_hit_rate, one.prefix_hit_rate, "{split:?}");
+        assert_eq!(eight.prefix_hit_rate_vs_one, 1.0, "{split:?}");
+    }
+    // Round robin spreads a conversation's turns over every replica: fewer hits than the hash.
+    let spread = report.row(1, Split::Even, "round-robin").unwrap();
+    assert!(
+        spread.prefix_hit_rate < one.prefix_hit_rate,
+        "{} against {}",
+        spread.prefix_hit_rate,
+        one.prefix_hit_rate
+    );
+}

@@ -152,6 +152,11 @@ pub struct HerdRow {
     pub herd_index: f64,
     /// This row's p99 TTFT divided by the same policy's at K = 1 (0 if there is none).
     pub p99_ttft_vs_one: f64,
+    /// The prompt tokens found in the replicas' prefix caches over all prompt tokens, of the
+    /// requests served (rounded to 1e-4): 0 on a trace without prefix blocks.
+    pub prefix_hit_rate: f64,
+    /// This row's prefix hit rate divided by the same policy's at K = 1 (0 if that is 0).
+    pub prefix_hit_rate_vs_one: f64,
 }
 
 /// The report of the `herd` scenario.
@@ -207,6 +212,7 @@ impl HerdReport {
             "p99 / K=1",
             "max/mean load",
             "herd index",
+            "hit rate",
             "errors",
         ]);
         for r in &self.rows {
@@ -221,6 +227,7 @@ impl HerdReport {
                 format!("{:.2}×", r.p99_ttft_vs_one),
                 format!("{:.2}", r.result.max_mean_load),
                 format!("{:.4}", r.herd_index),
+                format!("{:.3}", r.prefix_hit_rate),
                 r.result.errors.to_string(),
             ]);
         }
@@ -288,26 +295,29 @@ pub fn run_herd(options: &HerdOptions) -> Result<HerdReport, LabError> {
             }
         }
     }
-    let ideal = run_paused(run_ideal(&setup.replicas, window, setup.time_scale))??;
-    let ideal = PolicyResult::summarise("ideal", &ideal, &names);
+    let ideal_run = run_paused(run_ideal(&setup.replicas, window, setup.time_scale))??;
+    let ideal = PolicyResult::summarise("ideal", &ideal_run, &names);
     rows.push(HerdRow {
         balancers: 1,
         split: Split::Central,
         result: ideal,
         herd_index: 0.0,
         p99_ttft_vs_one: 0.0,
+        prefix_hit_rate: hit_rate(&ideal_run, window),
+        prefix_hit_rate_vs_one: 0.0,
     });
 
     let ideal_p99 = rows.last().map_or(0.0, |r| r.result.ttft_ms.p99);
-    let ones: Vec<(String, f64)> = rows
+    let ones: Vec<(String, f64, f64)> = rows
         .iter()
         .filter(|r| r.balancers == 1 && r.split != Split::Skewed)
-        .map(|r| (r.result.policy.clone(), r.result.ttft_ms.p99))
+        .map(|r| (r.result.policy.clone(), r.result.ttft_ms.p99, r.prefix_hit_rate))
         .collect();
     for row in &mut rows {
         row.result.p99_ttft_vs_ideal = ratio(row.result.ttft_ms.p99, ideal_p99);
-        let one = ones.iter().find(|(p, _)| *p == row.result.policy).map_or(0.0, |(_, v)| *v);
-        row.p99_ttft_vs_one = ratio(row.result.ttft_ms.p99, one);
+        let one = ones.iter().find(|(p, _, _)| *p == row.result.policy);
+        row.p99_ttft_vs_one = ratio(row.result.ttft_ms.p99, one.map_or(0.0, |o| o.1));
+        row.prefix_hit_rate_vs_one = ratio(row.prefix_hit_rate, one.map_or(0.0, |o| o.2));
     }
 
     Ok(HerdReport {
@@ -368,7 +378,22 @@ fn run_row(
         herd_index: herd_index(&run, names.len()),
         result: PolicyResult::summarise(spec.name(), &run, names),
         p99_ttft_vs_one: 0.0,
+        prefix_hit_rate: hit_rate(&run, window),
+        prefix_hit_rate_vs_one: 0.0,
     })
+}
+
+/// The prompt tokens found cached over all prompt tokens, of the requests of `run` served
+/// (`run`'s outcomes are `window`'s records in order), rounded to 1e-4.
+fn hit_rate(run: &RunRecord, window: &[switchyard_sim::TraceRecord]) -> f64 {
+    let (mut cached, mut total) = (0u64, 0u64);
+    for (o, r) in run.outcomes.iter().zip(window) {
+        if !o.failed() {
+            cached += u64::from(o.cached_prompt_tokens);
+            total += u64::from(r.prompt_tokens);
+        }
+    }
+    if total == 0 { 0.0 } else { (cached as f64 / total as f64 * 1e4).round() / 1e4 }
 }
 
 /// When a request stopped being in flight on its replica: its last token, or, for a request that
