@@ -114,3 +114,33 @@ fn a_consistent_hash_keeps_its_prefix_hit_rate_however_many_balancers_and_the_re
         one.prefix_hit_rate
     );
 }
+
+#[test]
+fn balancers_fed_every_replicas_kv_events_keep_more_of_their_prefix_hits_than_ones_that_learn_from_their_own_picks()
+ {
+    switchyard::register_policies();
+    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/mooncake_conversation.jsonl");
+    let report = run_herd(&HerdOptions {
+        seed: 1,
+        requests: 600,
+        balancers: vec![1, 8],
+        policies: vec!["prefix-aware".into(), "prefix-aware-precise".into()],
+        trace: Some(trace),
+        ..HerdOptions::default()
+    })
+    .unwrap();
+    for split in [Split::Even, Split::Skewed] {
+        let approximate = report.row(8, split, "prefix-aware").unwrap();
+        let precise = report.row(8, split, "prefix-aware-precise").unwrap();
+        assert_eq!(precise.result.errors, 0);
+        // Each approximate index knows an eighth of where the prefixes went; each precise one
+        // hears every replica's cache (at 600 requests: 0.80 and 0.89 x against 0.49 and 0.59 x).
+        assert!(
+            precise.prefix_hit_rate_vs_one > approximate.prefix_hit_rate_vs_one,
+            "{split:?}: precise {} x, approximate {} x",
+            precise.prefix_hit_rate_vs_one,
+            approximate.prefix_hit_rate_vs_one
+        );
+        assert!(precise.prefix_hit_rate > approximate.prefix_hit_rate, "{split:?}");
+    }
+}

@@ -53,14 +53,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_balance::{Policy, PolicySpec, policy};
+use switchyard_hash::PrefixAwarePrecise;
 
 use super::LabError;
 use super::balanced::{Sizes, run_balancers};
 use super::cluster::{ReplicaSpec, run_paused};
 use super::hetero::{DEFAULT_REQUESTS, HeteroOptions, Setup, lab_policies};
 use super::ideal::run_ideal;
+use super::kv_delivery::deliver;
 use super::report::{PolicyResult, ReplicaInfo, RequestOutcome, RunRecord};
 use crate::report::Table;
+
+/// The policy that routes on the replicas' KV events; not run by default (as in `hetero`), only
+/// when named in [`HerdOptions::policies`].
+const PRECISE: &str = "prefix-aware-precise";
 
 /// The numbers of balancers run by default.
 pub const HERD_BALANCERS: [usize; 4] = [1, 2, 8, 32];
@@ -79,6 +85,8 @@ pub struct HerdOptions {
     /// The numbers of balancers to run (each at least 1).
     pub balancers: Vec<usize>,
     /// The policies to run, by registry name; empty runs every one of [`lab_policies`].
+    /// `prefix-aware-precise`, which is not among those, runs here with each balancer's index
+    /// fed by every replica's KV events.
     pub policies: Vec<String>,
     /// Every balancer also gets every replica's load report at this interval, out of band (the
     /// worker's ORCA `OpenRcaService`, [`OobReports`](crate::oob_reports::OobReports)); none:
@@ -358,9 +366,25 @@ fn run_row(
     time_scale: f64,
     names: &[String],
 ) -> Result<HerdRow, LabError> {
-    let policies: Vec<Arc<dyn Policy>> = (0..k)
-        .map(|b| policy::registry().build(spec, options.seed.wrapping_add(b as u64)))
-        .collect::<Result<_, _>>()?;
+    // `prefix-aware-precise` routes on the replicas' KV events: each balancer gets its own
+    // index, fed by every replica's stream (as every gateway subscribes to every worker).
+    let mut feeds = Vec::new();
+    let policies: Vec<Arc<dyn Policy>> = if spec.name() == PRECISE {
+        (0..k)
+            .map(|_| {
+                let precise = Arc::new(PrefixAwarePrecise::from_spec(spec)?);
+                feeds.push(precise.feed().clone());
+                Ok::<Arc<dyn Policy>, LabError>(precise)
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        (0..k)
+            .map(|b| policy::registry().build(spec, options.seed.wrapping_add(b as u64)))
+            .collect::<Result<_, _>>()?
+    };
+    let attach = |engines: &[switchyard_sim::EngineHandle]| {
+        feeds.iter().flat_map(|feed| deliver(feed, names, engines, Duration::ZERO)).collect()
+    };
     let run = run_paused(run_balancers(
         policies,
         |i| split.balancer(i, k),
@@ -369,7 +393,7 @@ fn run_row(
         window,
         time_scale,
         options.load_reports,
-        |_| Vec::new(),
+        attach,
     ))??;
     tracing::info!(policy = spec.name(), k, split = split.name(), "lab herd: run done");
     Ok(HerdRow {
