@@ -86,17 +86,7 @@ fn out_of_band_reports_let_load_report_see_what_other_balancers_sent() {
 
 #[test]
 fn a_consistent_hash_keeps_its_prefix_hit_rate_however_many_balancers_and_the_report_shows_it() {
-    switchyard::register_policies();
-    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/mooncake_conversation.jsonl");
-    let report = run_herd(&HerdOptions {
-        seed: 1,
-        requests: 600,
-        balancers: vec![1, 8],
-        policies: vec!["consistent-hash".into(), "round-robin".into()],
-        trace: Some(trace),
-        ..HerdOptions::default()
-    })
-    .unwrap();
+    let report = mooncake_herd(&["consistent-hash", "round-robin"]);
     let one = report.row(1, Split::Even, "consistent-hash").unwrap();
     assert!(one.prefix_hit_rate > 0.0, "the Mooncake trace's prefixes hit: {}", one.prefix_hit_rate);
     for split in [Split::Even, Split::Skewed] {
@@ -118,17 +108,7 @@ fn a_consistent_hash_keeps_its_prefix_hit_rate_however_many_balancers_and_the_re
 #[test]
 fn balancers_fed_every_replicas_kv_events_keep_more_of_their_prefix_hits_than_ones_that_learn_from_their_own_picks()
  {
-    switchyard::register_policies();
-    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/mooncake_conversation.jsonl");
-    let report = run_herd(&HerdOptions {
-        seed: 1,
-        requests: 600,
-        balancers: vec![1, 8],
-        policies: vec!["prefix-aware".into(), "prefix-aware-precise".into()],
-        trace: Some(trace),
-        ..HerdOptions::default()
-    })
-    .unwrap();
+    let report = mooncake_herd(&["prefix-aware", "prefix-aware-precise"]);
     for split in [Split::Even, Split::Skewed] {
         let approximate = report.row(8, split, "prefix-aware").unwrap();
         let precise = report.row(8, split, "prefix-aware-precise").unwrap();
@@ -143,4 +123,20 @@ fn balancers_fed_every_replicas_kv_events_keep_more_of_their_prefix_hits_than_on
         );
         assert!(precise.prefix_hit_rate > approximate.prefix_hit_rate, "{split:?}");
     }
+}
+
+/// `policies` at K = 1 and 8 over the first 600 requests of the bundled Mooncake trace (whose
+/// prompts carry prefix blocks).
+fn mooncake_herd(policies: &[&str]) -> switchyard::lab::HerdReport {
+    switchyard::register_policies();
+    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/mooncake_conversation.jsonl");
+    run_herd(&HerdOptions {
+        seed: 1,
+        requests: 600,
+        balancers: vec![1, 8],
+        policies: policies.iter().map(|p| p.to_string()).collect(),
+        trace: Some(trace),
+        ..HerdOptions::default()
+    })
+    .unwrap()
 }
