@@ -4,6 +4,7 @@
 #   prometheus       `promtool` and `prometheus`, used by the telemetry tests
 #   protobuf-compiler `protoc`, which etcd-client's build script runs (feature `etcd`)
 #   libprotobuf-dev  the well-known types (google/protobuf/*.proto) that etcd's protos import
+#   nginx, haproxy   the peers tests/bench_herd.rs starts (as scripts/install-bench-deps.sh does)
 # Idempotent: a second run installs nothing. The distro services are not started: the tests run
 # their own instances in temporary folders.
 set -eu
@@ -13,9 +14,12 @@ command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 [ -e /usr/include/google/protobuf/descriptor.proto ] || missing="$missing libprotobuf-dev"
+# tests/bench_herd.rs runs four nginx and four HAProxy instances of its own (never the services).
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 
 if [ -z "$missing" ]; then
-    echo "install-test-deps: etcd, promtool, protoc and its includes already installed, nothing to do"
+    echo "install-test-deps: etcd, promtool, protoc and its includes, nginx and haproxy already installed, nothing to do"
     exit 0
 fi
 

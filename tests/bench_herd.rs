@@ -22,7 +22,7 @@ fn a_short_herd_bench_runs_every_target_and_writes_both_reports() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "bench herd failed ({:?}); if nginx or haproxy is missing, run scripts/install-bench-deps.sh. \
+        "bench herd failed ({:?}); if nginx or haproxy is missing, run scripts/install-test-deps.sh. \
          Its stderr:\n{stderr}",
         output.status
     );

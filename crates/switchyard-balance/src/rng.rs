@@ -38,22 +38,21 @@ impl NearTie {
     }
 
     /// Of `costs` (candidate index, cost), one of those within [`NEAR_TIE`] of the least, drawn
-    /// at random; `None` when there is none. Costs that are not numbers are never picked, and
-    /// only the first [`MAX_CANDIDATES`] candidates are weighed.
+    /// at random; `None` only when there is no candidate. A cost that is not a number counts as
+    /// infinite (picked only when every cost is), and only the first [`MAX_CANDIDATES`]
+    /// candidates are weighed.
     pub(crate) fn pick(&self, costs: impl Iterator<Item = (usize, f64)>) -> Option<usize> {
         let mut kept = [(0usize, 0f64); MAX_CANDIDATES];
         let mut len = 0;
         let mut least = f64::INFINITY;
         for (i, cost) in costs.take(MAX_CANDIDATES) {
-            if cost.is_nan() {
-                continue;
-            }
+            let cost = if cost.is_nan() { f64::INFINITY } else { cost };
             kept[len] = (i, cost);
             len += 1;
             least = least.min(cost);
         }
         let kept = &kept[..len];
-        let bound = if least > 0.0 { least * (1.0 + NEAR_TIE) } else { least };
+        let bound = if least > 0.0 && least.is_finite() { least * (1.0 + NEAR_TIE) } else { least };
         let near = kept.iter().filter(|(_, c)| *c <= bound).count();
         if near <= 1 {
             return kept.iter().find(|(_, c)| *c <= bound).map(|(i, _)| *i);
@@ -125,7 +124,8 @@ mod tests {
         let zeros: std::collections::BTreeSet<_> =
             (0..100).filter_map(|_| ties.pick([(5, 0.0), (6, 0.0)].into_iter())).collect();
         assert_eq!(zeros.into_iter().collect::<Vec<_>>(), [5, 6]);
-        assert_eq!(ties.pick([(0, f64::NAN)].into_iter()), None);
+        assert_eq!(ties.pick([(0, f64::NAN), (1, 5.0)].into_iter()), Some(1), "a NaN is never the least");
+        assert_eq!(ties.pick([(0, f64::NAN)].into_iter()), Some(0), "but a request still goes somewhere");
         assert_eq!(ties.pick(std::iter::empty()), None);
     }
 

@@ -232,9 +232,9 @@ impl LoadReport {
         let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.in_flight).sum::<f64>()
             / estimates.len().max(1) as f64;
         let shared = shared.with_mean_in_flight(mean);
-        let costs: Vec<(usize, f64)> =
-            estimates.into_iter().map(|(i, unit, work, e)| (i, e.cost(&shared, work, unit))).collect();
-        self.ties.pick(costs.into_iter()).unwrap_or(0)
+        self.ties
+            .pick(estimates.into_iter().map(|(i, unit, work, e)| (i, e.cost(&shared, work, unit))))
+            .unwrap_or(0)
     }
 }
 
