@@ -14,6 +14,8 @@ use switchyard_core::{Error, ErrorKind};
 use switchyard_limit::LimitBody;
 use switchyard_telemetry::RpcRequestBody;
 
+use super::upstream::UpstreamBody;
+
 /// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
 /// unchanged (those the key layer read come first again), their bytes counted in place by the RPC
 /// layer when RPC metrics are on (`rpc_server_request_size_bytes`).
@@ -34,7 +36,7 @@ pin_project! {
     pub struct ProxyBody {
         head: VecDeque<Frame<Bytes>>,
         #[pin]
-        upstream: Option<TrackedBody<Incoming>>,
+        upstream: Option<TrackedBody<UpstreamBody>>,
         ended: bool,
         // The body under a pool's `limit` layer, which holds the request's permit to its end.
         limited: Option<Pin<Box<LimitBody<ProxyBody>>>>,
@@ -43,7 +45,7 @@ pin_project! {
 
 impl ProxyBody {
     /// The endpoint's response body.
-    pub(crate) fn upstream(body: TrackedBody<Incoming>) -> Self {
+    pub(crate) fn upstream(body: TrackedBody<UpstreamBody>) -> Self {
         Self { head: VecDeque::new(), upstream: Some(body), ended: false, limited: None }
     }
 
@@ -64,7 +66,7 @@ impl switchyard_cache::ReplayBody for ProxyBody {
 }
 
 /// The trailers that end a response whose endpoint failed mid-way: `error` says why.
-fn upstream_failed_trailers(error: &hyper::Error) -> http::HeaderMap {
+fn upstream_failed_trailers(error: &h2::Error) -> http::HeaderMap {
     let status = if switchyard_discovery::drain::is_drain_timeout(error) {
         switchyard_core::Status {
             code: switchyard_core::Code::Unavailable,
@@ -82,12 +84,12 @@ fn upstream_failed_trailers(error: &hyper::Error) -> http::HeaderMap {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = self.project();
         if let Some(frame) = this.head.pop_front() {
             return Poll::Ready(Some(Ok(frame)));

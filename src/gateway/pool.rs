@@ -419,7 +419,9 @@ pub(crate) struct Direct {
 
 type DirectFuture = futures::future::MapOk<
     <Upstream as tower::Service<UpstreamRequest>>::Future,
-    fn(http::Response<switchyard_balance::TrackedBody<hyper::body::Incoming>>) -> http::Response<ProxyBody>,
+    fn(
+        http::Response<switchyard_balance::TrackedBody<super::upstream::UpstreamBody>>,
+    ) -> http::Response<ProxyBody>,
 >;
 
 impl tower::Service<UpstreamRequest> for Direct {

@@ -5,8 +5,9 @@
 //! Each serving thread keeps its own connection to each endpoint, run by that thread's runtime, so
 //! a request goes from the client's stream to the endpoint's connection without waking another
 //! thread (as Envoy's workers each keep their own connection pools), and without a pool lookup or
-//! a buffer task (tonic's `Channel` has one): the service holds hyper's `SendRequest` for the
-//! connection. It points each request at its endpoint (the balancer has picked it) by giving the
+//! a buffer task (tonic's `Channel` has one): the service holds the connection's [`h2`]
+//! `SendRequest`, and each request's task opens its stream and reads its response itself
+//! ([`stream`]). It points each request at its endpoint (the balancer has picked it) by giving the
 //! request's URI the endpoint's scheme and authority, and leaves every header as the client sent
 //! it.
 //!
@@ -15,18 +16,20 @@
 //! connections (a stream that outlives the pool's drain timeout) is cut once that timeout has
 //! passed, so the connections and their tasks end.
 
+mod stream;
+
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard_core::{Error, ErrorKind};
 use switchyard_discovery::ConnectionDrain;
 use switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT;
@@ -34,13 +37,29 @@ use tokio::net::TcpStream;
 use tower::BoxError;
 
 use super::body::RequestBody;
+pub(crate) use stream::UpstreamBody;
 
 /// Longest wait for a TCP connection to an endpoint before its requests fail with `UNAVAILABLE`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How often a connection to an endpoint with requests in flight is pinged, so a dead peer is
-/// found before the requests wait on it for long.
+/// How often a connection to an endpoint is pinged, so a dead peer is found before requests wait
+/// on it for long; one that does not answer within the same time is closed.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// HTTP/2 settings of a connection to an endpoint: hyper's client defaults (windows of 2 MiB a
+/// stream and 5 MiB the connection, so a long answer streams without waiting for window
+/// updates; 16 KiB frames and header lists; no server push).
+fn h2_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(2 << 20)
+        .initial_connection_window_size(5 << 20)
+        .max_frame_size(16 << 10)
+        .max_header_list_size(16 << 10)
+        .max_send_buffer_size(1 << 20)
+        .enable_push(false);
+    builder
+}
 
 thread_local! {
     /// The index of the gateway's serving thread running here; `usize::MAX` on other threads.
@@ -53,7 +72,7 @@ pub(crate) fn set_thread_index(index: usize) {
     THREAD.with(|t| t.set(index));
 }
 
-type Connecting = Shared<BoxFuture<'static, Result<SendRequest<RequestBody>, Arc<str>>>>;
+type Connecting = Shared<BoxFuture<'static, Result<Sender, Arc<str>>>>;
 
 /// One thread's connection to an endpoint.
 #[derive(Default)]
@@ -61,7 +80,21 @@ enum Connection {
     #[default]
     Closed,
     Connecting(Connecting),
-    Open(SendRequest<RequestBody>),
+    Open(Sender),
+}
+
+/// An open connection's handle: streams are opened through `send`; `closed` is set when the
+/// connection's task ends.
+#[derive(Clone)]
+struct Sender {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 /// Sends requests to one endpoint, over the calling thread's connection to it.
@@ -131,8 +164,9 @@ impl EndpointClient {
 }
 
 /// Opens a connection to `authority`, its socket under `drain`, and starts its task on the
-/// calling thread's runtime.
-async fn connect(authority: Authority, drain: ConnectionDrain) -> Result<SendRequest<RequestBody>, Arc<str>> {
+/// calling thread's runtime. The task pings the endpoint every [`KEEP_ALIVE_INTERVAL`] and closes
+/// the connection when a ping goes unanswered for as long.
+async fn connect(authority: Authority, drain: ConnectionDrain) -> Result<Sender, Arc<str>> {
     let address = authority.as_str();
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host_port(&authority))).await
     {
@@ -141,19 +175,41 @@ async fn connect(authority: Authority, drain: ConnectionDrain) -> Result<SendReq
         Err(_) => return Err(format!("cannot connect to {address}: no answer in {CONNECT_TIMEOUT:?}").into()),
     };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .handshake(TokioIo::new(drain.wrap(stream)))
+    let (send, mut connection) = h2_builder()
+        .handshake::<_, Bytes>(drain.wrap(stream))
         .await
         .map_err(|e| Arc::<str>::from(format!("HTTP/2 handshake with {address} failed: {e}")))?;
+    let ping_pong = connection.ping_pong();
+    let closed = Arc::new(AtomicBool::new(false));
     let address = address.to_owned();
+    let closed_by_task = closed.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("connection to {address} ended: {e}");
+        tokio::select! {
+            ended = &mut connection => if let Err(e) = ended {
+                tracing::debug!("connection to {address} ended: {e}");
+            },
+            () = keep_alive(ping_pong) => tracing::debug!("connection to {address} did not answer a ping in {KEEP_ALIVE_INTERVAL:?}; closed"),
         }
+        closed_by_task.store(true, Ordering::Release);
+        // Dropping the connection fails the streams still open on it.
     });
-    Ok(sender)
+    Ok(Sender { send, closed })
+}
+
+/// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns when a ping is not answered within it
+/// (or cannot be sent: the connection is going).
+async fn keep_alive(ping_pong: Option<h2::PingPong>) {
+    let Some(mut ping_pong) = ping_pong else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        if ping_pong.send_ping(h2::Ping::opaque()).is_err() {
+            return;
+        }
+        let pong = std::future::poll_fn(|cx| ping_pong.poll_pong(cx));
+        if !matches!(tokio::time::timeout(KEEP_ALIVE_INTERVAL, pong).await, Ok(Ok(_))) {
+            return;
+        }
+    }
 }
 
 /// The host and port to connect to: port 80 when the address has none (as for any `http://` URI),
@@ -165,9 +221,9 @@ fn host_port(authority: &Authority) -> (&str, u16) {
 }
 
 impl tower::Service<Request<RequestBody>> for EndpointClient {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Incoming>, BoxError>>;
+    type Future = BoxFuture<'static, Result<Response<UpstreamBody>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // The connection is opened (or found closed) by the request itself.
@@ -186,11 +242,10 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
         let req = Request::from_parts(head, body);
 
         let mut connection = self.connection().lock().unwrap_or_else(PoisonError::into_inner);
-        if let Connection::Open(sender) = &mut *connection
+        if let Connection::Open(sender) = &*connection
             && !sender.is_closed()
         {
-            let response = sender.send_request(req);
-            return Box::pin(async move { response.await.map_err(Into::into) });
+            return Box::pin(stream::send(sender.send.clone(), req));
         }
         // Closed (or never opened): this request opens it, or waits for the one being opened.
         let connecting = match &*connection {
@@ -205,7 +260,7 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
         let this = self.clone();
         Box::pin(async move {
             let opened = connecting.clone().await;
-            let mut sender = {
+            let sender = {
                 let mut connection = this.connection().lock().unwrap_or_else(PoisonError::into_inner);
                 // The first request to see the outcome records it (the others find it recorded,
                 // or a newer attempt in its place, which they leave alone).
@@ -220,7 +275,7 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
                     BoxError::from(Error::new(ErrorKind::ConnectFailed).with_source(e.to_string()))
                 })?
             };
-            sender.send_request(req).await.map_err(Into::into)
+            stream::send(sender.send, req).await
         })
     }
 }
