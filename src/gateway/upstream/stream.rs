@@ -7,6 +7,9 @@
 //! response itself: one task per request fewer, and no channel hop each way. A request body that
 //! is not complete when the stream opens (a client-streaming call still sending) is piped by a
 //! task of its own, as hyper does; a unary call's body is sent at once, inline.
+//!
+//! The gateway sends its [`RequestBody`](crate::gateway::body::RequestBody); any body of
+//! [`Bytes`] will do.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -19,23 +22,25 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tower::BoxError;
 
-use crate::gateway::body::RequestBody;
-
 /// Sends `req` on `sender`'s connection and waits for the response's head.
 ///
 /// An error before the stream opened (the connection closed, or refused the stream) means the
 /// request never reached the endpoint.
-pub(super) async fn send(
+pub(super) async fn send<B>(
     sender: SendRequest<Bytes>,
-    req: Request<RequestBody>,
-) -> Result<Response<UpstreamBody>, BoxError> {
+    req: Request<B>,
+) -> Result<Response<UpstreamBody>, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display,
+{
     let mut sender = sender.ready().await?;
     let (head, body) = req.into_parts();
     let end_of_stream = body.is_end_stream();
     let (response, stream) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
     let mut cancel = None;
     if !end_of_stream {
-        let mut pipe = Pipe { body, stream, cancelled: None };
+        let mut pipe = Pipe { body, stream, cancelled: None, sent: false };
         if futures::poll!(&mut pipe).is_pending() {
             // The client is still sending: the rest goes from a task of its own, told to reset the
             // stream if the response is dropped before it is done.
@@ -51,14 +56,22 @@ pub(super) async fn send(
 
 /// Copies a request body into its stream, frame by frame, within the stream's flow-control
 /// window.
-struct Pipe {
-    body: RequestBody,
+struct Pipe<B> {
+    body: B,
     stream: SendStream<Bytes>,
     /// Resolves (or closes) when the response is dropped: the stream is then reset.
     cancelled: Option<oneshot::Receiver<()>>,
+    /// Whether a frame has been sent: the first goes without waiting for the window (the stream
+    /// has none yet until its connection's task runs; h2 holds the frame until it has), so that a
+    /// unary call's one message goes out inline, with no task spawned to wait.
+    sent: bool,
 }
 
-impl Future for Pipe {
+impl<B> Future for Pipe<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -70,10 +83,11 @@ impl Future for Pipe {
                 this.stream.send_reset(Reason::CANCEL);
                 return Poll::Ready(());
             }
-            // Wait for room in the window before reading more of the client's body (the window
-            // is the backpressure), and stop if the endpoint reset the stream.
+            // After the first frame, wait for room in the window beyond what is already buffered
+            // before reading more of the client's body (the window is the backpressure: at most
+            // one frame waits in h2), and stop if the endpoint reset the stream.
             this.stream.reserve_capacity(1);
-            if this.stream.capacity() == 0 {
+            if this.sent && this.stream.capacity() == 0 {
                 loop {
                     match ready!(this.stream.poll_capacity(cx)) {
                         Some(Ok(0)) => {}
@@ -87,6 +101,7 @@ impl Future for Pipe {
             match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
+                        this.sent = true;
                         let end = this.body.is_end_stream();
                         if this.stream.send_data(data, end).is_err() || end {
                             return Poll::Ready(());
@@ -155,5 +170,134 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+
+    type ChannelBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+    /// A request body the test feeds frame by frame.
+    fn channel_body() -> (mpsc::Sender<Result<Frame<Bytes>, Infallible>>, ChannelBody) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, StreamBody::new(ReceiverStream::new(rx)))
+    }
+
+    /// What the endpoint saw of the request's stream.
+    #[derive(Debug, Default, PartialEq)]
+    struct Seen {
+        data: Vec<Bytes>,
+        trailers: Option<http::HeaderMap>,
+        reset: Option<Reason>,
+    }
+
+    /// An h2 endpoint that answers each request's head at once (status 200, one data frame
+    /// "answer", no end), then reads the request body to its end or reset and reports it.
+    async fn endpoint() -> (std::net::SocketAddr, mpsc::Receiver<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen_rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(socket).await.unwrap();
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
+                let seen_tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut send = respond.send_response(Response::new(()), false).unwrap();
+                    send.send_data(Bytes::from_static(b"answer"), false).unwrap();
+                    let mut body = request.into_body();
+                    let mut seen = Seen::default();
+                    loop {
+                        match body.data().await {
+                            Some(Ok(data)) => {
+                                let _ = body.flow_control().release_capacity(data.len());
+                                seen.data.push(data);
+                            }
+                            Some(Err(e)) => {
+                                seen.reset = e.reason();
+                                break;
+                            }
+                            None => {
+                                seen.trailers = body.trailers().await.unwrap_or_default();
+                                break;
+                            }
+                        }
+                    }
+                    let _ = seen_tx.send(seen).await;
+                    // Keep the response open until the client is done with it.
+                    let _ = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
+                });
+            }
+        });
+        (addr, seen_rx)
+    }
+
+    async fn sender(addr: std::net::SocketAddr) -> SendRequest<Bytes> {
+        let socket = TcpStream::connect(addr).await.unwrap();
+        let (send, connection) = h2::client::handshake(socket).await.unwrap();
+        tokio::spawn(connection);
+        send
+    }
+
+    fn request(body: ChannelBody) -> Request<ChannelBody> {
+        Request::post("http://endpoint/svc/Method").body(body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_still_being_sent_follows_the_response_frame_by_frame_to_its_trailers() {
+        let (addr, mut seen) = endpoint().await;
+        let (tx, body) = channel_body();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"one")))).await.unwrap();
+        // The response head comes back while the client is still sending.
+        let response = send(sender(addr).await, request(body)).await.unwrap();
+        let mut response_body = response.into_body();
+        let first = response_body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, Bytes::from_static(b"answer"));
+        for part in ["two", "three"] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send(Ok(Frame::data(Bytes::from(part)))).await.unwrap();
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        tx.send(Ok(Frame::trailers(trailers.clone()))).await.unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap();
+        let data: Vec<&[u8]> = seen.data.iter().map(|d| d.as_ref()).collect();
+        assert_eq!(data, [&b"one"[..], b"two", b"three"]);
+        assert_eq!(seen.trailers, Some(trailers));
+        assert_eq!(seen.reset, None);
+    }
+
+    #[tokio::test]
+    async fn a_complete_body_goes_out_inline_and_ends_the_stream() {
+        let (addr, mut seen) = endpoint().await;
+        let body = http_body_util::Full::new(Bytes::from_static(b"the whole message"));
+        let request = Request::post("http://endpoint/svc/Method").body(body).unwrap();
+        let _response = send(sender(addr).await, request).await.unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap();
+        assert_eq!(seen.data, [Bytes::from_static(b"the whole message")]);
+        assert_eq!((seen.trailers, seen.reset), (None, None));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_response_resets_a_stream_whose_body_is_still_open() {
+        let (addr, mut seen) = endpoint().await;
+        let (tx, body) = channel_body();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"one")))).await.unwrap();
+        let response = send(sender(addr).await, request(body)).await.unwrap();
+        // The client goes away with its body still open: the endpoint's stream is reset.
+        drop(response);
+        let seen = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap();
+        assert_eq!(seen.reset, Some(Reason::CANCEL), "{seen:?}");
+        drop(tx);
     }
 }
