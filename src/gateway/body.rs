@@ -7,19 +7,18 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use switchyard_balance::TrackedBody;
 use switchyard_core::{Error, ErrorKind};
 use switchyard_limit::LimitBody;
 use switchyard_telemetry::RpcRequestBody;
 
-use super::upstream::UpstreamBody;
+use super::h2stream::RecvBody;
 
 /// A client's request body on its way through a pool's layers to an endpoint: the client's frames,
 /// unchanged (those the key layer read come first again), their bytes counted in place by the RPC
 /// layer when RPC metrics are on (`rpc_server_request_size_bytes`).
-pub type RequestBody = switchyard_keys::Replay<RpcRequestBody<Incoming>>;
+pub type RequestBody = switchyard_keys::Replay<RpcRequestBody<RecvBody>>;
 
 pin_project! {
     /// The response body of the proxy: the endpoint's, frame for frame, or nothing for the
@@ -36,7 +35,7 @@ pin_project! {
     pub struct ProxyBody {
         head: VecDeque<Frame<Bytes>>,
         #[pin]
-        upstream: Option<TrackedBody<UpstreamBody>>,
+        upstream: Option<TrackedBody<RecvBody>>,
         ended: bool,
         // The body under a pool's `limit` layer, which holds the request's permit to its end.
         limited: Option<Pin<Box<LimitBody<ProxyBody>>>>,
@@ -45,7 +44,7 @@ pin_project! {
 
 impl ProxyBody {
     /// The endpoint's response body.
-    pub(crate) fn upstream(body: TrackedBody<UpstreamBody>) -> Self {
+    pub(crate) fn upstream(body: TrackedBody<RecvBody>) -> Self {
         Self { head: VecDeque::new(), upstream: Some(body), ended: false, limited: None }
     }
 

@@ -23,9 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
-use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use tokio::sync::{Notify, watch};
+
+use super::downstream::ServeConnection;
 
 /// The calls in flight on one serving thread, counted from the request to the end of its
 /// response body.
@@ -132,14 +133,7 @@ where
 
     fn call(&self, req: Req) -> Self::Future {
         if self.draining.load(Ordering::Acquire) {
-            let refused = switchyard_core::Status {
-                code: switchyard_core::Code::Unavailable,
-                message: "the gateway is shutting down; retry elsewhere".into(),
-                retry_after: None,
-            }
-            .to_http::<B>()
-            .map(|body| Counted { inner: body, _call: None });
-            return DrainingFuture::Refused { response: Some(refused) };
+            return DrainingFuture::Refused { body: std::marker::PhantomData };
         }
         let call = self.calls.start();
         DrainingFuture::Forward { inner: self.inner.call(req), call: Some(call) }
@@ -147,10 +141,11 @@ where
 }
 
 pin_project! {
-    /// The future of [`Draining`]: the refusal, or the inner call with its guard.
+    /// The future of [`Draining`]: the refusal (built when polled, so that the future stays
+    /// the size of the call's), or the inner call with its guard.
     #[project = DrainingProj]
     pub(crate) enum DrainingFuture<F, B> {
-        Refused { response: Option<http::Response<Counted<B>>> },
+        Refused { body: std::marker::PhantomData<fn() -> B> },
         Forward { #[pin] inner: F, call: Option<CallGuard> },
     }
 }
@@ -158,15 +153,22 @@ pin_project! {
 impl<F, B, E> Future for DrainingFuture<F, B>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
+    B: Default,
 {
     type Output = Result<http::Response<Counted<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            DrainingProj::Refused { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
+            DrainingProj::Refused { .. } => {
+                let refused = switchyard_core::Status {
+                    code: switchyard_core::Code::Unavailable,
+                    message: "the gateway is shutting down; retry elsewhere".into(),
+                    retry_after: None,
+                }
+                .to_http::<B>()
+                .map(|body| Counted { inner: body, _call: None });
+                Poll::Ready(Ok(refused))
+            }
             DrainingProj::Forward { inner, call } => {
                 let response = std::task::ready!(inner.poll(cx))?;
                 let call = call.take();
@@ -209,23 +211,22 @@ impl<B: Body> Body for Counted<B> {
 /// Serves `connection` until it ends; once `draining` turns true, waits until `gate` opens (no
 /// serving thread has a call in flight), then shuts the connection down gracefully (GOAWAY) and
 /// lets it finish.
-pub(crate) async fn serve_connection<C>(
-    connection: C,
+pub(crate) async fn serve_connection<S>(
+    mut connection: ServeConnection<S>,
     gate: Arc<DrainGate>,
     mut draining: watch::Receiver<bool>,
-) -> Result<(), C::Error>
+) -> Result<(), h2::Error>
 where
-    C: GracefulConnection,
+    ServeConnection<S>: Future<Output = Result<(), h2::Error>> + Unpin,
 {
-    tokio::pin!(connection);
     tokio::select! {
-        result = connection.as_mut() => return result,
+        result = &mut connection => return result,
         () = async { drop(draining.wait_for(|d| *d).await) } => {}
     }
     tokio::select! {
-        result = connection.as_mut() => return result,
+        result = &mut connection => return result,
         () = gate.drained() => {}
     }
-    connection.as_mut().graceful_shutdown();
+    connection.graceful_shutdown();
     connection.await
 }

@@ -211,7 +211,9 @@ mod admin;
 mod body;
 mod cache;
 mod config;
+mod downstream;
 mod drain;
+mod h2stream;
 pub mod layers;
 mod pool;
 mod proxy;
@@ -228,6 +230,7 @@ pub use config::{
     ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, MAX_THREADS, PoolConfig,
     RouteConfig,
 };
+pub use h2stream::RecvBody;
 pub use pool::Pool;
 pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;

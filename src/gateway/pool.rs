@@ -420,7 +420,7 @@ pub(crate) struct Direct {
 type DirectFuture = futures::future::MapOk<
     <Upstream as tower::Service<UpstreamRequest>>::Future,
     fn(
-        http::Response<switchyard_balance::TrackedBody<super::upstream::UpstreamBody>>,
+        http::Response<switchyard_balance::TrackedBody<super::h2stream::RecvBody>>,
     ) -> http::Response<ProxyBody>,
 >;
 

@@ -15,17 +15,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use hyper::body::Incoming;
 use switchyard_keys::{Keys, KeysConfig};
 use switchyard_telemetry::{RpcBody, RpcLayer, RpcRequestBody};
 use tower::Layer;
 use tower::{BoxError, Service, ServiceExt};
 
 use super::body::{ProxyBody, RequestBody};
+use super::h2stream::RecvBody;
 use super::pool::{Pool, PoolService};
 use super::route::Router;
 
-/// The hyper service of the gateway's gRPC listener: the key layer, then routing, then the
+/// The service of the gateway's gRPC listener (as a hyper `Service`, called by reference): the key layer, then routing, then the
 /// routed pool's stack. Cloning is cheap; [`for_thread`](Self::for_thread) gives a serving
 /// thread handles of its own (the reference counts a request touches are then that thread's
 /// alone, with no cache line bouncing between cores), and
@@ -71,12 +71,12 @@ impl Proxy {
     }
 }
 
-impl hyper::service::Service<http::Request<Incoming>> for Proxy {
+impl hyper::service::Service<http::Request<RecvBody>> for Proxy {
     type Response = http::Response<RpcBody<ProxyBody>>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
-    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, req: http::Request<RecvBody>) -> Self::Future {
         if !self.rpc.is_enabled() {
             // Nothing configured: the RPC layer is not entered; the bodies' telemetry slots stay
             // empty (one branch per frame, as an `Either` would take).

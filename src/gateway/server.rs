@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,6 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::admin;
 use super::config::{ConfigError, GatewayConfig};
+use super::downstream::ServeConnection;
 use super::drain::{self, CallsInFlight, DrainGate, Draining};
 use super::pool::Pool;
 use super::proxy::Proxy;
@@ -52,11 +53,6 @@ impl GatewayTelemetry {
         Self { registry, rpc_metrics, tracing }
     }
 }
-
-/// Streams one client connection may have open at once. hyper's default (200) would queue the
-/// requests of a client that multiplexes everything over one connection, as tonic's `Channel`
-/// does, behind the gateway rather than at the replicas.
-const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// How long the admin listener waits for its own requests on shutdown.
 const ADMIN_DRAIN: Duration = Duration::from_secs(1);
@@ -218,8 +214,6 @@ impl Gateway {
         let draining = Arc::new(AtomicBool::new(false));
 
         let proxy = Proxy::new(pools.clone(), Router::new(&config), config.keys_config(), rpc);
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
         let mut handoff = Vec::with_capacity(threads);
         let mut serving = Vec::with_capacity(threads);
         let gate = Arc::new(DrainGate::new(threads));
@@ -228,14 +222,8 @@ impl Gateway {
             let open = Arc::new(AtomicUsize::new(0));
             let (done, finished) = oneshot::channel();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (stopped, drain, http2, proxy, count, draining) = (
-                stopped.clone(),
-                config.drain_timeout,
-                http2.clone(),
-                proxy.for_thread(),
-                open.clone(),
-                draining.clone(),
-            );
+            let (stopped, drain, proxy, count, draining) =
+                (stopped.clone(), config.drain_timeout, proxy.for_thread(), open.clone(), draining.clone());
             let (calls, gate) = (Arc::new(CallsInFlight::default()), gate.clone());
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
@@ -243,7 +231,7 @@ impl Gateway {
                 let drain = Drain { timeout: drain, calls, gate };
                 runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
                     let proxy = Draining::new(proxy.for_connection(), thread_calls.clone(), draining.clone());
-                    http2.serve_connection(TokioIo::new(io), proxy)
+                    ServeConnection::new(io, proxy)
                 }));
                 let _ = done.send(());
             })?;
@@ -435,16 +423,15 @@ struct Drain {
 /// A serving thread: serves the connections it is handed until `stop`, then drains them (see
 /// `drain`: new calls refused, calls in flight finished, then GOAWAY), at most `drain.timeout`,
 /// and closes the rest. `open` counts its open connections, for the acceptor.
-async fn serve_thread<F, C>(
+async fn serve_thread<F, S>(
     mut incoming: mpsc::Receiver<std::net::TcpStream>,
     stop: watch::Receiver<bool>,
     drain: Drain,
     open: Arc<AtomicUsize>,
     serve_connection: F,
 ) where
-    F: Fn(TcpStream) -> C,
-    C: GracefulConnection + Send + 'static,
-    C::Error: std::fmt::Display,
+    F: Fn(TcpStream) -> ServeConnection<S>,
+    ServeConnection<S>: Future<Output = Result<(), h2::Error>> + Unpin + Send + 'static,
 {
     let mut connections = JoinSet::new();
     let serve = |connections: &mut JoinSet<()>, stream: TcpStream| {

@@ -7,7 +7,7 @@
 //! thread (as Envoy's workers each keep their own connection pools), and without a pool lookup or
 //! a buffer task (tonic's `Channel` has one): the service holds the connection's [`h2`]
 //! `SendRequest`, and each request's task opens its stream and reads its response itself
-//! ([`stream`]). It points each request at its endpoint (the balancer has picked it) by giving the
+//! (see `h2stream`). It points each request at its endpoint (the balancer has picked it) by giving the
 //! request's URI the endpoint's scheme and authority, and leaves every header as the client sent
 //! it.
 //!
@@ -15,8 +15,6 @@
 //! the endpoint, [`close`](EndpointClient::close) retires it, and whatever is still open on its
 //! connections (a stream that outlives the pool's drain timeout) is cut once that timeout has
 //! passed, so the connections and their tasks end.
-
-mod stream;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,14 +28,16 @@ use futures::future::{BoxFuture, Shared};
 use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
+use http_body::Body;
 use switchyard_core::{Error, ErrorKind};
 use switchyard_discovery::ConnectionDrain;
 use switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tower::BoxError;
 
 use super::body::RequestBody;
-pub(crate) use stream::UpstreamBody;
+use super::h2stream::{Pipe, RecvBody};
 
 /// Longest wait for a TCP connection to an endpoint before its requests fail with `UNAVAILABLE`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -212,6 +212,37 @@ async fn keep_alive(ping_pong: Option<h2::PingPong>) {
     }
 }
 
+/// Sends `req` on `sender`'s connection and waits for the response's head.
+///
+/// An error before the stream opened (the connection closed, or refused the stream) means the
+/// request never reached the endpoint.
+pub(crate) async fn send<B>(
+    sender: SendRequest<Bytes>,
+    req: Request<B>,
+) -> Result<Response<RecvBody>, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let mut sender = sender.ready().await?;
+    let (head, body) = req.into_parts();
+    let end_of_stream = body.is_end_stream();
+    let (response, stream) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
+    let mut cancel = None;
+    if !end_of_stream {
+        let mut pipe = Pipe::new(body, stream);
+        if futures::poll!(&mut pipe).is_pending() {
+            // The client is still sending: the rest goes from a task of its own, told to reset the
+            // stream if the response is dropped before it is done.
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(pipe.cancelled_by(rx));
+            cancel = Some(tx);
+        }
+    }
+    let response = response.await?;
+    Ok(response.map(|recv| RecvBody::new(recv, cancel)))
+}
+
 /// The host and port to connect to: port 80 when the address has none (as for any `http://` URI),
 /// and an IPv6 host without the brackets a URI writes it in.
 fn host_port(authority: &Authority) -> (&str, u16) {
@@ -221,9 +252,9 @@ fn host_port(authority: &Authority) -> (&str, u16) {
 }
 
 impl tower::Service<Request<RequestBody>> for EndpointClient {
-    type Response = Response<UpstreamBody>;
+    type Response = Response<RecvBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<UpstreamBody>, BoxError>>;
+    type Future = BoxFuture<'static, Result<Response<RecvBody>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // The connection is opened (or found closed) by the request itself.
@@ -245,7 +276,7 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
         if let Connection::Open(sender) = &*connection
             && !sender.is_closed()
         {
-            return Box::pin(stream::send(sender.send.clone(), req));
+            return Box::pin(send(sender.send.clone(), req));
         }
         // Closed (or never opened): this request opens it, or waits for the one being opened.
         let connecting = match &*connection {
@@ -275,7 +306,7 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
                     BoxError::from(Error::new(ErrorKind::ConnectFailed).with_source(e.to_string()))
                 })?
             };
-            stream::send(sender.send, req).await
+            send(sender.send, req).await
         })
     }
 }

@@ -1,70 +1,47 @@
-//! One request's HTTP/2 stream to an endpoint, driven from the request's own task: the request
-//! body piped into the stream's send half, and the response body read from its receive half.
+//! An HTTP/2 stream's two halves as bodies, for the gateway's own use of [`h2`] on both sides:
+//! [`RecvBody`] reads a stream's data frames and trailers as an [`http_body::Body`], giving each
+//! frame's bytes back to the flow-control window; [`Pipe`] copies a body into a stream's send
+//! half within the window.
 //!
-//! hyper's client sends each request through a channel to the connection's task, which spawns a
-//! task per request to wait for its response and hands the response back over a oneshot. Here the
-//! request's task opens the stream on the shared [`h2`] connection itself and waits for the
-//! response itself: one task per request fewer, and no channel hop each way. A request body that
-//! is not complete when the stream opens (a client-streaming call still sending) is piped by a
-//! task of its own, as hyper does; a unary call's body is sent at once, inline.
-//!
-//! The gateway sends its [`RequestBody`](crate::gateway::body::RequestBody); any body of
-//! [`Bytes`] will do.
+//! The gateway serves its clients' connections and opens its connections to the endpoints with
+//! h2 directly rather than through hyper's server and client: each request is read, balanced,
+//! forwarded and answered from its one task (hyper's client hands every request to the
+//! connection's task over a channel and spawns a task per request to wait for the response).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
-use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
-use tower::BoxError;
 
-/// Sends `req` on `sender`'s connection and waits for the response's head.
-///
-/// An error before the stream opened (the connection closed, or refused the stream) means the
-/// request never reached the endpoint.
-pub(super) async fn send<B>(
-    sender: SendRequest<Bytes>,
-    req: Request<B>,
-) -> Result<Response<UpstreamBody>, BoxError>
-where
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: std::fmt::Display,
-{
-    let mut sender = sender.ready().await?;
-    let (head, body) = req.into_parts();
-    let end_of_stream = body.is_end_stream();
-    let (response, stream) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
-    let mut cancel = None;
-    if !end_of_stream {
-        let mut pipe = Pipe { body, stream, cancelled: None, sent: false };
-        if futures::poll!(&mut pipe).is_pending() {
-            // The client is still sending: the rest goes from a task of its own, told to reset the
-            // stream if the response is dropped before it is done.
-            let (tx, rx) = oneshot::channel();
-            pipe.cancelled = Some(rx);
-            tokio::spawn(pipe);
-            cancel = Some(tx);
-        }
-    }
-    let response = response.await?;
-    Ok(response.map(|recv| UpstreamBody { recv, data_done: false, _pipe: cancel }))
-}
-
-/// Copies a request body into its stream, frame by frame, within the stream's flow-control
-/// window.
-struct Pipe<B> {
+/// Copies a body into a stream's send half, frame by frame, within the stream's flow-control
+/// window, ending the stream with the body's end (or its trailers). A body that fails resets the
+/// stream (`CANCEL`); a stream the peer resets ends the copy.
+pub(crate) struct Pipe<B> {
     body: B,
     stream: SendStream<Bytes>,
-    /// Resolves (or closes) when the response is dropped: the stream is then reset.
+    /// Resolves (or closes) when the other side of the exchange is dropped: the stream is then
+    /// reset.
     cancelled: Option<oneshot::Receiver<()>>,
     /// Whether a frame has been sent: the first goes without waiting for the window (the stream
     /// has none yet until its connection's task runs; h2 holds the frame until it has), so that a
     /// unary call's one message goes out inline, with no task spawned to wait.
     sent: bool,
+}
+
+impl<B> Pipe<B> {
+    /// A pipe from `body` into `stream`.
+    pub(crate) fn new(body: B, stream: SendStream<Bytes>) -> Self {
+        Self { body, stream, cancelled: None, sent: false }
+    }
+
+    /// Resets the stream (`CANCEL`) once `cancelled` resolves or its sender is dropped.
+    pub(crate) fn cancelled_by(mut self, cancelled: oneshot::Receiver<()>) -> Self {
+        self.cancelled = Some(cancelled);
+        self
+    }
 }
 
 impl<B> Future for Pipe<B>
@@ -115,7 +92,7 @@ where
                     }
                 },
                 Some(Err(error)) => {
-                    tracing::debug!(%error, "client's request body failed; resetting the endpoint's stream");
+                    tracing::debug!(%error, "body failed mid-way; resetting its stream");
                     this.stream.send_reset(Reason::CANCEL);
                     return Poll::Ready(());
                 }
@@ -128,18 +105,26 @@ where
     }
 }
 
-/// An endpoint's response body: its data frames, then its trailers, as the endpoint sent them.
-/// Each data frame read gives its bytes back to the stream's flow-control window.
+/// The body of an HTTP/2 stream the gateway reads: a client's request, or an endpoint's
+/// response. Its data frames, then its trailers, as the peer sent them; each data frame read
+/// gives its bytes back to the stream's flow-control window.
 #[derive(Debug)]
-pub(crate) struct UpstreamBody {
+pub struct RecvBody {
     recv: RecvStream,
     data_done: bool,
-    /// The request body's pipe, when it outlived the response head: dropping this body (the
-    /// client went away) has it reset the stream.
+    /// For a response: the request body's pipe, when it outlived the response head; dropping
+    /// this body (the client went away) has it reset the stream.
     _pipe: Option<oneshot::Sender<()>>,
 }
 
-impl Body for UpstreamBody {
+impl RecvBody {
+    /// The body of `recv`; dropping it fires `pipe`, if given.
+    pub(crate) fn new(recv: RecvStream, pipe: Option<oneshot::Sender<()>>) -> Self {
+        Self { recv, data_done: false, _pipe: pipe }
+    }
+}
+
+impl Body for RecvBody {
     type Data = Bytes;
     type Error = h2::Error;
 
@@ -184,6 +169,9 @@ mod tests {
     use tokio_stream::wrappers::ReceiverStream;
 
     use super::*;
+    use crate::gateway::upstream::send;
+    use h2::client::SendRequest;
+    use http::{Request, Response};
 
     type ChannelBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
 
