@@ -25,8 +25,8 @@ use super::h2stream::RecvBody;
 use super::pool::{Pool, PoolService};
 use super::route::Router;
 
-/// The service of the gateway's gRPC listener (as a hyper `Service`, called by reference): the key layer, then routing, then the
-/// routed pool's stack. Cloning is cheap; [`for_thread`](Self::for_thread) gives a serving
+/// The service of the gateway's gRPC listener (a hyper `Service`, called by reference): the key
+/// layer, then routing, then the routed pool's stack. Cloning is cheap; [`for_thread`](Self::for_thread) gives a serving
 /// thread handles of its own (the reference counts a request touches are then that thread's
 /// alone, with no cache line bouncing between cores), and
 /// [`for_connection`](Self::for_connection) gives each accepted connection its own budget of

@@ -236,7 +236,7 @@ impl HttpCompletion {
 }
 
 fn read_report(headers: &http::HeaderMap, completion: &Completion) {
-    if let Some(value) = headers.get(orca::TRAILER_NAME) {
+    if let Some(value) = headers.get(&orca::TRAILER_HEADER) {
         completion.report_encoded(value);
     }
 }

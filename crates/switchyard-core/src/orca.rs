@@ -32,6 +32,9 @@ use crate::ReportedLoad;
 /// The metadata key that carries the report.
 pub const TRAILER_NAME: &str = "endpoint-load-metrics-bin";
 
+/// [`TRAILER_NAME`] as a parsed header name, for lookups that do not parse it again.
+pub const TRAILER_HEADER: http::HeaderName = http::HeaderName::from_static(TRAILER_NAME);
+
 /// Named-metric key for [`ReportedLoad::queue_depth`].
 pub const QUEUE_DEPTH: &str = "queue_depth";
 /// Named-metric key for [`ReportedLoad::running`].
@@ -202,7 +205,7 @@ pub fn decode_base64(text: &[u8]) -> Result<ReportedLoad, DecodeError> {
 /// The report in a header map (trailers, or the headers of a trailers-only response), if there
 /// is one. `Some(Err(_))` when the entry is there but malformed.
 pub fn from_headers(headers: &http::HeaderMap) -> Option<Result<ReportedLoad, DecodeError>> {
-    headers.get(TRAILER_NAME).map(decode_header_value)
+    headers.get(&TRAILER_HEADER).map(decode_header_value)
 }
 
 #[cfg(test)]

@@ -60,7 +60,9 @@ impl Outcome {
     /// The outcome the trailers (or a trailers-only response's headers) carry, or `None` when
     /// they have no `grpc-status`. A status that is not a number counts as `UNKNOWN`.
     pub fn from_trailers(trailers: &http::HeaderMap) -> Option<Self> {
-        let status = trailers.get("grpc-status")?;
+        // A parsed name: looking a `&str` up parses it first, on every response.
+        const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        let status = trailers.get(&GRPC_STATUS)?;
         let code = status
             .to_str()
             .ok()
