@@ -212,7 +212,7 @@ pub(crate) fn crate_of(name: &str) -> &str {
     let mut path = name;
     loop {
         let trimmed = path
-            .trim_start_matches(['<', '&', '*', ' '])
+            .trim_start_matches(['<', '&', '*', '[', '(', ' '])
             .trim_start_matches("mut ")
             .trim_start_matches("dyn ");
         if let Some(inner) = trimmed.strip_prefix("core::ptr::drop_in_place<") {
@@ -360,6 +360,7 @@ totals: 525
         );
         assert_eq!(crate_of("core::ptr::drop_in_place<<h2::X as y::Z>::W>"), "h2");
         assert_eq!(crate_of("alloc::vec::Vec<T,A>::push"), "alloc");
+        assert_eq!(crate_of("<[http::header::map::Bucket<T>]>::len"), "http", "a slice: its element's");
         assert_eq!(crate_of("_mi_page_malloc"), "allocator");
         assert_eq!(crate_of("__memmove_avx_unaligned_erms"), "libc mem*");
         assert_eq!(crate_of("__GI___libc_write"), "libc");
