@@ -10,7 +10,7 @@
 #   scripts/cost-check.sh [--tolerance PERCENT] [other `bench cost` flags]
 #
 # After a change that moves the figures on purpose, regenerate the baseline and commit it:
-#   target/release/switchyard bench cost --json reports/bench/cost.json
+#   target/release/switchyard bench cost --runs 3 --json reports/bench/cost.json
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -24,4 +24,6 @@ cargo build --release --features count-allocations --bin switchyard-count-alloca
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # bench cost prints the comparison and fails when a figure grew past the tolerance.
-target/release/switchyard bench cost --baseline reports/bench/cost.json --json "$out/cost.json" "$@"
+# Three runs under callgrind, each window the run of the fewest instructions, as the baseline was
+# made: timing (how the calls fall into frames and polls) only adds instructions.
+target/release/switchyard bench cost --runs 3 --baseline reports/bench/cost.json --json "$out/cost.json" "$@"

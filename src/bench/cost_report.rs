@@ -171,6 +171,9 @@ pub struct CostReport {
     pub binary: String,
     /// The counting binary, if one ran.
     pub alloc_binary: Option<String>,
+    /// Runs under callgrind per configuration; each window is the run's of the fewest instructions.
+    #[serde(default = "one_run")]
+    pub runs: u32,
     /// Unary warm-up calls before the counted windows (a quarter as many streaming ones).
     pub warmup_calls: u64,
     /// Unary calls counted.
@@ -190,6 +193,10 @@ pub struct CostReport {
     /// Against `--baseline`, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<Comparison>,
+}
+
+fn one_run() -> u32 {
+    1
 }
 
 /// Reads a baseline report.
@@ -285,10 +292,12 @@ impl CostReport {
 
     fn setup(&self) -> String {
         format!(
-            "one worker natively, the gateway (`--threads 1`) under callgrind, {} clients over {} HTTP/2 \
+            "one worker natively, the gateway (`--threads 1`) under callgrind, {} run(s) per configuration \
+             (each window the run's of the fewest instructions), {} clients over {} HTTP/2 \
              connections; {} unary warm-up calls, then {} unary `ServerLive` calls counted; {} streaming \
              warm-up calls, then {} streaming `ModelStreamInfer` calls of {} tokens counted; commit {}, {}; \
              {:.0} s in all",
+            self.runs,
             self.clients,
             self.connections,
             self.warmup_calls,
@@ -372,14 +381,14 @@ impl CostReport {
         let mut md = String::from(
             "# bench cost: instructions and allocations per call of the gateway\n\n\
              A review runs scripts/cost-check.sh; instruction counts do not move with machine load, times do. \
-             The script builds the release binary, runs `switchyard bench cost --baseline reports/bench/cost.json` \
+             The script builds the release binary, runs `switchyard bench cost --runs 3 --baseline reports/bench/cost.json` \
              and fails when a configuration's instructions or allocations per call (unary or streaming) grew by \
              more than 2 % (`--tolerance`) over this report's JSON twin, `cost.json`. After a change that \
              moves them on purpose, regenerate both files with the command below and commit them with it.\n\n",
         );
         md.push_str(
             "```sh\ncargo build --release && cargo build --release --features count-allocations --bin \
-             switchyard-count-allocations\ntarget/release/switchyard bench cost --json reports/bench/cost.json\n```\n\n",
+             switchyard-count-allocations\ntarget/release/switchyard bench cost --runs 3 --json reports/bench/cost.json\n```\n\n",
         );
         md.push_str(&format!("Setup: {}.\n\n", self.setup()));
         md.push_str(
@@ -473,6 +482,7 @@ mod tests {
             date: "2026-12-01T00:00:00Z".into(),
             binary: "switchyard".into(),
             alloc_binary: None,
+            runs: 1,
             warmup_calls: 400,
             calls: 100,
             stream_calls: 100,

@@ -219,6 +219,10 @@ pub struct BenchArgs {
     /// switchyard-count-allocations beside this binary or in target/release/, when it exists].
     #[arg(long, value_name = "PATH")]
     pub alloc_binary: Option<PathBuf>,
+    /// Scenario `cost` only: runs under callgrind per configuration; each window keeps the run of
+    /// the fewest instructions (timing only adds work: see `bench::cost`).
+    #[arg(long, default_value = "1")]
+    pub runs: std::num::NonZeroU32,
     /// Scenario `cost` only: an earlier report to compare with; the run fails when a figure grew
     /// by more than `--tolerance`.
     #[arg(long, value_name = "FILE")]
