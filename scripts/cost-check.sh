@@ -24,6 +24,6 @@ cargo build --release --features count-allocations --bin switchyard-count-alloca
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # bench cost prints the comparison and fails when a figure grew past the tolerance.
-# Three runs under callgrind, each window the run of the fewest instructions, as the baseline was
-# made: timing (how the calls fall into frames and polls) only adds instructions.
+# Three runs under callgrind, each window the run of the median instructions, as the baseline was
+# made: timing (how the calls fall into frames and polls) moves them a little from run to run.
 target/release/switchyard bench cost --runs 3 --baseline reports/bench/cost.json --json "$out/cost.json" "$@"

@@ -171,7 +171,7 @@ pub struct CostReport {
     pub binary: String,
     /// The counting binary, if one ran.
     pub alloc_binary: Option<String>,
-    /// Runs under callgrind per configuration; each window is the run's of the fewest instructions.
+    /// Runs under callgrind per configuration; each window is the run's of the median instructions.
     #[serde(default = "one_run")]
     pub runs: u32,
     /// Unary warm-up calls before the counted windows (a quarter as many streaming ones).
@@ -293,7 +293,7 @@ impl CostReport {
     fn setup(&self) -> String {
         format!(
             "one worker natively, the gateway (`--threads 1`) under callgrind, {} run(s) per configuration \
-             (each window the run's of the fewest instructions), {} clients over {} HTTP/2 \
+             (each window the run's of the median instructions), {} clients over {} HTTP/2 \
              connections; {} unary warm-up calls, then {} unary `ServerLive` calls counted; {} streaming \
              warm-up calls, then {} streaming `ModelStreamInfer` calls of {} tokens counted; commit {}, {}; \
              {:.0} s in all",

@@ -220,7 +220,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub alloc_binary: Option<PathBuf>,
     /// Scenario `cost` only: runs under callgrind per configuration; each window keeps the run of
-    /// the fewest instructions (timing only adds work: see `bench::cost`).
+    /// the median instructions (timing moves them a little: see `bench::cost`).
     #[arg(long, default_value = "1")]
     pub runs: std::num::NonZeroU32,
     /// Scenario `cost` only: an earlier report to compare with; the run fails when a figure grew
