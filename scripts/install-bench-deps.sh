@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the peers of `switchyard bench`: Debian's nginx and HAProxy, if they are missing.
+# Installs what `switchyard bench` runs besides itself, if it is missing: Debian's nginx and
+# HAProxy (the peers) and valgrind (`bench cost` counts the gateway's instructions with callgrind).
 # Idempotent: a second run installs nothing. The distro services are not started: the bench runs
 # its own instances with its own config files in a temporary folder.
 set -eu
@@ -7,11 +8,13 @@ set -eu
 missing=""
 command -v nginx >/dev/null 2>&1 || missing="$missing nginx"
 command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
+{ command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; } || missing="$missing valgrind"
 
 if [ -z "$missing" ]; then
-    echo "install-bench-deps: nginx and haproxy already installed, nothing to do"
+    echo "install-bench-deps: nginx, haproxy and valgrind already installed, nothing to do"
     nginx -v 2>&1 | sed 's/^/install-bench-deps:   /'
     haproxy -v 2>&1 | head -n 1 | sed 's/^/install-bench-deps:   /'
+    valgrind --version 2>&1 | sed 's/^/install-bench-deps:   /'
     exit 0
 fi
 
@@ -38,3 +41,4 @@ fi
 echo "install-bench-deps: installed:$missing"
 nginx -v 2>&1 | sed 's/^/install-bench-deps:   /'
 haproxy -v 2>&1 | head -n 1 | sed 's/^/install-bench-deps:   /'
+valgrind --version 2>&1 | sed 's/^/install-bench-deps:   /'

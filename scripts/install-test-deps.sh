@@ -5,6 +5,7 @@
 #   protobuf-compiler `protoc`, which etcd-client's build script runs (feature `etcd`)
 #   libprotobuf-dev  the well-known types (google/protobuf/*.proto) that etcd's protos import
 #   nginx, haproxy   the peers tests/bench_herd.rs starts (as scripts/install-bench-deps.sh does)
+#   valgrind         callgrind, under which tests/bench_cost.rs runs the gateway
 # Idempotent: a second run installs nothing. The distro services are not started: the tests run
 # their own instances in temporary folders.
 set -eu
@@ -17,9 +18,11 @@ command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 # tests/bench_herd.rs runs four nginx and four HAProxy instances of its own (never the services).
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+# tests/bench_cost.rs runs `switchyard bench cost`: the gateway under callgrind.
+{ command -v valgrind >/dev/null 2>&1 && command -v callgrind_control >/dev/null 2>&1; } || missing="$missing valgrind"
 
 if [ -z "$missing" ]; then
-    echo "install-test-deps: etcd, promtool, protoc and its includes, nginx and haproxy already installed, nothing to do"
+    echo "install-test-deps: etcd, promtool, protoc and its includes, nginx, haproxy and valgrind already installed, nothing to do"
     exit 0
 fi
 

@@ -1,6 +1,8 @@
 //! Switchyard: load balancing for gRPC model-serving services (elastic scaling is to come).
 //!
 //! This is the application package: the `switchyard` command line and what it is built of:
+//! - [`cli`]: the command line both binaries run;
+//! - [`allocations`]: the process's allocation counts, when its binary counts them;
 //! - [`autoscale`]: `switchyard autoscale`, the autoscaler as a process: signals from Prometheus,
 //!   the LLM-aware recommender, the Kubernetes scaler;
 //! - [`bench`](mod@bench): the gateway against nginx and HAProxy, real processes over loopback gRPC;
@@ -22,8 +24,10 @@
 //! [`balance`] and [`sim`].
 #![warn(missing_docs)]
 
+pub mod allocations;
 pub mod autoscale;
 pub mod bench;
+pub mod cli;
 pub mod cluster;
 pub mod gateway;
 pub mod infer;

@@ -77,6 +77,18 @@
 //! the replicas over time and the replicas drained; see [`scale`]. With `--json FILE` it also
 //! writes its markdown report beside it.
 //!
+//! # Scenario `cost`
+//!
+//! What one call costs the gateway, counted instead of timed: one worker, the gateway with one
+//! serving thread under callgrind, unary `ServerLive` and streaming `ModelStreamInfer` calls
+//! from the bench process in windows that callgrind counts apart, for the `default` and the
+//! `protected` (`--shed --limit vegas --rpc-metrics`) configurations: instructions, allocations
+//! and frees per call, instructions by crate and the top functions, and bytes per call from the
+//! counting binary `switchyard-count-allocations` when it is built. `--baseline FILE` compares
+//! with an earlier report and fails past `--tolerance` (what `scripts/cost-check.sh` runs); see
+//! [`cost`]. With `--json FILE` it also writes its markdown report beside it. It needs valgrind
+//! (`scripts/install-bench-deps.sh`).
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -84,6 +96,9 @@
 //! scenarios that run them; the bench fails, naming the script, when they are not. It starts its
 //! own instances with its own config files in a temporary folder, never the distro's services.
 
+mod callgrind;
+pub mod cost;
+pub mod cost_report;
 mod cpu;
 pub mod herd;
 pub mod hetero;
@@ -132,6 +147,9 @@ pub enum Scenario {
     /// Worker processes scaled up and down under rising and falling load, by the autoscaler and
     /// by a script: every request's outcome, scale events, replicas drained.
     Scale,
+    /// One worker, the gateway under callgrind: instructions, allocations and bytes per unary and
+    /// per streaming call, by crate and by function (deterministic; `--baseline` to compare).
+    Cost,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -183,10 +201,36 @@ pub struct BenchArgs {
     /// second at Poisson arrivals, for that long) separated by commas [default: 5:30,50:45,15:75].
     #[arg(long, value_name = "RATE:SECONDS,...")]
     pub steps: Option<String>,
-    /// Scenario `overload` only: the configurations to run, by name, comma-separated (e.g.
-    /// `shed+aimd,worker-shed`) [default: all].
+    /// Scenarios `overload` and `cost` only: the configurations to run, by name, comma-separated
+    /// (e.g. `shed+aimd,worker-shed`; cost: `default,protected`) [default: all].
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub configs: Option<Vec<String>>,
+    /// Scenario `cost` only: unary calls counted per configuration.
+    #[arg(long, default_value_t = 4000)]
+    pub calls: u64,
+    /// Scenario `cost` only: streaming calls counted per configuration.
+    #[arg(long, default_value_t = 500)]
+    pub stream_calls: u64,
+    /// Scenario `cost` only: unary calls before the counted window (a quarter as many streaming
+    /// calls before the streaming window).
+    #[arg(long, default_value_t = 400)]
+    pub warmup_calls: u64,
+    /// Scenario `cost` only: the counting binary for bytes per call [default:
+    /// switchyard-count-allocations beside this binary or in target/release/, when it exists].
+    #[arg(long, value_name = "PATH")]
+    pub alloc_binary: Option<PathBuf>,
+    /// Scenario `cost` only: runs under callgrind per configuration; each window keeps the run of
+    /// the median instructions (timing moves them a little: see `bench::cost`).
+    #[arg(long, default_value = "1")]
+    pub runs: std::num::NonZeroU32,
+    /// Scenario `cost` only: an earlier report to compare with; the run fails when a figure grew
+    /// by more than `--tolerance`.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Scenario `cost` only: how much instructions or allocations per call may grow over
+    /// `--baseline`, in percent.
+    #[arg(long, default_value_t = 2.0)]
+    pub tolerance: f64,
 }
 
 /// A target of scenario `overhead`.
@@ -317,6 +361,9 @@ pub enum BenchError {
     /// A target could not be set up or reached.
     #[error("{0}")]
     Setup(String),
+    /// Scenario `cost` with `--baseline`: a figure grew past the tolerance (the whole summary).
+    #[error("{0}")]
+    CostGrew(String),
 }
 
 /// A latency summary in milliseconds.
@@ -537,6 +584,8 @@ pub enum BenchReport {
     Prefix(prefix::PrefixBenchReport),
     /// Scenario `scale`.
     Scale(scale::ScaleReport),
+    /// Scenario `cost`.
+    Cost(cost_report::CostReport),
 }
 
 impl BenchReport {
@@ -549,6 +598,7 @@ impl BenchReport {
             Self::Overload(r) => r.summary(),
             Self::Prefix(r) => r.summary(),
             Self::Scale(r) => r.summary(),
+            Self::Cost(r) => r.summary(),
         }
     }
 
@@ -558,6 +608,7 @@ impl BenchReport {
             Self::Herd(r) => Some(r.markdown()),
             Self::Prefix(r) => Some(r.markdown()),
             Self::Scale(r) => Some(r.markdown()),
+            Self::Cost(r) => Some(r.markdown()),
             Self::Overhead(_) | Self::Hetero(_) | Self::Overload(_) => None,
         }
     }
@@ -576,10 +627,13 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.targets.is_some() && args.scenario != Scenario::Overhead {
         return Err(BenchError::Invalid("--targets chooses among the targets of scenario overhead".into()));
     }
-    if args.configs.is_some() && args.scenario != Scenario::Overload {
+    if args.configs.is_some() && !matches!(args.scenario, Scenario::Overload | Scenario::Cost) {
         return Err(BenchError::Invalid(
-            "--configs chooses among the configurations of scenario overload".into(),
+            "--configs chooses among the configurations of scenarios overload and cost".into(),
         ));
+    }
+    if args.baseline.is_some() && args.scenario != Scenario::Cost {
+        return Err(BenchError::Invalid("--baseline compares a run of scenario cost".into()));
     }
     if args.steps.is_some() && args.scenario != Scenario::Scale {
         return Err(BenchError::Invalid("--steps is the load of scenario scale".into()));
@@ -613,16 +667,24 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             Err(e) => Err(e),
         },
         Scenario::Scale => scale::run(args, &exe).await.map(BenchReport::Scale),
+        Scenario::Cost => cost::run(args, &exe, &dir).await.map(BenchReport::Cost),
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
     if let Some(path) = &args.json {
         write_json(path, &report).map_err(|e| BenchError::Io(format!("write {}", path.display()), e))?;
-        // Scenarios `herd`, `prefix` and `scale` write their summary beside the JSON, as markdown.
+        // Scenarios `herd`, `prefix`, `scale` and `cost` write their summary beside the JSON, as
+        // markdown.
         if let Some(text) = report.markdown() {
             let md = path.with_extension("md");
             std::fs::write(&md, text).map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;
         }
+    }
+    // The figures are written either way; a run that grew past its baseline then fails.
+    if let BenchReport::Cost(cost) = &report
+        && cost.grew()
+    {
+        return Err(BenchError::CostGrew(cost.summary()));
     }
     Ok(report)
 }

@@ -56,7 +56,7 @@ impl PeerKind {
 }
 
 /// Finds `program` on `PATH` (or in /usr/sbin, where Debian puts both peers).
-fn find_program(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])

@@ -817,6 +817,11 @@ async fn gateway_metrics(admin: &str) -> Result<String, ClusterError> {
 
 /// `GET /metrics` on `address` (`HOST:PORT`): the body, or why not.
 pub(crate) async fn fetch_metrics(address: &str) -> Result<String, String> {
+    http_get(address, "/metrics").await
+}
+
+/// `GET path` over HTTP/1.1 on `address` (`HOST:PORT`): the body of a success, or why not.
+pub(crate) async fn http_get(address: &str, path: &str) -> Result<String, String> {
     let admin = address;
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
@@ -825,7 +830,7 @@ pub(crate) async fn fetch_metrics(address: &str) -> Result<String, String> {
                 .await
                 .map_err(|e| e.to_string())?;
         let connection = tokio::spawn(connection);
-        let request = http::Request::get("/metrics")
+        let request = http::Request::get(path)
             .header(http::header::HOST, admin)
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;

@@ -129,6 +129,11 @@ impl ChildProcess {
         Ok((process, addresses.into_iter().flatten().collect()))
     }
 
+    /// The child's process id, while it runs.
+    pub(crate) fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The child's name.
     pub(crate) fn name(&self) -> &str {
         &self.name

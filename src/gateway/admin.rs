@@ -19,6 +19,9 @@
 //! - `GET /metrics`: Prometheus text exposition: each pool's endpoints as its balancer tracks
 //!   them (read from the load board at the scrape), the policy in force, and the RPC metrics
 //!   when they are on (see `switchyard_telemetry`).
+//! - `GET /debug/allocations`: `{"allocations","bytes"}`, the process's allocations since it
+//!   started, when the binary counts them (`switchyard-count-allocations`, see
+//!   [`crate::allocations`]); 404 from `switchyard`, which does not.
 //!
 //! Errors are `{"error": "..."}`.
 
@@ -184,6 +187,14 @@ pub(crate) async fn handle(
         },
         (_, "/endpoints") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET /endpoints"),
         (_, "/policy") => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT /policy"),
+        (&Method::GET, "/debug/allocations") => match crate::allocations::read() {
+            Some(counts) => json(StatusCode::OK, &counts),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "this binary does not count its allocations: build switchyard-count-allocations \
+                 (cargo build --release --features count-allocations --bin switchyard-count-allocations)",
+            ),
+        },
         (_, "/metrics") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET /metrics"),
         (_, path) => error(
             StatusCode::NOT_FOUND,
