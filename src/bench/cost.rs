@@ -149,9 +149,21 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Cost
     if !(args.tolerance.is_finite() && args.tolerance >= 0.0) {
         return Err(BenchError::Invalid("--tolerance must be a percentage ≥ 0".into()));
     }
+    if let Some(path) = &args.gateway_binary
+        && !path.is_file()
+    {
+        return Err(BenchError::Invalid(format!("--gateway-binary {}: no such file", path.display())));
+    }
     let configs = CostConfig::chosen(args.configs.as_deref())?;
     let (valgrind, control) = require_valgrind()?;
-    let counting = alloc_binary(args, exe)?;
+    // The gateway measured: this binary, or an older build's (`--gateway-binary`), whose counts
+    // the same load and parser then give.
+    let gateway_exe = args.gateway_binary.as_deref().unwrap_or(exe);
+    let counting = match args.gateway_binary {
+        // An older build has no counting twin beside this one.
+        Some(_) => args.alloc_binary.clone(),
+        None => alloc_binary(args, exe)?,
+    };
     // Read before the run: a baseline that cannot be read fails it at once.
     let baseline = match &args.baseline {
         Some(path) => Some(super::cost_report::read_baseline(path)?),
@@ -169,7 +181,7 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Cost
             for run in 1..=args.runs.get() {
                 eprintln!("bench: cost {} under callgrind, run {run} of {}", config.name(), args.runs);
                 let (unary, streaming) =
-                    callgrind_run(&valgrind, &control, exe, &gateway, dir, windows).await?;
+                    callgrind_run(&valgrind, &control, gateway_exe, &gateway, dir, windows).await?;
                 unary_runs.push(unary);
                 streaming_runs.push(streaming);
             }
@@ -208,7 +220,7 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Cost
         scenario: "cost".into(),
         commit: git_commit(),
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        binary: exe.display().to_string(),
+        binary: gateway_exe.display().to_string(),
         alloc_binary: counting.map(|p| p.display().to_string()),
         runs: args.runs.get(),
         warmup_calls: windows.warmup,

@@ -219,6 +219,11 @@ pub struct BenchArgs {
     /// switchyard-count-allocations beside this binary or in target/release/, when it exists].
     #[arg(long, value_name = "PATH")]
     pub alloc_binary: Option<PathBuf>,
+    /// Scenario `cost` only: the binary whose gateway is measured [default: this one], e.g. an
+    /// older build, to measure it with this load and parser. Bytes per call then come only from
+    /// `--alloc-binary`, when given.
+    #[arg(long, value_name = "PATH")]
+    pub gateway_binary: Option<PathBuf>,
     /// Scenario `cost` only: runs under callgrind per configuration; each window keeps the run of
     /// the median instructions (timing moves them a little: see `bench::cost`).
     #[arg(long, default_value = "1")]
@@ -635,6 +640,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.baseline.is_some() && args.scenario != Scenario::Cost {
         return Err(BenchError::Invalid("--baseline compares a run of scenario cost".into()));
     }
+    if args.gateway_binary.is_some() && args.scenario != Scenario::Cost {
+        return Err(BenchError::Invalid("--gateway-binary is the gateway of scenario cost".into()));
+    }
     if args.steps.is_some() && args.scenario != Scenario::Scale {
         return Err(BenchError::Invalid("--steps is the load of scenario scale".into()));
     }
@@ -920,6 +928,17 @@ mod tests {
         let twice = parse(&["overhead", "--targets", "nginx,nginx"]).map(|a| a.overhead_targets().err());
         assert!(matches!(twice, Ok(Some(BenchError::Invalid(m))) if m.contains("nginx twice")));
         assert!(parse(&["overhead", "--targets", "envoy"]).is_err(), "an unknown target is refused");
+    }
+
+    #[tokio::test]
+    async fn a_gateway_binary_is_for_scenario_cost_and_must_exist() {
+        let args = parse(&["overhead", "--gateway-binary", "/bin/true"]).unwrap_or_else(|e| panic!("{e}"));
+        let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--gateway-binary is the gateway of scenario cost"), "{err}");
+        let args =
+            parse(&["cost", "--gateway-binary", "/no/such/switchyard"]).unwrap_or_else(|e| panic!("{e}"));
+        let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--gateway-binary /no/such/switchyard: no such file"), "{err}");
     }
 
     #[tokio::test]

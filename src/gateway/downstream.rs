@@ -133,9 +133,7 @@ where
     let (head, body) = response.into_parts();
     let end_of_stream = body.is_end_stream();
     match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
-        // Boxed: the task's future stays small (it is moved a few times when spawned), and the
-        // body is moved once, here.
-        Ok(stream) if !end_of_stream => Pipe::new(Box::new(body), stream).await,
+        Ok(stream) if !end_of_stream => Pipe::new(body, stream).await,
         Ok(_) => {}
         Err(error) => tracing::debug!(%error, "could not send a response head"),
     }
