@@ -13,7 +13,7 @@
 //! more (4000) and `callgrind_control --dump`; then a quarter of the warm-up count of streaming
 //! calls, `--zero`, `--stream-calls` streaming `ModelStreamInfer` calls (500; a short prompt and
 //! 8 output tokens, so 8 responses a call) and `--dump` again. Each dump, read by
-//! [`callgrind`](super::callgrind), gives the instructions per call, the calls into the
+//! the `callgrind` module, gives the instructions per call, the calls into the
 //! allocator's entry points (allocations and frees per call), the exclusive instructions by crate
 //! and the 25 functions of the highest inclusive cost (the frames every call runs under, thread
 //! start, `std`, `core`, `tokio`'s scheduler, left out). The counters cover every thread of the

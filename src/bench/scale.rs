@@ -3,7 +3,7 @@
 //!
 //! The gateway runs in the bench process (`Gateway::start_with_sources`), its pool fed by a
 //! discovery channel; its replicas are `switchyard worker` processes that
-//! [`ProcessScaler`] starts and stops: a new one joins discovery once its health is SERVING (after
+//! [`ProcessScaler`](switchyard_autoscale::scaler::process::ProcessScaler) starts and stops: a new one joins discovery once its health is SERVING (after
 //! its `--cold-start` of [`COLD_START`]); a removed one drains (out of discovery, its requests in
 //! flight finish, then SIGTERM, and the worker's own drain grace). Workers are of the parallel
 //! kind ([`PARALLEL`] calls at once at [`SERVICE_MS`] each: [`PARALLEL`] / [`SERVICE_MS`] calls a
