@@ -626,6 +626,18 @@ async fn a_client_that_gives_up_mid_stream_is_counted_as_cancelled() {
     gateway.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn the_plain_binary_says_it_does_not_count_its_allocations() {
+    let w = Worker::start("sim-llm").await;
+    let gateway = one_pool(&[&w]).await;
+    // Only `switchyard-count-allocations` registers a reader; the library alone has none.
+    let (code, body) = admin(gateway.admin_addr().unwrap(), "GET", "/debug/allocations", "").await;
+    assert_eq!(code, 404, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("--bin switchyard-count-allocations"), "{body}");
+    gateway.shutdown().await.unwrap();
+}
+
 /// Waits until the admin API shows the gateway in `state`.
 async fn admin_state_becomes(admin_addr: SocketAddr, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
