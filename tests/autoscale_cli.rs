@@ -151,6 +151,41 @@ async fn a_dry_run_against_prometheus_scales_an_idle_pool_down_and_exports_its_d
         "{text}"
     );
 
+    // A baseline chosen with --recommender decides at its own interval from the same signals:
+    // Knative's KPA halves an idle pool of four at its first 2 s tick (max scale-down rate 2).
+    let (kpa, kpa_metrics) = common::spawn_until(
+        &[
+            "autoscale",
+            "--prometheus",
+            &url,
+            "--dry-run",
+            "--replicas",
+            "4",
+            "--recommender",
+            "kpa",
+            "--target-in-flight",
+            "8",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        "metrics serving on ",
+    )
+    .await;
+    let kpa_metrics: SocketAddr = kpa_metrics.parse().unwrap();
+    let kpa_desired = r#"switchyard_autoscale_desired_replicas{recommender="kpa"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = get(kpa_metrics, "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        if let Some(d) = value(&text, kpa_desired) {
+            assert_eq!(d, 2.0, "the KPA lowers at most by half a decision\n{text}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no KPA decision within 30 s:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling the exported state
+    }
+    common::sigterm(&kpa);
+
     // Every autoscaler series the Grafana dashboard reads is one it serves.
     let dashboard =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/switchyard.json"))

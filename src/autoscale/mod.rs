@@ -7,7 +7,13 @@
 //!
 //! The signals are the gateways' exported boards, summed by PromQL over the gateways
 //! ([`switchyard_autoscale::prometheus`]); the recommender is Switchyard's LLM-aware default
-//! ([`LlmAware`]) with its main knobs on the command line; the scaler sets the `scale`
+//! ([`LlmAware`]) with its main knobs on the command line, or with `--recommender` one of the
+//! baselines it is measured against, faithful to their published algorithms and defaults: the
+//! Kubernetes HPA on requests in flight per replica ([`Hpa`], `--target-in-flight`), Knative's KPA
+//! on concurrency ([`Kpa`], `--target-in-flight` as the container-concurrency target) and llm-d's
+//! saturation analyzer on KV-cache use and queue length ([`Saturation`]). Each decides at its own
+//! interval (the HPA's 15 s sync, the KPA's 2 s tick, llm-d's 60 s cycle; `--interval` for the
+//! default); the scaler sets the `scale`
 //! subresource of the worker Deployment or StatefulSet (`KubernetesScaler`, a build with
 //! `--features kubernetes`), and with `--vertical apply` resizes its pods in place. Every
 //! decision is logged with its inputs and exported through the `metrics` facade
@@ -29,8 +35,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchyard_autoscale::{
-    Autoscaler, Bounds, LlmAware, LlmAwareConfig, PrometheusConfig, PrometheusError, PrometheusSignals,
-    Vertical, VerticalConfig,
+    Autoscaler, Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PrometheusConfig,
+    PrometheusError, PrometheusSignals, Recommender, Saturation, SaturationConfig, Vertical, VerticalConfig,
 };
 use switchyard_telemetry::MetricsRegistry;
 use tokio::net::TcpListener;
@@ -46,6 +52,21 @@ pub enum VerticalMode {
     Recommend,
     /// Also resize the workload's running pods in place (Kubernetes in-place pod resize).
     Apply,
+}
+
+/// Which recommender sizes the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecommenderKind {
+    /// Switchyard's LLM-aware recommender ([`LlmAware`]): work in tokens against the replicas'
+    /// learnt capacity, cold starts counted.
+    Switchyard,
+    /// The Kubernetes HPA's algorithm on requests in flight per ready replica ([`Hpa`]).
+    Hpa,
+    /// Knative's KPA on concurrency, with its panic mode ([`Kpa`]).
+    Kpa,
+    /// llm-d's saturation-based autoscaler on KV-cache use and queue length ([`Saturation`]).
+    #[value(name = "llm-d")]
+    LlmD,
 }
 
 /// `switchyard autoscale`.
@@ -86,6 +107,15 @@ pub struct AutoscaleArgs {
     /// `--dry-run`: the pool's size at start.
     #[arg(long, default_value_t = 1, requires = "dry_run")]
     pub replicas: u32,
+    /// The recommender: Switchyard's LLM-aware default, or a baseline (`hpa`, `kpa`, `llm-d`)
+    /// with its published defaults.
+    #[arg(long, value_enum, default_value_t = RecommenderKind::Switchyard)]
+    pub recommender: RecommenderKind,
+    /// `--recommender hpa`: the target requests in flight per ready replica (8 by default);
+    /// `kpa`: the container-concurrency target per replica (Knative's 100 by default), of which
+    /// the KPA aims at 70 %.
+    #[arg(long, value_name = "N")]
+    pub target_in_flight: Option<f64>,
     /// Fewest replicas.
     #[arg(long, default_value_t = 1)]
     pub min_replicas: u32,
@@ -151,7 +181,42 @@ pub enum AutoscaleError {
 }
 
 impl AutoscaleArgs {
-    /// The recommender's settings, validated.
+    /// The recommender `--recommender` names, its flags validated.
+    pub fn build_recommender(&self) -> Result<Box<dyn Recommender>, AutoscaleError> {
+        let config = self.recommender()?;
+        let bounds = config.bounds;
+        let target = match (self.recommender, self.target_in_flight) {
+            (RecommenderKind::Switchyard | RecommenderKind::LlmD, Some(_)) => {
+                return Err(AutoscaleError::Flag {
+                    flag: "target-in-flight",
+                    reason: "is read by --recommender hpa and kpa only".into(),
+                });
+            }
+            (_, Some(target)) if !(target.is_finite() && target > 0.0) => {
+                return Err(AutoscaleError::Flag {
+                    flag: "target-in-flight",
+                    reason: format!("{target} is not a positive number"),
+                });
+            }
+            (_, target) => target,
+        };
+        Ok(match self.recommender {
+            RecommenderKind::Switchyard => Box::new(LlmAware::new(config)),
+            RecommenderKind::Hpa => {
+                let default = HpaConfig::default();
+                Box::new(Hpa::new(HpaConfig { target: target.unwrap_or(default.target), bounds, ..default }))
+            }
+            RecommenderKind::Kpa => {
+                let default = KpaConfig::default();
+                Box::new(Kpa::new(KpaConfig { target: target.unwrap_or(default.target), bounds, ..default }))
+            }
+            RecommenderKind::LlmD => {
+                Box::new(Saturation::new(SaturationConfig { bounds, ..Default::default() }))
+            }
+        })
+    }
+
+    /// The LLM-aware recommender's settings (and the bounds every recommender takes), validated.
     pub fn recommender(&self) -> Result<LlmAwareConfig, AutoscaleError> {
         let flag = |flag, reason: String| AutoscaleError::Flag { flag, reason };
         if self.min_replicas > self.max_replicas {
@@ -171,6 +236,9 @@ impl AutoscaleArgs {
         }
         if self.idle_to_zero.is_some() && self.min_replicas > 0 {
             return Err(flag("idle-to-zero", "needs --min-replicas 0".into()));
+        }
+        if self.idle_to_zero.is_some() && self.recommender != RecommenderKind::Switchyard {
+            return Err(flag("idle-to-zero", "is read by --recommender switchyard only".into()));
         }
         Ok(LlmAwareConfig {
             target_utilisation: self.target_utilisation,
@@ -201,7 +269,8 @@ impl AutoscaleArgs {
 /// Prometheus URL, or a workload the API server does not let it read; after that, errors are
 /// logged and the next interval tries again.
 pub async fn run(args: AutoscaleArgs, shutdown: impl Future<Output = ()>) -> Result<(), AutoscaleError> {
-    let config = args.recommender()?;
+    let recommender = args.build_recommender()?;
+    let interval = recommender.interval();
     let signals = args.signals()?;
     let mut scaler = CliScaler::from_args(&args).await?;
     let size = scaler.refresh().await?;
@@ -211,6 +280,8 @@ pub async fn run(args: AutoscaleArgs, shutdown: impl Future<Output = ()>) -> Res
         ready = size.ready,
         prometheus = %args.prometheus,
         pool = %args.pool,
+        recommender = recommender.name(),
+        interval = ?interval,
         "autoscale: started"
     );
 
@@ -230,12 +301,12 @@ pub async fn run(args: AutoscaleArgs, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
 
-    let mut autoscaler = Autoscaler::new(signals.poll(args.interval), LlmAware::new(config), scaler);
+    let mut autoscaler = Autoscaler::new(signals.poll(interval), recommender, scaler);
     if args.vertical != VerticalMode::Off {
         let vertical = Vertical::new(VerticalConfig::default());
         autoscaler = autoscaler.with_vertical(vertical, args.vertical == VerticalMode::Apply);
     }
-    let mut tick = tokio::time::interval(args.interval);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first fetch is under way: decide from the second tick on.
     tick.tick().await;
@@ -259,4 +330,52 @@ pub async fn run(args: AutoscaleArgs, shutdown: impl Future<Output = ()>) -> Res
         let _ = task.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AutoscaleArgs,
+    }
+
+    fn args(extra: &[&str]) -> AutoscaleArgs {
+        let base = ["autoscale", "--prometheus", "http://127.0.0.1:9", "--dry-run"];
+        Cli::try_parse_from(base.iter().chain(extra)).unwrap().args
+    }
+
+    #[test]
+    fn the_recommender_flag_picks_the_algorithm_and_its_interval() {
+        let picked = |extra: &[&str]| {
+            let r = args(extra).build_recommender().unwrap();
+            (r.name(), r.interval())
+        };
+        assert_eq!(picked(&["--interval", "3s"]), ("switchyard", Duration::from_secs(3)));
+        assert_eq!(picked(&["--recommender", "hpa"]), ("hpa", Duration::from_secs(15)));
+        assert_eq!(
+            picked(&["--recommender", "kpa", "--target-in-flight", "16"]),
+            ("kpa", Duration::from_secs(2))
+        );
+        assert_eq!(picked(&["--recommender", "llm-d"]), ("llm-d", Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_flag_the_chosen_recommender_does_not_read_is_an_error_naming_it() {
+        let error = |extra: &[&str]| args(extra).build_recommender().err().map(|e| e.to_string());
+        let e = error(&["--target-in-flight", "8"]).unwrap();
+        assert!(e.starts_with("--target-in-flight") && e.contains("hpa and kpa"), "{e}");
+        let e = error(&["--recommender", "hpa", "--target-in-flight", "0"]).unwrap();
+        assert!(e.starts_with("--target-in-flight") && e.contains("not a positive"), "{e}");
+        let e = error(&["--recommender", "kpa", "--min-replicas", "0", "--idle-to-zero", "5m"]).unwrap();
+        assert!(e.starts_with("--idle-to-zero") && e.contains("switchyard only"), "{e}");
+        let e = error(&["--recommender", "llm-d", "--min-replicas", "3", "--max-replicas", "2"]).unwrap();
+        assert!(e.starts_with("--min-replicas"), "{e}");
+    }
 }
