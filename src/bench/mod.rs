@@ -92,6 +92,14 @@
 //! [`cost`]. With `--json FILE` it also writes its markdown report beside it. It needs valgrind
 //! (`scripts/install-bench-deps.sh`).
 //!
+//! # Scenario `soak`
+//!
+//! Three workers behind the gateway under steady load for `--duration` seconds (600 for a real
+//! soak) at `--rate` calls a second, the next worker restarted every `--restart-every`: the
+//! gateway's resident memory, open file descriptors and live tasks sampled from its `/metrics`,
+//! judged flat after the warm-up, and every failed call explained by a restart or not; see
+//! [`soak`]. With `--json FILE` it also writes its markdown report and its plot beside it.
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -112,6 +120,8 @@ mod peers;
 pub mod prefix;
 pub mod relay;
 pub mod scale;
+pub mod soak;
+mod soak_plot;
 mod targets;
 use crate::cluster::processes;
 
@@ -153,6 +163,9 @@ pub enum Scenario {
     /// One worker, the gateway under callgrind: instructions, allocations and bytes per unary and
     /// per streaming call, by crate and by function (deterministic; `--baseline` to compare).
     Cost,
+    /// Steady load through the gateway for `--duration` seconds (600 for a real soak) with its
+    /// workers restarted in turn: its memory, descriptors and tasks flat, every failure explained.
+    Soak,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -239,6 +252,12 @@ pub struct BenchArgs {
     /// `--baseline`, in percent.
     #[arg(long, default_value_t = 2.0)]
     pub tolerance: f64,
+    /// Scenario `soak` only: calls a second [default: 200].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Scenario `soak` only: how often the next worker is restarted [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub restart_every: Option<Duration>,
 }
 
 /// The limit of target `switchyard-protected`: one that does not bind at this load, so that the
@@ -621,6 +640,8 @@ pub enum BenchReport {
     Scale(scale::ScaleReport),
     /// Scenario `cost`.
     Cost(cost_report::CostReport),
+    /// Scenario `soak`.
+    Soak(soak::SoakReport),
 }
 
 impl BenchReport {
@@ -634,6 +655,7 @@ impl BenchReport {
             Self::Prefix(r) => r.summary(),
             Self::Scale(r) => r.summary(),
             Self::Cost(r) => r.summary(),
+            Self::Soak(r) => r.summary(),
         }
     }
 
@@ -644,6 +666,7 @@ impl BenchReport {
             Self::Prefix(r) => Some(r.markdown()),
             Self::Scale(r) => Some(r.markdown()),
             Self::Cost(r) => Some(r.markdown()),
+            Self::Soak(r) => Some(r.markdown()),
             Self::Overhead(_) | Self::Hetero(_) | Self::Overload(_) => None,
         }
     }
@@ -676,6 +699,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.steps.is_some() && args.scenario != Scenario::Scale {
         return Err(BenchError::Invalid("--steps is the load of scenario scale".into()));
     }
+    if (args.rate.is_some() || args.restart_every.is_some()) && args.scenario != Scenario::Soak {
+        return Err(BenchError::Invalid("--rate and --restart-every are scenario soak's".into()));
+    }
     let exe = std::env::current_exe().map_err(|e| BenchError::Io("current executable".into(), e))?;
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::Io(format!("create {}", dir.display()), e))?;
@@ -706,13 +732,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         },
         Scenario::Scale => scale::run(args, &exe).await.map(BenchReport::Scale),
         Scenario::Cost => cost::run(args, &exe, &dir).await.map(BenchReport::Cost),
+        Scenario::Soak => soak::run(args, &exe).await.map(BenchReport::Soak),
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
     if let Some(path) = &args.json {
         write_json(path, &report).map_err(|e| BenchError::Io(format!("write {}", path.display()), e))?;
-        // Scenarios `herd`, `prefix`, `scale` and `cost` write their summary beside the JSON, as
-        // markdown.
+        // Scenarios `herd`, `prefix`, `scale`, `cost` and `soak` write their summary beside the
+        // JSON, as markdown.
         if let Some(text) = report.markdown() {
             let md = path.with_extension("md");
             std::fs::write(&md, text).map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;

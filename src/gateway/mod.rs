@@ -216,6 +216,7 @@ mod drain;
 mod h2stream;
 pub mod layers;
 mod pool;
+mod process_metrics;
 mod proxy;
 mod route;
 mod server;
@@ -232,6 +233,7 @@ pub use config::{
 };
 pub use h2stream::RecvBody;
 pub use pool::Pool;
+pub use process_metrics::{GATEWAY_TASKS, PROCESS_OPEN_FDS, PROCESS_RESIDENT_MEMORY};
 pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;
 use switchyard_core::Spec;

@@ -25,6 +25,7 @@ use super::config::{ConfigError, GatewayConfig};
 use super::downstream::ServeConnection;
 use super::drain::{self, CallsInFlight, DrainGate, Draining};
 use super::pool::Pool;
+use super::process_metrics::ProcessMetrics;
 use super::proxy::Proxy;
 use super::route::Router;
 use super::upstream;
@@ -216,12 +217,15 @@ impl Gateway {
         let proxy = Proxy::new(pools.clone(), Router::new(&config), config.keys_config(), rpc);
         let mut handoff = Vec::with_capacity(threads);
         let mut serving = Vec::with_capacity(threads);
+        let mut runtimes: Vec<tokio::runtime::Handle> =
+            tokio::runtime::Handle::try_current().into_iter().collect();
         let gate = Arc::new(DrainGate::new(threads));
         for index in 0..threads {
             let (connections, incoming) = mpsc::channel(HANDOFF_QUEUE);
             let open = Arc::new(AtomicUsize::new(0));
             let (done, finished) = oneshot::channel();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtimes.push(runtime.handle().clone());
             let (stopped, drain, proxy, count, draining) =
                 (stopped.clone(), config.drain_timeout, proxy.for_thread(), open.clone(), draining.clone());
             let (calls, gate) = (Arc::new(CallsInFlight::default()), gate.clone());
@@ -238,6 +242,7 @@ impl Gateway {
             handoff.push(ServingThread { connections, open });
             serving.push(finished);
         }
+        metrics.add_source(Arc::new(ProcessMetrics::new(runtimes, &metrics)));
         let acceptor = tokio::spawn(accept(listener, stopped.clone(), handoff));
         tracing::info!(pools = pools.len(), threads, "gateway serving on {local_addr}");
 
