@@ -72,6 +72,26 @@ fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// Polls `/metrics` on `metrics` until `series` has a value `accept` takes (at most `within`);
+/// the exposition then.
+async fn until_metric(
+    metrics: SocketAddr,
+    series: &str,
+    accept: impl Fn(f64) -> bool,
+    within: Duration,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, text) = get(metrics, "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        if value(&text, series).is_some_and(&accept) {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series} not as wanted within {within:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling the exported state
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_against_prometheus_scales_an_idle_pool_down_and_exports_its_decisions() {
     let (a, b) = (worker().await, worker().await);
@@ -128,16 +148,7 @@ async fn a_dry_run_against_prometheus_scales_an_idle_pool_down_and_exports_its_d
     .await;
     let metrics: SocketAddr = metrics.parse().unwrap();
     let desired = r#"switchyard_autoscale_desired_replicas{recommender="switchyard"}"#;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let (status, text) = get(metrics, "/metrics").await;
-        assert_eq!(status, 200, "{text}");
-        if value(&text, desired).is_some_and(|d| d <= 2.0) {
-            break text;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no scale-down within 60 s:\n{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await; // polling the exported state
-    };
+    let text = until_metric(metrics, desired, |d| d <= 2.0, Duration::from_secs(60)).await;
     let downs = r#"switchyard_autoscale_scale_events_total{recommender="switchyard",direction="down"}"#;
     assert!(value(&text, downs).is_some_and(|n| n >= 1.0), "{text}");
     assert!(
@@ -173,17 +184,8 @@ async fn a_dry_run_against_prometheus_scales_an_idle_pool_down_and_exports_its_d
     .await;
     let kpa_metrics: SocketAddr = kpa_metrics.parse().unwrap();
     let kpa_desired = r#"switchyard_autoscale_desired_replicas{recommender="kpa"}"#;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, text) = get(kpa_metrics, "/metrics").await;
-        assert_eq!(status, 200, "{text}");
-        if let Some(d) = value(&text, kpa_desired) {
-            assert_eq!(d, 2.0, "the KPA lowers at most by half a decision\n{text}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no KPA decision within 30 s:\n{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await; // polling the exported state
-    }
+    let kpa_text = until_metric(kpa_metrics, kpa_desired, |_| true, Duration::from_secs(30)).await;
+    assert_eq!(value(&kpa_text, kpa_desired), Some(2.0), "the KPA halves at most a decision\n{kpa_text}");
     common::sigterm(&kpa);
 
     // Every autoscaler series the Grafana dashboard reads is one it serves.
