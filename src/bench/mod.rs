@@ -103,6 +103,8 @@ mod callgrind;
 pub mod cost;
 pub mod cost_report;
 mod cpu;
+#[cfg(unix)]
+pub mod faults;
 pub mod herd;
 pub mod hetero;
 pub mod hetero_parallel;
@@ -153,6 +155,9 @@ pub enum Scenario {
     /// One worker, the gateway under callgrind: instructions, allocations and bytes per unary and
     /// per streaming call, by crate and by function (deterministic; `--baseline` to compare).
     Cost,
+    /// Four workers behind the gateway under steady load, one fault at a time (kill, hang,
+    /// unavailable, slow, reset, flap, gateway-restart): failures and recovery per fault.
+    Faults,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -239,6 +244,14 @@ pub struct BenchArgs {
     /// `--baseline`, in percent.
     #[arg(long, default_value_t = 2.0)]
     pub tolerance: f64,
+    /// Scenario `faults` only: the faults to run, in this order, comma-separated [default: all,
+    /// as kill,hang,unavailable,slow,reset,flap,gateway-restart].
+    #[cfg(unix)]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Option<Vec<faults::FaultKind>>,
+    /// Scenario `faults` only: calls a second through the gateway.
+    #[arg(long, default_value_t = 150.0)]
+    pub rate: f64,
 }
 
 /// The limit of target `switchyard-protected`: one that does not bind at this load, so that the
@@ -621,6 +634,9 @@ pub enum BenchReport {
     Scale(scale::ScaleReport),
     /// Scenario `cost`.
     Cost(cost_report::CostReport),
+    /// Scenario `faults`.
+    #[cfg(unix)]
+    Faults(faults::FaultsReport),
 }
 
 impl BenchReport {
@@ -634,6 +650,8 @@ impl BenchReport {
             Self::Prefix(r) => r.summary(),
             Self::Scale(r) => r.summary(),
             Self::Cost(r) => r.summary(),
+            #[cfg(unix)]
+            Self::Faults(r) => r.summary(),
         }
     }
 
@@ -644,6 +662,8 @@ impl BenchReport {
             Self::Prefix(r) => Some(r.markdown()),
             Self::Scale(r) => Some(r.markdown()),
             Self::Cost(r) => Some(r.markdown()),
+            #[cfg(unix)]
+            Self::Faults(r) => Some(r.markdown()),
             Self::Overhead(_) | Self::Hetero(_) | Self::Overload(_) => None,
         }
     }
@@ -672,6 +692,10 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     }
     if args.gateway_binary.is_some() && args.scenario != Scenario::Cost {
         return Err(BenchError::Invalid("--gateway-binary is the gateway of scenario cost".into()));
+    }
+    #[cfg(unix)]
+    if args.faults.is_some() && args.scenario != Scenario::Faults {
+        return Err(BenchError::Invalid("--faults chooses among the faults of scenario faults".into()));
     }
     if args.steps.is_some() && args.scenario != Scenario::Scale {
         return Err(BenchError::Invalid("--steps is the load of scenario scale".into()));
@@ -706,6 +730,10 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         },
         Scenario::Scale => scale::run(args, &exe).await.map(BenchReport::Scale),
         Scenario::Cost => cost::run(args, &exe, &dir).await.map(BenchReport::Cost),
+        #[cfg(unix)]
+        Scenario::Faults => faults::run(args, &exe, &dir).await.map(BenchReport::Faults),
+        #[cfg(not(unix))]
+        Scenario::Faults => Err(BenchError::Invalid("scenario faults needs Unix signals".into())),
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
