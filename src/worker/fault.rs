@@ -11,9 +11,11 @@
 //!   of its body, are held until FACTOR × the time the service took to produce them, measured
 //!   from the call's start (a stream's tokens keep their rhythm, stretched). The engine's
 //!   capacity stays what it is; what a client and a balancer see is the latency;
-//! - `reset`: a response is cut after its first message: the stream is reset (HTTP/2
-//!   `RST_STREAM`, `INTERNAL_ERROR`) where its next frame would be, so no status reaches the
-//!   client; a response with no message is reset before its trailers.
+//! - `reset`: a response is cut after its first DATA frame (its first message, or the few the
+//!   encoder had ready at once): the stream is reset (HTTP/2 `RST_STREAM`, `INTERNAL_ERROR`)
+//!   where its next frame would be, at least 20 ms after the first (a reset drops what the
+//!   connection still queues, the first frame included), so no status reaches the client; a
+//!   response with no message is reset before its trailers.
 //!
 //! With `--fault-on-signal` the fault is armed but off until the process gets SIGUSR1, and off
 //! again on SIGUSR2: the bench injects it at a known moment under load.
@@ -37,6 +39,10 @@ const FAULTED_PREFIX: &str = "/inference.GRPCInferenceService/";
 /// Frames a slowed body holds at most before it stops reading its inner body.
 const SLOW_BUFFER: usize = 64;
 
+/// How long a reset waits after the first DATA frame before it cuts the stream at its next frame:
+/// time for the message to leave, since a reset drops what the connection still queues.
+const RESET_AFTER: Duration = Duration::from_millis(20);
+
 /// Largest `slow` factor accepted.
 pub const MAX_SLOW_FACTOR: f64 = 1000.0;
 
@@ -47,7 +53,7 @@ pub enum Fault {
     Unavailable,
     /// Every call takes this many times as long (at least 1).
     Slow(f64),
-    /// Every response is reset (`RST_STREAM`) after its first message.
+    /// Every response is reset (`RST_STREAM`) after its first DATA frame.
     Reset,
 }
 
@@ -230,7 +236,7 @@ pin_project! {
 #[derive(Debug)]
 enum BodyMode {
     Clean,
-    /// Frames sent so far (data only); reset at the frame after the first message.
+    /// DATA frames sent so far; reset at the frame after the first.
     Reset {
         messages: usize,
     },
@@ -305,11 +311,18 @@ where
             BodyMode::Clean => inner.poll_frame(cx).map_err(Into::into),
             BodyMode::Reset { messages } => {
                 if *messages > 0 {
+                    // The first frame has had its time to leave (a reset drops what h2 still
+                    // queues); reset where the next frame would be.
+                    if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+                        ready!(sleep.poll(cx));
+                    }
+                    let _ = ready!(inner.poll_frame(cx));
                     return Poll::Ready(Some(Err(Box::new(InjectedReset))));
                 }
                 match ready!(inner.poll_frame(cx)) {
                     Some(Ok(frame)) if frame.is_data() => {
                         *messages += 1;
+                        this.sleep.set(Some(tokio::time::sleep(RESET_AFTER)));
                         Poll::Ready(Some(Ok(frame)))
                     }
                     // Trailers (or the end) before any message: reset instead.
@@ -408,5 +421,110 @@ pub fn switch_on_signals(on: Arc<AtomicBool>, fault: Fault) {
     {
         let _ = on;
         tracing::warn!("no signals here: fault {fault} stays off");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    type Frames = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+    /// A service that answers after `head` with a body whose frames the test sends.
+    fn replica(
+        head: Duration,
+        frames: mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+    ) -> impl Service<http::Request<()>, Response = http::Response<Frames>, Error = Infallible> {
+        let frames = std::sync::Mutex::new(Some(frames));
+        tower::service_fn(move |_req: http::Request<()>| {
+            let rx = frames.lock().ok().and_then(|mut f| f.take());
+            async move {
+                tokio::time::sleep(head).await;
+                let rx = rx.unwrap_or_else(|| mpsc::channel(1).1);
+                Ok::<_, Infallible>(http::Response::new(StreamBody::new(ReceiverStream::new(rx))))
+            }
+        })
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+    #[test]
+    fn faults_parse_and_print_back() {
+        for text in ["unavailable", "reset", "slow=20", "slow=1.5"] {
+            assert_eq!(text.parse::<Fault>().unwrap().to_string(), text);
+        }
+        for bad in ["slow", "slow=0.5", "slow=x", "crash", "slow=1e9"] {
+            assert!(bad.parse::<Fault>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_holds_the_head_and_each_frame_until_factor_times_their_time() {
+        let (tx, rx) = mpsc::channel(8);
+        let layer = FaultLayer::new(Fault::Slow(20.0), Arc::new(AtomicBool::new(true)));
+        let service = layer.layer(replica(Duration::from_millis(10), rx));
+        let start = Instant::now();
+        let response = service.oneshot(request(INFER)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(200), "the head: 20 × 10 ms");
+        let producer = tokio::spawn(async move {
+            // Frames at 10 ms of the service's own time after the head, then 20 ms more.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"b")))).await.unwrap();
+        });
+        let mut body = Box::pin(response.into_body());
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(400), "own time 20 ms → 400 ms");
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(800), "own time 40 ms → 800 ms");
+        producer.await.unwrap();
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_passes_the_first_message_and_fails_the_body_after_it() {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"second")))).await.unwrap();
+        let layer = FaultLayer::new(Fault::Reset, Arc::new(AtomicBool::new(true)));
+        let mut body = Box::pin(
+            layer.layer(replica(Duration::ZERO, rx)).oneshot(request(INFER)).await.unwrap().into_body(),
+        );
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first"));
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<InjectedReset>(), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_answers_at_once_and_only_on_the_inference_service_while_on() {
+        let on = Arc::new(AtomicBool::new(true));
+        let layer = FaultLayer::new(Fault::Unavailable, on.clone());
+        let refused = layer.layer(replica(Duration::from_millis(50), mpsc::channel(1).1));
+        let start = Instant::now();
+        let response = refused.oneshot(request(INFER)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(response.headers().get("grpc-status").unwrap(), "14");
+
+        let health = layer.layer(replica(Duration::ZERO, mpsc::channel(1).1));
+        let response = health.oneshot(request("/grpc.health.v1.Health/Check")).await.unwrap();
+        assert!(response.headers().get("grpc-status").is_none(), "health passes");
+
+        on.store(false, Ordering::Release);
+        let off = layer.layer(replica(Duration::ZERO, mpsc::channel(1).1));
+        let response = off.oneshot(request(INFER)).await.unwrap();
+        assert!(response.headers().get("grpc-status").is_none(), "switched off: served");
     }
 }

@@ -154,7 +154,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub cold_start: Duration,
     /// Inject a fault into every inference call: `unavailable` (answer UNAVAILABLE), `slow=FACTOR`
-    /// (take FACTOR times as long) or `reset` (reset the stream after its first message); see
+    /// (take FACTOR times as long) or `reset` (reset the stream after its first DATA frame); see
     /// [`fault`]. For fault tests and `switchyard bench faults`.
     #[arg(long, value_name = "FAULT")]
     pub fault: Option<fault::Fault>,

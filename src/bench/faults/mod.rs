@@ -8,21 +8,23 @@
 //! a read: the **idempotent** calls), `ModelInfer` (unary) and `ModelStreamInfer` (streaming),
 //! which generate and are the **non-idempotent** calls; each with a deadline of 1 s. After
 //! `--warmup` seconds, `--duration` seconds (10) are counted, and at 30 % of them the fault hits
-//! `worker-0` (or the gateway):
+//! the busiest replica (the most calls in flight on the gateway's `GET /endpoints`, then the
+//! most completed: least response time may leave a replica idle at this load, and a fault on an
+//! idle replica tests nothing), or the gateway:
 //!
 //! - `kill`: SIGKILL the replica;
 //! - `hang`: SIGSTOP it, and SIGCONT the deadline + 1 s later;
 //! - `unavailable`: from then on it answers every inference call UNAVAILABLE;
 //! - `slow`: it takes 20 times as long;
-//! - `reset`: it resets every response after its first message (`RST_STREAM`);
+//! - `reset`: it resets every response after its first DATA frame (`RST_STREAM`);
 //! - `flap`: discovery takes one endpoint out and puts the one taken before back every 500 ms
 //!   (a different one each time), until 1 s before the end;
 //! - `gateway-restart`: SIGTERM the gateway (it drains) and start a new one on the same port as
 //!   soon as the port is free; the clients of this run retry `UNAVAILABLE` (a refused or lost
 //!   connection included) with backoff, within the deadline.
 //!
-//! The three behaviours are the worker's `--fault` ([`crate::worker::fault`]), armed with
-//! `--fault-on-signal` and switched on by SIGUSR1 at the fault (and off at the end: `lifted_at`).
+//! The three behaviours are the worker's `--fault` ([`crate::worker::fault`]), armed on every
+//! worker with `--fault-on-signal` and switched on by SIGUSR1 at the fault on the chosen one.
 //!
 //! Each run gives a row per class of call ([`report::FaultResult`]): sent, ok, failed (by code),
 //! the calls in flight on the faulty replica at the fault (the gateway's `GET /endpoints`: of all
@@ -171,7 +173,7 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Faul
         duration_s: args.duration,
         deadline_ms: DEADLINE.as_secs_f64() * 1e3,
         workers: format!(
-            "{WORKERS} workers (`switchyard worker`, LLM kind, speed 1), `worker-0` the faulty one"
+            "{WORKERS} workers (`switchyard worker`, LLM kind, speed 1), the busiest at the fault the faulty one"
         ),
         gateway_pool:
             "policy least-response-time (the default), default outlier ejection (5 failures in a row, 10 s)"
@@ -221,9 +223,7 @@ async fn start_cluster(
             ["worker", "--listen", "127.0.0.1:0", "--model", "sim-llm", "--drain-timeout", "2s"]
                 .map(String::from)
                 .into();
-        if i == 0
-            && let Some(f) = fault.worker_fault()
-        {
+        if let Some(f) = fault.worker_fault() {
             args.extend(["--fault".to_string(), f, "--fault-on-signal".to_string()]);
         }
         let (child, mut logged) =
@@ -347,12 +347,19 @@ async fn run_one(
     let outcome = inject(&mut cluster, exe, fault, fault_at, end).await;
     let calls: Vec<Call> =
         driver.await.map_err(|e| BenchError::Setup(format!("the load task failed: {e}")))?;
-    let served_at_end = endpoint_figure(&cluster.admin, "worker-0", "completed").await;
+    let served_at_end = match &outcome {
+        Ok(Injected { faulty: Some(i), .. }) => {
+            endpoint_figure(&cluster.admin, &format!("worker-{i}"), "completed").await
+        }
+        _ => None,
+    };
     drop(channels);
     let Cluster { workers, gateway, .. } = cluster;
     // The workers and the gateway are killed on drop; a stopped replica is continued first so
     // that it dies at once.
-    if let Some((worker, _)) = workers.first() {
+    if let Ok(Injected { faulty: Some(i), .. }) = &outcome
+        && let Some((worker, _)) = workers.get(*i)
+    {
         let _ = worker.signal(Signal::CONT);
     }
     drop(workers);
@@ -380,6 +387,7 @@ async fn run_one(
         FaultRun {
             fault: fault.name().into(),
             action: outcome.action,
+            faulty_replica: outcome.faulty.map(|i| format!("worker-{i}")),
             fault_at_s: round_ms(fault_at_s),
             lifted_at_s: outcome.lifted_at.map(|t| round_ms(t.duration_since(start).as_secs_f64())),
             served_after_lift,
@@ -396,6 +404,8 @@ fn round_ms(s: f64) -> f64 {
 /// What injecting a fault did and saw.
 struct Injected {
     action: String,
+    /// The worker the fault hit, when it hit one.
+    faulty: Option<usize>,
     fault_at: Instant,
     in_flight: Option<u64>,
     served_at_fault: Option<u64>,
@@ -412,11 +422,12 @@ async fn inject(
     end: Instant,
 ) -> Result<Injected, BenchError> {
     let admin = cluster.admin.clone();
-    let signal_worker = |cluster: &Cluster, signal: Signal| -> Result<(), BenchError> {
-        cluster.workers[0].0.signal(signal).map_err(BenchError::Setup)
+    let signal_worker = |cluster: &Cluster, i: usize, signal: Signal| -> Result<(), BenchError> {
+        cluster.workers[i].0.signal(signal).map_err(BenchError::Setup)
     };
     let mut injected = Injected {
         action: String::new(),
+        faulty: None,
         fault_at: planned,
         in_flight: None,
         served_at_fault: None,
@@ -425,27 +436,38 @@ async fn inject(
     };
     match fault {
         FaultKind::Kill | FaultKind::Hang | FaultKind::Unavailable | FaultKind::Slow | FaultKind::Reset => {
-            let figures = endpoint_figures(&admin, "in_flight").await;
-            injected.in_flight = figures.iter().find(|(id, _)| id == "worker-0").map(|(_, n)| *n);
-            injected.served_at_fault = endpoint_figure(&admin, "worker-0", "completed").await;
+            let in_flight = endpoint_figures(&admin, "in_flight").await;
+            let completed = endpoint_figures(&admin, "completed").await;
+            let figure =
+                |figures: &[(String, u64)], id: &str| figures.iter().find(|(i, _)| i == id).map(|(_, n)| *n);
+            let busiest = (0..cluster.workers.len())
+                .max_by_key(|i| {
+                    let id = format!("worker-{i}");
+                    (figure(&in_flight, &id).unwrap_or(0), figure(&completed, &id).unwrap_or(0))
+                })
+                .unwrap_or(0);
+            let id = format!("worker-{busiest}");
+            injected.faulty = Some(busiest);
+            injected.in_flight = figure(&in_flight, &id);
+            injected.served_at_fault = figure(&completed, &id);
             injected.fault_at = Instant::now();
             match fault {
                 FaultKind::Kill => {
-                    signal_worker(cluster, Signal::KILL)?;
-                    injected.action = "SIGKILL worker-0".into();
+                    signal_worker(cluster, busiest, Signal::KILL)?;
+                    injected.action = format!("SIGKILL {id}");
                 }
                 FaultKind::Hang => {
-                    signal_worker(cluster, Signal::STOP)?;
+                    signal_worker(cluster, busiest, Signal::STOP)?;
                     tokio::time::sleep(HANG_FOR).await;
-                    signal_worker(cluster, Signal::CONT)?;
+                    signal_worker(cluster, busiest, Signal::CONT)?;
                     injected.lifted_at = Some(Instant::now());
-                    injected.served_at_lift = endpoint_figure(&admin, "worker-0", "completed").await;
-                    injected.action = format!("SIGSTOP worker-0, SIGCONT {} s later", HANG_FOR.as_secs_f64());
+                    injected.served_at_lift = endpoint_figure(&admin, &id, "completed").await;
+                    injected.action = format!("SIGSTOP {id}, SIGCONT {} s later", HANG_FOR.as_secs_f64());
                 }
                 _ => {
-                    signal_worker(cluster, Signal::USR1)?;
+                    signal_worker(cluster, busiest, Signal::USR1)?;
                     let what = fault.worker_fault().unwrap_or_default();
-                    injected.action = format!("worker-0 --fault {what}, on until the end");
+                    injected.action = format!("{id} --fault {what} (SIGUSR1), on until the end");
                 }
             }
         }

@@ -76,6 +76,8 @@ pub struct FaultRun {
     pub fault: String,
     /// What the bench did, in words.
     pub action: String,
+    /// The worker the fault hit (`worker-2`), when it hit one.
+    pub faulty_replica: Option<String>,
     /// When the fault hit, seconds since the load began.
     pub fault_at_s: f64,
     /// When the fault was lifted (SIGCONT, the fault switched off), if it was.
@@ -282,8 +284,9 @@ impl FaultsReport {
              retries: {}. Load: {} calls/s at even spacing, in turn `ModelMetadata` (unary, a read: \
              the idempotent calls), `ModelInfer` (unary) and `ModelStreamInfer` (one request, a \
              response per token), each with a deadline of {} ms (`grpc-timeout` and the client's \
-             own timer). One fault per run, on `worker-0`; every call's outcome is kept, by send \
-             time in buckets of {} ms.\n\n",
+             own timer). One fault per run, on the replica with the most calls in flight at the \
+             moment (least response time may leave one idle at this load); every call's outcome \
+             is kept, by send time in buckets of {} ms.\n\n",
             self.workers,
             self.gateway_pool,
             self.gateway_retry,
@@ -318,14 +321,33 @@ impl FaultsReport {
                 met(recovery),
             ));
         }
-        md.push_str("\n## Each run\n\n");
+        md.push_str("\n## Reading, fault by fault\n\n");
         for run in &self.runs {
+            let rows: Vec<&FaultResult> = self.results.iter().filter(|r| r.fault == run.fault).collect();
+            let class = |idempotent: bool| {
+                rows.iter().find(|r| r.idempotent == idempotent).map_or(String::new(), |r| {
+                    let codes: Vec<String> =
+                        r.failed_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                    format!(
+                        "{} of {} failed{}, recovery {}",
+                        r.failed,
+                        r.sent,
+                        if codes.is_empty() { String::new() } else { format!(" ({})", codes.join(", ")) },
+                        r.recovery_s.map_or("not within the run".to_string(), |s| format!("{s:.2} s")),
+                    )
+                })
+            };
+            let in_flight = rows.first().and_then(|r| r.in_flight_at_fault);
             md.push_str(&format!(
-                "- `{}` ({}): fault at {:.1} s{}.{}{} Plot: `faults-{}.png`.\n",
+                "- `{}`: {} at {:.2} s{}. Idempotent calls: {}. Non-idempotent calls: {}.{}{}{} Plot: \
+                 `faults-{}.png`.\n",
                 run.fault,
                 run.action,
                 run.fault_at_s,
-                run.lifted_at_s.map_or(String::new(), |t| format!(", lifted at {t:.1} s")),
+                run.lifted_at_s.map_or(String::new(), |t| format!(", lifted at {t:.2} s")),
+                class(true),
+                class(false),
+                in_flight.map_or(String::new(), |n| format!(" Calls in flight at the fault: {n}.")),
                 run.served_while_faulty.map_or(String::new(), |n| format!(
                     " The faulty replica completed {n} calls while faulty."
                 )),
