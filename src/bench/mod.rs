@@ -92,6 +92,16 @@
 //! [`cost`]. With `--json FILE` it also writes its markdown report beside it. It needs valgrind
 //! (`scripts/install-bench-deps.sh`).
 //!
+//! # Scenario `faults`
+//!
+//! Four workers behind the gateway process under a steady load of idempotent (`ModelMetadata`)
+//! and non-idempotent (`ModelInfer`, `ModelStreamInfer`) calls with 1 s deadlines, one fault per
+//! run: `kill`, `hang`, `unavailable`, `slow`, `reset`, `flap`, `gateway-restart` (`--faults`
+//! chooses, `--rate` sets the calls a second): failures by code, the calls in flight on the
+//! faulty replica, and the recovery time of each class against issue 24's targets, with a plot
+//! per fault of the success rate over time; see [`faults`]. With `--json FILE` it also writes its
+//! markdown report and the plots beside it.
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -739,8 +749,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let report = result?;
     if let Some(path) = &args.json {
         write_json(path, &report).map_err(|e| BenchError::Io(format!("write {}", path.display()), e))?;
-        // Scenarios `herd`, `prefix`, `scale` and `cost` write their summary beside the JSON, as
-        // markdown.
+        // Scenarios `herd`, `prefix`, `scale`, `cost` and `faults` write their summary beside the
+        // JSON, as markdown.
         if let Some(text) = report.markdown() {
             let md = path.with_extension("md");
             std::fs::write(&md, text).map_err(|e| BenchError::Io(format!("write {}", md.display()), e))?;

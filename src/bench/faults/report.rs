@@ -339,15 +339,22 @@ impl FaultsReport {
             };
             let in_flight = rows.first().and_then(|r| r.in_flight_at_fault);
             md.push_str(&format!(
-                "- `{}`: {} at {:.2} s{}. Idempotent calls: {}. Non-idempotent calls: {}.{}{}{} Plot: \
-                 `faults-{}.png`.\n",
+                "- `{}` (fault at {:.2} s{}): {}. Idempotent calls: {}. Non-idempotent calls: {}.{}{}{} \
+                 Plot: `faults-{}.png`.\n",
                 run.fault,
-                run.action,
                 run.fault_at_s,
                 run.lifted_at_s.map_or(String::new(), |t| format!(", lifted at {t:.2} s")),
+                run.action,
                 class(true),
                 class(false),
-                in_flight.map_or(String::new(), |n| format!(" Calls in flight at the fault: {n}.")),
+                in_flight.map_or(String::new(), |n| {
+                    let on = match run.fault.as_str() {
+                        "flap" => "on the endpoints as they were taken out, summed",
+                        "gateway-restart" => "on the gateway",
+                        _ => "on the faulty replica",
+                    };
+                    format!(" Calls in flight {on}: {n}.")
+                }),
                 run.served_while_faulty.map_or(String::new(), |n| format!(
                     " The faulty replica completed {n} calls while faulty."
                 )),
