@@ -100,6 +100,16 @@
 //! judged flat after the warm-up, and every failed call explained by a restart or not; see
 //! [`soak`]. With `--json FILE` it also writes its markdown report and its plot beside it.
 //!
+//! # Scenario `faults`
+//!
+//! Four workers behind the gateway process under a steady load of idempotent (`ModelMetadata`)
+//! and non-idempotent (`ModelInfer`, `ModelStreamInfer`) calls with 1 s deadlines, one fault per
+//! run: `kill`, `hang`, `unavailable`, `slow`, `reset`, `flap`, `gateway-restart` (`--faults`
+//! chooses, `--rate` sets the calls a second): failures by code, the calls in flight on the
+//! faulty replica, and the recovery time of each class against issue 24's targets, with a plot
+//! per fault of the success rate over time; see [`faults`]. With `--json FILE` it also writes its
+//! markdown report and the plots beside it.
+//!
 //! `--targets` runs some of the targets only, in the order given (`--targets tcp-relay,switchyard`
 //! to profile the gateway against the floor, say).
 //!
@@ -111,6 +121,8 @@ mod callgrind;
 pub mod cost;
 pub mod cost_report;
 mod cpu;
+#[cfg(unix)]
+pub mod faults;
 pub mod herd;
 pub mod hetero;
 pub mod hetero_parallel;
@@ -166,6 +178,9 @@ pub enum Scenario {
     /// Steady load through the gateway for `--duration` seconds (600 for a real soak) with its
     /// workers restarted in turn: its memory, descriptors and tasks flat, every failure explained.
     Soak,
+    /// Four workers behind the gateway under steady load, one fault at a time (kill, hang,
+    /// unavailable, slow, reset, flap, gateway-restart): failures and recovery per fault.
+    Faults,
 }
 
 /// How nginx and HAProxy spread calls over the workers.
@@ -252,12 +267,18 @@ pub struct BenchArgs {
     /// `--baseline`, in percent.
     #[arg(long, default_value_t = 2.0)]
     pub tolerance: f64,
-    /// Scenario `soak` only: calls a second [default: 200].
-    #[arg(long)]
-    pub rate: Option<f64>,
     /// Scenario `soak` only: how often the next worker is restarted [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub restart_every: Option<Duration>,
+    /// Scenario `faults` only: the faults to run, in this order, comma-separated [default: all,
+    /// as kill,hang,unavailable,slow,reset,flap,gateway-restart].
+    #[cfg(unix)]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Option<Vec<faults::FaultKind>>,
+    /// Scenarios `faults` and `soak` only: calls a second through the gateway [default: faults
+    /// 150, soak 200].
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 /// The limit of target `switchyard-protected`: one that does not bind at this load, so that the
@@ -642,6 +663,9 @@ pub enum BenchReport {
     Cost(cost_report::CostReport),
     /// Scenario `soak`.
     Soak(soak::SoakReport),
+    /// Scenario `faults`.
+    #[cfg(unix)]
+    Faults(faults::FaultsReport),
 }
 
 impl BenchReport {
@@ -656,6 +680,8 @@ impl BenchReport {
             Self::Scale(r) => r.summary(),
             Self::Cost(r) => r.summary(),
             Self::Soak(r) => r.summary(),
+            #[cfg(unix)]
+            Self::Faults(r) => r.summary(),
         }
     }
 
@@ -667,6 +693,8 @@ impl BenchReport {
             Self::Scale(r) => Some(r.markdown()),
             Self::Cost(r) => Some(r.markdown()),
             Self::Soak(r) => Some(r.markdown()),
+            #[cfg(unix)]
+            Self::Faults(r) => Some(r.markdown()),
             Self::Overhead(_) | Self::Hetero(_) | Self::Overload(_) => None,
         }
     }
@@ -696,11 +724,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.gateway_binary.is_some() && args.scenario != Scenario::Cost {
         return Err(BenchError::Invalid("--gateway-binary is the gateway of scenario cost".into()));
     }
+    #[cfg(unix)]
+    if args.faults.is_some() && args.scenario != Scenario::Faults {
+        return Err(BenchError::Invalid("--faults chooses among the faults of scenario faults".into()));
+    }
     if args.steps.is_some() && args.scenario != Scenario::Scale {
         return Err(BenchError::Invalid("--steps is the load of scenario scale".into()));
     }
-    if (args.rate.is_some() || args.restart_every.is_some()) && args.scenario != Scenario::Soak {
-        return Err(BenchError::Invalid("--rate and --restart-every are scenario soak's".into()));
+    if args.restart_every.is_some() && args.scenario != Scenario::Soak {
+        return Err(BenchError::Invalid("--restart-every is scenario soak's".into()));
+    }
+    if args.rate.is_some() && !matches!(args.scenario, Scenario::Soak | Scenario::Faults) {
+        return Err(BenchError::Invalid("--rate is the load of scenarios faults and soak".into()));
     }
     let exe = std::env::current_exe().map_err(|e| BenchError::Io("current executable".into(), e))?;
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
@@ -733,12 +768,17 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         Scenario::Scale => scale::run(args, &exe).await.map(BenchReport::Scale),
         Scenario::Cost => cost::run(args, &exe, &dir).await.map(BenchReport::Cost),
         Scenario::Soak => soak::run(args, &exe).await.map(BenchReport::Soak),
+        #[cfg(unix)]
+        Scenario::Faults => faults::run(args, &exe, &dir).await.map(BenchReport::Faults),
+        #[cfg(not(unix))]
+        Scenario::Faults => Err(BenchError::Invalid("scenario faults needs Unix signals".into())),
     };
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
     if let Some(path) = &args.json {
         write_json(path, &report).map_err(|e| BenchError::Io(format!("write {}", path.display()), e))?;
         // Scenarios `herd`, `prefix`, `scale`, `cost` and `soak` write their summary beside the
+        // Scenarios `herd`, `prefix`, `scale`, `cost` and `faults` write their summary beside the
         // JSON, as markdown.
         if let Some(text) = report.markdown() {
             let md = path.with_extension("md");

@@ -134,6 +134,26 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// Sends `signal` to the child (the fault bench's SIGKILL, SIGSTOP, SIGCONT, SIGTERM,
+    /// SIGUSR1); an error says why it could not.
+    #[cfg(unix)]
+    pub(crate) fn signal(&self, signal: rustix::process::Signal) -> Result<(), String> {
+        let pid = self
+            .child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| format!("{} has exited", self.name))?;
+        rustix::process::kill_process(pid, signal).map_err(|e| format!("cannot signal {}: {e}", self.name))
+    }
+
+    /// Waits at most `grace` for the child to exit by itself (after a signal), then kills it.
+    pub(crate) async fn reap(mut self, grace: Duration) {
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+
     /// The child's name.
     pub(crate) fn name(&self) -> &str {
         &self.name

@@ -35,6 +35,7 @@
 //! inference requests with UNAVAILABLE, lets in-flight ones finish (at most `--drain-timeout`:
 //! those still running then end with UNAVAILABLE), and returns.
 
+pub mod fault;
 mod inference;
 pub mod kv_events;
 mod load_report;
@@ -152,6 +153,15 @@ pub struct WorkerArgs {
     /// models a replica loading its weights (the autoscaler's cold start).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub cold_start: Duration,
+    /// Inject a fault into every inference call: `unavailable` (answer UNAVAILABLE), `slow=FACTOR`
+    /// (take FACTOR times as long) or `reset` (reset the stream after its first DATA frame); see
+    /// [`fault`]. For fault tests and `switchyard bench faults`.
+    #[arg(long, value_name = "FAULT")]
+    pub fault: Option<fault::Fault>,
+    /// With `--fault`: keep the fault off until the process gets SIGUSR1 (SIGUSR2 turns it off
+    /// again), to inject it at a chosen moment.
+    #[arg(long, requires = "fault")]
+    pub fault_on_signal: bool,
 }
 
 /// `--kind` of `switchyard worker`.
@@ -187,6 +197,8 @@ impl Default for WorkerArgs {
             etcd_ttl: Duration::from_secs(10),
             advertise: None,
             cold_start: Duration::ZERO,
+            fault: None,
+            fault_on_signal: false,
         }
     }
 }
@@ -384,6 +396,15 @@ pub async fn serve_with_metrics(
         let _ = drain_tx.send(());
     };
 
+    let fault_layer = args.fault.map_or_else(fault::FaultLayer::none, |f| {
+        let on = Arc::new(AtomicBool::new(!args.fault_on_signal));
+        if args.fault_on_signal {
+            fault::switch_on_signals(on.clone(), f);
+        } else {
+            tracing::warn!("injecting fault {f} into every inference call");
+        }
+        fault::FaultLayer::new(f, on)
+    });
     let reporter = engine.clone();
     let shed = args.shed.map(|target| (StatusLayer, engine_shed(&engine, target, args.max_queue)));
     let server = tonic::transport::Server::builder()
@@ -394,6 +415,7 @@ pub async fn serve_with_metrics(
         .layer(tower::util::MapErrLayer::new(
             |e: std::convert::Infallible| -> switchyard_core::error::BoxError { match e {} },
         ))
+        .layer(fault_layer)
         .add_service(
             GrpcInferenceServiceServer::new(inference)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)

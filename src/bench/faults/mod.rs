@@ -1,0 +1,584 @@
+//! `switchyard bench faults`: one fault at a time under steady load, over real processes, and
+//! what the gateway makes of it.
+//!
+//! Four workers (`switchyard worker`, the LLM kind at speed 1) behind the gateway (its own
+//! process, one pool, least response time, its endpoints from a file that
+//! [`switchyard_discovery`]'s file source watches), and a steady load from the bench process
+//! ([`load`]): `--rate` calls a second (150), evenly spaced, in turn `ModelMetadata` (unary and
+//! a read: the **idempotent** calls), `ModelInfer` (unary) and `ModelStreamInfer` (streaming),
+//! which generate and are the **non-idempotent** calls; each with a deadline of 1 s. After
+//! `--warmup` seconds, `--duration` seconds (10) are counted, and at 30 % of them the fault hits
+//! the busiest replica (the most calls in flight on the gateway's `GET /endpoints`, then the
+//! most completed: least response time may leave a replica idle at this load, and a fault on an
+//! idle replica tests nothing), or the gateway:
+//!
+//! - `kill`: SIGKILL the replica;
+//! - `hang`: SIGSTOP it, and SIGCONT the deadline + 1 s later;
+//! - `unavailable`: from then on it answers every inference call UNAVAILABLE;
+//! - `slow`: it takes 20 times as long;
+//! - `reset`: it resets every response after its first DATA frame (`RST_STREAM`);
+//! - `flap`: discovery takes one endpoint out and puts the one taken before back every 500 ms
+//!   (a different one each time), until 1 s before the end;
+//! - `gateway-restart`: SIGTERM the gateway (it drains) and start a new one on the same port as
+//!   soon as the port is free; the clients of this run retry `UNAVAILABLE` (a refused or lost
+//!   connection included) with backoff, within the deadline.
+//!
+//! The three behaviours are the worker's `--fault` ([`crate::worker::fault`]), armed on every
+//! worker with `--fault-on-signal` and switched on by SIGUSR1 at the fault on the chosen one.
+//!
+//! Each run gives a row per class of call ([`report::FaultResult`]): sent, ok, failed (by code),
+//! the calls in flight on the faulty replica at the fault (the gateway's `GET /endpoints`: of all
+//! classes; for `flap` the sum over the removals, for `gateway-restart` over the pool), and the
+//! recovery time (see [`report`]), judged against issue 24's targets; and a timeline of the
+//! success rate per 100 ms. With `--json FILE` the bench writes the markdown beside it and a plot
+//! per fault (`FILE`'s stem, `-kill.png`, ...).
+//!
+//! The gateway has no retries yet: the pool's retry settings are [`pool_retry_lines`], empty
+//! until the gateway takes a `retry` table; [`IDEMPOTENT_METHODS`] names what it may resend.
+//!
+//! # What today's gateway does (`reports/bench/faults.md`, 2026-12-01, 2 shared CPUs)
+//!
+//! - `kill`, `unavailable`, `reset`: the replica's failures eject it (5 in a row) and the success
+//!   rate is back within 0.1-0.2 s; but the calls that failed meanwhile include idempotent ones
+//!   (0, 4 and 5 of 500), which only a retry saves, and with `unavailable` and `reset` the
+//!   failures are new calls sent to the replica before its ejection, not calls in flight on it.
+//! - `hang`: calls on the stopped replica end at their deadline (`CANCELLED` from tonic's own
+//!   timer, or `DEADLINE_EXCEEDED`), but new calls keep going to it for 0.2 s (16 non-idempotent
+//!   failures for 7 in flight): a deadline is not a failure, so nothing ejects it, and only its
+//!   calls in flight steer least response time away. After SIGCONT it serves again at once.
+//! - `slow`: 20 × slower (2 s a generation, past the 1 s deadline), the replica keeps getting a
+//!   trickle of generations that all time out, to the end of the run (44 failures, no recovery
+//!   in 7 s): calls that the client gives up on give the balancer no latency sample, so it never
+//!   learns how slow the replica is.
+//! - `flap` and `gateway-restart` (with a client that retries `UNAVAILABLE`) lose nothing; in
+//!   shorter runs a restart sometimes loses a call or two as `CANCELLED` or `INTERNAL` (cut by the
+//!   old connection's close), which such a client does not resend.
+
+pub mod load;
+pub mod report;
+
+use std::path::Path;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use rustix::process::Signal;
+use tokio::time::Instant;
+
+use super::{BenchArgs, BenchError, START_TIMEOUT};
+use crate::cluster::processes::ChildProcess;
+use load::{Call, Load};
+pub use report::{FaultResult, FaultRun, FaultsReport};
+
+/// Workers behind the gateway.
+const WORKERS: usize = 4;
+
+/// Calls a second when `--rate` is not given.
+pub const DEFAULT_RATE: f64 = 150.0;
+
+/// Each call's deadline.
+pub const DEADLINE: Duration = Duration::from_secs(1);
+
+/// How much slower fault `slow` makes the replica.
+pub const SLOW_FACTOR: u32 = 20;
+
+/// How long fault `hang` keeps the replica stopped: the deadline and a second.
+const HANG_FOR: Duration = Duration::from_secs(2);
+
+/// How often fault `flap` changes the endpoints.
+const FLAP_EVERY: Duration = Duration::from_millis(500);
+
+/// The share of the counted window before the fault.
+const FAULT_AT: f64 = 0.3;
+
+/// HTTP/2 connections from the load to the gateway.
+const CONNECTIONS: usize = 4;
+
+/// The methods the pool may retry: reads, safe to send twice. `ModelInfer` and
+/// `ModelStreamInfer` generate (and cost a replica a generation each time), so they are not.
+pub const IDEMPOTENT_METHODS: &[&str] = &["/inference.GRPCInferenceService/ModelMetadata"];
+
+/// The pool's retry settings, as lines of its `[[pool]]` table in the gateway's config: none
+/// until the gateway has a retry layer. Turning retries on for the fault bench is this function
+/// (a `retry = { ... }` naming [`IDEMPOTENT_METHODS`]).
+pub fn pool_retry_lines() -> Vec<String> {
+    Vec::new()
+}
+
+/// A fault the bench injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaultKind {
+    /// SIGKILL one replica.
+    Kill,
+    /// SIGSTOP one replica, SIGCONT it the deadline + 1 s later.
+    Hang,
+    /// One replica answers every inference call UNAVAILABLE.
+    Unavailable,
+    /// One replica takes 20 times as long.
+    Slow,
+    /// One replica resets its streams mid-response.
+    Reset,
+    /// Discovery removes and adds endpoints under load.
+    Flap,
+    /// SIGTERM the gateway; a new one takes its port; the clients retry UNAVAILABLE.
+    GatewayRestart,
+}
+
+impl FaultKind {
+    /// Every fault, in the order a run takes them by default.
+    pub const ALL: [FaultKind; 7] = [
+        Self::Kill,
+        Self::Hang,
+        Self::Unavailable,
+        Self::Slow,
+        Self::Reset,
+        Self::Flap,
+        Self::GatewayRestart,
+    ];
+
+    /// The fault's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Hang => "hang",
+            Self::Unavailable => "unavailable",
+            Self::Slow => "slow",
+            Self::Reset => "reset",
+            Self::Flap => "flap",
+            Self::GatewayRestart => "gateway-restart",
+        }
+    }
+
+    /// The faulty worker's `--fault`, for the faults the worker injects itself.
+    fn worker_fault(self) -> Option<String> {
+        match self {
+            Self::Unavailable => Some("unavailable".into()),
+            Self::Slow => Some(format!("slow={SLOW_FACTOR}")),
+            Self::Reset => Some("reset".into()),
+            _ => None,
+        }
+    }
+}
+
+/// The cluster of one run: the workers, the gateway and where its files are.
+struct Cluster {
+    workers: Vec<(ChildProcess, String)>,
+    gateway: ChildProcess,
+    address: String,
+    admin: String,
+    config: std::path::PathBuf,
+    endpoints: std::path::PathBuf,
+}
+
+/// Runs the faults `args` chooses, one after another, each on a fresh cluster.
+pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<FaultsReport, BenchError> {
+    let rate = args.rate.unwrap_or(DEFAULT_RATE);
+    if !(rate.is_finite() && rate > 0.0 && rate <= 5000.0) {
+        return Err(BenchError::Invalid("--rate must be above 0 and at most 5000 calls/s".into()));
+    }
+    if args.duration < 2.0 {
+        return Err(BenchError::Invalid("--duration must be at least 2 s for scenario faults".into()));
+    }
+    let faults = chosen(args.faults.as_deref())?;
+    let mut results = Vec::new();
+    let mut runs = Vec::new();
+    for fault in faults {
+        eprintln!("bench: faults: {}", fault.name());
+        let (rows, run) = run_one(args, exe, dir, fault).await?;
+        results.extend(rows);
+        runs.push(run);
+    }
+    let report = FaultsReport {
+        scenario: "faults".into(),
+        results,
+        runs,
+        rate,
+        duration_s: args.duration,
+        deadline_ms: DEADLINE.as_secs_f64() * 1e3,
+        workers: format!(
+            "{WORKERS} workers (`switchyard worker`, LLM kind, speed 1), the busiest at the fault the faulty one"
+        ),
+        gateway_pool:
+            "policy least-response-time (the default), default outlier ejection (5 failures in a row, 10 s)"
+                .into(),
+        gateway_retry: if pool_retry_lines().is_empty() {
+            "none (the gateway has no retry layer yet)".into()
+        } else {
+            pool_retry_lines().join("; ")
+        },
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+    };
+    if let Some(json) = &args.json {
+        for run in &report.runs {
+            let path = report::plot_path(json, &run.fault);
+            report::plot(&path, run).map_err(|e| BenchError::Setup(e.to_string()))?;
+        }
+    }
+    Ok(report)
+}
+
+/// The faults `names` chooses, in order, each once; all without a choice.
+fn chosen(names: Option<&[FaultKind]>) -> Result<Vec<FaultKind>, BenchError> {
+    let Some(names) = names else { return Ok(FaultKind::ALL.to_vec()) };
+    let mut faults = Vec::new();
+    for &fault in names {
+        if faults.contains(&fault) {
+            return Err(BenchError::Invalid(format!("--faults names {} twice", fault.name())));
+        }
+        faults.push(fault);
+    }
+    if faults.is_empty() {
+        return Err(BenchError::Invalid("--faults names no fault".into()));
+    }
+    Ok(faults)
+}
+
+/// Starts the workers, writes the endpoints file and the gateway's config, starts the gateway.
+async fn start_cluster(
+    exe: &Path,
+    dir: &Path,
+    fault: FaultKind,
+    threads: usize,
+) -> Result<Cluster, BenchError> {
+    let mut workers = Vec::new();
+    for i in 0..WORKERS {
+        let mut args: Vec<String> =
+            ["worker", "--listen", "127.0.0.1:0", "--model", "sim-llm", "--drain-timeout", "2s"]
+                .map(String::from)
+                .into();
+        if let Some(f) = fault.worker_fault() {
+            args.extend(["--fault".to_string(), f, "--fault-on-signal".to_string()]);
+        }
+        let (child, mut logged) =
+            ChildProcess::start(&format!("worker-{i}"), exe, &args, &["worker serving on "], START_TIMEOUT)
+                .await?;
+        workers.push((child, logged.remove(0)));
+    }
+    let endpoints = dir.join(format!("endpoints-{}.json", fault.name()));
+    let addresses: Vec<(usize, &str)> =
+        workers.iter().enumerate().map(|(i, (_, a))| (i, a.as_str())).collect();
+    write_endpoints(&endpoints, &addresses)?;
+    let config = dir.join(format!("gateway-{}.toml", fault.name()));
+    let mut text = format!(
+        "admin = \"127.0.0.1:0\"\nthreads = {threads}\ndrain_timeout = \"5s\"\n\n[[pool]]\nname = \"default\"\n"
+    );
+    for line in pool_retry_lines() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "\n[[pool.discovery]]\nkind = \"file\"\npath = {:?}\n",
+        endpoints.display().to_string()
+    ));
+    std::fs::write(&config, text).map_err(|e| BenchError::Io(format!("write {}", config.display()), e))?;
+    let (gateway, address, admin) = start_gateway(exe, &config, "127.0.0.1:0").await?;
+    Ok(Cluster { workers, gateway, address, admin, config, endpoints })
+}
+
+/// Starts a gateway on `config` listening on `listen`: the process, its gRPC and admin addresses.
+async fn start_gateway(
+    exe: &Path,
+    config: &Path,
+    listen: &str,
+) -> Result<(ChildProcess, String, String), BenchError> {
+    let args: Vec<String> = vec![
+        "gateway".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--listen".into(),
+        listen.into(),
+    ];
+    let (child, mut logged) = ChildProcess::start(
+        "gateway",
+        exe,
+        &args,
+        &["gateway serving on ", "admin serving on "],
+        START_TIMEOUT,
+    )
+    .await?;
+    let admin = logged.remove(1);
+    Ok((child, logged.remove(0), admin))
+}
+
+/// Writes the endpoints file (JSON) atomically: a temporary file renamed over it.
+fn write_endpoints(path: &Path, workers: &[(usize, &str)]) -> Result<(), BenchError> {
+    let list: Vec<serde_json::Value> = workers
+        .iter()
+        .map(|(i, address)| serde_json::json!({ "id": format!("worker-{i}"), "address": format!("http://{address}") }))
+        .collect();
+    let text = serde_json::json!({ "endpoints": list }).to_string();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| BenchError::Io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| BenchError::Io(format!("rename {}", tmp.display()), e))
+}
+
+/// The figure `field` of each endpoint's load on the gateway's `GET /endpoints`, by endpoint id;
+/// empty when the admin API does not answer.
+async fn endpoint_figures(admin: &str, field: &str) -> Vec<(String, u64)> {
+    let Ok(text) = crate::cluster::http_get(admin, "/endpoints").await else { return Vec::new() };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
+    let mut figures = Vec::new();
+    for pool in value["pools"].as_array().into_iter().flatten() {
+        for endpoint in pool["endpoints"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(n)) =
+                (endpoint["endpoint"]["id"].as_str(), endpoint["load"][field].as_u64())
+            {
+                figures.push((id.to_string(), n));
+            }
+        }
+    }
+    figures
+}
+
+/// `field` of endpoint `id`, if the gateway shows it.
+async fn endpoint_figure(admin: &str, id: &str, field: &str) -> Option<u64> {
+    endpoint_figures(admin, field).await.into_iter().find(|(i, _)| i == id).map(|(_, n)| n)
+}
+
+/// Runs one fault on a fresh cluster: its two result rows and its run.
+async fn run_one(
+    args: &BenchArgs,
+    exe: &Path,
+    dir: &Path,
+    fault: FaultKind,
+) -> Result<(Vec<FaultResult>, FaultRun), BenchError> {
+    let threads = args.proxy_threads();
+    let mut cluster = start_cluster(exe, dir, fault, threads).await?;
+    let channels = super::load::connect(std::slice::from_ref(&cluster.address), CONNECTIONS)
+        .await
+        .map_err(BenchError::Setup)?;
+    let retry_unavailable = fault == FaultKind::GatewayRestart;
+    if args.warmup > 0.0 {
+        let warmup = Load {
+            rate: args.rate.unwrap_or(DEFAULT_RATE),
+            duration: Duration::from_secs_f64(args.warmup),
+            deadline: DEADLINE,
+            retry_unavailable,
+        };
+        let _ = load::drive(&channels, warmup, Instant::now()).await;
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    let measured =
+        Load { rate: args.rate.unwrap_or(DEFAULT_RATE), duration, deadline: DEADLINE, retry_unavailable };
+    let start = Instant::now();
+    let driver = {
+        let channels = channels.clone();
+        tokio::spawn(async move { load::drive(&channels, measured, start).await })
+    };
+    let fault_at = start + duration.mul_f64(FAULT_AT);
+    let end = start + duration;
+    tokio::time::sleep_until(fault_at).await;
+    let outcome = inject(&mut cluster, exe, fault, fault_at, end).await;
+    let calls: Vec<Call> =
+        driver.await.map_err(|e| BenchError::Setup(format!("the load task failed: {e}")))?;
+    let served_at_end = match &outcome {
+        Ok(Injected { faulty: Some(i), .. }) => {
+            endpoint_figure(&cluster.admin, &format!("worker-{i}"), "completed").await
+        }
+        _ => None,
+    };
+    drop(channels);
+    let Cluster { workers, gateway, .. } = cluster;
+    // The workers and the gateway are killed on drop; a stopped replica is continued first so
+    // that it dies at once.
+    if let Ok(Injected { faulty: Some(i), .. }) = &outcome
+        && let Some((worker, _)) = workers.get(*i)
+    {
+        let _ = worker.signal(Signal::CONT);
+    }
+    drop(workers);
+    drop(gateway);
+    let outcome = outcome?;
+    let fault_at_s = outcome.fault_at.duration_since(start).as_secs_f64();
+    let (rows, timeline) = report::summarise(
+        fault.name(),
+        &calls,
+        args.duration,
+        fault_at_s,
+        DEADLINE.as_secs_f64(),
+        outcome.in_flight,
+    );
+    let served_after_lift = match (outcome.served_at_lift, served_at_end) {
+        (Some(at_lift), Some(at_end)) => Some(at_end.saturating_sub(at_lift)),
+        _ => None,
+    };
+    let served_while_faulty = match (outcome.served_at_fault, outcome.served_at_lift.or(served_at_end)) {
+        (Some(at_fault), Some(later)) => Some(later.saturating_sub(at_fault)),
+        _ => None,
+    };
+    Ok((
+        rows,
+        FaultRun {
+            fault: fault.name().into(),
+            action: outcome.action,
+            faulty_replica: outcome.faulty.map(|i| format!("worker-{i}")),
+            fault_at_s: round_ms(fault_at_s),
+            lifted_at_s: outcome.lifted_at.map(|t| round_ms(t.duration_since(start).as_secs_f64())),
+            served_after_lift,
+            served_while_faulty,
+            timeline,
+        },
+    ))
+}
+
+fn round_ms(s: f64) -> f64 {
+    (s * 1e3).round() / 1e3
+}
+
+/// What injecting a fault did and saw.
+struct Injected {
+    action: String,
+    /// The worker the fault hit, when it hit one.
+    faulty: Option<usize>,
+    fault_at: Instant,
+    in_flight: Option<u64>,
+    served_at_fault: Option<u64>,
+    lifted_at: Option<Instant>,
+    served_at_lift: Option<u64>,
+}
+
+/// Injects `fault` now, and lifts it when its kind does, by `end` at the latest.
+async fn inject(
+    cluster: &mut Cluster,
+    exe: &Path,
+    fault: FaultKind,
+    planned: Instant,
+    end: Instant,
+) -> Result<Injected, BenchError> {
+    let admin = cluster.admin.clone();
+    let signal_worker = |cluster: &Cluster, i: usize, signal: Signal| -> Result<(), BenchError> {
+        cluster.workers[i].0.signal(signal).map_err(BenchError::Setup)
+    };
+    let mut injected = Injected {
+        action: String::new(),
+        faulty: None,
+        fault_at: planned,
+        in_flight: None,
+        served_at_fault: None,
+        lifted_at: None,
+        served_at_lift: None,
+    };
+    match fault {
+        FaultKind::Kill | FaultKind::Hang | FaultKind::Unavailable | FaultKind::Slow | FaultKind::Reset => {
+            let in_flight = endpoint_figures(&admin, "in_flight").await;
+            let completed = endpoint_figures(&admin, "completed").await;
+            let figure =
+                |figures: &[(String, u64)], id: &str| figures.iter().find(|(i, _)| i == id).map(|(_, n)| *n);
+            let busiest = (0..cluster.workers.len())
+                .max_by_key(|i| {
+                    let id = format!("worker-{i}");
+                    (figure(&in_flight, &id).unwrap_or(0), figure(&completed, &id).unwrap_or(0))
+                })
+                .unwrap_or(0);
+            let id = format!("worker-{busiest}");
+            injected.faulty = Some(busiest);
+            injected.in_flight = figure(&in_flight, &id);
+            injected.served_at_fault = figure(&completed, &id);
+            injected.fault_at = Instant::now();
+            match fault {
+                FaultKind::Kill => {
+                    signal_worker(cluster, busiest, Signal::KILL)?;
+                    injected.action = format!("SIGKILL {id}");
+                }
+                FaultKind::Hang => {
+                    signal_worker(cluster, busiest, Signal::STOP)?;
+                    tokio::time::sleep(HANG_FOR).await;
+                    signal_worker(cluster, busiest, Signal::CONT)?;
+                    injected.lifted_at = Some(Instant::now());
+                    injected.served_at_lift = endpoint_figure(&admin, &id, "completed").await;
+                    injected.action = format!("SIGSTOP {id}, SIGCONT {} s later", HANG_FOR.as_secs_f64());
+                }
+                _ => {
+                    signal_worker(cluster, busiest, Signal::USR1)?;
+                    let what = fault.worker_fault().unwrap_or_default();
+                    injected.action = format!("{id} --fault {what} (SIGUSR1), on until the end");
+                }
+            }
+        }
+        FaultKind::Flap => {
+            injected.fault_at = Instant::now();
+            let addresses: Vec<String> = cluster.workers.iter().map(|(_, a)| a.clone()).collect();
+            let mut in_flight_removed = 0;
+            let mut changes = 0;
+            let stop_at = end.checked_sub(Duration::from_secs(1)).unwrap_or(end);
+            let mut k = 0;
+            while Instant::now() + FLAP_EVERY <= stop_at {
+                let removed = format!("worker-{k}");
+                let figures = endpoint_figures(&admin, "in_flight").await;
+                in_flight_removed += figures.iter().find(|(id, _)| *id == removed).map_or(0, |(_, n)| *n);
+                let kept: Vec<(usize, &str)> = addresses
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != k)
+                    .map(|(i, a)| (i, a.as_str()))
+                    .collect();
+                write_endpoints(&cluster.endpoints, &kept)?;
+                changes += 1;
+                tokio::time::sleep(FLAP_EVERY).await;
+                k = (k + 1) % addresses.len();
+            }
+            let all: Vec<(usize, &str)> =
+                addresses.iter().enumerate().map(|(i, a)| (i, a.as_str())).collect();
+            write_endpoints(&cluster.endpoints, &all)?;
+            injected.lifted_at = Some(Instant::now());
+            injected.in_flight = Some(in_flight_removed);
+            injected.action = format!(
+                "every {} ms one endpoint out of the file and the one before back in ({changes} changes), then all back",
+                FLAP_EVERY.as_millis()
+            );
+        }
+        FaultKind::GatewayRestart => {
+            let port = cluster
+                .address
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .ok_or_else(|| BenchError::Setup(format!("no port in {}", cluster.address)))?;
+            let figures = endpoint_figures(&admin, "in_flight").await;
+            injected.in_flight = Some(figures.iter().map(|(_, n)| n).sum());
+            injected.fault_at = Instant::now();
+            cluster.gateway.signal(Signal::TERM).map_err(BenchError::Setup)?;
+            let listen = format!("127.0.0.1:{port}");
+            let freed = wait_for_port(&listen, Duration::from_secs(10)).await;
+            let (gateway, _, new_admin) = start_gateway(exe, &cluster.config, &listen).await?;
+            let old = std::mem::replace(&mut cluster.gateway, gateway);
+            cluster.admin = new_admin;
+            tokio::spawn(old.reap(Duration::from_secs(10)));
+            injected.lifted_at = Some(Instant::now());
+            injected.action = format!(
+                "SIGTERM the gateway; its port free {} ms later; a new gateway serving on it {} ms after the signal",
+                freed.map_or("not".to_string(), |d| d.as_millis().to_string()),
+                injected.fault_at.elapsed().as_millis()
+            );
+        }
+    }
+    Ok(injected)
+}
+
+/// Waits (at most `limit`) until `address` can be bound: how long it took, `None` if it never
+/// could.
+async fn wait_for_port(address: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::net::TcpListener::bind(address).is_ok() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_default_to_all_and_are_chosen_once_each() {
+        assert_eq!(chosen(None).unwrap(), FaultKind::ALL.to_vec());
+        assert_eq!(
+            chosen(Some(&[FaultKind::Hang, FaultKind::Kill])).unwrap(),
+            [FaultKind::Hang, FaultKind::Kill]
+        );
+        assert!(chosen(Some(&[FaultKind::Kill, FaultKind::Kill])).is_err());
+        assert!(pool_retry_lines().is_empty(), "no retries until the gateway has them");
+    }
+}
