@@ -142,7 +142,9 @@ impl KeysInput {
                 None => frames.push(Bytes::copy_from_slice(chunk)),
             }
         }
-        Self { path, config, headers, frames, stall: flags & 32 != 0, trailers: flags & 64 != 0 }
+        // Trailers end a body: a client that sent them cannot stall after them.
+        let trailers = flags & 64 != 0;
+        Self { path, config, headers, frames, stall: flags & 32 != 0 && !trailers, trailers }
     }
 }
 
@@ -257,14 +259,16 @@ pub fn orca(data: &[u8]) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Equal, with NaN named metrics equal to themselves (a peer may send them).
+/// Equal, with NaN equal to NaN (a peer may send it) and -0 to 0 (protobuf leaves a zero value
+/// out of a map entry, and it decodes as +0).
 fn same_load(a: &ReportedLoad, b: &ReportedLoad) -> bool {
+    let same = |x: f64, y: f64| x == y || (x.is_nan() && y.is_nan());
     let named = a.named.len() == b.named.len()
-        && a.named.iter().zip(&b.named).all(|((ka, va), (kb, vb))| ka == kb && va.to_bits() == vb.to_bits());
+        && a.named.iter().zip(&b.named).all(|((ka, va), (kb, vb))| ka == kb && same(*va, *vb));
     named
         && (a.queue_depth, a.running, a.capacity) == (b.queue_depth, b.running, b.capacity)
-        && a.kv_cache_utilization.to_bits() == b.kv_cache_utilization.to_bits()
-        && a.cpu_utilization.to_bits() == b.cpu_utilization.to_bits()
+        && same(a.kv_cache_utilization, b.kv_cache_utilization)
+        && same(a.cpu_utilization, b.cpu_utilization)
 }
 
 /// The served model's name in [`kserve_request`]'s first check.
