@@ -29,6 +29,8 @@ pub mod autoscale;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod infer;
 pub mod lab;

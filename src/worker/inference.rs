@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
-use switchyard_sim::{EngineHandle, GenerationRequest, SimError, SubmitError};
+use switchyard_sim::{EngineHandle, SimError, SubmitError};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
@@ -68,15 +68,7 @@ impl InferenceService {
         if !self.ready.load(Ordering::Acquire) {
             return Err(Status::unavailable("worker is shutting down"));
         }
-        self.engine
-            .submit(GenerationRequest {
-                prompt_tokens: parsed.prompt_tokens,
-                max_tokens: parsed.max_tokens,
-                prefix: parsed.prefix.clone(),
-                deadline,
-                output_tokens: None,
-            })
-            .map_err(submit_status)
+        self.engine.submit(parsed.generation_request(deadline)).map_err(submit_status)
     }
 
     /// Reads a `ModelStreamInfer` stream's requests and starts a generation for each, at most

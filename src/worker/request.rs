@@ -2,6 +2,7 @@
 //! name what is wrong.
 
 use switchyard_core::{BYTES_PER_TOKEN, PrefixBlocks};
+use switchyard_sim::GenerationRequest;
 use tonic::Status;
 
 use crate::proto::inference::infer_parameter::ParameterChoice;
@@ -62,6 +63,19 @@ pub struct ParsedInfer {
     pub raw: bool,
 }
 
+impl ParsedInfer {
+    /// The engine request for this inference, dropped while still queued at `deadline`.
+    pub fn generation_request(&self, deadline: Option<tokio::time::Instant>) -> GenerationRequest {
+        GenerationRequest {
+            prompt_tokens: self.prompt_tokens,
+            max_tokens: self.max_tokens,
+            prefix: self.prefix.clone(),
+            deadline,
+            output_tokens: None,
+        }
+    }
+}
+
 /// Checks the model name and version, reads `text_input` and the parameters.
 pub fn parse_infer(req: &ModelInferRequest, model: &str, block_tokens: u32) -> Result<ParsedInfer, Status> {
     check_model(&req.model_name, &req.model_version, model)?;
@@ -94,8 +108,10 @@ pub fn parse_infer(req: &ModelInferRequest, model: &str, block_tokens: u32) -> R
             tensor.datatype
         )));
     }
-    let elements: i64 = tensor.shape.iter().product();
-    if tensor.shape.is_empty() || elements != 1 {
+    // The client's dimensions: a negative one, or a product past i64, is no shape of one prompt
+    // (and must not overflow here: -1 x -1 is not 1).
+    let elements = tensor.shape.iter().try_fold(1i64, |n, &d| if d < 0 { None } else { n.checked_mul(d) });
+    if tensor.shape.is_empty() || elements != Some(1) {
         return Err(Status::invalid_argument(format!(
             "input tensor '{TEXT_INPUT}' must hold one prompt (shape [1]), got shape {:?}",
             tensor.shape
@@ -296,6 +312,20 @@ mod tests {
         let err = parse_infer(&req, "m", 512).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("9 bytes"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_shape_of_negative_or_overflowing_dimensions_is_refused() {
+        for shape in [vec![1 << 32, 1 << 32], vec![-1, -1], vec![i64::MAX, 2, 0], vec![0]] {
+            let mut req = request("some prompt");
+            req.inputs[0].shape = shape.clone();
+            let err = parse_infer(&req, "m", 512).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{shape:?}");
+            assert!(err.message().contains("shape ["), "{shape:?}: {}", err.message());
+        }
+        let mut req = request("some prompt");
+        req.inputs[0].shape = vec![1, 1, 1];
+        assert!(parse_infer(&req, "m", 512).is_ok(), "[1, 1, 1] holds one prompt");
     }
 
     #[test]

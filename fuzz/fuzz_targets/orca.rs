@@ -1,0 +1,8 @@
+//! Fuzz target: [`switchyard::fuzzing::orca`] over arbitrary bytes; a violated invariant panics.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(violation) = switchyard::fuzzing::orca(data) {
+        panic!("{violation}");
+    }
+});
