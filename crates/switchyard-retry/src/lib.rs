@@ -20,8 +20,11 @@
 //!   budget: tower's [`TpsBudget`](tower::retry::budget::TpsBudget), every call depositing and
 //!   every retry withdrawing, allows retries of `ratio` of the calls of the last `ttl` (0.1 of
 //!   10 s) plus `min_per_second` (10), as linkerd's budget does; so at steady state retries add
-//!   at most 10 % to the requests sent upstream, and a failing pool is not hit with three times
-//!   its load. [`RetryLayer::stats`] counts the retries and the budget's refusals.
+//!   at most 10 % to the requests sent upstream, plus the floor's 10 a second, and a failing pool
+//!   is not hit with three times its load. With every call failing (a test under the paused
+//!   clock, a minute of calls): 600 retries for 6,000 calls at 100 a second with the floor off,
+//!   1,200 with it, and 6,600 for 60,000 calls at 1,000 a second. [`RetryLayer::stats`] counts
+//!   the retries and the budget's refusals.
 //! - **When.** After gRPC's exponential backoff with jitter (a uniform draw below 25 ms, then
 //!   50 ms, ... up to 1 s), drawn from a seeded generator; or after the `grpc-retry-pushback-ms`
 //!   the server sent, where a negative or malformed value means not to retry. Never past the

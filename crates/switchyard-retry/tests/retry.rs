@@ -299,3 +299,42 @@ async fn the_replayed_body_reaches_the_second_endpoint_byte_for_byte() {
     let bodies = b.bodies.lock().unwrap().clone();
     assert_eq!(bodies, vec![Bytes::from_static(b"\0\0\0\0\x05hello\0\0\0\0\x05world")]);
 }
+
+/// Retries over calls when every call fails with a retryable status, `rate` calls a second
+/// arriving whatever the earlier ones are doing, for a minute (paused clock), under `budget`.
+async fn steady_state_share(budget: BudgetConfig, rate: u64) -> f64 {
+    let a = Replica::new(Answer::Status("14", None));
+    let mut config = config();
+    config.budget = budget;
+    let layer = RetryLayer::new(config).unwrap();
+    let service = tower::Layer::layer(&layer, balancer(&[("a", &a)]));
+    let mut calls = Vec::new();
+    for _ in 0..60 * rate {
+        let mut service = service.clone();
+        calls.push(tokio::spawn(async move {
+            let _ = send(&mut service, request(IDEMPOTENT, &[b"x"])).await;
+        }));
+        tokio::time::sleep(Duration::from_micros(1_000_000 / rate)).await;
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    let stats = layer.stats();
+    assert_eq!(stats.calls, 60 * rate);
+    assert_eq!(a.calls() as u64, stats.calls + stats.retries);
+    stats.retries as f64 / stats.calls as f64
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_steady_state_the_budget_holds_retries_to_its_ratio() {
+    // The share alone: at most one retry per ten calls.
+    let ratio_only = BudgetConfig { ratio: 0.1, min_per_second: 0, ..BudgetConfig::default() };
+    let share = steady_state_share(ratio_only, 100).await;
+    assert!((0.09..=0.10).contains(&share), "{share}");
+    // The default floor (10 retries a second) comes on top: a tenth more at 100 calls a second,
+    // a hundredth at 1,000.
+    let share = steady_state_share(BudgetConfig::default(), 100).await;
+    assert!((0.19..=0.21).contains(&share), "{share}");
+    let share = steady_state_share(BudgetConfig::default(), 1000).await;
+    assert!((0.10..=0.111).contains(&share), "{share}");
+}
