@@ -114,12 +114,11 @@ impl<B> Replayable<B> {
         !self.lock().committed
     }
 
-    /// The call is committed to its current attempt (its response has begun): the record is
-    /// dropped, and the attempt's body passes the rest through.
+    /// The call is committed to its current attempt (its response has begun): nothing more is
+    /// recorded, and the record is dropped once the attempt has sent it all again (a response may
+    /// begin before a retry has replayed its body).
     pub(crate) fn commit(&self) {
-        let mut recording = self.lock();
-        recording.committed = true;
-        recording.frames = Vec::new();
+        self.lock().committed = true;
     }
 }
 
@@ -148,6 +147,10 @@ where
         if let Some(frame) = recording.frames.get(*next) {
             *next += 1;
             return Poll::Ready(Some(Ok(copy(frame))));
+        }
+        if recording.committed && !recording.frames.is_empty() {
+            // Committed and all sent again: no attempt will need the record.
+            recording.frames = Vec::new();
         }
         let Some(source) = recording.source.as_mut() else { return Poll::Ready(None) };
         match Pin::new(source).poll_frame(cx) {
@@ -234,6 +237,21 @@ mod tests {
         assert!(first.frame().await.unwrap().is_err());
         let whole = second.collect().await.unwrap().to_bytes();
         assert_eq!(whole, "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_response_that_begins_before_the_replay_ends_does_not_cut_it() {
+        let call = Replayable::new(source(&["ab", "cd", "ef"]), 1024);
+        let mut first = call.first();
+        for _ in 0..2 {
+            first.frame().await.unwrap().unwrap();
+        }
+        let mut second = call.retry().unwrap();
+        let frame = second.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "ab");
+        call.commit();
+        let rest = second.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "cdef");
     }
 
     #[tokio::test]
