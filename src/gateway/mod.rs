@@ -161,6 +161,7 @@
 //! backoff_multiplier = 2
 //! buffer_bytes = 262144           # request bytes kept for a replay
 //! budget = { ratio = 0.1, min_per_second = 10, ttl = "10s" }
+//! hedge_after = "100ms"           # off by default
 //! ```
 //!
 //! A call that never reached a replica (connection refused, `REFUSED_STREAM`, a graceful GOAWAY
@@ -168,13 +169,16 @@
 //! its method; a trailers-only response with one of `codes` only for the `idempotent` methods; a
 //! response that has begun (a stream's first message) never. Retries come out of the budget
 //! (`ratio` of the calls of the last `ttl`, plus `min_per_second`: at steady state at most 10 %
-//! more requests upstream), wait the backoff (a uniform draw below 25 ms, 50 ms, ... 1 s) or the
+//! more requests upstream, plus the floor's 10 a second), wait the backoff (a uniform draw below 25 ms, 50 ms, ... 1 s) or the
 //! replica's `grpc-retry-pushback-ms` (a negative or malformed one means no retry), and are not
 //! made past the call's deadline (`grpc-timeout`). The request body is replayed from a record of
 //! its first `buffer_bytes`; a call that sends more before its response begins is not retried.
+//! With `hedge_after`, a unary call of an idempotent method still unanswered after the delay is
+//! sent once more (out of the same budget); the first answer wins and the other is cancelled.
 //! Each attempt is picked, counted and limited by the balancer as a request of its own.
 //! `/metrics` counts them (`switchyard_pool_retry_calls_total`, `switchyard_pool_retries_total`,
-//! `switchyard_pool_retry_budget_exhausted_total`), as the admin API's `layers` does.
+//! `switchyard_pool_retry_budget_exhausted_total`, `switchyard_pool_hedges_total`), as the admin
+//! API's `layers` does.
 //!
 //! The config is validated before anything starts; an error names the field and its line, and the
 //! command exits with status 1:

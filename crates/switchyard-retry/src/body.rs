@@ -27,7 +27,16 @@ pub struct RetryBody<B> {
 
 enum Kind<B> {
     Direct(B),
-    Attempt { shared: Arc<Mutex<Recording<B>>>, attempt: u32, next: usize },
+    Attempt {
+        shared: Arc<Mutex<Recording<B>>>,
+        attempt: u32,
+        next: usize,
+    },
+    /// A hedge: the whole record, the source having ended, beside the attempt it races.
+    Hedge {
+        shared: Arc<Mutex<Recording<B>>>,
+        next: usize,
+    },
 }
 
 /// What one call's attempts share: the client's body and the frames taken from it so far.
@@ -122,6 +131,18 @@ impl<B> Replayable<B> {
     }
 }
 
+impl<B: Body> Replayable<B> {
+    /// The body of a hedge racing the current attempt: the whole request again, from the record;
+    /// `None` unless the client's body has ended and is all recorded (a unary call's, once sent).
+    pub(crate) fn hedge(&self) -> Option<RetryBody<B>> {
+        let recording = self.lock();
+        if recording.committed || recording.source.as_ref().is_some_and(|source| !source.is_end_stream()) {
+            return None;
+        }
+        Some(RetryBody { kind: Kind::Hedge { shared: self.shared.clone(), next: 0 } })
+    }
+}
+
 impl<B> Body for RetryBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -139,6 +160,12 @@ where
                 return Pin::new(body).poll_frame(cx).map(|f| f.map(|f| f.map_err(Into::into)));
             }
             Kind::Attempt { shared, attempt, next } => (shared, *attempt, next),
+            Kind::Hedge { shared, next } => {
+                let recording = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let frame = recording.frames.get(*next).map(copy);
+                *next += 1;
+                return Poll::Ready(frame.map(Ok));
+            }
         };
         let mut recording = shared.lock().unwrap_or_else(PoisonError::into_inner);
         if recording.current != attempt {
@@ -185,6 +212,9 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Direct(body) => body.is_end_stream(),
+            Kind::Hedge { shared, next } => {
+                *next >= shared.lock().unwrap_or_else(PoisonError::into_inner).frames.len()
+            }
             Kind::Attempt { shared, attempt, next } => {
                 let recording = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 recording.current == *attempt
@@ -197,7 +227,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Direct(body) => body.size_hint(),
-            Kind::Attempt { .. } => SizeHint::default(),
+            Kind::Attempt { .. } | Kind::Hedge { .. } => SizeHint::default(),
         }
     }
 }
@@ -209,6 +239,7 @@ impl<B> std::fmt::Debug for RetryBody<B> {
             Kind::Attempt { attempt, next, .. } => {
                 f.debug_struct("RetryBody").field("attempt", attempt).field("next", next).finish()
             }
+            Kind::Hedge { next, .. } => f.debug_struct("RetryBody::Hedge").field("next", next).finish(),
         }
     }
 }

@@ -38,8 +38,13 @@ pub struct RetryConfig {
     pub max_backoff: Duration,
     /// The bound's growth per retry: 2 by default.
     pub backoff_multiplier: f64,
-    /// Retries allowed: a share of recent requests plus a floor.
+    /// Retries allowed: a share of recent requests plus a floor (hedges come out of it too).
     pub budget: BudgetConfig,
+    /// Hedging (gRFC A6's `hedgingDelay`): a unary call of an idempotent method that has no
+    /// response this long after it was sent, and whose request has been sent whole, is sent once
+    /// more; the first answer wins and the other attempt is cancelled. Off by default.
+    #[serde(with = "optional_duration")]
+    pub hedge_after: Option<Duration>,
     /// Request bytes kept for a replay (gRPC's per-RPC buffer limit): a request that sends more
     /// before its response begins is committed to its first endpoint. 256 KiB by default.
     pub buffer_bytes: usize,
@@ -77,6 +82,7 @@ impl Default for RetryConfig {
             max_backoff: Duration::from_secs(1),
             backoff_multiplier: 2.0,
             budget: BudgetConfig::default(),
+            hedge_after: None,
             buffer_bytes: 256 << 10,
         }
     }
@@ -226,6 +232,21 @@ impl<'de> Deserialize<'de> for CodeName {
     }
 }
 
+/// An optional duration as a string (`"50ms"`), above zero.
+mod optional_duration {
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let duration = super::duration::deserialize(deserializer)?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom("must be above zero"));
+        }
+        Ok(Some(duration))
+    }
+}
+
 /// Durations as strings (`"25ms"`).
 mod duration {
     use std::time::Duration;
@@ -271,5 +292,7 @@ mod tests {
         assert!(parse("initial_backoff = \"soon\"").unwrap_err().contains("soon"));
         assert!(parse("budget = { ttl = \"2m\" }").unwrap_err().contains("`budget.ttl`"));
         assert!(parse("atempts = 2").unwrap_err().contains("atempts"));
+        assert!(parse("hedge_after = \"0s\"").unwrap_err().contains("above zero"));
+        assert_eq!(parse("hedge_after = \"50ms\"").unwrap().hedge_after, Some(Duration::from_millis(50)));
     }
 }

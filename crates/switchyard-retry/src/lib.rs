@@ -35,6 +35,14 @@
 //!   rest of the client's body ([`RetryBody`]). A call that sends more before its response
 //!   begins is committed to its endpoint and not retried.
 //!
+//! - **Hedging** (optional, `hedge_after`; gRFC A6's hedging policy): a call of an idempotent
+//!   method that has no answer after the delay, and whose request has been sent whole (a unary
+//!   call's), is sent once more, out of the same budget; the first answer wins (unless it is a
+//!   failure a retry would take while the other is still out), and the other attempt is dropped,
+//!   which cancels it: its stream is reset, and the balancer counts it as cancelled, not as its
+//!   endpoint's failure. A load-aware policy sends the hedge elsewhere, the first attempt being
+//!   in flight on its endpoint.
+//!
 //! The layer sits just above the balancer; below it, requests carry a [`RetryBody`], which the
 //! endpoint's service sends like any body.
 //!

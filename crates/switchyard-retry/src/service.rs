@@ -63,7 +63,7 @@ where
     S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
     RB: Send + 'static,
 {
     type Response = http::Response<RB>;
@@ -102,6 +102,7 @@ async fn attempts<S, B, RB>(
 where
     S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
+    B: http_body::Body,
 {
     let config = &policy.config;
     let counters = &policy.counters;
@@ -119,7 +120,11 @@ where
     let mut backoff = Backoff::new(config, seed);
     let mut tried = TriedEndpoints::default();
     let head = copy_head(&parts);
-    let mut result = inner.call(http::Request::from_parts(parts, call.first())).await.map_err(Into::into);
+    let first = inner.call(http::Request::from_parts(parts, call.first()));
+    let mut result = match config.hedge_after {
+        Some(delay) if idempotent => hedged(first, delay, &mut inner, &policy, &call, &head).await,
+        _ => first.await.map_err(Into::into),
+    };
     for _ in 1..config.attempts {
         let Verdict::Retry { endpoint, pushback } = verdict(&result, idempotent, config) else { break };
         if !call.is_replayable() {
@@ -152,4 +157,54 @@ where
     // The response has begun (or the call is over): nothing more is recorded.
     call.commit();
     result
+}
+
+/// The first attempt of an idempotent call, raced after `delay` by a hedge when its request has
+/// been sent whole and the budget allows: the first answer wins, unless it is a failure a retry
+/// would take while the other attempt is still out; the other is dropped, which cancels it (its
+/// stream is reset, and its endpoint counts it as cancelled, not failed).
+async fn hedged<S, B, RB>(
+    first: S::Future,
+    delay: std::time::Duration,
+    inner: &mut S,
+    policy: &Policy,
+    call: &Replayable<B>,
+    head: &http::request::Parts,
+) -> Result<http::Response<RB>, BoxError>
+where
+    S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    let first = async move { first.await.map_err(Into::<BoxError>::into) };
+    let mut first = std::pin::pin!(first);
+    tokio::select! {
+        result = &mut first => return result,
+        () = tokio::time::sleep(delay) => {}
+    }
+    // A stream still sending, or a call past its buffer: no hedge.
+    let Some(body) = call.hedge() else { return first.await };
+    if !policy.budget.withdraw() {
+        Counters::bump(&policy.counters.budget_exhausted);
+        return first.await;
+    }
+    Counters::bump(&policy.counters.hedges);
+    tracing::debug!(path = head.uri.path(), ?delay, "hedging");
+    let req = http::Request::from_parts(copy_head(head), body);
+    let second = async move {
+        let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
+        ready?.call(req).await.map_err(Into::into)
+    };
+    let mut second = std::pin::pin!(second);
+    let config = &policy.config;
+    tokio::select! {
+        result = &mut first => match verdict(&result, true, config) {
+            Verdict::Done => result,
+            Verdict::Retry { .. } => second.await,
+        },
+        result = &mut second => match verdict(&result, true, config) {
+            Verdict::Done => result,
+            Verdict::Retry { .. } => first.await,
+        },
+    }
 }

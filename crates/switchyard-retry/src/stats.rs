@@ -10,8 +10,10 @@ pub struct RetryStats {
     pub calls: u64,
     /// Attempts after the first (the requests retries added upstream).
     pub retries: u64,
-    /// Retries the budget refused.
+    /// Retries (and hedges) the budget refused.
     pub budget_exhausted: u64,
+    /// Hedges sent (attempts racing a slow first one).
+    pub hedges: u64,
     /// Retries not made because the call was committed (its request body past the buffer bound).
     pub not_replayable: u64,
 }
@@ -22,6 +24,7 @@ pub(crate) struct Counters {
     pub(crate) calls: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) budget_exhausted: AtomicU64,
+    pub(crate) hedges: AtomicU64,
     pub(crate) not_replayable: AtomicU64,
 }
 
@@ -35,6 +38,7 @@ impl Counters {
             calls: self.calls.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             budget_exhausted: self.budget_exhausted.load(Ordering::Relaxed),
+            hedges: self.hedges.load(Ordering::Relaxed),
             not_replayable: self.not_replayable.load(Ordering::Relaxed),
         }
     }

@@ -338,3 +338,84 @@ async fn at_steady_state_the_budget_holds_retries_to_its_ratio() {
     let share = steady_state_share(BudgetConfig::default(), 1000).await;
     assert!((0.10..=0.111).contains(&share), "{share}");
 }
+
+/// Endpoints that answer at once, but for the next call after `slow` was set, which answers
+/// after a second; a call dropped before it answers is counted as cancelled.
+#[derive(Clone, Default)]
+struct SlowFirst {
+    slow: Arc<std::sync::atomic::AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicUsize>,
+}
+
+/// Counts a call as cancelled if dropped before it is disarmed.
+struct CancelGuard(Option<Arc<AtomicUsize>>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(cancelled) = self.0.take() {
+            cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl<B> Service<http::Request<RetryBody<B>>> for SlowFirst
+where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<http::Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<RetryBody<B>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            this.calls.fetch_add(1, Ordering::SeqCst);
+            let slow = this.slow.swap(false, Ordering::SeqCst);
+            let mut guard = CancelGuard(Some(this.cancelled.clone()));
+            let body = req.into_body().collect().await?.to_bytes();
+            assert_eq!(body, "x", "each attempt sends the whole request");
+            if slow {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            guard.0 = None;
+            Ok(status("0", None))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_cancels_the_loser() {
+    let replica = SlowFirst::default();
+    let backends =
+        ["a", "b"].map(|id| Backend::new(Endpoint::new(id, format!("http://{id}")), replica.clone()));
+    let balancer: Balance<_, http::Request<RetryBody<Source>>> = Balance::from_backends(backends);
+    let mut config = config();
+    config.hedge_after = Some(Duration::from_millis(50));
+    let layer = RetryLayer::new(config).unwrap();
+    let mut service = tower::Layer::layer(&layer, Shared::new(balancer));
+    replica.slow.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let result = service.ready().await.unwrap().call(request(IDEMPOTENT, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("0"));
+    assert_eq!(start.elapsed(), Duration::from_millis(50), "the hedge answered, not the slow first attempt");
+    drop(result);
+    assert_eq!(replica.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(replica.cancelled.load(Ordering::SeqCst), 1, "the slow attempt was cancelled");
+    assert_eq!(layer.stats().hedges, 1);
+
+    // A call that answers before the delay is not hedged; nor is a method not marked idempotent.
+    let result = service.ready().await.unwrap().call(request(IDEMPOTENT, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("0"));
+    replica.slow.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let result = service.ready().await.unwrap().call(request(OTHER, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("0"));
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!((replica.calls.load(Ordering::SeqCst), layer.stats().hedges), (4, 1));
+}

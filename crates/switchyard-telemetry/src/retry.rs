@@ -28,6 +28,7 @@ impl ScrapeSource for RetryMetrics {
             (names::POOL_RETRY_CALLS, "Calls the pool's retry layer took."),
             (names::POOL_RETRIES, "Attempts the pool's retry layer made after a call's first."),
             (names::POOL_RETRY_BUDGET_EXHAUSTED, "Retries the pool's retry budget refused."),
+            (names::POOL_HEDGES, "Hedges the pool's retry layer sent."),
         ];
         for (name, help) in series {
             recorder.describe_counter(name.into(), Some(Unit::Count), help.into());
@@ -37,6 +38,7 @@ impl ScrapeSource for RetryMetrics {
             (names::POOL_RETRY_CALLS, stats.calls),
             (names::POOL_RETRIES, stats.retries),
             (names::POOL_RETRY_BUDGET_EXHAUSTED, stats.budget_exhausted),
+            (names::POOL_HEDGES, stats.hedges),
         ] {
             let labels = vec![Label::new(names::POOL, self.pool.clone())];
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA).absolute(value);
@@ -53,6 +55,7 @@ impl ScrapeSource for RetryMetrics {
                 ("calls", stats.calls as f64),
                 ("retries", stats.retries as f64),
                 ("budget_exhausted", stats.budget_exhausted as f64),
+                ("hedges", stats.hedges as f64),
                 ("not_replayable", stats.not_replayable as f64),
             ],
         })
