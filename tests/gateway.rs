@@ -447,6 +447,9 @@ fn the_example_config_is_valid() {
     assert_eq!(pools, ["llama-3.1-8b", "mistral-7b"]);
     assert_eq!(config.pools[0].endpoints[1].id.as_str(), "a100-0");
     assert_eq!(config.default_pool(), Some("llama-3.1-8b"));
+    let retry = config.pools[0].retry.as_ref().expect("the example's first pool retries");
+    assert!(retry.is_idempotent("/inference.GRPCInferenceService/ModelInfer"));
+    assert_eq!(config.pools[1].retry, None);
 }
 
 #[tokio::test]

@@ -104,6 +104,11 @@ pub struct PoolConfig {
     /// reports in its own responses' trailers ([`crate::oob_reports`]). Useful where several
     /// gateways or clients balance over the same replicas; off by default.
     pub load_reports: Option<Duration>,
+    /// Retries (`retry = { attempts = 3, idempotent = ["/pkg.Service/*"] }`), in the pool's
+    /// stack just above its balancer: what never reached a replica, on another endpoint, and a
+    /// retryable status of the methods marked idempotent, within a retry budget
+    /// ([`switchyard_retry`]). Off by default.
+    pub retry: Option<switchyard_retry::RetryConfig>,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -171,7 +176,14 @@ impl PoolConfig {
             keys: PoolKeys::default(),
             hold_when_empty: false,
             load_reports: None,
+            retry: None,
         }
+    }
+
+    /// The same pool, retrying by `retry`.
+    pub fn with_retry(mut self, retry: switchyard_retry::RetryConfig) -> Self {
+        self.retry = Some(retry);
+        self
     }
 
     /// The same pool with this drain timeout for the endpoints discovery removes.
@@ -513,6 +525,65 @@ fn check_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A pool's `retry` table: a field of the wrong type, unknown or out of range is named with its
+/// line (`pool[0].retry.attempts`).
+fn retry_config(
+    pool: usize,
+    value: Spanned<toml::Value>,
+    lines: &Lines<'_>,
+) -> Result<switchyard_retry::RetryConfig, ConfigError> {
+    let field = format!("pool[{pool}].retry");
+    let span = value.span();
+    let table = match value.get_ref() {
+        toml::Value::Table(table) => table.clone(),
+        _ => return Err(lines.error(field, span, "a table, e.g. `retry = { attempts = 3 }`")),
+    };
+    // Each field is read alone first, so that an error names it (and its line, found in the
+    // file's text below the table's start).
+    let line_of_key = |key: &str| -> usize {
+        let start = line_of(lines.text, span.start);
+        // An inline table's span holds its keys; a `[pool.retry]` table's holds only its header,
+        // so its keys are looked for down to the next header.
+        let rest = lines.text.get(span.start..).unwrap_or("");
+        let end = if rest.starts_with('[') {
+            let body = rest.find('\n').map_or(rest.len(), |n| n + 1);
+            rest[body..].find("\n[").map_or(rest.len(), |n| body + n)
+        } else {
+            span.end - span.start
+        };
+        let text = rest.get(..end).unwrap_or("");
+        // `key` as a key: not inside another word, followed by `=`.
+        let at = text.match_indices(key).map(|(at, _)| at).find(|&at| {
+            let before = text[..at].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+            before && text[at + key.len()..].trim_start().starts_with('=')
+        });
+        at.map_or(start, |at| line_of(lines.text, span.start + at))
+    };
+    let located = |key: &str, message: String| ConfigError {
+        file: None,
+        line: Some(line_of_key(key)),
+        field: Some(format!("{field}.{key}")),
+        message,
+    };
+    for (key, value) in &table {
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), value.clone());
+        if let Err(e) = toml::Value::Table(one).try_into::<switchyard_retry::RetryConfig>() {
+            return Err(located(key, e.message().trim().to_owned()));
+        }
+    }
+    let config: switchyard_retry::RetryConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e| lines.error(field.clone(), span.clone(), e.message().trim()))?;
+    config.validate().map_err(|e| {
+        let key = e.field.split('.').next().unwrap_or(e.field);
+        let mut error = located(key, e.message.clone());
+        error.field = Some(format!("{field}.{}", e.field));
+        error
+    })?;
+    Ok(config)
+}
+
 /// The path (`pool[0].endpoints[1].weight`) of the innermost field whose value spans `offset`
 /// in `text`, named as validation errors name fields; `None` if `text` is not valid TOML or
 /// `offset` is in no value.
@@ -639,6 +710,8 @@ struct RawPool {
     keys: Option<Spanned<RawPoolKeys>>,
     hold_when_empty: Option<Spanned<bool>>,
     load_reports: Option<Spanned<String>>,
+    /// Read as any value, so that its fields' errors name the field and its line here.
+    retry: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -874,6 +947,10 @@ impl RawConfig {
                     Some(interval)
                 }
             };
+            let retry = match pool.retry {
+                None => None,
+                Some(value) => Some(retry_config(i, value, lines)?),
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
@@ -886,6 +963,7 @@ impl RawConfig {
                 keys,
                 hold_when_empty,
                 load_reports,
+                retry,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {
@@ -990,6 +1068,41 @@ pool = "b"
 
     fn error(text: &str) -> ConfigError {
         GatewayConfig::from_toml(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_pool_retries_by_its_retry_table_and_a_bad_field_names_its_line() {
+        let c = GatewayConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.pools[1].retry, None, "off by default");
+        let text = GOOD.replace(
+            "name = \"b\"\n",
+            "name = \"b\"\nretry = { attempts = 4, idempotent = [\"/inference.GRPCInferenceService/*\"] }\n",
+        );
+        let retry = GatewayConfig::from_toml(&text).unwrap().pools[1].retry.clone().unwrap();
+        assert_eq!(retry.attempts, 4);
+        assert!(retry.is_idempotent("/inference.GRPCInferenceService/ModelInfer"));
+        assert!(!retry.is_idempotent("/other.Service/Write"));
+
+        let table = |body: &str| {
+            GOOD.replace(
+                "endpoints = [{ address = \"http://127.0.0.1:9003\" }]\n",
+                &format!("endpoints = [{{ address = \"http://127.0.0.1:9003\" }}]\n[pool.retry]\nidempotent = [\"/a.B/C\"]\n{body}\n"),
+            )
+        };
+        let e = error(&table("attempts = 9"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("pool[1].retry.attempts")), "{e}");
+        assert!(e.message.contains("between 2 and 5"), "{e}");
+        let e = error(&table("codes = [\"UNAVALABLE\"]"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("pool[1].retry.codes")), "{e}");
+        assert!(e.message.contains("UNAVALABLE"), "{e}");
+        let e = error(&table("atempts = 2"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("pool[1].retry.atempts")), "{e}");
+        let e = error(&table("budget = { ttl = \"2m\" }"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("pool[1].retry.budget.ttl")), "{e}");
+        let e = error(&table("initial_backoff = \"soon\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("pool[1].retry.initial_backoff")), "{e}");
+        let e = error(&GOOD.replace("name = \"b\"\n", "name = \"b\"\nretry = 3\n"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].retry")), "{e}");
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses
 //! mapped from the typed error of the layer that failed ([`switchyard_core::status_of`]):
 //! `UNAVAILABLE` when the pool has no endpoint, none fits, or the endpoint's connection fails
-//! (nothing is retried: the body has already been streamed; a connection that fails after the
+//! (nothing is retried unless the pool has `retry`, below; a connection that fails after the
 //! response began ends it with `UNAVAILABLE` trailers), `RESOURCE_EXHAUSTED` (with
 //! `grpc-retry-pushback-ms` when known) when a layer sheds the request, `DEADLINE_EXCEEDED` when
 //! a pool's `timeout` passes, `UNIMPLEMENTED` when no route takes the request (the message names
@@ -147,6 +147,38 @@
 //! [`layers`]: today `timeout`), then its balancer. Its `policy` is a name or a table with
 //! parameters (`policy = { name = "...", ... }`), built by the policy registry, to which crates
 //! and programs add their own.
+//!
+//! A pool may retry (`retry`, [`switchyard_retry`], after gRPC's retry policy, gRFC A6), in its
+//! stack just above the balancer, below its `layers`:
+//!
+//! ```toml
+//! [pool.retry]
+//! attempts = 3                    # the first included; 2 to 5
+//! idempotent = ["/inference.GRPCInferenceService/*"]   # full paths, or a service's `/*`
+//! codes = ["UNAVAILABLE"]         # the defaults from here down
+//! initial_backoff = "25ms"
+//! max_backoff = "1s"
+//! backoff_multiplier = 2
+//! buffer_bytes = 262144           # request bytes kept for a replay
+//! budget = { ratio = 0.1, min_per_second = 10, ttl = "10s" }
+//! hedge_after = "100ms"           # off by default
+//! ```
+//!
+//! A call that never reached a replica (connection refused, `REFUSED_STREAM`, a graceful GOAWAY
+//! before the replica took the stream) is sent again on an endpoint it has not tried, whatever
+//! its method; a trailers-only response with one of `codes` only for the `idempotent` methods; a
+//! response that has begun (a stream's first message) never. Retries come out of the budget
+//! (`ratio` of the calls of the last `ttl`, plus `min_per_second`: at steady state at most 10 %
+//! more requests upstream, plus the floor's 10 a second), wait the backoff (a uniform draw below 25 ms, 50 ms, ... 1 s) or the
+//! replica's `grpc-retry-pushback-ms` (a negative or malformed one means no retry), and are not
+//! made past the call's deadline (`grpc-timeout`). The request body is replayed from a record of
+//! its first `buffer_bytes`; a call that sends more before its response begins is not retried.
+//! With `hedge_after`, a unary call of an idempotent method still unanswered after the delay is
+//! sent once more (out of the same budget); the first answer wins and the other is cancelled.
+//! Each attempt is picked, counted and limited by the balancer as a request of its own.
+//! `/metrics` counts them (`switchyard_pool_retry_calls_total`, `switchyard_pool_retries_total`,
+//! `switchyard_pool_retry_budget_exhausted_total`, `switchyard_pool_hedges_total`), as the admin
+//! API's `layers` does.
 //!
 //! The config is validated before anything starts; an error names the field and its line, and the
 //! command exits with status 1:

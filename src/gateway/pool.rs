@@ -16,16 +16,21 @@ use switchyard_discovery::{HeldBack, Source};
 use tower::discover::Change;
 
 use switchyard_hash::precise::{KvFeed, KvSubscriber, PrefixAwarePrecise, SubscriberConfig};
+use switchyard_retry::{RetryBody, RetryLayer};
 
 use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
 use super::layers::{self, BoxPoolService};
 use super::upstream::EndpointClient;
 
-/// A request on its way to an endpoint.
+/// A request as a pool gets it.
 pub(crate) type UpstreamRequest = http::Request<RequestBody>;
 
-type Balancer = Balance<EndpointClient, UpstreamRequest>;
+/// A request on its way to an endpoint: its body replayable when the pool retries (passed
+/// through otherwise).
+pub(crate) type EndpointRequest = http::Request<RetryBody<RequestBody>>;
+
+type Balancer = Balance<EndpointClient, EndpointRequest>;
 
 /// A pool's balancer, called in place by every stream of the gateway (no task in between).
 pub(crate) type Upstream = Shared<Balancer>;
@@ -202,7 +207,10 @@ impl Pool {
             // clients below do not. Only the RPC spans read it in the responses'. (The
             // observer is told the endpoint.)
             .with_picked_endpoint_in_requests(false)
-            .with_completion(HttpCompletion::new().with_picked_endpoint(picked_endpoint));
+            // A retry reads in the response which endpoint gave a retryable status.
+            .with_completion(
+                HttpCompletion::new().with_picked_endpoint(picked_endpoint || config.retry.is_some()),
+            );
         let balancer = match endpoint_limit {
             Some(limit) => balancer.with_endpoint_limit(limit),
             None => balancer,
@@ -225,18 +233,44 @@ impl Pool {
         let upstream = Shared::new(balancer);
         let mut layer_metrics = Vec::new();
         let mut queues = Vec::new();
-        let layered = match config.layers.as_slice() {
-            [] => None,
-            specs => {
-                let direct = BoxPoolService::new(Direct { upstream: upstream.clone() });
+        let retry = match &config.retry {
+            None => None,
+            Some(retry) => Some(RetryLayer::with_seed(retry.clone(), seed).map_err(|e| ConfigError {
+                file: None,
+                line: None,
+                field: Some(format!("pool {:?} retry.{}", config.name, e.field)),
+                message: e.message,
+            })?),
+        };
+        let layered = match (config.layers.as_slice(), retry) {
+            ([], None) => None,
+            (specs, retry) => {
+                // The retry layer sits just above the balancer, below the pool's other layers:
+                // each attempt is picked, counted and limited as a request of its own.
+                let bottom = match retry {
+                    None => BoxPoolService::new(Direct { upstream: upstream.clone() }),
+                    Some(retry) => {
+                        layer_metrics.push(Arc::new(switchyard_telemetry::RetryMetrics::new(
+                            config.name.as_str(),
+                            retry.clone(),
+                        ))
+                            as Arc<dyn switchyard_telemetry::ScrapeSource>);
+                        BoxPoolService::new(tower::ServiceExt::map_response(
+                            tower::Layer::layer(&retry, upstream.clone()),
+                            |response: http::Response<
+                                switchyard_balance::TrackedBody<super::h2stream::RecvBody>,
+                            >| { response.map(ProxyBody::upstream) },
+                        ))
+                    }
+                };
                 let (stacked, sources) =
-                    layers::stack(specs, direct, &config.name, &mut queues).map_err(|e| ConfigError {
+                    layers::stack(specs, bottom, &config.name, &mut queues).map_err(|e| ConfigError {
                         file: None,
                         line: None,
                         field: Some(format!("pool {:?} layers", config.name)),
                         message: format!("layer {e}"),
                     })?;
-                layer_metrics = sources;
+                layer_metrics.extend(sources);
                 // A layer's typed error names the pool it happened in (the layers do not know it).
                 let name: std::sync::Arc<str> = config.name.as_str().into();
                 Some(BoxPoolService::new(tower::ServiceExt::map_err(
@@ -418,7 +452,7 @@ pub(crate) struct Direct {
 }
 
 type DirectFuture = futures::future::MapOk<
-    <Upstream as tower::Service<UpstreamRequest>>::Future,
+    <Upstream as tower::Service<EndpointRequest>>::Future,
     fn(
         http::Response<switchyard_balance::TrackedBody<super::h2stream::RecvBody>>,
     ) -> http::Response<ProxyBody>,
@@ -435,7 +469,7 @@ impl tower::Service<UpstreamRequest> for Direct {
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         use futures::TryFutureExt;
-        self.upstream.call(req).map_ok(|response| response.map(ProxyBody::upstream))
+        self.upstream.call(req.map(RetryBody::new)).map_ok(|response| response.map(ProxyBody::upstream))
     }
 }
 

@@ -32,6 +32,7 @@ use http_body::Body;
 use switchyard_core::{Error, ErrorKind};
 use switchyard_discovery::ConnectionDrain;
 use switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT;
+use switchyard_retry::RetryBody;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower::BoxError;
@@ -251,7 +252,7 @@ fn host_port(authority: &Authority) -> (&str, u16) {
     (host, authority.port_u16().unwrap_or(80))
 }
 
-impl tower::Service<Request<RequestBody>> for EndpointClient {
+impl tower::Service<Request<RetryBody<RequestBody>>> for EndpointClient {
     type Response = Response<RecvBody>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Response<RecvBody>, BoxError>>;
@@ -261,7 +262,7 @@ impl tower::Service<Request<RequestBody>> for EndpointClient {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, req: Request<RetryBody<RequestBody>>) -> Self::Future {
         let (mut head, body) = req.into_parts();
         let mut uri = std::mem::take(&mut head.uri).into_parts();
         uri.scheme = Some(self.scheme.clone());

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind};
+use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind, TriedEndpoints};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tower::discover::{Change, Discover as _};
@@ -88,6 +88,10 @@ pub const DEFAULT_NO_ENDPOINT_WAIT: Duration = Duration::from_secs(3);
 /// [`NoneFits`](ErrorKind::NoneFits) when the policy finds none fit, and the endpoint's own
 /// failure (its cause kept for the log). If every member is ejected, the policy picks among all
 /// of them (Envoy's panic mode) rather than fail.
+///
+/// A retried request (`switchyard-retry`) carries the endpoints it was sent to before in its
+/// [`TriedEndpoints`]: the policy is then shown the eligible endpoints not among them, when
+/// there is one.
 pub struct Balance<S, Req, C = HttpCompletion> {
     owner: Owner<S>,
     /// The members, as of directory version `version`, and their generation.
@@ -495,6 +499,20 @@ where
         } else {
             (&self.eligible, &self.eligible_slots, &self.member_eligible)
         };
+        // A retried request goes to an endpoint it has not tried, when one is eligible. Only
+        // retries carry the key, so the first attempt pays one extension lookup.
+        let untried;
+        let (eligible, eligible_slots, member_eligible) =
+            match req.extensions().and_then(|e| e.get::<TriedEndpoints>()) {
+                Some(tried)
+                    if eligible.iter().any(|e| tried.contains(e.id()))
+                        && eligible.iter().any(|e| !tried.contains(e.id())) =>
+                {
+                    untried = Untried::select(tried, eligible, eligible_slots, member_eligible);
+                    (&untried.eligible, &untried.slots, &untried.members)
+                }
+                _ => (eligible, eligible_slots, member_eligible),
+            };
         let endpoints = Endpoints::new(eligible, &self.members, member_eligible, self.generation);
         let pick = match self.policy.pick(&info, &endpoints) {
             Some(pick) if pick < eligible.len() => pick,
@@ -526,6 +544,39 @@ where
         }
         let completion = Completion::new(slot.state.start(now, work), self.pool.clone());
         ResponseFuture::new(slot.service.clone().oneshot(req), completion, self.completion.clone())
+    }
+}
+
+/// The eligible endpoints a retried request has not tried yet, in the shape the policy reads.
+struct Untried {
+    eligible: Vec<Arc<EndpointState>>,
+    slots: Vec<usize>,
+    members: Vec<Option<usize>>,
+}
+
+impl Untried {
+    fn select(
+        tried: &TriedEndpoints,
+        eligible: &[Arc<EndpointState>],
+        eligible_slots: &[usize],
+        member_eligible: &[Option<usize>],
+    ) -> Self {
+        let mut untried = Self {
+            eligible: Vec::with_capacity(eligible.len()),
+            slots: Vec::with_capacity(eligible.len()),
+            members: Vec::with_capacity(member_eligible.len()),
+        };
+        for index in member_eligible {
+            match *index {
+                Some(i) if !tried.contains(eligible[i].id()) => {
+                    untried.members.push(Some(untried.eligible.len()));
+                    untried.eligible.push(eligible[i].clone());
+                    untried.slots.push(eligible_slots[i]);
+                }
+                _ => untried.members.push(None),
+            }
+        }
+        untried
     }
 }
 

@@ -14,7 +14,8 @@
 //!   `OrcaLoadReport`.
 //! - [`RoutingKey`], [`PrefixBlocks`], [`RequestSize`], [`Priority`], [`Deadline`] and
 //!   [`ModelName`]: the request keys, per-request facts that travel in `http::Request` extensions
-//!   from the layer that extracts them (`switchyard-keys`) to the layers that use them.
+//!   from the layer that extracts them (`switchyard-keys`) to the layers that use them;
+//!   [`TriedEndpoints`], the endpoints a retried request went to before, which the balancer avoids.
 //! - [`Outcome`]: how a request ended (ok, unavailable, connect failure, overloaded with its
 //!   pushback, deadline, cancelled, other), read from `grpc-status` and the trailers.
 //! - [`Spec`]: a component (a policy, a layer) by name with parameters, as configs write it.
@@ -58,6 +59,7 @@ mod routing;
 mod size;
 mod spec;
 mod status_layer;
+mod tried;
 
 pub use deadline::{Deadline, ModelName, parse_grpc_timeout};
 pub use endpoint::{Endpoint, EndpointId};
@@ -70,3 +72,4 @@ pub use routing::{BYTES_PER_TOKEN, PrefixBlocks, PrefixHasher, RoutingKey, stabl
 pub use size::RequestSize;
 pub use spec::{Spec, SpecError};
 pub use status_layer::{StatusFuture, StatusLayer, StatusService};
+pub use tried::TriedEndpoints;

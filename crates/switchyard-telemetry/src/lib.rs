@@ -62,6 +62,7 @@ mod observer;
 mod otlp_metrics;
 mod overload;
 mod registry;
+mod retry;
 pub mod rpc;
 mod scraped;
 
@@ -70,4 +71,5 @@ pub use init::{DEFAULT_METRICS_INTERVAL, SamplerConfig, Telemetry, TelemetryConf
 pub use observer::EndpointObserver;
 pub use overload::{LimitMetrics, ShedMetrics};
 pub use registry::{CONTENT_TYPE, DURATION_BUCKETS, LayerState, MetricsRegistry, SIZE_BUCKETS, ScrapeSource};
+pub use retry::RetryMetrics;
 pub use rpc::{ChannelRpcLayer, RpcBody, RpcLayer, RpcRequestBody, Side};

@@ -80,6 +80,15 @@ pub const POOL_LIMIT_IN_FLIGHT: &str = "switchyard_pool_limit_in_flight_requests
 pub const POOL_LIMIT_ADMITTED: &str = "switchyard_pool_limit_admitted_total";
 /// Counter: requests that fed the pool's limit algorithm as drops (overload seen), `{pool}`.
 pub const POOL_LIMIT_DROPPED: &str = "switchyard_pool_limit_dropped_total";
+/// Counter: calls a pool's retry layer took, `{pool}`.
+pub const POOL_RETRY_CALLS: &str = "switchyard_pool_retry_calls_total";
+/// Counter: attempts a pool's retry layer made after a call's first (the requests retries added
+/// upstream), `{pool}`.
+pub const POOL_RETRIES: &str = "switchyard_pool_retries_total";
+/// Counter: hedges a pool's retry layer sent (attempts racing a slow first one), `{pool}`.
+pub const POOL_HEDGES: &str = "switchyard_pool_hedges_total";
+/// Counter: retries a pool's retry budget refused, `{pool}`.
+pub const POOL_RETRY_BUDGET_EXHAUSTED: &str = "switchyard_pool_retry_budget_exhausted_total";
 /// Gauge: the concurrency limit in force on an endpoint (the balancer's per-endpoint limit),
 /// `{pool, endpoint}`.
 pub const ENDPOINT_LIMIT: &str = "switchyard_endpoint_concurrency_limit";

@@ -1,0 +1,133 @@
+//! Whether an attempt's result may be retried: the decision is made on the response's head.
+
+use std::time::Duration;
+
+use switchyard_balance::PickedEndpoint;
+use switchyard_core::{Code, EndpointId, ErrorKind, RETRY_PUSHBACK_HEADER};
+use tower::BoxError;
+
+use crate::RetryConfig;
+
+/// What to do after an attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Hand the result to the caller.
+    Done,
+    /// Try again, on another endpoint than `endpoint`, after `pushback` if the server said.
+    Retry { endpoint: Option<EndpointId>, pushback: Option<Duration> },
+}
+
+/// The verdict on an attempt's result.
+///
+/// Always safe, whatever the method: the request never reached a replica (its connection could
+/// not be opened; the replica refused the stream, `REFUSED_STREAM`; or its connection closed
+/// gracefully, `GOAWAY` with `NO_ERROR`, before processing the stream, which h2 reports only for
+/// streams above the last one the replica processed). For a method marked idempotent also a
+/// trailers-only response (the status in its headers: no message came) with a retryable status,
+/// after the `grpc-retry-pushback-ms` it carries; a negative or malformed pushback means not to
+/// retry (gRFC A6). A response with headers and a body is committed: the first message has come
+/// (or may yet), and a stream is never retried after it.
+pub(crate) fn verdict<B>(
+    result: &Result<http::Response<B>, BoxError>,
+    idempotent: bool,
+    config: &RetryConfig,
+) -> Verdict {
+    match result {
+        Err(error) => match never_reached(&**error) {
+            Some(endpoint) => Verdict::Retry { endpoint, pushback: None },
+            None => Verdict::Done,
+        },
+        Ok(response) => {
+            let headers = response.headers();
+            let Some(status) = headers.get("grpc-status") else { return Verdict::Done };
+            let code = status.to_str().ok().and_then(|s| s.parse::<i32>().ok()).map(Code::from_i32);
+            let Some(code) = code.filter(|&c| c != Code::Ok) else { return Verdict::Done };
+            if !idempotent || !config.is_retryable(code) {
+                return Verdict::Done;
+            }
+            let pushback = match headers.get(RETRY_PUSHBACK_HEADER) {
+                None => None,
+                Some(value) => {
+                    match value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                        Some(ms) => Some(Duration::from_millis(ms)),
+                        // Negative or malformed: the server asks not to retry.
+                        None => return Verdict::Done,
+                    }
+                }
+            };
+            let endpoint = response.extensions().get::<PickedEndpoint>().map(|p| p.0.clone());
+            Verdict::Retry { endpoint, pushback }
+        }
+    }
+}
+
+/// If the error says the request never reached a replica, `Some` with the endpoint it was for
+/// (when the error names it).
+fn never_reached(error: &(dyn std::error::Error + 'static)) -> Option<Option<EndpointId>> {
+    let mut endpoint = None;
+    let mut safe = false;
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(typed) = e.downcast_ref::<switchyard_core::Error>() {
+            endpoint = endpoint.or_else(|| typed.endpoint().cloned());
+            safe |= matches!(typed.kind(), ErrorKind::ConnectFailed);
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let reason = h2.reason();
+            safe |= reason == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && reason == Some(h2::Reason::NO_ERROR));
+        }
+        next = e.source();
+    }
+    safe.then_some(endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trailers_only(
+        code: &'static str,
+        pushback: Option<&'static str>,
+    ) -> Result<http::Response<()>, BoxError> {
+        let mut response = http::Response::new(());
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
+        if let Some(p) = pushback {
+            response.headers_mut().insert(RETRY_PUSHBACK_HEADER, http::HeaderValue::from_static(p));
+        }
+        Ok(response)
+    }
+
+    #[test]
+    fn statuses_are_retried_for_idempotent_methods_only() {
+        let config = RetryConfig::default();
+        let retry = Verdict::Retry { endpoint: None, pushback: None };
+        assert_eq!(verdict(&trailers_only("14", None), true, &config), retry);
+        assert_eq!(verdict(&trailers_only("14", None), false, &config), Verdict::Done);
+        assert_eq!(verdict(&trailers_only("13", None), true, &config), Verdict::Done);
+        assert_eq!(verdict(&trailers_only("0", None), true, &config), Verdict::Done);
+        assert_eq!(
+            verdict(&trailers_only("14", Some("40")), true, &config),
+            Verdict::Retry { endpoint: None, pushback: Some(Duration::from_millis(40)) }
+        );
+        assert_eq!(verdict(&trailers_only("14", Some("-1")), true, &config), Verdict::Done);
+        assert_eq!(verdict(&trailers_only("14", Some("soon")), true, &config), Verdict::Done);
+    }
+
+    #[test]
+    fn what_never_reached_a_replica_is_retried_for_any_method() {
+        let config = RetryConfig::default();
+        let refused: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert!(matches!(verdict::<()>(&Err(refused), false, &config), Verdict::Retry { .. }));
+        let connect: BoxError =
+            Box::new(switchyard_core::Error::new(ErrorKind::ConnectFailed).at_endpoint(EndpointId::new("a")));
+        assert_eq!(
+            verdict::<()>(&Err(connect), false, &config),
+            Verdict::Retry { endpoint: Some(EndpointId::new("a")), pushback: None }
+        );
+        let mid_call: BoxError = Box::new(switchyard_core::Error::new(ErrorKind::Upstream));
+        assert_eq!(verdict::<()>(&Err(mid_call), true, &config), Verdict::Done);
+        let reset: BoxError = Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
+        assert_eq!(verdict::<()>(&Err(reset), true, &config), Verdict::Done);
+    }
+}
