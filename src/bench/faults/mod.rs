@@ -33,8 +33,8 @@
 //! success rate per 100 ms. With `--json FILE` the bench writes the markdown beside it and a plot
 //! per fault (`FILE`'s stem, `-kill.png`, ...).
 //!
-//! The gateway has no retries yet: the pool's retry settings are [`pool_retry_lines`], empty
-//! until the gateway takes a `retry` table; [`IDEMPOTENT_METHODS`] names what it may resend.
+//! The pool retries ([`pool_retry_lines`]: the gateway's `retry` table); [`IDEMPOTENT_METHODS`]
+//! names what it may resend after a failed answer or hedge.
 //!
 //! # What today's gateway does (`reports/bench/faults.md`, 2026-12-01, 2 shared CPUs)
 //!
@@ -97,12 +97,22 @@ const CONNECTIONS: usize = 4;
 /// `ModelStreamInfer` generate (and cost a replica a generation each time), so they are not.
 pub const IDEMPOTENT_METHODS: &[&str] = &["/inference.GRPCInferenceService/ModelMetadata"];
 
-/// The pool's retry settings, as lines of its `[[pool]]` table in the gateway's config: none
-/// until the gateway has a retry layer. Turning retries on for the fault bench is this function
-/// (a `retry = { ... }` naming [`IDEMPOTENT_METHODS`]).
+/// The pool's retry settings, as lines of its `[[pool]]` table in the gateway's config: retries
+/// (`switchyard_retry`, the gateway's defaults: 3 attempts, `UNAVAILABLE`, a budget of 10 % plus
+/// 10 a second) with [`IDEMPOTENT_METHODS`] marked idempotent, and a hedge for those after
+/// [`HEDGE_AFTER_MS`] (a call sent to a replica that hangs gets no answer a retry could act on).
+/// What never reached a replica is retried whatever its method.
 pub fn pool_retry_lines() -> Vec<String> {
-    Vec::new()
+    let idempotent: Vec<String> = IDEMPOTENT_METHODS.iter().map(|m| format!("{m:?}")).collect();
+    vec![format!(
+        "retry = {{ attempts = 3, idempotent = [{}], hedge_after = \"{HEDGE_AFTER_MS}ms\" }}",
+        idempotent.join(", ")
+    )]
 }
+
+/// How long an idempotent call waits for its answer before the pool hedges it: a quarter of its
+/// deadline, and hundreds of times what a healthy replica takes to answer it.
+pub const HEDGE_AFTER_MS: u64 = 250;
 
 /// A fault the bench injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -200,11 +210,7 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Faul
         gateway_pool:
             "policy least-response-time (the default), default outlier ejection (5 failures in a row, 10 s)"
                 .into(),
-        gateway_retry: if pool_retry_lines().is_empty() {
-            "none (the gateway has no retry layer yet)".into()
-        } else {
-            pool_retry_lines().join("; ")
-        },
+        gateway_retry: pool_retry_lines().join("; "),
         cpus: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
     };
     if let Some(json) = &args.json {
@@ -579,6 +585,8 @@ mod tests {
             [FaultKind::Hang, FaultKind::Kill]
         );
         assert!(chosen(Some(&[FaultKind::Kill, FaultKind::Kill])).is_err());
-        assert!(pool_retry_lines().is_empty(), "no retries until the gateway has them");
+        let retry = pool_retry_lines().join("\n");
+        let parsed: toml::Table = toml::from_str(&retry).unwrap();
+        assert_eq!(parsed["retry"]["idempotent"][0].as_str(), Some(IDEMPOTENT_METHODS[0]), "{retry}");
     }
 }
