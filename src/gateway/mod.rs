@@ -130,6 +130,24 @@
 //! connection_budget = 16777216
 //! ```
 //!
+//! What a client may ask of the listener is bounded by `[limits]` (the defaults shown; see
+//! [`limits`] for where each acts and how h2's own bounds meet HTTP/2 floods):
+//!
+//! ```toml
+//! [limits]
+//! max_message_bytes = 67108864        # RESOURCE_EXHAUSTED once a longer message's prefix is read
+//! max_header_list_bytes = 16384       # 431 and the stream reset
+//! max_streams_per_connection = 1024   # RST_STREAM REFUSED_STREAM past it
+//! max_connections = 10000             # closed at once past it
+//! header_read_timeout = "30s"         # closed without the first request's headers by then
+//! idle_timeout = "5m"                 # GOAWAY after that long without a stream
+//! ```
+//!
+//! A client that resets most of its streams before their answers (rapid reset) gets GOAWAY
+//! `ENHANCE_YOUR_CALM`. Every refusal is counted on the admin API's `/metrics` as
+//! `switchyard_gateway_refused_total{reason}` (`connection_limit`, `header_read_timeout`,
+//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`).
+//!
 //! A pool may read some keys its own way (`[pool.keys]`, [`switchyard_keys::PoolKeys`]): its
 //! session and priority headers, and its prefix block size (the prompt's text is then hashed at
 //! that size too, in the same pass; a `prefix_hashes` parameter is taken as it is). They replace
@@ -215,6 +233,7 @@ mod downstream;
 mod drain;
 mod h2stream;
 pub mod layers;
+pub mod limits;
 mod pool;
 mod proxy;
 mod route;
@@ -231,6 +250,7 @@ pub use config::{
     RouteConfig,
 };
 pub use h2stream::RecvBody;
+pub use limits::Limits;
 pub use pool::Pool;
 pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;
