@@ -32,6 +32,11 @@ pub const MAX_THREADS: usize = 1024;
 /// The largest prefix block a pool may set (`[pool.keys] block_tokens`): 65,536 tokens.
 pub(crate) const MAX_BLOCK_TOKENS: u32 = 65_536;
 
+/// The shortest header read or idle timeout (`[limits]`): 1 ms.
+const MIN_LIMIT_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest: 365 days (a deadline past it could overflow the clock).
+const MAX_LIMIT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long a gateway waits for in-flight requests on shutdown unless told otherwise.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -322,6 +327,7 @@ impl GatewayConfig {
                 format!("{threads} threads: at most {MAX_THREADS} (one per CPU is the default)"),
             ));
         }
+        self.validate_limits()?;
         if self.pools.is_empty() {
             return Err(ConfigError::field("pool", "no pools: add a [[pool]] with at least one endpoint"));
         }
@@ -447,6 +453,30 @@ impl GatewayConfig {
         keys.clone()
             .with_also_block_tokens(self.pools.iter().filter_map(|p| p.keys.block_tokens))
             .unwrap_or(keys)
+    }
+
+    /// The limits, as built in code (TOML's are checked as they are read): counts of at least 1,
+    /// timeouts from 1 ms to 365 days.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let counts = [
+            ("limits.max_message_bytes", u64::from(limits.max_message_bytes)),
+            ("limits.max_header_list_bytes", u64::from(limits.max_header_list_bytes)),
+            ("limits.max_streams_per_connection", u64::from(limits.max_streams_per_connection)),
+            ("limits.max_connections", limits.max_connections as u64),
+        ];
+        if let Some((field, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(ConfigError::field(*field, "0: expected at least 1"));
+        }
+        for (field, timeout) in [
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+        ] {
+            if !(MIN_LIMIT_TIMEOUT..=MAX_LIMIT_TIMEOUT).contains(&timeout) {
+                return Err(ConfigError::field(field, format!("{timeout:?}: expected 1ms to 365 days")));
+            }
+        }
+        Ok(())
     }
 
     /// The pool requests go to when no route matches: `default_pool`, or the only pool.
@@ -680,10 +710,12 @@ impl RawLimits {
         let duration = |name: &str, value: Spanned<String>| {
             let field = format!("limits.{name}");
             match humantime::parse_duration(value.get_ref()) {
-                Ok(d) if d >= Duration::from_millis(1) => Ok(d),
-                Ok(_) => {
-                    Err(lines.error(field, value.span(), format!("{:?}: at least 1ms", value.get_ref())))
-                }
+                Ok(d) if (MIN_LIMIT_TIMEOUT..=MAX_LIMIT_TIMEOUT).contains(&d) => Ok(d),
+                Ok(_) => Err(lines.error(
+                    field,
+                    value.span(),
+                    format!("{:?}: expected 1ms to 365 days", value.get_ref()),
+                )),
                 Err(e) => Err(lines.error(
                     field,
                     value.span(),
@@ -1093,6 +1125,13 @@ pool = "b"
         assert_eq!((e.line, e.field.as_deref()), (Some(21), Some("limits.max_message_bytes")), "{e}");
         let e = error(&text.replace("\"2s\"", "\"soon\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("limits.header_read_timeout")), "{e}");
+        let e = error(&text.replace("\"2s\"", "\"400days\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("limits.header_read_timeout")), "{e}");
+        let mut built = GatewayConfig::from_toml(GOOD).unwrap();
+        built.limits.idle_timeout = Duration::ZERO;
+        assert_eq!(built.validate().unwrap_err().field.as_deref(), Some("limits.idle_timeout"));
+        built.limits = Limits { max_connections: 0, ..Limits::default() };
+        assert_eq!(built.validate().unwrap_err().field.as_deref(), Some("limits.max_connections"));
         let e = error(&text.replace("\"2s\"", "\"0s\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("limits.header_read_timeout")), "{e}");
         let e = error(&text.replace("max_connections", "max_conections"));

@@ -295,3 +295,108 @@ where
         Err(error) => tracing::debug!(%error, "could not send a response head"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::Empty;
+    use tokio::net::TcpListener;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Answers every call with an empty response after `delay`.
+    #[derive(Clone, Copy)]
+    struct Answer {
+        delay: Duration,
+    }
+
+    impl Service<Request<RecvBody>> for Answer {
+        type Response = Response<Empty<Bytes>>;
+        type Error = Infallible;
+        type Future = BoxFuture<'static, Result<Response<Empty<Bytes>>, Infallible>>;
+
+        fn call(&self, _request: Request<RecvBody>) -> Self::Future {
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(Response::new(Empty::new()))
+            })
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A served connection with header read and idle timeouts of [`TIMEOUT`], and its client's
+    /// socket.
+    async fn serve(answer: Answer) -> (tokio::task::JoinHandle<()>, TcpStream, Arc<Refusals>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let refusals = Arc::new(Refusals::default());
+        let limits = Limits { header_read_timeout: TIMEOUT, idle_timeout: TIMEOUT, ..Limits::default() };
+        let connection = ServeConnection::new(server, answer, &limits, refusals.clone());
+        let served = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (served, client, refusals)
+    }
+
+    async fn h2_client(io: TcpStream) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+        let (send, connection) = h2::client::handshake(io).await.unwrap();
+        (
+            send,
+            tokio::spawn(async move {
+                let _ = connection.await;
+            }),
+        )
+    }
+
+    /// Waits for `task`, at most a minute (of the paused clock).
+    async fn within(task: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(60), task).await.expect("ended within a minute").unwrap();
+    }
+
+    fn request() -> Request<()> {
+        Request::post("http://gateway/svc/Method").body(()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_at_the_header_read_timeout() {
+        let start = Instant::now();
+        let (served, _client, refusals) = serve(Answer { delay: Duration::ZERO }).await;
+        within(served).await;
+        assert_eq!(start.elapsed(), TIMEOUT);
+        assert_eq!(refusals.get(Refusal::HeaderReadTimeout), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_gets_goaway_at_the_header_read_timeout() {
+        let start = Instant::now();
+        let (served, client, refusals) = serve(Answer { delay: Duration::ZERO }).await;
+        let (_send, connection) = h2_client(client).await;
+        within(connection).await;
+        assert_eq!(start.elapsed(), TIMEOUT);
+        within(served).await;
+        assert_eq!(refusals.get(Refusal::HeaderReadTimeout), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_closed_one_to_two_idle_timeouts_after_its_last_stream() {
+        for delay in [Duration::ZERO, TIMEOUT * 5] {
+            let (served, client, refusals) = serve(Answer { delay }).await;
+            let (send, connection) = h2_client(client).await;
+            let (response, _body) = send.ready().await.unwrap().send_request(request(), true).unwrap();
+            // The call's five timeouts keep the connection: it answers.
+            assert_eq!(response.await.unwrap().status(), http::StatusCode::OK);
+            let answered = Instant::now();
+            within(connection).await;
+            let idle = answered.elapsed();
+            assert!(idle >= TIMEOUT && idle <= TIMEOUT * 2, "closed {idle:?} after the last stream");
+            within(served).await;
+            assert_eq!(refusals.get(Refusal::Idle), 1);
+            assert_eq!(refusals.get(Refusal::HeaderReadTimeout), 0);
+        }
+    }
+}

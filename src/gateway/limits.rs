@@ -157,6 +157,12 @@ impl Refusals {
     pub(crate) fn count(&self, why: Refusal) {
         self.counts[why as usize].fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The refusals counted for `why`.
+    #[cfg(test)]
+    pub(crate) fn get(&self, why: Refusal) -> u64 {
+        self.counts[why as usize].load(Ordering::Relaxed)
+    }
 }
 
 impl ScrapeSource for Refusals {
