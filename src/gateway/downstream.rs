@@ -253,7 +253,11 @@ where
     let id = respond.stream_id();
     let answered = std::future::poll_fn(|cx| {
         // The client gave up on the call: the call (and the endpoint's stream, if opened) is
-        // dropped. Checked first, so that a call whose client reset it does no more work.
+        // dropped. Checked before the call is polled (one lock of the connection's streams more
+        // per call than after), so that a call reset while it waited does no more work: polled,
+        // it would read the reset as its body's end and forward the request only to reset the
+        // endpoint's stream, and a client doing that fast (rapid reset of accepted streams) had
+        // the endpoint's h2 end the thread's shared connection to it, failing others' calls.
         if respond.poll_reset(cx).is_ready() {
             return Poll::Ready(Answer::Reset);
         }

@@ -18,7 +18,10 @@
 //!   a stream past the count is reset with `REFUSED_STREAM`, which gRPC clients retry);
 //! - `max_message_bytes`: a request message whose gRPC length prefix is larger is refused with
 //!   `RESOURCE_EXHAUSTED` as soon as its five-byte prefix arrives: its bytes are not buffered,
-//!   and not forwarded (the endpoint's stream, if opened, is reset).
+//!   and not forwarded (the endpoint's stream, if opened, is reset). Once the response has begun
+//!   (a message late in a bidirectional stream), the endpoint's stream is reset and the call
+//!   ends with the `UNAVAILABLE` trailers of an endpoint that failed mid-way. Responses are not
+//!   checked.
 //!
 //! HTTP/2 abuse:
 //!
