@@ -245,6 +245,43 @@ async fn an_idle_connection_gets_goaway_and_a_busy_one_does_not() {
     gateway.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_or_settings_flood_closes_the_connection() {
+    let (gateway, _worker) = gateway("").await;
+    for kind in [raw_h2::PING, raw_h2::SETTINGS] {
+        let (mut read, mut write) = raw_h2::connect(gateway.local_addr()).await.unwrap();
+        // The answers are read as they come, so that the gateway is never held back by its writes.
+        let reader = tokio::spawn(async move { while raw_h2::read_frame(&mut read).await.is_some() {} });
+        let mut batch = Vec::new();
+        for _ in 0..100 {
+            let payload: &[u8] = if kind == raw_h2::PING { &[0; 8] } else { &[] };
+            raw_h2::frame(&mut batch, kind, 0, 0, payload);
+        }
+        let started = Instant::now();
+        let mut sent = 0;
+        while !reader.is_finished() && started.elapsed() < Duration::from_secs(5) {
+            if write.write_all(&batch).await.is_err() {
+                break;
+            }
+            sent += 100;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the gateway closes the connection")
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "kind {kind}: {sent} frames over {:?}",
+            started.elapsed()
+        );
+        // (Its first SETTINGS counts too.)
+        assert!(sent >= 1000, "kind {kind}: closed after {sent} frames");
+    }
+    assert_eq!(refused(&gateway, "control_flood"), 2);
+    gateway.shutdown().await.unwrap();
+}
+
 /// The CPU time the process `pid` has used (user and system), from `/proc/PID/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -30,6 +30,7 @@ use h2::Reason;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::flood::FrameWatch;
 use super::h2stream::{Pipe, RecvBody};
 use super::limits::{ConnectionWatch, Limits, Refusal, Refusals, StreamGuard, is_rapid_reset};
 
@@ -61,8 +62,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// the serving variant costs nothing, and boxing it would add an indirection to every poll.
 #[allow(clippy::large_enum_variant)]
 enum State {
-    Handshaking(BoxFuture<'static, Result<Connection<TcpStream, Bytes>, h2::Error>>),
-    Serving(Connection<TcpStream, Bytes>),
+    Handshaking(BoxFuture<'static, Result<Connection<FrameWatch<TcpStream>, Bytes>, h2::Error>>),
+    Serving(Connection<FrameWatch<TcpStream>, Bytes>),
 }
 
 /// Where a connection is with respect to its timeouts.
@@ -97,7 +98,8 @@ pub(crate) struct ServeConnection<S> {
 impl<S> ServeConnection<S> {
     /// Starts the HTTP/2 handshake on `io`, within `limits`; refusals are counted in `refusals`.
     pub(crate) fn new(io: TcpStream, service: S, limits: &Limits, refusals: Arc<Refusals>) -> Self {
-        let handshake = h2_builder(limits).handshake::<_, Bytes>(io);
+        let connection = Arc::new(ConnectionWatch::new(refusals, limits.max_message_bytes));
+        let handshake = h2_builder(limits).handshake::<_, Bytes>(FrameWatch::new(io, connection.clone()));
         Self {
             state: State::Handshaking(Box::pin(handshake)),
             service,
@@ -105,7 +107,7 @@ impl<S> ServeConnection<S> {
             watch: Watch::FirstRequest,
             timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
             idle_timeout: limits.idle_timeout,
-            connection: Arc::new(ConnectionWatch::new(refusals, limits.max_message_bytes)),
+            connection,
             accepted: 0,
         }
     }

@@ -37,12 +37,11 @@
 //! - CONTINUATION floods: h2 counts the frames of one header block against the header list size
 //!   and ends the connection past it;
 //! - SETTINGS and PING floods: h2 holds one SETTINGS ACK and one PING ACK at a time and reads
-//!   nothing more until it has written them, so a flood of either queues nothing and is paced by
-//!   the client reading the answers (it costs the client a frame read for each frame sent). They
-//!   are not counted: h2 does not tell.
+//!   nothing more until it has written them, so a flood of either queues nothing; past
+//!   1,000 of them in a second the connection is closed (`control_flood`, see `flood`).
 //!
-//! Not counted either, as h2 refuses them without telling: headers over the size (`431`) and
-//! streams past the count (`REFUSED_STREAM`).
+//! Not counted, as h2 refuses them without telling: headers over the size (`431`) and streams
+//! past the count (`REFUSED_STREAM`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -120,16 +119,19 @@ pub(crate) enum Refusal {
     /// A connection whose client reset most of its streams before their answers (rapid reset of
     /// accepted streams), ended with GOAWAY `ENHANCE_YOUR_CALM`.
     RapidReset,
+    /// A connection that sent PING or SETTINGS frames past their limit, closed.
+    ControlFlood,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 7] = [
         Self::ConnectionLimit,
         Self::HeaderReadTimeout,
         Self::Idle,
         Self::MessageTooLarge,
         Self::H2Calm,
         Self::RapidReset,
+        Self::ControlFlood,
     ];
 
     /// The `reason` label.
@@ -141,6 +143,7 @@ impl Refusal {
             Self::MessageTooLarge => "message_too_large",
             Self::H2Calm => "h2_calm",
             Self::RapidReset => "rapid_reset",
+            Self::ControlFlood => "control_flood",
         }
     }
 }

@@ -144,9 +144,10 @@
 //! ```
 //!
 //! A client that resets most of its streams before their answers (rapid reset) gets GOAWAY
-//! `ENHANCE_YOUR_CALM`. Every refusal is counted on the admin API's `/metrics` as
+//! `ENHANCE_YOUR_CALM`; one that sends more than 1,000 PING or SETTINGS frames in a second is
+//! disconnected. Every refusal is counted on the admin API's `/metrics` as
 //! `switchyard_gateway_refused_total{reason}` (`connection_limit`, `header_read_timeout`,
-//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`).
+//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`, `control_flood`).
 //!
 //! A pool may read some keys its own way (`[pool.keys]`, [`switchyard_keys::PoolKeys`]): its
 //! session and priority headers, and its prefix block size (the prompt's text is then hashed at
@@ -231,6 +232,7 @@ mod cache;
 mod config;
 mod downstream;
 mod drain;
+mod flood;
 mod h2stream;
 pub mod layers;
 pub mod limits;
