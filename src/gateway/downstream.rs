@@ -6,9 +6,11 @@
 //! windows, 16 KiB frames, a 400 KiB send buffer, at most 1,024 streams reset for the client's
 //! errors), but for the header list size and the streams a connection may have open at once,
 //! which are the config's [`Limits`]; the connection also keeps the limits' header read and idle
-//! timeouts, and holds its requests' messages to their size (see [`super::limits`]). A stream the client resets before its response ends the call
-//! (its future and body are dropped, which cancels the endpoint's stream). On shutdown the
-//! connection sends GOAWAY and finishes the streams it has ([`graceful_shutdown`]).
+//! timeouts, holds its requests' messages to their size, ends a client's rapid reset (see
+//! [`super::limits`]) and counts its PING and SETTINGS frames (`flood`). A stream the client
+//! resets before its response ends the call (its future and body are dropped, which cancels the
+//! endpoint's stream). On shutdown the connection sends GOAWAY and finishes the streams it has
+//! ([`graceful_shutdown`]).
 //!
 //! [`graceful_shutdown`]: ServeConnection::graceful_shutdown
 
