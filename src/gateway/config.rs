@@ -20,6 +20,8 @@ use switchyard_discovery::{HealthConfig, SourceConfig};
 use switchyard_keys::{KeysConfig, PoolKeys};
 use toml::Spanned;
 
+use super::limits::Limits;
+
 /// The metadata header that names the model when a route matches on `model`: it takes
 /// precedence over the `model_name` read from the request body, and needs no peek.
 pub const DEFAULT_MODEL_HEADER: &str = "x-model-name";
@@ -29,6 +31,11 @@ pub const MAX_THREADS: usize = 1024;
 
 /// The largest prefix block a pool may set (`[pool.keys] block_tokens`): 65,536 tokens.
 pub(crate) const MAX_BLOCK_TOKENS: u32 = 65_536;
+
+/// The shortest header read or idle timeout (`[limits]`): 1 ms.
+const MIN_LIMIT_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest: 365 days (a deadline past it could overflow the clock).
+const MAX_LIMIT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How long a gateway waits for in-flight requests on shutdown unless told otherwise.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,6 +66,9 @@ pub struct GatewayConfig {
     /// The pool of requests no route matches. With a single pool and no `default_pool`, that
     /// pool is the default.
     pub default_pool: Option<String>,
+    /// What a client may ask of the listener (`[limits]`): message and header sizes, streams
+    /// per connection, connections, and the timeouts of slow and idle connections.
+    pub limits: Limits,
 }
 
 /// One pool: the endpoints that serve one model or service, and the policy that picks among them.
@@ -329,6 +339,7 @@ impl GatewayConfig {
                 format!("{threads} threads: at most {MAX_THREADS} (one per CPU is the default)"),
             ));
         }
+        self.validate_limits()?;
         if self.pools.is_empty() {
             return Err(ConfigError::field("pool", "no pools: add a [[pool]] with at least one endpoint"));
         }
@@ -456,6 +467,30 @@ impl GatewayConfig {
             .unwrap_or(keys)
     }
 
+    /// The limits, as built in code (TOML's are checked as they are read): counts of at least 1,
+    /// timeouts from 1 ms to 365 days.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let counts = [
+            ("limits.max_message_bytes", u64::from(limits.max_message_bytes)),
+            ("limits.max_header_list_bytes", u64::from(limits.max_header_list_bytes)),
+            ("limits.max_streams_per_connection", u64::from(limits.max_streams_per_connection)),
+            ("limits.max_connections", limits.max_connections as u64),
+        ];
+        if let Some((field, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(ConfigError::field(*field, "0: expected at least 1"));
+        }
+        for (field, timeout) in [
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+        ] {
+            if !(MIN_LIMIT_TIMEOUT..=MAX_LIMIT_TIMEOUT).contains(&timeout) {
+                return Err(ConfigError::field(field, format!("{timeout:?}: expected 1ms to 365 days")));
+            }
+        }
+        Ok(())
+    }
+
     /// The pool requests go to when no route matches: `default_pool`, or the only pool.
     pub fn default_pool(&self) -> Option<&str> {
         match (&self.default_pool, self.pools.as_slice()) {
@@ -476,6 +511,7 @@ impl GatewayConfig {
             pools: Vec::new(),
             routes: Vec::new(),
             default_pool: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -686,6 +722,7 @@ struct RawConfig {
     threads: Option<Spanned<usize>>,
     model_header: Option<Spanned<String>>,
     keys: Option<Spanned<KeysConfig>>,
+    limits: Option<Spanned<RawLimits>>,
     default_pool: Option<Spanned<String>>,
     #[serde(default)]
     pool: Vec<Spanned<RawPool>>,
@@ -712,6 +749,75 @@ struct RawPool {
     load_reports: Option<Spanned<String>>,
     /// Read as any value, so that its fields' errors name the field and its line here.
     retry: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    // Read as any value, so that a wrong type is refused here with the field's name too.
+    max_message_bytes: Option<Spanned<toml::Value>>,
+    max_header_list_bytes: Option<Spanned<toml::Value>>,
+    max_streams_per_connection: Option<Spanned<toml::Value>>,
+    max_connections: Option<Spanned<toml::Value>>,
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+}
+
+impl RawLimits {
+    /// The limits, each checked: a count of at least 1 and within its type, a duration of at
+    /// least 1 ms; an error names the field and its line.
+    fn into_limits(self, lines: &Lines<'_>) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        let count = |name: &str, value: Spanned<toml::Value>, max: u64| match value
+            .get_ref()
+            .as_integer()
+            .and_then(|n| u64::try_from(n).ok())
+        {
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(lines.error(
+                format!("limits.{name}"),
+                value.span(),
+                format!("{}: expected a whole number from 1 to {max}", value.get_ref()),
+            )),
+        };
+        let duration = |name: &str, value: Spanned<String>| {
+            let field = format!("limits.{name}");
+            match humantime::parse_duration(value.get_ref()) {
+                Ok(d) if (MIN_LIMIT_TIMEOUT..=MAX_LIMIT_TIMEOUT).contains(&d) => Ok(d),
+                Ok(_) => Err(lines.error(
+                    field,
+                    value.span(),
+                    format!("{:?}: expected 1ms to 365 days", value.get_ref()),
+                )),
+                Err(e) => Err(lines.error(
+                    field,
+                    value.span(),
+                    format!("{:?}: {e} (e.g. \"30s\")", value.get_ref()),
+                )),
+            }
+        };
+        // h2 takes the sizes as u32; a message is at most 4 GiB - 1 by its prefix.
+        let u32_max = u64::from(u32::MAX);
+        if let Some(v) = self.max_message_bytes {
+            limits.max_message_bytes = count("max_message_bytes", v, u32_max)? as u32;
+        }
+        if let Some(v) = self.max_header_list_bytes {
+            limits.max_header_list_bytes = count("max_header_list_bytes", v, u32_max)? as u32;
+        }
+        if let Some(v) = self.max_streams_per_connection {
+            limits.max_streams_per_connection = count("max_streams_per_connection", v, u32_max)? as u32;
+        }
+        if let Some(v) = self.max_connections {
+            limits.max_connections = count("max_connections", v, u32_max)? as usize;
+        }
+        if let Some(v) = self.header_read_timeout {
+            limits.header_read_timeout = duration("header_read_timeout", v)?;
+        }
+        if let Some(v) = self.idle_timeout {
+            limits.idle_timeout = duration("idle_timeout", v)?;
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Deserialize)]
@@ -786,6 +892,10 @@ impl RawConfig {
         if let Some(keys) = self.keys {
             lines.record("keys", &keys);
             config.keys = keys.into_inner();
+        }
+        if let Some(limits) = self.limits {
+            lines.record("limits", &limits);
+            config.limits = limits.into_inner().into_limits(lines)?;
         }
         if let Some(header) = self.model_header {
             lines.record("model_header", &header);
@@ -1103,6 +1213,45 @@ pool = "b"
         assert_eq!((e.line, e.field.as_deref()), (Some(17), Some("pool[1].retry.initial_backoff")), "{e}");
         let e = error(&GOOD.replace("name = \"b\"\n", "name = \"b\"\nretry = 3\n"));
         assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].retry")), "{e}");
+    }
+
+    #[test]
+    fn limits_read_with_defaults_and_a_bad_one_names_its_line() {
+        use crate::gateway::limits::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION};
+        let c = GatewayConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let text = format!(
+            "{GOOD}\n[limits]\nmax_message_bytes = 1024\nmax_header_list_bytes = 4096\nmax_connections = 3\nheader_read_timeout = \"2s\"\n"
+        );
+        // [limits] is on line 20, its fields on 21 to 24.
+        let c = GatewayConfig::from_toml(&text).unwrap();
+        assert_eq!(c.limits.max_message_bytes, 1024);
+        assert_eq!(c.limits.max_header_list_bytes, 4096);
+        assert_eq!(c.limits.max_connections, 3);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_streams_per_connection, DEFAULT_MAX_STREAMS_PER_CONNECTION);
+        assert_eq!(c.limits.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+
+        let e = error(&text.replace("max_connections = 3", "max_connections = 0"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(23), Some("limits.max_connections")), "{e}");
+        let e = error(&text.replace("= 1024", "= 5000000000"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(21), Some("limits.max_message_bytes")), "{e}");
+        let e = error(&text.replace("\"2s\"", "\"soon\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("limits.header_read_timeout")), "{e}");
+        let e = error(&text.replace("\"2s\"", "\"400days\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("limits.header_read_timeout")), "{e}");
+        let mut built = GatewayConfig::from_toml(GOOD).unwrap();
+        built.limits.idle_timeout = Duration::ZERO;
+        assert_eq!(built.validate().unwrap_err().field.as_deref(), Some("limits.idle_timeout"));
+        built.limits = Limits { max_connections: 0, ..Limits::default() };
+        assert_eq!(built.validate().unwrap_err().field.as_deref(), Some("limits.max_connections"));
+        let e = error(&text.replace("\"2s\"", "\"0s\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("limits.header_read_timeout")), "{e}");
+        let e = error(&text.replace("max_connections", "max_conections"));
+        assert_eq!(e.line, Some(23), "{e}");
+        assert!(e.message.contains("unknown field `max_conections`"), "{e}");
+        let e = error(&text.replace("= 4096", "= \"4k\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(22), Some("limits.max_header_list_bytes")), "{e}");
     }
 
     #[test]

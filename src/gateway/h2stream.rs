@@ -16,6 +16,8 @@ use h2::{Reason, RecvStream, SendStream};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
+use super::limits::MessageWatch;
+
 /// Copies a body into a stream's send half, frame by frame, within the stream's flow-control
 /// window, ending the stream with the body's end (or its trailers). A body that fails resets the
 /// stream (`CANCEL`); a stream the peer resets ends the copy.
@@ -115,12 +117,33 @@ pub struct RecvBody {
     /// For a response: the request body's pipe, when it outlived the response head; dropping
     /// this body (the client went away) has it reset the stream.
     _pipe: Option<oneshot::Sender<()>>,
+    /// For a client's request: the limit of its messages' length prefixes. Past it the body
+    /// fails (the endpoint's stream is reset) and ends, and the connection answers the call
+    /// `RESOURCE_EXHAUSTED`.
+    limit: Option<MessageWatch>,
+    /// Whether a message over the limit ended the body.
+    refused: Refused,
+}
+
+/// Where a body refused for a message over the limit is in its ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    No,
+    /// It answered pending once, waking its task.
+    Waking,
+    /// It failed; it ends.
+    Failed,
 }
 
 impl RecvBody {
     /// The body of `recv`; dropping it fires `pipe`, if given.
     pub(crate) fn new(recv: RecvStream, pipe: Option<oneshot::Sender<()>>) -> Self {
-        Self { recv, data_done: false, _pipe: pipe }
+        Self { recv, data_done: false, _pipe: pipe, limit: None, refused: Refused::No }
+    }
+
+    /// The body of a client's request `recv`, its messages held to `limit`.
+    pub(crate) fn limited(recv: RecvStream, limit: MessageWatch) -> Self {
+        Self { recv, data_done: false, _pipe: None, limit: Some(limit), refused: Refused::No }
     }
 }
 
@@ -132,9 +155,28 @@ impl Body for RecvBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        match self.refused {
+            Refused::No => {}
+            Refused::Waking => {
+                self.refused = Refused::Failed;
+                return Poll::Ready(Some(Err(h2::Error::from(Reason::CANCEL))));
+            }
+            Refused::Failed => return Poll::Ready(None),
+        }
         if !self.data_done {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
+                    if let Some(limit) = &mut self.limit
+                        && !limit.feed(&data)
+                    {
+                        // Nothing more is read: the rest of the body stays with the client.
+                        // Pending first, with the task woken: the connection's task for the
+                        // call sees the refusal and drops the call before it forwards anything;
+                        // a body read elsewhere (piped to an endpoint already) fails next.
+                        self.refused = Refused::Waking;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -150,7 +192,7 @@ impl Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.refused == Refused::Failed || self.recv.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -130,6 +130,25 @@
 //! connection_budget = 16777216
 //! ```
 //!
+//! What a client may ask of the listener is bounded by `[limits]` (the defaults shown; see
+//! [`limits`] for where each acts and how h2's own bounds meet HTTP/2 floods):
+//!
+//! ```toml
+//! [limits]
+//! max_message_bytes = 67108864        # RESOURCE_EXHAUSTED once a longer message's prefix is read
+//! max_header_list_bytes = 16384       # 431 and the stream reset
+//! max_streams_per_connection = 1024   # RST_STREAM REFUSED_STREAM past it
+//! max_connections = 10000             # closed at once past it
+//! header_read_timeout = "30s"         # closed without the first request's headers by then
+//! idle_timeout = "5m"                 # GOAWAY after that long without a stream
+//! ```
+//!
+//! A client that resets most of its streams before their answers (rapid reset) gets GOAWAY
+//! `ENHANCE_YOUR_CALM`; one that sends more than 1,000 PING or SETTINGS frames in a second is
+//! disconnected. Every refusal is counted on the admin API's `/metrics` as
+//! `switchyard_gateway_refused_total{reason}` (`connection_limit`, `header_read_timeout`,
+//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`, `control_flood`).
+//!
 //! A pool may read some keys its own way (`[pool.keys]`, [`switchyard_keys::PoolKeys`]): its
 //! session and priority headers, and its prefix block size (the prompt's text is then hashed at
 //! that size too, in the same pass; a `prefix_hashes` parameter is taken as it is). They replace
@@ -245,8 +264,10 @@ mod cache;
 mod config;
 mod downstream;
 mod drain;
+mod flood;
 mod h2stream;
 pub mod layers;
+pub mod limits;
 mod pool;
 mod process_metrics;
 mod proxy;
@@ -264,6 +285,7 @@ pub use config::{
     RouteConfig,
 };
 pub use h2stream::RecvBody;
+pub use limits::Limits;
 pub use pool::Pool;
 pub use process_metrics::{GATEWAY_TASKS, PROCESS_OPEN_FDS, PROCESS_RESIDENT_MEMORY};
 pub use server::{Gateway, GatewayError, GatewayTelemetry};

@@ -24,6 +24,7 @@ use super::admin;
 use super::config::{ConfigError, GatewayConfig};
 use super::downstream::ServeConnection;
 use super::drain::{self, CallsInFlight, DrainGate, Draining};
+use super::limits::{Refusal, Refusals};
 use super::pool::Pool;
 use super::process_metrics::ProcessMetrics;
 use super::proxy::Proxy;
@@ -199,6 +200,8 @@ impl Gateway {
             .collect::<Result<Vec<_>, _>>()?
             .into();
         let metrics = telemetry.registry;
+        let refusals = Arc::new(Refusals::default());
+        metrics.add_source(refusals.clone());
         for pool in pools.iter() {
             metrics.add_source(Arc::new(BoardMetrics::new(
                 pool.name(),
@@ -229,13 +232,14 @@ impl Gateway {
             let (stopped, drain, proxy, count, draining) =
                 (stopped.clone(), config.drain_timeout, proxy.for_thread(), open.clone(), draining.clone());
             let (calls, gate) = (Arc::new(CallsInFlight::default()), gate.clone());
+            let (limits, refusals) = (config.limits, refusals.clone());
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
                 let thread_calls = calls.clone();
                 let drain = Drain { timeout: drain, calls, gate };
                 runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
                     let proxy = Draining::new(proxy.for_connection(), thread_calls.clone(), draining.clone());
-                    ServeConnection::new(io, proxy)
+                    ServeConnection::new(io, proxy, &limits, refusals.clone())
                 }));
                 let _ = done.send(());
             })?;
@@ -243,7 +247,12 @@ impl Gateway {
             serving.push(finished);
         }
         metrics.add_source(Arc::new(ProcessMetrics::new(runtimes, &metrics)));
-        let acceptor = tokio::spawn(accept(listener, stopped.clone(), handoff));
+        let acceptor = tokio::spawn(accept(
+            listener,
+            stopped.clone(),
+            handoff,
+            ConnectionLimit { max: config.limits.max_connections, refusals },
+        ));
         tracing::info!(pools = pools.len(), threads, "gateway serving on {local_addr}");
 
         // The admin API answers through the drain (it shows the draining state) and stops after.
@@ -346,8 +355,20 @@ impl Gateway {
     }
 }
 
-/// Accepts connections until `stop` and hands each to the serving thread with the fewest open.
-async fn accept(listener: TcpListener, mut stop: watch::Receiver<bool>, mut threads: Vec<ServingThread>) {
+/// The most client connections open at once, and where the refused ones are counted.
+struct ConnectionLimit {
+    max: usize,
+    refusals: Arc<Refusals>,
+}
+
+/// Accepts connections until `stop` and hands each to the serving thread with the fewest open;
+/// closes at once those past `limit` (the serving threads' open connections, summed).
+async fn accept(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    mut threads: Vec<ServingThread>,
+    limit: ConnectionLimit,
+) {
     loop {
         let stream = tokio::select! {
             // A dropped `Gateway` stops too.
@@ -362,6 +383,14 @@ async fn accept(listener: TcpListener, mut stop: watch::Receiver<bool>, mut thre
                 }
             },
         };
+        let open: usize = threads.iter().map(|t| t.open.load(Ordering::Relaxed)).sum();
+        if open >= limit.max {
+            tracing::debug!(open, "gateway: refusing a connection past max_connections");
+            limit.refusals.count(Refusal::ConnectionLimit);
+            // Closed now, before any byte is read.
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         // Leave this runtime's reactor; the serving thread registers it with its own.
         let stream = match stream.into_std() {

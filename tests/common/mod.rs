@@ -3,6 +3,7 @@
 
 pub(crate) mod gateway;
 pub(crate) mod prometheus;
+pub(crate) mod raw_h2;
 pub(crate) mod worker;
 
 use std::process::Stdio;

@@ -1,0 +1,203 @@
+//! The frames a client sends for nothing but the gateway's answer, counted as they are read:
+//! a flood of PING or SETTINGS frames ends the connection.
+//!
+//! h2 answers each PING and SETTINGS frame (one ACK at a time, nothing read until it is written),
+//! so a flood queues nothing but costs the gateway a frame written for every frame read, for as
+//! long as the client reads the answers. [`FrameWatch`] sits between the socket and h2 and reads
+//! the frame headers as the bytes pass (the nine-byte header of each frame, the payload skipped
+//! by its length: a few comparisons per frame, nothing copied or held); past
+//! [`MAX_CONTROL_FRAMES_PER_SECOND`] in one second it fails the read, which ends the connection,
+//! and counts the refusal (`control_flood`). gRPC clients send a PING per keepalive interval
+//! (seconds) and, estimating bandwidth, about one per window of data: far below it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::limits::{ConnectionWatch, Refusal};
+
+/// PING and SETTINGS frames (not their ACKs) a client may send in one second.
+pub(crate) const MAX_CONTROL_FRAMES_PER_SECOND: u32 = 1000;
+
+/// The client connection preface, before the first frame.
+const PREFACE_LEN: usize = 24;
+const FRAME_HEAD_LEN: usize = 9;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+
+/// Counts control frames in a byte stream, across reads.
+#[derive(Debug)]
+pub(crate) struct ControlFrames {
+    /// Bytes to pass before the next frame header (the preface, then each payload).
+    skip: usize,
+    head: [u8; FRAME_HEAD_LEN],
+    head_len: usize,
+    window_start: Option<Instant>,
+    in_window: u32,
+}
+
+impl ControlFrames {
+    pub(crate) fn new() -> Self {
+        Self { skip: PREFACE_LEN, head: [0; FRAME_HEAD_LEN], head_len: 0, window_start: None, in_window: 0 }
+    }
+
+    /// Reads `data`, the next bytes from the client: false once the client has sent more than
+    /// the allowed control frames in a second.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (FRAME_HEAD_LEN - self.head_len).min(data.len());
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
+            self.head_len += n;
+            data = &data[n..];
+            if self.head_len < FRAME_HEAD_LEN {
+                break;
+            }
+            self.head_len = 0;
+            let [a, b, c, kind, flags, ..] = self.head;
+            self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            if (kind == PING || kind == SETTINGS) && flags & ACK == 0 && !self.count() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Counts one control frame in the current second: false past the limit.
+    fn count(&mut self) -> bool {
+        let now = Instant::now();
+        match self.window_start {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {
+                self.in_window += 1;
+                self.in_window <= MAX_CONTROL_FRAMES_PER_SECOND
+            }
+            _ => {
+                self.window_start = Some(now);
+                self.in_window = 1;
+                true
+            }
+        }
+    }
+}
+
+/// A client's socket as h2 reads it, its control frames counted (see the module docs).
+#[derive(Debug)]
+pub(crate) struct FrameWatch<T> {
+    io: T,
+    frames: ControlFrames,
+    connection: Arc<ConnectionWatch>,
+    flooded: bool,
+}
+
+impl<T> FrameWatch<T> {
+    pub(crate) fn new(io: T, connection: Arc<ConnectionWatch>) -> Self {
+        Self { io, frames: ControlFrames::new(), connection, flooded: false }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.flooded {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "control frame flood")));
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if !this.frames.feed(&buf.filled()[before..]) {
+            tracing::debug!("closing a connection that floods PING or SETTINGS frames");
+            this.connection.refused(Refusal::ControlFlood);
+            this.flooded = true;
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "control frame flood")));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let mut f = (payload as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+        f.resize(f.len() + payload, 0);
+        f
+    }
+
+    fn preface() -> Vec<u8> {
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_past_the_limit_in_one_second_are_a_flood_split_or_whole() {
+        let mut wire = preface();
+        wire.extend(frame(0x0, 0, 20_000)); // DATA: its payload is skipped, PING bytes or not
+        for _ in 0..MAX_CONTROL_FRAMES_PER_SECOND {
+            wire.extend(frame(PING, 0, 8));
+            wire.extend(frame(PING, ACK, 8)); // ACKs are not counted
+        }
+        // Whole, then one byte at a time: the limit is met, not passed.
+        let mut frames = ControlFrames::new();
+        assert!(frames.feed(&wire));
+        assert!(!frames.feed(&frame(SETTINGS, 0, 0)), "one more in the same second");
+        let mut frames = ControlFrames::new();
+        assert!(wire.iter().all(|b| frames.feed(std::slice::from_ref(b))));
+        // A second later, the count starts again.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(frames.feed(&frame(PING, 0, 8)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_rate_under_the_limit_is_no_flood() {
+        let mut frames = ControlFrames::new();
+        assert!(frames.feed(&preface()));
+        for _ in 0..10 * MAX_CONTROL_FRAMES_PER_SECOND {
+            assert!(frames.feed(&frame(PING, 0, 8)));
+            tokio::time::advance(Duration::from_micros(
+                1_000_000 / u64::from(MAX_CONTROL_FRAMES_PER_SECOND) + 1,
+            ))
+            .await;
+        }
+    }
+}
