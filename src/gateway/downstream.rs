@@ -22,6 +22,7 @@ use h2::server::{Connection, SendResponse};
 use http::{Request, Response};
 use http_body::Body;
 use hyper::service::Service;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::h2stream::{Pipe, RecvBody};
@@ -45,18 +46,30 @@ fn h2_builder() -> h2::server::Builder {
     builder
 }
 
+/// Why a client's connection ended in error: its TLS handshake failed, or HTTP/2 did.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    /// The TLS handshake failed or timed out.
+    #[error("TLS handshake: {0}")]
+    Tls(#[from] std::io::Error),
+    /// HTTP/2 failed.
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
+
 /// The connection's one task holds this in place from the handshake to the end, so the size of
 /// the serving variant costs nothing, and boxing it would add an indirection to every poll.
 #[allow(clippy::large_enum_variant)]
-enum State {
-    Handshaking(BoxFuture<'static, Result<Connection<TcpStream, Bytes>, h2::Error>>),
-    Serving(Connection<TcpStream, Bytes>),
+enum State<I> {
+    Handshaking(BoxFuture<'static, Result<Connection<I, Bytes>, ConnectionError>>),
+    Serving(Connection<I, Bytes>),
 }
 
-/// Serves one client connection with `service` until the client closes it (or, after
+/// Serves one client connection over `I` (a `TcpStream`, or a TLS stream over one) with
+/// `service` until the client closes it (or, after
 /// [`graceful_shutdown`](Self::graceful_shutdown), until its streams are done).
-pub(crate) struct ServeConnection<S> {
-    state: State,
+pub(crate) struct ServeConnection<S, I = TcpStream> {
+    state: State<I>,
     service: S,
     /// A graceful shutdown asked for during the handshake, done once it completes.
     shutdown: bool,
@@ -65,10 +78,27 @@ pub(crate) struct ServeConnection<S> {
 impl<S> ServeConnection<S> {
     /// Starts the HTTP/2 handshake on `io`.
     pub(crate) fn new(io: TcpStream, service: S) -> Self {
-        let handshake = h2_builder().handshake::<_, Bytes>(io);
+        let handshake = async move { Ok(h2_builder().handshake::<_, Bytes>(io).await?) };
         Self { state: State::Handshaking(Box::pin(handshake)), service, shutdown: false }
     }
+}
 
+impl<S, I> ServeConnection<S, I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Serves the stream `io` will give (a TLS handshake, see `tls`), starting HTTP/2 on it once
+    /// it is there; an error of `io` ends the connection.
+    pub(crate) fn after(io: impl Future<Output = std::io::Result<I>> + Send + 'static, service: S) -> Self {
+        let handshake = async move { Ok(h2_builder().handshake::<_, Bytes>(io.await?).await?) };
+        Self { state: State::Handshaking(Box::pin(handshake)), service, shutdown: false }
+    }
+}
+
+impl<S, I> ServeConnection<S, I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     /// Sends GOAWAY: the client opens no new stream; those it has are served to their end, and
     /// the connection then closes.
     pub(crate) fn graceful_shutdown(&mut self) {
@@ -79,14 +109,15 @@ impl<S> ServeConnection<S> {
     }
 }
 
-impl<S, B> Future for ServeConnection<S>
+impl<S, B, I> Future for ServeConnection<S, I>
 where
+    I: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request<RecvBody>, Response = Response<B>, Error = Infallible> + Unpin,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
-    type Output = Result<(), h2::Error>;
+    type Output = Result<(), ConnectionError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -104,7 +135,7 @@ where
                         let call = this.service.call(request.map(|recv| RecvBody::new(recv, None)));
                         tokio::spawn(respond_with(call, respond));
                     }
-                    Some(Err(error)) => return Poll::Ready(Err(error)),
+                    Some(Err(error)) => return Poll::Ready(Err(error.into())),
                     None => return Poll::Ready(Ok(())),
                 },
             }

@@ -208,6 +208,7 @@
 //! ```
 
 mod admin;
+mod admin_auth;
 mod body;
 mod cache;
 mod config;
@@ -219,12 +220,15 @@ mod pool;
 mod proxy;
 mod route;
 mod server;
+mod tls;
 mod upstream;
+mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use admin_auth::{ADMIN_TOKEN_ENV, AdminToken};
 pub use body::{ProxyBody, RequestBody};
 pub use config::{
     ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, MAX_THREADS, PoolConfig,
@@ -235,7 +239,9 @@ pub use pool::Pool;
 pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;
 use switchyard_core::Spec;
+pub use tls::{DEFAULT_RELOAD_INTERVAL, HANDSHAKE_TIMEOUT, TlsConfig, TlsError};
 use tokio::net::TcpListener;
+pub use upstream_tls::UpstreamTlsConfig;
 
 /// Where the gateway serves gRPC unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -291,6 +297,12 @@ pub struct GatewayArgs {
     /// else 127.0.0.1:9900].
     #[arg(long, value_parser = crate::listen::parse_listen_address)]
     pub admin: Option<SocketAddr>,
+    /// A file whose first line is the admin API's bearer token (at least 16 visible ASCII
+    /// characters): changes through the admin API need `Authorization: Bearer TOKEN`, and every
+    /// call does when --admin is not loopback [default: the config's `admin_token_file`, else the
+    /// SWITCHYARD_ADMIN_TOKEN environment variable, else none].
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Longest wait for in-flight requests on shutdown, e.g. `30s` [default: the config's
     /// `drain_timeout`, else 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -330,6 +342,15 @@ impl GatewayArgs {
         };
         config.listen = self.listen.or(config.listen);
         config.admin = self.admin.or(config.admin);
+        if let Some(path) = &self.admin_token_file {
+            config.admin_token =
+                Some(AdminToken::from_file(path).map_err(|e| ConfigError::field("--admin-token-file", e))?);
+        } else if config.admin_token.is_none()
+            && let Ok(token) = std::env::var(ADMIN_TOKEN_ENV)
+        {
+            config.admin_token =
+                Some(AdminToken::new(&token).map_err(|e| ConfigError::field(ADMIN_TOKEN_ENV, e))?);
+        }
         if let Some(timeout) = self.drain_timeout {
             config.drain_timeout = timeout;
         }

@@ -21,6 +21,23 @@ use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
 use super::layers::{self, BoxPoolService};
 use super::upstream::EndpointClient;
+use super::upstream_tls::UpstreamTls;
+
+/// The pool's TLS towards its endpoints, loaded from its `tls` files, if it has one.
+fn upstream_tls(config: &PoolConfig) -> Result<Option<UpstreamTls>, ConfigError> {
+    let Some(tls) = &config.tls else { return Ok(None) };
+    UpstreamTls::new(tls, &format!("pool {:?} tls", config.name)).map(Some).map_err(tls_error)
+}
+
+/// A TLS file error as a config error naming the field.
+fn tls_error(e: super::tls::TlsError) -> ConfigError {
+    let message = if e.path.as_os_str().is_empty() {
+        e.message
+    } else {
+        format!("{}: {}", e.path.display(), e.message)
+    };
+    ConfigError { file: None, line: None, field: Some(e.field), message }
+}
 
 /// A request on its way to an endpoint.
 pub(crate) type UpstreamRequest = http::Request<RequestBody>;
@@ -66,9 +83,11 @@ impl Pool {
         observer: Option<Arc<dyn Observer>>,
         extra: Vec<Source>,
     ) -> Result<Self, ConfigError> {
-        // An address is checked before anything starts, so that a bad one is a config error.
+        // An address (and the pool's TLS files) is checked before anything starts, so that a bad
+        // one is a config error.
+        let tls = upstream_tls(config)?;
         for endpoint in &config.endpoints {
-            EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
+            EndpointClient::new(&endpoint.address, threads, tls.as_ref()).map_err(|e| ConfigError {
                 file: None,
                 line: None,
                 field: Some(format!("pool {:?} endpoint {}", config.name, endpoint.id)),
@@ -101,7 +120,15 @@ impl Pool {
         match &config.health {
             None => Self::start_with(config, threads, picked_endpoint, observer, changes),
             Some(health) => {
-                let (changes, held) = changes.with_health(health.clone());
+                // The health checks reach the endpoints as the requests do: over TLS in a TLS pool.
+                let health_tls = match &config.tls {
+                    None => None,
+                    Some(tls) => Some(
+                        super::upstream_tls::health_tls(tls, &format!("pool {:?} tls", config.name))
+                            .map_err(tls_error)?,
+                    ),
+                };
+                let (changes, held) = changes.with_health_tls(health.clone(), health_tls);
                 let mut pool = Self::start_with(config, threads, picked_endpoint, observer, changes)?;
                 pool.held = Some(held);
                 Ok(pool)
@@ -143,6 +170,7 @@ impl Pool {
         let following = kv.clone();
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
+        let tls = upstream_tls(config)?;
         // The client of each endpoint the balancer has: an update in place keeps its connections,
         // and a removed endpoint's are let go of at once (a balancer's copy of its members may
         // hold the client until its next request), closing as their requests end.
@@ -161,7 +189,7 @@ impl Pool {
                         if let Some(old) = clients.remove(&id) {
                             old.close();
                         }
-                        match EndpointClient::new(&endpoint.address, threads) {
+                        match EndpointClient::new(&endpoint.address, threads, tls.as_ref()) {
                             Ok(client) => {
                                 let client = client.with_drain_timeout(drain_timeout);
                                 clients.insert(id.clone(), client.clone());
