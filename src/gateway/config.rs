@@ -1252,6 +1252,61 @@ pool = "b"
     }
 
     #[test]
+    fn tls_sections_read_whole_and_their_errors_name_the_field_and_line() {
+        let text = format!(
+            "{GOOD}\n[tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\nreload_interval = \"1s\"\n"
+        );
+        let text = text.replace(
+            "name = \"b\"\n",
+            "name = \"b\"\ntls = { ca = \"ca.pem\", server_name = \"worker.internal\", cert = \"gw.crt\", key = \"gw.key\" }\n",
+        );
+        // Lines: pool "b" at 12, its tls at 13; [tls] at 21, reload_interval at 25.
+        let c = GatewayConfig::from_toml(&text).unwrap();
+        let tls = c.tls.as_ref().expect("[tls]");
+        assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some("server.crt"), Some("server.key")));
+        assert_eq!(tls.client_ca.as_deref().and_then(Path::to_str), Some("ca.pem"));
+        assert_eq!(tls.reload_interval, Duration::from_secs(1));
+        let pool_tls = c.pools[1].tls.as_ref().expect("pool tls");
+        assert_eq!(pool_tls.server_name.as_deref(), Some("worker.internal"));
+        assert_eq!(pool_tls.cert.as_deref().and_then(Path::to_str), Some("gw.crt"));
+        assert!(c.pools[0].tls.is_none());
+
+        let e = error(&text.replace("reload_interval = \"1s\"", "reload_interval = \"0s\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(25), Some("tls.reload_interval")), "{e}");
+        let e = error(&text.replace(", key = \"gw.key\"", ""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].tls.key")), "{e}");
+        assert!(e.message.contains("`cert` needs its `key`"), "{e}");
+        let e = error(&text.replace("worker.internal", "not a name!"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].tls.server_name")), "{e}");
+        let e = error(&text.replace("key = \"server.key\"\n", ""));
+        assert_eq!(e.line, Some(21), "{e}");
+        assert!(e.message.contains("key"), "{e}");
+        let e = error(&text.replace("client_ca =", "client_cert ="));
+        assert!(e.message.contains("client_cert"), "{e}");
+    }
+
+    #[test]
+    fn an_admin_token_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "0123456789abcdef-token\n").unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, format!("admin_token_file = \"token\"\n{GOOD}")).unwrap();
+        let c = GatewayConfig::load(&path).unwrap();
+        assert_eq!(c.admin_token, Some(AdminToken::new("0123456789abcdef-token").unwrap()));
+        std::fs::write(dir.path().join("token"), "short\n").unwrap();
+        let e = GatewayConfig::load(&path).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(1), Some("admin_token_file")), "{e}");
+        assert!(e.message.contains("at least 16"), "{e}");
+    }
+
+    #[test]
+    fn https_endpoints_are_endpoints() {
+        let c = GatewayConfig::from_toml(&GOOD.replace("http://127.0.0.1:9003", "https://127.0.0.1:9003"))
+            .unwrap();
+        assert_eq!(c.pools[1].endpoints[0].address, "https://127.0.0.1:9003");
+    }
+
+    #[test]
     fn flags_make_one_default_pool() {
         let c = GatewayConfig::single_pool(&["127.0.0.1:9001".into()], PolicyKind::Random).unwrap();
         assert_eq!(c.pools[0].name, "default");

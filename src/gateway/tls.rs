@@ -2,12 +2,14 @@
 //! optional mutual TLS, and certificates reloaded from disk while the gateway runs.
 //!
 //! The listener's certificate chain and key are PEM files. The server answers every handshake
-//! with the [`CertifiedKey`] a resolver holds now; a task polls the two files' modification times
-//! and sizes every `reload_interval` (10 s by default) and, when either changed, loads the pair
-//! again and swaps it in: new handshakes present the new certificate, open connections keep
+//! with the [`CertifiedKey`] a resolver holds now; a task reads the two files every
+//! `reload_interval` (10 s by default) and, when either differs from the pair in force, loads the
+//! pair again and swaps it in: new handshakes present the new certificate, open connections keep
 //! theirs, and nothing restarts. A pair that does not load (a file half-written, a key that is
 //! not the certificate's) is logged and the old one stays in force; the next change is tried
-//! again. This is how cert-manager's or an ACME client's renewals reach a running gateway, as
+//! again. The files' bytes are compared rather than their modification times, which many
+//! filesystems keep at a few milliseconds' granularity (a renewal written twice within one tick of
+//! that clock would go unseen); a few kilobytes read every few seconds cost nothing. This is how cert-manager's or an ACME client's renewals reach a running gateway, as
 //! Envoy's SDS file watch and nginx's reload do.
 //!
 //! With `client_ca`, clients must present a certificate that chains to one of that file's CAs
@@ -22,7 +24,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -98,10 +100,19 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Reads a file, an error naming its field.
+fn read(field: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::new(field, path, format!("cannot read: {e}")))
+}
+
 /// Reads a PEM certificate chain (at least one certificate).
 pub(crate) fn load_certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsError::new(field, path, format!("cannot read: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(field, path, &read(field, path)?)
+}
+
+/// Parses the PEM certificate chain `bytes` read from `path` (at least one certificate).
+fn parse_certs(field: &str, path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::new(field, path, format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
@@ -112,8 +123,12 @@ pub(crate) fn load_certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<
 
 /// Reads a PEM private key.
 pub(crate) fn load_key(field: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsError::new(field, path, format!("cannot read: {e}")))?;
-    PrivateKeyDer::from_pem_slice(&bytes)
+    parse_key(field, path, &read(field, path)?)
+}
+
+/// Parses the PEM private key `bytes` read from `path`.
+fn parse_key(field: &str, path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes)
         .map_err(|e| TlsError::new(field, path, format!("no PEM private key: {e}")))
 }
 
@@ -126,12 +141,25 @@ pub(crate) fn load_roots(field: &str, path: &Path) -> Result<RootCertStore, TlsE
     Ok(roots)
 }
 
-/// Loads a certificate chain and its key, checking that they belong together.
-fn load_certified_key(config: &TlsConfig, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
-    let certs = load_certs("tls.cert", &config.cert)?;
-    let key = load_key("tls.key", &config.key)?;
-    CertifiedKey::from_der(certs, key, provider)
-        .map_err(|e| TlsError::new("tls.key", &config.key, format!("does not fit tls.cert: {e}")))
+/// The bytes of the certificate and key files, as last read.
+#[derive(PartialEq, Eq)]
+struct PairBytes {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl PairBytes {
+    fn read(config: &TlsConfig) -> Result<Self, TlsError> {
+        Ok(Self { cert: read("tls.cert", &config.cert)?, key: read("tls.key", &config.key)? })
+    }
+
+    /// The certified key these bytes hold, checking that the key is the certificate's.
+    fn certified_key(&self, config: &TlsConfig, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+        let certs = parse_certs("tls.cert", &config.cert, &self.cert)?;
+        let key = parse_key("tls.key", &config.key, &self.key)?;
+        CertifiedKey::from_der(certs, key, provider)
+            .map_err(|e| TlsError::new("tls.key", &config.key, format!("does not fit tls.cert: {e}")))
+    }
 }
 
 /// The certified key every handshake is answered with, swapped when the files change.
@@ -147,12 +175,13 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// The listener's TLS, loaded: the acceptor the serving threads share, and what reloads it.
-#[derive(Clone)]
 pub(crate) struct ListenerTls {
     acceptor: TlsAcceptor,
     cert: Arc<ReloadingCert>,
     config: TlsConfig,
     provider: Arc<CryptoProvider>,
+    /// The files' bytes when they were last read.
+    seen: PairBytes,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -165,8 +194,9 @@ impl ListenerTls {
     /// Loads the files `config` names; an error names the field and the file.
     pub(crate) fn new(config: &TlsConfig) -> Result<Self, TlsError> {
         let provider = provider();
+        let seen = PairBytes::read(config)?;
         let cert = Arc::new(ReloadingCert {
-            current: RwLock::new(Arc::new(load_certified_key(config, &provider)?)),
+            current: RwLock::new(Arc::new(seen.certified_key(config, &provider)?)),
         });
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -183,7 +213,13 @@ impl ListenerTls {
         };
         let mut server = builder.with_cert_resolver(cert.clone());
         server.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Self { acceptor: TlsAcceptor::from(Arc::new(server)), cert, config: config.clone(), provider })
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            cert,
+            config: config.clone(),
+            provider,
+            seen,
+        })
     }
 
     /// The acceptor new connections are handshaken with.
@@ -191,40 +227,43 @@ impl ListenerTls {
         self.acceptor.clone()
     }
 
-    /// Checks the certificate and key files every `reload_interval` until `stop`, swapping in
-    /// the pair they hold when either changed and loads; a pair that does not load is logged and
-    /// the one in force stays.
-    pub(crate) async fn reload_until(self, mut stop: watch::Receiver<bool>) {
-        let mut seen = self.stamps();
-        let mut tick = tokio::time::interval(self.config.reload_interval);
+    /// Reads the certificate and key files every `reload_interval` until `stop`, swapping in the
+    /// pair they hold when either changed and the pair loads; a pair that does not load (or a
+    /// file that cannot be read) is logged and the one in force stays.
+    pub(crate) async fn reload_until(mut self, mut stop: watch::Receiver<bool>) {
+        let interval = self.config.reload_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = async { drop(stop.wait_for(|stop| *stop).await) } => return,
                 _ = tick.tick() => {}
             }
-            let now = self.stamps();
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match load_certified_key(&self.config, &self.provider) {
+            let now = match PairBytes::read(&self.config) {
+                Ok(now) if now == self.seen => continue,
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::warn!("TLS certificate not reloaded, the one in force stays: {e}");
+                    continue;
+                }
+            };
+            match now.certified_key(&self.config, &self.provider) {
                 Ok(key) => {
                     *self.cert.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Arc::new(key);
                     tracing::info!(cert = %self.config.cert.display(), "TLS certificate reloaded");
                 }
-                Err(e) => tracing::warn!("TLS certificate not reloaded, the previous one stays: {e}"),
+                Err(e) => tracing::warn!("TLS certificate not reloaded, the one in force stays: {e}"),
             }
+            // A bad pair is not tried again until a file changes.
+            self.seen = now;
         }
     }
 
-    /// The modification time and size of the certificate and key files (`None` for one that
-    /// cannot be read now).
-    fn stamps(&self) -> [Option<(SystemTime, u64)>; 2] {
-        let stamp =
-            |path: &Path| std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
-        [stamp(&self.config.cert), stamp(&self.config.key)]
+    /// The certificate chain new handshakes present now.
+    #[cfg(test)]
+    fn presented(&self) -> Vec<CertificateDer<'static>> {
+        self.cert.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).cert.clone()
     }
 }
 
@@ -236,5 +275,83 @@ pub(crate) async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream) -> io::Resu
             io::ErrorKind::TimedOut,
             format!("TLS handshake not done in {HANDSHAKE_TIMEOUT:?}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `localhost`: its PEM and its key's PEM.
+    fn self_signed() -> (String, String) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+        (made.cert.pem(), made.signing_key.serialize_pem())
+    }
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pair_is_swapped_at_the_interval_after_a_change_and_kept_when_the_new_one_is_bad() {
+        let dir = tempfile::tempdir().expect("a folder");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let write = |pair: &(String, String)| {
+            std::fs::write(&cert, &pair.0).expect("write");
+            std::fs::write(&key, &pair.1).expect("write");
+        };
+        let (first, second, third) = (self_signed(), self_signed(), self_signed());
+        write(&first);
+        let config = TlsConfig::new(&cert, &key).with_reload_interval(Duration::from_secs(10));
+        let tls = ListenerTls::new(&config).expect("loads");
+        let resolver = tls.cert.clone();
+        let presented = move || resolver.current.read().expect("not poisoned").cert[0].clone();
+        assert_eq!(tls.presented()[0], der(&first.0));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(tls.reload_until(stopped));
+
+        write(&second);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(presented(), der(&first.0), "not before the interval");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(presented(), der(&second.0), "swapped at the interval");
+
+        // A key that is not the certificate's, then a file that is not PEM: the pair in force stays.
+        std::fs::write(&cert, &third.0).expect("write");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(presented(), der(&second.0), "a mismatched pair is not loaded");
+        std::fs::write(&key, "not a key").expect("write");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(presented(), der(&second.0), "a bad key is not loaded");
+        std::fs::remove_file(&key).expect("remove");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(presented(), der(&second.0), "a missing key is not loaded");
+
+        // The right key arrives: the third pair is complete.
+        std::fs::write(&key, &third.1).expect("write");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(presented(), der(&third.0));
+
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), task).await.expect("stops").expect("no panic");
+    }
+
+    #[test]
+    fn a_bad_file_is_an_error_that_names_its_field_and_path() {
+        let dir = tempfile::tempdir().expect("a folder");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let e = ListenerTls::new(&TlsConfig::new(&cert, &key)).expect_err("no files");
+        assert!(e.to_string().starts_with("TLS `tls.cert`") && e.to_string().contains("tls.crt"), "{e}");
+        let (pem, key_pem) = self_signed();
+        std::fs::write(&cert, &pem).expect("write");
+        std::fs::write(&key, &pem).expect("write");
+        let e = ListenerTls::new(&TlsConfig::new(&cert, &key)).expect_err("a certificate as key");
+        assert_eq!(e.field, "tls.key", "{e}");
+        std::fs::write(&key, &key_pem).expect("write");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "nothing").expect("write");
+        let e = ListenerTls::new(&TlsConfig::new(&cert, &key).with_client_ca(&ca)).expect_err("no CA");
+        assert_eq!(e.field, "tls.client_ca", "{e}");
+        assert!(ListenerTls::new(&TlsConfig::new(&cert, &key)).is_ok());
     }
 }
