@@ -386,12 +386,13 @@ async fn an_admin_api_off_loopback_needs_a_token_for_every_call() {
 
 #[tokio::test]
 async fn the_binary_will_not_expose_its_admin_api_without_a_token() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["gateway", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0", "--backend", "127.0.0.1:9"])
         .env_remove(switchyard::gateway::ADMIN_TOKEN_ENV)
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    // A gateway that started would serve until killed: give up (and kill it) after 10 s.
+    let output = tokio::time::timeout(Duration::from_secs(10), run).await.expect("it exits at once").unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not on loopback") && stderr.contains("--admin-token-file"), "{stderr}");
