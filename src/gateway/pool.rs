@@ -29,6 +29,13 @@ fn upstream_tls(config: &PoolConfig) -> Result<Option<UpstreamTls>, ConfigError>
     UpstreamTls::new(tls, &format!("pool {:?} tls", config.name)).map(Some).map_err(tls_error)
 }
 
+/// The pool's TLS for the tonic clients of its side channels (health checks, out-of-band load
+/// reports), if it has `tls`.
+fn tonic_tls(config: &PoolConfig) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+    let Some(tls) = &config.tls else { return Ok(None) };
+    super::upstream_tls::tonic_tls(tls, &format!("pool {:?} tls", config.name)).map(Some).map_err(tls_error)
+}
+
 /// A TLS file error as a config error naming the field.
 fn tls_error(e: super::tls::TlsError) -> ConfigError {
     let message = if e.path.as_os_str().is_empty() {
@@ -121,14 +128,7 @@ impl Pool {
             None => Self::start_with(config, threads, picked_endpoint, observer, changes),
             Some(health) => {
                 // The health checks reach the endpoints as the requests do: over TLS in a TLS pool.
-                let health_tls = match &config.tls {
-                    None => None,
-                    Some(tls) => Some(
-                        super::upstream_tls::health_tls(tls, &format!("pool {:?} tls", config.name))
-                            .map_err(tls_error)?,
-                    ),
-                };
-                let (changes, held) = changes.with_health_tls(health.clone(), health_tls);
+                let (changes, held) = changes.with_health_tls(health.clone(), tonic_tls(config)?);
                 let mut pool = Self::start_with(config, threads, picked_endpoint, observer, changes)?;
                 pool.held = Some(held);
                 Ok(pool)
@@ -247,9 +247,13 @@ impl Pool {
             balancer
         };
         let board = balancer.board();
-        let load_reports = config
-            .load_reports
-            .map(|interval| crate::oob_reports::OobReports::spawn(board.clone(), interval));
+        let load_reports = match config.load_reports {
+            None => None,
+            Some(interval) => {
+                let tls = tonic_tls(config)?;
+                Some(crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, tls))
+            }
+        };
         let upstream = Shared::new(balancer);
         let mut layer_metrics = Vec::new();
         let mut queues = Vec::new();

@@ -10,7 +10,8 @@
 //! pool without `tls` is reached over TLS too, verified against the system's roots.
 //!
 //! The files are read when the pool starts; a bad one stops the gateway with an error naming the
-//! field. The pool's health checks (`[pool.health]`) go over TLS with the same settings.
+//! field. The pool's health checks (`[pool.health]`) and out-of-band load reports
+//! (`load_reports`) go over TLS with the same settings.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -153,9 +154,9 @@ impl UpstreamTls {
     }
 }
 
-/// The same settings for tonic, which the pool's health checks connect with: tonic reaches
-/// `https://` addresses over TLS with these.
-pub(crate) fn health_tls(
+/// The same settings for tonic, which the pool's health checks and out-of-band load reports
+/// connect with: tonic reaches `https://` addresses over TLS with these.
+pub(crate) fn tonic_tls(
     config: &UpstreamTlsConfig,
     field: &str,
 ) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
