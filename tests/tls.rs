@@ -170,6 +170,26 @@ async fn a_tonic_client_reaches_a_mutual_tls_worker_through_a_tls_gateway_and_si
 }
 
 #[tokio::test]
+async fn kv_event_streams_reach_a_tls_worker_over_tls() {
+    use switchyard_hash::precise::{KvFeed, KvSubscriber, SubscriberConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("switchyard test CA");
+    let (cert, key) = ca.issue("server", false).write(dir.path(), "server");
+    let worker = tls_worker(&cert, &key, None).await;
+    let feed = Arc::new(KvFeed::new(1000, Duration::from_secs(60)));
+    let fast = SubscriberConfig { min_backoff: Duration::from_millis(10), ..SubscriberConfig::default() };
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)).domain_name("localhost");
+    let subscriber = KvSubscriber::new(feed.clone(), fast).with_tls(tls);
+    let id = switchyard_core::EndpointId::from("r0");
+    subscriber.insert(id.clone(), &format!("http://{}", worker.addr));
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !feed.is_live(&id) {
+        assert!(Instant::now() < give_up, "the KV-event stream did not come up over TLS in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_replica_that_wants_a_client_certificate_refuses_a_pool_without_one() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("switchyard test CA");

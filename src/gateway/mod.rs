@@ -189,8 +189,8 @@
 //! `server_name`: the name they must carry, sent as SNI (the address's host without it; an IP
 //! address matches an IP SAN); `cert` and `key`: the gateway's client certificate, for replicas
 //! that require one (mutual TLS). An `https://` endpoint in a pool without `tls` is verified
-//! against the system's roots (port 443 by default). The pool's health checks and out-of-band load
-//! reports connect with the same settings. Relative paths in the config are relative to its file; a file that cannot be
+//! against the system's roots (port 443 by default). The pool's health checks, out-of-band load
+//! reports and KV-event streams (`prefix-aware-precise`) connect with the same settings. Relative paths in the config are relative to its file; a file that cannot be
 //! used stops the gateway at start with an error naming the field and the file. `switchyard
 //! worker --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]` serves TLS, so the whole path
 //! can be encrypted.

@@ -161,12 +161,14 @@ impl Pool {
         // The precise prefix-aware policy is fed by the endpoints' KV-event streams: the pool
         // subscribes to each endpoint it has (below, as discovery inserts and removes them).
         let (policy, subscriber) = if config.policy.name() == PRECISE {
-            let (precise, subscriber) = precise_with_streams(&config.policy).map_err(policy_error)?;
+            let (precise, subscriber) =
+                precise_with_streams(&config.policy, tonic_tls(config)?).map_err(policy_error)?;
             (PolicyHandle::new(precise), Some(subscriber))
         } else {
             (PolicyHandle::from_spec(&config.policy, seed).map_err(policy_error)?, None)
         };
-        let kv = Arc::new(Mutex::new(KvFollow { members: HashMap::new(), subscriber }));
+        let kv =
+            Arc::new(Mutex::new(KvFollow { members: HashMap::new(), subscriber, tls: tonic_tls(config)? }));
         let following = kv.clone();
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
@@ -370,8 +372,8 @@ impl Pool {
     /// the pool has (and of those discovery adds later); switching away ends the streams.
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<&'static str, PolicyError> {
         if spec.name() == PRECISE {
-            let (precise, subscriber) = precise_with_streams(spec)?;
             let mut follow = self.kv.lock().unwrap_or_else(PoisonError::into_inner);
+            let (precise, subscriber) = precise_with_streams(spec, follow.tls.clone())?;
             for (id, address) in &follow.members {
                 subscriber.insert(id.clone(), address);
             }
@@ -389,12 +391,18 @@ impl Pool {
 const PRECISE: &str = "prefix-aware-precise";
 
 /// A precise prefix-aware policy built from `spec`, and the subscriber that feeds its index.
+/// Its streams go over TLS with `tls` (a pool with `tls`).
 fn precise_with_streams(
     spec: &PolicySpec,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> Result<(Arc<PrefixAwarePrecise>, Arc<KvSubscriber>), PolicyError> {
     let precise = Arc::new(PrefixAwarePrecise::from_spec(spec)?);
-    let subscriber = Arc::new(KvSubscriber::new(precise.feed().clone(), SubscriberConfig::default()));
-    Ok((precise, subscriber))
+    let subscriber = KvSubscriber::new(precise.feed().clone(), SubscriberConfig::default());
+    let subscriber = match tls {
+        Some(tls) => subscriber.with_tls(tls),
+        None => subscriber,
+    };
+    Ok((precise, Arc::new(subscriber)))
 }
 
 /// The pool's members as discovery announced them, and the KV-event subscriber that follows
@@ -403,6 +411,8 @@ fn precise_with_streams(
 struct KvFollow {
     members: HashMap<EndpointId, String>,
     subscriber: Option<Arc<KvSubscriber>>,
+    /// The TLS of the pool's side channels, for a subscriber made on a policy switch.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl KvFollow {

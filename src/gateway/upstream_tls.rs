@@ -10,8 +10,8 @@
 //! pool without `tls` is reached over TLS too, verified against the system's roots.
 //!
 //! The files are read when the pool starts; a bad one stops the gateway with an error naming the
-//! field. The pool's health checks (`[pool.health]`) and out-of-band load reports
-//! (`load_reports`) go over TLS with the same settings.
+//! field. The pool's health checks (`[pool.health]`), out-of-band load reports (`load_reports`)
+//! and KV-event streams (`prefix-aware-precise`) go over TLS with the same settings.
 
 use std::io;
 use std::path::{Path, PathBuf};
