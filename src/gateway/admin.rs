@@ -23,7 +23,9 @@
 //!   started, when the binary counts them (`switchyard-count-allocations`, see
 //!   [`crate::allocations`]); 404 from `switchyard`, which does not.
 //!
-//! Errors are `{"error": "..."}`.
+//! Errors are `{"error": "..."}`. With a bearer token, changes (and, off loopback, every call)
+//! are let through only with `Authorization: Bearer TOKEN`; the others are answered 401 before
+//! they reach this module (see `admin_auth`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

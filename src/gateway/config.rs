@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,7 +20,10 @@ use switchyard_discovery::{HealthConfig, SourceConfig};
 use switchyard_keys::{KeysConfig, PoolKeys};
 use toml::Spanned;
 
+use super::admin_auth::AdminToken;
 use super::limits::Limits;
+use super::tls::TlsConfig;
+use super::upstream_tls::UpstreamTlsConfig;
 
 /// The metadata header that names the model when a route matches on `model`: it takes
 /// precedence over the `model_name` read from the request body, and needs no peek.
@@ -48,6 +51,12 @@ pub struct GatewayConfig {
     pub listen: Option<SocketAddr>,
     /// Address of the admin HTTP API, if the config says (the `--admin` flag overrides it).
     pub admin: Option<SocketAddr>,
+    /// The admin API's bearer token (`admin_token_file`, read when the config is loaded; the
+    /// `--admin-token-file` flag overrides it): required for changes, and for every call when the
+    /// admin API is off loopback (see `admin_auth`).
+    pub admin_token: Option<AdminToken>,
+    /// TLS on the gRPC listener (`[tls]`); plain HTTP/2 (h2c) when `None`.
+    pub tls: Option<TlsConfig>,
     /// Longest wait for in-flight requests on shutdown.
     pub drain_timeout: Duration,
     /// Threads serving the proxy, each with its own connections; `None`: one per CPU (the
@@ -119,6 +128,10 @@ pub struct PoolConfig {
     /// retryable status of the methods marked idempotent, within a retry budget
     /// ([`switchyard_retry`]). Off by default.
     pub retry: Option<switchyard_retry::RetryConfig>,
+    /// TLS towards the endpoints (`tls = { ca, server_name, cert, key }`): every endpoint of the
+    /// pool is reached over TLS. `https://` endpoints of a pool without it are verified against
+    /// the system's roots.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// One route: requests that match every condition it sets go to its pool.
@@ -187,12 +200,19 @@ impl PoolConfig {
             hold_when_empty: false,
             load_reports: None,
             retry: None,
+            tls: None,
         }
     }
 
     /// The same pool, retrying by `retry`.
     pub fn with_retry(mut self, retry: switchyard_retry::RetryConfig) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// The same pool reaching its endpoints over TLS.
+    pub fn with_tls(mut self, tls: UpstreamTlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -291,9 +311,11 @@ impl GatewayConfig {
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        let mut config = Self::from_toml(&text).map_err(|e| ConfigError { file: Some(file), ..e })?;
-        // A discovery file's relative path is relative to the config file.
+        // Relative paths (discovery files, TLS files, the admin token) are relative to the
+        // config file.
         let folder = path.parent().unwrap_or(Path::new(""));
+        let mut config =
+            Self::from_toml_in(&text, folder).map_err(|e| ConfigError { file: Some(file), ..e })?;
         for source in config.pools.iter_mut().flat_map(|p| p.discovery.iter_mut()) {
             if let SourceConfig::File(file) = source
                 && file.path.is_relative()
@@ -304,8 +326,26 @@ impl GatewayConfig {
         Ok(config)
     }
 
-    /// Parses and validates a TOML config; errors carry the line of the offending value.
+    /// Parses and validates a TOML config; errors carry the line of the offending value. Paths
+    /// in it are relative to the working directory.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_in(text, Path::new(""))
+    }
+
+    /// The same config with this bearer token on its admin API.
+    pub fn with_admin_token(mut self, token: AdminToken) -> Self {
+        self.admin_token = Some(token);
+        self
+    }
+
+    /// The same config serving TLS on its gRPC listener.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// [`from_toml`](Self::from_toml), with relative paths taken from `folder`.
+    fn from_toml_in(text: &str, folder: &Path) -> Result<Self, ConfigError> {
         crate::register_policies();
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: None,
@@ -315,7 +355,7 @@ impl GatewayConfig {
             field: e.span().and_then(|s| field_at(text, s.start)),
             message: e.message().trim().to_string(),
         })?;
-        let mut lines = Lines { text, by_field: BTreeMap::new() };
+        let mut lines = Lines { text, folder, by_field: BTreeMap::new() };
         let config = raw.into_config(&mut lines)?;
         config.validate().map_err(|e| lines.locate(e))?;
         Ok(config)
@@ -340,6 +380,9 @@ impl GatewayConfig {
             ));
         }
         self.validate_limits()?;
+        if self.tls.as_ref().is_some_and(|tls| tls.reload_interval.is_zero()) {
+            return Err(ConfigError::field("tls.reload_interval", "must be a positive duration"));
+        }
         if self.pools.is_empty() {
             return Err(ConfigError::field("pool", "no pools: add a [[pool]] with at least one endpoint"));
         }
@@ -372,6 +415,9 @@ impl GatewayConfig {
                     format!("pool[{i}].endpoints"),
                     format!("pool {:?} has no endpoints and no [[pool.discovery]]", pool.name),
                 ));
+            }
+            if let Some(tls) = &pool.tls {
+                tls.validate().map_err(|(name, m)| ConfigError::field(format!("pool[{i}].tls.{name}"), m))?;
             }
             for (k, source) in pool.discovery.iter().enumerate() {
                 source.validate().map_err(|m| ConfigError::field(format!("pool[{i}].discovery[{k}]"), m))?;
@@ -504,6 +550,8 @@ impl GatewayConfig {
         Self {
             listen: None,
             admin: None,
+            admin_token: None,
+            tls: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             threads: None,
             model_header: DEFAULT_MODEL_HEADER.into(),
@@ -534,12 +582,8 @@ fn check_address(address: &str) -> Result<(), String> {
     let uri: http::Uri = address.parse().map_err(|e| format!("{address:?} is not a URI: {e}"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{address:?}: https endpoints need TLS, which the gateway does not speak yet"
-            ));
-        }
-        _ => return Err(format!("{address:?}: expected http://HOST:PORT")),
+        Some("https") => {}
+        _ => return Err(format!("{address:?}: expected http://HOST:PORT or https://HOST:PORT")),
     }
     let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(format!("{address:?} has no host: expected http://HOST:PORT"));
@@ -680,10 +724,17 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// The line of each field read from TOML, so that validation errors can name it.
 struct Lines<'a> {
     text: &'a str,
+    /// What relative paths are relative to.
+    folder: &'a Path,
     by_field: BTreeMap<String, usize>,
 }
 
 impl Lines<'_> {
+    /// `path`, relative to the config's folder if it is relative.
+    fn path(&self, path: &str) -> PathBuf {
+        self.folder.join(path)
+    }
+
     fn record<T>(&mut self, field: impl Into<String>, value: &Spanned<T>) {
         self.by_field.insert(field.into(), line_of(self.text, value.span().start));
     }
@@ -718,6 +769,8 @@ impl Lines<'_> {
 struct RawConfig {
     listen: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
     drain_timeout: Option<Spanned<String>>,
     threads: Option<Spanned<usize>>,
     model_header: Option<Spanned<String>>,
@@ -749,6 +802,7 @@ struct RawPool {
     load_reports: Option<Spanned<String>>,
     /// Read as any value, so that its fields' errors name the field and its line here.
     retry: Option<Spanned<toml::Value>>,
+    tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 #[derive(Deserialize)]
@@ -820,6 +874,26 @@ impl RawLimits {
     }
 }
 
+/// `[tls]`: the listener's TLS.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
+    reload_interval: Option<Spanned<String>>,
+}
+
+/// A pool's `tls = { ... }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPoolKeys {
@@ -871,6 +945,13 @@ impl RawConfig {
         }
         if let Some(admin) = self.admin {
             config.admin = Some(addr(lines, "admin", admin)?);
+        }
+        if let Some(file) = self.admin_token_file {
+            let token = AdminToken::from_file(&lines.path(file.get_ref()));
+            config.admin_token = Some(token.map_err(|e| lines.error("admin_token_file", file.span(), e))?);
+        }
+        if let Some(tls) = self.tls {
+            config.tls = Some(tls.into_inner().into_config(lines)?);
         }
         if let Some(timeout) = self.drain_timeout {
             config.drain_timeout = humantime::parse_duration(timeout.get_ref()).map_err(|e| {
@@ -1061,6 +1142,13 @@ impl RawConfig {
                 None => None,
                 Some(value) => Some(retry_config(i, value, lines)?),
             };
+            let tls = match pool.tls {
+                None => None,
+                Some(raw) => {
+                    lines.record(format!("pool[{i}].tls"), &raw);
+                    Some(raw.into_inner().into_config(i, lines)?)
+                }
+            };
             config.pools.push(PoolConfig {
                 name: pool.name.into_inner(),
                 policy,
@@ -1074,6 +1162,7 @@ impl RawConfig {
                 hold_when_empty,
                 load_reports,
                 retry,
+                tls,
             });
         }
         for (k, route) in self.route.into_iter().enumerate() {
@@ -1090,6 +1179,64 @@ impl RawConfig {
             });
         }
         Ok(config)
+    }
+}
+
+impl RawTls {
+    /// The listener's TLS; a bad reload interval is an error at its line.
+    fn into_config(self, lines: &mut Lines<'_>) -> Result<TlsConfig, ConfigError> {
+        let mut tls = TlsConfig::new(lines.path(self.cert.get_ref()), lines.path(self.key.get_ref()));
+        lines.record("tls.cert", &self.cert);
+        lines.record("tls.key", &self.key);
+        if let Some(ca) = self.client_ca {
+            lines.record("tls.client_ca", &ca);
+            tls.client_ca = Some(lines.path(ca.get_ref()));
+        }
+        if let Some(interval) = self.reload_interval {
+            tls.reload_interval = humantime::parse_duration(interval.get_ref())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    lines.error(
+                        "tls.reload_interval",
+                        interval.span(),
+                        format!("{:?} is not a positive duration (e.g. \"10s\")", interval.get_ref()),
+                    )
+                })?;
+        }
+        Ok(tls)
+    }
+}
+
+impl RawUpstreamTls {
+    /// Pool `i`'s TLS towards its endpoints; `cert` without `key` (or the reverse) and a bad
+    /// `server_name` are errors at their line.
+    fn into_config(self, i: usize, lines: &mut Lines<'_>) -> Result<UpstreamTlsConfig, ConfigError> {
+        let mut spans = BTreeMap::new();
+        let mut path = |name: &'static str, value: Option<Spanned<String>>, lines: &mut Lines<'_>| {
+            value.map(|v| {
+                lines.record(format!("pool[{i}].tls.{name}"), &v);
+                spans.insert(name, v.span());
+                lines.path(v.get_ref())
+            })
+        };
+        let ca = path("ca", self.ca, lines);
+        let cert = path("cert", self.cert, lines);
+        let key = path("key", self.key, lines);
+        let server_name = self.server_name.map(|name| {
+            lines.record(format!("pool[{i}].tls.server_name"), &name);
+            spans.insert("server_name", name.span());
+            name.into_inner()
+        });
+        let tls = UpstreamTlsConfig { ca, server_name, cert, key };
+        tls.validate().map_err(|(name, message)| {
+            let field = format!("pool[{i}].tls.{name}");
+            match spans.get(name).or_else(|| spans.values().next()) {
+                Some(span) => lines.error(field, span.clone(), message),
+                None => ConfigError::field(field, message),
+            }
+        })?;
+        Ok(tls)
     }
 }
 
@@ -1363,6 +1510,61 @@ pool = "b"
         let e = error(&text.replace("priority_header", "priority_heder"));
         assert_eq!(e.line, Some(17), "{e}");
         assert!(e.message.contains("priority_heder"), "{e}");
+    }
+
+    #[test]
+    fn tls_sections_read_whole_and_their_errors_name_the_field_and_line() {
+        let text = format!(
+            "{GOOD}\n[tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\nreload_interval = \"1s\"\n"
+        );
+        let text = text.replace(
+            "name = \"b\"\n",
+            "name = \"b\"\ntls = { ca = \"ca.pem\", server_name = \"worker.internal\", cert = \"gw.crt\", key = \"gw.key\" }\n",
+        );
+        // Lines: pool "b" at 12, its tls at 13; [tls] at 21, reload_interval at 25.
+        let c = GatewayConfig::from_toml(&text).unwrap();
+        let tls = c.tls.as_ref().expect("[tls]");
+        assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some("server.crt"), Some("server.key")));
+        assert_eq!(tls.client_ca.as_deref().and_then(Path::to_str), Some("ca.pem"));
+        assert_eq!(tls.reload_interval, Duration::from_secs(1));
+        let pool_tls = c.pools[1].tls.as_ref().expect("pool tls");
+        assert_eq!(pool_tls.server_name.as_deref(), Some("worker.internal"));
+        assert_eq!(pool_tls.cert.as_deref().and_then(Path::to_str), Some("gw.crt"));
+        assert!(c.pools[0].tls.is_none());
+
+        let e = error(&text.replace("reload_interval = \"1s\"", "reload_interval = \"0s\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(25), Some("tls.reload_interval")), "{e}");
+        let e = error(&text.replace(", key = \"gw.key\"", ""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].tls.key")), "{e}");
+        assert!(e.message.contains("`cert` needs its `key`"), "{e}");
+        let e = error(&text.replace("worker.internal", "not a name!"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].tls.server_name")), "{e}");
+        let e = error(&text.replace("key = \"server.key\"\n", ""));
+        assert_eq!(e.line, Some(21), "{e}");
+        assert!(e.message.contains("key"), "{e}");
+        let e = error(&text.replace("client_ca =", "client_cert ="));
+        assert!(e.message.contains("client_cert"), "{e}");
+    }
+
+    #[test]
+    fn an_admin_token_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "0123456789abcdef-token\n").unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, format!("admin_token_file = \"token\"\n{GOOD}")).unwrap();
+        let c = GatewayConfig::load(&path).unwrap();
+        assert_eq!(c.admin_token, Some(AdminToken::new("0123456789abcdef-token").unwrap()));
+        std::fs::write(dir.path().join("token"), "short\n").unwrap();
+        let e = GatewayConfig::load(&path).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(1), Some("admin_token_file")), "{e}");
+        assert!(e.message.contains("at least 16"), "{e}");
+    }
+
+    #[test]
+    fn https_endpoints_are_endpoints() {
+        let c = GatewayConfig::from_toml(&GOOD.replace("http://127.0.0.1:9003", "https://127.0.0.1:9003"))
+            .unwrap();
+        assert_eq!(c.pools[1].endpoints[0].address, "https://127.0.0.1:9003");
     }
 
     #[test]

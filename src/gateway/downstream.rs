@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use h2::Reason;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -60,12 +61,23 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// it before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// Why a client's connection ended in error: its TLS handshake failed, or HTTP/2 did.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    /// The TLS handshake failed or timed out.
+    #[error("TLS handshake: {0}")]
+    Tls(#[from] std::io::Error),
+    /// HTTP/2 failed.
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
+
 /// The connection's one task holds this in place from the handshake to the end, so the size of
 /// the serving variant costs nothing, and boxing it would add an indirection to every poll.
 #[allow(clippy::large_enum_variant)]
-enum State {
-    Handshaking(BoxFuture<'static, Result<Connection<FrameWatch<TcpStream>, Bytes>, h2::Error>>),
-    Serving(Connection<FrameWatch<TcpStream>, Bytes>),
+enum State<I> {
+    Handshaking(BoxFuture<'static, Result<Connection<FrameWatch<I>, Bytes>, ConnectionError>>),
+    Serving(Connection<FrameWatch<I>, Bytes>),
 }
 
 /// Where a connection is with respect to its timeouts.
@@ -80,11 +92,12 @@ enum Watch {
     Closing,
 }
 
-/// Serves one client connection with `service` until the client closes it (or, after
+/// Serves one client connection over `I` (a `TcpStream`, or a TLS stream over one) with
+/// `service` until the client closes it (or, after
 /// [`graceful_shutdown`](Self::graceful_shutdown), until its streams are done), within its
 /// [`Limits`]: header read and idle timeouts, message size.
-pub(crate) struct ServeConnection<S> {
-    state: State,
+pub(crate) struct ServeConnection<S, I = TcpStream> {
+    state: State<I>,
     service: S,
     /// A graceful shutdown asked for during the handshake, done once it completes.
     shutdown: bool,
@@ -100,8 +113,27 @@ pub(crate) struct ServeConnection<S> {
 impl<S> ServeConnection<S> {
     /// Starts the HTTP/2 handshake on `io`, within `limits`; refusals are counted in `refusals`.
     pub(crate) fn new(io: TcpStream, service: S, limits: &Limits, refusals: Arc<Refusals>) -> Self {
+        Self::after(std::future::ready(Ok(io)), service, limits, refusals)
+    }
+}
+
+impl<S, I> ServeConnection<S, I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Serves the stream `io` will give (a TLS handshake, see `tls`), starting HTTP/2 on it once
+    /// it is there, within `limits` (the header read timeout counts from now); an error of `io`
+    /// ends the connection.
+    pub(crate) fn after(
+        io: impl Future<Output = std::io::Result<I>> + Send + 'static,
+        service: S,
+        limits: &Limits,
+        refusals: Arc<Refusals>,
+    ) -> Self {
         let connection = Arc::new(ConnectionWatch::new(refusals, limits.max_message_bytes));
-        let handshake = h2_builder(limits).handshake::<_, Bytes>(FrameWatch::new(io, connection.clone()));
+        let (builder, watch) = (h2_builder(limits), connection.clone());
+        let handshake =
+            async move { Ok(builder.handshake::<_, Bytes>(FrameWatch::new(io.await?, watch)).await?) };
         Self {
             state: State::Handshaking(Box::pin(handshake)),
             service,
@@ -113,7 +145,12 @@ impl<S> ServeConnection<S> {
             accepted: 0,
         }
     }
+}
 
+impl<S, I> ServeConnection<S, I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     /// Sends GOAWAY: the client opens no new stream; those it has are served to their end, and
     /// the connection then closes.
     pub(crate) fn graceful_shutdown(&mut self) {
@@ -160,14 +197,15 @@ impl<S> ServeConnection<S> {
     }
 }
 
-impl<S, B> Future for ServeConnection<S>
+impl<S, B, I> Future for ServeConnection<S, I>
 where
+    I: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request<RecvBody>, Response = Response<B>, Error = Infallible> + Unpin,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
-    type Output = Result<(), h2::Error>;
+    type Output = Result<(), ConnectionError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -221,7 +259,7 @@ where
                             tracing::debug!(%error, "h2 ended an abusive connection");
                             this.connection.refused(Refusal::H2Calm);
                         }
-                        return Poll::Ready(Err(error));
+                        return Poll::Ready(Err(error.into()));
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => {}

@@ -26,7 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::{Notify, watch};
 
-use super::downstream::ServeConnection;
+use super::downstream::{ConnectionError, ServeConnection};
 
 /// The calls in flight on one serving thread, counted from the request to the end of its
 /// response body.
@@ -211,13 +211,14 @@ impl<B: Body> Body for Counted<B> {
 /// Serves `connection` until it ends; once `draining` turns true, waits until `gate` opens (no
 /// serving thread has a call in flight), then shuts the connection down gracefully (GOAWAY) and
 /// lets it finish.
-pub(crate) async fn serve_connection<S>(
-    mut connection: ServeConnection<S>,
+pub(crate) async fn serve_connection<S, I>(
+    mut connection: ServeConnection<S, I>,
     gate: Arc<DrainGate>,
     mut draining: watch::Receiver<bool>,
-) -> Result<(), h2::Error>
+) -> Result<(), ConnectionError>
 where
-    ServeConnection<S>: Future<Output = Result<(), h2::Error>> + Unpin,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ServeConnection<S, I>: Future<Output = Result<(), ConnectionError>> + Unpin,
 {
     tokio::select! {
         result = &mut connection => return result,

@@ -2,7 +2,7 @@
 //! that do not write Rust.
 //!
 //! The gateway serves HTTP/2 without TLS (h2c, prior knowledge, as gRPC clients speak to
-//! `http://` targets) and forwards every request, headers and body streaming through, to one
+//! `http://` targets), or over TLS with `[tls]` (see [TLS](#tls)), and forwards every request, headers and body streaming through, to one
 //! endpoint of a **pool**, picked by that pool's [`Balance`](switchyard_balance::Balance) with
 //! its policy (least response time unless told otherwise). It decodes nothing, so any gRPC
 //! service and every call shape pass: unary, client-, server- and bidirectional streaming; the
@@ -52,8 +52,9 @@
 //! service, and routes that pick among them:
 //!
 //! ```toml
-//! listen = "127.0.0.1:8080"       # flags of the same names override these four
+//! listen = "127.0.0.1:8080"       # flags of the same names override these five
 //! admin = "127.0.0.1:9900"
+//! admin_token_file = "admin.token" # optional: the admin API's bearer token (see Admin API)
 //! drain_timeout = "30s"
 //! threads = 2                     # default: one per CPU
 //! model_header = "x-model-name"   # the default
@@ -206,9 +207,55 @@
 //! error: invalid gateway config gateway.toml line 12 `pool[1].policy`: unknown policy "fastest"; expected one of: ...
 //! ```
 //!
+//! # TLS
+//!
+//! `[tls]` serves the gRPC listener over TLS (rustls, ring provider, ALPN `h2`):
+//!
+//! ```toml
+//! [tls]
+//! cert = "server.crt"             # PEM chain, the gateway's certificate first
+//! key = "server.key"              # PEM key: PKCS#8, PKCS#1 or SEC1
+//! client_ca = "ca.pem"            # optional: clients must present a certificate of these CAs
+//! reload_interval = "10s"         # the default: how often cert and key are read again
+//! ```
+//!
+//! The pair is read again every `reload_interval`; when it changed and loads, new handshakes
+//! present it (open connections keep theirs) and nothing restarts; a pair that does not load is
+//! logged and the one in force stays. With `client_ca`, a client without a certificate of those
+//! CAs fails the handshake. The handshake runs in the connection's own task on its serving thread,
+//! at most 10 s ([`HANDSHAKE_TIMEOUT`]); a plain listener serves the bare TCP stream as before.
+//!
+//! Towards the replicas, a pool's `tls` reaches every endpoint of the pool over TLS, whatever
+//! scheme its address has (so discovery sources that write `http://` addresses feed it
+//! unchanged):
+//!
+//! ```toml
+//! [[pool]]
+//! name = "llama"
+//! endpoints = [{ address = "https://gpu-a.internal:9001" }]
+//! tls = { ca = "ca.pem", server_name = "llama.internal", cert = "gw.crt", key = "gw.key" }
+//! ```
+//!
+//! `ca`: the CAs the replicas' certificates must chain to (the system's roots without it);
+//! `server_name`: the name they must carry, sent as SNI (the address's host without it; an IP
+//! address matches an IP SAN); `cert` and `key`: the gateway's client certificate, for replicas
+//! that require one (mutual TLS). An `https://` endpoint in a pool without `tls` is verified
+//! against the system's roots (port 443 by default). The pool's health checks, out-of-band load
+//! reports and KV-event streams (`prefix-aware-precise`) connect with the same settings. Relative paths in the config are relative to its file; a file that cannot be
+//! used stops the gateway at start with an error naming the field and the file. `switchyard
+//! worker --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]` serves TLS, so the whole path
+//! can be encrypted.
+//!
 //! # Admin API
 //!
-//! HTTP/1.1 JSON on `--admin` (loopback by default: it has no authentication):
+//! HTTP/1.1 JSON on `--admin`, loopback (127.0.0.1:9900) by default. With a bearer token
+//! (`--admin-token-file FILE`, `admin_token_file` in the config, or the `SWITCHYARD_ADMIN_TOKEN`
+//! environment variable: at least 16 visible ASCII characters; never a flag's value, which `ps`
+//! would show), every change (`PUT /policy`, any method but `GET` and `HEAD`) needs
+//! `Authorization: Bearer TOKEN`, wherever the API listens; off loopback every call needs it,
+//! and the gateway refuses to start there without a token. A call without the token, or with
+//! another, gets 401 and `{"error": ...}` saying what was missing. Tokens are compared in
+//! constant time.
 //!
 //! - `GET /endpoints` →
 //!   `{"state","pools":[{"name","policy","endpoints":[{"endpoint","load","ejected","draining","source","state"}]}]}`:
@@ -259,6 +306,7 @@
 //! ```
 
 mod admin;
+mod admin_auth;
 mod body;
 mod cache;
 mod config;
@@ -273,12 +321,15 @@ mod process_metrics;
 mod proxy;
 mod route;
 mod server;
+mod tls;
 mod upstream;
+mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use admin_auth::{ADMIN_TOKEN_ENV, AdminToken};
 pub use body::{ProxyBody, RequestBody};
 pub use config::{
     ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, MAX_THREADS, PoolConfig,
@@ -291,7 +342,9 @@ pub use process_metrics::{GATEWAY_TASKS, PROCESS_OPEN_FDS, PROCESS_RESIDENT_MEMO
 pub use server::{Gateway, GatewayError, GatewayTelemetry};
 use switchyard_balance::PolicyKind;
 use switchyard_core::Spec;
+pub use tls::{DEFAULT_RELOAD_INTERVAL, HANDSHAKE_TIMEOUT, TlsConfig, TlsError};
 use tokio::net::TcpListener;
+pub use upstream_tls::UpstreamTlsConfig;
 
 /// Where the gateway serves gRPC unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -310,8 +363,8 @@ pub fn policy_help(what: &str) -> String {
 /// How a gateway is set up: flags of `switchyard gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Address to serve gRPC on (h2c), `IP:PORT` or `HOST:PORT` [default: the config's
-    /// `listen`, else 127.0.0.1:8080].
+    /// Address to serve gRPC on (h2c, or TLS with the config's `[tls]`), `IP:PORT` or
+    /// `HOST:PORT` [default: the config's `listen`, else 127.0.0.1:8080].
     #[arg(long, value_parser = crate::listen::parse_listen_address)]
     pub listen: Option<SocketAddr>,
     /// An endpoint of the `default` pool, e.g. `http://127.0.0.1:9001` or `127.0.0.1:9001`;
@@ -347,6 +400,12 @@ pub struct GatewayArgs {
     /// else 127.0.0.1:9900].
     #[arg(long, value_parser = crate::listen::parse_listen_address)]
     pub admin: Option<SocketAddr>,
+    /// A file whose first line is the admin API's bearer token (at least 16 visible ASCII
+    /// characters): changes through the admin API need `Authorization: Bearer TOKEN`, and every
+    /// call does when --admin is not loopback [default: the config's `admin_token_file`, else the
+    /// SWITCHYARD_ADMIN_TOKEN environment variable, else none].
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Longest wait for in-flight requests on shutdown, e.g. `30s` [default: the config's
     /// `drain_timeout`, else 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -386,6 +445,15 @@ impl GatewayArgs {
         };
         config.listen = self.listen.or(config.listen);
         config.admin = self.admin.or(config.admin);
+        if let Some(path) = &self.admin_token_file {
+            config.admin_token =
+                Some(AdminToken::from_file(path).map_err(|e| ConfigError::field("--admin-token-file", e))?);
+        } else if config.admin_token.is_none()
+            && let Ok(token) = std::env::var(ADMIN_TOKEN_ENV)
+        {
+            config.admin_token =
+                Some(AdminToken::new(&token).map_err(|e| ConfigError::field(ADMIN_TOKEN_ENV, e))?);
+        }
         if let Some(timeout) = self.drain_timeout {
             config.drain_timeout = timeout;
         }

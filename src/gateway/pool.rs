@@ -22,6 +22,30 @@ use super::body::{ProxyBody, RequestBody};
 use super::config::{ConfigError, PoolConfig};
 use super::layers::{self, BoxPoolService};
 use super::upstream::EndpointClient;
+use super::upstream_tls::UpstreamTls;
+
+/// The pool's TLS towards its endpoints, loaded from its `tls` files, if it has one.
+fn upstream_tls(config: &PoolConfig) -> Result<Option<UpstreamTls>, ConfigError> {
+    let Some(tls) = &config.tls else { return Ok(None) };
+    UpstreamTls::new(tls, &format!("pool {:?} tls", config.name)).map(Some).map_err(tls_error)
+}
+
+/// The pool's TLS for the tonic clients of its side channels (health checks, out-of-band load
+/// reports), if it has `tls`.
+fn tonic_tls(config: &PoolConfig) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+    let Some(tls) = &config.tls else { return Ok(None) };
+    super::upstream_tls::tonic_tls(tls, &format!("pool {:?} tls", config.name)).map(Some).map_err(tls_error)
+}
+
+/// A TLS file error as a config error naming the field.
+fn tls_error(e: super::tls::TlsError) -> ConfigError {
+    let message = if e.path.as_os_str().is_empty() {
+        e.message
+    } else {
+        format!("{}: {}", e.path.display(), e.message)
+    };
+    ConfigError { file: None, line: None, field: Some(e.field), message }
+}
 
 /// A request as a pool gets it.
 pub(crate) type UpstreamRequest = http::Request<RequestBody>;
@@ -71,9 +95,11 @@ impl Pool {
         observer: Option<Arc<dyn Observer>>,
         extra: Vec<Source>,
     ) -> Result<Self, ConfigError> {
-        // An address is checked before anything starts, so that a bad one is a config error.
+        // An address (and the pool's TLS files) is checked before anything starts, so that a bad
+        // one is a config error.
+        let tls = upstream_tls(config)?;
         for endpoint in &config.endpoints {
-            EndpointClient::new(&endpoint.address, threads).map_err(|e| ConfigError {
+            EndpointClient::new(&endpoint.address, threads, tls.as_ref()).map_err(|e| ConfigError {
                 file: None,
                 line: None,
                 field: Some(format!("pool {:?} endpoint {}", config.name, endpoint.id)),
@@ -106,7 +132,8 @@ impl Pool {
         match &config.health {
             None => Self::start_with(config, threads, picked_endpoint, observer, changes),
             Some(health) => {
-                let (changes, held) = changes.with_health(health.clone());
+                // The health checks reach the endpoints as the requests do: over TLS in a TLS pool.
+                let (changes, held) = changes.with_health_tls(health.clone(), tonic_tls(config)?);
                 let mut pool = Self::start_with(config, threads, picked_endpoint, observer, changes)?;
                 pool.held = Some(held);
                 Ok(pool)
@@ -139,15 +166,18 @@ impl Pool {
         // The precise prefix-aware policy is fed by the endpoints' KV-event streams: the pool
         // subscribes to each endpoint it has (below, as discovery inserts and removes them).
         let (policy, subscriber) = if config.policy.name() == PRECISE {
-            let (precise, subscriber) = precise_with_streams(&config.policy).map_err(policy_error)?;
+            let (precise, subscriber) =
+                precise_with_streams(&config.policy, tonic_tls(config)?).map_err(policy_error)?;
             (PolicyHandle::new(precise), Some(subscriber))
         } else {
             (PolicyHandle::from_spec(&config.policy, seed).map_err(policy_error)?, None)
         };
-        let kv = Arc::new(Mutex::new(KvFollow { members: HashMap::new(), subscriber }));
+        let kv =
+            Arc::new(Mutex::new(KvFollow { members: HashMap::new(), subscriber, tls: tonic_tls(config)? }));
         let following = kv.clone();
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
+        let tls = upstream_tls(config)?;
         // The client of each endpoint the balancer has: an update in place keeps its connections,
         // and a removed endpoint's are let go of at once (a balancer's copy of its members may
         // hold the client until its next request), closing as their requests end.
@@ -166,7 +196,7 @@ impl Pool {
                         if let Some(old) = clients.remove(&id) {
                             old.close();
                         }
-                        match EndpointClient::new(&endpoint.address, threads) {
+                        match EndpointClient::new(&endpoint.address, threads, tls.as_ref()) {
                             Ok(client) => {
                                 let client = client.with_drain_timeout(drain_timeout);
                                 clients.insert(id.clone(), client.clone());
@@ -227,9 +257,13 @@ impl Pool {
             balancer
         };
         let board = balancer.board();
-        let load_reports = config
-            .load_reports
-            .map(|interval| crate::oob_reports::OobReports::spawn(board.clone(), interval));
+        let load_reports = match config.load_reports {
+            None => None,
+            Some(interval) => {
+                let tls = tonic_tls(config)?;
+                Some(crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, tls))
+            }
+        };
         let upstream = Shared::new(balancer);
         let mut layer_metrics = Vec::new();
         let mut queues = Vec::new();
@@ -372,8 +406,8 @@ impl Pool {
     /// the pool has (and of those discovery adds later); switching away ends the streams.
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<&'static str, PolicyError> {
         if spec.name() == PRECISE {
-            let (precise, subscriber) = precise_with_streams(spec)?;
             let mut follow = self.kv.lock().unwrap_or_else(PoisonError::into_inner);
+            let (precise, subscriber) = precise_with_streams(spec, follow.tls.clone())?;
             for (id, address) in &follow.members {
                 subscriber.insert(id.clone(), address);
             }
@@ -391,12 +425,18 @@ impl Pool {
 const PRECISE: &str = "prefix-aware-precise";
 
 /// A precise prefix-aware policy built from `spec`, and the subscriber that feeds its index.
+/// Its streams go over TLS with `tls` (a pool with `tls`).
 fn precise_with_streams(
     spec: &PolicySpec,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> Result<(Arc<PrefixAwarePrecise>, Arc<KvSubscriber>), PolicyError> {
     let precise = Arc::new(PrefixAwarePrecise::from_spec(spec)?);
-    let subscriber = Arc::new(KvSubscriber::new(precise.feed().clone(), SubscriberConfig::default()));
-    Ok((precise, subscriber))
+    let subscriber = KvSubscriber::new(precise.feed().clone(), SubscriberConfig::default());
+    let subscriber = match tls {
+        Some(tls) => subscriber.with_tls(tls),
+        None => subscriber,
+    };
+    Ok((precise, Arc::new(subscriber)))
 }
 
 /// The pool's members as discovery announced them, and the KV-event subscriber that follows
@@ -405,6 +445,8 @@ fn precise_with_streams(
 struct KvFollow {
     members: HashMap<EndpointId, String>,
     subscriber: Option<Arc<KvSubscriber>>,
+    /// The TLS of the pool's side channels, for a subscriber made on a policy switch.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl KvFollow {

@@ -21,14 +21,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::admin;
+use super::admin_auth::{self, AdminAccess};
 use super::config::{ConfigError, GatewayConfig};
-use super::downstream::ServeConnection;
+use super::downstream::{ConnectionError, ServeConnection};
 use super::drain::{self, CallsInFlight, DrainGate, Draining};
 use super::limits::{Refusal, Refusals};
 use super::pool::Pool;
 use super::process_metrics::ProcessMetrics;
 use super::proxy::Proxy;
 use super::route::Router;
+use super::tls::{self, ListenerTls, TlsError};
 use super::upstream;
 use switchyard_telemetry::{BoardMetrics, EndpointObserver, MetricsRegistry, RpcLayer};
 
@@ -68,6 +70,12 @@ pub enum GatewayError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The admin API would be exposed without a token.
+    #[error("{0}")]
+    AdminExposed(String),
     /// An address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -118,7 +126,7 @@ struct ServingThread {
 impl Gateway {
     /// Validates `config`, starts a balancer per pool (connecting lazily to the endpoints) and
     /// the serving threads (`config.threads`, one per CPU by default), and serves gRPC (HTTP/2
-    /// without TLS, prior knowledge) on `listener` and the admin API on `admin`, if given. Logs
+    /// without TLS, prior knowledge; over TLS with the config's `tls`) on `listener` and the admin API on `admin`, if given. Logs
     /// `gateway serving on ADDR` and `admin serving on ADDR`. Must be called within a Tokio
     /// runtime, which runs the acceptor and the admin API.
     pub fn start(
@@ -214,6 +222,11 @@ impl Gateway {
         }
         let local_addr = listener.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        if let Some(addr) = admin_addr {
+            admin_auth::check_exposure(addr, config.admin_token.as_ref())
+                .map_err(GatewayError::AdminExposed)?;
+        }
+        let listener_tls = config.tls.as_ref().map(ListenerTls::new).transpose()?;
         let (stop, stopped) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
 
@@ -233,14 +246,30 @@ impl Gateway {
                 (stopped.clone(), config.drain_timeout, proxy.for_thread(), open.clone(), draining.clone());
             let (calls, gate) = (Arc::new(CallsInFlight::default()), gate.clone());
             let (limits, refusals) = (config.limits, refusals.clone());
+            let acceptor = listener_tls.as_ref().map(ListenerTls::acceptor);
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
                 let thread_calls = calls.clone();
                 let drain = Drain { timeout: drain, calls, gate };
-                runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
-                    let proxy = Draining::new(proxy.for_connection(), thread_calls.clone(), draining.clone());
-                    ServeConnection::new(io, proxy, &limits, refusals.clone())
-                }));
+                let proxy =
+                    move || Draining::new(proxy.for_connection(), thread_calls.clone(), draining.clone());
+                // Plain connections are served over the bare TcpStream; TLS ones handshake first,
+                // on their own task (the connection's future), within `tls::HANDSHAKE_TIMEOUT`.
+                match acceptor {
+                    None => runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
+                        ServeConnection::new(io, proxy(), &limits, refusals.clone())
+                    })),
+                    Some(acceptor) => {
+                        runtime.block_on(serve_thread(incoming, stopped, drain, count, move |io| {
+                            ServeConnection::after(
+                                tls::handshake(acceptor.clone(), io),
+                                proxy(),
+                                &limits,
+                                refusals.clone(),
+                            )
+                        }))
+                    }
+                }
                 let _ = done.send(());
             })?;
             handoff.push(ServingThread { connections, open });
@@ -253,24 +282,32 @@ impl Gateway {
             handoff,
             ConnectionLimit { max: config.limits.max_connections, refusals },
         ));
-        tracing::info!(pools = pools.len(), threads, "gateway serving on {local_addr}");
+        if let Some(tls) = listener_tls {
+            tokio::spawn(tls.reload_until(stopped.clone()));
+        }
+        let tls = config.tls.is_some();
+        tracing::info!(pools = pools.len(), threads, tls, "gateway serving on {local_addr}");
 
         // The admin API answers through the drain (it shows the draining state) and stops after.
         let (admin_stop, admin_stopped) = watch::channel(false);
-        let admin = admin.map(|listener| {
+        let admin = admin.zip(admin_addr).map(|(listener, addr)| {
+            let access = AdminAccess::new(addr, config.admin_token.clone());
             let (pools, metrics) = (pools.clone(), metrics.clone());
             let mut http1 = hyper::server::conn::http1::Builder::new();
             http1.timer(TokioTimer::new());
             tokio::spawn(serve(listener, admin_stopped, ADMIN_DRAIN, "admin", move |io| {
                 let (pools, metrics, draining) = (pools.clone(), metrics.clone(), stopped.clone());
+                let access = access.clone();
                 http1.serve_connection(
                     TokioIo::new(io),
                     hyper::service::service_fn(move |req| {
                         let (pools, metrics, draining) = (pools.clone(), metrics.clone(), *draining.borrow());
+                        let refused = access.refuse(&req);
                         async move {
-                            Ok::<_, std::convert::Infallible>(
-                                admin::handle(pools, metrics, draining, req).await,
-                            )
+                            Ok::<_, std::convert::Infallible>(match refused {
+                                Some(refused) => refused,
+                                None => admin::handle(pools, metrics, draining, req).await,
+                            })
                         }
                     }),
                 )
@@ -457,15 +494,16 @@ struct Drain {
 /// A serving thread: serves the connections it is handed until `stop`, then drains them (see
 /// `drain`: new calls refused, calls in flight finished, then GOAWAY), at most `drain.timeout`,
 /// and closes the rest. `open` counts its open connections, for the acceptor.
-async fn serve_thread<F, S>(
+async fn serve_thread<F, S, I>(
     mut incoming: mpsc::Receiver<std::net::TcpStream>,
     stop: watch::Receiver<bool>,
     drain: Drain,
     open: Arc<AtomicUsize>,
     serve_connection: F,
 ) where
-    F: Fn(TcpStream) -> ServeConnection<S>,
-    ServeConnection<S>: Future<Output = Result<(), h2::Error>> + Unpin + Send + 'static,
+    F: Fn(TcpStream) -> ServeConnection<S, I>,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    ServeConnection<S, I>: Future<Output = Result<(), ConnectionError>> + Unpin + Send + 'static,
 {
     let mut connections = JoinSet::new();
     let serve = |connections: &mut JoinSet<()>, stream: TcpStream| {

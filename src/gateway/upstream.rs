@@ -1,5 +1,6 @@
-//! The gateway's side of an endpoint: per serving thread, one HTTP/2 connection (prior knowledge,
-//! no TLS) that the thread's requests to the endpoint share, opened on first use and opened again
+//! The gateway's side of an endpoint: per serving thread, one HTTP/2 connection (prior knowledge
+//! over TCP, or over TLS with ALPN `h2` for a pool with `tls` and `https://` endpoints, see
+//! `upstream_tls`) that the thread's requests to the endpoint share, opened on first use and opened again
 //! after it closes.
 //!
 //! Each serving thread keeps its own connection to each endpoint, run by that thread's runtime, so
@@ -39,6 +40,7 @@ use tower::BoxError;
 
 use super::body::RequestBody;
 use super::h2stream::{Pipe, RecvBody};
+use super::upstream_tls::UpstreamTls;
 
 /// Longest wait for a TCP connection to an endpoint before its requests fail with `UNAVAILABLE`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -101,34 +103,61 @@ impl Sender {
 /// Sends requests to one endpoint, over the calling thread's connection to it.
 #[derive(Clone)]
 pub(crate) struct EndpointClient {
+    /// The scheme requests carry: `https` over TLS.
     scheme: Scheme,
+    /// The scheme of the address it was made for.
+    address_scheme: Scheme,
     authority: Authority,
     connections: Arc<[Mutex<Connection>]>,
+    /// The TLS its connections are made with, if any.
+    tls: Option<UpstreamTls>,
     /// Retired by `close`: cuts what is left open on the connections after the drain timeout.
     drain: ConnectionDrain,
 }
 
-/// An endpoint's address that is not `http://HOST:PORT`.
+/// An endpoint's address that is not `http://HOST:PORT` or `https://HOST:PORT`, or whose
+/// host is not a TLS server name where TLS is used.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not an http://HOST:PORT address")]
-pub(crate) struct BadAddress(String);
+pub(crate) enum BadAddress {
+    /// Not an `http(s)://HOST:PORT` URI.
+    #[error("{0:?} is not an http://HOST:PORT or https://HOST:PORT address")]
+    Uri(String),
+    /// TLS cannot be set up for it.
+    #[error("{0:?}: {1}")]
+    Tls(String, String),
+}
 
 impl EndpointClient {
-    /// A client for the endpoint at `address` (`http://HOST[:PORT]`, port 80 by default) with one
-    /// connection for each of `threads` serving threads, and one more for calls from any other
-    /// thread, each opened on first use.
-    pub(crate) fn new(address: &str, threads: usize) -> Result<Self, BadAddress> {
-        let uri: Uri = address.parse().map_err(|_| BadAddress(address.to_owned()))?;
+    /// A client for the endpoint at `address` (`http://HOST[:PORT]`, port 80 by default, or
+    /// `https://HOST[:PORT]`, port 443) with one connection for each of `threads` serving
+    /// threads, and one more for calls from any other thread, each opened on first use. With
+    /// `tls` (the pool's), its connections are TLS whatever the scheme; an `https://` address
+    /// without it is verified against the system's roots.
+    pub(crate) fn new(address: &str, threads: usize, tls: Option<&UpstreamTls>) -> Result<Self, BadAddress> {
+        let uri: Uri = address.parse().map_err(|_| BadAddress::Uri(address.to_owned()))?;
         let parts = uri.into_parts();
-        match (parts.scheme, parts.authority) {
-            (Some(scheme), Some(authority)) if scheme == Scheme::HTTP => Ok(Self {
-                scheme,
-                authority,
-                connections: (0..=threads).map(|_| Mutex::default()).collect(),
-                drain: ConnectionDrain::new(DEFAULT_DRAIN_TIMEOUT),
-            }),
-            _ => Err(BadAddress(address.to_owned())),
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            return Err(BadAddress::Uri(address.to_owned()));
+        };
+        let tls = match (scheme.as_str(), tls) {
+            (_, Some(tls)) => Some(tls.clone()),
+            ("https", None) => {
+                Some(UpstreamTls::system().map_err(|e| BadAddress::Tls(address.to_owned(), e.to_string()))?)
+            }
+            ("http", None) => None,
+            _ => return Err(BadAddress::Uri(address.to_owned())),
+        };
+        if let Some(tls) = &tls {
+            tls.server_name(&authority).map_err(|e| BadAddress::Tls(address.to_owned(), e))?;
         }
+        Ok(Self {
+            scheme: if tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP },
+            address_scheme: scheme,
+            authority,
+            connections: (0..=threads).map(|_| Mutex::default()).collect(),
+            tls,
+            drain: ConnectionDrain::new(DEFAULT_DRAIN_TIMEOUT),
+        })
     }
 
     /// The same client, whose connections are cut `timeout` after [`close`](Self::close) if
@@ -142,7 +171,7 @@ impl EndpointClient {
     pub(crate) fn is_for(&self, address: &str) -> bool {
         address
             .parse::<Uri>()
-            .is_ok_and(|u| u.scheme() == Some(&self.scheme) && u.authority() == Some(&self.authority))
+            .is_ok_and(|u| u.scheme() == Some(&self.address_scheme) && u.authority() == Some(&self.authority))
     }
 
     /// Lets go of every connection to the endpoint (discovery removed it): each closes once its
@@ -164,20 +193,50 @@ impl EndpointClient {
     }
 }
 
-/// Opens a connection to `authority`, its socket under `drain`, and starts its task on the
-/// calling thread's runtime. The task pings the endpoint every [`KEEP_ALIVE_INTERVAL`] and closes
-/// the connection when a ping goes unanswered for as long.
-async fn connect(authority: Authority, drain: ConnectionDrain) -> Result<Sender, Arc<str>> {
+/// Opens a connection to `authority` (over TLS with `tls`), its socket under `drain`, and starts
+/// its task on the calling thread's runtime. The task pings the endpoint every
+/// [`KEEP_ALIVE_INTERVAL`] and closes the connection when a ping goes unanswered for as long.
+async fn connect(
+    authority: Authority,
+    tls: Option<UpstreamTls>,
+    drain: ConnectionDrain,
+) -> Result<Sender, Arc<str>> {
     let address = authority.as_str();
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host_port(&authority))).await
-    {
+    let port = if tls.is_some() { 443 } else { 80 };
+    let (host, port) = host_port(&authority, port);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}").into()),
         Err(_) => return Err(format!("cannot connect to {address}: no answer in {CONNECT_TIMEOUT:?}").into()),
     };
     let _ = stream.set_nodelay(true);
+    let stream = drain.wrap(stream);
+    match tls {
+        None => start(address, stream).await,
+        Some(tls) => {
+            let name = tls.server_name(&authority)?;
+            let handshake = tls.connect(name, stream);
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(format!("TLS handshake with {address} failed: {e}").into()),
+                Err(_) => {
+                    return Err(
+                        format!("TLS handshake with {address} not done in {CONNECT_TIMEOUT:?}").into()
+                    );
+                }
+            };
+            start(address, stream).await
+        }
+    }
+}
+
+/// Starts HTTP/2 on `stream`, the connection to `address`, and its task.
+async fn start<S>(address: &str, stream: S) -> Result<Sender, Arc<str>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (send, mut connection) = h2_builder()
-        .handshake::<_, Bytes>(drain.wrap(stream))
+        .handshake::<_, Bytes>(stream)
         .await
         .map_err(|e| Arc::<str>::from(format!("HTTP/2 handshake with {address} failed: {e}")))?;
     let ping_pong = connection.ping_pong();
@@ -244,12 +303,12 @@ where
     Ok(response.map(|recv| RecvBody::new(recv, cancel)))
 }
 
-/// The host and port to connect to: port 80 when the address has none (as for any `http://` URI),
-/// and an IPv6 host without the brackets a URI writes it in.
-fn host_port(authority: &Authority) -> (&str, u16) {
+/// The host and port to connect to: `default_port` when the address has none (80 for `http://`,
+/// 443 for TLS), and an IPv6 host without the brackets a URI writes it in.
+fn host_port(authority: &Authority, default_port: u16) -> (&str, u16) {
     let host = authority.host();
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    (host, authority.port_u16().unwrap_or(80))
+    (host, authority.port_u16().unwrap_or(default_port))
 }
 
 impl tower::Service<Request<RetryBody<RequestBody>>> for EndpointClient {
@@ -283,7 +342,8 @@ impl tower::Service<Request<RetryBody<RequestBody>>> for EndpointClient {
         let connecting = match &*connection {
             Connection::Connecting(connecting) => connecting.clone(),
             _ => {
-                let connecting = connect(self.authority.clone(), self.drain.clone()).boxed().shared();
+                let connecting =
+                    connect(self.authority.clone(), self.tls.clone(), self.drain.clone()).boxed().shared();
                 *connection = Connection::Connecting(connecting.clone());
                 connecting
             }
@@ -329,7 +389,7 @@ mod tests {
     fn an_address_without_a_port_means_port_80() {
         let host_port_of = |a: &str| {
             let authority: Authority = a.parse().unwrap();
-            let (host, port) = host_port(&authority);
+            let (host, port) = host_port(&authority, 80);
             (host.to_owned(), port)
         };
         assert_eq!(host_port_of("worker"), ("worker".into(), 80));
@@ -339,9 +399,10 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_addresses_are_endpoints() {
-        assert!(EndpointClient::new("http://worker", 2).is_ok());
-        assert!(EndpointClient::new("https://worker:443", 2).is_err());
-        assert!(EndpointClient::new("worker:9001", 2).is_err());
+    fn endpoints_are_http_or_https_addresses() {
+        assert!(EndpointClient::new("http://worker", 2, None).is_ok_and(|c| c.tls.is_none()));
+        assert!(EndpointClient::new("https://worker:443", 2, None).is_ok_and(|c| c.tls.is_some()));
+        assert!(EndpointClient::new("worker:9001", 2, None).is_err());
+        assert!(EndpointClient::new("ftp://worker:9001", 2, None).is_err());
     }
 }

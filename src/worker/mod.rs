@@ -162,6 +162,15 @@ pub struct WorkerArgs {
     /// again), to inject it at a chosen moment.
     #[arg(long, requires = "fault")]
     pub fault_on_signal: bool,
+    /// Serve gRPC over TLS (ALPN h2) with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by a CA of this PEM file (mutual TLS; with --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 /// `--kind` of `switchyard worker`.
@@ -199,6 +208,9 @@ impl Default for WorkerArgs {
             cold_start: Duration::ZERO,
             fault: None,
             fault_on_signal: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -252,6 +264,34 @@ pub enum WorkerError {
     /// `--register-etcd` failed.
     #[error("registration failed: {0}")]
     Registration(String),
+    /// A `--tls-*` file cannot be read.
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    Tls {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl WorkerArgs {
+    /// The server's TLS settings from `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given
+    /// (tonic's rustls support: ALPN h2, client certificates verified against the CA).
+    pub fn tls_config(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, WorkerError> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |flag: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| WorkerError::Tls { flag, path: path.to_owned(), source })
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let identity = Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?);
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
+        }
+        Ok(Some(tls))
+    }
 }
 
 /// The server-side shed layer of `--shed TARGET` over `engine`'s own queue signals (its queue
@@ -407,7 +447,11 @@ pub async fn serve_with_metrics(
     });
     let reporter = engine.clone();
     let shed = args.shed.map(|target| (StatusLayer, engine_shed(&engine, target, args.max_queue)));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = args.tls_config()? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .layer(rpc)
         .layer(LoadReportLayer::new(move || reporter.reported_load()))
         .layer(tower::util::option_layer(shed))

@@ -83,6 +83,16 @@ impl Source {
     /// [module documentation](crate::health)), and the handle listing those held back. Must be
     /// polled within a tokio runtime (each endpoint's watch is a task).
     pub fn with_health(self, config: HealthConfig) -> (Source, HeldBack) {
+        self.with_health_tls(config, None)
+    }
+
+    /// [`with_health`](Self::with_health), connecting to the endpoints over TLS with `tls` (the
+    /// endpoints' addresses are taken as `https://` whatever their scheme) when given.
+    pub fn with_health_tls(
+        self,
+        config: HealthConfig,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> (Source, HeldBack) {
         let name = self.name().to_owned();
         let held = HeldBack::default();
         let (tx, rx) = mpsc::channel(64);
@@ -90,7 +100,7 @@ impl Source {
             source: Some(self),
             rx,
             tx,
-            config: Arc::new(config),
+            config: Arc::new(Checks { config, tls }),
             watched: HashMap::new(),
             next_generation: 0,
             held: held.clone(),
@@ -118,11 +128,17 @@ struct Watched {
     task: AbortHandle,
 }
 
+/// How the endpoints are checked: the config, and the TLS to connect with, if any.
+struct Checks {
+    config: HealthConfig,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
 struct Watching {
     source: Option<Source>,
     rx: mpsc::Receiver<Update>,
     tx: mpsc::Sender<Update>,
-    config: Arc<HealthConfig>,
+    config: Arc<Checks>,
     watched: HashMap<EndpointId, Watched>,
     next_generation: u64,
     held: HeldBack,
@@ -225,7 +241,8 @@ impl Watching {
 }
 
 /// Watches one endpoint's health for as long as it is watched, sending each change of "serving".
-async fn watch(endpoint: Endpoint, generation: u64, config: Arc<HealthConfig>, tx: mpsc::Sender<Update>) {
+async fn watch(endpoint: Endpoint, generation: u64, checks: Arc<Checks>, tx: mpsc::Sender<Update>) {
+    let config = &checks.config;
     let id = endpoint.id.clone();
     let mut last = None;
     let mut send = |serving: bool| {
@@ -238,7 +255,19 @@ async fn watch(endpoint: Endpoint, generation: u64, config: Arc<HealthConfig>, t
             }
         }
     };
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint.address.clone()) {
+    // tonic speaks TLS to `https://` addresses only.
+    let address = match (&checks.tls, endpoint.address.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => endpoint.address.clone(),
+    };
+    let channel = match tonic::transport::Endpoint::from_shared(address) {
+        Ok(e) => match &checks.tls {
+            None => Ok(e),
+            Some(tls) => e.tls_config(tls.clone()),
+        },
+        Err(e) => Err(e),
+    };
+    let channel = match channel {
         Ok(e) => e
             .connect_timeout(config.timeout)
             .http2_keep_alive_interval(Duration::from_secs(10))

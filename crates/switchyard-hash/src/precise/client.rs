@@ -51,6 +51,8 @@ struct Task {
 pub struct KvSubscriber {
     feed: Arc<KvFeed>,
     config: SubscriberConfig,
+    /// The TLS its streams connect with, if any.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     tasks: Mutex<BTreeMap<EndpointId, Task>>,
 }
 
@@ -64,7 +66,14 @@ impl std::fmt::Debug for KvSubscriber {
 impl KvSubscriber {
     /// A subscriber feeding `feed`.
     pub fn new(feed: Arc<KvFeed>, config: SubscriberConfig) -> Self {
-        Self { feed, config, tasks: Mutex::new(BTreeMap::new()) }
+        Self { feed, config, tls: None, tasks: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The same subscriber, connecting to the endpoints over TLS with `tls` (their addresses are
+    /// then taken as `https://`, whatever their scheme).
+    pub fn with_tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The feed it applies the streams to.
@@ -77,6 +86,11 @@ impl KvSubscriber {
     /// a snapshot of another instance replaces it).
     pub fn insert(&self, id: EndpointId, address: &str) {
         let address = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+        // tonic speaks TLS to `https://` addresses only.
+        let address = match (&self.tls, address.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => address,
+        };
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(task) = tasks.get(&id)
             && task.address == address
@@ -88,7 +102,13 @@ impl KvSubscriber {
             old.handle.abort();
         }
         self.feed.follow(&id);
-        let handle = tokio::spawn(follow(self.feed.clone(), id.clone(), address.clone(), self.config));
+        let handle = tokio::spawn(follow(
+            self.feed.clone(),
+            id.clone(),
+            address.clone(),
+            self.config,
+            self.tls.clone(),
+        ));
         tasks.insert(id, Task { address, handle });
     }
 
@@ -116,10 +136,16 @@ impl Drop for KvSubscriber {
 
 /// One endpoint's stream, for ever: subscribe, apply, and after any failure mark it down and
 /// try again after the back-off.
-async fn follow(feed: Arc<KvFeed>, id: EndpointId, address: String, config: SubscriberConfig) {
+async fn follow(
+    feed: Arc<KvFeed>,
+    id: EndpointId,
+    address: String,
+    config: SubscriberConfig,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) {
     let mut backoff = config.min_backoff;
     loop {
-        match stream_once(&feed, &id, &address, &config).await {
+        match stream_once(&feed, &id, &address, &config, tls.as_ref()).await {
             Ok(()) => tracing::debug!(endpoint = %id, "KV-event stream ended"),
             Err(StreamError { delivered, message }) => {
                 tracing::debug!(endpoint = %id, "KV-event stream failed: {message}");
@@ -145,12 +171,16 @@ async fn stream_once(
     id: &EndpointId,
     address: &str,
     config: &SubscriberConfig,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> Result<(), StreamError> {
     let mut delivered = false;
     let fail = |delivered: bool, message: String| StreamError { delivered, message };
-    let endpoint = tonic::transport::Endpoint::from_shared(address.to_string())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(address.to_string())
         .map_err(|e| fail(false, format!("bad address {address:?}: {e}")))?
         .connect_timeout(config.connect_timeout);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| fail(false, format!("TLS: {e}")))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| fail(false, format!("connect: {e}")))?;
     let (instance, after_sequence) = feed.resume_point(id).unwrap_or((0, 0));
     let mut stream = KvEventsClient::new(channel)
