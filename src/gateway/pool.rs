@@ -163,17 +163,19 @@ impl Pool {
             field: Some(format!("pool {:?} policy", config.name)),
             message: e.to_string(),
         };
+        // The side channels' TLS (KV events, out-of-band load reports), read from its files once.
+        let side_tls = tonic_tls(config)?;
         // The precise prefix-aware policy is fed by the endpoints' KV-event streams: the pool
         // subscribes to each endpoint it has (below, as discovery inserts and removes them).
         let (policy, subscriber) = if config.policy.name() == PRECISE {
             let (precise, subscriber) =
-                precise_with_streams(&config.policy, tonic_tls(config)?).map_err(policy_error)?;
+                precise_with_streams(&config.policy, side_tls.clone()).map_err(policy_error)?;
             (PolicyHandle::new(precise), Some(subscriber))
         } else {
             (PolicyHandle::from_spec(&config.policy, seed).map_err(policy_error)?, None)
         };
         let kv =
-            Arc::new(Mutex::new(KvFollow { members: HashMap::new(), subscriber, tls: tonic_tls(config)? }));
+            Arc::new(Mutex::new(KvFollow { members: HashMap::new(), subscriber, tls: side_tls.clone() }));
         let following = kv.clone();
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
@@ -260,8 +262,7 @@ impl Pool {
         let load_reports = match config.load_reports {
             None => None,
             Some(interval) => {
-                let tls = tonic_tls(config)?;
-                Some(crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, tls))
+                Some(crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, side_tls))
             }
         };
         let upstream = Shared::new(balancer);
