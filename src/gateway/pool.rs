@@ -259,12 +259,9 @@ impl Pool {
             balancer
         };
         let board = balancer.board();
-        let load_reports = match config.load_reports {
-            None => None,
-            Some(interval) => {
-                Some(crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, side_tls))
-            }
-        };
+        let load_reports = config.load_reports.map(|interval| {
+            crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, side_tls)
+        });
         let upstream = Shared::new(balancer);
         let mut layer_metrics = Vec::new();
         let mut queues = Vec::new();
