@@ -540,8 +540,10 @@ async fn a_stream_on_a_removed_endpoint_is_cut_after_the_pools_drain_timeout() {
     until(|| in_flight() == 2, "the stream and the short call in flight").await;
     assert_eq!(established_to(&[addr.port()]), 1, "one connection to the endpoint");
 
-    publisher.remove("a").await.unwrap();
+    // Taken before the removal is sent: the pool may apply it (and start its drain timer)
+    // before `remove` returns, so an instant taken after would be late.
     let removed = Instant::now();
+    publisher.remove("a").await.unwrap();
     short.await.unwrap().expect("the short call in flight at the removal succeeds");
     let status = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
