@@ -767,7 +767,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         },
         Scenario::Scale => scale::run(args, &exe).await.map(BenchReport::Scale),
         Scenario::Cost => cost::run(args, &exe, &dir).await.map(BenchReport::Cost),
-        Scenario::Soak => soak::run(args, &exe).await.map(BenchReport::Soak),
+        Scenario::Soak => soak::run(args, &exe, &dir).await.map(BenchReport::Soak),
         #[cfg(unix)]
         Scenario::Faults => faults::run(args, &exe, &dir).await.map(BenchReport::Faults),
         #[cfg(not(unix))]

@@ -4,7 +4,8 @@
 //! warmed up (a leak climbs), and every call that failed is explained by a restart.
 //!
 //! [`WORKERS`] workers of the parallel kind ([`PARALLEL`] calls at once at [`SERVICE_MS`] each)
-//! behind one gateway process (its default policy, `--backend` endpoints). Unary `ModelInfer`
+//! behind one gateway process (its default policy, the workers as a static pool retrying as
+//! `bench faults`' pool does: [`pool_retry_lines`](super::faults::pool_retry_lines)). Unary `ModelInfer`
 //! calls at `--rate` a second (Poisson arrivals, [`DEFAULT_RATE`] by default), each with a
 //! deadline of [`DEADLINE`], over [`CONNECTIONS`] HTTP/2 connections. Every `--restart-every`
 //! ([`DEFAULT_RESTART_EVERY`]) the next worker in turn is stopped with SIGTERM (it drains: its
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use switchyard_balance::PolicyKind;
 use switchyard_sim::{LengthSampler, Pattern, Synthetic};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -149,6 +149,8 @@ pub struct SoakReport {
     pub deadline_ms: f64,
     /// The gateway's serving threads.
     pub proxy_threads: usize,
+    /// The gateway pool's `retry` table.
+    pub gateway_retry: String,
     /// The calls.
     pub calls: Calls,
     /// The restarts, in order.
@@ -188,7 +190,7 @@ impl SoakReport {
         let c = &self.calls;
         format!(
             "bench soak: {}; {} calls/s for {} s (judged after {} s), a worker restarted every {} s \
-             ({} restarts), deadline {} ms, gateway on {} threads\n\n{}\ncalls: {} sent, {} ok, {} failed \
+             ({} restarts), deadline {} ms, gateway on {} threads, its pool's {}\n\n{}\ncalls: {} sent, {} ok, {} failed \
              ({}; {} during restarts, {} unexplained), {} not sent\ntarget: memory, descriptors and tasks \
              flat (last quarter within {:.0} % of the first) and every failure explained by a restart: {}\n",
             self.workers,
@@ -199,6 +201,7 @@ impl SoakReport {
             self.restarts.len(),
             self.deadline_ms,
             self.proxy_threads,
+            self.gateway_retry,
             self.table(),
             c.sent,
             c.ok,
@@ -238,7 +241,7 @@ struct Ended {
 }
 
 /// Runs the scenario.
-pub async fn run(args: &BenchArgs, exe: &Path) -> Result<SoakReport, BenchError> {
+pub async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<SoakReport, BenchError> {
     let rate = args.rate.unwrap_or(DEFAULT_RATE);
     if !(rate.is_finite() && rate > 0.0) {
         return Err(BenchError::Invalid(format!("--rate {rate}: must be above zero")));
@@ -256,7 +259,16 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> Result<SoakReport, BenchError>
         workers.push(start_worker(exe, i, "127.0.0.1:0").await?);
     }
     let addresses: Vec<String> = workers.iter().map(|(_, a)| a.clone()).collect();
-    let gateway_args = super::gateway_args(&addresses, PolicyKind::DEFAULT, threads);
+    let config = dir.join("gateway-soak.toml");
+    std::fs::write(&config, gateway_config(&addresses, threads))
+        .map_err(|e| BenchError::Io(format!("write {}", config.display()), e))?;
+    let gateway_args: Vec<String> = vec![
+        "gateway".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
     let (gateway, mut logged) = ChildProcess::start(
         "gateway",
         exe,
@@ -326,6 +338,7 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> Result<SoakReport, BenchError>
         restart_every_s: restart_every.as_secs_f64(),
         deadline_ms: DEADLINE.as_secs_f64() * 1000.0,
         proxy_threads: threads,
+        gateway_retry: retry_table(),
         calls,
         restarts,
         flatness,
@@ -336,6 +349,34 @@ pub async fn run(args: &BenchArgs, exe: &Path) -> Result<SoakReport, BenchError>
         super::soak_plot::plot(&png, &report).map_err(|e| BenchError::Setup(e.to_string()))?;
     }
     Ok(report)
+}
+
+/// The gateway's configuration: the workers as one static pool on the default policy, retrying
+/// as `bench faults`' pool does, the admin listener on an ephemeral port.
+fn gateway_config(workers: &[String], threads: usize) -> String {
+    let endpoints: Vec<String> = workers.iter().map(|a| format!("{{ address = \"http://{a}\" }}")).collect();
+    let mut text = format!(
+        "admin = \"127.0.0.1:0\"\nthreads = {threads}\n\n[[pool]]\nname = \"default\"\nendpoints = [{}]\n",
+        endpoints.join(", ")
+    );
+    #[cfg(unix)]
+    for line in super::faults::pool_retry_lines() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// The pool's `retry` table as the report shows it.
+#[cfg(unix)]
+fn retry_table() -> String {
+    super::faults::pool_retry_lines().join("; ")
+}
+
+/// No retry table where `bench faults`' is not built.
+#[cfg(not(unix))]
+fn retry_table() -> String {
+    "none".into()
 }
 
 /// Starts worker `index` listening on `listen`; the child and its address.
@@ -467,6 +508,17 @@ fn flatness(series: &str, values: impl Iterator<Item = f64>) -> Flatness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_runs_the_workers_as_one_static_pool_that_retries() {
+        let workers = ["127.0.0.1:9001".to_string(), "127.0.0.1:9002".to_string()];
+        let text = gateway_config(&workers, 2);
+        let config = crate::gateway::GatewayConfig::from_toml(&text).unwrap();
+        assert_eq!(config.pools.len(), 1, "{text}");
+        let pool = &config.pools[0];
+        assert_eq!(pool.endpoints.len(), 2, "{text}");
+        assert!(pool.retry.is_some(), "the soak's pool retries: {text}");
+    }
 
     #[test]
     fn a_series_that_climbs_is_not_flat_and_one_that_wobbles_is() {
