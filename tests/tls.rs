@@ -3,6 +3,8 @@
 //! reloaded from disk, and the admin API's bearer token: in-process gateways and workers over
 //! loopback, with certificates made at test time by `rcgen` (no key is committed).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -295,6 +297,97 @@ async fn with_a_client_ca_only_clients_with_its_certificates_get_through() {
     // (Else the drain would wait for its handshake's timeout.)
     drop(silent);
     gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_ca_rotated_on_disk_admits_its_clients_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, old_clients, new_clients) =
+        (Ca::new("server CA"), Ca::new("old client CA"), Ca::new("new client CA"));
+    let ca_file = write(dir.path(), "server-ca.pem", &ca.pem);
+    let client_ca = write(dir.path(), "client-ca.pem", &old_clients.pem);
+    let (cert, key) = ca.issue("server", false).write(dir.path(), "server");
+    let worker = tls_worker(&cert, &key, None).await;
+    let config = format!(
+        "threads = 1\n[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {client_ca:?}\nreload_interval = \"20ms\"\n\
+         [[pool]]\nname = \"default\"\nendpoints = [{{ address = \"https://127.0.0.1:{}\" }}]\n\
+         tls = {{ ca = {ca_file:?} }}\n",
+        worker.addr.port()
+    );
+    let gateway = start(&config, None).await.unwrap();
+    let addr = gateway.local_addr();
+    let call = |issuer: &Ca| {
+        let identity = issuer.issue("client", false).identity();
+        let pem = ca.pem.clone();
+        async move {
+            match tls_client(addr, &pem, Some(identity)).await {
+                Ok(mut client) => infer(&mut client).await,
+                Err(e) => Err(chain(&e)),
+            }
+        }
+    };
+    assert_eq!(call(&old_clients).await, Ok(1), "a client of the CA in force");
+    assert!(call(&new_clients).await.is_err(), "a client of the next CA, before the rotation");
+
+    write(dir.path(), "client-ca.pem", &new_clients.pem);
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        match call(&new_clients).await {
+            Ok(1) => break,
+            _ if Instant::now() < give_up => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("the rotated client CA was not in force within 5 s: {other:?}"),
+        }
+    }
+    assert!(call(&old_clients).await.is_err(), "the old CA's clients are refused after the rotation");
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_gateways_tls_flags_serve_its_listener_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, clients) = (Ca::new("server CA"), Ca::new("client CA"));
+    let client_ca = write(dir.path(), "client-ca.pem", &clients.pem);
+    let (cert, key) = ca.issue("server", false).write(dir.path(), "server");
+    let worker = common::worker::in_process(WorkerArgs { speed: 20.0, ..WorkerArgs::default() }).await;
+    let backend = worker.addr.to_string();
+    let (_gateway, addrs) = common::spawn_until_all(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            &backend,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-client-ca",
+            client_ca.to_str().unwrap(),
+        ],
+        &["gateway serving on "],
+    )
+    .await;
+    let addr: SocketAddr = addrs[0].parse().unwrap();
+    let mut client =
+        tls_client(addr, &ca.pem, Some(clients.issue("client", false).identity())).await.unwrap();
+    assert_eq!(infer(&mut client).await, Ok(1), "a client with a certificate of --tls-client-ca");
+    let refused = match tls_client(addr, &ca.pem, None).await {
+        Ok(mut client) => infer(&mut client).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without a certificate is refused");
+
+    // --tls-client-ca alone has no listener to put it on.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["gateway", "--backend", "127.0.0.1:9", "--tls-client-ca", client_ca.to_str().unwrap()])
+        .kill_on_drop(true)
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(10), output).await.expect("it exits at once").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--tls-client-ca"), "{stderr}");
 }
 
 /// The certificate the TLS server at `addr` presents to a client that trusts `roots`, or the

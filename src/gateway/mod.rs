@@ -216,13 +216,15 @@
 //! cert = "server.crt"             # PEM chain, the gateway's certificate first
 //! key = "server.key"              # PEM key: PKCS#8, PKCS#1 or SEC1
 //! client_ca = "ca.pem"            # optional: clients must present a certificate of these CAs
-//! reload_interval = "10s"         # the default: how often cert and key are read again
+//! reload_interval = "10s"         # the default: how often cert, key and client_ca are read again
 //! ```
 //!
-//! The pair is read again every `reload_interval`; when it changed and loads, new handshakes
-//! present it (open connections keep theirs) and nothing restarts; a pair that does not load is
-//! logged and the one in force stays. With `client_ca`, a client without a certificate of those
-//! CAs fails the handshake. The handshake runs in the connection's own task on its serving thread,
+//! The files are read again every `reload_interval`; when one changed and they load, new
+//! handshakes present the new certificate and check clients against the new CA (open connections
+//! keep what they were handshaken with) and nothing restarts; files that do not load are logged
+//! and the ones in force stay. With `client_ca`, a client without a certificate of those CAs
+//! fails the handshake. `switchyard gateway --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]`
+//! sets the same from the command line (over the config's `[tls]`). The handshake runs in the connection's own task on its serving thread,
 //! at most 10 s ([`HANDSHAKE_TIMEOUT`]); a plain listener serves the bare TCP stream as before.
 //!
 //! Towards the replicas, a pool's `tls` reaches every endpoint of the pool over TLS, whatever
@@ -406,6 +408,18 @@ pub struct GatewayArgs {
     /// SWITCHYARD_ADMIN_TOKEN environment variable, else none].
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Serve the gRPC listener over TLS with this PEM certificate chain (with --tls-key), as the
+    /// config's `[tls]` `cert` does, whose other settings stay [default: the config's `[tls]`,
+    /// else plaintext h2c].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA of this PEM file (mutual TLS), with --tls-cert
+    /// or the config's `[tls]`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Longest wait for in-flight requests on shutdown, e.g. `30s` [default: the config's
     /// `drain_timeout`, else 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -458,7 +472,30 @@ impl GatewayArgs {
             config.drain_timeout = timeout;
         }
         config.threads = self.threads.or(config.threads);
+        self.override_tls(&mut config)?;
         Ok(config)
+    }
+
+    /// Puts `--tls-cert`/`--tls-key` and `--tls-client-ca` over the config's `[tls]`.
+    fn override_tls(&self, config: &mut GatewayConfig) -> Result<(), ConfigError> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let mut tls = TlsConfig::new(cert, key);
+            if let Some(file) = &config.tls {
+                tls.client_ca.clone_from(&file.client_ca);
+                tls.reload_interval = file.reload_interval;
+            }
+            config.tls = Some(tls);
+        }
+        if let Some(ca) = &self.tls_client_ca {
+            let Some(tls) = config.tls.as_mut() else {
+                return Err(ConfigError::field(
+                    "--tls-client-ca",
+                    "client certificates need a TLS listener: give --tls-cert and --tls-key, or [tls] in the config",
+                ));
+            };
+            tls.client_ca = Some(ca.clone());
+        }
+        Ok(())
     }
 }
 

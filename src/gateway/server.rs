@@ -246,7 +246,7 @@ impl Gateway {
                 (stopped.clone(), config.drain_timeout, proxy.for_thread(), open.clone(), draining.clone());
             let (calls, gate) = (Arc::new(CallsInFlight::default()), gate.clone());
             let (limits, refusals) = (config.limits, refusals.clone());
-            let acceptor = listener_tls.as_ref().map(ListenerTls::acceptor);
+            let acceptor = listener_tls.as_ref().map(ListenerTls::acceptors);
             std::thread::Builder::new().name(format!("gateway-{index}")).spawn(move || {
                 upstream::set_thread_index(index);
                 let thread_calls = calls.clone();

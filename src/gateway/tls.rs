@@ -1,20 +1,22 @@
 //! TLS on the gateway's gRPC listener (`[tls]`): rustls with the ring provider, ALPN `h2`,
 //! optional mutual TLS, and certificates reloaded from disk while the gateway runs.
 //!
-//! The listener's certificate chain and key are PEM files. The server answers every handshake
-//! with the [`CertifiedKey`] a resolver holds now; a task reads the two files every
-//! `reload_interval` (10 s by default) and, when either differs from the pair in force, loads the
-//! pair again and swaps it in: new handshakes present the new certificate, open connections keep
-//! theirs, and nothing restarts. A pair that does not load (a file half-written, a key that is
-//! not the certificate's) is logged and the old one stays in force; the next change is tried
-//! again. The files' bytes are compared rather than their modification times, which many
+//! The listener's certificate chain and key, and the client CA if any, are PEM files. Each
+//! handshake uses the server configuration in force when it starts; a task reads the files every
+//! `reload_interval` (10 s by default) and, when one differs from what is in force, loads them
+//! again and swaps the whole configuration in: new handshakes present the new certificate and
+//! check clients against the new CA, open connections keep what they were handshaken with, and
+//! nothing restarts. Files that do not load (one half-written, a key that is not the
+//! certificate's, a CA file with no certificate) are logged and the configuration in force stays;
+//! the next change is tried again. The files' bytes are compared rather than their modification times, which many
 //! filesystems keep at a few milliseconds' granularity (a renewal written twice within one tick of
 //! that clock would go unseen); a few kilobytes read every few seconds cost nothing. This is how cert-manager's or an ACME client's renewals reach a running gateway, as
 //! Envoy's SDS file watch and nginx's reload do.
 //!
 //! With `client_ca`, clients must present a certificate that chains to one of that file's CAs
 //! (rustls' WebPKI client verifier); a client without one, or with one from another CA, fails
-//! the handshake. The CA file is read at start.
+//! the handshake. The CA file is reloaded as the certificate is (a CA rotated on disk reaches new
+//! handshakes without a restart).
 //!
 //! The handshake runs on the connection's own task on its serving thread, inside the connection
 //! future that then starts HTTP/2 (see `downstream`), never on the accept loop, and gives up after
@@ -29,6 +31,7 @@ use std::time::Duration;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -53,7 +56,7 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA certificates, PEM: when set, clients must present a certificate signed by one of them.
     pub client_ca: Option<PathBuf>,
-    /// How often `cert` and `key` are checked for a change (10 s by default).
+    /// How often `cert`, `key` and `client_ca` are checked for a change (10 s by default).
     pub reload_interval: Duration,
 }
 
@@ -134,23 +137,33 @@ fn parse_key(field: &str, path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'st
 
 /// Reads PEM CA certificates into a root store.
 pub(crate) fn load_roots(field: &str, path: &Path) -> Result<RootCertStore, TlsError> {
+    parse_roots(field, path, &read(field, path)?)
+}
+
+/// Parses the PEM CA certificates `bytes` read from `path` into a root store.
+fn parse_roots(field: &str, path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(field, path)? {
+    for cert in parse_certs(field, path, bytes)? {
         roots.add(cert).map_err(|e| TlsError::new(field, path, format!("not a CA certificate: {e}")))?;
     }
     Ok(roots)
 }
 
-/// The bytes of the certificate and key files, as last read.
+/// The bytes of the listener's TLS files (certificate, key, client CA), as last read.
 #[derive(PartialEq, Eq)]
-struct PairBytes {
+struct FileBytes {
     cert: Vec<u8>,
     key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
 }
 
-impl PairBytes {
+impl FileBytes {
     fn read(config: &TlsConfig) -> Result<Self, TlsError> {
-        Ok(Self { cert: read("tls.cert", &config.cert)?, key: read("tls.key", &config.key)? })
+        Ok(Self {
+            cert: read("tls.cert", &config.cert)?,
+            key: read("tls.key", &config.key)?,
+            client_ca: config.client_ca.as_deref().map(|path| read("tls.client_ca", path)).transpose()?,
+        })
     }
 
     /// The certified key these bytes hold, checking that the key is the certificate's.
@@ -160,28 +173,80 @@ impl PairBytes {
         CertifiedKey::from_der(certs, key, provider)
             .map_err(|e| TlsError::new("tls.key", &config.key, format!("does not fit tls.cert: {e}")))
     }
-}
 
-/// The certified key every handshake is answered with, swapped when the files change.
-#[derive(Debug)]
-struct ReloadingCert {
-    current: RwLock<Arc<CertifiedKey>>,
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    /// The server configuration these bytes make: their certificate, and with a client CA its
+    /// client verifier; ALPN `h2`.
+    fn load(&self, config: &TlsConfig, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError> {
+        let key = Arc::new(self.certified_key(config, provider)?);
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::new("tls", &config.cert, e.to_string()))?;
+        let (builder, verifier) = match (&config.client_ca, &self.client_ca) {
+            (Some(path), Some(bytes)) => {
+                let roots = parse_roots("tls.client_ca", path, bytes)?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::new("tls.client_ca", path, e.to_string()))?;
+                (builder.with_client_cert_verifier(verifier.clone()), Some(verifier))
+            }
+            _ => (builder.with_no_client_auth(), None),
+        };
+        let mut server = builder.with_cert_resolver(Arc::new(Presented(key.clone())));
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Loaded { server: Arc::new(server), key, verifier })
     }
 }
 
-/// The listener's TLS, loaded: the acceptor the serving threads share, and what reloads it.
+/// Answers every handshake with one certified key.
+#[derive(Debug)]
+struct Presented(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Presented {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// What the files loaded into: the server configuration, and (to look at) its key and client
+/// verifier.
+#[derive(Debug)]
+struct Loaded {
+    server: Arc<ServerConfig>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    key: Arc<CertifiedKey>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// The TLS configuration new connections are handshaken with, swapped in whole when the files
+/// change; the serving threads share it.
+#[derive(Debug, Clone)]
+pub(crate) struct Acceptors {
+    current: Arc<RwLock<Arc<Loaded>>>,
+}
+
+impl Acceptors {
+    fn current(&self) -> Arc<Loaded> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn swap(&self, loaded: Loaded) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded);
+    }
+
+    /// An acceptor with the configuration in force now.
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current().server.clone())
+    }
+}
+
+/// The listener's TLS, loaded: the configuration the serving threads share, and what reloads it.
 pub(crate) struct ListenerTls {
-    acceptor: TlsAcceptor,
-    cert: Arc<ReloadingCert>,
+    acceptors: Acceptors,
     config: TlsConfig,
     provider: Arc<CryptoProvider>,
     /// The files' bytes when they were last read.
-    seen: PairBytes,
+    seen: FileBytes,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -194,42 +259,24 @@ impl ListenerTls {
     /// Loads the files `config` names; an error names the field and the file.
     pub(crate) fn new(config: &TlsConfig) -> Result<Self, TlsError> {
         let provider = provider();
-        let seen = PairBytes::read(config)?;
-        let cert = Arc::new(ReloadingCert {
-            current: RwLock::new(Arc::new(seen.certified_key(config, &provider)?)),
-        });
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::new("tls", &config.cert, e.to_string()))?;
-        let builder = match &config.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(path) => {
-                let roots = load_roots("tls.client_ca", path)?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| TlsError::new("tls.client_ca", path, e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut server = builder.with_cert_resolver(cert.clone());
-        server.alpn_protocols = vec![b"h2".to_vec()];
+        let seen = FileBytes::read(config)?;
+        let loaded = seen.load(config, &provider)?;
         Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            cert,
+            acceptors: Acceptors { current: Arc::new(RwLock::new(Arc::new(loaded))) },
             config: config.clone(),
             provider,
             seen,
         })
     }
 
-    /// The acceptor new connections are handshaken with.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.clone()
+    /// What new connections are handshaken with: the configuration in force at each handshake.
+    pub(crate) fn acceptors(&self) -> Acceptors {
+        self.acceptors.clone()
     }
 
-    /// Reads the certificate and key files every `reload_interval` until `stop`, swapping in the
-    /// pair they hold when either changed and the pair loads; a pair that does not load (or a
-    /// file that cannot be read) is logged and the one in force stays.
+    /// Reads the certificate, key and client CA files every `reload_interval` until `stop`,
+    /// swapping in the configuration they make when one changed and they load; files that do
+    /// not load (or cannot be read) are logged and the configuration in force stays.
     pub(crate) async fn reload_until(mut self, mut stop: watch::Receiver<bool>) {
         let interval = self.config.reload_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -239,37 +286,30 @@ impl ListenerTls {
                 () = async { drop(stop.wait_for(|stop| *stop).await) } => return,
                 _ = tick.tick() => {}
             }
-            let now = match PairBytes::read(&self.config) {
+            let now = match FileBytes::read(&self.config) {
                 Ok(now) if now == self.seen => continue,
                 Ok(now) => now,
                 Err(e) => {
-                    tracing::warn!("TLS certificate not reloaded, the one in force stays: {e}");
+                    tracing::warn!("TLS files not reloaded, the ones in force stay: {e}");
                     continue;
                 }
             };
-            match now.certified_key(&self.config, &self.provider) {
-                Ok(key) => {
-                    *self.cert.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Arc::new(key);
-                    tracing::info!(cert = %self.config.cert.display(), "TLS certificate reloaded");
+            match now.load(&self.config, &self.provider) {
+                Ok(loaded) => {
+                    self.acceptors.swap(loaded);
+                    tracing::info!(cert = %self.config.cert.display(), "TLS files reloaded");
                 }
-                Err(e) => tracing::warn!("TLS certificate not reloaded, the one in force stays: {e}"),
+                Err(e) => tracing::warn!("TLS files not reloaded, the ones in force stay: {e}"),
             }
-            // A bad pair is not tried again until a file changes.
+            // Files that do not load are not tried again until one changes.
             self.seen = now;
         }
-    }
-
-    /// The certificate chain new handshakes present now.
-    #[cfg(test)]
-    fn presented(&self) -> Vec<CertificateDer<'static>> {
-        self.cert.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).cert.clone()
     }
 }
 
 /// The server side of a client's TLS handshake over `tcp`, at most [`HANDSHAKE_TIMEOUT`].
-pub(crate) async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+pub(crate) async fn handshake(acceptors: Acceptors, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptors.acceptor().accept(tcp)).await {
         Ok(stream) => stream,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -304,9 +344,9 @@ mod tests {
         write(&first);
         let config = TlsConfig::new(&cert, &key).with_reload_interval(Duration::from_secs(10));
         let tls = ListenerTls::new(&config).expect("loads");
-        let resolver = tls.cert.clone();
-        let presented = move || resolver.current.read().expect("not poisoned").cert[0].clone();
-        assert_eq!(tls.presented()[0], der(&first.0));
+        let acceptors = tls.acceptors();
+        let presented = move || acceptors.current().key.cert[0].clone();
+        assert_eq!(presented(), der(&first.0));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(tls.reload_until(stopped));
 
@@ -331,6 +371,56 @@ mod tests {
         std::fs::write(&key, &third.1).expect("write");
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(presented(), der(&third.0));
+
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), task).await.expect("stops").expect("no panic");
+    }
+
+    /// A self-signed CA certificate named `name`, PEM.
+    fn ca(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.self_signed(&key).expect("a certificate").pem()
+    }
+
+    /// The subjects of the CAs whose client certificates new handshakes accept.
+    fn client_cas(acceptors: &Acceptors) -> Vec<Vec<u8>> {
+        let loaded = acceptors.current();
+        let verifier = loaded.verifier.as_ref().expect("a client verifier");
+        verifier.root_hint_subjects().iter().map(|name| name.as_ref().to_vec()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_ca_rotated_on_disk_is_swapped_in_and_kept_when_the_new_file_is_bad() {
+        let dir = tempfile::tempdir().expect("a folder");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let ca_file = dir.path().join("ca.pem");
+        let (pair, first_ca, second_ca) = (self_signed(), ca("first CA"), ca("second CA"));
+        std::fs::write(&cert, &pair.0).expect("write");
+        std::fs::write(&key, &pair.1).expect("write");
+        std::fs::write(&ca_file, &first_ca).expect("write");
+        let config = TlsConfig::new(&cert, &key)
+            .with_client_ca(&ca_file)
+            .with_reload_interval(Duration::from_secs(10));
+        let tls = ListenerTls::new(&config).expect("loads");
+        let acceptors = tls.acceptors();
+        let first = client_cas(&acceptors);
+        assert_eq!(first.len(), 1);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(tls.reload_until(stopped));
+
+        std::fs::write(&ca_file, &second_ca).expect("write");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let second = client_cas(&acceptors);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second, first, "the rotated CA is in force");
+        assert_eq!(acceptors.current().key.cert[0], der(&pair.0), "the certificate is unchanged");
+
+        std::fs::write(&ca_file, "no certificate here").expect("write");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(client_cas(&acceptors), second, "a CA file with no certificate is not loaded");
 
         stop.send_replace(true);
         tokio::time::timeout(Duration::from_secs(1), task).await.expect("stops").expect("no panic");
