@@ -6,9 +6,13 @@
 //! A retrying client (fault `gateway-restart`) sends a call again on `UNAVAILABLE` (which
 //! covers a refused or lost connection) with exponential backoff, within the call's deadline,
 //! and a stream only while it has had no response: what a gRPC client with a retry policy for
-//! `UNAVAILABLE` does.
+//! `UNAVAILABLE` does. It also sends again, whatever its method, a call that never left it: one
+//! its HTTP/2 connection closed under before the request was written (hyper's "canceled:
+//! connection closed", which tonic reports as `CANCELLED`), as gRPC's transparent retry does
+//! (gRFC A6).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -106,7 +110,7 @@ pub(crate) struct Load {
     pub(crate) duration: Duration,
     /// Each call's deadline (`grpc-timeout`, and the client's own timer).
     pub(crate) deadline: Duration,
-    /// Retry `UNAVAILABLE` within the deadline.
+    /// Retry `UNAVAILABLE`, and what never left the client, within the deadline.
     pub(crate) retry_unavailable: bool,
 }
 
@@ -143,22 +147,26 @@ pub(crate) async fn drive(channels: &[Channel], load: Load, start: Instant) -> V
     all
 }
 
-/// One call, retried on `UNAVAILABLE` within its deadline when the load says so.
+/// One call, retried on `UNAVAILABLE` (and when it never left) within its deadline when the load
+/// says so.
 async fn call(client: GrpcInferenceServiceClient<Channel>, shape: CallShape, load: Load) -> (CallEnd, u32) {
     let deadline = Instant::now() + load.deadline;
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0;
+    let never_left = AtomicBool::new(false);
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return (CallEnd::Failed(tonic::Code::DeadlineExceeded), attempts - 1);
         }
-        let (end, answered) = match tokio::time::timeout(left, attempt(client.clone(), shape, left)).await {
-            Ok(result) => result,
-            Err(_) => (CallEnd::Failed(tonic::Code::DeadlineExceeded), true),
-        };
-        let retryable = end == CallEnd::Failed(tonic::Code::Unavailable) && !answered;
+        let (end, answered) =
+            match tokio::time::timeout(left, attempt(client.clone(), shape, left, &never_left)).await {
+                Ok(result) => result,
+                Err(_) => (CallEnd::Failed(tonic::Code::DeadlineExceeded), true),
+            };
+        let never_sent = never_left.swap(false, Ordering::Relaxed);
+        let retryable = never_sent || end == CallEnd::Failed(tonic::Code::Unavailable) && !answered;
         if !(load.retry_unavailable && retryable) {
             return (end, attempts);
         }
@@ -169,13 +177,20 @@ async fn call(client: GrpcInferenceServiceClient<Channel>, shape: CallShape, loa
 }
 
 /// One attempt with `timeout` as its `grpc-timeout`: how it ended, and whether a response
-/// message had come (a stream that did may not be sent again).
+/// message had come (a stream that did may not be sent again); `never_left` is set when its
+/// request never left this client.
 async fn attempt(
     mut client: GrpcInferenceServiceClient<Channel>,
     shape: CallShape,
     timeout: Duration,
+    never_left: &AtomicBool,
 ) -> (CallEnd, bool) {
-    let failed = |status: tonic::Status| CallEnd::Failed(status.code());
+    let failed = |status: tonic::Status| {
+        if never_sent(&status) {
+            never_left.store(true, Ordering::Relaxed);
+        }
+        CallEnd::Failed(status.code())
+    };
     match shape {
         CallShape::Metadata => {
             let mut request =
@@ -226,6 +241,20 @@ fn is_final(response: &crate::proto::inference::ModelInferResponse) -> bool {
     )
 }
 
+/// Whether `status` says its request never left this client: hyper cancelled it because the
+/// connection closed before the request was written (a stream the server had begun, reset or cut,
+/// is an h2 error instead).
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// The code a worker names at the head of a stream's error message (`UNAVAILABLE: ...`).
 fn code_of_stream_error(message: &str) -> tonic::Code {
     let name = message.split(':').next().unwrap_or("");
@@ -238,6 +267,23 @@ fn code_of_stream_error(message: &str) -> tonic::Code {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_call_whose_connection_closed_before_it_left_is_told_from_one_the_caller_cancelled() {
+        let (io, _server) = tokio::io::duplex(64);
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, String>(hyper_util::rt::TokioIo::new(io))
+                .await
+                .unwrap();
+        drop(connection);
+        let error = sender.send_request(http::Request::new(String::new())).await.unwrap_err();
+        assert!(error.is_canceled(), "{error:?}");
+        let status = tonic::Status::from_error(Box::new(error));
+        assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+        assert!(never_sent(&status), "{status:?}");
+        assert!(!never_sent(&tonic::Status::cancelled("the caller gave up")));
+        assert!(!never_sent(&tonic::Status::unavailable("connection refused")));
+    }
 
     #[test]
     fn shapes_rotate_and_only_metadata_is_idempotent() {

@@ -21,7 +21,9 @@
 //!   (a different one each time), until 1 s before the end;
 //! - `gateway-restart`: SIGTERM the gateway (it drains) and start a new one on the same port as
 //!   soon as the port is free; the clients of this run retry `UNAVAILABLE` (a refused or lost
-//!   connection included) with backoff, within the deadline.
+//!   connection included) with backoff, within the deadline, and send again a call that never
+//!   left them (its connection closed before the request was written), as gRPC's transparent
+//!   retry does.
 //!
 //! The three behaviours are the worker's `--fault` ([`crate::worker::fault`]), armed on every
 //! worker with `--fault-on-signal` and switched on by SIGUSR1 at the fault on the chosen one.
@@ -50,9 +52,10 @@
 //!   trickle of generations that all time out, to the end of the run (44 failures, no recovery
 //!   in 7 s): calls that the client gives up on give the balancer no latency sample, so it never
 //!   learns how slow the replica is.
-//! - `flap` and `gateway-restart` (with a client that retries `UNAVAILABLE`) lose nothing; in
-//!   shorter runs a restart sometimes loses a call or two as `CANCELLED` or `INTERNAL` (cut by the
-//!   old connection's close), which such a client does not resend.
+//! - `flap` and `gateway-restart` (with a client that retries `UNAVAILABLE` and what never left
+//!   it) lose nothing. Without the transparent retry a restart lost a call or two as `CANCELLED`:
+//!   hyper's "canceled: connection closed", a request queued on the old connection as it closed,
+//!   never written.
 
 pub mod load;
 pub mod report;
@@ -129,7 +132,8 @@ pub enum FaultKind {
     Reset,
     /// Discovery removes and adds endpoints under load.
     Flap,
-    /// SIGTERM the gateway; a new one takes its port; the clients retry UNAVAILABLE.
+    /// SIGTERM the gateway; a new one takes its port; the clients retry UNAVAILABLE and what
+    /// never left them.
     GatewayRestart,
 }
 
