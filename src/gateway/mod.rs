@@ -243,8 +243,12 @@
 //! address matches an IP SAN); `cert` and `key`: the gateway's client certificate, for replicas
 //! that require one (mutual TLS). An `https://` endpoint in a pool without `tls` is verified
 //! against the system's roots (port 443 by default). The pool's health checks, out-of-band load
-//! reports and KV-event streams (`prefix-aware-precise`) connect with the same settings. Relative paths in the config are relative to its file; a file that cannot be
-//! used stops the gateway at start with an error naming the field and the file. `switchyard
+//! reports and KV-event streams (`prefix-aware-precise`) connect with the same settings, as read
+//! when the pool starts. Relative paths in the config are relative to its file; a file that
+//! cannot be used stops the gateway at start with an error naming the field and the file. A
+//! connection to a replica opened 10 s or more after the files were last read reads them again:
+//! a renewed client certificate or a rotated CA reaches new connections without a restart, and
+//! files that do not load are logged while the ones in force stay. `switchyard
 //! worker --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]` serves TLS, so the whole path
 //! can be encrypted.
 //!

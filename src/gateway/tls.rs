@@ -108,13 +108,12 @@ fn read(field: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::new(field, path, format!("cannot read: {e}")))
 }
 
-/// Reads a PEM certificate chain (at least one certificate).
-pub(crate) fn load_certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    parse_certs(field, path, &read(field, path)?)
-}
-
 /// Parses the PEM certificate chain `bytes` read from `path` (at least one certificate).
-fn parse_certs(field: &str, path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn parse_certs(
+    field: &str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::new(field, path, format!("not PEM certificates: {e}")))?;
@@ -124,24 +123,14 @@ fn parse_certs(field: &str, path: &Path, bytes: &[u8]) -> Result<Vec<Certificate
     Ok(certs)
 }
 
-/// Reads a PEM private key.
-pub(crate) fn load_key(field: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    parse_key(field, path, &read(field, path)?)
-}
-
 /// Parses the PEM private key `bytes` read from `path`.
-fn parse_key(field: &str, path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn parse_key(field: &str, path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(bytes)
         .map_err(|e| TlsError::new(field, path, format!("no PEM private key: {e}")))
 }
 
-/// Reads PEM CA certificates into a root store.
-pub(crate) fn load_roots(field: &str, path: &Path) -> Result<RootCertStore, TlsError> {
-    parse_roots(field, path, &read(field, path)?)
-}
-
 /// Parses the PEM CA certificates `bytes` read from `path` into a root store.
-fn parse_roots(field: &str, path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
+pub(crate) fn parse_roots(field: &str, path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in parse_certs(field, path, bytes)? {
         roots.add(cert).map_err(|e| TlsError::new(field, path, format!("not a CA certificate: {e}")))?;
