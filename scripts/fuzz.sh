@@ -19,7 +19,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(gateway_config keys orca kserve_request)
+  targets=(gateway_config keys typed_keys orca kserve_request)
 fi
 rss_mb=${FUZZ_RSS_MB:-2048}
 input_timeout=${FUZZ_INPUT_TIMEOUT:-10}
@@ -27,7 +27,7 @@ input_timeout=${FUZZ_INPUT_TIMEOUT:-10}
 max_len() {
   case "$1" in
     keys) echo 65536 ;;        # a first message split over many frames
-    kserve_request) echo 16384 ;;
+    kserve_request | typed_keys) echo 16384 ;;
     gateway_config) echo 8192 ;;
     *) echo 4096 ;;
   esac

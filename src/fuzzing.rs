@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | [`gateway_config`] | [`GatewayConfig::from_toml`], then the pools' policies and keys as the gateway builds them |
 //! | [`keys`] | the key layer ([`switchyard_keys::KeysLayer`]) over a request made of arbitrary metadata and body frames |
+//! | [`typed_keys`] | a tonic client's key extraction ([`KeysConfig::extract_message`]) against the key layer's, over one `ModelInferRequest` decoded from bytes |
 //! | [`orca`] | the ORCA load-report decoder, from protobuf bytes and from the base64 metadata text |
 //! | [`kserve_request`] | a `ModelInferRequest` decoded from bytes, through the worker's [`parse_infer`] into the engine request |
 
@@ -235,6 +236,56 @@ async fn run_keys(input: KeysInput) -> Result<(), Violation> {
     check(service.budget_available() == budget, || {
         format!("the budget is {} of {budget} after the call", service.budget_available())
     })
+}
+
+/// The keys a tonic client extracts from a typed `ModelInferRequest`
+/// ([`KeysConfig::extract_message`]) against those the key layer finds in the same request on
+/// the wire, in one frame: byte 0 of `data` picks the path ([`PATHS`]), byte 1 the bounds (as
+/// [`keys`] reads them), the rest is the message's protobuf (inputs that do not decode are
+/// skipped). The model name, size and prefix blocks must be the same, so that a balancer in a
+/// client and one in a gateway route a call alike.
+pub fn typed_keys(data: &[u8]) -> Result<(), Violation> {
+    let input = KeysInput::read(data.get(..2).unwrap_or_default());
+    let Ok(message) = ModelInferRequest::decode(data.get(2..).unwrap_or_default()) else { return Ok(()) };
+    let mut typed = http::Extensions::new();
+    input.config.extract_message(input.path, &http::HeaderMap::new(), &message, &mut typed);
+    let on_the_wire = RUNTIME.with(|runtime| match runtime {
+        Some(runtime) => runtime.block_on(layer_keys(input, &message)),
+        None => Err(Violation("no tokio runtime".into())),
+    })?;
+    let keys = |e: &http::Extensions| {
+        (
+            e.get::<switchyard_core::ModelName>().cloned(),
+            e.get::<switchyard_core::RequestSize>().copied(),
+            e.get::<switchyard_core::PrefixBlocks>().cloned(),
+        )
+    };
+    let (typed, wire) = (keys(&typed), keys(&on_the_wire));
+    check(typed == wire, || format!("a tonic client finds {typed:?}, the key layer {wire:?}"))
+}
+
+/// The extensions the key layer gives the service behind it for a call to `input.path` whose body
+/// is `message` in one uncompressed gRPC frame.
+async fn layer_keys(input: KeysInput, message: &ModelInferRequest) -> Result<http::Extensions, Violation> {
+    let encoded = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + encoded.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(encoded.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let body = http_body_util::Full::new(Bytes::from(frame));
+    let mut request = http::Request::new(body);
+    *request.uri_mut() =
+        http::Uri::try_from(input.path).map_err(|e| Violation(format!("{}: {e}", input.path)))?;
+    let inner = tower::service_fn(|req: http::Request<Replay<_>>| async move {
+        Ok::<_, Infallible>(req.extensions().clone())
+    });
+    let mut service = KeysLayer::new(input.config).layer(inner);
+    match service.ready().await {
+        Ok(ready) => {
+            ready.call(request).await.map_err(|e| Violation(format!("the key layer refused one frame: {e}")))
+        }
+        Err(e) => Err(Violation(format!("the key layer was not ready: {e}"))),
+    }
 }
 
 /// The ORCA decoder over `data` as protobuf bytes, as base64 text and as a header value: a

@@ -46,6 +46,11 @@ fn keys_corpus() {
 }
 
 #[test]
+fn typed_keys_corpus() {
+    replay("typed_keys", fuzzing::typed_keys);
+}
+
+#[test]
 fn orca_corpus() {
     replay("orca", fuzzing::orca);
 }
