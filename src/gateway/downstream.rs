@@ -246,9 +246,9 @@ where
                         }
                         this.watch = Watch::Serving { busy: true };
                         let stream = this.connection.stream();
-                        let limit = this.connection.message_limit(respond.stream_id());
+                        let limit = this.connection.message_limit(this.accepted);
                         let call = this.service.call(request.map(|recv| RecvBody::limited(recv, limit)));
-                        tokio::spawn(respond_with(call, respond, stream));
+                        tokio::spawn(respond_with(call, respond, stream, this.accepted));
                         continue;
                     }
                     Poll::Ready(Some(Err(error))) => {
@@ -284,15 +284,15 @@ enum Answer<R> {
 }
 
 /// Waits for `call`'s response and sends it on `respond`'s stream, body and trailers after the
-/// head; stops (dropping the call) if the client resets the stream first.
-async fn respond_with<F, B>(call: F, mut respond: SendResponse<Bytes>, stream: StreamGuard)
+/// head; stops (dropping the call) if the client resets the stream first. `number`: the stream's
+/// among those the connection accepted, as its message limit knows it.
+async fn respond_with<F, B>(call: F, mut respond: SendResponse<Bytes>, stream: StreamGuard, number: u32)
 where
     F: Future<Output = Result<Response<B>, Infallible>>,
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut call = std::pin::pin!(call);
-    let id = respond.stream_id();
     let answered = std::future::poll_fn(|cx| {
         // The client gave up on the call: the call (and the endpoint's stream, if opened) is
         // dropped. Checked before the call is polled (one lock of the connection's streams more
@@ -308,14 +308,14 @@ where
         }
         // The request's body came to a message over the limit (it woke this task): the call is
         // dropped before it forwards the message.
-        if stream.connection().is_oversize(id) {
+        if stream.connection().is_oversize(number) {
             return Poll::Ready(Answer::Oversize);
         }
         Poll::Pending
     })
     .await;
     let response = match answered {
-        Answer::Response(response) if !stream.connection().is_oversize(id) => response,
+        Answer::Response(response) if !stream.connection().is_oversize(number) => response,
         Answer::Response(_) | Answer::Oversize => {
             // The call's answer says why (a call that failed on it answers UNAVAILABLE).
             let refused = switchyard_core::Error::new(switchyard_core::ErrorKind::TooLarge(
