@@ -175,6 +175,7 @@ where
             (Watch::FirstRequest, State::Serving(connection)) => {
                 tracing::debug!("closing a connection that sent no request headers in time");
                 self.connection.refused(Refusal::HeaderReadTimeout);
+                self.connection.stream_event();
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 self.watch = Watch::Closing;
             }
@@ -183,6 +184,8 @@ where
                 if !open && !busy {
                     tracing::debug!("closing an idle connection");
                     self.connection.refused(Refusal::Idle);
+                    // Its streams end with it: their calls are to ask h2 again.
+                    self.connection.stream_event();
                     connection.abrupt_shutdown(Reason::NO_ERROR);
                     self.watch = Watch::Closing;
                 } else {
@@ -233,6 +236,7 @@ where
                                 "closing a connection whose client resets most streams early"
                             );
                             this.connection.refused(Refusal::RapidReset);
+                            this.connection.stream_event();
                             connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                             this.watch = Watch::Closing;
                             this.timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
@@ -274,6 +278,14 @@ where
     }
 }
 
+impl<S, I> Drop for ServeConnection<S, I> {
+    fn drop(&mut self) {
+        // The connection's streams end with it (h2 wakes their calls): the calls are to ask h2
+        // about their streams again.
+        self.connection.stream_event();
+    }
+}
+
 /// How a call's wait for its response ended.
 enum Answer<R> {
     Response(R),
@@ -293,15 +305,24 @@ where
     B::Error: std::fmt::Display,
 {
     let mut call = std::pin::pin!(call);
+    // The connection's count of stream events when h2 last said the stream was not reset.
+    let mut checked: Option<u32> = None;
     let answered = std::future::poll_fn(|cx| {
         // The client gave up on the call: the call (and the endpoint's stream, if opened) is
-        // dropped. Checked before the call is polled (one lock of the connection's streams more
-        // per call than after), so that a call reset while it waited does no more work: polled,
-        // it would read the reset as its body's end and forward the request only to reset the
-        // endpoint's stream, and a client doing that fast (rapid reset of accepted streams) had
-        // the endpoint's h2 end the thread's shared connection to it, failing others' calls.
-        if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(Answer::Reset);
+        // dropped. Checked before the call is polled, so that a call reset while it waited does
+        // no more work: polled, it would read the reset as its body's end and forward the
+        // request only to reset the endpoint's stream, and a client doing that fast (rapid reset
+        // of accepted streams) had the endpoint's h2 end the thread's shared connection to it,
+        // failing others' calls. h2 is asked (under its lock, which also registers this task to
+        // be woken by the reset) on the first poll and then only once the connection's count of
+        // stream events has moved: nothing that can end the stream has reached h2 since it last
+        // said no, and the task is still registered.
+        let events = stream.connection().stream_events();
+        if checked != Some(events) {
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(Answer::Reset);
+            }
+            checked = Some(events);
         }
         if let Poll::Ready(Ok(response)) = call.as_mut().poll(cx) {
             return Poll::Ready(Answer::Response(response));

@@ -259,12 +259,16 @@ pub(crate) fn is_rapid_reset(accepted: u32, premature: u32) -> bool {
 }
 
 /// What one client connection's streams share with it: how many are open (for the idle
-/// timeout), how many the client reset before their answers (rapid reset), and which one last
-/// sent a message over the limit (for its answer). One allocation per connection; a call touches
-/// it with one atomic add and one subtract.
+/// timeout), how many the client reset before their answers (rapid reset), which one last
+/// sent a message over the limit (for its answer), and when something that can end a stream
+/// early reached h2 (so that a call asks h2 about its stream's reset only then). One allocation
+/// per connection; a call touches it with one atomic add and one subtract, and a load per poll.
 #[derive(Debug)]
 pub(crate) struct ConnectionWatch {
     open_streams: AtomicUsize,
+    /// A count that moves (wrapping) before anything that can end a stream of the connection
+    /// before its answer reaches h2 (see [`stream_events`](Self::stream_events)).
+    stream_events: AtomicU32,
     premature_resets: AtomicU32,
     /// The number of the last stream whose request declared a message over the limit (0: none).
     oversize: AtomicU32,
@@ -276,11 +280,30 @@ impl ConnectionWatch {
     pub(crate) fn new(refusals: Arc<Refusals>, max_message_bytes: u32) -> Self {
         Self {
             open_streams: AtomicUsize::new(0),
+            stream_events: AtomicU32::new(0),
             premature_resets: AtomicU32::new(0),
             oversize: AtomicU32::new(0),
             refusals,
             max_message_bytes,
         }
+    }
+
+    /// A count that moves before h2 can learn of anything that ends a stream of the connection
+    /// before its answer: it moves as the client's RST_STREAM, GOAWAY, PRIORITY and PUSH_PROMISE
+    /// frames are read (before h2 decodes them), as the connection's socket reaches its end or
+    /// fails, as a write the socket held back goes through (h2 may have left frames read but
+    /// not decoded while it waited), and as the gateway shuts the connection down or drops it.
+    /// A call that has seen h2's answer about its stream's reset (`poll_reset`) need not ask
+    /// again, taking h2's lock, until this count has moved: h2 wakes the call's task when the
+    /// stream ends, and the count moved before it did.
+    pub(crate) fn stream_events(&self) -> u32 {
+        self.stream_events.load(Ordering::Relaxed)
+    }
+
+    /// Something that can end a stream before its answer is about to reach h2 (see
+    /// [`stream_events`](Self::stream_events)).
+    pub(crate) fn stream_event(&self) {
+        self.stream_events.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The client reset a stream before its answer.
