@@ -176,9 +176,9 @@ impl EndpointClient {
 
     /// Whether this client sends to `address`.
     pub(crate) fn is_for(&self, address: &str) -> bool {
-        address
-            .parse::<Uri>()
-            .is_ok_and(|u| u.scheme() == Some(&self.inner.address_scheme) && u.authority() == Some(&self.inner.authority))
+        address.parse::<Uri>().is_ok_and(|u| {
+            u.scheme() == Some(&self.inner.address_scheme) && u.authority() == Some(&self.inner.authority)
+        })
     }
 
     /// Lets go of every connection to the endpoint (discovery removed it): each closes once its
@@ -356,7 +356,9 @@ where
             Connection::Connecting(connecting) => connecting.clone(),
             _ => {
                 let connecting =
-                    connect(self.inner.authority.clone(), self.inner.tls.clone(), self.inner.drain.clone()).boxed().shared();
+                    connect(self.inner.authority.clone(), self.inner.tls.clone(), self.inner.drain.clone())
+                        .boxed()
+                        .shared();
                 *connection = Connection::Connecting(connecting.clone());
                 connecting
             }
