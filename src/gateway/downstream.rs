@@ -175,6 +175,7 @@ where
             (Watch::FirstRequest, State::Serving(connection)) => {
                 tracing::debug!("closing a connection that sent no request headers in time");
                 self.connection.refused(Refusal::HeaderReadTimeout);
+                self.connection.stream_event();
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 self.watch = Watch::Closing;
             }
@@ -183,6 +184,8 @@ where
                 if !open && !busy {
                     tracing::debug!("closing an idle connection");
                     self.connection.refused(Refusal::Idle);
+                    // Its streams end with it: their calls are to ask h2 again.
+                    self.connection.stream_event();
                     connection.abrupt_shutdown(Reason::NO_ERROR);
                     self.watch = Watch::Closing;
                 } else {
@@ -233,6 +236,7 @@ where
                                 "closing a connection whose client resets most streams early"
                             );
                             this.connection.refused(Refusal::RapidReset);
+                            this.connection.stream_event();
                             connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                             this.watch = Watch::Closing;
                             this.timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
@@ -246,9 +250,9 @@ where
                         }
                         this.watch = Watch::Serving { busy: true };
                         let stream = this.connection.stream();
-                        let limit = this.connection.message_limit(respond.stream_id());
+                        let limit = this.connection.message_limit(this.accepted);
                         let call = this.service.call(request.map(|recv| RecvBody::limited(recv, limit)));
-                        tokio::spawn(respond_with(call, respond, stream));
+                        tokio::spawn(respond_with(call, respond, stream, this.accepted));
                         continue;
                     }
                     Poll::Ready(Some(Err(error))) => {
@@ -274,6 +278,14 @@ where
     }
 }
 
+impl<S, I> Drop for ServeConnection<S, I> {
+    fn drop(&mut self) {
+        // The connection's streams end with it (h2 wakes their calls): the calls are to ask h2
+        // about their streams again.
+        self.connection.stream_event();
+    }
+}
+
 /// How a call's wait for its response ended.
 enum Answer<R> {
     Response(R),
@@ -284,38 +296,47 @@ enum Answer<R> {
 }
 
 /// Waits for `call`'s response and sends it on `respond`'s stream, body and trailers after the
-/// head; stops (dropping the call) if the client resets the stream first.
-async fn respond_with<F, B>(call: F, mut respond: SendResponse<Bytes>, stream: StreamGuard)
+/// head; stops (dropping the call) if the client resets the stream first. `number`: the stream's
+/// among those the connection accepted, as its message limit knows it.
+async fn respond_with<F, B>(call: F, mut respond: SendResponse<Bytes>, stream: StreamGuard, number: u32)
 where
     F: Future<Output = Result<Response<B>, Infallible>>,
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut call = std::pin::pin!(call);
-    let id = respond.stream_id();
+    // The connection's count of stream events when h2 last said the stream was not reset.
+    let mut checked: Option<u32> = None;
     let answered = std::future::poll_fn(|cx| {
         // The client gave up on the call: the call (and the endpoint's stream, if opened) is
-        // dropped. Checked before the call is polled (one lock of the connection's streams more
-        // per call than after), so that a call reset while it waited does no more work: polled,
-        // it would read the reset as its body's end and forward the request only to reset the
-        // endpoint's stream, and a client doing that fast (rapid reset of accepted streams) had
-        // the endpoint's h2 end the thread's shared connection to it, failing others' calls.
-        if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(Answer::Reset);
+        // dropped. Checked before the call is polled, so that a call reset while it waited does
+        // no more work: polled, it would read the reset as its body's end and forward the
+        // request only to reset the endpoint's stream, and a client doing that fast (rapid reset
+        // of accepted streams) had the endpoint's h2 end the thread's shared connection to it,
+        // failing others' calls. h2 is asked (under its lock, which also registers this task to
+        // be woken by the reset) on the first poll and then only once the connection's count of
+        // stream events has moved: nothing that can end the stream has reached h2 since it last
+        // said no, and the task is still registered.
+        let events = stream.connection().stream_events();
+        if checked != Some(events) {
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(Answer::Reset);
+            }
+            checked = Some(events);
         }
         if let Poll::Ready(Ok(response)) = call.as_mut().poll(cx) {
             return Poll::Ready(Answer::Response(response));
         }
         // The request's body came to a message over the limit (it woke this task): the call is
         // dropped before it forwards the message.
-        if stream.connection().is_oversize(id) {
+        if stream.connection().is_oversize(number) {
             return Poll::Ready(Answer::Oversize);
         }
         Poll::Pending
     })
     .await;
     let response = match answered {
-        Answer::Response(response) if !stream.connection().is_oversize(id) => response,
+        Answer::Response(response) if !stream.connection().is_oversize(number) => response,
         Answer::Response(_) | Answer::Oversize => {
             // The call's answer says why (a call that failed on it answers UNAVAILABLE).
             let refused = switchyard_core::Error::new(switchyard_core::ErrorKind::TooLarge(

@@ -30,6 +30,10 @@ const FRAME_HEAD_LEN: usize = 9;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const ACK: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const PUSH_PROMISE: u8 = 0x5;
+const GOAWAY: u8 = 0x7;
 
 /// Counts control frames in a byte stream, across reads.
 #[derive(Debug)]
@@ -40,11 +44,21 @@ pub(crate) struct ControlFrames {
     head_len: usize,
     window_start: Option<Instant>,
     in_window: u32,
+    /// Frames read that can end a stream (RST_STREAM, GOAWAY, and PRIORITY and PUSH_PROMISE,
+    /// which h2 may answer with a stream's or the connection's error), wrapping.
+    stream_ends: u32,
 }
 
 impl ControlFrames {
     pub(crate) fn new() -> Self {
-        Self { skip: PREFACE_LEN, head: [0; FRAME_HEAD_LEN], head_len: 0, window_start: None, in_window: 0 }
+        Self {
+            skip: PREFACE_LEN,
+            head: [0; FRAME_HEAD_LEN],
+            head_len: 0,
+            window_start: None,
+            in_window: 0,
+            stream_ends: 0,
+        }
     }
 
     /// Reads `data`, the next bytes from the client: false once the client has sent more than
@@ -67,11 +81,20 @@ impl ControlFrames {
             self.head_len = 0;
             let [a, b, c, kind, flags, ..] = self.head;
             self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-            if (kind == PING || kind == SETTINGS) && flags & ACK == 0 && !self.count() {
-                return false;
+            match kind {
+                PING | SETTINGS if flags & ACK == 0 && !self.count() => return false,
+                RST_STREAM | GOAWAY | PRIORITY | PUSH_PROMISE => {
+                    self.stream_ends = self.stream_ends.wrapping_add(1);
+                }
+                _ => {}
             }
         }
         true
+    }
+
+    /// The frames read so far that can end a stream (wrapping).
+    pub(crate) fn stream_ends(&self) -> u32 {
+        self.stream_ends
     }
 
     /// Counts one control frame in the current second: false past the limit.
@@ -91,18 +114,37 @@ impl ControlFrames {
     }
 }
 
-/// A client's socket as h2 reads it, its control frames counted (see the module docs).
+/// A client's socket as h2 reads it, its control frames counted (see the module docs). It also
+/// moves the connection's count of stream events
+/// ([`ConnectionWatch::stream_events`]) before h2 reads a frame that can end a stream, the
+/// socket's end or error, or resumes after a write the socket held back.
 #[derive(Debug)]
 pub(crate) struct FrameWatch<T> {
     io: T,
     frames: ControlFrames,
     connection: Arc<ConnectionWatch>,
     flooded: bool,
+    /// A write (or flush) the socket held back, not yet gone through.
+    write_held: bool,
 }
 
 impl<T> FrameWatch<T> {
     pub(crate) fn new(io: T, connection: Arc<ConnectionWatch>) -> Self {
-        Self { io, frames: ControlFrames::new(), connection, flooded: false }
+        Self { io, frames: ControlFrames::new(), connection, flooded: false, write_held: false }
+    }
+
+    /// Notes how a write went: once one the socket held back goes through, h2 may decode frames
+    /// it had read but left while it waited.
+    fn wrote<R>(&mut self, result: Poll<R>) -> Poll<R> {
+        match result {
+            Poll::Pending => self.write_held = true,
+            Poll::Ready(_) if self.write_held => {
+                self.write_held = false;
+                self.connection.stream_event();
+            }
+            Poll::Ready(_) => {}
+        }
+        result
     }
 }
 
@@ -117,8 +159,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "control frame flood")));
         }
         let before = buf.filled().len();
-        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if !this.frames.feed(&buf.filled()[before..]) {
+        let read = match std::task::ready!(Pin::new(&mut this.io).poll_read(cx, buf)) {
+            Ok(()) => &buf.filled()[before..],
+            Err(error) => {
+                this.connection.stream_event();
+                return Poll::Ready(Err(error));
+            }
+        };
+        let ends = this.frames.stream_ends();
+        let fed = this.frames.feed(read);
+        if read.is_empty() || this.frames.stream_ends() != ends {
+            // The socket's end, or a frame that can end a stream.
+            this.connection.stream_event();
+        }
+        if !fed {
             tracing::debug!("closing a connection that floods PING or SETTINGS frames");
             this.connection.refused(Refusal::ControlFlood);
             this.flooded = true;
@@ -130,7 +184,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(result)
     }
 
     fn poll_write_vectored(
@@ -138,7 +193,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -146,7 +202,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -113,37 +113,45 @@ where
 #[derive(Debug)]
 pub struct RecvBody {
     recv: RecvStream,
-    data_done: bool,
-    /// For a response: the request body's pipe, when it outlived the response head; dropping
-    /// this body (the client went away) has it reset the stream.
-    _pipe: Option<oneshot::Sender<()>>,
-    /// For a client's request: the limit of its messages' length prefixes. Past it the body
-    /// fails (the endpoint's stream is reset) and ends, and the connection answers the call
-    /// `RESOURCE_EXHAUSTED`.
-    limit: Option<MessageWatch>,
-    /// Whether a message over the limit ended the body.
-    refused: Refused,
+    side: Side,
+    state: ReadState,
 }
 
-/// Where a body refused for a message over the limit is in its ending.
+/// What a body holds for the side it is read on. One or the other, so that the body, moved
+/// with the futures of every call, is no larger than one of them.
+#[derive(Debug)]
+enum Side {
+    /// An endpoint's response: the request body's pipe, when it outlived the response head;
+    /// dropping this body (the client went away) has it reset the stream.
+    Response { _pipe: Option<oneshot::Sender<()>> },
+    /// A client's request: the limit of its messages' length prefixes. Past it the body fails
+    /// (the endpoint's stream is reset) and ends, and the connection answers the call
+    /// `RESOURCE_EXHAUSTED`.
+    Request(MessageWatch),
+}
+
+/// Where a body is in its reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
-    No,
-    /// It answered pending once, waking its task.
+enum ReadState {
+    /// Reading data frames.
+    Data,
+    /// The data is done: the trailers, if any, are next.
+    Trailers,
+    /// Refused for a message over the limit: it answered pending once, waking its task.
     Waking,
-    /// It failed; it ends.
+    /// Refused for a message over the limit: it failed, and ends.
     Failed,
 }
 
 impl RecvBody {
     /// The body of `recv`; dropping it fires `pipe`, if given.
     pub(crate) fn new(recv: RecvStream, pipe: Option<oneshot::Sender<()>>) -> Self {
-        Self { recv, data_done: false, _pipe: pipe, limit: None, refused: Refused::No }
+        Self { recv, side: Side::Response { _pipe: pipe }, state: ReadState::Data }
     }
 
     /// The body of a client's request `recv`, its messages held to `limit`.
     pub(crate) fn limited(recv: RecvStream, limit: MessageWatch) -> Self {
-        Self { recv, data_done: false, _pipe: None, limit: Some(limit), refused: Refused::No }
+        Self { recv, side: Side::Request(limit), state: ReadState::Data }
     }
 }
 
@@ -155,25 +163,26 @@ impl Body for RecvBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        match self.refused {
-            Refused::No => {}
-            Refused::Waking => {
-                self.refused = Refused::Failed;
+        match self.state {
+            ReadState::Data => {}
+            ReadState::Trailers => {}
+            ReadState::Waking => {
+                self.state = ReadState::Failed;
                 return Poll::Ready(Some(Err(h2::Error::from(Reason::CANCEL))));
             }
-            Refused::Failed => return Poll::Ready(None),
+            ReadState::Failed => return Poll::Ready(None),
         }
-        if !self.data_done {
+        if self.state == ReadState::Data {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
-                    if let Some(limit) = &mut self.limit
+                    if let Side::Request(limit) = &mut self.side
                         && !limit.feed(&data)
                     {
                         // Nothing more is read: the rest of the body stays with the client.
                         // Pending first, with the task woken: the connection's task for the
                         // call sees the refusal and drops the call before it forwards anything;
                         // a body read elsewhere (piped to an endpoint already) fails next.
-                        self.refused = Refused::Waking;
+                        self.state = ReadState::Waking;
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
@@ -181,7 +190,7 @@ impl Body for RecvBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                None => self.data_done = true,
+                None => self.state = ReadState::Trailers,
             }
         }
         Poll::Ready(match ready!(self.recv.poll_trailers(cx)) {
@@ -192,7 +201,7 @@ impl Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.refused == Refused::Failed || self.recv.is_end_stream()
+        self.state == ReadState::Failed || self.recv.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -191,50 +191,53 @@ impl ScrapeSource for Refusals {
 
 /// Reads the gRPC length prefixes of a request body as its frames go by (one byte of the
 /// five-byte prefix at a time, skipping each message's payload by its length), and says when
-/// one declares more than the limit. A few comparisons per frame, no buffering.
+/// one declares more than the limit. A few comparisons per frame, no buffering; eight bytes of
+/// state, as every request body carries it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MessageLimit {
-    max: u32,
-    /// Prefix bytes still to read of the next message (5 at a message's start).
+    /// Prefix bytes still to read of the next message (5 at a message's start); 0 while its
+    /// payload goes by.
     prefix_left: u8,
-    /// The length read so far from the prefix.
-    length: u32,
-    /// Payload bytes of the current message still to come.
-    payload_left: u32,
+    /// While the prefix is read, the length read so far; then the payload bytes still to come.
+    count: u32,
 }
 
 impl MessageLimit {
-    /// Refuses messages longer than `max` bytes.
-    pub(crate) fn new(max: u32) -> Self {
-        Self { max, prefix_left: 5, length: 0, payload_left: 0 }
+    /// At the start of a body.
+    pub(crate) fn new() -> Self {
+        Self { prefix_left: 5, count: 0 }
     }
 
     /// Reads `data`, the body's next bytes: `Err(length)` when a message declares `length`
-    /// bytes, over the limit.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<(), u32> {
+    /// bytes, over `max`.
+    pub(crate) fn feed(&mut self, data: &[u8], max: u32) -> Result<(), u32> {
         let mut rest = data;
         while !rest.is_empty() {
-            if self.payload_left > 0 {
-                let skip = rest.len().min(self.payload_left as usize);
-                // `skip` <= `payload_left`, a u32.
-                self.payload_left -= skip as u32;
+            if self.prefix_left == 0 {
+                let skip = rest.len().min(self.count as usize);
+                // `skip` <= `count`, a u32.
+                self.count -= skip as u32;
                 rest = &rest[skip..];
+                if self.count == 0 {
+                    self.prefix_left = 5;
+                }
                 continue;
             }
             let Some((&byte, tail)) = rest.split_first() else { break };
             rest = tail;
-            // The first byte is the compression flag; the four after it, the length.
+            // The first byte is the compression flag; the four after it, the length (`count`
+            // is 0 at a prefix's start, so four bytes shifted in do not overflow it).
             if self.prefix_left < 5 {
-                self.length = (self.length << 8) | u32::from(byte);
+                self.count = (self.count << 8) | u32::from(byte);
             }
             self.prefix_left -= 1;
             if self.prefix_left == 0 {
-                if self.length > self.max {
-                    return Err(self.length);
+                if self.count > max {
+                    return Err(self.count);
                 }
-                self.payload_left = self.length;
-                self.prefix_left = 5;
-                self.length = 0;
+                if self.count == 0 {
+                    self.prefix_left = 5;
+                }
             }
         }
         Ok(())
@@ -256,14 +259,18 @@ pub(crate) fn is_rapid_reset(accepted: u32, premature: u32) -> bool {
 }
 
 /// What one client connection's streams share with it: how many are open (for the idle
-/// timeout), how many the client reset before their answers (rapid reset), and which one last
-/// sent a message over the limit (for its answer). One allocation per connection; a call touches
-/// it with one atomic add and one subtract.
+/// timeout), how many the client reset before their answers (rapid reset), which one last
+/// sent a message over the limit (for its answer), and when something that can end a stream
+/// early reached h2 (so that a call asks h2 about its stream's reset only then). One allocation
+/// per connection; a call touches it with one atomic add and one subtract, and a load per poll.
 #[derive(Debug)]
 pub(crate) struct ConnectionWatch {
     open_streams: AtomicUsize,
+    /// A count that moves (wrapping) before anything that can end a stream of the connection
+    /// before its answer reaches h2 (see [`stream_events`](Self::stream_events)).
+    stream_events: AtomicU32,
     premature_resets: AtomicU32,
-    /// The id of the last stream whose request declared a message over the limit (0: none).
+    /// The number of the last stream whose request declared a message over the limit (0: none).
     oversize: AtomicU32,
     refusals: Arc<Refusals>,
     max_message_bytes: u32,
@@ -273,11 +280,30 @@ impl ConnectionWatch {
     pub(crate) fn new(refusals: Arc<Refusals>, max_message_bytes: u32) -> Self {
         Self {
             open_streams: AtomicUsize::new(0),
+            stream_events: AtomicU32::new(0),
             premature_resets: AtomicU32::new(0),
             oversize: AtomicU32::new(0),
             refusals,
             max_message_bytes,
         }
+    }
+
+    /// A count that moves before h2 can learn of anything that ends a stream of the connection
+    /// before its answer: it moves as the client's RST_STREAM, GOAWAY, PRIORITY and PUSH_PROMISE
+    /// frames are read (before h2 decodes them), as the connection's socket reaches its end or
+    /// fails, as a write the socket held back goes through (h2 may have left frames read but
+    /// not decoded while it waited), and as the gateway shuts the connection down or drops it.
+    /// A call that has seen h2's answer about its stream's reset (`poll_reset`) need not ask
+    /// again, taking h2's lock, until this count has moved: h2 wakes the call's task when the
+    /// stream ends, and the count moved before it did.
+    pub(crate) fn stream_events(&self) -> u32 {
+        self.stream_events.load(Ordering::Relaxed)
+    }
+
+    /// Something that can end a stream before its answer is about to reach h2 (see
+    /// [`stream_events`](Self::stream_events)).
+    pub(crate) fn stream_event(&self) {
+        self.stream_events.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The client reset a stream before its answer.
@@ -306,18 +332,17 @@ impl ConnectionWatch {
         StreamGuard(self.clone())
     }
 
-    /// The limit of the messages of stream `id`'s request.
-    pub(crate) fn message_limit(self: &Arc<Self>, id: h2::StreamId) -> MessageWatch {
-        MessageWatch {
-            limit: MessageLimit::new(self.max_message_bytes),
-            stream: id.into(),
-            connection: self.clone(),
-        }
+    /// The limit of the messages of the request of `stream`, the connection's count of the
+    /// streams it accepted when it accepted this one (from 1; a number rather than the stream's
+    /// id, which h2 gives under its lock).
+    pub(crate) fn message_limit(self: &Arc<Self>, stream: u32) -> MessageWatch {
+        MessageWatch { limit: MessageLimit::new(), stream, connection: self.clone() }
     }
 
-    /// Whether stream `id` sent a message over the limit.
-    pub(crate) fn is_oversize(&self, id: h2::StreamId) -> bool {
-        self.oversize.load(Ordering::Relaxed) == u32::from(id)
+    /// Whether the request of `stream` (numbered as for [`message_limit`](Self::message_limit))
+    /// sent a message over the limit.
+    pub(crate) fn is_oversize(&self, stream: u32) -> bool {
+        self.oversize.load(Ordering::Relaxed) == stream
     }
 }
 
@@ -350,10 +375,11 @@ impl MessageWatch {
     /// Reads the body's next bytes: false (and the refusal counted, the stream marked) when a
     /// message declares more than the limit.
     pub(crate) fn feed(&mut self, data: &[u8]) -> bool {
-        match self.limit.feed(data) {
+        let max = self.connection.max_message_bytes;
+        match self.limit.feed(data, max) {
             Ok(()) => true,
             Err(length) => {
-                tracing::debug!(length, max = self.limit.max, "refusing a message over the limit");
+                tracing::debug!(length, max, "refusing a message over the limit");
                 self.connection.oversize.store(self.stream, Ordering::Relaxed);
                 self.connection.refused(Refusal::MessageTooLarge);
                 false
@@ -379,10 +405,10 @@ mod tests {
         body.extend(message(0));
         body.extend(message(100));
         // Whole, and one byte at a time (prefixes split across frames).
-        assert_eq!(MessageLimit::new(100).feed(&body), Ok(()));
-        let mut limit = MessageLimit::new(100);
+        assert_eq!(MessageLimit::new().feed(&body, 100), Ok(()));
+        let mut limit = MessageLimit::new();
         for byte in &body {
-            assert_eq!(limit.feed(std::slice::from_ref(byte)), Ok(()));
+            assert_eq!(limit.feed(std::slice::from_ref(byte), 100), Ok(()));
         }
     }
 
@@ -390,14 +416,14 @@ mod tests {
     fn a_prefix_over_the_limit_is_refused_as_soon_as_it_is_read() {
         let mut body = message(10);
         body.extend(message(101));
-        let mut limit = MessageLimit::new(100);
+        let mut limit = MessageLimit::new();
         // The prefix of the second message ends at byte 15 + 5: refused there, before any of
         // its payload.
-        assert_eq!(limit.feed(&body[..19]), Ok(()));
-        assert_eq!(limit.feed(&body[19..20]), Err(101));
+        assert_eq!(limit.feed(&body[..19], 100), Ok(()));
+        assert_eq!(limit.feed(&body[19..20], 100), Err(101));
         let mut huge = vec![1];
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(MessageLimit::new(4 << 20).feed(&huge), Err(u32::MAX));
+        assert_eq!(MessageLimit::new().feed(&huge, 4 << 20), Err(u32::MAX));
     }
 
     #[test]

@@ -50,14 +50,13 @@ fn tls_error(e: super::tls::TlsError) -> ConfigError {
 /// A request as a pool gets it.
 pub(crate) type UpstreamRequest = http::Request<RequestBody>;
 
-/// A request on its way to an endpoint: its body replayable when the pool retries (passed
-/// through otherwise).
-pub(crate) type EndpointRequest = http::Request<RetryBody<RequestBody>>;
-
-type Balancer = Balance<EndpointClient, EndpointRequest>;
+/// A request on its way to an endpoint in a pool that retries: its body replayable. A pool without
+/// `retry` sends the [`UpstreamRequest`] itself (its body not wrapped: nothing recorded, no
+/// second body type to step through on every frame).
+pub(crate) type RetryRequest = http::Request<RetryBody<RequestBody>>;
 
 /// A pool's balancer, called in place by every stream of the gateway (no task in between).
-pub(crate) type Upstream = Shared<Balancer>;
+pub(crate) type Upstream = Shared<Balance<EndpointClient, UpstreamRequest>>;
 
 /// One pool of a running gateway: its balancer's load board and policy.
 pub struct Pool {
@@ -65,9 +64,8 @@ pub struct Pool {
     policy: PolicyHandle,
     board: LoadBoard,
     seed: u64,
-    pub(crate) upstream: Upstream,
-    /// The pool's layers over its balancer, when it has any.
-    layered: Option<BoxPoolService>,
+    /// The pool's stack: its layers (and its retries), if any, over its balancer.
+    service: PoolService,
     /// The endpoints held back by health watching, when the pool watches health.
     held: Option<HeldBack>,
     /// The sources of its layers' series (the limit in force, the shed queue's refusals).
@@ -232,39 +230,15 @@ impl Pool {
                 })?)
             }
         };
-        let balancer: Balancer = Balance::new(backends)
-            .with_policy(policy.clone())
-            .with_name(config.name.as_str())
-            // Nothing reads the picked endpoint in the requests' extensions: the endpoint
-            // clients below do not. Only the RPC spans read it in the responses'. (The
-            // observer is told the endpoint.)
-            .with_picked_endpoint_in_requests(false)
+        let settings = BalancerSettings {
+            policy: policy.clone(),
+            name: config.name.as_str(),
             // A retry reads in the response which endpoint gave a retryable status.
-            .with_completion(
-                HttpCompletion::new().with_picked_endpoint(picked_endpoint || config.retry.is_some()),
-            );
-        let balancer = match endpoint_limit {
-            Some(limit) => balancer.with_endpoint_limit(limit),
-            None => balancer,
+            picked_endpoint: picked_endpoint || config.retry.is_some(),
+            endpoint_limit,
+            observer,
+            hold_when_empty: config.hold_when_empty,
         };
-        let balancer = match observer {
-            Some(observer) => balancer.with_observer(observer),
-            None => balancer,
-        };
-        // A pool that scales to zero holds its requests (in its shed queue) until an endpoint
-        // comes, instead of failing them after discovery's first few seconds.
-        let balancer = if config.hold_when_empty {
-            balancer.with_no_endpoint_wait(std::time::Duration::MAX)
-        } else {
-            balancer
-        };
-        let board = balancer.board();
-        let load_reports = config.load_reports.map(|interval| {
-            crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, side_tls)
-        });
-        let upstream = Shared::new(balancer);
-        let mut layer_metrics = Vec::new();
-        let mut queues = Vec::new();
         let retry = match &config.retry {
             None => None,
             Some(retry) => Some(RetryLayer::with_seed(retry.clone(), seed).map_err(|e| ConfigError {
@@ -274,26 +248,42 @@ impl Pool {
                 message: e.message,
             })?),
         };
-        let layered = match (config.layers.as_slice(), retry) {
-            ([], None) => None,
-            (specs, retry) => {
-                // The retry layer sits just above the balancer, below the pool's other layers:
-                // each attempt is picked, counted and limited as a request of its own.
-                let bottom = match retry {
-                    None => BoxPoolService::new(Direct { upstream: upstream.clone() }),
-                    Some(retry) => {
-                        layer_metrics.push(Arc::new(switchyard_telemetry::RetryMetrics::new(
-                            config.name.as_str(),
-                            retry.clone(),
-                        ))
-                            as Arc<dyn switchyard_telemetry::ScrapeSource>);
-                        BoxPoolService::new(tower::ServiceExt::map_response(
-                            tower::Layer::layer(&retry, upstream.clone()),
-                            |response: http::Response<
-                                switchyard_balance::TrackedBody<super::h2stream::RecvBody>,
-                            >| { response.map(ProxyBody::upstream) },
-                        ))
-                    }
+        let mut layer_metrics = Vec::new();
+        let mut queues = Vec::new();
+        // The bottom of the pool's stack: its balancer directly, or under the retry layer, which
+        // sits just above the balancer, below the pool's other layers (each attempt is picked,
+        // counted and limited as a request of its own). Only a pool that retries has the
+        // retry layer's body type below it.
+        let (board, bottom) = match retry {
+            None => {
+                let balancer = settings.balancer::<UpstreamRequest, _>(backends);
+                (balancer.board(), Bottom::Direct(Direct { upstream: Shared::new(balancer) }))
+            }
+            Some(retry) => {
+                let balancer = settings.balancer::<RetryRequest, _>(backends);
+                layer_metrics.push(Arc::new(switchyard_telemetry::RetryMetrics::new(
+                    config.name.as_str(),
+                    retry.clone(),
+                )) as Arc<dyn switchyard_telemetry::ScrapeSource>);
+                let board = balancer.board();
+                let retried = BoxPoolService::new(tower::ServiceExt::map_response(
+                    tower::Layer::layer(&retry, Shared::new(balancer)),
+                    |response: http::Response<switchyard_balance::TrackedBody<super::h2stream::RecvBody>>| {
+                        response.map(ProxyBody::upstream)
+                    },
+                ));
+                (board, Bottom::Retried(retried))
+            }
+        };
+        let load_reports = config.load_reports.map(|interval| {
+            crate::oob_reports::OobReports::spawn_with_tls(board.clone(), interval, side_tls)
+        });
+        let layered = match (config.layers.as_slice(), bottom) {
+            ([], Bottom::Direct(direct)) => PoolService::Direct(direct),
+            (specs, bottom) => {
+                let bottom = match bottom {
+                    Bottom::Direct(direct) => BoxPoolService::new(direct),
+                    Bottom::Retried(retried) => retried,
                 };
                 let (stacked, sources) =
                     layers::stack(specs, bottom, &config.name, &mut queues).map_err(|e| ConfigError {
@@ -305,7 +295,7 @@ impl Pool {
                 layer_metrics.extend(sources);
                 // A layer's typed error names the pool it happened in (the layers do not know it).
                 let name: std::sync::Arc<str> = config.name.as_str().into();
-                Some(BoxPoolService::new(tower::ServiceExt::map_err(
+                PoolService::Layered(BoxPoolService::new(tower::ServiceExt::map_err(
                     stacked,
                     move |e: tower::BoxError| match e.downcast::<switchyard_core::Error>() {
                         Ok(typed) if typed.pool().is_none() => {
@@ -322,8 +312,7 @@ impl Pool {
             policy,
             board,
             seed,
-            upstream,
-            layered,
+            service: layered,
             held: None,
             layer_metrics,
             kv,
@@ -335,10 +324,7 @@ impl Pool {
 
     /// The pool's service: its layers, then its balancer.
     pub(crate) fn service(&self) -> PoolService {
-        match &self.layered {
-            None => PoolService::Direct(Direct { upstream: self.upstream.clone() }),
-            Some(layered) => PoolService::Layered(layered.clone()),
-        }
+        self.service.clone()
     }
 
     /// The sources of the pool's layers' series, for the gateway's metrics registry.
@@ -477,6 +463,56 @@ impl fmt::Debug for Pool {
     }
 }
 
+/// The bottom of a pool's stack, under its layers.
+enum Bottom {
+    /// The balancer, requests passed as they are.
+    Direct(Direct),
+    /// The retry layer over the balancer.
+    Retried(BoxPoolService),
+}
+
+/// How a pool's balancer is set up, whatever its request type (a pool that retries sends its
+/// endpoints [`RetryRequest`]s, one that does not [`UpstreamRequest`]s).
+struct BalancerSettings<'a> {
+    policy: PolicyHandle,
+    name: &'a str,
+    /// Whether responses carry the picked endpoint.
+    picked_endpoint: bool,
+    endpoint_limit: Option<switchyard_balance::EndpointLimit>,
+    observer: Option<Arc<dyn Observer>>,
+    hold_when_empty: bool,
+}
+
+impl BalancerSettings<'_> {
+    /// The balancer over `backends`.
+    fn balancer<Req, D>(self, backends: D) -> Balance<EndpointClient, Req>
+    where
+        D: futures::Stream<Item = Result<Change<EndpointId, Backend<EndpointClient>>, tower::BoxError>>
+            + Send
+            + 'static,
+    {
+        let balancer = Balance::new(backends)
+            .with_policy(self.policy)
+            .with_name(self.name)
+            // Nothing reads the picked endpoint in the requests' extensions: the endpoint
+            // clients below do not. Only the RPC spans (and a retry) read it in the responses'.
+            // (The observer is told the endpoint.)
+            .with_picked_endpoint_in_requests(false)
+            .with_completion(HttpCompletion::new().with_picked_endpoint(self.picked_endpoint));
+        let balancer = match self.endpoint_limit {
+            Some(limit) => balancer.with_endpoint_limit(limit),
+            None => balancer,
+        };
+        let balancer = match self.observer {
+            Some(observer) => balancer.with_observer(observer),
+            None => balancer,
+        };
+        // A pool that scales to zero holds its requests (in its shed queue) until an endpoint
+        // comes, instead of failing them after discovery's first few seconds.
+        if self.hold_when_empty { balancer.with_no_endpoint_wait(std::time::Duration::MAX) } else { balancer }
+    }
+}
+
 /// A pool's stack as one service: the request to its endpoint, the response as the proxy sends it
 /// back. Without layers, the balancer directly (nothing boxed).
 #[derive(Clone, Debug)]
@@ -492,7 +528,7 @@ pub(crate) struct Direct {
 }
 
 type DirectFuture = futures::future::MapOk<
-    <Upstream as tower::Service<EndpointRequest>>::Future,
+    <Upstream as tower::Service<UpstreamRequest>>::Future,
     fn(
         http::Response<switchyard_balance::TrackedBody<super::h2stream::RecvBody>>,
     ) -> http::Response<ProxyBody>,
@@ -509,7 +545,7 @@ impl tower::Service<UpstreamRequest> for Direct {
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         use futures::TryFutureExt;
-        self.upstream.call(req.map(RetryBody::new)).map_ok(|response| response.map(ProxyBody::upstream))
+        self.upstream.call(req).map_ok(|response| response.map(ProxyBody::upstream))
     }
 }
 

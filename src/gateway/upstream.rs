@@ -33,12 +33,10 @@ use http_body::Body;
 use switchyard_core::{Error, ErrorKind};
 use switchyard_discovery::ConnectionDrain;
 use switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT;
-use switchyard_retry::RetryBody;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower::BoxError;
 
-use super::body::RequestBody;
 use super::h2stream::{Pipe, RecvBody};
 use super::upstream_tls::UpstreamTls;
 
@@ -101,8 +99,16 @@ impl Sender {
 }
 
 /// Sends requests to one endpoint, over the calling thread's connection to it.
+///
+/// The balancer clones the client into every call's future: one reference count, and a pointer
+/// where the client's address, TLS and connections would be moved with the future.
 #[derive(Clone)]
 pub(crate) struct EndpointClient {
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Clone)]
+struct ClientInner {
     /// The scheme requests carry: `https` over TLS.
     scheme: Scheme,
     /// The scheme of the address it was made for.
@@ -150,28 +156,29 @@ impl EndpointClient {
         if let Some(tls) = &tls {
             tls.server_name(&authority).map_err(|e| BadAddress::Tls(address.to_owned(), e))?;
         }
-        Ok(Self {
+        let inner = ClientInner {
             scheme: if tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP },
             address_scheme: scheme,
             authority,
             connections: (0..=threads).map(|_| Mutex::default()).collect(),
             tls,
             drain: ConnectionDrain::new(DEFAULT_DRAIN_TIMEOUT),
-        })
+        };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The same client, whose connections are cut `timeout` after [`close`](Self::close) if
     /// anything is still open on them.
     pub(crate) fn with_drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain = ConnectionDrain::new(timeout);
+        Arc::make_mut(&mut self.inner).drain = ConnectionDrain::new(timeout);
         self
     }
 
     /// Whether this client sends to `address`.
     pub(crate) fn is_for(&self, address: &str) -> bool {
-        address
-            .parse::<Uri>()
-            .is_ok_and(|u| u.scheme() == Some(&self.address_scheme) && u.authority() == Some(&self.authority))
+        address.parse::<Uri>().is_ok_and(|u| {
+            u.scheme() == Some(&self.inner.address_scheme) && u.authority() == Some(&self.inner.authority)
+        })
     }
 
     /// Lets go of every connection to the endpoint (discovery removed it): each closes once its
@@ -179,8 +186,8 @@ impl EndpointClient {
     /// or once the drain timeout has passed, cutting what is still open. A request still sent
     /// through this client opens a new one, cut at the same time.
     pub(crate) fn close(&self) {
-        self.drain.retire();
-        for connection in self.connections.iter() {
+        self.inner.drain.retire();
+        for connection in self.inner.connections.iter() {
             *connection.lock().unwrap_or_else(PoisonError::into_inner) = Connection::Closed;
         }
     }
@@ -188,8 +195,8 @@ impl EndpointClient {
     /// The connection of the calling thread (the last one for threads that are not serving
     /// threads).
     fn connection(&self) -> &Mutex<Connection> {
-        let last = self.connections.len() - 1;
-        &self.connections[THREAD.with(Cell::get).min(last)]
+        let last = self.inner.connections.len() - 1;
+        &self.inner.connections[THREAD.with(Cell::get).min(last)]
     }
 }
 
@@ -311,7 +318,13 @@ fn host_port(authority: &Authority, default_port: u16) -> (&str, u16) {
     (host, authority.port_u16().unwrap_or(default_port))
 }
 
-impl tower::Service<Request<RetryBody<RequestBody>>> for EndpointClient {
+/// A request with any body the gateway forwards: a client's ([`RequestBody`](super::body::RequestBody)), or the same under a
+/// pool's retry layer (`RetryBody<RequestBody>`).
+impl<B> tower::Service<Request<B>> for EndpointClient
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display,
+{
     type Response = Response<RecvBody>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Response<RecvBody>, BoxError>>;
@@ -321,11 +334,11 @@ impl tower::Service<Request<RetryBody<RequestBody>>> for EndpointClient {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<RetryBody<RequestBody>>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut head, body) = req.into_parts();
         let mut uri = std::mem::take(&mut head.uri).into_parts();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(self.authority.clone());
+        uri.scheme = Some(self.inner.scheme.clone());
+        uri.authority = Some(self.inner.authority.clone());
         match Uri::from_parts(uri) {
             Ok(uri) => head.uri = uri,
             Err(e) => return Box::pin(futures::future::ready(Err(e.into()))),
@@ -343,7 +356,9 @@ impl tower::Service<Request<RetryBody<RequestBody>>> for EndpointClient {
             Connection::Connecting(connecting) => connecting.clone(),
             _ => {
                 let connecting =
-                    connect(self.authority.clone(), self.tls.clone(), self.drain.clone()).boxed().shared();
+                    connect(self.inner.authority.clone(), self.inner.tls.clone(), self.inner.drain.clone())
+                        .boxed()
+                        .shared();
                 *connection = Connection::Connecting(connecting.clone());
                 connecting
             }
@@ -375,8 +390,8 @@ impl tower::Service<Request<RetryBody<RequestBody>>> for EndpointClient {
 impl std::fmt::Debug for EndpointClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointClient")
-            .field("authority", &self.authority)
-            .field("connections", &self.connections.len())
+            .field("authority", &self.inner.authority)
+            .field("connections", &self.inner.connections.len())
             .finish()
     }
 }
@@ -400,8 +415,8 @@ mod tests {
 
     #[test]
     fn endpoints_are_http_or_https_addresses() {
-        assert!(EndpointClient::new("http://worker", 2, None).is_ok_and(|c| c.tls.is_none()));
-        assert!(EndpointClient::new("https://worker:443", 2, None).is_ok_and(|c| c.tls.is_some()));
+        assert!(EndpointClient::new("http://worker", 2, None).is_ok_and(|c| c.inner.tls.is_none()));
+        assert!(EndpointClient::new("https://worker:443", 2, None).is_ok_and(|c| c.inner.tls.is_some()));
         assert!(EndpointClient::new("worker:9001", 2, None).is_err());
         assert!(EndpointClient::new("ftp://worker:9001", 2, None).is_err());
     }

@@ -28,7 +28,8 @@ use tower::{BoxError, Service};
 /// `poll_ready` reports the inner service's readiness (a balancer whose endpoints are all at
 /// their limit is not ready), so that a queue in front, such as `switchyard-shed`'s, holds its
 /// requests until there is room; the call checks again, since another caller may have taken the
-/// room in between, and waits inside its response future if so.
+/// room in between, and waits inside its response future if so. (A call that finds the service
+/// ready calls it at once, from `call`; only one that finds it not ready waits.)
 ///
 /// # Example
 ///
@@ -168,6 +169,23 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        // Ready now, as a balancer with room nearly always is: called here, in place, and only
+        // its response future is boxed (the request is not moved into a waiting future first,
+        // then out of it again).
+        {
+            let mut service = self.inner.lock();
+            match service.poll_ready(&mut Context::from_waker(&self.inner.waker)) {
+                Poll::Ready(Ok(())) => {
+                    use futures::TryFutureExt;
+                    return Box::pin(service.call(req).map_err(Into::into));
+                }
+                Poll::Ready(Err(e)) => {
+                    let e: BoxError = e.into();
+                    return Box::pin(async move { Err(e) });
+                }
+                Poll::Pending => {}
+            }
+        }
         let inner = self.inner.clone();
         Box::pin(async move {
             let mut req = Some(req);
