@@ -22,7 +22,9 @@
 //! deadline ends at the client (`DEADLINE_EXCEEDED`, or `CANCELLED` from tonic's own timer) and
 //! the endpoint. The gateway counts it as cancelled when the client gives up first (its timer
 //! starts first), and as a failed call when the endpoint's `DEADLINE_EXCEEDED` comes back first;
-//! neither is the endpoint's failure (no ejection).
+//! neither is the endpoint's failure (no ejection), but a call given up before its first byte
+//! tells the balancer that the endpoint takes at least that long (a censored latency sample), and
+//! an endpoint whose backlog is overdue gets no new calls under least response time.
 //!
 //! The gateway answers by itself only when it cannot forward, with trailers-only gRPC statuses
 //! mapped from the typed error of the layer that failed ([`switchyard_core::status_of`]):

@@ -82,6 +82,10 @@ pub struct EndpointState {
     speed_decay_nanos: AtomicU64,
     in_flight: AtomicU32,
     awaiting_first_byte: AtomicU32,
+    /// When the endpoint last made progress (see [`EndpointState::stalled_for`]), in
+    /// nanoseconds after `epoch`.
+    progress_nanos: AtomicU64,
+    epoch: Instant,
     pending_work: AtomicU64,
     /// Work of every request started since the endpoint was added (see
     /// [`EndpointState::started_work`]).
@@ -204,6 +208,8 @@ impl EndpointState {
             speed_decay_nanos: AtomicU64::new(duration_nanos(tracking.speed_decay)),
             in_flight: AtomicU32::new(0),
             awaiting_first_byte: AtomicU32::new(0),
+            progress_nanos: AtomicU64::new(0),
+            epoch: Instant::now(),
             pending_work: AtomicU64::new(0),
             started_work: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -349,6 +355,33 @@ impl EndpointState {
     /// replica, the requests whose prompts still wait to be prefilled.
     pub fn awaiting_first_byte(&self) -> u32 {
         self.awaiting_first_byte.load(Ordering::Relaxed)
+    }
+
+    /// How long the endpoint has gone without sending a first byte while requests await one:
+    /// `None` when none awaits one, else the time since the later of its last first byte (or
+    /// answer without one) and the moment a request found nothing awaiting there.
+    ///
+    /// A healthy endpoint answers its backlog within about its [pending
+    /// work](Self::pending_work) times its [time per unit](Self::unit_time_nanos); one stalled
+    /// for longer is slower than its estimate says, and shows it long before any of its requests
+    /// ends (a stopped process ends none until their deadlines, a slowed one its first only
+    /// after its own slowed time). [`LeastResponseTime`] adds the time the backlog is overdue to
+    /// the endpoint's cost
+    /// ([`ResponseTimeEstimate::overdue_nanos`](crate::policy::ResponseTimeEstimate::overdue_nanos)).
+    ///
+    /// [`LeastResponseTime`]: crate::policy::LeastResponseTime
+    pub fn stalled_for(&self, now: Instant) -> Option<Duration> {
+        if self.awaiting_first_byte() == 0 {
+            return None;
+        }
+        let since = self.epoch + Duration::from_nanos(self.progress_nanos.load(Ordering::Relaxed));
+        Some(now.saturating_duration_since(since))
+    }
+
+    /// Marks progress at `now` (see [`stalled_for`](Self::stalled_for)).
+    fn progressed(&self, now: Instant) {
+        let nanos = duration_nanos(now.saturating_duration_since(self.epoch));
+        self.progress_nanos.store(nanos, Ordering::Relaxed);
     }
 
     /// The work of the requests [awaiting their first byte](Self::awaiting_first_byte), in the
@@ -593,6 +626,11 @@ impl EndpointState {
     /// dropped.
     pub(crate) fn start(self: &Arc<Self>, now: Instant, work: u64) -> InFlight {
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.awaiting_first_byte.load(Ordering::Relaxed) == 0 {
+            // A busy period starts: the endpoint has not stalled on anything before it. Before
+            // the count goes up, so that no reader sees a request waiting since an old progress.
+            self.progressed(now);
+        }
         let requests_ahead = self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
         let ahead = self.pending_work.fetch_add(work, Ordering::Relaxed);
         self.started_work.fetch_add(work, Ordering::Relaxed);
@@ -643,6 +681,32 @@ impl EndpointState {
         bits.store(next.to_bits(), Ordering::Relaxed);
     }
 
+    /// Records what a request that ended without a first byte after waiting `waited` says of
+    /// the endpoint's speed: a *censored* sample. Its true time to first byte is unknown but at
+    /// least `waited`, and its time per unit of work at least `unit_nanos` (the time per unit a
+    /// first byte at that moment would have given). A lower bound can only raise an estimate:
+    /// when `waited` exceeds the peak-EWMA latency (or the default RTT before any sample), it
+    /// replaces it (as any slower sample does);
+    /// when `unit_nanos` exceeds the time per unit, it is blended in as a sample. Below the
+    /// estimates it says nothing and they stay; an endpoint without a time per unit yet keeps
+    /// borrowing its peers' (a lower bound is not a measure of it).
+    ///
+    /// Without this, an endpoint so slow that its callers give up before it answers (their
+    /// deadline passes and the client resets the stream) never shows its slowness: each call
+    /// ends as cancelled, which was no sample at all, and the endpoint keeps a trickle of calls
+    /// that all time out (`switchyard bench faults`, fault `slow`: a replica 20 × slower kept
+    /// failing 5-6 calls a second to the end of the run). tower's and linkerd's peak EWMA
+    /// record a dropped request's time as a full sample, which a caller that gives up early
+    /// would pull down; counting it as a lower bound keeps both right.
+    fn record_censored(&self, waited: Duration, unit_nanos: f64, now: Instant) {
+        if nanos_f64(waited) > self.latency_estimate_nanos(now) {
+            self.record_rtt(waited, now);
+        }
+        if self.unit_time_nanos().is_some_and(|unit| unit_nanos > unit) {
+            self.record_unit_time(unit_nanos, now);
+        }
+    }
+
     fn record_rtt(&self, rtt: Duration, now: Instant) {
         let sample = nanos_f64(rtt);
         let mut guard = lock(&self.rtt);
@@ -689,7 +753,13 @@ impl EndpointState {
         self.leave_if_drained(self);
     }
 
-    fn finish(self: &Arc<Self>, outcome: Outcome, outlier: &OutlierConfig, now: Instant) -> Verdict {
+    fn finish(
+        self: &Arc<Self>,
+        outcome: Outcome,
+        outlier: &OutlierConfig,
+        sent_at: Instant,
+        now: Instant,
+    ) -> Verdict {
         let counter = match outcome {
             Outcome::Ok => &self.completed,
             Outcome::Cancelled => &self.cancelled,
@@ -700,7 +770,7 @@ impl EndpointState {
         let verdict = match outcome {
             // The caller's choice, not the endpoint's health.
             Outcome::Cancelled => Verdict::Keep,
-            outcome => lock(&self.outlier).record(outcome.is_endpoint_failure(), outlier, now),
+            outcome => lock(&self.outlier).record(outcome.is_endpoint_failure(), outlier, sent_at, now),
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.leave_if_drained(self);
@@ -760,6 +830,7 @@ impl InFlight {
     fn sample_at(&mut self, now: Instant, learn: bool) {
         if !self.sampled {
             self.sampled = true;
+            self.state.progressed(now);
             self.state.first_byte_arrived(self.work);
             let elapsed = now.saturating_duration_since(self.sent_at);
             self.first_byte = Some(elapsed);
@@ -767,13 +838,8 @@ impl InFlight {
                 return;
             }
             self.state.record_rtt(elapsed, now);
-            let omega = self.state.min_request_work();
-            let units = crate::capacity::work_ahead(self.ahead as f64, f64::from(self.requests_ahead), omega)
-                + crate::capacity::request_work(self.work.max(1) as f64, omega);
-            // The backlog ahead was worked off `slots` requests at a time (see `capacity`).
-            let at_once = self.state.slots().min(self.requests_ahead.saturating_add(1));
             let nanos = nanos_f64(elapsed);
-            self.state.record_unit_time(nanos * f64::from(at_once) / units, now);
+            self.state.record_unit_time(self.unit_time_sample(nanos), now);
             self.state.record_first_byte(
                 FirstByte {
                     nanos,
@@ -784,6 +850,17 @@ impl InFlight {
                 now,
             );
         }
+    }
+
+    /// The time per unit of work that a first byte `nanos` after sending says: the work ahead
+    /// of the request when it was sent and its own, worked off `slots` requests at a time (see
+    /// `capacity`).
+    fn unit_time_sample(&self, nanos: f64) -> f64 {
+        let omega = self.state.min_request_work();
+        let units = crate::capacity::work_ahead(self.ahead as f64, f64::from(self.requests_ahead), omega)
+            + crate::capacity::request_work(self.work.max(1) as f64, omega);
+        let at_once = self.state.slots().min(self.requests_ahead.saturating_add(1));
+        nanos * f64::from(at_once) / units
     }
 
     /// Ends the request with its outcome; returns what the outlier detector decided, and the
@@ -806,7 +883,7 @@ impl InFlight {
             state.record_speed_ewma(&state.after_first_byte, &state.after_first_byte_bits, after, now);
         }
         self.state.sample_limit(outcome, rtt, self.in_flight, now);
-        let verdict = self.state.finish(outcome, outlier, now);
+        let verdict = self.state.finish(outcome, outlier, self.sent_at, now);
         (verdict, Timing { first_byte: self.first_byte, latency })
     }
 
@@ -818,11 +895,15 @@ impl InFlight {
     fn cancel_at(&mut self, now: Instant) -> Timing {
         if !self.ended {
             self.ended = true;
-            // Neither success nor failure for the outlier detector, and no latency sample (it
-            // would only measure the caller's patience).
+            // Neither success nor failure for the outlier detector. A cancelled request is no
+            // latency sample (it would only measure the caller's patience), but one that waited
+            // without a first byte is a censored one: see `EndpointState::record_censored`.
             if !self.sampled {
                 self.sampled = true;
                 self.state.first_byte_arrived(self.work);
+                let waited = now.saturating_duration_since(self.sent_at);
+                let unit = self.unit_time_sample(nanos_f64(waited));
+                self.state.record_censored(waited, unit, now);
             }
             self.state.cancel();
         }
@@ -996,6 +1077,57 @@ mod tests {
             (0, (0, 1), 1),
             "a dropped guard ends its request as cancelled, not as a failure"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_given_up_without_a_first_byte_raises_the_estimates_and_never_lowers_them() {
+        let s = state();
+        // Answers in 10 ms, one unit each: 10 ms a unit.
+        for _ in 0..3 {
+            let mut f = s.start(Instant::now(), 1);
+            advance(Duration::from_millis(10)).await;
+            f.end(Outcome::Ok, &OutlierConfig::default());
+        }
+        let unit = s.unit_time_nanos().expect("learnt");
+        // Its caller gives up after 1 ms: no lower bound above the estimates, nothing changes.
+        let early = s.start(Instant::now(), 1);
+        advance(Duration::from_millis(1)).await;
+        drop(early);
+        assert_eq!(s.unit_time_nanos(), Some(unit));
+        assert!(s.latency_ewma(Instant::now()) <= Some(Duration::from_millis(10)));
+        // A call that waited 1 s for nothing: the endpoint takes at least that.
+        let late = s.start(Instant::now(), 1);
+        advance(Duration::from_secs(1)).await;
+        drop(late);
+        assert_eq!(s.latency_ewma(Instant::now()), Some(Duration::from_secs(1)), "peak: replaced");
+        let raised = s.unit_time_nanos().expect("learnt");
+        assert!(raised > 1.2 * unit, "blended in as a sample: {raised}");
+        assert_eq!(s.load(Instant::now()).cancelled, 2, "still counted as cancelled");
+        // A call its endpoint answered is no censored sample, whenever it ends.
+        let mut answered = s.start(Instant::now(), 1);
+        advance(Duration::from_millis(10)).await;
+        answered.first_byte();
+        let after_answer = s.unit_time_nanos();
+        advance(Duration::from_secs(5)).await;
+        answered.end(Outcome::Cancelled, &OutlierConfig::default());
+        assert_eq!(s.unit_time_nanos(), after_answer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_counts_from_the_last_first_byte_or_the_start_of_a_busy_period() {
+        let s = state();
+        assert_eq!(s.stalled_for(Instant::now()), None, "nothing awaits");
+        advance(Duration::from_secs(10)).await;
+        let mut first = s.start(Instant::now(), 1);
+        assert_eq!(s.stalled_for(Instant::now()), Some(Duration::ZERO), "idle time is no stall");
+        advance(Duration::from_millis(30)).await;
+        let _second = s.start(Instant::now(), 1);
+        assert_eq!(s.stalled_for(Instant::now()), Some(Duration::from_millis(30)));
+        advance(Duration::from_millis(20)).await;
+        first.first_byte();
+        assert_eq!(s.stalled_for(Instant::now()), Some(Duration::ZERO), "a first byte is progress");
+        advance(Duration::from_millis(5)).await;
+        assert_eq!(s.stalled_for(Instant::now()), Some(Duration::from_millis(5)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,7 +39,12 @@
 //!   latency, outcome), with the [`PickedEndpoint`] in the request's and response's extensions.
 //!   Only an answer (a first body frame, an `OK`, or a request held to its deadline) is a sample
 //!   of an endpoint's speed and capacity: a refusal or an error that comes back at once is not,
-//!   or the busiest endpoint, shedding load, would look the fastest.
+//!   or the busiest endpoint, shedding load, would look the fastest. A request its caller gave
+//!   up on before a first byte is a censored sample, a lower bound that only raises the
+//!   estimates; and while an endpoint's backlog is overdue (no first byte for longer than its
+//!   estimate gives it), least response time counts the stall
+//!   ([`EndpointState::stalled_for`]), so a replica that stops or slows down loses its traffic
+//!   before any of its requests ends.
 //! - **Errors** are [`switchyard_core::Error`]s naming the balancer ([`Balance::with_name`]) and
 //!   the endpoint: no endpoint, none fits, unreachable, failed during the call; their gRPC status
 //!   is [`switchyard_core::status_of`]'s.

@@ -1,9 +1,9 @@
 //! Outlier ejection: endpoints that keep failing are taken out of rotation for a while.
 //!
 //! The rule is Envoy's consecutive-failures detector. An endpoint whose last
-//! [`consecutive_failures`](OutlierConfig::consecutive_failures) responses all failed (by default
-//! gRPC `UNAVAILABLE`, HTTP 502/503/504, or a connection error: see
-//! [`FailureClass`](crate::FailureClass)) is ejected for `base_ejection × n`, where `n` counts its
+//! [`consecutive_failures`](OutlierConfig::consecutive_failures) responses all failed (gRPC
+//! `UNAVAILABLE`, HTTP 502/503/504, or a connection error: see
+//! [`Outcome::is_endpoint_failure`](switchyard_core::Outcome::is_endpoint_failure)) is ejected for `base_ejection × n`, where `n` counts its
 //! ejections so far, capped at [`max_ejection`](OutlierConfig::max_ejection). It then comes back
 //! by itself; one more failure streak sends it away for longer. At most
 //! [`max_ejected_share`](OutlierConfig::max_ejected_share) of the pool is ejected at once (at
@@ -11,6 +11,16 @@
 //! Requests already in flight on an ejected endpoint finish normally, and their outcomes do not
 //! count: an endpoint comes back with a fresh streak, not one its last requests built up while it
 //! was away.
+//!
+//! "In a row" is in the order the requests were sent, not the order they end: a success breaks
+//! a streak only if its request was sent no earlier than the streak's first failing request. An answer to
+//! a request sent earlier says the endpoint was healthy when it took that request, not that it
+//! is now: a replica that starts refusing every new call at once still finishes the calls it had
+//! begun, and counted in the order they end, those answers kept resetting the streak while the
+//! refusals came back at once, to new calls, faster than anything else (`switchyard bench faults`,
+//! fault `unavailable`: 9 calls refused before the ejection where 5 end a streak; 1 of 10 calls
+//! succeeded in the 100 ms after the fault). Envoy and linkerd count in the order of the
+//! responses; with requests of one length the two orders are the same.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -85,6 +95,9 @@ impl OutlierConfig {
 #[derive(Debug, Default)]
 pub(crate) struct OutlierState {
     consecutive: u32,
+    /// When the earliest failing request of the current streak was sent: only a success sent
+    /// after it breaks the streak.
+    streak_sent: Option<Instant>,
     pub(crate) times_ejected: u32,
     /// Set until the balancer sees the ejection run out (see `try_return`): the endpoint holds
     /// one of the pool's ejection slots exactly while this is `Some`.
@@ -102,7 +115,14 @@ pub(crate) enum Verdict {
 }
 
 impl OutlierState {
-    pub(crate) fn record(&mut self, failed: bool, config: &OutlierConfig, now: Instant) -> Verdict {
+    /// Counts the outcome of a request sent at `sent_at` and ended at `now`.
+    pub(crate) fn record(
+        &mut self,
+        failed: bool,
+        config: &OutlierConfig,
+        sent_at: Instant,
+        now: Instant,
+    ) -> Verdict {
         if config.consecutive_failures == 0 {
             return Verdict::Keep;
         }
@@ -112,10 +132,15 @@ impl OutlierState {
             return Verdict::Keep;
         }
         if !failed {
-            self.consecutive = 0;
+            // A request sent before the streak began says nothing of the endpoint since.
+            if self.streak_sent.is_none_or(|first| sent_at >= first) {
+                self.consecutive = 0;
+                self.streak_sent = None;
+            }
             return Verdict::Keep;
         }
         self.consecutive = self.consecutive.saturating_add(1);
+        self.streak_sent = Some(self.streak_sent.map_or(sent_at, |first| first.min(sent_at)));
         if self.consecutive >= config.consecutive_failures { Verdict::Eject } else { Verdict::Keep }
     }
 
@@ -123,6 +148,7 @@ impl OutlierState {
     pub(crate) fn eject(&mut self, config: &OutlierConfig, now: Instant) -> Instant {
         self.times_ejected = self.times_ejected.saturating_add(1);
         self.consecutive = 0;
+        self.streak_sent = None;
         let until = now + config.ejection_time(self.times_ejected);
         self.ejected_until = Some(until);
         until
@@ -212,13 +238,13 @@ mod tests {
         let config = OutlierConfig { consecutive_failures: 3, ..OutlierConfig::default() };
         let mut s = OutlierState::default();
         let now = Instant::now();
-        assert_eq!(s.record(true, &config, now), Verdict::Keep);
-        assert_eq!(s.record(true, &config, now), Verdict::Keep);
-        assert_eq!(s.record(false, &config, now), Verdict::Keep, "a success breaks the streak");
+        assert_eq!(s.record(true, &config, now, now), Verdict::Keep);
+        assert_eq!(s.record(true, &config, now, now), Verdict::Keep);
+        assert_eq!(s.record(false, &config, now, now), Verdict::Keep, "a success breaks the streak");
         for _ in 0..2 {
-            assert_eq!(s.record(true, &config, now), Verdict::Keep);
+            assert_eq!(s.record(true, &config, now, now), Verdict::Keep);
         }
-        assert_eq!(s.record(true, &config, now), Verdict::Eject);
+        assert_eq!(s.record(true, &config, now, now), Verdict::Eject);
         assert_eq!(s.eject(&config, now), now + Duration::from_secs(10));
         assert!(!s.try_return(now + Duration::from_secs(9)));
         assert!(s.try_return(now + Duration::from_secs(10)));
@@ -239,18 +265,46 @@ mod tests {
         let mut s = OutlierState::default();
         let now = Instant::now();
         for _ in 0..2 {
-            assert_eq!(s.record(true, &config, now), Verdict::Keep);
+            assert_eq!(s.record(true, &config, now, now), Verdict::Keep);
         }
-        assert_eq!(s.record(true, &config, now), Verdict::Eject);
+        assert_eq!(s.record(true, &config, now, now), Verdict::Eject);
         let until = s.eject(&config, now);
         // Requests sent before the ejection keep failing while it lasts.
         for _ in 0..10 {
-            assert_eq!(s.record(true, &config, now + Duration::from_secs(1)), Verdict::Keep);
+            assert_eq!(s.record(true, &config, now, now + Duration::from_secs(1)), Verdict::Keep);
         }
         assert!(s.try_return(until));
-        assert_eq!(s.record(true, &config, until), Verdict::Keep, "a fresh streak after the return");
-        assert_eq!(s.record(true, &config, until), Verdict::Keep);
-        assert_eq!(s.record(true, &config, until), Verdict::Eject);
+        assert_eq!(s.record(true, &config, until, until), Verdict::Keep, "a fresh streak after the return");
+        assert_eq!(s.record(true, &config, until, until), Verdict::Keep);
+        assert_eq!(s.record(true, &config, until, until), Verdict::Eject);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_success_sent_after_the_streak_began_breaks_it() {
+        let config = OutlierConfig { consecutive_failures: 3, ..OutlierConfig::default() };
+        let mut s = OutlierState::default();
+        let before = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let first = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let now = Instant::now();
+        // The endpoint starts refusing new calls; calls it took before finish fine in between.
+        assert_eq!(s.record(true, &config, first, now), Verdict::Keep);
+        assert_eq!(s.record(false, &config, before, now), Verdict::Keep);
+        assert_eq!(s.record(true, &config, now, now), Verdict::Keep);
+        assert_eq!(s.record(false, &config, before, now), Verdict::Keep);
+        assert_eq!(
+            s.record(true, &config, now, now),
+            Verdict::Eject,
+            "answers to calls sent before the first failure do not break the streak"
+        );
+        s.eject(&config, now);
+        assert!(s.try_return(now + Duration::from_secs(10)));
+        let later = now + Duration::from_secs(10);
+        assert_eq!(s.record(true, &config, later, later), Verdict::Keep);
+        assert_eq!(s.record(true, &config, later, later), Verdict::Keep);
+        assert_eq!(s.record(false, &config, later, later), Verdict::Keep, "a call sent since breaks it");
+        assert_eq!(s.record(true, &config, later, later), Verdict::Keep);
     }
 
     #[test]
@@ -274,7 +328,10 @@ mod tests {
     fn disabled_never_ejects() {
         let mut s = OutlierState::default();
         for _ in 0..100 {
-            assert_eq!(s.record(true, &OutlierConfig::disabled(), Instant::now()), Verdict::Keep);
+            assert_eq!(
+                s.record(true, &OutlierConfig::disabled(), Instant::now(), Instant::now()),
+                Verdict::Keep
+            );
         }
     }
 }

@@ -38,25 +38,26 @@
 //! The pool retries ([`pool_retry_lines`]: the gateway's `retry` table); [`IDEMPOTENT_METHODS`]
 //! names what it may resend after a failed answer or hedge.
 //!
-//! # What today's gateway does (`reports/bench/faults.md`, 2026-12-01, 2 shared CPUs)
+//! # What today's gateway does (`reports/bench/faults.md`, 2026-12-02, 2 shared CPUs)
 //!
-//! - `kill`, `unavailable`, `reset`: the replica's failures eject it (5 in a row) and the success
-//!   rate is back within 0.1-0.2 s; but the calls that failed meanwhile include idempotent ones
-//!   (0, 4 and 5 of 500), which only a retry saves, and with `unavailable` and `reset` the
-//!   failures are new calls sent to the replica before its ejection, not calls in flight on it.
-//! - `hang`: calls on the stopped replica end at their deadline (`CANCELLED` from tonic's own
-//!   timer, or `DEADLINE_EXCEEDED`), but new calls keep going to it for 0.2 s (16 non-idempotent
-//!   failures for 7 in flight): a deadline is not a failure, so nothing ejects it, and only its
-//!   calls in flight steer least response time away. After SIGCONT it serves again at once.
-//! - `slow`: 20 × slower (2 s a generation, past the 1 s deadline), the replica keeps getting a
-//!   trickle of generations that all time out, to the end of the run (44 failures, no recovery
-//!   in 7 s): calls that the client gives up on give the balancer no latency sample, so it never
-//!   learns how slow the replica is.
-//! - `flap` and `gateway-restart` (with a client that retries `UNAVAILABLE` and what never left
-//!   it) lose nothing. Without the transparent retry a restart lost a call or two as `CANCELLED`:
-//!   hyper's "canceled: connection closed", a request queued on the old connection as it closed,
-//!   never written.
-
+//! - `kill`, `flap`, `gateway-restart` (with a client that retries `UNAVAILABLE`): no idempotent
+//!   call lost, non-idempotent failures within the calls in flight.
+//! - `hang`: least response time adds how long the stopped replica's backlog is overdue to its
+//!   cost ([`switchyard_balance::policy::ResponseTimeEstimate::overdue_nanos`]), so new calls
+//!   leave it within tens of milliseconds, before any of its calls ends; only its calls in flight
+//!   fail (2 of 2). It is not ejected (a deadline is no endpoint failure), and after SIGCONT it
+//!   serves again at once. Before (2026-12-01): 5 failures for 3 in flight, recovery 1.1 s.
+//! - `unavailable`: the replica's refusals eject it after 5 in a row, counted in the order the
+//!   calls were sent, so the answers to the calls it had begun before the fault no longer reset
+//!   the streak: 3 non-idempotent failures for 2 in flight (before: 9 for 6), within 0.1 s.
+//! - `reset`: a response already begun is never retried (gRFC A6), so the idempotent calls cut
+//!   before ejection fail (3 of 500); 5 non-idempotent failures for 4 in flight.
+//! - `slow` (20 × slower, 2 s a generation past the 1 s deadline): a call given up on before its
+//!   first byte is now a censored latency sample that raises the replica's estimates, and its
+//!   overdue backlog counts at once; it still takes a few calls that time out after the fault
+//!   (18 for 5 in flight, success rate back after 1.6 s; before: 46 for 3, with no recovery in
+//!   the run).
+//!
 pub mod load;
 pub mod report;
 
