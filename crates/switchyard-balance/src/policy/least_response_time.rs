@@ -67,6 +67,8 @@ use crate::rng::NearTie;
 /// - `overdue` is how long the endpoint has gone without a first byte past the time its
 ///   backlog should take ([`ResponseTimeEstimate::overdue_nanos`]): 0 while it keeps to its
 ///   estimate, the stall's excess once it stops or slows down, before any of its requests ends.
+///   Counted for requests that carry their size only: without sizes a long request cannot be
+///   told from a stall.
 ///
 /// The slots are what let the policy route classic servers well: in the lab's `hetero-parallel`
 /// scenario (four servers of 8 slots at 10 ms, one four times slower, 65 % load) a serial-queue
@@ -76,8 +78,8 @@ use crate::rng::NearTie;
 /// hetero-parallel`, 20 ms calls) 28 ms, where HAProxy's and nginx's least connections are at
 /// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.03 × the
 /// ideal's on the bundled Azure trace (184 ms against 179; 1.04 ×, 187 ms, before the
-/// `overdue` term, which cost the variant without request sizes, whose stalls its estimates
-/// cannot foresee, 1.60 × against 1.17 ×), 1.03 × on the Mooncake one and
+/// `overdue` term; counted without request sizes too, it cost that variant 1.60 × against
+/// 1.17 ×), 1.03 × on the Mooncake one and
 /// 1.06 × at 80 % load on the Azure trace (214 ms against 202; 1.32 ×
 /// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
 /// [`capacity`](crate::capacity): an engine's chunked prefill serves several short prompts in
@@ -169,7 +171,11 @@ impl LeastResponseTime {
         work: f64,
         now: Instant,
     ) -> Option<usize> {
-        let estimate = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i])).at(now);
+        let estimate = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
+        // Only sized requests count overdue backlogs: without sizes (work 1) a long request
+        // cannot be told from a stall (in lab `hetero` without request sizes, counting them cost
+        // least response time's p99 TTFT 1.60 × the ideal's against 1.17 ×).
+        let estimate = if work > 1.0 { estimate.at(now) } else { estimate };
         self.ties.pick(candidates.map(|i| {
             let e = &*endpoints[i];
             let cost = estimate.backlog_cost_nanos(
@@ -285,16 +291,7 @@ impl ResponseTimeEstimate {
     /// stopped with SIGSTOP kept getting new calls for a few tens of milliseconds after the
     /// fault, all of which failed at their deadline, and one slowed 20 times kept a trickle of
     /// them to the end of the run.
-    ///
-    /// Only an endpoint whose time grows with its requests' sizes has a due time: one that
-    /// counts every request alike (see [`crate::capacity`]; requests without a size are all
-    /// alike) cannot tell a long request from a stall, and is never overdue. In lab `hetero`
-    /// without request sizes, counting it cost least response time's p99 TTFT 1.60 × the
-    /// ideal's against 1.17 ×.
     pub fn overdue_nanos(&self, e: &EndpointState) -> f64 {
-        if self.min_request_work(e) >= crate::capacity::PER_REQUEST_WORK {
-            return 0.0;
-        }
         let Some(stall) = self.now.and_then(|now| e.stalled_for(now)) else { return 0.0 };
         let ahead = crate::capacity::work_ahead(
             e.pending_work() as f64,

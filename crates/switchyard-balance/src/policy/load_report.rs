@@ -42,8 +42,11 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// beyond          = occupancy + 1 − capacity           (requests beyond the batch, this one included)
 /// hold            = after_first_byte + work × unit_time (how long a request keeps its slot)
 /// slot_wait       = beyond × hold ÷ capacity            (0 when beyond ≤ 0 or capacity unknown)
-/// cost            = max(backlog_cost, (slot_wait + work × unit_time) × brake)
+/// cost            = max(backlog_cost, (slot_wait + work × unit_time) × brake) + overdue
 /// ```
+///
+/// `overdue` is least response time's ([`ResponseTimeEstimate::overdue_nanos`]), for requests
+/// that carry their size.
 ///
 /// `slots` is what the balancer learnt of the replica's parallelism (see [`crate::capacity`]),
 /// as least response time uses it, and `backlog_cost` is least response time's arithmetic
@@ -232,8 +235,12 @@ impl LoadReport {
         let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.in_flight).sum::<f64>()
             / estimates.len().max(1) as f64;
         let shared = shared.with_mean_in_flight(mean);
+        // As least response time: a sized request counts how far a backlog is overdue.
+        let shared = if work > 1.0 { shared.at(request.now) } else { shared };
         self.ties
-            .pick(estimates.into_iter().map(|(i, unit, work, e)| (i, e.cost(&shared, work, unit))))
+            .pick(estimates.into_iter().map(|(i, unit, work, e)| {
+                (i, e.cost(&shared, work, unit) + shared.overdue_nanos(&endpoints[i]))
+            }))
             .unwrap_or(0)
     }
 }
