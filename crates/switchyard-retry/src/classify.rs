@@ -24,8 +24,9 @@ pub(crate) enum Verdict {
 /// gracefully, `GOAWAY` with `NO_ERROR`, before processing the stream, which h2 reports only for
 /// streams above the last one the replica processed). For a method marked idempotent also a
 /// trailers-only response (the status in its headers: no message came) with a retryable status,
-/// after the `grpc-retry-pushback-ms` it carries; a negative or malformed pushback means not to
-/// retry (gRFC A6). A response with headers and a body is committed: the first message has come
+/// after the `grpc-retry-pushback-ms` it carries, and a call that failed with no response at all
+/// (its connection failed under it: `UNAVAILABLE` to the caller); a negative or malformed
+/// pushback means not to retry (gRFC A6). A response with headers and a body is committed: the first message has come
 /// (or may yet), and a stream is never retried after it.
 pub(crate) fn verdict<B>(
     result: &Result<http::Response<B>, BoxError>,
@@ -35,6 +36,12 @@ pub(crate) fn verdict<B>(
     match result {
         Err(error) => match never_reached(&**error) {
             Some(endpoint) => Verdict::Retry { endpoint, pushback: None },
+            // No response came (the connection failed under the call): the caller gets the
+            // status the error maps to, `UNAVAILABLE` for a failed connection, which a method
+            // marked idempotent may retry as it would a trailers-only answer.
+            None if idempotent && config.is_retryable(switchyard_core::status_of(&**error).code) => {
+                Verdict::Retry { endpoint: endpoint_of(&**error), pushback: None }
+            }
             None => Verdict::Done,
         },
         Ok(response) => {
@@ -59,6 +66,18 @@ pub(crate) fn verdict<B>(
             Verdict::Retry { endpoint, pushback }
         }
     }
+}
+
+/// The endpoint a typed error in `error`'s chain names, if any.
+fn endpoint_of(error: &(dyn std::error::Error + 'static)) -> Option<EndpointId> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(endpoint) = e.downcast_ref::<switchyard_core::Error>().and_then(|t| t.endpoint()) {
+            return Some(endpoint.clone());
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// If the error says the request never reached a replica, `Some` with the endpoint it was for
@@ -115,6 +134,23 @@ mod tests {
     }
 
     #[test]
+    fn a_call_whose_connection_failed_under_it_is_retried_for_idempotent_methods_only() {
+        let config = RetryConfig::default();
+        let mid_call = || -> BoxError {
+            Box::new(switchyard_core::Error::new(ErrorKind::Upstream).at_endpoint(EndpointId::new("b")))
+        };
+        assert_eq!(
+            verdict::<()>(&Err(mid_call()), true, &config),
+            Verdict::Retry { endpoint: Some(EndpointId::new("b")), pushback: None },
+            "UNAVAILABLE with no response: an idempotent method tries another endpoint"
+        );
+        assert_eq!(verdict::<()>(&Err(mid_call()), false, &config), Verdict::Done);
+        let invalid: BoxError =
+            Box::new(switchyard_core::Error::new(ErrorKind::InvalidRequest("bad".into())));
+        assert_eq!(verdict::<()>(&Err(invalid), true, &config), Verdict::Done, "not a retryable status");
+    }
+
+    #[test]
     fn what_never_reached_a_replica_is_retried_for_any_method() {
         let config = RetryConfig::default();
         let refused: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
@@ -125,8 +161,14 @@ mod tests {
             verdict::<()>(&Err(connect), false, &config),
             Verdict::Retry { endpoint: Some(EndpointId::new("a")), pushback: None }
         );
-        let mid_call: BoxError = Box::new(switchyard_core::Error::new(ErrorKind::Upstream));
-        assert_eq!(verdict::<()>(&Err(mid_call), true, &config), Verdict::Done);
+        let mid_call = || -> BoxError {
+            Box::new(switchyard_core::Error::new(ErrorKind::Upstream).at_endpoint(EndpointId::new("b")))
+        };
+        assert_eq!(
+            verdict::<()>(&Err(mid_call()), false, &config),
+            Verdict::Done,
+            "it may have been processed"
+        );
         let reset: BoxError = Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR));
         assert_eq!(verdict::<()>(&Err(reset), true, &config), Verdict::Done);
     }

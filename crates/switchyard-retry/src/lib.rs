@@ -9,7 +9,9 @@
 //!   connection could not be opened (`ErrorKind::ConnectFailed`), the replica refused the stream
 //!   (`REFUSED_STREAM`), or it closed its connection gracefully (`GOAWAY`) before processing the
 //!   stream. For the methods marked idempotent (full paths, or `/pkg.Service/*`), also a
-//!   trailers-only response whose status is retryable (`UNAVAILABLE` by default). The decision
+//!   trailers-only response whose status is retryable (`UNAVAILABLE` by default), and a call
+//!   that failed with no response at all (its connection failed under it, which the caller
+//!   would see as `UNAVAILABLE`: a killed replica's calls in flight). The decision
 //!   is made on the response's head: a response with headers and a body is committed (its first
 //!   message has come, or may yet), so a stream is never retried after its first message.
 //! - **Where.** On another endpoint: each retry carries the endpoints tried so far in its
