@@ -46,8 +46,7 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// ```
 ///
 /// `overdue` is least response time's ([`ResponseTimeEstimate::overdue_nanos`]), for requests
-/// that carry their size, and 0 while the report shows foreign work ahead (the replica is busy
-/// with it, not stalled).
+/// that carry their size.
 ///
 /// `slots` is what the balancer learnt of the replica's parallelism (see [`crate::capacity`]),
 /// as least response time uses it, and `backlog_cost` is least response time's arithmetic
@@ -236,16 +235,11 @@ impl LoadReport {
         let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.in_flight).sum::<f64>()
             / estimates.len().max(1) as f64;
         let shared = shared.with_mean_in_flight(mean);
-        // As least response time: a sized request counts how far a backlog is overdue, unless
-        // the replica's report shows other balancers' work ahead of ours (then it is busy with
-        // that, not stalled).
+        // As least response time: a sized request counts how far a backlog is overdue.
         let shared = if work > 1.0 { shared.at(request.now) } else { shared };
         self.ties
-            .pick(estimates.into_iter().map(|(i, unit, work, estimate)| {
-                let e = &endpoints[i];
-                let busy_elsewhere = estimate.backlog.ahead > e.pending_work() as f64;
-                let overdue = if busy_elsewhere { 0.0 } else { shared.overdue_nanos(e) };
-                (i, estimate.cost(&shared, work, unit) + overdue)
+            .pick(estimates.into_iter().map(|(i, unit, work, e)| {
+                (i, e.cost(&shared, work, unit) + shared.overdue_nanos(&endpoints[i]))
             }))
             .unwrap_or(0)
     }
