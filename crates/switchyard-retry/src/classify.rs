@@ -34,16 +34,20 @@ pub(crate) fn verdict<B>(
     config: &RetryConfig,
 ) -> Verdict {
     match result {
-        Err(error) => match never_reached(&**error) {
-            Some(endpoint) => Verdict::Retry { endpoint, pushback: None },
-            // No response came (the connection failed under the call): the caller gets the
-            // status the error maps to, `UNAVAILABLE` for a failed connection, which a method
-            // marked idempotent may retry as it would a trailers-only answer.
-            None if idempotent && config.is_retryable(switchyard_core::status_of(&**error).code) => {
-                Verdict::Retry { endpoint: endpoint_of(&**error), pushback: None }
+        Err(error) => {
+            let error = &**error;
+            // Never reached a replica; or no response came (the connection failed under the
+            // call): the caller gets the status the error maps to, `UNAVAILABLE` for a failed
+            // connection, which a method marked idempotent may retry as it would a trailers-only
+            // answer.
+            let retry = never_reached(error)
+                || idempotent && config.is_retryable(switchyard_core::status_of(error).code);
+            if retry {
+                Verdict::Retry { endpoint: endpoint_of(error), pushback: None }
+            } else {
+                Verdict::Done
             }
-            None => Verdict::Done,
-        },
+        }
         Ok(response) => {
             let headers = response.headers();
             let Some(status) = headers.get("grpc-status") else { return Verdict::Done };
@@ -80,25 +84,26 @@ fn endpoint_of(error: &(dyn std::error::Error + 'static)) -> Option<EndpointId> 
     None
 }
 
-/// If the error says the request never reached a replica, `Some` with the endpoint it was for
-/// (when the error names it).
-fn never_reached(error: &(dyn std::error::Error + 'static)) -> Option<Option<EndpointId>> {
-    let mut endpoint = None;
-    let mut safe = false;
+/// Whether the error says the request never reached a replica.
+fn never_reached(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if let Some(typed) = e.downcast_ref::<switchyard_core::Error>() {
-            endpoint = endpoint.or_else(|| typed.endpoint().cloned());
-            safe |= matches!(typed.kind(), ErrorKind::ConnectFailed);
+        if e.downcast_ref::<switchyard_core::Error>()
+            .is_some_and(|t| matches!(t.kind(), ErrorKind::ConnectFailed))
+        {
+            return true;
         }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             let reason = h2.reason();
-            safe |= reason == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote() && reason == Some(h2::Reason::NO_ERROR));
+            if reason == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && reason == Some(h2::Reason::NO_ERROR))
+            {
+                return true;
+            }
         }
         next = e.source();
     }
-    safe.then_some(endpoint)
+    false
 }
 
 #[cfg(test)]
