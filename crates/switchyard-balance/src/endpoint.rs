@@ -29,6 +29,13 @@ pub struct TrackingConfig {
     /// samples that vary with the batch each request happened to share. Default 30 s, the most
     /// robust setting across the policy lab's `hetero` variants (loads 0.6 to 0.8, both traces).
     pub speed_decay: Duration,
+    /// Time constant over which what a stall showed is forgotten: a request given up on without
+    /// a first byte sets a floor under the endpoint's time per unit of work (a lower bound: it
+    /// took at least that long, [`EndpointState::unit_time_nanos_at`]), and the floor decays
+    /// with this time constant, so an endpoint that stopped and came back is tried again within
+    /// a few of them instead of being avoided for as long as its speed is remembered. Default
+    /// 1 s.
+    pub stall_decay: Duration,
 }
 
 impl Default for TrackingConfig {
@@ -37,6 +44,7 @@ impl Default for TrackingConfig {
             decay: Duration::from_secs(10),
             default_rtt: Duration::from_millis(30),
             speed_decay: Duration::from_secs(30),
+            stall_decay: Duration::from_secs(1),
         }
     }
 }
@@ -57,6 +65,12 @@ impl TrackingConfig {
     /// The same settings with this time constant for the time-per-unit-of-work EWMA.
     pub fn with_speed_decay(mut self, speed_decay: Duration) -> Self {
         self.speed_decay = speed_decay;
+        self
+    }
+
+    /// The same settings with this time constant for forgetting what a stall showed.
+    pub fn with_stall_decay(mut self, stall_decay: Duration) -> Self {
+        self.stall_decay = stall_decay;
         self
     }
 }
@@ -80,6 +94,7 @@ pub struct EndpointState {
     decay_nanos: AtomicU64,
     default_rtt_nanos: AtomicU64,
     speed_decay_nanos: AtomicU64,
+    stall_decay_nanos: AtomicU64,
     in_flight: AtomicU32,
     awaiting_first_byte: AtomicU32,
     /// When the endpoint last made progress (see [`EndpointState::stalled_for`]), in
@@ -103,6 +118,11 @@ pub struct EndpointState {
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
     /// policies that scan every endpoint.
     unit_time_bits: AtomicU64,
+    /// The floor a stall set under the time per unit (see
+    /// [`EndpointState::unit_time_nanos_at`]), as `f64` bits (NaN for none), and when it was set,
+    /// in nanoseconds after `epoch`.
+    stall_floor_bits: AtomicU64,
+    stall_floor_at: AtomicU64,
     /// How long a response runs on after its first byte (a stream's generation): an EWMA over
     /// the requests that succeeded, with the speed's time constant.
     after_first_byte: Mutex<Option<RttEstimate>>,
@@ -206,6 +226,7 @@ impl EndpointState {
             decay_nanos: AtomicU64::new(duration_nanos(tracking.decay)),
             default_rtt_nanos: AtomicU64::new(duration_nanos(tracking.default_rtt)),
             speed_decay_nanos: AtomicU64::new(duration_nanos(tracking.speed_decay)),
+            stall_decay_nanos: AtomicU64::new(duration_nanos(tracking.stall_decay)),
             in_flight: AtomicU32::new(0),
             awaiting_first_byte: AtomicU32::new(0),
             progress_nanos: AtomicU64::new(0),
@@ -221,6 +242,8 @@ impl EndpointState {
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
+            stall_floor_bits: AtomicU64::new(f64::NAN.to_bits()),
+            stall_floor_at: AtomicU64::new(0),
             after_first_byte: Mutex::new(None),
             after_first_byte_bits: AtomicU64::new(f64::NAN.to_bits()),
             capacity: Mutex::new(CapacityEstimate::default()),
@@ -278,6 +301,7 @@ impl EndpointState {
             decay: d(&self.decay_nanos),
             default_rtt: d(&self.default_rtt_nanos),
             speed_decay: d(&self.speed_decay_nanos),
+            stall_decay: d(&self.stall_decay_nanos),
         }
     }
 
@@ -286,6 +310,7 @@ impl EndpointState {
         self.decay_nanos.store(duration_nanos(tracking.decay), Ordering::Relaxed);
         self.default_rtt_nanos.store(duration_nanos(tracking.default_rtt), Ordering::Relaxed);
         self.speed_decay_nanos.store(duration_nanos(tracking.speed_decay), Ordering::Relaxed);
+        self.stall_decay_nanos.store(duration_nanos(tracking.stall_decay), Ordering::Relaxed);
     }
 
     fn decay(&self) -> Duration {
@@ -413,6 +438,38 @@ impl EndpointState {
     pub fn unit_time_nanos(&self) -> Option<f64> {
         let v = f64::from_bits(self.unit_time_bits.load(Ordering::Relaxed));
         (!v.is_nan()).then_some(v)
+    }
+
+    /// The time per unit of work the costs use at `now`: [`unit_time_nanos`](Self::unit_time_nanos),
+    /// or, when higher, the floor a recent stall set under it, decayed since.
+    ///
+    /// A request given up on without a first byte after waiting `w` says the endpoint takes at
+    /// least `w` for its backlog: a lower bound on its time per unit, set as a floor (see
+    /// `record_censored`). The floor decays with the time constant
+    /// [`TrackingConfig::stall_decay`] rather than entering the speed's EWMA: the endpoint is
+    /// avoided while the stall is recent, and tried again once the floor has fallen to its
+    /// peers' costs, which its next answer confirms or corrects. Blended into the speed, a
+    /// stall of a second outlived the endpoint's recovery by the speed's time constant (30 s):
+    /// in `switchyard bench faults`, a replica stopped for 2 s with SIGSTOP took no call in the
+    /// 5 s after SIGCONT, its time per unit learnt at 4 × its peers' from its given-up calls
+    /// and never measured again at the fault's load.
+    pub fn unit_time_nanos_at(&self, now: Instant) -> Option<f64> {
+        let unit = self.unit_time_nanos()?;
+        Some(match self.stall_floor_nanos(now) {
+            Some(floor) if floor > unit => floor,
+            _ => unit,
+        })
+    }
+
+    /// The floor a stall set under the time per unit, decayed to `now`.
+    fn stall_floor_nanos(&self, now: Instant) -> Option<f64> {
+        let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
+        if floor.is_nan() {
+            return None;
+        }
+        let at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
+        let tau = Duration::from_nanos(self.stall_decay_nanos.load(Ordering::Relaxed));
+        Some(floor * weight_since(at, now, tau))
     }
 
     /// How many requests the endpoint serves at once before a new one waits (its slots), learnt
@@ -686,9 +743,10 @@ impl EndpointState {
     /// least `waited`, and its time per unit of work at least `unit_nanos` (the time per unit a
     /// first byte at that moment would have given). A lower bound can only raise an estimate:
     /// when `waited` exceeds the peak-EWMA latency (or the default RTT before any sample), it
-    /// replaces it (as any slower sample does);
-    /// when `unit_nanos` exceeds the time per unit, it is blended in as a sample. Below the
-    /// estimates it says nothing and they stay; an endpoint without a time per unit yet keeps
+    /// replaces it (as any slower sample does, and it decays as they do); when `unit_nanos`
+    /// exceeds the time per unit the costs use ([`unit_time_nanos_at`](Self::unit_time_nanos_at)),
+    /// it becomes the floor under it, which decays with [`TrackingConfig::stall_decay`]. Below
+    /// the estimates it says nothing and they stay; an endpoint without a time per unit yet keeps
     /// borrowing its peers' (a lower bound is not a measure of it).
     ///
     /// Without this, an endpoint so slow that its callers give up before it answers (their
@@ -702,8 +760,10 @@ impl EndpointState {
         if nanos_f64(waited) > self.latency_estimate_nanos(now) {
             self.record_rtt(waited, now);
         }
-        if self.unit_time_nanos().is_some_and(|unit| unit_nanos > unit) {
-            self.record_unit_time(unit_nanos, now);
+        if self.unit_time_nanos_at(now).is_some_and(|unit| unit_nanos > unit) {
+            let at = duration_nanos(now.saturating_duration_since(self.epoch));
+            self.stall_floor_at.store(at, Ordering::Relaxed);
+            self.stall_floor_bits.store(unit_nanos.to_bits(), Ordering::Relaxed);
         }
     }
 
@@ -1100,9 +1160,17 @@ mod tests {
         advance(Duration::from_secs(1)).await;
         drop(late);
         assert_eq!(s.latency_ewma(Instant::now()), Some(Duration::from_secs(1)), "peak: replaced");
-        let raised = s.unit_time_nanos().expect("learnt");
-        assert!(raised > 1.2 * unit, "blended in as a sample: {raised}");
+        assert_eq!(s.unit_time_nanos(), Some(unit), "the speed itself is measured by answers only");
+        let raised = s.unit_time_nanos_at(Instant::now()).expect("learnt");
+        assert!(raised > 50.0 * unit, "the stall sets a floor under the time per unit: {raised}");
         assert_eq!(s.load(Instant::now()).cancelled, 2, "still counted as cancelled");
+        // The floor fades with the stall's time constant (1 s): after 3 s a 20th of it is left,
+        // after 10 s the endpoint costs its own speed again.
+        advance(Duration::from_secs(3)).await;
+        let faded = s.unit_time_nanos_at(Instant::now()).expect("learnt");
+        assert!(faded < raised / 19.0 && faded > raised / 21.0, "{faded} against {raised}");
+        advance(Duration::from_secs(7)).await;
+        assert_eq!(s.unit_time_nanos_at(Instant::now()), Some(unit));
         // A call its endpoint answered is no censored sample, whenever it ends.
         let mut answered = s.start(Instant::now(), 1);
         advance(Duration::from_millis(10)).await;

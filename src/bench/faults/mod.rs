@@ -47,8 +47,11 @@
 //!   cost ([`switchyard_balance::policy::ResponseTimeEstimate::overdue_nanos`]), so new calls
 //!   leave it within tens of milliseconds, before any of its calls ends; only its calls in flight
 //!   fail, and a call or two sent as it stopped (4 for 3 in flight; 2 for 2 in another run). It
-//!   is not ejected (a deadline is no endpoint failure), and after SIGCONT it serves again at
-//!   once. Before (2026-12-01): 5 failures for 3 in flight, recovery 1.1 s.
+//!   is not ejected (a deadline is no endpoint failure). Its given-up calls set a floor under its
+//!   time per unit of work that fades with a 1 s time constant
+//!   ([`switchyard_balance::TrackingConfig::stall_decay`]), so it is tried again within a few
+//!   seconds: after SIGCONT, 88 and 128 calls in the 5 s to the end of two 10 s runs (before,
+//!   when the given-up calls entered its speed's 30 s average, none). Before (2026-12-01): 5 failures for 3 in flight, recovery 1.1 s.
 //! - `unavailable`: the replica's refusals eject it after 5 in a row, counted in the order the
 //!   calls were sent, so the answers to the calls it had begun before the fault no longer reset
 //!   the streak: 2 non-idempotent failures for 3 in flight (before: 9 for 6), within 0.1 s.

@@ -171,18 +171,21 @@ impl LeastResponseTime {
         work: f64,
         now: Instant,
     ) -> Option<usize> {
-        let estimate = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
+        let estimate = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i])).at(now);
         // Only sized requests count overdue backlogs: without sizes (work 1) a long request
         // cannot be told from a stall (in lab `hetero` without request sizes, counting them cost
         // least response time's p99 TTFT 1.60 × the ideal's against 1.17 ×).
-        let estimate = if work > 1.0 { estimate.at(now) } else { estimate };
+        let sized = work > 1.0;
         self.ties.pick(candidates.map(|i| {
             let e = &*endpoints[i];
-            let cost = estimate.backlog_cost_nanos(
+            let mut cost = estimate.backlog_cost_nanos(
                 &estimate.backlog(e),
                 estimate.request_work(e, work),
                 estimate.unit_time_nanos(e),
-            ) + estimate.overdue_nanos(e);
+            );
+            if sized {
+                cost += estimate.overdue_nanos(e);
+            }
             (i, cost)
         }))
     }
@@ -266,15 +269,22 @@ impl ResponseTimeEstimate {
     }
 
     /// The same estimate at `now`, so that it can tell how far an endpoint's backlog is overdue
-    /// ([`overdue_nanos`](Self::overdue_nanos)).
+    /// ([`overdue_nanos`](Self::overdue_nanos)) and count what a recent stall showed of its
+    /// speed ([`unit_time_nanos`](Self::unit_time_nanos)).
     pub fn at(mut self, now: Instant) -> Self {
         self.now = Some(now);
         self
     }
 
     /// `e`'s time per unit of work, or the fastest measured one's when `e` has no sample yet.
+    /// At a time ([`at`](Self::at)), the floor a recent stall set under it counts
+    /// ([`EndpointState::unit_time_nanos_at`]).
     pub fn unit_time_nanos(&self, e: &EndpointState) -> f64 {
-        e.unit_time_nanos().unwrap_or(self.unknown_unit_nanos)
+        match self.now {
+            Some(now) => e.unit_time_nanos_at(now),
+            None => e.unit_time_nanos(),
+        }
+        .unwrap_or(self.unknown_unit_nanos)
     }
 
     /// How far `e`'s backlog is overdue, in nanoseconds, at the time of the estimate
@@ -570,7 +580,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_endpoint_that_stalls_past_its_backlog_costs_more_as_the_stall_grows() {
+    async fn an_endpoint_that_stalls_past_its_backlog_costs_more_as_the_stall_grows_and_is_tried_again_after()
+    {
         // Two endpoints of one speed, 1 ms per unit (prompts of 500 units and more count by size).
         let eps = endpoints(2);
         for e in &eps {
@@ -605,6 +616,13 @@ mod tests {
         assert_eq!(pick(&policy), Some(1), "e0 is overdue: its stall counts");
         drop(stuck);
         assert_eq!(eps[0].stalled_for(Instant::now()), None, "nothing awaits a first byte there");
+        // Given up on after 8 s: e0 takes at least 8 ms a unit, a floor under its speed
+        // (8 s for a new prompt, against 4 s behind e1's backlog) that fades with
+        // `TrackingConfig::stall_decay` (1 s): a second later it is 2.9 s and e0 is tried again.
+        assert_eq!(pick(&policy), Some(1), "the stall's floor");
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(pick(&policy), Some(0), "the floor has faded");
+        assert_eq!(eps[0].unit_time_nanos(), Some(1e6), "its speed itself was never lowered");
     }
 
     #[tokio::test(start_paused = true)]

@@ -223,7 +223,7 @@ impl LoadReport {
         request: &RequestInfo<'_>,
     ) -> usize {
         let work = request.work as f64;
-        let shared = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i]));
+        let shared = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i])).at(request.now);
         let estimates: Vec<(usize, f64, f64, LoadEstimate)> = candidates
             .map(|i| {
                 let e = &*endpoints[i];
@@ -236,10 +236,11 @@ impl LoadReport {
             / estimates.len().max(1) as f64;
         let shared = shared.with_mean_in_flight(mean);
         // As least response time: a sized request counts how far a backlog is overdue.
-        let shared = if work > 1.0 { shared.at(request.now) } else { shared };
+        let sized = work > 1.0;
         self.ties
             .pick(estimates.into_iter().map(|(i, unit, work, e)| {
-                (i, e.cost(&shared, work, unit) + shared.overdue_nanos(&endpoints[i]))
+                let overdue = if sized { shared.overdue_nanos(&endpoints[i]) } else { 0.0 };
+                (i, e.cost(&shared, work, unit) + overdue)
             }))
             .unwrap_or(0)
     }

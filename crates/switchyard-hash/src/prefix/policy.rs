@@ -203,7 +203,7 @@ impl PrefixAware {
         let eligible = endpoints.eligible();
         let n = eligible.len();
         let work = request.work as f64;
-        let estimate = ResponseTimeEstimate::over(eligible.iter().map(|e| &**e));
+        let estimate = ResponseTimeEstimate::over(eligible.iter().map(|e| &**e)).at(request.now);
         let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
         let blocks = request.extensions.and_then(|e| e.get::<PrefixBlocks>()).filter(|b| !b.is_empty());
         let Some(blocks) = blocks else {
