@@ -302,12 +302,21 @@ impl ResponseTimeEstimate {
     /// fault, all of which failed at their deadline, and one slowed 20 times kept a trickle of
     /// them to the end of the run.
     pub fn overdue_nanos(&self, e: &EndpointState) -> f64 {
+        self.overdue_nanos_behind(e, 0.0)
+    }
+
+    /// [`overdue_nanos`](Self::overdue_nanos) on an endpoint that had `foreign` units of other
+    /// clients' work ahead of the balancer's when its stall began (what a load report showed,
+    /// [`LoadReport`](super::LoadReport)): the backlog is due only once that work is done as
+    /// well. Counting the balancer's own work alone, a replica busy prefilling other balancers'
+    /// prompts looked stalled, and a sized request left it while it kept to its pace.
+    pub fn overdue_nanos_behind(&self, e: &EndpointState, foreign: f64) -> f64 {
         let Some(stall) = self.now.and_then(|now| e.stalled_for(now)) else { return 0.0 };
         let ahead = crate::capacity::work_ahead(
             e.pending_work() as f64,
             f64::from(e.awaiting_first_byte()),
             self.min_request_work(e),
-        );
+        ) + foreign.max(0.0);
         let at_once = e.slots().min(e.awaiting_first_byte()).max(1);
         let due = ahead * self.unit_time_nanos(e) / f64::from(at_once);
         (stall.as_secs_f64() * 1e9 - due).max(0.0)

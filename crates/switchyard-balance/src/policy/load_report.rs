@@ -161,10 +161,13 @@ impl LoadReport {
         work: f64,
         unit_time: f64,
     ) -> LoadEstimate {
-        self.estimate_from(Backlog::of(endpoint), endpoint, now, work, unit_time)
+        self.estimate_from(Backlog::of(endpoint), endpoint, now, work, unit_time).0
     }
 
-    /// [`estimate`](Self::estimate) from `backlog`, the balancer's own view of `endpoint`.
+    /// [`estimate`](Self::estimate) from `backlog`, the balancer's own view of `endpoint`;
+    /// with it, the foreign work the report showed ahead when the endpoint's current stall
+    /// began (for [`ResponseTimeEstimate::overdue_nanos_behind`]; 0 without a stall or a fresh
+    /// report).
     fn estimate_from(
         &self,
         backlog: Backlog,
@@ -172,10 +175,10 @@ impl LoadReport {
         now: Instant,
         work: f64,
         unit_time: f64,
-    ) -> LoadEstimate {
+    ) -> (LoadEstimate, f64) {
         let mut estimate = LoadEstimate { backlog, slot_wait_nanos: 0.0 };
         let Some(snapshot) = endpoint.fresh_report_with_own(now, self.max_age) else {
-            return estimate;
+            return (estimate, 0.0);
         };
         let report = &snapshot.report;
         // The request whose response carried the report still counts in the balancer's own
@@ -199,6 +202,16 @@ impl LoadReport {
             _ => f64::from(foreign_waiting) * work,
         };
         backlog.ahead += (foreign_work - drained).max(0.0);
+        // The foreign work ahead when the stall began: as reported, less what the replica
+        // worked off between the report and the stall's start when the report is older (a
+        // report that arrived during the stall is taken as it was).
+        let foreign_at_stall = match endpoint.stalled_for(now) {
+            Some(stall) if unit_time > 0.0 => {
+                let report_to_stall = stall_start_after(now, stall, snapshot.at);
+                (foreign_work - report_to_stall / unit_time).max(0.0)
+            }
+            _ => 0.0,
+        };
         backlog.in_flight += f64::from(foreign_running);
         let waiting = endpoint.awaiting_first_byte().saturating_add(foreign_waiting).saturating_add(1);
         backlog.at_once = endpoint.slots().min(waiting).max(1);
@@ -211,7 +224,7 @@ impl LoadReport {
                 estimate.slot_wait_nanos = beyond * hold / capacity;
             }
         }
-        estimate
+        (estimate, foreign_at_stall)
     }
 
     /// The cheapest candidate, drawn at random among those within
@@ -224,7 +237,7 @@ impl LoadReport {
     ) -> usize {
         let work = request.work as f64;
         let shared = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i])).at(request.now);
-        let estimates: Vec<(usize, f64, f64, LoadEstimate)> = candidates
+        let estimates: Vec<(usize, f64, f64, (LoadEstimate, f64))> = candidates
             .map(|i| {
                 let e = &*endpoints[i];
                 let unit = shared.unit_time_nanos(e);
@@ -232,18 +245,26 @@ impl LoadReport {
                 (i, unit, work, self.estimate_from(shared.backlog(e), e, request.now, work, unit))
             })
             .collect();
-        let mean = estimates.iter().map(|(_, _, _, e)| e.backlog.in_flight).sum::<f64>()
+        let mean = estimates.iter().map(|(_, _, _, (e, _))| e.backlog.in_flight).sum::<f64>()
             / estimates.len().max(1) as f64;
         let shared = shared.with_mean_in_flight(mean);
-        // As least response time: a sized request counts how far a backlog is overdue.
+        // As least response time: a sized request counts how far a backlog is overdue, here
+        // behind the foreign work the report showed as well.
         let sized = work > 1.0;
         self.ties
-            .pick(estimates.into_iter().map(|(i, unit, work, e)| {
-                let overdue = if sized { shared.overdue_nanos(&endpoints[i]) } else { 0.0 };
+            .pick(estimates.into_iter().map(|(i, unit, work, (e, foreign))| {
+                let overdue = if sized { shared.overdue_nanos_behind(&endpoints[i], foreign) } else { 0.0 };
                 (i, e.cost(&shared, work, unit) + overdue)
             }))
             .unwrap_or(0)
     }
+}
+
+/// How long after a report that arrived at `report_at` the stall of `stall` up to `now`
+/// began, in nanoseconds (0 when the report arrived during the stall).
+fn stall_start_after(now: Instant, stall: Duration, report_at: Instant) -> f64 {
+    let started = now.checked_sub(stall).unwrap_or(report_at);
+    started.saturating_duration_since(report_at).as_secs_f64() * 1e9
 }
 
 /// One endpoint's load as [`LoadReport`] estimates it.
@@ -439,12 +460,15 @@ mod tests {
         assert_eq!(snapshot.own.pending_work, 500, "our own work when the report arrived");
         assert_eq!(pick(), Some(1), "a has other balancers' prompts to prefill first");
         // 5.5 ms on, a has prefilled 5,500 of them: (500 + 500 + 1,000) × 1 µs × √(2 / 1.5)
-        // (2.3 ms) would beat b's 4 ms × √(1 / 1.5) (3.3 ms). It does not yet: the overdue term
-        // counts a's 5.5 ms without a first byte past the 0.5 ms its own pending work explains,
-        // not the foreign prefill the report showed (a known gap: the due time should count the
-        // reported foreign work at the stall's start).
+        // (2.3 ms) beats b's 4 ms × √(1 / 1.5) (3.3 ms). a has sent no first byte for 5.5 ms,
+        // within the 6.5 ms its backlog (our 500 tokens and the 6,000 foreign ones reported
+        // when the stall began) should take: it is not overdue.
         advance(Duration::from_micros(5500)).await;
-        assert_eq!(pick(), Some(1));
+        assert_eq!(pick(), Some(0));
+        // At 9.5 ms it is 3 ms past them: (500 + 1,000) × 1 µs braked, plus 3 ms, against b's
+        // 3.3 ms.
+        advance(Duration::from_millis(4)).await;
+        assert_eq!(pick(), Some(1), "a is overdue behind the foreign work too");
     }
 
     #[tokio::test(start_paused = true)]
