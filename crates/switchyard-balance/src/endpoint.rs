@@ -123,6 +123,9 @@ pub struct EndpointState {
     /// in nanoseconds after `epoch`.
     stall_floor_bits: AtomicU64,
     stall_floor_at: AtomicU64,
+    /// Floors set again, each after the one before had faded, with no first byte in between
+    /// (see [`EndpointState::unit_time_nanos_at`]): each doubles the floor's time constant.
+    stall_strikes: AtomicU32,
     /// How long a response runs on after its first byte (a stream's generation): an EWMA over
     /// the requests that succeeded, with the speed's time constant.
     after_first_byte: Mutex<Option<RttEstimate>>,
@@ -244,6 +247,7 @@ impl EndpointState {
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
             stall_floor_bits: AtomicU64::new(f64::NAN.to_bits()),
             stall_floor_at: AtomicU64::new(0),
+            stall_strikes: AtomicU32::new(0),
             after_first_byte: Mutex::new(None),
             after_first_byte_bits: AtomicU64::new(f64::NAN.to_bits()),
             capacity: Mutex::new(CapacityEstimate::default()),
@@ -448,7 +452,11 @@ impl EndpointState {
     /// `record_censored`). The floor decays with the time constant
     /// [`TrackingConfig::stall_decay`] rather than entering the speed's EWMA: the endpoint is
     /// avoided while the stall is recent, and tried again once the floor has fallen to its
-    /// peers' costs, which its next answer confirms or corrects. Blended into the speed, a
+    /// peers' costs, which its next answer confirms or corrects. An endpoint that stalls again
+    /// when tried (no first byte between the floors) is tried back off: each floor set after the
+    /// one before had faded doubles the time constant, up to 32 ×, as Envoy's outlier ejection
+    /// lengthens with each ejection; a first byte faster than the floor clears it and the
+    /// count. Blended into the speed, a
     /// stall of a second outlived the endpoint's recovery by the speed's time constant (30 s):
     /// in `switchyard bench faults`, a replica stopped for 2 s with SIGSTOP took no call in the
     /// 5 s after SIGCONT, its time per unit learnt at 4 × its peers' from its given-up calls
@@ -468,8 +476,23 @@ impl EndpointState {
             return None;
         }
         let at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
-        let tau = Duration::from_nanos(self.stall_decay_nanos.load(Ordering::Relaxed));
-        Some(floor * weight_since(at, now, tau))
+        Some(floor * weight_since(at, now, self.stall_tau()))
+    }
+
+    /// The floor's time constant: [`TrackingConfig::stall_decay`] doubled for each strike.
+    fn stall_tau(&self) -> Duration {
+        let strikes = self.stall_strikes.load(Ordering::Relaxed).min(MAX_STALL_STRIKES);
+        Duration::from_nanos(self.stall_decay_nanos.load(Ordering::Relaxed)).saturating_mul(1 << strikes)
+    }
+
+    /// A first byte said the endpoint takes `unit_nanos` a unit: below the stall's floor, the
+    /// floor is gone, and with it the strikes.
+    fn clear_stall_floor_below(&self, unit_nanos: f64) {
+        let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
+        if !floor.is_nan() && unit_nanos < floor {
+            self.stall_floor_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
+            self.stall_strikes.store(0, Ordering::Relaxed);
+        }
     }
 
     /// How many requests the endpoint serves at once before a new one waits (its slots), learnt
@@ -761,6 +784,14 @@ impl EndpointState {
             self.record_rtt(waited, now);
         }
         if self.unit_time_nanos_at(now).is_some_and(|unit| unit_nanos > unit) {
+            let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
+            let set_at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
+            // A new stall once the last one's floor had faded (the endpoint was tried again and
+            // stalled again): a strike. Given-up calls of one stall end together, well within it.
+            if !floor.is_nan() && now.saturating_duration_since(set_at) > self.stall_tau() {
+                let strikes = self.stall_strikes.load(Ordering::Relaxed);
+                self.stall_strikes.store((strikes + 1).min(MAX_STALL_STRIKES), Ordering::Relaxed);
+            }
             let at = duration_nanos(now.saturating_duration_since(self.epoch));
             self.stall_floor_at.store(at, Ordering::Relaxed);
             self.stall_floor_bits.store(unit_nanos.to_bits(), Ordering::Relaxed);
@@ -899,7 +930,9 @@ impl InFlight {
             }
             self.state.record_rtt(elapsed, now);
             let nanos = nanos_f64(elapsed);
-            self.state.record_unit_time(self.unit_time_sample(nanos), now);
+            let unit = self.unit_time_sample(nanos);
+            self.state.clear_stall_floor_below(unit);
+            self.state.record_unit_time(unit, now);
             self.state.record_first_byte(
                 FirstByte {
                     nanos,
@@ -978,6 +1011,9 @@ impl Drop for InFlight {
         }
     }
 }
+
+/// The strikes after which a stall's floor stops lengthening: 2⁵ = 32 × `stall_decay`.
+const MAX_STALL_STRIKES: u32 = 5;
 
 /// `limit_value` when the endpoint has no limit.
 const NO_LIMIT: u32 = u32::MAX;
@@ -1179,6 +1215,51 @@ mod tests {
         advance(Duration::from_secs(5)).await;
         answered.end(Outcome::Cancelled, &OutlierConfig::default());
         assert_eq!(s.unit_time_nanos(), after_answer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_that_stalls_again_when_tried_keeps_its_floor_longer_until_it_answers() {
+        let s = state();
+        for _ in 0..3 {
+            let mut f = s.start(Instant::now(), 1);
+            advance(Duration::from_millis(10)).await;
+            f.end(Outcome::Ok, &OutlierConfig::default());
+        }
+        let unit = s.unit_time_nanos().expect("learnt");
+        let give_up_after = |wait: Duration| {
+            let s = &s;
+            async move {
+                let call = s.start(Instant::now(), 1);
+                advance(wait).await;
+                drop(call);
+            }
+        };
+        let floor = |s: &EndpointState| s.unit_time_nanos_at(Instant::now()).unwrap() / unit;
+        // A first stall: a floor of 100 × its speed, a 1 s time constant.
+        give_up_after(Duration::from_secs(1)).await;
+        advance(Duration::from_secs(2)).await;
+        let once = floor(&s);
+        assert!((once - 100.0 * (-2.0f64).exp()).abs() < 0.5, "{once}");
+        // Faded, it is tried again (6 s on) and stalls again: a strike, the time constant 2 s.
+        advance(Duration::from_secs(4)).await;
+        give_up_after(Duration::from_secs(1)).await;
+        advance(Duration::from_secs(2)).await;
+        let twice = floor(&s);
+        assert!((twice - 100.0 * (-1.0f64).exp()).abs() < 0.5, "{twice}");
+        // Calls of one stall that end together are one strike.
+        let calls: Vec<_> = (0..3).map(|_| s.start(Instant::now(), 1)).collect();
+        advance(Duration::from_secs(20)).await;
+        drop(calls);
+        advance(Duration::from_secs(2)).await;
+        let piled = floor(&s);
+        assert!(piled > 100.0 * (-0.5f64).exp(), "a third strike: 4 s: {piled}");
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 2);
+        // An answer faster than the floor clears it, and the strikes.
+        let mut f = s.start(Instant::now(), 1);
+        advance(Duration::from_millis(10)).await;
+        f.first_byte();
+        assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]

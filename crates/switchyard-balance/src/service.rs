@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind, TriedEndpoints};
+use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind, PickRecorder, TriedEndpoints};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tower::discover::{Change, Discover as _};
@@ -537,6 +537,10 @@ where
         };
         let work = info.work;
         let slot: &Slot<S> = &self.slots[eligible_slots[pick]];
+        // A layer above that may hedge this attempt learns where it went.
+        if let Some(recorder) = req.extensions().and_then(|e| e.get::<PickRecorder>()) {
+            recorder.record(slot.state.id());
+        }
         if self.pick_in_requests
             && let Some(extensions) = req.extensions_mut()
         {

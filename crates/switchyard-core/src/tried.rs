@@ -1,4 +1,7 @@
-//! The endpoints a request has already been sent to, as a request key.
+//! The endpoints a request has already been sent to, as a request key, and where a balancer
+//! says which one it picks for an attempt still under way.
+
+use std::sync::{Arc, OnceLock};
 
 use crate::EndpointId;
 
@@ -31,5 +34,50 @@ impl Extend<EndpointId> for TriedEndpoints {
         for endpoint in endpoints {
             self.push(endpoint);
         }
+    }
+}
+
+/// Where a balancer records the endpoint it picked for a request, for a layer above it that has
+/// to know before any response comes: a retry layer puts one in the first attempt of a call it
+/// may hedge, and the hedge, sent while that attempt is still out, carries the endpoint in its
+/// [`TriedEndpoints`] so that the balancer sends it elsewhere (gRFC A6: a hedge goes to another
+/// backend).
+///
+/// Clones share the record; only the first pick is kept. A balancer that finds none in a
+/// request pays one extension lookup.
+#[derive(Clone, Debug, Default)]
+pub struct PickRecorder(Arc<OnceLock<EndpointId>>);
+
+impl PickRecorder {
+    /// An empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `endpoint` as picked, unless one was already.
+    pub fn record(&self, endpoint: &EndpointId) {
+        if self.0.get().is_none() {
+            let _ = self.0.set(endpoint.clone());
+        }
+    }
+
+    /// The endpoint picked, once one was.
+    pub fn picked(&self) -> Option<&EndpointId> {
+        self.0.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorder_keeps_the_first_pick_and_its_clones_see_it() {
+        let recorder = PickRecorder::new();
+        let seen_by = recorder.clone();
+        assert_eq!(seen_by.picked(), None);
+        recorder.record(&EndpointId::from("a"));
+        recorder.record(&EndpointId::from("b"));
+        assert_eq!(seen_by.picked(), Some(&EndpointId::from("a")));
     }
 }

@@ -42,8 +42,11 @@
 //!   call's), is sent once more, out of the same budget; the first answer wins (unless it is a
 //!   failure a retry would take while the other is still out), and the other attempt is dropped,
 //!   which cancels it: its stream is reset, and the balancer counts it as cancelled, not as its
-//!   endpoint's failure. A load-aware policy sends the hedge elsewhere, the first attempt being
-//!   in flight on its endpoint.
+//!   endpoint's failure. The hedge goes to another endpoint, whatever the policy: the first
+//!   attempt carries a [`PickRecorder`](switchyard_core::PickRecorder) in which the balancer
+//!   notes its pick, and the hedge carries that endpoint in its `TriedEndpoints`. Before, a hedge
+//!   left its endpoint to the policy, and at a replica's stop (`switchyard bench faults`, fault
+//!   `hang`) a hedge could follow its first attempt onto the stopped replica.
 //!
 //! The layer sits just above the balancer; below it, requests carry a [`RetryBody`], which the
 //! endpoint's service sends like any body.

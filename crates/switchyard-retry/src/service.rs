@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use switchyard_core::{Deadline, TriedEndpoints, parse_grpc_timeout};
+use switchyard_core::{Deadline, PickRecorder, TriedEndpoints, parse_grpc_timeout};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{BoxError, Service, ServiceExt};
@@ -120,10 +120,18 @@ where
     let mut backoff = Backoff::new(config, seed);
     let mut tried = TriedEndpoints::default();
     let head = copy_head(&parts);
+    let mut parts = parts;
+    // A call that may be hedged learns from the balancer where its first attempt went, so that
+    // the hedge goes elsewhere.
+    let hedge = config.hedge_after.filter(|_| idempotent).map(|delay| {
+        let recorder = PickRecorder::new();
+        parts.extensions.insert(recorder.clone());
+        (delay, recorder)
+    });
     let first = inner.call(http::Request::from_parts(parts, call.first()));
-    let mut result = match config.hedge_after {
-        Some(delay) if idempotent => hedged(first, delay, &mut inner, &policy, &call, &head).await,
-        _ => first.await.map_err(Into::into),
+    let mut result = match hedge {
+        Some((delay, recorder)) => hedged(first, delay, &mut inner, &policy, &call, &head, &recorder).await,
+        None => first.await.map_err(Into::into),
     };
     for _ in 1..config.attempts {
         let Verdict::Retry { endpoint, pushback } = verdict(&result, idempotent, config) else { break };
@@ -162,7 +170,8 @@ where
 /// The first attempt of an idempotent call, raced after `delay` by a hedge when its request has
 /// been sent whole and the budget allows: the first answer wins, unless it is a failure a retry
 /// would take while the other attempt is still out; the other is dropped, which cancels it (its
-/// stream is reset, and its endpoint counts it as cancelled, not failed).
+/// stream is reset, and its endpoint counts it as cancelled, not failed). The hedge carries the
+/// first attempt's endpoint, as `recorder` got it from the balancer, in its [`TriedEndpoints`].
 async fn hedged<S, B, RB>(
     first: S::Future,
     delay: std::time::Duration,
@@ -170,6 +179,7 @@ async fn hedged<S, B, RB>(
     policy: &Policy,
     call: &Replayable<B>,
     head: &http::request::Parts,
+    recorder: &PickRecorder,
 ) -> Result<http::Response<RB>, BoxError>
 where
     S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
@@ -190,7 +200,10 @@ where
     }
     Counters::bump(&policy.counters.hedges);
     tracing::debug!(path = head.uri.path(), ?delay, "hedging");
-    let req = http::Request::from_parts(copy_head(head), body);
+    let mut req = http::Request::from_parts(copy_head(head), body);
+    if let Some(first_endpoint) = recorder.picked() {
+        req.extensions_mut().insert(TriedEndpoints(vec![first_endpoint.clone()]));
+    }
     let second = async move {
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
         ready?.call(req).await.map_err(Into::into)

@@ -419,3 +419,28 @@ async fn hedging_cancels_the_loser() {
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert_eq!((replica.calls.load(Ordering::SeqCst), layer.stats().hedges), (4, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_goes_to_another_endpoint_than_the_attempt_it_races() {
+    // The policy picks the first eligible endpoint every time: without the first attempt's
+    // endpoint among those tried, the hedge would go to the slow one too.
+    let (slow, fast) = (SlowFirst::default(), SlowFirst::default());
+    let backends = [
+        Backend::new(Endpoint::new("slow", "http://slow"), slow.clone()),
+        Backend::new(Endpoint::new("fast", "http://fast"), fast.clone()),
+    ];
+    let balancer: Balance<_, http::Request<RetryBody<Source>>> =
+        Balance::from_backends(backends).with_policy(PolicyHandle::new(Arc::new(First)));
+    let mut config = config();
+    config.hedge_after = Some(Duration::from_millis(50));
+    let layer = RetryLayer::new(config).unwrap();
+    let mut service = tower::Layer::layer(&layer, Shared::new(balancer));
+    slow.slow.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let result = service.ready().await.unwrap().call(request(IDEMPOTENT, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("0"));
+    assert_eq!(start.elapsed(), Duration::from_millis(50), "the hedge answered");
+    drop(result);
+    assert_eq!((slow.calls.load(Ordering::SeqCst), fast.calls.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(slow.cancelled.load(Ordering::SeqCst), 1, "the first attempt lost and was cancelled");
+}
