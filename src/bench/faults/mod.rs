@@ -42,26 +42,30 @@
 //!
 //! - `kill`, `flap`, `gateway-restart` (with a client that retries `UNAVAILABLE` and what never
 //!   left it): no idempotent call lost, non-idempotent failures within the calls in flight (kill
-//!   4 for 4; flap and gateway-restart none).
+//!   3 for 3; flap and gateway-restart none).
 //! - `hang`: least response time adds how long the stopped replica's backlog is overdue to its
 //!   cost ([`switchyard_balance::policy::ResponseTimeEstimate::overdue_nanos`]), so new calls
 //!   leave it within tens of milliseconds, before any of its calls ends; only its calls in flight
-//!   fail, and a call or two sent as it stopped (4 for 3 in flight; 2 for 2 in another run). It
-//!   is not ejected (a deadline is no endpoint failure). Its given-up calls set a floor under its
-//!   time per unit of work that fades with a 1 s time constant
+//!   fail, and a call sent as it stopped (5 for 4 in flight). A hedge goes to another endpoint
+//!   than its first attempt (the balancer notes its pick in the call's
+//!   [`switchyard_core::PickRecorder`]): no idempotent call lost (before, a hedge could follow
+//!   its first attempt onto the stopped replica: 1 and 4 lost in two runs). The replica is not
+//!   ejected (a deadline is no endpoint failure). Its given-up calls set a floor under its time
+//!   per unit of work that fades with a 1 s time constant
 //!   ([`switchyard_balance::TrackingConfig::stall_decay`]), so it is tried again within a few
-//!   seconds: after SIGCONT, 88 and 128 calls in the 5 s to the end of two 10 s runs (before,
-//!   when the given-up calls entered its speed's 30 s average, none). Before (2026-12-01): 5 failures for 3 in flight, recovery 1.1 s.
+//!   seconds: 115 calls in the 5 s after SIGCONT (before, when the given-up calls entered its
+//!   speed's 30 s average, none).
 //! - `unavailable`: the replica's refusals eject it after 5 in a row, counted in the order the
 //!   calls were sent, so the answers to the calls it had begun before the fault no longer reset
-//!   the streak: 2 non-idempotent failures for 3 in flight (before: 9 for 6), within 0.1 s.
+//!   the streak: 4 non-idempotent failures for 6 in flight, within 0.1 s.
 //! - `reset`: a response already begun is never retried (gRFC A6), so the idempotent calls cut
-//!   before ejection fail (4 of 500); 6 non-idempotent failures for 3 in flight.
+//!   before ejection fail (1 of 500); 6 non-idempotent failures for 4 in flight.
 //! - `slow` (20 × slower, 2 s a generation past the 1 s deadline): a call given up on before its
-//!   first byte is now a censored latency sample that raises the replica's estimates, and its
-//!   overdue backlog counts at once; it still takes a few calls that time out after the fault
-//!   (18 for 3 in flight, success rate back after 5.2 s, 1.6 s in another run; before: 46 for
-//!   3, with no recovery in the run).
+//!   first byte sets a floor under the replica's speed, and its overdue backlog counts at once;
+//!   it still takes calls that time out in the first second after the fault, before any deadline
+//!   has passed (14 for 3 in flight, success rate back after 4.3 s). When the floor fades the
+//!   replica is tried again, and each time it stalls again the floor's time constant doubles: one
+//!   such try failed in the run (six before the doubling).
 //!
 pub mod load;
 pub mod report;
