@@ -449,7 +449,13 @@ impl EndpointState {
     ///
     /// A request given up on without a first byte after waiting `w` says the endpoint takes at
     /// least `w` for its backlog: a lower bound on its time per unit, set as a floor (see
-    /// `record_censored`). The floor decays with the time constant
+    /// `record_censored`). A first byte of a sized request more than 10 times slower than the
+    /// speed learnt sets it too: the endpoint slowed down, which its 30 s average would take
+    /// tens of seconds to show. (At 4 ×, the noise of the batches a request shares set it too:
+    /// lab `hetero`'s p99 TTFT rose from 184 to 187 ms; at 10 × it is 185, its p90 137 against
+    /// 144, and `switchyard bench faults` lost 5-10 calls to a replica slowed 20 times, 14-19
+    /// before. Without request sizes a long request cannot be told from a slow endpoint: at 10 ×
+    /// the unsized variant's p99 went from 209 to 260 ms.) The floor decays with the time constant
     /// [`TrackingConfig::stall_decay`] rather than entering the speed's EWMA: the endpoint is
     /// avoided while the stall is recent, and tried again once the floor has fallen to its
     /// peers' costs, which its next answer confirms or corrects. An endpoint that stalls again
@@ -783,6 +789,12 @@ impl EndpointState {
         if nanos_f64(waited) > self.latency_estimate_nanos(now) {
             self.record_rtt(waited, now);
         }
+        self.raise_stall_floor(unit_nanos, now);
+    }
+
+    /// Sets the stall's floor at `unit_nanos` when that is above the time per unit the costs
+    /// use now (see [`unit_time_nanos_at`](Self::unit_time_nanos_at)).
+    fn raise_stall_floor(&self, unit_nanos: f64, now: Instant) {
         if self.unit_time_nanos_at(now).is_some_and(|unit| unit_nanos > unit) {
             let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
             let set_at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
@@ -932,6 +944,15 @@ impl InFlight {
             let nanos = nanos_f64(elapsed);
             let unit = self.unit_time_sample(nanos);
             self.state.clear_stall_floor_below(unit);
+            // A first byte many times slower than the speed learnt: the endpoint has slowed down
+            // (or stalled and resumed). It counts at once, as a given-up call's lower bound does,
+            // rather than only through the speed's slow average.
+            // Only for a request that carried its size: without one, a long request cannot be
+            // told from a slow endpoint (as for the overdue term).
+            let sized = self.work > 1;
+            if sized && self.state.unit_time_nanos().is_some_and(|learnt| unit > SLOW_SAMPLE * learnt) {
+                self.state.raise_stall_floor(unit, now);
+            }
             self.state.record_unit_time(unit, now);
             self.state.record_first_byte(
                 FirstByte {
@@ -1011,6 +1032,9 @@ impl Drop for InFlight {
         }
     }
 }
+
+/// How many times slower than the learnt speed a first byte must be to set a stall's floor.
+const SLOW_SAMPLE: f64 = 10.0;
 
 /// The strikes after which a stall's floor stops lengthening: 2⁵ = 32 × `stall_decay`.
 const MAX_STALL_STRIKES: u32 = 5;
@@ -1215,6 +1239,35 @@ mod tests {
         advance(Duration::from_secs(5)).await;
         answered.end(Outcome::Cancelled, &OutlierConfig::default());
         assert_eq!(s.unit_time_nanos(), after_answer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_byte_many_times_slower_than_the_speed_counts_at_once() {
+        let s = state();
+        let answer = |work: u64, ms: u64| {
+            let s = &s;
+            async move {
+                let mut f = s.start(Instant::now(), work);
+                advance(Duration::from_millis(ms)).await;
+                f.end(Outcome::Ok, &OutlierConfig::default());
+            }
+        };
+        for _ in 0..3 {
+            answer(1000, 10).await;
+        }
+        let unit = s.unit_time_nanos().expect("learnt");
+        // Three times slower: within the noise a batch makes, the average takes it.
+        answer(1000, 30).await;
+        assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
+        assert!(s.unit_time_nanos().unwrap() < 1.1 * unit);
+        // Twenty times slower, unsized: a long request or a slow endpoint, it cannot tell.
+        answer(1, 200).await;
+        assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
+        // Twenty times slower, sized: the endpoint slowed down, and costs it at once.
+        answer(1000, 200).await;
+        let now = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!((now / unit - 20.0).abs() < 0.2, "{}", now / unit);
+        assert!(s.unit_time_nanos().unwrap() < 1.5 * unit, "the average moves slowly");
     }
 
     #[tokio::test(start_paused = true)]

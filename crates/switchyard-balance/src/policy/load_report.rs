@@ -102,8 +102,8 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 ///
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
-/// bundled traces (`reports/lab/hetero.json`, Azure: 187 ms each, ideal 179 ms;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,736 ms each, ideal 7,482 ms). In lab
+/// bundled traces (`reports/lab/hetero.json`, Azure: 185 ms each, ideal 179 ms;
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,700 ms each, ideal 7,482 ms). In lab
 /// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the ideal's 12 ms (
 /// `reports/lab/hetero-parallel.md`). Where a replica also serves other
 /// clients, the reports move the picks away from it, which LRT cannot see.
