@@ -240,9 +240,9 @@ async fn run_keys(input: KeysInput) -> Result<(), Violation> {
 
 /// The keys a tonic client extracts from a typed `ModelInferRequest`
 /// ([`KeysConfig::extract_message`]) against those the key layer finds in the same request on
-/// the wire, in one frame: byte 0 of `data` picks the path ([`PATHS`]), byte 1 the bounds (as
-/// [`keys`] reads them), the rest is the message's protobuf (inputs that do not decode are
-/// skipped). The model name, size and prefix blocks must be the same, so that a balancer in a
+/// the wire, in one frame: byte 0 of `data` picks the path (one of five inference paths), byte
+/// 1 the bounds (as [`keys`] reads them), the rest is the message's protobuf (inputs that do
+/// not decode are skipped). The model name, size and prefix blocks must be the same, so that a balancer in a
 /// client and one in a gateway route a call alike.
 pub fn typed_keys(data: &[u8]) -> Result<(), Violation> {
     let input = KeysInput::read(data.get(..2).unwrap_or_default());

@@ -119,7 +119,7 @@ pub struct Calls {
     pub ok: u64,
     /// Calls that failed or expired.
     pub failed: u64,
-    /// Calls not sent: the load generator had [`MAX_IN_FLIGHT`] in flight.
+    /// Calls not sent: the load generator had 4,096 (`MAX_IN_FLIGHT`) in flight.
     pub not_sent: u64,
     /// Failed calls by gRPC status (`DEADLINE_EXCEEDED` for the ones the client gave up on).
     pub failed_by_code: BTreeMap<String, u64>,

@@ -76,7 +76,7 @@ pub(crate) enum CallEnd {
     Ok,
     /// Failed with this gRPC status code (the client's own deadline is `DeadlineExceeded`).
     Failed(tonic::Code),
-    /// Not sent: the load generator had [`MAX_IN_FLIGHT`] calls out.
+    /// Not sent: the load generator had 4,096 (`MAX_IN_FLIGHT`) calls out.
     NotSent,
 }
 
