@@ -985,9 +985,16 @@ impl InFlight {
         if outcome == Outcome::Cancelled {
             return (Verdict::Keep, self.cancel_at(now));
         }
-        // Only an answer (or a request that held the endpoint to its deadline) tells its speed:
-        // a refusal or an error that comes back at once would make a busy endpoint look fast.
-        self.sample_at(now, matches!(outcome, Outcome::Ok | Outcome::DeadlineExceeded));
+        // Only an answer tells the endpoint's speed: a refusal or an error that comes back at
+        // once would make a busy endpoint look fast. A request that held the endpoint to its
+        // deadline without a first byte tells a lower bound, as one its caller gave up on does
+        // (a censored sample, see `EndpointState::record_censored`); taken as a full sample, the
+        // deadline entered the speed's 30 s average as if the endpoint had answered in it.
+        if outcome == Outcome::DeadlineExceeded && !self.sampled {
+            self.censor_at(now);
+        } else {
+            self.sample_at(now, outcome == Outcome::Ok);
+        }
         self.ended = true;
         let rtt = self.first_byte.unwrap_or_else(|| now.saturating_duration_since(self.sent_at));
         let latency = now.saturating_duration_since(self.sent_at);
@@ -1006,19 +1013,25 @@ impl InFlight {
         self.cancel_at(Instant::now())
     }
 
+    /// The request ends at `now` without a first byte: no longer awaiting one, and a censored
+    /// sample of the endpoint's speed (nothing if it had its first byte).
+    fn censor_at(&mut self, now: Instant) {
+        if !self.sampled {
+            self.sampled = true;
+            self.state.first_byte_arrived(self.work);
+            let waited = now.saturating_duration_since(self.sent_at);
+            let unit = self.unit_time_sample(nanos_f64(waited));
+            self.state.record_censored(waited, unit, now);
+        }
+    }
+
     fn cancel_at(&mut self, now: Instant) -> Timing {
         if !self.ended {
             self.ended = true;
             // Neither success nor failure for the outlier detector. A cancelled request is no
             // latency sample (it would only measure the caller's patience), but one that waited
             // without a first byte is a censored one: see `EndpointState::record_censored`.
-            if !self.sampled {
-                self.sampled = true;
-                self.state.first_byte_arrived(self.work);
-                let waited = now.saturating_duration_since(self.sent_at);
-                let unit = self.unit_time_sample(nanos_f64(waited));
-                self.state.record_censored(waited, unit, now);
-            }
+            self.censor_at(now);
             self.state.cancel();
         }
         Timing { first_byte: self.first_byte, latency: now.saturating_duration_since(self.sent_at) }
@@ -1239,6 +1252,26 @@ mod tests {
         advance(Duration::from_secs(5)).await;
         answered.end(Outcome::Cancelled, &OutlierConfig::default());
         assert_eq!(s.unit_time_nanos(), after_answer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_held_to_its_deadline_without_a_first_byte_is_a_lower_bound() {
+        let s = state();
+        for _ in 0..3 {
+            let mut f = s.start(Instant::now(), 1);
+            advance(Duration::from_millis(10)).await;
+            f.end(Outcome::Ok, &OutlierConfig::default());
+        }
+        let unit = s.unit_time_nanos().expect("learnt");
+        // The replica answers DEADLINE_EXCEEDED at the caller's 1 s deadline, having sent nothing.
+        let mut f = s.start(Instant::now(), 1);
+        advance(Duration::from_secs(1)).await;
+        f.end(Outcome::DeadlineExceeded, &OutlierConfig::default());
+        assert_eq!(s.unit_time_nanos(), Some(unit), "not a sample of its speed");
+        let floor = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!(floor > 50.0 * unit, "a floor under it: {floor}");
+        assert_eq!((s.awaiting_first_byte(), s.pending_work()), (0, 0));
+        assert_eq!(s.load(Instant::now()).failed, 1, "and a failure, as before");
     }
 
     #[tokio::test(start_paused = true)]
