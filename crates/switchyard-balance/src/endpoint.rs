@@ -1082,6 +1082,15 @@ mod tests {
         Arc::new(EndpointState::new(Endpoint::new("e", "http://e:9001"), TrackingConfig::default()))
     }
 
+    /// `n` requests of `work` units that `s` answers in `ms` milliseconds each, one after another.
+    async fn answers(s: &Arc<EndpointState>, work: u64, ms: u64, n: usize) {
+        for _ in 0..n {
+            let mut f = s.start(Instant::now(), work);
+            advance(Duration::from_millis(ms)).await;
+            f.end(Outcome::Ok, &OutlierConfig::default());
+        }
+    }
+
     fn ms(nanos: f64) -> f64 {
         nanos / 1e6
     }
@@ -1216,11 +1225,7 @@ mod tests {
     async fn a_request_given_up_without_a_first_byte_raises_the_estimates_and_never_lowers_them() {
         let s = state();
         // Answers in 10 ms, one unit each: 10 ms a unit.
-        for _ in 0..3 {
-            let mut f = s.start(Instant::now(), 1);
-            advance(Duration::from_millis(10)).await;
-            f.end(Outcome::Ok, &OutlierConfig::default());
-        }
+        answers(&s, 1, 10, 3).await;
         let unit = s.unit_time_nanos().expect("learnt");
         // Its caller gives up after 1 ms: no lower bound above the estimates, nothing changes.
         let early = s.start(Instant::now(), 1);
@@ -1257,11 +1262,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_held_to_its_deadline_without_a_first_byte_is_a_lower_bound() {
         let s = state();
-        for _ in 0..3 {
-            let mut f = s.start(Instant::now(), 1);
-            advance(Duration::from_millis(10)).await;
-            f.end(Outcome::Ok, &OutlierConfig::default());
-        }
+        answers(&s, 1, 10, 3).await;
         let unit = s.unit_time_nanos().expect("learnt");
         // The replica answers DEADLINE_EXCEEDED at the caller's 1 s deadline, having sent nothing.
         let mut f = s.start(Instant::now(), 1);
@@ -1277,27 +1278,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_first_byte_many_times_slower_than_the_speed_counts_at_once() {
         let s = state();
-        let answer = |work: u64, ms: u64| {
-            let s = &s;
-            async move {
-                let mut f = s.start(Instant::now(), work);
-                advance(Duration::from_millis(ms)).await;
-                f.end(Outcome::Ok, &OutlierConfig::default());
-            }
-        };
-        for _ in 0..3 {
-            answer(1000, 10).await;
-        }
+        answers(&s, 1000, 10, 3).await;
         let unit = s.unit_time_nanos().expect("learnt");
         // Three times slower: within the noise a batch makes, the average takes it.
-        answer(1000, 30).await;
+        answers(&s, 1000, 30, 1).await;
         assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
         assert!(s.unit_time_nanos().unwrap() < 1.1 * unit);
         // Twenty times slower, unsized: a long request or a slow endpoint, it cannot tell.
-        answer(1, 200).await;
+        answers(&s, 1, 200, 1).await;
         assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
         // Twenty times slower, sized: the endpoint slowed down, and costs it at once.
-        answer(1000, 200).await;
+        answers(&s, 1000, 200, 1).await;
         let now = s.unit_time_nanos_at(Instant::now()).unwrap();
         assert!((now / unit - 20.0).abs() < 0.2, "{}", now / unit);
         assert!(s.unit_time_nanos().unwrap() < 1.5 * unit, "the average moves slowly");
@@ -1306,11 +1297,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_endpoint_that_stalls_again_when_tried_keeps_its_floor_longer_until_it_answers() {
         let s = state();
-        for _ in 0..3 {
-            let mut f = s.start(Instant::now(), 1);
-            advance(Duration::from_millis(10)).await;
-            f.end(Outcome::Ok, &OutlierConfig::default());
-        }
+        answers(&s, 1, 10, 3).await;
         let unit = s.unit_time_nanos().expect("learnt");
         let give_up_after = |wait: Duration| {
             let s = &s;
