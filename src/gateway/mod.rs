@@ -184,6 +184,8 @@
 //! buffer_bytes = 262144           # request bytes kept for a replay
 //! budget = { ratio = 0.1, min_per_second = 10, ttl = "10s" }
 //! hedge_after = "100ms"           # off by default
+//! hold_responses = ["/inference.GRPCInferenceService/ModelMetadata"]  # none by default
+//! hold_bytes = 4194304             # response bytes held at most
 //! ```
 //!
 //! A call that never reached a replica (connection refused, `REFUSED_STREAM`, a graceful GOAWAY
@@ -197,6 +199,11 @@
 //! its first `buffer_bytes`; a call that sends more before its response begins is not retried.
 //! With `hedge_after`, a unary call of an idempotent method still unanswered after the delay is
 //! sent once more (out of the same budget); the first answer wins and the other is cancelled.
+//! The responses of the idempotent methods in `hold_responses` (unary ones: a stream's messages
+//! would wait for its end) are held until their trailers, at most `hold_bytes`, before the client
+//! sees them: a response cut mid-way (a reset stream, a connection lost) or ending with one of
+//! `codes` after a message is then retried like one that never came, where gRFC A6 commits a
+//! call at its response's headers.
 //! Each attempt is picked, counted and limited by the balancer as a request of its own.
 //! `/metrics` counts them (`switchyard_pool_retry_calls_total`, `switchyard_pool_retries_total`,
 //! `switchyard_pool_retry_budget_exhausted_total`, `switchyard_pool_hedges_total`), as the admin

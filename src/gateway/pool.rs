@@ -268,8 +268,17 @@ impl Pool {
                 let board = balancer.board();
                 let retried = BoxPoolService::new(tower::ServiceExt::map_response(
                     tower::Layer::layer(&retry, Shared::new(balancer)),
-                    |response: http::Response<switchyard_balance::TrackedBody<super::h2stream::RecvBody>>| {
-                        response.map(ProxyBody::upstream)
+                    |response: http::Response<
+                        switchyard_retry::HeldBody<
+                            switchyard_balance::TrackedBody<super::h2stream::RecvBody>,
+                        >,
+                    >| {
+                        response.map(|body| match body.into_parts() {
+                            (held, Some(rest)) if held.is_empty() => ProxyBody::upstream(rest),
+                            (held, rest) => {
+                                switchyard_cache::ReplayBody::replay(held, rest.map(ProxyBody::upstream))
+                            }
+                        })
                     },
                 ));
                 (board, Bottom::Retried(retried))

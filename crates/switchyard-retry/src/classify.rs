@@ -7,6 +7,24 @@ use switchyard_core::{Code, EndpointId, ErrorKind, RETRY_PUSHBACK_HEADER};
 use tower::BoxError;
 
 use crate::RetryConfig;
+use crate::hold::HeldBody;
+
+/// A response body whose trailers may be known when the verdict is made: a response held whole.
+pub(crate) trait KnownTrailers {
+    /// The trailers, if the whole response has come.
+    fn known_trailers(&self) -> Option<&http::HeaderMap> {
+        None
+    }
+}
+
+impl<B> KnownTrailers for HeldBody<B> {
+    fn known_trailers(&self) -> Option<&http::HeaderMap> {
+        self.held_trailers()
+    }
+}
+
+#[cfg(test)]
+impl KnownTrailers for () {}
 
 /// What to do after an attempt.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,8 +45,9 @@ pub(crate) enum Verdict {
 /// after the `grpc-retry-pushback-ms` it carries, and a call that failed with no response at all
 /// (its connection failed under it: `UNAVAILABLE` to the caller); a negative or malformed
 /// pushback means not to retry (gRFC A6). A response with headers and a body is committed: the first message has come
-/// (or may yet), and a stream is never retried after it.
-pub(crate) fn verdict<B>(
+/// (or may yet), and a stream is never retried after it; unless the response was held whole (a
+/// method in `hold_responses`): then its trailers' status is read as a trailers-only one's.
+pub(crate) fn verdict<B: KnownTrailers>(
     result: &Result<http::Response<B>, BoxError>,
     idempotent: bool,
     config: &RetryConfig,
@@ -49,7 +68,10 @@ pub(crate) fn verdict<B>(
             }
         }
         Ok(response) => {
-            let headers = response.headers();
+            let headers = match response.body().known_trailers() {
+                Some(trailers) if !response.headers().contains_key("grpc-status") => trailers,
+                _ => response.headers(),
+            };
             let Some(status) = headers.get("grpc-status") else { return Verdict::Done };
             let code = status.to_str().ok().and_then(|s| s.parse::<i32>().ok()).map(Code::from_i32);
             let Some(code) = code.filter(|&c| c != Code::Ok) else { return Verdict::Done };

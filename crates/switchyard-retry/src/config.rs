@@ -48,6 +48,15 @@ pub struct RetryConfig {
     /// Request bytes kept for a replay (gRPC's per-RPC buffer limit): a request that sends more
     /// before its response begins is committed to its first endpoint. 256 KiB by default.
     pub buffer_bytes: usize,
+    /// Methods, among the idempotent ones, whose response is held until its trailers before the
+    /// caller sees any of it: a stream reset or a connection lost mid-response, or trailers with a
+    /// retryable status after a message, is then retried as a call that never answered (gRFC A6
+    /// commits a call at its response's headers, so these would fail). Meant for unary methods:
+    /// a streaming method's messages would wait for its end. None by default.
+    pub hold_responses: Vec<MethodPattern>,
+    /// The most response bytes held for one call: past it, what was held and the rest are passed
+    /// on, and the call is committed. 4 MiB by default (gRPC's default largest message).
+    pub hold_bytes: usize,
 }
 
 /// A retry budget, as tower's `TpsBudget` (and linkerd's) keeps it: retries may be `ratio` of
@@ -84,6 +93,8 @@ impl Default for RetryConfig {
             budget: BudgetConfig::default(),
             hedge_after: None,
             buffer_bytes: 256 << 10,
+            hold_responses: Vec::new(),
+            hold_bytes: 4 << 20,
         }
     }
 }
@@ -124,6 +135,9 @@ impl RetryConfig {
                 format!("{} is not a number of at least 1", self.backoff_multiplier),
             );
         }
+        if self.hold_bytes == 0 {
+            return error("hold_bytes", "must be above zero".into());
+        }
         let budget = &self.budget;
         if !(budget.ratio.is_finite() && (0.0..=1000.0).contains(&budget.ratio)) {
             return error("budget.ratio", format!("{} is not between 0 and 1000", budget.ratio));
@@ -140,6 +154,14 @@ impl RetryConfig {
     /// Whether calls of `path` (`/pkg.Service/Method`) are marked idempotent.
     pub fn is_idempotent(&self, path: &str) -> bool {
         self.idempotent.iter().any(|pattern| pattern.matches(path))
+    }
+
+    /// The bound on the response bytes held for a call of `path`, if its response is held to its
+    /// trailers (an idempotent method listed in `hold_responses`).
+    pub fn hold_limit(&self, path: &str) -> Option<usize> {
+        let held =
+            self.is_idempotent(path) && self.hold_responses.iter().any(|pattern| pattern.matches(path));
+        held.then_some(self.hold_bytes)
     }
 
     /// Whether `code` is a retryable status (for idempotent methods).
@@ -294,5 +316,16 @@ mod tests {
         assert!(parse("atempts = 2").unwrap_err().contains("atempts"));
         assert!(parse("hedge_after = \"0s\"").unwrap_err().contains("above zero"));
         assert_eq!(parse("hedge_after = \"50ms\"").unwrap().hedge_after, Some(Duration::from_millis(50)));
+        assert!(parse("hold_bytes = 0").unwrap_err().contains("`hold_bytes`"));
+    }
+
+    #[test]
+    fn only_idempotent_methods_have_their_responses_held() {
+        let config =
+            parse("idempotent = [\"/a.B/*\"]\nhold_responses = [\"/a.B/Get\", \"/c.D/Get\"]").unwrap();
+        assert_eq!(config.hold_limit("/a.B/Get"), Some(4 << 20));
+        assert_eq!(config.hold_limit("/a.B/Stream"), None);
+        // Listed but not idempotent: a response cut mid-way could not be retried anyway.
+        assert_eq!(config.hold_limit("/c.D/Get"), None);
     }
 }

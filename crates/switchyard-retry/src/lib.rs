@@ -14,6 +14,15 @@
 //!   would see as `UNAVAILABLE`: a killed replica's calls in flight). The decision
 //!   is made on the response's head: a response with headers and a body is committed (its first
 //!   message has come, or may yet), so a stream is never retried after its first message.
+//! - **Held responses** (Switchyard's own, off by default): for the idempotent methods listed in
+//!   `hold_responses`, the response is read to its trailers (at most `hold_bytes`, 4 MiB) before
+//!   the caller gets any of it ([`HeldBody`]), and only then is the call committed: a response
+//!   cut mid-way (its stream reset, its connection lost) is retried as a call that had no answer,
+//!   and trailers with a retryable status after a message as a trailers-only status. gRFC A6
+//!   commits a call at its response's headers, so a replica that fails between its headers and
+//!   its trailers fails the call; for a unary method nothing is lost by waiting (its one message
+//!   and its trailers come together), for a streaming one every message would wait for the end,
+//!   so list unary methods only. A response past the bound is handed on as it came, committed.
 //! - **Where.** On another endpoint: each retry carries the endpoints tried so far in its
 //!   [`TriedEndpoints`](switchyard_core::TriedEndpoints) extension, and
 //!   `switchyard_balance::Balance` picks among the eligible endpoints not in it, when there is
@@ -49,7 +58,8 @@
 //!   `hang`) a hedge could follow its first attempt onto the stopped replica.
 //!
 //! The layer sits just above the balancer; below it, requests carry a [`RetryBody`], which the
-//! endpoint's service sends like any body.
+//! endpoint's service sends like any body; above it, responses carry a [`HeldBody`] (the
+//! endpoint's body itself unless the response was held).
 //!
 //! # Example
 //!
@@ -89,12 +99,14 @@ mod backoff;
 mod body;
 mod classify;
 mod config;
+mod hold;
 mod layer;
 mod service;
 mod stats;
 
 pub use body::{RetryBody, Superseded};
 pub use config::{BudgetConfig, CodeName, ConfigError, MAX_ATTEMPTS, MethodPattern, RetryConfig};
+pub use hold::HeldBody;
 pub use layer::RetryLayer;
 pub use service::Retry;
 pub use stats::RetryStats;

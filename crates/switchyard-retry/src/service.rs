@@ -15,6 +15,7 @@ use crate::backoff::Backoff;
 use crate::body::{Replayable, RetryBody};
 use crate::classify::{Verdict, verdict};
 use crate::config::RetryConfig;
+use crate::hold::{HeldBody, hold};
 use crate::stats::{Counters, RetryStats};
 
 /// What every clone of a retry layer shares: its config, budget, counters and seed.
@@ -64,11 +65,12 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send,
     B: http_body::Body + Send + 'static,
-    RB: Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
-    type Response = http::Response<RB>;
+    type Response = http::Response<HeldBody<RB>>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<http::Response<RB>, BoxError>>;
+    type Future = BoxFuture<'static, Result<http::Response<HeldBody<RB>>, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -98,11 +100,13 @@ async fn attempts<S, B, RB>(
     mut inner: S,
     policy: Arc<Policy>,
     req: http::Request<B>,
-) -> Result<http::Response<RB>, BoxError>
+) -> Result<http::Response<HeldBody<RB>>, BoxError>
 where
     S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
     B: http_body::Body,
+    RB: http_body::Body<Data = bytes::Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
 {
     let config = &policy.config;
     let counters = &policy.counters;
@@ -115,6 +119,8 @@ where
         Some(Deadline::after(Instant::now(), timeout).0)
     });
     let idempotent = config.is_idempotent(parts.uri.path());
+    // A response held to its trailers is committed only once it has all come.
+    let held = config.hold_limit(parts.uri.path());
     let call = Replayable::new(body, config.buffer_bytes);
     let seed = policy.seed ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut backoff = Backoff::new(config, seed);
@@ -129,9 +135,12 @@ where
         (delay, recorder)
     });
     let first = inner.call(http::Request::from_parts(parts, call.first()));
+    let first = hold(async move { first.await.map_err(Into::into) }, held);
     let mut result = match hedge {
-        Some((delay, recorder)) => hedged(first, delay, &mut inner, &policy, &call, &head, &recorder).await,
-        None => first.await.map_err(Into::into),
+        Some((delay, recorder)) => {
+            hedged(first, delay, &mut inner, &policy, &call, &head, &recorder, held).await
+        }
+        None => first.await,
     };
     for _ in 1..config.attempts {
         let Verdict::Retry { endpoint, pushback } = verdict(&result, idempotent, config) else { break };
@@ -158,7 +167,10 @@ where
         req.extensions_mut().insert(tried.clone());
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
         result = match ready {
-            Ok(ready) => ready.call(req).await.map_err(Into::into),
+            Ok(ready) => {
+                let attempt = ready.call(req);
+                hold(async move { attempt.await.map_err(Into::into) }, held).await
+            }
             Err(e) => Err(e),
         };
     }
@@ -172,21 +184,25 @@ where
 /// would take while the other attempt is still out; the other is dropped, which cancels it (its
 /// stream is reset, and its endpoint counts it as cancelled, not failed). The hedge carries the
 /// first attempt's endpoint, as `recorder` got it from the balancer, in its [`TriedEndpoints`].
+/// A held response (`held`) answers when it has all come.
+#[allow(clippy::too_many_arguments)]
 async fn hedged<S, B, RB>(
-    first: S::Future,
+    first: impl Future<Output = Result<http::Response<HeldBody<RB>>, BoxError>>,
     delay: std::time::Duration,
     inner: &mut S,
     policy: &Policy,
     call: &Replayable<B>,
     head: &http::request::Parts,
     recorder: &PickRecorder,
-) -> Result<http::Response<RB>, BoxError>
+    held: Option<usize>,
+) -> Result<http::Response<HeldBody<RB>>, BoxError>
 where
     S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
     B: http_body::Body,
+    RB: http_body::Body<Data = bytes::Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
 {
-    let first = async move { first.await.map_err(Into::<BoxError>::into) };
     let mut first = std::pin::pin!(first);
     tokio::select! {
         result = &mut first => return result,
@@ -206,7 +222,8 @@ where
     }
     let second = async move {
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
-        ready?.call(req).await.map_err(Into::into)
+        let attempt = ready?.call(req);
+        hold(async move { attempt.await.map_err(Into::into) }, held).await
     };
     let mut second = std::pin::pin!(second);
     let config = &policy.config;

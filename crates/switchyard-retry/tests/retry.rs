@@ -46,6 +46,8 @@ enum Answer {
     Status(&'static str, Option<&'static str>),
     /// Headers, one message, then `UNAVAILABLE` trailers: a stream that began.
     StreamThenUnavailable,
+    /// Headers, one message, then the stream reset (`INTERNAL_ERROR`): a response cut mid-way.
+    MessageThenReset,
 }
 
 /// An in-process endpoint: counts its calls, notes when they came and the bodies it read.
@@ -93,6 +95,16 @@ fn stream_then_unavailable() -> http::Response<Body> {
     response
 }
 
+fn message_then_reset() -> http::Response<Body> {
+    let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
+        Err(h2::Error::from(h2::Reason::INTERNAL_ERROR).into()),
+    ];
+    let mut response = http::Response::new(StreamBody::new(futures::stream::iter(frames)).boxed_unsync());
+    response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    response
+}
+
 impl<B> Service<http::Request<RetryBody<B>>> for Replica
 where
     B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
@@ -117,6 +129,7 @@ where
                 Answer::RefusedStream => Err(h2::Error::from(h2::Reason::REFUSED_STREAM).into()),
                 Answer::Status(code, pushback) => Ok(status(code, pushback)),
                 Answer::StreamThenUnavailable => Ok(stream_then_unavailable()),
+                Answer::MessageThenReset => Ok(message_then_reset()),
                 Answer::Ok => {
                     let body = req.into_body().collect().await?.to_bytes();
                     this.bodies.lock().unwrap().push(body);
@@ -152,7 +165,7 @@ fn request(path: &str, chunks: &[&'static [u8]]) -> http::Request<Source> {
 async fn send(
     service: &mut switchyard_retry::Retry<Balancer>,
     req: http::Request<Source>,
-) -> Result<http::Response<switchyard_balance::TrackedBody<Body>>, BoxError> {
+) -> Result<http::Response<switchyard_retry::HeldBody<switchyard_balance::TrackedBody<Body>>>, BoxError> {
     service.ready().await?.call(req).await
 }
 
@@ -246,6 +259,65 @@ async fn a_stream_whose_first_message_came_is_not_retried() {
     let response = send(&mut service, request(IDEMPOTENT, &[b"x"])).await.unwrap();
     let body = response.into_body().collect().await.unwrap();
     assert_eq!(body.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"14"[..]));
+    assert_eq!((a.calls(), b.calls()), (1, 0));
+}
+
+/// The config with the idempotent method's responses held to their trailers.
+fn holding() -> RetryConfig {
+    let mut config = config();
+    config.hold_responses = vec![MethodPattern::parse(IDEMPOTENT).unwrap()];
+    config
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_response_cut_mid_way_is_retried_on_another_endpoint() {
+    // Not held: the response is committed at its headers, and its caller sees the reset.
+    let a = Replica::new(Answer::MessageThenReset);
+    let b = Replica::new(Answer::Ok);
+    let mut service =
+        tower::Layer::layer(&RetryLayer::new(config()).unwrap(), balancer(&[("a", &a), ("b", &b)]));
+    let response = send(&mut service, request(IDEMPOTENT, &[b"x"])).await.unwrap();
+    assert!(response.into_body().collect().await.is_err());
+    assert_eq!((a.calls(), b.calls()), (1, 0));
+
+    // Held: the reset comes before the response is handed on, and the call goes to b.
+    let a = Replica::new(Answer::MessageThenReset);
+    let b = Replica::new(Answer::Ok);
+    let layer = RetryLayer::new(holding()).unwrap();
+    let mut service = tower::Layer::layer(&layer, balancer(&[("a", &a), ("b", &b)]));
+    let result = send(&mut service, request(IDEMPOTENT, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("0"));
+    assert_eq!((a.calls(), b.calls()), (1, 1));
+    assert_eq!(layer.stats().retries, 1);
+
+    // A method whose responses are not held: as before.
+    let result =
+        send(&mut service, request("/inference.GRPCInferenceService/ModelStreamInfer", &[b"x"])).await;
+    assert!(result.unwrap().into_body().collect().await.is_err());
+    assert_eq!((a.calls(), b.calls()), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_response_ending_with_a_retryable_status_is_retried_and_one_past_the_bound_is_not() {
+    let a = Replica::new(Answer::StreamThenUnavailable);
+    let b = Replica::new(Answer::Ok);
+    let mut service =
+        tower::Layer::layer(&RetryLayer::new(holding()).unwrap(), balancer(&[("a", &a), ("b", &b)]));
+    let result = send(&mut service, request(IDEMPOTENT, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("0"));
+    assert_eq!((a.calls(), b.calls()), (1, 1));
+
+    // Past the bound (a 6-byte message, 3 bytes held at most): handed on whole, committed.
+    let a = Replica::new(Answer::StreamThenUnavailable);
+    let b = Replica::new(Answer::Ok);
+    let mut config = holding();
+    config.hold_bytes = 3;
+    let mut service =
+        tower::Layer::layer(&RetryLayer::new(config).unwrap(), balancer(&[("a", &a), ("b", &b)]));
+    let response = send(&mut service, request(IDEMPOTENT, &[b"x"])).await.unwrap();
+    let body = response.into_body().collect().await.unwrap();
+    assert_eq!(body.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"14"[..]));
+    assert_eq!(body.to_bytes(), &b"\0\0\0\0\x01x"[..]);
     assert_eq!((a.calls(), b.calls()), (1, 0));
 }
 

@@ -113,13 +113,15 @@ pub const IDEMPOTENT_METHODS: &[&str] = &["/inference.GRPCInferenceService/Model
 /// The pool's retry settings, as lines of its `[[pool]]` table in the gateway's config: retries
 /// (`switchyard_retry`, the gateway's defaults: 3 attempts, `UNAVAILABLE`, a budget of 10 % plus
 /// 10 a second) with [`IDEMPOTENT_METHODS`] marked idempotent, and a hedge for those after
-/// [`HEDGE_AFTER_MS`] (a call sent to a replica that hangs gets no answer a retry could act on).
-/// What never reached a replica is retried whatever its method.
+/// [`HEDGE_AFTER_MS`] (a call sent to a replica that hangs gets no answer a retry could act on),
+/// their responses held to their trailers (`hold_responses`: unary reads, so a response cut
+/// mid-way is retried). What never reached a replica is retried whatever its method.
 pub fn pool_retry_lines() -> Vec<String> {
     let idempotent: Vec<String> = IDEMPOTENT_METHODS.iter().map(|m| format!("{m:?}")).collect();
+    let idempotent = idempotent.join(", ");
     vec![format!(
-        "retry = {{ attempts = 3, idempotent = [{}], hedge_after = \"{HEDGE_AFTER_MS}ms\" }}",
-        idempotent.join(", ")
+        "retry = {{ attempts = 3, idempotent = [{idempotent}], hold_responses = [{idempotent}], \
+         hedge_after = \"{HEDGE_AFTER_MS}ms\" }}"
     )]
 }
 
