@@ -462,7 +462,9 @@ impl EndpointState {
     /// when tried (no first byte between the floors) is tried back off: each floor set after the
     /// one before had faded doubles the time constant, up to 32 ×, as Envoy's outlier ejection
     /// lengthens with each ejection; a first byte faster than the floor clears it and the
-    /// count. Blended into the speed, a
+    /// count. A floor of 10 times the speed or more stands at its full height while a request
+    /// awaits its first byte there (probation): the endpoint is tried by one request at a time.
+    /// Blended into the speed, a
     /// stall of a second outlived the endpoint's recovery by the speed's time constant (30 s):
     /// in `switchyard bench faults`, a replica stopped for 2 s with SIGSTOP took no call in the
     /// 5 s after SIGCONT, its time per unit learnt at 4 × its peers' from its given-up calls
@@ -475,14 +477,34 @@ impl EndpointState {
         })
     }
 
-    /// The floor a stall set under the time per unit, decayed to `now`.
+    /// The floor a stall set under the time per unit, decayed to `now`; at its full height while
+    /// the endpoint is on probation (see [`on_probation`](Self::on_probation)).
     fn stall_floor_nanos(&self, now: Instant) -> Option<f64> {
         let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
         if floor.is_nan() {
             return None;
         }
+        if self.on_probation(floor) {
+            return Some(floor);
+        }
         let at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
         Some(floor * weight_since(at, now, self.stall_tau()))
+    }
+
+    /// Whether a standing floor of `floor` puts the endpoint on probation: the floor says a
+    /// stall or a slowdown of [`SLOW_SAMPLE`] times the speed learnt or more, and a request
+    /// sent there awaits its first byte. Then the floor counts at its full height, undecayed:
+    /// once it has faded enough for the endpoint to be tried, one request tries it (or the
+    /// requests stuck there since the stall keep it avoided), and the next waits for that one's
+    /// first byte, which clears the floor if it is fast, or raises it again (a strike) if not.
+    /// Faded alone, the floor let every request of the next tens of milliseconds onto an
+    /// endpoint still as slow, before the first of them could show it: in
+    /// `switchyard bench faults`, a replica slowed 20 times failed 27 calls in three such
+    /// waves, the last 5 s after the fault. Smaller floors (a call given up on under
+    /// overload, the noise of batches) do not put an endpoint on probation.
+    fn on_probation(&self, floor: f64) -> bool {
+        self.awaiting_first_byte() > 0
+            && self.unit_time_nanos().is_some_and(|learnt| floor >= SLOW_SAMPLE * learnt)
     }
 
     /// The floor's time constant: [`TrackingConfig::stall_decay`] doubled for each strike.
@@ -1333,6 +1355,38 @@ mod tests {
         f.first_byte();
         assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
         assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_tried_after_a_big_stall_takes_one_request_at_a_time_until_it_answers() {
+        let s = state();
+        answers(&s, 1, 10, 3).await;
+        let unit = s.unit_time_nanos().expect("learnt");
+        let floor = |s: &EndpointState| s.unit_time_nanos_at(Instant::now()).unwrap() / unit;
+        // A stall: a call given up on after 1 s sets a floor of 100 × its speed.
+        let call = s.start(Instant::now(), 1);
+        advance(Duration::from_secs(1)).await;
+        drop(call);
+        // Faded 4 s on: the endpoint may be tried.
+        advance(Duration::from_secs(4)).await;
+        let faded = floor(&s);
+        assert!(faded < 2.0, "{faded}");
+        // A request out there: the floor stands at its full height until that one's first byte.
+        let mut probe = s.start(Instant::now(), 1);
+        let on_probation = floor(&s);
+        assert!((on_probation - 100.0).abs() < 0.5, "{on_probation}");
+        advance(Duration::from_millis(10)).await;
+        probe.first_byte();
+        assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos(), "a fast answer clears it");
+        // A floor under 10 × the speed (a call given up on after 5 × its time): no probation.
+        let call = s.start(Instant::now(), 1);
+        advance(Duration::from_millis(50)).await;
+        drop(call);
+        advance(Duration::from_millis(500)).await;
+        let small = floor(&s);
+        assert!(small > 2.0 && small < 4.0, "{small}");
+        let _other = s.start(Instant::now(), 1);
+        assert_eq!(floor(&s), small);
     }
 
     #[tokio::test(start_paused = true)]
