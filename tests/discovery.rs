@@ -196,6 +196,26 @@ fn a_discovery_source_missing_from_the_build_says_how_to_build_it() {
     assert!(e.message.contains("no endpoints and no [[pool.discovery]]"), "{e}");
 }
 
+#[test]
+fn an_etcd_source_over_tls_needs_https_servers_and_both_halves_of_a_client_certificate() {
+    let config = |endpoint: &str, tls: &str| {
+        format!(
+            "[[pool]]\nname = \"p\"\n[[pool.discovery]]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/p/\"\ntls = {tls}\n"
+        )
+    };
+    let e = GatewayConfig::from_toml(&config("http://10.0.0.5:2379", "{ ca = \"ca.pem\" }")).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("pool[0].discovery[0]"), "{e}");
+    assert!(e.message.contains("endpoints[0]") && e.message.contains("https://"), "{e}");
+    let e =
+        GatewayConfig::from_toml(&config("https://10.0.0.5:2379", "{ ca = \"ca.pem\", cert = \"c.pem\" }"))
+            .unwrap_err();
+    assert!(e.message.contains("`cert` and `key`"), "{e}");
+    let e =
+        GatewayConfig::from_toml(&config("https://10.0.0.5:2379", "{ ca = \"ca.pem\", crt = \"c.pem\" }"))
+            .unwrap_err();
+    assert!(e.to_string().contains("crt"), "{e}");
+}
+
 mod common;
 
 #[cfg(not(feature = "etcd"))]

@@ -28,8 +28,9 @@
 //!
 //! With `--register-etcd URL[,URL]` (a build with `--features etcd`) the worker registers its
 //! endpoint in etcd under `--etcd-prefix` on a lease of `--etcd-ttl` that it keeps alive, so that
-//! gateways with an etcd `[[pool.discovery]]` on that prefix add it; it deregisters first thing
-//! on shutdown, and if it dies its key goes when the lease runs out.
+//! gateways with an etcd `[[pool.discovery]]` on that prefix add it (over TLS with `--etcd-ca`,
+//! and `--etcd-cert`/`--etcd-key` for a server that asks for a client certificate); it
+//! deregisters first thing on shutdown, and if it dies its key goes when the lease runs out.
 //!
 //! On shutdown (SIGTERM or Ctrl-C in the binary) the worker turns NOT_SERVING, refuses new
 //! inference requests with UNAVAILABLE, lets in-flight ones finish (at most `--drain-timeout`:
@@ -146,6 +147,16 @@ pub struct WorkerArgs {
     /// The TTL of the registration's lease: how long a worker that dies stays registered.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub etcd_ttl: Duration,
+    /// The CA (PEM) the etcd servers' certificates chain to: registers over TLS (the servers
+    /// `https://`).
+    #[arg(long)]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) to present to etcd (with `--etcd-key`, and `--etcd-ca`).
+    #[arg(long, requires_all = ["etcd_key", "etcd_ca"])]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
     /// The address to register, `http://HOST:PORT` (default: the listen address).
     #[arg(long)]
     pub advertise: Option<String>,
@@ -204,6 +215,9 @@ impl Default for WorkerArgs {
             register_etcd: Vec::new(),
             etcd_prefix: "/switchyard/endpoints/".into(),
             etcd_ttl: Duration::from_secs(10),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
             advertise: None,
             cold_start: Duration::ZERO,
             fault: None,

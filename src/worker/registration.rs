@@ -41,11 +41,21 @@ async fn registered(
     args: &WorkerArgs,
     endpoint: switchyard_core::Endpoint,
 ) -> Result<Registered, WorkerError> {
-    let registration = switchyard_discovery::etcd::Registration::register(
+    let tls = match &args.etcd_ca {
+        Some(ca) => {
+            let identity = args.etcd_cert.as_deref().zip(args.etcd_key.as_deref());
+            let tls = switchyard_discovery::etcd::EtcdTls::from_files(ca, identity, None)
+                .map_err(|e| WorkerError::Registration(format!("--etcd-ca/--etcd-cert/--etcd-key: {e}")))?;
+            Some(tls)
+        }
+        None => None,
+    };
+    let registration = switchyard_discovery::etcd::Registration::register_with_tls(
         args.register_etcd.clone(),
         &args.etcd_prefix,
         &endpoint,
         args.etcd_ttl,
+        tls,
     )
     .await
     .map_err(|e| WorkerError::Registration(e.to_string()))?;

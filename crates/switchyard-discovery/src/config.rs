@@ -18,6 +18,9 @@
 //! kind = "etcd"                      # build with `--features etcd`
 //! endpoints = ["http://127.0.0.1:2379"]
 //! prefix = "/switchyard/llm/"
+//! # Over TLS (servers `https://`): the cluster's CA, and a client certificate if etcd asks
+//! # for one (`--client-cert-auth`); paths relative to the working directory.
+//! # tls = { ca = "etcd-ca.pem", cert = "etcd-client.pem", key = "etcd-client-key.pem" }
 //!
 //! [[pool.discovery]]
 //! kind = "kubernetes"                # build with `--features kubernetes`
@@ -173,6 +176,23 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// The key prefix under which endpoints are registered.
     pub prefix: String,
+    /// TLS towards the servers (their addresses `https://`); none by default.
+    #[serde(default)]
+    pub tls: Option<EtcdTlsConfig>,
+}
+
+/// `tls` of an etcd source: PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTlsConfig {
+    /// The CA the servers' certificates must chain to.
+    pub ca: PathBuf,
+    /// The client's certificate, for servers that ask for one (with `key`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub key: Option<PathBuf>,
+    /// The name the servers' certificates must carry (their address's host if not given).
+    pub server_name: Option<String>,
 }
 
 /// `kind = "kubernetes"`.
@@ -224,6 +244,18 @@ impl SourceConfig {
                 if c.prefix.is_empty() {
                     return Err("prefix: empty (it would watch every key)".into());
                 }
+                if let Some(tls) = &c.tls {
+                    if tls.cert.is_some() != tls.key.is_some() {
+                        return Err("tls: give both `cert` and `key`, or neither".into());
+                    }
+                    if let Some((i, server)) =
+                        c.endpoints.iter().enumerate().find(|(_, s)| !s.starts_with("https://"))
+                    {
+                        return Err(format!(
+                            "endpoints[{i}]: {server:?} is not https:// (the source has `tls`)"
+                        ));
+                    }
+                }
                 if cfg!(feature = "etcd") { Ok(()) } else { Err(not_built("etcd", "etcd")) }
             }
             SourceConfig::Kubernetes(c) => {
@@ -249,7 +281,19 @@ impl SourceConfig {
             SourceConfig::File(c) => Source::file(&c.path)?,
             SourceConfig::Dns(c) => Source::dns(c.target().map_err(setup)?),
             #[cfg(feature = "etcd")]
-            SourceConfig::Etcd(c) => Source::etcd(c.endpoints.clone(), c.prefix.clone()),
+            SourceConfig::Etcd(c) => {
+                let tls = match &c.tls {
+                    Some(tls) => {
+                        let identity = tls.cert.as_deref().zip(tls.key.as_deref());
+                        let tls =
+                            crate::etcd::EtcdTls::from_files(&tls.ca, identity, tls.server_name.as_deref())
+                                .map_err(|e| setup(format!("tls: {e}")))?;
+                        Some(tls)
+                    }
+                    None => None,
+                };
+                Source::etcd_with_tls(c.endpoints.clone(), c.prefix.clone(), tls)
+            }
             #[cfg(feature = "kubernetes")]
             SourceConfig::Kubernetes(c) => Source::kubernetes(crate::kubernetes::KubernetesTarget {
                 namespace: c.namespace.clone().unwrap_or_else(|| "default".into()),

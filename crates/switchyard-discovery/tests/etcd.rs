@@ -163,3 +163,50 @@ async fn a_registration_expires_when_its_replica_dies_and_deregisters_at_once() 
     registration.deregister().await.unwrap();
     assert_eq!(changes(&mut source, 1).await, ["-r2"]);
 }
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_the_source_and_a_registration_work_and_a_wrong_ca_is_refused() {
+    let etcd = EtcdServer::start_tls().await;
+    let tls = etcd.tls().clone();
+    // A registration and the source, both over TLS with the client certificate.
+    let endpoint = Endpoint::new("gpu-a", "http://10.0.0.1:1");
+    let registration = Registration::register_with_tls(
+        vec![etcd.url()],
+        "/pool/",
+        &endpoint,
+        Duration::from_secs(5),
+        Some(tls.client()),
+    )
+    .await
+    .unwrap();
+    let mut source = Source::etcd_with_tls(vec![etcd.url()], "/pool/", Some(tls.client()));
+    assert_eq!(changes(&mut source, 1).await, ["+gpu-a@http://10.0.0.1:1"]);
+    registration.deregister().await.unwrap();
+    assert_eq!(changes(&mut source, 1).await, ["-gpu-a"]);
+
+    // The same server, trusted through another CA: refused, an error item saying why.
+    let wrong = switchyard_discovery::etcd::EtcdTls::from_files(
+        &tls.other_ca,
+        Some((&tls.client_cert, &tls.client_key)),
+        None,
+    )
+    .unwrap();
+    let mut source = Source::etcd_with_tls(vec![etcd.url()], "/pool/", Some(wrong));
+    let error = next(&mut source).await.unwrap_err();
+    assert!(error.to_string().contains("UnknownIssuer"), "{error}");
+    // Without a client certificate: refused too (`--client-cert-auth`).
+    let anonymous = switchyard_discovery::etcd::EtcdTls::from_files(&tls.ca, None, None).unwrap();
+    let mut source = Source::etcd_with_tls(vec![etcd.url()], "/pool/", Some(anonymous));
+    assert!(next(&mut source).await.is_err());
+    // Plain HTTP/2 to the TLS port: no answer it can read.
+    let plain = format!("http://{}", etcd.url().trim_start_matches("https://"));
+    let mut source = Source::etcd(vec![plain], "/pool/");
+    assert!(next(&mut source).await.is_err());
+}
+
+#[test]
+fn a_tls_file_that_cannot_be_read_is_named() {
+    let error = switchyard_discovery::etcd::EtcdTls::from_files("/nonexistent/ca.pem".as_ref(), None, None)
+        .unwrap_err();
+    assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+}

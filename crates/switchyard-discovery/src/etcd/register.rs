@@ -6,7 +6,7 @@ use etcd_client::{Client, PutOptions};
 use switchyard_core::Endpoint;
 use tokio::task::JoinHandle;
 
-use super::{RPC_TIMEOUT, connect};
+use super::{EtcdTls, RPC_TIMEOUT, connect};
 use crate::error::DiscoveryError;
 
 /// An endpoint registered in etcd under `PREFIX` + its id, on a lease with a TTL that a task of
@@ -23,6 +23,7 @@ pub struct Registration {
     task: JoinHandle<()>,
     lease: tokio::sync::watch::Receiver<i64>,
     servers: Vec<String>,
+    tls: Option<EtcdTls>,
 }
 
 impl Registration {
@@ -35,16 +36,27 @@ impl Registration {
         endpoint: &Endpoint,
         ttl: Duration,
     ) -> Result<Self, DiscoveryError> {
+        Self::register_with_tls(servers, prefix, endpoint, ttl, None).await
+    }
+
+    /// [`register`](Self::register) over TLS with `tls` (the servers' addresses `https://`).
+    pub async fn register_with_tls(
+        servers: Vec<String>,
+        prefix: &str,
+        endpoint: &Endpoint,
+        ttl: Duration,
+        tls: Option<EtcdTls>,
+    ) -> Result<Self, DiscoveryError> {
         let key = format!("{prefix}{}", endpoint.id);
         let value = serde_json::to_vec(endpoint).map_err(|e| error(&key, e.to_string()))?;
         let ttl = ttl.as_secs().max(1) as i64;
-        let mut client = connect(&servers).await.map_err(|e| error(&key, e))?;
+        let mut client = connect(&servers, tls.as_ref()).await.map_err(|e| error(&key, e))?;
         let lease = put(&mut client, &key, &value, ttl).await.map_err(|e| error(&key, e))?;
         let (lease_tx, lease_rx) = tokio::sync::watch::channel(lease);
-        let task =
-            tokio::spawn(keep_alive(servers.clone(), client, key.clone(), value, ttl, lease, lease_tx));
+        let server = Server { servers: servers.clone(), tls: tls.clone() };
+        let task = tokio::spawn(keep_alive(server, client, key.clone(), value, ttl, lease, lease_tx));
         tracing::info!(key, ttl, "registered in etcd");
-        Ok(Self { key, task, lease: lease_rx, servers })
+        Ok(Self { key, task, lease: lease_rx, servers, tls })
     }
 
     /// The key the endpoint is registered under.
@@ -61,7 +73,7 @@ impl Registration {
     pub async fn deregister(self) -> Result<(), DiscoveryError> {
         self.task.abort();
         let lease = *self.lease.borrow();
-        let mut client = connect(&self.servers).await.map_err(|e| error(&self.key, e))?;
+        let mut client = connect(&self.servers, self.tls.as_ref()).await.map_err(|e| error(&self.key, e))?;
         match tokio::time::timeout(RPC_TIMEOUT, client.lease_revoke(lease)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(error(&self.key, format!("cannot revoke lease {lease}: {e}"))),
@@ -94,10 +106,16 @@ async fn put(client: &mut Client, key: &str, value: &[u8], ttl: i64) -> Result<i
     Ok(lease)
 }
 
+/// Where the registration's etcd is, and how to connect to it.
+struct Server {
+    servers: Vec<String>,
+    tls: Option<EtcdTls>,
+}
+
 /// Keeps `lease` alive; when it is lost (expired, etcd restarted without it, connection gone),
 /// registers again on a new lease.
 async fn keep_alive(
-    servers: Vec<String>,
+    server: Server,
     mut client: Client,
     key: String,
     value: Vec<u8>,
@@ -129,7 +147,7 @@ async fn keep_alive(
         loop {
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(Duration::from_secs(2));
-            let attempt = match connect(&servers).await {
+            let attempt = match connect(&server.servers, server.tls.as_ref()).await {
                 Ok(mut fresh) => put(&mut fresh, &key, &value, ttl).await.map(|lease| (fresh, lease)),
                 Err(e) => Err(e),
             };

@@ -6,7 +6,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
 use switchyard_core::{Endpoint, EndpointId};
 
-use super::{RPC_TIMEOUT, connect};
+use super::{EtcdTls, RPC_TIMEOUT, connect};
 use crate::config::EndpointSpec;
 use crate::error::DiscoveryError;
 use crate::membership::{EndpointChange, Membership};
@@ -22,11 +22,17 @@ impl Source {
     /// `["http://127.0.0.1:2379"]`): see the [module documentation](crate::etcd). Connects when
     /// first polled; a server that cannot be reached is an error item, retried.
     pub fn etcd(servers: Vec<String>, prefix: impl Into<String>) -> Self {
+        Self::etcd_with_tls(servers, prefix, None)
+    }
+
+    /// [`etcd`](Self::etcd) over TLS with `tls` (the servers' addresses `https://`).
+    pub fn etcd_with_tls(servers: Vec<String>, prefix: impl Into<String>, tls: Option<EtcdTls>) -> Self {
         let prefix = prefix.into();
         let name = format!("etcd:{prefix}");
         let state = EtcdWatch {
             name: name.clone(),
             servers,
+            tls,
             prefix,
             client: None,
             watch: None,
@@ -47,6 +53,7 @@ impl Source {
 struct EtcdWatch {
     name: String,
     servers: Vec<String>,
+    tls: Option<EtcdTls>,
     prefix: String,
     client: Option<Client>,
     watch: Option<WatchStream>,
@@ -134,7 +141,7 @@ impl EtcdWatch {
     async fn open(&mut self) -> Result<Batch, String> {
         let client = match &mut self.client {
             Some(client) => client,
-            None => self.client.insert(connect(&self.servers).await?),
+            None => self.client.insert(connect(&self.servers, self.tls.as_ref()).await?),
         };
         let mut batch = Batch::new();
         if self.revision == 0 {
