@@ -42,30 +42,34 @@
 //!
 //! - `kill`, `flap`, `gateway-restart` (with a client that retries `UNAVAILABLE` and what never
 //!   left it): no idempotent call lost, non-idempotent failures within the calls in flight (kill
-//!   4 for 5; flap and gateway-restart none).
+//!   4 for 4; flap and gateway-restart none).
 //! - `hang`: least response time adds how long the stopped replica's backlog is overdue to its
 //!   cost ([`switchyard_balance::policy::ResponseTimeEstimate::overdue_nanos`]), so new calls
 //!   leave it within tens of milliseconds, before any of its calls ends; only its calls in flight
-//!   fail, and a call sent as it stopped (7 for 6 in flight; 5 for 4, 3 for 3 in other runs). A
-//!   hedge goes to another endpoint than its first attempt (the balancer notes its pick in the
-//!   call's [`switchyard_core::PickRecorder`]): no idempotent call lost (before, a hedge could
-//!   follow its first attempt onto the stopped replica: 1 and 4 lost in two runs). The replica is
+//!   fail, and at times a call sent as it stopped (7 for 7 in flight; 3-8 for 3-5 in other
+//!   runs). A hedge goes to another endpoint than its first attempt (the balancer notes its pick
+//!   in the call's [`switchyard_core::PickRecorder`]): no idempotent call lost. The replica is
 //!   not ejected (a deadline is no endpoint failure). Its given-up calls set a floor under its
 //!   time per unit of work that fades with a 1 s time constant
 //!   ([`switchyard_balance::TrackingConfig::stall_decay`]), so it is tried again within a few
-//!   seconds of SIGCONT: 87 calls in the 5 s after it (before, when the given-up calls entered its
-//!   speed's 30 s average, none).
+//!   seconds of SIGCONT, by one call at a time while its floor stands (probation): 114 calls in
+//!   the 5 s after it (87-280 over runs; none when the given-up calls entered its speed's 30 s
+//!   average).
 //! - `unavailable`: the replica's refusals eject it after 5 in a row, counted in the order the
 //!   calls were sent, so the answers to the calls it had begun before the fault no longer reset
-//!   the streak: 3 non-idempotent failures for 6 in flight, within 0.2 s.
-//! - `reset`: a response already begun is never retried (gRFC A6), so the idempotent calls cut
-//!   before ejection fail (3 of 500); 5 non-idempotent failures for 4 in flight.
+//!   the streak: 2 non-idempotent failures for 6 in flight, within 0.6 s.
+//! - `reset`: the reads' responses are held to their trailers (the retry layer's
+//!   `hold_responses`), so a read cut mid-response is retried on another replica: none lost
+//!   (3 of 500 when a response was committed at its headers, as gRFC A6 has it); 4
+//!   non-idempotent failures for 4 in flight.
 //! - `slow` (20 × slower, 2 s a generation past the 1 s deadline): a first byte more than 10 ×
 //!   slower than the replica's learnt speed, and a call given up on before its first byte, set a
-//!   floor under its speed at once, and its overdue backlog counts: 9 failures for 5 in flight
-//!   (5-10 in other runs; 14-19 when only given-up calls counted, and then in the speed's 30 s
-//!   average). When the floor fades the replica is tried again, and each time it stalls again
-//!   the floor's time constant doubles; the tries that fail set the recovery (3.8 s).
+//!   floor under its speed at once, and its overdue backlog counts; when the floor fades, one
+//!   call at a time tries it (probation): 8 failures for 3 in flight (3-11 over seven runs; 4-27
+//!   over four without probation, when every call of the next tens of milliseconds went there).
+//!   The tries that fail set the recovery (4.2 s): a try's slow first bytes also enter the
+//!   replica's speed average, so the 10 × rule, read against that average, fires less with each
+//!   try, and a try's first byte below the standing floor clears the floor's strikes.
 //!
 pub mod load;
 pub mod report;
