@@ -1,12 +1,8 @@
 //! Bodies the cache can read and hand on: [`ReplayBody`].
 
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use http_body::{Body, Frame};
+use switchyard_core::FramesThen;
 use switchyard_keys::Replay;
 
 /// A body type that can be rebuilt from frames read out of it: how the cache reads a request
@@ -26,7 +22,7 @@ impl ReplayBody for tonic::body::Body {
     fn replay(frames: Vec<Frame<Bytes>>, rest: Option<Self>) -> Self {
         match rest {
             None if frames.is_empty() => tonic::body::Body::empty(),
-            rest => tonic::body::Body::new(Chain { head: frames.into(), rest }),
+            rest => tonic::body::Body::new(FramesThen::new(frames, rest)),
         }
     }
 }
@@ -40,50 +36,6 @@ impl<B: Body<Data = Bytes>> ReplayBody for Replay<B> {
             }
             None => Replay::from_frames(frames),
         }
-    }
-}
-
-pin_project! {
-    /// Frames read ahead, then the body they came from.
-    struct Chain<B> {
-        head: VecDeque<Frame<Bytes>>,
-        #[pin]
-        rest: Option<B>,
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for Chain<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        if let Some(frame) = this.head.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        match this.rest.as_pin_mut() {
-            Some(rest) => rest.poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let head: u64 = self.head.iter().filter_map(Frame::data_ref).map(|d| d.len() as u64).sum();
-        let Some(rest) = &self.rest else { return SizeHint::with_exact(head) };
-        let rest = rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(head));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(head));
-        }
-        hint
     }
 }
 

@@ -52,6 +52,7 @@
 mod deadline;
 mod endpoint;
 pub mod error;
+mod frames_then;
 pub mod kv;
 mod load;
 pub mod orca;
@@ -66,6 +67,7 @@ mod tried;
 pub use deadline::{Deadline, ModelName, parse_grpc_timeout};
 pub use endpoint::{Endpoint, EndpointId};
 pub use error::{Code, Error, ErrorKind, Status, status_of};
+pub use frames_then::FramesThen;
 pub use kv::{KvEvent, KvEventKind};
 pub use load::{Load, ReportedLoad};
 pub use outcome::{Outcome, RETRY_PUSHBACK_HEADER, retry_pushback};

@@ -7,7 +7,7 @@ use switchyard_core::{Code, EndpointId, ErrorKind, RETRY_PUSHBACK_HEADER};
 use tower::BoxError;
 
 use crate::RetryConfig;
-use crate::hold::HeldBody;
+use crate::hold::{HeldBody, held_trailers};
 
 /// A response body whose trailers may be known when the verdict is made: a response held whole.
 pub(crate) trait KnownTrailers {
@@ -19,7 +19,7 @@ pub(crate) trait KnownTrailers {
 
 impl<B> KnownTrailers for HeldBody<B> {
     fn known_trailers(&self) -> Option<&http::HeaderMap> {
-        self.held_trailers()
+        held_trailers(self)
     }
 }
 

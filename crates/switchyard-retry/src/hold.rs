@@ -2,91 +2,26 @@
 //! when its whole response has come, so that a response cut mid-way can still be retried.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use switchyard_balance::PickedEndpoint;
-use switchyard_core::{Error, ErrorKind};
+use switchyard_core::{Error, ErrorKind, FramesThen};
 use tower::BoxError;
 
 /// A response body as a [`Retry`](crate::Retry) layer hands it on: the frames it held (a held
-/// response's, up to its trailers), then what is left of the endpoint's body, if anything.
-///
-/// A response that was not held is its endpoint's body, frame for frame.
-pub struct HeldBody<B> {
-    held: VecDeque<Frame<Bytes>>,
-    rest: Option<B>,
-}
+/// response's, up to its trailers), then what is left of the endpoint's body, if anything
+/// ([`FramesThen::into_parts`] gives both). A response that was not held is its endpoint's body,
+/// frame for frame, behind no frame.
+pub type HeldBody<B> = FramesThen<B>;
 
-impl<B> HeldBody<B> {
-    /// `body`, passed on as it comes.
-    pub fn new(body: B) -> Self {
-        Self { held: VecDeque::new(), rest: Some(body) }
+/// The trailers of a response held whole.
+pub(crate) fn held_trailers<B>(body: &HeldBody<B>) -> Option<&http::HeaderMap> {
+    if body.rest().is_some() {
+        return None;
     }
-
-    /// The frames held, in order, and the body they were read from unless it has ended (a
-    /// response held whole has none; one past the bound has the rest in it).
-    pub fn into_parts(self) -> (Vec<Frame<Bytes>>, Option<B>) {
-        (self.held.into(), self.rest)
-    }
-
-    /// The trailers of a response held whole.
-    pub(crate) fn held_trailers(&self) -> Option<&http::HeaderMap> {
-        if self.rest.is_some() {
-            return None;
-        }
-        self.held.back().and_then(Frame::trailers_ref)
-    }
-}
-
-impl<B> Body for HeldBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        if let Some(frame) = this.held.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        match this.rest.as_mut() {
-            Some(rest) => Pin::new(rest).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.held.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let held: u64 = self.held.iter().filter_map(Frame::data_ref).map(|d| d.len() as u64).sum();
-        let Some(rest) = &self.rest else { return SizeHint::with_exact(held) };
-        let rest = rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(held));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(held));
-        }
-        hint
-    }
-}
-
-impl<B> std::fmt::Debug for HeldBody<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldBody")
-            .field("held", &self.held.len())
-            .field("ended", &self.rest.is_none())
-            .finish()
-    }
+    body.head().back().and_then(Frame::trailers_ref)
 }
 
 /// An attempt's response, held to its trailers when `limit` is given: read until the body ends
@@ -102,7 +37,9 @@ where
     B::Error: Into<BoxError>,
 {
     let response = attempt.await?;
-    let Some(limit) = limit else { return Ok(response.map(HeldBody::new)) };
+    let Some(limit) = limit else {
+        return Ok(response.map(|body| FramesThen::new(VecDeque::new(), Some(body))));
+    };
     let (parts, mut body) = response.into_parts();
     let mut held = VecDeque::new();
     let mut bytes = 0usize;
@@ -117,7 +54,7 @@ where
                     break;
                 }
                 if bytes > limit {
-                    return Ok(http::Response::from_parts(parts, HeldBody { held, rest: Some(body) }));
+                    return Ok(http::Response::from_parts(parts, FramesThen::new(held, Some(body))));
                 }
             }
             Some(Err(e)) => {
@@ -129,5 +66,5 @@ where
             }
         }
     }
-    Ok(http::Response::from_parts(parts, HeldBody { held, rest: None }))
+    Ok(http::Response::from_parts(parts, FramesThen::new(held, None)))
 }
