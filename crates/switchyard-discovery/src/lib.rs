@@ -10,7 +10,7 @@
 //! - [`Source::fixed`]: a static list.
 //! - [`channel`]: endpoints inserted and removed by code (the autoscaler, tests, a user's own
 //!   discovery), through a bounded channel.
-//! - [`Source::file`]: a TOML or JSON file, read again when it changes ([`file`]).
+//! - [`Source::file`]: a TOML or JSON file, read again when it changes ([`file`](mod@file)).
 //! - [`Source::dns`]: A/AAAA or SRV records, resolved again on their TTL ([`dns`]).
 //! - [`Source::with_health`]: any source, with endpoints held back until their gRPC health is
 //!   SERVING ([`health`]).

@@ -26,7 +26,7 @@ pub const SOURCE_LABEL: &str = "source";
 ///   and **keeps** the endpoints it announced, then goes on; it ends only if it is finite (a
 ///   static list).
 ///
-/// A `Source` is what [`switchyard_balance::Balance::new`] takes once each endpoint is connected
+/// A `Source` is what `switchyard_balance::Balance::new` takes once each endpoint is connected
 /// (mapped to a `Backend`); see the crate's example.
 pub struct Source {
     name: String,

@@ -24,10 +24,10 @@
 //! in place, and [`Vertical`](crate::Vertical) recommends them beside the count (see
 //! [`crate::vertical`]).
 
-mod hpa;
-mod kpa;
-mod llm_aware;
-mod saturation;
+pub mod hpa;
+pub mod kpa;
+pub mod llm_aware;
+pub mod saturation;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! `switchyard worker` processes; the lab's scaler starts simulated replicas behind the same
 //! trait, so one recommender is measured as it runs.
 //!
-//! The [`kubernetes`] scaler (feature `kubernetes`) sets the `scale` subresource of a
+//! The `kubernetes` scaler (feature `kubernetes`) sets the `scale` subresource of a
 //! Deployment or StatefulSet through `kube`; Kubernetes keeps the same rules there (readiness
 //! probes, terminating EndpointSlice conditions, SIGTERM then SIGKILL).
 
