@@ -97,6 +97,9 @@ pub struct EndpointState {
     stall_decay_nanos: AtomicU64,
     in_flight: AtomicU32,
     awaiting_first_byte: AtomicU32,
+    /// Whether a request that carried its size was ever sent here (see
+    /// [`EndpointState::sizes_requests`]).
+    sized_requests: AtomicBool,
     /// When the endpoint last made progress (see [`EndpointState::stalled_for`]), in
     /// nanoseconds after `epoch`.
     progress_nanos: AtomicU64,
@@ -123,9 +126,13 @@ pub struct EndpointState {
     /// in nanoseconds after `epoch`.
     stall_floor_bits: AtomicU64,
     stall_floor_at: AtomicU64,
-    /// Floors set again, each after the one before had faded, with no first byte in between
-    /// (see [`EndpointState::unit_time_nanos_at`]): each doubles the floor's time constant.
+    /// Floors set again, each after the one before had faded, with no answer at the endpoint's
+    /// speed in between (see [`EndpointState::unit_time_nanos_at`]): each doubles the floor's
+    /// time constant.
     stall_strikes: AtomicU32,
+    /// Whether the standing floor was [`SLOW_SAMPLE`] times the speed learnt or more when it was
+    /// set (see [`EndpointState::on_probation`]).
+    stall_severe: AtomicBool,
     /// How long a response runs on after its first byte (a stream's generation): an EWMA over
     /// the requests that succeeded, with the speed's time constant.
     after_first_byte: Mutex<Option<RttEstimate>>,
@@ -232,6 +239,7 @@ impl EndpointState {
             stall_decay_nanos: AtomicU64::new(duration_nanos(tracking.stall_decay)),
             in_flight: AtomicU32::new(0),
             awaiting_first_byte: AtomicU32::new(0),
+            sized_requests: AtomicBool::new(false),
             progress_nanos: AtomicU64::new(0),
             epoch: Instant::now(),
             pending_work: AtomicU64::new(0),
@@ -248,6 +256,7 @@ impl EndpointState {
             stall_floor_bits: AtomicU64::new(f64::NAN.to_bits()),
             stall_floor_at: AtomicU64::new(0),
             stall_strikes: AtomicU32::new(0),
+            stall_severe: AtomicBool::new(false),
             after_first_byte: Mutex::new(None),
             after_first_byte_bits: AtomicU64::new(f64::NAN.to_bits()),
             capacity: Mutex::new(CapacityEstimate::default()),
@@ -407,6 +416,18 @@ impl EndpointState {
         Some(now.saturating_duration_since(since))
     }
 
+    /// Whether requests sent here carry their size ([`RequestSize`](switchyard_core::RequestSize)):
+    /// true from the first that did. Where some do, the ones that do not (a model's metadata, a
+    /// listing, beside the generations that carry their prompt's size) say nothing of the
+    /// endpoint's speed at its work: their first bytes are not samples of it and mark no
+    /// progress of its backlog (see [`stalled_for`](Self::stalled_for)). A replica slowed 20
+    /// times answers a metadata read in a millisecond; taken as progress and speed, those
+    /// answers kept it looking healthy while its generations timed out (`switchyard bench
+    /// faults`, fault `slow`).
+    pub fn sizes_requests(&self) -> bool {
+        self.sized_requests.load(Ordering::Relaxed)
+    }
+
     /// Marks progress at `now` (see [`stalled_for`](Self::stalled_for)).
     fn progressed(&self, now: Instant) {
         let nanos = duration_nanos(now.saturating_duration_since(self.epoch));
@@ -453,7 +474,7 @@ impl EndpointState {
     /// speed learnt sets it too: the endpoint slowed down, which its 30 s average would take
     /// tens of seconds to show. (At 4 ×, the noise of the batches a request shares set it too:
     /// lab `hetero`'s p99 TTFT rose from 184 to 187 ms; at 10 × it is 185, its p90 137 against
-    /// 144, and `switchyard bench faults` lost 5-10 calls to a replica slowed 20 times, 14-19
+    /// 144 (133 since probation is judged when the floor is set), and `switchyard bench faults` lost 5-10 calls to a replica slowed 20 times, 14-19
     /// before. Without request sizes a long request cannot be told from a slow endpoint: at 10 ×
     /// the unsized variant's p99 went from 209 to 260 ms.) The floor decays with the time constant
     /// [`TrackingConfig::stall_decay`] rather than entering the speed's EWMA: the endpoint is
@@ -484,16 +505,18 @@ impl EndpointState {
         if floor.is_nan() {
             return None;
         }
-        if self.on_probation(floor) {
+        if self.on_probation() {
             return Some(floor);
         }
         let at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
         Some(floor * weight_since(at, now, self.stall_tau()))
     }
 
-    /// Whether a standing floor of `floor` puts the endpoint on probation: the floor says a
-    /// stall or a slowdown of [`SLOW_SAMPLE`] times the speed learnt or more, and a request
-    /// sent there awaits its first byte. Then the floor counts at its full height, undecayed:
+    /// Whether the standing floor puts the endpoint on probation: the floor said a stall or a
+    /// slowdown of [`SLOW_SAMPLE`] times the speed learnt or more when it was set (read then: a
+    /// slow try's first byte also enters the speed's average, and read against the average it
+    /// raised, the same floor no longer looked severe), and a request sent there awaits its
+    /// first byte. Then the floor counts at its full height, undecayed:
     /// once it has faded enough for the endpoint to be tried, one request tries it (or the
     /// requests stuck there since the stall keep it avoided), and the next waits for that one's
     /// first byte, which clears the floor if it is fast, or raises it again (a strike) if not.
@@ -502,9 +525,8 @@ impl EndpointState {
     /// `switchyard bench faults`, a replica slowed 20 times failed 27 calls in three such
     /// waves, the last 5 s after the fault. Smaller floors (a call given up on under
     /// overload, the noise of batches) do not put an endpoint on probation.
-    fn on_probation(&self, floor: f64) -> bool {
-        self.awaiting_first_byte() > 0
-            && self.unit_time_nanos().is_some_and(|learnt| floor >= SLOW_SAMPLE * learnt)
+    fn on_probation(&self) -> bool {
+        self.awaiting_first_byte() > 0 && self.stall_severe.load(Ordering::Relaxed)
     }
 
     /// The floor's time constant: [`TrackingConfig::stall_decay`] doubled for each strike.
@@ -518,6 +540,7 @@ impl EndpointState {
     fn clear_stall_floor_below(&self, unit_nanos: f64) {
         let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
         if !floor.is_nan() && unit_nanos < floor {
+            self.stall_severe.store(false, Ordering::Relaxed);
             self.stall_floor_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
             self.stall_strikes.store(0, Ordering::Relaxed);
         }
@@ -740,6 +763,9 @@ impl EndpointState {
             self.progressed(now);
         }
         let requests_ahead = self.awaiting_first_byte.fetch_add(1, Ordering::Relaxed);
+        if work > 1 && !self.sized_requests.load(Ordering::Relaxed) {
+            self.first_sized_request();
+        }
         let ahead = self.pending_work.fetch_add(work, Ordering::Relaxed);
         self.started_work.fetch_add(work, Ordering::Relaxed);
         InFlight {
@@ -752,6 +778,20 @@ impl EndpointState {
             sampled: false,
             ended: false,
             first_byte: None,
+        }
+    }
+
+    /// The first request that carries its size: from now on the ones that do not are no samples
+    /// of the speed (see [`sizes_requests`](Self::sizes_requests)), and the speed learnt from
+    /// them so far is forgotten (a metadata read's millisecond would otherwise weigh in the
+    /// speed's average for its whole time constant).
+    #[cold]
+    fn first_sized_request(&self) {
+        if !self.sized_requests.swap(true, Ordering::Relaxed) {
+            *lock(&self.unit_time) = None;
+            self.unit_time_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
+            *lock(&self.after_first_byte) = None;
+            self.after_first_byte_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
         }
     }
 
@@ -827,6 +867,8 @@ impl EndpointState {
                 self.stall_strikes.store((strikes + 1).min(MAX_STALL_STRIKES), Ordering::Relaxed);
             }
             let at = duration_nanos(now.saturating_duration_since(self.epoch));
+            let severe = self.unit_time_nanos().is_some_and(|learnt| unit_nanos >= SLOW_SAMPLE * learnt);
+            self.stall_severe.store(severe, Ordering::Relaxed);
             self.stall_floor_at.store(at, Ordering::Relaxed);
             self.stall_floor_bits.store(unit_nanos.to_bits(), Ordering::Relaxed);
         }
@@ -955,7 +997,10 @@ impl InFlight {
     fn sample_at(&mut self, now: Instant, learn: bool) {
         if !self.sampled {
             self.sampled = true;
-            self.state.progressed(now);
+            let telling = self.tells_speed();
+            if telling {
+                self.state.progressed(now);
+            }
             self.state.first_byte_arrived(self.work);
             let elapsed = now.saturating_duration_since(self.sent_at);
             self.first_byte = Some(elapsed);
@@ -963,14 +1008,17 @@ impl InFlight {
                 return;
             }
             self.state.record_rtt(elapsed, now);
+            if !telling {
+                return;
+            }
             let nanos = nanos_f64(elapsed);
             let unit = self.unit_time_sample(nanos);
-            self.state.clear_stall_floor_below(unit);
             // A first byte many times slower than the speed learnt: the endpoint has slowed down
             // (or stalled and resumed). It counts at once, as a given-up call's lower bound does,
             // rather than only through the speed's slow average.
             // Only for a request that carried its size: without one, a long request cannot be
             // told from a slow endpoint (as for the overdue term).
+            self.state.clear_stall_floor_below(unit);
             let sized = self.work > 1;
             if sized && self.state.unit_time_nanos().is_some_and(|learnt| unit > SLOW_SAMPLE * learnt) {
                 self.state.raise_stall_floor(unit, now);
@@ -986,6 +1034,12 @@ impl InFlight {
                 now,
             );
         }
+    }
+
+    /// Whether the request's answer is a sample of the endpoint's speed: it carried its size, or
+    /// none sent there does (see [`EndpointState::sizes_requests`]).
+    fn tells_speed(&self) -> bool {
+        self.work > 1 || !self.state.sizes_requests()
     }
 
     /// The time per unit of work that a first byte `nanos` after sending says: the work ahead
@@ -1020,7 +1074,7 @@ impl InFlight {
         self.ended = true;
         let rtt = self.first_byte.unwrap_or_else(|| now.saturating_duration_since(self.sent_at));
         let latency = now.saturating_duration_since(self.sent_at);
-        if outcome == Outcome::Ok {
+        if outcome == Outcome::Ok && self.tells_speed() {
             let after = nanos_f64(latency.saturating_sub(rtt));
             let state = &self.state;
             state.record_speed_ewma(&state.after_first_byte, &state.after_first_byte_bits, after, now);
@@ -1387,6 +1441,65 @@ mod tests {
         assert!(small > 2.0 && small < 4.0, "{small}");
         let _other = s.start(Instant::now(), 1);
         assert_eq!(floor(&s), small);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_try_puts_the_endpoint_on_probation_though_it_raises_the_speed() {
+        let s = state();
+        answers(&s, 10, 10, 3).await;
+        let unit = s.unit_time_nanos().expect("learnt");
+        // A stall (a call given up on after 1 s: 100 × its speed), faded 4 s on.
+        let call = s.start(Instant::now(), 10);
+        advance(Duration::from_secs(1)).await;
+        drop(call);
+        advance(Duration::from_secs(4)).await;
+        // Tried: its first byte comes 20 × slower than its speed: a floor of its own.
+        let mut probe = s.start(Instant::now(), 10);
+        advance(Duration::from_millis(200)).await;
+        probe.first_byte();
+        let floor = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!(floor > 15.0 * unit, "the slow answer is the new floor: {}", floor / unit);
+        // The slow answer also entered the speed's average; the floor it set still puts the
+        // endpoint on probation: with a request out there, it stands at full height.
+        assert!(s.unit_time_nanos().unwrap() > unit, "the speed moved up");
+        advance(Duration::from_secs(3)).await;
+        let faded = s.unit_time_nanos_at(Instant::now()).unwrap();
+        let _next = s.start(Instant::now(), 10);
+        let held = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!(held > 2.0 * faded && (held - floor).abs() < 1.0, "{faded} {held} {floor}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_requests_carry_sizes_an_unsized_answer_is_no_sample_of_speed_nor_progress() {
+        let s = state();
+        // A metadata read first (unsized, 1 ms), then generations of 10 units in 10 ms: the
+        // read's speed is forgotten at the first sized request.
+        answers(&s, 1, 1, 1).await;
+        assert!(!s.sizes_requests());
+        let read_speed = s.unit_time_nanos().unwrap();
+        answers(&s, 10, 10, 3).await;
+        assert!(s.sizes_requests());
+        let unit = s.unit_time_nanos().unwrap();
+        let gens_only = state();
+        answers(&gens_only, 10, 10, 3).await;
+        assert_eq!(Some(unit), gens_only.unit_time_nanos(), "the read left out");
+        assert!(unit > 2.0 * read_speed, "{unit} {read_speed}");
+        // A generation stuck for 500 ms while reads are answered in a millisecond each: the
+        // stall runs on, and the speed stays.
+        let _stuck = s.start(Instant::now(), 10);
+        for _ in 0..5 {
+            advance(Duration::from_millis(100)).await;
+            answers(&s, 1, 1, 1).await;
+        }
+        assert!(s.stalled_for(Instant::now()).unwrap() >= Duration::from_millis(500));
+        assert_eq!(s.unit_time_nanos(), Some(unit));
+        // Where no request carries a size, every answer is a sample and progress.
+        let plain = state();
+        answers(&plain, 1, 10, 3).await;
+        let _waiting = plain.start(Instant::now(), 1);
+        advance(Duration::from_millis(100)).await;
+        answers(&plain, 1, 1, 1).await;
+        assert_eq!(plain.stalled_for(Instant::now()), Some(Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]

@@ -77,7 +77,7 @@ use crate::rng::NearTie;
 /// it 0.1 % and its p99 is the ideal's 12 ms; over real processes (`switchyard bench
 /// hetero-parallel`, 20 ms calls) 28 ms, where HAProxy's and nginx's least connections are at
 /// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.03 × the
-/// ideal's on the bundled Azure trace (185 ms against 179, p90 137 against 117; 1.04 ×, 187
+/// ideal's on the bundled Azure trace (185 ms against 179, p90 133 against 117; 1.04 ×, 187
 /// ms, before the `overdue` term; counted without request sizes too, it cost that variant
 /// 1.60 × against 1.17 ×; 184 ms and a p90 of 144 before a first byte more than 10 times
 /// slower than the learnt speed set a floor under it,
