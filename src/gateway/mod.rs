@@ -206,7 +206,8 @@
 //! call at its response's headers.
 //! Each attempt is picked, counted and limited by the balancer as a request of its own.
 //! `/metrics` counts them (`switchyard_pool_retry_calls_total`, `switchyard_pool_retries_total`,
-//! `switchyard_pool_retry_budget_exhausted_total`, `switchyard_pool_hedges_total`), as the admin
+//! `switchyard_pool_retry_budget_exhausted_total`, `switchyard_pool_hedges_total`,
+//! `switchyard_pool_retry_held_cut_total`), as the admin
 //! API's `layers` does.
 //!
 //! The config is validated before anything starts; an error names the field and its line, and the

@@ -2,6 +2,7 @@
 //! when its whole response has come, so that a response cut mid-way can still be retried.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -27,10 +28,12 @@ pub(crate) fn held_trailers<B>(body: &HeldBody<B>) -> Option<&http::HeaderMap> {
 /// An attempt's response, held to its trailers when `limit` is given: read until the body ends
 /// or `limit` bytes of it have come (then passed on with the rest, committed). A body that fails
 /// before its end fails the attempt, as a connection lost under a call that had no answer yet
-/// (`ErrorKind::Upstream`, at the endpoint that answered), which a retry may take.
+/// (`ErrorKind::Upstream`, at the endpoint that answered), which a retry may take; `cut` counts
+/// those.
 pub(crate) async fn hold<B>(
     attempt: impl Future<Output = Result<http::Response<B>, BoxError>>,
     limit: Option<usize>,
+    cut: &AtomicU64,
 ) -> Result<http::Response<HeldBody<B>>, BoxError>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -58,6 +61,7 @@ where
                 }
             }
             Some(Err(e)) => {
+                cut.fetch_add(1, Ordering::Relaxed);
                 let mut error = Error::new(ErrorKind::Upstream).with_source(e);
                 if let Some(picked) = parts.extensions.get::<PickedEndpoint>() {
                     error = error.at_endpoint(picked.0.clone());

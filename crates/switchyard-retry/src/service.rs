@@ -135,7 +135,7 @@ where
         (delay, recorder)
     });
     let first = inner.call(http::Request::from_parts(parts, call.first()));
-    let first = hold(async move { first.await.map_err(Into::into) }, held);
+    let first = hold(async move { first.await.map_err(Into::into) }, held, &counters.held_cut);
     let mut result = match hedge {
         Some((delay, recorder)) => {
             hedged(first, delay, &mut inner, &policy, &call, &head, &recorder, held).await
@@ -169,7 +169,7 @@ where
         result = match ready {
             Ok(ready) => {
                 let attempt = ready.call(req);
-                hold(async move { attempt.await.map_err(Into::into) }, held).await
+                hold(async move { attempt.await.map_err(Into::into) }, held, &counters.held_cut).await
             }
             Err(e) => Err(e),
         };
@@ -223,7 +223,7 @@ where
     let second = async move {
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
         let attempt = ready?.call(req);
-        hold(async move { attempt.await.map_err(Into::into) }, held).await
+        hold(async move { attempt.await.map_err(Into::into) }, held, &policy.counters.held_cut).await
     };
     let mut second = std::pin::pin!(second);
     let config = &policy.config;

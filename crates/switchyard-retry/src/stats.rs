@@ -16,6 +16,10 @@ pub struct RetryStats {
     pub hedges: u64,
     /// Retries not made because the call was committed (its request body past the buffer bound).
     pub not_replayable: u64,
+    /// Held responses (`hold_responses`) cut before their end (a stream reset, a connection
+    /// lost): each failed its attempt, for a retry to take, where without the hold the caller
+    /// would have had a response broken mid-way.
+    pub held_cut: u64,
 }
 
 /// The counters behind [`RetryStats`].
@@ -26,6 +30,7 @@ pub(crate) struct Counters {
     pub(crate) budget_exhausted: AtomicU64,
     pub(crate) hedges: AtomicU64,
     pub(crate) not_replayable: AtomicU64,
+    pub(crate) held_cut: AtomicU64,
 }
 
 impl Counters {
@@ -40,6 +45,7 @@ impl Counters {
             budget_exhausted: self.budget_exhausted.load(Ordering::Relaxed),
             hedges: self.hedges.load(Ordering::Relaxed),
             not_replayable: self.not_replayable.load(Ordering::Relaxed),
+            held_cut: self.held_cut.load(Ordering::Relaxed),
         }
     }
 }

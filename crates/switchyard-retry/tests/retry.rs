@@ -288,13 +288,14 @@ async fn a_held_response_cut_mid_way_is_retried_on_another_endpoint() {
     let result = send(&mut service, request(IDEMPOTENT, &[b"x"])).await;
     assert_eq!(grpc_status(&result).as_deref(), Some("0"));
     assert_eq!((a.calls(), b.calls()), (1, 1));
-    assert_eq!(layer.stats().retries, 1);
+    assert_eq!((layer.stats().retries, layer.stats().held_cut), (1, 1));
 
-    // A method whose responses are not held: as before.
+    // A method whose responses are not held: as before, and no held response counted as cut.
     let result =
         send(&mut service, request("/inference.GRPCInferenceService/ModelStreamInfer", &[b"x"])).await;
     assert!(result.unwrap().into_body().collect().await.is_err());
     assert_eq!((a.calls(), b.calls()), (2, 1));
+    assert_eq!(layer.stats().held_cut, 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -87,6 +87,9 @@ pub const POOL_RETRY_CALLS: &str = "switchyard_pool_retry_calls_total";
 pub const POOL_RETRIES: &str = "switchyard_pool_retries_total";
 /// Counter: hedges a pool's retry layer sent (attempts racing a slow first one), `{pool}`.
 pub const POOL_HEDGES: &str = "switchyard_pool_hedges_total";
+/// Counter: responses a pool's retry layer held to their trailers (`hold_responses`) that were
+/// cut before their end, each retried instead of reaching the client broken, `{pool}`.
+pub const POOL_RETRY_HELD_CUT: &str = "switchyard_pool_retry_held_cut_total";
 /// Counter: retries a pool's retry budget refused, `{pool}`.
 pub const POOL_RETRY_BUDGET_EXHAUSTED: &str = "switchyard_pool_retry_budget_exhausted_total";
 /// Gauge: the concurrency limit in force on an endpoint (the balancer's per-endpoint limit),

@@ -29,6 +29,7 @@ impl ScrapeSource for RetryMetrics {
             (names::POOL_RETRIES, "Attempts the pool's retry layer made after a call's first."),
             (names::POOL_RETRY_BUDGET_EXHAUSTED, "Retries the pool's retry budget refused."),
             (names::POOL_HEDGES, "Hedges the pool's retry layer sent."),
+            (names::POOL_RETRY_HELD_CUT, "Held responses cut before their end, for a retry to take."),
         ];
         for (name, help) in series {
             recorder.describe_counter(name.into(), Some(Unit::Count), help.into());
@@ -39,6 +40,7 @@ impl ScrapeSource for RetryMetrics {
             (names::POOL_RETRIES, stats.retries),
             (names::POOL_RETRY_BUDGET_EXHAUSTED, stats.budget_exhausted),
             (names::POOL_HEDGES, stats.hedges),
+            (names::POOL_RETRY_HELD_CUT, stats.held_cut),
         ] {
             let labels = vec![Label::new(names::POOL, self.pool.clone())];
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA).absolute(value);
@@ -57,6 +59,7 @@ impl ScrapeSource for RetryMetrics {
                 ("budget_exhausted", stats.budget_exhausted as f64),
                 ("hedges", stats.hedges as f64),
                 ("not_replayable", stats.not_replayable as f64),
+                ("held_cut", stats.held_cut as f64),
             ],
         })
     }
