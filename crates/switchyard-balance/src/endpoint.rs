@@ -126,8 +126,8 @@ pub struct EndpointState {
     /// in nanoseconds after `epoch`.
     stall_floor_bits: AtomicU64,
     stall_floor_at: AtomicU64,
-    /// Floors set again, each after the one before had faded, with no answer at the endpoint's
-    /// speed in between (see [`EndpointState::unit_time_nanos_at`]): each doubles the floor's
+    /// Floors set again, each after the one before had faded, with no first byte under the
+    /// floor in between (see [`EndpointState::unit_time_nanos_at`]): each doubles the floor's
     /// time constant.
     stall_strikes: AtomicU32,
     /// Whether the standing floor was [`SLOW_SAMPLE`] times the speed learnt or more when it was
