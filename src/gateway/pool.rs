@@ -11,7 +11,7 @@ use switchyard_balance::{
 };
 
 use futures::StreamExt;
-use switchyard_core::{Endpoint, EndpointId, stable_hash};
+use switchyard_core::{Endpoint, EndpointId};
 use switchyard_discovery::{HeldBack, Source};
 use tower::discover::Change;
 
@@ -154,7 +154,10 @@ impl Pool {
         D: futures::Stream<Item = Result<Change<EndpointId, Endpoint>, E>> + Send + 'static,
         E: Into<tower::BoxError> + Send + 'static,
     {
-        let seed = stable_hash(config.name.as_bytes());
+        // A seed of this process's own for the policy's and the retries' random draws: gateway
+        // replicas started from one configuration would otherwise draw alike and send their
+        // requests to the same replica in step (`switchyard_balance::fresh_seed`).
+        let seed = switchyard_balance::fresh_seed();
         let policy_error = |e: PolicyError| ConfigError {
             file: None,
             line: None,

@@ -128,5 +128,6 @@ pub use policy::{
     Endpoints, Policy, PolicyError, PolicyHandle, PolicyKind, PolicyRegistry, PolicySpec, RequestInfo,
     UnknownPolicy,
 };
+pub use rng::fresh_seed;
 pub use service::{Backend, Balance, DEFAULT_NO_ENDPOINT_WAIT, RequestExtensions};
 pub use shared::Shared;

@@ -142,7 +142,8 @@ impl<S, Req> Balance<S, Req, HttpCompletion>
 where
     S: Clone + Send + 'static,
 {
-    /// A balancer over `discover`, with the default policy ([`PolicyKind::DEFAULT`]), its own
+    /// A balancer over `discover`, with the default policy ([`PolicyKind::DEFAULT`], its random
+    /// draws seeded on their own: [`PolicyHandle::default`](crate::PolicyHandle)), its own
     /// [`LoadBoard`], default load tracking and outlier detection, and [`HttpCompletion`].
     ///
     /// The changes `discover` has ready now are applied at once (a static list is on the board

@@ -214,3 +214,27 @@ async fn the_same_seed_gives_the_same_picks() {
         assert!(distinct.len() > 1, "{kind}: spreads requests");
     }
 }
+
+/// Many balancers built the default way (a library balancer in every client process, or
+/// several in one) do not break ties in step: each draws from a seed of its own. With one seed
+/// for all, each client's first requests over idle replicas of one speed went to the same
+/// replica as every other client's.
+#[tokio::test(start_paused = true)]
+async fn balancers_built_the_default_way_do_not_pick_in_step() {
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    // Each request ends before the next is sent: every pick is among eight exact ties (nothing
+    // in flight, the same speed learnt everywhere).
+    let mut sequences = Vec::new();
+    for _ in 0..2 {
+        let mut lb = Balance::from_backends(instant(&names)).with_completion(CompleteOnResponse);
+        sequences.push(picks(&mut lb, 200).await);
+    }
+    let (a, b) = (sequences[0].as_bytes(), sequences[1].as_bytes());
+    let alike = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    // Independent draws over eight agree about an eighth of the time (25 of 200).
+    assert!(alike < 60, "{alike} of 200 picks alike:\n{}\n{}", sequences[0], sequences[1]);
+    for s in &sequences {
+        let distinct: std::collections::BTreeSet<char> = s.chars().collect();
+        assert_eq!(distinct.len(), names.len(), "each spreads its own requests: {s}");
+    }
+}

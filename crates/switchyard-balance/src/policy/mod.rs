@@ -309,9 +309,13 @@ impl fmt::Debug for PolicyHandle {
     }
 }
 
+/// The default policy ([`PolicyKind::DEFAULT`]) with a seed of its own
+/// ([`fresh_seed`](crate::fresh_seed)), so that balancers built the default way, one in each
+/// client process or several in one, do not break ties in step. [`PolicyHandle::of`] with a
+/// fixed seed gives a reproducible one.
 impl Default for PolicyHandle {
     fn default() -> Self {
-        Self::of(PolicyKind::DEFAULT, 0)
+        Self::of(PolicyKind::DEFAULT, crate::fresh_seed())
     }
 }
 
