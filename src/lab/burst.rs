@@ -62,7 +62,7 @@ use switchyard_autoscale::{
     Autoscaler, BoardSignals, Bounds, Hpa, HpaConfig, Kpa, KpaConfig, LlmAware, LlmAwareConfig, PoolSize,
     Recommender, Saturation, SaturationConfig, SignalSource, Signals,
 };
-use switchyard_balance::Balance;
+use switchyard_balance::{Balance, PolicyHandle, PolicyKind};
 use switchyard_core::RequestSize;
 use switchyard_sim::{
     EngineConfig, GenerationRequest, LengthSampler, Pattern, Synthetic, TraceRecord, trace,
@@ -339,7 +339,8 @@ async fn run_one(
 ) -> Result<RunOutput, LabError> {
     let cold_start = ctx.cold_start;
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    let mut balancer = Balance::new(ReceiverStream::new(rx)).with_completion(SimCompletion);
+    let mut balancer =
+        Balance::new(ReceiverStream::new(rx)).with_policy(balancer_policy()).with_completion(SimCompletion);
     let board = balancer.board();
     let pool = SimPool::new(tx, board.clone(), EngineConfig::default(), cold_start);
     pool.start_ready(initial).await.map_err(|e| LabError::Setting(e.to_string()))?;
@@ -587,7 +588,8 @@ async fn calibrate_at_70(capacity: f64, lengths: &LengthSampler, seed: u64) -> R
     )
     .collect();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut balancer = Balance::new(ReceiverStream::new(rx)).with_completion(SimCompletion);
+    let mut balancer =
+        Balance::new(ReceiverStream::new(rx)).with_policy(balancer_policy()).with_completion(SimCompletion);
     let pool = SimPool::new(tx, balancer.board(), EngineConfig::default(), Duration::ZERO);
     pool.start_ready(1).await.map_err(|e| LabError::Setting(e.to_string()))?;
     let mut signals = BoardSignals::new(balancer.board());
@@ -763,4 +765,11 @@ pub fn run_burst(options: &BurstOptions) -> Result<BurstReport, LabError> {
         workloads: infos,
         results,
     })
+}
+
+/// The pool's balancer policy: the default one, its random draws seeded alike in every run (a
+/// default balancer draws a seed of its own, `switchyard_balance::fresh_seed`), so that the
+/// same options give the same report.
+fn balancer_policy() -> PolicyHandle {
+    PolicyHandle::of(PolicyKind::DEFAULT, 0)
 }
