@@ -63,9 +63,9 @@ impl NearTie {
     }
 }
 
-/// A seed of its own for a policy that was not given one: drawn from the process's random
-/// hashing keys (std's [`RandomState`](std::hash::RandomState)) and a counter, so that it differs
-/// between processes and between the balancers of one process.
+/// A seed of its own for a policy that was not given one: drawn from rand's thread-local
+/// generator (seeded by the operating system), so that it differs between processes and between
+/// the balancers of one process.
 ///
 /// Balancers that draw from one seed draw the same numbers in the same order: where they see
 /// the same costs (at start-up, with nothing learnt and nothing in flight, or idle between
@@ -75,9 +75,7 @@ impl NearTie {
 /// reproducible runs want: [`PolicyHandle::of`](crate::PolicyHandle::of) and
 /// [`PolicyKind::build`](crate::PolicyKind::build) take one.
 pub fn fresh_seed() -> u64 {
-    use std::hash::BuildHasher;
-    static BALANCERS: AtomicU64 = AtomicU64::new(0);
-    std::hash::RandomState::new().hash_one(BALANCERS.fetch_add(1, Ordering::Relaxed))
+    rand::random()
 }
 
 /// 2^64 / φ, SplitMix64's increment.
