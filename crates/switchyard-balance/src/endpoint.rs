@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::board::LoadBoard;
 use crate::capacity::{CapacityEstimate, FirstByte};
+use crate::method_speed::{MethodSpeeds, NO_METHOD};
 use crate::outlier::{OutlierConfig, OutlierState, Verdict};
 
 /// How load is tracked: the time constants of the latency and speed estimates, and the latency
@@ -121,6 +122,9 @@ pub struct EndpointState {
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
     /// policies that scan every endpoint.
     unit_time_bits: AtomicU64,
+    /// The time per unit of each method sent here: the reference a first byte is read against
+    /// to tell a slowdown (see [`crate::method_speed`]).
+    method_speeds: Mutex<MethodSpeeds>,
     /// The floor a stall set under the time per unit (see
     /// [`EndpointState::unit_time_nanos_at`]), as `f64` bits (NaN for none), and when it was set,
     /// in nanoseconds after `epoch`.
@@ -133,6 +137,9 @@ pub struct EndpointState {
     /// Whether the standing floor was [`SLOW_SAMPLE`] times the speed learnt or more when it was
     /// set (see [`EndpointState::on_probation`]).
     stall_severe: AtomicBool,
+    /// When the last first byte [`SLOW_SAMPLE`] times slower than the speed came, in
+    /// nanoseconds after `epoch` (0 for none; see [`EndpointState::slow_first_byte`]).
+    last_slow_first_byte: AtomicU64,
     /// How long a response runs on after its first byte (a stream's generation): an EWMA over
     /// the requests that succeeded, with the speed's time constant.
     after_first_byte: Mutex<Option<RttEstimate>>,
@@ -253,10 +260,12 @@ impl EndpointState {
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
+            method_speeds: Mutex::new(MethodSpeeds::default()),
             stall_floor_bits: AtomicU64::new(f64::NAN.to_bits()),
             stall_floor_at: AtomicU64::new(0),
             stall_strikes: AtomicU32::new(0),
             stall_severe: AtomicBool::new(false),
+            last_slow_first_byte: AtomicU64::new(0),
             after_first_byte: Mutex::new(None),
             after_first_byte_bits: AtomicU64::new(f64::NAN.to_bits()),
             capacity: Mutex::new(CapacityEstimate::default()),
@@ -529,6 +538,27 @@ impl EndpointState {
         self.awaiting_first_byte() > 0 && self.stall_severe.load(Ordering::Relaxed)
     }
 
+    /// A first byte [`SLOW_SAMPLE`] times slower than the speed came at `now`. A second within
+    /// [`TrackingConfig::stall_decay`] of the one before confirms that the endpoint has slowed
+    /// down, not hit one slow batch: the floor starts at [`CONFIRMED_STRIKES`] strikes (a time
+    /// constant of 8 × `stall_decay`), as Envoy ejects for longer than a stall's second.
+    ///
+    /// Only on an endpoint sent two methods or more, whose first bytes are read against their
+    /// methods' own speeds. With one method, 10 × first bytes come from the noise of batches
+    /// too (92 in a run of lab `hetero`), in pairs under many balancers: confirmed there, lab
+    /// `herd`'s p99 TTFT moved by up to 16 % (`load-report`, K = 8, skewed: 495 to 573 ms).
+    fn slow_first_byte(&self, now: Instant) {
+        if !lock(&self.method_speeds).mixed() {
+            return;
+        }
+        let at = duration_nanos(now.saturating_duration_since(self.epoch)).max(1);
+        let before = self.last_slow_first_byte.swap(at, Ordering::Relaxed);
+        if before != 0 && at.saturating_sub(before) <= self.stall_decay_nanos.load(Ordering::Relaxed) {
+            let strikes = self.stall_strikes.load(Ordering::Relaxed);
+            self.stall_strikes.store(strikes.max(CONFIRMED_STRIKES), Ordering::Relaxed);
+        }
+    }
+
     /// The floor's time constant: [`TrackingConfig::stall_decay`] doubled for each strike.
     fn stall_tau(&self) -> Duration {
         let strikes = self.stall_strikes.load(Ordering::Relaxed).min(MAX_STALL_STRIKES);
@@ -629,6 +659,11 @@ impl EndpointState {
             let restart = guard.idle_cost_unit_nanos().map(|nanos| RttEstimate { nanos, at: now });
             *lock(&self.unit_time) = restart;
             self.unit_time_bits.store(restart.map_or(f64::NAN, |r| r.nanos).to_bits(), Ordering::Relaxed);
+            // Each method's speed restarts: methods' times per unit compare otherwise in the new
+            // units (a request's own work against the work ahead). (Moved by the ratio of the
+            // speeds over every method, a stream's speed came out 6 times too fast and a healthy
+            // replica's next first bytes read as a slowdown.)
+            lock(&self.method_speeds).clear();
         }
         self.slots.store(guard.slots(), Ordering::Relaxed);
         self.idle_unit_bits.store(guard.idle_unit_nanos().unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
@@ -775,6 +810,7 @@ impl EndpointState {
             ahead,
             requests_ahead,
             in_flight,
+            method: NO_METHOD,
             sampled: false,
             ended: false,
             first_byte: None,
@@ -790,6 +826,7 @@ impl EndpointState {
         if !self.sized_requests.swap(true, Ordering::Relaxed) {
             *lock(&self.unit_time) = None;
             self.unit_time_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
+            lock(&self.method_speeds).clear();
             *lock(&self.after_first_byte) = None;
             self.after_first_byte_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
         }
@@ -800,8 +837,50 @@ impl EndpointState {
         self.pending_work.fetch_sub(work, Ordering::Relaxed);
     }
 
-    fn record_unit_time(&self, per_unit_nanos: f64, now: Instant) {
+    /// Blends a first byte's time per unit into the speed over every method and, unless it said
+    /// the endpoint slowed down (`slowed`: it set a stall's floor), into its method's: a method's
+    /// speed is the endpoint's usual one, which a slowed endpoint's answers are read against.
+    /// (Taken in, three slow answers a few seconds apart raised it 6 times, and the next read
+    /// as 3 × where it was 20 ×: `switchyard bench faults`, fault `slow`, kept sending to the
+    /// slowed replica.)
+    fn record_unit_time(&self, per_unit_nanos: f64, method: u64, slowed: bool, now: Instant) {
         self.record_speed_ewma(&self.unit_time, &self.unit_time_bits, per_unit_nanos, now);
+        if method != NO_METHOD && !slowed {
+            let tau = Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed));
+            lock(&self.method_speeds).record(method, per_unit_nanos, now, tau);
+        }
+    }
+
+    /// What a request of `method` that took `unit_nanos` a unit says of the endpoint, in the
+    /// scale of the speed over every method ([`unit_time_nanos`](Self::unit_time_nanos)): its
+    /// ratio to the method's own speed, times that speed (see [`crate::method_speed`]).
+    /// `unit_nanos` as it is for a request that names no method, or on an endpoint that has
+    /// served one method only. `None` on an endpoint that serves several while this method's
+    /// speed is not learnt (after the work came to be counted in other units, or for a new
+    /// method): such a first byte cannot be read.
+    ///
+    /// (Read against its own speed, which leaves out the answers that set a stall's floor, an
+    /// endpoint's only method took an overloaded replica's queueing for slowdowns: lab
+    /// `overload`, `aimd+shed`, critical success at 2 × fell from 1.0 to 0.993 and the admitted
+    /// p99 ratio rose from 1.38 to 1.84. With one method there is no mix to read through. Read
+    /// raw after the units changed, a unary answer read as 40 × the speed the costs restart
+    /// from, a stream's first token's, and a healthy replica was put on probation.)
+    fn on_common_scale(&self, method: u64, unit_nanos: f64) -> Option<f64> {
+        if method == NO_METHOD {
+            return Some(unit_nanos);
+        }
+        let own = {
+            let methods = lock(&self.method_speeds);
+            // One method: its speed is the speed over every request, read as before.
+            if !methods.mixed() {
+                return Some(unit_nanos);
+            }
+            methods.get(method)
+        };
+        match (self.unit_time_nanos(), own) {
+            (Some(common), Some(own)) if own > 0.0 => Some(unit_nanos / own * common),
+            _ => None,
+        }
     }
 
     /// Blends `sample` into the EWMA in `slot` (time constant [`TrackingConfig::speed_decay`])
@@ -969,6 +1048,8 @@ pub(crate) struct InFlight {
     requests_ahead: u32,
     /// Requests in flight on the endpoint when it was sent, itself included.
     in_flight: u32,
+    /// The request's method (see [`crate::method_speed`]), or [`NO_METHOD`].
+    method: u64,
     sampled: bool,
     ended: bool,
     first_byte: Option<Duration>,
@@ -982,6 +1063,13 @@ impl InFlight {
     /// The request's work, in the balancer's units.
     pub(crate) fn work(&self) -> u64 {
         self.work
+    }
+
+    /// The request is a call of the method `key` (see [`crate::method_speed`]): its first byte is
+    /// read against that method's speed.
+    pub(crate) fn for_method(mut self, key: u64) -> Self {
+        self.method = key;
+        self
     }
 
     /// Takes the latency sample now, if none was taken yet.
@@ -1013,17 +1101,27 @@ impl InFlight {
             }
             let nanos = nanos_f64(elapsed);
             let unit = self.unit_time_sample(nanos);
+            // Read against the method's own speed: a unary answer takes its whole generation,
+            // a stream's first token only its prefill (see `method_speed`).
+            let common = self.state.on_common_scale(self.method, unit);
             // A first byte many times slower than the speed learnt: the endpoint has slowed down
             // (or stalled and resumed). It counts at once, as a given-up call's lower bound does,
             // rather than only through the speed's slow average.
             // Only for a request that carried its size: without one, a long request cannot be
             // told from a slow endpoint (as for the overdue term).
-            self.state.clear_stall_floor_below(unit);
-            let sized = self.work > 1;
-            if sized && self.state.unit_time_nanos().is_some_and(|learnt| unit > SLOW_SAMPLE * learnt) {
-                self.state.raise_stall_floor(unit, now);
+            if let Some(common) = common {
+                self.state.clear_stall_floor_below(common);
             }
-            self.state.record_unit_time(unit, now);
+            let sized = self.work > 1;
+            let slowed = sized
+                && common
+                    .zip(self.state.unit_time_nanos())
+                    .is_some_and(|(common, learnt)| common > SLOW_SAMPLE * learnt);
+            if slowed && let Some(common) = common {
+                self.state.raise_stall_floor(common, now);
+                self.state.slow_first_byte(now);
+            }
+            self.state.record_unit_time(unit, self.method, slowed, now);
             self.state.record_first_byte(
                 FirstByte {
                     nanos,
@@ -1097,7 +1195,9 @@ impl InFlight {
             self.state.first_byte_arrived(self.work);
             let waited = now.saturating_duration_since(self.sent_at);
             let unit = self.unit_time_sample(nanos_f64(waited));
-            self.state.record_censored(waited, unit, now);
+            // A lower bound: read raw where the method's speed is not learnt.
+            let common = self.state.on_common_scale(self.method, unit).unwrap_or(unit);
+            self.state.record_censored(waited, common, now);
         }
     }
 
@@ -1125,6 +1225,10 @@ impl Drop for InFlight {
 /// How many times slower than the learnt speed a first byte must be to set a stall's floor.
 const SLOW_SAMPLE: f64 = 10.0;
 
+/// The strikes a floor starts at when a second slow first byte confirms a slowdown (see
+/// [`EndpointState::slow_first_byte`]).
+const CONFIRMED_STRIKES: u32 = 3;
+
 /// The strikes after which a stall's floor stops lengthening: 2⁵ = 32 × `stall_decay`.
 const MAX_STALL_STRIKES: u32 = 5;
 
@@ -1140,7 +1244,7 @@ fn duration_nanos(d: Duration) -> u64 {
 }
 
 /// `e^(−Δt/τ)`: what an estimate made at `at` still weighs at `now`.
-fn weight_since(at: Instant, now: Instant, tau: Duration) -> f64 {
+pub(crate) fn weight_since(at: Instant, now: Instant, tau: Duration) -> f64 {
     (-nanos_f64(now.saturating_duration_since(at)) / nanos_f64(tau).max(1.0)).exp()
 }
 
@@ -1368,6 +1472,67 @@ mod tests {
         let now = s.unit_time_nanos_at(Instant::now()).unwrap();
         assert!((now / unit - 20.0).abs() < 0.2, "{}", now / unit);
         assert!(s.unit_time_nanos().unwrap() < 1.5 * unit, "the average moves slowly");
+    }
+
+    /// `n` calls of `method` of `work` units that `s` answers in `ms` milliseconds each, one after
+    /// another.
+    async fn method_answers(s: &Arc<EndpointState>, method: u64, work: u64, ms: u64, n: usize) {
+        for _ in 0..n {
+            let mut f = s.start(Instant::now(), work).for_method(method);
+            advance(Duration::from_millis(ms)).await;
+            f.first_byte();
+            f.end(Outcome::Ok, &OutlierConfig::default());
+            advance(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_method_s_first_bytes_are_read_against_its_own_speed() {
+        let (unary, stream) = (7, 8);
+        let s = state();
+        // Unary answers take their whole generation (60 ms), streams their first token (6 ms):
+        // the speed over both sits between.
+        for _ in 0..5 {
+            method_answers(&s, unary, 1000, 60, 1).await;
+            method_answers(&s, stream, 1000, 6, 1).await;
+        }
+        let common = s.unit_time_nanos().expect("learnt");
+        let stream_unit = lock(&s.method_speeds).get(stream).expect("learnt");
+        assert!(common > 4.0 * stream_unit, "{common} {stream_unit}");
+        // The endpoint slows 20 times: a stream's first token in 120 ms is under 10 × the speed
+        // over both methods, and 20 × its own.
+        method_answers(&s, stream, 1000, 120, 1).await;
+        let now = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!(now / common > 15.0, "counted at once, on the common scale: {}", now / common);
+        assert!(s.stall_severe.load(Ordering::Relaxed), "as severe as it is: probation when tried");
+        assert_eq!(lock(&s.method_speeds).get(stream), Some(stream_unit), "the method's usual speed stays");
+        // A second within a second confirms the slowdown: the floor's time constant starts long.
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+        method_answers(&s, stream, 1000, 120, 1).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), CONFIRMED_STRIKES);
+        let now = s.unit_time_nanos_at(Instant::now()).unwrap();
+        // A unary answer at its usual speed is fast for the floor's scale: it clears it, where
+        // read raw (60 ms, 10 × a stream's) it would not have.
+        let floor_set = now;
+        method_answers(&s, unary, 1000, 60, 1).await;
+        let after = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!(after < floor_set / 5.0, "{after} {floor_set}");
+        // The same first bytes from requests that name no method, or all one method, are read
+        // raw: under 10 × the common speed, the slow one sets no floor.
+        for method in [NO_METHOD, unary] {
+            let raw = state();
+            for _ in 0..5 {
+                method_answers(&raw, method, 1000, 60, 1).await;
+                method_answers(&raw, method, 1000, 6, 1).await;
+            }
+            method_answers(&raw, method, 1000, 120, 1).await;
+            assert_eq!(raw.unit_time_nanos_at(Instant::now()), raw.unit_time_nanos());
+            // Slow enough to set a floor twice in a row, within a second of each other: not
+            // confirmed (the second floor, set once the first had faded, is one strike).
+            method_answers(&raw, method, 1000, 600, 2).await;
+            assert!(raw.unit_time_nanos_at(Instant::now()) > raw.unit_time_nanos(), "a floor");
+            assert!(raw.stall_strikes.load(Ordering::Relaxed) < CONFIRMED_STRIKES);
+        }
     }
 
     #[tokio::test(start_paused = true)]

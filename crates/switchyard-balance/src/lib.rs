@@ -106,6 +106,7 @@ mod endpoint;
 mod endpoint_limit;
 mod error;
 mod future;
+mod method_speed;
 mod observer;
 mod outlier;
 pub mod policy;

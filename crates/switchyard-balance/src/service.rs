@@ -53,6 +53,14 @@ pub trait RequestExtensions {
     fn extensions_mut(&mut self) -> Option<&mut http::Extensions> {
         None
     }
+
+    /// The method the request calls, as its HTTP/2 `:path` (`/package.Service/Method` for gRPC),
+    /// if it has one: each method's first bytes are read against that method's own speed to tell
+    /// a slowed endpoint (a unary call's first byte takes its whole generation, a stream's only
+    /// its prefill). `None` reads them against the speed over every request.
+    fn method_path(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<B> RequestExtensions for http::Request<B> {
@@ -62,6 +70,10 @@ impl<B> RequestExtensions for http::Request<B> {
 
     fn extensions_mut(&mut self) -> Option<&mut http::Extensions> {
         Some(http::Request::extensions_mut(self))
+    }
+
+    fn method_path(&self) -> Option<&str> {
+        Some(self.uri().path())
     }
 }
 
@@ -547,7 +559,9 @@ where
         {
             extensions.insert(PickedEndpoint(slot.state.id().clone()));
         }
-        let completion = Completion::new(slot.state.start(now, work), self.pool.clone());
+        let method =
+            req.method_path().map_or(crate::method_speed::NO_METHOD, crate::method_speed::method_key);
+        let completion = Completion::new(slot.state.start(now, work).for_method(method), self.pool.clone());
         ResponseFuture::new(slot.service.clone().oneshot(req), completion, self.completion.clone())
     }
 }
