@@ -13,8 +13,9 @@
 //! floor see.
 //!
 //! A request names its method by
-//! [`RequestExtensions::method_path`](crate::RequestExtensions::method_path); requests that name none (the lab's simulated
-//! requests) are read against the speed over every method, as before.
+//! [`RequestExtensions::method_path`](crate::RequestExtensions::method_path). Requests that
+//! name none, and every request to an endpoint that has been sent one method only (the lab's
+//! simulated requests all go to `/`), are read against the speed over every method, as before.
 
 use std::time::Duration;
 
