@@ -140,6 +140,10 @@ pub struct EndpointState {
     /// When the last first byte [`SLOW_SAMPLE`] times slower than the speed came, in
     /// nanoseconds after `epoch` (0 for none; see [`EndpointState::slow_first_byte`]).
     last_slow_first_byte: AtomicU64,
+    /// When the last call given up on without a first byte said the endpoint was
+    /// [`SLOW_SAMPLE`] times slower than its speed or more, in nanoseconds after `epoch` (0 for
+    /// none; see [`EndpointState::severe_give_up`]).
+    last_severe_give_up: AtomicU64,
     /// How long a response runs on after its first byte (a stream's generation): an EWMA over
     /// the requests that succeeded, with the speed's time constant.
     after_first_byte: Mutex<Option<RttEstimate>>,
@@ -269,6 +273,7 @@ impl EndpointState {
             stall_strikes: AtomicU32::new(0),
             stall_severe: AtomicBool::new(false),
             last_slow_first_byte: AtomicU64::new(0),
+            last_severe_give_up: AtomicU64::new(0),
             after_first_byte: Mutex::new(None),
             after_first_byte_bits: AtomicU64::new(f64::NAN.to_bits()),
             capacity: Mutex::new(CapacityEstimate::default()),
@@ -543,8 +548,9 @@ impl EndpointState {
     }
 
     /// A first byte [`SLOW_SAMPLE`] times slower than the speed came at `now`. A second within
-    /// [`TrackingConfig::stall_decay`] of the one before confirms that the endpoint has slowed
-    /// down, not hit one slow batch: the floor starts at [`CONFIRMED_STRIKES`] strikes (a time
+    /// [`TrackingConfig::stall_decay`] of the one before, or a call given up on as that slow
+    /// ([`severe_give_up`](Self::severe_give_up)), confirms that the endpoint has slowed down,
+    /// not hit one slow batch: the floor starts at [`CONFIRMED_STRIKES`] strikes (a time
     /// constant of 8 × `stall_decay`), as Envoy ejects for longer than a stall's second.
     ///
     /// Only on an endpoint sent two methods or more, whose first bytes are read against their
@@ -557,10 +563,45 @@ impl EndpointState {
         }
         let at = duration_nanos(now.saturating_duration_since(self.epoch)).max(1);
         let before = self.last_slow_first_byte.swap(at, Ordering::Relaxed);
-        if before != 0 && at.saturating_sub(before) <= self.stall_decay_nanos.load(Ordering::Relaxed) {
-            let strikes = self.stall_strikes.load(Ordering::Relaxed);
-            self.stall_strikes.store(strikes.max(CONFIRMED_STRIKES), Ordering::Relaxed);
+        let given_up = self.last_severe_give_up.load(Ordering::Relaxed);
+        if self.within_stall_decay(before, at) || self.within_stall_decay(given_up, at) {
+            self.confirm_slowdown();
         }
+    }
+
+    /// A call given up on at `now` without a first byte said the endpoint takes at least
+    /// [`SLOW_SAMPLE`] times its speed. Alone it confirms nothing: a stopped process (SIGSTOP,
+    /// a long pause) gives up calls together and answers at its usual speed once resumed, and
+    /// is tried again after its floor's second. Within [`TrackingConfig::stall_decay`] of a
+    /// first byte as slow, it confirms a slowdown (see [`slow_first_byte`](Self::slow_first_byte)):
+    /// a replica slowed 20 times answers the streams it had begun 10-20 times slower and lets
+    /// its unary calls reach their deadlines.
+    ///
+    /// Confirmed only by a second slow first byte, a slowdown with a single stream in flight at
+    /// its start went unconfirmed, and the replica was tried again, by a call that failed, each
+    /// time its floor had faded with its 1 s time constant (`switchyard bench faults`, fault
+    /// `slow`).
+    fn severe_give_up(&self, now: Instant) {
+        if !lock(&self.method_speeds).mixed() {
+            return;
+        }
+        let at = duration_nanos(now.saturating_duration_since(self.epoch)).max(1);
+        self.last_severe_give_up.store(at, Ordering::Relaxed);
+        if self.within_stall_decay(self.last_slow_first_byte.load(Ordering::Relaxed), at) {
+            self.confirm_slowdown();
+        }
+    }
+
+    /// Whether `before` (nanoseconds after `epoch`, 0 for never) is within
+    /// [`TrackingConfig::stall_decay`] of `at`.
+    fn within_stall_decay(&self, before: u64, at: u64) -> bool {
+        before != 0 && at.saturating_sub(before) <= self.stall_decay_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Starts the floor's strikes at [`CONFIRMED_STRIKES`] at least.
+    fn confirm_slowdown(&self) {
+        let strikes = self.stall_strikes.load(Ordering::Relaxed);
+        self.stall_strikes.store(strikes.max(CONFIRMED_STRIKES), Ordering::Relaxed);
     }
 
     /// The floor's time constant: [`TrackingConfig::stall_decay`] doubled for each strike.
@@ -949,6 +990,9 @@ impl EndpointState {
             self.record_rtt(waited, now);
         }
         self.raise_stall_floor(unit_nanos, now);
+        if self.unit_time_nanos().is_some_and(|learnt| unit_nanos >= SLOW_SAMPLE * learnt) {
+            self.severe_give_up(now);
+        }
     }
 
     /// Sets the stall's floor at `unit_nanos` when that is above the time per unit the costs
@@ -1132,17 +1176,23 @@ impl InFlight {
             // rather than only through the speed's slow average.
             // Only for a request that carried its size: without one, a long request cannot be
             // told from a slow endpoint (as for the overdue term).
-            if let Some(common) = common {
-                self.state.clear_stall_floor_below(common);
-            }
             let sized = self.work > 1;
             let slowed = sized
                 && common
                     .zip(self.state.unit_time_nanos())
                     .is_some_and(|(common, learnt)| common > SLOW_SAMPLE * learnt);
-            if slowed && let Some(common) = common {
-                self.state.raise_stall_floor(common, now);
-                self.state.slow_first_byte(now);
+            match common {
+                // Still slow when tried: a stall again, not a recovery, though faster than the
+                // floor it had set (a given-up call's lower bound, or a slower first byte).
+                // Read as a recovery, it cleared the floor and its strikes, and an endpoint
+                // still slowed 10 times or more was tried again a time constant of a second
+                // later rather than of several.
+                Some(common) if slowed => {
+                    self.state.raise_stall_floor(common, now);
+                    self.state.slow_first_byte(now);
+                }
+                Some(common) => self.state.clear_stall_floor_below(common),
+                None => {}
             }
             self.state.record_unit_time(unit, self.method, slowed, now);
             self.state.record_first_byte(
@@ -1509,16 +1559,27 @@ mod tests {
         }
     }
 
+    /// The methods of [`learnt_two_methods`].
+    const UNARY: u64 = 7;
+    const STREAM: u64 = 8;
+
+    /// An endpoint that has answered five unary calls of 1,000 units in 60 ms each (their
+    /// whole generation) and five streams of as many in 6 ms (their first token), in turn.
+    async fn learnt_two_methods() -> Arc<EndpointState> {
+        let s = state();
+        for _ in 0..5 {
+            method_answers(&s, UNARY, 1000, 60, 1).await;
+            method_answers(&s, STREAM, 1000, 6, 1).await;
+        }
+        s
+    }
+
     #[tokio::test(start_paused = true)]
     async fn each_method_s_first_bytes_are_read_against_its_own_speed() {
-        let (unary, stream) = (7, 8);
-        let s = state();
+        let (unary, stream) = (UNARY, STREAM);
         // Unary answers take their whole generation (60 ms), streams their first token (6 ms):
         // the speed over both sits between.
-        for _ in 0..5 {
-            method_answers(&s, unary, 1000, 60, 1).await;
-            method_answers(&s, stream, 1000, 6, 1).await;
-        }
+        let s = learnt_two_methods().await;
         let common = s.unit_time_nanos().expect("learnt");
         let stream_unit = lock(&s.method_speeds).get(stream).expect("learnt");
         assert!(common > 4.0 * stream_unit, "{common} {stream_unit}");
@@ -1597,6 +1658,77 @@ mod tests {
         f.first_byte();
         assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
         assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_try_still_many_times_slow_keeps_the_strikes_though_faster_than_the_floor() {
+        let stream = STREAM;
+        let s = learnt_two_methods().await;
+        let common = s.unit_time_nanos().expect("learnt");
+        // Slowed 20 times, confirmed by a second slow first token within a second.
+        method_answers(&s, stream, 1000, 120, 2).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), CONFIRMED_STRIKES);
+        // Faded (8 s time constant), it is tried: its first token comes 16 × slow, under the
+        // floor's 20 × but still a stall. A strike more, not a recovery.
+        advance(Duration::from_secs(20)).await;
+        let faded = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!(faded < 3.0 * common, "{}", faded / common);
+        method_answers(&s, stream, 1000, 96, 1).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), CONFIRMED_STRIKES + 1);
+        // Three seconds on, it still costs more than 10 × its speed: not tried again so soon.
+        advance(Duration::from_secs(3)).await;
+        let later = s.unit_time_nanos_at(Instant::now()).unwrap();
+        assert!(later > 10.0 * common, "{}", later / common);
+        // A first token at its usual speed clears the floor and the strikes.
+        method_answers(&s, stream, 1000, 6, 1).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+        assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_byte_and_a_call_given_up_as_slow_confirm_a_slowdown_but_give_ups_alone_do_not() {
+        let (unary, stream) = (UNARY, STREAM);
+        let learnt = learnt_two_methods;
+        let give_up = |s: &Arc<EndpointState>, after: Duration| {
+            let call = s.start(Instant::now(), 1000).for_method(unary);
+            async move {
+                advance(after).await;
+                drop(call);
+            }
+        };
+        // Slowed 20 times: the one stream in flight has its first token 20 × late, and a unary
+        // call reaches its deadline (1 s, 16 × its generation) within the second.
+        let s = learnt().await;
+        let unary_call = s.start(Instant::now(), 1000).for_method(unary);
+        // Behind the unary call's work: 20 × its speed is twice 120 ms.
+        method_answers(&s, stream, 1000, 240, 1).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+        assert!(s.stall_severe.load(Ordering::Relaxed));
+        advance(Duration::from_millis(660)).await;
+        drop(unary_call);
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), CONFIRMED_STRIKES);
+        // A call given up on after 7 × its generation is no such sign.
+        let s = learnt().await;
+        method_answers(&s, stream, 1000, 120, 1).await;
+        give_up(&s, Duration::from_millis(400)).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+        // The other way round: the given-up call first, the slow first token after it.
+        let s = learnt().await;
+        give_up(&s, Duration::from_secs(1)).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+        method_answers(&s, stream, 1000, 120, 1).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), CONFIRMED_STRIKES);
+        // A stopped process: calls given up on together, no first byte. Not confirmed: the
+        // floor keeps its 1 s time constant, and the endpoint is tried again soon after.
+        let s = learnt().await;
+        let calls: Vec<_> = (0..3).map(|_| s.start(Instant::now(), 1000).for_method(unary)).collect();
+        advance(Duration::from_secs(1)).await;
+        drop(calls);
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), 0);
+        // A slow first token more than a second later: a floor, not a confirmation.
+        advance(Duration::from_millis(1500)).await;
+        method_answers(&s, stream, 1000, 120, 1).await;
+        assert!(s.stall_strikes.load(Ordering::Relaxed) < CONFIRMED_STRIKES);
     }
 
     #[tokio::test(start_paused = true)]
