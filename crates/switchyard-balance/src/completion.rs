@@ -141,7 +141,6 @@ impl Completion {
             return;
         }
         let until = outlier.eject(&self.pool.outlier, now);
-        state.sync_failure_streak(&outlier);
         drop(outlier);
         self.pool.bump();
         tracing::warn!(endpoint = %state.id(), ejected_for = ?until.saturating_duration_since(now), "ejecting failing endpoint");

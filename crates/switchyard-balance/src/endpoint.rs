@@ -159,9 +159,6 @@ pub struct EndpointState {
     min_request_work_bits: AtomicU64,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
-    /// The outlier detector's failures in a row ([`EndpointState::failure_streak`]), read
-    /// without the lock.
-    failure_streak: AtomicU32,
     /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
     limit: Mutex<Option<Box<dyn LimitAlgorithm>>>,
     /// The limit in force (`u32::MAX`: none), read without the lock.
@@ -282,7 +279,6 @@ impl EndpointState {
             min_request_work_bits: AtomicU64::new(1.0f64.to_bits()),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
-            failure_streak: AtomicU32::new(0),
             limit: Mutex::new(None),
             limit_value: AtomicU32::new(NO_LIMIT),
         }
@@ -779,20 +775,6 @@ impl EndpointState {
         lock(&self.outlier).times_ejected
     }
 
-    /// The endpoint's failures in a row (outcomes that say it is unhealthy,
-    /// [`Outcome::is_endpoint_failure`]), counted in the order the requests were sent as the
-    /// outlier detector counts them ([`crate::outlier`]): 0 once a request sent since the streak
-    /// began succeeds, or when the endpoint is ejected. Kept with ejection turned off too. The
-    /// response-time costs weigh it ([`ResponseTimeEstimate::failure_factor`](crate::policy::ResponseTimeEstimate::failure_factor)).
-    pub fn failure_streak(&self) -> u32 {
-        self.failure_streak.load(Ordering::Relaxed)
-    }
-
-    /// Publishes the streak `outlier` holds now (after an ejection reset it).
-    pub(crate) fn sync_failure_streak(&self, outlier: &OutlierState) {
-        self.failure_streak.store(outlier.streak(), Ordering::Relaxed);
-    }
-
     /// The last report if it arrived no more than `max_age` before `now`, with when it arrived
     /// and the balancer's own load on the endpoint at that moment (the report counts the
     /// requests this balancer had in flight then; comparing the two tells how much of the
@@ -1078,12 +1060,7 @@ impl EndpointState {
         let verdict = match outcome {
             // The caller's choice, not the endpoint's health.
             Outcome::Cancelled => Verdict::Keep,
-            outcome => {
-                let mut state = lock(&self.outlier);
-                let verdict = state.record(outcome.is_endpoint_failure(), outlier, sent_at, now);
-                self.sync_failure_streak(&state);
-                verdict
-            }
+            outcome => lock(&self.outlier).record(outcome.is_endpoint_failure(), outlier, sent_at, now),
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.leave_if_drained(self);

@@ -123,6 +123,9 @@ impl OutlierState {
         sent_at: Instant,
         now: Instant,
     ) -> Verdict {
+        if config.consecutive_failures == 0 {
+            return Verdict::Keep;
+        }
         if self.ejected_until.is_some_and(|until| now < until) {
             // A request sent before the ejection: the streak starts again when the endpoint
             // returns.
@@ -138,17 +141,7 @@ impl OutlierState {
         }
         self.consecutive = self.consecutive.saturating_add(1);
         self.streak_sent = Some(self.streak_sent.map_or(sent_at, |first| first.min(sent_at)));
-        // The streak is kept with ejection off too: the costs read it (`failure_streak`).
-        if config.consecutive_failures > 0 && self.consecutive >= config.consecutive_failures {
-            Verdict::Eject
-        } else {
-            Verdict::Keep
-        }
-    }
-
-    /// Failures in a row now (0 after a success sent since the streak began, or an ejection).
-    pub(crate) fn streak(&self) -> u32 {
-        self.consecutive
+        if self.consecutive >= config.consecutive_failures { Verdict::Eject } else { Verdict::Keep }
     }
 
     /// Ejects the endpoint until `now` plus its next ejection time; returns that instant.

@@ -41,12 +41,13 @@
 //! # What today's gateway does (`reports/bench/faults.md`, 2026-12-03, 2 shared CPUs)
 //!
 //! - `kill`, `flap`, `gateway-restart` (with a client that retries `UNAVAILABLE` and what never
-//!   left it): no idempotent call lost, non-idempotent failures within the calls in flight (kill
-//!   4 for 4; flap and gateway-restart none).
+//!   left it): no idempotent call lost, non-idempotent failures within the calls in flight or
+//!   one past them (kill 5 for 4 in this run, a call sent as it died; 3 for 3 in the one
+//!   before; flap and gateway-restart none).
 //! - `hang`: least response time adds how long the stopped replica's backlog is overdue to its
 //!   cost ([`switchyard_balance::policy::ResponseTimeEstimate::overdue_nanos`]), so new calls
 //!   leave it within tens of milliseconds, before any of its calls ends; only its calls in flight
-//!   fail, and at times a call sent as it stopped (4 for 3 in flight; 3-8 for 3-7 in other
+//!   fail, and at times a call sent as it stopped (3 for 4 in flight; 3-8 for 3-7 in other
 //!   runs). A hedge goes to another endpoint than its first attempt (the balancer notes its pick
 //!   in the call's [`switchyard_core::PickRecorder`]): no idempotent call lost. The replica is
 //!   not ejected (a deadline is no endpoint failure). Its given-up calls set a floor under its
@@ -60,10 +61,13 @@
 //!   the streak: 2 non-idempotent failures for 4 in flight, within 0.1 s (2-4 for 4-6 over runs).
 //! - `reset`: the reads' responses are held to their trailers (the retry layer's
 //!   `hold_responses`), so a read cut mid-response is retried on another replica: none lost
-//!   (3 of 500 when a response was committed at its headers, as gRFC A6 has it); 3
-//!   non-idempotent failures for 4 in flight (1-4 a run in ten runs since a failure streak
-//!   weighs on the cost, `switchyard_balance::policy::ResponseTimeEstimate::failure_factor`;
-//!   2-8 before).
+//!   (3 of 500 when a response was committed at its headers, as gRFC A6 has it); 6
+//!   non-idempotent failures for 4 in flight (2-8 a run over ten runs: the calls sent before
+//!   the resets show). Weighing a failure streak on the response-time cost, `(1 + streak)²`,
+//!   made it 1-4, but it left a replica that fails every call avoided one failure short of
+//!   its ejection, and the call that completed the streak came seconds later: recovery past
+//!   1 s in `unavailable` (1 run in 8, and once in the clean-clone CI's 3 s run). Reverted on
+//!   2026-12-03.
 //! - `slow` (20 × slower, 2 s a generation past the 1 s deadline): a first byte more than 10 ×
 //!   slower than the replica's learnt speed, and a call given up on before its first byte, set a
 //!   floor under its speed at once, and its overdue backlog counts; when the floor fades, one
@@ -71,8 +75,8 @@
 //!   the slowed replica still answers in a millisecond are no samples of its speed and no
 //!   progress of its backlog ([`switchyard_balance::EndpointState::sizes_requests`]): taken as
 //!   both, they kept restarting its stall and pulling its speed down, and the calls of the
-//!   first half-second after the fault went on going there. 3 failures for 3 in flight in the
-//!   committed report, recovered within 0.2 s of the fault (2-9 a run over twenty runs, most of
+//!   first half-second after the fault went on going there. 3 failures for 4 in flight in the
+//!   committed report, recovered 6.4 s after the fault (2-9 a run over twenty runs, most of
 //!   them at the fault; recovery later than 1 s in 13 of them). The tries set the recovery: once the floor has faded, a generation
 //!   tries the replica, and each try fails, since every generation of this bench is
 //!   non-idempotent and cannot be saved.
@@ -102,8 +106,8 @@
 //!   their deadlines then, set a floor of 10-20 × with a 1 s time constant, and without a
 //!   slow first byte beside them cannot be told from a stopped process that will answer at its
 //!   usual speed once resumed. (Taking an answer to a metadata read while a call waited as that
-//!   sign made it worse: 3 of 10, 1.9 failing tries a run.) The committed report's run met both
-//!   targets for `slow`; most runs do not.
+//!   sign made it worse: 3 of 10, 1.9 failing tries a run.) In 7 of 20 runs both targets
+//!   are met for `slow`; not in the committed report's.
 //!
 pub mod load;
 pub mod report;

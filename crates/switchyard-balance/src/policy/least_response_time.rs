@@ -13,8 +13,8 @@ use crate::rng::NearTie;
 /// The endpoint expected to send the first byte of its response soonest, over all endpoints:
 ///
 /// ```text
-/// cost = ((pending_work + work) × unit_time / at_once × √((in_flight + 1) / (mean_in_flight + 1))
-///         + overdue) × (1 + failures)²
+/// cost = (pending_work + work) × unit_time / at_once × √((in_flight + 1) / (mean_in_flight + 1))
+///        + overdue
 /// at_once = min(slots, awaiting_first_byte + 1)
 /// ```
 ///
@@ -69,8 +69,6 @@ use crate::rng::NearTie;
 ///   estimate, the stall's excess once it stops or slows down, before any of its requests ends.
 ///   Counted for requests that carry their size only: without sizes a long request cannot be
 ///   told from a stall.
-/// - `failures` is the endpoint's failure streak ([`EndpointState::failure_streak`]): 0 while
-///   it answers ([`ResponseTimeEstimate::failure_factor`] says why the square).
 ///
 /// The slots are what let the policy route classic servers well: in the lab's `hetero-parallel`
 /// scenario (four servers of 8 slots at 10 ms, one four times slower, 65 % load) a serial-queue
@@ -190,7 +188,7 @@ impl LeastResponseTime {
             if sized {
                 cost += estimate.overdue_nanos(e);
             }
-            (i, cost * estimate.failure_factor(e))
+            (i, cost)
         }))
     }
 }
@@ -325,40 +323,6 @@ impl ResponseTimeEstimate {
         let due = ahead * self.unit_time_nanos(e) / f64::from(at_once);
         (stall.as_secs_f64() * 1e9 - due).max(0.0)
     }
-
-    /// How much a failure streak weighs on `e`'s cost: `(1 + s)²`, where `s` is the endpoint's
-    /// failures in a row ([`EndpointState::failure_streak`], at most
-    /// [`MAX_FAILURE_STREAK`](Self::MAX_FAILURE_STREAK) counted); 1 for an endpoint whose last
-    /// answer was a success.
-    ///
-    /// A cost is the time to a first byte; an endpoint failing every call never gives one. With
-    /// `s` failures in a row and nothing else known, the chance that its next answer is a
-    /// success is about `1 ÷ (1 + s)` (Laplace's rule of succession), so the expected time to
-    /// a useful answer, retries included, is about `(1 + s) ×` its cost; squaring it says that
-    /// a failed call also costs its caller a retry or an error. Without the factor a failing
-    /// replica looked the least busy of all (its calls end early, and a failure is no speed
-    /// sample) and took new calls until its streak was long enough for the outlier detector
-    /// ([`crate::outlier`], 5 in a row by default) to eject it. In `switchyard bench faults`,
-    /// fault `reset` (a replica that resets every stream after its first message), ten runs
-    /// each: non-idempotent failures were no more than the calls in flight on the replica at
-    /// the fault in 5 runs before and in 10 after (2.4 failures a run against 4.9); fault
-    /// `unavailable`: 2.3 a run against 3.3.
-    ///
-    /// The streak ends only with an answer, and an endpoint avoided gets few calls to answer:
-    /// it is tried again when the others are `(1 + s)²` times busier, by a call that either ends
-    /// the streak (a replica that had a passing fault) or completes it (one that keeps failing:
-    /// in one `unavailable` run of eight that call came 4 s after the fault). A weight that
-    /// faded with time (half-life 250 ms) brought those calls sooner but made them more: the
-    /// failures came back every second until the ejection, in 4 runs of 20.
-    /// gRPC's weighted round robin weighs errors in the same spirit (`error_utilization_penalty`).
-    pub fn failure_factor(&self, e: &EndpointState) -> f64 {
-        let s = f64::from(e.failure_streak().min(Self::MAX_FAILURE_STREAK));
-        (1.0 + s) * (1.0 + s)
-    }
-
-    /// The longest failure streak [`failure_factor`](Self::failure_factor) counts: at most 81
-    /// times the cost.
-    pub const MAX_FAILURE_STREAK: u32 = 8;
 
     /// The least work a request counts for on `e` ([`EndpointState::min_request_work`]), or
     /// the fastest measured endpoint's when `e` has no sample yet: the units of
@@ -610,46 +574,6 @@ mod tests {
         // type's docs for what that costs and what it buys).
         let _eleven: Vec<_> = (0..11).map(|_| eps[0].start(Instant::now(), 1)).collect();
         assert_eq!(policy.pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failing_endpoint_costs_more_with_each_failure_in_a_row_until_it_answers_again() {
-        use crate::OutlierConfig;
-        use switchyard_core::Outcome;
-        // Two endpoints of one speed, 10 ms a request; e1 has a request of its own in flight.
-        let eps = endpoints(2);
-        for e in &eps {
-            answer(e, 1, Duration::from_millis(10)).await;
-        }
-        let policy = LeastResponseTime::new();
-        let pick = || policy.pick(&RequestInfo::new(None, Instant::now()), &Endpoints::all_eligible(&eps, 0));
-        let fail = |e: &Arc<EndpointState>, outcome: Outcome| {
-            e.start(Instant::now(), 1).end(outcome, &OutlierConfig::default());
-        };
-        let _busy = eps[1].start(Instant::now(), 1);
-        assert_eq!(pick(), Some(0), "the idle one");
-        // e0's call fails fast (a replica refusing calls): by the backlog alone it is idle again.
-        fail(&eps[0], Outcome::Unavailable);
-        assert_eq!(eps[0].failure_streak(), 1);
-        // 10 ms × √(1 ÷ 1.5) × 4 ≈ 33 ms against e1's 20 ms × √(2 ÷ 1.5) ≈ 23 ms.
-        assert_eq!(pick(), Some(1), "one failure: the busier one that answers");
-        let _second = eps[1].start(Instant::now(), 1);
-        assert_eq!(pick(), Some(0), "a failure weighs as much as a few calls ahead, not as an ejection");
-        fail(&eps[0], Outcome::Unavailable);
-        assert_eq!(pick(), Some(1), "two in a row: 9 times the cost");
-        advance(Duration::from_secs(1)).await;
-        assert_eq!(pick(), Some(1), "the streak ends only with an answer");
-        let _third = eps[1].start(Instant::now(), 1);
-        let _fourth = eps[1].start(Instant::now(), 1);
-        let _fifth = eps[1].start(Instant::now(), 1);
-        assert_eq!(pick(), Some(0), "tried again once the other is that much busier");
-        // A call sent after the streak began answers: the streak ends.
-        advance(Duration::from_millis(1)).await;
-        let mut ok = eps[0].start(Instant::now(), 1);
-        advance(Duration::from_millis(10)).await;
-        ok.end(Outcome::Ok, &OutlierConfig::default());
-        assert_eq!(eps[0].failure_streak(), 0);
-        assert_eq!(pick(), Some(0), "healthy and idle again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -42,13 +42,11 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// beyond          = occupancy + 1 − capacity           (requests beyond the batch, this one included)
 /// hold            = after_first_byte + work × unit_time (how long a request keeps its slot)
 /// slot_wait       = beyond × hold ÷ capacity            (0 when beyond ≤ 0 or capacity unknown)
-/// cost            = (max(backlog_cost, (slot_wait + work × unit_time) × brake) + overdue)
-///                   × (1 + failures)²
+/// cost            = max(backlog_cost, (slot_wait + work × unit_time) × brake) + overdue
 /// ```
 ///
 /// `overdue` is least response time's ([`ResponseTimeEstimate::overdue_nanos`]), for requests
-/// that carry their size, and so is the failure streak's factor
-/// ([`ResponseTimeEstimate::failure_factor`]).
+/// that carry their size.
 ///
 /// `slots` is what the balancer learnt of the replica's parallelism (see [`crate::capacity`]),
 /// as least response time uses it, and `backlog_cost` is least response time's arithmetic
@@ -256,8 +254,7 @@ impl LoadReport {
         self.ties
             .pick(estimates.into_iter().map(|(i, unit, work, (e, foreign))| {
                 let overdue = if sized { shared.overdue_nanos_behind(&endpoints[i], foreign) } else { 0.0 };
-                let failing = shared.failure_factor(&endpoints[i]);
-                (i, (e.cost(&shared, work, unit) + overdue) * failing)
+                (i, e.cost(&shared, work, unit) + overdue)
             }))
             .unwrap_or(0)
     }
