@@ -159,6 +159,9 @@ pub struct EndpointState {
     min_request_work_bits: AtomicU64,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
+    /// When the endpoint's current failure streak last grew, in nanoseconds since `epoch` (0:
+    /// no streak): read by [`is_suspect`](Self::is_suspect) without the outlier detector's lock.
+    failing_at: AtomicU64,
     /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
     limit: Mutex<Option<Box<dyn LimitAlgorithm>>>,
     /// The limit in force (`u32::MAX`: none), read without the lock.
@@ -279,6 +282,7 @@ impl EndpointState {
             min_request_work_bits: AtomicU64::new(1.0f64.to_bits()),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
+            failing_at: AtomicU64::new(0),
             limit: Mutex::new(None),
             limit_value: AtomicU32::new(NO_LIMIT),
         }
@@ -798,6 +802,40 @@ impl EndpointState {
         }
     }
 
+    /// Whether the endpoint is under suspicion at `now`, with nothing since to clear it:
+    /// - its last calls failed (a failure streak of the outlier detector's, in the order the
+    ///   calls were sent, not yet broken by a success), the last failure within `window`;
+    /// - or a stall or slowdown of [`SLOW_SAMPLE`] times its speed set the floor under its time
+    ///   per unit, no first byte since came under that floor, and the floor was set within
+    ///   twice its time constant (2 s for a stall alone, 16 s for a confirmed slowdown, longer
+    ///   with each strike; at most `window`): a stopped process that resumes is trusted again
+    ///   within seconds, while a replica that has slowed down stays suspect.
+    ///
+    /// The balancer keeps a [`FinalAttempt`](switchyard_core::FinalAttempt) off a suspect
+    /// endpoint while another is not: the endpoint is tried again by calls a retry can save
+    /// (an idempotent read that is retried or hedged elsewhere), whose outcome clears or renews
+    /// the suspicion. Without this, a replica failing every call, or 20 times slower, took the
+    /// calls that could not be retried in turn with the others until five failures in a row
+    /// ejected it, or each time its stall's floor had faded: `switchyard bench faults` failed
+    /// calls sent after the fault (`reset`), and seconds after it (`slow`).
+    /// `window` (the balancer passes the outlier detector's base ejection time) bounds the
+    /// suspicion when no such call comes to try the endpoint.
+    pub fn is_suspect(&self, now: Instant, window: Duration) -> bool {
+        let recent = |at: u64| {
+            at != 0 && now.saturating_duration_since(self.epoch + Duration::from_nanos(at)) < window
+        };
+        if recent(self.failing_at.load(Ordering::Relaxed)) {
+            return true;
+        }
+        if !self.stall_severe.load(Ordering::Relaxed)
+            || f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed)).is_nan()
+        {
+            return false;
+        }
+        let at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
+        now.saturating_duration_since(at) < self.stall_tau().saturating_mul(2).min(window)
+    }
+
     /// Whether the endpoint is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
         lock(&self.outlier).ejected_until.is_some_and(|until| now < until)
@@ -1060,7 +1098,24 @@ impl EndpointState {
         let verdict = match outcome {
             // The caller's choice, not the endpoint's health.
             Outcome::Cancelled => Verdict::Keep,
-            outcome => lock(&self.outlier).record(outcome.is_endpoint_failure(), outlier, sent_at, now),
+            outcome => {
+                let failed = outcome.is_endpoint_failure();
+                let mut state = lock(&self.outlier);
+                let verdict = state.record(failed, outlier, sent_at, now);
+                // With ejection off, the streak is the last outcome.
+                let streak = if outlier.consecutive_failures == 0 { failed } else { state.in_streak() };
+                drop(state);
+                let at = if streak && failed {
+                    duration_nanos(now.saturating_duration_since(self.epoch)).max(1)
+                } else if streak {
+                    // A success of a call sent before the streak began: the streak stands.
+                    self.failing_at.load(Ordering::Relaxed)
+                } else {
+                    0
+                };
+                self.failing_at.store(at, Ordering::Relaxed);
+                verdict
+            }
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.leave_if_drained(self);
@@ -1549,6 +1604,36 @@ mod tests {
             method_answers(&s, STREAM, 1000, 6, 1).await;
         }
         s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_severe_stall_makes_the_endpoint_suspect_until_a_fast_first_byte_or_the_window() {
+        const WINDOW: Duration = Duration::from_secs(10);
+        let s = learnt_two_methods().await;
+        assert!(!s.is_suspect(Instant::now(), WINDOW));
+        // A stream's first token 20 × slow: a severe floor, its time constant 1 s.
+        method_answers(&s, STREAM, 1000, 120, 1).await;
+        assert!(s.is_suspect(Instant::now(), WINDOW));
+        advance(Duration::from_millis(1800)).await;
+        assert!(s.is_suspect(Instant::now(), WINDOW), "for twice the floor's time constant");
+        advance(Duration::from_millis(200)).await;
+        assert!(!s.is_suspect(Instant::now(), WINDOW), "a stall alone: trusted again after 2 s");
+        // Two within a second confirm a slowdown (a time constant of 8 s): suspect for the
+        // window, not 16 s.
+        method_answers(&s, STREAM, 1000, 120, 2).await;
+        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), CONFIRMED_STRIKES);
+        advance(Duration::from_millis(9700)).await;
+        assert!(s.is_suspect(Instant::now(), WINDOW));
+        advance(Duration::from_millis(300)).await;
+        assert!(!s.is_suspect(Instant::now(), WINDOW), "the window is over");
+        // Slow again, then a first byte at the method's usual speed clears it.
+        method_answers(&s, STREAM, 1000, 120, 1).await;
+        assert!(s.is_suspect(Instant::now(), WINDOW));
+        method_answers(&s, STREAM, 1000, 6, 1).await;
+        assert!(!s.is_suspect(Instant::now(), WINDOW), "a fast first byte clears the floor");
+        // A first byte a little slow (3 ×) is no severe stall.
+        method_answers(&s, STREAM, 1000, 18, 1).await;
+        assert!(!s.is_suspect(Instant::now(), WINDOW));
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,6 +45,11 @@
 //!   estimate gives it), least response time counts the stall
 //!   ([`EndpointState::stalled_for`]), so a replica that stops or slows down loses its traffic
 //!   before any of its requests ends.
+//! - **Retried requests**: a retry (`switchyard-retry`) goes to an endpoint its
+//!   [`TriedEndpoints`](switchyard_core::TriedEndpoints) does not name, and an attempt no retry
+//!   can save, a [`FinalAttempt`](switchyard_core::FinalAttempt), to one not under suspicion
+//!   ([`EndpointState::is_suspect`]: its last call failed, or it stalled), when there is one:
+//!   a replica that starts failing or slows down is tried again by the calls a retry can save.
 //! - **Errors** are [`switchyard_core::Error`]s naming the balancer ([`Balance::with_name`]) and
 //!   the endpoint: no endpoint, none fits, unreachable, failed during the call; their gRPC status
 //!   is [`switchyard_core::status_of`]'s.

@@ -144,6 +144,11 @@ impl OutlierState {
         if self.consecutive >= config.consecutive_failures { Verdict::Eject } else { Verdict::Keep }
     }
 
+    /// Whether a failure streak is under way (failures since the last success, in send order).
+    pub(crate) fn in_streak(&self) -> bool {
+        self.consecutive > 0
+    }
+
     /// Ejects the endpoint until `now` plus its next ejection time; returns that instant.
     pub(crate) fn eject(&mut self, config: &OutlierConfig, now: Instant) -> Instant {
         self.times_ejected = self.times_ejected.saturating_add(1);

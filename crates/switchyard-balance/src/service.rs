@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind, PickRecorder, TriedEndpoints};
+use switchyard_core::{Endpoint, EndpointId, Error, ErrorKind, FinalAttempt, PickRecorder, TriedEndpoints};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tower::discover::{Change, Discover as _};
@@ -103,7 +103,9 @@ pub const DEFAULT_NO_ENDPOINT_WAIT: Duration = Duration::from_secs(3);
 ///
 /// A retried request (`switchyard-retry`) carries the endpoints it was sent to before in its
 /// [`TriedEndpoints`]: the policy is then shown the eligible endpoints not among them, when
-/// there is one.
+/// there is one. An attempt no retry can save carries a [`FinalAttempt`]: the policy is then
+/// shown the eligible endpoints not under suspicion (see
+/// [`EndpointState::is_suspect`](crate::EndpointState::is_suspect)), when there is one.
 pub struct Balance<S, Req, C = HttpCompletion> {
     owner: Owner<S>,
     /// The members, as of directory version `version`, and their generation.
@@ -515,16 +517,36 @@ where
         // A retried request goes to an endpoint it has not tried, when one is eligible. Only
         // retries carry the key, so the first attempt pays one extension lookup.
         let untried;
+        let (eligible, eligible_slots, member_eligible) = match req
+            .extensions()
+            .and_then(|e| e.get::<TriedEndpoints>())
+        {
+            Some(tried)
+                if eligible.iter().any(|e| tried.contains(e.id()))
+                    && eligible.iter().any(|e| !tried.contains(e.id())) =>
+            {
+                untried =
+                    Subset::select(|e| !tried.contains(e.id()), eligible, eligible_slots, member_eligible);
+                (&untried.eligible, &untried.slots, &untried.members)
+            }
+            _ => (eligible, eligible_slots, member_eligible),
+        };
+        // An attempt no retry can save stays off endpoints under suspicion while another is
+        // eligible: calls that can be saved try them again. Only a retry layer marks attempts.
+        let trusted;
         let (eligible, eligible_slots, member_eligible) =
-            match req.extensions().and_then(|e| e.get::<TriedEndpoints>()) {
-                Some(tried)
-                    if eligible.iter().any(|e| tried.contains(e.id()))
-                        && eligible.iter().any(|e| !tried.contains(e.id())) =>
-                {
-                    untried = Untried::select(tried, eligible, eligible_slots, member_eligible);
-                    (&untried.eligible, &untried.slots, &untried.members)
+            match req.extensions().and_then(|e| e.get::<FinalAttempt>()) {
+                Some(_) => {
+                    let window = self.pool.outlier.base_ejection;
+                    let suspect = |e: &EndpointState| e.is_suspect(now, window);
+                    if eligible.iter().any(|e| suspect(e)) && eligible.iter().any(|e| !suspect(e)) {
+                        trusted = Subset::select(|e| !suspect(e), eligible, eligible_slots, member_eligible);
+                        (&trusted.eligible, &trusted.slots, &trusted.members)
+                    } else {
+                        (eligible, eligible_slots, member_eligible)
+                    }
                 }
-                _ => (eligible, eligible_slots, member_eligible),
+                None => (eligible, eligible_slots, member_eligible),
             };
         let endpoints = Endpoints::new(eligible, &self.members, member_eligible, self.generation);
         let pick = match self.policy.pick(&info, &endpoints) {
@@ -566,16 +588,17 @@ where
     }
 }
 
-/// The eligible endpoints a retried request has not tried yet, in the shape the policy reads.
-struct Untried {
+/// The eligible endpoints a request may go to among those the pool could take (those a retried
+/// request has not tried yet, those not under suspicion), in the shape the policy reads.
+struct Subset {
     eligible: Vec<Arc<EndpointState>>,
     slots: Vec<usize>,
     members: Vec<Option<usize>>,
 }
 
-impl Untried {
+impl Subset {
     fn select(
-        tried: &TriedEndpoints,
+        keep: impl Fn(&EndpointState) -> bool,
         eligible: &[Arc<EndpointState>],
         eligible_slots: &[usize],
         member_eligible: &[Option<usize>],
@@ -587,7 +610,7 @@ impl Untried {
         };
         for index in member_eligible {
             match *index {
-                Some(i) if !tried.contains(eligible[i].id()) => {
+                Some(i) if keep(&eligible[i]) => {
                     untried.members.push(Some(untried.eligible.len()));
                     untried.eligible.push(eligible[i].clone());
                     untried.slots.push(eligible_slots[i]);

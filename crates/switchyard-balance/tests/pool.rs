@@ -18,7 +18,7 @@ use switchyard_balance::{
     Backend, Balance, CompleteOnResponse, DEFAULT_NO_ENDPOINT_WAIT, LoadBoard, OutlierConfig, PolicyHandle,
     PolicyKind, Shared,
 };
-use switchyard_core::{EndpointId, ErrorKind, RequestSize};
+use switchyard_core::{EndpointId, ErrorKind, FinalAttempt, RequestSize};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, advance, sleep};
 use tower::util::BoxCloneService;
@@ -386,6 +386,65 @@ async fn a_failing_endpoint_is_ejected_and_returns_after_its_ejection_time() {
     assert_eq!(failures(&mut lb, 30).await, 0);
     assert_eq!(count(&board, "bad") - served, 10, "a full share again");
     assert!(ejected(&board).is_empty());
+}
+
+/// Sends `n` requests marked as a retry layer marks attempts no retry can save; returns how
+/// many failed.
+async fn final_failures(lb: &mut Lb, n: usize) -> usize {
+    let mut failed = 0;
+    for _ in 0..n {
+        let mut req = common::req();
+        req.extensions_mut().insert(FinalAttempt);
+        if dispatch(lb, req).await.await.is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_no_retry_can_save_stays_off_an_endpoint_whose_last_call_failed() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(5, 0.5));
+    let board = lb.board();
+    let (up, down) = (flag(false), flag(true));
+    for b in [flaky("a", &up), flaky("b", &up), flaky("bad", &down)] {
+        insert(&mut tx, b);
+    }
+    assert_eq!(failures(&mut lb, 3).await, 1, "round robin: `bad` fails its first request");
+    assert_eq!(final_failures(&mut lb, 30).await, 0, "then takes no final attempt");
+    assert_eq!(count(&board, "bad"), 1);
+    // Unmarked requests (those a retry can save, or any without a retry layer) still try it.
+    assert_eq!(failures(&mut lb, 3).await, 1);
+    assert_eq!(final_failures(&mut lb, 30).await, 0);
+    assert_eq!(count(&board, "bad"), 2);
+    assert!(ejected(&board).is_empty(), "two failures of five: not ejected");
+
+    // A success there (of a request sent after the failures) lifts the suspicion.
+    down.store(false, Ordering::Relaxed);
+    assert_eq!(failures(&mut lb, 3).await, 0);
+    assert_eq!(final_failures(&mut lb, 30).await, 0);
+    assert_eq!(count(&board, "bad"), 3 + 10, "a full share of final attempts again");
+
+    // Without a call to try it, the suspicion lasts the outlier detector's base ejection time.
+    down.store(true, Ordering::Relaxed);
+    assert_eq!(failures(&mut lb, 3).await, 1);
+    advance(Duration::from_secs(9)).await;
+    assert_eq!(final_failures(&mut lb, 30).await, 0);
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(final_failures(&mut lb, 3).await, 1, "tried again after 10 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_final_attempt_goes_to_a_suspect_endpoint_when_every_endpoint_is_suspect() {
+    let (mut tx, lb) = dynamic();
+    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(5, 0.5));
+    let down = flag(true);
+    for b in [flaky("a", &down), flaky("b", &down)] {
+        insert(&mut tx, b);
+    }
+    assert_eq!(failures(&mut lb, 2).await, 2);
+    assert_eq!(final_failures(&mut lb, 2).await, 2, "sent on, not refused");
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,8 @@
 //!   from the layer that extracts them (`switchyard-keys`) to the layers that use them;
 //!   [`TriedEndpoints`], the endpoints a retried request went to before, which the balancer avoids;
 //!   [`PickRecorder`], where the balancer says which endpoint it picked for an attempt still out
-//!   (a hedge avoids it).
+//!   (a hedge avoids it); [`FinalAttempt`], an attempt no retry can save, which the balancer keeps
+//!   off endpoints under suspicion.
 //! - [`Outcome`]: how a request ended (ok, unavailable, connect failure, overloaded with its
 //!   pushback, deadline, cancelled, other), read from `grpc-status` and the trailers.
 //! - [`Spec`]: a component (a policy, a layer) by name with parameters, as configs write it.
@@ -76,4 +77,4 @@ pub use routing::{BYTES_PER_TOKEN, PrefixBlocks, PrefixHasher, RoutingKey, stabl
 pub use size::RequestSize;
 pub use spec::{Spec, SpecError};
 pub use status_layer::{StatusFuture, StatusLayer, StatusService};
-pub use tried::{PickRecorder, TriedEndpoints};
+pub use tried::{FinalAttempt, PickRecorder, TriedEndpoints};

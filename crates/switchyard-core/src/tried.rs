@@ -67,6 +67,18 @@ impl PickRecorder {
     }
 }
 
+/// Marks an attempt whose failure at its endpoint goes back to the caller: nothing above will
+/// send it again once it has reached a replica. A retry layer (`switchyard-retry`) puts it in
+/// every attempt of a method not marked idempotent, and in the last attempt of one that is.
+///
+/// The balancer keeps such an attempt off an endpoint under suspicion (its last calls failed, or
+/// it stalled at many times its speed, within the outlier detector's base ejection time) while
+/// another eligible endpoint is not, so that a failing or slowed replica is tried again by calls
+/// a retry can save, not by the ones it cannot. A request without it is balanced as before: a
+/// balancer with no retry layer above it sees none, and pays one extension lookup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FinalAttempt;
+
 #[cfg(test)]
 mod tests {
     use super::*;

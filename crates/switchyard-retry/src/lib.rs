@@ -27,6 +27,12 @@
 //!   [`TriedEndpoints`](switchyard_core::TriedEndpoints) extension, and
 //!   `switchyard_balance::Balance` picks among the eligible endpoints not in it, when there is
 //!   one. The endpoint is read from the typed error, or from the response's `PickedEndpoint`.
+//! - **Which attempts are final.** Every attempt of a method not marked idempotent, and the last
+//!   attempt of one that is, carries a [`FinalAttempt`](switchyard_core::FinalAttempt): its
+//!   failure at a replica reaches the caller. The balancer keeps such attempts off endpoints
+//!   under suspicion (their last call failed, or they stalled at ten times their speed) while
+//!   another is eligible, so a replica that starts failing or slows down is tried again by the
+//!   calls this layer can save.
 //! - **How often.** At most `attempts` in all (3 by default, gRPC's cap of 5), and only within a
 //!   budget: tower's [`TpsBudget`](tower::retry::budget::TpsBudget), every call depositing and
 //!   every retry withdrawing, allows retries of `ratio` of the calls of the last `ttl` (0.1 of

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use switchyard_core::{Deadline, PickRecorder, TriedEndpoints, parse_grpc_timeout};
+use switchyard_core::{Deadline, FinalAttempt, PickRecorder, TriedEndpoints, parse_grpc_timeout};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{BoxError, Service, ServiceExt};
@@ -125,8 +125,13 @@ where
     let seed = policy.seed ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut backoff = Backoff::new(config, seed);
     let mut tried = TriedEndpoints::default();
-    let head = copy_head(&parts);
     let mut parts = parts;
+    // A failure at its endpoint of a call that will not be retried reaches the caller: the
+    // balancer keeps such attempts off endpoints under suspicion.
+    if !idempotent || config.attempts <= 1 {
+        parts.extensions.insert(FinalAttempt);
+    }
+    let head = copy_head(&parts);
     // A call that may be hedged learns from the balancer where its first attempt went, so that
     // the hedge goes elsewhere.
     let hedge = config.hedge_after.filter(|_| idempotent).map(|delay| {
@@ -142,7 +147,7 @@ where
         }
         None => first.await,
     };
-    for _ in 1..config.attempts {
+    for attempt in 1..config.attempts {
         let Verdict::Retry { endpoint, pushback } = verdict(&result, idempotent, config) else { break };
         if !call.is_replayable() {
             Counters::bump(&counters.not_replayable);
@@ -165,6 +170,9 @@ where
         tokio::time::sleep(wait).await;
         let mut req = http::Request::from_parts(copy_head(&head), body);
         req.extensions_mut().insert(tried.clone());
+        if attempt + 1 == config.attempts {
+            req.extensions_mut().insert(FinalAttempt);
+        }
         let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
         result = match ready {
             Ok(ready) => {

@@ -11,7 +11,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use switchyard_balance::policy::{Endpoints, RequestInfo};
 use switchyard_balance::{Backend, Balance, Policy, PolicyHandle, Shared};
-use switchyard_core::{Endpoint, Error, ErrorKind};
+use switchyard_core::{Endpoint, Error, ErrorKind, FinalAttempt};
 use switchyard_retry::{BudgetConfig, MethodPattern, RetryBody, RetryConfig, RetryLayer};
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
@@ -57,6 +57,8 @@ struct Replica {
     calls: Arc<AtomicUsize>,
     at: Arc<Mutex<Vec<Instant>>>,
     bodies: Arc<Mutex<Vec<Bytes>>>,
+    /// Whether each call came marked as a final attempt.
+    finals: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Replica {
@@ -66,6 +68,7 @@ impl Replica {
             calls: Arc::default(),
             at: Arc::default(),
             bodies: Arc::default(),
+            finals: Arc::default(),
         }
     }
 
@@ -120,9 +123,11 @@ where
 
     fn call(&mut self, req: http::Request<RetryBody<B>>) -> Self::Future {
         let this = self.clone();
+        let final_attempt = req.extensions().get::<FinalAttempt>().is_some();
         Box::pin(async move {
             this.calls.fetch_add(1, Ordering::SeqCst);
             this.at.lock().unwrap().push(Instant::now());
+            this.finals.lock().unwrap().push(final_attempt);
             let answer = *this.answer.lock().unwrap();
             match answer {
                 Answer::ConnectFailed => Err(Error::new(ErrorKind::ConnectFailed).into()),
@@ -203,7 +208,10 @@ async fn what_never_reached_a_replica_is_retried_on_another_endpoint_for_any_met
             let result = send(&mut service, request(OTHER, &[b"x"])).await;
             assert_eq!(grpc_status(&result).as_deref(), Some("0"));
         }
-        assert_eq!((a.calls(), b.calls()), (3, 3));
+        // The first call went to `a` and was retried on `b`. Its attempts were final (a method
+        // not marked idempotent is retried only when it never reached a replica), and the
+        // balancer keeps final attempts off `a` while its last call failed.
+        assert_eq!((a.calls(), b.calls()), (1, 3));
     }
 }
 
@@ -248,6 +256,23 @@ async fn no_retry_would_start_past_the_deadline() {
     assert_eq!(grpc_status(&result).as_deref(), Some("14"));
     assert_eq!(a.calls(), 1);
     assert_eq!(start.elapsed(), Duration::ZERO, "the status comes back at once, no wait");
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_no_retry_can_save_are_marked_final() {
+    let replicas: Vec<Replica> = (0..3).map(|_| Replica::new(Answer::Status("14", None))).collect();
+    let named: Vec<(&str, &Replica)> = ["a", "b", "c"].into_iter().zip(&replicas).collect();
+    let mut service = tower::Layer::layer(&RetryLayer::new(config()).unwrap(), balancer(&named));
+    let finals = |r: &Replica| r.finals.lock().unwrap().clone();
+    // An idempotent call, three attempts: only the last is final.
+    let result = send(&mut service, request(IDEMPOTENT, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("14"));
+    let seen: Vec<Vec<bool>> = replicas.iter().map(finals).collect();
+    assert_eq!(seen, [vec![false], vec![false], vec![true]]);
+    // A call of a method not marked idempotent: final from its first attempt.
+    let result = send(&mut service, request(OTHER, &[b"x"])).await;
+    assert_eq!(grpc_status(&result).as_deref(), Some("14"));
+    assert_eq!(finals(&replicas[0]), [false, true]);
 }
 
 #[tokio::test(start_paused = true)]

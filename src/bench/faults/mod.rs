@@ -375,22 +375,32 @@ fn write_endpoints(path: &Path, workers: &[(usize, &str)]) -> Result<(), BenchEr
     std::fs::rename(&tmp, path).map_err(|e| BenchError::Io(format!("rename {}", tmp.display()), e))
 }
 
-/// The figure `field` of each endpoint's load on the gateway's `GET /endpoints`, by endpoint id;
-/// empty when the admin API does not answer.
-async fn endpoint_figures(admin: &str, field: &str) -> Vec<(String, u64)> {
+/// Each endpoint's load object on the gateway's `GET /endpoints`, by endpoint id; empty when
+/// the admin API does not answer.
+async fn endpoint_loads(admin: &str) -> Vec<(String, serde_json::Value)> {
     let Ok(text) = crate::cluster::http_get(admin, "/endpoints").await else { return Vec::new() };
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
-    let mut figures = Vec::new();
-    for pool in value["pools"].as_array().into_iter().flatten() {
-        for endpoint in pool["endpoints"].as_array().into_iter().flatten() {
-            if let (Some(id), Some(n)) =
-                (endpoint["endpoint"]["id"].as_str(), endpoint["load"][field].as_u64())
-            {
-                figures.push((id.to_string(), n));
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
+    let mut loads = Vec::new();
+    for pool in value["pools"].as_array_mut().into_iter().flatten() {
+        for endpoint in pool["endpoints"].as_array_mut().into_iter().flatten() {
+            if let Some(id) = endpoint["endpoint"]["id"].as_str() {
+                let id = id.to_string();
+                loads.push((id, endpoint["load"].take()));
             }
         }
     }
-    figures
+    loads
+}
+
+/// The figure `field` of each load of `loads`, by endpoint id.
+fn figures_of(loads: &[(String, serde_json::Value)], field: &str) -> Vec<(String, u64)> {
+    loads.iter().filter_map(|(id, load)| Some((id.clone(), load[field].as_u64()?))).collect()
+}
+
+/// The figure `field` of each endpoint's load on the gateway's `GET /endpoints`, by endpoint id;
+/// empty when the admin API does not answer.
+async fn endpoint_figures(admin: &str, field: &str) -> Vec<(String, u64)> {
+    figures_of(&endpoint_loads(admin).await, field)
 }
 
 /// `field` of endpoint `id`, if the gateway shows it.
@@ -523,8 +533,9 @@ async fn inject(
     };
     match fault {
         FaultKind::Kill | FaultKind::Hang | FaultKind::Unavailable | FaultKind::Slow | FaultKind::Reset => {
-            let in_flight = endpoint_figures(&admin, "in_flight").await;
-            let completed = endpoint_figures(&admin, "completed").await;
+            // One look, right before the signal: a call sent in between is not counted.
+            let loads = endpoint_loads(&admin).await;
+            let (in_flight, completed) = (figures_of(&loads, "in_flight"), figures_of(&loads, "completed"));
             let figure =
                 |figures: &[(String, u64)], id: &str| figures.iter().find(|(i, _)| i == id).map(|(_, n)| *n);
             let busiest = (0..cluster.workers.len())
