@@ -162,6 +162,10 @@ pub struct EndpointState {
     /// When the endpoint's current failure streak last grew, in nanoseconds since `epoch` (0:
     /// no streak): read by [`is_suspect`](Self::is_suspect) without the outlier detector's lock.
     failing_at: AtomicU64,
+    /// When a stall or slowdown of [`SLOW_SAMPLE`] times the speed last set the floor, in
+    /// nanoseconds since `epoch` (0: none since the floor was last cleared): see
+    /// [`is_suspect`](Self::is_suspect).
+    severe_stall_at: AtomicU64,
     /// The endpoint's concurrency-limit algorithm, when the balancer limits each endpoint.
     limit: Mutex<Option<Box<dyn LimitAlgorithm>>>,
     /// The limit in force (`u32::MAX`: none), read without the lock.
@@ -283,6 +287,7 @@ impl EndpointState {
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
             failing_at: AtomicU64::new(0),
+            severe_stall_at: AtomicU64::new(0),
             limit: Mutex::new(None),
             limit_value: AtomicU32::new(NO_LIMIT),
         }
@@ -616,6 +621,7 @@ impl EndpointState {
         let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
         if !floor.is_nan() && unit_nanos < floor {
             self.stall_severe.store(false, Ordering::Relaxed);
+            self.severe_stall_at.store(0, Ordering::Relaxed);
             self.stall_floor_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
             self.stall_strikes.store(0, Ordering::Relaxed);
         }
@@ -806,10 +812,12 @@ impl EndpointState {
     /// - its last calls failed (a failure streak of the outlier detector's, in the order the
     ///   calls were sent, not yet broken by a success), the last failure within `window`;
     /// - or a stall or slowdown of [`SLOW_SAMPLE`] times its speed set the floor under its time
-    ///   per unit, no first byte since came under that floor, and the floor was set within
-    ///   twice its time constant (2 s for a stall alone, 16 s for a confirmed slowdown, longer
-    ///   with each strike; at most `window`): a stopped process that resumes is trusted again
-    ///   within seconds, while a replica that has slowed down stays suspect.
+    ///   per unit within `window`, and no first byte since came under the floor. A smaller
+    ///   stall raising the floor since does not lift the suspicion. A stopped process and a
+    ///   slowed one look alike here (calls given up on at their deadlines, no first byte; a
+    ///   read's quick answer is no measure of a generation's speed): a replica slowed 20 times
+    ///   that was trusted again 2 s after its stall failed the generation that tried it, so
+    ///   both stay suspect for the window.
     ///
     /// The balancer keeps a [`FinalAttempt`](switchyard_core::FinalAttempt) off a suspect
     /// endpoint while another is not: the endpoint is tried again by calls a retry can save
@@ -827,13 +835,7 @@ impl EndpointState {
         if recent(self.failing_at.load(Ordering::Relaxed)) {
             return true;
         }
-        if !self.stall_severe.load(Ordering::Relaxed)
-            || f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed)).is_nan()
-        {
-            return false;
-        }
-        let at = self.epoch + Duration::from_nanos(self.stall_floor_at.load(Ordering::Relaxed));
-        now.saturating_duration_since(at) < self.stall_tau().saturating_mul(2).min(window)
+        recent(self.severe_stall_at.load(Ordering::Relaxed))
     }
 
     /// Whether the endpoint is ejected at `now`.
@@ -1030,6 +1032,9 @@ impl EndpointState {
             let at = duration_nanos(now.saturating_duration_since(self.epoch));
             let severe = self.unit_time_nanos().is_some_and(|learnt| unit_nanos >= SLOW_SAMPLE * learnt);
             self.stall_severe.store(severe, Ordering::Relaxed);
+            if severe {
+                self.severe_stall_at.store(at.max(1), Ordering::Relaxed);
+            }
             self.stall_floor_at.store(at, Ordering::Relaxed);
             self.stall_floor_bits.store(unit_nanos.to_bits(), Ordering::Relaxed);
         }
@@ -1611,18 +1616,21 @@ mod tests {
         const WINDOW: Duration = Duration::from_secs(10);
         let s = learnt_two_methods().await;
         assert!(!s.is_suspect(Instant::now(), WINDOW));
-        // A stream's first token 20 × slow: a severe floor, its time constant 1 s.
+        // A stream's first token 20 × slow: a severe floor. Its floor fades within seconds, the
+        // suspicion lasts the window.
         method_answers(&s, STREAM, 1000, 120, 1).await;
         assert!(s.is_suspect(Instant::now(), WINDOW));
-        advance(Duration::from_millis(1800)).await;
-        assert!(s.is_suspect(Instant::now(), WINDOW), "for twice the floor's time constant");
-        advance(Duration::from_millis(200)).await;
-        assert!(!s.is_suspect(Instant::now(), WINDOW), "a stall alone: trusted again after 2 s");
-        // Two within a second confirm a slowdown (a time constant of 8 s): suspect for the
-        // window, not 16 s.
-        method_answers(&s, STREAM, 1000, 120, 2).await;
-        assert_eq!(s.stall_strikes.load(Ordering::Relaxed), CONFIRMED_STRIKES);
-        advance(Duration::from_millis(9700)).await;
+        advance(Duration::from_millis(3000)).await;
+        // A call given up on at 5 × its time raises the floor it has decayed to, no severe stall
+        // itself: the suspicion stands.
+        let floor = |s: &EndpointState| f64::from_bits(s.stall_floor_bits.load(Ordering::Relaxed));
+        let before = floor(&s);
+        let mut given_up = s.start(Instant::now(), 1000).for_method(UNARY);
+        advance(Duration::from_millis(300)).await;
+        given_up.end(Outcome::Cancelled, &OutlierConfig::default());
+        assert!(floor(&s) != before, "the smaller stall set the floor: {before} {}", floor(&s));
+        assert!(!s.stall_severe.load(Ordering::Relaxed), "and is no severe one");
+        advance(Duration::from_millis(6500)).await;
         assert!(s.is_suspect(Instant::now(), WINDOW));
         advance(Duration::from_millis(300)).await;
         assert!(!s.is_suspect(Instant::now(), WINDOW), "the window is over");

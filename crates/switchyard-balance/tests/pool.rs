@@ -342,26 +342,42 @@ fn outlier(consecutive_failures: u32, max_ejected_share: f64) -> OutlierConfig {
         .with_max_ejected_share(max_ejected_share)
 }
 
-/// Sends `n` requests one after the other; returns how many failed.
-async fn failures(lb: &mut Lb, n: usize) -> usize {
+/// Sends `n` requests made by `request` one after the other; returns how many failed.
+async fn failures_of(lb: &mut Lb, n: usize, request: fn() -> Req) -> usize {
     let mut failed = 0;
     for _ in 0..n {
-        if send(lb).await.is_err() {
+        if dispatch(lb, request()).await.await.is_err() {
             failed += 1;
         }
     }
     failed
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_endpoint_is_ejected_and_returns_after_its_ejection_time() {
+/// Sends `n` requests one after the other; returns how many failed.
+async fn failures(lb: &mut Lb, n: usize) -> usize {
+    failures_of(lb, n, common::req).await
+}
+
+/// Round robin over `a` and `b`, which answer, and `bad`, which fails while the flag returned
+/// is set (it starts set), ejected after `consecutive_failures` in a row.
+fn pool_with_a_failing_endpoint(
+    consecutive_failures: u32,
+) -> (mpsc::Sender<common::ChangeOf<Svc<String>>>, Lb, Arc<AtomicBool>) {
     let (mut tx, lb) = dynamic();
-    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(3, 0.5));
-    let board = lb.board();
+    let lb = lb
+        .with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0))
+        .with_outlier(outlier(consecutive_failures, 0.5));
     let (up, down) = (flag(false), flag(true));
     for b in [flaky("a", &up), flaky("b", &up), flaky("bad", &down)] {
         insert(&mut tx, b);
     }
+    (tx, lb, down)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_endpoint_is_ejected_and_returns_after_its_ejection_time() {
+    let (_tx, mut lb, down) = pool_with_a_failing_endpoint(3);
+    let board = lb.board();
     // Round robin: `bad` fails every third request; its third failure ejects it.
     assert_eq!(failures(&mut lb, 9).await, 3);
     assert_eq!(ejected(&board), ["bad"]);
@@ -388,29 +404,22 @@ async fn a_failing_endpoint_is_ejected_and_returns_after_its_ejection_time() {
     assert!(ejected(&board).is_empty());
 }
 
-/// Sends `n` requests marked as a retry layer marks attempts no retry can save; returns how
-/// many failed.
+/// A request marked as a retry layer marks an attempt no retry can save.
+fn final_attempt() -> Req {
+    let mut req = common::req();
+    req.extensions_mut().insert(FinalAttempt);
+    req
+}
+
+/// Sends `n` final attempts one after the other; returns how many failed.
 async fn final_failures(lb: &mut Lb, n: usize) -> usize {
-    let mut failed = 0;
-    for _ in 0..n {
-        let mut req = common::req();
-        req.extensions_mut().insert(FinalAttempt);
-        if dispatch(lb, req).await.await.is_err() {
-            failed += 1;
-        }
-    }
-    failed
+    failures_of(lb, n, final_attempt).await
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_attempt_no_retry_can_save_stays_off_an_endpoint_whose_last_call_failed() {
-    let (mut tx, lb) = dynamic();
-    let mut lb = lb.with_policy(PolicyHandle::of(PolicyKind::RoundRobin, 0)).with_outlier(outlier(5, 0.5));
+    let (_tx, mut lb, down) = pool_with_a_failing_endpoint(5);
     let board = lb.board();
-    let (up, down) = (flag(false), flag(true));
-    for b in [flaky("a", &up), flaky("b", &up), flaky("bad", &down)] {
-        insert(&mut tx, b);
-    }
     assert_eq!(failures(&mut lb, 3).await, 1, "round robin: `bad` fails its first request");
     assert_eq!(final_failures(&mut lb, 30).await, 0, "then takes no final attempt");
     assert_eq!(count(&board, "bad"), 1);
