@@ -141,6 +141,11 @@ async fn headers_over_the_limit_get_431() {
     assert_eq!(response.status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     let response = call(1000).await.unwrap();
     assert_eq!(grpc_status(response).await.0, "0");
+    let response = call(6000).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // h2's answers, counted; the call served is not.
+    assert_eq!(refused(&gateway, "header_list_too_large"), 2);
+    assert_eq!(refused(&gateway, "stream_limit"), 0);
     gateway.shutdown().await.unwrap();
 }
 
@@ -165,6 +170,8 @@ async fn a_stream_past_the_connections_limit_is_refused() {
     .await
     .expect("a stream reset");
     assert_eq!(reset, (9, Some(raw_h2::REFUSED_STREAM)));
+    assert_eq!(refused(&gateway, "stream_limit"), 1);
+    assert_eq!(refused(&gateway, "header_list_too_large"), 0);
     gateway.shutdown().await.unwrap();
 }
 

@@ -228,6 +228,7 @@ where
                 State::Serving(connection) => match connection.poll_accept(cx) {
                     Poll::Ready(Some(Ok((request, respond)))) => {
                         this.accepted = this.accepted.saturating_add(1);
+                        this.connection.accepted(respond.stream_id().into());
                         if this.watch != Watch::Closing
                             && is_rapid_reset(this.accepted, this.connection.premature_resets())
                         {

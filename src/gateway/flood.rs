@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::limits::{ConnectionWatch, Refusal};
+use super::sent_frames::{Sent, SentFrames};
 
 /// PING and SETTINGS frames (not their ACKs) a client may send in one second.
 pub(crate) const MAX_CONTROL_FRAMES_PER_SECOND: u32 = 1000;
@@ -117,11 +118,13 @@ impl ControlFrames {
 /// A client's socket as h2 reads it, its control frames counted (see the module docs). It also
 /// moves the connection's count of stream events
 /// ([`ConnectionWatch::stream_events`]) before h2 reads a frame that can end a stream, the
-/// socket's end or error, or resumes after a write the socket held back.
+/// socket's end or error, or resumes after a write the socket held back; and counts the
+/// refusals h2 writes on its own (see `sent_frames`).
 #[derive(Debug)]
 pub(crate) struct FrameWatch<T> {
     io: T,
     frames: ControlFrames,
+    sent: SentFrames,
     connection: Arc<ConnectionWatch>,
     flooded: bool,
     /// A write (or flush) the socket held back, not yet gone through.
@@ -130,7 +133,38 @@ pub(crate) struct FrameWatch<T> {
 
 impl<T> FrameWatch<T> {
     pub(crate) fn new(io: T, connection: Arc<ConnectionWatch>) -> Self {
-        Self { io, frames: ControlFrames::new(), connection, flooded: false, write_held: false }
+        Self {
+            io,
+            frames: ControlFrames::new(),
+            sent: SentFrames::new(),
+            connection,
+            flooded: false,
+            write_held: false,
+        }
+    }
+
+    /// Reads the `written` bytes of `bufs` as frames sent to the client, counting h2's refusals.
+    fn sent(&mut self, bufs: &[io::IoSlice<'_>], mut written: usize) {
+        let connection = &self.connection;
+        let mut seen = |sent| match sent {
+            Sent::Headers(stream) if !connection.is_accepted(stream) => {
+                tracing::debug!(stream, "h2 answered 431 to headers over the limit");
+                connection.refused(Refusal::HeaderListTooLarge);
+            }
+            Sent::RefusedStream => {
+                tracing::debug!("h2 refused a stream past the connection's limit");
+                connection.refused(Refusal::StreamLimit);
+            }
+            Sent::Headers(_) => {}
+        };
+        for buf in bufs {
+            if written == 0 {
+                break;
+            }
+            let n = written.min(buf.len());
+            self.sent.feed(&buf[..n], &mut seen);
+            written -= n;
+        }
     }
 
     /// Notes how a write went: once one the socket held back goes through, h2 may decode frames
@@ -185,6 +219,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FrameWatch<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = result {
+            self.sent(&[io::IoSlice::new(buf)], written);
+        }
         self.wrote(result)
     }
 
@@ -194,6 +231,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = result {
+            self.sent(bufs, written);
+        }
         self.wrote(result)
     }
 

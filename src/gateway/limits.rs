@@ -14,8 +14,10 @@
 //!   (between one and two times the timeout after its last stream ended: the check runs once
 //!   per period, so that calls pay nothing for it);
 //! - `max_header_list_bytes` and `max_streams_per_connection`: HTTP/2 settings the gateway
-//!   announces and h2 enforces (headers past the size are answered `431` and their stream reset;
-//!   a stream past the count is reset with `REFUSED_STREAM`, which gRPC clients retry);
+//!   announces and h2 enforces (headers past the size are answered `431` and their stream reset,
+//!   `header_list_too_large`; a stream past the count is reset with `REFUSED_STREAM`, which gRPC
+//!   clients retry, `stream_limit`). h2 does both without the gateway's service; they are
+//!   counted from the frames h2 writes (see `sent_frames` for how, and the one 431 it can miss);
 //! - `max_message_bytes`: a request message whose gRPC length prefix is larger is refused with
 //!   `RESOURCE_EXHAUSTED` as soon as its five-byte prefix arrives: its bytes are not buffered,
 //!   and not forwarded (the endpoint's stream, if opened, is reset). Once the response has begun
@@ -39,9 +41,6 @@
 //! - SETTINGS and PING floods: h2 holds one SETTINGS ACK and one PING ACK at a time and reads
 //!   nothing more until it has written them, so a flood of either queues nothing; past
 //!   1,000 of them in a second the connection is closed (`control_flood`, see `flood`).
-//!
-//! Not counted, as h2 refuses them without telling: headers over the size (`431`) and streams
-//! past the count (`REFUSED_STREAM`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -121,10 +120,14 @@ pub(crate) enum Refusal {
     RapidReset,
     /// A connection that sent PING or SETTINGS frames past their limit, closed.
     ControlFlood,
+    /// A request whose headers passed `max_header_list_bytes`, answered `431` by h2.
+    HeaderListTooLarge,
+    /// A stream past `max_streams_per_connection`, reset `REFUSED_STREAM` by h2.
+    StreamLimit,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 9] = [
         Self::ConnectionLimit,
         Self::HeaderReadTimeout,
         Self::Idle,
@@ -132,6 +135,8 @@ impl Refusal {
         Self::H2Calm,
         Self::RapidReset,
         Self::ControlFlood,
+        Self::HeaderListTooLarge,
+        Self::StreamLimit,
     ];
 
     /// The `reason` label.
@@ -144,6 +149,8 @@ impl Refusal {
             Self::H2Calm => "h2_calm",
             Self::RapidReset => "rapid_reset",
             Self::ControlFlood => "control_flood",
+            Self::HeaderListTooLarge => "header_list_too_large",
+            Self::StreamLimit => "stream_limit",
         }
     }
 }
@@ -272,6 +279,9 @@ pub(crate) struct ConnectionWatch {
     premature_resets: AtomicU32,
     /// The number of the last stream whose request declared a message over the limit (0: none).
     oversize: AtomicU32,
+    /// The id of the last stream the gateway accepted (0: none yet); ids rise in the order
+    /// streams are accepted.
+    last_accepted: AtomicU32,
     refusals: Arc<Refusals>,
     max_message_bytes: u32,
 }
@@ -283,6 +293,7 @@ impl ConnectionWatch {
             stream_events: AtomicU32::new(0),
             premature_resets: AtomicU32::new(0),
             oversize: AtomicU32::new(0),
+            last_accepted: AtomicU32::new(0),
             refusals,
             max_message_bytes,
         }
@@ -314,6 +325,17 @@ impl ConnectionWatch {
     /// Streams the client reset before their answers.
     pub(crate) fn premature_resets(&self) -> u32 {
         self.premature_resets.load(Ordering::Relaxed)
+    }
+
+    /// The gateway accepted the stream `id` (ids rise from one accepted stream to the next).
+    pub(crate) fn accepted(&self, id: u32) {
+        self.last_accepted.store(id, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway has accepted the stream `id`, or one after it: a response h2 writes
+    /// on a stream that is not is h2's own (see `sent_frames`).
+    pub(crate) fn is_accepted(&self, id: u32) -> bool {
+        id <= self.last_accepted.load(Ordering::Relaxed)
     }
 
     /// Counts one refusal of this gateway.

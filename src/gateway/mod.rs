@@ -150,7 +150,8 @@
 //! `ENHANCE_YOUR_CALM`; one that sends more than 1,000 PING or SETTINGS frames in a second is
 //! disconnected. Every refusal is counted on the admin API's `/metrics` as
 //! `switchyard_gateway_refused_total{reason}` (`connection_limit`, `header_read_timeout`,
-//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`, `control_flood`).
+//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`, `control_flood`, and
+//! `header_list_too_large` and `stream_limit` for h2's own 431 and `REFUSED_STREAM`).
 //!
 //! A pool may read some keys its own way (`[pool.keys]`, [`switchyard_keys::PoolKeys`]): its
 //! session and priority headers, and its prefix block size (the prompt's text is then hashed at
@@ -336,6 +337,7 @@ mod pool;
 mod process_metrics;
 mod proxy;
 mod route;
+mod sent_frames;
 mod server;
 mod tls;
 mod upstream;

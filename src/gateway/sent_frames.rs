@@ -1,0 +1,139 @@
+//! The refusals h2 makes on its own, counted from the frames it writes to the client.
+//!
+//! Two of the listener's limits are HTTP/2 settings that h2 enforces without asking the
+//! gateway's service: a request whose headers pass `max_header_list_bytes` is answered `431`
+//! (a HEADERS frame, then the stream's reset), and a stream opened past
+//! `max_streams_per_connection` is reset with `REFUSED_STREAM`. Neither reaches the service, so
+//! [`SentFrames`] reads the frame headers h2 writes (the nine bytes of each, the payload skipped
+//! by its length; the four bytes of an RST_STREAM's error code) and tells them apart:
+//!
+//! - an RST_STREAM with `REFUSED_STREAM`: the gateway's own resets are `CANCEL` (a call dropped)
+//!   and the resets h2 makes for malformed frames `PROTOCOL_ERROR`, so this is a stream past the
+//!   count (`stream_limit`);
+//! - a HEADERS frame on a stream the gateway has not accepted: the service answers only the
+//!   streams it accepted (in the order of their ids), and after it accepted them, so a response
+//!   on a stream above the last one accepted is h2's `431` (`header_list_too_large`). A 431 that
+//!   h2 could not write before the gateway accepted a later stream (the client's socket full,
+//!   the two requests read together) is not counted: a count that can miss a refusal under
+//!   back-pressure, never one that counts a call answered.
+//!
+//! A few comparisons per frame written, nothing copied or held.
+
+/// A frame's header: length (3 bytes), type, flags, stream id (4 bytes).
+const FRAME_HEAD_LEN: usize = 9;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+/// RST_STREAM's error code for a stream refused before any of it was processed.
+const REFUSED_STREAM: u32 = 0x7;
+
+/// A frame the gateway wrote that is one of h2's refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// A HEADERS frame on the stream with this id (a 431 if the gateway did not accept it).
+    Headers(u32),
+    /// An RST_STREAM with `REFUSED_STREAM`.
+    RefusedStream,
+}
+
+/// Reads the frames of the byte stream the gateway writes to a client, across writes.
+#[derive(Debug)]
+pub(crate) struct SentFrames {
+    head: [u8; FRAME_HEAD_LEN],
+    head_len: usize,
+    /// Payload bytes to pass before the next frame header.
+    skip: usize,
+    /// Within an RST_STREAM's payload: its error code's bytes read so far, and how many.
+    code: Option<(u32, u8)>,
+}
+
+impl SentFrames {
+    pub(crate) fn new() -> Self {
+        Self { head: [0; FRAME_HEAD_LEN], head_len: 0, skip: 0, code: None }
+    }
+
+    /// Reads `data`, the next bytes written to the client, telling `seen` of each frame that
+    /// can be a refusal.
+    pub(crate) fn feed(&mut self, mut data: &[u8], mut seen: impl FnMut(Sent)) {
+        while !data.is_empty() {
+            if let Some((code, read)) = &mut self.code {
+                let n = usize::from(4 - *read).min(data.len());
+                for &byte in &data[..n] {
+                    *code = *code << 8 | u32::from(byte);
+                }
+                *read += n as u8;
+                self.skip -= n;
+                data = &data[n..];
+                if *read == 4 {
+                    if *code == REFUSED_STREAM {
+                        seen(Sent::RefusedStream);
+                    }
+                    self.code = None;
+                }
+                continue;
+            }
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (FRAME_HEAD_LEN - self.head_len).min(data.len());
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
+            self.head_len += n;
+            data = &data[n..];
+            if self.head_len < FRAME_HEAD_LEN {
+                break;
+            }
+            self.head_len = 0;
+            let [a, b, c, kind, _flags, s0, s1, s2, s3] = self.head;
+            self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            let stream = u32::from_be_bytes([s0 & 0x7f, s1, s2, s3]);
+            match kind {
+                HEADERS => seen(Sent::Headers(stream)),
+                RST_STREAM if self.skip == 4 => self.code = Some((0, 0)),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, 0]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn seen_in(chunks: &[&[u8]]) -> Vec<Sent> {
+        let (mut frames, mut seen) = (SentFrames::new(), Vec::new());
+        for chunk in chunks {
+            frames.feed(chunk, |s| seen.push(s));
+        }
+        seen
+    }
+
+    #[test]
+    fn refused_streams_and_headers_are_seen_whole_or_split_at_every_byte() {
+        let mut wire = frame(0x4, 0, &[0; 12]); // SETTINGS
+        wire.extend(frame(HEADERS, 1, &[0x88]));
+        // DATA whose payload looks like a HEADERS frame and an RST_STREAM: skipped.
+        let lookalike = [frame(HEADERS, 9, &[]), frame(RST_STREAM, 9, &7u32.to_be_bytes())].concat();
+        wire.extend(frame(0x0, 1, &lookalike));
+        wire.extend(frame(RST_STREAM, 3, &REFUSED_STREAM.to_be_bytes()));
+        wire.extend(frame(RST_STREAM, 5, &0x8u32.to_be_bytes())); // CANCEL: not a refusal
+        wire.extend(frame(0x9, 7, &[0x82])); // CONTINUATION: not a response's start
+        wire.extend(frame(HEADERS, 0x8000_0007, &[0x48, 0x82, 0x64, 0x3f])); // reserved bit
+        wire.extend(frame(RST_STREAM, 11, &REFUSED_STREAM.to_be_bytes()));
+        let expected = vec![Sent::Headers(1), Sent::RefusedStream, Sent::Headers(7), Sent::RefusedStream];
+        assert_eq!(seen_in(&[&wire]), expected);
+        let bytes: Vec<&[u8]> = wire.iter().map(std::slice::from_ref).collect();
+        assert_eq!(seen_in(&bytes), expected);
+        let (head, tail) = wire.split_at(wire.len() - 2);
+        assert_eq!(seen_in(&[head, tail]), expected);
+    }
+}
