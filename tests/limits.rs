@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The gateway's `[limits]`, each met by a client that passes it: an oversize message is refused
 //! `RESOURCE_EXHAUSTED` before its payload comes, oversize headers get `431`, a stream past the
-//! connection's count is reset `REFUSED_STREAM`, a connection past the listener's count is
+//! connection's count is reset `REFUSED_STREAM`, a malformed request and a connection error get
+//! `PROTOCOL_ERROR`, a connection past the listener's count is
 //! closed at once, a silent one after the header read timeout, an idle one gets GOAWAY; and a
 //! rapid-reset client against the gateway binary is cut off, costs the gateway a bounded share of
 //! a core, and does not slow a well-behaved client's calls. Each refusal is counted on `/metrics`.
@@ -47,6 +48,19 @@ fn refused(gateway: &Gateway, reason: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// The count of refusals for `reason` once it reaches `expected` (within a second: the count
+/// of a frame h2 wrote moves just after the write, when the client may have read it already).
+async fn refused_reach(gateway: &Gateway, reason: &str, expected: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let count = refused(gateway, reason);
+        if count >= expected || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A `ModelInfer` call's message on the wire: the 5-byte prefix and the message.
@@ -144,7 +158,9 @@ async fn headers_over_the_limit_get_431() {
     let response = call(6000).await.unwrap();
     assert_eq!(response.status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     // h2's answers, counted; the call served is not.
-    assert_eq!(refused(&gateway, "header_list_too_large"), 2);
+    assert_eq!(refused_reach(&gateway, "header_list_too_large", 2).await, 2);
+    // Nor is the reset h2 sends after each 431 (the client had not ended its stream).
+    assert_eq!(refused(&gateway, "protocol_error"), 0);
     assert_eq!(refused(&gateway, "stream_limit"), 0);
     gateway.shutdown().await.unwrap();
 }
@@ -170,7 +186,47 @@ async fn a_stream_past_the_connections_limit_is_refused() {
     .await
     .expect("a stream reset");
     assert_eq!(reset, (9, Some(raw_h2::REFUSED_STREAM)));
-    assert_eq!(refused(&gateway, "stream_limit"), 1);
+    assert_eq!(refused_reach(&gateway, "stream_limit", 1).await, 1);
+    assert_eq!(refused(&gateway, "header_list_too_large"), 0);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_and_a_broken_connection_are_reset_and_counted() {
+    let (gateway, _worker) = gateway("").await;
+    let (mut read, mut write) = raw_h2::connect(gateway.local_addr()).await.unwrap();
+    // A request without its `:path` (malformed: the stream is reset), then DATA on stream 0 (a
+    // connection error: GOAWAY).
+    let mut block = raw_h2::request_headers(MODEL_INFER);
+    let path = block.windows(5).position(|w| w == b":path").unwrap() - 2;
+    block.drain(path..path + 2 + ":path".len() + 1 + MODEL_INFER.len());
+    let mut frames = Vec::new();
+    raw_h2::open_stream(&mut frames, 1, &block);
+    write.write_all(&frames).await.unwrap();
+    let mut ends = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(frame) = raw_h2::read_frame(&mut read).await {
+            if matches!(frame.kind, raw_h2::RST_STREAM | raw_h2::GOAWAY) {
+                ends.push((frame.kind, frame.stream, frame.error_code()));
+                if frame.kind == raw_h2::GOAWAY {
+                    break;
+                }
+                let mut data = Vec::new();
+                raw_h2::frame(&mut data, raw_h2::DATA, 0, 0, b"data");
+                write.write_all(&data).await.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the stream reset, then the connection");
+    assert_eq!(
+        ends,
+        [
+            (raw_h2::RST_STREAM, 1, Some(raw_h2::PROTOCOL_ERROR)),
+            (raw_h2::GOAWAY, 0, Some(raw_h2::PROTOCOL_ERROR))
+        ]
+    );
+    assert_eq!(refused_reach(&gateway, "protocol_error", 2).await, 2);
     assert_eq!(refused(&gateway, "header_list_too_large"), 0);
     gateway.shutdown().await.unwrap();
 }

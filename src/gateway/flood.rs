@@ -125,6 +125,8 @@ pub(crate) struct FrameWatch<T> {
     io: T,
     frames: ControlFrames,
     sent: SentFrames,
+    /// The last stream h2 answered 431 (0: none).
+    last_431: u32,
     connection: Arc<ConnectionWatch>,
     flooded: bool,
     /// A write (or flush) the socket held back, not yet gone through.
@@ -137,6 +139,7 @@ impl<T> FrameWatch<T> {
             io,
             frames: ControlFrames::new(),
             sent: SentFrames::new(),
+            last_431: 0,
             connection,
             flooded: false,
             write_held: false,
@@ -145,17 +148,24 @@ impl<T> FrameWatch<T> {
 
     /// Reads the `written` bytes of `bufs` as frames sent to the client, counting h2's refusals.
     fn sent(&mut self, bufs: &[io::IoSlice<'_>], mut written: usize) {
-        let connection = &self.connection;
+        let (connection, last_431) = (&self.connection, &mut self.last_431);
         let mut seen = |sent| match sent {
             Sent::Headers(stream) if !connection.is_accepted(stream) => {
                 tracing::debug!(stream, "h2 answered 431 to headers over the limit");
                 connection.refused(Refusal::HeaderListTooLarge);
+                *last_431 = stream;
             }
+            Sent::Headers(_) => {}
             Sent::RefusedStream => {
                 tracing::debug!("h2 refused a stream past the connection's limit");
                 connection.refused(Refusal::StreamLimit);
             }
-            Sent::Headers(_) => {}
+            // The reset that follows a 431 on a stream the client had not ended.
+            Sent::Breach(stream) if stream != 0 && stream == *last_431 => {}
+            Sent::Breach(stream) => {
+                tracing::debug!(stream, "h2 ended a stream (0: the connection) for a protocol error");
+                connection.refused(Refusal::ProtocolError);
+            }
         };
         for buf in bufs {
             if written == 0 {

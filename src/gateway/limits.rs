@@ -37,10 +37,13 @@
 //! - a client that makes the gateway reset more than 1,024 streams for its protocol errors gets
 //!   GOAWAY `ENHANCE_YOUR_CALM` from h2 (`h2_calm`);
 //! - CONTINUATION floods: h2 counts the frames of one header block against the header list size
-//!   and ends the connection past it;
+//!   and ends the connection past it (`h2_calm` or `protocol_error`, by the GOAWAY's code);
 //! - SETTINGS and PING floods: h2 holds one SETTINGS ACK and one PING ACK at a time and reads
 //!   nothing more until it has written them, so a flood of either queues nothing; past
-//!   1,000 of them in a second the connection is closed (`control_flood`, see `flood`).
+//!   1,000 of them in a second the connection is closed (`control_flood`, see `flood`);
+//! - malformed requests and other breaches of HTTP/2: h2 resets the stream, or ends the
+//!   connection with GOAWAY, with the error code the protocol gives (`protocol_error`, counted
+//!   from the frames h2 writes, see `sent_frames`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -124,10 +127,13 @@ pub(crate) enum Refusal {
     HeaderListTooLarge,
     /// A stream past `max_streams_per_connection`, reset `REFUSED_STREAM` by h2.
     StreamLimit,
+    /// A stream or connection h2 ended for the client's breach of HTTP/2 (RST_STREAM or GOAWAY
+    /// with `PROTOCOL_ERROR` and the like).
+    ProtocolError,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 10] = [
         Self::ConnectionLimit,
         Self::HeaderReadTimeout,
         Self::Idle,
@@ -137,6 +143,7 @@ impl Refusal {
         Self::ControlFlood,
         Self::HeaderListTooLarge,
         Self::StreamLimit,
+        Self::ProtocolError,
     ];
 
     /// The `reason` label.
@@ -151,6 +158,7 @@ impl Refusal {
             Self::ControlFlood => "control_flood",
             Self::HeaderListTooLarge => "header_list_too_large",
             Self::StreamLimit => "stream_limit",
+            Self::ProtocolError => "protocol_error",
         }
     }
 }

@@ -150,8 +150,9 @@
 //! `ENHANCE_YOUR_CALM`; one that sends more than 1,000 PING or SETTINGS frames in a second is
 //! disconnected. Every refusal is counted on the admin API's `/metrics` as
 //! `switchyard_gateway_refused_total{reason}` (`connection_limit`, `header_read_timeout`,
-//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`, `control_flood`, and
-//! `header_list_too_large` and `stream_limit` for h2's own 431 and `REFUSED_STREAM`).
+//! `idle_timeout`, `message_too_large`, `h2_calm`, `rapid_reset`, `control_flood`;
+//! `header_list_too_large`, `stream_limit` and `protocol_error` for h2's own 431,
+//! `REFUSED_STREAM` and resets or GOAWAY for a breach of HTTP/2).
 //!
 //! A pool may read some keys its own way (`[pool.keys]`, [`switchyard_keys::PoolKeys`]): its
 //! session and priority headers, and its prefix block size (the prompt's text is then hashed at

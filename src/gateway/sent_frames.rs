@@ -15,7 +15,12 @@
 //!   on a stream above the last one accepted is h2's `431` (`header_list_too_large`). A 431 that
 //!   h2 could not write before the gateway accepted a later stream (the client's socket full,
 //!   the two requests read together) is not counted: a count that can miss a refusal under
-//!   back-pressure, never one that counts a call answered.
+//!   back-pressure, never one that counts a call answered;
+//! - an RST_STREAM or a GOAWAY with another error code than `NO_ERROR`, `CANCEL`,
+//!   `REFUSED_STREAM` or `ENHANCE_YOUR_CALM`: h2 ended a stream or the connection for the
+//!   client's breach of HTTP/2 (a malformed request, a frame on a closed stream, a flow-control
+//!   or compression error; `protocol_error`). The reset h2 sends after its 431, when the client
+//!   had not ended its stream, is part of the 431 and not counted again.
 //!
 //! A few comparisons per frame written, nothing copied or held.
 
@@ -23,16 +28,28 @@
 const FRAME_HEAD_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
-/// RST_STREAM's error code for a stream refused before any of it was processed.
-const REFUSED_STREAM: u32 = 0x7;
+const GOAWAY: u8 = 0x7;
 
-/// A frame the gateway wrote that is one of h2's refusals.
+/// HTTP/2 error codes (RFC 9113, section 7) the gateway writes for other reasons than a
+/// client's breach: a stream or connection ended in order (`NO_ERROR`), a call dropped
+/// (`CANCEL`), a stream past the count (`REFUSED_STREAM`), an abusive client (`ENHANCE_YOUR_CALM`,
+/// counted where the gateway or h2 decides it).
+const NO_ERROR: u32 = 0x0;
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// A frame the gateway wrote that can be one of h2's refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sent {
     /// A HEADERS frame on the stream with this id (a 431 if the gateway did not accept it).
     Headers(u32),
-    /// An RST_STREAM with `REFUSED_STREAM`.
+    /// An RST_STREAM with `REFUSED_STREAM`: a stream past the connection's count.
     RefusedStream,
+    /// An RST_STREAM on the stream with this id, or (stream 0) a GOAWAY, with an error code
+    /// for the client's breach of HTTP/2 (`PROTOCOL_ERROR`, `FLOW_CONTROL_ERROR`,
+    /// `COMPRESSION_ERROR`, ...).
+    Breach(u32),
 }
 
 /// Reads the frames of the byte stream the gateway writes to a client, across writes.
@@ -42,8 +59,18 @@ pub(crate) struct SentFrames {
     head_len: usize,
     /// Payload bytes to pass before the next frame header.
     skip: usize,
-    /// Within an RST_STREAM's payload: its error code's bytes read so far, and how many.
-    code: Option<(u32, u8)>,
+    /// Within an RST_STREAM's or a GOAWAY's payload: the bytes read of it up to its error code.
+    code: Option<ErrorCode>,
+}
+
+/// The error code of an RST_STREAM (the payload's first four bytes) or a GOAWAY (the four after
+/// the last stream id), read across writes.
+#[derive(Debug, Clone, Copy)]
+struct ErrorCode {
+    stream: u32,
+    /// Payload bytes to read, the error code's the last four.
+    left: u8,
+    value: u32,
 }
 
 impl SentFrames {
@@ -55,17 +82,21 @@ impl SentFrames {
     /// can be a refusal.
     pub(crate) fn feed(&mut self, mut data: &[u8], mut seen: impl FnMut(Sent)) {
         while !data.is_empty() {
-            if let Some((code, read)) = &mut self.code {
-                let n = usize::from(4 - *read).min(data.len());
+            if let Some(code) = &mut self.code {
+                let n = usize::from(code.left).min(data.len());
                 for &byte in &data[..n] {
-                    *code = *code << 8 | u32::from(byte);
+                    // The last stream id of a GOAWAY shifts out.
+                    code.value = code.value << 8 | u32::from(byte);
                 }
-                *read += n as u8;
+                // `n` <= `left`, a u8.
+                code.left -= n as u8;
                 self.skip -= n;
                 data = &data[n..];
-                if *read == 4 {
-                    if *code == REFUSED_STREAM {
-                        seen(Sent::RefusedStream);
+                if code.left == 0 {
+                    match code.value {
+                        REFUSED_STREAM if code.stream != 0 => seen(Sent::RefusedStream),
+                        NO_ERROR | REFUSED_STREAM | CANCEL | ENHANCE_YOUR_CALM => {}
+                        _ => seen(Sent::Breach(code.stream)),
                     }
                     self.code = None;
                 }
@@ -90,7 +121,8 @@ impl SentFrames {
             let stream = u32::from_be_bytes([s0 & 0x7f, s1, s2, s3]);
             match kind {
                 HEADERS => seen(Sent::Headers(stream)),
-                RST_STREAM if self.skip == 4 => self.code = Some((0, 0)),
+                RST_STREAM if self.skip == 4 => self.code = Some(ErrorCode { stream, left: 4, value: 0 }),
+                GOAWAY if self.skip >= 8 => self.code = Some(ErrorCode { stream: 0, left: 8, value: 0 }),
                 _ => {}
             }
         }
@@ -118,22 +150,40 @@ mod tests {
     }
 
     #[test]
-    fn refused_streams_and_headers_are_seen_whole_or_split_at_every_byte() {
+    fn refusals_and_breaches_are_seen_whole_or_split_at_every_byte() {
         let mut wire = frame(0x4, 0, &[0; 12]); // SETTINGS
         wire.extend(frame(HEADERS, 1, &[0x88]));
         // DATA whose payload looks like a HEADERS frame and an RST_STREAM: skipped.
         let lookalike = [frame(HEADERS, 9, &[]), frame(RST_STREAM, 9, &7u32.to_be_bytes())].concat();
         wire.extend(frame(0x0, 1, &lookalike));
         wire.extend(frame(RST_STREAM, 3, &REFUSED_STREAM.to_be_bytes()));
-        wire.extend(frame(RST_STREAM, 5, &0x8u32.to_be_bytes())); // CANCEL: not a refusal
+        wire.extend(frame(RST_STREAM, 5, &CANCEL.to_be_bytes())); // the gateway's own
+        wire.extend(frame(RST_STREAM, 5, &NO_ERROR.to_be_bytes()));
         wire.extend(frame(0x9, 7, &[0x82])); // CONTINUATION: not a response's start
         wire.extend(frame(HEADERS, 0x8000_0007, &[0x48, 0x82, 0x64, 0x3f])); // reserved bit
+        wire.extend(frame(RST_STREAM, 7, &0x1u32.to_be_bytes())); // PROTOCOL_ERROR
         wire.extend(frame(RST_STREAM, 11, &REFUSED_STREAM.to_be_bytes()));
-        let expected = vec![Sent::Headers(1), Sent::RefusedStream, Sent::Headers(7), Sent::RefusedStream];
+        // GOAWAY: last stream id (REFUSED_STREAM's value, not a code), code, debug data.
+        let goaway = |code: u32| [7u32.to_be_bytes(), code.to_be_bytes(), *b"data"].concat();
+        wire.extend(frame(GOAWAY, 0, &goaway(NO_ERROR)));
+        wire.extend(frame(GOAWAY, 0, &goaway(ENHANCE_YOUR_CALM)));
+        wire.extend(frame(GOAWAY, 0, &goaway(0x9))); // COMPRESSION_ERROR
+        wire.extend(frame(HEADERS, 13, &[]));
+        let expected = vec![
+            Sent::Headers(1),
+            Sent::RefusedStream,
+            Sent::Headers(7),
+            Sent::Breach(7),
+            Sent::RefusedStream,
+            Sent::Breach(0),
+            Sent::Headers(13),
+        ];
         assert_eq!(seen_in(&[&wire]), expected);
         let bytes: Vec<&[u8]> = wire.iter().map(std::slice::from_ref).collect();
         assert_eq!(seen_in(&bytes), expected);
-        let (head, tail) = wire.split_at(wire.len() - 2);
-        assert_eq!(seen_in(&[head, tail]), expected);
+        for at in [3, 40, wire.len() - 20] {
+            let (head, tail) = wire.split_at(at);
+            assert_eq!(seen_in(&[head, tail]), expected, "split at {at}");
+        }
     }
 }

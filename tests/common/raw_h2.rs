@@ -17,6 +17,7 @@ pub(crate) const GOAWAY: u8 = 7;
 
 /// Error codes.
 pub(crate) const CANCEL: u32 = 8;
+pub(crate) const PROTOCOL_ERROR: u32 = 1;
 pub(crate) const REFUSED_STREAM: u32 = 7;
 pub(crate) const ENHANCE_YOUR_CALM: u32 = 11;
 
