@@ -190,7 +190,7 @@
 //! hold_bytes = 4194304             # response bytes held at most
 //! ```
 //!
-//! A call that never reached a replica (connection refused, `REFUSED_STREAM`, a graceful GOAWAY
+//! A call that never reached a replica (connection refused or found closed, `REFUSED_STREAM`, a graceful GOAWAY
 //! before the replica took the stream) is sent again on an endpoint it has not tried, whatever
 //! its method; a trailers-only response with one of `codes` only for the `idempotent` methods; a
 //! response that has begun (a stream's first message) never. Retries come out of the budget

@@ -282,7 +282,7 @@ async fn keep_alive(ping_pong: Option<h2::PingPong>) {
 /// Sends `req` on `sender`'s connection and waits for the response's head.
 ///
 /// An error before the stream opened (the connection closed, or refused the stream) means the
-/// request never reached the endpoint.
+/// request never reached the endpoint, and is typed so (`ConnectFailed`, see `never_sent`).
 pub(crate) async fn send<B>(
     sender: SendRequest<Bytes>,
     req: Request<B>,
@@ -291,10 +291,11 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
-    let mut sender = sender.ready().await?;
+    let mut sender = sender.ready().await.map_err(never_sent)?;
     let (head, body) = req.into_parts();
     let end_of_stream = body.is_end_stream();
-    let (response, stream) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
+    let (response, stream) =
+        sender.send_request(Request::from_parts(head, ()), end_of_stream).map_err(never_sent)?;
     let mut cancel = None;
     if !end_of_stream {
         let mut pipe = Pipe::new(body, stream);
@@ -308,6 +309,18 @@ where
     }
     let response = response.await?;
     Ok(response.map(|recv| RecvBody::new(recv, cancel)))
+}
+
+/// An error of h2 before a request's stream opened, typed: the connection's (it closed or
+/// failed, or the endpoint sent GOAWAY) means the request never reached the endpoint
+/// (`ConnectFailed`, which a retry may send elsewhere whatever the method); h2's refusal of the
+/// request itself (a user error: malformed headers) is left as it is.
+fn never_sent(error: h2::Error) -> BoxError {
+    if error.is_io() || error.is_go_away() || error.reason().is_some() {
+        Error::new(ErrorKind::ConnectFailed).with_source(error).into()
+    } else {
+        error.into()
+    }
 }
 
 /// The host and port to connect to: `default_port` when the address has none (80 for `http://`,
@@ -411,6 +424,22 @@ mod tests {
         assert_eq!(host_port_of("10.0.0.1:9001"), ("10.0.0.1".into(), 9001));
         assert_eq!(host_port_of("[::1]:9001"), ("::1".into(), 9001));
         assert_eq!(host_port_of("[::1]"), ("::1".into(), 80));
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_that_has_closed_never_reached_the_endpoint() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move { drop(h2::server::handshake(server_io).await) });
+        let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
+        let connection = tokio::spawn(connection);
+        server.await.unwrap();
+        // The endpoint's side is gone: the connection ends, and a request sent on its handle
+        // fails before its stream opens.
+        let _ = connection.await.unwrap();
+        let error = send(sender, Request::new(http_body_util::Empty::<Bytes>::new())).await.unwrap_err();
+        let typed = error.downcast_ref::<Error>().expect("a typed error");
+        assert!(matches!(typed.kind(), ErrorKind::ConnectFailed), "{typed:?}");
+        assert_eq!(switchyard_core::status_of(&*error).code, switchyard_core::Code::Unavailable);
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub enum ErrorKind {
     },
     /// The request's deadline passed before it could be served.
     DeadlineExceeded,
-    /// The endpoint's connection could not be opened: the request never reached it.
+    /// The request never reached the endpoint: its connection could not be opened, or had
+    /// closed (or been told to go away) before the request's stream opened.
     ConnectFailed,
     /// The endpoint's connection failed while the request was under way.
     Upstream,

@@ -38,7 +38,7 @@ pub(crate) enum Verdict {
 /// The verdict on an attempt's result.
 ///
 /// Always safe, whatever the method: the request never reached a replica (its connection could
-/// not be opened; the replica refused the stream, `REFUSED_STREAM`; or its connection closed
+/// not be opened, or had closed before the stream opened; the replica refused the stream, `REFUSED_STREAM`; or its connection closed
 /// gracefully, `GOAWAY` with `NO_ERROR`, before processing the stream, which h2 reports only for
 /// streams above the last one the replica processed). For a method marked idempotent also a
 /// trailers-only response (the status in its headers: no message came) with a retryable status,

@@ -6,7 +6,8 @@
 //! a call again, after gRPC's retry policy (gRFC A6):
 //!
 //! - **What is retried.** Whatever the method, a request that never reached a replica: the
-//!   connection could not be opened (`ErrorKind::ConnectFailed`), the replica refused the stream
+//!   connection could not be opened or had closed before the stream opened
+//!   (`ErrorKind::ConnectFailed`), the replica refused the stream
 //!   (`REFUSED_STREAM`), or it closed its connection gracefully (`GOAWAY`) before processing the
 //!   stream. For the methods marked idempotent (full paths, or `/pkg.Service/*`), also a
 //!   trailers-only response whose status is retryable (`UNAVAILABLE` by default), and a call
