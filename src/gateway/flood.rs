@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::frame_heads::FrameHeads;
+use super::frame_heads::kind::{GOAWAY, PING, PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS};
 use super::limits::{ConnectionWatch, Refusal};
 use super::sent_frames::{Sent, SentFrames};
 
@@ -27,22 +29,13 @@ pub(crate) const MAX_CONTROL_FRAMES_PER_SECOND: u32 = 1000;
 
 /// The client connection preface, before the first frame.
 const PREFACE_LEN: usize = 24;
-const FRAME_HEAD_LEN: usize = 9;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
+/// The flag of a PING's or SETTINGS' acknowledgement.
 const ACK: u8 = 0x1;
-const PRIORITY: u8 = 0x2;
-const RST_STREAM: u8 = 0x3;
-const PUSH_PROMISE: u8 = 0x5;
-const GOAWAY: u8 = 0x7;
 
 /// Counts control frames in a byte stream, across reads.
 #[derive(Debug)]
 pub(crate) struct ControlFrames {
-    /// Bytes to pass before the next frame header (the preface, then each payload).
-    skip: usize,
-    head: [u8; FRAME_HEAD_LEN],
-    head_len: usize,
+    heads: FrameHeads,
     window_start: Option<Instant>,
     in_window: u32,
     /// Frames read that can end a stream (RST_STREAM, GOAWAY, and PRIORITY and PUSH_PROMISE,
@@ -52,38 +45,15 @@ pub(crate) struct ControlFrames {
 
 impl ControlFrames {
     pub(crate) fn new() -> Self {
-        Self {
-            skip: PREFACE_LEN,
-            head: [0; FRAME_HEAD_LEN],
-            head_len: 0,
-            window_start: None,
-            in_window: 0,
-            stream_ends: 0,
-        }
+        Self { heads: FrameHeads::after(PREFACE_LEN), window_start: None, in_window: 0, stream_ends: 0 }
     }
 
     /// Reads `data`, the next bytes from the client: false once the client has sent more than
     /// the allowed control frames in a second.
     pub(crate) fn feed(&mut self, mut data: &[u8]) -> bool {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
-            let n = (FRAME_HEAD_LEN - self.head_len).min(data.len());
-            self.head[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
-            self.head_len += n;
-            data = &data[n..];
-            if self.head_len < FRAME_HEAD_LEN {
-                break;
-            }
-            self.head_len = 0;
-            let [a, b, c, kind, flags, ..] = self.head;
-            self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-            match kind {
-                PING | SETTINGS if flags & ACK == 0 && !self.count() => return false,
+        while let Some(head) = self.heads.next(&mut data) {
+            match head.kind {
+                PING | SETTINGS if head.flags & ACK == 0 && !self.count() => return false,
                 RST_STREAM | GOAWAY | PRIORITY | PUSH_PROMISE => {
                     self.stream_ends = self.stream_ends.wrapping_add(1);
                 }

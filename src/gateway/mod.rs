@@ -331,6 +331,7 @@ mod config;
 mod downstream;
 mod drain;
 mod flood;
+mod frame_heads;
 mod h2stream;
 pub mod layers;
 pub mod limits;

@@ -22,13 +22,10 @@
 //!   or compression error; `protocol_error`). The reset h2 sends after its 431, when the client
 //!   had not ended its stream, is part of the 431 and not counted again.
 //!
-//! A few comparisons per frame written, nothing copied or held.
+//! A few comparisons per frame written, nothing copied or held (`frame_heads`).
 
-/// A frame's header: length (3 bytes), type, flags, stream id (4 bytes).
-const FRAME_HEAD_LEN: usize = 9;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const GOAWAY: u8 = 0x7;
+use super::frame_heads::FrameHeads;
+use super::frame_heads::kind::{GOAWAY, HEADERS, RST_STREAM};
 
 /// HTTP/2 error codes (RFC 9113, section 7) the gateway writes for other reasons than a
 /// client's breach: a stream or connection ended in order (`NO_ERROR`), a call dropped
@@ -55,10 +52,7 @@ pub(crate) enum Sent {
 /// Reads the frames of the byte stream the gateway writes to a client, across writes.
 #[derive(Debug)]
 pub(crate) struct SentFrames {
-    head: [u8; FRAME_HEAD_LEN],
-    head_len: usize,
-    /// Payload bytes to pass before the next frame header.
-    skip: usize,
+    heads: FrameHeads,
     /// Within an RST_STREAM's or a GOAWAY's payload: the bytes read of it up to its error code.
     code: Option<ErrorCode>,
 }
@@ -69,60 +63,40 @@ pub(crate) struct SentFrames {
 struct ErrorCode {
     stream: u32,
     /// Payload bytes to read, the error code's the last four.
-    left: u8,
+    left: usize,
     value: u32,
 }
 
 impl SentFrames {
     pub(crate) fn new() -> Self {
-        Self { head: [0; FRAME_HEAD_LEN], head_len: 0, skip: 0, code: None }
+        Self { heads: FrameHeads::after(0), code: None }
     }
 
     /// Reads `data`, the next bytes written to the client, telling `seen` of each frame that
     /// can be a refusal.
     pub(crate) fn feed(&mut self, mut data: &[u8], mut seen: impl FnMut(Sent)) {
-        while !data.is_empty() {
+        loop {
             if let Some(code) = &mut self.code {
-                let n = usize::from(code.left).min(data.len());
-                for &byte in &data[..n] {
-                    // The last stream id of a GOAWAY shifts out.
-                    code.value = code.value << 8 | u32::from(byte);
+                let taken = self.heads.payload(&mut data, code.left);
+                // The last stream id of a GOAWAY shifts out.
+                code.value = taken.iter().fold(code.value, |v, &b| v << 8 | u32::from(b));
+                code.left -= taken.len();
+                if code.left > 0 {
+                    return;
                 }
-                // `n` <= `left`, a u8.
-                code.left -= n as u8;
-                self.skip -= n;
-                data = &data[n..];
-                if code.left == 0 {
-                    match code.value {
-                        REFUSED_STREAM if code.stream != 0 => seen(Sent::RefusedStream),
-                        NO_ERROR | REFUSED_STREAM | CANCEL | ENHANCE_YOUR_CALM => {}
-                        _ => seen(Sent::Breach(code.stream)),
-                    }
-                    self.code = None;
+                match code.value {
+                    REFUSED_STREAM if code.stream != 0 => seen(Sent::RefusedStream),
+                    NO_ERROR | REFUSED_STREAM | CANCEL | ENHANCE_YOUR_CALM => {}
+                    _ => seen(Sent::Breach(code.stream)),
                 }
-                continue;
+                self.code = None;
             }
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
-            let n = (FRAME_HEAD_LEN - self.head_len).min(data.len());
-            self.head[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
-            self.head_len += n;
-            data = &data[n..];
-            if self.head_len < FRAME_HEAD_LEN {
-                break;
-            }
-            self.head_len = 0;
-            let [a, b, c, kind, _flags, s0, s1, s2, s3] = self.head;
-            self.skip = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-            let stream = u32::from_be_bytes([s0 & 0x7f, s1, s2, s3]);
-            match kind {
+            let Some(head) = self.heads.next(&mut data) else { return };
+            let stream = head.stream;
+            match head.kind {
                 HEADERS => seen(Sent::Headers(stream)),
-                RST_STREAM if self.skip == 4 => self.code = Some(ErrorCode { stream, left: 4, value: 0 }),
-                GOAWAY if self.skip >= 8 => self.code = Some(ErrorCode { stream: 0, left: 8, value: 0 }),
+                RST_STREAM if head.len == 4 => self.code = Some(ErrorCode { stream, left: 4, value: 0 }),
+                GOAWAY if head.len >= 8 => self.code = Some(ErrorCode { stream: 0, left: 8, value: 0 }),
                 _ => {}
             }
         }
