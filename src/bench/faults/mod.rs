@@ -60,7 +60,7 @@
 //!
 //! - `kill`, `flap`, `gateway-restart` (with a client that retries `UNAVAILABLE` and what never
 //!   left it): no idempotent call lost; `kill` fails the calls in flight on the replica (3 for
-//!   3; 3-5 for 3-6, within them in each of 11 runs), `flap` and `gateway-restart` none. A call
+//!   3; 3-5 for 3-6, within them in each of 7 runs on 2026-12-03), `flap` and `gateway-restart` none. A call
 //!   whose pooled connection to the killed replica had already closed when it was sent never
 //!   left the gateway and is retried elsewhere whatever its method. The calls in flight are
 //!   read from the gateway in one look right before the signal: read in two, a call sent in
@@ -68,8 +68,8 @@
 //! - `hang`: least response time adds how long the stopped replica's backlog is overdue to its
 //!   cost ([`switchyard_balance::policy::ResponseTimeEstimate::overdue_nanos`]), so new calls
 //!   leave it within tens of milliseconds, before any of its calls ends; its calls in flight
-//!   fail at their deadline (4 for 4; 4-6 for 3-6 over 12 runs, two of them a call past those
-//!   in flight, sent as it stopped). A hedge goes to another endpoint than its first attempt (the balancer notes its
+//!   fail at their deadline (4 for 4; 4-5 for 3-5 over 7 runs on 2026-12-03, one of them a
+//!   call past those in flight, sent as it stopped). A hedge goes to another endpoint than its first attempt (the balancer notes its
 //!   pick in the call's [`switchyard_core::PickRecorder`]): no idempotent call lost. The
 //!   replica is not ejected (a deadline is no endpoint failure); its given-up calls set a floor
 //!   under its time per unit of work that fades with a 1 s time constant
@@ -79,10 +79,10 @@
 //!   sized call has cleared it.
 //! - `unavailable`: the first refusal makes the replica suspect, the reads' refusals (retried
 //!   elsewhere) complete the streak of 5 that ejects it, counted in the order the calls were
-//!   sent: 1 generation failed for 5 in flight (1 in each of 13 runs), recovered within 0.1 s.
+//!   sent: 1 generation failed for 5 in flight (1 in each of 7 runs), recovered within 0.1 s.
 //! - `reset`: the reads' responses are held to their trailers (the retry layer's
 //!   `hold_responses`), so a read cut mid-response is retried on another replica: none lost;
-//!   3 generations failed for 6 in flight (2-4 for 3-6, within them in each of 13 runs), the
+//!   3 generations failed for 6 in flight (3-4 for 4-6, within them in each of 7 runs), the
 //!   ones whose responses began after the fault and before the first reset showed.
 //! - `slow` (20 × slower, 2 s a generation past the 1 s deadline): a first byte more than 10 ×
 //!   slower than the replica's learnt speed (each method read against its own), or a call given
@@ -92,8 +92,8 @@
 //!   [`switchyard_balance::EndpointState::sizes_requests`]) go on (292 answered while slowed).
 //!   4 failures for 5 in flight, recovered within 0.1 s. Before, once the floor had faded (a
 //!   second or two), a generation tried the replica, one at a time, and failed at its deadline:
-//!   recovery came 1-4 s after the fault in most runs. What is left, over 12 runs on
-//!   2026-12-03: failures within those in flight in 8 (1-7 for 3-6), recovery within 1 s in 9
+//!   recovery came 1-4 s after the fault in most runs. What is left, over 13 runs on
+//!   2026-12-03: failures within those in flight in 9 (1-7 for 3-6), recovery within 1 s in 10
 //!   (1.3-1.4 s in the others, one generation tried a second after the fault). The fault slows
 //!   the calls that start after it; the calls in flight at the fault answer at the usual speed,
 //!   and none of them fails. All the failures are generations sent in the first 100-300 ms
