@@ -616,12 +616,21 @@ impl EndpointState {
     }
 
     /// A first byte said the endpoint takes `unit_nanos` a unit: below the stall's floor, the
-    /// floor is gone, and with it the strikes.
+    /// floor is gone, and with it the strikes. The suspicion a severe stall raised
+    /// ([`is_suspect`](Self::is_suspect)) goes with a first byte within
+    /// [`RECOVERED_SAMPLE`] times the speed learnt: one 8 or 9 times slow is under a floor of
+    /// 10 or more, and no sign of recovery. Lifted by it, the suspicion of a replica slowed 20
+    /// times was gone 20 ms after it was raised, and three generations sent there in the next
+    /// 200 ms failed (`switchyard bench faults`, fault `slow`).
     fn clear_stall_floor_below(&self, unit_nanos: f64) {
+        if self.severe_stall_at.load(Ordering::Relaxed) != 0
+            && self.unit_time_nanos().is_some_and(|learnt| unit_nanos <= RECOVERED_SAMPLE * learnt)
+        {
+            self.severe_stall_at.store(0, Ordering::Relaxed);
+        }
         let floor = f64::from_bits(self.stall_floor_bits.load(Ordering::Relaxed));
         if !floor.is_nan() && unit_nanos < floor {
             self.stall_severe.store(false, Ordering::Relaxed);
-            self.severe_stall_at.store(0, Ordering::Relaxed);
             self.stall_floor_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
             self.stall_strikes.store(0, Ordering::Relaxed);
         }
@@ -812,7 +821,8 @@ impl EndpointState {
     /// - its last calls failed (a failure streak of the outlier detector's, in the order the
     ///   calls were sent, not yet broken by a success), the last failure within `window`;
     /// - or a stall or slowdown of [`SLOW_SAMPLE`] times its speed set the floor under its time
-    ///   per unit within `window`, and no first byte since came under the floor. A smaller
+    ///   per unit within `window`, and no first byte since came within 2 times its speed
+    ///   (`RECOVERED_SAMPLE`) (one under the floor but still 8 times slow is no recovery). A smaller
     ///   stall raising the floor since does not lift the suspicion. A stopped process and a
     ///   slowed one look alike here (calls given up on at their deadlines, no first byte; a
     ///   read's quick answer is no measure of a generation's speed): a replica slowed 20 times
@@ -1335,6 +1345,10 @@ impl Drop for InFlight {
 /// How many times slower than the learnt speed a first byte must be to set a stall's floor.
 const SLOW_SAMPLE: f64 = 10.0;
 
+/// How many times the learnt speed a first byte may take, at most, to lift the suspicion a
+/// severe stall raised (see [`EndpointState::clear_stall_floor_below`]).
+const RECOVERED_SAMPLE: f64 = 2.0;
+
 /// The strikes a floor starts at when a second slow first byte confirms a slowdown (see
 /// [`EndpointState::slow_first_byte`]).
 const CONFIRMED_STRIKES: u32 = 3;
@@ -1637,8 +1651,12 @@ mod tests {
         // Slow again, then a first byte at the method's usual speed clears it.
         method_answers(&s, STREAM, 1000, 120, 1).await;
         assert!(s.is_suspect(Instant::now(), WINDOW));
+        // 8 × slow: under the floor, which goes, but no recovery: the suspicion stands.
+        method_answers(&s, STREAM, 1000, 48, 1).await;
+        assert!(floor(&s).is_nan(), "the floor is gone");
+        assert!(s.is_suspect(Instant::now(), WINDOW), "an 8 × first byte lifts no suspicion");
         method_answers(&s, STREAM, 1000, 6, 1).await;
-        assert!(!s.is_suspect(Instant::now(), WINDOW), "a fast first byte clears the floor");
+        assert!(!s.is_suspect(Instant::now(), WINDOW), "a fast first byte clears it");
         // A first byte a little slow (3 ×) is no severe stall.
         method_answers(&s, STREAM, 1000, 18, 1).await;
         assert!(!s.is_suspect(Instant::now(), WINDOW));
