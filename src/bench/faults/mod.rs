@@ -67,8 +67,8 @@
 //! - `hang`: least response time adds how long the stopped replica's backlog is overdue to its
 //!   cost ([`switchyard_balance::policy::ResponseTimeEstimate::overdue_nanos`]), so new calls
 //!   leave it within tens of milliseconds, before any of its calls ends; its calls in flight
-//!   fail at their deadline (6 for 6; 4-6 for 3-6 over 11 runs on 2026-12-03, two of them a
-//!   call past those in flight, sent as it stopped). A hedge goes to another endpoint than its first attempt (the balancer notes its
+//!   fail at their deadline (6 for 6; 4-6 for 3-6 over 11 runs on 2026-12-03, two of them 2
+//!   calls past those in flight, sent as it stopped). A hedge goes to another endpoint than its first attempt (the balancer notes its
 //!   pick in the call's [`switchyard_core::PickRecorder`]): no idempotent call lost. The
 //!   replica is not ejected (a deadline is no endpoint failure); its given-up calls set a floor
 //!   under its time per unit of work that fades with a 1 s time constant
