@@ -88,6 +88,10 @@ pub struct FaultRun {
     /// Calls the faulty replica answered between the fault and the lift (or the end), as the
     /// gateway counts them: how much traffic it still got.
     pub served_while_faulty: Option<u64>,
+    /// Attempts the faulty replica failed between the fault and the lift (or the end), as the
+    /// gateway counts them: the calls that failed there, whether the gateway retried them
+    /// elsewhere (the clients never saw those) or not. How much of the fault the gateway felt.
+    pub failed_while_faulty: Option<u64>,
     /// The success rate per [`BUCKET_S`] by send time.
     pub timeline: Vec<Bucket>,
 }
@@ -355,9 +359,12 @@ impl FaultsReport {
                     };
                     format!(" Calls in flight {on}: {n}.")
                 }),
-                run.served_while_faulty.map_or(String::new(), |n| format!(
-                    " The faulty replica completed {n} calls while faulty."
-                )),
+                run.served_while_faulty.map_or(String::new(), |n| {
+                    let failed = run.failed_while_faulty.map_or(String::new(), |f| {
+                        format!(" and failed {f} attempts (the gateway retried the reads among them)")
+                    });
+                    format!(" The faulty replica completed {n} calls{failed} while faulty.")
+                }),
                 run.served_after_lift.map_or(String::new(), |n| format!(" It completed {n} after the lift.")),
                 run.fault,
             ));
