@@ -1096,9 +1096,17 @@ impl EndpointState {
         self.leave_if_drained(self);
     }
 
+    /// Counts the request's `outcome` and gives it to the outlier detector. `answered`: a byte of
+    /// the response came before the end.
+    ///
+    /// A deadline that passed before any byte of the answer says nothing of the endpoint's
+    /// health either way: neither a failure (a busy endpoint's queue, or a caller's tight
+    /// deadline) nor a success. It leaves a failure streak as it stands: taken as a success, a
+    /// call given up on while the endpoint hung broke the streak its refusals were building.
     fn finish(
         self: &Arc<Self>,
         outcome: Outcome,
+        answered: bool,
         outlier: &OutlierConfig,
         sent_at: Instant,
         now: Instant,
@@ -1113,6 +1121,7 @@ impl EndpointState {
         let verdict = match outcome {
             // The caller's choice, not the endpoint's health.
             Outcome::Cancelled => Verdict::Keep,
+            Outcome::DeadlineExceeded if !answered => Verdict::Keep,
             outcome => {
                 let failed = outcome.is_endpoint_failure();
                 let mut state = lock(&self.outlier);
@@ -1298,7 +1307,7 @@ impl InFlight {
             state.record_speed_ewma(&state.after_first_byte, &state.after_first_byte_bits, after, now);
         }
         self.state.sample_limit(outcome, rtt, self.in_flight, now);
-        let verdict = self.state.finish(outcome, outlier, self.sent_at, now);
+        let verdict = self.state.finish(outcome, self.first_byte.is_some(), outlier, self.sent_at, now);
         (verdict, Timing { first_byte: self.first_byte, latency })
     }
 
@@ -1577,6 +1586,37 @@ mod tests {
         assert!(floor > 50.0 * unit, "a floor under it: {floor}");
         assert_eq!((s.awaiting_first_byte(), s.pending_work()), (0, 0));
         assert_eq!(s.load(Instant::now()).failed, 1, "and a failure, as before");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_without_an_answer_neither_breaks_nor_extends_a_failure_streak() {
+        let s = state();
+        let outlier = OutlierConfig::default();
+        let window = outlier.base_ejection;
+        let fail = |s: &Arc<EndpointState>| s.start(Instant::now(), 1).end(Outcome::Unavailable, &outlier).0;
+        for _ in 0..4 {
+            assert_eq!(fail(&s), Verdict::Keep);
+            advance(Duration::from_millis(1)).await;
+        }
+        // A call held to its deadline, nothing answered: no success, no fifth failure.
+        let mut held = s.start(Instant::now(), 1);
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(held.end(Outcome::DeadlineExceeded, &outlier).0, Verdict::Keep);
+        assert!(s.is_suspect(Instant::now(), window), "the streak stands");
+        assert_eq!(fail(&s), Verdict::Eject, "the fifth failure in a row");
+
+        // Once answered, a deadline is a sign of life, as before: it breaks a streak.
+        let s = state();
+        for _ in 0..4 {
+            fail(&s);
+        }
+        let mut answered = s.start(Instant::now(), 1);
+        advance(Duration::from_millis(10)).await;
+        answered.first_byte();
+        advance(Duration::from_secs(1)).await;
+        answered.end(Outcome::DeadlineExceeded, &outlier);
+        assert!(!s.is_suspect(Instant::now(), window));
+        assert_eq!(fail(&s), Verdict::Keep, "a new streak of one");
     }
 
     #[tokio::test(start_paused = true)]

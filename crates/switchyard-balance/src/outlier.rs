@@ -21,6 +21,10 @@
 //! fault `unavailable`: 9 calls refused before the ejection where 5 end a streak; 1 of 10 calls
 //! succeeded in the 100 ms after the fault). Envoy and linkerd count in the order of the
 //! responses; with requests of one length the two orders are the same.
+//!
+//! A request cancelled by its caller, or whose deadline passed before any byte of its answer,
+//! neither breaks nor extends a streak: it says nothing of the endpoint's health either way. Any
+//! other outcome that is not a failure (an answer, whatever its status) breaks it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
