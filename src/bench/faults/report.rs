@@ -361,7 +361,8 @@ impl FaultsReport {
                 }),
                 run.served_while_faulty.map_or(String::new(), |n| {
                     let failed = run.failed_while_faulty.map_or(String::new(), |f| {
-                        format!(" and failed {f} attempts (the gateway retried the reads among them)")
+                        let reads = if f > 0 { ", the reads among them retried elsewhere" } else { "" };
+                        format!(" and failed {f} attempts (deadlines and cancellations not counted{reads})")
                     });
                     format!(" The faulty replica completed {n} calls{failed} while faulty.")
                 }),
