@@ -820,7 +820,7 @@ impl EndpointState {
     /// Whether the endpoint is under suspicion at `now`, with nothing since to clear it:
     /// - its last calls failed (a failure streak of the outlier detector's, in the order the
     ///   calls were sent, not yet broken by a success), the last failure within `window`;
-    /// - or a stall or slowdown of [`SLOW_SAMPLE`] times its speed set the floor under its time
+    /// - or a stall or slowdown of 10 times its speed (`SLOW_SAMPLE`) set the floor under its time
     ///   per unit within `window`, and no first byte since came within 2 times its speed
     ///   (`RECOVERED_SAMPLE`) (one under the floor but still 8 times slow is no recovery). A smaller
     ///   stall raising the floor since does not lift the suspicion. A stopped process and a
@@ -1100,8 +1100,9 @@ impl EndpointState {
     /// the response came before the end.
     ///
     /// A deadline that passed before any byte of the answer says nothing of the endpoint's
-    /// health either way: neither a failure (a busy endpoint's queue, or a caller's tight
-    /// deadline) nor a success. It leaves a failure streak as it stands: taken as a success, a
+    /// health either way: for the outlier detector it is neither a failure (a busy endpoint's
+    /// queue, or a caller's tight deadline) nor a success, though it counts among the failed
+    /// requests of the endpoint's [`Load`]. It leaves a failure streak as it stands: taken as a success, a
     /// call given up on while the endpoint hung broke the streak its refusals were building.
     fn finish(
         self: &Arc<Self>,

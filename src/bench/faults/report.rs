@@ -90,7 +90,8 @@ pub struct FaultRun {
     pub served_while_faulty: Option<u64>,
     /// Attempts the faulty replica failed between the fault and the lift (or the end), as the
     /// gateway counts them: the calls that failed there, whether the gateway retried them
-    /// elsewhere (the clients never saw those) or not. How much of the fault the gateway felt.
+    /// elsewhere (the clients never saw those) or not; not the calls their clients cancelled
+    /// (given up on at their deadlines, as under `hang`). How much of the fault the gateway felt.
     pub failed_while_faulty: Option<u64>,
     /// The success rate per [`BUCKET_S`] by send time.
     pub timeline: Vec<Bucket>,
@@ -362,7 +363,7 @@ impl FaultsReport {
                 run.served_while_faulty.map_or(String::new(), |n| {
                     let failed = run.failed_while_faulty.map_or(String::new(), |f| {
                         let reads = if f > 0 { ", the reads among them retried elsewhere" } else { "" };
-                        format!(" and failed {f} attempts (deadlines and cancellations not counted{reads})")
+                        format!(" and failed {f} attempts (cancellations not counted: a call its client gave up on at its deadline is one{reads})")
                     });
                     format!(" The faulty replica completed {n} calls{failed} while faulty.")
                 }),
