@@ -61,8 +61,8 @@
 //! failures no more than those in flight in 2 of 6 (6 of 8).
 //!
 //! - `kill`, `flap`, `gateway-restart` (with a client that retries `UNAVAILABLE` and what never
-//!   left it): no idempotent call lost; `kill` fails the calls in flight on the replica (3 for
-//!   3; 3-5 for 3-6, within them in each of 7 runs on 2026-12-03), `flap` and `gateway-restart` none. A call
+//!   left it): no idempotent call lost; `kill` fails the calls in flight on the replica (5 for
+//!   5; 3-5 for 3-6, within them in each of 7 runs on 2026-12-03), `flap` and `gateway-restart` none. A call
 //!   whose pooled connection to the killed replica had already closed when it was sent never
 //!   left the gateway and is retried elsewhere whatever its method. The calls in flight are
 //!   read from the gateway in one look right before the signal: read in two, a call sent in
@@ -80,17 +80,17 @@
 //!   replica is not ejected (a deadline is no endpoint failure); its given-up calls set a floor
 //!   under its time per unit of work that fades with a 1 s time constant
 //!   ([`switchyard_balance::TrackingConfig::stall_decay`]), and make it suspect: after SIGCONT
-//!   the reads come back to it at once (218 calls in the 5 s after it; 82-246 over runs), the
+//!   the reads come back to it at once (89 calls in the 5 s after it; 82-246 over runs), the
 //!   generations once its suspicion has run out (10 s after the stall) or a first byte of a
 //!   sized call has cleared it.
 //! - `unavailable`: the first refusal makes the replica suspect, the reads' refusals (retried
 //!   elsewhere) complete the streak of 5 that ejects it, counted in the order the calls were
-//!   sent: 1 generation failed for 5 in flight (1 for 3 in each of 7 earlier runs), recovered within 0.1 s.
+//!   sent: 1 generation failed for 4 in flight (1 for 3 in each of 7 earlier runs), recovered within 0.1 s.
 //!   When the replica is tried only by reads before it is left, no call fails (1 run in 4 on
 //!   a loaded machine, 2026-12-03: 5 attempts failed there, all retried).
 //! - `reset`: the reads' responses are held to their trailers (the retry layer's
 //!   `hold_responses`), so a read cut mid-response is retried on another replica: none lost;
-//!   2 generations failed for 3 in flight (3-4 for 4-6, within them in each of 7 earlier runs), the
+//!   3 generations failed for 4 in flight (3-4 for 4-6, within them in each of 7 earlier runs), the
 //!   ones whose responses began after the fault and before the first reset showed. On a
 //!   machine kept busy, the signal can come late enough that only reads try the replica once
 //!   the fault is on: then none fails (2 of 16 runs, 2026-12-03; the gateway still counted
@@ -100,8 +100,8 @@
 //!   up on before its first byte at 10 × its time, set a floor under its speed at once, and its
 //!   overdue backlog counts. Such a stall makes the replica suspect: the generations stay off it
 //!   for the rest of the run, the reads (answered in milliseconds, no samples of its speed:
-//!   [`switchyard_balance::EndpointState::sizes_requests`]) go on (303 answered while slowed).
-//!   5 failures for 5 in flight, recovered within 0.1 s. Before, once the floor had faded (a
+//!   [`switchyard_balance::EndpointState::sizes_requests`]) go on (11-303 answered while slowed over runs).
+//!   2 failures for 4 in flight, recovered within 0.1 s. Before, once the floor had faded (a
 //!   second or two), a generation tried the replica, one at a time, and failed at its deadline:
 //!   recovery came 1-4 s after the fault in most runs. Over 13 runs on 2026-12-03 the
 //!   failures were within those in flight in 9 (1-7 for 3-6), recovery within 1 s in 10: a
