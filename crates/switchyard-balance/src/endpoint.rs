@@ -157,6 +157,9 @@ pub struct EndpointState {
     idle_unit_bits: AtomicU64,
     /// [`CapacityEstimate::min_request_work`] as `f64` bits.
     min_request_work_bits: AtomicU64,
+    /// Whether the endpoint's own no-load answers judged that every request counts alike
+    /// ([`CapacityEstimate::counting_verdict`] is `Some(true)`).
+    judged_per_request: AtomicBool,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
     /// When the endpoint's current failure streak last grew, in nanoseconds since `epoch` (0:
@@ -284,6 +287,7 @@ impl EndpointState {
             slots: AtomicU32::new(1),
             idle_unit_bits: AtomicU64::new(f64::NAN.to_bits()),
             min_request_work_bits: AtomicU64::new(1.0f64.to_bits()),
+            judged_per_request: AtomicBool::new(false),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
             failing_at: AtomicU64::new(0),
@@ -654,6 +658,25 @@ impl EndpointState {
         (!u.is_nan()).then_some(u)
     }
 
+    /// The least time a request of `work` units can take to its first byte here, in
+    /// nanoseconds: `work` × the [no-load time per unit](Self::idle_unit_time_nanos) (`u₀`),
+    /// what it takes with nothing ahead of it. `None` before the first no-load answer, and on an
+    /// endpoint whose own no-load answers judged that its time does not grow with the work (a
+    /// classic server: a request larger than any seen is no slower there). An endpoint not
+    /// judged yet counts: an LLM replica that a balancer sends few requests is often not.
+    ///
+    /// The policies' costs are never below it (see
+    /// [`LeastResponseTime`](crate::policy::LeastResponseTime)): their brake on an endpoint
+    /// with fewer requests in flight than its peers, and an endpoint costed per request until
+    /// its answers judge, could otherwise price a long prompt on an idle slow replica below
+    /// its own prefill there.
+    pub fn no_load_time_nanos(&self, work: f64) -> Option<f64> {
+        if self.judged_per_request.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.idle_unit_time_nanos().map(|u0| u0 * work)
+    }
+
     /// The least work a request counts for on this endpoint, whatever its size: its fastest
     /// no-load answer over its fastest no-load time per unit of work (`ω = r₀ ÷ u₀`, see
     /// [`capacity`](crate::capacity)). Near 1 for an endpoint whose time grows with the work from
@@ -728,6 +751,7 @@ impl EndpointState {
         self.slots.store(guard.slots(), Ordering::Relaxed);
         self.idle_unit_bits.store(guard.idle_unit_nanos().unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
         self.min_request_work_bits.store(guard.min_request_work().to_bits(), Ordering::Relaxed);
+        self.judged_per_request.store(guard.counting_verdict() == Some(true), Ordering::Relaxed);
     }
 
     /// Test support: teaches the endpoint that its time grows with the work, `unit` per unit at

@@ -13,7 +13,8 @@ use crate::rng::NearTie;
 /// The endpoint expected to send the first byte of its response soonest, over all endpoints:
 ///
 /// ```text
-/// cost = (pending_work + work) × unit_time / at_once × √((in_flight + 1) / (mean_in_flight + 1))
+/// cost = max((pending_work + work) × unit_time / at_once × √((in_flight + 1) / (mean_in_flight + 1)),
+///            work × no_load_unit_time)
 ///        + overdue
 /// at_once = min(slots, awaiting_first_byte + 1)
 /// ```
@@ -64,6 +65,19 @@ use crate::rng::NearTie;
 ///   would be exact). In the lab the square root costs little TTFT (its p99 is
 ///   1.07-1.08 × the ideal's across the `hetero` variants), where the plain ratio cost more.
 ///
+/// - a sized request's cost is never below its own no-load time on the endpoint
+///   ([`EndpointState::no_load_time_nanos`]: its work × the endpoint's fastest no-load time per
+///   unit), whatever the brake and the counting say, on an endpoint whose time grows with the
+///   work or has not been judged yet. Without it a long prompt could cost less on an idle slow
+///   replica than its prefill there takes alone: the brake scales an endpoint with nothing in
+///   flight down (a half with a few requests on each peer), and an endpoint whose answers have
+///   not judged yet costs every request as its fastest answer. Where several balancers share
+///   a fleet, each sends the slow replica few requests, learns it late, and sees its fast peers
+///   slowed by the others' prompts: in lab `herd` (Azure trace, eight balancers, even split)
+///   the p99 TTFT was 580 ms, and of the requests at or above it 60 of 81 were prompts of about
+///   4,000 tokens on the replica of speed 0.25, which prefills one in 575 ms. With the floor it
+///   is 349 ms (skewed split 424 → 349, 32 balancers 584 → 525 and 406 → 372; seeds 2 and 3
+///   alike), and one balancer's 185 → 183 ms (`reports/lab/herd.md`);
 /// - `overdue` is how long the endpoint has gone without a first byte past the time its
 ///   backlog should take ([`ResponseTimeEstimate::overdue_nanos`]): 0 while it keeps to its
 ///   estimate, the stall's excess once it stops or slows down, before any of its requests ends.
@@ -76,12 +90,14 @@ use crate::rng::NearTie;
 /// slow one 3.5 % of the requests (p99 40 ms, 3.33 × the ideal's); with the slots learnt it sends
 /// it 0.1 % and its p99 is the ideal's 12 ms; over real processes (`switchyard bench
 /// hetero-parallel`, 20 ms calls) 28 ms, where HAProxy's and nginx's least connections are at
-/// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.03 × the
-/// ideal's on the bundled Azure trace (185 ms against 179, p90 133 against 117; 1.04 ×, 187
+/// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.02 × the
+/// ideal's on the bundled Azure trace (183 ms against 179, p90 131 against 117; 185 and 133
+/// before the floor below; 1.04 ×, 187
 /// ms, before the `overdue` term; counted without request sizes too, it cost that variant
 /// 1.60 × against 1.17 ×; 184 ms and a p90 of 144 before a first byte more than 10 times
 /// slower than the learnt speed set a floor under it,
-/// [`EndpointState::unit_time_nanos_at`]), 1.03 × on the Mooncake one and
+/// [`EndpointState::unit_time_nanos_at`]), 1.05 × on the Mooncake one (7,858 ms; 7,700
+/// before the floor, whose p50 fell from 490 to 467 ms) and
 /// 1.06 × at 80 % load on the Azure trace (214 ms against 202; 1.32 ×
 /// at 80 % while the no-load time was an EWMA rather than the windowed minimum of
 /// [`capacity`](crate::capacity): an engine's chunked prefill serves several short prompts in
@@ -186,7 +202,7 @@ impl LeastResponseTime {
                 estimate.unit_time_nanos(e),
             );
             if sized {
-                cost += estimate.overdue_nanos(e);
+                cost = cost.max(e.no_load_time_nanos(work).unwrap_or(0.0)) + estimate.overdue_nanos(e);
             }
             (i, cost)
         }))
@@ -438,12 +454,16 @@ mod tests {
         // requests carry sizes (100 to 2,000 units) that neither server's time depends on.
         let eps = endpoints(2);
         for (e, ms) in [(&eps[0], 20), (&eps[1], 80)] {
-            for work in [2000, 100, 700] {
+            for work in [2000, 100, 700, 1500, 300, 1200, 500, 900, 1800] {
                 answer(e, work, Duration::from_millis(ms)).await;
             }
         }
         let per_request = crate::capacity::PER_REQUEST_WORK;
         assert_eq!((eps[0].min_request_work(), eps[1].min_request_work()), (per_request, per_request));
+        // Judged so by their nine answers, a request larger than any seen is no slower there:
+        // no floor by its size.
+        assert_eq!(eps[0].counting_verdict(), Some(true));
+        assert_eq!(eps[0].no_load_time_nanos(1e6), None);
         let policy = LeastResponseTime::new();
         // e0 works on a large request. A small one would wait 20 ms behind it there (at most
         // 40 ms), 80 ms on e1: counted by its size, it would look 20 times cheaper on e1
@@ -486,6 +506,43 @@ mod tests {
         let braked = 40e6 * (4.0f64 / 2.5).sqrt();
         assert!((e1 - braked).abs() < 1.0, "{e1}");
         assert!((estimate.cost_nanos(&eps[1], 100.0) - braked).abs() < 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_prompt_never_costs_less_than_its_own_prefill_on_an_idle_slow_replica() {
+        // e0 takes 1 µs a token, e1 4 µs. e0 streams six responses past their first byte and
+        // prefills a prompt of 3,000 tokens; nothing runs on e1.
+        let eps = endpoints(2);
+        eps[0].teach_time_grows_with_work(Duration::from_micros(1)).await;
+        eps[1].teach_time_grows_with_work(Duration::from_micros(4)).await;
+        answer(&eps[0], 1000, Duration::from_millis(1)).await;
+        answer(&eps[1], 1000, Duration::from_millis(4)).await;
+        let mut streams = Vec::new();
+        for _ in 0..6 {
+            let mut f = eps[0].start(Instant::now(), 100);
+            f.first_byte();
+            streams.push(f);
+        }
+        let _prefill = eps[0].start(Instant::now(), 3000);
+        assert_eq!(eps[1].no_load_time_nanos(4000.0), Some(16e6));
+        // A prompt of 4,000 tokens: 7 ms on e0 (braked by its 7 requests in flight against a
+        // mean of 3.5: 9.3 ms), 16 ms on e1 whatever runs elsewhere. Braked, e1's cost was
+        // 16 ms × √(1 ÷ 4.5) = 7.5 ms, and the prompt went there.
+        let estimate = ResponseTimeEstimate::over(eps.iter().map(|e| &**e)).at(Instant::now());
+        let braked = estimate.backlog_cost_nanos(
+            &estimate.backlog(&eps[1]),
+            estimate.request_work(&eps[1], 4000.0),
+            estimate.unit_time_nanos(&eps[1]),
+        );
+        assert!((braked - 16e6 * (1.0f64 / 4.5).sqrt()).abs() < 1e3, "{braked}");
+        let ext = sized(4000);
+        let req = RequestInfo::new(Some(&ext), Instant::now());
+        assert_eq!(LeastResponseTime::new().pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(0));
+        // A short prompt still goes to the idle slow replica: 1.6 ms there against 3.4 ms behind
+        // e0's prefill (4.5 ms braked).
+        let ext = sized(400);
+        let req = RequestInfo::new(Some(&ext), Instant::now());
+        assert_eq!(LeastResponseTime::new().pick(&req, &Endpoints::all_eligible(&eps, 0)), Some(1));
     }
 
     #[tokio::test(start_paused = true)]

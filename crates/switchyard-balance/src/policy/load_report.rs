@@ -42,11 +42,13 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// beyond          = occupancy + 1 − capacity           (requests beyond the batch, this one included)
 /// hold            = after_first_byte + work × unit_time (how long a request keeps its slot)
 /// slot_wait       = beyond × hold ÷ capacity            (0 when beyond ≤ 0 or capacity unknown)
-/// cost            = max(backlog_cost, (slot_wait + work × unit_time) × brake) + overdue
+/// cost            = max(backlog_cost, (slot_wait + work × unit_time) × brake,
+///                       work × no_load_unit_time) + overdue
 /// ```
 ///
 /// `overdue` is least response time's ([`ResponseTimeEstimate::overdue_nanos`]), for requests
-/// that carry their size.
+/// that carry their size; so is the floor `work × no_load_unit_time`
+/// ([`EndpointState::no_load_time_nanos`], see least response time's docs).
 ///
 /// `slots` is what the balancer learnt of the replica's parallelism (see [`crate::capacity`]),
 /// as least response time uses it, and `backlog_cost` is least response time's arithmetic
@@ -102,8 +104,8 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 ///
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
-/// bundled traces (`reports/lab/hetero.json`, Azure: 185 ms each, ideal 179 ms;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,700 ms each, ideal 7,482 ms). In lab
+/// bundled traces (`reports/lab/hetero.json`, Azure: 183 ms each, ideal 179 ms;
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,858 ms each, ideal 7,482 ms). In lab
 /// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the ideal's 12 ms (
 /// `reports/lab/hetero-parallel.md`). Where a replica also serves other
 /// clients, the reports move the picks away from it, which LRT cannot see.
@@ -113,8 +115,8 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// sent. A subscriber to the replicas' out-of-band stream (ORCA's `OpenRcaService`, the
 /// `switchyard` crate's `oob_reports`) records a report from every replica at a set interval
 /// through [`EndpointState::record_report`], and this policy reads those alike. In lab `herd`
-/// (eight balancers, Azure trace, even split) its p99 TTFT is 820 ms with trailers alone and
-/// 308 ms with reports every 20 ms, where one balancer's is 187 ms
+/// (eight balancers, Azure trace, even split) its p99 TTFT is 510 ms with trailers alone and
+/// 275 ms with reports every 20 ms, where one balancer's is 183 ms
 /// (`reports/lab/herd.md`).
 ///
 /// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; the pick is drawn
@@ -253,8 +255,17 @@ impl LoadReport {
         let sized = work > 1.0;
         self.ties
             .pick(estimates.into_iter().map(|(i, unit, work, (e, foreign))| {
-                let overdue = if sized { shared.overdue_nanos_behind(&endpoints[i], foreign) } else { 0.0 };
-                (i, e.cost(&shared, work, unit) + overdue)
+                let (cost, overdue) = if sized {
+                    // Never below the request's own no-load time there, as least response time.
+                    let floor = endpoints[i].no_load_time_nanos(request.work as f64).unwrap_or(0.0);
+                    (
+                        e.cost(&shared, work, unit).max(floor),
+                        shared.overdue_nanos_behind(&endpoints[i], foreign),
+                    )
+                } else {
+                    (e.cost(&shared, work, unit), 0.0)
+                };
+                (i, cost + overdue)
             }))
             .unwrap_or(0)
     }
