@@ -50,7 +50,13 @@
 //!   ([`CapacityEstimate::set_counting_prior`], set by the balancer): a replica added to a
 //!   pool of LLM engines by an autoscaler is costed by its prompts' sizes from its first
 //!   answer (in lab `burst`, costed per request for its first answers, new replicas were
-//!   misjudged while the load rose and the Azure replay's SLO fell from 1.000 to 0.996). The
+//!   misjudged while the load rose and the Azure replay's SLO fell from 1.000 to 0.996). So
+//!   does an endpoint whose replica's load report counts its prefill backlog in prompt tokens
+//!   (ORCA's named metric `prefill_backlog_tokens`, which Switchyard's workers send), from
+//!   that report on, until its own answers judge
+//!   ([`EndpointState::record_report`](crate::EndpointState::record_report)): a balancer among many
+//!   sends a slow replica too few requests for its no-load answers to judge (in lab `herd`,
+//!   32 balancers, the two slow replicas were costed per request most of the run). The
 //!   sizes of the requests ahead are not kept one by one, so `n` requests of `A`
 //!   units in all count for `max(A, n × ω)`, and one slot works them off and this one in at least
 //!   `serial = u₀ × (max(A, n × ω) + max(w, ω))`. The costs of least response time and
@@ -322,9 +328,16 @@ impl CapacityEstimate {
     /// How the work counts until the endpoint's own answers judge (see the [module docs](self)):
     /// per request by default; a pool whose judged endpoints count the work sets `false` on a new
     /// one, so that a replica added to a pool of LLM engines is costed by its prompts' sizes from
-    /// its first answer. Takes effect only before the first no-load answer.
+    /// its first answer, and so does a load report that counts the replica's backlog in prompt
+    /// tokens. Takes effect at once on an endpoint whose answers have not judged yet, and not on
+    /// one whose answers have.
     pub fn set_counting_prior(&mut self, per_request: bool) {
         self.prior_per_request = per_request;
+        if let Some(idle) = &mut self.idle
+            && !idle.fit.judged()
+        {
+            idle.fit.per_request = per_request;
+        }
     }
 
     /// Learns from one first byte at `now`; `tau` is the window of the no-load times.

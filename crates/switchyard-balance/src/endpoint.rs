@@ -160,6 +160,11 @@ pub struct EndpointState {
     /// Whether the endpoint's own no-load answers judged that every request counts alike
     /// ([`CapacityEstimate::counting_verdict`] is `Some(true)`).
     judged_per_request: AtomicBool,
+    /// Whether a load report has said that the replica counts its backlog in prompt tokens
+    /// (see `learn_counting_from`).
+    counts_tokens_reported: AtomicBool,
+    /// Encoded reports decoded on arrival to look for that (at most [`COUNTING_CHECKS`]).
+    counting_checks: AtomicU32,
     report: Mutex<ReportSlot>,
     pub(crate) outlier: Mutex<OutlierState>,
     /// When the endpoint's current failure streak last grew, in nanoseconds since `epoch` (0:
@@ -288,6 +293,8 @@ impl EndpointState {
             idle_unit_bits: AtomicU64::new(f64::NAN.to_bits()),
             min_request_work_bits: AtomicU64::new(1.0f64.to_bits()),
             judged_per_request: AtomicBool::new(false),
+            counts_tokens_reported: AtomicBool::new(false),
+            counting_checks: AtomicU32::new(0),
             report: Mutex::new(ReportSlot::default()),
             outlier: Mutex::new(OutlierState::default()),
             failing_at: AtomicU64::new(0),
@@ -700,7 +707,38 @@ impl EndpointState {
     /// ([`CapacityEstimate::set_counting_prior`]); the balancer sets its pool's verdict on an
     /// endpoint it adds.
     pub fn set_counting_prior(&self, per_request: bool) {
-        lock(&self.capacity).set_counting_prior(per_request);
+        let mut guard = lock(&self.capacity);
+        let before = guard.counts_per_request();
+        guard.set_counting_prior(per_request);
+        self.capacity_learnt(guard, before, Instant::now());
+    }
+
+    /// Takes what a load report says of how the replica counts its work: one that reports its
+    /// prefill backlog in prompt tokens ([`orca::PREFILL_BACKLOG_TOKENS`]) is an LLM engine, whose
+    /// time grows with the prompt, and its requests count by their sizes until its own no-load
+    /// answers judge ([`set_counting_prior`](Self::set_counting_prior)). Once, and only on an
+    /// endpoint whose requests carry their sizes ([`sizes_requests`](Self::sizes_requests)):
+    /// without sizes every request is one unit whatever the count. Later reports cost an atomic
+    /// load.
+    ///
+    /// Without it, an endpoint counts every request alike until [`FIT_SAMPLES`] no-load answers
+    /// (nothing of this balancer's own ahead) have judged, and a balancer among many that sends a
+    /// slow replica a few requests a minute never gets them: in lab `herd` with reports every
+    /// 2 ms, 32 balancers, the two slow replicas were costed per request for most of the run
+    /// by most balancers, the prefill backlog their reports carried unused, and `load-report`'s
+    /// p99 TTFT was 1.5 × one balancer's (`reports/lab/herd.md`).
+    ///
+    /// [`FIT_SAMPLES`]: crate::capacity::FIT_SAMPLES
+    fn learn_counting_from(&self, report: &ReportedLoad) {
+        if self.counts_tokens_reported.load(Ordering::Relaxed)
+            || !self.sizes_requests()
+            || !report.named.contains_key(orca::PREFILL_BACKLOG_TOKENS)
+        {
+            return;
+        }
+        if !self.counts_tokens_reported.swap(true, Ordering::Relaxed) {
+            self.set_counting_prior(false);
+        }
     }
 
     /// The work a request of `work` units counts for on this endpoint:
@@ -734,6 +772,12 @@ impl EndpointState {
         let mut guard = lock(&self.capacity);
         let before = guard.counts_per_request();
         guard.record(sample, now, tau);
+        self.capacity_learnt(guard, before, now);
+    }
+
+    /// Mirrors what `guard` now holds in the atomics the costs read; `before`: whether it
+    /// counted per request before the change.
+    fn capacity_learnt(&self, guard: MutexGuard<'_, CapacityEstimate>, before: bool, now: Instant) {
         if guard.counts_per_request() != before {
             // The work is counted another way (see `capacity`): the time per unit learnt so far
             // is in other units. It restarts from the no-load time in the new units, not from
@@ -1094,7 +1138,14 @@ impl EndpointState {
     /// [`fresh_report_with_own`](Self::fresh_report_with_own) returns). The balancer calls it
     /// for the report in each response's trailers; an out-of-band subscriber (ORCA's
     /// `OpenRcaService`) calls it for each report the replica streams.
+    ///
+    /// A report that names the replica's prefill backlog in prompt tokens
+    /// ([`orca::PREFILL_BACKLOG_TOKENS`]) also says that the replica is an LLM engine, whose time
+    /// grows with the prompt: where requests carry their sizes, they count by size on this
+    /// endpoint from then on, until its own no-load answers judge (see
+    /// [`capacity`](crate::capacity)).
     pub fn record_report(&self, report: ReportedLoad, now: Instant) {
+        self.learn_counting_from(&report);
         let own = self.own_load();
         let mut slot = lock(&self.report);
         slot.decoded = Some((Arc::new(report), now));
@@ -1106,6 +1157,15 @@ impl EndpointState {
     /// Keeps an ORCA header value (`endpoint-load-metrics-bin`) as the last report, to be decoded
     /// when first read.
     pub(crate) fn record_encoded_report(&self, value: &http::HeaderValue, now: Instant) {
+        // Decoded now while it may still say how the replica counts its work (a few times at
+        // most); else when a policy reads it.
+        if !self.counts_tokens_reported.load(Ordering::Relaxed)
+            && self.sizes_requests()
+            && self.counting_checks.fetch_add(1, Ordering::Relaxed) < COUNTING_CHECKS
+            && let Ok(report) = orca::decode_base64(value.as_bytes())
+        {
+            self.learn_counting_from(&report);
+        }
         let text = bytes::Bytes::copy_from_slice(value.as_bytes());
         let own = self.own_load();
         let mut slot = lock(&self.report);
@@ -1392,6 +1452,10 @@ const MAX_STALL_STRIKES: u32 = 5;
 
 /// `limit_value` when the endpoint has no limit.
 const NO_LIMIT: u32 = u32::MAX;
+/// Encoded load reports an endpoint decodes on arrival, looking for how its replica counts the
+/// work ([`EndpointState::learn_counting_from`]), before it leaves them to the policies that
+/// read them: a replica that does not say so in its first reports is taken not to.
+const COUNTING_CHECKS: u32 = 8;
 
 fn limit_u32(limit: usize) -> u32 {
     u32::try_from(limit.max(1)).unwrap_or(NO_LIMIT - 1)
@@ -1431,6 +1495,49 @@ mod tests {
 
     fn ms(nanos: f64) -> f64 {
         nanos / 1e6
+    }
+
+    /// A report naming the replica's prefill backlog in tokens.
+    fn prefill_report(tokens: f64) -> ReportedLoad {
+        let mut report = ReportedLoad::default();
+        report.named.insert(orca::PREFILL_BACKLOG_TOKENS.to_string(), tokens);
+        report
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_of_a_prefill_backlog_in_tokens_counts_the_work_by_size_before_the_answers_judge() {
+        let s = state();
+        // Two no-load answers, too few to judge: every request counts alike.
+        answers(&s, 1000, 10, 1).await;
+        answers(&s, 500, 5, 1).await;
+        assert_eq!(s.counting_verdict(), None);
+        assert_eq!(s.min_request_work(), crate::capacity::PER_REQUEST_WORK);
+        // A report that does not name the metric says nothing of it.
+        s.record_report(ReportedLoad { queue_depth: 1, ..ReportedLoad::default() }, Instant::now());
+        assert_eq!(s.min_request_work(), crate::capacity::PER_REQUEST_WORK);
+        // An LLM engine's report: its work counts by size from now on, and the time per unit
+        // restarts from the no-load time in tokens (10 µs), not the per-request one.
+        s.record_report(prefill_report(0.0), Instant::now());
+        assert_eq!(s.counting_verdict(), None, "still not judged by its answers");
+        assert_eq!(s.min_request_work(), 500.0, "ω = r₀ ÷ u₀ = 5 ms ÷ 10 µs");
+        assert_eq!(s.unit_time_nanos(), Some(10_000.0));
+        assert_eq!(s.no_load_time_nanos(4000.0), Some(40e6));
+
+        // The same from the encoded trailer a gateway keeps, before any policy reads it.
+        let encoded = state();
+        answers(&encoded, 1000, 10, 1).await;
+        encoded.record_encoded_report(&orca::encode_header_value(&prefill_report(2000.0)), Instant::now());
+        assert_eq!(encoded.min_request_work(), 1000.0);
+
+        // Answers that judged a classic server (its time flat in the work) stand against it.
+        let classic = state();
+        for work in [100, 200, 400, 800, 1600, 3200, 6400, 12800] {
+            answers(&classic, work, 10, 1).await;
+        }
+        assert_eq!(classic.counting_verdict(), Some(true));
+        classic.record_report(prefill_report(0.0), Instant::now());
+        assert_eq!(classic.min_request_work(), crate::capacity::PER_REQUEST_WORK);
+        assert_eq!(classic.no_load_time_nanos(4000.0), None);
     }
 
     #[tokio::test(start_paused = true)]

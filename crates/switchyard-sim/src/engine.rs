@@ -14,7 +14,7 @@ use switchyard_core::PrefixBlocks;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::config::{EngineConfig, StepShape};
+use crate::config::{EngineConfig, ReplicaKind, StepShape};
 use crate::load::ReplicaLoad;
 use crate::prefix_cache::PrefixCache;
 
@@ -182,7 +182,8 @@ impl EngineState {
         let prefilling: u64 =
             self.running.iter().map(|s| u64::from(s.req.prompt_tokens.saturating_sub(s.prefilled))).sum();
         ReplicaLoad {
-            prefill_backlog_tokens: queued + prefilling,
+            prefill_backlog_tokens: (!matches!(config.kind, ReplicaKind::Parallel { .. }))
+                .then_some(queued + prefilling),
             queue_depth: u32::try_from(self.waiting.len()).unwrap_or(u32::MAX),
             running: u32::try_from(self.running.len()).unwrap_or(u32::MAX),
             max_batch: config.max_batch,

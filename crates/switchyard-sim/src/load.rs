@@ -17,8 +17,11 @@ pub struct ReplicaLoad {
     /// Prompt tokens still to prefill: all of the queued prompts' and the rest of the running
     /// ones' (a queued prompt's cached prefix is not known before its admission, so it counts
     /// whole). Reported as the named metric
-    /// [`PREFILL_BACKLOG_TOKENS`](switchyard_core::orca::PREFILL_BACKLOG_TOKENS).
-    pub prefill_backlog_tokens: u64,
+    /// [`PREFILL_BACKLOG_TOKENS`](switchyard_core::orca::PREFILL_BACKLOG_TOKENS). `None` on a
+    /// classic server ([`ReplicaKind::Parallel`](crate::ReplicaKind)), whose time does not
+    /// grow with the prompt: it does not report the metric, as a balancer takes a replica
+    /// that does for one whose work counts in tokens.
+    pub prefill_backlog_tokens: Option<u64>,
     /// The most requests that can run at once ([`EngineConfig::max_batch`](crate::EngineConfig)).
     pub max_batch: u32,
     /// KV tokens in use: reserved by running requests plus held by the prefix cache.
@@ -77,10 +80,9 @@ impl ReplicaLoad {
             ..ReportedLoad::default()
         };
         report.named.insert(PREFIX_HIT_RATE.to_string(), self.prefix_hit_rate());
-        report.named.insert(
-            switchyard_core::orca::PREFILL_BACKLOG_TOKENS.to_string(),
-            self.prefill_backlog_tokens as f64,
-        );
+        if let Some(tokens) = self.prefill_backlog_tokens {
+            report.named.insert(switchyard_core::orca::PREFILL_BACKLOG_TOKENS.to_string(), tokens as f64);
+        }
         report
     }
 }
@@ -98,7 +100,7 @@ mod tests {
             kv_cache_utilization: 0.25,
             prefix_hit_blocks: 1,
             prefix_lookup_blocks: 4,
-            prefill_backlog_tokens: 3000,
+            prefill_backlog_tokens: Some(3000),
             ..ReplicaLoad::default()
         };
         let r = load.to_reported();
@@ -107,5 +109,8 @@ mod tests {
         assert_eq!(r.kv_cache_utilization, 0.25);
         assert_eq!(r.named[PREFIX_HIT_RATE], 0.25);
         assert_eq!(ReplicaLoad::default().prefix_hit_rate(), 0.0);
+        // A classic server has no prefill backlog to report, and does not name the metric.
+        let classic = ReplicaLoad { prefill_backlog_tokens: None, ..load }.to_reported();
+        assert!(!classic.named.contains_key(switchyard_core::orca::PREFILL_BACKLOG_TOKENS));
     }
 }

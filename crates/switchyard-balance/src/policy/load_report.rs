@@ -105,7 +105,7 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
 /// bundled traces (`reports/lab/hetero.json`, Azure: 183 ms each, ideal 179 ms;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,858 ms each, ideal 7,482 ms). In lab
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,701 ms each, ideal 7,482 ms). In lab
 /// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the ideal's 12 ms (
 /// `reports/lab/hetero-parallel.md`). Where a replica also serves other
 /// clients, the reports move the picks away from it, which LRT cannot see.
@@ -115,8 +115,8 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// sent. A subscriber to the replicas' out-of-band stream (ORCA's `OpenRcaService`, the
 /// `switchyard` crate's `oob_reports`) records a report from every replica at a set interval
 /// through [`EndpointState::record_report`], and this policy reads those alike. In lab `herd`
-/// (eight balancers, Azure trace, even split) its p99 TTFT is 510 ms with trailers alone and
-/// 275 ms with reports every 20 ms, where one balancer's is 183 ms
+/// (eight balancers, Azure trace, even split) its p99 TTFT is 518 ms with trailers alone,
+/// 255 ms with reports every 20 ms and 220 ms every 10 ms, where one balancer's is 180-183 ms
 /// (`reports/lab/herd.md`).
 ///
 /// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; the pick is drawn
