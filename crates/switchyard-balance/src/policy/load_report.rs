@@ -32,6 +32,8 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// ```text
 /// foreign_waiting = max(0, queue_depth − own_awaiting_at_report)
 /// foreign_running = max(0, queue_depth + running − own_in_flight_at_report)
+///                 | mean foreign_running of the endpoints compared that have a fresh report
+///                   (an endpoint without one, among endpoints with one)
 /// foreign_work    = max(0, foreign_backlog − age_of_report ÷ unit_time)
 /// foreign_backlog = reported_prefill_tokens − own_pending_work_at_report   (the replica reports it)
 ///                 | foreign_waiting × work                                  (otherwise)
@@ -84,7 +86,18 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 ///   request queued for a slot is in the backlog as well, and adding the two would count it
 ///   twice.
 /// - Without a report younger than `max_age` (1 s by default), the foreign terms are zero and
-///   the cost is LRT's.
+///   the cost is LRT's, but for one: an endpoint without a fresh report, among others that
+///   have one, is taken to run as many foreign requests (`foreign_running`) as the mean of
+///   those, in its occupancy and so in the brake. Counted as running none, it looked the least
+///   occupied of all for want of news, and took the requests away from a replica whose report
+///   had just shown it the least loaded: with reports in trailers alone, each of K balancers
+///   hears a replica only when one of its own responses from it ends, so at K = 8 most of its
+///   endpoints have no fresh report at any time. In lab `herd` (Azure, trailers alone, seeds
+///   1-3) imputing the mean took `load-report`'s p99 TTFT at K = 8 from 466-565 ms to
+///   288-318 (even split) and from 336-540 to 293-328 (skewed), at K = 32 from 597-704 to
+///   449-468 and from 380-411 to 338-377; with reports from every replica every 10 or 20 ms
+///   every endpoint has one and nothing changes; with one balancer no report shows a foreign
+///   request and nothing changes either (`reports/lab/herd.md`).
 ///
 /// An earlier version ranked every replica with a free batch slot before every full one. On
 /// classic servers that is wrong: in lab `hetero-parallel` (8 slots at 10 ms, one replica four
@@ -115,8 +128,9 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 /// sent. A subscriber to the replicas' out-of-band stream (ORCA's `OpenRcaService`, the
 /// `switchyard` crate's `oob_reports`) records a report from every replica at a set interval
 /// through [`EndpointState::record_report`], and this policy reads those alike. In lab `herd`
-/// (eight balancers, Azure trace, even split) its p99 TTFT is 518 ms with trailers alone,
-/// 255 ms with reports every 20 ms and 220 ms every 10 ms, where one balancer's is 180-183 ms
+/// (eight balancers, Azure trace, even split) its p99 TTFT is 288 ms with trailers alone
+/// (least response time's: 321 ms), 255 ms with reports every 20 ms and 220 ms every 10 ms,
+/// where one balancer's is 180-183 ms
 /// (`reports/lab/herd.md`).
 ///
 /// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; the pick is drawn
@@ -163,13 +177,10 @@ impl LoadReport {
         work: f64,
         unit_time: f64,
     ) -> LoadEstimate {
-        self.estimate_from(Backlog::of(endpoint), endpoint, now, work, unit_time).0
+        self.estimate_from(Backlog::of(endpoint), endpoint, now, work, unit_time).load
     }
 
-    /// [`estimate`](Self::estimate) from `backlog`, the balancer's own view of `endpoint`;
-    /// with it, the foreign work the report showed ahead when the endpoint's current stall
-    /// began (for [`ResponseTimeEstimate::overdue_nanos_behind`]; 0 without a stall or a fresh
-    /// report).
+    /// [`estimate`](Self::estimate) from `backlog`, the balancer's own view of `endpoint`.
     fn estimate_from(
         &self,
         backlog: Backlog,
@@ -177,10 +188,10 @@ impl LoadReport {
         now: Instant,
         work: f64,
         unit_time: f64,
-    ) -> (LoadEstimate, f64) {
+    ) -> Estimated {
         let mut estimate = LoadEstimate { backlog, slot_wait_nanos: 0.0 };
         let Some(snapshot) = endpoint.fresh_report_with_own(now, self.max_age) else {
-            return (estimate, 0.0);
+            return Estimated { load: estimate, foreign_at_stall: 0.0, foreign_running: None };
         };
         let report = &snapshot.report;
         // The request whose response carried the report still counts in the balancer's own
@@ -226,7 +237,7 @@ impl LoadReport {
                 estimate.slot_wait_nanos = beyond * hold / capacity;
             }
         }
-        (estimate, foreign_at_stall)
+        Estimated { load: estimate, foreign_at_stall, foreign_running: Some(f64::from(foreign_running)) }
     }
 
     /// The cheapest candidate, drawn at random among those within
@@ -239,7 +250,7 @@ impl LoadReport {
     ) -> usize {
         let work = request.work as f64;
         let shared = ResponseTimeEstimate::over(candidates.clone().map(|i| &*endpoints[i])).at(request.now);
-        let estimates: Vec<(usize, f64, f64, (LoadEstimate, f64))> = candidates
+        let mut estimates: Vec<(usize, f64, f64, Estimated)> = candidates
             .map(|i| {
                 let e = &*endpoints[i];
                 let unit = shared.unit_time_nanos(e);
@@ -247,26 +258,40 @@ impl LoadReport {
                 (i, unit, work, self.estimate_from(shared.backlog(e), e, request.now, work, unit))
             })
             .collect();
-        let mean = estimates.iter().map(|(_, _, _, (e, _))| e.backlog.in_flight).sum::<f64>()
+        // An endpoint without a fresh report is taken to run as many foreign requests as the
+        // mean of those with one (see the type's docs).
+        let (seen, sum) = estimates
+            .iter()
+            .filter_map(|(_, _, _, e)| e.foreign_running)
+            .fold((0usize, 0.0), |(n, sum), f| (n + 1, sum + f));
+        if seen > 0 && seen < estimates.len() {
+            let unseen = sum / seen as f64;
+            for (_, _, _, e) in estimates.iter_mut().filter(|(_, _, _, e)| e.foreign_running.is_none()) {
+                e.load.backlog.in_flight += unseen;
+            }
+        }
+        let mean = estimates.iter().map(|(_, _, _, e)| e.load.backlog.in_flight).sum::<f64>()
             / estimates.len().max(1) as f64;
         let shared = shared.with_mean_in_flight(mean);
         // As least response time: a sized request counts how far a backlog is overdue, here
         // behind the foreign work the report showed as well.
         let sized = work > 1.0;
         self.ties
-            .pick(estimates.into_iter().map(|(i, unit, work, (e, foreign))| {
-                let (cost, overdue) = if sized {
-                    // Never below the request's own no-load time there, as least response time.
-                    let floor = endpoints[i].no_load_time_nanos(request.work as f64).unwrap_or(0.0);
-                    (
-                        e.cost(&shared, work, unit).max(floor),
-                        shared.overdue_nanos_behind(&endpoints[i], foreign),
-                    )
-                } else {
-                    (e.cost(&shared, work, unit), 0.0)
-                };
-                (i, cost + overdue)
-            }))
+            .pick(estimates.into_iter().map(
+                |(i, unit, work, Estimated { load: e, foreign_at_stall: foreign, .. })| {
+                    let (cost, overdue) = if sized {
+                        // Never below the request's own no-load time there, as least response time.
+                        let floor = endpoints[i].no_load_time_nanos(request.work as f64).unwrap_or(0.0);
+                        (
+                            e.cost(&shared, work, unit).max(floor),
+                            shared.overdue_nanos_behind(&endpoints[i], foreign),
+                        )
+                    } else {
+                        (e.cost(&shared, work, unit), 0.0)
+                    };
+                    (i, cost + overdue)
+                },
+            ))
             .unwrap_or(0)
     }
 }
@@ -276,6 +301,18 @@ impl LoadReport {
 fn stall_start_after(now: Instant, stall: Duration, report_at: Instant) -> f64 {
     let started = now.checked_sub(stall).unwrap_or(report_at);
     started.saturating_duration_since(report_at).as_secs_f64() * 1e9
+}
+
+/// What [`LoadReport::estimate_from`] finds on one endpoint.
+#[derive(Debug, Clone, Copy)]
+struct Estimated {
+    load: LoadEstimate,
+    /// The foreign work the report showed ahead when the endpoint's current stall began (for
+    /// [`ResponseTimeEstimate::overdue_nanos_behind`]; 0 without a stall or a fresh report).
+    foreign_at_stall: f64,
+    /// The foreign requests the fresh report showed running or queued there; `None` without
+    /// a fresh report.
+    foreign_running: Option<f64>,
 }
 
 /// One endpoint's load as [`LoadReport`] estimates it.
@@ -406,6 +443,31 @@ mod tests {
         assert_eq!(stale, LoadEstimate { backlog: Backlog::new(500.0, 1.0, 1), slot_wait_nanos: 0.0 });
         let patient = LoadReport::with_seed(0).with_max_age(Duration::from_secs(5));
         assert_eq!(patient.estimate(&e, Instant::now(), 1000.0, unit).backlog.in_flight, 11.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_without_a_fresh_report_is_not_taken_for_one_without_foreign_load() {
+        let eps = [endpoint("a"), endpoint("b"), endpoint("c")];
+        for e in &eps {
+            answer(e, 1000, Duration::from_millis(1)).await;
+        }
+        // Other clients run eight requests on a and two on b; c has not reported (lately).
+        eps[0].record_report(report(0, 8, 64), Instant::now());
+        eps[1].record_report(report(0, 2, 64), Instant::now());
+        // One request of ours awaits its first byte on each.
+        let _ours: Vec<_> = eps.iter().map(|e| e.start(Instant::now(), 1000)).collect();
+        let policy = LoadReport::with_seed(0);
+        let mut ext = http::Extensions::new();
+        ext.insert(switchyard_core::RequestSize::new(1000, 1));
+        // Counting nothing foreign on c (2 ms × √(2 / 5.3), 1.2 ms, against b's 2 ms ×
+        // √(4 / 5.3), 1.7 ms) sent every request there. Taken to run the mean of the others'
+        // five, c costs 2 ms × √(7 / 7) against b's 2 ms × √(4 / 7), 1.5 ms: b, the one known
+        // to be the least loaded, answers sooner.
+        for _ in 0..20 {
+            let pick =
+                policy.pick(&RequestInfo::new(Some(&ext), Instant::now()), &Endpoints::all_eligible(&eps, 0));
+            assert_eq!(pick, Some(1));
+        }
     }
 
     #[tokio::test(start_paused = true)]
