@@ -315,7 +315,7 @@ async fn policy_switches_under_load_fail_no_request() {
     let pools = view["pools"].as_array().unwrap();
     assert_eq!(
         (pools[0]["name"].as_str(), pools[0]["policy"].as_str()),
-        (Some("default"), Some("least-response-time"))
+        (Some("default"), Some("load-report"))
     );
     let ids: Vec<&str> = pools[0]["endpoints"]
         .as_array()

@@ -26,8 +26,9 @@
 //! `i mod 4`), each front-end with a load generator of its own ([`crate::loadgen::drive_sampled`]
 //! over its own connection) that keeps each call's arrival time, all four started together in the
 //! bench process: together they send exactly the single load generator's calls at the same times,
-//! each at a quarter of the rate. The gateways run the gateway's default policy
-//! ([`PolicyKind::DEFAULT`], as `switchyard gateway` without `--policy`). A single front-end runs
+//! each at a quarter of the rate. The gateways of `switchyard x1` and `switchyard x4` run
+//! `--policy`, by default the gateway's default policy ([`PolicyKind::DEFAULT`], as
+//! `switchyard gateway` without `--policy`). A single front-end runs
 //! `--proxy-threads` threads; each of four runs `max(1, proxy_threads / 4)`, so that the four
 //! together hold no more threads than the one where the machine's cores allow it.
 //!
@@ -371,7 +372,8 @@ pub fn merge(
 /// Which front-ends a target runs.
 #[derive(Debug, Clone, Copy)]
 enum Front {
-    Gateway,
+    /// A gateway with this policy.
+    Gateway(PolicyKind),
     /// A gateway with `load-report` and out-of-band load reports every [`REPORTS_EVERY`].
     GatewayReports,
     Peer(PeerKind, &'static str),
@@ -380,6 +382,7 @@ enum Front {
 /// Runs the scenario with its processes under `dir`.
 pub(crate) async fn run(
     args: &BenchArgs,
+    policy: PolicyKind,
     exe: &Path,
     nginx_exe: &Path,
     haproxy_exe: &Path,
@@ -421,8 +424,8 @@ pub(crate) async fn run(
 
     let threads = args.proxy_threads();
     let targets = [
-        (X1, 1, Front::Gateway),
-        (X4, FRONTS, Front::Gateway),
+        (X1, 1, Front::Gateway(policy)),
+        (X4, FRONTS, Front::Gateway(policy)),
         (X4_REPORTS, FRONTS, Front::GatewayReports),
         (NGINX_X4, FRONTS, Front::Peer(PeerKind::Nginx, "least_conn")),
         (HAPROXY_X4, FRONTS, Front::Peer(PeerKind::Haproxy, "leastconn")),
@@ -434,7 +437,7 @@ pub(crate) async fn run(
         let program = match front {
             Front::Peer(PeerKind::Nginx, _) => nginx_exe,
             Front::Peer(PeerKind::Haproxy, _) => haproxy_exe,
-            Front::Gateway | Front::GatewayReports => exe,
+            Front::Gateway(_) | Front::GatewayReports => exe,
         };
         let run = async {
             let mut proxies = Vec::new();
@@ -469,7 +472,7 @@ pub(crate) async fn run(
         offered_rps: rate,
         load: rate / capacity,
         split: "round robin by arrival (call i to front-end i mod 4)".into(),
-        gateway_policy: PolicyKind::DEFAULT.name().to_string(),
+        gateway_policy: policy.name().to_string(),
         verdict: verdict(&results),
         results,
     })
@@ -489,14 +492,13 @@ async fn start_fronts(
     let mut addresses = Vec::with_capacity(fronts);
     for k in 0..fronts {
         match front {
-            Front::Gateway | Front::GatewayReports => {
-                let gateway_args = match front {
-                    Front::GatewayReports => {
-                        let mut args = super::gateway_args(workers, PolicyKind::LoadReport, threads);
-                        args.extend(["--load-reports".to_string(), REPORTS_EVERY.to_string()]);
-                        args
-                    }
-                    _ => super::gateway_args(workers, PolicyKind::DEFAULT, threads),
+            Front::Gateway(_) | Front::GatewayReports => {
+                let gateway_args = if let Front::Gateway(policy) = front {
+                    super::gateway_args(workers, policy, threads)
+                } else {
+                    let mut args = super::gateway_args(workers, PolicyKind::LoadReport, threads);
+                    args.extend(["--load-reports".to_string(), REPORTS_EVERY.to_string()]);
+                    args
                 };
                 let (child, mut logged) = ChildProcess::start(
                     &format!("gateway-{k}"),

@@ -213,9 +213,10 @@ pub struct BenchArgs {
     /// Seconds of load before the measured window of each target.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// The gateway's balancing policy.
-    #[arg(long, default_value = "round-robin")]
-    pub policy: String,
+    /// The gateway's balancing policy, in scenarios `overhead` and `herd` [default: `overhead`
+    /// round robin, as nginx and HAProxy balance there; `herd` the gateway's default policy].
+    #[arg(long)]
+    pub policy: Option<String>,
     /// nginx's and HAProxy's balancing.
     #[arg(long, value_enum, default_value_t = PeerBalanceArg::RoundRobin)]
     pub peer_balance: PeerBalanceArg,
@@ -708,8 +709,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if !(args.duration.is_finite() && args.duration > 0.0 && args.warmup.is_finite() && args.warmup >= 0.0) {
         return Err(BenchError::Invalid("--duration must be > 0 and --warmup ≥ 0 seconds".into()));
     }
-    let policy: switchyard_balance::PolicyKind =
-        args.policy.parse().map_err(|e| BenchError::Invalid(format!("--policy: {e}")))?;
+    let policy = match (&args.policy, args.scenario) {
+        (None, Scenario::Herd) => switchyard_balance::PolicyKind::DEFAULT,
+        (None, _) => switchyard_balance::PolicyKind::RoundRobin,
+        (Some(name), Scenario::Overhead | Scenario::Herd) => {
+            name.parse().map_err(|e| BenchError::Invalid(format!("--policy: {e}")))?
+        }
+        (Some(_), _) => {
+            return Err(BenchError::Invalid(
+                "--policy is the gateway's in scenarios overhead and herd".into(),
+            ));
+        }
+    };
     if args.targets.is_some() && args.scenario != Scenario::Overhead {
         return Err(BenchError::Invalid("--targets chooses among the targets of scenario overhead".into()));
     }
@@ -756,7 +767,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         },
         Scenario::Herd => match peers::require_peers() {
             Ok((nginx_exe, haproxy_exe)) => {
-                herd::run(args, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Herd)
+                herd::run(args, policy, &exe, &nginx_exe, &haproxy_exe, &dir).await.map(BenchReport::Herd)
             }
             Err(e) => Err(e),
         },

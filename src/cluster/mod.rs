@@ -40,7 +40,7 @@
 //!   --service-ms T` classic servers of `K` slots at `T` ms a request (the default time scale
 //!   then follows their capacity);
 //! - the gateway over them (`switchyard gateway --listen 127.0.0.1:0 --admin 127.0.0.1:0
-//!   --rpc-metrics --backend http://WORKER ... --policy P`), least response time by default.
+//!   --rpc-metrics --backend http://WORKER ... --policy P`), load-report by default.
 //!
 //! Each child logs its bound address (`worker serving on ADDR`, `metrics serving on ADDR`,
 //! `gateway serving on ADDR`, `admin serving on ADDR`); the cluster prints where Prometheus can
@@ -1015,7 +1015,7 @@ mod tests {
             let err = args.validate().unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
-        assert_eq!(ClusterArgs::default().validate().unwrap(), PolicyKind::LeastResponseTime.spec());
+        assert_eq!(ClusterArgs::default().validate().unwrap(), PolicyKind::LoadReport.spec());
         let hashed = ClusterArgs { policy: "prefix-aware".into(), ..ClusterArgs::default() };
         assert_eq!(hashed.validate().unwrap().name(), "prefix-aware");
     }

@@ -64,7 +64,7 @@
 //!
 //! [[pool]]
 //! name = "llama"
-//! policy = "least-response-time"  # the default
+//! policy = "load-report"          # the default
 //! endpoints = [
 //!   { address = "http://127.0.0.1:9001" },                      # id: 127.0.0.1:9001, weight: 1
 //!   { address = "127.0.0.1:9002", id = "gpu-b", weight = 2 },

@@ -149,7 +149,8 @@ pub fn run_hetero(options: &HeteroOptions) -> Result<LabReport, LabError> {
         results.push(PolicyResult::summarise(spec.name(), &run, &names));
         tracing::info!(policy = spec.name(), "lab hetero: policy done");
     }
-    // The default policy for a client whose requests carry no size: every request one unit.
+    // Least response time for a client whose requests carry no size: every request one unit
+    // (with one balancer the default, load-report, picks alike).
     let spec = PolicyKind::LeastResponseTime.spec();
     let run = run_paused(run_policy(&spec, Sizes::Unknown, options.seed, &replicas, window, time_scale))??;
     results.push(PolicyResult::summarise(NO_SIZES, &run, &names));

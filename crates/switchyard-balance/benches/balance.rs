@@ -12,7 +12,12 @@
 //! - `p2c/tower/N`: `tower::balance::p2c::Balance` over `tower::load::PeakEwmaDiscover` (30 ms
 //!   default RTT, 10 s decay, `CompleteOnResponse`) on the same endpoints.
 //! - `p2c/direct`: the no-op endpoint called without a balancer, the floor under both.
-//! - `policies/<name>/N`: our other policies, the default (least response time) among them.
+//! - `policies/<name>/N`: our other policies, the default (load-report) among them. No endpoint
+//!   has a load report here, so load-report's pick skips every report.
+//! - `reported/load-report/N`: load-report where every endpoint holds a fresh report (a batch
+//!   capacity and the prefill backlog, nothing queued), as where the replicas report in every
+//!   response: each pick reads the report of every endpoint it compares. It leaves out the
+//!   decoding of a trailer, once per response that carries one.
 //!
 //! ```sh
 //! cargo bench -p switchyard-balance --bench balance
@@ -22,12 +27,14 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use switchyard_balance::policy::LoadReport;
 use switchyard_balance::{Backend, Balance, CompleteOnResponse, PolicyHandle, PolicyKind};
-use switchyard_core::Endpoint;
+use switchyard_core::{Endpoint, ReportedLoad, orca};
 use tower::Service;
 use tower::discover::Change;
 
@@ -139,5 +146,33 @@ fn policies(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, p2c, policies);
+fn reported(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reported");
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(40);
+    let report = ReportedLoad {
+        capacity: 64,
+        named: [(orca::PREFILL_BACKLOG_TOKENS.to_string(), 0.0)].into(),
+        ..ReportedLoad::default()
+    };
+    for n in SIZES {
+        group.bench_with_input(BenchmarkId::new("load-report", n), &n, |b, &n| {
+            // Reports an hour old still count, so none goes stale while criterion measures.
+            let policy = LoadReport::with_seed(7).with_max_age(Duration::from_secs(3600));
+            let mut balancer = Balance::from_backends(backends(n))
+                .with_policy(PolicyHandle::new(Arc::new(policy)))
+                .with_completion(CompleteOnResponse);
+            let board = balancer.board();
+            let mut cx = Context::from_waker(Waker::noop());
+            one_request(&mut balancer, &mut cx);
+            for e in board.snapshot() {
+                let state = board.state(&e.endpoint.id).expect("an endpoint of the board");
+                state.record_report(report.clone(), tokio::time::Instant::now());
+            }
+            b.iter(|| one_request(&mut balancer, &mut cx));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, p2c, policies, reported);
 criterion_main!(benches);

@@ -5,9 +5,9 @@
 //! tower's own `p2c::Balance` has one built-in policy and picks before it sees the request;
 //! this one shows each request (with its extensions, where routing keys travel) to a [`Policy`]
 //! chosen at construction and switchable at any time through a [`PolicyHandle`]:
-//! round robin, smooth weighted round robin, least connections, least response time (the
-//! default), P2C peak-EWMA, random, and a policy that reads the replicas' own ORCA load
-//! reports. Consistent hashing and prefix-cache-aware policies are to come from a hash-routing
+//! round robin, smooth weighted round robin, least connections, least response time, P2C
+//! peak-EWMA, random, and least response time plus the replicas' own ORCA load reports
+//! (`load-report`, the default). Consistent hashing and prefix-cache-aware policies are to come from a hash-routing
 //! crate (not yet in the workspace), through the same trait and registry.
 //!
 //! Each endpoint's load lives in one [`EndpointState`]: requests in flight (a stream counts until
@@ -54,7 +54,7 @@
 //!   the endpoint: no endpoint, none fits, unreachable, failed during the call; their gRPC status
 //!   is [`switchyard_core::status_of`]'s.
 //!
-//! # Why least response time is the default
+//! # Why load-report is the default
 //!
 //! For LLM serving the latency users feel first is the time to first token, and a replica's TTFT
 //! is set by the prefill work queued ahead of a request and by the replica's speed. The
@@ -67,8 +67,25 @@
 //! in-flight counts (least connections) and tower's P2C peak-EWMA, whose latency sample mostly
 //! reflects the last prompt's length, fall further behind; the committed report
 //! (`reports/lab/hetero.json`) has the figures, and the root package's `tests/lab.rs` fails if a
-//! change moves them. It scans every endpoint (O(n) per request);
-//! [`P2cPeakEwma`](policy::P2cPeakEwma) stays the O(1) choice for very large pools.
+//! change moves them.
+//!
+//! But a balancer rarely is the only one: every client process and every gateway replica runs
+//! its own, and each sees only what it sent. The default,
+//! [`LoadReport`](policy::LoadReport), is least response time plus the load the replicas'
+//! own ORCA reports show from the other balancers (in the trailers of each response, or out of
+//! band: the root package's `switchyard::oob_reports` subscribes a balancer to every endpoint's
+//! ORCA stream, and the gateway's pools do with `load_reports`). With replicas that send no
+//! reports it picks exactly as least response time, and with one balancer too (`hetero`,
+//! `hetero-mooncake` and the lab's `herd` at one balancer give the same figures for both),
+//! except that it also counts the calls its clients gave up on that still run on a replica (lab
+//! `overload` without a limit, `burst`'s overloaded baselines). With eight independent balancers (lab `herd`,
+//! `reports/lab/herd.md`) and reports every 10 ms its p99 TTFT is 1.19-1.28 × one balancer's,
+//! where least response time is at 1.7-2.0 ×; with trailers alone the two are about equal. A
+//! pick that reads reports costs about twice least response time's (under 1 µs over 8
+//! endpoints; criterion, `reports/bench/balance-criterion.md`): with one balancer and no
+//! foreign load, `least-response-time` picks alike for less. Both scan every endpoint of pools
+//! up to 32 (O(n) per request) and compare 16 at random in larger ones;
+//! [`P2cPeakEwma`](policy::P2cPeakEwma) stays the cheaper choice for very large pools.
 //!
 //! # Example
 //!

@@ -269,9 +269,10 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Faul
         workers: format!(
             "{WORKERS} workers (`switchyard worker`, LLM kind, speed 1), the busiest at the fault the faulty one"
         ),
-        gateway_pool:
-            "policy least-response-time (the default), default outlier ejection (5 failures in a row, 10 s)"
-                .into(),
+        gateway_pool: format!(
+            "policy {} (the default), default outlier ejection (5 failures in a row, 10 s)",
+            switchyard_balance::PolicyKind::DEFAULT.name()
+        ),
         gateway_retry: pool_retry_lines().join("; "),
         cpus: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
     };

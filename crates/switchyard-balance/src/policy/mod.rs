@@ -32,7 +32,7 @@
 //! each endpoint and pick the least; both learn each endpoint's speed and slots from its
 //! answers, and both compute it with one piece of arithmetic, [`ResponseTimeEstimate`].
 //!
-//! - [`LeastResponseTime`] (the default) sees only what this balancer sent:
+//! - [`LeastResponseTime`] sees only what this balancer sent:
 //!
 //!   ```text
 //!   cost    = (pending_work + work) × unit_time × √((in_flight + 1) / (mean_in_flight + 1)) ÷ at_once
@@ -45,7 +45,7 @@
 //!   LLM engine's prefill, `k` for a server of `k` parallel slots; see [`crate::capacity`]),
 //!   and the square root a soft brake on an endpoint holding more than its share of requests in
 //!   flight.
-//! - [`LoadReport`] adds what the replica reports and the balancer did not send: the reported
+//! - [`LoadReport`] (the default) adds what the replica reports and the balancer did not send: the reported
 //!   queue and running requests less the balancer's own at the moment the report arrived (so no
 //!   request counts twice), the foreign queue worked off at the endpoint's speed as the report
 //!   ages, and the brake over the replica's whole occupancy, own and foreign. Where the
@@ -169,7 +169,7 @@ impl PolicyKind {
     ];
 
     /// The default policy: see the crate documentation for why.
-    pub const DEFAULT: PolicyKind = PolicyKind::LeastResponseTime;
+    pub const DEFAULT: PolicyKind = PolicyKind::LoadReport;
 
     /// The policy's name.
     pub fn name(self) -> &'static str {
@@ -191,12 +191,12 @@ impl PolicyKind {
             PolicyKind::WeightedRoundRobin => "nginx's smooth weighted round robin, by endpoint weight",
             PolicyKind::LeastConnections => "fewest requests in flight",
             PolicyKind::LeastResponseTime => {
-                "least expected time to first byte: pending work times measured speed (the default)"
+                "least expected time to first byte: pending work times measured speed"
             }
             PolicyKind::P2cPeakEwma => "power of two choices by peak-EWMA latency times in-flight",
             PolicyKind::Random => "uniformly at random",
             PolicyKind::LoadReport => {
-                "least response time plus the load the replicas' ORCA reports show from other clients"
+                "least response time plus the load the replicas' ORCA reports show from other clients (the default)"
             }
         }
     }
