@@ -96,7 +96,7 @@ async fn cluster_runs_end_to_end(name: &str, extra: &[&str]) -> ClusterReport {
 #[tokio::test]
 async fn cluster_runs_through_the_gateway_and_reports_each_replicas_share() {
     let report = cluster_runs_end_to_end("cluster", &[]).await;
-    assert_eq!(report.setup.policy.as_deref(), Some("least-response-time"));
+    assert_eq!(report.setup.policy.as_deref(), Some("load-report"));
     assert_eq!(report.shares_from, "gateway /metrics");
 }
 

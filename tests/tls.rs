@@ -518,7 +518,7 @@ async fn with_a_token_changes_need_it_on_loopback_too() {
 
     let (status, body) = admin(addr, "PUT", "/policy", None).await;
     assert_eq!(status, 401, "{body}");
-    assert_eq!(gateway.pools()[0].policy().name(), "least-response-time", "the policy did not change");
+    assert_eq!(gateway.pools()[0].policy().name(), "load-report", "the policy did not change");
     let (status, _) = admin(addr, "PUT", "/policy", Some("Bearer a-wrong-token-of-some-length")).await;
     assert_eq!(status, 401);
     let (status, body) = admin(addr, "GET", "/endpoints", None).await;

@@ -1161,6 +1161,8 @@ impl EndpointState {
         // most); else when a policy reads it.
         if !self.counts_tokens_reported.load(Ordering::Relaxed)
             && self.sizes_requests()
+            // A load first: past the checks, a trailer costs no read-modify-write.
+            && self.counting_checks.load(Ordering::Relaxed) < COUNTING_CHECKS
             && self.counting_checks.fetch_add(1, Ordering::Relaxed) < COUNTING_CHECKS
             && let Ok(report) = orca::decode_base64(value.as_bytes())
         {
