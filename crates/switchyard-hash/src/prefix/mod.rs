@@ -13,7 +13,10 @@
 //!   ([`ResponseTimeEstimate`](switchyard_balance::policy::ResponseTimeEstimate): the work
 //!   waiting there for a first byte plus this request, times `e`'s measured time per token, with
 //!   the brake on more than a fair share in flight), the same figure the default policy
-//!   minimises, read from the same endpoint state;
+//!   minimises, read from the same endpoint state, and as there never below the request's own
+//!   no-load prefill at `e` when it carries its size
+//!   ([`EndpointState::no_load_time_nanos`](switchyard_balance::EndpointState::no_load_time_nanos):
+//!   an idle slow replica is no cheaper than its own prefill of a long prompt);
 //! - `saved_tokens_e` is `matched_blocks_e × block_tokens` (at most the prompt): the leading
 //!   blocks of the request's [`PrefixBlocks`](switchyard_core::PrefixBlocks) that the index says
 //!   `e` holds; `× unit_time_e` turns them into the prefill time they save at `e`'s speed;

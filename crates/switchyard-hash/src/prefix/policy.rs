@@ -241,7 +241,7 @@ impl PrefixAware {
                 None => state.matched.get(state.eligible_slots[i] as usize).copied().unwrap_or(0),
             };
             let saved = (f64::from(matched) * block_tokens).min(work);
-            let score = estimate.cost_nanos(e, work)
+            let score = floored_cost(&estimate, e, work)
                 - self.config.prefix_weight * saved * estimate.unit_time_nanos(e);
             if best.is_none() || score < best_score {
                 best = Some(i);
@@ -260,6 +260,14 @@ impl PrefixAware {
     }
 }
 
+/// `e`'s expected time to first byte for a request of `work` units, never below the request's
+/// own no-load prefill there where it carries its size ([`EndpointState::no_load_time_nanos`]),
+/// as least response time floors it: an idle slow replica is no cheaper than its own prefill.
+fn floored_cost(estimate: &ResponseTimeEstimate, e: &EndpointState, work: f64) -> f64 {
+    let cost = estimate.cost_nanos(e, work);
+    if work > 1.0 { cost.max(e.no_load_time_nanos(work).unwrap_or(0.0)) } else { cost }
+}
+
 /// The eligible endpoint with the least expected time to first byte (the first from `start` on
 /// a tie).
 fn least_response_time(
@@ -273,7 +281,7 @@ fn least_response_time(
     let mut best_cost = f64::INFINITY;
     for offset in 0..n {
         let i = (start + offset) % n;
-        let cost = estimate.cost_nanos(&eligible[i], work);
+        let cost = floored_cost(estimate, &eligible[i], work);
         if cost < best_cost {
             best = i;
             best_cost = cost;
