@@ -144,6 +144,26 @@ async fn model_stream_infer_streams_every_token() {
 }
 
 #[tokio::test]
+async fn a_streams_headers_report_the_load_with_its_first_request_admitted() {
+    let w = Worker::start().await;
+    let mut client = w.client().await;
+    // A long generation: still running when the headers are read.
+    let requests = futures::stream::iter([infer("sim-llm", "a prompt", 200)]);
+    let response = client.model_stream_infer(requests).await.unwrap();
+    let report = load_report(response.metadata());
+    assert!(
+        report.queue_depth + report.running >= 1,
+        "the headers' report counts the stream's request, admitted before they left: {report:?}"
+    );
+    let mut stream = response.into_inner();
+    while let Some(message) = stream.next().await {
+        message.unwrap();
+    }
+    let trailers = stream.trailers().await.unwrap().expect("trailers");
+    assert_eq!(load_report(&trailers).capacity, 256, "and the trailers carry one at its end");
+}
+
+#[tokio::test]
 async fn stream_reports_a_bad_request_and_carries_on() {
     let w = Worker::start().await;
     let mut client = w.client().await;

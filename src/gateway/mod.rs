@@ -9,7 +9,8 @@
 //! response comes back with the endpoint's headers and trailers, and its status (`NOT_FOUND` from
 //! the model server stays `NOT_FOUND`, with its message). On the way, the balancer counts each
 //! request against its endpoint until its last frame and reads the replica's ORCA load report
-//! (`endpoint-load-metrics-bin`) from the trailers, which then still reach the client.
+//! (`endpoint-load-metrics-bin`) from the trailers, and from a stream's headers where the
+//! replica sends one as it admits the request; both still reach the client.
 //!
 //! The proxy runs thread per core (`--threads`, one per CPU by default): each serving thread has
 //! its own single-threaded runtime, its share of the client connections and its own connection to

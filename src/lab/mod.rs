@@ -33,7 +33,8 @@
 //! first and last token. The balancer sees a request as in flight from its pick to its last token
 //! ([`SimCompletion`]), takes its latency sample at the first token, and records the replica's
 //! load report ([`EngineHandle::reported_load`](switchyard_sim::EngineHandle::reported_load)) at
-//! the last, as the worker's ORCA trailer would carry it. `max_mean_load` is the largest
+//! the last, as the worker's ORCA trailer would carry it, and, from an LLM engine, when it
+//! admits the request, as the headers of the worker's `ModelStreamInfer` response carry it. `max_mean_load` is the largest
 //! replica's time-averaged in-flight count over the mean of all replicas'.
 //!
 //! # The ideal

@@ -7,7 +7,10 @@
 //! [`Generation`], so [`SimCompletion`] does the same from the token stream: the latency sample
 //! at the first token (the time to first token), and at the last token the engine's
 //! [`reported_load`](EngineHandle::reported_load) (what the worker would put in its trailer)
-//! and a successful finish. A stream that ends before its last token is a failure.
+//! and a successful finish. A stream that ends before its last token is a failure. An LLM
+//! engine's response also reports its load when the engine has admitted the request, as the
+//! worker's `ModelStreamInfer` headers do; a classic server's ([`ReplicaKind::Parallel`], a
+//! unary call, whose headers leave with its trailers) reports only at its end.
 //!
 //! [`HttpCompletion`]: switchyard_balance::HttpCompletion
 
@@ -24,7 +27,7 @@ use futures::Stream;
 use switchyard_balance::{Completion, TrackCompletion};
 use switchyard_core::EndpointId;
 use switchyard_core::Outcome;
-use switchyard_sim::{EngineHandle, Generation, GenerationRequest, SubmitError, Token};
+use switchyard_sim::{EngineHandle, Generation, GenerationRequest, ReplicaKind, SubmitError, Token};
 use tower::Service;
 
 /// One simulated replica as a balancer endpoint: submits each request's [`GenerationRequest`] to
@@ -106,9 +109,9 @@ impl Service<http::Request<GenerationRequest>> for SimReplica {
     }
 }
 
-/// [`TrackCompletion`] for [`SimReplica`] responses: the latency sample at the first token, the
-/// replica's load report and a successful finish at the last, a failure if the stream ends
-/// before it.
+/// [`TrackCompletion`] for [`SimReplica`] responses: an LLM engine's load report when it admitted
+/// the request, the latency sample at the first token, the replica's load report and a
+/// successful finish at the last, a failure if the stream ends before it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SimCompletion;
 
@@ -116,6 +119,10 @@ impl TrackCompletion<Served> for SimCompletion {
     type Output = TrackedGeneration;
 
     fn track(&self, response: Served, completion: Completion) -> TrackedGeneration {
+        if response.engine.config().kind == ReplicaKind::Llm {
+            // A stream's headers: the load as the engine admitted the request.
+            completion.report(response.engine.reported_load());
+        }
         TrackedGeneration {
             endpoint: completion.endpoint().cloned(),
             generation: response.generation,

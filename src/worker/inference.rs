@@ -71,27 +71,42 @@ impl InferenceService {
         self.engine.submit(parsed.generation_request(deadline)).map_err(submit_status)
     }
 
+    /// Parses a request and submits it to the engine.
+    fn admit(
+        &self,
+        req: &ModelInferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(switchyard_sim::Generation, ParsedInfer), Status> {
+        let parsed = self.parse(req)?;
+        Ok((self.submit(&parsed, deadline)?, parsed))
+    }
+
     /// Reads a `ModelStreamInfer` stream's requests and starts a generation for each, at most
-    /// [`MAX_IN_FLIGHT_PER_STREAM`] at once.
+    /// [`MAX_IN_FLIGHT_PER_STREAM`] at once; `first` is the first request, already admitted.
     async fn read_stream(
         &self,
+        mut first: Option<Admitted>,
         mut incoming: Streaming<ModelInferRequest>,
         tx: mpsc::Sender<Result<ModelStreamInferResponse, Status>>,
         deadline: Option<Instant>,
     ) {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
         while let Ok(permit) = slots.clone().acquire_owned().await {
-            let req = match incoming.next().await {
-                Some(Ok(req)) => req,
-                Some(Err(status)) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-                None => return,
+            let (req, admitted) = match first.take() {
+                Some(first) => first,
+                None => match incoming.next().await {
+                    Some(Ok(req)) => {
+                        let admitted = self.admit(&req, deadline);
+                        (req, admitted)
+                    }
+                    Some(Err(status)) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    None => return,
+                },
             };
-            let generation =
-                self.parse(&req).and_then(|parsed| Ok((self.submit(&parsed, deadline)?, parsed)));
-            let (generation, parsed) = match generation {
+            let (generation, parsed) = match admitted {
                 Ok(ok) => ok,
                 Err(status) => {
                     // Triton reports a failed request in the stream and keeps the stream open.
@@ -264,6 +279,9 @@ pub fn token_text(index: u32) -> &'static str {
 
 type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
 
+/// A stream's request and what submitting it gave: its generation, or the status that refused it.
+type Admitted = (ModelInferRequest, Result<(switchyard_sim::Generation, ParsedInfer), Status>);
+
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
     async fn server_live(
@@ -351,12 +369,23 @@ impl GrpcInferenceService for InferenceService {
         req: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let deadline = call_deadline(req.metadata());
-        let incoming = req.into_inner();
+        let mut incoming = req.into_inner();
+        // The first request is admitted before the response starts: the load report in the
+        // response's headers (`LoadReportLayer::with_head_report`) then counts it, as the
+        // balancer that sent it does.
+        let first = match incoming.next().await {
+            Some(Ok(req)) => {
+                let admitted = self.admit(&req, deadline);
+                Some((req, admitted))
+            }
+            Some(Err(status)) => return Err(status),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = this.read_stream(incoming, tx.clone(), deadline) => {}
+                () = this.read_stream(first, incoming, tx.clone(), deadline) => {}
                 // The response was dropped (the client went away): stop reading its requests.
                 () = tx.closed() => {}
             }

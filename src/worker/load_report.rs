@@ -5,6 +5,15 @@
 //! stream carries the load at its end. On a trailers-only response (how gRPC sends most errors:
 //! the status is in the headers and the body is empty) the report goes into the headers, which
 //! are then the trailers.
+//!
+//! A stream's trailers come when its generation ends, seconds after the replica took the
+//! request. For the methods named with [`LoadReportLayer::with_head_report`] (the worker names
+//! `ModelStreamInfer`) the response headers carry a report as well, read when the handler
+//! answers, that is when the replica has admitted the request: a balancer hears the replica's
+//! load one round trip after it sent there, not one generation later, including what other
+//! balancers sent in between (Envoy reads ORCA reports from response headers too). A unary
+//! answer's headers leave with its trailers, so they get none: it would be the same report
+//! twice.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -15,11 +24,27 @@ use pin_project_lite::pin_project;
 use switchyard_core::{ReportedLoad, orca};
 use tower::{Layer, Service};
 
-/// Adds an ORCA load report, taken from `report` as each response ends, to every response.
+/// Adds an ORCA load report, taken from `report` as each response ends, to every response;
+/// and one taken as it starts to the headers of the methods chosen with
+/// [`with_head_report`](Self::with_head_report).
+///
+/// ```
+/// use switchyard::worker::LoadReportLayer;
+/// use switchyard_core::ReportedLoad;
+///
+/// let layer = LoadReportLayer::new(|| ReportedLoad { queue_depth: 2, ..Default::default() })
+///     .with_head_report(|path| path.ends_with("/ModelStreamInfer"));
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Debug)]
 pub struct LoadReportLayer<F> {
     report: F,
+    head: HeadReport,
 }
+
+/// Which requests' responses carry a report in their headers too: those whose path the function
+/// accepts.
+type HeadReport = Option<fn(&str) -> bool>;
 
 impl<F> LoadReportLayer<F>
 where
@@ -27,7 +52,15 @@ where
 {
     /// A layer that calls `report` for the load to send.
     pub fn new(report: F) -> Self {
-        Self { report }
+        Self { report, head: None }
+    }
+
+    /// Also puts a report, read when the response starts, into the response headers of the
+    /// requests whose path `streams` accepts (the server-streaming methods; see the module
+    /// docs). A trailers-only response keeps its single report.
+    pub fn with_head_report(mut self, streams: fn(&str) -> bool) -> Self {
+        self.head = Some(streams);
+        self
     }
 }
 
@@ -35,7 +68,7 @@ impl<S, F: Clone> Layer<S> for LoadReportLayer<F> {
     type Service = LoadReport<S, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LoadReport { inner, report: self.report.clone() }
+        LoadReport { inner, report: self.report.clone(), head: self.head }
     }
 }
 
@@ -44,6 +77,7 @@ impl<S, F: Clone> Layer<S> for LoadReportLayer<F> {
 pub struct LoadReport<S, F> {
     inner: S,
     report: F,
+    head: HeadReport,
 }
 
 impl<S, F, ReqBody, ResBody> Service<http::Request<ReqBody>> for LoadReport<S, F>
@@ -61,7 +95,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        ResponseFuture { inner: self.inner.call(req), report: Some(self.report.clone()) }
+        let head = self.head.is_some_and(|streams| streams(req.uri().path()));
+        ResponseFuture { inner: self.inner.call(req), report: Some(self.report.clone()), head }
     }
 }
 
@@ -71,6 +106,8 @@ pin_project! {
         #[pin]
         inner: Fut,
         report: Option<F>,
+        // The response headers carry a report too (unless they are the trailers).
+        head: bool,
     }
 }
 
@@ -91,6 +128,10 @@ where
             if let Some(f) = report.take() {
                 parts.headers.insert(orca::TRAILER_NAME, orca::encode_header_value(&f()));
             }
+        } else if *this.head
+            && let Some(f) = &report
+        {
+            parts.headers.insert(orca::TRAILER_NAME, orca::encode_header_value(&f()));
         }
         Poll::Ready(Ok(http::Response::from_parts(parts, LoadReportBody { inner: body, report })))
     }
@@ -199,5 +240,33 @@ mod tests {
         assert_eq!(orca::from_headers(response.headers()).unwrap().unwrap().queue_depth, 5);
         let collected = response.into_body().collect().await.unwrap();
         assert!(collected.trailers().is_none(), "reported once, in the headers");
+    }
+
+    #[tokio::test]
+    async fn a_chosen_methods_headers_carry_the_load_when_it_starts() {
+        let load = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(3));
+        let reported = load.clone();
+        let layer = LoadReportLayer::new(move || ReportedLoad {
+            queue_depth: reported.load(std::sync::atomic::Ordering::Relaxed),
+            ..Default::default()
+        })
+        .with_head_report(|path| path.ends_with("/Stream"));
+        let svc = layer.layer(tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"abc"))))
+        }));
+        let request = |path: &str| http::Request::builder().uri(path).body(()).unwrap();
+
+        let response = svc.clone().oneshot(request("/svc/Stream")).await.unwrap();
+        assert_eq!(orca::from_headers(response.headers()).unwrap().unwrap().queue_depth, 3);
+        // The load moves while the stream runs: its trailers carry the load at its end.
+        load.store(7, std::sync::atomic::Ordering::Relaxed);
+        let trailers = response.into_body().collect().await.unwrap().trailers().cloned().unwrap();
+        assert_eq!(orca::from_headers(&trailers).unwrap().unwrap().queue_depth, 7);
+
+        // Another method's headers carry none: its report is in the trailers alone.
+        let response = svc.oneshot(request("/svc/Unary")).await.unwrap();
+        assert!(orca::from_headers(response.headers()).is_none());
+        let trailers = response.into_body().collect().await.unwrap().trailers().cloned().unwrap();
+        assert_eq!(orca::from_headers(&trailers).unwrap().unwrap().queue_depth, 7);
     }
 }

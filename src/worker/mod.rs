@@ -8,7 +8,10 @@
 //!   moment it starts draining;
 //! - gRPC server reflection (`v1` and `v1alpha`), so `grpcurl` and similar tools need no protos;
 //! - on every response, the `endpoint-load-metrics-bin` trailer: an ORCA report of the engine's
-//!   queue depth, running requests and KV-cache utilisation ([`LoadReportLayer`]);
+//!   queue depth, running requests and KV-cache utilisation ([`LoadReportLayer`]); a
+//!   `ModelStreamInfer` response carries one in its headers too, read once the stream's first
+//!   request is admitted, so that a balancer hears the replica's load a round trip after it
+//!   sent, not a generation later;
 //! - `xds.service.orca.v3.OpenRcaService`: the same report streamed out of band, at the
 //!   interval each subscriber asks for ([`oob`]), so that balancers hear of load they did not
 //!   send between their own answers.
@@ -467,7 +470,10 @@ pub async fn serve_with_metrics(
     }
     let server = builder
         .layer(rpc)
-        .layer(LoadReportLayer::new(move || reporter.reported_load()))
+        .layer(
+            LoadReportLayer::new(move || reporter.reported_load())
+                .with_head_report(|path| path == switchyard_keys::MODEL_STREAM_INFER),
+        )
         .layer(tower::util::option_layer(shed))
         // Either's two sides fail with one type: the shed side's BoxError.
         .layer(tower::util::MapErrLayer::new(

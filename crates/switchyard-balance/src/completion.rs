@@ -7,7 +7,10 @@
 //! takes the latency sample at the first body frame (the whole response for a unary call, the
 //! first message, so the time to first token, for a stream), reads the `grpc-status`,
 //! `grpc-retry-pushback-ms` and the ORCA `endpoint-load-metrics-bin` entry from the trailers (or
-//! from the headers of a trailers-only response), and ends the request with its [`Outcome`].
+//! from the headers of a trailers-only response), and ends the request with its [`Outcome`]. A
+//! report in the headers of a response that goes on (a stream's, sent when the replica admitted
+//! the request: Switchyard's worker sends one on `ModelStreamInfer`) is recorded when the
+//! headers arrive, and the one in its trailers when it ends.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -274,6 +277,8 @@ where
             completion.finish(if grpc { Outcome::Unavailable } else { Outcome::Ok });
             None
         } else {
+            // The replica's load as the response started, where it sends it (see the module docs).
+            read_report(&parts.headers, &completion);
             Some(completion)
         };
         http::Response::from_parts(parts, TrackedBody { inner: body, completion, grpc })

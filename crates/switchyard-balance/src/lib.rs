@@ -72,15 +72,16 @@
 //! But a balancer rarely is the only one: every client process and every gateway replica runs
 //! its own, and each sees only what it sent. The default,
 //! [`LoadReport`](policy::LoadReport), is least response time plus the load the replicas'
-//! own ORCA reports show from the other balancers (in the trailers of each response, or out of
-//! band: the root package's `switchyard::oob_reports` subscribes a balancer to every endpoint's
+//! own ORCA reports show from the other balancers (in the trailers of each response and the
+//! headers of each stream, or out of band: the root package's `switchyard::oob_reports` subscribes a balancer to every endpoint's
 //! ORCA stream, and the gateway's pools do with `load_reports`). With replicas that send no
 //! reports it picks exactly as least response time, and with one balancer too (`hetero`,
 //! `hetero-mooncake` and the lab's `herd` at one balancer give the same figures for both),
 //! except that it also counts the calls its clients gave up on that still run on a replica (lab
 //! `overload` without a limit, `burst`'s overloaded baselines). With eight independent balancers (lab `herd`,
-//! `reports/lab/herd.md`) and reports every 10 ms its p99 TTFT is 1.19-1.28 × one balancer's,
-//! where least response time is at 1.7-2.0 ×; with trailers alone the two are about equal. A
+//! `reports/lab/herd.md`) and reports every 10 ms its p99 TTFT is 1.16-1.28 × one balancer's,
+//! where least response time is at 1.7-2.0 ×; with the reports of its own responses alone it
+//! is at 1.66-1.79 ×, least response time at 1.85-2.0 × (seed 1). A
 //! pick that reads reports costs about twice least response time's (under 1 µs over 8
 //! endpoints; criterion, `reports/bench/balance-criterion.md`): with one balancer and no
 //! foreign load, `least-response-time` picks alike for less. Both scan every endpoint of pools

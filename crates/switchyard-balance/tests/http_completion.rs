@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `HttpCompletion`: a request counts until its response body ends; latency at the first frame;
-//! outcome and load report from the trailers (or the headers of a trailers-only response).
+//! outcome and load report from the trailers (or the headers of a trailers-only response), and
+//! a stream's from its headers as well.
 
 mod common;
 
@@ -91,6 +92,45 @@ async fn a_stream_is_in_flight_until_its_body_ends() {
     );
     assert!(body.frame().await.is_none());
     assert_eq!(entry(&board).load.completed, 1, "counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streams_header_report_counts_when_the_headers_arrive() {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+    let body = std::sync::Arc::new(std::sync::Mutex::new(Some(rx)));
+    let admitted = ReportedLoad { queue_depth: 4, running: 3, ..Default::default() };
+    let header = orca::encode_header_value(&admitted);
+    let mut lb = one_endpoint(move || {
+        let rx = body.lock().unwrap().take().expect("one request");
+        let mut response = http::Response::new(http_body_util::StreamBody::new(rx).boxed_unsync());
+        response.headers_mut().insert(orca::TRAILER_NAME, header.clone());
+        response
+    });
+    let board = lb.board();
+    let mut tx = tx;
+
+    let sent = Instant::now();
+    let response = dispatch(&mut lb, req()).await.await.unwrap();
+    let mut body = response.into_body();
+    let load = entry(&board).load;
+    assert_eq!(load.in_flight, 1, "the stream goes on");
+    assert_eq!(
+        load.report,
+        Some(admitted),
+        "the replica's load as it admitted the request, before any token"
+    );
+    assert_eq!(load.report_at, Some(sent));
+
+    advance(Duration::from_millis(300)).await;
+    let ended = ReportedLoad { queue_depth: 0, running: 1, ..Default::default() };
+    tx.send(Ok(Frame::data(Bytes::from_static(b"token")))).await.unwrap();
+    tx.send(Ok(Frame::trailers(trailers(0, Some(&ended))))).await.unwrap();
+    drop(tx);
+    while body.frame().await.is_some() {}
+    let load = entry(&board).load;
+    assert_eq!((load.in_flight, load.completed), (0, 1));
+    assert_eq!(load.report, Some(ended), "the trailers' report is the newer");
+    assert_eq!(load.report_at, Some(sent + Duration::from_millis(300)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -91,13 +91,16 @@ use crate::rng::NearTie;
 /// it 0.1 % and its p99 is the ideal's 12 ms; over real processes (`switchyard bench
 /// hetero-parallel`, 20 ms calls) 28 ms, where HAProxy's and nginx's least connections are at
 /// 82 ms. The LLM replicas of lab `hetero` mostly keep one slot: their p99 TTFT is 1.02 × the
-/// ideal's on the bundled Azure trace (183 ms against 179, p90 122 against 117; 131 before a
+/// ideal's on the bundled Azure trace (180 ms against 179, p90 119 against 117; 183 and 122
+/// before the replicas' reports came in a stream's headers as well as its trailers, so that
+/// the first told the balancer to count by size a generation earlier; 131 before a
 /// report naming the prefill backlog in tokens counted the work by size, 185 and 133
 /// before the floor below; 1.04 ×, 187
 /// ms, before the `overdue` term; counted without request sizes too, it cost that variant
 /// 1.60 × against 1.17 ×; 184 ms and a p90 of 144 before a first byte more than 10 times
 /// slower than the learnt speed set a floor under it,
-/// [`EndpointState::unit_time_nanos_at`]), 1.03 × on the Mooncake one (7,701 ms; 7,858
+/// [`EndpointState::unit_time_nanos_at`]), 1.03 × on the Mooncake one (7,696 ms; 7,701
+/// before the reports in the headers; 7,858
 /// before the reports counted by size, 7,700 before the floor, whose p50 fell from 490 to
 /// 467 ms) and
 /// 1.06 × at 80 % load on the Azure trace (214 ms against 202; 1.32 ×

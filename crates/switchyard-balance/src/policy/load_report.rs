@@ -120,20 +120,23 @@ use switchyard_core::orca::PREFILL_BACKLOG_TOKENS;
 ///
 /// In lab `hetero` every request goes through one balancer, so the foreign terms are zero and
 /// the picks are LRT's: the p99 TTFT of `load-report` equals least response time's on both
-/// bundled traces (`reports/lab/hetero.json`, Azure: 183 ms each, ideal 179 ms;
-/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,701 ms each, ideal 7,482 ms). In lab
+/// bundled traces (`reports/lab/hetero.json`, Azure: 180 ms each, ideal 179 ms;
+/// `reports/lab/hetero-mooncake.json`, Mooncake: 7,696 ms each, ideal 7,482 ms). In lab
 /// `hetero-parallel`, where the fast servers' 8 slots do fill, its p99 is the ideal's 12 ms (
 /// `reports/lab/hetero-parallel.md`). Where a replica also serves other
 /// clients, the reports move the picks away from it, which LRT cannot see.
 ///
-/// Reports come in the trailers of this balancer's own responses; with K balancers over one
-/// fleet each hears 1/K of them, often seconds apart, and between reports it sees only what it
-/// sent. A subscriber to the replicas' out-of-band stream (ORCA's `OpenRcaService`, the
+/// Reports come with this balancer's own responses: in their trailers, and, for a stream, in
+/// its headers too, where the replica sends one when it admits the request (Switchyard's
+/// worker does on `ModelStreamInfer`; [`HttpCompletion`](crate::HttpCompletion) records both).
+/// With K balancers over one fleet each hears 1/K of them, and between reports it sees only
+/// what it sent. A subscriber to the replicas' out-of-band stream (ORCA's `OpenRcaService`, the
 /// `switchyard` crate's `oob_reports`) records a report from every replica at a set interval
 /// through [`EndpointState::record_report`], and this policy reads those alike. In lab `herd`
-/// (eight balancers, Azure trace, even split) its p99 TTFT is 341 ms with trailers alone
-/// (least response time's: 321 ms), 255 ms with reports every 20 ms and 220 ms every 10 ms,
-/// where one balancer's is 180-183 ms
+/// (eight balancers, Azure trace, even split) its p99 TTFT is 322 ms with the reports of its
+/// own responses alone (341 ms when they came in the trailers only; least response time's:
+/// 333 ms), 255 ms with reports every 20 ms and 220 ms every 10 ms, where one balancer's is
+/// 180 ms
 /// (`reports/lab/herd.md`).
 ///
 /// Up to [`EXACT_LIMIT`](Self::EXACT_LIMIT) endpoints it compares every one; the pick is drawn

@@ -57,8 +57,8 @@
 //!   its own work. Without a fresh report it is LRT.
 //!
 //! In lab `hetero` (eight replicas of speeds 0.25 to 1, 70 % load, one balancer), p99 TTFT:
-//! Azure trace, LRT 187 ms, load-report 187 ms (ideal 179 ms); Mooncake trace, LRT 7,736 ms,
-//! load-report 7,736 ms (ideal 7,482 ms). With one balancer the reports hold nothing it does
+//! Azure trace, LRT 180 ms, load-report 180 ms (ideal 179 ms); Mooncake trace, LRT 7,696 ms,
+//! load-report 7,696 ms (ideal 7,482 ms). With one balancer the reports hold nothing it does
 //! not know, so the two pick alike; the previous load-report score, `(awaiting + queue + 1) ×
 //! (1 + 4 × kv_use)` over two random endpoints, was at 728 ms (3.8 × LRT) and 36,132 ms (4.6 ×).
 //! In lab `hetero-parallel` (classic servers of 8 slots, one four times slower) both are near
