@@ -4,7 +4,8 @@
 //! As a library, Switchyard runs inside every client process, so N clients are N balancers over
 //! one fleet, with no state shared between them. Each sees only its own requests in flight; what
 //! it learns of the others' load comes back from the replicas, in each answer's latency and in the
-//! ORCA load report every worker response carries in its trailers. Balancers that each pick "the
+//! ORCA load report every worker response carries in its trailers (and a stream's in its headers,
+//! as the worker admits the request). Balancers that each pick "the
 //! least loaded replica" from what they see may pile onto the same one while another idles.
 //!
 //! The example starts three equal in-process workers and runs the same open-loop load twice, each
