@@ -170,9 +170,81 @@ pub fn encode(load: &ReportedLoad) -> Vec<u8> {
 }
 
 /// A report from protobuf bytes.
+///
+/// Read field by field with prost's wire-format functions rather than into an
+/// [`OrcaLoadReport`] first: Switchyard's four named metrics (the table above) are matched where
+/// they are read, not each built into a `String` of a map only to be taken out again. A gateway
+/// whose policy reads reports decodes about one a call (`reports/bench/cost-changes.md`). Other
+/// named metrics are kept in [`ReportedLoad::named`]. It gives what decoding an
+/// [`OrcaLoadReport`] and converting it gives, and refuses what that refuses.
 pub fn decode(bytes: &[u8]) -> Result<ReportedLoad, DecodeError> {
-    let report: OrcaLoadReport = prost::Message::decode(bytes)?;
-    Ok(ReportedLoad::from(report))
+    use prost::encoding::{DecodeContext, decode_key, double, skip_field};
+
+    let mut buf = bytes;
+    let (mut cpu, mut application) = (0.0, 0.0);
+    // The last value of QUEUE_DEPTH, RUNNING_REQUESTS, MAX_BATCH and KV_CACHE_UTILIZATION.
+    let mut known = [None::<f64>; 4];
+    let mut named = BTreeMap::new();
+    // One buffer for every entry's name: a known name costs no allocation of its own.
+    let mut name = String::new();
+    while bytes::Buf::has_remaining(&buf) {
+        let (tag, wire) = decode_key(&mut buf)?;
+        match tag {
+            1 => double::merge(wire, &mut cpu, &mut buf, DecodeContext::default())?,
+            9 => double::merge(wire, &mut application, &mut buf, DecodeContext::default())?,
+            8 => {
+                let value = named_metric(&mut buf, &mut name)?;
+                match [QUEUE_DEPTH, RUNNING_REQUESTS, MAX_BATCH, KV_CACHE_UTILIZATION]
+                    .iter()
+                    .position(|k| *k == name)
+                {
+                    Some(i) => known[i] = Some(value),
+                    None => {
+                        named.insert(name.clone(), value);
+                    }
+                }
+            }
+            // The fields Switchyard does not read, checked and skipped as the message's own
+            // decoding would merge them.
+            2 | 6 | 7 => double::merge(wire, &mut 0.0, &mut buf, DecodeContext::default())?,
+            3 => prost::encoding::uint64::merge(wire, &mut 0, &mut buf, DecodeContext::default())?,
+            4 | 5 => prost::encoding::btree_map::merge(
+                prost::encoding::string::merge,
+                double::merge,
+                &mut BTreeMap::new(),
+                &mut buf,
+                DecodeContext::default(),
+            )?,
+            _ => skip_field(wire, tag, &mut buf, DecodeContext::default())?,
+        }
+    }
+    let [queue, running, batch, kv] = known;
+    Ok(ReportedLoad {
+        queue_depth: queue.map_or(0, to_count),
+        running: running.map_or(0, to_count),
+        kv_cache_utilization: to_fraction(kv.unwrap_or(application)),
+        capacity: batch.map_or(0, to_count),
+        cpu_utilization: to_fraction(cpu),
+        named,
+    })
+}
+
+/// One `named_metrics` entry (a map entry: name at tag 1, value at tag 2, either missing for
+/// its default) from `buf`, its name into `name`; its value returned.
+fn named_metric(buf: &mut &[u8], name: &mut String) -> Result<f64, prost::DecodeError> {
+    use prost::encoding::{DecodeContext, decode_key, double, merge_loop, skip_field, string};
+
+    name.clear();
+    let mut value = 0.0;
+    merge_loop(&mut (name, &mut value), buf, DecodeContext::default(), |(name, value), buf, ctx| {
+        let (tag, wire) = decode_key(buf)?;
+        match tag {
+            1 => string::merge(wire, name, buf, ctx),
+            2 => double::merge(wire, value, buf, ctx),
+            _ => skip_field(wire, tag, buf, ctx),
+        }
+    })?;
+    Ok(value)
 }
 
 /// The report as the value of an `endpoint-load-metrics-bin` header or trailer (base64 of the
@@ -222,6 +294,65 @@ mod tests {
         assert_eq!(decode_header_value(&value).ok(), Some(load));
         let garbage = http::HeaderValue::from_static("!!not base64!!");
         assert!(matches!(decode_header_value(&garbage), Err(DecodeError::Base64(_))));
+    }
+
+    /// What `decode` must give: the generated message's decoding, converted.
+    fn reference(bytes: &[u8]) -> Result<ReportedLoad, prost::DecodeError> {
+        let report: OrcaLoadReport = prost::Message::decode(bytes)?;
+        Ok(ReportedLoad::from(report))
+    }
+
+    #[test]
+    fn decodes_what_the_generated_message_decodes_and_refuses_what_it_refuses() {
+        // xorshift64*: deterministic draws, no dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let names =
+            [QUEUE_DEPTH, RUNNING_REQUESTS, MAX_BATCH, KV_CACHE_UTILIZATION, PREFILL_BACKLOG_TOKENS, "x", ""];
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..2000 {
+            let mut report = OrcaLoadReport {
+                cpu_utilization: (next() % 300) as f64 / 100.0 - 1.0,
+                mem_utilization: 0.5,
+                rps: next() % 3,
+                rps_fractional: (next() % 5) as f64,
+                application_utilization: (next() % 300) as f64 / 100.0 - 1.0,
+                ..Default::default()
+            };
+            for _ in 0..next() % 6 {
+                let name = names[(next() % names.len() as u64) as usize];
+                report.named_metrics.insert(name.to_string(), (next() % 1000) as f64 - 100.0);
+            }
+            if next() % 4 == 0 {
+                report.utilization.insert("gpu".into(), 0.5);
+            }
+            let mut bytes = prost::Message::encode_to_vec(&report);
+            // Damage some: a flipped byte, a cut, or a duplicate entry appended.
+            match next() % 4 {
+                0 if !bytes.is_empty() => {
+                    let i = (next() % bytes.len() as u64) as usize;
+                    bytes[i] ^= (next() % 255 + 1) as u8;
+                }
+                1 if !bytes.is_empty() => bytes.truncate((next() % bytes.len() as u64) as usize),
+                2 => bytes.extend_from_slice(&bytes.clone()),
+                _ => {}
+            }
+            let (ours, theirs) = (decode(&bytes), reference(&bytes));
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"), "{bytes:?}");
+                    ok += 1;
+                }
+                (Err(_), Err(_)) => refused += 1,
+                _ => panic!("{bytes:?}: ours {ours:?}, the generated message's {theirs:?}"),
+            }
+        }
+        assert!(ok > 500 && refused > 100, "both paths exercised: {ok} decoded, {refused} refused");
     }
 
     #[test]
