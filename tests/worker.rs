@@ -164,6 +164,27 @@ async fn a_streams_headers_report_the_load_with_its_first_request_admitted() {
 }
 
 #[tokio::test]
+async fn a_stream_whose_client_waits_for_the_headers_before_sending_still_gets_them() {
+    let w = Worker::start().await;
+    let mut client = w.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let call = client.model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let response = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the headers come without a first request")
+        .unwrap();
+    tx.send(infer("sim-llm", "late prompt", 2)).await.unwrap();
+    drop(tx);
+    let mut stream = response.into_inner();
+    let mut tokens = 0;
+    while let Some(message) = stream.next().await {
+        assert!(message.unwrap().error_message.is_empty());
+        tokens += 1;
+    }
+    assert_eq!(tokens, 2, "the request sent after the headers is served");
+}
+
+#[tokio::test]
 async fn stream_reports_a_bad_request_and_carries_on() {
     let w = Worker::start().await;
     let mut client = w.client().await;

@@ -24,6 +24,11 @@ use crate::proto::inference::*;
 const MAX_IN_FLIGHT_PER_STREAM: usize = 256;
 /// Responses buffered per `ModelStreamInfer` stream before the generators wait for the client.
 const STREAM_BUFFER: usize = 64;
+/// How long a `ModelStreamInfer` call waits for its first request before it answers with its
+/// headers: a client sends its first request with the call, but one may wait for the headers
+/// first (`StreamExt::next` is cancel-safe: a request arriving later is read by the stream's
+/// reader).
+const FIRST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The inference service of a worker: one model, served by one simulated engine.
 #[derive(Clone)]
@@ -372,14 +377,15 @@ impl GrpcInferenceService for InferenceService {
         let mut incoming = req.into_inner();
         // The first request is admitted before the response starts: the load report in the
         // response's headers (`LoadReportLayer::with_head_report`) then counts it, as the
-        // balancer that sent it does.
-        let first = match incoming.next().await {
-            Some(Ok(req)) => {
+        // balancer that sent it does. A client that waits for the headers before it sends gets
+        // them after FIRST_REQUEST_WAIT, and its requests are read as they come.
+        let first = match tokio::time::timeout(FIRST_REQUEST_WAIT, incoming.next()).await {
+            Ok(Some(Ok(req))) => {
                 let admitted = self.admit(&req, deadline);
                 Some((req, admitted))
             }
-            Some(Err(status)) => return Err(status),
-            None => None,
+            Ok(Some(Err(status))) => return Err(status),
+            Ok(None) | Err(_) => None,
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();

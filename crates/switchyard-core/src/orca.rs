@@ -129,22 +129,30 @@ impl From<&OrcaLoadReport> for ReportedLoad {
 impl From<OrcaLoadReport> for ReportedLoad {
     fn from(report: OrcaLoadReport) -> Self {
         let mut named = report.named_metrics;
-        let mut count = |key: &str| named.remove(key).map(to_count).unwrap_or(0);
-        let queue_depth = count(QUEUE_DEPTH);
-        let running = count(RUNNING_REQUESTS);
-        let capacity = count(MAX_BATCH);
-        let kv_cache_utilization = named
-            .remove(KV_CACHE_UTILIZATION)
-            .map(to_fraction)
-            .unwrap_or_else(|| to_fraction(report.application_utilization));
-        ReportedLoad {
-            queue_depth,
-            running,
-            kv_cache_utilization,
-            capacity,
-            cpu_utilization: to_fraction(report.cpu_utilization),
-            named,
-        }
+        let known = KNOWN.map(|key| named.remove(key));
+        assemble(report.cpu_utilization, report.application_utilization, known, named)
+    }
+}
+
+/// The named metrics that have a [`ReportedLoad`] field, in the order [`assemble`] takes them.
+const KNOWN: [&str; 4] = [QUEUE_DEPTH, RUNNING_REQUESTS, MAX_BATCH, KV_CACHE_UTILIZATION];
+
+/// A report from a peer's figures: its CPU and application utilisation, the values of the
+/// [`KNOWN`] named metrics it sent, and its other named metrics; each clamped to its range.
+fn assemble(
+    cpu: f64,
+    application: f64,
+    known: [Option<f64>; 4],
+    named: BTreeMap<String, f64>,
+) -> ReportedLoad {
+    let [queue, running, batch, kv] = known;
+    ReportedLoad {
+        queue_depth: queue.map_or(0, to_count),
+        running: running.map_or(0, to_count),
+        kv_cache_utilization: to_fraction(kv.unwrap_or(application)),
+        capacity: batch.map_or(0, to_count),
+        cpu_utilization: to_fraction(cpu),
+        named,
     }
 }
 
@@ -182,7 +190,7 @@ pub fn decode(bytes: &[u8]) -> Result<ReportedLoad, DecodeError> {
 
     let mut buf = bytes;
     let (mut cpu, mut application) = (0.0, 0.0);
-    // The last value of QUEUE_DEPTH, RUNNING_REQUESTS, MAX_BATCH and KV_CACHE_UTILIZATION.
+    // The last value of each of the KNOWN named metrics.
     let mut known = [None::<f64>; 4];
     let mut named = BTreeMap::new();
     // One buffer for every entry's name: a known name costs no allocation of its own.
@@ -194,10 +202,7 @@ pub fn decode(bytes: &[u8]) -> Result<ReportedLoad, DecodeError> {
             9 => double::merge(wire, &mut application, &mut buf, DecodeContext::default())?,
             8 => {
                 let value = named_metric(&mut buf, &mut name)?;
-                match [QUEUE_DEPTH, RUNNING_REQUESTS, MAX_BATCH, KV_CACHE_UTILIZATION]
-                    .iter()
-                    .position(|k| *k == name)
-                {
+                match KNOWN.iter().position(|k| *k == name) {
                     Some(i) => known[i] = Some(value),
                     None => {
                         named.insert(name.clone(), value);
@@ -218,15 +223,7 @@ pub fn decode(bytes: &[u8]) -> Result<ReportedLoad, DecodeError> {
             _ => skip_field(wire, tag, &mut buf, DecodeContext::default())?,
         }
     }
-    let [queue, running, batch, kv] = known;
-    Ok(ReportedLoad {
-        queue_depth: queue.map_or(0, to_count),
-        running: running.map_or(0, to_count),
-        kv_cache_utilization: to_fraction(kv.unwrap_or(application)),
-        capacity: batch.map_or(0, to_count),
-        cpu_utilization: to_fraction(cpu),
-        named,
-    })
+    Ok(assemble(cpu, application, known, named))
 }
 
 /// One `named_metrics` entry (a map entry: name at tag 1, value at tag 2, either missing for
