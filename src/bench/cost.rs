@@ -34,6 +34,10 @@
 //! `scripts/cost-check.sh` and the committed report use 3. (The fewest of three was tried first:
 //! one unusually low run then made the baseline, and every later check failed by 3-4 %.)
 //!
+//! `--profiles DIR` keeps each window's dump in `DIR` (`default-unary-run1.callgrind.out`, ...)
+//! for `callgrind_annotate --tree=caller` or KCachegrind, to see who calls what the tables show
+//! (for example who calls `memcpy`).
+//!
 //! `--baseline FILE` compares each configuration's instructions and allocations per call with an
 //! earlier report and fails when any grew by more than `--tolerance` percent (2).
 //!
@@ -169,6 +173,10 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Cost
         Some(path) => Some(super::cost_report::read_baseline(path)?),
         None => None,
     };
+    if let Some(profiles) = &args.profiles {
+        std::fs::create_dir_all(profiles)
+            .map_err(|e| BenchError::Io(format!("create {}", profiles.display()), e))?;
+    }
     let started = Instant::now();
     let (worker, worker_address) = start_worker(exe, 0, 1000.0).await?;
     let windows = Windows { warmup: args.warmup_calls, calls: args.calls, stream_calls: args.stream_calls };
@@ -180,8 +188,13 @@ pub(crate) async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<Cost
             let (mut unary_runs, mut streaming_runs) = (Vec::new(), Vec::new());
             for run in 1..=args.runs.get() {
                 eprintln!("bench: cost {} under callgrind, run {run} of {}", config.name(), args.runs);
+                let keep = args.profiles.as_deref().map(|profiles| Kept {
+                    dir: profiles,
+                    config: config.name(),
+                    run,
+                });
                 let (unary, streaming) =
-                    callgrind_run(&valgrind, &control, gateway_exe, &gateway, dir, windows).await?;
+                    callgrind_run(&valgrind, &control, gateway_exe, &gateway, dir, windows, keep).await?;
                 unary_runs.push(unary);
                 streaming_runs.push(streaming);
             }
@@ -282,6 +295,7 @@ async fn callgrind_run(
     gateway: &[String],
     dir: &Path,
     windows: Windows,
+    keep: Option<Kept<'_>>,
 ) -> Result<(Profile, Profile), BenchError> {
     let mut args = vec![
         "--tool=callgrind".to_string(),
@@ -306,11 +320,11 @@ async fn callgrind_run(
         unary_calls(&channels, windows.warmup).await?;
         callgrind_control(control, "--zero", pid).await?;
         unary_calls(&channels, windows.calls).await?;
-        let unary = dump(control, pid, dir).await?;
+        let unary = dump(control, pid, dir, keep.map(|k| k.path("unary"))).await?;
         stream_calls(&channels, windows.stream_warmup()).await?;
         callgrind_control(control, "--zero", pid).await?;
         stream_calls(&channels, windows.stream_calls).await?;
-        let streaming = dump(control, pid, dir).await?;
+        let streaming = dump(control, pid, dir, keep.map(|k| k.path("streaming"))).await?;
         Ok((unary, streaming))
     }
     .await;
@@ -393,8 +407,24 @@ async fn callgrind_control(control: &Path, option: &str, pid: u32) -> Result<(),
     Ok(())
 }
 
-/// Dumps the gateway's counters and reads the dump (`callgrind.out.PID.N`, the highest N).
-async fn dump(control: &Path, pid: u32, dir: &Path) -> Result<Profile, BenchError> {
+/// Where a run's dumps are kept (`--profiles`).
+#[derive(Debug, Clone, Copy)]
+struct Kept<'a> {
+    dir: &'a Path,
+    config: &'a str,
+    run: u32,
+}
+
+impl Kept<'_> {
+    /// The kept dump of one window: `CONFIG-KIND-runN.callgrind.out`.
+    fn path(self, kind: &str) -> PathBuf {
+        self.dir.join(format!("{}-{kind}-run{}.callgrind.out", self.config, self.run))
+    }
+}
+
+/// Dumps the gateway's counters and reads the dump (`callgrind.out.PID.N`, the highest N), then
+/// moves it to `keep` or removes it.
+async fn dump(control: &Path, pid: u32, dir: &Path, keep: Option<PathBuf>) -> Result<Profile, BenchError> {
     callgrind_control(control, "--dump", pid).await?;
     let prefix = format!("callgrind.out.{pid}.");
     let entries = std::fs::read_dir(dir).map_err(|e| BenchError::Io(format!("read {}", dir.display()), e))?;
@@ -413,7 +443,17 @@ async fn dump(control: &Path, pid: u32, dir: &Path) -> Result<Profile, BenchErro
     let profile =
         Profile::parse(&text).map_err(|e| BenchError::Setup(format!("{}: {e}", newest.display())))?;
     // Each window's file is read once; the next dump writes the next number.
-    let _ = std::fs::remove_file(&newest);
+    match keep {
+        // A copy, not a rename: `--profiles` may be on another file system than the temp dir.
+        Some(kept) => {
+            std::fs::copy(&newest, &kept)
+                .map_err(|e| BenchError::Io(format!("keep {}", kept.display()), e))?;
+            let _ = std::fs::remove_file(&newest);
+        }
+        None => {
+            let _ = std::fs::remove_file(&newest);
+        }
+    }
     Ok(profile)
 }
 

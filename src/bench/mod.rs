@@ -268,6 +268,11 @@ pub struct BenchArgs {
     /// `--baseline`, in percent.
     #[arg(long, default_value_t = 2.0)]
     pub tolerance: f64,
+    /// Scenario `cost` only: a folder to keep each window's callgrind dump in
+    /// (`CONFIG-unary-runN.callgrind.out`, `CONFIG-streaming-runN.callgrind.out`), for
+    /// `callgrind_annotate` or KCachegrind; created if missing [default: none kept].
+    #[arg(long, value_name = "DIR")]
+    pub profiles: Option<PathBuf>,
     /// Scenario `soak` only: how often the next worker is restarted [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub restart_every: Option<Duration>,
@@ -731,6 +736,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     }
     if args.baseline.is_some() && args.scenario != Scenario::Cost {
         return Err(BenchError::Invalid("--baseline compares a run of scenario cost".into()));
+    }
+    if args.profiles.is_some() && args.scenario != Scenario::Cost {
+        return Err(BenchError::Invalid("--profiles keeps the callgrind dumps of scenario cost".into()));
     }
     if args.gateway_binary.is_some() && args.scenario != Scenario::Cost {
         return Err(BenchError::Invalid("--gateway-binary is the gateway of scenario cost".into()));
