@@ -306,17 +306,7 @@ impl Pool {
                     })?;
                 layer_metrics.extend(sources);
                 // A layer's typed error names the pool it happened in (the layers do not know it).
-                let name: std::sync::Arc<str> = config.name.as_str().into();
-                PoolService::Layered(BoxPoolService::new(tower::ServiceExt::map_err(
-                    stacked,
-                    move |e: tower::BoxError| match e.downcast::<switchyard_core::Error>() {
-                        Ok(typed) if typed.pool().is_none() => {
-                            tower::BoxError::from(typed.in_pool(name.clone()))
-                        }
-                        Ok(typed) => typed,
-                        Err(other) => other,
-                    },
-                )))
+                PoolService::Layered(stacked, config.name.as_str().into())
             }
         };
         Ok(Self {
@@ -526,11 +516,42 @@ impl BalancerSettings<'_> {
 }
 
 /// A pool's stack as one service: the request to its endpoint, the response as the proxy sends it
-/// back. Without layers, the balancer directly (nothing boxed).
+/// back. Without layers, the balancer directly (nothing boxed); with layers, their boxed stack
+/// and the pool's name, which a layer's typed error gets when it fails (the layers do not know it).
 #[derive(Clone, Debug)]
 pub(crate) enum PoolService {
     Direct(Direct),
-    Layered(BoxPoolService),
+    Layered(BoxPoolService, Arc<str>),
+}
+
+pin_project_lite::pin_project! {
+    /// A layered pool's response future: a typed error that names no pool gets this one's name.
+    /// (One wrapper of this type rather than one more boxed layer: a boxed service is cloned, and
+    /// its future boxed, on every call.)
+    pub(crate) struct InPool<F> {
+        #[pin]
+        inner: F,
+        pool: Arc<str>,
+    }
+}
+
+impl<F, T> std::future::Future for InPool<F>
+where
+    F: std::future::Future<Output = Result<T, tower::BoxError>>,
+{
+    type Output = Result<T, tower::BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        this.inner.poll(cx).map_err(|e| match e.downcast::<switchyard_core::Error>() {
+            Ok(typed) if typed.pool().is_none() => tower::BoxError::from(typed.in_pool(this.pool.clone())),
+            Ok(typed) => typed,
+            Err(other) => other,
+        })
+    }
 }
 
 /// The balancer as the bottom of a pool's stack.
@@ -564,20 +585,24 @@ impl tower::Service<UpstreamRequest> for Direct {
 impl tower::Service<UpstreamRequest> for PoolService {
     type Response = http::Response<ProxyBody>;
     type Error = tower::BoxError;
-    type Future =
-        futures::future::Either<DirectFuture, <BoxPoolService as tower::Service<UpstreamRequest>>::Future>;
+    type Future = futures::future::Either<
+        DirectFuture,
+        InPool<<BoxPoolService as tower::Service<UpstreamRequest>>::Future>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         match self {
             PoolService::Direct(s) => s.poll_ready(cx),
-            PoolService::Layered(s) => s.poll_ready(cx),
+            PoolService::Layered(s, _) => s.poll_ready(cx),
         }
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         match self {
             PoolService::Direct(s) => futures::future::Either::Left(s.call(req)),
-            PoolService::Layered(s) => futures::future::Either::Right(s.call(req)),
+            PoolService::Layered(s, pool) => {
+                futures::future::Either::Right(InPool { inner: s.call(req), pool: pool.clone() })
+            }
         }
     }
 }
