@@ -16,11 +16,13 @@
 //! 2. every task through one `Balance` they share.
 //!
 //! For each it prints how many calls each replica served and its share, and the p99 time to first
-//! token and latency. In six runs (debug build, a 2-core machine) each replica served 25-45 % of
-//! the calls with eight balancers and 27-37 % with one shared balancer; the p99 TTFT was 52-65 ms
-//! against 36-42 ms, the p99 latency 211-230 ms against 176-187 ms. Eight balancers that each
-//! count only their own calls spread them less evenly than one that counts them all, and the tail
-//! shows it.
+//! token and latency. In three runs on 2026-12-04 (debug build, a 2-core machine, the workers
+//! reporting a stream's load in its headers as well as its trailers) each replica served 30-37 %
+//! of the calls with eight balancers and 31-36 % with one shared balancer; the p99 TTFT was
+//! 48-58 ms against 38-41 ms, the p99 latency 205-225 ms against 178-187 ms. (Six runs on
+//! 2026-12-03, with reports in the trailers only: 25-45 % against 27-37 %, p99 TTFT 52-65 ms
+//! against 36-42 ms.) Eight balancers that each count only their own calls spread them less
+//! evenly than one that counts them all, and the tail shows it.
 //!
 //! ```sh
 //! # three in-process workers on 127.0.0.1; about 8 s
