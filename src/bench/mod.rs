@@ -213,8 +213,9 @@ pub struct BenchArgs {
     /// Seconds of load before the measured window of each target.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// The gateway's balancing policy, in scenarios `overhead` and `herd` [default: `overhead`
-    /// round robin, as nginx and HAProxy balance there; `herd` the gateway's default policy].
+    /// The gateway's balancing policy, in scenarios `overhead`, `herd` and `faults` [default:
+    /// `overhead` round robin, as nginx and HAProxy balance there; `herd` and `faults` the
+    /// gateway's default policy].
     #[arg(long)]
     pub policy: Option<String>,
     /// nginx's and HAProxy's balancing.
@@ -715,14 +716,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         return Err(BenchError::Invalid("--duration must be > 0 and --warmup ≥ 0 seconds".into()));
     }
     let policy = match (&args.policy, args.scenario) {
-        (None, Scenario::Herd) => switchyard_balance::PolicyKind::DEFAULT,
+        (None, Scenario::Herd | Scenario::Faults) => switchyard_balance::PolicyKind::DEFAULT,
         (None, _) => switchyard_balance::PolicyKind::RoundRobin,
-        (Some(name), Scenario::Overhead | Scenario::Herd) => {
+        (Some(name), Scenario::Overhead | Scenario::Herd | Scenario::Faults) => {
             name.parse().map_err(|e| BenchError::Invalid(format!("--policy: {e}")))?
         }
         (Some(_), _) => {
             return Err(BenchError::Invalid(
-                "--policy is the gateway's in scenarios overhead and herd".into(),
+                "--policy is the gateway's in scenarios overhead, herd and faults".into(),
             ));
         }
     };
@@ -788,7 +789,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         Scenario::Cost => cost::run(args, &exe, &dir).await.map(BenchReport::Cost),
         Scenario::Soak => soak::run(args, &exe, &dir).await.map(BenchReport::Soak),
         #[cfg(unix)]
-        Scenario::Faults => faults::run(args, &exe, &dir).await.map(BenchReport::Faults),
+        Scenario::Faults => faults::run(args, policy, &exe, &dir).await.map(BenchReport::Faults),
         #[cfg(not(unix))]
         Scenario::Faults => Err(BenchError::Invalid("scenario faults needs Unix signals".into())),
     };

@@ -122,6 +122,9 @@ pub struct EndpointState {
     /// The current unit time as `f64` bits (NaN before the first sample), for lock-free reads by
     /// policies that scan every endpoint.
     unit_time_bits: AtomicU64,
+    /// First bytes the time per unit has learnt from since it last started over: below
+    /// [`SPEED_SAMPLES_TO_JUDGE`], no first byte or given-up call is judged a slowdown against it.
+    speed_samples: AtomicU32,
     /// The time per unit of each method sent here: the reference a first byte is read against
     /// to tell a slowdown (see [`crate::method_speed`]).
     method_speeds: Mutex<MethodSpeeds>,
@@ -279,6 +282,7 @@ impl EndpointState {
             rtt: Mutex::new(None),
             unit_time: Mutex::new(None),
             unit_time_bits: AtomicU64::new(f64::NAN.to_bits()),
+            speed_samples: AtomicU32::new(0),
             method_speeds: Mutex::new(MethodSpeeds::default()),
             stall_floor_bits: AtomicU64::new(f64::NAN.to_bits()),
             stall_floor_at: AtomicU64::new(0),
@@ -497,6 +501,19 @@ impl EndpointState {
     pub fn unit_time_nanos(&self) -> Option<f64> {
         let v = f64::from_bits(self.unit_time_bits.load(Ordering::Relaxed));
         (!v.is_nan()).then_some(v)
+    }
+
+    /// The learnt time per unit, once it has learnt from [`SPEED_SAMPLES_TO_JUDGE`] first bytes
+    /// since it last started over: the speed a first byte or a given-up call is judged against
+    /// to tell a slowdown. Before that, a few first answers (a replica's first requests, queued
+    /// behind each other as a pool starts) are no usual speed: judged against them, a healthy
+    /// replica of `switchyard bench faults` was taken for one slowed 10 times within its first
+    /// 130 ms of load, and calls no retry can save kept off it for the 10 s of its suspicion.
+    fn judged_unit_time_nanos(&self) -> Option<f64> {
+        if self.speed_samples.load(Ordering::Relaxed) < SPEED_SAMPLES_TO_JUDGE {
+            return None;
+        }
+        self.unit_time_nanos()
     }
 
     /// The time per unit of work the costs use at `now`: [`unit_time_nanos`](Self::unit_time_nanos),
@@ -786,6 +803,8 @@ impl EndpointState {
             let restart = guard.idle_cost_unit_nanos().map(|nanos| RttEstimate { nanos, at: now });
             *lock(&self.unit_time) = restart;
             self.unit_time_bits.store(restart.map_or(f64::NAN, |r| r.nanos).to_bits(), Ordering::Relaxed);
+            // A speed in the new units judges only once it has learnt from a few first bytes.
+            self.speed_samples.store(0, Ordering::Relaxed);
             // Each method's speed restarts: methods' times per unit compare otherwise in the new
             // units (a request's own work against the work ahead). (Moved by the ratio of the
             // speeds over every method, a stream's speed came out 6 times too fast and a healthy
@@ -985,6 +1004,7 @@ impl EndpointState {
         if !self.sized_requests.swap(true, Ordering::Relaxed) {
             *lock(&self.unit_time) = None;
             self.unit_time_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
+            self.speed_samples.store(0, Ordering::Relaxed);
             lock(&self.method_speeds).clear();
             *lock(&self.after_first_byte) = None;
             self.after_first_byte_bits.store(f64::NAN.to_bits(), Ordering::Relaxed);
@@ -1004,6 +1024,10 @@ impl EndpointState {
     /// slowed replica.)
     fn record_unit_time(&self, per_unit_nanos: f64, method: u64, slowed: bool, now: Instant) {
         self.record_speed_ewma(&self.unit_time, &self.unit_time_bits, per_unit_nanos, now);
+        let samples = self.speed_samples.load(Ordering::Relaxed);
+        if samples < SPEED_SAMPLES_TO_JUDGE {
+            self.speed_samples.store(samples + 1, Ordering::Relaxed);
+        }
         if method != NO_METHOD && !slowed {
             let tau = Duration::from_nanos(self.speed_decay_nanos.load(Ordering::Relaxed));
             lock(&self.method_speeds).record(method, per_unit_nanos, now, tau);
@@ -1090,7 +1114,7 @@ impl EndpointState {
             self.record_rtt(waited, now);
         }
         self.raise_stall_floor(unit_nanos, now);
-        if self.unit_time_nanos().is_some_and(|learnt| unit_nanos >= SLOW_SAMPLE * learnt) {
+        if self.judged_unit_time_nanos().is_some_and(|learnt| unit_nanos >= SLOW_SAMPLE * learnt) {
             self.severe_give_up(now);
         }
     }
@@ -1108,7 +1132,8 @@ impl EndpointState {
                 self.stall_strikes.store((strikes + 1).min(MAX_STALL_STRIKES), Ordering::Relaxed);
             }
             let at = duration_nanos(now.saturating_duration_since(self.epoch));
-            let severe = self.unit_time_nanos().is_some_and(|learnt| unit_nanos >= SLOW_SAMPLE * learnt);
+            let severe =
+                self.judged_unit_time_nanos().is_some_and(|learnt| unit_nanos >= SLOW_SAMPLE * learnt);
             self.stall_severe.store(severe, Ordering::Relaxed);
             if severe {
                 self.severe_stall_at.store(at.max(1), Ordering::Relaxed);
@@ -1322,7 +1347,7 @@ impl InFlight {
             let sized = self.work > 1;
             let slowed = sized
                 && common
-                    .zip(self.state.unit_time_nanos())
+                    .zip(self.state.judged_unit_time_nanos())
                     .is_some_and(|(common, learnt)| common > SLOW_SAMPLE * learnt);
             match common {
                 // Still slow when tried: a stall again, not a recovery, though faster than the
@@ -1440,6 +1465,11 @@ impl Drop for InFlight {
 
 /// How many times slower than the learnt speed a first byte must be to set a stall's floor.
 const SLOW_SAMPLE: f64 = 10.0;
+
+/// First bytes the learnt speed takes before a first byte or a given-up call is judged a
+/// slowdown against it (as a method's speed takes before it is a reference: see
+/// [`crate::method_speed`]).
+const SPEED_SAMPLES_TO_JUDGE: u32 = 4;
 
 /// How many times the learnt speed a first byte may take, at most, to lift the suspicion a
 /// severe stall raised (see [`EndpointState::clear_stall_floor_below`]).
@@ -1756,7 +1786,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_first_byte_many_times_slower_than_the_speed_counts_at_once() {
         let s = state();
-        answers(&s, 1000, 10, 3).await;
+        answers(&s, 1000, 10, 5).await;
         let unit = s.unit_time_nanos().expect("learnt");
         // Three times slower: within the noise a batch makes, the average takes it.
         answers(&s, 1000, 30, 1).await;
@@ -1797,6 +1827,23 @@ mod tests {
             method_answers(&s, STREAM, 1000, 6, 1).await;
         }
         s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_speed_learnt_from_a_few_first_bytes_judges_no_slowdown() {
+        const WINDOW: Duration = Duration::from_secs(10);
+        let s = state();
+        // Two first answers are no usual speed yet: a third 20 × slower than them is taken in,
+        // neither a floor nor a suspicion.
+        method_answers(&s, STREAM, 1000, 6, 2).await;
+        method_answers(&s, STREAM, 1000, 120, 1).await;
+        assert!(!s.is_suspect(Instant::now(), WINDOW), "judged against two answers");
+        assert_eq!(s.unit_time_nanos_at(Instant::now()), s.unit_time_nanos(), "no floor");
+        // Learnt from more, the speed judges: a first byte 20 × slower is a slowdown.
+        method_answers(&s, STREAM, 1000, 6, 10).await;
+        method_answers(&s, STREAM, 1000, 120, 1).await;
+        assert!(s.is_suspect(Instant::now(), WINDOW), "judged against four");
+        assert!(s.unit_time_nanos_at(Instant::now()) > s.unit_time_nanos(), "a floor");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1996,7 +2043,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_endpoint_tried_after_a_big_stall_takes_one_request_at_a_time_until_it_answers() {
         let s = state();
-        answers(&s, 1, 10, 3).await;
+        answers(&s, 1, 10, 5).await;
         let unit = s.unit_time_nanos().expect("learnt");
         let floor = |s: &EndpointState| s.unit_time_nanos_at(Instant::now()).unwrap() / unit;
         // A stall: a call given up on after 1 s sets a floor of 100 × its speed.
@@ -2028,7 +2075,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_try_puts_the_endpoint_on_probation_though_it_raises_the_speed() {
         let s = state();
-        answers(&s, 10, 10, 3).await;
+        answers(&s, 10, 10, 5).await;
         let unit = s.unit_time_nanos().expect("learnt");
         // A stall (a call given up on after 1 s: 100 × its speed), faded 4 s on.
         let call = s.start(Instant::now(), 10);
