@@ -50,17 +50,19 @@
 //! **A speed judges slowdowns only once it is learnt** (2026-12-04). The report committed
 //! before (2026-12-03) was run with least response time, the default of the day; rerun with
 //! `load-report`, the default since, `hang` failed 5-12 generations for 3-6 in flight and missed
-//! its bound in each of 7 runs, and `slow` 9-90 for 5-6 (recovery up to 4.8 s). A trace of the
+//! its bound in 6 of 7 runs (and in 3 of 3 with session 29's build), and `slow` 9-90 for 5-6 in
+//! each of 5 (recovery up to 4.8 s); least response time on the same build missed `hang` in 1
+//! of 3 and `slow` in 3 of 3. A trace of the
 //! balancer (not committed) showed why: within the first 130 ms of load a replica's first byte
 //! came 10 × slower than a speed learnt from one or two answers, which made the replica suspect
 //! for 10 s, and the generations (calls no retry can save) kept off it. With two of the four
 //! replicas suspect, the other two took every generation, the busiest got the fault, and the
 //! balancer kept sending to it after the stop, an idle replica's few answers costing it more.
-//! Least response time met the bounds more often only by how the first answers fell. Now a
+//! Least response time fared better only by how the first answers fell. Now a
 //! speed judges a first byte or a given-up call a slowdown only once it has learnt from 4 first
 //! bytes ([`switchyard_balance::EndpointState`]). Over runs one after another: `hang` 2-5
 //! failures for 2-5 in flight (bound met in 6 of 6), `slow` 1-16 for 3-6 (met in 3 of 6,
-//! recovery within 1 s in 5). The figures below are from the runs before, where they name
+//! recovery within 1 s in each). The figures below are from the runs before, where they name
 //! least response time.
 //!
 //! **Calls no retry can save stay off a suspect replica.** The pool's retry layer marks every
