@@ -443,17 +443,11 @@ async fn dump(control: &Path, pid: u32, dir: &Path, keep: Option<PathBuf>) -> Re
     let profile =
         Profile::parse(&text).map_err(|e| BenchError::Setup(format!("{}: {e}", newest.display())))?;
     // Each window's file is read once; the next dump writes the next number.
-    match keep {
-        // A copy, not a rename: `--profiles` may be on another file system than the temp dir.
-        Some(kept) => {
-            std::fs::copy(&newest, &kept)
-                .map_err(|e| BenchError::Io(format!("keep {}", kept.display()), e))?;
-            let _ = std::fs::remove_file(&newest);
-        }
-        None => {
-            let _ = std::fs::remove_file(&newest);
-        }
+    // A copy, not a rename: `--profiles` may be on another file system than the temp dir.
+    if let Some(kept) = keep {
+        std::fs::copy(&newest, &kept).map_err(|e| BenchError::Io(format!("keep {}", kept.display()), e))?;
     }
+    let _ = std::fs::remove_file(&newest);
     Ok(profile)
 }
 

@@ -1071,6 +1071,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn profiles_are_for_scenario_cost_and_a_policy_not_for_hetero() {
+        let args = parse(&["overhead", "--profiles", "/tmp/p"]).unwrap_or_else(|e| panic!("{e}"));
+        let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--profiles keeps the callgrind dumps of scenario cost"), "{err}");
+        let args = parse(&["hetero", "--policy", "round-robin"]).unwrap_or_else(|e| panic!("{e}"));
+        let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--policy is the gateway's in scenarios overhead, herd and faults"), "{err}");
+        let args = parse(&["faults", "--policy", "no-such-policy"]).unwrap_or_else(|e| panic!("{e}"));
+        let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--policy: "), "faults takes a policy and names a bad one: {err}");
+    }
+
+    #[tokio::test]
     async fn targets_are_refused_for_hetero() {
         let args = parse(&["hetero", "--targets", "switchyard"]).unwrap_or_else(|e| panic!("{e}"));
         let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();

@@ -1024,6 +1024,8 @@ impl EndpointState {
     /// slowed replica.)
     fn record_unit_time(&self, per_unit_nanos: f64, method: u64, slowed: bool, now: Instant) {
         self.record_speed_ewma(&self.unit_time, &self.unit_time_bits, per_unit_nanos, now);
+        // A load and a store, not a read-modify-write on every first byte: two threads counting
+        // at once lose one, which only delays judging by a first byte.
         let samples = self.speed_samples.load(Ordering::Relaxed);
         if samples < SPEED_SAMPLES_TO_JUDGE {
             self.speed_samples.store(samples + 1, Ordering::Relaxed);
@@ -1467,9 +1469,9 @@ impl Drop for InFlight {
 const SLOW_SAMPLE: f64 = 10.0;
 
 /// First bytes the learnt speed takes before a first byte or a given-up call is judged a
-/// slowdown against it (as a method's speed takes before it is a reference: see
+/// slowdown against it: as many as a method's speed takes before it is a reference (see
 /// [`crate::method_speed`]).
-const SPEED_SAMPLES_TO_JUDGE: u32 = 4;
+const SPEED_SAMPLES_TO_JUDGE: u32 = crate::method_speed::MIN_SAMPLES;
 
 /// How many times the learnt speed a first byte may take, at most, to lift the suspicion a
 /// severe stall raised (see [`EndpointState::clear_stall_floor_below`]).

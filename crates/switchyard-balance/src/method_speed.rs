@@ -45,7 +45,7 @@ struct Entry {
 
 /// Samples a method's speed takes before a first byte is read against it: one slow answer
 /// is not the method's usual speed.
-const MIN_SAMPLES: u32 = 4;
+pub(crate) const MIN_SAMPLES: u32 = 4;
 
 /// The time per unit of work of each method sent to one endpoint.
 #[derive(Debug, Default)]
