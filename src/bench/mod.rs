@@ -210,9 +210,10 @@ pub struct BenchArgs {
     /// Measured seconds per target.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Seconds of load before the measured window of each target.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
+    /// Seconds of load before the measured window of each target [default: 2; `faults` 30,
+    /// the balancer's speed time constant, so that a fault hits a gateway in its steady state].
+    #[arg(long)]
+    pub warmup: Option<f64>,
     /// The gateway's balancing policy, in scenarios `overhead`, `herd` and `faults` [default:
     /// `overhead` round robin, as nginx and HAProxy balance there; `herd` and `faults` the
     /// gateway's default policy].
@@ -288,6 +289,10 @@ pub struct BenchArgs {
     pub rate: Option<f64>,
 }
 
+/// Seconds of load before the measured window when `--warmup` is not given (scenario `faults`:
+/// [`faults::WARMUP_S`]).
+pub const WARMUP_S: f64 = 2.0;
+
 /// The limit of target `switchyard-protected`: one that does not bind at this load, so that the
 /// run measures what the layers cost, not a throttled workload. A learnt limit does bind here:
 /// with workers that answer at once, a few calls queued double the round trip Vegas sees, and it
@@ -357,6 +362,16 @@ impl BenchArgs {
             return Err(BenchError::Invalid("--targets names no target".into()));
         }
         Ok(targets)
+    }
+
+    /// The seconds of load before the measured window: `--warmup`, or the scenario's default
+    /// ([`WARMUP_S`]; `faults` [`faults::WARMUP_S`]).
+    pub fn warmup_s(&self) -> f64 {
+        self.warmup.unwrap_or(match self.scenario {
+            #[cfg(unix)]
+            Scenario::Faults => faults::WARMUP_S,
+            _ => WARMUP_S,
+        })
     }
 
     /// The threads each proxy runs.
@@ -712,7 +727,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.clients == 0 || args.connections == 0 {
         return Err(BenchError::Invalid("--clients and --connections must be at least 1".into()));
     }
-    if !(args.duration.is_finite() && args.duration > 0.0 && args.warmup.is_finite() && args.warmup >= 0.0) {
+    let warmup = args.warmup_s();
+    if !(args.duration.is_finite() && args.duration > 0.0 && warmup.is_finite() && warmup >= 0.0) {
         return Err(BenchError::Invalid("--duration must be > 0 and --warmup ≥ 0 seconds".into()));
     }
     let policy = match (&args.policy, args.scenario) {
@@ -985,10 +1001,13 @@ async fn overhead(
 async fn measure(args: &BenchArgs, target: &Target, ticks_per_s: f64) -> Result<TargetResult, BenchError> {
     eprintln!(
         "bench: {} ({} clients, {:.0} s warmup + {:.0} s)",
-        target.name, args.clients, args.warmup, args.duration
+        target.name,
+        args.clients,
+        args.warmup_s(),
+        args.duration
     );
     let channels = load::connect(&target.addresses, args.connections).await.map_err(BenchError::Setup)?;
-    let start = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let start = Instant::now() + Duration::from_secs_f64(args.warmup_s());
     let end = start + Duration::from_secs_f64(args.duration);
     let pid = target.pid;
     let sampler = tokio::spawn(async move {
@@ -1081,6 +1100,17 @@ mod tests {
         let args = parse(&["faults", "--policy", "no-such-policy"]).unwrap_or_else(|e| panic!("{e}"));
         let err = run(&args).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("--policy: "), "faults takes a policy and names a bad one: {err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn faults_warm_up_for_the_speeds_time_constant_unless_told() {
+        let warmup = |args: &[&str]| parse(args).unwrap_or_else(|e| panic!("{e}")).warmup_s();
+        assert_eq!(warmup(&["faults"]), faults::WARMUP_S);
+        assert_eq!(faults::WARMUP_S, 30.0);
+        assert_eq!(warmup(&["faults", "--warmup", "0.3"]), 0.3);
+        assert_eq!(warmup(&["overhead"]), WARMUP_S);
+        assert_eq!(warmup(&["hetero", "--warmup", "5"]), 5.0);
     }
 
     #[tokio::test]

@@ -251,7 +251,7 @@ pub async fn run(args: &BenchArgs, exe: &Path, dir: &Path) -> Result<SoakReport,
         return Err(BenchError::Invalid("--restart-every must be at least 1s".into()));
     }
     let duration = Duration::from_secs_f64(args.duration);
-    let warmup_s = args.warmup.max(args.duration / 10.0);
+    let warmup_s = args.warmup_s().max(args.duration / 10.0);
     let threads = args.proxy_threads();
 
     let mut workers = Vec::with_capacity(WORKERS);

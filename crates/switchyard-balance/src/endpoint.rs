@@ -435,7 +435,9 @@ impl EndpointState {
 
     /// How long the endpoint has gone without sending a first byte while requests await one:
     /// `None` when none awaits one, else the time since the later of its last first byte (or
-    /// answer without one) and the moment a request found nothing awaiting there.
+    /// answer without one) and the moment a request found nothing awaiting there. A first byte
+    /// more than 2 × slower than the speed learnt counts as of when it was due, not when it
+    /// came: it shows that the endpoint works, not that it keeps to its speed.
     ///
     /// A healthy endpoint answers its backlog within about its [pending
     /// work](Self::pending_work) times its [time per unit](Self::unit_time_nanos); one stalled
@@ -470,6 +472,24 @@ impl EndpointState {
     fn progressed(&self, now: Instant) {
         let nanos = duration_nanos(now.saturating_duration_since(self.epoch));
         self.progress_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Marks the progress a first byte `late` nanoseconds past its time shows (see
+    /// `InFlight::lateness_nanos`): as of when it was due, `now − late`, never before the
+    /// progress marked already.
+    ///
+    /// A late first byte shows that the endpoint works, not that it keeps to its speed. Taken
+    /// as progress at its arrival, it restarted the stall's clock: in `switchyard bench faults`,
+    /// fault `slow`, the first streams' first bytes came 8 times slower than the speed learnt
+    /// (under the 10 × that judges a slowdown), each reset a stall of 100-160 ms to nothing, and
+    /// the replica took the next two generations, which failed at their deadline.
+    fn progressed_late(&self, now: Instant, late: f64) {
+        if late <= 0.0 {
+            return self.progressed(now);
+        }
+        let due = now.checked_sub(Duration::from_nanos(late as u64)).unwrap_or(self.epoch);
+        let nanos = duration_nanos(due.saturating_duration_since(self.epoch));
+        self.progress_nanos.fetch_max(nanos, Ordering::Relaxed);
     }
 
     /// The work of the requests [awaiting their first byte](Self::awaiting_first_byte), in the
@@ -1323,24 +1343,27 @@ impl InFlight {
         if !self.sampled {
             self.sampled = true;
             let telling = self.tells_speed();
+            let elapsed = now.saturating_duration_since(self.sent_at);
+            let nanos = nanos_f64(elapsed);
+            // Read against the method's own speed: a unary answer takes its whole generation,
+            // a stream's first token only its prefill (see `method_speed`).
+            let reading = (learn && telling).then(|| {
+                let unit = self.unit_time_sample(nanos);
+                (unit, self.state.on_common_scale(self.method, unit))
+            });
             if telling {
-                self.state.progressed(now);
+                let late = reading.and_then(|(_, common)| self.lateness_nanos(nanos, common?));
+                self.state.progressed_late(now, late.unwrap_or(0.0));
             }
             self.state.first_byte_arrived(self.work);
-            let elapsed = now.saturating_duration_since(self.sent_at);
             self.first_byte = Some(elapsed);
             if !learn {
                 return;
             }
             self.state.record_rtt(elapsed, now);
-            if !telling {
+            let Some((unit, common)) = reading else {
                 return;
-            }
-            let nanos = nanos_f64(elapsed);
-            let unit = self.unit_time_sample(nanos);
-            // Read against the method's own speed: a unary answer takes its whole generation,
-            // a stream's first token only its prefill (see `method_speed`).
-            let common = self.state.on_common_scale(self.method, unit);
+            };
             // A first byte many times slower than the speed learnt: the endpoint has slowed down
             // (or stalled and resumed). It counts at once, as a given-up call's lower bound does,
             // rather than only through the speed's slow average.
@@ -1375,6 +1398,20 @@ impl InFlight {
                 now,
             );
         }
+    }
+
+    /// How late a first byte `nanos` after sending came, in nanoseconds, read on the common
+    /// scale as `common` a unit: the part of its wait beyond what the speed learnt would have
+    /// taken (`nanos × (1 − learnt ÷ common)`), when it is more than [`RECOVERED_SAMPLE`] times
+    /// that speed. `None` for an answer within it, a request without its size, or a speed not
+    /// learnt well enough to judge (see [`EndpointState::judged_unit_time_nanos`]).
+    fn lateness_nanos(&self, nanos: f64, common: f64) -> Option<f64> {
+        if self.work <= 1 {
+            return None;
+        }
+        let learnt = self.state.judged_unit_time_nanos()?;
+        let ratio = common / learnt;
+        (ratio > RECOVERED_SAMPLE).then(|| nanos * (1.0 - ratio.recip()))
     }
 
     /// Whether the request's answer is a sample of the endpoint's speed: it carried its size, or
@@ -2148,6 +2185,59 @@ mod tests {
         assert_eq!(s.stalled_for(Instant::now()), Some(Duration::ZERO), "a first byte is progress");
         advance(Duration::from_millis(5)).await;
         assert_eq!(s.stalled_for(Instant::now()), Some(Duration::from_millis(5)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_first_byte_is_progress_as_of_when_it_was_due() {
+        let s = state();
+        // Generations of 10 units in 10 ms, a millisecond a unit, learnt from enough answers
+        // to judge.
+        s.teach_time_grows_with_work(Duration::from_millis(1)).await;
+        answers(&s, 10, 10, 5).await;
+        let unit = s.unit_time_nanos().unwrap();
+        assert!((unit - 1e6).abs() < 1e3, "{unit}");
+        let mut slow = s.start(Instant::now(), 10);
+        let mut behind = s.start(Instant::now(), 10);
+        // A first byte after 60 ms where 10 were due: under the 10 × that judges a slowdown,
+        // but 50 ms late. The stall counts from when it was due, not from its arrival.
+        advance(Duration::from_millis(60)).await;
+        slow.first_byte();
+        let ratio = 60e6 / 10.0 / unit;
+        assert!(ratio > RECOVERED_SAMPLE && ratio < SLOW_SAMPLE, "{ratio}");
+        let stall = s.stalled_for(Instant::now()).unwrap();
+        let late = Duration::from_secs_f64(0.060 * (1.0 - 1.0 / ratio));
+        assert!(stall.abs_diff(late) < Duration::from_micros(100), "{stall:?} {late:?}");
+        assert!(stall > Duration::from_millis(49), "{stall:?}");
+        behind.first_byte();
+        assert_eq!(s.stalled_for(Instant::now()), None, "nothing awaits");
+        // Within 2 × the speed a first byte is on time; and never before the progress marked.
+        let mut a = s.start(Instant::now(), 10);
+        let mut b = s.start(Instant::now(), 10);
+        advance(Duration::from_millis(15)).await;
+        a.first_byte();
+        assert_eq!(s.stalled_for(Instant::now()), Some(Duration::ZERO), "1.5 × is noise");
+        advance(Duration::from_millis(5)).await;
+        // b waited 20 ms behind a's 10 units: on time, and nothing awaits now.
+        b.first_byte();
+        assert_eq!(s.stalled_for(Instant::now()), None);
+        // A late first byte due before the last progress moves nothing: `late_again` is due at
+        // 10 ms, `quick` (sent at 20 ms, on time) answers at 25, `late_again` at 40.
+        let mut late_again = s.start(Instant::now(), 10);
+        let _waiting = s.start(Instant::now(), 10);
+        advance(Duration::from_millis(20)).await;
+        let mut quick = s.start(Instant::now(), 2);
+        advance(Duration::from_millis(5)).await;
+        quick.first_byte();
+        advance(Duration::from_millis(15)).await;
+        late_again.first_byte();
+        assert_eq!(s.stalled_for(Instant::now()), Some(Duration::from_millis(15)));
+        // Without a learnt speed a first byte is progress at its arrival, as before.
+        let fresh = state();
+        let mut first = fresh.start(Instant::now(), 10);
+        let _next = fresh.start(Instant::now(), 10);
+        advance(Duration::from_millis(500)).await;
+        first.first_byte();
+        assert_eq!(fresh.stalled_for(Instant::now()), Some(Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]

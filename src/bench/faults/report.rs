@@ -110,6 +110,8 @@ pub struct FaultsReport {
     pub rate: f64,
     /// Seconds of load per fault.
     pub duration_s: f64,
+    /// Seconds of load before them (not counted), on each fault's fresh gateway and workers.
+    pub warmup_s: f64,
     /// Each call's deadline, milliseconds.
     pub deadline_ms: f64,
     /// The workers.
@@ -267,9 +269,10 @@ impl FaultsReport {
     /// The printed summary.
     pub fn summary(&self) -> String {
         format!(
-            "faults: {} calls/s for {} s per fault, deadline {} ms, gateway retries: {}\n{}",
+            "faults: {} calls/s for {} s per fault after {} s of warm-up, deadline {} ms, gateway retries: {}\n{}",
             self.rate,
             self.duration_s,
+            self.warmup_s,
             self.deadline_ms,
             self.gateway_retry,
             self.table()
@@ -280,9 +283,9 @@ impl FaultsReport {
     pub fn markdown(&self) -> String {
         let mut md = String::from("# Fault suite: `switchyard bench faults`\n\n");
         md.push_str(&format!(
-            "Command: `switchyard bench faults --rate {} --duration {} --json reports/bench/faults.json` \
-             (release build), on {} CPUs shared with other work.\n\n",
-            self.rate, self.duration_s, self.cpus
+            "Command: `switchyard bench faults --rate {} --duration {} --warmup {} --json \
+             reports/bench/faults.json` (release build), on {} CPUs shared with other work.\n\n",
+            self.rate, self.duration_s, self.warmup_s, self.cpus
         ));
         md.push_str(&format!(
             "Setup: {}; the gateway as its own process, its pool `{}` fed by file discovery; gateway \
