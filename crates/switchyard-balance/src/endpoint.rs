@@ -435,9 +435,11 @@ impl EndpointState {
 
     /// How long the endpoint has gone without sending a first byte while requests await one:
     /// `None` when none awaits one, else the time since the later of its last first byte (or
-    /// answer without one) and the moment a request found nothing awaiting there. A first byte
-    /// more than 2 × slower than the speed learnt counts as of when it was due, not when it
-    /// came: it shows that the endpoint works, not that it keeps to its speed.
+    /// answer without one) and the moment a request found nothing awaiting there. The first
+    /// byte of a sized request more than 2 × slower than a speed learnt well enough to judge
+    /// (from 4 first bytes) counts as of when it was due, not when it came,
+    /// and never moves the progress back: it shows that the endpoint works, not that it keeps
+    /// to its speed.
     ///
     /// A healthy endpoint answers its backlog within about its [pending
     /// work](Self::pending_work) times its [time per unit](Self::unit_time_nanos); one stalled
@@ -480,9 +482,13 @@ impl EndpointState {
     ///
     /// A late first byte shows that the endpoint works, not that it keeps to its speed. Taken
     /// as progress at its arrival, it restarted the stall's clock: in `switchyard bench faults`,
-    /// fault `slow`, the first streams' first bytes came 8 times slower than the speed learnt
+    /// fault `slow`, the first streams' first bytes came 3-8 times slower than the speed learnt
     /// (under the 10 × that judges a slowdown), each reset a stall of 100-160 ms to nothing, and
     /// the replica took the next two generations, which failed at their deadline.
+    ///
+    /// The time it was due counts only the balancer's own work ahead of the request. Among
+    /// several balancers, a first byte late behind the others' work keeps the stall running
+    /// longer too (lab `herd` moved both ways, most cells by under 5 %, `reports/lab/herd.md`).
     fn progressed_late(&self, now: Instant, late: f64) {
         if late <= 0.0 {
             return self.progressed(now);
@@ -2217,7 +2223,7 @@ mod tests {
         a.first_byte();
         assert_eq!(s.stalled_for(Instant::now()), Some(Duration::ZERO), "1.5 × is noise");
         advance(Duration::from_millis(5)).await;
-        // b waited 20 ms behind a's 10 units: on time, and nothing awaits now.
+        // b answers (20 ms behind a's 10 units, on time): nothing awaits now.
         b.first_byte();
         assert_eq!(s.stalled_for(Instant::now()), None);
         // A late first byte due before the last progress moves nothing: `late_again` is due at
@@ -2231,6 +2237,16 @@ mod tests {
         advance(Duration::from_millis(15)).await;
         late_again.first_byte();
         assert_eq!(s.stalled_for(Instant::now()), Some(Duration::from_millis(15)));
+        // A request without its size says nothing of the speed (as for `slowed`): on an
+        // endpoint sent only such requests, a late first byte is progress at its arrival.
+        let unsized_ = state();
+        answers(&unsized_, 1, 10, 5).await;
+        assert!(!unsized_.sizes_requests() && unsized_.unit_time_nanos().is_some());
+        let mut late_unsized = unsized_.start(Instant::now(), 1);
+        let _after = unsized_.start(Instant::now(), 1);
+        advance(Duration::from_millis(60)).await;
+        late_unsized.first_byte();
+        assert_eq!(unsized_.stalled_for(Instant::now()), Some(Duration::ZERO));
         // Without a learnt speed a first byte is progress at its arrival, as before.
         let fresh = state();
         let mut first = fresh.start(Instant::now(), 10);
