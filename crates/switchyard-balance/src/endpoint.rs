@@ -477,7 +477,7 @@ impl EndpointState {
     }
 
     /// Marks the progress a first byte `late` nanoseconds past its time shows (see
-    /// `InFlight::lateness_nanos`): as of when it was due, `now − late`, never before the
+    /// `lateness_nanos`): as of when it was due, `now − late`, never before the
     /// progress marked already.
     ///
     /// A late first byte shows that the endpoint works, not that it keeps to its speed. Taken
@@ -1357,9 +1357,11 @@ impl InFlight {
                 let unit = self.unit_time_sample(nanos);
                 (unit, self.state.on_common_scale(self.method, unit))
             });
+            // How many times slower than the speed learnt it came: what tells a slowdown (10 ×)
+            // and a late first byte (2 ×, see `EndpointState::progressed_late`).
+            let slowdown = reading.and_then(|(_, common)| self.slowdown(common?));
             if telling {
-                let late = reading.and_then(|(_, common)| self.lateness_nanos(nanos, common?));
-                self.state.progressed_late(now, late.unwrap_or(0.0));
+                self.state.progressed_late(now, slowdown.map_or(0.0, |ratio| lateness_nanos(nanos, ratio)));
             }
             self.state.first_byte_arrived(self.work);
             self.first_byte = Some(elapsed);
@@ -1373,13 +1375,7 @@ impl InFlight {
             // A first byte many times slower than the speed learnt: the endpoint has slowed down
             // (or stalled and resumed). It counts at once, as a given-up call's lower bound does,
             // rather than only through the speed's slow average.
-            // Only for a request that carried its size: without one, a long request cannot be
-            // told from a slow endpoint (as for the overdue term).
-            let sized = self.work > 1;
-            let slowed = sized
-                && common
-                    .zip(self.state.judged_unit_time_nanos())
-                    .is_some_and(|(common, learnt)| common > SLOW_SAMPLE * learnt);
+            let slowed = slowdown.is_some_and(|ratio| ratio > SLOW_SAMPLE);
             match common {
                 // Still slow when tried: a stall again, not a recovery, though faster than the
                 // floor it had set (a given-up call's lower bound, or a slower first byte).
@@ -1406,18 +1402,15 @@ impl InFlight {
         }
     }
 
-    /// How late a first byte `nanos` after sending came, in nanoseconds, read on the common
-    /// scale as `common` a unit: the part of its wait beyond what the speed learnt would have
-    /// taken (`nanos × (1 − learnt ÷ common)`), when it is more than [`RECOVERED_SAMPLE`] times
-    /// that speed. `None` for an answer within it, a request without its size, or a speed not
-    /// learnt well enough to judge (see [`EndpointState::judged_unit_time_nanos`]).
-    fn lateness_nanos(&self, nanos: f64, common: f64) -> Option<f64> {
+    /// How many times slower than the speed learnt a first byte read on the common scale as
+    /// `common` a unit came. `None` for a request without its size (a long request cannot be
+    /// told from a slow endpoint then, as for the overdue term) and against a speed not learnt
+    /// well enough to judge (see [`EndpointState::judged_unit_time_nanos`]).
+    fn slowdown(&self, common: f64) -> Option<f64> {
         if self.work <= 1 {
             return None;
         }
-        let learnt = self.state.judged_unit_time_nanos()?;
-        let ratio = common / learnt;
-        (ratio > RECOVERED_SAMPLE).then(|| nanos * (1.0 - ratio.recip()))
+        Some(common / self.state.judged_unit_time_nanos()?)
     }
 
     /// Whether the request's answer is a sample of the endpoint's speed: it carried its size, or
@@ -1510,6 +1503,14 @@ impl Drop for InFlight {
 
 /// How many times slower than the learnt speed a first byte must be to set a stall's floor.
 const SLOW_SAMPLE: f64 = 10.0;
+
+/// How late a first byte `nanos` after sending came, `ratio` times slower than the speed
+/// learnt ([`InFlight::slowdown`]), in nanoseconds: the part of its wait beyond what that speed
+/// would have taken (`nanos × (1 − 1 ÷ ratio)`) when it is more than [`RECOVERED_SAMPLE`] times
+/// it, else 0.
+fn lateness_nanos(nanos: f64, ratio: f64) -> f64 {
+    if ratio > RECOVERED_SAMPLE { nanos * (1.0 - ratio.recip()) } else { 0.0 }
+}
 
 /// First bytes the learnt speed takes before a first byte or a given-up call is judged a
 /// slowdown against it: as many as a method's speed takes before it is a reference (see
