@@ -129,12 +129,21 @@ pub struct AutoscaleArgs {
     /// A replica's cold start (weights to load): how far ahead the load's trend is projected.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub cold_start: Duration,
-    /// A scale-down needs the 75th percentile of this window's demands to fit in fewer replicas.
+    /// A scale-down needs the 75th percentile of this window's demands to fit in fewer replicas
+    /// (a fall of two replicas or more, only that of the last half cold start, at least a
+    /// quarter of this window: see `--no-fast-scale-down`).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub scale_down_window: Duration,
-    /// At most one scale-down (to the count the window's demands fit in) per this.
+    /// At most one scale-down (to the count the window's demands fit in, or one more than the
+    /// last half cold start's fit in after a fall of two or more) per this.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub scale_down_step: Duration,
+    /// Scale down only when the whole `--scale-down-window` fits in fewer replicas: without
+    /// this, a fall of two replicas or more goes down to one more than the last half cold start
+    /// fits in (at least a quarter of the window; not while replicas start, nor within that
+    /// time of a scale-up), and the last replica waits for the window.
+    #[arg(long)]
+    pub no_fast_scale_down: bool,
     /// How often to decide (and to query Prometheus).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -246,6 +255,7 @@ impl AutoscaleArgs {
             cold_start: self.cold_start,
             scale_down_window: self.scale_down_window,
             scale_down_step: self.scale_down_step,
+            fast_down: !self.no_fast_scale_down,
             idle_to_zero: self.idle_to_zero,
             bounds: Bounds { min: self.min_replicas, max: self.max_replicas },
             ..LlmAwareConfig::default()
@@ -349,6 +359,12 @@ mod tests {
     fn args(extra: &[&str]) -> AutoscaleArgs {
         let base = ["autoscale", "--prometheus", "http://127.0.0.1:9", "--dry-run"];
         Cli::try_parse_from(base.iter().chain(extra)).unwrap().args
+    }
+
+    #[test]
+    fn the_fast_way_down_is_on_unless_turned_off() {
+        assert!(args(&[]).recommender().unwrap().fast_down);
+        assert!(!args(&["--no-fast-scale-down"]).recommender().unwrap().fast_down);
     }
 
     #[test]
