@@ -888,13 +888,10 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_capacity_of_zero_never_scales_down() {
-        // Replicas reporting a capacity of zero and no work: every demand is 0 / 0, not a
-        // figure; a scale-down to what "fits" would take the pool to its minimum at once.
-        let mut a = aware();
-        let mut desired = 5;
-        for _ in 0..200 {
+    /// Runs `seconds` of decisions over replicas reporting a capacity of zero and no work (every
+    /// demand 0 / 0), the pool following each at once; returns the last size.
+    async fn run_without_capacity(a: &mut LlmAware, mut desired: u32, seconds: u32) -> u32 {
+        for _ in 0..seconds {
             let now = Instant::now();
             let mut s = counted(now, desired, 0);
             s.work_rate = Some(0.0);
@@ -904,7 +901,14 @@ mod tests {
             desired = a.recommend(now, size(desired, desired), Some(&s)).desired;
             tokio::time::advance(Duration::from_secs(1)).await;
         }
-        assert_eq!(desired, 5);
+        desired
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_capacity_of_zero_never_scales_down() {
+        // Replicas reporting a capacity of zero and no work: every demand is 0 / 0, not a
+        // figure; a scale-down to what "fits" would take the pool to its minimum at once.
+        assert_eq!(run_without_capacity(&mut aware(), 5, 200).await, 5);
     }
 
     #[tokio::test(start_paused = true)]
@@ -916,18 +920,7 @@ mod tests {
         let base = LlmAwareConfig { target_utilisation: 0.7, ..LlmAwareConfig::default() };
         let mut a = LlmAware::new(base);
         assert_eq!(run(&mut a, 8, 40.0, 20).await, 8);
-        let mut desired = 8;
-        for _ in 0..30 {
-            let now = Instant::now();
-            let mut s = counted(now, desired, 0);
-            s.work_rate = Some(0.0);
-            for r in &mut s.replicas {
-                r.capacity_per_sec = Some(0.0);
-            }
-            desired = a.recommend(now, size(desired, desired), Some(&s)).desired;
-            tokio::time::advance(Duration::from_secs(1)).await;
-        }
-        assert_eq!(desired, 8, "no finite demand, no fall");
+        assert_eq!(run_without_capacity(&mut a, 8, 30).await, 8, "no finite demand, no fall");
         // A gap in the signals: the first demands after it do not decide a fall on their own;
         // half the window's decisions (8 of 15) do.
         let mut a = LlmAware::new(base);
