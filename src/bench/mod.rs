@@ -287,6 +287,10 @@ pub struct BenchArgs {
     /// 150, soak 200].
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Scenario `faults` only: the pool's `probe_timeout`, how long a call no retry can save waits
+    /// for its replica to answer a ping (`0s`: it goes at once) [default: the gateway's, 50ms].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Option<Duration>,
 }
 
 /// Seconds of load before the measured window when `--warmup` is not given (scenario `faults`:

@@ -43,6 +43,11 @@ const MAX_LIMIT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long a gateway waits for in-flight requests on shutdown unless told otherwise.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an attempt no retry can save waits for its endpoint to answer a ping unless a pool
+/// says otherwise (`probe_timeout`): many times a loaded machine's round trip, far under any
+/// call's deadline.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
+
 /// A validated gateway configuration.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -128,6 +133,14 @@ pub struct PoolConfig {
     /// retryable status of the methods marked idempotent, within a retry budget
     /// ([`switchyard_retry`]). Off by default.
     pub retry: Option<switchyard_retry::RetryConfig>,
+    /// How long an attempt no retry can save (every attempt of a method the pool's `retry` does
+    /// not mark idempotent, and the last of one it does) waits for its endpoint to answer an
+    /// HTTP/2 `PING` before it goes, when the endpoint has not been heard from within the last
+    /// millisecond (`probe_timeout = "50ms"`, the default; `"0s"` sends such attempts at once).
+    /// A replica whose process stopped still takes in TCP data but answers no ping: the attempt
+    /// then fails as never sent and the retry layer sends it elsewhere, where otherwise it would
+    /// wait for its deadline on a call that cannot be sent again. Used only with `retry`.
+    pub probe_timeout: Option<Duration>,
     /// TLS towards the endpoints (`tls = { ca, server_name, cert, key }`): every endpoint of the
     /// pool is reached over TLS. `https://` endpoints of a pool without it are verified against
     /// the system's roots.
@@ -200,6 +213,7 @@ impl PoolConfig {
             hold_when_empty: false,
             load_reports: None,
             retry: None,
+            probe_timeout: Some(DEFAULT_PROBE_TIMEOUT),
             tls: None,
         }
     }
@@ -207,6 +221,14 @@ impl PoolConfig {
     /// The same pool, retrying by `retry`.
     pub fn with_retry(mut self, retry: switchyard_retry::RetryConfig) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// The same pool, whose attempts no retry can save wait at most `timeout` for their
+    /// endpoint to answer a ping ([`probe_timeout`](Self::probe_timeout)); `None` sends them at
+    /// once.
+    pub fn with_probe_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.probe_timeout = timeout;
         self
     }
 
@@ -802,6 +824,7 @@ struct RawPool {
     load_reports: Option<Spanned<String>>,
     /// Read as any value, so that its fields' errors name the field and its line here.
     retry: Option<Spanned<toml::Value>>,
+    probe_timeout: Option<Spanned<String>>,
     tls: Option<Spanned<RawUpstreamTls>>,
 }
 
@@ -1142,6 +1165,19 @@ impl RawConfig {
                 None => None,
                 Some(value) => Some(retry_config(i, value, lines)?),
             };
+            let probe_timeout = match pool.probe_timeout {
+                None => Some(DEFAULT_PROBE_TIMEOUT),
+                Some(value) => {
+                    let timeout = humantime::parse_duration(value.get_ref()).map_err(|e| {
+                        lines.error(
+                            format!("pool[{i}].probe_timeout"),
+                            value.span(),
+                            format!("{:?}: {e} (e.g. \"50ms\", or \"0s\" for none)", value.get_ref()),
+                        )
+                    })?;
+                    (!timeout.is_zero()).then_some(timeout)
+                }
+            };
             let tls = match pool.tls {
                 None => None,
                 Some(raw) => {
@@ -1162,6 +1198,7 @@ impl RawConfig {
                 hold_when_empty,
                 load_reports,
                 retry,
+                probe_timeout,
                 tls,
             });
         }
@@ -1456,6 +1493,21 @@ pool = "b"
         let e = error("[[pool]\nname = 1");
         assert_eq!(e.line, Some(1), "{e}");
         assert!(error("").message.contains("no pools"));
+    }
+
+    #[test]
+    fn a_pool_names_how_long_an_attempt_waits_for_a_ping() {
+        let c = GatewayConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.pools[1].probe_timeout, Some(DEFAULT_PROBE_TIMEOUT));
+        let with =
+            |value: &str| GOOD.replace("name = \"b\"\n", &format!("name = \"b\"\nprobe_timeout = {value}\n"));
+        let c = GatewayConfig::from_toml(&with("\"20ms\"")).unwrap();
+        assert_eq!(c.pools[1].probe_timeout, Some(Duration::from_millis(20)));
+        let c = GatewayConfig::from_toml(&with("\"0s\"")).unwrap();
+        assert_eq!(c.pools[1].probe_timeout, None);
+        let e = GatewayConfig::from_toml(&with("\"soon\"")).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].probe_timeout")), "{e}");
+        assert!(e.message.contains("0s"), "{e}");
     }
 
     #[test]

@@ -336,6 +336,7 @@ mod frame_heads;
 mod h2stream;
 pub mod layers;
 pub mod limits;
+mod liveness;
 mod pool;
 mod process_metrics;
 mod proxy;
@@ -353,8 +354,8 @@ use std::time::Duration;
 pub use admin_auth::{ADMIN_TOKEN_ENV, AdminToken};
 pub use body::{ProxyBody, RequestBody};
 pub use config::{
-    ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, GatewayConfig, MAX_THREADS, PoolConfig,
-    RouteConfig,
+    ConfigError, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MODEL_HEADER, DEFAULT_PROBE_TIMEOUT, GatewayConfig,
+    MAX_THREADS, PoolConfig, RouteConfig,
 };
 pub use h2stream::RecvBody;
 pub use limits::Limits;

@@ -180,6 +180,8 @@ impl Pool {
         let following = kv.clone();
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
+        // Attempts no retry can save exist only under a retry layer.
+        let probe = config.retry.as_ref().and(config.probe_timeout);
         let tls = upstream_tls(config)?;
         // The client of each endpoint the balancer has: an update in place keeps its connections,
         // and a removed endpoint's are let go of at once (a balancer's copy of its members may
@@ -201,7 +203,7 @@ impl Pool {
                         }
                         match EndpointClient::new(&endpoint.address, threads, tls.as_ref()) {
                             Ok(client) => {
-                                let client = client.with_drain_timeout(drain_timeout);
+                                let client = client.with_drain_timeout(drain_timeout).with_probe(probe);
                                 clients.insert(id.clone(), client.clone());
                                 Change::Insert(id, Backend::new(endpoint, client))
                             }

@@ -12,13 +12,16 @@
 //! request's URI the endpoint's scheme and authority, and leaves every header as the client sent
 //! it.
 //!
+//! In a pool that retries, an attempt no retry can save goes on a connection only once the
+//! endpoint has shown, within the last millisecond or by answering a ping, that its process runs
+//! (see `liveness`).
+//!
 //! Every connection's socket is under the endpoint's [`ConnectionDrain`]: when discovery removes
 //! the endpoint, [`close`](EndpointClient::close) retires it, and whatever is still open on its
 //! connections (a stream that outlives the pool's drain timeout) is cut once that timeout has
 //! passed, so the connections and their tasks end.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,7 +33,7 @@ use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::Body;
-use switchyard_core::{Error, ErrorKind};
+use switchyard_core::{Error, ErrorKind, FinalAttempt};
 use switchyard_discovery::ConnectionDrain;
 use switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT;
 use tokio::net::TcpStream;
@@ -38,14 +41,11 @@ use tokio::sync::oneshot;
 use tower::BoxError;
 
 use super::h2stream::{Pipe, RecvBody};
+use super::liveness::{KEEP_ALIVE_INTERVAL, Liveness};
 use super::upstream_tls::UpstreamTls;
 
 /// Longest wait for a TCP connection to an endpoint before its requests fail with `UNAVAILABLE`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How often a connection to an endpoint is pinged, so a dead peer is found before requests wait
-/// on it for long; one that does not answer within the same time is closed.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// HTTP/2 settings of a connection to an endpoint: hyper's client defaults (windows of 2 MiB a
 /// stream and 5 MiB the connection, so a long answer streams without waiting for window
@@ -84,17 +84,17 @@ enum Connection {
     Open(Sender),
 }
 
-/// An open connection's handle: streams are opened through `send`; `closed` is set when the
-/// connection's task ends.
+/// An open connection's handle: streams are opened through `send`; `liveness` says when the
+/// endpoint was last heard from on it, and whether the connection's task has ended.
 #[derive(Clone)]
 struct Sender {
     send: SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
+    liveness: Arc<Liveness>,
 }
 
 impl Sender {
     fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.liveness.is_closed()
     }
 }
 
@@ -119,6 +119,10 @@ struct ClientInner {
     tls: Option<UpstreamTls>,
     /// Retired by `close`: cuts what is left open on the connections after the drain timeout.
     drain: ConnectionDrain,
+    /// How long an attempt no retry can save waits for the endpoint to answer a ping when it has
+    /// not been heard from just now (see `liveness`); `None`: such attempts go at once, and
+    /// responses are not timed.
+    probe: Option<Duration>,
 }
 
 /// An endpoint's address that is not `http://HOST:PORT` or `https://HOST:PORT`, or whose
@@ -163,6 +167,7 @@ impl EndpointClient {
             connections: (0..=threads).map(|_| Mutex::default()).collect(),
             tls,
             drain: ConnectionDrain::new(DEFAULT_DRAIN_TIMEOUT),
+            probe: None,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -171,6 +176,14 @@ impl EndpointClient {
     /// anything is still open on them.
     pub(crate) fn with_drain_timeout(mut self, timeout: Duration) -> Self {
         Arc::make_mut(&mut self.inner).drain = ConnectionDrain::new(timeout);
+        self
+    }
+
+    /// The same client, whose attempts no retry can save ([`FinalAttempt`]) go on a connection
+    /// only once the endpoint has answered a ping within `timeout`, unless it was heard from just
+    /// now (see `liveness`); `None` sends them at once.
+    pub(crate) fn with_probe(mut self, timeout: Option<Duration>) -> Self {
+        Arc::make_mut(&mut self.inner).probe = timeout;
         self
     }
 
@@ -201,8 +214,9 @@ impl EndpointClient {
 }
 
 /// Opens a connection to `authority` (over TLS with `tls`), its socket under `drain`, and starts
-/// its task on the calling thread's runtime. The task pings the endpoint every
-/// [`KEEP_ALIVE_INTERVAL`] and closes the connection when a ping goes unanswered for as long.
+/// its task on the calling thread's runtime. The task pings the endpoint when an attempt asks
+/// and every [`KEEP_ALIVE_INTERVAL`], and closes the connection when a ping goes unanswered for
+/// as long (see [`Liveness::watch`]).
 async fn connect(
     authority: Authority,
     tls: Option<UpstreamTls>,
@@ -247,36 +261,42 @@ where
         .await
         .map_err(|e| Arc::<str>::from(format!("HTTP/2 handshake with {address} failed: {e}")))?;
     let ping_pong = connection.ping_pong();
-    let closed = Arc::new(AtomicBool::new(false));
+    let liveness = Arc::new(Liveness::new());
     let address = address.to_owned();
-    let closed_by_task = closed.clone();
+    let watched = liveness.clone();
     tokio::spawn(async move {
         tokio::select! {
             ended = &mut connection => if let Err(e) = ended {
                 tracing::debug!("connection to {address} ended: {e}");
             },
-            () = keep_alive(ping_pong) => tracing::debug!("connection to {address} did not answer a ping in {KEEP_ALIVE_INTERVAL:?}; closed"),
+            () = watched.watch(ping_pong) => tracing::debug!("connection to {address} did not answer a ping in {KEEP_ALIVE_INTERVAL:?}; closed"),
         }
-        closed_by_task.store(true, Ordering::Release);
+        watched.close();
         // Dropping the connection fails the streams still open on it.
     });
-    Ok(Sender { send, closed })
+    Ok(Sender { send, liveness })
 }
 
-/// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns when a ping is not answered within it
-/// (or cannot be sent: the connection is going).
-async fn keep_alive(ping_pong: Option<h2::PingPong>) {
-    let Some(mut ping_pong) = ping_pong else { return std::future::pending().await };
-    loop {
-        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
-        if ping_pong.send_ping(h2::Ping::opaque()).is_err() {
-            return;
-        }
-        let pong = std::future::poll_fn(|cx| ping_pong.poll_pong(cx));
-        if !matches!(tokio::time::timeout(KEEP_ALIVE_INTERVAL, pong).await, Ok(Ok(_))) {
-            return;
-        }
+/// Sends `req` on `sender`'s connection as [`send`] does, for a client that probes: an attempt
+/// no retry can save (`probe` is its wait) first waits for the endpoint to be heard from, unless
+/// it was just now; and a response head is noted as hearing from it.
+async fn send_probed<B>(
+    sender: Sender,
+    req: Request<B>,
+    probe: Option<Duration>,
+) -> Result<Response<RecvBody>, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    if let Some(timeout) = probe
+        && !sender.liveness.is_fresh(tokio::time::Instant::now())
+    {
+        sender.liveness.confirm(timeout).await?;
     }
+    let response = send(sender.send, req).await?;
+    sender.liveness.heard();
+    Ok(response)
 }
 
 /// Sends `req` on `sender`'s connection and waits for the response's head.
@@ -357,12 +377,17 @@ where
             Err(e) => return Box::pin(futures::future::ready(Err(e.into()))),
         }
         let req = Request::from_parts(head, body);
+        // With probes on, an attempt no retry can save waits for the endpoint to show it runs.
+        let probe = self.inner.probe.filter(|_| req.extensions().get::<FinalAttempt>().is_some());
 
         let mut connection = self.connection().lock().unwrap_or_else(PoisonError::into_inner);
         if let Connection::Open(sender) = &*connection
             && !sender.is_closed()
         {
-            return Box::pin(send(sender.send.clone(), req));
+            if self.inner.probe.is_none() {
+                return Box::pin(send(sender.send.clone(), req));
+            }
+            return Box::pin(send_probed(sender.clone(), req, probe));
         }
         // Closed (or never opened): this request opens it, or waits for the one being opened.
         let connecting = match &*connection {
@@ -395,7 +420,10 @@ where
                     BoxError::from(Error::new(ErrorKind::ConnectFailed).with_source(e.to_string()))
                 })?
             };
-            send(sender.send, req).await
+            if this.inner.probe.is_none() {
+                return send(sender.send, req).await;
+            }
+            send_probed(sender, req, probe).await
         })
     }
 }
@@ -411,6 +439,8 @@ impl std::fmt::Debug for EndpointClient {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
 
     #[test]
@@ -440,6 +470,207 @@ mod tests {
         let typed = error.downcast_ref::<Error>().expect("a typed error");
         assert!(matches!(typed.kind(), ErrorKind::ConnectFailed), "{typed:?}");
         assert_eq!(switchyard_core::status_of(&*error).code, switchyard_core::Code::Unavailable);
+    }
+
+    /// A socket whose owner can stop reading and writing it, as a stopped process does: the
+    /// peer's writes still land in the socket's buffers.
+    struct Stoppable {
+        socket: TcpStream,
+        stopped: Arc<Stop>,
+    }
+
+    #[derive(Default)]
+    struct Stop {
+        on: AtomicBool,
+        wakers: Mutex<Vec<std::task::Waker>>,
+    }
+
+    impl Stop {
+        fn set(&self, on: bool) {
+            self.on.store(on, Ordering::SeqCst);
+            if !on {
+                self.wakers.lock().unwrap().drain(..).for_each(std::task::Waker::wake);
+            }
+        }
+
+        /// Pending while stopped (woken when let go).
+        fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+            if self.on.load(Ordering::SeqCst) {
+                self.wakers.lock().unwrap().push(cx.waker().clone());
+                if self.on.load(Ordering::SeqCst) {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(())
+        }
+    }
+
+    impl tokio::io::AsyncRead for Stoppable {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::task::ready!(self.stopped.poll(cx));
+            std::pin::Pin::new(&mut self.socket).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Stoppable {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            std::task::ready!(self.stopped.poll(cx));
+            std::pin::Pin::new(&mut self.socket).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            std::task::ready!(self.stopped.poll(cx));
+            std::pin::Pin::new(&mut self.socket).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.socket).poll_shutdown(cx)
+        }
+    }
+
+    /// An h2 endpoint that can be stopped: it answers each request 200 (a path under `/hold` not
+    /// at all) and reports its path.
+    async fn stoppable_endpoint() -> (String, Arc<Stop>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let stopped = Arc::new(Stop::default());
+        let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        let stop = stopped.clone();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let socket = Stoppable { socket, stopped: stop };
+            let mut connection = h2::server::handshake(socket).await.unwrap();
+            let mut held = Vec::new();
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
+                let path = request.uri().path().to_owned();
+                if path.starts_with("/hold") {
+                    held.push(respond);
+                } else {
+                    let _ = respond.send_response(Response::new(()), true);
+                }
+                let _ = seen_tx.send(path);
+            }
+        });
+        (address, stopped, seen)
+    }
+
+    /// `future`'s output, or a failed test after 5 s.
+    async fn within<T>(future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), future).await.expect("done within 5 s")
+    }
+
+    fn attempt(path: &str, last: bool) -> Request<http_body_util::Empty<Bytes>> {
+        let mut req = Request::post(path).body(http_body_util::Empty::new()).unwrap();
+        if last {
+            req.extensions_mut().insert(FinalAttempt);
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn an_attempt_no_retry_can_save_goes_only_to_an_endpoint_that_answers_a_ping() {
+        use tower::Service;
+        let (address, stopped, mut seen) = stoppable_endpoint().await;
+        let probe = Duration::from_millis(100);
+        let mut client = EndpointClient::new(&address, 1, None).unwrap().with_probe(Some(probe));
+        let seen_in_time = async |seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+            tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap()
+        };
+        // Running: the attempt waits for a ping's answer, then goes.
+        within(client.call(attempt("/final/1", true))).await.unwrap();
+        assert_eq!(seen_in_time(&mut seen).await, "/final/1");
+
+        // Stopped: the attempt fails as never sent once the probe's time is up; an attempt a
+        // retry can save goes at once, into the socket's buffers.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stopped.set(true);
+        let started = tokio::time::Instant::now();
+        let error = within(client.call(attempt("/final/2", true))).await.unwrap_err();
+        assert!(started.elapsed() >= probe, "gave up after {:?}", started.elapsed());
+        let typed = error.downcast_ref::<Error>().expect("a typed error");
+        assert!(matches!(typed.kind(), ErrorKind::ConnectFailed), "{typed:?}");
+        assert!(error.to_string().contains("unreachable"), "{error}");
+        let saved = tokio::spawn(client.call(attempt("/saved", false)));
+        // A second attempt while the ping is still unanswered waits no longer than it.
+        let started = tokio::time::Instant::now();
+        assert!(within(client.call(attempt("/final/3", true))).await.is_err());
+        assert!(started.elapsed() < probe, "waited {:?}", started.elapsed());
+
+        // Running again: what was sent comes through, the attempts that failed never reached it,
+        // and the next one goes.
+        stopped.set(false);
+        within(saved).await.unwrap().unwrap();
+        assert_eq!(seen_in_time(&mut seen).await, "/saved");
+        within(client.call(attempt("/final/4", true))).await.unwrap();
+        assert_eq!(seen_in_time(&mut seen).await, "/final/4");
+        assert!(seen.try_recv().is_err(), "nothing else reached the endpoint");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_two_pings_go_between_the_endpoints_response_heads() {
+        use tower::Service;
+        let (address, stopped, mut seen) = stoppable_endpoint().await;
+        let mut client =
+            EndpointClient::new(&address, 1, None).unwrap().with_probe(Some(Duration::from_millis(100)));
+        // Two attempts whose answers have not begun, each confirmed by a ping of its own.
+        let mut waiting = Vec::new();
+        for path in ["/hold/1", "/hold/2"] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            waiting.push(tokio::spawn(client.call(attempt(path, true))));
+            assert_eq!(
+                tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap(),
+                path
+            );
+        }
+        // A third ping with no data between could close the connection (gRPC servers count it
+        // as abuse): the next attempt goes unconfirmed, even to an endpoint that has stopped.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stopped.set(true);
+        let third = tokio::spawn(client.call(attempt("/hold/3", true)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!third.is_finished(), "sent, not failed: {:?}", third.await);
+        stopped.set(false);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap(),
+            "/hold/3"
+        );
+        // A response head starts the count over: the next attempt is confirmed again.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        within(client.call(attempt("/answered", true))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stopped.set(true);
+        assert!(within(client.call(attempt("/final", true))).await.is_err(), "confirmed, and not answered");
+        stopped.set(false);
+        assert_eq!(seen.recv().await.unwrap(), "/answered");
+        assert!(seen.try_recv().is_err(), "nothing else reached the endpoint");
+        drop(waiting);
+    }
+
+    #[tokio::test]
+    async fn without_a_probe_an_attempt_no_retry_can_save_goes_at_once() {
+        use tower::Service;
+        let (address, stopped, mut seen) = stoppable_endpoint().await;
+        let mut client = EndpointClient::new(&address, 1, None).unwrap();
+        within(client.call(attempt("/one", true))).await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), "/one");
+        stopped.set(true);
+        let call = tokio::spawn(client.call(attempt("/two", true)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!call.is_finished(), "it waits on the stopped endpoint");
+        stopped.set(false);
+        within(call).await.unwrap().unwrap();
+        assert_eq!(seen.recv().await.unwrap(), "/two");
     }
 
     #[test]
