@@ -44,10 +44,29 @@
 //!
 //! # What today's gateway does (`reports/bench/faults.md`, 2026-12-04, 2 shared CPUs)
 //!
-//! The committed run (30 s of warm-up, the gateway's default policy, `load-report`) meets
-//! every target but one: no read lost under any fault, recovery within 1 s (`hang`: the
-//! deadline + 1 s), non-idempotent failures within the calls in flight on the faulty replica
-//! except under `hang` (5 for 4: a generation sent as the replica stopped).
+//! The committed run (30 s of warm-up, the gateway's default policy, `load-report`, the pool's
+//! default `probe_timeout` of 50 ms) meets every target: no read lost under any fault, recovery
+//! within 1 s (`hang`: the deadline + 1 s), non-idempotent failures within the calls in flight
+//! on the faulty replica (`kill` 4 for 5, `hang` 4 for 4, `unavailable` 1 for 2, `slow` 3 for
+//! 4, `reset` 4 for 4, none under `flap` and `gateway-restart`).
+//!
+//! **A call no retry can save goes only to a replica that answers a ping** (2026-12-04,
+//! session 34). What `hang` still lost past its bound were the generations sent within about
+//! 20 ms of the SIGSTOP, before the stopped replica's backlog had waited longer than healthy
+//! first bytes do. A stopped process still takes in TCP data (its kernel acknowledges it), but
+//! its HTTP/2 connection answers no `PING`. The gateway now pings the connection before a
+//! generation (an attempt marked [`switchyard_core::FinalAttempt`]) goes on it, unless the
+//! replica sent a response head within the last millisecond, and the generation waits for the
+//! answer at most the pool's `probe_timeout` (50 ms); unanswered, it fails as never sent and
+//! the retry layer sends it to another replica (`src/gateway/liveness.rs`; at most two such
+//! pings between the replica's response heads, as gRPC servers take more for abuse). An A/B
+//! on one build, runs alternating (`--probe-timeout 0s` turns it off): `hang` met its bound in
+//! **9 of 9** runs with it (3-5 failures for 3-5 in flight; the ping caught a generation in 7
+//! of them, counted as the replica's one failed attempt) and in **1 of 7** without (4-6 for
+//! 3-4, as before). On the final build, 3 of 3 more and the committed run. `slow` is not
+//! changed by it (a slowed replica answers pings): over 8 runs of the final build it met its
+//! bound in 7 (2-5 failures for 4-5 in flight), the miss by one generation sent within 0.1 s of
+//! the fault, before any call sent after it could show the slowdown.
 //!
 //! **A late first byte is progress as of when it was due; a fault hits a steady gateway**
 //! (2026-12-04, session 32). Traces of the balancer (not committed) showed two ways `slow`
@@ -121,7 +140,9 @@
 //!   5 for 4). A trace of that run (not committed) showed the limit: the two extra calls were
 //!   sent 4 and 11 ms after the SIGSTOP, while the replica's backlog had waited no longer
 //!   than its healthy first bytes do (up to 20 ms in the 300 ms before); the next call left
-//!   it. Of the 4 counted in flight, one had its answer already written and succeeded. A hedge goes to another endpoint than its first attempt (the balancer notes its
+//!   it. Of the 4 counted in flight, one had its answer already written and succeeded. Such
+//!   calls now wait for the replica to answer a ping, and go elsewhere when it does not (see
+//!   above). A hedge goes to another endpoint than its first attempt (the balancer notes its
 //!   pick in the call's [`switchyard_core::PickRecorder`]): no idempotent call lost. The
 //!   replica is not ejected (a deadline is no endpoint failure); its given-up calls set a floor
 //!   under its time per unit of work that fades with a 1 s time constant
@@ -331,9 +352,13 @@ pub(crate) async fn run(
             "{WORKERS} workers (`switchyard worker`, LLM kind, speed 1), the busiest at the fault the faulty one"
         ),
         gateway_pool: format!(
-            "policy {}{}, default outlier ejection (5 failures in a row, 10 s)",
+            "policy {}{}, default outlier ejection (5 failures in a row, 10 s), probe_timeout {}",
             policy.name(),
-            if policy == switchyard_balance::PolicyKind::DEFAULT { " (the default)" } else { "" }
+            if policy == switchyard_balance::PolicyKind::DEFAULT { " (the default)" } else { "" },
+            match args.probe_timeout.unwrap_or(crate::gateway::DEFAULT_PROBE_TIMEOUT) {
+                t if t.is_zero() => "0s (none)".to_string(),
+                t => humantime::format_duration(t).to_string(),
+            }
         ),
         gateway_retry: pool_retry_lines().join("; "),
         cpus: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
@@ -370,6 +395,7 @@ async fn start_cluster(
     fault: FaultKind,
     threads: usize,
     policy: switchyard_balance::PolicyKind,
+    probe_timeout: Option<Duration>,
 ) -> Result<Cluster, BenchError> {
     let mut workers = Vec::new();
     for i in 0..WORKERS {
@@ -397,6 +423,9 @@ async fn start_cluster(
     for line in pool_retry_lines() {
         text.push_str(&line);
         text.push('\n');
+    }
+    if let Some(timeout) = probe_timeout {
+        text.push_str(&format!("probe_timeout = {:?}\n", humantime::format_duration(timeout).to_string()));
     }
     text.push_str(&format!(
         "\n[[pool.discovery]]\nkind = \"file\"\npath = {:?}\n",
@@ -481,7 +510,7 @@ async fn run_one(
     fault: FaultKind,
 ) -> Result<(Vec<FaultResult>, FaultRun), BenchError> {
     let threads = args.proxy_threads();
-    let mut cluster = start_cluster(exe, dir, fault, threads, policy).await?;
+    let mut cluster = start_cluster(exe, dir, fault, threads, policy, args.probe_timeout).await?;
     let channels = super::load::connect(std::slice::from_ref(&cluster.address), CONNECTIONS)
         .await
         .map_err(BenchError::Setup)?;
