@@ -770,6 +770,19 @@ impl Lines<'_> {
         }
     }
 
+    /// `value` read as a duration (`"30s"`, `"20ms"`); an error names `field`, its line, and
+    /// `example` as a valid value.
+    fn duration(
+        &self,
+        field: impl Into<String>,
+        value: &Spanned<String>,
+        example: &str,
+    ) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value.get_ref()).map_err(|e| {
+            self.error(field, value.span(), format!("{:?}: {e} (e.g. {example})", value.get_ref()))
+        })
+    }
+
     /// Adds the line of the error's field (or of its closest recorded parent).
     fn locate(&self, mut error: ConfigError) -> ConfigError {
         let mut field = error.field.clone().unwrap_or_default();
@@ -977,13 +990,7 @@ impl RawConfig {
             config.tls = Some(tls.into_inner().into_config(lines)?);
         }
         if let Some(timeout) = self.drain_timeout {
-            config.drain_timeout = humantime::parse_duration(timeout.get_ref()).map_err(|e| {
-                lines.error(
-                    "drain_timeout",
-                    timeout.span(),
-                    format!("{:?}: {e} (e.g. \"30s\")", timeout.get_ref()),
-                )
-            })?;
+            config.drain_timeout = lines.duration("drain_timeout", &timeout, "\"30s\"")?;
         }
         if let Some(threads) = self.threads {
             lines.record("threads", &threads);
@@ -1106,13 +1113,7 @@ impl RawConfig {
             };
             let drain_timeout = match pool.drain_timeout {
                 None => switchyard_discovery::drain::DEFAULT_DRAIN_TIMEOUT,
-                Some(value) => humantime::parse_duration(value.get_ref()).map_err(|e| {
-                    lines.error(
-                        format!("pool[{i}].drain_timeout"),
-                        value.span(),
-                        format!("{:?}: {e} (e.g. \"30s\")", value.get_ref()),
-                    )
-                })?,
+                Some(value) => lines.duration(format!("pool[{i}].drain_timeout"), &value, "\"30s\"")?,
             };
             let keys = match pool.keys {
                 None => PoolKeys::default(),
@@ -1140,13 +1141,7 @@ impl RawConfig {
             let load_reports = match pool.load_reports {
                 None => None,
                 Some(value) => {
-                    let interval = humantime::parse_duration(value.get_ref()).map_err(|e| {
-                        lines.error(
-                            format!("pool[{i}].load_reports"),
-                            value.span(),
-                            format!("{:?}: {e} (e.g. \"20ms\")", value.get_ref()),
-                        )
-                    })?;
+                    let interval = lines.duration(format!("pool[{i}].load_reports"), &value, "\"20ms\"")?;
                     if interval < crate::oob_reports::MIN_INTERVAL {
                         return Err(lines.error(
                             format!("pool[{i}].load_reports"),
@@ -1168,13 +1163,8 @@ impl RawConfig {
             let probe_timeout = match pool.probe_timeout {
                 None => Some(DEFAULT_PROBE_TIMEOUT),
                 Some(value) => {
-                    let timeout = humantime::parse_duration(value.get_ref()).map_err(|e| {
-                        lines.error(
-                            format!("pool[{i}].probe_timeout"),
-                            value.span(),
-                            format!("{:?}: {e} (e.g. \"50ms\", or \"0s\" for none)", value.get_ref()),
-                        )
-                    })?;
+                    let field = format!("pool[{i}].probe_timeout");
+                    let timeout = lines.duration(field, &value, "\"50ms\", or \"0s\" for none")?;
                     (!timeout.is_zero()).then_some(timeout)
                 }
             };
