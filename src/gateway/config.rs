@@ -136,7 +136,8 @@ pub struct PoolConfig {
     /// How long an attempt no retry can save (every attempt of a method the pool's `retry` does
     /// not mark idempotent, and the last of one it does) waits for its endpoint to answer an
     /// HTTP/2 `PING` before it goes, when the endpoint has not been heard from within the last
-    /// millisecond (`probe_timeout = "50ms"`, the default; `"0s"` sends such attempts at once).
+    /// millisecond (`probe_timeout = "50ms"`, the default; 1 ms to 20 s; `"0s"` sends such
+    /// attempts at once).
     /// A replica whose process stopped still takes in TCP data but answers no ping: the attempt
     /// then fails as never sent and the retry layer sends it elsewhere, where otherwise it would
     /// wait for its deadline on a call that cannot be sent again. Used only with `retry`.
@@ -225,8 +226,8 @@ impl PoolConfig {
     }
 
     /// The same pool, whose attempts no retry can save wait at most `timeout` for their
-    /// endpoint to answer a ping ([`probe_timeout`](Self::probe_timeout)); `None` sends them at
-    /// once.
+    /// endpoint to answer a ping ([`probe_timeout`](Self::probe_timeout)), held to 1 ms to 20 s;
+    /// `None` sends them at once.
     pub fn with_probe_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.probe_timeout = timeout;
         self
@@ -1164,7 +1165,18 @@ impl RawConfig {
                 None => Some(DEFAULT_PROBE_TIMEOUT),
                 Some(value) => {
                     let field = format!("pool[{i}].probe_timeout");
-                    let timeout = lines.duration(field, &value, "\"50ms\", or \"0s\" for none")?;
+                    let timeout = lines.duration(field.clone(), &value, "\"50ms\", or \"0s\" for none")?;
+                    let (min, max) = (super::liveness::MIN_PROBE_TIMEOUT, super::liveness::MAX_PROBE_TIMEOUT);
+                    if !timeout.is_zero() && !(min..=max).contains(&timeout) {
+                        return Err(lines.error(
+                            field,
+                            value.span(),
+                            format!(
+                                "{:?} is outside {min:?} to {max:?} (or \"0s\" for none)",
+                                value.get_ref()
+                            ),
+                        ));
+                    }
                     (!timeout.is_zero()).then_some(timeout)
                 }
             };
@@ -1498,6 +1510,11 @@ pool = "b"
         let e = GatewayConfig::from_toml(&with("\"soon\"")).unwrap_err();
         assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].probe_timeout")), "{e}");
         assert!(e.message.contains("0s"), "{e}");
+        for out_of_range in ["\"100us\"", "\"21s\"", "\"100000000days\""] {
+            let e = GatewayConfig::from_toml(&with(out_of_range)).unwrap_err();
+            assert_eq!((e.line, e.field.as_deref()), (Some(13), Some("pool[1].probe_timeout")), "{e}");
+            assert!(e.message.contains("outside 1ms to 20s"), "{e}");
+        }
     }
 
     #[test]

@@ -19,9 +19,9 @@
 //! ([`ErrorKind::ConnectFailed`]), which a retry layer sends to another endpoint whatever its
 //! method. Attempts a retry can save go at once.
 //!
-//! A connection sends at most [`PINGS_BETWEEN_HEADS`] pings (the ones its attempts ask for and its
-//! keep-alive's) between the response heads the endpoint sends, as gRPC servers take more for
-//! abuse; past them, attempts go unconfirmed until a response comes.
+//! A connection sends at most [`PINGS_BETWEEN_HEADS`] pings for its attempts between the response
+//! heads the endpoint sends (keep-alive pings count toward them, and go regardless), as gRPC
+//! servers take more for abuse; past them, attempts go unconfirmed until a response comes.
 //!
 //! The connection's task also pings every [`KEEP_ALIVE_INTERVAL`] and closes the connection when
 //! a ping is not answered in as long (a dead peer is found before requests wait on it for long).
@@ -44,6 +44,14 @@ pub(crate) const FRESH: Duration = Duration::from_millis(1);
 /// data they send: two pings between heads stay within that.
 pub(crate) const PINGS_BETWEEN_HEADS: u32 = 2;
 
+/// The shortest wait for a ping's answer a pool may set: tokio's timers count whole
+/// milliseconds.
+pub(crate) const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The longest wait for a ping's answer a pool may set: a ping unanswered for
+/// [`KEEP_ALIVE_INTERVAL`] closes the connection anyway.
+pub(crate) const MAX_PROBE_TIMEOUT: Duration = KEEP_ALIVE_INTERVAL;
+
 /// How often a connection to an endpoint is pinged when nothing asks, so a dead peer is found
 /// before requests wait on it for long; one that does not answer within the same time is closed.
 pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -60,6 +68,9 @@ pub(crate) struct Liveness {
     pinged: AtomicU64,
     /// Pings sent since the peer last sent a response head.
     pings: AtomicU32,
+    /// The latest `asked` stamp of an attempt waiting to hear from the peer: the task pings for
+    /// it only while the peer has not been heard from since.
+    wanted: AtomicU64,
     /// Set when the connection's task has ended.
     closed: AtomicBool,
     /// Wakes the task to ping.
@@ -85,6 +96,7 @@ impl Liveness {
             heard: AtomicU64::new(0),
             pinged: AtomicU64::new(0),
             pings: AtomicU32::new(0),
+            wanted: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             ask: Notify::new(),
             answered: Notify::new(),
@@ -130,7 +142,8 @@ impl Liveness {
 
     /// Waits until the peer is heard from after this call began: the connection's task pings it
     /// for this (once the ping on its way, if one is, is answered), and the wait lasts at most
-    /// `timeout` after the ping on its way was sent, or after this call began. An error when it
+    /// `timeout` (at most [`KEEP_ALIVE_INTERVAL`], see [`MAX_PROBE_TIMEOUT`]) after the ping on its
+    /// way was sent, or after this call began. An error when it
     /// is not heard from: typed [`ErrorKind::ConnectFailed`], as nothing of the attempt was sent.
     /// With [`PINGS_BETWEEN_HEADS`] pings sent since the last response head and none on its way,
     /// it returns at once: the attempt goes unconfirmed.
@@ -138,9 +151,8 @@ impl Liveness {
         let now = Instant::now();
         let asked = self.stamp(now);
         let since = self.instant(self.pinged.load(Ordering::Acquire)).unwrap_or(now);
-        // Past the clock's range: the wait ends with the connection (a ping unanswered for
-        // `KEEP_ALIVE_INTERVAL` closes it).
-        let give_up = since.checked_add(timeout);
+        let give_up = since + timeout;
+        self.wanted.fetch_max(asked, Ordering::AcqRel);
         let mut asked_task = false;
         loop {
             let answered = self.answered.notified();
@@ -161,14 +173,7 @@ impl Liveness {
                 self.ask.notify_one();
                 asked_task = true;
             }
-            let in_time = match give_up {
-                Some(give_up) => tokio::time::timeout_at(give_up, answered).await.is_ok(),
-                None => {
-                    answered.await;
-                    true
-                }
-            };
-            if !in_time {
+            if tokio::time::timeout_at(give_up, answered).await.is_err() {
                 return Err(Error::new(ErrorKind::ConnectFailed).with_source(NotAnswered::Silent(timeout)));
             }
         }
@@ -187,6 +192,11 @@ impl Liveness {
                 () = tokio::time::sleep(KEEP_ALIVE_INTERVAL) => false,
                 () = self.ask.notified() => true,
             };
+            if asked && self.wanted.load(Ordering::Acquire) <= self.heard.load(Ordering::Acquire) {
+                // Whoever asked has heard from the peer since (a response head came).
+                self.answered.notify_waiters();
+                continue;
+            }
             if asked && !self.may_ping() {
                 // Past the pings the peer allows between heads: the attempts go unconfirmed.
                 self.answered.notify_waiters();

@@ -181,7 +181,12 @@ impl Pool {
         let pool = config.name.clone();
         let drain_timeout = config.drain_timeout;
         // Attempts no retry can save exist only under a retry layer.
-        let probe = config.retry.as_ref().and(config.probe_timeout);
+        // (A program may set any duration; a config file is held to the same range.)
+        let probe = config
+            .retry
+            .as_ref()
+            .and(config.probe_timeout)
+            .map(|t| t.clamp(super::liveness::MIN_PROBE_TIMEOUT, super::liveness::MAX_PROBE_TIMEOUT));
         let tls = upstream_tls(config)?;
         // The client of each endpoint the balancer has: an update in place keeps its connections,
         // and a removed endpoint's are let go of at once (a balancer's copy of its members may

@@ -481,23 +481,30 @@ mod tests {
 
     #[derive(Default)]
     struct Stop {
+        /// Neither reads nor writes.
         on: AtomicBool,
+        /// Reads, but writes nothing (no answer, no `PONG`).
+        mute: AtomicBool,
         wakers: Mutex<Vec<std::task::Waker>>,
     }
 
     impl Stop {
         fn set(&self, on: bool) {
             self.on.store(on, Ordering::SeqCst);
-            if !on {
-                self.wakers.lock().unwrap().drain(..).for_each(std::task::Waker::wake);
-            }
+            self.wakers.lock().unwrap().drain(..).for_each(std::task::Waker::wake);
         }
 
-        /// Pending while stopped (woken when let go).
-        fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-            if self.on.load(Ordering::SeqCst) {
+        fn set_mute(&self, mute: bool) {
+            self.mute.store(mute, Ordering::SeqCst);
+            self.wakers.lock().unwrap().drain(..).for_each(std::task::Waker::wake);
+        }
+
+        /// Pending while stopped (or muted, for a write), woken when let go.
+        fn poll(&self, cx: &mut Context<'_>, write: bool) -> Poll<()> {
+            let held = || self.on.load(Ordering::SeqCst) || write && self.mute.load(Ordering::SeqCst);
+            if held() {
                 self.wakers.lock().unwrap().push(cx.waker().clone());
-                if self.on.load(Ordering::SeqCst) {
+                if held() {
                     return Poll::Pending;
                 }
             }
@@ -511,7 +518,7 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &mut tokio::io::ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
-            std::task::ready!(self.stopped.poll(cx));
+            std::task::ready!(self.stopped.poll(cx, false));
             std::pin::Pin::new(&mut self.socket).poll_read(cx, buf)
         }
     }
@@ -522,12 +529,12 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            std::task::ready!(self.stopped.poll(cx));
+            std::task::ready!(self.stopped.poll(cx, true));
             std::pin::Pin::new(&mut self.socket).poll_write(cx, buf)
         }
 
         fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            std::task::ready!(self.stopped.poll(cx));
+            std::task::ready!(self.stopped.poll(cx, true));
             std::pin::Pin::new(&mut self.socket).poll_flush(cx)
         }
 
@@ -542,12 +549,19 @@ mod tests {
     /// An h2 endpoint that can be stopped: it answers each request 200 (a path under `/hold` not
     /// at all) and reports its path.
     async fn stoppable_endpoint() -> (String, Arc<Stop>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (address, stopped, seen, _task) = stoppable_endpoint_task().await;
+        (address, stopped, seen)
+    }
+
+    /// [`stoppable_endpoint`], and its task (aborting it closes the connection).
+    async fn stoppable_endpoint_task()
+    -> (String, Arc<Stop>, tokio::sync::mpsc::UnboundedReceiver<String>, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let stopped = Arc::new(Stop::default());
         let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
         let stop = stopped.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
             let socket = Stoppable { socket, stopped: stop };
             let mut connection = h2::server::handshake(socket).await.unwrap();
@@ -562,7 +576,7 @@ mod tests {
                 let _ = seen_tx.send(path);
             }
         });
-        (address, stopped, seen)
+        (address, stopped, seen, task)
     }
 
     /// `future`'s output, or a failed test after 5 s.
@@ -582,7 +596,8 @@ mod tests {
     async fn an_attempt_no_retry_can_save_goes_only_to_an_endpoint_that_answers_a_ping() {
         use tower::Service;
         let (address, stopped, mut seen) = stoppable_endpoint().await;
-        let probe = Duration::from_millis(100);
+        // Far more than a loaded machine's loopback round trip.
+        let probe = Duration::from_secs(1);
         let mut client = EndpointClient::new(&address, 1, None).unwrap().with_probe(Some(probe));
         let seen_in_time = async |seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
             tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap()
@@ -622,7 +637,7 @@ mod tests {
         use tower::Service;
         let (address, stopped, mut seen) = stoppable_endpoint().await;
         let mut client =
-            EndpointClient::new(&address, 1, None).unwrap().with_probe(Some(Duration::from_millis(100)));
+            EndpointClient::new(&address, 1, None).unwrap().with_probe(Some(Duration::from_secs(1)));
         // Two attempts whose answers have not begun, each confirmed by a ping of its own.
         let mut waiting = Vec::new();
         for path in ["/hold/1", "/hold/2"] {
@@ -653,7 +668,8 @@ mod tests {
         assert!(within(client.call(attempt("/final", true))).await.is_err(), "confirmed, and not answered");
         stopped.set(false);
         assert_eq!(seen.recv().await.unwrap(), "/answered");
-        assert!(seen.try_recv().is_err(), "nothing else reached the endpoint");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(seen.try_recv().is_err(), "the attempt that failed never reached the endpoint");
         drop(waiting);
     }
 
@@ -664,13 +680,34 @@ mod tests {
         let mut client = EndpointClient::new(&address, 1, None).unwrap();
         within(client.call(attempt("/one", true))).await.unwrap();
         assert_eq!(seen.recv().await.unwrap(), "/one");
-        stopped.set(true);
+        // The endpoint reads but cannot answer (not even a ping): the attempt reaches it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stopped.set_mute(true);
         let call = tokio::spawn(client.call(attempt("/two", true)));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!call.is_finished(), "it waits on the stopped endpoint");
-        stopped.set(false);
+        assert_eq!(within(seen.recv()).await.unwrap(), "/two");
+        stopped.set_mute(false);
         within(call).await.unwrap().unwrap();
-        assert_eq!(seen.recv().await.unwrap(), "/two");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_waiting_for_a_ping_fails_when_the_connection_closes() {
+        use tower::Service;
+        let (address, stopped, mut seen, endpoint) = stoppable_endpoint_task().await;
+        let mut client =
+            EndpointClient::new(&address, 1, None).unwrap().with_probe(Some(Duration::from_secs(10)));
+        within(client.call(attempt("/one", true))).await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), "/one");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stopped.set(true);
+        let waiting = tokio::spawn(client.call(attempt("/two", true)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "it waits for the ping's answer");
+        // The endpoint's side closes: the wait ends then, not at the probe's time.
+        endpoint.abort();
+        let error = within(waiting).await.unwrap().unwrap_err();
+        let typed = error.downcast_ref::<Error>().expect("a typed error");
+        assert!(matches!(typed.kind(), ErrorKind::ConnectFailed), "{typed:?}");
+        assert!(seen.try_recv().is_err(), "it never reached the endpoint");
     }
 
     #[test]
