@@ -47,8 +47,8 @@
 //! The committed run (30 s of warm-up, the gateway's default policy, `load-report`, the pool's
 //! default `probe_timeout` of 50 ms) meets every target: no read lost under any fault, recovery
 //! within 1 s (`hang`: the deadline + 1 s), non-idempotent failures within the calls in flight
-//! on the faulty replica (`kill` 4 for 5, `hang` 4 for 4, `unavailable` 1 for 2, `slow` 3 for
-//! 4, `reset` 4 for 4, none under `flap` and `gateway-restart`).
+//! on the faulty replica (`kill` 5 for 5, `hang` 6 for 6, `unavailable` 1 for 4, `slow` 2 for
+//! 4, `reset` 3 for 4, none under `flap` and `gateway-restart`).
 //!
 //! **A call no retry can save goes only to a replica that answers a ping** (2026-12-04,
 //! session 34). What `hang` still lost past its bound were the generations sent within about
@@ -63,10 +63,10 @@
 //! on one build, runs alternating (`--probe-timeout 0s` turns it off): `hang` met its bound in
 //! **9 of 9** runs with it (3-5 failures for 3-5 in flight; the ping caught a generation in 7
 //! of them, counted as the replica's one failed attempt) and in **1 of 7** without (4-6 for
-//! 3-4, as before). On the final build, 3 of 3 more and the committed run. `slow` is not
-//! changed by it (a slowed replica answers pings): over 8 runs of the final build it met its
-//! bound in 7 (2-5 failures for 4-5 in flight), the miss by one generation sent within 0.1 s of
-//! the fault, before any call sent after it could show the slowdown.
+//! 3-4, as before). On the final builds, 7 of 7 more (2-6 for 2-6), the committed run
+//! included. `slow` is not changed by it (a slowed replica answers pings): over 9 runs it met
+//! its bound in 8 (2-5 failures for 4-5 in flight), the miss by one generation sent within 0.1 s
+//! of the fault, before any call sent after it could show the slowdown.
 //!
 //! **A late first byte is progress as of when it was due; a fault hits a steady gateway**
 //! (2026-12-04, session 32). Traces of the balancer (not committed) showed two ways `slow`
